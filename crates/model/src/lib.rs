@@ -1,0 +1,19 @@
+//! The types patchbay serializes: the message envelope, topics, timestamps and
+//! the versioned bodies carried on the bus.
+//!
+//! Everything here is a compatibility promise: these types are written to
+//! disk, sent over the wire and signed. This crate does no IO, knows nothing of
+//! tokio, SQLite or AMQP, and depends on no sibling crate.
+
+mod body;
+mod canonical;
+mod envelope;
+mod time;
+mod topic;
+
+pub use body::{Body, BodySchema, LogMessage, body_schemas, envelope_schema};
+pub use canonical::write_canonical;
+pub use envelope::{Envelope, EnvelopeError, SchemaRef, Sender, Signature};
+pub use time::{Timestamp, TimestampError};
+pub use topic::{Topic, TopicError, TopicRoot};
+pub use uuid::Uuid;
