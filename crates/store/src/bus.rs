@@ -1,0 +1,587 @@
+//! The embedded bus: the message log, queues, bindings, per-queue delivery
+//! state, retries and dead letters, all tables in the store's database.
+//!
+//! Publishing inserts the message into `bus_messages` and one row per bound
+//! queue into `bus_deliveries`, in the caller's group commit. A delivery row
+//! lives until it is acked (deleted) or dead-lettered (moved). Which rows are
+//! handed out is kept in memory only: after a crash every row still present
+//! is simply delivered again, which is what at-least-once asks for.
+//!
+//! One process consumes a given queue at a time: the first subscription in a
+//! process takes an exclusive lock file for the queue (`<data>/locks/`), and a
+//! second process waits as a standby until the first exits or dies. Within the
+//! process any number of subscriptions compete for the queue's messages. Any
+//! process may publish.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use patchbay_bus::{
+    Acker, Bus, BusError, DeadLetter, Delivery, LogEntry, MessageLog, Outgoing, QueueSpec, Sealer, Subscription,
+    TopicPattern,
+};
+use patchbay_model::{Envelope, Timestamp};
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+
+use crate::{Db, StoreError, Tx};
+
+/// How many delivery rows one fetch loads into a queue's buffer.
+const FETCH_BATCH: i64 = 256;
+/// How often an idle consumer looks for messages other processes published.
+const POLL: Duration = Duration::from_millis(100);
+
+/// The bus inside the store's database.
+#[derive(Clone)]
+pub struct EmbeddedBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Db,
+    sealer: Sealer,
+    lock_dir: PathBuf,
+    routes: Arc<Mutex<Routes>>,
+    queues: tokio::sync::Mutex<HashMap<String, Arc<QueueRt>>>,
+}
+
+/// Bindings cached for the writer, reloaded when `bindings_generation` moves.
+#[derive(Default)]
+struct Routes {
+    generation: Option<i64>,
+    bindings: Vec<(i64, TopicPattern)>,
+    memo: HashMap<String, Vec<i64>>,
+}
+
+impl Routes {
+    fn refresh(&mut self, tx: &Connection) -> Result<(), StoreError> {
+        let generation: i64 = tx
+            .prepare_cached("SELECT value FROM bus_meta WHERE key = 'bindings_generation'")?
+            .query_row([], |r| r.get(0))?;
+        if self.generation == Some(generation) {
+            return Ok(());
+        }
+        let mut stmt = tx.prepare_cached("SELECT queue_id, pattern FROM bus_bindings")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+        self.bindings.clear();
+        for row in rows {
+            let (queue, pattern) = row?;
+            let pattern = TopicPattern::parse(&pattern).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            self.bindings.push((queue, pattern));
+        }
+        self.memo.clear();
+        self.generation = Some(generation);
+        Ok(())
+    }
+
+    fn queues_for(&mut self, topic: &str) -> &[i64] {
+        if !self.memo.contains_key(topic) {
+            if self.memo.len() > 10_000 {
+                self.memo.clear();
+            }
+            let mut queues: Vec<i64> = self.bindings.iter().filter(|(_, p)| p.matches_str(topic)).map(|(q, _)| *q).collect();
+            queues.sort_unstable();
+            queues.dedup();
+            self.memo.insert(topic.to_string(), queues);
+        }
+        &self.memo[topic]
+    }
+}
+
+fn next_seq(tx: &Connection, out: &Outgoing) -> Result<u64, StoreError> {
+    let seq: i64 = tx
+        .prepare_cached(
+            "INSERT INTO bus_senders (service, instance, seq) VALUES (?1, ?2, 1)
+             ON CONFLICT (service, instance) DO UPDATE SET seq = seq + 1 RETURNING seq",
+        )?
+        .query_row(params![out.sender.service, out.sender.instance], |r| r.get(0))?;
+    Ok(seq as u64)
+}
+
+/// Inserts an envelope and its deliveries; false when its id is already in the log.
+fn insert(tx: &Connection, routes: &mut Routes, env: &Envelope) -> Result<bool, StoreError> {
+    let wire = env.to_wire();
+    let inserted = tx
+        .prepare_cached("INSERT INTO bus_messages (id, topic, wire) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING")?
+        .execute(params![env.id.to_string(), env.topic.as_str(), wire])?;
+    if inserted == 0 {
+        return Ok(false);
+    }
+    let pos = tx.last_insert_rowid();
+    let mut stmt = tx.prepare_cached("INSERT INTO bus_deliveries (queue_id, pos) VALUES (?1, ?2)")?;
+    for queue in routes.queues_for(env.topic.as_str()) {
+        stmt.execute(params![queue, pos])?;
+    }
+    Ok(true)
+}
+
+fn parse_wire(wire: &[u8]) -> Result<Envelope, StoreError> {
+    Envelope::from_wire(wire).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl EmbeddedBus {
+    /// Opens the bus over `db`, sealing with `sealer`; lock files go in `lock_dir`.
+    pub fn new(db: Db, sealer: Sealer, lock_dir: &Path) -> Self {
+        EmbeddedBus {
+            inner: Arc::new(Inner {
+                db,
+                sealer,
+                lock_dir: lock_dir.to_path_buf(),
+                routes: Arc::new(Mutex::new(Routes::default())),
+                queues: tokio::sync::Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Opens `<data_dir>/patchbay.sqlite3` with lock files in `<data_dir>/locks`.
+    pub fn open(data_dir: &Path, sealer: Sealer) -> Result<Self, StoreError> {
+        let db = Db::open(&data_dir.join(crate::DB_FILE))?;
+        Ok(Self::new(db, sealer, &data_dir.join("locks")))
+    }
+
+    /// The database this bus lives in, for store code that publishes in its own writes.
+    pub fn db(&self) -> &Db {
+        &self.inner.db
+    }
+
+    /// Publishes inside the caller's write: the messages commit, or roll back, with it.
+    pub fn publish_in(&self, tx: &Tx<'_>, messages: Vec<Outgoing>) -> Result<Vec<Envelope>, StoreError> {
+        publish_in(tx, &self.inner.sealer, &self.inner.routes, messages)
+    }
+}
+
+fn publish_in(tx: &Connection, sealer: &Sealer, routes: &Mutex<Routes>, messages: Vec<Outgoing>) -> Result<Vec<Envelope>, StoreError> {
+    let mut routes = routes.lock().unwrap();
+    routes.refresh(tx)?;
+    let mut sealed = Vec::with_capacity(messages.len());
+    for out in messages {
+        let seq = next_seq(tx, &out)?;
+        let env = sealer.seal(out, seq);
+        insert(tx, &mut routes, &env)?;
+        sealed.push(env);
+    }
+    Ok(sealed)
+}
+
+fn declare(tx: &Connection, name: &str, patterns: &[String]) -> Result<i64, StoreError> {
+    tx.prepare_cached("INSERT INTO bus_queues (name, created_at) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING")?
+        .execute(params![name, Timestamp::now().as_micros()])?;
+    let id: i64 = tx.prepare_cached("SELECT id FROM bus_queues WHERE name = ?1")?.query_row([name], |r| r.get(0))?;
+    let mut added = 0;
+    for p in patterns {
+        added += tx
+            .prepare_cached("INSERT INTO bus_bindings (queue_id, pattern) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?
+            .execute(params![id, p])?;
+    }
+    if added > 0 {
+        tx.execute("UPDATE bus_meta SET value = value + 1 WHERE key = 'bindings_generation'", [])?;
+    }
+    Ok(id)
+}
+
+async fn acquire_queue_lock(dir: &Path, queue: &str) -> Result<std::fs::File, BusError> {
+    let path = dir.join(format!("{queue}.lock"));
+    let io = |e: std::io::Error| BusError::Unavailable(format!("{}: {e}", path.display()));
+    std::fs::create_dir_all(dir).map_err(|e| BusError::Unavailable(format!("{}: {e}", dir.display())))?;
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io)?;
+    let mut warned = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                if !warned {
+                    tracing::info!(queue, lock = %path.display(), "Another process consumes this queue; waiting as standby.");
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+    }
+}
+
+#[async_trait]
+impl Bus for EmbeddedBus {
+    async fn publish(&self, messages: Vec<Outgoing>) -> Result<Vec<Envelope>, BusError> {
+        let sealer = self.inner.sealer.clone();
+        let routes = self.inner.routes.clone();
+        Ok(self.inner.db.write(move |tx| publish_in(tx, &sealer, &routes, messages)).await?)
+    }
+
+    async fn publish_sealed(&self, envelopes: Vec<Envelope>) -> Result<(), BusError> {
+        let routes = self.inner.routes.clone();
+        self.inner
+            .db
+            .write(move |tx| {
+                let mut routes = routes.lock().unwrap();
+                routes.refresh(tx)?;
+                for env in &envelopes {
+                    insert(tx, &mut routes, env)?;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn subscribe(&self, spec: QueueSpec) -> Result<Box<dyn Subscription>, BusError> {
+        spec.validate()?;
+        let patterns: Vec<String> = spec.patterns.iter().map(|p| p.as_str().to_string()).collect();
+        let name = spec.name.clone();
+        let id = self.inner.db.write(move |tx| declare(tx, &name, &patterns)).await?;
+        let rt = {
+            let mut queues = self.inner.queues.lock().await;
+            match queues.get(&spec.name) {
+                Some(rt) => rt.clone(),
+                None => {
+                    let lock = acquire_queue_lock(&self.inner.lock_dir, &spec.name).await?;
+                    let rt = Arc::new(QueueRt {
+                        id,
+                        name: spec.name.clone(),
+                        db: self.inner.db.clone(),
+                        state: Mutex::new(QueueState::default()),
+                        fetch: tokio::sync::Mutex::new(()),
+                        changed: Notify::new(),
+                        _lock: lock,
+                    });
+                    queues.insert(spec.name.clone(), rt.clone());
+                    rt
+                }
+            }
+        };
+        Ok(Box::new(EmbeddedSubscription {
+            commits: self.inner.db.commits(),
+            rt,
+            permits: Arc::new(Semaphore::new(spec.prefetch.max(1) as usize)),
+        }))
+    }
+
+    async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
+        let queue = queue.to_string();
+        let rows = self
+            .inner
+            .db
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT dl.attempts, dl.reason, dl.dead_at, m.wire FROM bus_dead_letters dl
+                     JOIN bus_queues q ON q.id = dl.queue_id JOIN bus_messages m ON m.pos = dl.pos
+                     WHERE q.name = ?1 ORDER BY dl.dead_at, dl.pos LIMIT ?2",
+                )?;
+                let rows = stmt.query_map(params![queue, limit as i64], |r| {
+                    Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, Vec<u8>>(3)?))
+                })?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (attempts, reason, at, wire) = row?;
+                    out.push(DeadLetter {
+                        envelope: parse_wire(&wire)?,
+                        queue: queue.clone(),
+                        attempts,
+                        reason,
+                        at: Timestamp::from_micros(at),
+                    });
+                }
+                Ok(out)
+            })
+            .await?;
+        Ok(rows)
+    }
+}
+
+#[async_trait]
+impl MessageLog for EmbeddedBus {
+    async fn read_after(&self, position: u64, limit: usize) -> Result<Vec<LogEntry>, BusError> {
+        Ok(self
+            .inner
+            .db
+            .read(move |c| {
+                let mut stmt = c.prepare_cached("SELECT pos, topic, wire FROM bus_messages WHERE pos > ?1 ORDER BY pos LIMIT ?2")?;
+                let rows = stmt.query_map(params![position as i64, limit as i64], |r| {
+                    Ok(LogEntry {
+                        position: r.get::<_, i64>(0)? as u64,
+                        topic: r.get(1)?,
+                        wire: r.get::<_, Vec<u8>>(2)?.into(),
+                    })
+                })?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await?)
+    }
+
+    async fn head(&self) -> Result<u64, BusError> {
+        Ok(self
+            .inner
+            .db
+            .read(|c| Ok(c.query_row("SELECT coalesce(max(pos), 0) FROM bus_messages", [], |r| r.get::<_, i64>(0))? as u64))
+            .await?)
+    }
+
+    async fn wait_after(&self, _position: u64, timeout: Duration) {
+        let mut commits = self.inner.db.commits();
+        commits.borrow_and_update();
+        let _ = tokio::time::timeout(timeout.min(POLL * 5), commits.changed()).await;
+    }
+}
+
+/// A delivery row loaded into memory.
+struct Loaded {
+    pos: i64,
+    attempts: u32,
+    envelope: Envelope,
+}
+
+#[derive(Default)]
+struct QueueState {
+    /// Highest position loaded from the database; rows at or below it are in memory or settled.
+    cursor: i64,
+    ready: VecDeque<Loaded>,
+    /// Waiting for a retry delay: (due in micros, position).
+    delayed: BTreeMap<(i64, i64), Loaded>,
+}
+
+impl QueueState {
+    fn pop(&mut self, now: i64) -> Option<Loaded> {
+        while let Some(entry) = self.delayed.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            self.ready.push_back(entry.remove());
+        }
+        self.ready.pop_front()
+    }
+
+    fn next_due(&self) -> Option<i64> {
+        self.delayed.keys().next().map(|k| k.0)
+    }
+}
+
+/// One queue's consumer state in this process.
+struct QueueRt {
+    id: i64,
+    name: String,
+    db: Db,
+    state: Mutex<QueueState>,
+    /// Serialises database fetches so two subscriptions never load the same rows.
+    fetch: tokio::sync::Mutex<()>,
+    /// Woken when a delivery returns to the queue (drop, retry).
+    changed: Notify,
+    _lock: std::fs::File,
+}
+
+impl QueueRt {
+    fn requeue_now(&self, loaded: Loaded) {
+        self.state.lock().unwrap().ready.push_front(loaded);
+        self.changed.notify_waiters();
+    }
+
+    fn requeue_later(&self, loaded: Loaded, due: i64) {
+        self.state.lock().unwrap().delayed.insert((due, loaded.pos), loaded);
+        self.changed.notify_waiters();
+    }
+
+    async fn fetch(&self, cursor: i64) -> Result<Vec<(i64, u32, i64, Envelope)>, StoreError> {
+        let queue = self.id;
+        self.db
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT d.pos, d.attempts, d.not_before, m.wire FROM bus_deliveries d
+                     JOIN bus_messages m ON m.pos = d.pos
+                     WHERE d.queue_id = ?1 AND d.pos > ?2 ORDER BY d.pos LIMIT ?3",
+                )?;
+                let rows = stmt.query_map(params![queue, cursor, FETCH_BATCH], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, u32>(1)?, r.get::<_, i64>(2)?, r.get::<_, Vec<u8>>(3)?))
+                })?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (pos, attempts, not_before, wire) = row?;
+                    out.push((pos, attempts, not_before, parse_wire(&wire)?));
+                }
+                Ok(out)
+            })
+            .await
+    }
+}
+
+struct EmbeddedSubscription {
+    rt: Arc<QueueRt>,
+    permits: Arc<Semaphore>,
+    commits: watch::Receiver<u64>,
+}
+
+impl EmbeddedSubscription {
+    fn hand_out(&self, loaded: Loaded, permit: OwnedSemaphorePermit) -> Delivery {
+        let attempt = loaded.attempts + 1;
+        let envelope = loaded.envelope.clone();
+        Delivery::new(
+            envelope,
+            attempt,
+            Box::new(EmbeddedAcker { rt: self.rt.clone(), loaded: Some(Loaded { attempts: attempt, ..loaded }), _permit: permit }),
+        )
+    }
+}
+
+#[async_trait]
+impl Subscription for EmbeddedSubscription {
+    async fn next(&mut self) -> Result<Delivery, BusError> {
+        let permit = self.permits.clone().acquire_owned().await.map_err(|_| BusError::Closed)?;
+        loop {
+            // Register interest before looking, so a wake-up between look and wait is not lost.
+            self.commits.borrow_and_update();
+            let changed = self.rt.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+
+            let now = Timestamp::now().as_micros();
+            if let Some(loaded) = self.rt.state.lock().unwrap().pop(now) {
+                return Ok(self.hand_out(loaded, permit));
+            }
+            let fetched = {
+                let _fetching = self.rt.fetch.lock().await;
+                let cursor = {
+                    let mut state = self.rt.state.lock().unwrap();
+                    if let Some(loaded) = state.pop(now) {
+                        return Ok(self.hand_out(loaded, permit));
+                    }
+                    state.cursor
+                };
+                let rows = self.rt.fetch(cursor).await?;
+                if let Some(&(last, ..)) = rows.last() {
+                    let mut state = self.rt.state.lock().unwrap();
+                    let loaded_positions: Vec<i64> = rows.iter().map(|r| r.0).collect();
+                    for (pos, attempts, not_before, envelope) in rows {
+                        let loaded = Loaded { pos, attempts, envelope };
+                        if not_before > now {
+                            state.delayed.insert((not_before, pos), loaded);
+                        } else {
+                            state.ready.push_back(loaded);
+                        }
+                    }
+                    state.cursor = last;
+                    drop(state);
+                    // Count the loads durably (off the hot path), so that a message that keeps
+                    // crashing its consumer is eventually dead-lettered by attempt count.
+                    let queue = self.rt.id;
+                    self.rt.db.write_detached("count deliveries", move |tx| {
+                        let mut stmt =
+                            tx.prepare_cached("UPDATE bus_deliveries SET attempts = attempts + 1 WHERE queue_id = ?1 AND pos = ?2")?;
+                        for pos in loaded_positions {
+                            stmt.execute(params![queue, pos])?;
+                        }
+                        Ok(())
+                    });
+                    true
+                } else {
+                    false
+                }
+            };
+            if fetched {
+                continue;
+            }
+            let due = self.rt.state.lock().unwrap().next_due();
+            let wait = match due {
+                Some(due) => Duration::from_micros((due - now).max(0) as u64).min(POLL),
+                None => POLL,
+            };
+            tokio::select! {
+                _ = self.commits.changed() => {}
+                _ = &mut changed => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+struct EmbeddedAcker {
+    rt: Arc<QueueRt>,
+    loaded: Option<Loaded>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl EmbeddedAcker {
+    async fn settle<F>(&mut self, what: &'static str, f: F) -> Result<Loaded, BusError>
+    where
+        F: FnOnce(&Tx<'_>, i64, i64, u32) -> Result<(), StoreError> + Send + 'static,
+    {
+        let loaded = self.loaded.take().expect("a delivery is settled once");
+        let (queue, pos, attempts) = (self.rt.id, loaded.pos, loaded.attempts);
+        match self.rt.db.write(move |tx| f(tx, queue, pos, attempts)).await {
+            Ok(()) => Ok(loaded),
+            Err(error) => {
+                tracing::warn!(queue = %self.rt.name, pos, %error, what, "Could not settle a delivery; it returns to the queue.");
+                self.rt.requeue_now(loaded);
+                Err(error.into())
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Acker for EmbeddedAcker {
+    async fn ack(mut self: Box<Self>) -> Result<(), BusError> {
+        self.settle("ack", |tx, queue, pos, _| {
+            tx.prepare_cached("DELETE FROM bus_deliveries WHERE queue_id = ?1 AND pos = ?2")?.execute(params![queue, pos])?;
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn retry(mut self: Box<Self>, delay: Duration, reason: String) -> Result<(), BusError> {
+        let due = Timestamp::now().as_micros() + delay.as_micros() as i64;
+        let loaded = self
+            .settle("retry", move |tx, queue, pos, _| {
+                tx.prepare_cached("UPDATE bus_deliveries SET not_before = ?3, last_error = ?4 WHERE queue_id = ?1 AND pos = ?2")?
+                    .execute(params![queue, pos, due, reason])?;
+                Ok(())
+            })
+            .await?;
+        self.rt.requeue_later(loaded, due);
+        Ok(())
+    }
+
+    async fn dead_letter(mut self: Box<Self>, reason: String) -> Result<(), BusError> {
+        self.settle("dead-letter", move |tx, queue, pos, attempts| {
+            tx.prepare_cached(
+                "INSERT INTO bus_dead_letters (queue_id, pos, attempts, reason, dead_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT DO UPDATE SET attempts = excluded.attempts, reason = excluded.reason, dead_at = excluded.dead_at",
+            )?
+            .execute(params![queue, pos, attempts, reason, Timestamp::now().as_micros()])?;
+            tx.prepare_cached("DELETE FROM bus_deliveries WHERE queue_id = ?1 AND pos = ?2")?.execute(params![queue, pos])?;
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+impl Drop for EmbeddedAcker {
+    fn drop(&mut self) {
+        if let Some(loaded) = self.loaded.take() {
+            // Unsettled: back to the head of the queue, as a closed AMQP channel would do.
+            self.rt.requeue_now(loaded);
+        }
+    }
+}
+
+impl EmbeddedBus {
+    /// How many deliveries a queue holds (ready, delayed or handed out), for tests and status pages.
+    pub async fn pending(&self, queue: &str) -> Result<u64, StoreError> {
+        let queue = queue.to_string();
+        self.inner
+            .db
+            .read(move |c| {
+                let n: Option<i64> = c
+                    .query_row(
+                        "SELECT count(*) FROM bus_deliveries d JOIN bus_queues q ON q.id = d.queue_id WHERE q.name = ?1",
+                        [queue],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                Ok(n.unwrap_or(0) as u64)
+            })
+            .await
+    }
+}

@@ -1,0 +1,327 @@
+//! One SQLite database in WAL mode, written by a single writer thread that
+//! commits in groups.
+//!
+//! Every write is a closure run inside a transaction on the writer thread.
+//! The writer takes all closures waiting at that moment, runs each inside its
+//! own savepoint (so one failing closure rolls back only its own work), and
+//! commits them together with one fsync (`synchronous = FULL`). A caller's
+//! future resolves only after that commit returned, so "written" always means
+//! "on disk", and concurrent writers share the cost of an fsync instead of
+//! queueing behind one another. Reads run on a small pool of read-only
+//! connections on tokio's blocking threads; WAL lets them run beside the writer.
+//!
+//! Other processes (such as `patchbay inject`) may open the same file; SQLite's
+//! own locking serialises their transactions with ours (`busy_timeout`).
+
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::Connection;
+use tokio::sync::{oneshot, watch};
+
+use crate::StoreError;
+
+const MAX_BATCH: usize = 4096;
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// WAL size (in pages) above which the background checkpointer runs.
+const CHECKPOINT_PAGES: i64 = 2048;
+
+/// A connection that is inside the writer's transaction: do not BEGIN or COMMIT on it.
+pub struct Tx<'a> {
+    conn: &'a Connection,
+}
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+type Job = Box<dyn FnOnce(&Tx<'_>) -> Option<Completion> + Send>;
+
+struct Shared {
+    path: PathBuf,
+    readers: Mutex<Vec<Connection>>,
+    commits: watch::Sender<u64>,
+}
+
+/// A handle on the database; cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    jobs: std::sync::mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+}
+
+fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.pragma_update(None, "cache_size", -32_768)?;
+    Ok(())
+}
+
+impl Db {
+    /// Opens (creating if needed) the database, runs migrations and starts the writer.
+    pub fn open(path: &Path) -> Result<Db, StoreError> {
+        let sql = |source| StoreError::Sqlite { path: path.to_path_buf(), source };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io { path: dir.to_path_buf(), source })?;
+        }
+        let mut conn = Connection::open(path).map_err(sql)?;
+        configure(&conn).map_err(sql)?;
+        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)).map_err(sql)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Setup(format!("{}: SQLite refused WAL mode (got {mode})", path.display())));
+        }
+        // The checkpointer thread does this off the commit path.
+        conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(sql)?;
+        crate::migrations::run(&mut conn).map_err(|e| e.at(path))?;
+
+        let (commits, _) = watch::channel(0u64);
+        let shared = Arc::new(Shared { path: path.to_path_buf(), readers: Mutex::new(Vec::new()), commits });
+        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        let writer_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("patchbay-db-writer".into())
+            .spawn(move || writer_loop(conn, rx, writer_shared))
+            .map_err(|source| StoreError::Io { path: path.to_path_buf(), source })?;
+        Ok(Db { jobs, shared })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// Runs `f` in the next group commit and resolves with its value once the commit is durable.
+    /// An error from `f` rolls back `f`'s own work only.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Tx<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| match f(conn) {
+            Ok(value) => Some(Box::new(move |committed: Result<(), StoreError>| {
+                let _ = tx.send(committed.map(|()| value));
+            })),
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                None
+            }
+        });
+        self.jobs.send(job).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Setup("the writer dropped a job (a write panicked)".into()))?
+    }
+
+    /// Queues `f` for the next group commit without waiting for it; failures are logged.
+    pub fn write_detached<F>(&self, what: &'static str, f: F)
+    where
+        F: FnOnce(&Tx<'_>) -> Result<(), StoreError> + Send + 'static,
+    {
+        let job: Job = Box::new(move |conn| {
+            if let Err(error) = f(conn) {
+                tracing::warn!(%error, what, "Background write failed.");
+            }
+            None
+        });
+        let _ = self.jobs.send(job);
+    }
+
+    /// Runs `f` on a read-only connection on a blocking thread.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = match shared.readers.lock().unwrap().pop() {
+                Some(c) => c,
+                None => open_reader(&shared.path)?,
+            };
+            let result = f(&conn);
+            shared.readers.lock().unwrap().push(conn);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Setup(format!("read task failed: {e}")))?
+    }
+
+    /// A receiver that changes after every commit of this process's writer.
+    pub fn commits(&self) -> watch::Receiver<u64> {
+        self.shared.commits.subscribe()
+    }
+}
+
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let sql = |source| StoreError::Sqlite { path: path.to_path_buf(), source };
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+    )
+    .map_err(sql)?;
+    configure(&conn).map_err(sql)?;
+    conn.pragma_update(None, "query_only", true).map_err(sql)?;
+    Ok(conn)
+}
+
+fn writer_loop(conn: Connection, rx: std::sync::mpsc::Receiver<Job>, shared: Arc<Shared>) {
+    let checkpointer = Checkpointer::start(&shared.path);
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut done: Vec<Completion> = Vec::with_capacity(MAX_BATCH);
+    let mut generation = 0u64;
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let msg = format!("cannot begin a write transaction: {e}");
+            tracing::error!(path = %shared.path.display(), error = %e, "Write batch failed.");
+            // The jobs never ran: dropping them drops their senders, and callers see the error.
+            for job in batch.drain(..) {
+                fail_unrun(job, &msg);
+            }
+            continue;
+        }
+        let tx = Tx { conn: &conn };
+        for job in batch.drain(..) {
+            if tx.execute_batch("SAVEPOINT job").is_err() {
+                fail_unrun(job, "cannot open a savepoint");
+                continue;
+            }
+            match std::panic::catch_unwind(AssertUnwindSafe(|| job(&tx))) {
+                Ok(Some(completion)) => {
+                    let _ = tx.execute_batch("RELEASE job");
+                    done.push(completion);
+                }
+                Ok(None) | Err(_) => {
+                    let _ = tx.execute_batch("ROLLBACK TO job; RELEASE job");
+                }
+            }
+        }
+        let committed = conn.execute_batch("COMMIT").map_err(|source| StoreError::Sqlite { path: shared.path.clone(), source });
+        if committed.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        let ok = committed.is_ok();
+        for completion in done.drain(..) {
+            completion(match &committed {
+                Ok(()) => Ok(()),
+                Err(e) => Err(StoreError::Setup(format!("commit failed: {e}"))),
+            });
+        }
+        if ok {
+            generation += 1;
+            shared.commits.send_replace(generation);
+            checkpointer.poke();
+        }
+    }
+}
+
+fn fail_unrun(job: Job, _why: &str) {
+    // A job only reports through its completion; dropping it unrun closes its channel,
+    // which the caller sees as an error. Nothing was written for it.
+    drop(job);
+}
+
+/// Copies WAL frames back into the database off the commit path, so a commit
+/// never waits behind a checkpoint's fsync.
+struct Checkpointer {
+    poke: Option<std::sync::mpsc::SyncSender<()>>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> Checkpointer {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let path = path.to_path_buf();
+        let spawned = std::thread::Builder::new().name("patchbay-db-checkpoint".into()).spawn(move || {
+            let Ok(conn) = Connection::open(&path) else { return };
+            if configure(&conn).is_err() {
+                return;
+            }
+            while rx.recv().is_ok() {
+                // Coalesce pokes: at most one checkpoint every 50 ms.
+                std::thread::sleep(Duration::from_millis(50));
+                while rx.try_recv().is_ok() {}
+                let frames: Result<(i64, i64, i64), _> =
+                    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)));
+                if let Ok((_, log, _)) = frames {
+                    if log > CHECKPOINT_PAGES * 16 {
+                        // The WAL keeps growing while readers pin it; truncate when it gets large.
+                        let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+                    }
+                }
+            }
+        });
+        Checkpointer { poke: spawned.ok().map(|_| tx) }
+    }
+
+    fn poke(&self) {
+        if let Some(tx) = &self.poke {
+            let _ = tx.try_send(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_share_commits_and_failures_stay_local() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.sqlite3")).unwrap();
+        db.write(|tx| {
+            tx.execute_batch("CREATE TABLE t (n INTEGER PRIMARY KEY)")?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let mut commits = db.commits();
+        commits.borrow_and_update();
+        let mut tasks = Vec::new();
+        for n in 0..200i64 {
+            let db = db.clone();
+            tasks.push(tokio::spawn(async move {
+                db.write(move |tx| {
+                    tx.execute("INSERT INTO t (n) VALUES (?1)", [n])?;
+                    if n % 10 == 0 {
+                        return Err(StoreError::Setup("refused".into()));
+                    }
+                    Ok(n)
+                })
+                .await
+            }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            if t.await.unwrap().is_ok() {
+                ok += 1;
+            }
+        }
+        assert_eq!(ok, 180);
+        let count: i64 = db.read(|c| Ok(c.query_row("SELECT count(*) FROM t WHERE n % 10 != 0", [], |r| r.get(0))?)).await.unwrap();
+        let refused: i64 = db.read(|c| Ok(c.query_row("SELECT count(*) FROM t WHERE n % 10 = 0", [], |r| r.get(0))?)).await.unwrap();
+        assert_eq!((count, refused), (180, 0));
+        let generations = *commits.borrow_and_update();
+        assert!(generations >= 1 && generations < 200, "200 writes took {generations} commits");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_write_does_not_kill_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.sqlite3")).unwrap();
+        let r: Result<(), _> = db.write(|_| panic!("boom")).await;
+        assert!(r.is_err());
+        db.write(|tx| Ok(tx.execute_batch("CREATE TABLE t (n)")?)).await.unwrap();
+    }
+}
