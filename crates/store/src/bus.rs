@@ -13,7 +13,7 @@
 //! process any number of subscriptions compete for the queue's messages. Any
 //! process may publish.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,7 +23,7 @@ use patchbay_bus::{
     Acker, Bus, BusError, DeadLetter, Delivery, LogEntry, MessageLog, Outgoing, QueueSpec, Sealer, Subscription,
     TopicPattern,
 };
-use patchbay_model::{Envelope, Timestamp};
+use patchbay_model::{Envelope, Sender, Timestamp};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
@@ -45,6 +45,7 @@ struct Inner {
     sealer: Sealer,
     lock_dir: PathBuf,
     routes: Arc<Mutex<Routes>>,
+    seqs: Mutex<Seqs>,
     queues: tokio::sync::Mutex<HashMap<String, Arc<QueueRt>>>,
 }
 
@@ -91,19 +92,36 @@ impl Routes {
     }
 }
 
-fn next_seq(tx: &Connection, out: &Outgoing) -> Result<u64, StoreError> {
-    let seq: i64 = tx
-        .prepare_cached(
-            "INSERT INTO bus_senders (service, instance, seq) VALUES (?1, ?2, 1)
-             ON CONFLICT (service, instance) DO UPDATE SET seq = seq + 1 RETURNING seq",
-        )?
-        .query_row(params![out.sender.service, out.sender.instance], |r| r.get(0))?;
-    Ok(seq as u64)
+/// Raises a sender's committed sequence mark to `max`, or fails if something at or above `min`
+/// was committed first: that is what keeps sequence numbers strictly increasing in commit order.
+fn claim_seqs(tx: &Connection, sender: &Sender, min: u64, max: u64) -> Result<bool, StoreError> {
+    let raised = tx
+        .prepare_cached("UPDATE bus_senders SET seq = ?4 WHERE service = ?1 AND instance = ?2 AND seq < ?3")?
+        .execute(params![sender.service, sender.instance, min as i64, max as i64])?;
+    if raised == 1 {
+        return Ok(true);
+    }
+    let created = tx
+        .prepare_cached("INSERT INTO bus_senders (service, instance, seq) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")?
+        .execute(params![sender.service, sender.instance, max as i64])?;
+    Ok(created == 1)
+}
+
+fn committed_seq(c: &Connection, sender: &Sender) -> Result<u64, StoreError> {
+    Ok(c.prepare_cached("SELECT seq FROM bus_senders WHERE service = ?1 AND instance = ?2")?
+        .query_row(params![sender.service, sender.instance], |r| r.get::<_, i64>(0))
+        .optional()?
+        .unwrap_or(0) as u64)
+}
+
+/// A sealed envelope and its wire bytes, made on the publisher's thread, not the writer's.
+struct Sealed {
+    envelope: Envelope,
+    wire: Vec<u8>,
 }
 
 /// Inserts an envelope and its deliveries; false when its id is already in the log.
-fn insert(tx: &Connection, routes: &mut Routes, env: &Envelope) -> Result<bool, StoreError> {
-    let wire = env.to_wire();
+fn insert(tx: &Connection, routes: &mut Routes, env: &Envelope, wire: &[u8]) -> Result<bool, StoreError> {
     let inserted = tx
         .prepare_cached("INSERT INTO bus_messages (id, topic, wire) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING")?
         .execute(params![env.id.to_string(), env.topic.as_str(), wire])?;
@@ -116,6 +134,74 @@ fn insert(tx: &Connection, routes: &mut Routes, env: &Envelope) -> Result<bool, 
         stmt.execute(params![queue, pos])?;
     }
     Ok(true)
+}
+
+/// Commits sealed messages after checking their sequence numbers against the committed marks.
+fn commit_sealed(tx: &Connection, routes: &Mutex<Routes>, sealed: Vec<Sealed>) -> Result<Vec<Envelope>, StoreError> {
+    let mut ranges: BTreeMap<&Sender, (u64, u64)> = BTreeMap::new();
+    for s in &sealed {
+        let r = ranges.entry(&s.envelope.sender).or_insert((u64::MAX, 0));
+        r.0 = r.0.min(s.envelope.seq);
+        r.1 = r.1.max(s.envelope.seq);
+    }
+    let mut conflicts = Vec::new();
+    for (sender, (min, max)) in ranges {
+        if !claim_seqs(tx, sender, min, max)? {
+            conflicts.push(sender.clone());
+        }
+    }
+    if !conflicts.is_empty() {
+        return Err(StoreError::SeqConflict(conflicts));
+    }
+    let mut routes = routes.lock().unwrap();
+    routes.refresh(tx)?;
+    for s in &sealed {
+        insert(tx, &mut routes, &s.envelope, &s.wire)?;
+    }
+    Ok(sealed.into_iter().map(|s| s.envelope).collect())
+}
+
+/// Sequence numbers handed out by this process, per sender: the next one to use.
+/// The committed mark in `bus_senders` stays authoritative (see [`claim_seqs`]).
+#[derive(Default)]
+struct Seqs {
+    next: HashMap<Sender, u64>,
+    stale: HashSet<Sender>,
+}
+
+impl Seqs {
+    fn needs_mark(&self, messages: &[Outgoing]) -> Vec<Sender> {
+        let mut out: Vec<Sender> =
+            messages.iter().map(|m| &m.sender).filter(|s| self.stale.contains(*s) || !self.next.contains_key(*s)).cloned().collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    fn learn(&mut self, sender: Sender, committed: u64) {
+        self.stale.remove(&sender);
+        let next = self.next.entry(sender).or_insert(0);
+        *next = (*next).max(committed + 1);
+    }
+
+    /// Seals in order; `None` when a sender's mark is unknown (learn it, then seal).
+    fn seal(&mut self, sealer: &Sealer, messages: &[Outgoing]) -> Option<Vec<Sealed>> {
+        if !self.needs_mark(messages).is_empty() {
+            return None;
+        }
+        Some(
+            messages
+                .iter()
+                .map(|out| {
+                    let next = self.next.get_mut(&out.sender).expect("checked above");
+                    let envelope = sealer.seal(out.clone(), *next);
+                    *next += 1;
+                    let wire = envelope.to_wire();
+                    Sealed { envelope, wire }
+                })
+                .collect(),
+        )
+    }
 }
 
 fn parse_wire(wire: &[u8]) -> Result<Envelope, StoreError> {
@@ -131,6 +217,7 @@ impl EmbeddedBus {
                 sealer,
                 lock_dir: lock_dir.to_path_buf(),
                 routes: Arc::new(Mutex::new(Routes::default())),
+                seqs: Mutex::new(Seqs::default()),
                 queues: tokio::sync::Mutex::new(HashMap::new()),
             }),
         }
@@ -148,22 +235,30 @@ impl EmbeddedBus {
     }
 
     /// Publishes inside the caller's write: the messages commit, or roll back, with it.
+    /// (Signing then happens on the writer thread; hot paths should prefer [`Bus::publish`].)
     pub fn publish_in(&self, tx: &Tx<'_>, messages: Vec<Outgoing>) -> Result<Vec<Envelope>, StoreError> {
-        publish_in(tx, &self.inner.sealer, &self.inner.routes, messages)
+        loop {
+            let sealed = {
+                let mut seqs = self.inner.seqs.lock().unwrap();
+                for sender in seqs.needs_mark(&messages) {
+                    let committed = committed_seq(tx, &sender)?;
+                    seqs.learn(sender, committed);
+                }
+                seqs.seal(&self.inner.sealer, &messages).expect("every mark is known")
+            };
+            match commit_sealed(tx, &self.inner.routes, sealed) {
+                Err(StoreError::SeqConflict(senders)) => {
+                    // Inside the writer the committed marks are current: one re-seal settles it.
+                    let mut seqs = self.inner.seqs.lock().unwrap();
+                    for sender in senders {
+                        let committed = committed_seq(tx, &sender)?;
+                        seqs.learn(sender, committed);
+                    }
+                }
+                other => return other,
+            }
+        }
     }
-}
-
-fn publish_in(tx: &Connection, sealer: &Sealer, routes: &Mutex<Routes>, messages: Vec<Outgoing>) -> Result<Vec<Envelope>, StoreError> {
-    let mut routes = routes.lock().unwrap();
-    routes.refresh(tx)?;
-    let mut sealed = Vec::with_capacity(messages.len());
-    for out in messages {
-        let seq = next_seq(tx, &out)?;
-        let env = sealer.seal(out, seq);
-        insert(tx, &mut routes, &env)?;
-        sealed.push(env);
-    }
-    Ok(sealed)
 }
 
 fn declare(tx: &Connection, name: &str, patterns: &[String]) -> Result<i64, StoreError> {
@@ -206,20 +301,49 @@ async fn acquire_queue_lock(dir: &Path, queue: &str) -> Result<std::fs::File, Bu
 #[async_trait]
 impl Bus for EmbeddedBus {
     async fn publish(&self, messages: Vec<Outgoing>) -> Result<Vec<Envelope>, BusError> {
-        let sealer = self.inner.sealer.clone();
-        let routes = self.inner.routes.clone();
-        Ok(self.inner.db.write(move |tx| publish_in(tx, &sealer, &routes, messages)).await?)
+        const ATTEMPTS: usize = 16;
+        for _ in 0..ATTEMPTS {
+            let unknown = self.inner.seqs.lock().unwrap().needs_mark(&messages);
+            if !unknown.is_empty() {
+                let marks = self
+                    .inner
+                    .db
+                    .read(move |c| unknown.into_iter().map(|s| committed_seq(c, &s).map(|m| (s, m))).collect::<Result<Vec<_>, _>>())
+                    .await?;
+                let mut seqs = self.inner.seqs.lock().unwrap();
+                for (sender, mark) in marks {
+                    seqs.learn(sender, mark);
+                }
+            }
+            // Seal and enqueue under one lock, so the writer sees each sender's messages in sequence order.
+            let pending = {
+                let mut seqs = self.inner.seqs.lock().unwrap();
+                let Some(sealed) = seqs.seal(&self.inner.sealer, &messages) else { continue };
+                let routes = self.inner.routes.clone();
+                self.inner.db.submit(move |tx| commit_sealed(tx, &routes, sealed))?
+            };
+            match pending.await {
+                Ok(envelopes) => return Ok(envelopes),
+                Err(StoreError::SeqConflict(senders)) => {
+                    tracing::debug!(?senders, "Sequence numbers taken by another writer; re-sealing.");
+                    self.inner.seqs.lock().unwrap().stale.extend(senders);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(BusError::Unavailable(format!("sequence numbers kept conflicting after {ATTEMPTS} attempts")))
     }
 
     async fn publish_sealed(&self, envelopes: Vec<Envelope>) -> Result<(), BusError> {
         let routes = self.inner.routes.clone();
+        let sealed: Vec<Sealed> = envelopes.into_iter().map(|envelope| Sealed { wire: envelope.to_wire(), envelope }).collect();
         self.inner
             .db
             .write(move |tx| {
                 let mut routes = routes.lock().unwrap();
                 routes.refresh(tx)?;
-                for env in &envelopes {
-                    insert(tx, &mut routes, env)?;
+                for s in &sealed {
+                    insert(tx, &mut routes, &s.envelope, &s.wire)?;
                 }
                 Ok(())
             })

@@ -27,6 +27,13 @@ const MAX_BATCH: usize = 4096;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// WAL size (in pages) above which the background checkpointer runs.
 const CHECKPOINT_PAGES: i64 = 2048;
+/// Checkpoint often, in small steps: a large checkpoint's writeback makes the next
+/// commit's fsync wait behind it (ext4 orders data before its journal commit).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
+
+fn checkpoint_every() -> Duration {
+    std::env::var("PATCHBAY_CHECKPOINT_MS").ok().and_then(|v| v.parse().ok()).map(Duration::from_millis).unwrap_or(CHECKPOINT_EVERY)
+}
 
 /// A connection that is inside the writer's transaction: do not BEGIN or COMMIT on it.
 pub struct Tx<'a> {
@@ -104,6 +111,15 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&Tx<'_>) -> Result<T, StoreError> + Send + 'static,
     {
+        self.submit(f)?.await
+    }
+
+    /// Queues `f` now (so jobs submitted in order run in order) and returns a future for its commit.
+    pub fn submit<T, F>(&self, f: F) -> Result<impl std::future::Future<Output = Result<T, StoreError>> + use<T, F>, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Tx<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn| match f(conn) {
             Ok(value) => Some(Box::new(move |committed: Result<(), StoreError>| {
@@ -115,7 +131,7 @@ impl Db {
             }
         });
         self.jobs.send(job).map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Setup("the writer dropped a job (a write panicked)".into()))?
+        Ok(async move { rx.await.map_err(|_| StoreError::Setup("the writer dropped a job (a write panicked)".into()))? })
     }
 
     /// Queues `f` for the next group commit without waiting for it; failures are logged.
@@ -193,18 +209,20 @@ fn writer_loop(conn: Connection, rx: std::sync::mpsc::Receiver<Job>, shared: Arc
             continue;
         }
         let tx = Tx { conn: &conn };
+        let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map(|_| ());
         for job in batch.drain(..) {
-            if tx.execute_batch("SAVEPOINT job").is_err() {
+            if run("SAVEPOINT job").is_err() {
                 fail_unrun(job, "cannot open a savepoint");
                 continue;
             }
             match std::panic::catch_unwind(AssertUnwindSafe(|| job(&tx))) {
                 Ok(Some(completion)) => {
-                    let _ = tx.execute_batch("RELEASE job");
+                    let _ = run("RELEASE job");
                     done.push(completion);
                 }
                 Ok(None) | Err(_) => {
-                    let _ = tx.execute_batch("ROLLBACK TO job; RELEASE job");
+                    let _ = run("ROLLBACK TO job");
+                    let _ = run("RELEASE job");
                 }
             }
         }
@@ -249,14 +267,15 @@ impl Checkpointer {
                 return;
             }
             while rx.recv().is_ok() {
-                // Coalesce pokes: at most one checkpoint every 50 ms.
-                std::thread::sleep(Duration::from_millis(50));
+                // Coalesce pokes into one small checkpoint per interval.
+                std::thread::sleep(checkpoint_every());
                 while rx.try_recv().is_ok() {}
                 let frames: Result<(i64, i64, i64), _> =
                     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)));
-                if let Ok((_, log, _)) = frames {
-                    if log > CHECKPOINT_PAGES * 16 {
-                        // The WAL keeps growing while readers pin it; truncate when it gets large.
+                if let Ok((0, log, done)) = frames {
+                    // TRUNCATE holds off writers while it works, so only ask for it once a
+                    // passive checkpoint has copied everything and it has nothing left to copy.
+                    if log > CHECKPOINT_PAGES * 16 && done == log {
                         let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
                     }
                 }

@@ -46,6 +46,9 @@ pub enum StoreError {
     /// Data in the database is not what this version wrote.
     #[error("corrupt data: {0}")]
     Corrupt(String),
+    /// Another process committed a higher sequence number for these senders first; re-seal and retry.
+    #[error("sequence numbers of {0:?} were taken by another writer")]
+    SeqConflict(Vec<patchbay_model::Sender>),
     /// The store was shut down.
     #[error("store closed")]
     Closed,

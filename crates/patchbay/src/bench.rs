@@ -1,0 +1,229 @@
+//! `patchbay bench bus`: durable publish + consume + ack throughput with
+//! concurrent publishers, and publish-to-delivery latency at a steady rate, on
+//! the embedded bus in a scratch directory.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use patchbay_bus::{Bus, Consumer, Outgoing, QueueSpec, Sealer, SigningKey, TopicPattern, TrustPolicy};
+use patchbay_model::{SchemaRef, Sender, TopicRoot};
+use patchbay_store::EmbeddedBus;
+use serde::Serialize;
+
+/// Options of `patchbay bench bus`.
+#[derive(Debug, clap::Args)]
+pub struct BusBench {
+    /// Messages in the throughput run.
+    #[arg(long, default_value_t = 100_000)]
+    messages: u64,
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Concurrent publishers in the throughput run.
+    #[arg(long, default_value_t = 64)]
+    publishers: u64,
+    /// Rate of the latency run, messages per second.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Length of the latency run, seconds.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Pause between the throughput and latency runs, so the latency run measures a steady state.
+    #[arg(long, default_value_t = 3000)]
+    settle_ms: u64,
+    /// Do not sign messages (they are signed by default, as in production).
+    #[arg(long)]
+    unsigned: bool,
+    /// Verify every signature on the consumer side (require_signatures = true).
+    #[arg(long)]
+    verify: bool,
+    /// Scratch directory (default: a new temporary directory, removed afterwards).
+    #[arg(long)]
+    dir: Option<std::path::PathBuf>,
+    /// Print the figures as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Figures {
+    messages: u64,
+    body_bytes: usize,
+    publishers: u64,
+    signed: bool,
+    verified: bool,
+    throughput_seconds: f64,
+    throughput_msg_per_s: f64,
+    latency_rate_msg_per_s: u64,
+    latency_messages: u64,
+    latency_p50_ms: f64,
+    latency_p99_ms: f64,
+    latency_max_ms: f64,
+}
+
+fn body(n: u64, sent_ns: u64, size: usize) -> serde_json::Value {
+    let pad = size.saturating_sub(48);
+    serde_json::json!({ "n": n, "t": sent_ns, "pad": "x".repeat(pad) })
+}
+
+/// Runs the benchmark and prints its figures.
+pub async fn run(opts: BusBench) -> anyhow::Result<()> {
+    let scratch = match &opts.dir {
+        Some(_) => None,
+        None => Some(tempfile_dir()?),
+    };
+    let dir = opts.dir.clone().unwrap_or_else(|| scratch.as_ref().unwrap().clone());
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let key = if opts.unsigned { None } else { Some(Arc::new(SigningKey::generate("bench")?)) };
+    let root = TopicRoot::new("patchbay", "bench")?;
+    let mut policy = TrustPolicy::new(opts.verify);
+    if let Some(k) = &key {
+        policy.trust(k.public());
+        policy.allow(k.id(), vec![TopicPattern::parse("#")?]);
+    }
+    let policy = Arc::new(policy);
+    let bus = Arc::new(EmbeddedBus::open(&dir, Sealer::new(key.clone()))?);
+    let dyn_bus: Arc<dyn Bus> = bus.clone();
+    let topic = root.topic("bench.message.sent")?;
+    let epoch = Instant::now();
+    let make = {
+        let topic = topic.clone();
+        let size = opts.size;
+        move |n: u64, publisher: u64| Outgoing {
+            sender: Sender::new("bench", format!("p{publisher}")),
+            topic: topic.clone(),
+            schema: SchemaRef { name: "patchbay.bench".into(), version: 1 },
+            body: body(n, epoch.elapsed().as_nanos() as u64, size),
+        }
+    };
+
+    // Throughput: concurrent publishers, consumers ack each delivery in its own task.
+    let pattern = TopicPattern::parse(&format!("{}.bench.#", root.as_str()))?;
+    let sub = dyn_bus.subscribe(QueueSpec::new("bench-throughput", vec![pattern.clone()]).prefetch(1024)).await?;
+    let mut consumer = Consumer::new(sub, policy.clone());
+    let total = opts.messages;
+    let progress = !opts.json;
+    let started = Instant::now();
+    let mut publishers = tokio::task::JoinSet::new();
+    for p in 0..opts.publishers {
+        let bus = dyn_bus.clone();
+        let make = make.clone();
+        let count = total / opts.publishers + u64::from(p < total % opts.publishers);
+        publishers.spawn(async move {
+            for i in 0..count {
+                bus.publish(vec![make(i, p)]).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    let consuming = tokio::spawn(async move {
+        let mut acks = tokio::task::JoinSet::new();
+        for n in 0..total {
+            let d = consumer.next().await?;
+            acks.spawn(d.ack());
+            while let Some(r) = acks.try_join_next() {
+                r??;
+            }
+            if progress && n > 0 && n % 20_000 == 0 {
+                eprintln!("  {n} consumed");
+            }
+        }
+        while let Some(r) = acks.join_next().await {
+            r??;
+        }
+        anyhow::Ok(())
+    });
+    while let Some(r) = publishers.join_next().await {
+        r??;
+    }
+    consuming.await??;
+    let elapsed = started.elapsed();
+    let pending = bus.pending("bench-throughput").await?;
+    anyhow::ensure!(pending == 0, "{pending} deliveries still pending after every ack returned");
+
+    // Latency: one publisher at a steady rate, after the burst's writeback has settled.
+    // (Right after a 100 MB burst the kernel is still writing it back, and fsyncs wait behind it.)
+    tokio::time::sleep(Duration::from_millis(opts.settle_ms)).await;
+    let sub = dyn_bus.subscribe(QueueSpec::new("bench-latency", vec![TopicPattern::parse(&format!("{}.bench.latency.#", root.as_str()))?]).prefetch(256)).await?;
+    let mut consumer = Consumer::new(sub, policy);
+    let latency_topic = root.topic("bench.latency.sent")?;
+    let n_latency = opts.rate * opts.seconds;
+    let interval = Duration::from_nanos(1_000_000_000 / opts.rate.max(1));
+    let receiver = tokio::spawn(async move {
+        let mut samples = Vec::with_capacity(n_latency as usize);
+        let mut acks = tokio::task::JoinSet::new();
+        for _ in 0..n_latency {
+            let d = consumer.next().await?;
+            let now = epoch.elapsed().as_nanos() as u64;
+            let sent = d.envelope.body["t"].as_u64().unwrap_or(now);
+            samples.push(now.saturating_sub(sent));
+            acks.spawn(d.ack());
+            while let Some(r) = acks.try_join_next() {
+                r??;
+            }
+        }
+        while let Some(r) = acks.join_next().await {
+            r??;
+        }
+        anyhow::Ok(samples)
+    });
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut inflight = tokio::task::JoinSet::new();
+    for i in 0..n_latency {
+        ticker.tick().await;
+        let bus = dyn_bus.clone();
+        let mut out = make(i, 0);
+        out.topic = latency_topic.clone();
+        inflight.spawn(async move { bus.publish(vec![out]).await });
+        while let Some(r) = inflight.try_join_next() {
+            r??;
+        }
+    }
+    while let Some(r) = inflight.join_next().await {
+        r??;
+    }
+    let mut samples = receiver.await??;
+    samples.sort_unstable();
+    let pct = |p: f64| samples[((samples.len() as f64 * p).ceil() as usize).clamp(1, samples.len()) - 1] as f64 / 1e6;
+
+    let figures = Figures {
+        messages: total,
+        body_bytes: opts.size,
+        publishers: opts.publishers,
+        signed: key.is_some(),
+        verified: opts.verify,
+        throughput_seconds: elapsed.as_secs_f64(),
+        throughput_msg_per_s: total as f64 / elapsed.as_secs_f64(),
+        latency_rate_msg_per_s: opts.rate,
+        latency_messages: n_latency,
+        latency_p50_ms: pct(0.50),
+        latency_p99_ms: pct(0.99),
+        latency_max_ms: pct(1.0),
+    };
+    drop(dyn_bus);
+    drop(bus);
+    if let Some(dir) = scratch {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    if opts.json {
+        println!("{}", serde_json::to_string(&figures)?);
+    } else {
+        println!(
+            "bus throughput: {} messages of {} B, {} publishers, signed={} verified={}: {:.2} s, {:.0} msg/s",
+            figures.messages, figures.body_bytes, figures.publishers, figures.signed, figures.verified, figures.throughput_seconds, figures.throughput_msg_per_s
+        );
+        println!(
+            "bus latency at {} msg/s over {} messages: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            figures.latency_rate_msg_per_s, figures.latency_messages, figures.latency_p50_ms, figures.latency_p99_ms, figures.latency_max_ms
+        );
+    }
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("patchbay-bench-{}", patchbay_model::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
