@@ -1,1 +1,225 @@
-//! placeholder
+//! The service runtime: binds a [`Handler`] to topic patterns on a bus and
+//! runs it with the delivery rules every patchbay service shares.
+//!
+//! - A message is acked only after the handler returned `Ok`, and a handler
+//!   returns only after its effects are committed, so a crash at any point
+//!   means redelivery, never loss. Handlers must therefore be idempotent.
+//! - A transient error is retried with exponential backoff; after
+//!   `max_attempts` deliveries (crashes included) the message is dead-lettered
+//!   with the last error. A permanent error is dead-lettered at once. A panic
+//!   counts as a transient error.
+//! - Messages the trust policy refuses never reach the handler.
+//! - Shutdown is a future passed in (as mini-redis does): the runtime stops
+//!   taking messages, lets running handlers finish within a grace period, and
+//!   returns; anything unfinished returns to the queue.
+//!
+//! This crate knows no backend: it takes an `Arc<dyn Bus>`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use patchbay_bus::{Bus, BusError, Consumer, Delivery, QueueSpec, TopicPattern, TrustPolicy};
+use patchbay_model::Envelope;
+use tokio::task::JoinSet;
+
+/// What went wrong in a handler, and so what to do with the message.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Might work later (store busy, remote down): retry with backoff.
+    #[error("{0}")]
+    Transient(String),
+    /// Can never work (malformed body): dead-letter at once.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+/// One service's reaction to a message.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one message; returns only once its effects are committed.
+    async fn handle(&self, envelope: &Envelope, attempt: u32) -> Result<(), HandlerError>;
+}
+
+/// How hard to retry.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// Deliveries after which a failing message is dead-lettered.
+    pub max_attempts: u32,
+    /// Delay before the second delivery; doubles each attempt.
+    pub base_delay: Duration,
+    /// Upper bound of the delay.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { max_attempts: 5, base_delay: Duration::from_millis(500), max_delay: Duration::from_secs(300) }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay after failed attempt `attempt` (1-based): base × 2^(attempt-1), capped.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(30));
+        self.base_delay.saturating_mul(factor).min(self.max_delay)
+    }
+}
+
+/// A service: a name, a queue, the topics it listens to and how it runs.
+#[derive(Clone, Debug)]
+pub struct ServiceSpec {
+    /// The service name, for logs.
+    pub name: String,
+    /// The durable queue; instances of one service share it and compete.
+    pub queue: String,
+    /// Topic patterns bound to the queue.
+    pub patterns: Vec<TopicPattern>,
+    /// How many messages are handled at once (the subscription's prefetch).
+    pub concurrency: u16,
+    /// Retry and dead-letter policy.
+    pub retry: RetryPolicy,
+    /// How long running handlers may take to finish after shutdown is signalled.
+    pub grace: Duration,
+}
+
+impl ServiceSpec {
+    /// A service named `name` on a queue of the same name.
+    pub fn new(name: &str, patterns: Vec<TopicPattern>) -> Self {
+        ServiceSpec {
+            name: name.to_string(),
+            queue: name.to_string(),
+            patterns,
+            concurrency: 8,
+            retry: RetryPolicy::default(),
+            grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why a service stopped other than by shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The bus refused the service's queue: a configuration error.
+    #[error("service {service}: {source}")]
+    Bus {
+        /// The service.
+        service: String,
+        /// The bus's error.
+        source: BusError,
+    },
+}
+
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
+
+/// Runs `handler` for `spec` until `shutdown` resolves.
+pub async fn run(
+    bus: Arc<dyn Bus>,
+    policy: Arc<TrustPolicy>,
+    spec: ServiceSpec,
+    handler: Arc<dyn Handler>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RuntimeError> {
+    tokio::pin!(shutdown);
+    let queue = QueueSpec::new(spec.queue.clone(), spec.patterns.clone()).prefetch(spec.concurrency);
+    let mut backoff = Duration::from_millis(200);
+    let mut consumer = loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => return Ok(()),
+            sub = bus.subscribe(queue.clone()) => match sub {
+                Ok(sub) => break Consumer::new(sub, policy.clone()),
+                Err(source @ BusError::Invalid(_)) => return Err(RuntimeError::Bus { service: spec.name.clone(), source }),
+                Err(error) => {
+                    tracing::warn!(service = %spec.name, %error, retry_in = ?backoff, "Cannot reach the bus; retrying.");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RECONNECT_MAX);
+                }
+            }
+        }
+    };
+    tracing::info!(service = %spec.name, queue = %spec.queue, "Service started.");
+    let spec = Arc::new(spec);
+    let mut running: JoinSet<()> = JoinSet::new();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+            next = consumer.next() => match next {
+                Ok(delivery) => {
+                    backoff = Duration::from_millis(200);
+                    running.spawn(handle_one(spec.clone(), handler.clone(), delivery));
+                }
+                Err(BusError::Closed) => break,
+                Err(error) => {
+                    tracing::warn!(service = %spec.name, %error, retry_in = ?backoff, "Lost the bus; retrying.");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RECONNECT_MAX);
+                }
+            }
+        }
+    }
+    tracing::info!(service = %spec.name, running = running.len(), "Service stopping; letting running handlers finish.");
+    let drained = tokio::time::timeout(spec.grace, async {
+        while running.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(service = %spec.name, unfinished = running.len(), "Grace period over; unfinished messages return to the queue.");
+        running.shutdown().await;
+    }
+    tracing::info!(service = %spec.name, "Service stopped.");
+    Ok(())
+}
+
+async fn handle_one(spec: Arc<ServiceSpec>, handler: Arc<dyn Handler>, delivery: Delivery) {
+    let envelope = Arc::new(delivery.envelope.clone());
+    let attempt = delivery.attempt;
+    let outcome = {
+        let envelope = envelope.clone();
+        // Its own task, so a panic is caught and counted instead of unwinding through the runtime.
+        match tokio::spawn(async move { handler.handle(&envelope, attempt).await }).await {
+            Ok(result) => result,
+            Err(join) => Err(HandlerError::Transient(if join.is_panic() { "handler panicked".into() } else { "handler cancelled".into() })),
+        }
+    };
+    let (id, topic, service) = (envelope.id, &envelope.topic, &spec.name);
+    let settled = match outcome {
+        Ok(()) => {
+            tracing::debug!(%service, %id, %topic, attempt, "Handled.");
+            delivery.ack().await
+        }
+        Err(HandlerError::Permanent(error)) => {
+            tracing::warn!(%service, %id, %topic, attempt, %error, "Handler failed permanently; dead-lettered.");
+            delivery.dead_letter(format!("permanent failure: {error}")).await
+        }
+        Err(HandlerError::Transient(error)) if attempt >= spec.retry.max_attempts => {
+            tracing::warn!(%service, %id, %topic, attempt, %error, "Handler kept failing; dead-lettered.");
+            delivery.dead_letter(format!("gave up after {attempt} attempts: {error}")).await
+        }
+        Err(HandlerError::Transient(error)) => {
+            let delay = spec.retry.delay(attempt);
+            tracing::info!(%service, %id, %topic, attempt, %error, retry_in = ?delay, "Handler failed; will retry.");
+            delivery.retry(delay, error).await
+        }
+    };
+    if let Err(error) = settled {
+        tracing::warn!(%service, %id, %error, "Could not settle the delivery; it will be delivered again.");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let p = RetryPolicy { max_attempts: 9, base_delay: Duration::from_millis(100), max_delay: Duration::from_secs(1) };
+        let delays: Vec<u128> = (1..=6).map(|a| p.delay(a).as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(p.delay(u32::MAX), Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,143 @@
+//! The runtime against the embedded bus: ack after success, retry with
+//! backoff, dead-letter with the error, panics contained, graceful shutdown.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use patchbay_bus::{Bus, Outgoing, Sealer, TopicPattern, TrustPolicy};
+use patchbay_model::{Envelope, SchemaRef, Sender, TopicRoot};
+use patchbay_runtime::{Handler, HandlerError, RetryPolicy, ServiceSpec, run};
+use patchbay_store::EmbeddedBus;
+
+/// Fails each message `fail_times` times (per body "mode"), records attempts and times.
+struct Script {
+    seen: Mutex<HashMap<u64, Vec<(u32, Instant)>>>,
+    slow: Duration,
+}
+
+#[async_trait]
+impl Handler for Script {
+    async fn handle(&self, env: &Envelope, attempt: u32) -> Result<(), HandlerError> {
+        let n = env.body["n"].as_u64().unwrap();
+        self.seen.lock().unwrap().entry(n).or_default().push((attempt, Instant::now()));
+        tokio::time::sleep(self.slow).await;
+        match env.body["mode"].as_str().unwrap() {
+            "ok" => Ok(()),
+            "flaky" if attempt < 3 => Err(HandlerError::Transient(format!("flaky attempt {attempt}"))),
+            "flaky" => Ok(()),
+            "broken" => Err(HandlerError::Transient("disk on fire".into())),
+            "poison" => Err(HandlerError::Permanent("body makes no sense".into())),
+            "panic" => panic!("handler bug"),
+            other => panic!("unknown mode {other}"),
+        }
+    }
+}
+
+fn root() -> TopicRoot {
+    TopicRoot::new("rt", "test").unwrap()
+}
+
+fn msg(n: u64, mode: &str) -> Outgoing {
+    Outgoing {
+        sender: Sender::new("test", "1"),
+        topic: root().topic("job.item.new").unwrap(),
+        schema: SchemaRef { name: "test".into(), version: 1 },
+        body: serde_json::json!({ "n": n, "mode": mode }),
+    }
+}
+
+fn spec() -> ServiceSpec {
+    let mut spec = ServiceSpec::new("worker", vec![TopicPattern::parse("rt.test.job.#").unwrap()]);
+    spec.retry = RetryPolicy { max_attempts: 4, base_delay: Duration::from_millis(100), max_delay: Duration::from_secs(2) };
+    spec.concurrency = 4;
+    spec
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_retries_and_dead_letters_by_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Arc::new(EmbeddedBus::open(dir.path(), Sealer::default()).unwrap());
+    let handler = Arc::new(Script { seen: Mutex::default(), slow: Duration::ZERO });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let service = tokio::spawn(run(bus.clone(), Arc::new(TrustPolicy::permissive()), spec(), handler.clone(), async {
+        let _ = stop_rx.await;
+    }));
+    // Let the queue be declared before publishing.
+    wait_for("queue", || std::fs::metadata(dir.path().join("locks/worker.lock")).is_ok()).await;
+    let dyn_bus: Arc<dyn Bus> = bus.clone();
+    dyn_bus.publish(vec![msg(1, "ok"), msg(2, "flaky"), msg(3, "broken"), msg(4, "poison"), msg(5, "panic")]).await.unwrap();
+
+    wait_for("every message settled", || {
+        let seen = handler.seen.lock().unwrap();
+        seen.get(&3).is_some_and(|v| v.len() == 4) && seen.get(&5).is_some_and(|v| v.len() == 4) && seen.get(&2).is_some_and(|v| v.len() == 3)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = handler.seen.lock().unwrap().clone();
+    assert_eq!(seen[&1].len(), 1, "ok is handled once");
+    assert_eq!(seen[&4].len(), 1, "poison is not retried");
+    let attempts: Vec<u32> = seen[&3].iter().map(|(a, _)| *a).collect();
+    assert_eq!(attempts, [1, 2, 3, 4]);
+    // Backoff: the gaps between attempts grow (100, 200, 400 ms).
+    let gaps: Vec<Duration> = seen[&3].windows(2).map(|w| w[1].1 - w[0].1).collect();
+    assert!(gaps[0] >= Duration::from_millis(100) && gaps[1] >= Duration::from_millis(200) && gaps[2] >= Duration::from_millis(400), "{gaps:?}");
+
+    let dead = dyn_bus.dead_letters("worker", 10).await.unwrap();
+    let reasons: HashMap<u64, String> = dead.iter().map(|d| (d.envelope.body["n"].as_u64().unwrap(), d.reason.clone())).collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert_eq!(reasons[&3], "gave up after 4 attempts: disk on fire");
+    assert_eq!(reasons[&4], "permanent failure: body makes no sense");
+    assert!(reasons[&5].contains("panicked"), "{reasons:?}");
+    assert_eq!(bus.pending("worker").await.unwrap(), 0);
+
+    stop_tx.send(()).unwrap();
+    service.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_running_handlers_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Arc::new(EmbeddedBus::open(dir.path(), Sealer::default()).unwrap());
+    let handler = Arc::new(Script { seen: Mutex::default(), slow: Duration::from_millis(500) });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let service = tokio::spawn(run(bus.clone(), Arc::new(TrustPolicy::permissive()), spec(), handler.clone(), async {
+        let _ = stop_rx.await;
+    }));
+    wait_for("queue", || std::fs::metadata(dir.path().join("locks/worker.lock")).is_ok()).await;
+    let dyn_bus: Arc<dyn Bus> = bus.clone();
+    dyn_bus.publish(vec![msg(1, "ok"), msg(2, "ok")]).await.unwrap();
+    wait_for("handlers running", || handler.seen.lock().unwrap().len() == 2).await;
+    let asked = Instant::now();
+    stop_tx.send(()).unwrap();
+    service.await.unwrap().unwrap();
+    assert!(asked.elapsed() < Duration::from_secs(5));
+    // Both finished and were acked before run() returned.
+    assert_eq!(bus.pending("worker").await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_service_leaves_new_messages_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Arc::new(EmbeddedBus::open(dir.path(), Sealer::default()).unwrap());
+    let handler = Arc::new(Script { seen: Mutex::default(), slow: Duration::ZERO });
+    run(bus.clone(), Arc::new(TrustPolicy::permissive()), spec(), handler.clone(), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    })
+    .await
+    .unwrap();
+    let dyn_bus: Arc<dyn Bus> = bus.clone();
+    dyn_bus.publish(vec![msg(1, "ok")]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(handler.seen.lock().unwrap().is_empty());
+    assert_eq!(bus.pending("worker").await.unwrap(), 1, "the queue outlives its consumer");
+}
