@@ -64,6 +64,24 @@ pub fn body_schemas() -> Vec<BodySchema> {
     vec![export::<LogMessage>()]
 }
 
+fn check<B: Body>(body: &serde_json::Value) -> Result<SchemaRef, String> {
+    B::deserialize(body).map(|_| B::schema_ref()).map_err(|e| format!("body does not fit {} v{}: {e}", B::SCHEMA, B::VERSION))
+}
+
+/// For a known topic suffix, checks that `body` fits its type and returns the schema to stamp;
+/// `None` for topics patchbay does not define (they travel as `patchbay.json` v1, unchecked).
+pub fn check_body(topic_suffix: &str, body: &serde_json::Value) -> Option<Result<SchemaRef, String>> {
+    match topic_suffix {
+        LogMessage::TOPIC => Some(check::<LogMessage>(body)),
+        _ => None,
+    }
+}
+
+/// The schema of bodies on topics patchbay does not define: any JSON object.
+pub fn free_form_schema() -> SchemaRef {
+    SchemaRef { name: "patchbay.json".into(), version: 1 }
+}
+
 /// The JSON Schema of the envelope itself.
 pub fn envelope_schema() -> serde_json::Value {
     serde_json::to_value(schemars::schema_for!(crate::Envelope)).expect("schemas serialize")
@@ -85,5 +103,12 @@ mod tests {
             assert!(b.topic.split('.').count() >= 3);
         }
         assert_eq!(envelope_schema()["type"], "object");
+        // Every exported body is also checked on publish.
+        for b in &all {
+            assert!(check_body(b.topic, &serde_json::json!({})).is_some(), "{} is not checked", b.topic);
+        }
+        assert!(check_body("shell.message.logged", &serde_json::json!({"message": "hi"})).unwrap().is_ok());
+        assert!(check_body("shell.message.logged", &serde_json::json!({"msg": "hi"})).unwrap().is_err());
+        assert!(check_body("any.thing.else", &serde_json::json!({})).is_none());
     }
 }

@@ -12,7 +12,7 @@ use patchbay_store::EmbeddedBus;
 use serde::Serialize;
 
 /// Options of `patchbay bench bus`.
-#[derive(Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct BusBench {
     /// Messages in the throughput run.
     #[arg(long, default_value_t = 100_000)]

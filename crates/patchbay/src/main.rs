@@ -1,29 +1,201 @@
-//! The `patchbay` binary: command-line glue only.
+//! The `patchbay` binary: command-line glue. It parses arguments, loads the
+//! config, picks the backends and calls into the library crates; `main` alone
+//! turns errors into exit codes.
+
 mod bench;
+mod client;
+mod keys;
+mod serve;
 
-use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
+use patchbay_config::{Config, LogFormat};
+
+/// patchbay: automated testing of patch series posted to mailing lists.
 #[derive(Parser)]
+#[command(version, about, long_about = None, propagate_version = true)]
 struct Cli {
+    /// Config file (default: ./patchbay.toml when present, else built-in defaults).
+    #[arg(long, global = true, env = "PATCHBAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory, overriding the config's `data_dir` (default ./patchbay-data).
+    #[arg(long, global = true, env = "PATCHBAY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     #[command(subcommand)]
-    cmd: Cmd,
+    command: Command,
 }
-#[derive(clap::Subcommand)]
-enum Cmd {
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every service in one process on the embedded bus, with the HTTP listener.
+    Serve(serve::ServeArgs),
+    /// Publish one message from a shell script (like fedmsg-logger).
+    Publish(client::PublishArgs),
+    /// Print messages as they are published (like fedmsg-tail); resumes after disconnects.
+    Tail(client::TailArgs),
+    /// Write a new ed25519 signing key pair.
+    Keygen(keys::KeygenArgs),
+    /// Check the config file.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Print the JSON Schemas of the envelope and of every message body.
+    Schema(SchemaArgs),
+    /// Benchmarks.
     Bench {
         #[command(subcommand)]
         what: BenchWhat,
     },
 }
-#[derive(clap::Subcommand)]
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Load and validate the config and the keys it names; every error names file, key and reason.
+    Check {
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum BenchWhat {
+    /// Durable publish + consume + ack throughput, and publish-to-delivery latency.
     Bus(bench::BusBench),
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let rt = tokio::runtime::Runtime::new()?;
-    match cli.cmd {
-        Cmd::Bench { what: BenchWhat::Bus(o) } => rt.block_on(bench::run(o)),
+#[derive(clap::Args)]
+struct SchemaArgs {
+    /// Write one `<name>.v<version>.schema.json` file per schema into this directory instead.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// An error with the exit code it should produce (sysexits.h, for MTAs and scripts).
+#[derive(Debug)]
+pub struct Exit {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl Exit {
+    /// EX_USAGE-like data errors: the input was wrong (65, EX_DATAERR).
+    pub fn data(error: impl Into<anyhow::Error>) -> Self {
+        Exit { code: 65, error: error.into() }
     }
+    /// The service is not there (69, EX_UNAVAILABLE).
+    pub fn unavailable(error: impl Into<anyhow::Error>) -> Self {
+        Exit { code: 69, error: error.into() }
+    }
+    /// Try again later (75, EX_TEMPFAIL).
+    pub fn tempfail(error: impl Into<anyhow::Error>) -> Self {
+        Exit { code: 75, error: error.into() }
+    }
+    /// The configuration is wrong (78, EX_CONFIG).
+    pub fn config(error: impl Into<anyhow::Error>) -> Self {
+        Exit { code: 78, error: error.into() }
+    }
+}
+
+impl From<anyhow::Error> for Exit {
+    fn from(error: anyhow::Error) -> Self {
+        Exit { code: 1, error }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(exit) => {
+            eprintln!("patchbay: {:#}", exit.error);
+            ExitCode::from(exit.code)
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> Result<Config, Exit> {
+    let mut config = Config::load(cli.config.as_deref()).map_err(Exit::config)?;
+    if let Some(dir) = &cli.data_dir {
+        config.data_dir = dir.clone();
+    }
+    Ok(config)
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match config.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Exit> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| Exit::from(anyhow::Error::from(e)))
+}
+
+fn run(cli: Cli) -> Result<(), Exit> {
+    match &cli.command {
+        Command::Schema(args) => schema(args).map_err(Exit::from),
+        Command::Bench { what: BenchWhat::Bus(opts) } => runtime()?.block_on(bench::run(opts.clone())).map_err(Exit::from),
+        Command::Config { action: ConfigAction::Check { json } } => keys::config_check(cli.config.as_deref(), cli.data_dir.as_deref(), *json),
+        Command::Keygen(args) => {
+            let config = load_config(&cli)?;
+            keys::keygen(&config, args).map_err(Exit::from)
+        }
+        Command::Serve(args) => {
+            let config = load_config(&cli)?;
+            init_logging(&config);
+            runtime()?.block_on(serve::serve(config, args, serve::shutdown_signal())).map_err(Exit::from)
+        }
+        Command::Publish(args) => {
+            let config = load_config(&cli)?;
+            init_logging_quiet(&config);
+            runtime()?.block_on(client::publish(&config, args))
+        }
+        Command::Tail(args) => {
+            let config = load_config(&cli)?;
+            init_logging_quiet(&config);
+            runtime()?.block_on(client::tail(&config, args))
+        }
+    }
+}
+
+/// Short-lived commands log warnings only, unless RUST_LOG says otherwise.
+fn init_logging_quiet(config: &Config) {
+    let mut quiet = config.clone();
+    quiet.log_level = "warn".into();
+    init_logging(&quiet);
+}
+
+fn schema(args: &SchemaArgs) -> anyhow::Result<()> {
+    let bodies = patchbay_model::body_schemas();
+    match &args.out {
+        None => {
+            let all = serde_json::json!({ "envelope": patchbay_model::envelope_schema(), "bodies": bodies });
+            println!("{}", serde_json::to_string_pretty(&all)?);
+        }
+        Some(dir) => {
+            use anyhow::Context as _;
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            let write = |name: String, value: &serde_json::Value| -> anyhow::Result<()> {
+                let path = dir.join(name);
+                std::fs::write(&path, serde_json::to_string_pretty(value)? + "\n").with_context(|| format!("writing {}", path.display()))?;
+                println!("{}", path.display());
+                Ok(())
+            };
+            write("envelope.schema.json".into(), &patchbay_model::envelope_schema())?;
+            for b in &bodies {
+                let mut schema = b.schema.clone();
+                schema["x-patchbay-topic"] = serde_json::json!(b.topic);
+                write(format!("{}.v{}.schema.json", b.name, b.version), &schema)?;
+            }
+        }
+    }
+    Ok(())
 }

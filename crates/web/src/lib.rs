@@ -1,1 +1,282 @@
-//! placeholder
+//! The HTTP edge of `patchbay serve`: `GET /healthz`, `POST /api/v1/publish`
+//! and `GET /api/v1/stream` (server-sent events), so that out-of-process
+//! commands (`patchbay publish`, `patchbay tail`, shell scripts with curl)
+//! talk to the daemon.
+//!
+//! Handlers hold an `Arc<dyn Bus>` and an `Arc<dyn MessageLog>`; they know no
+//! backend and no runner. Every error is the same JSON shape,
+//! `{"error": "..."}`, with a status that says whose fault it was.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::{Stream, StreamExt as _};
+use patchbay_bus::{Bus, BusError, LogEntry, MessageLog, Outgoing, TopicPattern};
+use patchbay_model::{Envelope, SchemaRef, Sender, TopicRoot};
+use serde::Deserialize;
+use tokio::sync::watch;
+
+/// What the HTTP handlers share.
+pub struct AppState {
+    /// Where publishes go.
+    pub bus: Arc<dyn Bus>,
+    /// What streams read.
+    pub log: Arc<dyn MessageLog>,
+    /// The deployment's topic root, to resolve topic suffixes.
+    pub root: TopicRoot,
+    /// The sender instance stamped on messages published over HTTP.
+    pub instance: String,
+    /// Becomes true when the server shuts down, so open streams end and shutdown completes.
+    pub closing: watch::Receiver<bool>,
+}
+
+/// The router, built apart from any socket so tests can call it directly.
+pub fn app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/api/v1/publish", post(publish))
+        .route("/api/v1/stream", get(stream))
+        .with_state(state)
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
+}
+
+/// One error shape for every endpoint.
+#[derive(Debug)]
+pub struct AppError {
+    status: StatusCode,
+    message: String,
+}
+
+impl AppError {
+    fn bad(message: impl Into<String>) -> Self {
+        AppError { status: StatusCode::BAD_REQUEST, message: message.into() }
+    }
+}
+
+impl std::fmt::Display for AppError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for AppError {}
+
+impl From<BusError> for AppError {
+    fn from(e: BusError) -> Self {
+        let status = match e {
+            BusError::Invalid(_) => StatusCode::BAD_REQUEST,
+            BusError::Unavailable(_) | BusError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        AppError { status, message: e.to_string() }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        (self.status, Json(serde_json::json!({ "error": self.message }))).into_response()
+    }
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+}
+
+/// The body of `POST /api/v1/publish`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    /// A full topic under this deployment's root, or its `<service>.<object>.<event>` suffix.
+    pub topic: String,
+    /// A JSON object; checked against its type when the topic is one patchbay defines.
+    pub body: serde_json::Value,
+    /// The sender's service name (default `shell`).
+    #[serde(default)]
+    pub service: Option<String>,
+    /// The schema to stamp on topics patchbay does not define (default `patchbay.json` v1).
+    #[serde(default)]
+    pub schema: Option<SchemaRef>,
+}
+
+/// Checks a publish request and turns it into an outgoing message.
+pub fn outgoing(root: &TopicRoot, instance: &str, req: PublishRequest) -> Result<Outgoing, AppError> {
+    let topic = root.resolve(&req.topic).map_err(|e| AppError::bad(e.to_string()))?;
+    if !req.body.is_object() {
+        return Err(AppError::bad("body must be a JSON object"));
+    }
+    let service = req.service.unwrap_or_else(|| "shell".into());
+    if service.is_empty() || service.len() > 64 || !service.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-')) {
+        return Err(AppError::bad(format!("service {service:?} must be 1-64 ASCII letters, digits, '_' or '-'")));
+    }
+    let suffix = root.suffix_of(topic.as_str()).unwrap_or_default();
+    let schema = match patchbay_model::check_body(suffix, &req.body) {
+        Some(checked) => checked.map_err(AppError::bad)?,
+        None => req.schema.unwrap_or_else(patchbay_model::free_form_schema),
+    };
+    Ok(Outgoing { sender: Sender::new(service, instance), topic, schema, body: req.body })
+}
+
+async fn publish(State(st): State<Arc<AppState>>, body: axum::body::Bytes) -> Result<Json<Envelope>, AppError> {
+    let req: PublishRequest = serde_json::from_slice(&body).map_err(|e| AppError::bad(format!("bad publish request: {e}")))?;
+    let out = outgoing(&st.root, &st.instance, req)?;
+    let mut sealed = st.bus.publish(vec![out]).await?;
+    let env = sealed.pop().ok_or_else(|| AppError::from(BusError::Unavailable("nothing sealed".into())))?;
+    tracing::debug!(id = %env.id, topic = %env.topic, "Published over HTTP.");
+    Ok(Json(env))
+}
+
+fn percent_decode(s: &str) -> Result<String, AppError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                out.push(hex.ok_or_else(|| AppError::bad(format!("bad percent-encoding in {s:?}")))?);
+                i += 2;
+            }
+            b'%' => return Err(AppError::bad(format!("bad percent-encoding in {s:?}"))),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| AppError::bad("query is not UTF-8"))
+}
+
+/// Query of `GET /api/v1/stream`: `topic` (repeatable pattern) and `after` (a position).
+struct StreamQuery {
+    patterns: Vec<TopicPattern>,
+    after: Option<u64>,
+}
+
+fn parse_stream_query(q: Option<&str>) -> Result<StreamQuery, AppError> {
+    let mut sq = StreamQuery { patterns: Vec::new(), after: None };
+    for pair in q.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v)?;
+        match k {
+            "topic" => sq.patterns.push(TopicPattern::parse(&v).map_err(|e| AppError::bad(e.to_string()))?),
+            "after" => sq.after = Some(v.parse().map_err(|_| AppError::bad(format!("after={v:?} is not a position")))?),
+            other => return Err(AppError::bad(format!("unknown query parameter {other:?}; use topic and after"))),
+        }
+    }
+    Ok(sq)
+}
+
+struct Cursor {
+    st: Arc<AppState>,
+    position: u64,
+    patterns: Vec<TopicPattern>,
+    buffer: VecDeque<LogEntry>,
+    closing: watch::Receiver<bool>,
+}
+
+impl Cursor {
+    async fn next_event(&mut self) -> Option<Event> {
+        loop {
+            while let Some(entry) = self.buffer.pop_front() {
+                self.position = entry.position;
+                if self.patterns.is_empty() || self.patterns.iter().any(|p| p.matches_str(&entry.topic)) {
+                    // Wire bytes are compact JSON (no raw newlines), exactly as stored and signed.
+                    let data = String::from_utf8_lossy(&entry.wire).into_owned();
+                    return Some(Event::default().id(entry.position.to_string()).event("message").data(data));
+                }
+            }
+            if *self.closing.borrow() {
+                return None;
+            }
+            match self.st.log.read_after(self.position, 256).await {
+                Ok(entries) if !entries.is_empty() => self.buffer.extend(entries),
+                Ok(_) => {
+                    tokio::select! {
+                        () = self.st.log.wait_after(self.position, Duration::from_secs(15)) => {}
+                        _ = self.closing.changed() => {}
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "Stream read failed; closing the stream so the client resumes.");
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+async fn stream(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
+    let query = parse_stream_query(q.as_deref())?;
+    let resume = match headers.get("last-event-id") {
+        Some(v) => Some(v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or_else(|| AppError::bad("Last-Event-ID is not a position"))?),
+        None => None,
+    };
+    let position = match resume.or(query.after) {
+        Some(p) => p,
+        None => st.log.head().await?,
+    };
+    let cursor = Cursor { closing: st.closing.clone(), st, position, patterns: query.patterns, buffer: VecDeque::new() };
+    // A first event carries the start position as its id, so a client that loses the
+    // connection before any message arrives still resumes from where it started.
+    let ready = Event::default().id(position.to_string()).event("ready").data(format!("{{\"position\":{position}}}"));
+    let events = futures_util::stream::once(async move { Ok(ready) })
+        .chain(futures_util::stream::unfold(cursor, |mut c| async move { c.next_event().await.map(|e| (Ok(e), c)) }));
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_queries_parse() {
+        let q = parse_stream_query(Some("topic=patchbay.dev.%23&topic=a.*.c&after=42")).unwrap();
+        assert_eq!(q.patterns.len(), 2);
+        assert_eq!(q.patterns[0].as_str(), "patchbay.dev.#");
+        assert_eq!(q.after, Some(42));
+        assert!(parse_stream_query(Some("topic=a.%2")).is_err());
+        assert!(parse_stream_query(Some("topic=a.%zz")).is_err());
+        assert!(parse_stream_query(Some("after=x")).is_err());
+        assert!(parse_stream_query(Some("since=1")).is_err());
+        assert!(parse_stream_query(None).unwrap().patterns.is_empty());
+    }
+
+    #[test]
+    fn publish_requests_are_checked() {
+        let root = TopicRoot::new("patchbay", "dev").unwrap();
+        let req = |v: serde_json::Value| serde_json::from_value::<PublishRequest>(v).unwrap();
+        let ok = outgoing(&root, "main", req(serde_json::json!({"topic": "shell.message.logged", "body": {"message": "hi"}}))).unwrap();
+        assert_eq!(ok.schema.name, "patchbay.log");
+        assert_eq!(ok.topic.as_str(), "patchbay.dev.shell.message.logged");
+        assert_eq!(ok.sender, Sender::new("shell", "main"));
+        let free = outgoing(&root, "main", req(serde_json::json!({"topic": "patchbay.dev.my.thing.done", "body": {"x": 1}, "service": "cron"}))).unwrap();
+        assert_eq!(free.schema.name, "patchbay.json");
+        for bad in [
+            serde_json::json!({"topic": "shell.message.logged", "body": {"msg": "hi"}}),
+            serde_json::json!({"topic": "x.y", "body": {}}),
+            serde_json::json!({"topic": "a.b.c", "body": [1]}),
+            serde_json::json!({"topic": "a.b.c", "body": {}, "service": "no spaces"}),
+        ] {
+            assert_eq!(outgoing(&root, "main", req(bad.clone())).unwrap_err().status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
+}

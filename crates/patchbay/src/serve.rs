@@ -1,0 +1,82 @@
+//! `patchbay serve`: the embedded shape. One process, the embedded bus in the
+//! data directory, the HTTP listener, and (as later issues add them) every
+//! service, all stopped by one shutdown signal.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use patchbay_config::{BusBackend, Config};
+use patchbay_store::EmbeddedBus;
+use patchbay_web::AppState;
+
+/// Options of `patchbay serve`.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Listen on this address instead of the config's `http.listen`.
+    #[arg(long)]
+    http: Option<SocketAddr>,
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("Shutdown requested.");
+}
+
+/// Runs until `shutdown` resolves.
+pub async fn serve(config: Config, args: &ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    if config.bus.backend != BusBackend::Embedded {
+        anyhow::bail!(
+            "{}: bus.backend: \"amqp\" is not available in this build yet; `serve` runs on the embedded bus",
+            config.source_name()
+        );
+    }
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let sealer = crate::keys::sealer(&config, true)?;
+    // Built now so a bad trust setup stops `serve` at start; services will take it as they arrive.
+    let _policy = Arc::new(crate::keys::trust_policy(&config)?);
+    let bus = Arc::new(EmbeddedBus::open(&config.data_dir, sealer).with_context(|| format!("opening the store in {}", config.data_dir.display()))?);
+
+    let addr = args.http.unwrap_or(config.http_listen);
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr} (http.listen)"))?;
+    let local = listener.local_addr()?;
+    let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
+    let state = Arc::new(AppState {
+        bus: bus.clone(),
+        log: bus.clone(),
+        root: config.bus.root.clone(),
+        instance: config.instance.clone(),
+        closing: closing_rx.clone(),
+    });
+    let mut http_closing = closing_rx;
+    let http = tokio::spawn(patchbay_web::serve(listener, state, async move {
+        let _ = http_closing.wait_for(|closing| *closing).await;
+    }));
+    println!("patchbay: serving http://{local} with data in {}", config.data_dir.display());
+    tracing::info!(%local, data_dir = %config.data_dir.display(), topics = %config.bus.root.as_str(), "Serving.");
+
+    shutdown.await;
+    let _ = closing_tx.send(true);
+    http.await.context("HTTP server task")?.context("HTTP server")?;
+    tracing::info!("Stopped.");
+    Ok(())
+}
