@@ -112,7 +112,8 @@ pub async fn publish(config: &Config, args: &PublishArgs) -> Result<(), Exit> {
         }
         Err(e) if e.is_connect() && !args.no_fallback && config.bus.backend == BusBackend::Embedded => {
             tracing::info!(error = %e, "The daemon is not reachable; writing the store directly.");
-            let sealer = crate::keys::sealer(config, false).map_err(Exit::config)?;
+            std::fs::create_dir_all(&config.data_dir).map_err(|e| Exit::tempfail(anyhow::anyhow!("{}: {e}", config.data_dir.display())))?;
+            let sealer = crate::keys::sealer(config, true).map_err(Exit::config)?;
             let bus = EmbeddedBus::open(&config.data_dir, sealer).map_err(|e| Exit::tempfail(anyhow::anyhow!("{e}")))?;
             let env = bus.publish(vec![outgoing]).await.map_err(|e| Exit::tempfail(anyhow::anyhow!("{e}")))?.remove(0);
             println!("{}", env.id);

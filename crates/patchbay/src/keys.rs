@@ -52,9 +52,18 @@ pub fn sealer(config: &Config, create: bool) -> anyhow::Result<Sealer> {
     }
     let dir = path.parent().unwrap_or(Path::new("."));
     let key = SigningKey::generate("local")?;
-    key.write(dir)?;
-    tracing::info!(key = %path.display(), "Generated a signing key for this data directory.");
-    Ok(Sealer::new(Some(Arc::new(key))))
+    match key.write(dir) {
+        Ok(_) => {
+            tracing::info!(key = %path.display(), "Generated a signing key for this data directory.");
+            Ok(Sealer::new(Some(Arc::new(key))))
+        }
+        // Another process generated it first: use theirs.
+        Err(_) if path.exists() => {
+            let key = SigningKey::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            Ok(Sealer::new(Some(Arc::new(key))))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The trust policy the config describes. Trusted keys without a `signing.allow`

@@ -1,0 +1,284 @@
+//! End-to-end tests of the `patchbay` binary as users run it: real processes,
+//! real sockets, real SIGKILL.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_patchbay"));
+    c.env_remove("PATCHBAY_CONFIG").env_remove("PATCHBAY_DATA_DIR").env_remove("RUST_LOG");
+    c
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    config: PathBuf,
+    port: u16,
+}
+
+fn setup() -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = tmp.path().join("patchbay.toml");
+    std::fs::write(&config, format!("data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[bus]\nprefix = \"e2e\"\nenv = \"test\"\n")).unwrap();
+    Setup { _tmp: tmp, config, port }
+}
+
+fn healthy(port: u16) -> bool {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.starts_with("HTTP/1.1 200") && out.contains("\"ok\"")
+}
+
+fn serve(setup: &Setup) -> Child {
+    let child = bin().arg("--config").arg(&setup.config).arg("serve").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !healthy(setup.port) {
+        assert!(Instant::now() < deadline, "serve did not become healthy");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+fn publish(config: &Path, n: u64) -> std::process::Output {
+    bin().arg("--config").arg(config).args(["publish", "--topic", "e2e.message.sent", "--json"]).arg(format!("{{\"n\":{n}}}")).output().unwrap()
+}
+
+/// serve + tail + publish; kill -9 serve mid-stream and restart it: nothing `publish`
+/// reported as accepted is lost, and `tail` resumes with no gap and no repeat.
+#[test]
+fn publish_and_tail_survive_kill_9_of_serve() {
+    let s = setup();
+    let mut server = serve(&s);
+
+    let mut tail = bin()
+        .arg("--config")
+        .arg(&s.config)
+        .args(["tail", "--json", "--topic", "e2e.#"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = mpsc::channel::<String>();
+    let tail_out = tail.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(tail_out).lines() {
+            if lines_tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let tail_err = Arc::new(Mutex::new(String::new()));
+    {
+        let tail_err = tail_err.clone();
+        let stderr = tail.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                tail_err.lock().unwrap().push_str(&(line.unwrap() + "\n"));
+            }
+        });
+    }
+    // Let tail connect: it starts from the log head, so publish a marker until it shows.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(publish(&s.config, 1_000_000).status.success());
+        if lines.recv_timeout(Duration::from_millis(500)).is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "tail never showed anything");
+    }
+
+    const N: u64 = 60;
+    let progress = Arc::new(AtomicU64::new(0));
+    let publisher = {
+        let config = s.config.clone();
+        let progress = progress.clone();
+        std::thread::spawn(move || {
+            let mut results = Vec::new();
+            for n in 0..N {
+                let out = publish(&config, n);
+                results.push((n, out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned()));
+                progress.store(n + 1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(15));
+            }
+            results
+        })
+    };
+    while progress.load(Ordering::SeqCst) < 20 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server.kill().unwrap(); // SIGKILL
+    server.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let mut server = serve(&s);
+    let results = publisher.join().unwrap();
+
+    let accepted: Vec<u64> = results.iter().filter(|r| r.1 == Some(0)).map(|r| r.0).collect();
+    for (n, code, err) in &results {
+        assert!(matches!(code, Some(0) | Some(75)), "publish {n} exited {code:?}: {err}");
+    }
+    assert!(accepted.len() >= N as usize - 2, "too few publishes accepted: {results:?}");
+
+    let mut seen: Vec<u64> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !accepted.iter().all(|n| seen.contains(n)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "tail is missing accepted messages; saw {seen:?}, accepted {accepted:?}");
+        if let Ok(line) = lines.recv_timeout(left.min(Duration::from_millis(500))) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let n = v["body"]["n"].as_u64().unwrap();
+            if n != 1_000_000 {
+                seen.push(n);
+            }
+        }
+    }
+    // Nothing else arrives late (a repeat would show here).
+    while let Ok(line) = lines.recv_timeout(Duration::from_millis(700)) {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        seen.push(v["body"]["n"].as_u64().unwrap());
+    }
+    let mut sorted = seen.clone();
+    sorted.dedup();
+    assert_eq!(sorted.len(), seen.len(), "tail repeated a message: {seen:?}");
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "tail out of order: {seen:?}");
+    assert!(tail_err.lock().unwrap().contains("reconnecting"), "tail never noticed the kill");
+
+    // Graceful stop on SIGTERM, with a stream still open.
+    let term = Command::new("kill").arg("-TERM").arg(server.id().to_string()).status().unwrap();
+    assert!(term.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "serve exited {status} on SIGTERM");
+    tail.kill().unwrap();
+    tail.wait().unwrap();
+}
+
+#[test]
+fn publish_exit_codes_say_what_happened() {
+    let s = setup();
+    // Bad input: 65, whether or not the daemon runs.
+    let bad = bin().arg("--config").arg(&s.config).args(["publish", "--topic", "too.short", "--json", "{}"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(65), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("needs at least"));
+    let not_json = bin().arg("--config").arg(&s.config).args(["publish", "--topic", "a.b.c", "--json", "{nope"]).output().unwrap();
+    assert_eq!(not_json.status.code(), Some(65));
+    let wrong_body = bin().arg("--config").arg(&s.config).args(["publish", "--topic", "shell.message.logged", "--json", "{\"msg\":1}"]).output().unwrap();
+    assert_eq!(wrong_body.status.code(), Some(65));
+    // No daemon and no fallback: 69.
+    let down = bin().arg("--config").arg(&s.config).args(["publish", "--no-fallback", "--topic", "a.b.c", "hello"]).output().unwrap();
+    assert_eq!(down.status.code(), Some(69));
+    // No daemon, fallback to the store: 0, and the daemon serves it later.
+    let direct = bin().arg("--config").arg(&s.config).args(["publish", "--topic", "a.b.c", "stored while down"]).output().unwrap();
+    assert_eq!(direct.status.code(), Some(0), "{}", String::from_utf8_lossy(&direct.stderr));
+    let id = String::from_utf8_lossy(&direct.stdout).trim().to_string();
+    let mut server = serve(&s);
+    let tail = bin().arg("--config").arg(&s.config).args(["tail", "--json", "--from-start"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut tail = KillOnDrop(tail);
+    let mut line = String::new();
+    BufReader::new(tail.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["id"], serde_json::json!(id));
+    assert_eq!(v["body"]["message"], "stored while down");
+    assert_eq!(v["schema"]["name"], "patchbay.log");
+    assert!(v["signature"]["key_id"].is_string(), "messages are signed by default: {v}");
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+struct KillOnDrop(Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn config_errors_name_file_key_and_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, "[bus]\nprefx = \"patchbay\"\n").unwrap();
+    let out = bin().arg("--config").arg(&bad).args(["config", "check"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&bad.display().to_string()) && err.contains("bus.prefx") && err.contains("unknown field"), "{err}");
+
+    std::fs::write(&bad, "[signing]\nkey = \"missing.key\"\n").unwrap();
+    let out = bin().arg("--config").arg(&bad).args(["config", "check", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert!(v["error"].as_str().unwrap().contains("signing.key"), "{v}");
+
+    let good = tmp.path().join("good.toml");
+    std::fs::write(&good, "[bus]\nprefix = \"org.example\"\nenv = \"prod\"\n").unwrap();
+    let out = bin().arg("--config").arg(&good).args(["config", "check", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["topic_root"], "org.example.prod");
+}
+
+#[test]
+fn keygen_writes_a_usable_key_pair_and_refuses_to_overwrite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = bin().args(["--data-dir"]).arg(tmp.path()).args(["keygen", "--id", "serve-2026"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let public = std::fs::read_to_string(tmp.path().join("keys/serve-2026.pub")).unwrap();
+    assert!(public.starts_with("patchbay-ed25519 ") && public.trim().ends_with(" serve-2026"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(public.trim()));
+    let again = bin().args(["--data-dir"]).arg(tmp.path()).args(["keygen", "--id", "serve-2026"]).output().unwrap();
+    assert!(!again.status.success(), "overwrote a key");
+}
+
+#[test]
+fn schema_exports_the_envelope_and_every_body() {
+    let out = bin().arg("schema").output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["envelope"]["type"], "object");
+    let names: Vec<&str> = v["bodies"].as_array().unwrap().iter().map(|b| b["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"patchbay.log"), "{names:?}");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = bin().arg("schema").arg("--out").arg(tmp.path()).output().unwrap();
+    assert!(out.status.success());
+    assert!(tmp.path().join("envelope.schema.json").is_file());
+    assert!(tmp.path().join("patchbay.log.v1.schema.json").is_file());
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["publish", "--help"],
+        vec!["tail", "--help"],
+        vec!["keygen", "--help"],
+        vec!["config", "check", "--help"],
+        vec!["schema", "--help"],
+        vec!["bench", "bus", "--help"],
+    ] {
+        let out = bin().args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{args:?}");
+    }
+}
