@@ -65,10 +65,7 @@ impl QueueSpec {
             && !self.name.starts_with('.')
             && self.name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
         if !ok {
-            return Err(BusError::Invalid(format!(
-                "queue name {:?} must be 1-200 ASCII letters, digits, '.', '_' or '-'",
-                self.name
-            )));
+            return Err(BusError::Invalid(format!("queue name {:?} must be 1-200 ASCII letters, digits, '.', '_' or '-'", self.name)));
         }
         if self.patterns.is_empty() {
             return Err(BusError::Invalid(format!("queue {:?} has no topic patterns", self.name)));
@@ -99,7 +96,11 @@ pub struct Delivery {
 
 impl std::fmt::Debug for Delivery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Delivery").field("id", &self.envelope.id).field("topic", &self.envelope.topic).field("attempt", &self.attempt).finish()
+        f.debug_struct("Delivery")
+            .field("id", &self.envelope.id)
+            .field("topic", &self.envelope.topic)
+            .field("attempt", &self.attempt)
+            .finish()
     }
 }
 

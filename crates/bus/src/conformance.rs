@@ -115,7 +115,10 @@ pub async fn competing_consumers_share_a_queue(h: &impl Harness) {
     let root = h.root();
     let bus = h.open(Sealer::default()).await;
     let q = h.queue("work");
-    let subs = [sub(&bus, q.clone(), vec![pattern(&root, "work.item.*")], 2).await, sub(&bus, q.clone(), vec![pattern(&root, "work.item.*")], 2).await];
+    let subs = [
+        sub(&bus, q.clone(), vec![pattern(&root, "work.item.*")], 2).await,
+        sub(&bus, q.clone(), vec![pattern(&root, "work.item.*")], 2).await,
+    ];
     const N: u64 = 200;
     let published: HashSet<Uuid> =
         bus.publish((0..N).map(|i| out(&root, "work", "work.item.new", i)).collect()).await.unwrap().iter().map(|e| e.id).collect();
@@ -153,7 +156,8 @@ pub async fn every_bound_queue_gets_every_message(h: &impl Harness) {
     let bus = h.open(Sealer::default()).await;
     let mut a = sub(&bus, h.queue("fan-a"), vec![pattern(&root, "fan.out.*")], 16).await;
     let mut b = sub(&bus, h.queue("fan-b"), vec![pattern(&root, "fan.out.*")], 16).await;
-    let ids: BTreeSet<Uuid> = bus.publish((0..50).map(|i| out(&root, "fan", "fan.out.go", i)).collect()).await.unwrap().iter().map(|e| e.id).collect();
+    let ids: BTreeSet<Uuid> =
+        bus.publish((0..50).map(|i| out(&root, "fan", "fan.out.go", i)).collect()).await.unwrap().iter().map(|e| e.id).collect();
     for s in [&mut a, &mut b] {
         let mut got = BTreeSet::new();
         while let Some(d) = recv(s, QUIET).await {
@@ -314,7 +318,8 @@ pub async fn one_publisher_is_delivered_in_order(h: &impl Harness) {
     let root = h.root();
     let bus = h.open(Sealer::default()).await;
     let mut s = sub(&bus, h.queue("fifo"), vec![pattern(&root, "fifo.order.*")], 1).await;
-    let mut expected: Vec<Uuid> = bus.publish((0..50).map(|i| out(&root, "fifo", "fifo.order.kept", i)).collect()).await.unwrap().iter().map(|e| e.id).collect();
+    let mut expected: Vec<Uuid> =
+        bus.publish((0..50).map(|i| out(&root, "fifo", "fifo.order.kept", i)).collect()).await.unwrap().iter().map(|e| e.id).collect();
     for i in 50..100 {
         expected.push(bus.publish(vec![out(&root, "fifo", "fifo.order.kept", i)]).await.unwrap()[0].id);
     }

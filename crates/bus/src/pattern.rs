@@ -40,9 +40,7 @@ impl TopicPattern {
                 "*" => Word::Star,
                 "#" => Word::Hash,
                 "" => return Err(err("empty word")),
-                w if w.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') => {
-                    Word::Literal(w.to_string())
-                }
+                w if w.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') => Word::Literal(w.to_string()),
                 _ => return Err(err("words are '*', '#' or ASCII letters, digits, '_' and '-'")),
             });
         }

@@ -212,10 +212,10 @@ impl Config {
         if backend == BusBackend::Amqp && raw.bus.url.is_none() {
             return Err(invalid("bus.url", "required when bus.backend = \"amqp\"".into()));
         }
-        if let Some(url) = &raw.bus.url {
-            if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-                return Err(invalid("bus.url", format!("{url:?} is not an amqp:// or amqps:// URL")));
-            }
+        if let Some(url) = &raw.bus.url
+            && !(url.starts_with("amqp://") || url.starts_with("amqps://"))
+        {
+            return Err(invalid("bus.url", format!("{url:?} is not an amqp:// or amqps:// URL")));
         }
         let prefix = raw.bus.prefix.unwrap_or_else(|| "patchbay".into());
         let env = raw.bus.env.unwrap_or_else(|| "dev".into());
@@ -225,7 +225,10 @@ impl Config {
         })?;
 
         let instance = raw.identity.instance.unwrap_or_else(|| "main".into());
-        if instance.is_empty() || instance.len() > 64 || !instance.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+        if instance.is_empty()
+            || instance.len() > 64
+            || !instance.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
             return Err(invalid("identity.instance", format!("{instance:?} must be 1-64 ASCII letters, digits, '.', '_' or '-'")));
         }
 

@@ -80,10 +80,8 @@ pub struct EnvelopeError(#[from] serde_json::Error);
 impl Envelope {
     fn to_value(&self, with_signature: bool) -> Value {
         let mut v = serde_json::to_value(self).expect("an envelope always serializes");
-        if !with_signature {
-            if let Value::Object(map) = &mut v {
-                map.remove("signature");
-            }
+        if !with_signature && let Value::Object(map) = &mut v {
+            map.remove("signature");
         }
         v
     }

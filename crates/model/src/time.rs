@@ -64,13 +64,7 @@ impl fmt::Display for Timestamp {
         let days = secs.div_euclid(86_400);
         let sod = secs.rem_euclid(86_400);
         let (y, m, d) = civil_from_days(days);
-        write!(
-            f,
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-            sod / 3600,
-            (sod / 60) % 60,
-            sod % 60
-        )
+        write!(f, "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z", sod / 3600, (sod / 60) % 60, sod % 60)
     }
 }
 
@@ -170,7 +164,8 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "2026-11-22", "2026-13-01T00:00:00Z", "2026-11-22T00:00:00+01:00", "2026-11-22T00:00:00.Z", "２026-11-22T00:00:00Z"] {
+        for bad in ["", "2026-11-22", "2026-13-01T00:00:00Z", "2026-11-22T00:00:00+01:00", "2026-11-22T00:00:00.Z", "２026-11-22T00:00:00Z"]
+        {
             assert!(bad.parse::<Timestamp>().is_err(), "{bad}");
         }
     }

@@ -145,7 +145,9 @@ pub async fn run(opts: BusBench) -> anyhow::Result<()> {
     // Latency: one publisher at a steady rate, after the burst's writeback has settled.
     // (Right after a 100 MB burst the kernel is still writing it back, and fsyncs wait behind it.)
     tokio::time::sleep(Duration::from_millis(opts.settle_ms)).await;
-    let sub = dyn_bus.subscribe(QueueSpec::new("bench-latency", vec![TopicPattern::parse(&format!("{}.bench.latency.#", root.as_str()))?]).prefetch(256)).await?;
+    let sub = dyn_bus
+        .subscribe(QueueSpec::new("bench-latency", vec![TopicPattern::parse(&format!("{}.bench.latency.#", root.as_str()))?]).prefetch(256))
+        .await?;
     let mut consumer = Consumer::new(sub, policy);
     let latency_topic = root.topic("bench.latency.sent")?;
     let n_latency = opts.rate * opts.seconds;
@@ -212,11 +214,21 @@ pub async fn run(opts: BusBench) -> anyhow::Result<()> {
     } else {
         println!(
             "bus throughput: {} messages of {} B, {} publishers, signed={} verified={}: {:.2} s, {:.0} msg/s",
-            figures.messages, figures.body_bytes, figures.publishers, figures.signed, figures.verified, figures.throughput_seconds, figures.throughput_msg_per_s
+            figures.messages,
+            figures.body_bytes,
+            figures.publishers,
+            figures.signed,
+            figures.verified,
+            figures.throughput_seconds,
+            figures.throughput_msg_per_s
         );
         println!(
             "bus latency at {} msg/s over {} messages: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-            figures.latency_rate_msg_per_s, figures.latency_messages, figures.latency_p50_ms, figures.latency_p99_ms, figures.latency_max_ms
+            figures.latency_rate_msg_per_s,
+            figures.latency_messages,
+            figures.latency_p50_ms,
+            figures.latency_p99_ms,
+            figures.latency_max_ms
         );
     }
     Ok(())

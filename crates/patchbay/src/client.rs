@@ -94,17 +94,23 @@ pub async fn publish(config: &Config, args: &PublishArgs) -> Result<(), Exit> {
         "service": outgoing.sender.service,
         "schema": outgoing.schema,
     });
-    let client = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(60)).build().map_err(anyhow::Error::from)?;
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(anyhow::Error::from)?;
     match client.post(&url).json(&payload).send().await {
         Ok(resp) => {
             let status = resp.status();
             let text = resp.text().await.unwrap_or_default();
             if status.is_success() {
-                let env: Envelope = serde_json::from_str(&text).map_err(|e| Exit::tempfail(anyhow::anyhow!("the daemon answered oddly: {e}")))?;
+                let env: Envelope =
+                    serde_json::from_str(&text).map_err(|e| Exit::tempfail(anyhow::anyhow!("the daemon answered oddly: {e}")))?;
                 println!("{}", env.id);
                 return Ok(());
             }
-            let reason = serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["error"].as_str().map(String::from)).unwrap_or(text);
+            let reason =
+                serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["error"].as_str().map(String::from)).unwrap_or(text);
             if status.is_client_error() {
                 return Err(Exit::data(anyhow::anyhow!("refused by {url}: {reason}")));
             }
@@ -129,7 +135,11 @@ fn tail_patterns(config: &Config, topics: &[String]) -> anyhow::Result<Vec<Topic
     topics
         .iter()
         .map(|t| {
-            let full = if t.starts_with(&format!("{root}.")) || t.starts_with('#') || t.starts_with('*') { t.clone() } else { format!("{root}.{t}") };
+            let full = if t.starts_with(&format!("{root}.")) || t.starts_with('#') || t.starts_with('*') {
+                t.clone()
+            } else {
+                format!("{root}.{t}")
+            };
             TopicPattern::parse(&full).with_context(|| format!("--topic {t}"))
         })
         .collect()

@@ -126,8 +126,8 @@ fn load_config(cli: &Cli) -> Result<Config, Exit> {
 }
 
 fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match config.log_format {
         LogFormat::Json => builder.json().try_init(),
@@ -143,7 +143,9 @@ fn run(cli: Cli) -> Result<(), Exit> {
     match &cli.command {
         Command::Schema(args) => schema(args).map_err(Exit::from),
         Command::Bench { what: BenchWhat::Bus(opts) } => runtime()?.block_on(bench::run(opts.clone())).map_err(Exit::from),
-        Command::Config { action: ConfigAction::Check { json } } => keys::config_check(cli.config.as_deref(), cli.data_dir.as_deref(), *json),
+        Command::Config { action: ConfigAction::Check { json } } => {
+            keys::config_check(cli.config.as_deref(), cli.data_dir.as_deref(), *json)
+        }
         Command::Keygen(args) => {
             let config = load_config(&cli)?;
             keys::keygen(&config, args).map_err(Exit::from)
@@ -185,7 +187,8 @@ fn schema(args: &SchemaArgs) -> anyhow::Result<()> {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             let write = |name: String, value: &serde_json::Value| -> anyhow::Result<()> {
                 let path = dir.join(name);
-                std::fs::write(&path, serde_json::to_string_pretty(value)? + "\n").with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(&path, serde_json::to_string_pretty(value)? + "\n")
+                    .with_context(|| format!("writing {}", path.display()))?;
                 println!("{}", path.display());
                 Ok(())
             };

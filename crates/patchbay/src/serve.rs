@@ -54,7 +54,9 @@ pub async fn serve(config: Config, args: &ServeArgs, shutdown: impl Future<Outpu
     let sealer = crate::keys::sealer(&config, true)?;
     // Built now so a bad trust setup stops `serve` at start; services will take it as they arrive.
     let _policy = Arc::new(crate::keys::trust_policy(&config)?);
-    let bus = Arc::new(EmbeddedBus::open(&config.data_dir, sealer).with_context(|| format!("opening the store in {}", config.data_dir.display()))?);
+    let bus = Arc::new(
+        EmbeddedBus::open(&config.data_dir, sealer).with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
+    );
 
     let addr = args.http.unwrap_or(config.http_listen);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr} (http.listen)"))?;

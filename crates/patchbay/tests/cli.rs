@@ -28,7 +28,11 @@ fn setup() -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = tmp.path().join("patchbay.toml");
-    std::fs::write(&config, format!("data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[bus]\nprefix = \"e2e\"\nenv = \"test\"\n")).unwrap();
+    std::fs::write(
+        &config,
+        format!("data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[bus]\nprefix = \"e2e\"\nenv = \"test\"\n"),
+    )
+    .unwrap();
     Setup { _tmp: tmp, config, port }
 }
 
@@ -55,7 +59,13 @@ fn serve(setup: &Setup) -> Child {
 }
 
 fn publish(config: &Path, n: u64) -> std::process::Output {
-    bin().arg("--config").arg(config).args(["publish", "--topic", "e2e.message.sent", "--json"]).arg(format!("{{\"n\":{n}}}")).output().unwrap()
+    bin()
+        .arg("--config")
+        .arg(config)
+        .args(["publish", "--topic", "e2e.message.sent", "--json"])
+        .arg(format!("{{\"n\":{n}}}"))
+        .output()
+        .unwrap()
 }
 
 /// serve + tail + publish; kill -9 serve mid-stream and restart it: nothing `publish`
@@ -182,7 +192,12 @@ fn publish_exit_codes_say_what_happened() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("needs at least"));
     let not_json = bin().arg("--config").arg(&s.config).args(["publish", "--topic", "a.b.c", "--json", "{nope"]).output().unwrap();
     assert_eq!(not_json.status.code(), Some(65));
-    let wrong_body = bin().arg("--config").arg(&s.config).args(["publish", "--topic", "shell.message.logged", "--json", "{\"msg\":1}"]).output().unwrap();
+    let wrong_body = bin()
+        .arg("--config")
+        .arg(&s.config)
+        .args(["publish", "--topic", "shell.message.logged", "--json", "{\"msg\":1}"])
+        .output()
+        .unwrap();
     assert_eq!(wrong_body.status.code(), Some(65));
     // No daemon and no fallback: 69.
     let down = bin().arg("--config").arg(&s.config).args(["publish", "--no-fallback", "--topic", "a.b.c", "hello"]).output().unwrap();

@@ -163,10 +163,7 @@ pub async fn run(
         }
     }
     tracing::info!(service = %spec.name, running = running.len(), "Service stopping; letting running handlers finish.");
-    let drained = tokio::time::timeout(spec.grace, async {
-        while running.join_next().await.is_some() {}
-    })
-    .await;
+    let drained = tokio::time::timeout(spec.grace, async { while running.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!(service = %spec.name, unfinished = running.len(), "Grace period over; unfinished messages return to the queue.");
         running.shutdown().await;

@@ -79,7 +79,9 @@ async fn acks_retries_and_dead_letters_by_outcome() {
 
     wait_for("every message settled", || {
         let seen = handler.seen.lock().unwrap();
-        seen.get(&3).is_some_and(|v| v.len() == 4) && seen.get(&5).is_some_and(|v| v.len() == 4) && seen.get(&2).is_some_and(|v| v.len() == 3)
+        seen.get(&3).is_some_and(|v| v.len() == 4)
+            && seen.get(&5).is_some_and(|v| v.len() == 4)
+            && seen.get(&2).is_some_and(|v| v.len() == 3)
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -90,7 +92,10 @@ async fn acks_retries_and_dead_letters_by_outcome() {
     assert_eq!(attempts, [1, 2, 3, 4]);
     // Backoff: the gaps between attempts grow (100, 200, 400 ms).
     let gaps: Vec<Duration> = seen[&3].windows(2).map(|w| w[1].1 - w[0].1).collect();
-    assert!(gaps[0] >= Duration::from_millis(100) && gaps[1] >= Duration::from_millis(200) && gaps[2] >= Duration::from_millis(400), "{gaps:?}");
+    assert!(
+        gaps[0] >= Duration::from_millis(100) && gaps[1] >= Duration::from_millis(200) && gaps[2] >= Duration::from_millis(400),
+        "{gaps:?}"
+    );
 
     let dead = dyn_bus.dead_letters("worker", 10).await.unwrap();
     let reasons: HashMap<u64, String> = dead.iter().map(|d| (d.envelope.body["n"].as_u64().unwrap(), d.reason.clone())).collect();

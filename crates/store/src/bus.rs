@@ -20,8 +20,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use patchbay_bus::{
-    Acker, Bus, BusError, DeadLetter, Delivery, LogEntry, MessageLog, Outgoing, QueueSpec, Sealer, Subscription,
-    TopicPattern,
+    Acker, Bus, BusError, DeadLetter, Delivery, LogEntry, MessageLog, Outgoing, QueueSpec, Sealer, Subscription, TopicPattern,
 };
 use patchbay_model::{Envelope, Sender, Timestamp};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -59,9 +58,8 @@ struct Routes {
 
 impl Routes {
     fn refresh(&mut self, tx: &Connection) -> Result<(), StoreError> {
-        let generation: i64 = tx
-            .prepare_cached("SELECT value FROM bus_meta WHERE key = 'bindings_generation'")?
-            .query_row([], |r| r.get(0))?;
+        let generation: i64 =
+            tx.prepare_cached("SELECT value FROM bus_meta WHERE key = 'bindings_generation'")?.query_row([], |r| r.get(0))?;
         if self.generation == Some(generation) {
             return Ok(());
         }
@@ -424,11 +422,7 @@ impl MessageLog for EmbeddedBus {
             .read(move |c| {
                 let mut stmt = c.prepare_cached("SELECT pos, topic, wire FROM bus_messages WHERE pos > ?1 ORDER BY pos LIMIT ?2")?;
                 let rows = stmt.query_map(params![position as i64, limit as i64], |r| {
-                    Ok(LogEntry {
-                        position: r.get::<_, i64>(0)? as u64,
-                        topic: r.get(1)?,
-                        wire: r.get::<_, Vec<u8>>(2)?.into(),
-                    })
+                    Ok(LogEntry { position: r.get::<_, i64>(0)? as u64, topic: r.get(1)?, wire: r.get::<_, Vec<u8>>(2)?.into() })
                 })?;
                 Ok(rows.collect::<Result<Vec<_>, _>>()?)
             })

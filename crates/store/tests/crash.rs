@@ -33,7 +33,15 @@ fn main() {
         return;
     }
     if args.iter().any(|a| a == "--list") {
-        println!("crash_kill_mid_stream: test");
+        if !args.iter().any(|a| a == "--ignored") {
+            println!("crash_kill_mid_stream: test");
+        }
+        return;
+    }
+    // `cargo test FILTER`: run only when the filter matches this test's name.
+    let filters: Vec<&String> = args.iter().skip(1).filter(|a| !a.starts_with('-')).collect();
+    if !filters.is_empty() && !filters.iter().any(|f| "crash_kill_mid_stream".contains(f.as_str())) {
+        println!("test result: ok. 0 passed (filtered out)");
         return;
     }
     parent();

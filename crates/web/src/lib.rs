@@ -227,7 +227,9 @@ async fn stream(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
     let query = parse_stream_query(q.as_deref())?;
     let resume = match headers.get("last-event-id") {
-        Some(v) => Some(v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or_else(|| AppError::bad("Last-Event-ID is not a position"))?),
+        Some(v) => Some(
+            v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or_else(|| AppError::bad("Last-Event-ID is not a position"))?,
+        ),
         None => None,
     };
     let position = match resume.or(query.after) {
@@ -268,7 +270,9 @@ mod tests {
         assert_eq!(ok.schema.name, "patchbay.log");
         assert_eq!(ok.topic.as_str(), "patchbay.dev.shell.message.logged");
         assert_eq!(ok.sender, Sender::new("shell", "main"));
-        let free = outgoing(&root, "main", req(serde_json::json!({"topic": "patchbay.dev.my.thing.done", "body": {"x": 1}, "service": "cron"}))).unwrap();
+        let free =
+            outgoing(&root, "main", req(serde_json::json!({"topic": "patchbay.dev.my.thing.done", "body": {"x": 1}, "service": "cron"})))
+                .unwrap();
         assert_eq!(free.schema.name, "patchbay.json");
         for bad in [
             serde_json::json!({"topic": "shell.message.logged", "body": {"msg": "hi"}}),

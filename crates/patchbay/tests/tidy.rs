@@ -1,0 +1,110 @@
+//! Tidy checks: the layering ARCHITECTURE.md promises, enforced. A new line in
+//! a `[dependencies]` table is an architecture change; if it breaks a rule
+//! here, change ARCHITECTURE.md and this list together, on purpose.
+
+use std::path::{Path, PathBuf};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+fn manifest(krate: &str) -> toml::Table {
+    let path = workspace().join("crates").join(krate).join("Cargo.toml");
+    std::fs::read_to_string(&path).unwrap().parse().unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn deps(krate: &str) -> Vec<String> {
+    manifest(krate).get("dependencies").and_then(|d| d.as_table()).map(|t| t.keys().cloned().collect()).unwrap_or_default()
+}
+
+fn crates() -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(workspace().join("crates"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| workspace().join("crates").join(n).join("Cargo.toml").is_file())
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn layering_rules_hold() {
+    // (crate, dependencies it must never have, and why)
+    let rules: &[(&str, &[&str], &str)] = &[
+        ("model", &["patchbay-bus", "patchbay-store", "patchbay-runtime", "patchbay-config", "patchbay-web", "tokio", "rusqlite", "axum", "reqwest"], "model is pure serialized types: no IO, no siblings"),
+        ("bus", &["patchbay-store", "patchbay-runtime", "patchbay-web", "patchbay-config", "rusqlite", "axum", "reqwest", "lapin"], "bus knows no backend"),
+        ("store", &["patchbay-runtime", "patchbay-web", "patchbay-config", "axum", "reqwest", "lapin"], "store knows no HTTP and no AMQP"),
+        ("runtime", &["patchbay-store", "patchbay-web", "patchbay-config", "rusqlite", "axum", "reqwest", "lapin"], "the runtime knows no backend"),
+        ("web", &["patchbay-store", "patchbay-runtime", "patchbay-config", "rusqlite", "reqwest", "lapin"], "the HTTP edge knows no backend"),
+        ("config", &["patchbay-store", "patchbay-runtime", "patchbay-web", "tokio", "rusqlite", "axum", "reqwest"], "config reads files, starts nothing"),
+    ];
+    let mut broken = Vec::new();
+    for (krate, forbidden, why) in rules {
+        for dep in deps(krate) {
+            if forbidden.contains(&dep.as_str()) {
+                broken.push(format!("{krate} depends on {dep}: {why}"));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "layering broken:\n{}", broken.join("\n"));
+    // Every crate has a rule, so a new crate is a conscious decision.
+    for krate in crates() {
+        assert!(krate == "patchbay" || rules.iter().any(|r| r.0 == krate), "crate {krate} has no layering rule in tidy.rs");
+    }
+}
+
+#[test]
+fn every_crate_uses_the_workspace_lints() {
+    for krate in crates() {
+        let m = manifest(&krate);
+        let lints = m.get("lints").and_then(|l| l.get("workspace")).and_then(|w| w.as_bool());
+        assert_eq!(lints, Some(true), "crates/{krate}/Cargo.toml lacks [lints] workspace = true");
+    }
+}
+
+#[test]
+fn every_source_file_says_what_it_owns() {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    for krate in crates() {
+        for sub in ["src", "tests"] {
+            let d = workspace().join("crates").join(&krate).join(sub);
+            if d.is_dir() {
+                walk(&d, &mut files);
+            }
+        }
+    }
+    let undocumented: Vec<String> = files
+        .iter()
+        .filter(|f| !std::fs::read_to_string(f).unwrap().trim_start().starts_with("//!"))
+        .map(|f| f.strip_prefix(workspace()).unwrap().display().to_string())
+        .collect();
+    assert!(undocumented.is_empty(), "files without a //! header saying what they own: {undocumented:?}");
+}
+
+#[test]
+fn no_ignored_tests() {
+    let mut offenders = Vec::new();
+    for krate in crates() {
+        for sub in ["src", "tests"] {
+            let d = workspace().join("crates").join(&krate).join(sub);
+            let Ok(entries) = std::fs::read_dir(&d) else { continue };
+            for e in entries {
+                let p = e.unwrap().path();
+                if p.extension().is_some_and(|x| x == "rs") && std::fs::read_to_string(&p).unwrap().contains(concat!("#[", "ignore")) {
+                    offenders.push(p.display().to_string());
+                }
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "ignored tests stand in for work: {offenders:?}");
+}
