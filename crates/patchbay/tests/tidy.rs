@@ -31,12 +31,42 @@ fn crates() -> Vec<String> {
 fn layering_rules_hold() {
     // (crate, dependencies it must never have, and why)
     let rules: &[(&str, &[&str], &str)] = &[
-        ("model", &["patchbay-bus", "patchbay-store", "patchbay-runtime", "patchbay-config", "patchbay-web", "tokio", "rusqlite", "axum", "reqwest"], "model is pure serialized types: no IO, no siblings"),
-        ("bus", &["patchbay-store", "patchbay-runtime", "patchbay-web", "patchbay-config", "rusqlite", "axum", "reqwest", "lapin"], "bus knows no backend"),
+        (
+            "model",
+            &[
+                "patchbay-bus",
+                "patchbay-store",
+                "patchbay-runtime",
+                "patchbay-config",
+                "patchbay-web",
+                "tokio",
+                "rusqlite",
+                "axum",
+                "reqwest",
+            ],
+            "model is pure serialized types: no IO, no siblings",
+        ),
+        (
+            "bus",
+            &["patchbay-store", "patchbay-runtime", "patchbay-web", "patchbay-config", "rusqlite", "axum", "reqwest", "lapin"],
+            "bus knows no backend",
+        ),
         ("store", &["patchbay-runtime", "patchbay-web", "patchbay-config", "axum", "reqwest", "lapin"], "store knows no HTTP and no AMQP"),
-        ("runtime", &["patchbay-store", "patchbay-web", "patchbay-config", "rusqlite", "axum", "reqwest", "lapin"], "the runtime knows no backend"),
-        ("web", &["patchbay-store", "patchbay-runtime", "patchbay-config", "rusqlite", "reqwest", "lapin"], "the HTTP edge knows no backend"),
-        ("config", &["patchbay-store", "patchbay-runtime", "patchbay-web", "tokio", "rusqlite", "axum", "reqwest"], "config reads files, starts nothing"),
+        (
+            "runtime",
+            &["patchbay-store", "patchbay-web", "patchbay-config", "rusqlite", "axum", "reqwest", "lapin"],
+            "the runtime knows no backend",
+        ),
+        (
+            "web",
+            &["patchbay-store", "patchbay-runtime", "patchbay-config", "rusqlite", "reqwest", "lapin"],
+            "the HTTP edge knows no backend",
+        ),
+        (
+            "config",
+            &["patchbay-store", "patchbay-runtime", "patchbay-web", "tokio", "rusqlite", "axum", "reqwest"],
+            "config reads files, starts nothing",
+        ),
     ];
     let mut broken = Vec::new();
     for (krate, forbidden, why) in rules {
