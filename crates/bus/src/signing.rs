@@ -123,21 +123,35 @@ impl SigningKey {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let secret = dir.join(format!("{}.key", self.id));
         let public = dir.join(format!("{}.pub", self.id));
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        use std::io::Write as _;
-        let mut f = opts.open(&secret).map_err(io(&secret))?;
-        writeln!(f, "{SECRET_TAG} {} {}", B64.encode(self.key.to_bytes()), self.id).map_err(io(&secret))?;
-        f.sync_all().map_err(io(&secret))?;
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        let mut f = opts.open(&public).map_err(io(&public))?;
-        f.write_all(self.public().to_line().as_bytes()).map_err(io(&public))?;
-        f.sync_all().map_err(io(&public))?;
+        write_new(&secret, format!("{SECRET_TAG} {} {}\n", B64.encode(self.key.to_bytes()), self.id).as_bytes(), true)?;
+        write_new(&public, self.public().to_line().as_bytes(), false)?;
         Ok((secret, public))
     }
+}
+
+/// Writes a file that must not exist yet, atomically: readers never see half a key,
+/// and of two concurrent writers exactly one wins.
+fn write_new(path: &Path, content: &[u8], private: bool) -> Result<(), KeyError> {
+    use std::io::Write as _;
+    let io = |source| KeyError::Io { path: path.to_path_buf(), source };
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    let result = (|| {
+        let mut f = opts.open(&tmp)?;
+        f.write_all(content)?;
+        f.sync_all()?;
+        // hard_link fails if the target exists: no overwrite, no window with a partial file.
+        std::fs::hard_link(&tmp, path)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result.map_err(io)
 }
 
 fn read_key_file(path: &Path, tag: &str) -> Result<(String, [u8; 32]), KeyError> {

@@ -10,8 +10,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub struct Timestamp(i64);
 
 /// Why a string is not a timestamp in patchbay's fixed RFC 3339 form.
+///
+/// Only the canonical spelling parses: anything else would serialize back to
+/// different bytes and break the signature of the envelope that carried it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid timestamp {input:?}: expected YYYY-MM-DDTHH:MM:SS[.ffffff]Z")]
+#[error("invalid timestamp {input:?}: expected YYYY-MM-DDTHH:MM:SS.ffffffZ (UTC, six fractional digits)")]
 pub struct TimestampError {
     input: String,
 }
@@ -74,36 +77,24 @@ impl FromStr for Timestamp {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || TimestampError { input: s.chars().take(64).collect() };
         let b = s.as_bytes();
-        if b.len() < 20 || !s.is_ascii() || b[b.len() - 1] != b'Z' {
+        if b.len() != 27 || !s.is_ascii() {
             return Err(err());
+        }
+        for (i, want) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':'), (19, b'.'), (26, b'Z')] {
+            if b[i] != want {
+                return Err(err());
+            }
         }
         let num = |r: std::ops::Range<usize>| -> Result<i64, TimestampError> {
             let part = &s[r];
             if part.bytes().all(|c| c.is_ascii_digit()) { part.parse().map_err(|_| err()) } else { Err(err()) }
         };
-        if b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
-            return Err(err());
-        }
         let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-        let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-        if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        let (h, mi, sec, micros) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..26)?);
+        let days = days_from_civil(y, mo, d);
+        if !(1..=12).contains(&mo) || civil_from_days(days) != (y, mo, d) || h > 23 || mi > 59 || sec > 59 {
             return Err(err());
         }
-        let mut micros = 0;
-        let rest = &s[19..s.len() - 1];
-        if !rest.is_empty() {
-            let frac = rest.strip_prefix('.').ok_or_else(err)?;
-            if frac.is_empty() || frac.len() > 9 || !frac.bytes().all(|c| c.is_ascii_digit()) {
-                return Err(err());
-            }
-            let mut padded = frac.to_string();
-            padded.truncate(6);
-            while padded.len() < 6 {
-                padded.push('0');
-            }
-            micros = padded.parse::<i64>().map_err(|_| err())?;
-        }
-        let days = days_from_civil(y, mo, d);
         Ok(Timestamp(((days * 86_400) + h * 3600 + mi * 60 + sec) * 1_000_000 + micros))
     }
 }
@@ -157,9 +148,17 @@ mod tests {
     }
 
     #[test]
-    fn parses_without_and_with_short_fractions() {
-        assert_eq!("1970-01-01T00:00:01Z".parse::<Timestamp>().unwrap(), Timestamp(1_000_000));
-        assert_eq!("1970-01-01T00:00:01.5Z".parse::<Timestamp>().unwrap(), Timestamp(1_500_000));
+    fn only_the_canonical_spelling_parses() {
+        assert_eq!("1970-01-01T00:00:01.500000Z".parse::<Timestamp>().unwrap(), Timestamp(1_500_000));
+        for other in [
+            "1970-01-01T00:00:01Z",
+            "1970-01-01T00:00:01.5Z",
+            "1970-01-01T00:00:01.500000000Z",
+            "2026-02-30T00:00:00.000000Z",
+            "2026-11-22T00:00:60.000000Z",
+        ] {
+            assert!(other.parse::<Timestamp>().is_err(), "{other}");
+        }
     }
 
     #[test]

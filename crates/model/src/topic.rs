@@ -100,7 +100,7 @@ impl TopicRoot {
     /// Accepts either a suffix or a full topic under this root, as a command line would.
     pub fn resolve(&self, topic_or_suffix: &str) -> Result<Topic, TopicError> {
         match self.suffix_of(topic_or_suffix) {
-            Some(_) => Topic::parse(topic_or_suffix),
+            Some(suffix) => self.topic(suffix),
             None => self.topic(topic_or_suffix),
         }
     }
@@ -124,6 +124,7 @@ mod tests {
         assert_eq!(root.resolve("mail.message.received").unwrap(), t);
         assert_eq!(root.suffix_of(t.as_str()), Some("mail.message.received"));
         assert_eq!(root.suffix_of("org.patchbay.production.x.y.z"), None);
+        assert!(root.resolve("org.patchbay.prod.x").is_err(), "a full topic needs a full suffix too");
     }
 
     #[test]

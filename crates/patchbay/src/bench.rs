@@ -69,6 +69,8 @@ fn body(n: u64, sent_ns: u64, size: usize) -> serde_json::Value {
 
 /// Runs the benchmark and prints its figures.
 pub async fn run(opts: BusBench) -> anyhow::Result<()> {
+    anyhow::ensure!(opts.messages > 0 && opts.publishers > 0, "--messages and --publishers must be at least 1");
+    anyhow::ensure!(opts.rate > 0 && opts.seconds > 0, "--rate and --seconds must be at least 1");
     let scratch = match &opts.dir {
         Some(_) => None,
         None => Some(tempfile_dir()?),
@@ -99,7 +101,7 @@ pub async fn run(opts: BusBench) -> anyhow::Result<()> {
     };
 
     // Throughput: concurrent publishers, consumers ack each delivery in its own task.
-    let pattern = TopicPattern::parse(&format!("{}.bench.#", root.as_str()))?;
+    let pattern = TopicPattern::parse(&format!("{}.bench.message.#", root.as_str()))?;
     let sub = dyn_bus.subscribe(QueueSpec::new("bench-throughput", vec![pattern.clone()]).prefetch(1024)).await?;
     let mut consumer = Consumer::new(sub, policy.clone());
     let total = opts.messages;

@@ -215,7 +215,7 @@ fn readable(wire: &str) -> String {
 pub async fn tail(config: &Config, args: &TailArgs) -> Result<(), Exit> {
     let patterns = tail_patterns(config, &args.topics).map_err(Exit::data)?;
     let base = base_url(config, &args.url);
-    let mut query: Vec<String> = patterns.iter().map(|p| format!("topic={}", p.as_str().replace('#', "%23"))).collect();
+    let query: Vec<String> = patterns.iter().map(|p| format!("topic={}", p.as_str().replace('#', "%23"))).collect();
     let mut last: Option<u64> = if args.from_start { Some(0) } else { args.after };
     let client = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build().map_err(anyhow::Error::from)?;
     let mut backoff = Duration::from_millis(100);
@@ -270,7 +270,6 @@ pub async fn tail(config: &Config, args: &TailArgs) -> Result<(), Exit> {
         eprintln!("patchbay tail: {problem}; reconnecting in {} ms", backoff.as_millis());
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
-        query = query.clone();
     }
 }
 

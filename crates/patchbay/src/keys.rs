@@ -72,9 +72,10 @@ pub fn trust_policy(config: &Config) -> anyhow::Result<TrustPolicy> {
     let s = &config.signing;
     let mut policy = TrustPolicy::new(s.require_signatures);
     let mut trusted = Vec::new();
-    if s.trusted_keys.is_dir() {
-        policy.trust_dir(&s.trusted_keys).with_context(|| format!("{}: signing.trusted_keys", config.source_name()))?;
-        for entry in std::fs::read_dir(&s.trusted_keys)? {
+    let trusted_dir = s.trusted_keys_dir(&config.data_dir);
+    if trusted_dir.is_dir() {
+        policy.trust_dir(&trusted_dir).with_context(|| format!("{}: signing.trusted_keys", config.source_name()))?;
+        for entry in std::fs::read_dir(&trusted_dir)? {
             let path = entry?.path();
             if path.extension().is_some_and(|e| e == "pub") {
                 let text = std::fs::read_to_string(&path)?;
@@ -87,12 +88,12 @@ pub fn trust_policy(config: &Config) -> anyhow::Result<TrustPolicy> {
         anyhow::bail!(
             "{}: signing.trusted_keys: {} is not a directory, and require_signatures = true trusts nothing without it",
             config.source_name(),
-            s.trusted_keys.display()
+            trusted_dir.display()
         );
     }
     for (key, patterns) in &s.allow {
         if !trusted.contains(key) && s.require_signatures {
-            anyhow::bail!("{}: signing.allow.{key}: no key {key:?} in {}", config.source_name(), s.trusted_keys.display());
+            anyhow::bail!("{}: signing.allow.{key}: no key {key:?} in {}", config.source_name(), trusted_dir.display());
         }
         policy.allow(key, patterns.clone());
     }

@@ -82,7 +82,7 @@ pub struct Exit {
 }
 
 impl Exit {
-    /// EX_USAGE-like data errors: the input was wrong (65, EX_DATAERR).
+    /// The input was wrong (65, EX_DATAERR).
     pub fn data(error: impl Into<anyhow::Error>) -> Self {
         Exit { code: 65, error: error.into() }
     }

@@ -133,7 +133,10 @@ pub async fn run(
                 Err(source @ BusError::Invalid(_)) => return Err(RuntimeError::Bus { service: spec.name.clone(), source }),
                 Err(error) => {
                     tracing::warn!(service = %spec.name, %error, retry_in = ?backoff, "Cannot reach the bus; retrying.");
-                    tokio::time::sleep(backoff).await;
+                    tokio::select! {
+                        () = &mut shutdown => return Ok(()),
+                        () = tokio::time::sleep(backoff) => {}
+                    }
                     backoff = (backoff * 2).min(RECONNECT_MAX);
                 }
             }
@@ -156,7 +159,10 @@ pub async fn run(
                 Err(BusError::Closed) => break,
                 Err(error) => {
                     tracing::warn!(service = %spec.name, %error, retry_in = ?backoff, "Lost the bus; retrying.");
-                    tokio::time::sleep(backoff).await;
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
                     backoff = (backoff * 2).min(RECONNECT_MAX);
                 }
             }
@@ -172,13 +178,24 @@ pub async fn run(
     Ok(())
 }
 
+/// Aborts the handler's task when the runtime gives up on it (grace period over),
+/// so a handler never runs on after its message went back to the queue.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn handle_one(spec: Arc<ServiceSpec>, handler: Arc<dyn Handler>, delivery: Delivery) {
     let envelope = Arc::new(delivery.envelope.clone());
     let attempt = delivery.attempt;
     let outcome = {
         let envelope = envelope.clone();
         // Its own task, so a panic is caught and counted instead of unwinding through the runtime.
-        match tokio::spawn(async move { handler.handle(&envelope, attempt).await }).await {
+        let mut task = AbortOnDrop(tokio::spawn(async move { handler.handle(&envelope, attempt).await }));
+        match (&mut task.0).await {
             Ok(result) => result,
             Err(join) => Err(HandlerError::Transient(if join.is_panic() { "handler panicked".into() } else { "handler cancelled".into() })),
         }

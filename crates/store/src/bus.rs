@@ -45,7 +45,9 @@ struct Inner {
     lock_dir: PathBuf,
     routes: Arc<Mutex<Routes>>,
     seqs: Mutex<Seqs>,
-    queues: tokio::sync::Mutex<HashMap<String, Arc<QueueRt>>>,
+    /// This process's consumer state per queue; a cell is filled once its lock file is held,
+    /// so waiting as standby for one queue never blocks subscribing to another.
+    queues: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<QueueRt>>>>>,
 }
 
 /// Bindings cached for the writer, reloaded when `bindings_generation` moves.
@@ -216,7 +218,7 @@ impl EmbeddedBus {
                 lock_dir: lock_dir.to_path_buf(),
                 routes: Arc::new(Mutex::new(Routes::default())),
                 seqs: Mutex::new(Seqs::default()),
-                queues: tokio::sync::Mutex::new(HashMap::new()),
+                queues: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -354,26 +356,22 @@ impl Bus for EmbeddedBus {
         let patterns: Vec<String> = spec.patterns.iter().map(|p| p.as_str().to_string()).collect();
         let name = spec.name.clone();
         let id = self.inner.db.write(move |tx| declare(tx, &name, &patterns)).await?;
-        let rt = {
-            let mut queues = self.inner.queues.lock().await;
-            match queues.get(&spec.name) {
-                Some(rt) => rt.clone(),
-                None => {
-                    let lock = acquire_queue_lock(&self.inner.lock_dir, &spec.name).await?;
-                    let rt = Arc::new(QueueRt {
-                        id,
-                        name: spec.name.clone(),
-                        db: self.inner.db.clone(),
-                        state: Mutex::new(QueueState::default()),
-                        fetch: tokio::sync::Mutex::new(()),
-                        changed: Notify::new(),
-                        _lock: lock,
-                    });
-                    queues.insert(spec.name.clone(), rt.clone());
-                    rt
-                }
-            }
-        };
+        let cell = self.inner.queues.lock().unwrap().entry(spec.name.clone()).or_default().clone();
+        let rt = cell
+            .get_or_try_init(|| async {
+                let lock = acquire_queue_lock(&self.inner.lock_dir, &spec.name).await?;
+                Ok::<_, BusError>(Arc::new(QueueRt {
+                    id,
+                    name: spec.name.clone(),
+                    db: self.inner.db.clone(),
+                    state: Mutex::new(QueueState::default()),
+                    fetch: tokio::sync::Mutex::new(()),
+                    changed: Notify::new(),
+                    _lock: lock,
+                }))
+            })
+            .await?
+            .clone();
         Ok(Box::new(EmbeddedSubscription {
             commits: self.inner.db.commits(),
             rt,

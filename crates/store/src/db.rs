@@ -24,9 +24,11 @@ use tokio::sync::{oneshot, watch};
 use crate::StoreError;
 
 const MAX_BATCH: usize = 4096;
+/// Read connections kept open between reads; more are opened under load and closed after.
+const MAX_IDLE_READERS: usize = 8;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
-/// WAL size (in pages) above which the background checkpointer runs.
-const CHECKPOINT_PAGES: i64 = 2048;
+/// WAL length (in pages, ~128 MiB) above which a caught-up checkpointer truncates the WAL file.
+const TRUNCATE_PAGES: i64 = 32_768;
 /// Checkpoint often, in small steps: a large checkpoint's writeback makes the next
 /// commit's fsync wait behind it (ext4 orders data before its journal commit).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
@@ -131,7 +133,11 @@ impl Db {
             }
         });
         self.jobs.send(job).map_err(|_| StoreError::Closed)?;
-        Ok(async move { rx.await.map_err(|_| StoreError::Setup("the writer dropped a job (a write panicked)".into()))? })
+        Ok(async move {
+            rx.await.map_err(|_| {
+                StoreError::Setup("the write did not run: the database refused the transaction or the write panicked (see the log)".into())
+            })?
+        })
     }
 
     /// Queues `f` for the next group commit without waiting for it; failures are logged.
@@ -139,11 +145,16 @@ impl Db {
     where
         F: FnOnce(&Tx<'_>) -> Result<(), StoreError> + Send + 'static,
     {
-        let job: Job = Box::new(move |conn| {
-            if let Err(error) = f(conn) {
+        let job: Job = Box::new(move |conn| match f(conn) {
+            Ok(()) => Some(Box::new(move |committed: Result<(), StoreError>| {
+                if let Err(error) = committed {
+                    tracing::warn!(%error, what, "Background write was not committed.");
+                }
+            })),
+            Err(error) => {
                 tracing::warn!(%error, what, "Background write failed.");
+                None
             }
-            None
         });
         let _ = self.jobs.send(job);
     }
@@ -161,7 +172,10 @@ impl Db {
                 None => open_reader(&shared.path)?,
             };
             let result = f(&conn);
-            shared.readers.lock().unwrap().push(conn);
+            let mut idle = shared.readers.lock().unwrap();
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(conn);
+            }
             result
         })
         .await
@@ -275,7 +289,7 @@ impl Checkpointer {
                 if let Ok((0, log, done)) = frames {
                     // TRUNCATE holds off writers while it works, so only ask for it once a
                     // passive checkpoint has copied everything and it has nothing left to copy.
-                    if log > CHECKPOINT_PAGES * 16 && done == log {
+                    if log > TRUNCATE_PAGES && done == log {
                         let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
                     }
                 }

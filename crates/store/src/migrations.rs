@@ -9,7 +9,7 @@ const STEPS: &[&str] = &[
     // 1: the embedded bus.
     "
     CREATE TABLE bus_messages (
-        pos   INTEGER PRIMARY KEY,
+        pos   INTEGER PRIMARY KEY AUTOINCREMENT,
         id    TEXT NOT NULL UNIQUE,
         topic TEXT NOT NULL,
         wire  BLOB NOT NULL

@@ -30,3 +30,35 @@ impl Harness for Embedded {
 }
 
 patchbay_bus::conformance_tests!(embedded);
+
+/// Deliveries are counted durably, so a message that keeps taking its consumer down
+/// with it is eventually dead-lettered by attempt count rather than retried forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_survive_restarts() {
+    use patchbay_bus::{Outgoing, QueueSpec, TopicPattern};
+    use patchbay_model::{SchemaRef, Sender};
+    let h = embedded().await;
+    let spec = || QueueSpec::new("attempts", vec![TopicPattern::parse("pbtest.conformance.#").unwrap()]);
+    let out = Outgoing {
+        sender: Sender::new("t", "1"),
+        topic: h.root().topic("a.b.c").unwrap(),
+        schema: SchemaRef { name: "t".into(), version: 1 },
+        body: serde_json::json!({}),
+    };
+    let mut seen = Vec::new();
+    for round in 0..3 {
+        let bus = h.open(Sealer::default()).await;
+        let mut sub = bus.subscribe(spec()).await.unwrap();
+        if round == 0 {
+            bus.publish(vec![out.clone()]).await.unwrap();
+        }
+        let d = tokio::time::timeout(std::time::Duration::from_secs(10), sub.next()).await.unwrap().unwrap();
+        seen.push(d.attempt);
+        // The consumer "crashes": nothing is settled. Give the background count a commit to land in.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        drop(d);
+        drop(sub);
+        drop(bus);
+    }
+    assert_eq!(seen, [1, 2, 3], "attempts must count deliveries across restarts");
+}
