@@ -78,26 +78,56 @@ pub struct Envelope {
 pub struct EnvelopeError(#[from] serde_json::Error);
 
 impl Envelope {
-    fn to_value(&self, with_signature: bool) -> Value {
-        let mut v = serde_json::to_value(self).expect("an envelope always serializes");
-        if !with_signature && let Value::Object(map) = &mut v {
-            map.remove("signature");
+    /// Writes the canonical form directly, in the fixed key order (keys sorted by bytes:
+    /// body, id, schema, sender, sent_at, seq, signature, topic), without building a
+    /// `Value` of the whole envelope. `canonical_form_matches_the_generic_writer` holds
+    /// it to [`crate::write_canonical`].
+    fn write(&self, with_signature: bool, out: &mut Vec<u8>) {
+        fn string(out: &mut Vec<u8>, s: &str) {
+            serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
         }
-        v
+        out.extend_from_slice(b"{\"body\":");
+        crate::write_canonical(&self.body, out);
+        out.extend_from_slice(b",\"id\":\"");
+        out.extend_from_slice(self.id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).as_bytes());
+        out.extend_from_slice(b"\",\"schema\":{\"name\":");
+        string(out, &self.schema.name);
+        out.extend_from_slice(format!(",\"version\":{}}},\"sender\":{{\"instance\":", self.schema.version).as_bytes());
+        string(out, &self.sender.instance);
+        out.extend_from_slice(b",\"service\":");
+        string(out, &self.sender.service);
+        out.extend_from_slice(format!("}},\"sent_at\":\"{}\",\"seq\":{}", self.sent_at, self.seq).as_bytes());
+        if let (true, Some(sig)) = (with_signature, &self.signature) {
+            out.extend_from_slice(b",\"signature\":{\"ed25519\":");
+            string(out, &sig.ed25519);
+            out.extend_from_slice(b",\"key_id\":");
+            string(out, &sig.key_id);
+            out.push(b'}');
+        }
+        out.extend_from_slice(b",\"topic\":");
+        string(out, self.topic.as_str());
+        out.push(b'}');
     }
 
     /// The bytes a signature covers: every field but the signature, canonical JSON.
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(256);
-        crate::write_canonical(&self.to_value(false), &mut out);
+        let mut out = Vec::with_capacity(256 + self.body_size_hint());
+        self.write(false, &mut out);
         out
     }
 
     /// The bytes to store and send: canonical JSON including the signature.
     pub fn to_wire(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(256);
-        crate::write_canonical(&self.to_value(true), &mut out);
+        let mut out = Vec::with_capacity(384 + self.body_size_hint());
+        self.write(true, &mut out);
         out
+    }
+
+    fn body_size_hint(&self) -> usize {
+        match &self.body {
+            Value::Object(m) => m.values().map(|v| if let Value::String(s) = v { s.len() + 16 } else { 16 }).sum(),
+            _ => 16,
+        }
     }
 
     /// Parses wire bytes; unknown fields are refused so nothing unsigned rides along.
@@ -143,6 +173,28 @@ mod tests {
         assert_ne!(env.to_wire(), unsigned);
         let text = String::from_utf8(unsigned).unwrap();
         assert!(text.starts_with(r#"{"body":{"a":[1,2],"message":"hi"},"id":""#), "{text}");
+    }
+
+    #[test]
+    fn canonical_form_matches_the_generic_writer() {
+        let generic = |env: &Envelope, with_signature: bool| {
+            let mut v = serde_json::to_value(env).unwrap();
+            if !with_signature {
+                v.as_object_mut().unwrap().remove("signature");
+            }
+            let mut out = Vec::new();
+            crate::write_canonical(&v, &mut out);
+            out
+        };
+        let mut env = sample();
+        env.sender = Sender::new("quo\"te", "back\\slash é");
+        env.schema.name = "line\nbreak".into();
+        env.body = serde_json::json!({"z": [1, {"b": null, "a": 1.5}], "a": "\u{1}"});
+        for signed in [false, true] {
+            env.signature = signed.then(|| Signature { key_id: "k\"1".into(), ed25519: "AA==".into() });
+            assert_eq!(env.canonical_bytes(), generic(&env, false));
+            assert_eq!(env.to_wire(), generic(&env, true));
+        }
     }
 
     #[test]

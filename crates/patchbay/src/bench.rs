@@ -29,8 +29,8 @@ pub struct BusBench {
     /// Length of the latency run, seconds.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// Pause between the throughput and latency runs, so the latency run measures a steady state.
-    #[arg(long, default_value_t = 3000)]
+    /// Pause between the throughput and latency runs (milliseconds).
+    #[arg(long, default_value_t = 0)]
     settle_ms: u64,
     /// Do not sign messages (they are signed by default, as in production).
     #[arg(long)]
@@ -145,7 +145,6 @@ pub async fn run(opts: BusBench) -> anyhow::Result<()> {
     anyhow::ensure!(pending == 0, "{pending} deliveries still pending after every ack returned");
 
     // Latency: one publisher at a steady rate, after the burst's writeback has settled.
-    // (Right after a 100 MB burst the kernel is still writing it back, and fsyncs wait behind it.)
     tokio::time::sleep(Duration::from_millis(opts.settle_ms)).await;
     let sub = dyn_bus
         .subscribe(QueueSpec::new("bench-latency", vec![TopicPattern::parse(&format!("{}.bench.latency.#", root.as_str()))?]).prefetch(256))

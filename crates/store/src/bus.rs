@@ -566,7 +566,6 @@ impl Subscription for EmbeddedSubscription {
                 let rows = self.rt.fetch(cursor).await?;
                 if let Some(&(last, ..)) = rows.last() {
                     let mut state = self.rt.state.lock().unwrap();
-                    let loaded_positions: Vec<i64> = rows.iter().map(|r| r.0).collect();
                     for (pos, attempts, not_before, envelope) in rows {
                         let loaded = Loaded { pos, attempts, envelope };
                         if not_before > now {
@@ -578,14 +577,14 @@ impl Subscription for EmbeddedSubscription {
                     state.cursor = last;
                     drop(state);
                     // Count the loads durably (off the hot path), so that a message that keeps
-                    // crashing its consumer is eventually dead-lettered by attempt count.
+                    // crashing its consumer is eventually dead-lettered by attempt count. A fetch
+                    // loads every row of the queue in (cursor, last], so one range update covers them.
                     let queue = self.rt.id;
                     self.rt.db.write_detached("count deliveries", move |tx| {
-                        let mut stmt =
-                            tx.prepare_cached("UPDATE bus_deliveries SET attempts = attempts + 1 WHERE queue_id = ?1 AND pos = ?2")?;
-                        for pos in loaded_positions {
-                            stmt.execute(params![queue, pos])?;
-                        }
+                        tx.prepare_cached(
+                            "UPDATE bus_deliveries SET attempts = attempts + 1 WHERE queue_id = ?1 AND pos > ?2 AND pos <= ?3",
+                        )?
+                        .execute(params![queue, cursor, last])?;
                         Ok(())
                     });
                     true
