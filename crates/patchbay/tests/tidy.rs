@@ -48,18 +48,33 @@ fn layering_rules_hold() {
         ),
         (
             "bus",
-            &["patchbay-store", "patchbay-runtime", "patchbay-web", "patchbay-config", "rusqlite", "axum", "reqwest", "lapin"],
+            &[
+                "patchbay-store",
+                "patchbay-bus-amqp",
+                "patchbay-runtime",
+                "patchbay-web",
+                "patchbay-config",
+                "rusqlite",
+                "axum",
+                "reqwest",
+                "lapin",
+            ],
             "bus knows no backend",
         ),
         ("store", &["patchbay-runtime", "patchbay-web", "patchbay-config", "axum", "reqwest", "lapin"], "store knows no HTTP and no AMQP"),
         (
+            "bus-amqp",
+            &["patchbay-store", "patchbay-runtime", "patchbay-web", "patchbay-config", "rusqlite", "axum", "reqwest"],
+            "the RabbitMQ bus knows no store, services or HTTP",
+        ),
+        (
             "runtime",
-            &["patchbay-store", "patchbay-web", "patchbay-config", "rusqlite", "axum", "reqwest", "lapin"],
+            &["patchbay-store", "patchbay-bus-amqp", "patchbay-web", "patchbay-config", "rusqlite", "axum", "reqwest", "lapin"],
             "the runtime knows no backend",
         ),
         (
             "web",
-            &["patchbay-store", "patchbay-runtime", "patchbay-config", "rusqlite", "reqwest", "lapin"],
+            &["patchbay-store", "patchbay-bus-amqp", "patchbay-runtime", "patchbay-config", "rusqlite", "reqwest", "lapin"],
             "the HTTP edge knows no backend",
         ),
         (

@@ -1,0 +1,508 @@
+//! The [`Bus`] over RabbitMQ (AMQP 0.9.1), for the scale-out shape.
+//!
+//! Topology, all durable: a topic exchange (`exchange`, default `patchbay`)
+//! that messages are published to with the topic as routing key; one queue
+//! per [`QueueSpec`] bound with the same patterns (AMQP topic semantics are
+//! ours already); per queue, wait queues `<queue>.retry.<ms>` whose TTL
+//! dead-letters a retried message back into the queue through the default
+//! exchange; and a direct exchange `<exchange>.dead` routing to
+//! `<queue>.dead`, where dead letters wait with their reason and attempt count
+//! in headers.
+//!
+//! Publishes are persistent and confirmed: `publish` returns only once the
+//! broker confirmed every message, with many publishes in flight at once.
+//! Consumers ack manually after the handler committed. The connection
+//! recovers by itself (lapin's auto-recovery: reconnect with backoff,
+//! re-declare, resume consumers); a publish during an outage waits for the
+//! recovery up to `publish_timeout`, then fails with a clear error, and a
+//! delivery whose channel died is simply delivered again.
+//!
+//! The envelope travels as its wire bytes, unchanged, so signatures verify
+//! after the trip; AMQP properties mirror it (`message_id`, `timestamp`,
+//! `content_type`, `type` = schema) for tools that look at them.
+//!
+//! Sequence numbers come from files under `state_dir` (see [`seq`]). This
+//! crate knows nothing of the store or of services.
+
+pub mod seq;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures_util::StreamExt as _;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use patchbay_bus::{Acker, Bus, BusError, DeadLetter, Delivery, Outgoing, QueueSpec, Sealer, Subscription};
+use patchbay_model::{Envelope, Timestamp};
+
+const H_ATTEMPTS: &str = "x-patchbay-attempts";
+const H_REASON: &str = "x-patchbay-reason";
+const H_DEAD_AT: &str = "x-patchbay-dead-at";
+/// Retry delays are rounded up to one of these, so each queue has a bounded set of wait queues.
+const DELAY_LADDER_MS: &[u64] =
+    &[100, 250, 500, 1_000, 2_000, 5_000, 10_000, 30_000, 60_000, 120_000, 300_000, 600_000, 1_800_000, 3_600_000, 21_600_000, 86_400_000];
+
+/// How to reach and use the broker.
+#[derive(Clone, Debug)]
+pub struct AmqpConfig {
+    /// `amqp://user:pass@host:port/vhost` or `amqps://…`.
+    pub url: String,
+    /// The topic exchange messages are published to.
+    pub exchange: String,
+    /// Where per-sender sequence counters are kept.
+    pub state_dir: PathBuf,
+    /// How long a publish waits through a broker outage before failing.
+    pub publish_timeout: Duration,
+    /// How long `connect` keeps trying before giving up.
+    pub connect_timeout: Duration,
+    /// Delete queues unused for this long (`x-expires`); for tests on a shared broker.
+    pub queue_expiry: Option<Duration>,
+}
+
+impl AmqpConfig {
+    /// Defaults for everything but the URL and the state directory.
+    pub fn new(url: impl Into<String>, state_dir: impl Into<PathBuf>) -> Self {
+        AmqpConfig {
+            url: url.into(),
+            exchange: "patchbay".into(),
+            state_dir: state_dir.into(),
+            publish_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(60),
+            queue_expiry: None,
+        }
+    }
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> BusError {
+    BusError::Unavailable(format!("RabbitMQ: {what}: {e}"))
+}
+
+/// The RabbitMQ bus; cheap to clone.
+#[derive(Clone)]
+pub struct AmqpBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: AmqpConfig,
+    conn: Connection,
+    publisher: Channel,
+    /// Sealing and sending under one lock keeps each sender's messages in sequence order on the wire.
+    seqs: tokio::sync::Mutex<seq::FileSeqs>,
+    sealer: Sealer,
+    wait_queues: std::sync::Mutex<HashSet<String>>,
+}
+
+fn queue_args(config: &AmqpConfig) -> FieldTable {
+    let mut args = FieldTable::default();
+    if let Some(expiry) = config.queue_expiry {
+        args.insert("x-expires".into(), AMQPValue::LongUInt(expiry.as_millis().min(u32::MAX as u128) as u32));
+    }
+    args
+}
+
+impl AmqpBus {
+    /// Connects (retrying with backoff until `connect_timeout`), declares the exchanges.
+    pub async fn connect(config: AmqpConfig, sealer: Sealer) -> Result<Self, BusError> {
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(200);
+        let conn = loop {
+            let props =
+                ConnectionProperties::default().with_connection_name("patchbay".into()).enable_auto_recover().configure_backoff(|b| {
+                    b.with_min_delay(Duration::from_millis(100)).with_max_delay(Duration::from_secs(5)).with_max_times(10_000)
+                });
+            match Connection::connect(&config.url, props).await {
+                Ok(conn) => break conn,
+                Err(e) if started.elapsed() < config.connect_timeout => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "Cannot reach RabbitMQ; retrying.");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(unavailable("connect", e)),
+            }
+        };
+        let publisher = conn.create_channel().await.map_err(|e| unavailable("open a channel", e))?;
+        publisher.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| unavailable("confirm mode", e))?;
+        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        publisher
+            .exchange_declare(config.exchange.as_str().into(), ExchangeKind::Topic, durable, FieldTable::default())
+            .await
+            .map_err(|e| unavailable("declare the exchange", e))?;
+        publisher
+            .exchange_declare(format!("{}.dead", config.exchange).into(), ExchangeKind::Direct, durable, FieldTable::default())
+            .await
+            .map_err(|e| unavailable("declare the dead-letter exchange", e))?;
+        Ok(AmqpBus {
+            inner: Arc::new(Inner {
+                seqs: tokio::sync::Mutex::new(seq::FileSeqs::new(&config.state_dir.join("seq"))),
+                config,
+                conn,
+                publisher,
+                sealer,
+                wait_queues: std::sync::Mutex::new(HashSet::new()),
+            }),
+        })
+    }
+}
+
+fn properties(env: &Envelope, headers: FieldTable) -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_message_id(env.id.to_string().into())
+        .with_timestamp((env.sent_at.as_micros() / 1_000_000).max(0) as u64)
+        .with_type(format!("{}.v{}", env.schema.name, env.schema.version).into())
+        .with_app_id(env.sender.service.as_str().into())
+        .with_headers(headers)
+}
+
+impl Inner {
+    /// Sends one message and returns the confirm future, waiting through a recovery if needed.
+    async fn send(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        wire: &[u8],
+        props: &BasicProperties,
+        deadline: Instant,
+    ) -> Result<lapin::PublisherConfirm, BusError> {
+        loop {
+            match self
+                .publisher
+                .basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), wire, props.clone())
+                .await
+            {
+                Ok(confirm) => return Ok(confirm),
+                Err(e) => self.recover(e, deadline, "publish").await?,
+            }
+        }
+    }
+
+    async fn recover(&self, e: lapin::Error, deadline: Instant, what: &str) -> Result<(), BusError> {
+        if Instant::now() >= deadline || !e.can_be_recovered() {
+            return Err(unavailable(what, e));
+        }
+        tracing::warn!(error = %e, what, "RabbitMQ connection lost; waiting for recovery.");
+        match tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), self.publisher.wait_for_recovery(e)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if Instant::now() >= deadline { Err(unavailable(what, e)) } else { Ok(()) }
+            }
+            Err(_) => Err(BusError::Unavailable(format!("RabbitMQ: {what}: no recovery within {:?}", self.config.publish_timeout))),
+        }
+    }
+
+    /// Publishes and waits for the broker's confirm, resending through outages until the deadline.
+    async fn publish_confirmed(&self, exchange: &str, routing_key: &str, wire: &[u8], props: &BasicProperties) -> Result<(), BusError> {
+        let deadline = Instant::now() + self.config.publish_timeout;
+        loop {
+            let confirm = self.send(exchange, routing_key, wire, props, deadline).await?;
+            match confirm.await {
+                Ok(c) if c.is_ack() => return Ok(()),
+                Ok(_) if Instant::now() < deadline => {
+                    tracing::warn!(routing_key, "RabbitMQ refused (nacked) a publish; resending.");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(_) => return Err(BusError::Unavailable("RabbitMQ nacked the publish".into())),
+                Err(e) => self.recover(e, deadline, "confirm").await?,
+            }
+        }
+    }
+
+    async fn declare_wait_queue(&self, queue: &str, ms: u64) -> Result<String, BusError> {
+        let name = format!("{queue}.retry.{ms}");
+        if self.wait_queues.lock().unwrap().contains(&name) {
+            return Ok(name);
+        }
+        let mut args = queue_args(&self.config);
+        args.insert("x-message-ttl".into(), AMQPValue::LongUInt(ms as u32));
+        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
+        args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(queue.into()));
+        self.publisher
+            .queue_declare(name.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, args)
+            .await
+            .map_err(|e| unavailable("declare a wait queue", e))?;
+        self.wait_queues.lock().unwrap().insert(name.clone());
+        Ok(name)
+    }
+}
+
+#[async_trait]
+impl Bus for AmqpBus {
+    async fn publish(&self, messages: Vec<Outgoing>) -> Result<Vec<Envelope>, BusError> {
+        let deadline = Instant::now() + self.inner.config.publish_timeout;
+        let mut sealed = Vec::with_capacity(messages.len());
+        let mut pending = Vec::with_capacity(messages.len());
+        {
+            let mut seqs = self.inner.seqs.lock().await;
+            for out in messages {
+                let seq = seqs.next(&out.sender).map_err(|e| unavailable("sequence numbers", e))?;
+                let env = self.inner.sealer.seal(out, seq);
+                let wire = env.to_wire();
+                let props = properties(&env, FieldTable::default());
+                let confirm = self.inner.send(&self.inner.config.exchange, env.topic.as_str(), &wire, &props, deadline).await?;
+                pending.push((confirm, wire, props, env.topic.to_string()));
+                sealed.push(env);
+            }
+        }
+        // Many publishes in flight: wait for the confirms after sending them all.
+        for (confirm, wire, props, topic) in pending {
+            let confirmed = match confirm.await {
+                Ok(c) if c.is_ack() => true,
+                Ok(_) => false,
+                Err(e) => {
+                    self.inner.recover(e, deadline, "confirm").await?;
+                    false
+                }
+            };
+            if !confirmed {
+                // Resend (same id: consumers are idempotent) until confirmed or out of time.
+                self.inner.publish_confirmed(&self.inner.config.exchange, &topic, &wire, &props).await?;
+            }
+        }
+        Ok(sealed)
+    }
+
+    async fn publish_sealed(&self, envelopes: Vec<Envelope>) -> Result<(), BusError> {
+        for env in envelopes {
+            let wire = env.to_wire();
+            self.inner
+                .publish_confirmed(&self.inner.config.exchange, env.topic.as_str(), &wire, &properties(&env, FieldTable::default()))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, spec: QueueSpec) -> Result<Box<dyn Subscription>, BusError> {
+        spec.validate()?;
+        if spec.name.len() > 200 {
+            return Err(BusError::Invalid(format!("queue name {:?} is too long for its retry queues", spec.name)));
+        }
+        let inner = &self.inner;
+        let channel = inner.conn.create_channel().await.map_err(|e| unavailable("open a channel", e))?;
+        channel.basic_qos(spec.prefetch, BasicQosOptions::default()).await.map_err(|e| unavailable("set prefetch", e))?;
+        let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+        channel
+            .queue_declare(spec.name.as_str().into(), durable, queue_args(&inner.config))
+            .await
+            .map_err(|e| unavailable("declare the queue", e))?;
+        for pattern in &spec.patterns {
+            channel
+                .queue_bind(
+                    spec.name.as_str().into(),
+                    inner.config.exchange.as_str().into(),
+                    pattern.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| unavailable("bind the queue", e))?;
+        }
+        let dead = format!("{}.dead", spec.name);
+        channel
+            .queue_declare(dead.as_str().into(), durable, queue_args(&inner.config))
+            .await
+            .map_err(|e| unavailable("declare the dead-letter queue", e))?;
+        channel
+            .queue_bind(
+                dead.as_str().into(),
+                format!("{}.dead", inner.config.exchange).into(),
+                spec.name.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| unavailable("bind the dead-letter queue", e))?;
+        let consumer = channel
+            .basic_consume(spec.name.as_str().into(), ShortString::from(""), BasicConsumeOptions::default(), FieldTable::default())
+            .await
+            .map_err(|e| unavailable("consume", e))?;
+        Ok(Box::new(AmqpSubscription { bus: self.inner.clone(), channel, consumer, queue: spec.name }))
+    }
+
+    async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
+        // Peek: take without acking, then close the channel so they all return, in order.
+        let channel = self.inner.conn.create_channel().await.map_err(|e| unavailable("open a channel", e))?;
+        let dead = format!("{queue}.dead");
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let got = match channel.basic_get(dead.as_str().into(), BasicGetOptions { no_ack: false }).await {
+                Ok(Some(got)) => got,
+                Ok(None) => break,
+                Err(e) if e.is_amqp_soft_error() => break, // no such queue: no dead letters
+                Err(e) => return Err(unavailable("read dead letters", e)),
+            };
+            let d = got.delivery;
+            let headers = d.properties.headers().clone().unwrap_or_default();
+            let Ok(envelope) = Envelope::from_wire(&d.data) else { continue };
+            out.push(DeadLetter {
+                envelope,
+                queue: queue.to_string(),
+                attempts: header_u32(&headers, H_ATTEMPTS),
+                reason: header_string(&headers, H_REASON).unwrap_or_default(),
+                at: Timestamp::from_micros(header_i64(&headers, H_DEAD_AT)),
+            });
+        }
+        let _ = channel.close(200, "peeked".into()).await;
+        Ok(out)
+    }
+}
+
+fn header_u32(h: &FieldTable, key: &str) -> u32 {
+    match h.inner().get(key) {
+        Some(AMQPValue::LongUInt(n)) => *n,
+        Some(AMQPValue::LongInt(n)) => (*n).max(0) as u32,
+        Some(AMQPValue::LongLongInt(n)) => (*n).clamp(0, u32::MAX as i64) as u32,
+        _ => 0,
+    }
+}
+
+fn header_i64(h: &FieldTable, key: &str) -> i64 {
+    match h.inner().get(key) {
+        Some(AMQPValue::LongLongInt(n)) => *n,
+        Some(AMQPValue::LongUInt(n)) => *n as i64,
+        _ => 0,
+    }
+}
+
+fn header_string(h: &FieldTable, key: &str) -> Option<String> {
+    match h.inner().get(key) {
+        Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_string()),
+        _ => None,
+    }
+}
+
+struct AmqpSubscription {
+    bus: Arc<Inner>,
+    channel: Channel,
+    consumer: lapin::Consumer,
+    queue: String,
+}
+
+#[async_trait]
+impl Subscription for AmqpSubscription {
+    async fn next(&mut self) -> Result<Delivery, BusError> {
+        loop {
+            let d = match self.consumer.next().await {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => {
+                    let deadline = Instant::now() + Duration::from_secs(3600);
+                    if e.can_be_recovered() {
+                        tracing::warn!(queue = %self.queue, error = %e, "Consumer lost its connection; waiting for recovery.");
+                        if let Err(e) = self.channel.wait_for_recovery(e).await {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            if Instant::now() > deadline {
+                                return Err(unavailable("consume", e));
+                            }
+                        }
+                        continue;
+                    }
+                    return Err(unavailable("consume", e));
+                }
+                None => return Err(BusError::Closed),
+            };
+            let headers = d.properties.headers().clone().unwrap_or_default();
+            let prior = header_u32(&headers, H_ATTEMPTS);
+            let attempt = prior + 1 + u32::from(d.redelivered);
+            let envelope = match Envelope::from_wire(&d.data) {
+                Ok(env) => env,
+                Err(e) => {
+                    // Not ours or corrupt: set it aside rather than fail every consumer on it.
+                    tracing::warn!(queue = %self.queue, error = %e, "Unreadable message; dead-lettered.");
+                    let mut h = FieldTable::default();
+                    h.insert(H_REASON.into(), AMQPValue::LongString(format!("unreadable envelope: {e}").into()));
+                    h.insert(H_ATTEMPTS.into(), AMQPValue::LongUInt(attempt));
+                    h.insert(H_DEAD_AT.into(), AMQPValue::LongLongInt(Timestamp::now().as_micros()));
+                    let props = BasicProperties::default().with_delivery_mode(2).with_headers(h);
+                    self.bus.publish_confirmed(&format!("{}.dead", self.bus.config.exchange), &self.queue, &d.data, &props).await?;
+                    let _ = d.acker.ack(BasicAckOptions::default()).await;
+                    continue;
+                }
+            };
+            let acker = AmqpAcker {
+                bus: self.bus.clone(),
+                queue: self.queue.clone(),
+                acker: Some(d.acker),
+                wire: d.data,
+                attempt,
+                envelope: envelope.clone(),
+            };
+            return Ok(Delivery::new(envelope, attempt, Box::new(acker)));
+        }
+    }
+}
+
+struct AmqpAcker {
+    bus: Arc<Inner>,
+    queue: String,
+    acker: Option<lapin::Acker>,
+    wire: Vec<u8>,
+    attempt: u32,
+    envelope: Envelope,
+}
+
+impl AmqpAcker {
+    async fn ack_original(&mut self) -> Result<(), BusError> {
+        let acker = self.acker.take().expect("a delivery is settled once");
+        match acker.ack(BasicAckOptions::default()).await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                Err(BusError::Unavailable("RabbitMQ: the channel closed before the ack; the message will be delivered again".into()))
+            }
+            Err(e) => Err(unavailable("ack (the message will be delivered again)", e)),
+        }
+    }
+}
+
+#[async_trait]
+impl Acker for AmqpAcker {
+    async fn ack(mut self: Box<Self>) -> Result<(), BusError> {
+        self.ack_original().await
+    }
+
+    async fn retry(mut self: Box<Self>, delay: Duration, reason: String) -> Result<(), BusError> {
+        let ms = delay.as_millis() as u64;
+        let bucket = DELAY_LADDER_MS.iter().copied().find(|&b| b >= ms).unwrap_or(*DELAY_LADDER_MS.last().unwrap());
+        let wait = self.bus.declare_wait_queue(&self.queue, bucket).await?;
+        let mut h = FieldTable::default();
+        h.insert(H_ATTEMPTS.into(), AMQPValue::LongUInt(self.attempt));
+        h.insert(H_REASON.into(), AMQPValue::LongString(reason.into()));
+        // The copy goes to the wait queue before the original is acked: a crash in between
+        // delivers twice, never zero times.
+        self.bus.publish_confirmed("", &wait, &self.wire, &properties(&self.envelope, h)).await?;
+        self.ack_original().await
+    }
+
+    async fn dead_letter(mut self: Box<Self>, reason: String) -> Result<(), BusError> {
+        let mut h = FieldTable::default();
+        h.insert(H_ATTEMPTS.into(), AMQPValue::LongUInt(self.attempt));
+        h.insert(H_REASON.into(), AMQPValue::LongString(reason.into()));
+        h.insert(H_DEAD_AT.into(), AMQPValue::LongLongInt(Timestamp::now().as_micros()));
+        self.bus
+            .publish_confirmed(&format!("{}.dead", self.bus.config.exchange), &self.queue, &self.wire, &properties(&self.envelope, h))
+            .await?;
+        self.ack_original().await
+    }
+}
+
+impl Drop for AmqpAcker {
+    fn drop(&mut self) {
+        if let Some(acker) = self.acker.take() {
+            // Unsettled: back to the queue now, as the Bus contract says.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                });
+            }
+        }
+    }
+}
