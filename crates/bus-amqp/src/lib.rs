@@ -94,8 +94,8 @@ struct Inner {
     config: AmqpConfig,
     conn: Connection,
     publisher: Channel,
-    /// Sealing and sending under one lock keeps each sender's messages in sequence order on the wire.
-    seqs: tokio::sync::Mutex<seq::FileSeqs>,
+    /// Sealing and sending under the sender's lock keeps its messages in sequence order on the wire.
+    seqs: seq::FileSeqs,
     sealer: Sealer,
     wait_queues: std::sync::Mutex<HashSet<String>>,
 }
@@ -141,7 +141,7 @@ impl AmqpBus {
             .map_err(|e| unavailable("declare the dead-letter exchange", e))?;
         Ok(AmqpBus {
             inner: Arc::new(Inner {
-                seqs: tokio::sync::Mutex::new(seq::FileSeqs::new(&config.state_dir.join("seq"))),
+                seqs: seq::FileSeqs::new(&config.state_dir.join("seq")),
                 config,
                 conn,
                 publisher,
@@ -152,15 +152,22 @@ impl AmqpBus {
     }
 }
 
+impl AmqpBus {
+    /// The heartbeat interval negotiated with the broker, in seconds (0: none).
+    pub fn heartbeat_secs(&self) -> u16 {
+        self.inner.conn.configuration().heartbeat()
+    }
+}
+
 fn properties(env: &Envelope, headers: FieldTable) -> BasicProperties {
-    BasicProperties::default()
+    let props = BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into())
         .with_message_id(env.id.to_string().into())
         .with_timestamp((env.sent_at.as_micros() / 1_000_000).max(0) as u64)
-        .with_type(format!("{}.v{}", env.schema.name, env.schema.version).into())
-        .with_app_id(env.sender.service.as_str().into())
-        .with_headers(headers)
+        .with_type(format!("{}.v{}", env.schema.name, env.schema.version).into());
+    // An empty table still costs the broker encoding and storage on every message.
+    if headers.inner().is_empty() { props } else { props.with_headers(headers) }
 }
 
 impl Inner {
@@ -241,10 +248,10 @@ impl Bus for AmqpBus {
         let deadline = Instant::now() + self.inner.config.publish_timeout;
         let mut sealed = Vec::with_capacity(messages.len());
         let mut pending = Vec::with_capacity(messages.len());
-        {
-            let mut seqs = self.inner.seqs.lock().await;
-            for out in messages {
-                let seq = seqs.next(&out.sender).map_err(|e| unavailable("sequence numbers", e))?;
+        for out in messages {
+            let mut guard = self.inner.seqs.lock(&out.sender).await.map_err(|e| unavailable("sequence numbers", e))?;
+            let seq = guard.as_mut().expect("loaded by lock").take().map_err(|e| unavailable("sequence numbers", e))?;
+            {
                 let env = self.inner.sealer.seal(out, seq);
                 let wire = env.to_wire();
                 let props = properties(&env, FieldTable::default());
@@ -325,7 +332,7 @@ impl Bus for AmqpBus {
             .basic_consume(spec.name.as_str().into(), ShortString::from(""), BasicConsumeOptions::default(), FieldTable::default())
             .await
             .map_err(|e| unavailable("consume", e))?;
-        Ok(Box::new(AmqpSubscription { bus: self.inner.clone(), channel, consumer, queue: spec.name }))
+        Ok(Box::new(AmqpSubscription { bus: self.inner.clone(), channel, consumer, queue: spec.name, settler: Settler::start() }))
     }
 
     async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
@@ -386,6 +393,7 @@ struct AmqpSubscription {
     channel: Channel,
     consumer: lapin::Consumer,
     queue: String,
+    settler: Arc<Settler>,
 }
 
 #[async_trait]
@@ -428,13 +436,16 @@ impl Subscription for AmqpSubscription {
                     continue;
                 }
             };
+            self.settler.delivered(d.delivery_tag, &d.acker);
             let acker = AmqpAcker {
                 bus: self.bus.clone(),
                 queue: self.queue.clone(),
+                settler: self.settler.clone(),
+                tag: d.delivery_tag,
                 acker: Some(d.acker),
                 wire: d.data,
                 attempt,
-                envelope: envelope.clone(),
+                properties: d.properties,
             };
             return Ok(Delivery::new(envelope, attempt, Box::new(acker)));
         }
@@ -444,22 +455,23 @@ impl Subscription for AmqpSubscription {
 struct AmqpAcker {
     bus: Arc<Inner>,
     queue: String,
+    settler: Arc<Settler>,
+    tag: u64,
     acker: Option<lapin::Acker>,
     wire: Vec<u8>,
     attempt: u32,
-    envelope: Envelope,
+    /// The delivery's own properties, reused (with new headers) when it is retried or set aside.
+    properties: BasicProperties,
 }
 
 impl AmqpAcker {
     async fn ack_original(&mut self) -> Result<(), BusError> {
         let acker = self.acker.take().expect("a delivery is settled once");
-        match acker.ack(BasicAckOptions::default()).await {
-            Ok(true) => Ok(()),
-            Ok(false) => {
-                Err(BusError::Unavailable("RabbitMQ: the channel closed before the ack; the message will be delivered again".into()))
-            }
-            Err(e) => Err(unavailable("ack (the message will be delivered again)", e)),
+        let (done, result) = tokio::sync::oneshot::channel();
+        if self.settler.requests.send(SettleRequest::Ack(self.tag, acker, done)).is_err() {
+            return Err(BusError::Closed);
         }
+        result.await.map_err(|_| BusError::Closed)?
     }
 }
 
@@ -478,7 +490,7 @@ impl Acker for AmqpAcker {
         h.insert(H_REASON.into(), AMQPValue::LongString(reason.into()));
         // The copy goes to the wait queue before the original is acked: a crash in between
         // delivers twice, never zero times.
-        self.bus.publish_confirmed("", &wait, &self.wire, &properties(&self.envelope, h)).await?;
+        self.bus.publish_confirmed("", &wait, &self.wire, &self.properties.clone().with_headers(h)).await?;
         self.ack_original().await
     }
 
@@ -488,7 +500,12 @@ impl Acker for AmqpAcker {
         h.insert(H_REASON.into(), AMQPValue::LongString(reason.into()));
         h.insert(H_DEAD_AT.into(), AMQPValue::LongLongInt(Timestamp::now().as_micros()));
         self.bus
-            .publish_confirmed(&format!("{}.dead", self.bus.config.exchange), &self.queue, &self.wire, &properties(&self.envelope, h))
+            .publish_confirmed(
+                &format!("{}.dead", self.bus.config.exchange),
+                &self.queue,
+                &self.wire,
+                &self.properties.clone().with_headers(h),
+            )
             .await?;
         self.ack_original().await
     }
@@ -498,11 +515,101 @@ impl Drop for AmqpAcker {
     fn drop(&mut self) {
         if let Some(acker) = self.acker.take() {
             // Unsettled: back to the queue now, as the Bus contract says.
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    let _ = acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
-                });
+            let _ = self.settler.requests.send(SettleRequest::Nack(self.tag, acker));
+        }
+    }
+}
+
+/// Settles one subscription's deliveries. Every ack and nack of a channel goes through one
+/// task, in order, so that acks can be coalesced into one `multiple` ack (far less work
+/// for the broker) without ever covering a message that was meant to be requeued:
+///
+/// - nacks are sent first, one by one;
+/// - acks of the lowest outstanding deliveries form a contiguous run and go as one
+///   `multiple` ack through the run's highest acker; acks above a delivery still being
+///   handled go one by one, at once. Nothing is held back, so an ack that returned
+///   was sent, as the `Bus` contract wants;
+/// - after a reconnect, lapin poisons the old channel's ackers; entries with a poisoned
+///   acker are purged, so delivery tags reused by the new channel are never confused.
+struct Settler {
+    outstanding: std::sync::Mutex<std::collections::BTreeMap<u64, lapin::Acker>>,
+    requests: tokio::sync::mpsc::UnboundedSender<SettleRequest>,
+}
+
+enum SettleRequest {
+    Ack(u64, lapin::Acker, tokio::sync::oneshot::Sender<Result<(), BusError>>),
+    Nack(u64, lapin::Acker),
+}
+
+fn ack_result(r: lapin::Result<bool>) -> Result<(), BusError> {
+    match r {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(BusError::Unavailable("RabbitMQ: the channel closed before the ack; the message will be delivered again".into())),
+        Err(e) => Err(unavailable("ack (the message will be delivered again)", e)),
+    }
+}
+
+impl Settler {
+    fn start() -> Arc<Settler> {
+        let (requests, mut rx) = tokio::sync::mpsc::unbounded_channel::<SettleRequest>();
+        let settler = Arc::new(Settler { outstanding: std::sync::Mutex::new(std::collections::BTreeMap::new()), requests });
+        let weak = Arc::downgrade(&settler);
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while rx.recv_many(&mut batch, 4096).await > 0 {
+                let Some(settler) = weak.upgrade() else { break };
+                settler.settle(std::mem::take(&mut batch)).await;
             }
+        });
+        settler
+    }
+
+    /// Records a delivery handed to a consumer.
+    fn delivered(&self, tag: u64, acker: &lapin::Acker) {
+        let mut outstanding = self.outstanding.lock().unwrap();
+        outstanding.retain(|_, a| !a.poisoned());
+        outstanding.insert(tag, acker.clone());
+    }
+
+    async fn settle(&self, batch: Vec<SettleRequest>) {
+        let mut acks = std::collections::BTreeMap::new();
+        for request in batch {
+            match request {
+                SettleRequest::Nack(tag, acker) => {
+                    let _ = acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                    self.outstanding.lock().unwrap().remove(&tag);
+                }
+                SettleRequest::Ack(tag, acker, done) => {
+                    if acker.poisoned() {
+                        let _ = done.send(ack_result(Ok(false)));
+                    } else {
+                        acks.insert(tag, (acker, done));
+                    }
+                }
+            }
+        }
+        // The contiguous run of acked deliveries at the bottom of what is outstanding.
+        let run: Vec<u64> = {
+            let mut outstanding = self.outstanding.lock().unwrap();
+            outstanding.retain(|_, a| !a.poisoned());
+            outstanding.keys().copied().take_while(|tag| acks.contains_key(tag)).collect()
+        };
+        if run.len() > 1 {
+            let highest = *run.last().expect("not empty");
+            let (acker, _) = &acks[&highest];
+            let result = ack_result(acker.ack(BasicAckOptions { multiple: true }).await);
+            let mut outstanding = self.outstanding.lock().unwrap();
+            for tag in run {
+                outstanding.remove(&tag);
+                if let Some((_, done)) = acks.remove(&tag) {
+                    let _ = done.send(result.clone());
+                }
+            }
+        }
+        for (tag, (acker, done)) in acks {
+            let result = ack_result(acker.ack(BasicAckOptions::default()).await);
+            self.outstanding.lock().unwrap().remove(&tag);
+            let _ = done.send(result);
         }
     }
 }

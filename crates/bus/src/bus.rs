@@ -9,7 +9,7 @@ use patchbay_model::{Body, Envelope, SchemaRef, Sender, Timestamp, Topic, TopicR
 use crate::TopicPattern;
 
 /// Why a bus operation failed. Callers treat `Unavailable` as "try again later".
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum BusError {
     /// The backend cannot be reached or cannot write right now (disk full, broker down).
     #[error("bus unavailable: {0}")]

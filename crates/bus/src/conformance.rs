@@ -33,7 +33,8 @@ macro_rules! conformance_tests {
             patterns_follow_amqp_rules, competing_consumers_share_a_queue, every_bound_queue_gets_every_message,
             acked_messages_are_gone, unsettled_deliveries_return, retry_waits_for_its_delay,
             dead_letters_keep_the_reason, sequence_numbers_increase_across_restarts, signatures_are_enforced,
-            prefetch_bounds_unsettled_deliveries, one_publisher_is_delivered_in_order, unacked_deliveries_return_after_restart);
+            prefetch_bounds_unsettled_deliveries, one_publisher_is_delivered_in_order, unacked_deliveries_return_after_restart,
+            later_acks_never_settle_an_earlier_delivery);
     };
     (@each $make:path; $($name:ident),* $(,)?) => {
         $(
@@ -330,6 +331,35 @@ pub async fn one_publisher_is_delivered_in_order(h: &impl Harness) {
         d.ack().await.unwrap();
     }
     assert_eq!(got, expected);
+}
+
+/// Acking later deliveries (all at once, as a batching backend would coalesce them) never
+/// settles an earlier one still being handled: dropped unsettled, it comes back.
+pub async fn later_acks_never_settle_an_earlier_delivery(h: &impl Harness) {
+    let root = h.root();
+    let bus = h.open(Sealer::default()).await;
+    let mut s = sub(&bus, h.queue("held"), vec![pattern(&root, "held.item.*")], 32).await;
+    let ids: Vec<Uuid> =
+        bus.publish((0..20).map(|i| out(&root, "held", "held.item.new", i)).collect()).await.unwrap().iter().map(|e| e.id).collect();
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        got.push(recv(&mut s, PATIENCE).await.expect("a delivery"));
+    }
+    assert_eq!(got.iter().map(|d| d.envelope.id).collect::<Vec<_>>(), ids);
+    let held = got.remove(0);
+    let retried = got.remove(4);
+    let acks: Vec<_> = got.into_iter().map(|d| tokio::spawn(d.ack())).collect();
+    for a in acks {
+        a.await.unwrap().unwrap();
+    }
+    retried.retry(Duration::from_millis(100), "again").await.unwrap();
+    drop(held);
+    let mut back = BTreeSet::new();
+    while let Some(d) = recv(&mut s, Duration::from_secs(3)).await {
+        back.insert(d.envelope.id);
+        d.ack().await.unwrap();
+    }
+    assert_eq!(back, BTreeSet::from([ids[0], ids[5]]), "the held and the retried delivery come back, and nothing else");
 }
 
 /// Deliveries not acked before the consumer went away are delivered again after a restart.

@@ -102,45 +102,9 @@ pub async fn run(opts: BusBench) -> anyhow::Result<()> {
 
     // Throughput: concurrent publishers, consumers ack each delivery in its own task.
     let pattern = TopicPattern::parse(&format!("{}.bench.message.#", root.as_str()))?;
-    let sub = dyn_bus.subscribe(QueueSpec::new("bench-throughput", vec![pattern.clone()]).prefetch(1024)).await?;
-    let mut consumer = Consumer::new(sub, policy.clone());
+    let elapsed =
+        throughput(&dyn_bus, policy.clone(), "bench-throughput", pattern, make.clone(), opts.messages, opts.publishers, !opts.json).await?;
     let total = opts.messages;
-    let progress = !opts.json;
-    let started = Instant::now();
-    let mut publishers = tokio::task::JoinSet::new();
-    for p in 0..opts.publishers {
-        let bus = dyn_bus.clone();
-        let make = make.clone();
-        let count = total / opts.publishers + u64::from(p < total % opts.publishers);
-        publishers.spawn(async move {
-            for i in 0..count {
-                bus.publish(vec![make(i, p)]).await?;
-            }
-            anyhow::Ok(())
-        });
-    }
-    let consuming = tokio::spawn(async move {
-        let mut acks = tokio::task::JoinSet::new();
-        for n in 0..total {
-            let d = consumer.next().await?;
-            acks.spawn(d.ack());
-            while let Some(r) = acks.try_join_next() {
-                r??;
-            }
-            if progress && n > 0 && n % 20_000 == 0 {
-                eprintln!("  {n} consumed");
-            }
-        }
-        while let Some(r) = acks.join_next().await {
-            r??;
-        }
-        anyhow::Ok(())
-    });
-    while let Some(r) = publishers.join_next().await {
-        r??;
-    }
-    consuming.await??;
-    let elapsed = started.elapsed();
     let pending = bus.pending("bench-throughput").await?;
     anyhow::ensure!(pending == 0, "{pending} deliveries still pending after every ack returned");
 
@@ -233,6 +197,61 @@ pub async fn run(opts: BusBench) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Publishes `total` messages from `publishers` concurrent tasks (each waiting for its publish
+/// to be durable) while one consumer takes them and acks each in its own task; returns the time
+/// until the last ack returned.
+pub async fn throughput<F>(
+    bus: &Arc<dyn Bus>,
+    policy: Arc<TrustPolicy>,
+    queue: &str,
+    pattern: TopicPattern,
+    make: F,
+    total: u64,
+    publishers: u64,
+    progress: bool,
+) -> anyhow::Result<Duration>
+where
+    F: Fn(u64, u64) -> Outgoing + Clone + Send + 'static,
+{
+    let sub = bus.subscribe(QueueSpec::new(queue, vec![pattern]).prefetch(1024)).await?;
+    let mut consumer = Consumer::new(sub, policy);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in 0..publishers {
+        let bus = bus.clone();
+        let make = make.clone();
+        let count = total / publishers + u64::from(p < total % publishers);
+        tasks.spawn(async move {
+            for i in 0..count {
+                bus.publish(vec![make(i, p)]).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    let consuming = tokio::spawn(async move {
+        let mut acks = tokio::task::JoinSet::new();
+        for n in 0..total {
+            let d = consumer.next().await?;
+            acks.spawn(d.ack());
+            while let Some(r) = acks.try_join_next() {
+                r??;
+            }
+            if progress && n > 0 && n % 20_000 == 0 {
+                eprintln!("  {n} consumed");
+            }
+        }
+        while let Some(r) = acks.join_next().await {
+            r??;
+        }
+        anyhow::Ok(())
+    });
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    consuming.await??;
+    Ok(started.elapsed())
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {

@@ -3,6 +3,7 @@
 //! turns errors into exit codes.
 
 mod bench;
+mod bench_amqp;
 mod client;
 mod keys;
 mod serve;
@@ -65,6 +66,8 @@ enum ConfigAction {
 enum BenchWhat {
     /// Durable publish + consume + ack throughput, and publish-to-delivery latency.
     Bus(bench::BusBench),
+    /// The RabbitMQ bus against a raw lapin client, and against the embedded bus.
+    Amqp(bench_amqp::AmqpBench),
 }
 
 #[derive(clap::Args)]
@@ -143,6 +146,7 @@ fn run(cli: Cli) -> Result<(), Exit> {
     match &cli.command {
         Command::Schema(args) => schema(args).map_err(Exit::from),
         Command::Bench { what: BenchWhat::Bus(opts) } => runtime()?.block_on(bench::run(opts.clone())).map_err(Exit::from),
+        Command::Bench { what: BenchWhat::Amqp(opts) } => runtime()?.block_on(bench_amqp::run(opts.clone())).map_err(Exit::from),
         Command::Config { action: ConfigAction::Check { json } } => {
             keys::config_check(cli.config.as_deref(), cli.data_dir.as_deref(), *json)
         }
