@@ -102,8 +102,13 @@ pub async fn run(opts: BusBench) -> anyhow::Result<()> {
 
     // Throughput: concurrent publishers, consumers ack each delivery in its own task.
     let pattern = TopicPattern::parse(&format!("{}.bench.message.#", root.as_str()))?;
-    let elapsed =
-        throughput(&dyn_bus, policy.clone(), "bench-throughput", pattern, make.clone(), opts.messages, opts.publishers, !opts.json).await?;
+    let elapsed = throughput(
+        &dyn_bus,
+        policy.clone(),
+        Workload { queue: "bench-throughput", pattern, total: opts.messages, publishers: opts.publishers, progress: !opts.json },
+        make.clone(),
+    )
+    .await?;
     let total = opts.messages;
     let pending = bus.pending("bench-throughput").await?;
     anyhow::ensure!(pending == 0, "{pending} deliveries still pending after every ack returned");
@@ -199,22 +204,28 @@ pub async fn run(opts: BusBench) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One throughput run: which queue and topics, how many messages, how many publishers.
+pub struct Workload<'a> {
+    /// The queue the consumer takes messages from.
+    pub queue: &'a str,
+    /// The pattern bound to it.
+    pub pattern: TopicPattern,
+    /// Messages in the run.
+    pub total: u64,
+    /// Concurrent publishers.
+    pub publishers: u64,
+    /// Print progress to stderr.
+    pub progress: bool,
+}
+
 /// Publishes `total` messages from `publishers` concurrent tasks (each waiting for its publish
 /// to be durable) while one consumer takes them and acks each in its own task; returns the time
 /// until the last ack returned.
-pub async fn throughput<F>(
-    bus: &Arc<dyn Bus>,
-    policy: Arc<TrustPolicy>,
-    queue: &str,
-    pattern: TopicPattern,
-    make: F,
-    total: u64,
-    publishers: u64,
-    progress: bool,
-) -> anyhow::Result<Duration>
+pub async fn throughput<F>(bus: &Arc<dyn Bus>, policy: Arc<TrustPolicy>, work: Workload<'_>, make: F) -> anyhow::Result<Duration>
 where
     F: Fn(u64, u64) -> Outgoing + Clone + Send + 'static,
 {
+    let Workload { queue, pattern, total, publishers, progress } = work;
     let sub = bus.subscribe(QueueSpec::new(queue, vec![pattern]).prefetch(1024)).await?;
     let mut consumer = Consumer::new(sub, policy);
     let started = Instant::now();

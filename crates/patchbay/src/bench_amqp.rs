@@ -140,17 +140,8 @@ fn maker(root: &TopicRoot, size: usize) -> anyhow::Result<impl Fn(u64, u64) -> O
 
 async fn through_trait(opts: &AmqpBench, bus: Arc<dyn Bus>, root: &TopicRoot, queue: &str) -> anyhow::Result<Duration> {
     let pattern = TopicPattern::parse(&format!("{}.bench.#", root.as_str()))?;
-    crate::bench::throughput(
-        &bus,
-        Arc::new(TrustPolicy::permissive()),
-        queue,
-        pattern,
-        maker(root, opts.size)?,
-        opts.messages,
-        opts.publishers,
-        false,
-    )
-    .await
+    let work = crate::bench::Workload { queue, pattern, total: opts.messages, publishers: opts.publishers, progress: false };
+    crate::bench::throughput(&bus, Arc::new(TrustPolicy::permissive()), work, maker(root, opts.size)?).await
 }
 
 async fn amqp_bus(opts: &AmqpBench, ns: &str, state: &std::path::Path, sealer: Sealer) -> anyhow::Result<Arc<dyn Bus>> {
