@@ -410,7 +410,8 @@ pub mod crash {
         QueueSpec::new(h.queue("crash"), vec![pattern(&h.root(), "crash.#")]).prefetch(64)
     }
 
-    /// The consumer: logs `D id` on delivery and `A id` once the ack returned; exits when idle for 2 s.
+    /// The consumer: logs `D id attempt` on delivery and `A id` once the ack returned; exits when
+    /// idle for 2 s. Every tenth message takes 100 ms, so a kill always finds some in flight.
     pub async fn child(bus: Arc<dyn Bus>, spec: QueueSpec, log: &Path) {
         let mut sub = bus.subscribe(spec).await.expect("subscribe");
         let log = Arc::new(std::sync::Mutex::new(std::fs::OpenOptions::new().append(true).create(true).open(log).unwrap()));
@@ -419,11 +420,12 @@ pub mod crash {
         let mut acks = tokio::task::JoinSet::new();
         while let Ok(d) = tokio::time::timeout(Duration::from_secs(2), sub.next()).await {
             let d = d.expect("delivery");
-            let id = d.envelope.id;
-            write(&log, format!("D {id}\n"));
+            let (id, attempt) = (d.envelope.id, d.attempt);
+            let slow = d.envelope.body["n"].as_u64().unwrap_or(0) % 10 == 0;
+            write(&log, format!("D {id} {attempt}\n"));
             let log = log.clone();
             acks.spawn(async move {
-                tokio::time::sleep(Duration::from_millis(1)).await;
+                tokio::time::sleep(Duration::from_millis(if slow { 100 } else { 1 })).await;
                 d.ack().await.expect("ack");
                 write(&log, format!("A {id}\n"));
             });
@@ -498,12 +500,15 @@ pub mod crash {
                 after_kill = true;
                 continue;
             }
-            let (kind, id) = line.split_once(' ').expect("well-formed log line");
+            let mut words = line.split(' ');
+            let (kind, id) = (words.next().unwrap(), words.next().expect("well-formed log line"));
             let id: Uuid = id.parse().unwrap();
             match kind {
                 "D" => {
                     assert!(!acked.contains_key(&id), "{id} was delivered again after its ack returned");
-                    if !delivered.insert(id) {
+                    let attempt: u32 = words.next().and_then(|a| a.parse().ok()).expect("attempt");
+                    // Seen before, or sent to the killed consumer (the backend counts that attempt).
+                    if !delivered.insert(id) || attempt > 1 {
                         redelivered += 1;
                     }
                     if !after_kill {

@@ -73,6 +73,7 @@ struct RawConfig {
 struct RawBus {
     backend: Option<BusBackend>,
     url: Option<String>,
+    exchange: Option<String>,
     prefix: Option<String>,
     env: Option<String>,
 }
@@ -144,6 +145,8 @@ pub struct BusConfig {
     pub backend: BusBackend,
     /// The broker URL, for `amqp`.
     pub url: Option<String>,
+    /// The topic exchange, for `amqp` (default `patchbay`).
+    pub exchange: String,
     /// `<prefix>.<env>` for every topic.
     pub root: TopicRoot,
 }
@@ -222,6 +225,13 @@ impl Config {
         {
             return Err(invalid("bus.url", format!("{url:?} is not an amqp:// or amqps:// URL")));
         }
+        let exchange = raw.bus.exchange.unwrap_or_else(|| "patchbay".into());
+        if exchange.is_empty()
+            || exchange.len() > 200
+            || !exchange.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err(invalid("bus.exchange", format!("{exchange:?} must be 1-200 ASCII letters, digits, '.', '_' or '-'")));
+        }
         let prefix = raw.bus.prefix.unwrap_or_else(|| "patchbay".into());
         let env = raw.bus.env.unwrap_or_else(|| "dev".into());
         let root = TopicRoot::new(&prefix, &env).map_err(|e| {
@@ -261,7 +271,7 @@ impl Config {
         Ok(Config {
             source: source.map(Path::to_path_buf),
             data_dir,
-            bus: BusConfig { backend, url: raw.bus.url, root },
+            bus: BusConfig { backend, url: raw.bus.url, exchange, root },
             instance,
             signing,
             http_listen,
@@ -304,6 +314,9 @@ mod tests {
             r#"
             data_dir = "data"
             [bus]
+            backend = "amqp"
+            url = "amqps://pb:secret@mq.example.org:5671/patchbay"
+            exchange = "org.example.patchbay"
             prefix = "org.example"
             env = "prod"
             [identity]
@@ -327,6 +340,7 @@ mod tests {
         assert_eq!(c.signing.trusted_keys, Some(PathBuf::from("/etc/patchbay/trusted")));
         assert_eq!(c.signing.allow["runner"][0].as_str(), "org.example.prod.ci.#");
         assert_eq!(c.bus.root.as_str(), "org.example.prod");
+        assert_eq!((c.bus.backend, c.bus.exchange.as_str()), (BusBackend::Amqp, "org.example.patchbay"));
         assert_eq!(c.log_format, LogFormat::Json);
     }
 
@@ -348,6 +362,8 @@ mod tests {
         assert!(e.contains("bus.url: required"), "{e}");
         let e = err("[bus]\nbackend = \"kafka\"\n");
         assert!(e.contains("bus.backend: unknown variant `kafka`"), "{e}");
+        let e = err("[bus]\nbackend = \"amqp\"\nurl = \"amqp://h\"\nexchange = \"a b\"\n");
+        assert!(e.contains("bus.exchange: "), "{e}");
         let e = err("[bus\n");
         assert!(e.contains("(syntax)"), "{e}");
     }

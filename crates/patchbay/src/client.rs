@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures_util::StreamExt as _;
-use patchbay_bus::{Bus, TopicPattern};
-use patchbay_config::{BusBackend, Config};
+use patchbay_bus::TopicPattern;
+use patchbay_config::Config;
 use patchbay_model::{Body as _, Envelope, LogMessage};
-use patchbay_store::EmbeddedBus;
 use patchbay_web::PublishRequest;
 
 use crate::Exit;
@@ -116,11 +115,11 @@ pub async fn publish(config: &Config, args: &PublishArgs) -> Result<(), Exit> {
             }
             Err(Exit::tempfail(anyhow::anyhow!("{url} answered {status}: {reason}")))
         }
-        Err(e) if e.is_connect() && !args.no_fallback && config.bus.backend == BusBackend::Embedded => {
-            tracing::info!(error = %e, "The daemon is not reachable; writing the store directly.");
+        Err(e) if e.is_connect() && !args.no_fallback => {
+            tracing::info!(error = %e, backend = ?config.bus.backend, "The daemon is not reachable; publishing on the bus directly.");
             std::fs::create_dir_all(&config.data_dir).map_err(|e| Exit::tempfail(anyhow::anyhow!("{}: {e}", config.data_dir.display())))?;
             let sealer = crate::keys::sealer(config, true).map_err(Exit::config)?;
-            let bus = EmbeddedBus::open(&config.data_dir, sealer).map_err(|e| Exit::tempfail(anyhow::anyhow!("{e}")))?;
+            let bus = crate::backend::bus(config, sealer).await.map_err(Exit::tempfail)?;
             let env = bus.publish(vec![outgoing]).await.map_err(|e| Exit::tempfail(anyhow::anyhow!("{e}")))?.remove(0);
             println!("{}", env.id);
             Ok(())

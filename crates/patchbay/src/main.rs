@@ -2,6 +2,7 @@
 //! config, picks the backends and calls into the library crates; `main` alone
 //! turns errors into exit codes.
 
+mod backend;
 mod bench;
 mod bench_amqp;
 mod client;

@@ -7,8 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use patchbay_config::{BusBackend, Config};
-use patchbay_store::EmbeddedBus;
+use patchbay_config::Config;
 use patchbay_web::AppState;
 
 /// Options of `patchbay serve`.
@@ -44,27 +43,23 @@ pub async fn shutdown_signal() {
 
 /// Runs until `shutdown` resolves.
 pub async fn serve(config: Config, args: &ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    if config.bus.backend != BusBackend::Embedded {
-        anyhow::bail!(
-            "{}: bus.backend: \"amqp\" is not available in this build yet; `serve` runs on the embedded bus",
-            config.source_name()
-        );
-    }
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let sealer = crate::keys::sealer(&config, true)?;
     // Built now so a bad trust setup stops `serve` at start; services will take it as they arrive.
     let _policy = Arc::new(crate::keys::trust_policy(&config)?);
-    let bus = Arc::new(
-        EmbeddedBus::open(&config.data_dir, sealer).with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
-    );
+    let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
+    let mut recorder_closing = closing_rx.clone();
+    let served = crate::backend::serve(&config, sealer, async move {
+        let _ = recorder_closing.wait_for(|closing| *closing).await;
+    })
+    .await?;
 
     let addr = args.http.unwrap_or(config.http_listen);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr} (http.listen)"))?;
     let local = listener.local_addr()?;
-    let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
     let state = Arc::new(AppState {
-        bus: bus.clone(),
-        log: bus.clone(),
+        bus: served.bus.clone(),
+        log: served.log.clone(),
         root: config.bus.root.clone(),
         instance: config.instance.clone(),
         closing: closing_rx.clone(),
@@ -74,11 +69,14 @@ pub async fn serve(config: Config, args: &ServeArgs, shutdown: impl Future<Outpu
         let _ = http_closing.wait_for(|closing| *closing).await;
     }));
     println!("patchbay: serving http://{local} with data in {}", config.data_dir.display());
-    tracing::info!(%local, data_dir = %config.data_dir.display(), topics = %config.bus.root.as_str(), "Serving.");
+    tracing::info!(%local, data_dir = %config.data_dir.display(), topics = %config.bus.root.as_str(), backend = ?config.bus.backend, "Serving.");
 
     shutdown.await;
     let _ = closing_tx.send(true);
     http.await.context("HTTP server task")?.context("HTTP server")?;
+    if let Some(recorder) = served.recorder {
+        let _ = recorder.await;
+    }
     tracing::info!("Stopped.");
     Ok(())
 }

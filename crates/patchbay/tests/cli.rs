@@ -297,3 +297,62 @@ fn every_command_has_help() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{args:?}");
     }
 }
+
+/// The same commands with `bus.backend = "amqp"`: `serve` publishes to RabbitMQ and
+/// streams from its recorder's log; with `serve` killed, `publish` goes to RabbitMQ
+/// directly, and the restarted `serve` still shows it to `tail`.
+#[test]
+fn serve_publish_and_tail_on_rabbitmq() {
+    let url = std::env::var("PATCHBAY_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let ns = format!("e{}", uuid::Uuid::now_v7().simple());
+    let config = tmp.path().join("patchbay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[bus]\nbackend = \"amqp\"\nurl = \"{url}\"\nexchange = \"{ns}\"\nprefix = \"e2e\"\nenv = \"{ns}\"\n[identity]\ninstance = \"{ns}\"\n"
+        ),
+    )
+    .unwrap();
+    let s = Setup { _tmp: tmp, config, port };
+    let mut server = serve(&s);
+    let mut tail = KillOnDrop(
+        bin()
+            .arg("--config")
+            .arg(&s.config)
+            .args(["tail", "--json", "--from-start"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let (lines_tx, lines) = mpsc::channel::<String>();
+    let out = tail.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            if lines_tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let next_n = |lines: &mpsc::Receiver<String>| -> u64 {
+        let line = lines.recv_timeout(Duration::from_secs(20)).expect("tail shows the message");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        v["body"]["n"].as_u64().unwrap()
+    };
+    for n in 0..5 {
+        assert!(publish(&s.config, n).status.success());
+    }
+    assert_eq!((0..5).map(|_| next_n(&lines)).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
+
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let direct = publish(&s.config, 5);
+    assert!(direct.status.success(), "publish with serve down: {}", String::from_utf8_lossy(&direct.stderr));
+    let mut server = serve(&s);
+    assert_eq!(next_n(&lines), 5, "the message published while serve was down reaches tail");
+    assert!(lines.recv_timeout(Duration::from_millis(700)).is_err(), "nothing repeated");
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

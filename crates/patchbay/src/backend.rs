@@ -1,0 +1,90 @@
+//! Picks the bus the config names, for every command: the embedded bus in the
+//! data directory, or RabbitMQ. With RabbitMQ, `serve` keeps a local log for
+//! the HTTP stream: a recorder service copies every bus message, unchanged,
+//! into the data directory's embedded log, so `tail` resumes by position on
+//! either backend.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use patchbay_bus::{Bus, MessageLog, QueueSpec, Sealer, TopicPattern, TrustPolicy};
+use patchbay_bus_amqp::{AmqpBus, AmqpConfig};
+use patchbay_config::{BusBackend, Config};
+use patchbay_model::Envelope;
+use patchbay_runtime::{Handler, HandlerError, ServiceSpec};
+use patchbay_store::EmbeddedBus;
+
+/// Connects to the bus the config names.
+pub async fn bus(config: &Config, sealer: Sealer) -> anyhow::Result<Arc<dyn Bus>> {
+    Ok(match config.bus.backend {
+        BusBackend::Embedded => Arc::new(
+            EmbeddedBus::open(&config.data_dir, sealer).with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
+        ),
+        BusBackend::Amqp => Arc::new(amqp(config, sealer).await?),
+    })
+}
+
+async fn amqp(config: &Config, sealer: Sealer) -> anyhow::Result<AmqpBus> {
+    let url = config.bus.url.clone().context("bus.url is required for the amqp backend")?;
+    let mut amqp = AmqpConfig::new(url, config.data_dir.join("amqp"));
+    amqp.exchange = config.bus.exchange.clone();
+    AmqpBus::connect(amqp, sealer).await.with_context(|| format!("{}: bus.url: cannot use RabbitMQ", config.source_name()))
+}
+
+/// Copies every message into the local log, exactly as received.
+struct Recorder {
+    log: EmbeddedBus,
+}
+
+#[async_trait]
+impl Handler for Recorder {
+    async fn handle(&self, envelope: &Envelope, _attempt: u32) -> Result<(), HandlerError> {
+        // publish_sealed ignores an id already in the log, so redeliveries record once.
+        self.log.publish_sealed(vec![envelope.clone()]).await.map_err(|e| HandlerError::Transient(e.to_string()))
+    }
+}
+
+/// What `serve` runs on: the bus, the log behind the HTTP stream, and a task to await at shutdown.
+pub struct Served {
+    /// Where publishes go.
+    pub bus: Arc<dyn Bus>,
+    /// What the stream reads.
+    pub log: Arc<dyn MessageLog>,
+    /// The recorder, on RabbitMQ.
+    pub recorder: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Opens the backend for `serve`; the recorder (RabbitMQ only) stops when `shutdown` resolves.
+pub async fn serve(config: &Config, sealer: Sealer, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<Served> {
+    match config.bus.backend {
+        BusBackend::Embedded => {
+            let bus = Arc::new(
+                EmbeddedBus::open(&config.data_dir, sealer)
+                    .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
+            );
+            Ok(Served { bus: bus.clone(), log: bus, recorder: None })
+        }
+        BusBackend::Amqp => {
+            let bus: Arc<dyn Bus> = Arc::new(amqp(config, sealer).await?);
+            let log = EmbeddedBus::open(&config.data_dir, Sealer::default())?;
+            let spec = ServiceSpec::new(
+                &format!("serve-log.{}", config.instance),
+                vec![TopicPattern::parse(&format!("{}.#", config.bus.root.as_str()))?],
+            );
+            // Declare and bind the queue before `serve` answers anything: RabbitMQ drops what
+            // matches no binding, so a publish right after start-up must find it in place.
+            drop(bus.subscribe(QueueSpec::new(spec.queue.clone(), spec.patterns.clone())).await?);
+            let handler = Arc::new(Recorder { log: log.clone() });
+            let recorder_bus = bus.clone();
+            let recorder = tokio::spawn(async move {
+                if let Err(error) = patchbay_runtime::run(recorder_bus, Arc::new(TrustPolicy::permissive()), spec, handler, shutdown).await
+                {
+                    tracing::error!(%error, "The stream recorder stopped.");
+                }
+            });
+            Ok(Served { bus, log: Arc::new(log), recorder: Some(recorder) })
+        }
+    }
+}
