@@ -532,8 +532,26 @@ impl Drop for AmqpAcker {
 /// - after a reconnect, lapin poisons the old channel's ackers; entries with a poisoned
 ///   acker are purged, so delivery tags reused by the new channel are never confused.
 struct Settler {
-    outstanding: std::sync::Mutex<std::collections::BTreeMap<u64, lapin::Acker>>,
+    outstanding: std::sync::Mutex<Outstanding>,
     requests: tokio::sync::mpsc::UnboundedSender<SettleRequest>,
+}
+
+/// Deliveries handed out and not yet settled, by delivery tag; `latest` is the acker of the
+/// most recent one, whose poisoning is how a reconnect (a new channel, tags restarting) shows.
+#[derive(Default)]
+struct Outstanding {
+    by_tag: std::collections::BTreeMap<u64, lapin::Acker>,
+    latest: Option<lapin::Acker>,
+}
+
+impl Outstanding {
+    /// After a reconnect, forgets every delivery of the dead channel (checked once, not per entry).
+    fn purge_if_reconnected(&mut self) {
+        if self.latest.as_ref().is_some_and(|a| a.poisoned()) {
+            self.by_tag.retain(|_, a| !a.poisoned());
+            self.latest = None;
+        }
+    }
 }
 
 enum SettleRequest {
@@ -552,7 +570,7 @@ fn ack_result(r: lapin::Result<bool>) -> Result<(), BusError> {
 impl Settler {
     fn start() -> Arc<Settler> {
         let (requests, mut rx) = tokio::sync::mpsc::unbounded_channel::<SettleRequest>();
-        let settler = Arc::new(Settler { outstanding: std::sync::Mutex::new(std::collections::BTreeMap::new()), requests });
+        let settler = Arc::new(Settler { outstanding: std::sync::Mutex::new(Outstanding::default()), requests });
         let weak = Arc::downgrade(&settler);
         tokio::spawn(async move {
             let mut batch = Vec::new();
@@ -567,8 +585,9 @@ impl Settler {
     /// Records a delivery handed to a consumer.
     fn delivered(&self, tag: u64, acker: &lapin::Acker) {
         let mut outstanding = self.outstanding.lock().unwrap();
-        outstanding.retain(|_, a| !a.poisoned());
-        outstanding.insert(tag, acker.clone());
+        outstanding.purge_if_reconnected();
+        outstanding.by_tag.insert(tag, acker.clone());
+        outstanding.latest = Some(acker.clone());
     }
 
     async fn settle(&self, batch: Vec<SettleRequest>) {
@@ -577,7 +596,7 @@ impl Settler {
             match request {
                 SettleRequest::Nack(tag, acker) => {
                     let _ = acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
-                    self.outstanding.lock().unwrap().remove(&tag);
+                    self.outstanding.lock().unwrap().by_tag.remove(&tag);
                 }
                 SettleRequest::Ack(tag, acker, done) => {
                     if acker.poisoned() {
@@ -591,8 +610,8 @@ impl Settler {
         // The contiguous run of acked deliveries at the bottom of what is outstanding.
         let run: Vec<u64> = {
             let mut outstanding = self.outstanding.lock().unwrap();
-            outstanding.retain(|_, a| !a.poisoned());
-            outstanding.keys().copied().take_while(|tag| acks.contains_key(tag)).collect()
+            outstanding.purge_if_reconnected();
+            outstanding.by_tag.keys().copied().take_while(|tag| acks.contains_key(tag)).collect()
         };
         if run.len() > 1 {
             let highest = *run.last().expect("not empty");
@@ -600,7 +619,7 @@ impl Settler {
             let result = ack_result(acker.ack(BasicAckOptions { multiple: true }).await);
             let mut outstanding = self.outstanding.lock().unwrap();
             for tag in run {
-                outstanding.remove(&tag);
+                outstanding.by_tag.remove(&tag);
                 if let Some((_, done)) = acks.remove(&tag) {
                     let _ = done.send(result.clone());
                 }
@@ -608,7 +627,7 @@ impl Settler {
         }
         for (tag, (acker, done)) in acks {
             let result = ack_result(acker.ack(BasicAckOptions::default()).await);
-            self.outstanding.lock().unwrap().remove(&tag);
+            self.outstanding.lock().unwrap().by_tag.remove(&tag);
             let _ = done.send(result);
         }
     }
