@@ -118,7 +118,9 @@ impl AmqpBus {
                 ConnectionProperties::default().with_connection_name("patchbay".into()).enable_auto_recover().configure_backoff(|b| {
                     b.with_min_delay(Duration::from_millis(100)).with_max_delay(Duration::from_secs(5)).with_max_times(10_000)
                 });
-            match Connection::connect(&config.url, props).await {
+            // A broker that accepts TCP but never finishes the handshake must not hang us.
+            let attempt = tokio::time::timeout(Duration::from_secs(10), Connection::connect(&config.url, props)).await;
+            match attempt.unwrap_or_else(|_| Err(lapin::Error::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))) {
                 Ok(conn) => break conn,
                 Err(e) if started.elapsed() < config.connect_timeout => {
                     tracing::warn!(error = %e, retry_in = ?backoff, "Cannot reach RabbitMQ; retrying.");
@@ -402,20 +404,13 @@ impl Subscription for AmqpSubscription {
         loop {
             let d = match self.consumer.next().await {
                 Some(Ok(d)) => d,
-                Some(Err(e)) => {
-                    let deadline = Instant::now() + Duration::from_secs(3600);
-                    if e.can_be_recovered() {
-                        tracing::warn!(queue = %self.queue, error = %e, "Consumer lost its connection; waiting for recovery.");
-                        if let Err(e) = self.channel.wait_for_recovery(e).await {
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                            if Instant::now() > deadline {
-                                return Err(unavailable("consume", e));
-                            }
-                        }
-                        continue;
-                    }
-                    return Err(unavailable("consume", e));
+                Some(Err(e)) if e.can_be_recovered() => {
+                    tracing::warn!(queue = %self.queue, error = %e, "Consumer lost its connection; waiting for recovery.");
+                    // A failed recovery goes to the caller, whose runtime retries with backoff and says so.
+                    self.channel.wait_for_recovery(e).await.map_err(|e| unavailable("consume", e))?;
+                    continue;
                 }
+                Some(Err(e)) => return Err(unavailable("consume", e)),
                 None => return Err(BusError::Closed),
             };
             let headers = d.properties.headers().clone().unwrap_or_default();
