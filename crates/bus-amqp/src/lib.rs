@@ -161,6 +161,27 @@ impl AmqpBus {
     }
 }
 
+/// What became of one publish.
+enum Confirmed {
+    Ack,
+    Nack,
+    Error(lapin::Error),
+    /// No answer within the attempt's time: the connection may have died with it in flight.
+    Lost,
+}
+
+/// Waits for a confirm, at most 10 s per attempt and never past `deadline`, so a confirm
+/// lost with a connection leads to a resend instead of a publish that never returns.
+async fn confirmed(confirm: lapin::PublisherConfirm, deadline: Instant) -> Confirmed {
+    let wait = deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(10));
+    match tokio::time::timeout(wait, confirm).await {
+        Ok(Ok(c)) if c.is_ack() => Confirmed::Ack,
+        Ok(Ok(_)) => Confirmed::Nack,
+        Ok(Err(e)) => Confirmed::Error(e),
+        Err(_) => Confirmed::Lost,
+    }
+}
+
 fn properties(env: &Envelope, headers: FieldTable) -> BasicProperties {
     let props = BasicProperties::default()
         .with_delivery_mode(2)
@@ -183,11 +204,14 @@ impl Inner {
         deadline: Instant,
     ) -> Result<lapin::PublisherConfirm, BusError> {
         loop {
-            match self
-                .publisher
-                .basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), wire, props.clone())
-                .await
-            {
+            // Bounded: while lapin recovers a connection, a publish waits on the channel.
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let publish =
+                self.publisher.basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), wire, props.clone());
+            let sent = tokio::time::timeout(remaining, publish).await.map_err(|_| {
+                BusError::Unavailable(format!("RabbitMQ: publish: not sent within publish_timeout ({:?})", self.config.publish_timeout))
+            })?;
+            match sent {
                 Ok(confirm) => return Ok(confirm),
                 Err(e) => self.recover(e, deadline, "publish").await?,
             }
@@ -214,14 +238,19 @@ impl Inner {
         let deadline = Instant::now() + self.config.publish_timeout;
         loop {
             let confirm = self.send(exchange, routing_key, wire, props, deadline).await?;
-            match confirm.await {
-                Ok(c) if c.is_ack() => return Ok(()),
-                Ok(_) if Instant::now() < deadline => {
-                    tracing::warn!(routing_key, "RabbitMQ refused (nacked) a publish; resending.");
+            match confirmed(confirm, deadline).await {
+                Confirmed::Ack => return Ok(()),
+                Confirmed::Error(e) => self.recover(e, deadline, "confirm").await?,
+                Confirmed::Nack | Confirmed::Lost if Instant::now() < deadline => {
+                    tracing::warn!(routing_key, "RabbitMQ did not confirm a publish; resending.");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Ok(_) => return Err(BusError::Unavailable("RabbitMQ nacked the publish".into())),
-                Err(e) => self.recover(e, deadline, "confirm").await?,
+                Confirmed::Nack | Confirmed::Lost => {
+                    return Err(BusError::Unavailable(format!(
+                        "RabbitMQ: no confirm within publish_timeout ({:?})",
+                        self.config.publish_timeout
+                    )));
+                }
             }
         }
     }
@@ -264,17 +293,16 @@ impl Bus for AmqpBus {
         }
         // Many publishes in flight: wait for the confirms after sending them all.
         for (confirm, wire, props, topic) in pending {
-            let confirmed = match confirm.await {
-                Ok(c) if c.is_ack() => true,
-                Ok(_) => false,
-                Err(e) => {
+            match confirmed(confirm, deadline).await {
+                Confirmed::Ack => {}
+                Confirmed::Error(e) => {
                     self.inner.recover(e, deadline, "confirm").await?;
-                    false
+                    self.inner.publish_confirmed(&self.inner.config.exchange, &topic, &wire, &props).await?;
                 }
-            };
-            if !confirmed {
                 // Resend (same id: consumers are idempotent) until confirmed or out of time.
-                self.inner.publish_confirmed(&self.inner.config.exchange, &topic, &wire, &props).await?;
+                Confirmed::Nack | Confirmed::Lost => {
+                    self.inner.publish_confirmed(&self.inner.config.exchange, &topic, &wire, &props).await?
+                }
             }
         }
         Ok(sealed)
