@@ -255,8 +255,8 @@ impl TrustPolicy {
         self.allowed.entry(key_id.to_string()).or_default().extend(patterns);
     }
 
-    /// Trusts every `*.pub` file in `dir`, refusing duplicate ids.
-    pub fn trust_dir(&mut self, dir: &Path) -> Result<usize, KeyError> {
+    /// Trusts every `*.pub` file in `dir`, refusing duplicate ids; returns the ids trusted.
+    pub fn trust_dir(&mut self, dir: &Path) -> Result<Vec<String>, KeyError> {
         let io = |source| KeyError::Io { path: dir.to_path_buf(), source };
         let mut seen: HashMap<String, PathBuf> = HashMap::new();
         let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -274,7 +274,7 @@ impl TrustPolicy {
             seen.insert(key.id.clone(), path);
             self.trust(key);
         }
-        Ok(seen.len())
+        Ok(seen.into_keys().collect())
     }
 
     /// Decides whether a message may reach a handler.
@@ -402,7 +402,7 @@ mod tests {
         let back = SigningKey::read(&secret).unwrap();
         assert_eq!(back.public().to_line(), key.public().to_line());
         let mut p = TrustPolicy::new(true);
-        assert_eq!(p.trust_dir(&dir).unwrap(), 1);
+        assert_eq!(p.trust_dir(&dir).unwrap(), ["serve-2026"]);
         std::fs::write(dir.join("copy.pub"), std::fs::read(&public).unwrap()).unwrap();
         assert!(matches!(TrustPolicy::new(true).trust_dir(&dir), Err(KeyError::Duplicate { .. })));
         std::fs::write(dir.join("copy.pub"), "garbage").unwrap();

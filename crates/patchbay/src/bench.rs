@@ -62,9 +62,17 @@ struct Figures {
     latency_max_ms: f64,
 }
 
-fn body(n: u64, sent_ns: u64, size: usize) -> serde_json::Value {
-    let pad = size.saturating_sub(48);
-    serde_json::json!({ "n": n, "t": sent_ns, "pad": "x".repeat(pad) })
+/// Makes the benchmark's messages: about `size` bytes of body, stamped with nanoseconds since
+/// `epoch` (for latency), each publisher its own sender.
+pub fn maker(root: &TopicRoot, size: usize, epoch: Instant) -> anyhow::Result<impl Fn(u64, u64) -> Outgoing + Clone + Send + 'static> {
+    let topic = root.topic("bench.message.sent")?;
+    let pad = "x".repeat(size.saturating_sub(48));
+    Ok(move |n: u64, publisher: u64| Outgoing {
+        sender: Sender::new("bench", format!("p{publisher}")),
+        topic: topic.clone(),
+        schema: SchemaRef { name: "patchbay.bench".into(), version: 1 },
+        body: serde_json::json!({ "n": n, "t": epoch.elapsed().as_nanos() as u64, "pad": pad }),
+    })
 }
 
 /// Runs the benchmark and prints its figures.
@@ -87,18 +95,8 @@ pub async fn run(opts: BusBench) -> anyhow::Result<()> {
     let policy = Arc::new(policy);
     let bus = Arc::new(EmbeddedBus::open(&dir, Sealer::new(key.clone()))?);
     let dyn_bus: Arc<dyn Bus> = bus.clone();
-    let topic = root.topic("bench.message.sent")?;
     let epoch = Instant::now();
-    let make = {
-        let topic = topic.clone();
-        let size = opts.size;
-        move |n: u64, publisher: u64| Outgoing {
-            sender: Sender::new("bench", format!("p{publisher}")),
-            topic: topic.clone(),
-            schema: SchemaRef { name: "patchbay.bench".into(), version: 1 },
-            body: body(n, epoch.elapsed().as_nanos() as u64, size),
-        }
-    };
+    let make = maker(&root, opts.size, epoch)?;
 
     // Throughput: concurrent publishers, consumers ack each delivery in its own task.
     let pattern = TopicPattern::parse(&format!("{}.bench.message.#", root.as_str()))?;
@@ -265,7 +263,8 @@ where
     Ok(started.elapsed())
 }
 
-fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+/// A new scratch directory for a benchmark's stores; the caller removes it.
+pub fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("patchbay-bench-{}", patchbay_model::Uuid::now_v7()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)

@@ -15,9 +15,9 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
-use patchbay_bus::{Bus, Outgoing, Sealer, SigningKey, TopicPattern, TrustPolicy};
+use patchbay_bus::{Bus, Sealer, SigningKey, TopicPattern, TrustPolicy};
 use patchbay_bus_amqp::{AmqpBus, AmqpConfig};
-use patchbay_model::{SchemaRef, Sender, TopicRoot};
+use patchbay_model::TopicRoot;
 use patchbay_store::EmbeddedBus;
 use serde::Serialize;
 
@@ -92,7 +92,7 @@ async fn raw_lapin(opts: &AmqpBench, ns: &str) -> anyhow::Result<Duration> {
         let count = total / opts.publishers + u64::from(p < total % opts.publishers);
         tasks.spawn(async move {
             for i in 0..count {
-                let payload = serde_json::to_vec(&serde_json::json!({ "n": i, "pad": pad.as_str() }))?;
+                let payload = serde_json::to_vec(&serde_json::json!({ "n": i, "t": 0u64, "pad": pad.as_str() }))?;
                 let props = BasicProperties::default().with_delivery_mode(2);
                 let confirm = channel
                     .basic_publish(ns.as_str().into(), "raw.message.sent".into(), BasicPublishOptions::default(), &payload, props)
@@ -127,21 +127,10 @@ async fn raw_lapin(opts: &AmqpBench, ns: &str) -> anyhow::Result<Duration> {
     Ok(elapsed)
 }
 
-fn maker(root: &TopicRoot, size: usize) -> anyhow::Result<impl Fn(u64, u64) -> Outgoing + Clone + Send + 'static> {
-    let topic = root.topic("bench.message.sent")?;
-    let pad = "x".repeat(size.saturating_sub(48));
-    Ok(move |n: u64, p: u64| Outgoing {
-        sender: Sender::new("bench", format!("p{p}")),
-        topic: topic.clone(),
-        schema: SchemaRef { name: "patchbay.bench".into(), version: 1 },
-        body: serde_json::json!({ "n": n, "pad": pad }),
-    })
-}
-
 async fn through_trait(opts: &AmqpBench, bus: Arc<dyn Bus>, root: &TopicRoot, queue: &str) -> anyhow::Result<Duration> {
     let pattern = TopicPattern::parse(&format!("{}.bench.#", root.as_str()))?;
     let work = crate::bench::Workload { queue, pattern, total: opts.messages, publishers: opts.publishers, progress: false };
-    crate::bench::throughput(&bus, Arc::new(TrustPolicy::permissive()), work, maker(root, opts.size)?).await
+    crate::bench::throughput(&bus, Arc::new(TrustPolicy::permissive()), work, crate::bench::maker(root, opts.size, Instant::now())?).await
 }
 
 async fn amqp_bus(opts: &AmqpBench, ns: &str, state: &std::path::Path, sealer: Sealer) -> anyhow::Result<Arc<dyn Bus>> {
@@ -162,8 +151,7 @@ fn cpu_seconds() -> f64 {
 /// Runs the contenders one after another and prints the figures.
 pub async fn run(opts: AmqpBench) -> anyhow::Result<()> {
     anyhow::ensure!(opts.messages > 0 && opts.publishers > 0, "--messages and --publishers must be at least 1");
-    let scratch = std::env::temp_dir().join(format!("patchbay-bench-amqp-{}", patchbay_model::Uuid::now_v7()));
-    std::fs::create_dir_all(&scratch)?;
+    let scratch = crate::bench::tempfile_dir()?;
     let key = Arc::new(SigningKey::generate("bench")?);
     let rate = |d: Duration| opts.messages as f64 / d.as_secs_f64();
     let say = |what: &str, d: Duration| {

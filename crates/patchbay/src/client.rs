@@ -198,12 +198,15 @@ fn readable(wire: &str) -> String {
         Ok(env) => {
             let body = match (env.schema.name.as_str(), env.body.get("message").and_then(|m| m.as_str())) {
                 ("patchbay.log", Some(text)) => text.to_string(),
-                _ => env.body.to_string(),
+                _ => {
+                    let full = env.body.to_string();
+                    let mut cut: String = full.chars().take(300).collect();
+                    if cut.len() < full.len() {
+                        cut.push('…');
+                    }
+                    cut
+                }
             };
-            let mut body: String = body.chars().take(300).collect();
-            if body.len() < env.body.to_string().len() && env.schema.name != "patchbay.log" {
-                body.push('…');
-            }
             format!("{} {} {}#{} {}", env.sent_at, env.topic, env.sender, env.seq, body)
         }
         Err(e) => format!("(unreadable message: {e})"),

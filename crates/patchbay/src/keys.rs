@@ -74,16 +74,7 @@ pub fn trust_policy(config: &Config) -> anyhow::Result<TrustPolicy> {
     let mut trusted = Vec::new();
     let trusted_dir = s.trusted_keys_dir(&config.data_dir);
     if trusted_dir.is_dir() {
-        policy.trust_dir(&trusted_dir).with_context(|| format!("{}: signing.trusted_keys", config.source_name()))?;
-        for entry in std::fs::read_dir(&trusted_dir)? {
-            let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "pub") {
-                let text = std::fs::read_to_string(&path)?;
-                if let Ok(key) = patchbay_bus::PublicKey::from_line(&text) {
-                    trusted.push(key.id().to_string());
-                }
-            }
-        }
+        trusted = policy.trust_dir(&trusted_dir).with_context(|| format!("{}: signing.trusted_keys", config.source_name()))?;
     } else if s.require_signatures {
         anyhow::bail!(
             "{}: signing.trusted_keys: {} is not a directory, and require_signatures = true trusts nothing without it",

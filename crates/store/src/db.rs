@@ -216,19 +216,16 @@ fn writer_loop(conn: Connection, rx: std::sync::mpsc::Receiver<Job>, shared: Arc
             }
         }
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            let msg = format!("cannot begin a write transaction: {e}");
-            tracing::error!(path = %shared.path.display(), error = %e, "Write batch failed.");
-            // The jobs never ran: dropping them drops their senders, and callers see the error.
-            for job in batch.drain(..) {
-                fail_unrun(job, &msg);
-            }
+            tracing::error!(path = %shared.path.display(), error = %e, "Cannot begin a write transaction; the batch fails.");
+            // The jobs never ran: dropping them closes their channels, and callers see an error.
+            batch.clear();
             continue;
         }
         let tx = Tx { conn: &conn };
         let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map(|_| ());
         for job in batch.drain(..) {
             if run("SAVEPOINT job").is_err() {
-                fail_unrun(job, "cannot open a savepoint");
+                drop(job); // never ran: its caller sees an error
                 continue;
             }
             match std::panic::catch_unwind(AssertUnwindSafe(|| job(&tx))) {
@@ -259,12 +256,6 @@ fn writer_loop(conn: Connection, rx: std::sync::mpsc::Receiver<Job>, shared: Arc
             checkpointer.poke();
         }
     }
-}
-
-fn fail_unrun(job: Job, _why: &str) {
-    // A job only reports through its completion; dropping it unrun closes its channel,
-    // which the caller sees as an error. Nothing was written for it.
-    drop(job);
 }
 
 /// Copies WAL frames back into the database off the commit path, so a commit
