@@ -1,0 +1,307 @@
+//! Series assembly decisions: state in, decisions out.
+//!
+//! The caller (the ingest service, inside its write transaction) looks up the
+//! series a mail could belong to and asks this crate which one it joins, if
+//! any; whether a series is complete; whether one series re-rolls another; and
+//! which project a mail belongs to. No IO, no clock, no database: every rule
+//! here is tested exhaustively with plain values.
+//!
+//! The rules, and where they differ from Patchwork's (see `tests/corpus.rs`
+//! in the ingest crate for the real-mail checks):
+//! 1. A mail is matched to a series through its own Message-ID, then its
+//!    `In-Reply-To`, then its `References` newest first, against the ids each
+//!    series has seen (a patch records its own id and all its references, a
+//!    cover letter only its own).
+//! 2. Failing that, a series of the same submitter, version and total whose
+//!    first mail is within [`Rules::marker_window_secs`] matches.
+//! 3. A series only takes a mail whose slot is free and within its total,
+//!    from the same submitter, with the same total, and with the same version
+//!    unless one side names no version and they were posted together
+//!    (`[PATCH 1/4]` under a `v3` cover).
+//!    Patchwork joins any reference match, so a v2 posted in reply to v1 only
+//!    split off because a slot was taken; we split on the version itself.
+//! 4. A mail with no `n/N` marker is a series of one; it never joins.
+//! 5. A counter beyond the total (`[PATCH 3/2]`) joins nothing: Patchwork adds
+//!    it and calls a 3-of-2 series complete, which would test a stray patch
+//!    with the series; we keep the mail, flag it, and leave the series alone.
+
+/// Tunable thresholds of the assembly rules.
+#[derive(Clone, Copy, Debug)]
+pub struct Rules {
+    /// How far apart (by Date header) two mails may be to join by subject markers alone.
+    pub marker_window_secs: i64,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        // Patchwork's SERIES_DELAY_INTERVAL: git send-email posts a series within seconds.
+        Rules { marker_window_secs: 20 * 60 }
+    }
+}
+
+/// A patch or cover letter looking for its series.
+#[derive(Clone, Debug)]
+pub struct Arrival {
+    /// Lower-cased sender address.
+    pub submitter: String,
+    /// The version the subject names, if any.
+    pub version: Option<u32>,
+    /// Slot (0 for a cover letter) and total; `None` for an unnumbered patch.
+    pub counter: Option<(u32, u32)>,
+    /// Date header, seconds since the epoch.
+    pub date: i64,
+}
+
+/// A series the store found for an arrival, with what the rules need to know of it.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    /// The store's id for the series.
+    pub id: i64,
+    /// Lower-cased submitter address.
+    pub submitter: String,
+    /// The series' version, and whether a mail named it explicitly.
+    pub version: u32,
+    /// Whether some member's subject named the version.
+    pub version_explicit: bool,
+    /// The total N of the series.
+    pub total: u32,
+    /// Slots already taken (0 is the cover letter).
+    pub slots: Vec<u32>,
+    /// Date of the series' first mail, seconds since the epoch.
+    pub date: i64,
+    /// A superseded series takes no new mail.
+    pub superseded: bool,
+}
+
+/// Where an arrival goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Into this existing series.
+    Join(i64),
+    /// Into a new series of its own.
+    New,
+    /// Nowhere: the counter is impossible (`3/2`, `0/0`); the mail is kept and flagged.
+    Stray(String),
+}
+
+fn accepts(rules: &Rules, c: &Candidate, a: &Arrival) -> bool {
+    let Some((slot, total)) = a.counter else { return false };
+    if c.superseded || c.total != total || c.slots.contains(&slot) || c.submitter != a.submitter {
+        return false;
+    }
+    match a.version {
+        // A versioned mail joins version-less mails only when posted with them (a `v3` cover
+        // over `[PATCH n/4]` patches), never a version-less v1 posted days before.
+        Some(v) => v == c.version || (!c.version_explicit && (c.date - a.date).abs() <= rules.marker_window_secs),
+        None => true,
+    }
+}
+
+/// Decides where an arrival goes, given the series its references matched (nearest
+/// reference first) and the series the subject-marker lookup found.
+pub fn place(rules: &Rules, arrival: &Arrival, by_reference: &[Candidate], by_markers: &[Candidate]) -> Placement {
+    let Some((slot, total)) = arrival.counter else { return Placement::New };
+    if total == 0 || slot > total {
+        return Placement::Stray(format!("patch counter {slot}/{total} is outside its series"));
+    }
+    if let Some(c) = by_reference.iter().find(|c| accepts(rules, c, arrival)) {
+        return Placement::Join(c.id);
+    }
+    let version = arrival.version.unwrap_or(1);
+    by_markers
+        .iter()
+        .filter(|c| c.version == version && (c.date - arrival.date).abs() <= rules.marker_window_secs && accepts(rules, c, arrival))
+        .min_by_key(|c| (c.date - arrival.date).abs())
+        .map_or(Placement::New, |c| Placement::Join(c.id))
+}
+
+/// Complete means every slot 1..=total is filled (the cover letter is optional).
+pub fn is_complete(total: u32, slots: &[u32]) -> bool {
+    (1..=total).all(|s| slots.contains(&s))
+}
+
+/// What decides whether one series re-rolls another.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    /// Store id.
+    pub id: i64,
+    /// Lower-cased submitter address.
+    pub submitter: String,
+    /// The series' version.
+    pub version: u32,
+    /// The project it belongs to, if any.
+    pub project: Option<String>,
+    /// b4's `change-id:`, when the submitter used b4.
+    pub change_id: Option<String>,
+    /// Normalized titles of the cover letter and every patch.
+    pub titles: Vec<String>,
+    /// Message-IDs the series names in `Supersedes:` lines.
+    pub supersedes: Vec<String>,
+    /// Message-IDs of the series' own mails.
+    pub message_ids: Vec<String>,
+}
+
+/// Whether `new` is a later version of `old`: same submitter and project, a higher
+/// version, and one of: the same `change-id`, a `Supersedes:` naming one of old's
+/// mails, or a shared cover or patch title.
+pub fn rerolls(new: &Summary, old: &Summary) -> bool {
+    if new.id == old.id {
+        return false;
+    }
+    if new.supersedes.iter().any(|id| old.message_ids.contains(id)) {
+        return true;
+    }
+    if new.submitter != old.submitter || new.project != old.project || new.version <= old.version {
+        return false;
+    }
+    if let (Some(a), Some(b)) = (&new.change_id, &old.change_id) {
+        return a == b;
+    }
+    new.titles.iter().any(|t| !t.is_empty() && old.titles.contains(t))
+}
+
+/// A project as the assembly rules see it.
+#[derive(Clone, Debug)]
+pub struct ProjectMatch<'a> {
+    /// Project name.
+    pub name: &'a str,
+    /// List ids (`qemu-devel.nongnu.org`) whose mail belongs to the project.
+    pub list_ids: &'a [String],
+    /// A subject tag (`liburing`) the mail must carry as well, when set.
+    pub tag: Option<&'a str>,
+}
+
+/// The first project whose list id (and tag, when it has one) matches the mail.
+pub fn project_for<'a>(projects: &[ProjectMatch<'a>], list_ids: &[String], tags: &[String]) -> Option<&'a str> {
+    projects
+        .iter()
+        .find(|p| {
+            p.list_ids.iter().any(|l| list_ids.iter().any(|m| m.eq_ignore_ascii_case(l)))
+                && p.tag.is_none_or(|t| tags.iter().any(|x| x.eq_ignore_ascii_case(t)))
+        })
+        .map(|p| p.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arrival(version: Option<u32>, slot: u32, total: u32) -> Arrival {
+        Arrival { submitter: "a@x".into(), version, counter: Some((slot, total)), date: 1000 }
+    }
+
+    fn cand(id: i64, version: u32, total: u32, slots: &[u32]) -> Candidate {
+        Candidate {
+            id,
+            submitter: "a@x".into(),
+            version,
+            version_explicit: version > 1,
+            total,
+            slots: slots.to_vec(),
+            date: 1000,
+            superseded: false,
+        }
+    }
+
+    #[test]
+    fn joins_the_nearest_acceptable_reference() {
+        let r = Rules::default();
+        let refs = [cand(1, 1, 2, &[1]), cand(2, 1, 2, &[])];
+        assert_eq!(place(&r, &arrival(None, 1, 2), &refs, &[]), Placement::Join(2), "slot 1 of series 1 is taken");
+        assert_eq!(place(&r, &arrival(None, 2, 2), &refs, &[]), Placement::Join(1));
+    }
+
+    #[test]
+    fn a_reroll_in_reply_to_v1_is_a_new_series() {
+        let r = Rules::default();
+        let mut v1 = cand(1, 1, 2, &[0]);
+        v1.date -= 86_400;
+        assert_eq!(place(&r, &arrival(Some(2), 1, 2), &[v1], &[]), Placement::New);
+        // An unversioned patch under a v3 cover joins it.
+        assert_eq!(place(&r, &arrival(None, 1, 4), &[cand(3, 3, 4, &[0])], &[]), Placement::Join(3));
+        // A v3 cover over unversioned patches joins them.
+        let mut implicit = cand(4, 1, 4, &[1, 2]);
+        implicit.version_explicit = false;
+        assert_eq!(place(&r, &arrival(Some(3), 0, 4), &[implicit], &[]), Placement::Join(4));
+    }
+
+    #[test]
+    fn markers_need_same_submitter_version_total_and_time() {
+        let r = Rules::default();
+        let mut far = cand(1, 2, 3, &[1]);
+        far.date = 1000 + 3600;
+        let near = cand(2, 2, 3, &[1]);
+        let mut other = cand(3, 2, 3, &[1]);
+        other.submitter = "b@x".into();
+        assert_eq!(place(&r, &arrival(Some(2), 2, 3), &[], &[far.clone(), other.clone(), near]), Placement::Join(2));
+        assert_eq!(place(&r, &arrival(Some(2), 2, 3), &[], &[far, other]), Placement::New);
+        assert_eq!(place(&r, &arrival(Some(1), 2, 3), &[], &[cand(5, 2, 3, &[1])]), Placement::New, "version differs");
+        assert_eq!(place(&r, &arrival(Some(2), 2, 4), &[], &[cand(5, 2, 3, &[1])]), Placement::New, "total differs");
+    }
+
+    #[test]
+    fn unnumbered_duplicates_and_strays() {
+        let r = Rules::default();
+        let un = Arrival { submitter: "a@x".into(), version: None, counter: None, date: 0 };
+        assert_eq!(place(&r, &un, &[cand(1, 1, 1, &[])], &[]), Placement::New);
+        assert_eq!(place(&r, &arrival(None, 1, 2), &[cand(1, 1, 2, &[1])], &[cand(1, 1, 2, &[1])]), Placement::New);
+        assert!(matches!(place(&r, &arrival(None, 3, 2), &[cand(1, 1, 2, &[])], &[]), Placement::Stray(_)));
+        assert!(matches!(place(&r, &arrival(None, 0, 0), &[], &[]), Placement::Stray(_)));
+        let mut gone = cand(1, 1, 2, &[]);
+        gone.superseded = true;
+        assert_eq!(place(&r, &arrival(None, 1, 2), &[gone], &[]), Placement::New);
+    }
+
+    #[test]
+    fn completeness_ignores_the_cover() {
+        assert!(is_complete(2, &[2, 1]));
+        assert!(is_complete(2, &[0, 1, 2]));
+        assert!(!is_complete(2, &[0, 1]));
+        assert!(!is_complete(3, &[]));
+    }
+
+    #[test]
+    fn rerolls_by_change_id_title_or_supersedes() {
+        let v1 = Summary {
+            id: 1,
+            submitter: "a@x".into(),
+            version: 1,
+            titles: vec!["fix the thing".into()],
+            message_ids: vec!["<v1@x>".into()],
+            ..Summary::default()
+        };
+        let mut v2 = Summary { id: 2, version: 2, ..v1.clone() };
+        v2.message_ids = vec!["<v2@x>".into()];
+        assert!(rerolls(&v2, &v1));
+        assert!(!rerolls(&v1, &v2), "a lower version never supersedes");
+        let mut other_title = v2.clone();
+        other_title.titles = vec!["something else".into()];
+        assert!(!rerolls(&other_title, &v1));
+        let mut by_change = other_title.clone();
+        by_change.change_id = Some("20240101-x".into());
+        let mut v1c = v1.clone();
+        v1c.change_id = Some("20240101-x".into());
+        assert!(rerolls(&by_change, &v1c));
+        let mut sup = other_title.clone();
+        sup.supersedes = vec!["<v1@x>".into()];
+        assert!(rerolls(&sup, &v1));
+        let mut stranger = v2.clone();
+        stranger.submitter = "b@x".into();
+        assert!(!rerolls(&stranger, &v1));
+    }
+
+    #[test]
+    fn projects_by_list_and_tag() {
+        let lists = vec!["io-uring.vger.kernel.org".to_string()];
+        let qemu = vec!["qemu-devel.nongnu.org".to_string()];
+        let projects = [
+            ProjectMatch { name: "liburing", list_ids: &lists, tag: Some("liburing") },
+            ProjectMatch { name: "kernel-io", list_ids: &lists, tag: None },
+            ProjectMatch { name: "qemu", list_ids: &qemu, tag: None },
+        ];
+        assert_eq!(project_for(&projects, &lists, &["liburing".into()]), Some("liburing"));
+        assert_eq!(project_for(&projects, &lists, &[]), Some("kernel-io"));
+        assert_eq!(project_for(&projects, &["QEMU-devel.nongnu.org".into()], &[]), Some("qemu"));
+        assert_eq!(project_for(&projects, &["other".into()], &[]), None);
+    }
+}
