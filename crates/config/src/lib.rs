@@ -66,6 +66,28 @@ struct RawConfig {
     http: RawHttp,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    ingest: RawIngest,
+    #[serde(default)]
+    project: Vec<RawProject>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIngest {
+    lmtp_listen: Option<String>,
+    max_mail_bytes: Option<u64>,
+    incomplete_after_secs: Option<i64>,
+    marker_window_secs: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProject {
+    name: String,
+    #[serde(default)]
+    list_ids: Vec<String>,
+    tag: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -136,6 +158,37 @@ pub struct Config {
     pub log_level: String,
     /// Log format.
     pub log_format: LogFormat,
+    /// Mail ingestion and series assembly.
+    pub ingest: IngestConfig,
+    /// The projects whose series are tested, in the order they are matched.
+    pub projects: Vec<ProjectConfig>,
+}
+
+/// The default LMTP listener: loopback only.
+pub const DEFAULT_LMTP: &str = "127.0.0.1:8024";
+
+/// Mail ingestion and series assembly settings (`[ingest]`).
+#[derive(Clone, Debug)]
+pub struct IngestConfig {
+    /// Where `serve` accepts LMTP (`lmtp:` in Postfix or Exim); `None` when set to `""`.
+    pub lmtp_listen: Option<SocketAddr>,
+    /// Larger mails are refused (LMTP 552; `inject` exits 65). Default 64 MiB.
+    pub max_mail_bytes: u64,
+    /// A series still missing patches this long after its first mail becomes `incomplete`. Default 24 h.
+    pub incomplete_after_secs: i64,
+    /// How far apart two mails may be to join a series by subject markers alone. Default 20 min.
+    pub marker_window_secs: i64,
+}
+
+/// One project (`[[project]]`): which mail belongs to it.
+#[derive(Clone, Debug)]
+pub struct ProjectConfig {
+    /// Name, as used in topics' bodies, URLs and reports.
+    pub name: String,
+    /// List ids (`List-Id: <qemu-devel.nongnu.org>`) whose series belong to the project.
+    pub list_ids: Vec<String>,
+    /// A subject tag the series must carry as well (`[PATCH liburing]`), when set.
+    pub tag: Option<String>,
 }
 
 /// Bus settings.
@@ -267,8 +320,45 @@ impl Config {
         let http_listen: SocketAddr =
             listen.parse().map_err(|e| invalid("http.listen", format!("{listen:?} is not an address such as 127.0.0.1:8025: {e}")))?;
 
+        let lmtp = raw.ingest.lmtp_listen.unwrap_or_else(|| DEFAULT_LMTP.into());
+        let lmtp_listen = if lmtp.is_empty() {
+            None
+        } else {
+            Some(lmtp.parse().map_err(|e| invalid("ingest.lmtp_listen", format!("{lmtp:?} is not an address such as 127.0.0.1:8024: {e}")))?)
+        };
+        let max_mail_bytes = raw.ingest.max_mail_bytes.unwrap_or(64 << 20);
+        if max_mail_bytes < 1024 {
+            return Err(invalid("ingest.max_mail_bytes", format!("{max_mail_bytes} is too small (at least 1024)")));
+        }
+        let incomplete_after_secs = raw.ingest.incomplete_after_secs.unwrap_or(86_400);
+        if incomplete_after_secs < 1 {
+            return Err(invalid("ingest.incomplete_after_secs", "must be at least 1".into()));
+        }
+        let marker_window_secs = raw.ingest.marker_window_secs.unwrap_or(20 * 60);
+        if marker_window_secs < 0 {
+            return Err(invalid("ingest.marker_window_secs", "must not be negative".into()));
+        }
+        let ingest = IngestConfig { lmtp_listen, max_mail_bytes, incomplete_after_secs, marker_window_secs };
+        let mut projects: Vec<ProjectConfig> = Vec::new();
+        for (i, p) in raw.project.into_iter().enumerate() {
+            let key = format!("project[{i}]");
+            if p.name.is_empty() || !p.name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+                return Err(invalid(&format!("{key}.name"), format!("{:?} must be ASCII letters, digits, '.', '_' or '-'", p.name)));
+            }
+            if projects.iter().any(|q| q.name == p.name) {
+                return Err(invalid(&format!("{key}.name"), format!("project {:?} is declared twice", p.name)));
+            }
+            if p.list_ids.is_empty() {
+                return Err(invalid(&format!("{key}.list_ids"), "at least one list id is needed".into()));
+            }
+            let list_ids = p.list_ids.iter().map(|l| l.trim().trim_start_matches('<').trim_end_matches('>').to_ascii_lowercase()).collect();
+            projects.push(ProjectConfig { name: p.name, list_ids, tag: p.tag });
+        }
+
         let log_level = raw.log.level.unwrap_or_else(|| "info".into());
         Ok(Config {
+            ingest,
+            projects,
             source: source.map(Path::to_path_buf),
             data_dir,
             bus: BusConfig { backend, url: raw.bus.url, exchange, root },

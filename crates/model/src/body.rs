@@ -37,6 +37,146 @@ impl Body for LogMessage {
     const VERSION: u32 = 1;
 }
 
+/// A mail was stored (`mail.message.received`), published in the same transaction as the
+/// store write: every mail patchbay ever accepted is announced exactly once.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MailReceived {
+    /// The store's id for the mail.
+    pub mail: i64,
+    /// `<id@host>`, or a synthetic `<hash@patchbay.invalid>` when the mail had none.
+    pub message_id: String,
+    /// The decoded subject.
+    pub subject: String,
+    /// Lower-cased sender address, when the From header had one.
+    pub from: Option<String>,
+    /// List ids the mail arrived through.
+    pub lists: Vec<String>,
+    /// `patch`, `cover`, `pull` or `comment`.
+    pub kind: String,
+    /// What is wrong with the mail (empty for a clean one); it is stored regardless.
+    pub problems: Vec<String>,
+    /// Set when another mail with the same Message-ID but different content was stored first.
+    pub conflicts_with: Option<i64>,
+    /// The series the mail was placed in, if any.
+    pub series: Option<i64>,
+}
+
+impl Body for MailReceived {
+    const TOPIC: &'static str = "mail.message.received";
+    const SCHEMA: &'static str = "patchbay.mail.received";
+    const VERSION: u32 = 1;
+}
+
+/// One mail of a series, in slot order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SeriesPatch {
+    /// 1..=total (0 is the cover letter, which is listed separately).
+    pub slot: u32,
+    /// The mail's store id.
+    pub mail: i64,
+    /// Its Message-ID.
+    pub message_id: String,
+    /// Its subject line.
+    pub subject: String,
+}
+
+/// What every series event says about the series.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SeriesHead {
+    /// The store's id for the series.
+    pub id: i64,
+    /// The project it belongs to (series events are published for matched projects only).
+    pub project: String,
+    /// The series' name: the cover letter's title, else patch 1's.
+    pub name: String,
+    /// Lower-cased submitter address.
+    pub submitter: String,
+    /// The version (1 when the subjects name none).
+    pub version: u32,
+    /// The number of patches, N.
+    pub total: u32,
+}
+
+/// A new series was seen (`series.series.new`): its first mail arrived.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SeriesNew {
+    /// The series.
+    pub series: SeriesHead,
+}
+
+impl Body for SeriesNew {
+    const TOPIC: &'static str = "series.series.new";
+    const SCHEMA: &'static str = "patchbay.series.new";
+    const VERSION: u32 = 1;
+}
+
+/// Every patch 1..N of a series is in (`series.series.complete`). Carries all a test runner
+/// needs without reading the store.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SeriesComplete {
+    /// The series.
+    pub series: SeriesHead,
+    /// The cover letter's Message-ID, when there is one (yet).
+    pub cover: Option<String>,
+    /// The patches in slot order.
+    pub patches: Vec<SeriesPatch>,
+    /// The patches as one mboxrd, in slot order, ready for `git am`.
+    pub mbox: String,
+    /// `base-commit:` from the cover letter or a patch.
+    pub base_commit: Option<String>,
+    /// `Based-on:` lines (Message-IDs or URLs of series to apply first).
+    pub based_on: Vec<String>,
+    /// `Depends-on:` lines.
+    pub depends_on: Vec<String>,
+    /// The earlier version this series re-rolls, if one was found.
+    pub supersedes: Option<i64>,
+}
+
+impl Body for SeriesComplete {
+    const TOPIC: &'static str = "series.series.complete";
+    const SCHEMA: &'static str = "patchbay.series.complete";
+    const VERSION: u32 = 1;
+}
+
+/// A series still missed patches when its deadline passed (`series.series.incomplete`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SeriesIncomplete {
+    /// The series.
+    pub series: SeriesHead,
+    /// The slots that never arrived.
+    pub missing: Vec<u32>,
+}
+
+impl Body for SeriesIncomplete {
+    const TOPIC: &'static str = "series.series.incomplete";
+    const SCHEMA: &'static str = "patchbay.series.incomplete";
+    const VERSION: u32 = 1;
+}
+
+/// A later version replaced this series (`series.series.superseded`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SeriesSuperseded {
+    /// The superseded series.
+    pub series: SeriesHead,
+    /// The series that replaces it.
+    pub by: i64,
+    /// The replacing series' version.
+    pub by_version: u32,
+}
+
+impl Body for SeriesSuperseded {
+    const TOPIC: &'static str = "series.series.superseded";
+    const SCHEMA: &'static str = "patchbay.series.superseded";
+    const VERSION: u32 = 1;
+}
+
 /// One exported schema: which topic, which name and version, and the JSON Schema.
 #[derive(Clone, Debug, Serialize)]
 pub struct BodySchema {
@@ -61,7 +201,14 @@ fn export<B: Body>() -> BodySchema {
 
 /// Every body type patchbay publishes, for `patchbay schema` and for validating shell input.
 pub fn body_schemas() -> Vec<BodySchema> {
-    vec![export::<LogMessage>()]
+    vec![
+        export::<LogMessage>(),
+        export::<MailReceived>(),
+        export::<SeriesNew>(),
+        export::<SeriesComplete>(),
+        export::<SeriesIncomplete>(),
+        export::<SeriesSuperseded>(),
+    ]
 }
 
 fn check<B: Body>(body: &serde_json::Value) -> Result<SchemaRef, String> {
@@ -73,6 +220,11 @@ fn check<B: Body>(body: &serde_json::Value) -> Result<SchemaRef, String> {
 pub fn check_body(topic_suffix: &str, body: &serde_json::Value) -> Option<Result<SchemaRef, String>> {
     match topic_suffix {
         LogMessage::TOPIC => Some(check::<LogMessage>(body)),
+        MailReceived::TOPIC => Some(check::<MailReceived>(body)),
+        SeriesNew::TOPIC => Some(check::<SeriesNew>(body)),
+        SeriesComplete::TOPIC => Some(check::<SeriesComplete>(body)),
+        SeriesIncomplete::TOPIC => Some(check::<SeriesIncomplete>(body)),
+        SeriesSuperseded::TOPIC => Some(check::<SeriesSuperseded>(body)),
         _ => None,
     }
 }

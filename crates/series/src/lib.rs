@@ -69,8 +69,6 @@ pub struct Candidate {
     pub slots: Vec<u32>,
     /// Date of the series' first mail, seconds since the epoch.
     pub date: i64,
-    /// A superseded series takes no new mail.
-    pub superseded: bool,
 }
 
 /// Where an arrival goes.
@@ -86,7 +84,7 @@ pub enum Placement {
 
 fn accepts(rules: &Rules, c: &Candidate, a: &Arrival) -> bool {
     let Some((slot, total)) = a.counter else { return false };
-    if c.superseded || c.total != total || c.slots.contains(&slot) || c.submitter != a.submitter {
+    if c.total != total || c.slots.contains(&slot) || c.submitter != a.submitter {
         return false;
     }
     match a.version {
@@ -199,7 +197,6 @@ mod tests {
             total,
             slots: slots.to_vec(),
             date: 1000,
-            superseded: false,
         }
     }
 
@@ -247,9 +244,6 @@ mod tests {
         assert_eq!(place(&r, &arrival(None, 1, 2), &[cand(1, 1, 2, &[1])], &[cand(1, 1, 2, &[1])]), Placement::New);
         assert!(matches!(place(&r, &arrival(None, 3, 2), &[cand(1, 1, 2, &[])], &[]), Placement::Stray(_)));
         assert!(matches!(place(&r, &arrival(None, 0, 0), &[], &[]), Placement::Stray(_)));
-        let mut gone = cand(1, 1, 2, &[]);
-        gone.superseded = true;
-        assert_eq!(place(&r, &arrival(None, 1, 2), &[gone], &[]), Placement::New);
     }
 
     #[test]

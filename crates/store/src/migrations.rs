@@ -52,6 +52,63 @@ const STEPS: &[&str] = &[
     ) WITHOUT ROWID;
     INSERT INTO bus_meta (key, value) VALUES ('bindings_generation', 0);
     ",
+    // 2: mail and series (owned by the ingest crate).
+    "
+    CREATE TABLE mails (
+        id             INTEGER PRIMARY KEY,
+        message_id     TEXT NOT NULL,
+        content_hash   BLOB NOT NULL UNIQUE,
+        received_at    INTEGER NOT NULL,
+        date           INTEGER,
+        subject        TEXT NOT NULL,
+        from_name      TEXT,
+        from_email     TEXT,
+        kind           TEXT NOT NULL,
+        problems       TEXT,
+        conflicts_with INTEGER REFERENCES mails (id),
+        hints          TEXT,
+        raw            BLOB NOT NULL
+    );
+    CREATE INDEX mails_message_id ON mails (message_id);
+    CREATE TABLE mail_lists (
+        mail_id INTEGER NOT NULL REFERENCES mails (id),
+        list_id TEXT NOT NULL,
+        PRIMARY KEY (mail_id, list_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX mail_lists_list ON mail_lists (list_id, mail_id);
+    CREATE TABLE series (
+        id               INTEGER PRIMARY KEY,
+        project          TEXT,
+        submitter        TEXT NOT NULL,
+        version          INTEGER NOT NULL,
+        version_explicit INTEGER NOT NULL,
+        total            INTEGER NOT NULL,
+        name             TEXT NOT NULL,
+        state            TEXT NOT NULL CHECK (state IN ('new', 'complete', 'incomplete', 'superseded')),
+        date             INTEGER NOT NULL,
+        created_at       INTEGER NOT NULL,
+        updated_at       INTEGER NOT NULL,
+        supersedes       INTEGER REFERENCES series (id),
+        superseded_by    INTEGER REFERENCES series (id)
+    );
+    CREATE INDEX series_markers ON series (submitter, total, version, date);
+    CREATE INDEX series_open ON series (state, created_at);
+    CREATE TABLE series_mails (
+        series_id INTEGER NOT NULL REFERENCES series (id),
+        slot      INTEGER NOT NULL,
+        mail_id   INTEGER NOT NULL UNIQUE REFERENCES mails (id),
+        PRIMARY KEY (series_id, slot)
+    ) WITHOUT ROWID;
+    CREATE TABLE series_refs (
+        message_id TEXT NOT NULL,
+        series_id  INTEGER NOT NULL REFERENCES series (id),
+        PRIMARY KEY (message_id, series_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE import_marks (
+        source TEXT PRIMARY KEY,
+        mark   TEXT NOT NULL
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// Brings the database up to the latest schema.

@@ -22,14 +22,14 @@ async fn state_and_messages_commit_or_roll_back_together() {
     let dir = tempfile::tempdir().unwrap();
     let bus = EmbeddedBus::open(dir.path(), Sealer::default()).unwrap();
     let mut sub = bus.subscribe(QueueSpec::new("dispatcher", vec![TopicPattern::parse("pbtest.tx.#").unwrap()])).await.unwrap();
-    bus.db().write(|tx| Ok(tx.execute_batch("CREATE TABLE series (id INTEGER PRIMARY KEY, state TEXT NOT NULL)")?)).await.unwrap();
+    bus.db().write(|tx| Ok(tx.execute_batch("CREATE TABLE demo_series (id INTEGER PRIMARY KEY, state TEXT NOT NULL)")?)).await.unwrap();
 
     // Committed: the row and the message both exist.
     let b = bus.clone();
     let sealed = bus
         .db()
         .write(move |tx| {
-            tx.execute("INSERT INTO series (id, state) VALUES (1, 'complete')", [])?;
+            tx.execute("INSERT INTO demo_series (id, state) VALUES (1, 'complete')", [])?;
             b.publish_in(tx, vec![announce(1)])
         })
         .await
@@ -41,7 +41,7 @@ async fn state_and_messages_commit_or_roll_back_together() {
     let failed = bus
         .db()
         .write(move |tx| {
-            tx.execute("INSERT INTO series (id, state) VALUES (2, 'complete')", [])?;
+            tx.execute("INSERT INTO demo_series (id, state) VALUES (2, 'complete')", [])?;
             b.publish_in(tx, vec![announce(2)])?;
             Err::<(), _>(StoreError::Setup("the handler found a conflict".into()))
         })
@@ -50,7 +50,7 @@ async fn state_and_messages_commit_or_roll_back_together() {
 
     let rows: Vec<i64> = bus
         .db()
-        .read(|c| Ok(c.prepare("SELECT id FROM series ORDER BY id")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?))
+        .read(|c| Ok(c.prepare("SELECT id FROM demo_series ORDER BY id")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?))
         .await
         .unwrap();
     assert_eq!(rows, [1]);

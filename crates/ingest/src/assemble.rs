@@ -1,0 +1,482 @@
+//! Inside one write transaction: store a mail (idempotently), place it in a
+//! series, and build the messages that announce both. Everything read here is
+//! read inside the same `BEGIN IMMEDIATE` transaction that writes, so any
+//! number of ingesting processes see each other's series: no "look up now,
+//! save later". Uniqueness is also held by the schema (`content_hash`,
+//! `(series_id, slot)`, `mail_id`).
+
+use patchbay_mail::{Kind, Parsed, subject};
+use patchbay_model::{
+    MailReceived, SeriesComplete, SeriesHead, SeriesIncomplete, SeriesNew, SeriesPatch, SeriesSuperseded,
+};
+use patchbay_series::{Arrival, Candidate, Placement, ProjectMatch, Rules, Summary};
+use patchbay_store::{StoreError, Tx};
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+/// A mail on its way into the store.
+#[derive(Debug)]
+pub struct Incoming {
+    /// The mail exactly as received.
+    pub raw: Vec<u8>,
+    /// What the parser made of it.
+    pub parsed: Parsed,
+    /// List ids the delivery names beyond the mail's own `List-Id` (`inject --list-id`).
+    pub lists: Vec<String>,
+    /// When patchbay received it, seconds since the epoch.
+    pub received_at: i64,
+}
+
+/// What became of one mail.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Stored now, with this id.
+    Stored {
+        /// Store id.
+        mail: i64,
+        /// Whether the parser found problems (the mail is stored and marked regardless).
+        malformed: bool,
+        /// Another mail had the same Message-ID and different content.
+        conflict: bool,
+    },
+    /// The same content was stored before (a retry, a re-import, a cross-post): linked to the lists only.
+    Duplicate {
+        /// The stored mail's id.
+        mail: i64,
+    },
+}
+
+/// One project, as ingest matches it.
+#[derive(Clone, Debug)]
+pub struct Project {
+    /// Name.
+    pub name: String,
+    /// List ids.
+    pub list_ids: Vec<String>,
+    /// Subject tag, when required.
+    pub tag: Option<String>,
+}
+
+/// Hints kept per mail for the `complete` event.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+struct Hints {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    base_commit: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    based_on: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    depends_on: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    change_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    supersedes: Vec<String>,
+}
+
+/// The messages a write produces, typed; the caller turns them into `Outgoing`.
+#[derive(Debug)]
+pub enum Event {
+    /// `mail.message.received`.
+    Received(MailReceived),
+    /// `series.series.new`.
+    New(SeriesNew),
+    /// `series.series.complete`.
+    Complete(Box<SeriesComplete>),
+    /// `series.series.incomplete`.
+    Incomplete(SeriesIncomplete),
+    /// `series.series.superseded`.
+    Superseded(SeriesSuperseded),
+}
+
+fn q(e: rusqlite::Error) -> StoreError {
+    StoreError::Query(e)
+}
+
+/// Stores one mail and places it; appends what to publish to `events`.
+pub fn accept(
+    tx: &Tx<'_>,
+    rules: &Rules,
+    projects: &[Project],
+    mail: &Incoming,
+    events: &mut Vec<Event>,
+) -> Result<Outcome, StoreError> {
+    let p = &mail.parsed;
+    let start = events.len();
+    let mut lists: Vec<String> = p.list_ids.clone();
+    for l in &mail.lists {
+        let l = l.trim().trim_start_matches('<').trim_end_matches('>').to_ascii_lowercase();
+        if !l.is_empty() && !lists.contains(&l) {
+            lists.push(l);
+        }
+    }
+    let existing: Option<i64> = tx
+        .prepare_cached("SELECT id FROM mails WHERE content_hash = ?1")?
+        .query_row([&p.content_hash[..]], |r| r.get(0))
+        .optional()?;
+    if let Some(id) = existing {
+        link_lists(tx, id, &lists)?;
+        return Ok(Outcome::Duplicate { mail: id });
+    }
+    let conflicts_with: Option<i64> = tx
+        .prepare_cached("SELECT id FROM mails WHERE message_id = ?1 ORDER BY id LIMIT 1")?
+        .query_row([&p.message_id], |r| r.get(0))
+        .optional()?;
+    let mut problems = p.problems.clone();
+    if let Some(other) = conflicts_with {
+        problems.push(format!("another mail (#{other}) has the same Message-ID and different content"));
+    }
+    let hints = Hints {
+        base_commit: p.base_commit.clone(),
+        based_on: p.based_on.clone(),
+        depends_on: p.depends_on.clone(),
+        change_id: p.change_id.clone(),
+        supersedes: p.supersedes.clone(),
+    };
+    let hints_json = (hints != Hints::default()).then(|| serde_json::to_string(&hints).expect("hints serialize"));
+    tx.prepare_cached(
+        "INSERT INTO mails (message_id, content_hash, received_at, date, subject, from_name, from_email, kind, problems, conflicts_with, hints, raw)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?
+    .execute(params![
+        p.message_id,
+        &p.content_hash[..],
+        mail.received_at,
+        p.date,
+        p.subject_line,
+        p.from_name,
+        p.from_email,
+        p.kind.as_str(),
+        (!problems.is_empty()).then(|| problems.join("\n")),
+        conflicts_with,
+        hints_json,
+        mail.raw,
+    ])?;
+    let id = tx.last_insert_rowid();
+    link_lists(tx, id, &lists)?;
+
+    let mut series = None;
+    if conflicts_with.is_none() && matches!(p.kind, Kind::Patch | Kind::Cover) {
+        match thread(tx, rules, projects, id, mail, &lists, events)? {
+            Ok(s) => series = Some(s),
+            Err(stray) => {
+                problems.push(stray);
+                tx.prepare_cached("UPDATE mails SET problems = ?2 WHERE id = ?1")?.execute(params![id, problems.join("\n")])?;
+            }
+        }
+    }
+    // The mail's own announcement goes first, before what it caused.
+    events.insert(
+        start,
+        Event::Received(MailReceived {
+            mail: id,
+            message_id: p.message_id.clone(),
+            subject: p.subject_line.clone(),
+            from: p.from_email.clone(),
+            lists,
+            kind: p.kind.as_str().into(),
+            problems: problems.clone(),
+            conflicts_with,
+            series,
+        }),
+    );
+    Ok(Outcome::Stored { mail: id, malformed: !problems.is_empty(), conflict: conflicts_with.is_some() })
+}
+
+fn link_lists(tx: &Tx<'_>, mail: i64, lists: &[String]) -> Result<(), StoreError> {
+    let mut stmt = tx.prepare_cached("INSERT OR IGNORE INTO mail_lists (mail_id, list_id) VALUES (?1, ?2)")?;
+    for l in lists {
+        stmt.execute(params![mail, l])?;
+    }
+    Ok(())
+}
+
+struct SeriesRow {
+    id: i64,
+    project: Option<String>,
+    submitter: String,
+    version: u32,
+    version_explicit: bool,
+    total: u32,
+    name: String,
+    state: String,
+    date: i64,
+}
+
+fn load_series(tx: &Tx<'_>, id: i64) -> Result<SeriesRow, StoreError> {
+    Ok(tx
+        .prepare_cached("SELECT id, project, submitter, version, version_explicit, total, name, state, date FROM series WHERE id = ?1")?
+        .query_row([id], |r| {
+            Ok(SeriesRow {
+                id: r.get(0)?,
+                project: r.get(1)?,
+                submitter: r.get(2)?,
+                version: r.get(3)?,
+                version_explicit: r.get(4)?,
+                total: r.get(5)?,
+                name: r.get(6)?,
+                state: r.get(7)?,
+                date: r.get(8)?,
+            })
+        })?)
+}
+
+fn slots(tx: &Tx<'_>, series: i64) -> Result<Vec<u32>, StoreError> {
+    let mut stmt = tx.prepare_cached("SELECT slot FROM series_mails WHERE series_id = ?1 ORDER BY slot")?;
+    let rows = stmt.query_map([series], |r| r.get(0))?;
+    rows.collect::<Result<_, _>>().map_err(q)
+}
+
+fn candidate(tx: &Tx<'_>, s: &SeriesRow) -> Result<Candidate, StoreError> {
+    Ok(Candidate {
+        id: s.id,
+        submitter: s.submitter.clone(),
+        version: s.version,
+        version_explicit: s.version_explicit,
+        total: s.total,
+        slots: slots(tx, s.id)?,
+        date: s.date,
+    })
+}
+
+fn head(s: &SeriesRow) -> SeriesHead {
+    SeriesHead {
+        id: s.id,
+        project: s.project.clone().unwrap_or_default(),
+        name: s.name.clone(),
+        submitter: s.submitter.clone(),
+        version: s.version,
+        total: s.total,
+    }
+}
+
+/// Places a stored patch or cover letter; `Err(reason)` for a stray that joins nothing.
+fn thread(
+    tx: &Tx<'_>,
+    rules: &Rules,
+    projects: &[Project],
+    mail_id: i64,
+    mail: &Incoming,
+    lists: &[String],
+    events: &mut Vec<Event>,
+) -> Result<Result<i64, String>, StoreError> {
+    let p = &mail.parsed;
+    // A 0/N that carries a diff is no cover letter; git never writes one: treat it as unnumbered.
+    let counter = match (p.kind, p.subject.counter) {
+        (Kind::Patch, Some((0, _))) => None,
+        (_, c) => c,
+    };
+    let date = p.date.unwrap_or(mail.received_at);
+    let arrival =
+        Arrival { submitter: p.from_email.clone().unwrap_or_default(), version: p.subject.version, counter, date };
+
+    let mut by_reference = Vec::new();
+    {
+        let mut stmt = tx.prepare_cached("SELECT series_id FROM series_refs WHERE message_id = ?1 ORDER BY series_id")?;
+        let mut seen = Vec::new();
+        for id in std::iter::once(&p.message_id).chain(p.refs_nearest_first().iter()) {
+            let ids: Vec<i64> = stmt.query_map([id], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            for sid in ids {
+                if !seen.contains(&sid) {
+                    seen.push(sid);
+                    by_reference.push(candidate(tx, &load_series(tx, sid)?)?);
+                }
+            }
+        }
+    }
+    let mut by_markers = Vec::new();
+    if let Some((_, total)) = counter {
+        let mut stmt = tx.prepare_cached(
+            "SELECT id FROM series WHERE submitter = ?1 AND total = ?2 AND version = ?3 AND date BETWEEN ?4 AND ?5 ORDER BY id",
+        )?;
+        let ids: Vec<i64> = stmt
+            .query_map(
+                params![arrival.submitter, total, p.subject.version_or_1(), date - rules.marker_window_secs, date + rules.marker_window_secs],
+                |r| r.get(0),
+            )?
+            .collect::<Result<_, _>>()?;
+        for sid in ids {
+            by_markers.push(candidate(tx, &load_series(tx, sid)?)?);
+        }
+    }
+
+    let slot = counter.map_or(1, |(n, _)| n);
+    let series_id = match patchbay_series::place(rules, &arrival, &by_reference, &by_markers) {
+        Placement::Stray(reason) => return Ok(Err(reason)),
+        Placement::Join(sid) => {
+            tx.prepare_cached("INSERT INTO series_mails (series_id, slot, mail_id) VALUES (?1, ?2, ?3)")?
+                .execute(params![sid, slot, mail_id])?;
+            let s = load_series(tx, sid)?;
+            if p.subject.version.is_some() && !s.version_explicit {
+                tx.prepare_cached("UPDATE series SET version = ?2, version_explicit = 1 WHERE id = ?1")?
+                    .execute(params![sid, p.subject.version_or_1()])?;
+            }
+            if slot == 0 || (slot == 1 && !slots(tx, sid)?.contains(&0)) {
+                tx.prepare_cached("UPDATE series SET name = ?2 WHERE id = ?1")?.execute(params![sid, p.subject.title])?;
+            }
+            tx.prepare_cached("UPDATE series SET updated_at = ?2 WHERE id = ?1")?.execute(params![sid, mail.received_at])?;
+            sid
+        }
+        Placement::New => {
+            let matches: Vec<ProjectMatch<'_>> = projects
+                .iter()
+                .map(|pr| ProjectMatch { name: &pr.name, list_ids: &pr.list_ids, tag: pr.tag.as_deref() })
+                .collect();
+            let project = patchbay_series::project_for(&matches, lists, &p.subject.tags);
+            let total = counter.map_or(1, |(_, t)| t);
+            tx.prepare_cached(
+                "INSERT INTO series (project, submitter, version, version_explicit, total, name, state, date, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'new', ?7, ?8, ?8)",
+            )?
+            .execute(params![
+                project,
+                arrival.submitter,
+                p.subject.version_or_1(),
+                p.subject.version.is_some(),
+                total,
+                p.subject.title,
+                date,
+                mail.received_at
+            ])?;
+            let sid = tx.last_insert_rowid();
+            tx.prepare_cached("INSERT INTO series_mails (series_id, slot, mail_id) VALUES (?1, ?2, ?3)")?
+                .execute(params![sid, slot, mail_id])?;
+            let s = load_series(tx, sid)?;
+            if s.project.is_some() {
+                events.push(Event::New(SeriesNew { series: head(&s) }));
+            }
+            sid
+        }
+    };
+    // What later mails may find this series by: a patch records its references too, a cover
+    // letter only its own id (a cover in reply to v1 must not pull v1's patches in).
+    let mut stmt = tx.prepare_cached("INSERT OR IGNORE INTO series_refs (message_id, series_id) VALUES (?1, ?2)")?;
+    stmt.execute(params![p.message_id, series_id])?;
+    if p.kind == Kind::Patch {
+        for r in p.in_reply_to.iter().chain(p.references.iter()) {
+            stmt.execute(params![r, series_id])?;
+        }
+    }
+    let s = load_series(tx, series_id)?;
+    if matches!(s.state.as_str(), "new" | "incomplete") && patchbay_series::is_complete(s.total, &slots(tx, series_id)?) {
+        complete(tx, &s, mail.received_at, events)?;
+    }
+    Ok(Ok(series_id))
+}
+
+struct Member {
+    slot: u32,
+    mail: i64,
+    message_id: String,
+    subject: String,
+    hints: Hints,
+    raw: Vec<u8>,
+}
+
+fn members(tx: &Tx<'_>, series: i64, with_raw: bool) -> Result<Vec<Member>, StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT sm.slot, m.id, m.message_id, m.subject, m.hints, CASE WHEN ?2 THEN m.raw ELSE x'' END
+         FROM series_mails sm JOIN mails m ON m.id = sm.mail_id WHERE sm.series_id = ?1 ORDER BY sm.slot",
+    )?;
+    let rows = stmt.query_map(params![series, with_raw], |r| {
+        let hints: Option<String> = r.get(4)?;
+        Ok(Member {
+            slot: r.get(0)?,
+            mail: r.get(1)?,
+            message_id: r.get(2)?,
+            subject: r.get(3)?,
+            hints: hints.and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default(),
+            raw: r.get(5)?,
+        })
+    })?;
+    rows.collect::<Result<_, _>>().map_err(q)
+}
+
+fn summary(tx: &Tx<'_>, s: &SeriesRow) -> Result<Summary, StoreError> {
+    let ms = members(tx, s.id, false)?;
+    Ok(Summary {
+        id: s.id,
+        submitter: s.submitter.clone(),
+        version: s.version,
+        project: s.project.clone(),
+        change_id: ms.iter().find_map(|m| m.hints.change_id.clone()),
+        titles: ms.iter().map(|m| subject::parse(&m.subject).normalized_title()).collect(),
+        supersedes: ms.iter().flat_map(|m| m.hints.supersedes.clone()).collect(),
+        message_ids: ms.iter().map(|m| m.message_id.clone()).collect(),
+    })
+}
+
+fn complete(tx: &Tx<'_>, s: &SeriesRow, now: i64, events: &mut Vec<Event>) -> Result<(), StoreError> {
+    tx.prepare_cached("UPDATE series SET state = 'complete', updated_at = ?2 WHERE id = ?1")?.execute(params![s.id, now])?;
+    // Re-rolls: the newest earlier version of the same work is superseded by this one.
+    let me = summary(tx, s)?;
+    let older: Vec<i64> = tx
+        .prepare_cached(
+            "SELECT id FROM series WHERE submitter = ?1 AND version < ?2 AND project IS ?3 AND superseded_by IS NULL AND id != ?4
+             ORDER BY version DESC, id DESC LIMIT 50",
+        )?
+        .query_map(params![s.submitter, s.version, s.project, s.id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut supersedes = None;
+    for oid in older {
+        let o = load_series(tx, oid)?;
+        if patchbay_series::rerolls(&me, &summary(tx, &o)?) {
+            tx.prepare_cached("UPDATE series SET state = 'superseded', superseded_by = ?2, updated_at = ?3 WHERE id = ?1")?
+                .execute(params![oid, s.id, now])?;
+            tx.prepare_cached("UPDATE series SET supersedes = ?2 WHERE id = ?1")?.execute(params![s.id, oid])?;
+            if o.project.is_some() {
+                events.push(Event::Superseded(SeriesSuperseded { series: head(&o), by: s.id, by_version: s.version }));
+            }
+            supersedes = Some(oid);
+            break;
+        }
+    }
+    if s.project.is_none() {
+        return Ok(());
+    }
+    let ms = members(tx, s.id, true)?;
+    let mut mbox = Vec::new();
+    for m in ms.iter().filter(|m| m.slot > 0) {
+        patchbay_mail::write_mboxrd(&mut mbox, &m.raw);
+    }
+    let first = |f: fn(&Hints) -> Option<&String>| ms.iter().find_map(|m| f(&m.hints).cloned());
+    let mut based_on: Vec<String> = Vec::new();
+    let mut depends_on: Vec<String> = Vec::new();
+    for m in &ms {
+        based_on.extend(m.hints.based_on.iter().filter(|b| !based_on.contains(b)).cloned().collect::<Vec<_>>());
+        depends_on.extend(m.hints.depends_on.iter().filter(|b| !depends_on.contains(b)).cloned().collect::<Vec<_>>());
+    }
+    let s = load_series(tx, s.id)?;
+    events.push(Event::Complete(Box::new(SeriesComplete {
+        series: head(&s),
+        cover: ms.iter().find(|m| m.slot == 0).map(|m| m.message_id.clone()),
+        patches: ms
+            .iter()
+            .filter(|m| m.slot > 0)
+            .map(|m| SeriesPatch { slot: m.slot, mail: m.mail, message_id: m.message_id.clone(), subject: m.subject.clone() })
+            .collect(),
+        mbox: String::from_utf8_lossy(&mbox).into_owned(),
+        base_commit: first(|h| h.base_commit.as_ref()),
+        based_on,
+        depends_on,
+        supersedes,
+    })));
+    Ok(())
+}
+
+/// Series still `new` whose first mail arrived before `cutoff` become `incomplete`.
+pub fn sweep(tx: &Tx<'_>, cutoff: i64, now: i64, events: &mut Vec<Event>) -> Result<usize, StoreError> {
+    let ids: Vec<i64> = tx
+        .prepare_cached("SELECT id FROM series WHERE state = 'new' AND created_at < ?1 ORDER BY id LIMIT 1000")?
+        .query_map([cutoff], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for &id in &ids {
+        tx.prepare_cached("UPDATE series SET state = 'incomplete', updated_at = ?2 WHERE id = ?1")?.execute(params![id, now])?;
+        let s = load_series(tx, id)?;
+        if s.project.is_some() {
+            let have = slots(tx, id)?;
+            let missing = (1..=s.total).filter(|n| !have.contains(n)).collect();
+            events.push(Event::Incomplete(SeriesIncomplete { series: head(&s), missing }));
+        }
+    }
+    Ok(ids.len())
+}

@@ -1,0 +1,169 @@
+//! The ingest and threader services of the embedded shape: every mail is
+//! stored first, idempotently, then placed in its series, and the messages
+//! announcing both (`mail.message.received`, `series.series.*`) are published
+//! in the same SQLite transaction. A mail is durable before any caller hears
+//! "accepted", and a series transition is announced exactly once because the
+//! announcement commits or rolls back with the transition.
+//!
+//! The threader runs inside the ingest transaction rather than as a consumer
+//! of `mail.message.received`: in the embedded shape there is no hop to lose
+//! or repeat, and parallel ingesters (any number of `patchbay inject`
+//! processes beside `serve`) serialize on SQLite's write lock, inside which
+//! every lookup and every write of the assembly happens.
+//!
+//! Entry points: [`Ingest::accept`] (LMTP, `inject`, `import`),
+//! [`Ingest::sweep`] (deadlines), [`lmtp::serve`], and [`archive`] for reading
+//! mbox, maildir and public-inbox sources. This crate knows the embedded store
+//! (its tables `mails`, `mail_lists`, `series*`, `import_marks`) but no HTTP.
+
+mod assemble;
+pub mod archive;
+pub mod lmtp;
+
+use std::sync::Arc;
+
+use patchbay_bus::{Bus, Outgoing, Publisher};
+use patchbay_model::{Body, Sender, TopicRoot};
+use patchbay_store::{EmbeddedBus, StoreError, Tx};
+
+pub use assemble::{Incoming, Outcome, Project};
+pub use patchbay_series::Rules;
+
+/// Why ingestion failed; every variant means "nothing was stored, try again" unless noted.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The store could not commit the mail.
+    #[error("storing the mail failed: {0}")]
+    Store(#[from] StoreError),
+    /// A mail source could not be read (file, directory or git archive).
+    #[error("{0}")]
+    Source(String),
+}
+
+/// How ingestion behaves.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Series assembly thresholds.
+    pub rules: Rules,
+    /// Projects in match order.
+    pub projects: Vec<Project>,
+}
+
+/// The ingest service: cheap to clone, shared by LMTP sessions and importers.
+#[derive(Clone)]
+pub struct Ingest {
+    bus: EmbeddedBus,
+    mail_out: Publisher,
+    series_out: Publisher,
+    settings: Arc<Settings>,
+}
+
+/// Parses raw bytes into an [`Incoming`] mail; pure CPU, run it off the async threads in bulk.
+pub fn incoming(raw: Vec<u8>, lists: Vec<String>, received_at: i64) -> Incoming {
+    let parsed = patchbay_mail::parse(&raw);
+    Incoming { raw, parsed, lists, received_at }
+}
+
+impl Ingest {
+    /// Binds ingestion to the embedded bus (whose database is the store).
+    pub fn new(bus: EmbeddedBus, root: TopicRoot, instance: &str, settings: Settings) -> Self {
+        let dyn_bus: Arc<dyn Bus> = Arc::new(bus.clone());
+        Ingest {
+            mail_out: Publisher::new(dyn_bus.clone(), root.clone(), Sender::new("ingest", instance)),
+            series_out: Publisher::new(dyn_bus, root, Sender::new("threader", instance)),
+            bus,
+            settings: Arc::new(settings),
+        }
+    }
+
+    /// The bus (and so the store) this service writes to.
+    pub fn bus(&self) -> &EmbeddedBus {
+        &self.bus
+    }
+
+    fn outgoing(&self, events: Vec<assemble::Event>) -> Result<Vec<Outgoing>, StoreError> {
+        use assemble::Event;
+        fn out<B: Body>(p: &Publisher, b: &B) -> Result<Outgoing, StoreError> {
+            p.outgoing(b).map_err(|e| StoreError::Corrupt(format!("building {}: {e}", B::TOPIC)))
+        }
+        events
+            .iter()
+            .map(|e| match e {
+                Event::Received(b) => out(&self.mail_out, b),
+                Event::New(b) => out(&self.series_out, b),
+                Event::Complete(b) => out(&self.series_out, b.as_ref()),
+                Event::Incomplete(b) => out(&self.series_out, b),
+                Event::Superseded(b) => out(&self.series_out, b),
+            })
+            .collect()
+    }
+
+    /// Stores and threads `mails` in one transaction (and records `mark` for an importer's
+    /// source in it); resolves once all of it is durable.
+    pub fn submit(
+        &self,
+        mails: Vec<Incoming>,
+        mark: Option<(String, String)>,
+    ) -> Result<impl Future<Output = Result<Vec<Outcome>, IngestError>> + use<>, IngestError> {
+        let this = self.clone();
+        let fut = self.bus.db().submit(move |tx: &Tx<'_>| {
+            let mut events = Vec::new();
+            let mut outcomes = Vec::with_capacity(mails.len());
+            for mail in &mails {
+                outcomes.push(assemble::accept(tx, &this.settings.rules, &this.settings.projects, mail, &mut events)?);
+            }
+            if let Some((source, mark)) = &mark {
+                tx.prepare_cached("INSERT INTO import_marks (source, mark) VALUES (?1, ?2) ON CONFLICT (source) DO UPDATE SET mark = ?2")?
+                    .execute([source, mark])?;
+            }
+            let messages = this.outgoing(events)?;
+            if !messages.is_empty() {
+                this.bus.publish_in(tx, messages)?;
+            }
+            Ok(outcomes)
+        })?;
+        Ok(async move { fut.await.map_err(IngestError::from) })
+    }
+
+    /// Stores and threads `mails` in one transaction; resolves once durable.
+    pub async fn accept(&self, mails: Vec<Incoming>) -> Result<Vec<Outcome>, IngestError> {
+        self.submit(mails, None)?.await
+    }
+
+    /// Marks series that are still missing patches `incomplete_after` seconds after their first
+    /// mail; returns how many changed.
+    pub async fn sweep(&self, now: i64, incomplete_after: i64) -> Result<usize, IngestError> {
+        let this = self.clone();
+        Ok(self
+            .bus
+            .db()
+            .write(move |tx| {
+                let mut events = Vec::new();
+                let n = assemble::sweep(tx, now - incomplete_after, now, &mut events)?;
+                let messages = this.outgoing(events)?;
+                if !messages.is_empty() {
+                    this.bus.publish_in(tx, messages)?;
+                }
+                Ok(n)
+            })
+            .await?)
+    }
+
+    /// The mark an importer recorded for `source` (the last public-inbox commit imported).
+    pub async fn mark(&self, source: &str) -> Result<Option<String>, IngestError> {
+        let source = source.to_string();
+        Ok(self
+            .bus
+            .db()
+            .read(move |conn| {
+                use rusqlite::OptionalExtension;
+                Ok(conn.query_row("SELECT mark FROM import_marks WHERE source = ?1", [&source], |r| r.get(0)).optional()?)
+            })
+            .await?)
+    }
+}
+
+/// Seconds since the epoch, for `received_at` (ingest's only clock, at the edge).
+pub fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
