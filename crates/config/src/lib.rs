@@ -324,7 +324,10 @@ impl Config {
         let lmtp_listen = if lmtp.is_empty() {
             None
         } else {
-            Some(lmtp.parse().map_err(|e| invalid("ingest.lmtp_listen", format!("{lmtp:?} is not an address such as 127.0.0.1:8024: {e}")))?)
+            Some(
+                lmtp.parse()
+                    .map_err(|e| invalid("ingest.lmtp_listen", format!("{lmtp:?} is not an address such as 127.0.0.1:8024: {e}")))?,
+            )
         };
         let max_mail_bytes = raw.ingest.max_mail_bytes.unwrap_or(64 << 20);
         if max_mail_bytes < 1024 {

@@ -265,7 +265,12 @@ impl Source for PublicInbox {
                     let _ = done.cat.wait();
                     match done.rev_list.wait() {
                         Ok(s) if s.success() => continue,
-                        Ok(s) => return Some(Err(src_err(&done.dir, format!("git rev-list failed ({s}); is the recorded mark still in the archive?")))),
+                        Ok(s) => {
+                            return Some(Err(src_err(
+                                &done.dir,
+                                format!("git rev-list failed ({s}); is the recorded mark still in the archive?"),
+                            )));
+                        }
                         Err(err) => return Some(Err(src_err(&done.dir, err))),
                     }
                 }

@@ -6,10 +6,8 @@
 //! `(series_id, slot)`, `mail_id`).
 
 use patchbay_mail::{Kind, Parsed, subject};
-use patchbay_model::{
-    MailReceived, SeriesComplete, SeriesHead, SeriesIncomplete, SeriesNew, SeriesPatch, SeriesSuperseded,
-};
-use patchbay_series::{Arrival, Candidate, Placement, ProjectMatch, Rules, Summary};
+use patchbay_model::{MailReceived, SeriesComplete, SeriesHead, SeriesIncomplete, SeriesNew, SeriesPatch, SeriesSuperseded};
+use patchbay_series::{Arrival, Candidate, Match, Placement, ProjectMatch, Rules, Summary};
 use patchbay_store::{StoreError, Tx};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -93,13 +91,7 @@ fn q(e: rusqlite::Error) -> StoreError {
 }
 
 /// Stores one mail and places it; appends what to publish to `events`.
-pub fn accept(
-    tx: &Tx<'_>,
-    rules: &Rules,
-    projects: &[Project],
-    mail: &Incoming,
-    events: &mut Vec<Event>,
-) -> Result<Outcome, StoreError> {
+pub fn accept(tx: &Tx<'_>, rules: &Rules, projects: &[Project], mail: &Incoming, events: &mut Vec<Event>) -> Result<Outcome, StoreError> {
     let p = &mail.parsed;
     let start = events.len();
     let mut lists: Vec<String> = p.list_ids.clone();
@@ -109,10 +101,8 @@ pub fn accept(
             lists.push(l);
         }
     }
-    let existing: Option<i64> = tx
-        .prepare_cached("SELECT id FROM mails WHERE content_hash = ?1")?
-        .query_row([&p.content_hash[..]], |r| r.get(0))
-        .optional()?;
+    let existing: Option<i64> =
+        tx.prepare_cached("SELECT id FROM mails WHERE content_hash = ?1")?.query_row([&p.content_hash[..]], |r| r.get(0)).optional()?;
     if let Some(id) = existing {
         link_lists(tx, id, &lists)?;
         return Ok(Outcome::Duplicate { mail: id });
@@ -206,18 +196,18 @@ fn load_series(tx: &Tx<'_>, id: i64) -> Result<SeriesRow, StoreError> {
     Ok(tx
         .prepare_cached("SELECT id, project, submitter, version, version_explicit, total, name, state, date FROM series WHERE id = ?1")?
         .query_row([id], |r| {
-            Ok(SeriesRow {
-                id: r.get(0)?,
-                project: r.get(1)?,
-                submitter: r.get(2)?,
-                version: r.get(3)?,
-                version_explicit: r.get(4)?,
-                total: r.get(5)?,
-                name: r.get(6)?,
-                state: r.get(7)?,
-                date: r.get(8)?,
-            })
-        })?)
+        Ok(SeriesRow {
+            id: r.get(0)?,
+            project: r.get(1)?,
+            submitter: r.get(2)?,
+            version: r.get(3)?,
+            version_explicit: r.get(4)?,
+            total: r.get(5)?,
+            name: r.get(6)?,
+            state: r.get(7)?,
+            date: r.get(8)?,
+        })
+    })?)
 }
 
 fn slots(tx: &Tx<'_>, series: i64) -> Result<Vec<u32>, StoreError> {
@@ -226,7 +216,7 @@ fn slots(tx: &Tx<'_>, series: i64) -> Result<Vec<u32>, StoreError> {
     rows.collect::<Result<_, _>>().map_err(q)
 }
 
-fn candidate(tx: &Tx<'_>, s: &SeriesRow) -> Result<Candidate, StoreError> {
+fn candidate(tx: &Tx<'_>, s: &SeriesRow, matched: Match) -> Result<Candidate, StoreError> {
     Ok(Candidate {
         id: s.id,
         submitter: s.submitter.clone(),
@@ -235,6 +225,7 @@ fn candidate(tx: &Tx<'_>, s: &SeriesRow) -> Result<Candidate, StoreError> {
         total: s.total,
         slots: slots(tx, s.id)?,
         date: s.date,
+        matched,
     })
 }
 
@@ -266,19 +257,23 @@ fn thread(
         (_, c) => c,
     };
     let date = p.date.unwrap_or(mail.received_at);
-    let arrival =
-        Arrival { submitter: p.from_email.clone().unwrap_or_default(), version: p.subject.version, counter, date };
+    let arrival = Arrival { submitter: p.from_email.clone().unwrap_or_default(), version: p.subject.version, counter, date };
 
     let mut by_reference = Vec::new();
     {
-        let mut stmt = tx.prepare_cached("SELECT series_id FROM series_refs WHERE message_id = ?1 ORDER BY series_id")?;
+        let mut stmt = tx.prepare_cached("SELECT series_id, member FROM series_refs WHERE message_id = ?1 ORDER BY series_id")?;
         let mut seen = Vec::new();
-        for id in std::iter::once(&p.message_id).chain(p.refs_nearest_first().iter()) {
-            let ids: Vec<i64> = stmt.query_map([id], |r| r.get(0))?.collect::<Result<_, _>>()?;
-            for sid in ids {
+        for (n, id) in std::iter::once(&p.message_id).chain(p.refs_nearest_first().iter()).enumerate() {
+            let ids: Vec<(i64, bool)> = stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+            for (sid, member) in ids {
                 if !seen.contains(&sid) {
                     seen.push(sid);
-                    by_reference.push(candidate(tx, &load_series(tx, sid)?)?);
+                    let matched = match (n, member) {
+                        (0, _) => Match::RepliesToArrival,
+                        (_, true) => Match::ArrivalRepliesToMember,
+                        (_, false) => Match::SharedAncestor,
+                    };
+                    by_reference.push(candidate(tx, &load_series(tx, sid)?, matched)?);
                 }
             }
         }
@@ -290,12 +285,18 @@ fn thread(
         )?;
         let ids: Vec<i64> = stmt
             .query_map(
-                params![arrival.submitter, total, p.subject.version_or_1(), date - rules.marker_window_secs, date + rules.marker_window_secs],
+                params![
+                    arrival.submitter,
+                    total,
+                    p.subject.version_or_1(),
+                    date - rules.marker_window_secs,
+                    date + rules.marker_window_secs
+                ],
                 |r| r.get(0),
             )?
             .collect::<Result<_, _>>()?;
         for sid in ids {
-            by_markers.push(candidate(tx, &load_series(tx, sid)?)?);
+            by_markers.push(candidate(tx, &load_series(tx, sid)?, Match::Markers)?);
         }
     }
 
@@ -317,10 +318,8 @@ fn thread(
             sid
         }
         Placement::New => {
-            let matches: Vec<ProjectMatch<'_>> = projects
-                .iter()
-                .map(|pr| ProjectMatch { name: &pr.name, list_ids: &pr.list_ids, tag: pr.tag.as_deref() })
-                .collect();
+            let matches: Vec<ProjectMatch<'_>> =
+                projects.iter().map(|pr| ProjectMatch { name: &pr.name, list_ids: &pr.list_ids, tag: pr.tag.as_deref() }).collect();
             let project = patchbay_series::project_for(&matches, lists, &p.subject.tags);
             let total = counter.map_or(1, |(_, t)| t);
             tx.prepare_cached(
@@ -349,11 +348,14 @@ fn thread(
     };
     // What later mails may find this series by: a patch records its references too, a cover
     // letter only its own id (a cover in reply to v1 must not pull v1's patches in).
-    let mut stmt = tx.prepare_cached("INSERT OR IGNORE INTO series_refs (message_id, series_id) VALUES (?1, ?2)")?;
-    stmt.execute(params![p.message_id, series_id])?;
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO series_refs (message_id, series_id, member) VALUES (?1, ?2, ?3)
+         ON CONFLICT (message_id, series_id) DO UPDATE SET member = max(member, excluded.member)",
+    )?;
+    stmt.execute(params![p.message_id, series_id, true])?;
     if p.kind == Kind::Patch {
         for r in p.in_reply_to.iter().chain(p.references.iter()) {
-            stmt.execute(params![r, series_id])?;
+            stmt.execute(params![r, series_id, false])?;
         }
     }
     let s = load_series(tx, series_id)?;
@@ -407,8 +409,29 @@ fn summary(tx: &Tx<'_>, s: &SeriesRow) -> Result<Summary, StoreError> {
 
 fn complete(tx: &Tx<'_>, s: &SeriesRow, now: i64, events: &mut Vec<Event>) -> Result<(), StoreError> {
     tx.prepare_cached("UPDATE series SET state = 'complete', updated_at = ?2 WHERE id = ?1")?.execute(params![s.id, now])?;
-    // Re-rolls: the newest earlier version of the same work is superseded by this one.
     let me = summary(tx, s)?;
+    // Completed after its re-roll did (mail arrives in any order): superseded at once, and not
+    // announced as complete, so nothing tests a version that is already replaced.
+    let newer: Vec<i64> = tx
+        .prepare_cached(
+            "SELECT id FROM series WHERE submitter = ?1 AND version > ?2 AND project IS ?3 AND state = 'complete'
+             ORDER BY version ASC, id ASC LIMIT 50",
+        )?
+        .query_map(params![s.submitter, s.version, s.project], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for nid in newer {
+        let n = load_series(tx, nid)?;
+        if patchbay_series::rerolls(&summary(tx, &n)?, &me) {
+            tx.prepare_cached("UPDATE series SET state = 'superseded', superseded_by = ?2, updated_at = ?3 WHERE id = ?1")?
+                .execute(params![s.id, nid, now])?;
+            tx.prepare_cached("UPDATE series SET supersedes = coalesce(supersedes, ?2) WHERE id = ?1")?.execute(params![nid, s.id])?;
+            if s.project.is_some() {
+                events.push(Event::Superseded(SeriesSuperseded { series: head(s), by: nid, by_version: n.version }));
+            }
+            return Ok(());
+        }
+    }
+    // Re-rolls: the newest earlier version of the same work is superseded by this one.
     let older: Vec<i64> = tx
         .prepare_cached(
             "SELECT id FROM series WHERE submitter = ?1 AND version < ?2 AND project IS ?3 AND superseded_by IS NULL AND id != ?4

@@ -16,8 +16,8 @@
 //! mbox, maildir and public-inbox sources. This crate knows the embedded store
 //! (its tables `mails`, `mail_lists`, `series*`, `import_marks`) but no HTTP.
 
-mod assemble;
 pub mod archive;
+mod assemble;
 pub mod lmtp;
 
 use std::sync::Arc;
@@ -59,7 +59,13 @@ pub struct Ingest {
 }
 
 /// Parses raw bytes into an [`Incoming`] mail; pure CPU, run it off the async threads in bulk.
-pub fn incoming(raw: Vec<u8>, lists: Vec<String>, received_at: i64) -> Incoming {
+pub fn incoming(mut raw: Vec<u8>, lists: Vec<String>, received_at: i64) -> Incoming {
+    // An mbox envelope line (procmail, `git format-patch` files, Postfix `pipe` with flag F)
+    // is not part of the mail.
+    if raw.starts_with(b"From ") {
+        let end = raw.iter().position(|&b| b == b'\n').map_or(raw.len(), |p| p + 1);
+        raw.drain(..end);
+    }
     let parsed = patchbay_mail::parse(&raw);
     Incoming { raw, parsed, lists, received_at }
 }

@@ -133,7 +133,11 @@ async fn a_stray_counter_never_corrupts_a_series() {
     let problems: Vec<String> = ingest
         .bus()
         .db()
-        .read(|c| Ok(c.prepare("SELECT problems FROM mails WHERE problems IS NOT NULL")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?))
+        .read(|c| {
+            Ok(c.prepare("SELECT problems FROM mails WHERE problems IS NOT NULL")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?)
+        })
         .await
         .unwrap();
     assert!(problems.iter().any(|p| p.contains("3/2")), "the stray is flagged: {problems:?}");
@@ -222,7 +226,8 @@ fn mail_files_parse_as_expected() {
         }
     }
     // The known Patchwork bug on 0026: its parser leaves "new file mode" in the message; we keep it in the diff.
-    let p26 = patchbay_mail::parse(&one_message(&std::fs::read(root.join("mail/0026-git-add-mixed-binary-text-files.mbox")).unwrap_or_default()));
+    let p26 =
+        patchbay_mail::parse(&one_message(&std::fs::read(root.join("mail/0026-git-add-mixed-binary-text-files.mbox")).unwrap_or_default()));
     if let Some(d) = &p26.diff {
         assert!(d.contains("new file mode 100644"), "0026: new file mode belongs to the diff");
     }

@@ -13,7 +13,8 @@ mod topic;
 
 pub use body::{
     Body, BodySchema, LogMessage, MailReceived, SeriesComplete, SeriesHead, SeriesIncomplete, SeriesNew, SeriesPatch, SeriesSuperseded,
-    body_schemas, check_body, envelope_schema, free_form_schema};
+    body_schemas, check_body, envelope_schema, free_form_schema,
+};
 pub use canonical::write_canonical;
 pub use envelope::{Envelope, EnvelopeError, SchemaRef, Sender, Signature};
 pub use time::{Timestamp, TimestampError};

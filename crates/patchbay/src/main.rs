@@ -6,6 +6,7 @@ mod backend;
 mod bench;
 mod bench_amqp;
 mod client;
+mod ingest;
 mod keys;
 mod serve;
 
@@ -37,6 +38,10 @@ enum Command {
     Publish(client::PublishArgs),
     /// Print messages as they are published (like fedmsg-tail); resumes after disconnects.
     Tail(client::TailArgs),
+    /// Store one mail from stdin (for procmail, Postfix pipe(8), .forward); exit 75 to make the MTA retry.
+    Inject(ingest::InjectArgs),
+    /// Import mbox files, maildirs and public-inbox archives (incrementally), with progress.
+    Import(ingest::ImportArgs),
     /// Write a new ed25519 signing key pair.
     Keygen(keys::KeygenArgs),
     /// Check the config file.
@@ -69,6 +74,8 @@ enum BenchWhat {
     Bus(bench::BusBench),
     /// The RabbitMQ bus against a raw lapin client, and against the embedded bus.
     Amqp(bench_amqp::AmqpBench),
+    /// Import + parse + series assembly into a fresh embedded store: mails/s and peak RSS.
+    Ingest(ingest::IngestBench),
 }
 
 #[derive(clap::Args)]
@@ -148,6 +155,17 @@ fn run(cli: Cli) -> Result<(), Exit> {
         Command::Schema(args) => schema(args).map_err(Exit::from),
         Command::Bench { what: BenchWhat::Bus(opts) } => runtime()?.block_on(bench::run(opts.clone())).map_err(Exit::from),
         Command::Bench { what: BenchWhat::Amqp(opts) } => runtime()?.block_on(bench_amqp::run(opts.clone())).map_err(Exit::from),
+        Command::Bench { what: BenchWhat::Ingest(opts) } => runtime()?.block_on(ingest::bench(opts.clone())).map_err(Exit::from),
+        Command::Inject(args) => {
+            let config = load_config(&cli)?;
+            init_logging_quiet(&config);
+            runtime()?.block_on(ingest::inject(&config, args))
+        }
+        Command::Import(args) => {
+            let config = load_config(&cli)?;
+            init_logging_quiet(&config);
+            runtime()?.block_on(ingest::import(&config, args))
+        }
         Command::Config { action: ConfigAction::Check { json } } => {
             keys::config_check(cli.config.as_deref(), cli.data_dir.as_deref(), *json)
         }

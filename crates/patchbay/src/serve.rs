@@ -16,6 +16,9 @@ pub struct ServeArgs {
     /// Listen on this address instead of the config's `http.listen`.
     #[arg(long)]
     http: Option<SocketAddr>,
+    /// Accept LMTP on this address instead of the config's `ingest.lmtp_listen`.
+    #[arg(long)]
+    lmtp: Option<SocketAddr>,
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -64,16 +67,47 @@ pub async fn serve(config: Config, args: &ServeArgs, shutdown: impl Future<Outpu
         instance: config.instance.clone(),
         closing: closing_rx.clone(),
     });
-    let mut http_closing = closing_rx;
+    let mut http_closing = closing_rx.clone();
     let http = tokio::spawn(patchbay_web::serve(listener, state, async move {
         let _ = http_closing.wait_for(|closing| *closing).await;
     }));
+    // Mail in: LMTP and the incomplete-series deadline, on the store in the data directory.
+    let ingest = crate::ingest::service(&config).map_err(|e| e.error)?;
+    let mut lmtp = None;
+    if let Some(addr) = args.lmtp.or(config.ingest.lmtp_listen) {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr} (ingest.lmtp_listen)"))?;
+        let local_lmtp = listener.local_addr()?;
+        println!("patchbay: accepting LMTP on {local_lmtp}");
+        let mut lmtp_closing = closing_rx.clone();
+        lmtp = Some(tokio::spawn(patchbay_ingest::lmtp::serve(listener, ingest.clone(), config.ingest.max_mail_bytes, async move {
+            let _ = lmtp_closing.wait_for(|closing| *closing).await;
+        })));
+    }
+    let mut sweep_closing = closing_rx.clone();
+    let incomplete_after = config.ingest.incomplete_after_secs;
+    let sweeper = tokio::spawn(async move {
+        loop {
+            match ingest.sweep(patchbay_ingest::now(), incomplete_after).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(n, "Series past their deadline marked incomplete."),
+                Err(error) => tracing::warn!(%error, "Deadline sweep failed; will retry."),
+            }
+            tokio::select! {
+                _ = sweep_closing.wait_for(|closing| *closing) => return,
+                () = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
+            }
+        }
+    });
     println!("patchbay: serving http://{local} with data in {}", config.data_dir.display());
     tracing::info!(%local, data_dir = %config.data_dir.display(), topics = %config.bus.root.as_str(), backend = ?config.bus.backend, "Serving.");
 
     shutdown.await;
     let _ = closing_tx.send(true);
     http.await.context("HTTP server task")?.context("HTTP server")?;
+    if let Some(lmtp) = lmtp {
+        lmtp.await.context("LMTP task")?.context("LMTP listener")?;
+    }
+    let _ = sweeper.await;
     if let Some(recorder) = served.recorder {
         let _ = recorder.await;
     }

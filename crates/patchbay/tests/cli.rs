@@ -30,7 +30,7 @@ fn setup() -> Setup {
     let config = tmp.path().join("patchbay.toml");
     std::fs::write(
         &config,
-        format!("data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[bus]\nprefix = \"e2e\"\nenv = \"test\"\n"),
+        format!("data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[ingest]\nlmtp_listen = \"\"\n[bus]\nprefix = \"e2e\"\nenv = \"test\"\n"),
     )
     .unwrap();
     Setup { _tmp: tmp, config, port }
@@ -311,7 +311,7 @@ fn serve_publish_and_tail_on_rabbitmq() {
     std::fs::write(
         &config,
         format!(
-            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[bus]\nbackend = \"amqp\"\nurl = \"{url}\"\nexchange = \"{ns}\"\nprefix = \"e2e\"\nenv = \"{ns}\"\n[identity]\ninstance = \"{ns}\"\n"
+            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[ingest]\nlmtp_listen = \"\"\n[bus]\nbackend = \"amqp\"\nurl = \"{url}\"\nexchange = \"{ns}\"\nprefix = \"e2e\"\nenv = \"{ns}\"\n[identity]\ninstance = \"{ns}\"\n"
         ),
     )
     .unwrap();

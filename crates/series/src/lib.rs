@@ -15,9 +15,10 @@
 //! 2. Failing that, a series of the same submitter, version and total whose
 //!    first mail is within [`Rules::marker_window_secs`] matches.
 //! 3. A series only takes a mail whose slot is free and within its total,
-//!    from the same submitter, with the same total, and with the same version
-//!    unless one side names no version and they were posted together
-//!    (`[PATCH 1/4]` under a `v3` cover).
+//!    with the same total (and, matched by markers, from the same submitter), and with the same version
+//!    unless the mail names none and replies into the series (`[PATCH 1/4]`
+//!    under a `v3` cover), or names one and the version-less series replies
+//!    to it (that cover arriving last).
 //!    Patchwork joins any reference match, so a v2 posted in reply to v1 only
 //!    split off because a slot was taken; we split on the version itself.
 //! 4. A mail with no `n/N` marker is a series of one; it never joins.
@@ -69,6 +70,21 @@ pub struct Candidate {
     pub slots: Vec<u32>,
     /// Date of the series' first mail, seconds since the epoch.
     pub date: i64,
+    /// How the series was found.
+    pub matched: Match,
+}
+
+/// How a candidate series was found for an arrival.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Match {
+    /// The series' mails cite the arrival's Message-ID: they reply to it.
+    RepliesToArrival,
+    /// The arrival replies to (or cites) one of the series' own mails.
+    ArrivalRepliesToMember,
+    /// Both cite the same mail outside the series (a shared thread ancestor).
+    SharedAncestor,
+    /// Same submitter, version and total, close in time.
+    Markers,
 }
 
 /// Where an arrival goes.
@@ -82,16 +98,20 @@ pub enum Placement {
     Stray(String),
 }
 
-fn accepts(rules: &Rules, c: &Candidate, a: &Arrival) -> bool {
+fn accepts(c: &Candidate, a: &Arrival, by_reference: bool) -> bool {
     let Some((slot, total)) = a.counter else { return false };
-    if c.total != total || c.slots.contains(&slot) || c.submitter != a.submitter {
+    // A thread ties mails together even when their From differs (a cover letter written by
+    // `git format-patch` carries the committer, the patches their authors); markers alone do not.
+    if c.total != total || c.slots.contains(&slot) || (!by_reference && c.submitter != a.submitter) {
         return false;
     }
-    match a.version {
-        // A versioned mail joins version-less mails only when posted with them (a `v3` cover
-        // over `[PATCH n/4]` patches), never a version-less v1 posted days before.
-        Some(v) => v == c.version || (!c.version_explicit && (c.date - a.date).abs() <= rules.marker_window_secs),
-        None => true,
+    // Versions may differ only along the thread's direction: a version-less patch replying
+    // into a `v3` series, or a `v3` cover that version-less patches already reply to. Never a
+    // v2 replying to a version-less v1, nor a version-less v1 cover that v2 patches cite.
+    let same = a.version.unwrap_or(1) == c.version;
+    same || match a.version {
+        None => c.matched == Match::ArrivalRepliesToMember,
+        Some(_) => !c.version_explicit && c.matched == Match::RepliesToArrival,
     }
 }
 
@@ -102,13 +122,13 @@ pub fn place(rules: &Rules, arrival: &Arrival, by_reference: &[Candidate], by_ma
     if total == 0 || slot > total {
         return Placement::Stray(format!("patch counter {slot}/{total} is outside its series"));
     }
-    if let Some(c) = by_reference.iter().find(|c| accepts(rules, c, arrival)) {
+    if let Some(c) = by_reference.iter().find(|c| accepts(c, arrival, true)) {
         return Placement::Join(c.id);
     }
     let version = arrival.version.unwrap_or(1);
     by_markers
         .iter()
-        .filter(|c| c.version == version && (c.date - arrival.date).abs() <= rules.marker_window_secs && accepts(rules, c, arrival))
+        .filter(|c| c.version == version && (c.date - arrival.date).abs() <= rules.marker_window_secs && accepts(c, arrival, false))
         .min_by_key(|c| (c.date - arrival.date).abs())
         .map_or(Placement::New, |c| Placement::Join(c.id))
 }
@@ -197,6 +217,7 @@ mod tests {
             total,
             slots: slots.to_vec(),
             date: 1000,
+            matched: Match::ArrivalRepliesToMember,
         }
     }
 
@@ -211,15 +232,36 @@ mod tests {
     #[test]
     fn a_reroll_in_reply_to_v1_is_a_new_series() {
         let r = Rules::default();
-        let mut v1 = cand(1, 1, 2, &[0]);
-        v1.date -= 86_400;
+        let v1 = cand(1, 1, 2, &[0]);
         assert_eq!(place(&r, &arrival(Some(2), 1, 2), &[v1], &[]), Placement::New);
         // An unversioned patch under a v3 cover joins it.
         assert_eq!(place(&r, &arrival(None, 1, 4), &[cand(3, 3, 4, &[0])], &[]), Placement::Join(3));
         // A v3 cover over unversioned patches joins them.
         let mut implicit = cand(4, 1, 4, &[1, 2]);
         implicit.version_explicit = false;
+        assert_eq!(place(&r, &arrival(Some(3), 0, 4), &[implicit.clone()], &[]), Placement::New, "it does not reply to the v3");
+        implicit.matched = Match::RepliesToArrival;
         assert_eq!(place(&r, &arrival(Some(3), 0, 4), &[implicit], &[]), Placement::Join(4));
+        // A version-less v1 cover that v2 patches cite (they reply to it) stays out of v2.
+        let mut v2 = cand(5, 2, 3, &[1]);
+        v2.matched = Match::RepliesToArrival;
+        let mut v1 = cand(6, 1, 3, &[1, 2, 3]);
+        v1.version_explicit = false;
+        v1.matched = Match::RepliesToArrival;
+        assert_eq!(place(&r, &arrival(None, 0, 3), &[v2.clone(), v1], &[]), Placement::Join(6));
+        // A version-less v1 patch sharing only the v1 cover (cited by v2's patches) stays out too.
+        v2.matched = Match::SharedAncestor;
+        v2.slots = vec![3];
+        assert_eq!(place(&r, &arrival(None, 1, 3), &[v2], &[]), Placement::New);
+    }
+
+    #[test]
+    fn a_thread_joins_across_identities() {
+        let r = Rules::default();
+        let mut cover = cand(1, 1, 2, &[0]);
+        cover.submitter = "committer@x".into();
+        assert_eq!(place(&r, &arrival(None, 1, 2), &[cover.clone()], &[]), Placement::Join(1));
+        assert_eq!(place(&r, &arrival(None, 1, 2), &[], &[cover]), Placement::New);
     }
 
     #[test]

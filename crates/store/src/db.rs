@@ -78,20 +78,23 @@ fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
 impl Db {
     /// Opens (creating if needed) the database, runs migrations and starts the writer.
     pub fn open(path: &Path) -> Result<Db, StoreError> {
-        let sql = |source| StoreError::Sqlite { path: path.to_path_buf(), source };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::Io { path: dir.to_path_buf(), source })?;
         }
-        let mut conn = Connection::open(path).map_err(sql)?;
-        configure(&conn).map_err(sql)?;
-        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)).map_err(sql)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Setup(format!("{}: SQLite refused WAL mode (got {mode})", path.display())));
-        }
-        // The checkpointer thread does this off the commit path.
-        conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(sql)?;
-        crate::migrations::run(&mut conn).map_err(|e| e.at(path))?;
-
+        // Several processes may create or migrate the same database at once (parallel
+        // `patchbay inject` on first use); switching to WAL and migrating take locks that
+        // SQLite's busy handler does not always wait for, so retry those here.
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        let conn = loop {
+            match setup(path) {
+                Err(StoreError::Sqlite { source, .. })
+                    if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => break other?,
+            }
+        };
         let (commits, _) = watch::channel(0u64);
         let shared = Arc::new(Shared { path: path.to_path_buf(), readers: Mutex::new(Vec::new()), commits });
         let (jobs, rx) = std::sync::mpsc::channel::<Job>();
@@ -188,6 +191,22 @@ impl Db {
     pub fn commits(&self) -> watch::Receiver<u64> {
         self.shared.commits.subscribe()
     }
+}
+
+/// Opens one connection in WAL mode with the schema migrated.
+fn setup(path: &Path) -> Result<Connection, StoreError> {
+    let sql = |source| StoreError::Sqlite { path: path.to_path_buf(), source };
+    let mut conn = Connection::open(path).map_err(sql)?;
+    configure(&conn).map_err(sql)?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)).map_err(sql)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Setup(format!("{}: SQLite refused WAL mode (got {mode})", path.display())));
+    }
+    // The checkpointer thread does this off the commit path.
+    conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(sql)?;
+    crate::migrations::run(&mut conn).map_err(|e| e.at(path))?;
+
+    Ok(conn)
 }
 
 fn open_reader(path: &Path) -> Result<Connection, StoreError> {

@@ -102,6 +102,7 @@ const STEPS: &[&str] = &[
     CREATE TABLE series_refs (
         message_id TEXT NOT NULL,
         series_id  INTEGER NOT NULL REFERENCES series (id),
+        member     INTEGER NOT NULL,
         PRIMARY KEY (message_id, series_id)
     ) WITHOUT ROWID;
     CREATE TABLE import_marks (

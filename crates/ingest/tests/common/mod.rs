@@ -11,8 +11,7 @@ use patchbay_store::EmbeddedBus;
 /// A scratch store with one project that takes every list used in the tests.
 pub fn scratch(dir: &std::path::Path, lists: &[&str]) -> Ingest {
     let bus = EmbeddedBus::open(dir, Sealer::default()).unwrap();
-    let projects =
-        vec![Project { name: "test".into(), list_ids: lists.iter().map(|s| s.to_string()).collect(), tag: None }];
+    let projects = vec![Project { name: "test".into(), list_ids: lists.iter().map(|s| s.to_string()).collect(), tag: None }];
     Ingest::new(bus, TopicRoot::new("pbtest", "ingest").unwrap(), "t", Settings { rules: Rules::default(), projects })
 }
 

@@ -1,0 +1,429 @@
+//! `patchbay inject` (one mail on stdin, for MTA pipes), `patchbay import`
+//! (mbox, maildir, public-inbox) and `patchbay bench ingest`.
+//!
+//! Both write the embedded store directly, whether or not `serve` runs:
+//! SQLite's write lock serializes them with `serve` and with each other, and
+//! every mail is stored and threaded inside one such transaction. `inject`
+//! exits 0 only once the mail is durable, and 75 (EX_TEMPFAIL) when it could
+//! not be stored, so the MTA keeps it queued.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use patchbay_config::Config;
+use patchbay_ingest::archive::{self, Source};
+use patchbay_ingest::{Incoming, Ingest, Outcome, Project, Rules, Settings};
+use patchbay_store::EmbeddedBus;
+use serde::Serialize;
+
+use crate::Exit;
+
+/// Options of `patchbay inject`.
+#[derive(clap::Args)]
+pub struct InjectArgs {
+    /// A list id to record for the mail beyond its own List-Id header (for a pipe per list).
+    #[arg(long = "list-id")]
+    list_ids: Vec<String>,
+    /// Print what became of the mail as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Options of `patchbay import`.
+#[derive(clap::Args, Clone)]
+pub struct ImportArgs {
+    /// mbox files, maildirs, or public-inbox archives (a bare epoch or a directory with git/N.git).
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// A list id to record for every mail beyond its own List-Id header.
+    #[arg(long = "list-id")]
+    list_ids: Vec<String>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar, even on a terminal.
+    #[arg(long, short)]
+    quiet: bool,
+    /// public-inbox: read every commit again instead of only those after the recorded mark.
+    #[arg(long)]
+    full: bool,
+    /// Mails per transaction.
+    #[arg(long, default_value_t = 512, hide = true)]
+    batch: usize,
+}
+
+/// Builds the ingest service on the store in the data directory.
+pub fn service(config: &Config) -> Result<Ingest, Exit> {
+    let sealer = crate::keys::sealer(config, true).map_err(Exit::config)?;
+    let bus = EmbeddedBus::open(&config.data_dir, sealer)
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))
+        .map_err(Exit::tempfail)?;
+    Ok(Ingest::new(bus, config.bus.root.clone(), &config.instance, settings(config)))
+}
+
+/// Ingest settings from the config.
+pub fn settings(config: &Config) -> Settings {
+    Settings {
+        rules: Rules { marker_window_secs: config.ingest.marker_window_secs },
+        projects: config
+            .projects
+            .iter()
+            .map(|p| Project { name: p.name.clone(), list_ids: p.list_ids.clone(), tag: p.tag.clone() })
+            .collect(),
+    }
+}
+
+/// `patchbay inject`.
+pub async fn inject(config: &Config, args: &InjectArgs) -> Result<(), Exit> {
+    let limit = config.ingest.max_mail_bytes;
+    let raw = archive::read_limited(std::io::stdin().lock(), limit)
+        .context("reading the mail from stdin")
+        .map_err(Exit::tempfail)?
+        .ok_or_else(|| Exit::data(anyhow::anyhow!("the mail is larger than ingest.max_mail_bytes ({limit} bytes)")))?;
+    if raw.is_empty() {
+        return Err(Exit::data(anyhow::anyhow!("no mail on stdin")));
+    }
+    let ingest = service(config)?;
+    let lists = args.list_ids.clone();
+    let mail = tokio::task::spawn_blocking(move || patchbay_ingest::incoming(raw, lists, patchbay_ingest::now()))
+        .await
+        .context("parsing")
+        .map_err(Exit::tempfail)?;
+    let message_id = mail.parsed.message_id.clone();
+    let outcome = ingest.accept(vec![mail]).await.context("storing the mail").map_err(Exit::tempfail)?;
+    if args.json {
+        let o = serde_json::json!({ "message_id": message_id, "result": outcome.first() });
+        println!("{o}");
+    }
+    Ok(())
+}
+
+/// What an import did.
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    /// Mails read from the sources.
+    pub read: u64,
+    /// Newly stored.
+    pub stored: u64,
+    /// Already stored before (same content).
+    pub duplicates: u64,
+    /// Stored and marked as malformed.
+    pub malformed: u64,
+    /// Stored with a Message-ID that another, different mail had first.
+    pub conflicts: u64,
+    /// public-inbox commits without a mail (deletions), skipped.
+    pub skipped: u64,
+    /// Wall time.
+    pub seconds: f64,
+    /// Mails per second.
+    pub rate: f64,
+    /// Series by state after the import (whole store).
+    pub series: std::collections::BTreeMap<String, u64>,
+    /// Consistency of the store after the import.
+    pub consistency: Consistency,
+}
+
+/// Whether every numbered patch sits in exactly one series at its slot.
+#[derive(Debug, Default, Serialize)]
+pub struct Consistency {
+    /// Patch and cover mails with an `n/N` subject.
+    pub numbered: u64,
+    /// Of those, placed in a series at slot n of a series of N.
+    pub placed_at_their_slot: u64,
+    /// Numbered mails in no series, with the reason (strays, conflicting ids).
+    pub unplaced: u64,
+    /// Placed somewhere other than their slot or total (must be 0).
+    pub misplaced: u64,
+    /// Series with a missing slot but state `complete` (must be 0).
+    pub complete_with_gaps: u64,
+}
+
+fn progress_line(done: u64, total: Option<u64>, mails: u64, started: Instant, unit_bytes: bool) -> String {
+    let secs = started.elapsed().as_secs_f64().max(0.001);
+    let rate = mails as f64 / secs;
+    match total.filter(|&t| t > 0) {
+        Some(t) => {
+            let frac = (done as f64 / t as f64).min(1.0);
+            let width = 30;
+            let filled = (frac * width as f64) as usize;
+            let eta = if frac > 0.0 { secs / frac - secs } else { 0.0 };
+            let what =
+                if unit_bytes { format!("{:.0}/{:.0} MiB", done as f64 / 1048576.0, t as f64 / 1048576.0) } else { format!("{done}/{t}") };
+            format!(
+                "\r[{}{}] {:>3.0}% {mails} mails {rate:.0}/s {what} ETA {}:{:02} ",
+                "#".repeat(filled),
+                "-".repeat(width - filled),
+                frac * 100.0,
+                eta as u64 / 60,
+                eta as u64 % 60
+            )
+        }
+        None => format!("\r{mails} mails {rate:.0}/s "),
+    }
+}
+
+/// `patchbay import`.
+pub async fn import(config: &Config, args: &ImportArgs) -> Result<(), Exit> {
+    let ingest = service(config)?;
+    let summary = import_into(&ingest, args).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary).map_err(|e| Exit::from(anyhow::Error::from(e)))?);
+    } else {
+        println!(
+            "imported {} mails in {:.1} s ({:.0}/s): {} stored ({} malformed, {} Message-ID conflicts), {} already stored, {} deletions skipped",
+            summary.read,
+            summary.seconds,
+            summary.rate,
+            summary.stored,
+            summary.malformed,
+            summary.conflicts,
+            summary.duplicates,
+            summary.skipped
+        );
+        let states: Vec<String> = summary.series.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        println!("series: {}", states.join(", "));
+        let c = &summary.consistency;
+        println!(
+            "consistency: {} of {} numbered mails at their slot, {} unplaced (flagged), {} misplaced, {} complete series with gaps",
+            c.placed_at_their_slot, c.numbered, c.unplaced, c.misplaced, c.complete_with_gaps
+        );
+    }
+    Ok(())
+}
+
+/// Imports every path into `ingest` and reports.
+pub async fn import_into(ingest: &Ingest, args: &ImportArgs) -> Result<Summary, Exit> {
+    let started = Instant::now();
+    let mut summary = Summary::default();
+    let show = !args.quiet && !args.json && std::io::stderr().is_terminal();
+    for path in &args.paths {
+        let kind = archive::detect(path).map_err(Exit::data)?;
+        let source: Box<dyn Source> = match kind {
+            archive::Kind::Mbox => archive::mbox(path).map_err(Exit::data)?,
+            archive::Kind::Maildir => archive::maildir(path).map_err(Exit::data)?,
+            archive::Kind::PublicInbox => {
+                let mut epochs = Vec::new();
+                for dir in archive::epochs(path).map_err(Exit::data)? {
+                    let mark = if args.full { None } else { ingest.mark(&dir.display().to_string()).await.map_err(Exit::tempfail)? };
+                    epochs.push((dir, mark));
+                }
+                archive::public_inbox(epochs).map_err(Exit::data)?
+            }
+        };
+        run_source(ingest, source, kind == archive::Kind::Mbox, args, &mut summary, show).await?;
+    }
+    if show {
+        eprintln!();
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    summary.rate = summary.read as f64 / summary.seconds.max(0.001);
+    report(ingest, &mut summary).await.map_err(Exit::tempfail)?;
+    Ok(summary)
+}
+
+async fn run_source(
+    ingest: &Ingest,
+    mut source: Box<dyn Source>,
+    unit_bytes: bool,
+    args: &ImportArgs,
+    summary: &mut Summary,
+    show: bool,
+) -> Result<(), Exit> {
+    let started = Instant::now();
+    let mut last_shown = Instant::now() - Duration::from_secs(1);
+    let mut in_flight: std::collections::VecDeque<_> = std::collections::VecDeque::new();
+    let lists = args.list_ids.clone();
+    loop {
+        // Read a batch on this thread, parse it on the blocking pool while the previous batch commits.
+        let mut raws = Vec::with_capacity(args.batch);
+        let mut mark = None;
+        let mut bytes = 0;
+        while raws.len() < args.batch && bytes < 64 << 20 {
+            match source.next_item() {
+                None => break,
+                Some(Err(e)) => return Err(Exit::data(e)),
+                Some(Ok(item)) => {
+                    if item.mark.is_some() {
+                        mark = item.mark;
+                    }
+                    match item.raw {
+                        Some(raw) => {
+                            bytes += raw.len();
+                            raws.push(raw);
+                        }
+                        None => summary.skipped += 1,
+                    }
+                }
+            }
+        }
+        if raws.is_empty() && mark.is_none() {
+            break;
+        }
+        summary.read += raws.len() as u64;
+        let now = patchbay_ingest::now();
+        let lists = lists.clone();
+        let mails: Vec<Incoming> =
+            tokio::task::spawn_blocking(move || parse_parallel(raws, &lists, now)).await.map_err(|e| Exit::from(anyhow::Error::from(e)))?;
+        in_flight.push_back(ingest.submit(mails, mark).map_err(Exit::tempfail)?);
+        if in_flight.len() > 2 {
+            count(summary, in_flight.pop_front().expect("non-empty").await.map_err(Exit::tempfail)?);
+        }
+        if show && last_shown.elapsed() > Duration::from_millis(200) {
+            let p = source.progress();
+            eprint!("{}", progress_line(p.done, p.total, summary.read, started, unit_bytes));
+            let _ = std::io::stderr().flush();
+            last_shown = Instant::now();
+        }
+    }
+    while let Some(f) = in_flight.pop_front() {
+        count(summary, f.await.map_err(Exit::tempfail)?);
+    }
+    if show {
+        let p = source.progress();
+        eprint!("{}", progress_line(p.total.unwrap_or(p.done), p.total, summary.read, started, unit_bytes));
+    }
+    Ok(())
+}
+
+fn count(summary: &mut Summary, outcomes: Vec<Outcome>) {
+    for o in outcomes {
+        match o {
+            Outcome::Stored { malformed, conflict, .. } => {
+                summary.stored += 1;
+                summary.malformed += malformed as u64;
+                summary.conflicts += conflict as u64;
+            }
+            Outcome::Duplicate { .. } => summary.duplicates += 1,
+        }
+    }
+}
+
+/// Parses on two threads (this machine's cores); order is kept.
+fn parse_parallel(raws: Vec<Vec<u8>>, lists: &[String], now: i64) -> Vec<Incoming> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
+    let chunk = raws.len().div_ceil(threads).max(1);
+    let mut chunks: Vec<Vec<Vec<u8>>> = Vec::new();
+    let mut it = raws.into_iter().peekable();
+    while it.peek().is_some() {
+        chunks.push(it.by_ref().take(chunk).collect());
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|c| s.spawn(move || c.into_iter().map(|raw| patchbay_ingest::incoming(raw, lists.to_vec(), now)).collect::<Vec<_>>()))
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("parsing never panics")).collect()
+    })
+}
+
+async fn report(ingest: &Ingest, summary: &mut Summary) -> Result<(), patchbay_store::StoreError> {
+    let (series, consistency) = ingest
+        .bus()
+        .db()
+        .read(|c| {
+            let mut series = std::collections::BTreeMap::new();
+            let mut stmt = c.prepare("SELECT state, count(*) FROM series GROUP BY state")?;
+            for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+                let (k, v) = row?;
+                series.insert(k, v as u64);
+            }
+            let mut cons = Consistency::default();
+            let mut stmt = c.prepare(
+                "SELECT m.subject, m.kind, m.conflicts_with IS NOT NULL, sm.slot, s.total
+                 FROM mails m LEFT JOIN series_mails sm ON sm.mail_id = m.id LEFT JOIN series s ON s.id = sm.series_id
+                 WHERE m.kind IN ('patch', 'cover')",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, bool>(2)?,
+                    r.get::<_, Option<u32>>(3)?,
+                    r.get::<_, Option<u32>>(4)?,
+                ))
+            })?;
+            for row in rows {
+                let (subject, kind, _conflict, slot, total) = row?;
+                let s = patchbay_mail::subject::parse(&subject);
+                let Some((n, t)) = s.counter else { continue };
+                if kind == "patch" && n == 0 {
+                    continue;
+                }
+                cons.numbered += 1;
+                match (slot, total) {
+                    (Some(slot), Some(total)) if slot == n && total == t => cons.placed_at_their_slot += 1,
+                    (Some(_), _) => cons.misplaced += 1,
+                    (None, _) => cons.unplaced += 1,
+                }
+            }
+            cons.complete_with_gaps = c.query_row::<i64, _, _>(
+                "SELECT count(*) FROM series s WHERE s.state = 'complete'
+                 AND (SELECT count(*) FROM series_mails sm WHERE sm.series_id = s.id AND sm.slot BETWEEN 1 AND s.total) < s.total",
+                [],
+                |r| r.get(0),
+            )? as u64;
+            Ok((series, cons))
+        })
+        .await?;
+    summary.series = series;
+    summary.consistency = consistency;
+    Ok(())
+}
+
+/// Options of `patchbay bench ingest`.
+#[derive(clap::Args, Clone)]
+pub struct IngestBench {
+    /// The mbox (or maildir, or public-inbox archive) to import.
+    path: PathBuf,
+    /// Scratch data directory (default: a temporary directory, removed afterwards).
+    #[arg(long)]
+    scratch: Option<PathBuf>,
+}
+
+/// `patchbay bench ingest`: import + parse + assembly into a fresh embedded store.
+pub async fn bench(opts: IngestBench) -> anyhow::Result<()> {
+    let tmp = tempfile_dir(opts.scratch.clone())?;
+    let bus = EmbeddedBus::open(&tmp, patchbay_bus::Sealer::new(Some(std::sync::Arc::new(patchbay_bus::SigningKey::generate("bench")?))))?;
+    let root = patchbay_model::TopicRoot::new("patchbay", "bench")?;
+    let settings = Settings {
+        rules: Rules::default(),
+        projects: vec![Project { name: "bench".into(), list_ids: vec!["linux-hwmon.vger.kernel.org".into()], tag: None }],
+    };
+    let ingest = Ingest::new(bus, root, "bench", settings);
+    let args = ImportArgs { paths: vec![opts.path.clone()], list_ids: vec![], json: true, quiet: true, full: false, batch: 512 };
+    let summary = import_into(&ingest, &args).await.map_err(|e| anyhow::anyhow!("{:#}", e.error))?;
+    let rss = peak_rss_kib();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "file": opts.path,
+            "mails": summary.read,
+            "seconds": summary.seconds,
+            "mails_per_second": summary.rate,
+            "peak_rss_mib": rss.map(|k| k as f64 / 1024.0),
+            "series": summary.series,
+            "consistency": summary.consistency,
+        }))?
+    );
+    if opts.scratch.is_none() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    Ok(())
+}
+
+fn tempfile_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let dir = given.unwrap_or_else(|| std::env::temp_dir().join(format!("patchbay-bench-ingest-{}", std::process::id())));
+    if dir.exists() {
+        anyhow::bail!("{} exists; give an empty scratch directory", dir.display());
+    }
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Peak resident set size of this process (VmHWM), in KiB.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
