@@ -56,7 +56,10 @@ pub struct ImportArgs {
 
 /// Builds the ingest service on the store in the data directory.
 pub fn service(config: &Config) -> Result<Ingest, Exit> {
-    let sealer = crate::keys::sealer(config, true).map_err(Exit::config)?;
+    // A named key that is wrong is a config error; failing to create the default one means the
+    // data directory cannot be written, which may pass: try again later.
+    let sealer =
+        crate::keys::sealer(config, true).map_err(|e| if config.signing.key.is_some() { Exit::config(e) } else { Exit::tempfail(e) })?;
     let bus = EmbeddedBus::open(&config.data_dir, sealer)
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))
         .map_err(Exit::tempfail)?;
