@@ -82,6 +82,44 @@ fn layering_rules_hold() {
             &["patchbay-store", "patchbay-runtime", "patchbay-web", "tokio", "rusqlite", "axum", "reqwest"],
             "config reads files, starts nothing",
         ),
+        (
+            "mail",
+            &[
+                "patchbay-bus",
+                "patchbay-store",
+                "patchbay-runtime",
+                "patchbay-config",
+                "patchbay-web",
+                "tokio",
+                "rusqlite",
+                "axum",
+                "reqwest",
+                "lapin",
+            ],
+            "mail parsing is pure: bytes in, values out",
+        ),
+        (
+            "series",
+            &[
+                "patchbay-bus",
+                "patchbay-store",
+                "patchbay-runtime",
+                "patchbay-config",
+                "patchbay-web",
+                "patchbay-mail",
+                "tokio",
+                "rusqlite",
+                "axum",
+                "reqwest",
+                "lapin",
+            ],
+            "series assembly rules are pure: state in, decisions out",
+        ),
+        (
+            "ingest",
+            &["patchbay-bus-amqp", "patchbay-web", "patchbay-config", "patchbay-runtime", "axum", "reqwest", "lapin"],
+            "ingest knows the embedded store but no HTTP, no AMQP and no config file",
+        ),
     ];
     let mut broken = Vec::new();
     for (krate, forbidden, why) in rules {
