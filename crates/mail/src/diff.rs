@@ -193,10 +193,10 @@ pub fn trailers(text: &str) -> Vec<Trailer> {
     let last_para_start = lines.iter().rposition(|l| l.trim().is_empty()).map_or(0, |p| p + 1);
     let mut out = Vec::new();
     for (i, line) in lines.iter().enumerate() {
-        if let Some(t) = trailer(line.trim_end()) {
-            if i >= last_para_start || KNOWN_TRAILERS.contains(&t.key.to_ascii_lowercase().as_str()) {
-                out.push(t);
-            }
+        if let Some(t) = trailer(line.trim_end())
+            && (i >= last_para_start || KNOWN_TRAILERS.contains(&t.key.to_ascii_lowercase().as_str()))
+        {
+            out.push(t);
         }
     }
     out

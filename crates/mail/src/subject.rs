@@ -66,15 +66,11 @@ pub fn parse(subject: &str) -> Subject {
         break;
     }
     interpret(&mut s, &words);
-    let mut title = rest.trim().to_string();
+    // b4 and Patchwork keep "(v3)" in the name; so do we, and take the version from it.
     if s.version.is_none() {
-        if let Some((v, stripped)) = trailing_paren_version(&title) {
-            s.version = Some(v);
-            let _ = stripped; // b4 and Patchwork keep "(v3)" in the name; so do we.
-        }
+        s.version = trailing_paren_version(rest.trim());
     }
-    title.truncate(title.trim_end().len());
-    s.title = title;
+    s.title = rest.trim().to_string();
     s
 }
 
@@ -164,12 +160,10 @@ fn interpret(s: &mut Subject, words: &[String]) {
 }
 
 /// `... (v3)` at the end of a title, as some submitters write it.
-fn trailing_paren_version(title: &str) -> Option<(u32, &str)> {
-    let t = title.trim_end();
-    let inner = t.strip_suffix(')')?;
+fn trailing_paren_version(title: &str) -> Option<u32> {
+    let inner = title.trim_end().strip_suffix(')')?;
     let open = inner.rfind('(')?;
-    let v = version_word(inner[open + 1..].trim())?;
-    Some((v, t[..open].trim_end()))
+    version_word(inner[open + 1..].trim())
 }
 
 #[cfg(test)]

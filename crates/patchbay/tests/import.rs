@@ -119,7 +119,7 @@ fn lmtp_answers_per_recipient_only_after_storing() {
     stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut w = stream;
-    let mut line = |r: &mut BufReader<std::net::TcpStream>| {
+    let line = |r: &mut BufReader<std::net::TcpStream>| {
         let mut l = String::new();
         r.read_line(&mut l).unwrap();
         l

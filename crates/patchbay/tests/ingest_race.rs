@@ -99,7 +99,7 @@ fn make_archive(repo: &Path) -> (Vec<Vec<u8>>, Vec<Expect>) {
     let out = repo.join("out");
     let mut mails = Vec::new();
     let mut expects = Vec::new();
-    let mut format = |dir: &str, range: &str, extra: &[&str], title: &str, who: usize| -> Vec<String> {
+    let format = |dir: &str, range: &str, extra: &[&str], title: &str, who: usize| -> Vec<String> {
         let d = out.join(dir);
         let mut args = vec!["format-patch", "-q", "-o", d.to_str().unwrap()];
         args.extend_from_slice(extra);
