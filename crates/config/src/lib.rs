@@ -388,6 +388,24 @@ mod tests {
     }
 
     #[test]
+    fn ingest_and_projects_name_the_bad_key() {
+        let ok = Config::parse(
+            "[ingest]\nlmtp_listen = \"\"\n[[project]]\nname = \"qemu\"\nlist_ids = [\"<QEMU-devel.nongnu.org>\"]\ntag = \"x\"\n",
+            Path::new("p.toml"),
+        )
+        .unwrap();
+        assert_eq!(ok.ingest.lmtp_listen, None);
+        assert_eq!(ok.projects[0].list_ids, vec!["qemu-devel.nongnu.org".to_string()]);
+        assert_eq!(ok.ingest.incomplete_after_secs, 86_400);
+        assert!(err("[ingest]\nlmtp_listen = \"nowhere\"\n").contains("ingest.lmtp_listen"));
+        assert!(err("[ingest]\nmax_mail_bytes = 10\n").contains("ingest.max_mail_bytes"));
+        assert!(err("[[project]]\nname = \"a\"\n").contains("project[0].list_ids"));
+        assert!(err("[[project]]\nname = \"a b\"\nlist_ids = [\"l\"]\n").contains("project[0].name"));
+        assert!(err("[[project]]\nname = \"a\"\nlist_ids = [\"l\"]\n[[project]]\nname = \"a\"\nlist_ids = [\"m\"]\n").contains("declared twice"));
+        assert!(err("[[project]]\nname = \"a\"\nlists = [\"l\"]\n").contains("lists"));
+    }
+
+    #[test]
     fn defaults_need_no_file() {
         let c = Config::from_raw(RawConfig::default(), None, Path::new("")).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("patchbay-data"));
