@@ -401,7 +401,10 @@ mod tests {
         assert!(err("[ingest]\nmax_mail_bytes = 10\n").contains("ingest.max_mail_bytes"));
         assert!(err("[[project]]\nname = \"a\"\n").contains("project[0].list_ids"));
         assert!(err("[[project]]\nname = \"a b\"\nlist_ids = [\"l\"]\n").contains("project[0].name"));
-        assert!(err("[[project]]\nname = \"a\"\nlist_ids = [\"l\"]\n[[project]]\nname = \"a\"\nlist_ids = [\"m\"]\n").contains("declared twice"));
+        assert!(
+            err("[[project]]\nname = \"a\"\nlist_ids = [\"l\"]\n[[project]]\nname = \"a\"\nlist_ids = [\"m\"]\n")
+                .contains("declared twice")
+        );
         assert!(err("[[project]]\nname = \"a\"\nlists = [\"l\"]\n").contains("lists"));
     }
 
