@@ -202,14 +202,22 @@ pub fn trailers(text: &str) -> Vec<Trailer> {
     out
 }
 
-/// The value of every unquoted `Key: value` line with this key (case-insensitive).
-pub fn tagged_lines(text: &str, key: &str) -> Vec<String> {
-    text.lines()
-        .filter_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            (k.eq_ignore_ascii_case(key) && !v.trim().is_empty()).then(|| v.trim().to_string())
-        })
-        .collect()
+/// For each key (lower-case), the values of every unquoted `Key: value` line with that key
+/// (matched case-insensitively), in one pass over the text.
+pub fn tagged_lines(text: &str, keys: &[&str]) -> Vec<Vec<String>> {
+    let mut out = vec![Vec::new(); keys.len()];
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once(':') else { continue };
+        if k.len() > 20 {
+            continue;
+        }
+        if let Some(i) = keys.iter().position(|key| k.eq_ignore_ascii_case(key))
+            && !v.trim().is_empty()
+        {
+            out[i].push(v.trim().to_string());
+        }
+    }
+    out
 }
 
 /// A `git request-pull` message: where to pull from.
@@ -225,7 +233,12 @@ pub struct PullRequest {
 /// URL, trailing spaces).
 pub fn pull_request(text: &str) -> Option<PullRequest> {
     let lines: Vec<&str> = text.lines().collect();
-    let at = lines.iter().position(|l| l.to_ascii_lowercase().contains("are available in the git repository at"))?;
+    const NEEDLE: &str = "are available in the git repository at";
+    let at = lines.iter().position(|l| {
+        l.len() >= NEEDLE.len()
+            && l.contains("vailable in the")
+            && l.as_bytes().windows(NEEDLE.len()).any(|w| w.eq_ignore_ascii_case(NEEDLE.as_bytes()))
+    })?;
     let mut rest = lines[at + 1..].iter().map(|l| l.trim()).skip_while(|l| l.is_empty());
     let first = rest.next()?;
     let mut words = first.split_whitespace();
@@ -292,7 +305,10 @@ mod tests {
         let reply = "> Signed-off-by: quoted <q@x>\nLooks good.\n\nReviewed-by: R <r@x>\n\nThanks\n";
         assert_eq!(trailers(reply), vec![Trailer { key: "Reviewed-by".into(), value: "R <r@x>".into() }]);
         assert!(trailers("Note: this is prose in the middle\n\nend\n").is_empty());
-        assert_eq!(tagged_lines("x\nbase-commit: abc123\n", "base-commit"), vec!["abc123".to_string()]);
+        assert_eq!(
+            tagged_lines("x\nBase-Commit: abc123\nbased-on: <a@b>\n", &["base-commit", "based-on", "x"]),
+            vec![vec!["abc123".to_string()], vec!["<a@b>".to_string()], vec![]]
+        );
     }
 
     #[test]

@@ -199,3 +199,30 @@ fn inject_stores_and_exits_by_sysexits() {
     out.stdin.take().unwrap().write_all(mail).unwrap();
     assert_eq!(out.wait().unwrap().code(), Some(75));
 }
+
+#[test]
+fn maildir_and_mbox_import_without_the_corpus() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("patchbay.toml");
+    std::fs::write(&config, "data_dir = \"data\"\n").unwrap();
+    let md = tmp.path().join("Maildir");
+    for sub in ["new", "cur", "tmp"] {
+        std::fs::create_dir_all(md.join(sub)).unwrap();
+    }
+    let m =
+        |n: u32| format!("From: A <a@example.org>\nSubject: [PATCH {n}/2] x\nMessage-ID: <md{n}@x>\nIn-Reply-To: <md0@x>\n\nbody {n}\n");
+    std::fs::write(md.join("new/1700000001.1.host"), m(1)).unwrap();
+    std::fs::write(md.join("cur/1700000002.2.host:2,S"), m(2)).unwrap();
+    std::fs::write(md.join("tmp/1700000003.3.host"), m(3)).unwrap();
+    let summary = import(&config, &md);
+    assert_eq!(summary["read"], 2, "tmp/ is not delivered mail: {summary}");
+    assert_eq!(summary["stored"], 2);
+    // The same mails as an mboxo file with a quoted From line in a body: stored once, nothing new.
+    let mbox = tmp.path().join("x.mbox");
+    std::fs::write(&mbox, format!("From a Mon Jan  1 00:00:00 2024\n{}\nFrom b Mon Jan  1 00:00:00 2024\n{}>From the body\n", m(1), m(2)))
+        .unwrap();
+    let again = import(&config, &mbox);
+    assert_eq!(again["read"], 2);
+    assert_eq!(again["stored"], 1, "mail 2 differs by its body line: {again}");
+    assert_eq!(again["duplicates"], 1);
+}
