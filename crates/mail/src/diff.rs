@@ -175,7 +175,9 @@ const KNOWN_TRAILERS: &[&str] = &[
 ];
 
 fn trailer(line: &str) -> Option<Trailer> {
-    let (key, value) = line.split_once(':')?;
+    // Keys are short: look for the colon in the first 41 bytes only, not along a long line.
+    let colon = line.as_bytes().iter().take(41).position(|&b| b == b':')?;
+    let (key, value) = (&line[..colon], &line[colon + 1..]);
     if key.is_empty() || key.len() > 40 || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
         return None;
     }
@@ -207,10 +209,8 @@ pub fn trailers(text: &str) -> Vec<Trailer> {
 pub fn tagged_lines(text: &str, keys: &[&str]) -> Vec<Vec<String>> {
     let mut out = vec![Vec::new(); keys.len()];
     for line in text.lines() {
-        let Some((k, v)) = line.split_once(':') else { continue };
-        if k.len() > 20 {
-            continue;
-        }
+        let Some(colon) = line.as_bytes().iter().take(21).position(|&b| b == b':') else { continue };
+        let (k, v) = (&line[..colon], &line[colon + 1..]);
         if let Some(i) = keys.iter().position(|key| k.eq_ignore_ascii_case(key))
             && !v.trim().is_empty()
         {
@@ -232,14 +232,23 @@ pub struct PullRequest {
 /// Finds the repository of a `git request-pull` mail (any git version's wording, a wrapped
 /// URL, trailing spaces).
 pub fn pull_request(text: &str) -> Option<PullRequest> {
-    let lines: Vec<&str> = text.lines().collect();
     const NEEDLE: &str = "are available in the git repository at";
-    let at = lines.iter().position(|l| {
-        l.len() >= NEEDLE.len()
-            && l.contains("vailable in the")
-            && l.as_bytes().windows(NEEDLE.len()).any(|w| w.eq_ignore_ascii_case(NEEDLE.as_bytes()))
-    })?;
-    let mut rest = lines[at + 1..].iter().map(|l| l.trim()).skip_while(|l| l.is_empty());
+    // One substring search over the whole text, then a case-insensitive check of that line.
+    let mut from = 0;
+    let after = loop {
+        let hit = from + text[from..].find("vailable in the")?;
+        let line_start = text[..hit].rfind('\n').map_or(0, |p| p + 1);
+        let line_end = text[hit..].find('\n').map_or(text.len(), |p| hit + p);
+        let line = &text.as_bytes()[line_start..line_end];
+        if line.windows(NEEDLE.len()).any(|w| w.eq_ignore_ascii_case(NEEDLE.as_bytes())) {
+            break &text[(line_end + 1).min(text.len())..];
+        }
+        from = line_end.min(text.len());
+        if from >= text.len() {
+            return None;
+        }
+    };
+    let mut rest = after.lines().map(|l| l.trim()).skip_while(|l| l.is_empty());
     let first = rest.next()?;
     let mut words = first.split_whitespace();
     let url = words.next()?;

@@ -226,6 +226,15 @@ pub async fn import_into(ingest: &Ingest, args: &ImportArgs) -> Result<Summary, 
     Ok(summary)
 }
 
+/// One batch read from a source.
+struct Batch {
+    raws: Vec<Vec<u8>>,
+    mark: Option<(String, String)>,
+    skipped: u64,
+}
+
+/// Reads batches on a thread of its own, so reading, parsing (all cores) and committing (the
+/// writer thread) overlap; at most two batches wait in each stage, so memory stays bounded.
 async fn run_source(
     ingest: &Ingest,
     mut source: Box<dyn Source>,
@@ -236,55 +245,79 @@ async fn run_source(
 ) -> Result<(), Exit> {
     let started = Instant::now();
     let mut last_shown = Instant::now() - Duration::from_secs(1);
-    let mut in_flight: std::collections::VecDeque<_> = std::collections::VecDeque::new();
-    let lists = args.list_ids.clone();
-    loop {
-        // Read a batch on this thread, parse it on the blocking pool while the previous batch commits.
-        let mut raws = Vec::with_capacity(args.batch);
-        let mut mark = None;
-        let mut bytes = 0;
-        while raws.len() < args.batch && bytes < 64 << 20 {
-            match source.next_item() {
-                None => break,
-                Some(Err(e)) => return Err(Exit::data(e)),
-                Some(Ok(item)) => {
-                    if item.mark.is_some() {
-                        mark = item.mark;
+    let progress = std::sync::Arc::new(std::sync::Mutex::new(source.progress()));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Batch, patchbay_ingest::IngestError>>(2);
+    let batch_size = args.batch;
+    let shared = progress.clone();
+    let reader = std::thread::spawn(move || {
+        loop {
+            let mut batch = Batch { raws: Vec::with_capacity(batch_size), mark: None, skipped: 0 };
+            let mut bytes = 0;
+            while batch.raws.len() < batch_size && bytes < 64 << 20 {
+                match source.next_item() {
+                    None => break,
+                    Some(Err(e)) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
                     }
-                    match item.raw {
-                        Some(raw) => {
-                            bytes += raw.len();
-                            raws.push(raw);
+                    Some(Ok(item)) => {
+                        if item.mark.is_some() {
+                            batch.mark = item.mark;
                         }
-                        None => summary.skipped += 1,
+                        match item.raw {
+                            Some(raw) => {
+                                bytes += raw.len();
+                                batch.raws.push(raw);
+                            }
+                            None => batch.skipped += 1,
+                        }
                     }
                 }
             }
+            *shared.lock().unwrap() = source.progress();
+            let last = batch.raws.is_empty() && batch.mark.is_none();
+            if last || tx.blocking_send(Ok(batch)).is_err() {
+                return;
+            }
         }
-        if raws.is_empty() && mark.is_none() {
-            break;
+    });
+    let lists = args.list_ids.clone();
+    let mut parsing = std::collections::VecDeque::new();
+    let mut committing = std::collections::VecDeque::new();
+    let mut input_done = false;
+    loop {
+        while !input_done && parsing.len() < 2 {
+            match rx.recv().await {
+                None => input_done = true,
+                Some(Err(e)) => return Err(Exit::data(e)),
+                Some(Ok(batch)) => {
+                    summary.read += batch.raws.len() as u64;
+                    summary.skipped += batch.skipped;
+                    let (lists, now) = (lists.clone(), patchbay_ingest::now());
+                    let Batch { raws, mark, .. } = batch;
+                    parsing.push_back(tokio::task::spawn_blocking(move || (parse_parallel(raws, &lists, now), mark)));
+                }
+            }
         }
-        summary.read += raws.len() as u64;
-        let now = patchbay_ingest::now();
-        let lists = lists.clone();
-        let mails: Vec<Incoming> =
-            tokio::task::spawn_blocking(move || parse_parallel(raws, &lists, now)).await.map_err(|e| Exit::from(anyhow::Error::from(e)))?;
-        in_flight.push_back(ingest.submit(mails, mark).map_err(Exit::tempfail)?);
-        if in_flight.len() > 2 {
-            count(summary, in_flight.pop_front().expect("non-empty").await.map_err(Exit::tempfail)?);
+        let Some(next) = parsing.pop_front() else { break };
+        let (mails, mark) = next.await.map_err(|e| Exit::from(anyhow::Error::from(e)))?;
+        committing.push_back(ingest.submit(mails, mark).map_err(Exit::tempfail)?);
+        if committing.len() > 2 {
+            count(summary, committing.pop_front().expect("non-empty").await.map_err(Exit::tempfail)?);
         }
         if show && last_shown.elapsed() > Duration::from_millis(200) {
-            let p = source.progress();
+            let p = *progress.lock().unwrap();
             eprint!("{}", progress_line(p.done, p.total, summary.read, started, unit_bytes));
             let _ = std::io::stderr().flush();
             last_shown = Instant::now();
         }
     }
-    while let Some(f) = in_flight.pop_front() {
+    while let Some(f) = committing.pop_front() {
         count(summary, f.await.map_err(Exit::tempfail)?);
     }
+    let _ = reader.join();
     if show {
-        let p = source.progress();
+        let p = *progress.lock().unwrap();
         eprint!("{}", progress_line(p.total.unwrap_or(p.done), p.total, summary.read, started, unit_bytes));
     }
     Ok(())
@@ -383,12 +416,16 @@ pub struct IngestBench {
     /// Scratch data directory (default: a temporary directory, removed afterwards).
     #[arg(long)]
     scratch: Option<PathBuf>,
+    /// Publish unsigned events, to see what signing costs.
+    #[arg(long)]
+    unsigned: bool,
 }
 
 /// `patchbay bench ingest`: import + parse + assembly into a fresh embedded store.
 pub async fn bench(opts: IngestBench) -> anyhow::Result<()> {
     let tmp = tempfile_dir(opts.scratch.clone())?;
-    let bus = EmbeddedBus::open(&tmp, patchbay_bus::Sealer::new(Some(std::sync::Arc::new(patchbay_bus::SigningKey::generate("bench")?))))?;
+    let key = if opts.unsigned { None } else { Some(std::sync::Arc::new(patchbay_bus::SigningKey::generate("bench")?)) };
+    let bus = EmbeddedBus::open(&tmp, patchbay_bus::Sealer::new(key))?;
     let root = patchbay_model::TopicRoot::new("patchbay", "bench")?;
     let settings = Settings {
         rules: Rules::default(),
@@ -405,6 +442,7 @@ pub async fn bench(opts: IngestBench) -> anyhow::Result<()> {
             "mails": summary.read,
             "seconds": summary.seconds,
             "mails_per_second": summary.rate,
+            "signed": !opts.unsigned,
             "peak_rss_mib": rss.map(|k| k as f64 / 1024.0),
             "series": summary.series,
             "consistency": summary.consistency,

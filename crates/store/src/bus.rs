@@ -189,19 +189,43 @@ impl Seqs {
         if !self.needs_mark(messages).is_empty() {
             return None;
         }
-        Some(
-            messages
-                .iter()
-                .map(|out| {
-                    let next = self.next.get_mut(&out.sender).expect("checked above");
-                    let envelope = sealer.seal(out.clone(), *next);
-                    *next += 1;
-                    let wire = envelope.to_wire();
-                    Sealed { envelope, wire }
-                })
-                .collect(),
-        )
+        let seqs: Vec<u64> = messages
+            .iter()
+            .map(|out| {
+                let next = self.next.get_mut(&out.sender).expect("checked above");
+                *next += 1;
+                *next - 1
+            })
+            .collect();
+        Some(seal_all(sealer, messages, &seqs))
     }
+}
+
+/// Fewer messages than this are sealed on the calling thread.
+const PARALLEL_SEAL: usize = 32;
+
+/// Signs and serializes with sequence numbers already assigned. A large batch (an import's
+/// transaction publishing hundreds of messages from the writer thread) is signed on several
+/// threads, so the writer's critical path does not carry every signature.
+fn seal_all(sealer: &Sealer, messages: &[Outgoing], seqs: &[u64]) -> Vec<Sealed> {
+    let one = |(out, seq): (&Outgoing, &u64)| {
+        let envelope = sealer.seal(out.clone(), *seq);
+        let wire = envelope.to_wire();
+        Sealed { envelope, wire }
+    };
+    let threads = if messages.len() < PARALLEL_SEAL { 1 } else { std::thread::available_parallelism().map_or(1, |n| n.get()).min(4) };
+    if threads <= 1 {
+        return messages.iter().zip(seqs).map(one).collect();
+    }
+    let chunk = messages.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = messages
+            .chunks(chunk)
+            .zip(seqs.chunks(chunk))
+            .map(|(m, q)| s.spawn(move || m.iter().zip(q).map(one).collect::<Vec<_>>()))
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("sealing does not panic")).collect()
+    })
 }
 
 fn parse_wire(wire: &[u8]) -> Result<Envelope, StoreError> {
