@@ -116,6 +116,22 @@ fn layering_rules_hold() {
             "series assembly rules are pure: state in, decisions out",
         ),
         (
+            "runner",
+            &[
+                "patchbay-bus",
+                "patchbay-store",
+                "patchbay-runtime",
+                "patchbay-config",
+                "patchbay-web",
+                "patchbay-ingest",
+                "rusqlite",
+                "axum",
+                "reqwest",
+                "lapin",
+            ],
+            "the runner's git and sandbox know no bus, store or HTTP: runners live on other machines",
+        ),
+        (
             "ingest",
             &["patchbay-bus-amqp", "patchbay-web", "patchbay-config", "patchbay-runtime", "axum", "reqwest", "lapin"],
             "ingest knows the embedded store but no HTTP, no AMQP and no config file",
