@@ -3,9 +3,14 @@
 //!
 //! This crate knows git (its CLI) and the sandbox (bubblewrap, rlimits,
 //! cgroups), and nothing of the bus, the store or HTTP: the runner service
-//! feeds it jobs and publishes what it returns. Nothing it returns names the
-//! host: the tree is `/build` inside the sandbox.
+//! feeds it self-contained jobs and publishes what it returns. Nothing it
+//! returns names the host: the tree is `/build` inside the sandbox, and the
+//! runner's paths and host name are scrubbed from git's output.
 
+pub mod git;
+pub mod job;
 pub mod sandbox;
 
+pub use git::{Applied, GitError, Mirror, Worktree};
+pub use job::{Base, Job, JobError, Report, Runner};
 pub use sandbox::{Execution, Failure, Isolation, Limits, Sandbox, SandboxError};

@@ -1,0 +1,142 @@
+//! One job from start to end: refresh the mirror, choose the base, make a
+//! fresh worktree, apply dependencies and the series with `git am -3`, run
+//! the script in the sandbox, remove the tree. What comes back is ready to
+//! publish: the runner's paths and host name are scrubbed from every text.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::git::{self, Applied, GitError, Mirror};
+use crate::sandbox::{Execution, Limits, Sandbox, SandboxError};
+
+/// Everything a runner needs for one job; it never reads a store.
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// Repository URL or local path.
+    pub repository: String,
+    /// Branch to apply on when no usable `base-commit` is given.
+    pub branch: String,
+    /// The series' `base-commit:`, when it named one.
+    pub base_commit: Option<String>,
+    /// Series to apply first (`Based-on:`), as mboxes, in order.
+    pub dependencies: Vec<Vec<u8>>,
+    /// The series, as an mbox in patch order.
+    pub mbox: Vec<u8>,
+    /// The test script (`sh -c`), or `None` to only apply.
+    pub script: Option<String>,
+    /// The script's limits.
+    pub limits: Limits,
+}
+
+/// Which commit the series was applied to, and why that one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Base {
+    /// The commit.
+    pub commit: String,
+    /// `base-commit`, or `branch <name>` with why the base-commit was not used.
+    pub reason: String,
+}
+
+/// What a job gave.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// The base used.
+    pub base: Base,
+    /// Whether and how the series applied (dependencies included).
+    pub apply: Applied,
+    /// The script's run, when the series applied and there was a script.
+    pub test: Option<Execution>,
+    /// Time from start to end, git included.
+    pub duration: Duration,
+}
+
+/// Why a job could not be run at all (reported as ERROR, not as a failure of the series).
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// Git failed for reasons other than the series (unreachable repository, missing branch).
+    #[error(transparent)]
+    Git(#[from] GitError),
+    /// The sandbox could not run the script.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    /// The work directory is unusable.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Runs jobs on this machine.
+#[derive(Clone, Debug)]
+pub struct Runner {
+    root: PathBuf,
+    sandbox: Sandbox,
+    fetch_interval: Duration,
+}
+
+impl Runner {
+    /// Mirrors and worktrees go under `root`; a mirror is fetched at most every `fetch_interval`.
+    pub fn new(root: &Path, sandbox: Sandbox, fetch_interval: Duration) -> Runner {
+        Runner { root: root.to_path_buf(), sandbox, fetch_interval }
+    }
+
+    /// Runs one job.
+    pub async fn run(&self, job: &Job) -> Result<Report, JobError> {
+        let started = Instant::now();
+        let mirror = Mirror::new(&self.root.join("mirrors"), &job.repository);
+        mirror.refresh(self.fetch_interval).await?;
+        let base = self.base(&mirror, job).await?;
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let dir =
+            self.root.join("work").join(format!("{}-{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+        std::fs::create_dir_all(dir.parent().expect("has a parent")).map_err(|e| JobError::Io(format!("{}: {e}", self.root.display())))?;
+        let tree = mirror.worktree(&dir, &base.commit).await?;
+        let result = self.apply_and_test(&tree, job).await;
+        let secrets = [dir.display().to_string(), mirror.dir().display().to_string(), self.root.display().to_string(), hostname()];
+        let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+        tree.remove().await;
+        let (mut apply, mut test) = result?;
+        apply.output = git::scrub(&apply.output, &secrets);
+        if let Some(t) = &mut test {
+            t.output = git::scrub(&String::from_utf8_lossy(&t.output), &secrets).into_bytes();
+        }
+        Ok(Report { base, apply, test, duration: started.elapsed() })
+    }
+
+    async fn base(&self, mirror: &Mirror, job: &Job) -> Result<Base, JobError> {
+        if let Some(wanted) = &job.base_commit {
+            if !mirror.has_commit(wanted).await {
+                // Maybe it is newer than our last fetch.
+                mirror.refresh(Duration::ZERO).await?;
+            }
+            if mirror.has_commit(wanted).await {
+                return Ok(Base { commit: wanted.clone(), reason: "base-commit".into() });
+            }
+            let head = mirror.branch_head(&job.branch).await?;
+            return Ok(Base { commit: head, reason: format!("branch {} (base-commit {wanted} is not in the repository)", job.branch) });
+        }
+        let head = mirror.branch_head(&job.branch).await?;
+        Ok(Base { commit: head, reason: format!("branch {}", job.branch) })
+    }
+
+    async fn apply_and_test(&self, tree: &git::Worktree, job: &Job) -> Result<(Applied, Option<Execution>), JobError> {
+        for (i, dep) in job.dependencies.iter().enumerate() {
+            let applied = tree.am(dep).await?;
+            if !applied.ok {
+                let output = format!("The series this one is based on (dependency {}) did not apply:\n{}", i + 1, applied.output);
+                return Ok((Applied { ok: false, output, failed_patch: applied.failed_patch }, None));
+            }
+        }
+        let applied = tree.am(&job.mbox).await?;
+        if !applied.ok {
+            return Ok((applied, None));
+        }
+        let test = match &job.script {
+            Some(script) => Some(self.sandbox.run(script, tree.dir(), &job.limits).await?),
+            None => None,
+        };
+        Ok((applied, test))
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
+}

@@ -1,0 +1,163 @@
+//! Jobs end to end with real git on repositories made here: a good series
+//! applies and passes; one that does not apply names the patch; a broken
+//! build fails with the compiler's error; `base-commit:` is honoured; a
+//! dependency series is applied first; nothing published names the runner.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use patchbay_runner::{Failure, Isolation, Job, Limits, Runner, Sandbox};
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args(args)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_AUTHOR_NAME", "Dev")
+        .env("GIT_AUTHOR_EMAIL", "dev@example.org")
+        .env("GIT_COMMITTER_NAME", "Dev")
+        .env("GIT_COMMITTER_EMAIL", "dev@example.org")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A project with a C program and a test script; returns the repository path.
+fn project(root: &Path) -> PathBuf {
+    let repo = root.join("origin");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("hello.c"), "#include <stdio.h>\nint main(void) {\n\tputs(\"hello\");\n\treturn 0;\n}\n").unwrap();
+    std::fs::write(repo.join("test.sh"), "set -e\ncc -Wall -o hello hello.c\n./hello | grep -q hello\necho TESTS PASSED\n").unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "base"]);
+    repo
+}
+
+/// Commits `changes` on a branch from `from` and returns the series as an mbox.
+fn series(repo: &Path, name: &str, from: &str, changes: &[(&str, &str)], extra: &[&str]) -> Vec<u8> {
+    git(repo, &["checkout", "-q", "-b", name, from]);
+    for (i, (file, content)) in changes.iter().enumerate() {
+        std::fs::write(repo.join(file), content).unwrap();
+        git(repo, &["add", file]);
+        git(repo, &["commit", "-q", "-m", &format!("{name}: change {}", i + 1)]);
+    }
+    let mut args = vec!["format-patch", "--stdout"];
+    args.extend_from_slice(extra);
+    let range = format!("{from}..{name}");
+    args.push(&range);
+    let mbox = git(repo, &args);
+    git(repo, &["checkout", "-q", "main"]);
+    (mbox + "\n").into_bytes()
+}
+
+fn runner(root: &Path) -> Runner {
+    Runner::new(&root.join("runner"), Sandbox::new(Isolation::Bubblewrap).expect("bubblewrap"), Duration::from_secs(300))
+}
+
+fn job(repo: &Path, mbox: Vec<u8>) -> Job {
+    Job {
+        repository: repo.display().to_string(),
+        branch: "main".into(),
+        base_commit: None,
+        dependencies: vec![],
+        mbox,
+        script: Some("sh test.sh".into()),
+        limits: Limits {
+            wall: Duration::from_secs(120),
+            memory_bytes: 1 << 30,
+            processes: 256,
+            file_size_bytes: 1 << 30,
+            output_bytes: 64 << 10,
+        },
+    }
+}
+
+const GOOD: &str = "#include <stdio.h>\nint main(void) {\n\tputs(\"hello, world\");\n\treturn 0;\n}\n";
+
+#[tokio::test]
+async fn a_good_series_applies_and_passes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = project(tmp.path());
+    let mbox = series(&repo, "good", "main", &[("hello.c", GOOD), ("README", "docs\n")], &[]);
+    let report = runner(tmp.path()).run(&job(&repo, mbox)).await.unwrap();
+    assert!(report.apply.ok, "{}", report.apply.output);
+    assert_eq!(report.base.reason, "branch main");
+    let test = report.test.unwrap();
+    assert_eq!(test.failure, None, "{}", String::from_utf8_lossy(&test.output));
+    assert!(String::from_utf8_lossy(&test.output).contains("TESTS PASSED"));
+    assert!(!tmp.path().join("runner/work").read_dir().unwrap().any(|_| true), "the worktree is removed");
+}
+
+#[tokio::test]
+async fn a_series_that_does_not_apply_names_the_patch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = project(tmp.path());
+    let mbox = series(&repo, "stale", "main", &[("README", "one\n"), ("hello.c", GOOD)], &[]);
+    // main moves on with a conflicting change to hello.c.
+    std::fs::write(repo.join("hello.c"), "int main(void) { return 1; }\n").unwrap();
+    git(&repo, &["commit", "-q", "-am", "rewrite"]);
+    let report = runner(tmp.path()).run(&job(&repo, mbox)).await.unwrap();
+    assert!(!report.apply.ok);
+    assert_eq!(report.apply.failed_patch.as_deref(), Some("0002 stale: change 2"), "{}", report.apply.output);
+    assert!(report.apply.output.contains("hello, world"), "the rejected hunk is shown: {}", report.apply.output);
+    assert!(report.test.is_none());
+    let root = tmp.path().display().to_string();
+    assert!(!report.apply.output.contains(&root), "no runner paths in what is published: {}", report.apply.output);
+}
+
+#[tokio::test]
+async fn a_broken_build_fails_with_the_compiler_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = project(tmp.path());
+    let broken = "#include <stdio.h>\nint main(void) {\n\tputs(\"hello\")\n\treturn 0;\n}\n";
+    let mbox = series(&repo, "broken", "main", &[("hello.c", broken)], &[]);
+    let report = runner(tmp.path()).run(&job(&repo, mbox)).await.unwrap();
+    assert!(report.apply.ok);
+    let test = report.test.unwrap();
+    assert_eq!(test.failure, Some(Failure::Failed));
+    let out = String::from_utf8_lossy(&test.output);
+    assert!(out.contains("hello.c:3") && out.contains("error"), "the compiler's error is in the output: {out}");
+}
+
+#[tokio::test]
+async fn base_commit_is_honoured_and_dependencies_go_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = project(tmp.path());
+    let base = git(&repo, &["rev-parse", "HEAD"]);
+    let base_arg = format!("--base={base}");
+    let mbox = series(&repo, "old", "main", &[("hello.c", GOOD)], &[&base_arg]);
+    assert!(String::from_utf8_lossy(&mbox).contains(&format!("base-commit: {base}")));
+    std::fs::write(repo.join("hello.c"), "int main(void) { return 1; }\n").unwrap();
+    git(&repo, &["commit", "-q", "-am", "rewrite on main"]);
+    let mut j = job(&repo, mbox.clone());
+    j.base_commit = Some(base.clone());
+    let report = runner(tmp.path()).run(&j).await.unwrap();
+    assert_eq!(report.base.commit, base);
+    assert_eq!(report.base.reason, "base-commit");
+    assert!(report.apply.ok, "applies on its base although main moved: {}", report.apply.output);
+
+    // An unknown base-commit falls back to the branch, and says so.
+    let mut j = job(&repo, mbox);
+    j.base_commit = Some("0123456789abcdef0123456789abcdef01234567".into());
+    let report = runner(tmp.path()).run(&j).await.unwrap();
+    assert!(report.base.reason.starts_with("branch main (base-commit 0123"), "{}", report.base.reason);
+
+    // A series based on another one: the dependency is applied first.
+    git(&repo, &["checkout", "-q", "main"]);
+    let dep = series(&repo, "dep", "main", &[("lib.h", "#define GREETING \"hi\"\n")], &[]);
+    git(&repo, &["checkout", "-q", "dep"]);
+    let on_top = series(&repo, "ontop", "dep", &[("lib.h", "#define GREETING \"hi there\"\n")], &[]);
+    git(&repo, &["checkout", "-q", "main"]);
+    let mut j = job(&repo, on_top.clone());
+    j.script = Some("grep -q 'hi there' lib.h && echo OK".into());
+    let alone = runner(tmp.path()).run(&j).await.unwrap();
+    assert!(!alone.apply.ok, "without its dependency it cannot apply");
+    j.dependencies = vec![dep];
+    let report = runner(tmp.path()).run(&j).await.unwrap();
+    assert!(report.apply.ok, "{}", report.apply.output);
+    assert_eq!(report.test.unwrap().failure, None);
+}
