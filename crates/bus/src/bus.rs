@@ -204,7 +204,7 @@ impl Publisher {
 
     /// Builds the outgoing message for a typed body without publishing it.
     pub fn outgoing<B: Body>(&self, body: &B) -> Result<Outgoing, BusError> {
-        let topic = self.root.topic(B::TOPIC).map_err(|e| BusError::Invalid(e.to_string()))?;
+        let topic = self.root.topic(&body.topic_suffix()).map_err(|e| BusError::Invalid(e.to_string()))?;
         let body = serde_json::to_value(body).map_err(|e| BusError::Invalid(e.to_string()))?;
         Ok(Outgoing { sender: self.sender.clone(), topic, schema: B::schema_ref(), body })
     }

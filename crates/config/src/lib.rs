@@ -70,6 +70,8 @@ struct RawConfig {
     ingest: RawIngest,
     #[serde(default)]
     project: Vec<RawProject>,
+    #[serde(default)]
+    runner: RawRunner,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -88,6 +90,90 @@ struct RawProject {
     #[serde(default)]
     list_ids: Vec<String>,
     tag: Option<String>,
+    repository: Option<String>,
+    branch: Option<String>,
+    #[serde(default)]
+    test: Vec<RawTest>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTest {
+    name: String,
+    script: String,
+    arches: Option<Vec<String>>,
+    time_limit_secs: Option<u64>,
+    memory_mib: Option<u64>,
+    processes: Option<u64>,
+    required: Option<bool>,
+    #[serde(default)]
+    capabilities: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRunner {
+    isolation: Option<Isolation>,
+    jobs: Option<u16>,
+    capabilities: Option<Vec<String>>,
+    work_dir: Option<PathBuf>,
+    fetch_interval_secs: Option<u64>,
+    max_attempts: Option<u32>,
+    output_kib: Option<u64>,
+}
+
+/// How a runner confines test scripts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// bubblewrap (the default).
+    Bubblewrap,
+    /// None: trusted setups only.
+    None,
+}
+
+/// One test of a project (`[[project.test]]`).
+#[derive(Clone, Debug)]
+pub struct TestConfig {
+    /// Name: a topic word; each test has its own job queue.
+    pub name: String,
+    /// Shell command run in the applied tree.
+    pub script: String,
+    /// Arches it runs on (default: `x86_64`); each is also a capability the runner needs.
+    pub arches: Vec<String>,
+    /// Wall-clock limit in seconds (default 3600).
+    pub time_limit_secs: u64,
+    /// Memory limit in MiB (default 4096).
+    pub memory_mib: u64,
+    /// Process limit (default 1024).
+    pub processes: u64,
+    /// Whether the verdict waits for it (default true).
+    pub required: bool,
+    /// Runner labels needed beyond the arch (`kvm`, `big`).
+    pub capabilities: Vec<String>,
+}
+
+/// `[runner]`: how this machine runs jobs.
+#[derive(Clone, Debug)]
+pub struct RunnerConfig {
+    /// Sandbox kind (default bubblewrap).
+    pub isolation: Isolation,
+    /// Jobs at once (default 1).
+    pub jobs: u16,
+    /// Labels this runner offers (default: this machine's arch).
+    pub capabilities: Vec<String>,
+    /// Mirrors and worktrees (default `<data_dir>/runner`).
+    pub work_dir: Option<PathBuf>,
+    /// A mirror is fetched at most this often (default 300 s), and on demand for an unknown base.
+    pub fetch_interval_secs: u64,
+    /// A job that keeps killing runners is dead-lettered after this many attempts (default 3).
+    pub max_attempts: u32,
+    /// Output kept per test, head and tail, in KiB (default 1024).
+    pub output_kib: u64,
+}
+
+fn topic_word(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -162,6 +248,8 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// The projects whose series are tested, in the order they are matched.
     pub projects: Vec<ProjectConfig>,
+    /// How this machine runs test jobs.
+    pub runner: RunnerConfig,
 }
 
 /// The default LMTP listener: loopback only.
@@ -189,6 +277,12 @@ pub struct ProjectConfig {
     pub list_ids: Vec<String>,
     /// A subject tag the series must carry as well (`[PATCH liburing]`), when set.
     pub tag: Option<String>,
+    /// Git repository (URL or path) series are applied to; without it nothing is tested.
+    pub repository: Option<String>,
+    /// Branch applied to when a series names no usable base (default `main`).
+    pub branch: String,
+    /// Tests run on every complete series.
+    pub tests: Vec<TestConfig>,
 }
 
 /// Bus settings.
@@ -355,11 +449,66 @@ impl Config {
                 return Err(invalid(&format!("{key}.list_ids"), "at least one list id is needed".into()));
             }
             let list_ids = p.list_ids.iter().map(|l| l.trim().trim_start_matches('<').trim_end_matches('>').to_ascii_lowercase()).collect();
-            projects.push(ProjectConfig { name: p.name, list_ids, tag: p.tag });
+            let mut tests: Vec<TestConfig> = Vec::new();
+            for (j, t) in p.test.into_iter().enumerate() {
+                let tkey = format!("{key}.test[{j}]");
+                if !topic_word(&t.name) || t.name == "apply" {
+                    return Err(invalid(
+                        &format!("{tkey}.name"),
+                        format!("{:?} must be ASCII letters, digits, '_' or '-' (and not `apply`, which is built in)", t.name),
+                    ));
+                }
+                if tests.iter().any(|x| x.name == t.name) {
+                    return Err(invalid(&format!("{tkey}.name"), format!("test {:?} is declared twice", t.name)));
+                }
+                let arches = t.arches.unwrap_or_else(|| vec!["x86_64".into()]);
+                if arches.is_empty() || !arches.iter().all(|a| topic_word(a)) {
+                    return Err(invalid(&format!("{tkey}.arches"), "give at least one arch, each a word such as x86_64".into()));
+                }
+                tests.push(TestConfig {
+                    name: t.name,
+                    script: t.script,
+                    arches,
+                    time_limit_secs: t.time_limit_secs.unwrap_or(3600).max(1),
+                    memory_mib: t.memory_mib.unwrap_or(4096).max(16),
+                    processes: t.processes.unwrap_or(1024).max(8),
+                    required: t.required.unwrap_or(true),
+                    capabilities: t.capabilities,
+                });
+            }
+            if !tests.is_empty() && p.repository.is_none() {
+                return Err(invalid(&format!("{key}.repository"), "tests need a repository to apply series to".into()));
+            }
+            projects.push(ProjectConfig {
+                name: p.name,
+                list_ids,
+                tag: p.tag,
+                repository: p.repository,
+                branch: p.branch.unwrap_or_else(|| "main".into()),
+                tests,
+            });
+        }
+
+        let r = raw.runner;
+        let runner = RunnerConfig {
+            isolation: r.isolation.unwrap_or(Isolation::Bubblewrap),
+            jobs: r.jobs.unwrap_or(1),
+            capabilities: r.capabilities.unwrap_or_else(|| vec![std::env::consts::ARCH.to_string()]),
+            work_dir: r.work_dir.map(&resolve),
+            fetch_interval_secs: r.fetch_interval_secs.unwrap_or(300),
+            max_attempts: r.max_attempts.unwrap_or(3),
+            output_kib: r.output_kib.unwrap_or(1024),
+        };
+        if runner.jobs == 0 || runner.jobs > 256 {
+            return Err(invalid("runner.jobs", format!("{} must be 1-256", runner.jobs)));
+        }
+        if runner.max_attempts == 0 {
+            return Err(invalid("runner.max_attempts", "must be at least 1".into()));
         }
 
         let log_level = raw.log.level.unwrap_or_else(|| "info".into());
         Ok(Config {
+            runner,
             ingest,
             projects,
             source: source.map(Path::to_path_buf),
@@ -406,6 +555,25 @@ mod tests {
                 .contains("declared twice")
         );
         assert!(err("[[project]]\nname = \"a\"\nlists = [\"l\"]\n").contains("lists"));
+        let t = Config::parse(
+            "[[project]]\nname = \"p\"\nlist_ids = [\"l\"]\nrepository = \"/srv/p.git\"\n[[project.test]]\nname = \"build\"\nscript = \"make\"\n[runner]\njobs = 2\n",
+            Path::new("p.toml"),
+        )
+        .unwrap();
+        assert_eq!(t.projects[0].tests[0].arches, vec!["x86_64".to_string()]);
+        assert_eq!(t.projects[0].branch, "main");
+        assert_eq!(t.runner.jobs, 2);
+        assert_eq!(t.runner.isolation, Isolation::Bubblewrap);
+        assert!(
+            err("[[project]]\nname = \"p\"\nlist_ids = [\"l\"]\n[[project.test]]\nname = \"b\"\nscript = \"x\"\n")
+                .contains("project[0].repository")
+        );
+        assert!(
+            err("[[project]]\nname = \"p\"\nlist_ids = [\"l\"]\nrepository = \"r\"\n[[project.test]]\nname = \"apply\"\nscript = \"x\"\n")
+                .contains("project[0].test[0].name")
+        );
+        assert!(err("[runner]\nisolation = \"chroot\"\n").contains("runner.isolation"));
+        assert!(err("[runner]\njobs = 0\n").contains("runner.jobs"));
     }
 
     #[test]

@@ -21,6 +21,12 @@ pub trait Body: Serialize + DeserializeOwned + JsonSchema {
     fn schema_ref() -> SchemaRef {
         SchemaRef { name: Self::SCHEMA.to_string(), version: Self::VERSION }
     }
+
+    /// The topic suffix of this message: [`Body::TOPIC`], unless the body routes by one of its
+    /// fields (a job goes to `ci.job.<test>.queued`, so each test type has its own queue).
+    fn topic_suffix(&self) -> String {
+        Self::TOPIC.to_string()
+    }
 }
 
 /// A free-text line from a shell script, as `fedmsg-logger` sent them.
@@ -177,6 +183,154 @@ impl Body for SeriesSuperseded {
     const VERSION: u32 = 1;
 }
 
+/// Limits a test runs under.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestLimits {
+    /// Wall-clock seconds before the whole process tree is killed.
+    pub wall_secs: u64,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// Processes and threads at once.
+    pub processes: u64,
+    /// Largest file the script may write, in MiB.
+    pub file_size_mib: u64,
+    /// Output kept (head and tail), in KiB.
+    pub output_kib: u64,
+}
+
+/// A job for the runners that can run one test on one arch (`ci.job.<test>.queued`).
+/// Self-contained: a runner needs the bus and git access, never the store.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestJob {
+    /// `<series>-v<version>-<test>-<arch>`: stable, so a redelivered or re-dispatched job is recognised.
+    pub job: String,
+    /// The series under test.
+    pub series: SeriesHead,
+    /// The test's name (`apply` is the "does it apply?" job).
+    pub test: String,
+    /// The arch it runs on.
+    pub arch: String,
+    /// Runner labels the job needs (an arch, `kvm`, `big`…).
+    pub capabilities: Vec<String>,
+    /// Whether the verdict waits for it.
+    pub required: bool,
+    /// Repository URL or path.
+    pub repository: String,
+    /// Branch used when there is no usable `base-commit`.
+    pub branch: String,
+    /// The series' `base-commit:`, if any.
+    pub base_commit: Option<String>,
+    /// Series to apply first (`Based-on:`), as mboxes in order.
+    pub dependencies: Vec<String>,
+    /// The series as an mbox in patch order.
+    pub mbox: String,
+    /// The script (`sh -c` in the applied tree), `None` for the `apply` job.
+    pub script: Option<String>,
+    /// Limits for the script.
+    pub limits: TestLimits,
+}
+
+impl Body for TestJob {
+    const TOPIC: &'static str = "ci.job.queued";
+    const SCHEMA: &'static str = "patchbay.ci.job";
+    const VERSION: u32 = 1;
+
+    fn topic_suffix(&self) -> String {
+        format!("ci.job.{}.queued", self.test)
+    }
+}
+
+/// A runner took a job (`ci.test.started`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestStarted {
+    /// The job id.
+    pub job: String,
+    /// The series under test.
+    pub series: SeriesHead,
+    /// Test name.
+    pub test: String,
+    /// Arch.
+    pub arch: String,
+    /// Which attempt this is (1 on first delivery).
+    pub attempt: u32,
+}
+
+impl Body for TestStarted {
+    const TOPIC: &'static str = "ci.test.started";
+    const SCHEMA: &'static str = "patchbay.ci.started";
+    const VERSION: u32 = 1;
+}
+
+/// The base a series was applied to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BaseUsed {
+    /// The commit.
+    pub commit: String,
+    /// Why that one: `base-commit`, or `branch <name>` with the reason the base-commit was not used.
+    pub reason: String,
+}
+
+/// A test's result (`ci.test.finished`). Outcomes use resultsdb's words.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestFinished {
+    /// The job id.
+    pub job: String,
+    /// The series under test.
+    pub series: SeriesHead,
+    /// Test name (`apply` for "does it apply?").
+    pub test: String,
+    /// Arch.
+    pub arch: String,
+    /// Whether the verdict waits for it.
+    pub required: bool,
+    /// `PASSED`, `FAILED` or `ERROR`.
+    pub outcome: String,
+    /// For FAILED: `failed`, `timeout`, `memory`, or `apply` (naming the patch in `failed_patch`);
+    /// for ERROR: what went wrong, `series-does-not-apply` when a test could not run because of that.
+    pub reason: Option<String>,
+    /// For a failed `apply`: `NNNN <subject>` of the patch that failed.
+    pub failed_patch: Option<String>,
+    /// Wall time in milliseconds, git included.
+    pub duration_ms: u64,
+    /// The base used, when one was chosen.
+    pub base: Option<BaseUsed>,
+    /// The end of the log (where errors are), at most 16 KiB.
+    pub excerpt: String,
+    /// Size of the whole log in bytes (published in `ci.test.log` chunks).
+    pub log_bytes: u64,
+}
+
+impl Body for TestFinished {
+    const TOPIC: &'static str = "ci.test.finished";
+    const SCHEMA: &'static str = "patchbay.ci.finished";
+    const VERSION: u32 = 1;
+}
+
+/// One bounded chunk of a test's full log (`ci.test.log`), for the store to keep compressed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestLog {
+    /// The job id.
+    pub job: String,
+    /// Chunk number, from 0.
+    pub index: u32,
+    /// Whether this is the last chunk.
+    pub last: bool,
+    /// At most 64 KiB of the log, as text (invalid UTF-8 replaced).
+    pub text: String,
+}
+
+impl Body for TestLog {
+    const TOPIC: &'static str = "ci.test.log";
+    const SCHEMA: &'static str = "patchbay.ci.log";
+    const VERSION: u32 = 1;
+}
+
 /// One exported schema: which topic, which name and version, and the JSON Schema.
 #[derive(Clone, Debug, Serialize)]
 pub struct BodySchema {
@@ -208,6 +362,10 @@ pub fn body_schemas() -> Vec<BodySchema> {
         export::<SeriesComplete>(),
         export::<SeriesIncomplete>(),
         export::<SeriesSuperseded>(),
+        export::<TestJob>(),
+        export::<TestStarted>(),
+        export::<TestFinished>(),
+        export::<TestLog>(),
     ]
 }
 
@@ -225,6 +383,10 @@ pub fn check_body(topic_suffix: &str, body: &serde_json::Value) -> Option<Result
         SeriesComplete::TOPIC => Some(check::<SeriesComplete>(body)),
         SeriesIncomplete::TOPIC => Some(check::<SeriesIncomplete>(body)),
         SeriesSuperseded::TOPIC => Some(check::<SeriesSuperseded>(body)),
+        TestStarted::TOPIC => Some(check::<TestStarted>(body)),
+        TestFinished::TOPIC => Some(check::<TestFinished>(body)),
+        TestLog::TOPIC => Some(check::<TestLog>(body)),
+        s if s == TestJob::TOPIC || (s.starts_with("ci.job.") && s.ends_with(".queued")) => Some(check::<TestJob>(body)),
         _ => None,
     }
 }

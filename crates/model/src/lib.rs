@@ -12,8 +12,8 @@ mod time;
 mod topic;
 
 pub use body::{
-    Body, BodySchema, LogMessage, MailReceived, SeriesComplete, SeriesHead, SeriesIncomplete, SeriesNew, SeriesPatch, SeriesSuperseded,
-    body_schemas, check_body, envelope_schema, free_form_schema,
+    BaseUsed, Body, BodySchema, LogMessage, MailReceived, SeriesComplete, SeriesHead, SeriesIncomplete, SeriesNew, SeriesPatch,
+    SeriesSuperseded, TestFinished, TestJob, TestLimits, TestLog, TestStarted, body_schemas, check_body, envelope_schema, free_form_schema,
 };
 pub use canonical::write_canonical;
 pub use envelope::{Envelope, EnvelopeError, SchemaRef, Sender, Signature};
