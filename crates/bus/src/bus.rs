@@ -220,4 +220,9 @@ impl Publisher {
     pub fn root(&self) -> &TopicRoot {
         &self.root
     }
+
+    /// The bus, to publish several built messages at once.
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        &self.bus
+    }
 }

@@ -503,3 +503,29 @@ pub fn sweep(tx: &Tx<'_>, cutoff: i64, now: i64, events: &mut Vec<Event>) -> Res
     }
     Ok(ids.len())
 }
+
+/// The mbox of the complete (or superseded-after-completion) series holding `message_id`.
+pub fn complete_series_mbox(conn: &rusqlite::Connection, message_id: &str) -> Result<Option<String>, StoreError> {
+    let series: Option<i64> = conn
+        .query_row(
+            "SELECT sm.series_id FROM mails m JOIN series_mails sm ON sm.mail_id = m.id JOIN series s ON s.id = sm.series_id
+             WHERE m.message_id = ?1 AND s.state IN ('complete', 'superseded') ORDER BY s.id DESC LIMIT 1",
+            [message_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(series) = series else { return Ok(None) };
+    let (total,): (u32,) = conn.query_row("SELECT total FROM series WHERE id = ?1", [series], |r| Ok((r.get(0)?,)))?;
+    let mut stmt = conn.prepare(
+        "SELECT sm.slot, m.raw FROM series_mails sm JOIN mails m ON m.id = sm.mail_id WHERE sm.series_id = ?1 AND sm.slot > 0 ORDER BY sm.slot",
+    )?;
+    let rows: Vec<(u32, Vec<u8>)> = stmt.query_map([series], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+    if !patchbay_series::is_complete(total, &rows.iter().map(|(s, _)| *s).collect::<Vec<_>>()) {
+        return Ok(None);
+    }
+    let mut mbox = Vec::new();
+    for (_, raw) in rows {
+        patchbay_mail::write_mboxrd(&mut mbox, &raw);
+    }
+    Ok(Some(String::from_utf8_lossy(&mbox).into_owned()))
+}

@@ -155,6 +155,14 @@ impl Ingest {
             .await?)
     }
 
+    /// The mbox (patches in slot order) of the complete series holding the mail `message_id`
+    /// (with or without angle brackets), for `Based-on:` dependencies; `None` when there is none.
+    pub async fn complete_series_mbox(&self, message_id: &str) -> Result<Option<String>, IngestError> {
+        let id = message_id.trim();
+        let id = if id.starts_with('<') { id.to_string() } else { format!("<{id}>") };
+        Ok(self.bus.db().read(move |conn| assemble::complete_series_mbox(conn, &id)).await?)
+    }
+
     /// The mark an importer recorded for `source` (the last public-inbox commit imported).
     pub async fn mark(&self, source: &str) -> Result<Option<String>, IngestError> {
         let source = source.to_string();

@@ -23,7 +23,7 @@ pub trait Body: Serialize + DeserializeOwned + JsonSchema {
     }
 
     /// The topic suffix of this message: [`Body::TOPIC`], unless the body routes by one of its
-    /// fields (a job goes to `ci.job.<test>.queued`, so each test type has its own queue).
+    /// fields (a job goes to `ci.job.<test>.<arch>.queued`, so each test and arch has its own queue).
     fn topic_suffix(&self) -> String {
         Self::TOPIC.to_string()
     }
@@ -199,7 +199,7 @@ pub struct TestLimits {
     pub output_kib: u64,
 }
 
-/// A job for the runners that can run one test on one arch (`ci.job.<test>.queued`).
+/// A job for the runners that can run one test on one arch (`ci.job.<test>.<arch>.queued`).
 /// Self-contained: a runner needs the bus and git access, never the store.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -238,7 +238,7 @@ impl Body for TestJob {
     const VERSION: u32 = 1;
 
     fn topic_suffix(&self) -> String {
-        format!("ci.job.{}.queued", self.test)
+        format!("ci.job.{}.{}.queued", self.test, self.arch)
     }
 }
 

@@ -5,6 +5,7 @@
 mod backend;
 mod bench;
 mod bench_amqp;
+mod ci;
 mod client;
 mod ingest;
 mod keys;
@@ -42,6 +43,8 @@ enum Command {
     Inject(ingest::InjectArgs),
     /// Import mbox files, maildirs and public-inbox archives (incrementally), with progress.
     Import(ingest::ImportArgs),
+    /// Run test jobs from the bus: apply series with git and test them in a sandbox.
+    Runner(ci::RunnerArgs),
     /// Write a new ed25519 signing key pair.
     Keygen(keys::KeygenArgs),
     /// Check the config file.
@@ -156,6 +159,11 @@ fn run(cli: Cli) -> Result<(), Exit> {
         Command::Bench { what: BenchWhat::Bus(opts) } => runtime()?.block_on(bench::run(opts.clone())).map_err(Exit::from),
         Command::Bench { what: BenchWhat::Amqp(opts) } => runtime()?.block_on(bench_amqp::run(opts.clone())).map_err(Exit::from),
         Command::Bench { what: BenchWhat::Ingest(opts) } => runtime()?.block_on(ingest::bench(opts.clone())).map_err(Exit::from),
+        Command::Runner(args) => {
+            let config = load_config(&cli)?;
+            init_logging(&config);
+            runtime()?.block_on(ci::runner(config, args)).map_err(Exit::from)
+        }
         Command::Inject(args) => {
             let config = load_config(&cli)?;
             init_logging_quiet(&config);

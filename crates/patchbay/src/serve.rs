@@ -19,6 +19,9 @@ pub struct ServeArgs {
     /// Accept LMTP on this address instead of the config's `ingest.lmtp_listen`.
     #[arg(long)]
     lmtp: Option<SocketAddr>,
+    /// Run no test jobs in this process (runners run elsewhere: `patchbay runner`).
+    #[arg(long)]
+    no_runner: bool,
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -48,8 +51,8 @@ pub async fn shutdown_signal() {
 pub async fn serve(config: Config, args: &ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let sealer = crate::keys::sealer(&config, true)?;
-    // Built now so a bad trust setup stops `serve` at start; services will take it as they arrive.
-    let _policy = Arc::new(crate::keys::trust_policy(&config)?);
+    // Built now so a bad trust setup stops `serve` at start.
+    let policy = Arc::new(crate::keys::trust_policy(&config)?);
     let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
     let mut recorder_closing = closing_rx.clone();
     let served = crate::backend::serve(&config, sealer, async move {
@@ -83,6 +86,19 @@ pub async fn serve(config: Config, args: &ServeArgs, shutdown: impl Future<Outpu
             let _ = lmtp_closing.wait_for(|closing| *closing).await;
         })));
     }
+    // Tests: the dispatcher, and (embedded shape) a runner in this process.
+    let mut dispatch_closing = closing_rx.clone();
+    let dispatcher = crate::ci::start_dispatcher(&config, served.bus.clone(), policy.clone(), Some(ingest.clone()), async move {
+        let _ = dispatch_closing.wait_for(|closing| *closing).await;
+    })?;
+    let mut runners = Vec::new();
+    if dispatcher.is_some() && !args.no_runner {
+        match crate::ci::start_runner(&config, config.runner.jobs, served.bus.clone(), policy.clone(), closing_rx.clone()) {
+            Ok(tasks) => runners = tasks,
+            // Jobs wait on their queues for a runner that can run them safely.
+            Err(error) => tracing::error!(%error, "No runner in this process; test jobs wait for `patchbay runner` elsewhere."),
+        }
+    }
     let mut sweep_closing = closing_rx.clone();
     let incomplete_after = config.ingest.incomplete_after_secs;
     let sweeper = tokio::spawn(async move {
@@ -108,6 +124,12 @@ pub async fn serve(config: Config, args: &ServeArgs, shutdown: impl Future<Outpu
         lmtp.await.context("LMTP task")?.context("LMTP listener")?;
     }
     let _ = sweeper.await;
+    if let Some(d) = dispatcher {
+        let _ = d.await;
+    }
+    for r in runners {
+        let _ = r.await;
+    }
     if let Some(recorder) = served.recorder {
         let _ = recorder.await;
     }

@@ -132,6 +132,21 @@ fn layering_rules_hold() {
             "the runner's git and sandbox know no bus, store or HTTP: runners live on other machines",
         ),
         (
+            "ci",
+            &[
+                "patchbay-store",
+                "patchbay-bus-amqp",
+                "patchbay-web",
+                "patchbay-config",
+                "patchbay-ingest",
+                "rusqlite",
+                "axum",
+                "reqwest",
+                "lapin",
+            ],
+            "the dispatcher and runner services know no backend, store or config file",
+        ),
+        (
             "ingest",
             &["patchbay-bus-amqp", "patchbay-web", "patchbay-config", "patchbay-runtime", "axum", "reqwest", "lapin"],
             "ingest knows the embedded store but no HTTP, no AMQP and no config file",

@@ -59,7 +59,7 @@ pub enum JobError {
     /// The sandbox could not run the script.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
-    /// The work directory is unusable.
+    /// The work directory is unusable, or one of the above, with the runner's paths scrubbed.
     #[error("{0}")]
     Io(String),
 }
@@ -70,29 +70,49 @@ pub struct Runner {
     root: PathBuf,
     sandbox: Sandbox,
     fetch_interval: Duration,
+    /// One lock per mirror: clones and fetches of one repository never overlap.
+    mirrors: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, std::sync::Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl Runner {
     /// Mirrors and worktrees go under `root`; a mirror is fetched at most every `fetch_interval`.
     pub fn new(root: &Path, sandbox: Sandbox, fetch_interval: Duration) -> Runner {
-        Runner { root: root.to_path_buf(), sandbox, fetch_interval }
+        Runner { root: root.to_path_buf(), sandbox, fetch_interval, mirrors: Default::default() }
     }
 
-    /// Runs one job.
+    /// Runs one job; errors come back with the runner's paths and host name scrubbed, ready to publish.
     pub async fn run(&self, job: &Job) -> Result<Report, JobError> {
+        self.run_inner(job).await.map_err(|e| {
+            let root = self.root.display().to_string();
+            JobError::Io(git::scrub(&e.to_string(), &[&root, &hostname()]))
+        })
+    }
+
+    async fn run_inner(&self, job: &Job) -> Result<Report, JobError> {
         let started = Instant::now();
         let mirror = Mirror::new(&self.root.join("mirrors"), &job.repository);
-        mirror.refresh(self.fetch_interval).await?;
-        let base = self.base(&mirror, job).await?;
+        let lock = self.mirrors.lock().unwrap().entry(mirror.dir().to_path_buf()).or_default().clone();
+        let base = {
+            let _guard = lock.lock().await;
+            mirror.refresh(self.fetch_interval).await?;
+            self.base(&mirror, job).await?
+        };
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let dir =
             self.root.join("work").join(format!("{}-{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
         std::fs::create_dir_all(dir.parent().expect("has a parent")).map_err(|e| JobError::Io(format!("{}: {e}", self.root.display())))?;
-        let tree = mirror.worktree(&dir, &base.commit).await?;
+        // Worktree bookkeeping in the mirror (add, remove, prune) is serialized per mirror too.
+        let tree = {
+            let _guard = lock.lock().await;
+            mirror.worktree(&dir, &base.commit).await?
+        };
         let result = self.apply_and_test(&tree, job).await;
         let secrets = [dir.display().to_string(), mirror.dir().display().to_string(), self.root.display().to_string(), hostname()];
         let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
-        tree.remove().await;
+        {
+            let _guard = lock.lock().await;
+            tree.remove().await;
+        }
         let (mut apply, mut test) = result?;
         apply.output = git::scrub(&apply.output, &secrets);
         if let Some(t) = &mut test {

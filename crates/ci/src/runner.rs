@@ -1,0 +1,186 @@
+//! The runner service: jobs in, `ci.test.started`, `ci.test.log` chunks and
+//! `ci.test.finished` out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use patchbay_bus::{Outgoing, Publisher};
+use patchbay_model::{BaseUsed, Body, Envelope, TestFinished, TestJob, TestLog, TestStarted};
+use patchbay_runner::{Failure, Job, Limits, Runner};
+use patchbay_runtime::{Handler, HandlerError};
+use tokio::sync::Semaphore;
+
+/// Bytes of log per `ci.test.log` message.
+const LOG_CHUNK: usize = 64 << 10;
+/// Bytes of log in `ci.test.finished` (the tail, where errors are).
+const EXCERPT: usize = 16 << 10;
+
+/// The topic suffix jobs for `test` on `arch` are published under.
+pub fn job_topic(test: &str, arch: &str) -> String {
+    format!("ci.job.{test}.{arch}.queued")
+}
+
+/// The durable queue runners of `test` on `arch` compete on.
+pub fn job_queue(test: &str, arch: &str) -> String {
+    format!("ci-job.{test}.{arch}")
+}
+
+/// The runner service; one instance serves every queue this runner can take.
+pub struct RunnerService {
+    runner: Runner,
+    publisher: Publisher,
+    slots: Arc<Semaphore>,
+    max_attempts: u32,
+}
+
+impl RunnerService {
+    /// Runs at most `jobs` jobs at once across all its queues.
+    pub fn new(runner: Runner, publisher: Publisher, jobs: u16, max_attempts: u32) -> Self {
+        RunnerService { runner, publisher, slots: Arc::new(Semaphore::new(jobs.max(1) as usize)), max_attempts }
+    }
+
+    fn out<B: Body>(&self, body: &B) -> Result<Outgoing, HandlerError> {
+        self.publisher.outgoing(body).map_err(|e| HandlerError::Permanent(e.to_string()))
+    }
+
+    async fn publish(&self, messages: Vec<Outgoing>) -> Result<(), HandlerError> {
+        self.publisher.bus().publish(messages).await.map(|_| ()).map_err(|e| HandlerError::Transient(e.to_string()))
+    }
+
+    fn finished(job: &TestJob, outcome: &str, reason: Option<String>) -> TestFinished {
+        TestFinished {
+            job: job.job.clone(),
+            series: job.series.clone(),
+            test: job.test.clone(),
+            arch: job.arch.clone(),
+            required: job.required,
+            outcome: outcome.into(),
+            reason,
+            failed_patch: None,
+            duration_ms: 0,
+            base: None,
+            excerpt: String::new(),
+            log_bytes: 0,
+        }
+    }
+}
+
+fn tail(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("[...]\n{}", &text[start..])
+}
+
+#[async_trait]
+impl Handler for RunnerService {
+    async fn handle(&self, envelope: &Envelope, attempt: u32) -> Result<(), HandlerError> {
+        let job: TestJob = serde_json::from_value(envelope.body.clone())
+            .map_err(|e| HandlerError::Permanent(format!("not a {} body: {e}", TestJob::SCHEMA)))?;
+        if attempt > self.max_attempts {
+            let reason = format!("the job was delivered {attempt} times; it keeps stopping runners");
+            let msg = self.out(&Self::finished(&job, "ERROR", Some(reason.clone())))?;
+            self.publish(vec![msg]).await?;
+            return Err(HandlerError::Permanent(reason));
+        }
+        let _slot = self.slots.acquire().await.map_err(|e| HandlerError::Transient(e.to_string()))?;
+        let started =
+            TestStarted { job: job.job.clone(), series: job.series.clone(), test: job.test.clone(), arch: job.arch.clone(), attempt };
+        self.publish(vec![self.out(&started)?]).await?;
+        tracing::info!(job = %job.job, attempt, "Job started.");
+
+        let run = Job {
+            repository: job.repository.clone(),
+            branch: job.branch.clone(),
+            base_commit: job.base_commit.clone(),
+            dependencies: job.dependencies.iter().map(|d| d.clone().into_bytes()).collect(),
+            mbox: job.mbox.clone().into_bytes(),
+            script: job.script.clone(),
+            limits: Limits {
+                wall: Duration::from_secs(job.limits.wall_secs),
+                memory_bytes: job.limits.memory_mib << 20,
+                processes: job.limits.processes,
+                file_size_bytes: job.limits.file_size_mib << 20,
+                output_bytes: (job.limits.output_kib << 10) as usize,
+            },
+        };
+        let mut result = Self::finished(&job, "ERROR", None);
+        let mut log = String::new();
+        match self.runner.run(&run).await {
+            Err(error) => {
+                tracing::warn!(job = %job.job, %error, "Job could not run.");
+                result.reason = Some(error.to_string());
+                log = error.to_string();
+            }
+            Ok(report) => {
+                result.duration_ms = report.duration.as_millis() as u64;
+                result.base = Some(BaseUsed { commit: report.base.commit.clone(), reason: report.base.reason.clone() });
+                if job.test == "apply" {
+                    log = report.apply.output.clone();
+                    if report.apply.ok {
+                        result.outcome = "PASSED".into();
+                    } else {
+                        result.outcome = "FAILED".into();
+                        result.reason = Some("apply".into());
+                        result.failed_patch = report.apply.failed_patch.clone();
+                    }
+                } else if !report.apply.ok {
+                    result.reason = Some("series-does-not-apply".into());
+                    log = report.apply.output.clone();
+                } else if let Some(test) = &report.test {
+                    log = String::from_utf8_lossy(&test.output).into_owned();
+                    match test.failure {
+                        None => result.outcome = "PASSED".into(),
+                        Some(f) => {
+                            result.outcome = "FAILED".into();
+                            result.reason = Some(f.as_str().into());
+                            if f == Failure::Failed && test.hit_process_limit {
+                                log.push_str(&format!("\n[patchbay: the process limit ({}) was reached]\n", job.limits.processes));
+                            }
+                        }
+                    }
+                } else {
+                    result.outcome = "PASSED".into();
+                }
+            }
+        }
+        result.excerpt = tail(&log, EXCERPT);
+        result.log_bytes = log.len() as u64;
+        // Log chunks and the result in one publish: the result never arrives without its log.
+        let mut messages = Vec::new();
+        let bytes = log.as_bytes();
+        let chunks: Vec<&[u8]> = if bytes.is_empty() { vec![&[][..]] } else { bytes.chunks(LOG_CHUNK).collect() };
+        let n = chunks.len();
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let text = String::from_utf8_lossy(chunk).into_owned();
+            messages.push(self.out(&TestLog { job: job.job.clone(), index: i as u32, last: i + 1 == n, text })?);
+        }
+        messages.push(self.out(&result)?);
+        self.publish(messages).await?;
+        tracing::info!(job = %job.job, outcome = %result.outcome, reason = ?result.reason, "Job finished.");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tails_cut_on_char_boundaries() {
+        assert_eq!(tail("short", 10), "short");
+        let t = tail("ééééé", 3);
+        assert!(t.ends_with('é') && t.starts_with("[...]"));
+    }
+
+    #[test]
+    fn topics_and_queues() {
+        assert_eq!(job_topic("build", "x86_64"), "ci.job.build.x86_64.queued");
+        assert_eq!(job_queue("build", "x86_64"), "ci-job.build.x86_64");
+    }
+}

@@ -1,0 +1,172 @@
+//! `patchbay runner`, and the dispatcher and runner services inside `serve`:
+//! config in, services bound to the bus out.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use patchbay_bus::{Bus, Publisher, TopicPattern, TrustPolicy};
+use patchbay_ci::{Dependencies, Dispatcher, ProjectTests, RunnerService, TestDef, job_queue, job_topic};
+use patchbay_config::{Config, Isolation};
+use patchbay_model::{Body, Sender, SeriesComplete, TestLimits};
+use patchbay_runtime::{RetryPolicy, ServiceSpec};
+
+/// Options of `patchbay runner`.
+#[derive(clap::Args)]
+pub struct RunnerArgs {
+    /// Jobs at once (default: the config's `runner.jobs`).
+    #[arg(long)]
+    jobs: Option<u16>,
+}
+
+/// The projects that have a repository, with their tests, as the dispatcher sees them.
+pub fn project_tests(config: &Config) -> Vec<ProjectTests> {
+    config
+        .projects
+        .iter()
+        .filter_map(|p| {
+            Some(ProjectTests {
+                name: p.name.clone(),
+                repository: p.repository.clone()?,
+                branch: p.branch.clone(),
+                tests: p
+                    .tests
+                    .iter()
+                    .map(|t| TestDef {
+                        name: t.name.clone(),
+                        script: t.script.clone(),
+                        arches: t.arches.clone(),
+                        limits: TestLimits {
+                            wall_secs: t.time_limit_secs,
+                            memory_mib: t.memory_mib,
+                            processes: t.processes,
+                            file_size_mib: 4096,
+                            output_kib: config.runner.output_kib,
+                        },
+                        required: t.required,
+                        capabilities: t.capabilities.clone(),
+                    })
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+/// The (test, arch) queues this runner can serve: `apply` always, and every test whose arch and
+/// capabilities it has.
+pub fn queues(config: &Config) -> Vec<(String, String)> {
+    let caps = &config.runner.capabilities;
+    let mut out = vec![("apply".to_string(), patchbay_ci::ANY_ARCH.to_string())];
+    for p in project_tests(config) {
+        for t in &p.tests {
+            for arch in &t.arches {
+                if caps.contains(arch) && t.capabilities.iter().all(|c| caps.contains(c)) && !out.contains(&(t.name.clone(), arch.clone()))
+                {
+                    out.push((t.name.clone(), arch.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Dependencies looked up in the embedded store.
+struct StoreDependencies(patchbay_ingest::Ingest);
+
+#[async_trait]
+impl Dependencies for StoreDependencies {
+    async fn mbox(&self, reference: &str) -> Option<String> {
+        // `Based-on: <id>` or a URL ending in the id (lore, patchew); take what looks like an id.
+        let id = reference.trim().rsplit('/').find(|s| s.contains('@')).unwrap_or(reference.trim());
+        self.0.complete_series_mbox(id).await.ok().flatten()
+    }
+}
+
+/// Starts the dispatcher on `bus`; it stops when `shutdown` resolves.
+pub fn start_dispatcher(
+    config: &Config,
+    bus: Arc<dyn Bus>,
+    policy: Arc<TrustPolicy>,
+    ingest: Option<patchbay_ingest::Ingest>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let projects = project_tests(config);
+    if projects.is_empty() {
+        return Ok(None);
+    }
+    let publisher = Publisher::new(bus.clone(), config.bus.root.clone(), Sender::new("dispatcher", &config.instance));
+    let deps: Arc<dyn Dependencies> = match ingest {
+        Some(i) => Arc::new(StoreDependencies(i)),
+        None => Arc::new(patchbay_ci::NoDependencies),
+    };
+    let handler = Arc::new(Dispatcher::new(projects, publisher, deps));
+    let pattern = TopicPattern::parse(config.bus.root.topic(SeriesComplete::TOPIC)?.as_str())?;
+    let spec = ServiceSpec::new("dispatcher", vec![pattern]);
+    Ok(Some(tokio::spawn(async move {
+        if let Err(error) = patchbay_runtime::run(bus, policy, spec, handler, shutdown).await {
+            tracing::error!(%error, "The dispatcher stopped.");
+        }
+    })))
+}
+
+/// Starts one runner service per queue this runner serves; they stop when `shutdown` resolves.
+pub fn start_runner(
+    config: &Config,
+    jobs: u16,
+    bus: Arc<dyn Bus>,
+    policy: Arc<TrustPolicy>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let isolation = match config.runner.isolation {
+        Isolation::Bubblewrap => patchbay_runner::Isolation::Bubblewrap,
+        Isolation::None => {
+            tracing::warn!("runner.isolation = \"none\": test scripts run unconfined; use this for trusted jobs only.");
+            patchbay_runner::Isolation::None
+        }
+    };
+    let sandbox =
+        patchbay_runner::Sandbox::new(isolation).map_err(|e| anyhow::anyhow!("{}: runner.isolation: {e}", config.source_name()))?;
+    let work = config.runner.work_dir.clone().unwrap_or_else(|| config.data_dir.join("runner"));
+    let runner = patchbay_runner::Runner::new(&work, sandbox, Duration::from_secs(config.runner.fetch_interval_secs));
+    let publisher = Publisher::new(bus.clone(), config.bus.root.clone(), Sender::new("runner", &config.instance));
+    let handler = Arc::new(RunnerService::new(runner, publisher, jobs, config.runner.max_attempts));
+    let mut tasks = Vec::new();
+    for (test, arch) in queues(config) {
+        let pattern = TopicPattern::parse(config.bus.root.topic(&job_topic(&test, &arch))?.as_str())?;
+        let mut spec = ServiceSpec::new("runner", vec![pattern]);
+        spec.queue = job_queue(&test, &arch);
+        spec.concurrency = jobs;
+        // A job that keeps killing runners comes back with a rising attempt count; the handler
+        // reports it and dead-letters it after runner.max_attempts. Handler errors retry as usual.
+        spec.retry = RetryPolicy { max_attempts: config.runner.max_attempts + 1, ..RetryPolicy::default() };
+        spec.grace = Duration::from_secs(5);
+        let (bus, policy, handler) = (bus.clone(), policy.clone(), handler.clone());
+        let mut stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let closing = async move {
+                let _ = stop.wait_for(|c| *c).await;
+            };
+            if let Err(error) = patchbay_runtime::run(bus, policy, spec, handler, closing).await {
+                tracing::error!(%error, "A runner queue stopped.");
+            }
+        }));
+    }
+    tracing::info!(jobs, queues = tasks.len(), "Runner started.");
+    Ok(tasks)
+}
+
+/// `patchbay runner`: runs jobs from the bus the config names until Ctrl-C or SIGTERM.
+pub async fn runner(config: Config, args: &RunnerArgs) -> anyhow::Result<()> {
+    let sealer = crate::keys::sealer(&config, true)?;
+    let policy = Arc::new(crate::keys::trust_policy(&config)?);
+    let bus = crate::backend::bus(&config, sealer).await?;
+    let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
+    let tasks = start_runner(&config, args.jobs.unwrap_or(config.runner.jobs), bus, policy, closing_rx)?;
+    crate::serve::shutdown_signal().await;
+    let _ = closing_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(())
+}

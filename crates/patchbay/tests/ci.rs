@@ -1,0 +1,163 @@
+//! The test pipeline end to end in the embedded shape: `patchbay serve` with a
+//! project whose repository is made here, series posted with `patchbay inject`
+//! (real `git format-patch` mail), and the `ci.test.finished` results read
+//! back from the bus: a good series passes apply and build, a broken one
+//! fails with the compiler's error, one that does not apply fails `apply`
+//! naming the patch, and nothing published names the runner's paths.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const LIST: &str = "ci.lists.example.org";
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_patchbay"));
+    c.env_remove("PATCHBAY_CONFIG").env_remove("PATCHBAY_DATA_DIR").env_remove("RUST_LOG");
+    c
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args(args)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_AUTHOR_NAME", "Dev")
+        .env("GIT_AUTHOR_EMAIL", "dev@example.org")
+        .env("GIT_COMMITTER_NAME", "Dev")
+        .env("GIT_COMMITTER_EMAIL", "dev@example.org")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Serve(Child);
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}
+
+/// Posts a series made from `changes` on a branch off main, one `inject` per mail.
+fn post(repo: &Path, config: &Path, name: &str, from: &str, changes: &[(&str, &str)]) {
+    git(repo, &["checkout", "-q", "-b", name, from]);
+    for (i, (file, content)) in changes.iter().enumerate() {
+        std::fs::write(repo.join(file), content).unwrap();
+        git(repo, &["add", file]);
+        git(repo, &["commit", "-q", "-m", &format!("{name}: part {}", i + 1)]);
+    }
+    let out = repo.join(format!("out-{name}"));
+    git(repo, &["format-patch", "-q", "--cover-letter", "--thread=shallow", "-o", &out.to_string_lossy(), &format!("{from}..{name}")]);
+    git(repo, &["checkout", "-q", "main"]);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    for f in files {
+        // git names covers `<cover.<second>.git.<committer>>`: two series in one second would share it.
+        let mail = std::fs::read_to_string(&f)
+            .unwrap()
+            .replace("*** SUBJECT HERE ***", &format!("the {name} series"))
+            .replace("<cover.", &format!("<cover-{name}."));
+        let mut c = bin().arg("--config").arg(config).args(["inject", "--list-id", LIST]).stdin(Stdio::piped()).spawn().unwrap();
+        c.stdin.take().unwrap().write_all(mail.as_bytes()).unwrap();
+        assert!(c.wait().unwrap().success());
+    }
+}
+
+fn results(db: &Path) -> Vec<serde_json::Value> {
+    let Ok(conn) = rusqlite::Connection::open(db) else { return vec![] };
+    let Ok(mut stmt) = conn.prepare("SELECT wire FROM bus_messages WHERE topic = 'e2e.ci.ci.test.finished' ORDER BY pos") else {
+        return vec![];
+    };
+    stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))
+        .unwrap()
+        .map(|w| serde_json::from_slice::<serde_json::Value>(&w.unwrap()).unwrap()["body"].clone())
+        .collect()
+}
+
+fn find<'a>(all: &'a [serde_json::Value], name: &str, test: &str) -> Option<&'a serde_json::Value> {
+    all.iter().find(|r| r["series"]["name"] == format!("the {name} series") && r["test"] == test)
+}
+
+#[test]
+fn series_are_applied_built_and_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("origin");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("hello.c"), "#include <stdio.h>\nint main(void) {\n\tputs(\"hello\");\n\treturn 0;\n}\n").unwrap();
+    std::fs::write(repo.join("test.sh"), "set -e\ncc -Wall -o hello hello.c\n./hello\necho TESTS PASSED\n").unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "base"]);
+
+    let config = tmp.path().join("patchbay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{}\"\n[ingest]\nlmtp_listen = \"\"\n[bus]\nprefix = \"e2e\"\nenv = \"ci\"\n\
+             [runner]\njobs = 2\ncapabilities = [\"x86_64\"]\n\
+             [[project]]\nname = \"demo\"\nlist_ids = [\"{LIST}\"]\nrepository = \"{}\"\n\
+             [[project.test]]\nname = \"build\"\nscript = \"sh test.sh\"\narches = [\"x86_64\"]\ntime_limit_secs = 60\n",
+            free_port(),
+            repo.display()
+        ),
+    )
+    .unwrap();
+    let _serve = Serve(bin().arg("--config").arg(&config).arg("serve").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+
+    let good = "#include <stdio.h>\nint main(void) {\n\tputs(\"hello, world\");\n\treturn 0;\n}\n";
+    let broken = "#include <stdio.h>\nint main(void) {\n\tputs(\"hello\")\n\treturn 0;\n}\n";
+    // "stale" was written against the first commit; main has moved on since, in the same lines.
+    let first = git(&repo, &["rev-parse", "HEAD"]).trim().to_string();
+    std::fs::write(repo.join("hello.c"), "#include <stdio.h>\nint main(void) {\n\tputs(\"hi\");\n\treturn 0;\n}\n").unwrap();
+    git(&repo, &["commit", "-q", "-am", "say hi"]);
+    post(&repo, &config, "stale", &first, &[("README", "x\n"), ("hello.c", good)]);
+    post(&repo, &config, "good", "main", &[("README", "docs\n"), ("hello.c", good)]);
+    post(&repo, &config, "broken", "main", &[("hello.c", broken)]);
+
+    let db = tmp.path().join("data/patchbay.sqlite3");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let all = loop {
+        let all = results(&db);
+        if all.len() >= 6 || Instant::now() > deadline {
+            break all;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(all.len(), 6, "apply + build for three series: {all:#?}");
+
+    let names: Vec<String> = all.iter().map(|r| format!("{} {} {}", r["series"]["name"], r["test"], r["outcome"])).collect();
+    let apply = find(&all, "good", "apply").unwrap_or_else(|| panic!("{names:#?}"));
+    assert_eq!(apply["outcome"], "PASSED", "{apply:#}");
+    let build = find(&all, "good", "build").unwrap();
+    assert_eq!(build["outcome"], "PASSED", "{build:#}");
+    assert!(build["excerpt"].as_str().unwrap().contains("TESTS PASSED"));
+    assert_eq!(build["base"]["reason"], "branch main");
+
+    let build = find(&all, "broken", "build").unwrap();
+    assert_eq!((build["outcome"].as_str(), build["reason"].as_str()), (Some("FAILED"), Some("failed")), "{build:#}");
+    assert!(build["excerpt"].as_str().unwrap().contains("hello.c:3"), "the compiler's error: {build:#}");
+
+    let apply = find(&all, "stale", "apply").unwrap();
+    assert_eq!((apply["outcome"].as_str(), apply["reason"].as_str()), (Some("FAILED"), Some("apply")), "{apply:#}");
+    assert_eq!(apply["failed_patch"], "0002 stale: part 2", "the patch that does not apply is named");
+    assert!(apply["excerpt"].as_str().unwrap().contains("hello, world"), "with its rejected hunk");
+    let build = find(&all, "stale", "build").unwrap();
+    assert_eq!((build["outcome"].as_str(), build["reason"].as_str()), (Some("ERROR"), Some("series-does-not-apply")));
+
+    // Nothing published names the runner's paths or host.
+    let data = tmp.path().display().to_string();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    for r in &all {
+        let text = r.to_string();
+        assert!(!text.contains(&format!("{data}/data")), "a runner path leaked: {text}");
+        assert!(host.len() < 4 || !text.contains(&host), "the host name leaked: {text}");
+    }
+}
