@@ -161,3 +161,82 @@ fn series_are_applied_built_and_reported() {
         assert!(host.len() < 4 || !text.contains(&host), "the host name leaked: {text}");
     }
 }
+
+fn started_by(db: &Path) -> Vec<(String, String)> {
+    let Ok(conn) = rusqlite::Connection::open(db) else { return vec![] };
+    let Ok(mut stmt) = conn.prepare("SELECT wire FROM bus_messages WHERE topic = 'e2e.ci.ci.test.started' ORDER BY pos") else {
+        return vec![];
+    };
+    stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))
+        .unwrap()
+        .map(|w| {
+            let env: serde_json::Value = serde_json::from_slice(&w.unwrap()).unwrap();
+            (env["body"]["job"].as_str().unwrap().to_string(), env["sender"]["instance"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn a_job_survives_its_runner_being_killed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("origin");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("README"), "base\n").unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "base"]);
+    let data = tmp.path().join("data");
+    let common = format!(
+        "data_dir = \"{}\"\n[ingest]\nlmtp_listen = \"\"\n[bus]\nprefix = \"e2e\"\nenv = \"ci\"\n\
+         [runner]\njobs = 1\ncapabilities = [\"x86_64\"]\n\
+         [[project]]\nname = \"demo\"\nlist_ids = [\"{LIST}\"]\nrepository = \"{}\"\n\
+         [[project.test]]\nname = \"slow\"\nscript = \"sleep 4; echo SLOW DONE\"\narches = [\"x86_64\"]\ntime_limit_secs = 60\n",
+        data.display(),
+        repo.display()
+    );
+    let config = tmp.path().join("serve.toml");
+    std::fs::write(&config, format!("{common}[http]\nlisten = \"127.0.0.1:{}\"\n", free_port())).unwrap();
+    let _serve = Serve(
+        bin().arg("--config").arg(&config).args(["serve", "--no-runner"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap(),
+    );
+    let mut runners = Vec::new();
+    for name in ["runner-a", "runner-b"] {
+        let c = tmp.path().join(format!("{name}.toml"));
+        std::fs::write(&c, format!("{common}[identity]\ninstance = \"{name}\"\n")).unwrap();
+        runners
+            .push((name, Serve(bin().arg("--config").arg(&c).arg("runner").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap())));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    post(&repo, &config, "long", "main", &[("README", "changed\n")]);
+    let db = data.join("patchbay.sqlite3");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let first = loop {
+        if let Some((_, who)) = started_by(&db).into_iter().find(|(job, _)| job.contains("-slow-")) {
+            break who;
+        }
+        assert!(Instant::now() < deadline, "the slow job never started");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // SIGKILL the runner that has the job, mid-job.
+    let (_, victim) = runners.iter_mut().find(|(n, _)| *n == first).unwrap();
+    let _ = Command::new("kill").args(["-KILL", &victim.0.id().to_string()]).status();
+    let _ = victim.0.wait();
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let finished = loop {
+        let done: Vec<_> = results(&db).into_iter().filter(|r| r["test"] == "slow").collect();
+        if !done.is_empty() || Instant::now() > deadline {
+            break done;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(finished.len(), 1, "the job finished once: {finished:#?}");
+    assert_eq!(finished[0]["outcome"], "PASSED", "{:#}", finished[0]);
+    assert!(finished[0]["excerpt"].as_str().unwrap().contains("SLOW DONE"));
+    let starts: Vec<String> = started_by(&db).into_iter().filter(|(j, _)| j.contains("-slow-")).map(|(_, w)| w).collect();
+    assert_eq!(starts.len(), 2, "started by the killed runner, then by the other: {starts:?}");
+    assert_ne!(starts[0], starts[1]);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(results(&db).into_iter().filter(|r| r["test"] == "slow").count(), 1, "and only once");
+}
