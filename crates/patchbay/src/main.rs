@@ -5,6 +5,7 @@
 mod backend;
 mod bench;
 mod bench_amqp;
+mod bench_runner;
 mod ci;
 mod client;
 mod ingest;
@@ -79,6 +80,8 @@ enum BenchWhat {
     Amqp(bench_amqp::AmqpBench),
     /// Import + parse + series assembly into a fresh embedded store: mails/s and peak RSS.
     Ingest(ingest::IngestBench),
+    /// The runner's overhead on a 10-patch series against the same commands run by hand.
+    Runner(bench_runner::RunnerBench),
 }
 
 #[derive(clap::Args)]
@@ -158,6 +161,7 @@ fn run(cli: Cli) -> Result<(), Exit> {
         Command::Schema(args) => schema(args).map_err(Exit::from),
         Command::Bench { what: BenchWhat::Bus(opts) } => runtime()?.block_on(bench::run(opts.clone())).map_err(Exit::from),
         Command::Bench { what: BenchWhat::Amqp(opts) } => runtime()?.block_on(bench_amqp::run(opts.clone())).map_err(Exit::from),
+        Command::Bench { what: BenchWhat::Runner(opts) } => runtime()?.block_on(bench_runner::run(opts.clone())).map_err(Exit::from),
         Command::Bench { what: BenchWhat::Ingest(opts) } => runtime()?.block_on(ingest::bench(opts.clone())).map_err(Exit::from),
         Command::Runner(args) => {
             let config = load_config(&cli)?;
