@@ -151,7 +151,11 @@ impl Sandbox {
         if isolation == Isolation::Bubblewrap && !which("bwrap") {
             return Err(SandboxError::NoBubblewrap);
         }
-        Ok(Sandbox { isolation, cgroups: detect_cgroups() })
+        let cgroups = detect_cgroups();
+        if let Some(c) = &cgroups {
+            sweep_stale(c);
+        }
+        Ok(Sandbox { isolation, cgroups })
     }
 
     /// Whether memory and process limits are enforced by cgroups here (else by rlimits only).
@@ -333,6 +337,25 @@ fn detect_cgroups() -> Option<Cgroups> {
     let memory = root.join("memory/patchbay");
     let pids = root.join("pids/patchbay");
     (writable_dir(&memory) && writable_dir(&pids)).then_some(Cgroups::V1 { memory, pids })
+}
+
+/// Removes job cgroups left behind by runners that died (their pid is gone); a cgroup whose
+/// processes were still exiting when its job ended is removed here too, at the next start.
+fn sweep_stale(c: &Cgroups) {
+    let dirs = match c {
+        Cgroups::V1 { memory, pids } => vec![memory.clone(), pids.clone()],
+        Cgroups::V2 { dir } => vec![dir.clone()],
+    };
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name.strip_prefix("job-").and_then(|r| r.split('-').next()) else { continue };
+            if pid != std::process::id().to_string() && !Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_dir(e.path());
+            }
+        }
+    }
 }
 
 /// One job's cgroups, removed when the job ends.
