@@ -60,6 +60,24 @@ pub async fn serve(config: Config, args: &ServeArgs, shutdown: impl Future<Outpu
     })
     .await?;
 
+    // Full test logs: recorded from `ci.test.log` into the store, served over HTTP.
+    let logs = patchbay_logs::LogStore::new(crate::ingest::service(&config).map_err(|e| e.error)?.bus().db().clone());
+    let recorder_logs = {
+        let pattern =
+            patchbay_bus::TopicPattern::parse(config.bus.root.topic(<patchbay_model::TestLog as patchbay_model::Body>::TOPIC)?.as_str())?;
+        let spec = patchbay_runtime::ServiceSpec::new("log-recorder", vec![pattern]);
+        let handler = Arc::new(patchbay_logs::Recorder::new(logs.clone()));
+        let (bus, policy) = (served.bus.clone(), policy.clone());
+        let mut closing = closing_rx.clone();
+        tokio::spawn(async move {
+            let stop = async move {
+                let _ = closing.wait_for(|c| *c).await;
+            };
+            if let Err(error) = patchbay_runtime::run(bus, policy, spec, handler, stop).await {
+                tracing::error!(%error, "The log recorder stopped.");
+            }
+        })
+    };
     let addr = args.http.unwrap_or(config.http_listen);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr} (http.listen)"))?;
     let local = listener.local_addr()?;
@@ -69,6 +87,7 @@ pub async fn serve(config: Config, args: &ServeArgs, shutdown: impl Future<Outpu
         root: config.bus.root.clone(),
         instance: config.instance.clone(),
         closing: closing_rx.clone(),
+        logs: Some(Arc::new(StoreLogs(logs.clone()))),
     });
     let mut http_closing = closing_rx.clone();
     let http = tokio::spawn(patchbay_web::serve(listener, state, async move {
@@ -124,6 +143,7 @@ pub async fn serve(config: Config, args: &ServeArgs, shutdown: impl Future<Outpu
         lmtp.await.context("LMTP task")?.context("LMTP listener")?;
     }
     let _ = sweeper.await;
+    let _ = recorder_logs.await;
     if let Some(d) = dispatcher {
         let _ = d.await;
     }
@@ -135,4 +155,13 @@ pub async fn serve(config: Config, args: &ServeArgs, shutdown: impl Future<Outpu
     }
     tracing::info!("Stopped.");
     Ok(())
+}
+
+/// The web edge's view of the stored test logs.
+struct StoreLogs(patchbay_logs::LogStore);
+
+impl patchbay_web::TestLogs for StoreLogs {
+    fn get(&self, job: String) -> std::pin::Pin<Box<dyn Future<Output = Result<Option<(String, bool)>, String>> + Send + '_>> {
+        Box::pin(async move { self.0.read(&job).await.map(|l| l.map(|l| (l.text, l.complete))).map_err(|e| e.to_string()) })
+    }
 }

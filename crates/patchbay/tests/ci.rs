@@ -71,6 +71,16 @@ fn post(repo: &Path, config: &Path, name: &str, from: &str, changes: &[(&str, &s
     }
 }
 
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::Read as _;
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes());
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
 fn results(db: &Path) -> Vec<serde_json::Value> {
     let Ok(conn) = rusqlite::Connection::open(db) else { return vec![] };
     let Ok(mut stmt) = conn.prepare("SELECT wire FROM bus_messages WHERE topic = 'e2e.ci.ci.test.finished' ORDER BY pos") else {
@@ -98,14 +108,14 @@ fn series_are_applied_built_and_reported() {
     git(&repo, &["commit", "-q", "-m", "base"]);
 
     let config = tmp.path().join("patchbay.toml");
+    let http = free_port();
     std::fs::write(
         &config,
         format!(
-            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{}\"\n[ingest]\nlmtp_listen = \"\"\n[bus]\nprefix = \"e2e\"\nenv = \"ci\"\n\
+            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n[ingest]\nlmtp_listen = \"\"\n[bus]\nprefix = \"e2e\"\nenv = \"ci\"\n\
              [runner]\njobs = 2\ncapabilities = [\"x86_64\"]\n\
              [[project]]\nname = \"demo\"\nlist_ids = [\"{LIST}\"]\nrepository = \"{}\"\n\
              [[project.test]]\nname = \"build\"\nscript = \"sh test.sh\"\narches = [\"x86_64\"]\ntime_limit_secs = 60\n",
-            free_port(),
             repo.display()
         ),
     )
@@ -144,6 +154,20 @@ fn series_are_applied_built_and_reported() {
     let build = find(&all, "broken", "build").unwrap();
     assert_eq!((build["outcome"].as_str(), build["reason"].as_str()), (Some("FAILED"), Some("failed")), "{build:#}");
     assert!(build["excerpt"].as_str().unwrap().contains("hello.c:3"), "the compiler's error: {build:#}");
+    // The full log is kept (compressed) and served over HTTP.
+    let job = build["job"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let response = loop {
+        let r = http_get(http, &format!("/api/v1/logs/{job}"));
+        if r.starts_with("HTTP/1.1 200") || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.to_ascii_lowercase().contains("x-patchbay-log-complete: true"), "{response}");
+    assert!(response.contains("hello.c:3") && response.contains("error"), "{response}");
+    assert!(http_get(http, "/api/v1/logs/no-such-job").starts_with("HTTP/1.1 404"));
 
     let apply = find(&all, "stale", "apply").unwrap();
     assert_eq!((apply["outcome"].as_str(), apply["reason"].as_str()), (Some("FAILED"), Some("apply")), "{apply:#}");

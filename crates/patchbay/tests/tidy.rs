@@ -147,6 +147,11 @@ fn layering_rules_hold() {
             "the dispatcher and runner services know no backend, store or config file",
         ),
         (
+            "logs",
+            &["patchbay-bus-amqp", "patchbay-web", "patchbay-config", "patchbay-runner", "patchbay-ci", "axum", "reqwest", "lapin"],
+            "test logs live in the embedded store and know no HTTP or runner",
+        ),
+        (
             "ingest",
             &["patchbay-bus-amqp", "patchbay-web", "patchbay-config", "patchbay-runtime", "axum", "reqwest", "lapin"],
             "ingest knows the embedded store but no HTTP, no AMQP and no config file",

@@ -110,6 +110,17 @@ const STEPS: &[&str] = &[
         mark   TEXT NOT NULL
     ) WITHOUT ROWID;
     ",
+    // 3: full test logs, deflate-compressed chunks (owned by the logs crate).
+    "
+    CREATE TABLE test_logs (
+        job   TEXT NOT NULL,
+        idx   INTEGER NOT NULL,
+        last  INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        data  BLOB NOT NULL,
+        PRIMARY KEY (job, idx)
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// Brings the database up to the latest schema.

@@ -37,6 +37,14 @@ pub struct AppState {
     pub instance: String,
     /// Becomes true when the server shuts down, so open streams end and shutdown completes.
     pub closing: watch::Receiver<bool>,
+    /// Full test logs, when this server keeps them.
+    pub logs: Option<Arc<dyn TestLogs>>,
+}
+
+/// Where full test logs are read from (the binary implements it over the store).
+pub trait TestLogs: Send + Sync + 'static {
+    /// A job's whole log and whether all of it has arrived; `None` when nothing is stored.
+    fn get(&self, job: String) -> std::pin::Pin<Box<dyn Future<Output = Result<Option<(String, bool)>, String>> + Send + '_>>;
 }
 
 /// The router, built apart from any socket so tests can call it directly.
@@ -45,6 +53,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/api/v1/publish", post(publish))
         .route("/api/v1/stream", get(stream))
+        .route("/api/v1/logs/{job}", get(test_log))
         .with_state(state)
 }
 
@@ -55,6 +64,26 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
+}
+
+/// `GET /api/v1/logs/{job}`: a test's whole log as plain text; `X-Patchbay-Log-Complete`
+/// says whether every chunk has arrived.
+async fn test_log(State(st): State<Arc<AppState>>, axum::extract::Path(job): axum::extract::Path<String>) -> Result<Response, AppError> {
+    let Some(logs) = &st.logs else {
+        return Err(AppError { status: StatusCode::NOT_FOUND, message: "this server keeps no test logs".into() });
+    };
+    match logs.get(job.clone()).await {
+        Err(e) => Err(AppError { status: StatusCode::SERVICE_UNAVAILABLE, message: e }),
+        Ok(None) => Err(AppError { status: StatusCode::NOT_FOUND, message: format!("no log for job {job}") }),
+        Ok(Some((text, complete))) => Ok((
+            [
+                (axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                (axum::http::HeaderName::from_static("x-patchbay-log-complete"), if complete { "true" } else { "false" }),
+            ],
+            text,
+        )
+            .into_response()),
+    }
 }
 
 /// One error shape for every endpoint.
