@@ -161,7 +161,7 @@ pub async fn serve(config: Config, args: &ServeArgs, shutdown: impl Future<Outpu
 struct StoreLogs(patchbay_logs::LogStore);
 
 impl patchbay_web::TestLogs for StoreLogs {
-    fn get(&self, job: String) -> std::pin::Pin<Box<dyn Future<Output = Result<Option<(String, bool)>, String>> + Send + '_>> {
+    fn get(&self, job: String) -> patchbay_web::LogFuture<'_> {
         Box::pin(async move { self.0.read(&job).await.map(|l| l.map(|l| (l.text, l.complete))).map_err(|e| e.to_string()) })
     }
 }

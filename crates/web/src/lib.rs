@@ -41,10 +41,13 @@ pub struct AppState {
     pub logs: Option<Arc<dyn TestLogs>>,
 }
 
+/// A job's whole log and whether all of it has arrived (`None`: nothing stored), or why not.
+pub type LogFuture<'a> = std::pin::Pin<Box<dyn Future<Output = Result<Option<(String, bool)>, String>> + Send + 'a>>;
+
 /// Where full test logs are read from (the binary implements it over the store).
 pub trait TestLogs: Send + Sync + 'static {
-    /// A job's whole log and whether all of it has arrived; `None` when nothing is stored.
-    fn get(&self, job: String) -> std::pin::Pin<Box<dyn Future<Output = Result<Option<(String, bool)>, String>> + Send + '_>>;
+    /// Reads one job's log.
+    fn get(&self, job: String) -> LogFuture<'_>;
 }
 
 /// The router, built apart from any socket so tests can call it directly.
