@@ -264,3 +264,15 @@ fn a_job_survives_its_runner_being_killed() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(results(&db).into_iter().filter(|r| r["test"] == "slow").count(), 1, "and only once");
 }
+
+#[test]
+fn a_runner_without_bubblewrap_refuses_to_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("patchbay.toml");
+    std::fs::write(&config, "data_dir = \"data\"\n").unwrap();
+    // A PATH without bwrap: the runner must refuse, not run scripts unconfined.
+    let out = bin().env("PATH", "/nonexistent").arg("--config").arg(&config).arg("runner").output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bubblewrap") && err.contains("runner.isolation"), "{err}");
+}
