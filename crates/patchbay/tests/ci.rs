@@ -276,3 +276,64 @@ fn a_runner_without_bubblewrap_refuses_to_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bubblewrap") && err.contains("runner.isolation"), "{err}");
 }
+
+#[test]
+fn a_job_that_keeps_killing_runners_is_set_aside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("origin");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("README"), "base\n").unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "base"]);
+    let data = tmp.path().join("data");
+    let config = tmp.path().join("patchbay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{}\"\n[ingest]\nlmtp_listen = \"\"\n[bus]\nprefix = \"e2e\"\nenv = \"ci\"\n\
+             [runner]\njobs = 1\ncapabilities = [\"x86_64\"]\nmax_attempts = 2\n\
+             [[project]]\nname = \"demo\"\nlist_ids = [\"{LIST}\"]\nrepository = \"{}\"\n\
+             [[project.test]]\nname = \"deadly\"\nscript = \"sleep 60\"\narches = [\"x86_64\"]\ntime_limit_secs = 120\n",
+            data.display(),
+            free_port(),
+            repo.display()
+        ),
+    )
+    .unwrap();
+    let _serve = Serve(
+        bin().arg("--config").arg(&config).args(["serve", "--no-runner"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap(),
+    );
+    post(&repo, &config, "fatal", "main", &[("README", "changed\n")]);
+    let db = data.join("patchbay.sqlite3");
+    let deadly_starts = || started_by(&db).into_iter().filter(|(j, _)| j.contains("-deadly-")).count();
+    // Each time the job starts, its runner dies (as if the job took the machine down).
+    for round in 1..=2 {
+        let mut runner =
+            Serve(bin().arg("--config").arg(&config).arg("runner").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while deadly_starts() < round {
+            assert!(Instant::now() < deadline, "attempt {round} never started");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = Command::new("kill").args(["-KILL", &runner.0.id().to_string()]).status();
+        let _ = runner.0.wait();
+    }
+    // The next runner does not run it a third time: it reports it and sets it aside.
+    let _runner = Serve(bin().arg("--config").arg(&config).arg("runner").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let done: Vec<_> = results(&db).into_iter().filter(|r| r["test"] == "deadly").collect();
+        if !done.is_empty() || Instant::now() > deadline {
+            break done;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(done.len(), 1, "{done:#?}");
+    assert_eq!(done[0]["outcome"], "ERROR");
+    assert!(done[0]["reason"].as_str().unwrap().contains("delivered 3 times"), "{:#}", done[0]);
+    assert_eq!(deadly_starts(), 2, "not started a third time");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let reason: String = conn.query_row("SELECT reason FROM bus_dead_letters ORDER BY pos DESC LIMIT 1", [], |r| r.get(0)).unwrap();
+    assert!(reason.contains("keeps stopping runners"), "dead-lettered with the reason: {reason}");
+}
