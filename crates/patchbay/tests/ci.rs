@@ -48,6 +48,11 @@ impl Drop for Serve {
 
 /// Posts a series made from `changes` on a branch off main, one `inject` per mail.
 fn post(repo: &Path, config: &Path, name: &str, from: &str, changes: &[(&str, &str)]) {
+    post_with(repo, config, name, from, changes, "");
+}
+
+/// Posts a series whose cover letter says `blurb`; returns the cover letter's Message-ID.
+fn post_with(repo: &Path, config: &Path, name: &str, from: &str, changes: &[(&str, &str)], blurb: &str) -> String {
     git(repo, &["checkout", "-q", "-b", name, from]);
     for (i, (file, content)) in changes.iter().enumerate() {
         std::fs::write(repo.join(file), content).unwrap();
@@ -59,16 +64,23 @@ fn post(repo: &Path, config: &Path, name: &str, from: &str, changes: &[(&str, &s
     git(repo, &["checkout", "-q", "main"]);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
+    let mut cover = String::new();
     for f in files {
         // git names covers `<cover.<second>.git.<committer>>`: two series in one second would share it.
         let mail = std::fs::read_to_string(&f)
             .unwrap()
             .replace("*** SUBJECT HERE ***", &format!("the {name} series"))
+            .replace("*** BLURB HERE ***", blurb)
             .replace("<cover.", &format!("<cover-{name}."));
+        if cover.is_empty() {
+            cover =
+                mail.lines().find_map(|l| l.strip_prefix("Message-ID: ").or_else(|| l.strip_prefix("Message-Id: "))).unwrap().to_string();
+        }
         let mut c = bin().arg("--config").arg(config).args(["inject", "--list-id", LIST]).stdin(Stdio::piped()).spawn().unwrap();
         c.stdin.take().unwrap().write_all(mail.as_bytes()).unwrap();
         assert!(c.wait().unwrap().success());
     }
+    cover
 }
 
 fn http_get(port: u16, path: &str) -> String {
@@ -129,19 +141,22 @@ fn series_are_applied_built_and_reported() {
     std::fs::write(repo.join("hello.c"), "#include <stdio.h>\nint main(void) {\n\tputs(\"hi\");\n\treturn 0;\n}\n").unwrap();
     git(&repo, &["commit", "-q", "-am", "say hi"]);
     post(&repo, &config, "stale", &first, &[("README", "x\n"), ("hello.c", good)]);
-    post(&repo, &config, "good", "main", &[("README", "docs\n"), ("hello.c", good)]);
+    let good_cover = post_with(&repo, &config, "good", "main", &[("README", "docs\n"), ("hello.c", good)], "");
     post(&repo, &config, "broken", "main", &[("hello.c", broken)]);
+    // "ontop" only applies after "good": it says so, and the runner applies "good" first.
+    let more = "#include <stdio.h>\nint main(void) {\n\tputs(\"hello, world\");\n\tputs(\"again\");\n\treturn 0;\n}\n";
+    post_with(&repo, &config, "ontop", "good", &[("hello.c", more)], &format!("Based-on: {good_cover}"));
 
     let db = tmp.path().join("data/patchbay.sqlite3");
     let deadline = Instant::now() + Duration::from_secs(120);
     let all = loop {
         let all = results(&db);
-        if all.len() >= 6 || Instant::now() > deadline {
+        if all.len() >= 8 || Instant::now() > deadline {
             break all;
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert_eq!(all.len(), 6, "apply + build for three series: {all:#?}");
+    assert_eq!(all.len(), 8, "apply + build for four series: {all:#?}");
 
     let names: Vec<String> = all.iter().map(|r| format!("{} {} {}", r["series"]["name"], r["test"], r["outcome"])).collect();
     let apply = find(&all, "good", "apply").unwrap_or_else(|| panic!("{names:#?}"));
@@ -150,6 +165,10 @@ fn series_are_applied_built_and_reported() {
     assert_eq!(build["outcome"], "PASSED", "{build:#}");
     assert!(build["excerpt"].as_str().unwrap().contains("TESTS PASSED"));
     assert_eq!(build["base"]["reason"], "branch main");
+
+    let ontop = find(&all, "ontop", "build").unwrap();
+    assert_eq!(ontop["outcome"], "PASSED", "applied on top of its Based-on series: {ontop:#}");
+    assert!(ontop["excerpt"].as_str().unwrap().contains("TESTS PASSED"));
 
     let build = find(&all, "broken", "build").unwrap();
     assert_eq!((build["outcome"].as_str(), build["reason"].as_str()), (Some("FAILED"), Some("failed")), "{build:#}");
