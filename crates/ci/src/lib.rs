@@ -14,6 +14,12 @@
 //! reported as ERROR `series-does-not-apply`: the `apply` job already says
 //! FAILED once, naming the patch.
 //!
+//! `runner.jobs` slots are shared by all of a runner's queues through the
+//! runtime's `ServiceSpec::slots`: a queue takes a job only while a slot is
+//! free, and an idle queue gives its slot back, so jobs are not held by a busy
+//! runner while another could run them (on the embedded bus exactly; over
+//! RabbitMQ the broker still pushes up to `jobs` per queue ahead).
+//!
 //! Delivery is at least once: a runner killed mid-job leaves the job unacked
 //! and another runner takes it; a job that has been delivered more than
 //! `max_attempts` times is reported as ERROR and dead-lettered.

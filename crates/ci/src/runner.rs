@@ -35,9 +35,15 @@ pub struct RunnerService {
 }
 
 impl RunnerService {
-    /// Runs at most `jobs` jobs at once across all its queues.
+    /// A runner with `jobs` slots: give [`RunnerService::slots`] to every queue's `ServiceSpec`,
+    /// so a job is taken from a queue only while a slot is free (prefetch follows the free slots).
     pub fn new(runner: Runner, publisher: Publisher, jobs: u16, max_attempts: u32) -> Self {
         RunnerService { runner, publisher, slots: Arc::new(Semaphore::new(jobs.max(1) as usize)), max_attempts }
+    }
+
+    /// The job slots, shared by all of this runner's queues.
+    pub fn slots(&self) -> Arc<Semaphore> {
+        self.slots.clone()
     }
 
     fn out<B: Body>(&self, body: &B) -> Result<Outgoing, HandlerError> {
@@ -88,7 +94,6 @@ impl Handler for RunnerService {
             self.publish(vec![msg]).await?;
             return Err(HandlerError::Permanent(reason));
         }
-        let _slot = self.slots.acquire().await.map_err(|e| HandlerError::Transient(e.to_string()))?;
         let started =
             TestStarted { job: job.job.clone(), series: job.series.clone(), test: job.test.clone(), arch: job.arch.clone(), attempt };
         self.publish(vec![self.out(&started)?]).await?;

@@ -141,6 +141,7 @@ pub fn start_runner(
         // reports it and dead-letters it after runner.max_attempts. Handler errors retry as usual.
         spec.retry = RetryPolicy { max_attempts: config.runner.max_attempts + 1, ..RetryPolicy::default() };
         spec.grace = Duration::from_secs(5);
+        spec.slots = Some(handler.slots());
         let (bus, policy, handler) = (bus.clone(), policy.clone(), handler.clone());
         let mut stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {

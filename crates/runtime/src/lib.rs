@@ -82,7 +82,15 @@ pub struct ServiceSpec {
     pub retry: RetryPolicy,
     /// How long running handlers may take to finish after shutdown is signalled.
     pub grace: Duration,
+    /// Slots shared with other services (a runner's `--jobs` across its queues): a message is
+    /// taken from the queue only while a slot is free, so nothing waits in this process that
+    /// another process could be running. An idle queue gives its slot back every
+    /// [`SLOT_IDLE`], so queues sharing slots take turns instead of starving each other.
+    pub slots: Option<Arc<tokio::sync::Semaphore>>,
 }
+
+/// How long a queue holds a shared slot while no message comes.
+pub const SLOT_IDLE: Duration = Duration::from_millis(50);
 
 impl ServiceSpec {
     /// A service named `name` on a queue of the same name.
@@ -94,6 +102,7 @@ impl ServiceSpec {
             concurrency: 8,
             retry: RetryPolicy::default(),
             grace: Duration::from_secs(30),
+            slots: None,
         }
     }
 }
@@ -146,15 +155,25 @@ pub async fn run(
     let spec = Arc::new(spec);
     let mut running: JoinSet<()> = JoinSet::new();
     let mut backoff = Duration::from_millis(200);
+    let mut slot: Option<tokio::sync::OwnedSemaphorePermit> = None;
     loop {
+        let shared = spec.slots.is_some();
         tokio::select! {
             biased;
             () = &mut shutdown => break,
             Some(_) = running.join_next(), if !running.is_empty() => {}
-            next = consumer.next() => match next {
+            permit = acquire(spec.slots.clone()), if shared && slot.is_none() => slot = permit,
+            // `next` is cancel-safe, so giving the slot back while waiting loses nothing.
+            () = tokio::time::sleep(SLOT_IDLE), if shared && slot.is_some() => slot = None,
+            next = consumer.next(), if !shared || slot.is_some() => match next {
                 Ok(delivery) => {
                     backoff = Duration::from_millis(200);
-                    running.spawn(handle_one(spec.clone(), handler.clone(), delivery));
+                    let held = slot.take();
+                    let (spec, handler) = (spec.clone(), handler.clone());
+                    running.spawn(async move {
+                        handle_one(spec, handler, delivery).await;
+                        drop(held);
+                    });
                 }
                 Err(BusError::Closed) => break,
                 Err(error) => {
@@ -176,6 +195,13 @@ pub async fn run(
     }
     tracing::info!(service = %spec.name, "Service stopped.");
     Ok(())
+}
+
+async fn acquire(slots: Option<Arc<tokio::sync::Semaphore>>) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    match slots {
+        Some(s) => s.acquire_owned().await.ok(),
+        None => std::future::pending().await,
+    }
 }
 
 /// Aborts the handler's task when the runtime gives up on it (grace period over),

@@ -146,3 +146,61 @@ async fn a_stopped_service_leaves_new_messages_queued() {
     assert!(handler.seen.lock().unwrap().is_empty());
     assert_eq!(bus.pending("worker").await.unwrap(), 1, "the queue outlives its consumer");
 }
+
+/// Counts handlers running at once.
+struct Gauge {
+    now: std::sync::atomic::AtomicUsize,
+    max: std::sync::atomic::AtomicUsize,
+    done: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl Handler for Gauge {
+    async fn handle(&self, _env: &Envelope, _attempt: u32) -> Result<(), HandlerError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let n = self.now.fetch_add(1, SeqCst) + 1;
+        self.max.fetch_max(n, SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.now.fetch_sub(1, SeqCst);
+        self.done.fetch_add(1, SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_sharing_slots_take_turns_and_never_exceed_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::open(dir.path(), Sealer::default()).unwrap());
+    let slots = Arc::new(tokio::sync::Semaphore::new(2));
+    let gauge = Arc::new(Gauge { now: Default::default(), max: Default::default(), done: Default::default() });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for q in ["a", "b", "c"] {
+        let mut spec = ServiceSpec::new(&format!("q-{q}"), vec![TopicPattern::parse(&format!("rt.test.job.{q}.*")).unwrap()]);
+        spec.concurrency = 2;
+        spec.slots = Some(slots.clone());
+        let (bus, gauge, mut stop) = (bus.clone(), gauge.clone(), stop_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            run(bus, Arc::new(TrustPolicy::permissive()), spec, gauge, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+            .unwrap();
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Queue c alone gets work while a and b sit idle holding nothing: it must not starve.
+    let out = |q: &str, n: u64| Outgoing { topic: root().topic(&format!("job.{q}.new")).unwrap(), ..msg(n, "ok") };
+    let started = Instant::now();
+    bus.publish(vec![out("c", 1)]).await.unwrap();
+    wait_for("queue c's message", || gauge.done.load(std::sync::atomic::Ordering::SeqCst) == 1).await;
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    // Many messages on every queue: never more than the 2 shared slots at once.
+    bus.publish((0..6).flat_map(|n| ["a", "b", "c"].map(|q| out(q, n))).collect()).await.unwrap();
+    wait_for("all messages", || gauge.done.load(std::sync::atomic::Ordering::SeqCst) == 19).await;
+    assert_eq!(gauge.max.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
