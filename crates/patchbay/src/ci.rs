@@ -161,10 +161,31 @@ pub fn start_runner(
 pub async fn runner(config: Config, args: &RunnerArgs) -> anyhow::Result<()> {
     let sealer = crate::keys::sealer(&config, true)?;
     let policy = Arc::new(crate::keys::trust_policy(&config)?);
-    let bus = crate::backend::bus(&config, sealer).await?;
+    // Refuse at once what can never work (no bubblewrap), before waiting for the bus.
+    if config.runner.isolation == Isolation::Bubblewrap {
+        patchbay_runner::Sandbox::new(patchbay_runner::Isolation::Bubblewrap)
+            .map_err(|e| anyhow::anyhow!("{}: runner.isolation: {e}", config.source_name()))?;
+    }
+    // A broker that is down now may be up soon: retry with backoff, and say so.
+    let shutdown = crate::serve::shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(500);
+    let bus = loop {
+        match crate::backend::bus(&config, sealer.clone()).await {
+            Ok(bus) => break bus,
+            Err(error) => {
+                tracing::warn!(error = format!("{error:#}"), retry_in = ?backoff, "Cannot reach the bus; retrying.");
+                tokio::select! {
+                    () = &mut shutdown => return Ok(()),
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    };
     let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
     let tasks = start_runner(&config, args.jobs.unwrap_or(config.runner.jobs), bus, policy, closing_rx)?;
-    crate::serve::shutdown_signal().await;
+    shutdown.await;
     let _ = closing_tx.send(true);
     for t in tasks {
         let _ = t.await;

@@ -356,3 +356,36 @@ fn a_job_that_keeps_killing_runners_is_set_aside() {
     let reason: String = conn.query_row("SELECT reason FROM bus_dead_letters ORDER BY pos DESC LIMIT 1", [], |r| r.get(0)).unwrap();
     assert!(reason.contains("keeps stopping runners"), "dead-lettered with the reason: {reason}");
 }
+
+#[test]
+fn a_runner_waits_for_an_unreachable_broker_and_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("patchbay.toml");
+    let port = free_port();
+    std::fs::write(&config, format!("data_dir = \"data\"\n[bus]\nbackend = \"amqp\"\nurl = \"amqp://guest:guest@127.0.0.1:{port}/%2f\"\n"))
+        .unwrap();
+    let log = tmp.path().join("runner.log");
+    let mut runner = Serve(
+        bin()
+            .arg("--config")
+            .arg(&config)
+            .arg("runner")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        // Said by the RabbitMQ bus's own connect loop, or by the runner's around it.
+        if text.contains("Cannot reach RabbitMQ; retrying") || text.contains("Cannot reach the bus; retrying") {
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(runner.0.try_wait().unwrap().is_none(), "still running, still trying: {text}");
+            break;
+        }
+        assert!(runner.0.try_wait().unwrap().is_none(), "the runner gave up instead of retrying: {text}");
+        assert!(Instant::now() < deadline, "no retry reported: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
