@@ -72,6 +72,14 @@ struct RawConfig {
     project: Vec<RawProject>,
     #[serde(default)]
     runner: RawRunner,
+    #[serde(default)]
+    results: RawResults,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResults {
+    verdict_deadline_secs: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -250,6 +258,9 @@ pub struct Config {
     pub projects: Vec<ProjectConfig>,
     /// How this machine runs test jobs.
     pub runner: RunnerConfig,
+    /// A series version with required results still missing this long after its first result
+    /// gets an INCOMPLETE verdict (`results.verdict_deadline_secs`, default 6 h).
+    pub verdict_deadline_secs: i64,
 }
 
 /// The default LMTP listener: loopback only.
@@ -506,8 +517,14 @@ impl Config {
             return Err(invalid("runner.max_attempts", "must be at least 1".into()));
         }
 
+        let verdict_deadline_secs = raw.results.verdict_deadline_secs.unwrap_or(6 * 3600);
+        if verdict_deadline_secs < 1 {
+            return Err(invalid("results.verdict_deadline_secs", "must be at least 1".into()));
+        }
+
         let log_level = raw.log.level.unwrap_or_else(|| "info".into());
         Ok(Config {
+            verdict_deadline_secs,
             runner,
             ingest,
             projects,

@@ -331,6 +331,58 @@ impl Body for TestLog {
     const VERSION: u32 = 1;
 }
 
+/// A result as recorded (`ci.result.recorded`): every `ci.test.finished`, once, with whether
+/// it repeats the previous outcome of the same (series version, test, arch).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResultRecorded {
+    /// The store's id for the result.
+    pub result: i64,
+    /// The job.
+    pub job: String,
+    /// The series under test.
+    pub series: SeriesHead,
+    /// Test.
+    pub test: String,
+    /// Arch.
+    pub arch: String,
+    /// resultsdb outcome.
+    pub outcome: String,
+    /// Why, for FAILED and ERROR.
+    pub reason: Option<String>,
+    /// The same outcome as the previous result of this (series version, test, arch): a rerun
+    /// or a redelivered job, not news.
+    pub duplicate: bool,
+    /// The previous outcome, when there was one (a flaky test shows here).
+    pub previous: Option<String>,
+}
+
+impl Body for ResultRecorded {
+    const TOPIC: &'static str = "ci.result.recorded";
+    const SCHEMA: &'static str = "patchbay.ci.result";
+    const VERSION: u32 = 1;
+}
+
+/// The one verdict of a series version (`ci.series.verdict`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SeriesVerdict {
+    /// The series.
+    pub series: SeriesHead,
+    /// `PASSED`, `FAILED` or `INCOMPLETE`.
+    pub verdict: String,
+    /// For FAILED: the failed `test/arch` (or `apply`).
+    pub failed: Vec<String>,
+    /// For INCOMPLETE: the `test/arch` that never reported.
+    pub missing: Vec<String>,
+}
+
+impl Body for SeriesVerdict {
+    const TOPIC: &'static str = "ci.series.verdict";
+    const SCHEMA: &'static str = "patchbay.ci.verdict";
+    const VERSION: u32 = 1;
+}
+
 /// One exported schema: which topic, which name and version, and the JSON Schema.
 #[derive(Clone, Debug, Serialize)]
 pub struct BodySchema {
@@ -366,6 +418,8 @@ pub fn body_schemas() -> Vec<BodySchema> {
         export::<TestStarted>(),
         export::<TestFinished>(),
         export::<TestLog>(),
+        export::<ResultRecorded>(),
+        export::<SeriesVerdict>(),
     ]
 }
 
@@ -386,6 +440,8 @@ pub fn check_body(topic_suffix: &str, body: &serde_json::Value) -> Option<Result
         TestStarted::TOPIC => Some(check::<TestStarted>(body)),
         TestFinished::TOPIC => Some(check::<TestFinished>(body)),
         TestLog::TOPIC => Some(check::<TestLog>(body)),
+        ResultRecorded::TOPIC => Some(check::<ResultRecorded>(body)),
+        SeriesVerdict::TOPIC => Some(check::<SeriesVerdict>(body)),
         s if s == TestJob::TOPIC || (s.starts_with("ci.job.") && s.ends_with(".queued")) => Some(check::<TestJob>(body)),
         _ => None,
     }

@@ -192,3 +192,53 @@ pub async fn runner(config: Config, args: &RunnerArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Starts the aggregator (results and verdicts, in the store) and its deadline sweep.
+pub fn start_aggregator(
+    config: &Config,
+    store: patchbay_store::EmbeddedBus,
+    bus: Arc<dyn Bus>,
+    policy: Arc<TrustPolicy>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut verdicts = patchbay_results::Policy::default();
+    for p in project_tests(config) {
+        let required = p
+            .tests
+            .iter()
+            .filter(|t| t.required)
+            .flat_map(|t| t.arches.iter().map(|a| patchbay_verdict::Required { test: t.name.clone(), arch: a.clone() }))
+            .collect();
+        verdicts.required.insert(p.name.clone(), required);
+    }
+    let publisher = Publisher::new(bus.clone(), config.bus.root.clone(), Sender::new("aggregator", &config.instance));
+    let aggregator = patchbay_results::Aggregator::new(store, publisher, verdicts);
+    let pattern = TopicPattern::parse(config.bus.root.topic(<patchbay_model::TestFinished as Body>::TOPIC)?.as_str())?;
+    let spec = ServiceSpec::new("aggregator", vec![pattern]);
+    let handler = Arc::new(aggregator.clone());
+    let mut stop = shutdown.clone();
+    let service = tokio::spawn(async move {
+        let closing = async move {
+            let _ = stop.wait_for(|c| *c).await;
+        };
+        if let Err(error) = patchbay_runtime::run(bus, policy, spec, handler, closing).await {
+            tracing::error!(%error, "The aggregator stopped.");
+        }
+    });
+    let deadline = config.verdict_deadline_secs;
+    let mut stop = shutdown;
+    let sweep = tokio::spawn(async move {
+        loop {
+            match aggregator.sweep(patchbay_ingest::now(), deadline).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(n, "Verdicts past their deadline issued."),
+                Err(error) => tracing::warn!(%error, "Verdict sweep failed; will retry."),
+            }
+            tokio::select! {
+                _ = stop.wait_for(|c| *c) => return,
+                () = tokio::time::sleep(Duration::from_secs(30)) => {}
+            }
+        }
+    });
+    Ok(vec![service, sweep])
+}

@@ -111,6 +111,9 @@ pub async fn serve(config: Config, args: &ServeArgs, shutdown: impl Future<Outpu
         let _ = dispatch_closing.wait_for(|closing| *closing).await;
     })?;
     let mut runners = Vec::new();
+    if dispatcher.is_some() {
+        runners.extend(crate::ci::start_aggregator(&config, ingest.bus().clone(), served.bus.clone(), policy.clone(), closing_rx.clone())?);
+    }
     if dispatcher.is_some() && !args.no_runner {
         match crate::ci::start_runner(&config, config.runner.jobs, served.bus.clone(), policy.clone(), closing_rx.clone()) {
             Ok(tasks) => runners = tasks,

@@ -93,6 +93,15 @@ fn http_get(port: u16, path: &str) -> String {
     out
 }
 
+fn topic_bodies(db: &Path, topic: &str) -> Vec<serde_json::Value> {
+    let Ok(conn) = rusqlite::Connection::open(db) else { return vec![] };
+    let Ok(mut stmt) = conn.prepare("SELECT wire FROM bus_messages WHERE topic = ?1 ORDER BY pos") else { return vec![] };
+    stmt.query_map([topic], |r| r.get::<_, Vec<u8>>(0))
+        .unwrap()
+        .map(|w| serde_json::from_slice::<serde_json::Value>(&w.unwrap()).unwrap()["body"].clone())
+        .collect()
+}
+
 fn results(db: &Path) -> Vec<serde_json::Value> {
     let Ok(conn) = rusqlite::Connection::open(db) else { return vec![] };
     let Ok(mut stmt) = conn.prepare("SELECT wire FROM bus_messages WHERE topic = 'e2e.ci.ci.test.finished' ORDER BY pos") else {
@@ -194,6 +203,26 @@ fn series_are_applied_built_and_reported() {
     assert!(apply["excerpt"].as_str().unwrap().contains("hello, world"), "with its rejected hunk");
     let build = find(&all, "stale", "build").unwrap();
     assert_eq!((build["outcome"].as_str(), build["reason"].as_str()), (Some("ERROR"), Some("series-does-not-apply")));
+
+    // One verdict per series version.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let verdicts = loop {
+        let v = topic_bodies(&db, "e2e.ci.ci.series.verdict");
+        if v.len() >= 4 || Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let verdict = |name: &str| {
+        let v: Vec<_> = verdicts.iter().filter(|v| v["series"]["name"] == format!("the {name} series")).collect();
+        assert_eq!(v.len(), 1, "one verdict for {name}: {verdicts:#?}");
+        (v[0]["verdict"].as_str().unwrap().to_string(), v[0]["failed"].clone())
+    };
+    assert_eq!(verdict("good"), ("PASSED".into(), serde_json::json!([])));
+    assert_eq!(verdict("ontop"), ("PASSED".into(), serde_json::json!([])));
+    assert_eq!(verdict("broken"), ("FAILED".into(), serde_json::json!(["build/x86_64"])));
+    assert_eq!(verdict("stale"), ("FAILED".into(), serde_json::json!(["apply"])));
+    assert_eq!(verdicts.len(), 4);
 
     // Nothing published names the runner's paths or host.
     let data = tmp.path().display().to_string();

@@ -152,6 +152,27 @@ fn layering_rules_hold() {
             "test logs live in the embedded store and know no HTTP or runner",
         ),
         (
+            "verdict",
+            &[
+                "patchbay-model",
+                "patchbay-bus",
+                "patchbay-store",
+                "patchbay-runtime",
+                "patchbay-config",
+                "tokio",
+                "rusqlite",
+                "axum",
+                "reqwest",
+                "lapin",
+            ],
+            "the verdict policy is pure",
+        ),
+        (
+            "results",
+            &["patchbay-bus-amqp", "patchbay-web", "patchbay-config", "patchbay-runner", "patchbay-ci", "axum", "reqwest", "lapin"],
+            "the aggregator knows the embedded store, not HTTP, runners or the config file",
+        ),
+        (
             "ingest",
             &["patchbay-bus-amqp", "patchbay-web", "patchbay-config", "patchbay-runtime", "axum", "reqwest", "lapin"],
             "ingest knows the embedded store but no HTTP, no AMQP and no config file",

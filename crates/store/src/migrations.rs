@@ -121,6 +121,41 @@ const STEPS: &[&str] = &[
         PRIMARY KEY (job, idx)
     ) WITHOUT ROWID;
     ",
+    // 4: results and verdicts (owned by the results crate).
+    "
+    CREATE TABLE results (
+        id          INTEGER PRIMARY KEY,
+        message_id  TEXT NOT NULL UNIQUE,
+        job         TEXT NOT NULL,
+        series_id   INTEGER NOT NULL,
+        version     INTEGER NOT NULL,
+        project     TEXT NOT NULL,
+        test        TEXT NOT NULL,
+        arch        TEXT NOT NULL,
+        outcome     TEXT NOT NULL,
+        reason      TEXT,
+        duration_ms INTEGER NOT NULL,
+        base        TEXT,
+        recorded_at INTEGER NOT NULL,
+        duplicate   INTEGER NOT NULL,
+        waived      INTEGER NOT NULL DEFAULT 0,
+        waiver      TEXT
+    );
+    CREATE INDEX results_series ON results (series_id, version, test, arch, id);
+    CREATE INDEX results_test ON results (test, outcome, id);
+    CREATE TABLE verdicts (
+        series_id  INTEGER NOT NULL,
+        version    INTEGER NOT NULL,
+        project    TEXT NOT NULL,
+        verdict    TEXT,
+        detail     TEXT,
+        series     TEXT NOT NULL,
+        since      INTEGER NOT NULL,
+        decided_at INTEGER,
+        PRIMARY KEY (series_id, version)
+    ) WITHOUT ROWID;
+    CREATE INDEX verdicts_pending ON verdicts (decided_at, since);
+    ",
 ];
 
 /// Brings the database up to the latest schema.

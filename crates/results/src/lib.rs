@@ -1,0 +1,200 @@
+//! The aggregator: records every `ci.test.finished` (in the spirit of
+//! resultsdb) and issues exactly one `ci.series.verdict` per series version
+//! (in the spirit of greenwave), when every required result is in or when the
+//! deadline passes.
+//!
+//! Exactly once holds under redelivery and any number of aggregator
+//! instances: a result is keyed by its message id (a redelivery changes
+//! nothing), and the recording, the verdict decision and both announcements
+//! happen in one store transaction; the verdict row's primary key
+//! (series, version) makes a second decision impossible. The policy itself is
+//! `patchbay-verdict`; this crate knows the embedded store, not HTTP.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use patchbay_bus::Publisher;
+use patchbay_model::{Body, Envelope, ResultRecorded, SeriesHead, SeriesVerdict, TestFinished};
+use patchbay_runtime::{Handler, HandlerError};
+use patchbay_store::{EmbeddedBus, StoreError, Tx};
+use patchbay_verdict::{Latest, Required, Verdict};
+use rusqlite::{OptionalExtension, params};
+
+/// Which (test, arch) each project requires; `apply` is always required.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    /// Required pairs per project name.
+    pub required: HashMap<String, Vec<Required>>,
+}
+
+impl Policy {
+    fn required(&self, project: &str) -> Vec<Required> {
+        let mut r = vec![Required { test: "apply".into(), arch: "any".into() }];
+        r.extend(self.required.get(project).into_iter().flatten().cloned());
+        r
+    }
+}
+
+/// The aggregator service.
+#[derive(Clone)]
+pub struct Aggregator {
+    bus: EmbeddedBus,
+    publisher: Publisher,
+    policy: Arc<Policy>,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+impl Aggregator {
+    /// Aggregates into the store under `bus`, publishing as `publisher` (sender `aggregator`).
+    pub fn new(bus: EmbeddedBus, publisher: Publisher, policy: Policy) -> Self {
+        Aggregator { bus, publisher, policy: Arc::new(policy) }
+    }
+
+    /// Records one result and, when that decides it, the verdict; all in one transaction.
+    pub async fn record(&self, message_id: String, result: TestFinished) -> Result<(), StoreError> {
+        let this = self.clone();
+        self.bus
+            .db()
+            .write(move |tx| {
+                let mut out = Vec::new();
+                if let Some(recorded) = insert_result(tx, &message_id, &result)? {
+                    out.push(this.outgoing(&recorded)?);
+                    if let Some(v) = this.decide(tx, &result.series, false)? {
+                        out.push(this.outgoing(&v)?);
+                    }
+                }
+                if !out.is_empty() {
+                    this.bus.publish_in(tx, out)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// Decides series versions still undecided `deadline_secs` after their first result.
+    pub async fn sweep(&self, at: i64, deadline_secs: i64) -> Result<usize, StoreError> {
+        let this = self.clone();
+        self.bus
+            .db()
+            .write(move |tx| {
+                let due: Vec<String> = tx
+                    .prepare_cached("SELECT series FROM verdicts WHERE decided_at IS NULL AND since < ?1 LIMIT 1000")?
+                    .query_map([at - deadline_secs], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                let mut out = Vec::new();
+                for head in &due {
+                    let head: SeriesHead = serde_json::from_str(head).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    if let Some(v) = this.decide(tx, &head, true)? {
+                        out.push(this.outgoing(&v)?);
+                    }
+                }
+                let n = out.len();
+                if !out.is_empty() {
+                    this.bus.publish_in(tx, out)?;
+                }
+                Ok(n)
+            })
+            .await
+    }
+
+    fn outgoing<B: Body>(&self, body: &B) -> Result<patchbay_bus::Outgoing, StoreError> {
+        self.publisher.outgoing(body).map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+
+    /// Inside the transaction: the verdict, if this is the moment it is decided.
+    fn decide(&self, tx: &Tx<'_>, head: &SeriesHead, deadline_passed: bool) -> Result<Option<SeriesVerdict>, StoreError> {
+        let head_json = serde_json::to_string(head).expect("heads serialize");
+        tx.prepare_cached("INSERT OR IGNORE INTO verdicts (series_id, version, project, series, since) VALUES (?1, ?2, ?3, ?4, ?5)")?
+            .execute(params![head.id, head.version, head.project, head_json, now()])?;
+        let decided: Option<String> = tx
+            .prepare_cached("SELECT verdict FROM verdicts WHERE series_id = ?1 AND version = ?2")?
+            .query_row(params![head.id, head.version], |r| r.get(0))
+            .optional()?
+            .flatten();
+        if decided.is_some() {
+            return Ok(None);
+        }
+        let mut stmt = tx.prepare_cached(
+            "SELECT test, arch, outcome, waived FROM results r WHERE series_id = ?1 AND version = ?2
+             AND id = (SELECT max(id) FROM results x WHERE x.series_id = r.series_id AND x.version = r.version AND x.test = r.test AND x.arch = r.arch)",
+        )?;
+        let latest: Vec<Latest> = stmt
+            .query_map(params![head.id, head.version], |r| {
+                Ok(Latest { which: Required { test: r.get(0)?, arch: r.get(1)? }, outcome: r.get(2)?, waived: r.get(3)? })
+            })?
+            .collect::<Result<_, _>>()?;
+        let Some(verdict) = patchbay_verdict::decide(&self.policy.required(&head.project), &latest, deadline_passed) else {
+            return Ok(None);
+        };
+        let (failed, missing) = match &verdict {
+            Verdict::Passed => (vec![], vec![]),
+            Verdict::Failed(f) => (f.clone(), vec![]),
+            Verdict::Incomplete(m) => (vec![], m.clone()),
+        };
+        let detail = failed.iter().chain(missing.iter()).cloned().collect::<Vec<_>>().join(" ");
+        tx.prepare_cached(
+            "UPDATE verdicts SET verdict = ?3, detail = ?4, decided_at = ?5 WHERE series_id = ?1 AND version = ?2 AND verdict IS NULL",
+        )?
+        .execute(params![head.id, head.version, verdict.word(), detail, now()])?;
+        Ok(Some(SeriesVerdict { series: head.clone(), verdict: verdict.word().into(), failed, missing }))
+    }
+}
+
+/// Records a result; `None` when this message was recorded before (a redelivery).
+fn insert_result(tx: &Tx<'_>, message_id: &str, r: &TestFinished) -> Result<Option<ResultRecorded>, StoreError> {
+    let previous: Option<String> = tx
+        .prepare_cached(
+            "SELECT outcome FROM results WHERE series_id = ?1 AND version = ?2 AND test = ?3 AND arch = ?4 ORDER BY id DESC LIMIT 1",
+        )?
+        .query_row(params![r.series.id, r.series.version, r.test, r.arch], |row| row.get(0))
+        .optional()?;
+    let duplicate = previous.as_deref() == Some(r.outcome.as_str());
+    let base = r.base.as_ref().map(|b| format!("{} ({})", b.commit, b.reason));
+    let inserted = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO results (message_id, job, series_id, version, project, test, arch, outcome, reason, duration_ms, base, recorded_at, duplicate)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )?
+        .execute(params![
+            message_id,
+            r.job,
+            r.series.id,
+            r.series.version,
+            r.series.project,
+            r.test,
+            r.arch,
+            r.outcome,
+            r.reason,
+            r.duration_ms as i64,
+            base,
+            now(),
+            duplicate
+        ])?;
+    if inserted == 0 {
+        return Ok(None);
+    }
+    Ok(Some(ResultRecorded {
+        result: tx.last_insert_rowid(),
+        job: r.job.clone(),
+        series: r.series.clone(),
+        test: r.test.clone(),
+        arch: r.arch.clone(),
+        outcome: r.outcome.clone(),
+        reason: r.reason.clone(),
+        duplicate,
+        previous,
+    }))
+}
+
+#[async_trait]
+impl Handler for Aggregator {
+    async fn handle(&self, envelope: &Envelope, _attempt: u32) -> Result<(), HandlerError> {
+        let result: TestFinished = serde_json::from_value(envelope.body.clone())
+            .map_err(|e| HandlerError::Permanent(format!("not a {} body: {e}", TestFinished::SCHEMA)))?;
+        self.record(envelope.id.to_string(), result).await.map_err(|e| HandlerError::Transient(e.to_string()))
+    }
+}

@@ -1,0 +1,148 @@
+//! The verdict policy, in the spirit of greenwave: given which (test, arch)
+//! pairs a project requires and the latest result of each, is a series
+//! version PASSED, FAILED, or not decided yet; and, once its deadline has
+//! passed, INCOMPLETE. Pure: no store, no clock (the caller says whether the
+//! deadline passed).
+//!
+//! Rules:
+//! - A series that does not apply is FAILED at once, naming `apply`: nothing
+//!   else can run on it.
+//! - A required result counts as failed when its outcome is FAILED or ERROR
+//!   and it is not waived. ERROR fails too: a verdict of PASSED must mean
+//!   every required test really passed.
+//! - When every required result is in: FAILED naming the failed ones, else
+//!   PASSED. Results of tests that are not required never change the verdict.
+//! - When the deadline has passed with some still missing: FAILED if any
+//!   failed, else INCOMPLETE naming the missing ones.
+
+/// A required (test, arch) pair.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Required {
+    /// Test name.
+    pub test: String,
+    /// Arch.
+    pub arch: String,
+}
+
+impl Required {
+    /// `test/arch`, or just `test` for the arch-less `apply`.
+    pub fn label(&self) -> String {
+        if self.arch == "any" { self.test.clone() } else { format!("{}/{}", self.test, self.arch) }
+    }
+}
+
+/// The latest result of one (test, arch).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Latest {
+    /// Which.
+    pub which: Required,
+    /// resultsdb outcome: PASSED, FAILED, ERROR, INFO, NEEDS_INSPECTION, QUEUED, RUNNING.
+    pub outcome: String,
+    /// A maintainer waived it.
+    pub waived: bool,
+}
+
+/// A decided verdict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every required result passed (or was waived).
+    Passed,
+    /// These required results failed.
+    Failed(Vec<String>),
+    /// The deadline passed with these still missing.
+    Incomplete(Vec<String>),
+}
+
+impl Verdict {
+    /// The word published.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Verdict::Passed => "PASSED",
+            Verdict::Failed(_) => "FAILED",
+            Verdict::Incomplete(_) => "INCOMPLETE",
+        }
+    }
+}
+
+fn is_final(outcome: &str) -> bool {
+    !matches!(outcome, "QUEUED" | "RUNNING")
+}
+
+fn fails(l: &Latest) -> bool {
+    !l.waived && matches!(l.outcome.as_str(), "FAILED" | "ERROR")
+}
+
+/// Decides, or `None` while required results are still missing and the deadline has not passed.
+pub fn decide(required: &[Required], latest: &[Latest], deadline_passed: bool) -> Option<Verdict> {
+    let of = |r: &Required| latest.iter().find(|l| &l.which == r && is_final(&l.outcome));
+    if let Some(apply) = latest.iter().find(|l| l.which.test == "apply" && fails(l)) {
+        return Some(Verdict::Failed(vec![apply.which.label()]));
+    }
+    let mut failed: Vec<String> = required.iter().filter_map(|r| of(r).filter(|l| fails(l)).map(|l| l.which.label())).collect();
+    let mut missing: Vec<String> = required.iter().filter(|r| of(r).is_none()).map(Required::label).collect();
+    failed.sort();
+    missing.sort();
+    if missing.is_empty() {
+        return Some(if failed.is_empty() { Verdict::Passed } else { Verdict::Failed(failed) });
+    }
+    if !deadline_passed {
+        return None;
+    }
+    Some(if failed.is_empty() { Verdict::Incomplete(missing) } else { Verdict::Failed(failed) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(t: &str, a: &str) -> Required {
+        Required { test: t.into(), arch: a.into() }
+    }
+
+    fn got(t: &str, a: &str, outcome: &str) -> Latest {
+        Latest { which: req(t, a), outcome: outcome.into(), waived: false }
+    }
+
+    fn required() -> Vec<Required> {
+        vec![req("apply", "any"), req("build", "x86_64"), req("build", "aarch64")]
+    }
+
+    #[test]
+    fn waits_then_passes() {
+        let r = required();
+        assert_eq!(decide(&r, &[got("apply", "any", "PASSED")], false), None);
+        assert_eq!(decide(&r, &[got("apply", "any", "PASSED"), got("build", "x86_64", "RUNNING")], false), None);
+        let all = [got("apply", "any", "PASSED"), got("build", "x86_64", "PASSED"), got("build", "aarch64", "PASSED")];
+        assert_eq!(decide(&r, &all, false), Some(Verdict::Passed));
+        // An optional test's failure changes nothing.
+        let mut more = all.to_vec();
+        more.push(got("lint", "x86_64", "FAILED"));
+        assert_eq!(decide(&r, &more, false), Some(Verdict::Passed));
+    }
+
+    #[test]
+    fn failures_errors_and_waivers() {
+        let r = required();
+        let mut all = vec![got("apply", "any", "PASSED"), got("build", "x86_64", "FAILED"), got("build", "aarch64", "ERROR")];
+        assert_eq!(decide(&r, &all, false), Some(Verdict::Failed(vec!["build/aarch64".into(), "build/x86_64".into()])));
+        all[1].waived = true;
+        all[2].waived = true;
+        assert_eq!(decide(&r, &all, false), Some(Verdict::Passed));
+    }
+
+    #[test]
+    fn not_applying_fails_at_once() {
+        assert_eq!(decide(&required(), &[got("apply", "any", "FAILED")], false), Some(Verdict::Failed(vec!["apply".into()])));
+    }
+
+    #[test]
+    fn the_deadline_decides_what_is_missing() {
+        let r = required();
+        let some = [got("apply", "any", "PASSED"), got("build", "x86_64", "PASSED")];
+        assert_eq!(decide(&r, &some, false), None);
+        assert_eq!(decide(&r, &some, true), Some(Verdict::Incomplete(vec!["build/aarch64".into()])));
+        let failing = [got("apply", "any", "PASSED"), got("build", "x86_64", "FAILED")];
+        assert_eq!(decide(&r, &failing, true), Some(Verdict::Failed(vec!["build/x86_64".into()])));
+        assert_eq!(decide(&r, &[], true), Some(Verdict::Incomplete(vec!["apply".into(), "build/aarch64".into(), "build/x86_64".into()])));
+    }
+}
