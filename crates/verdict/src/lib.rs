@@ -14,6 +14,10 @@
 //!   PASSED. Results of tests that are not required never change the verdict.
 //! - When the deadline has passed with some still missing: FAILED if any
 //!   failed, else INCOMPLETE naming the missing ones.
+//!
+//! [`report`] composes the reply mail for a verdict, also without IO.
+
+pub mod report;
 
 /// A required (test, arch) pair.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

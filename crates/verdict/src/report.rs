@@ -1,0 +1,297 @@
+//! The report mail: one plain-text reply per verdict, threaded under the
+//! series (`In-Reply-To` the cover letter, or patch 1 without one;
+//! `References` the thread chain; `Subject: Re: <cover subject>`), with a
+//! stable Message-ID so a resend is recognised, `Auto-Submitted`, and
+//! `X-Patchbay-*` headers for mail filters. Pure: text in, bytes out.
+//! Nothing in it names the test infrastructure.
+
+/// Who gets the report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recipients {
+    /// The submitter only.
+    Submitter,
+    /// The list only.
+    List,
+    /// The submitter, with the list in Cc.
+    Both,
+}
+
+/// The thread a report answers.
+#[derive(Clone, Debug)]
+pub struct Thread {
+    /// The mail the report replies to (cover letter, else patch 1).
+    pub reply_to: String,
+    /// Its `References` chain (oldest first), without `reply_to`.
+    pub references: Vec<String>,
+    /// Its subject line, as posted.
+    pub subject: String,
+    /// The submitter's address.
+    pub submitter: String,
+    /// The list's posting address, when known.
+    pub list: Option<String>,
+}
+
+/// One line of the result table.
+#[derive(Clone, Debug)]
+pub struct Line {
+    /// `test/arch` (or `apply`).
+    pub what: String,
+    /// Outcome.
+    pub outcome: String,
+    /// Why, for failures.
+    pub reason: Option<String>,
+    /// Seconds it took.
+    pub seconds: u64,
+    /// The end of its log, for failures.
+    pub excerpt: Option<String>,
+}
+
+/// What the report says.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// Series id and version, for the Message-ID and headers.
+    pub series: i64,
+    /// Version.
+    pub version: u32,
+    /// Project.
+    pub project: String,
+    /// PASSED, FAILED or INCOMPLETE.
+    pub verdict: String,
+    /// What failed (`test/arch`).
+    pub failed: Vec<String>,
+    /// What never reported.
+    pub missing: Vec<String>,
+    /// One line per test × arch.
+    pub lines: Vec<Line>,
+    /// The base the series was applied to, and why.
+    pub base: Option<String>,
+    /// A link to the series' web page.
+    pub link: Option<String>,
+}
+
+/// How reports are sent.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `From:`.
+    pub from: String,
+    /// The domain of report Message-IDs.
+    pub domain: String,
+    /// Who gets it.
+    pub recipients: Recipients,
+}
+
+/// The stable Message-ID of the report of one series version.
+pub fn message_id(series: i64, version: u32, domain: &str) -> String {
+    format!("<patchbay-report-{series}-v{version}@{domain}>")
+}
+
+/// Wraps text at 72 columns; lines that cannot be broken (URLs, log lines) are kept whole.
+pub fn wrap(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        if line.chars().count() <= 72 || line.starts_with(' ') || line.starts_with('|') {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        let mut current = String::new();
+        for word in line.split(' ') {
+            if !current.is_empty() && current.chars().count() + 1 + word.chars().count() > 72 {
+                out.push_str(&current);
+                out.push('\n');
+                current.clear();
+            }
+            if !current.is_empty() {
+                current.push(' ');
+            }
+            current.push_str(word);
+        }
+        out.push_str(&current);
+        out.push('\n');
+    }
+    out
+}
+
+/// Lines of a log excerpt kept in the mail: the last ones, where the errors are.
+const EXCERPT_LINES: usize = 40;
+
+fn body(r: &Report) -> String {
+    let mut b = String::new();
+    b.push_str("Hello,\n\n");
+    let summary = match r.verdict.as_str() {
+        "PASSED" => "patchbay applied this series and every required test passed.".to_string(),
+        "FAILED" => format!("patchbay tested this series and it FAILED: {}.", r.failed.join(", ")),
+        _ => format!("patchbay could not finish testing this series in time; still missing: {}.", r.missing.join(", ")),
+    };
+    b.push_str(&wrap(&summary));
+    b.push('\n');
+    let width = r.lines.iter().map(|l| l.what.len()).max().unwrap_or(4).max(4);
+    for l in &r.lines {
+        let reason = l.reason.as_ref().map(|x| format!(" ({x})")).unwrap_or_default();
+        b.push_str(&format!("  {:width$}  {}{}  {}s\n", l.what, l.outcome, reason, l.seconds));
+    }
+    if let Some(base) = &r.base {
+        b.push('\n');
+        b.push_str(&wrap(&format!("Applied to: {base}")));
+    }
+    for l in r.lines.iter().filter(|l| l.outcome != "PASSED") {
+        let Some(excerpt) = l.excerpt.as_ref().filter(|e| !e.trim().is_empty()) else { continue };
+        b.push_str(&format!("\n--- {} ({}) ---\n", l.what, l.outcome));
+        let lines: Vec<&str> = excerpt.lines().collect();
+        for line in &lines[lines.len().saturating_sub(EXCERPT_LINES)..] {
+            b.push_str("| ");
+            b.push_str(line);
+            b.push('\n');
+        }
+    }
+    if let Some(link) = &r.link {
+        b.push_str(&format!("\nDetails and full logs: {link}\n"));
+    }
+    b.push_str("\nTo reproduce: apply the series with `git am -3` on the base above and\nrun the project's test script.\n");
+    b.push_str("\n-- \npatchbay, automated testing of patches posted to this list\n");
+    b
+}
+
+/// The whole mail, ready to send or to drop in a maildir.
+pub fn compose(r: &Report, thread: &Thread, settings: &Settings, date: &str) -> Vec<u8> {
+    let (to, cc) = match (settings.recipients, &thread.list) {
+        (Recipients::Submitter, _) | (_, None) => (thread.submitter.clone(), None),
+        (Recipients::List, Some(list)) => (list.clone(), None),
+        (Recipients::Both, Some(list)) => (thread.submitter.clone(), Some(list.clone())),
+    };
+    let subject = thread.subject.trim();
+    let subject = if subject.to_ascii_lowercase().starts_with("re:") { subject.to_string() } else { format!("Re: {subject}") };
+    let mut refs = thread.references.clone();
+    refs.push(thread.reply_to.clone());
+    let mut h = String::new();
+    h.push_str(&format!("From: {}\n", settings.from));
+    h.push_str(&format!("To: {to}\n"));
+    if let Some(cc) = cc {
+        h.push_str(&format!("Cc: {cc}\n"));
+    }
+    h.push_str(&format!("Subject: {}\n", encode_header(&subject)));
+    h.push_str(&format!("Date: {date}\n"));
+    h.push_str(&format!("Message-ID: {}\n", message_id(r.series, r.version, &settings.domain)));
+    h.push_str(&format!("In-Reply-To: {}\n", thread.reply_to));
+    h.push_str(&format!("References: {}\n", refs.join("\n ")));
+    h.push_str("Auto-Submitted: auto-generated\n");
+    h.push_str(&format!("X-Patchbay-Verdict: {}\n", r.verdict));
+    h.push_str(&format!("X-Patchbay-Project: {}\n", r.project));
+    h.push_str(&format!("X-Patchbay-Series: {} v{}\n", r.series, r.version));
+    h.push_str("MIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n");
+    let mut out = h.into_bytes();
+    out.extend_from_slice(body(r).as_bytes());
+    out
+}
+
+/// RFC 2047 for a header with non-ASCII text (UTF-8, base64, one encoded word per 45 bytes).
+fn encode_header(text: &str) -> String {
+    if text.is_ascii() {
+        return text.to_string();
+    }
+    const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut words = Vec::new();
+    let mut chunk = String::new();
+    let flush = |chunk: &str, words: &mut Vec<String>| {
+        let bytes = chunk.as_bytes();
+        let mut enc = String::new();
+        for c in bytes.chunks(3) {
+            let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+            for i in 0..4 {
+                if i <= c.len() {
+                    enc.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
+                } else {
+                    enc.push('=');
+                }
+            }
+        }
+        words.push(format!("=?UTF-8?B?{enc}?="));
+    };
+    for ch in text.chars() {
+        if chunk.len() + ch.len_utf8() > 45 {
+            flush(&chunk, &mut words);
+            chunk.clear();
+        }
+        chunk.push(ch);
+    }
+    if !chunk.is_empty() {
+        flush(&chunk, &mut words);
+    }
+    words.join("\n ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> Report {
+        Report {
+            series: 7,
+            version: 2,
+            project: "demo".into(),
+            verdict: "FAILED".into(),
+            failed: vec!["build/x86_64".into()],
+            missing: vec![],
+            lines: vec![
+                Line { what: "apply".into(), outcome: "PASSED".into(), reason: None, seconds: 1, excerpt: None },
+                Line {
+                    what: "build/x86_64".into(),
+                    outcome: "FAILED".into(),
+                    reason: Some("failed".into()),
+                    seconds: 42,
+                    excerpt: Some("cc -c hello.c\nhello.c:3:2: error: expected ';'\n".into()),
+                },
+            ],
+            base: Some("0123abcd (branch main)".into()),
+            link: Some("https://ci.example.org/series/7".into()),
+        }
+    }
+
+    fn thread() -> Thread {
+        Thread {
+            reply_to: "<cover@x>".into(),
+            references: vec!["<v1@x>".into()],
+            subject: "[PATCH v2 0/3] hwmon: add a driver".into(),
+            submitter: "dev@example.org".into(),
+            list: Some("linux-hwmon@vger.kernel.org".into()),
+        }
+    }
+
+    #[test]
+    fn threads_under_the_series_and_names_each_result() {
+        let settings = Settings { from: "patchbay <ci@example.org>".into(), domain: "ci.example.org".into(), recipients: Recipients::Both };
+        let mail = String::from_utf8(compose(&report(), &thread(), &settings, "Mon, 1 Jan 2024 00:00:00 +0000")).unwrap();
+        assert!(mail.contains("\nSubject: Re: [PATCH v2 0/3] hwmon: add a driver\n"));
+        assert!(mail.contains("\nIn-Reply-To: <cover@x>\n"));
+        assert!(mail.contains("\nReferences: <v1@x>\n <cover@x>\n"));
+        assert!(mail.contains("\nMessage-ID: <patchbay-report-7-v2@ci.example.org>\n"));
+        assert!(mail.contains("\nTo: dev@example.org\nCc: linux-hwmon@vger.kernel.org\n"));
+        assert!(mail.contains("\nAuto-Submitted: auto-generated\n") && mail.contains("\nX-Patchbay-Verdict: FAILED\n"));
+        assert!(mail.contains("build/x86_64  FAILED (failed)  42s"));
+        assert!(mail.contains("| hello.c:3:2: error: expected ';'"));
+        let body = mail.split("\n\n").skip(1).collect::<Vec<_>>().join("\n\n");
+        assert!(body.lines().all(|l| l.chars().count() <= 72 || l.starts_with("| ")), "wrapped at 72");
+    }
+
+    #[test]
+    fn recipients_and_encoded_subjects() {
+        let mut settings = Settings { from: "ci@x".into(), domain: "x".into(), recipients: Recipients::Submitter };
+        let mail = String::from_utf8(compose(&report(), &thread(), &settings, "d")).unwrap();
+        assert!(mail.contains("\nTo: dev@example.org\n") && !mail.contains("\nCc:"));
+        settings.recipients = Recipients::List;
+        let mail = String::from_utf8(compose(&report(), &thread(), &settings, "d")).unwrap();
+        assert!(mail.contains("\nTo: linux-hwmon@vger.kernel.org\n"));
+        let mut t = thread();
+        t.subject = "[PATCH] ü".into();
+        let mail = String::from_utf8(compose(&report(), &t, &settings, "d")).unwrap();
+        assert!(mail.contains("Subject: =?UTF-8?B?UmU6IFtQQVRDSF0gw7w=?="), "{mail}");
+    }
+
+    #[test]
+    fn wrapping() {
+        let long = "word ".repeat(40);
+        assert!(wrap(&long).lines().all(|l| l.len() <= 72));
+        let url = format!("https://example.org/{}", "x".repeat(100));
+        assert_eq!(wrap(&url).trim_end(), url);
+    }
+}
