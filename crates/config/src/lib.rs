@@ -74,6 +74,42 @@ struct RawConfig {
     runner: RawRunner,
     #[serde(default)]
     results: RawResults,
+    #[serde(default)]
+    report: RawReport,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReport {
+    from: Option<String>,
+    domain: Option<String>,
+    recipients: Option<Recipients>,
+    link: Option<String>,
+}
+
+/// Who gets a report mail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Recipients {
+    /// The submitter only.
+    Submitter,
+    /// The list only.
+    List,
+    /// The submitter, with the list in Cc (the default).
+    Both,
+}
+
+/// `[report]`: how verdicts are mailed.
+#[derive(Clone, Debug)]
+pub struct ReportConfig {
+    /// `From:` of report mail.
+    pub from: String,
+    /// Domain of report Message-IDs.
+    pub domain: String,
+    /// Who gets them.
+    pub recipients: Recipients,
+    /// Base URL of the web pages linked from reports (default: the HTTP listener).
+    pub link: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -261,6 +297,8 @@ pub struct Config {
     /// A series version with required results still missing this long after its first result
     /// gets an INCOMPLETE verdict (`results.verdict_deadline_secs`, default 6 h).
     pub verdict_deadline_secs: i64,
+    /// How verdicts are mailed.
+    pub report: ReportConfig,
 }
 
 /// The default LMTP listener: loopback only.
@@ -522,8 +560,19 @@ impl Config {
             return Err(invalid("results.verdict_deadline_secs", "must be at least 1".into()));
         }
 
+        let report = ReportConfig {
+            from: raw.report.from.unwrap_or_else(|| "patchbay <patchbay@localhost>".into()),
+            domain: raw.report.domain.unwrap_or_else(|| "patchbay.invalid".into()),
+            recipients: raw.report.recipients.unwrap_or(Recipients::Both),
+            link: raw.report.link,
+        };
+        if report.domain.is_empty() || report.domain.contains(['<', '>', '@', ' ']) {
+            return Err(invalid("report.domain", format!("{:?} is not a domain such as ci.example.org", report.domain)));
+        }
+
         let log_level = raw.log.level.unwrap_or_else(|| "info".into());
         Ok(Config {
+            report,
             verdict_deadline_secs,
             runner,
             ingest,

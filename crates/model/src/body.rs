@@ -383,6 +383,28 @@ impl Body for SeriesVerdict {
     const VERSION: u32 = 1;
 }
 
+/// A verdict's report went out (`report.email.sent`): to the outbox maildir or over SMTP.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReportSent {
+    /// The series.
+    pub series: SeriesHead,
+    /// The verdict reported.
+    pub verdict: String,
+    /// The report's Message-ID (stable per series version).
+    pub message_id: String,
+    /// The mail it replies to.
+    pub in_reply_to: String,
+    /// `outbox` or `smtp`.
+    pub transport: String,
+}
+
+impl Body for ReportSent {
+    const TOPIC: &'static str = "report.email.sent";
+    const SCHEMA: &'static str = "patchbay.report.sent";
+    const VERSION: u32 = 1;
+}
+
 /// One exported schema: which topic, which name and version, and the JSON Schema.
 #[derive(Clone, Debug, Serialize)]
 pub struct BodySchema {
@@ -420,6 +442,7 @@ pub fn body_schemas() -> Vec<BodySchema> {
         export::<TestLog>(),
         export::<ResultRecorded>(),
         export::<SeriesVerdict>(),
+        export::<ReportSent>(),
     ]
 }
 
@@ -442,6 +465,7 @@ pub fn check_body(topic_suffix: &str, body: &serde_json::Value) -> Option<Result
         TestLog::TOPIC => Some(check::<TestLog>(body)),
         ResultRecorded::TOPIC => Some(check::<ResultRecorded>(body)),
         SeriesVerdict::TOPIC => Some(check::<SeriesVerdict>(body)),
+        ReportSent::TOPIC => Some(check::<ReportSent>(body)),
         s if s == TestJob::TOPIC || (s.starts_with("ci.job.") && s.ends_with(".queued")) => Some(check::<TestJob>(body)),
         _ => None,
     }

@@ -242,3 +242,34 @@ pub fn start_aggregator(
     });
     Ok(vec![service, sweep])
 }
+
+/// Starts the reporter: one mail per verdict into `<data>/outbox` (a maildir), exactly once.
+pub fn start_reporter(
+    config: &Config,
+    store: patchbay_store::EmbeddedBus,
+    bus: Arc<dyn Bus>,
+    policy: Arc<TrustPolicy>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use patchbay_verdict::report::{Recipients as R, Settings};
+    let recipients = match config.report.recipients {
+        patchbay_config::Recipients::Submitter => R::Submitter,
+        patchbay_config::Recipients::List => R::List,
+        patchbay_config::Recipients::Both => R::Both,
+    };
+    let settings = Settings { from: config.report.from.clone(), domain: config.report.domain.clone(), recipients };
+    let link = config.report.link.clone().or_else(|| Some(format!("http://{}", config.http_listen)));
+    let publisher = Publisher::new(bus.clone(), config.bus.root.clone(), Sender::new("reporter", &config.instance));
+    let reporter = patchbay_results::Reporter::new(store, publisher, settings, config.data_dir.join("outbox"), link);
+    let pattern = TopicPattern::parse(config.bus.root.topic(<patchbay_model::SeriesVerdict as Body>::TOPIC)?.as_str())?;
+    let spec = ServiceSpec::new("reporter", vec![pattern]);
+    let mut stop = shutdown;
+    Ok(tokio::spawn(async move {
+        let closing = async move {
+            let _ = stop.wait_for(|c| *c).await;
+        };
+        if let Err(error) = patchbay_runtime::run(bus, policy, spec, Arc::new(reporter), closing).await {
+            tracing::error!(%error, "The reporter stopped.");
+        }
+    }))
+}

@@ -113,6 +113,7 @@ pub async fn serve(config: Config, args: &ServeArgs, shutdown: impl Future<Outpu
     let mut runners = Vec::new();
     if dispatcher.is_some() {
         runners.extend(crate::ci::start_aggregator(&config, ingest.bus().clone(), served.bus.clone(), policy.clone(), closing_rx.clone())?);
+        runners.push(crate::ci::start_reporter(&config, ingest.bus().clone(), served.bus.clone(), policy.clone(), closing_rx.clone())?);
     }
     if dispatcher.is_some() && !args.no_runner {
         match crate::ci::start_runner(&config, config.runner.jobs, served.bus.clone(), policy.clone(), closing_rx.clone()) {

@@ -224,6 +224,40 @@ fn series_are_applied_built_and_reported() {
     assert_eq!(verdict("stale"), ("FAILED".into(), serde_json::json!(["apply"])));
     assert_eq!(verdicts.len(), 4);
 
+    // One report per verdict in the outbox, threaded under the series' cover letter.
+    let outbox = tmp.path().join("data/outbox/new");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mails = loop {
+        let mails: Vec<String> = std::fs::read_dir(&outbox)
+            .map(|d| d.map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap()).collect())
+            .unwrap_or_default();
+        if mails.len() >= 4 || Instant::now() > deadline {
+            break mails;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(mails.len(), 4, "one report per verdict");
+    let header = |mail: &str, name: &str| {
+        mail.split("\n\n")
+            .next()
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_string))
+            .unwrap_or_default()
+    };
+    let good = mails.iter().find(|m| header(m, "Subject").contains("the good series")).expect("a report on the good series");
+    assert_eq!(header(good, "Subject"), "Re: [PATCH 0/2] the good series");
+    assert_eq!(header(good, "In-Reply-To"), good_cover);
+    assert_eq!(header(good, "X-Patchbay-Verdict"), "PASSED");
+    assert_eq!(header(good, "Auto-Submitted"), "auto-generated");
+    assert!(good.contains("build/x86_64") && good.contains("apply"), "{good}");
+    let broken = mails.iter().find(|m| header(m, "Subject").contains("the broken series")).unwrap();
+    assert_eq!(header(broken, "X-Patchbay-Verdict"), "FAILED");
+    assert!(broken.contains("| hello.c:3"), "the failing excerpt is quoted: {broken}");
+    for m in &mails {
+        assert!(!m.contains(&tmp.path().display().to_string()), "no runner paths in mail: {m}");
+    }
+
     // Nothing published names the runner's paths or host.
     let data = tmp.path().display().to_string();
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();

@@ -10,6 +10,8 @@
 //! (series, version) makes a second decision impossible. The policy itself is
 //! `patchbay-verdict`; this crate knows the embedded store, not HTTP.
 
+mod reporter;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -20,6 +22,8 @@ use patchbay_runtime::{Handler, HandlerError};
 use patchbay_store::{EmbeddedBus, StoreError, Tx};
 use patchbay_verdict::{Latest, Required, Verdict};
 use rusqlite::{OptionalExtension, params};
+
+pub use reporter::{Reporter, deliver_to_maildir};
 
 /// Which (test, arch) each project requires; `apply` is always required.
 #[derive(Clone, Debug, Default)]

@@ -156,6 +156,20 @@ const STEPS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX verdicts_pending ON verdicts (decided_at, since);
     ",
+    // 5: reports (owned by the results crate's reporter): the intent is recorded before sending.
+    "
+    CREATE TABLE reports (
+        series_id  INTEGER NOT NULL,
+        version    INTEGER NOT NULL,
+        message_id TEXT NOT NULL UNIQUE,
+        state      TEXT NOT NULL CHECK (state IN ('intent', 'sent', 'failed')),
+        transport  TEXT NOT NULL,
+        detail     TEXT,
+        created_at INTEGER NOT NULL,
+        sent_at    INTEGER,
+        PRIMARY KEY (series_id, version)
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// Brings the database up to the latest schema.

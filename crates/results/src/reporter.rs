@@ -1,0 +1,247 @@
+//! The reporter: one mail per verdict, exactly once.
+//!
+//! The intent is recorded first (`reports`, keyed by series version, with the
+//! report's stable Message-ID), then the mail is delivered, then the record
+//! says `sent` and `report.email.sent` is published in the same transaction.
+//! Delivery to the outbox maildir is idempotent by file name (the
+//! Message-ID): a crash between delivering and recording finds the file on
+//! redelivery and does not write a second mail. (SMTP delivery, with the same
+//! record-first protocol, is the next step; until then every report goes to
+//! the outbox, which `serve` shows and an MTA can pick up.)
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use patchbay_bus::Publisher;
+use patchbay_model::{Body, Envelope, ReportSent, SeriesVerdict};
+use patchbay_runtime::{Handler, HandlerError};
+use patchbay_store::{EmbeddedBus, StoreError};
+use patchbay_verdict::report::{self, Line, Report, Settings, Thread};
+use rusqlite::{OptionalExtension, params};
+
+/// The reporter service.
+pub struct Reporter {
+    bus: EmbeddedBus,
+    publisher: Publisher,
+    settings: Settings,
+    outbox: PathBuf,
+    link_base: Option<String>,
+}
+
+fn header<'a>(raw: &'a str, name: &str) -> Option<&'a str> {
+    let head = raw.split("\n\n").next()?;
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// test, arch, outcome, reason, duration in ms, base, job.
+type ResultRow = (String, String, String, Option<String>, i64, Option<String>, String);
+
+/// What the store knows that the report needs.
+struct Facts {
+    thread: Thread,
+    lines: Vec<Line>,
+    base: Option<String>,
+}
+
+fn facts(conn: &rusqlite::Connection, v: &SeriesVerdict) -> Result<Option<Facts>, StoreError> {
+    // The mail to answer: the cover letter, else patch 1.
+    let row: Option<(String, Vec<u8>, String, Option<String>)> = conn
+        .query_row(
+            "SELECT m.message_id, m.raw, m.subject, m.from_email FROM series_mails sm JOIN mails m ON m.id = sm.mail_id
+             WHERE sm.series_id = ?1 AND sm.slot IN (0, 1) ORDER BY sm.slot LIMIT 1",
+            [v.series.id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()?;
+    let Some((reply_to, raw, subject, from)) = row else { return Ok(None) };
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let parsed = patchbay_mail::parse(raw.as_bytes());
+    let list = header(&raw, "List-Post").and_then(|p| p.split("mailto:").nth(1)).map(|p| p.trim_end_matches('>').to_string());
+    let thread = Thread {
+        reply_to,
+        references: parsed.references.clone(),
+        subject,
+        submitter: from.unwrap_or_else(|| v.series.submitter.clone()),
+        list,
+    };
+    let mut stmt = conn.prepare(
+        "SELECT test, arch, outcome, reason, duration_ms, base, job FROM results r WHERE series_id = ?1 AND version = ?2
+         AND id = (SELECT max(id) FROM results x WHERE x.series_id = r.series_id AND x.version = r.version AND x.test = r.test AND x.arch = r.arch)
+         ORDER BY test = 'apply' DESC, test, arch",
+    )?;
+    let mut base = None;
+    let rows: Vec<ResultRow> = stmt
+        .query_map(params![v.series.id, v.series.version], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut lines = Vec::new();
+    for (test, arch, outcome, reason, ms, b, job) in rows {
+        if base.is_none() {
+            base = b;
+        }
+        let excerpt = if outcome == "PASSED" { None } else { log_tail(conn, &job)? };
+        let what = if arch == "any" { test } else { format!("{test}/{arch}") };
+        lines.push(Line { what, outcome, reason, seconds: (ms as u64).div_ceil(1000), excerpt });
+    }
+    Ok(Some(Facts { thread, lines, base }))
+}
+
+/// The end of a job's log, from the stored chunks (the last one is enough for a mail).
+fn log_tail(conn: &rusqlite::Connection, job: &str) -> Result<Option<String>, StoreError> {
+    let data: Option<Vec<u8>> =
+        conn.query_row("SELECT data FROM test_logs WHERE job = ?1 ORDER BY idx DESC LIMIT 1", [job], |r| r.get(0)).optional()?;
+    Ok(data.and_then(|d| {
+        use std::io::Read as _;
+        let mut out = String::new();
+        flate2::read::DeflateDecoder::new(&d[..]).read_to_string(&mut out).ok().map(|_| out)
+    }))
+}
+
+/// Writes `mail` into the maildir `outbox` as `name`, once: tmp/ then rename into new/.
+pub fn deliver_to_maildir(outbox: &Path, name: &str, mail: &[u8]) -> std::io::Result<bool> {
+    for sub in ["tmp", "new", "cur"] {
+        std::fs::create_dir_all(outbox.join(sub))?;
+    }
+    let target = outbox.join("new").join(name);
+    if target.exists() || outbox.join("cur").join(name).exists() {
+        return Ok(false);
+    }
+    let tmp = outbox.join("tmp").join(format!("{name}.{}", std::process::id()));
+    std::fs::write(&tmp, mail)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &target)?;
+    Ok(true)
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// RFC 5322 date of now, in UTC.
+fn rfc5322_now() -> String {
+    let secs = now();
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][days.rem_euclid(7) as usize];
+    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"][(m - 1) as usize];
+    format!("{weekday}, {d} {month} {y} {:02}:{:02}:{:02} +0000", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+impl Reporter {
+    /// Reports into `outbox` (a maildir), with `settings`; `link_base` + `/series/<id>` is the
+    /// series page linked from the mail.
+    pub fn new(bus: EmbeddedBus, publisher: Publisher, settings: Settings, outbox: PathBuf, link_base: Option<String>) -> Self {
+        Reporter { bus, publisher, settings, outbox, link_base }
+    }
+
+    /// Reports one verdict, exactly once.
+    pub async fn report(&self, v: SeriesVerdict) -> Result<(), StoreError> {
+        let message_id = report::message_id(v.series.id, v.series.version, &self.settings.domain);
+        // 1. The intent, before anything leaves.
+        let (id, ver, mid) = (v.series.id, v.series.version, message_id.clone());
+        let state: String = self
+            .bus
+            .db()
+            .write(move |tx| {
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO reports (series_id, version, message_id, state, transport, created_at) VALUES (?1, ?2, ?3, 'intent', 'outbox', ?4)",
+                )?
+                .execute(params![id, ver, mid, now()])?;
+                Ok(tx.query_row("SELECT state FROM reports WHERE series_id = ?1 AND version = ?2", params![id, ver], |r| r.get(0))?)
+            })
+            .await?;
+        if state != "intent" {
+            return Ok(());
+        }
+        let verdict = v.clone();
+        let Some(facts) = self.bus.db().read(move |c| facts(c, &verdict)).await? else {
+            return Err(StoreError::Corrupt(format!("series {} has no mail to reply to", v.series.id)));
+        };
+        let r = Report {
+            series: v.series.id,
+            version: v.series.version,
+            project: v.series.project.clone(),
+            verdict: v.verdict.clone(),
+            failed: v.failed.clone(),
+            missing: v.missing.clone(),
+            lines: facts.lines,
+            base: facts.base,
+            link: self.link_base.as_ref().map(|b| format!("{}/series/{}", b.trim_end_matches('/'), v.series.id)),
+        };
+        let mail = report::compose(&r, &facts.thread, &self.settings, &rfc5322_now());
+        // 2. Delivery: idempotent by name, so a crash after it and before 3. sends nothing twice.
+        let name = message_id.trim_matches(['<', '>']).replace(['/', '@'], "_");
+        deliver_to_maildir(&self.outbox, &name, &mail).map_err(|e| StoreError::Io { path: self.outbox.clone(), source: e })?;
+        // 3. Recorded and announced together.
+        let sent = ReportSent {
+            series: v.series.clone(),
+            verdict: v.verdict.clone(),
+            message_id: message_id.clone(),
+            in_reply_to: facts.thread.reply_to.clone(),
+            transport: "outbox".into(),
+        };
+        let out = self.publisher.outgoing(&sent).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let bus = self.bus.clone();
+        self.bus
+            .db()
+            .write(move |tx| {
+                let changed = tx
+                    .prepare_cached(
+                        "UPDATE reports SET state = 'sent', sent_at = ?3 WHERE series_id = ?1 AND version = ?2 AND state = 'intent'",
+                    )?
+                    .execute(params![id, ver, now()])?;
+                if changed == 1 {
+                    bus.publish_in(tx, vec![out])?;
+                }
+                Ok(())
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl Handler for Reporter {
+    async fn handle(&self, envelope: &Envelope, _attempt: u32) -> Result<(), HandlerError> {
+        let v: SeriesVerdict = serde_json::from_value(envelope.body.clone())
+            .map_err(|e| HandlerError::Permanent(format!("not a {} body: {e}", SeriesVerdict::SCHEMA)))?;
+        self.report(v).await.map_err(|e| HandlerError::Transient(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maildir_delivery_happens_once_per_name() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(deliver_to_maildir(dir.path(), "r-1", b"first").unwrap());
+        assert!(!deliver_to_maildir(dir.path(), "r-1", b"second").unwrap(), "a redelivered report writes nothing");
+        assert_eq!(std::fs::read(dir.path().join("new/r-1")).unwrap(), b"first");
+        // Read by a mail client (moved to cur/): still not written again.
+        std::fs::rename(dir.path().join("new/r-1"), dir.path().join("cur/r-1")).unwrap();
+        assert!(!deliver_to_maildir(dir.path(), "r-1", b"third").unwrap());
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "nothing left in tmp/");
+    }
+
+    #[test]
+    fn dates_are_rfc5322() {
+        let d = rfc5322_now();
+        assert!(d.ends_with(" +0000") && d.len() >= 29, "{d}");
+        assert!(["Mon,", "Tue,", "Wed,", "Thu,", "Fri,", "Sat,", "Sun,"].iter().any(|w| d.starts_with(w)));
+    }
+}
