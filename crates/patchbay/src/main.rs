@@ -8,6 +8,7 @@ mod bench_amqp;
 mod bench_runner;
 mod ci;
 mod client;
+mod demo;
 mod ingest;
 mod keys;
 mod serve;
@@ -36,6 +37,8 @@ struct Cli {
 enum Command {
     /// Run every service in one process on the embedded bus, with the HTTP listener.
     Serve(serve::ServeArgs),
+    /// Try it offline: a sample project, a good and a broken series posted over LMTP, tested, reported.
+    Demo(demo::DemoArgs),
     /// Publish one message from a shell script (like fedmsg-logger).
     Publish(client::PublishArgs),
     /// Print messages as they are published (like fedmsg-tail); resumes after disconnects.
@@ -163,6 +166,11 @@ fn run(cli: Cli) -> Result<(), Exit> {
         Command::Bench { what: BenchWhat::Amqp(opts) } => runtime()?.block_on(bench_amqp::run(opts.clone())).map_err(Exit::from),
         Command::Bench { what: BenchWhat::Runner(opts) } => runtime()?.block_on(bench_runner::run(opts.clone())).map_err(Exit::from),
         Command::Bench { what: BenchWhat::Ingest(opts) } => runtime()?.block_on(ingest::bench(opts.clone())).map_err(Exit::from),
+        Command::Demo(args) => {
+            let config = load_config(&cli)?;
+            init_logging_quiet(&config);
+            runtime()?.block_on(demo::demo(args)).map_err(Exit::from)
+        }
         Command::Runner(args) => {
             let config = load_config(&cli)?;
             init_logging(&config);

@@ -11,7 +11,7 @@ use patchbay_config::Config;
 use patchbay_web::AppState;
 
 /// Options of `patchbay serve`.
-#[derive(clap::Args)]
+#[derive(clap::Args, Default)]
 pub struct ServeArgs {
     /// Listen on this address instead of the config's `http.listen`.
     #[arg(long)]

@@ -46,7 +46,7 @@ struct Facts {
     base: Option<String>,
 }
 
-fn facts(conn: &rusqlite::Connection, v: &SeriesVerdict) -> Result<Option<Facts>, StoreError> {
+fn facts(conn: &rusqlite::Connection, v: &SeriesVerdict, link_base: Option<&str>) -> Result<Option<Facts>, StoreError> {
     // The mail to answer: the cover letter, else patch 1.
     let row: Option<(String, Vec<u8>, String, Option<String>)> = conn
         .query_row(
@@ -84,8 +84,9 @@ fn facts(conn: &rusqlite::Connection, v: &SeriesVerdict) -> Result<Option<Facts>
             base = b;
         }
         let excerpt = if outcome == "PASSED" { None } else { log_tail(conn, &job)? };
+        let log_url = link_base.map(|b| format!("{}/api/v1/logs/{job}", b.trim_end_matches('/')));
         let what = if arch == "any" { test } else { format!("{test}/{arch}") };
-        lines.push(Line { what, outcome, reason, seconds: (ms as u64).div_ceil(1000), excerpt });
+        lines.push(Line { what, outcome, reason, seconds: (ms as u64).div_ceil(1000), excerpt, log_url });
     }
     Ok(Some(Facts { thread, lines, base }))
 }
@@ -142,8 +143,8 @@ fn rfc5322_now() -> String {
 }
 
 impl Reporter {
-    /// Reports into `outbox` (a maildir), with `settings`; `link_base` + `/series/<id>` is the
-    /// series page linked from the mail.
+    /// Reports into `outbox` (a maildir), with `settings`; failing tests' full logs are linked
+    /// as `<link_base>/api/v1/logs/<job>`.
     pub fn new(bus: EmbeddedBus, publisher: Publisher, settings: Settings, outbox: PathBuf, link_base: Option<String>) -> Self {
         Reporter { bus, publisher, settings, outbox, link_base }
     }
@@ -167,8 +168,8 @@ impl Reporter {
         if state != "intent" {
             return Ok(());
         }
-        let verdict = v.clone();
-        let Some(facts) = self.bus.db().read(move |c| facts(c, &verdict)).await? else {
+        let (verdict, link) = (v.clone(), self.link_base.clone());
+        let Some(facts) = self.bus.db().read(move |c| facts(c, &verdict, link.as_deref())).await? else {
             return Err(StoreError::Corrupt(format!("series {} has no mail to reply to", v.series.id)));
         };
         let r = Report {
@@ -180,7 +181,8 @@ impl Reporter {
             missing: v.missing.clone(),
             lines: facts.lines,
             base: facts.base,
-            link: self.link_base.as_ref().map(|b| format!("{}/series/{}", b.trim_end_matches('/'), v.series.id)),
+            // The series page comes with the dashboard; until then the logs are the links.
+            link: None,
         };
         let mail = report::compose(&r, &facts.thread, &self.settings, &rfc5322_now());
         // 2. Delivery: idempotent by name, so a crash after it and before 3. sends nothing twice.

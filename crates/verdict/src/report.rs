@@ -44,6 +44,8 @@ pub struct Line {
     pub seconds: u64,
     /// The end of its log, for failures.
     pub excerpt: Option<String>,
+    /// Where its full log is served, when known.
+    pub log_url: Option<String>,
 }
 
 /// What the report says.
@@ -65,7 +67,7 @@ pub struct Report {
     pub lines: Vec<Line>,
     /// The base the series was applied to, and why.
     pub base: Option<String>,
-    /// A link to the series' web page.
+    /// A link to the series' web page, when there is one.
     pub link: Option<String>,
 }
 
@@ -143,9 +145,12 @@ fn body(r: &Report) -> String {
             b.push_str(line);
             b.push('\n');
         }
+        if let Some(url) = &l.log_url {
+            b.push_str(&format!("Full log: {url}\n"));
+        }
     }
     if let Some(link) = &r.link {
-        b.push_str(&format!("\nDetails and full logs: {link}\n"));
+        b.push_str(&format!("\nDetails: {link}\n"));
     }
     b.push_str("\nTo reproduce: apply the series with `git am -3` on the base above and\nrun the project's test script.\n");
     b.push_str("\n-- \npatchbay, automated testing of patches posted to this list\n");
@@ -233,13 +238,14 @@ mod tests {
             failed: vec!["build/x86_64".into()],
             missing: vec![],
             lines: vec![
-                Line { what: "apply".into(), outcome: "PASSED".into(), reason: None, seconds: 1, excerpt: None },
+                Line { what: "apply".into(), outcome: "PASSED".into(), reason: None, seconds: 1, excerpt: None, log_url: None },
                 Line {
                     what: "build/x86_64".into(),
                     outcome: "FAILED".into(),
                     reason: Some("failed".into()),
                     seconds: 42,
                     excerpt: Some("cc -c hello.c\nhello.c:3:2: error: expected ';'\n".into()),
+                    log_url: Some("https://ci.example.org/api/v1/logs/7-v2-build-x86_64".into()),
                 },
             ],
             base: Some("0123abcd (branch main)".into()),
@@ -268,7 +274,7 @@ mod tests {
         assert!(mail.contains("\nTo: dev@example.org\nCc: linux-hwmon@vger.kernel.org\n"));
         assert!(mail.contains("\nAuto-Submitted: auto-generated\n") && mail.contains("\nX-Patchbay-Verdict: FAILED\n"));
         assert!(mail.contains("build/x86_64  FAILED (failed)  42s"));
-        assert!(mail.contains("| hello.c:3:2: error: expected ';'"));
+        assert!(mail.contains("| hello.c:3:2: error: expected ';'\nFull log: https://ci.example.org/api/v1/logs/7-v2-build-x86_64\n"));
         let body = mail.split("\n\n").skip(1).collect::<Vec<_>>().join("\n\n");
         assert!(body.lines().all(|l| l.chars().count() <= 72 || l.starts_with("| ")), "wrapped at 72");
     }
