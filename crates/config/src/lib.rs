@@ -85,6 +85,9 @@ struct RawReport {
     domain: Option<String>,
     recipients: Option<Recipients>,
     link: Option<String>,
+    smtp_url: Option<String>,
+    smtp_user: Option<String>,
+    smtp_password: Option<String>,
 }
 
 /// Who gets a report mail.
@@ -110,6 +113,11 @@ pub struct ReportConfig {
     pub recipients: Recipients,
     /// Base URL of the web pages linked from reports (default: the HTTP listener).
     pub link: Option<String>,
+    /// `smtp://host:port`, `smtp+starttls://host:port` or `smtps://host:port`; without it,
+    /// reports go to the outbox maildir in the data directory.
+    pub smtp_url: Option<String>,
+    /// AUTH user and password for the SMTP server.
+    pub smtp_credentials: Option<(String, String)>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -565,7 +573,18 @@ impl Config {
             domain: raw.report.domain.unwrap_or_else(|| "patchbay.invalid".into()),
             recipients: raw.report.recipients.unwrap_or(Recipients::Both),
             link: raw.report.link,
+            smtp_url: raw.report.smtp_url,
+            smtp_credentials: match (raw.report.smtp_user, raw.report.smtp_password) {
+                (Some(u), Some(p)) => Some((u, p)),
+                (None, None) => None,
+                _ => return Err(invalid("report.smtp_user", "give both smtp_user and smtp_password, or neither".into())),
+            },
         };
+        if let Some(url) = &report.smtp_url
+            && !["smtp://", "smtp+starttls://", "smtps://"].iter().any(|p| url.starts_with(p))
+        {
+            return Err(invalid("report.smtp_url", format!("{url:?} must start with smtp://, smtp+starttls:// or smtps://")));
+        }
         if report.domain.is_empty() || report.domain.contains(['<', '>', '@', ' ']) {
             return Err(invalid("report.domain", format!("{:?} is not a domain such as ci.example.org", report.domain)));
         }

@@ -405,6 +405,28 @@ impl Body for ReportSent {
     const VERSION: u32 = 1;
 }
 
+/// A report could not be delivered (`report.email.failed`): the SMTP server refused it for good
+/// (its words are in `reason`), or patchbay stopped while the server was taking it and will not
+/// risk a second copy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReportFailed {
+    /// The series.
+    pub series: SeriesHead,
+    /// The verdict that was to be reported.
+    pub verdict: String,
+    /// The report's Message-ID.
+    pub message_id: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl Body for ReportFailed {
+    const TOPIC: &'static str = "report.email.failed";
+    const SCHEMA: &'static str = "patchbay.report.failed";
+    const VERSION: u32 = 1;
+}
+
 /// One exported schema: which topic, which name and version, and the JSON Schema.
 #[derive(Clone, Debug, Serialize)]
 pub struct BodySchema {
@@ -443,6 +465,7 @@ pub fn body_schemas() -> Vec<BodySchema> {
         export::<ResultRecorded>(),
         export::<SeriesVerdict>(),
         export::<ReportSent>(),
+        export::<ReportFailed>(),
     ]
 }
 
@@ -466,6 +489,7 @@ pub fn check_body(topic_suffix: &str, body: &serde_json::Value) -> Option<Result
         ResultRecorded::TOPIC => Some(check::<ResultRecorded>(body)),
         SeriesVerdict::TOPIC => Some(check::<SeriesVerdict>(body)),
         ReportSent::TOPIC => Some(check::<ReportSent>(body)),
+        ReportFailed::TOPIC => Some(check::<ReportFailed>(body)),
         s if s == TestJob::TOPIC || (s.starts_with("ci.job.") && s.ends_with(".queued")) => Some(check::<TestJob>(body)),
         _ => None,
     }

@@ -260,9 +260,21 @@ pub fn start_reporter(
     let settings = Settings { from: config.report.from.clone(), domain: config.report.domain.clone(), recipients };
     let link = config.report.link.clone().or_else(|| Some(format!("http://{}", config.http_listen)));
     let publisher = Publisher::new(bus.clone(), config.bus.root.clone(), Sender::new("reporter", &config.instance));
-    let reporter = patchbay_results::Reporter::new(store, publisher, settings, config.data_dir.join("outbox"), link);
+    let transport = match &config.report.smtp_url {
+        None => patchbay_results::Transport::Outbox(config.data_dir.join("outbox")),
+        Some(url) => patchbay_results::Transport::Smtp(
+            patchbay_results::smtp::Smtp::new(&patchbay_results::smtp::SmtpSettings {
+                url: url.clone(),
+                credentials: config.report.smtp_credentials.clone(),
+            })
+            .map_err(|e| anyhow::anyhow!("{}: report.smtp_url: {e}", config.source_name()))?,
+        ),
+    };
+    let reporter = patchbay_results::Reporter::new(store, publisher, settings, transport, link);
     let pattern = TopicPattern::parse(config.bus.root.topic(<patchbay_model::SeriesVerdict as Body>::TOPIC)?.as_str())?;
-    let spec = ServiceSpec::new("reporter", vec![pattern]);
+    let mut spec = ServiceSpec::new("reporter", vec![pattern]);
+    // An SMTP server may be down for hours: keep trying, at most a minute apart.
+    spec.retry = RetryPolicy { max_attempts: 10_000, base_delay: Duration::from_millis(500), max_delay: Duration::from_secs(60) };
     let mut stop = shutdown;
     Ok(tokio::spawn(async move {
         let closing = async move {

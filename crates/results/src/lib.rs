@@ -11,6 +11,7 @@
 //! `patchbay-verdict`; this crate knows the embedded store, not HTTP.
 
 mod reporter;
+pub mod smtp;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use patchbay_store::{EmbeddedBus, StoreError, Tx};
 use patchbay_verdict::{Latest, Required, Verdict};
 use rusqlite::{OptionalExtension, params};
 
-pub use reporter::{Reporter, deliver_to_maildir};
+pub use reporter::{Reporter, Transport, deliver_to_maildir};
 
 /// Which (test, arch) each project requires; `apply` is always required.
 #[derive(Clone, Debug, Default)]

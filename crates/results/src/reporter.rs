@@ -13,18 +13,27 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use patchbay_bus::Publisher;
-use patchbay_model::{Body, Envelope, ReportSent, SeriesVerdict};
+use patchbay_model::{Body, Envelope, ReportFailed, ReportSent, SeriesVerdict};
 use patchbay_runtime::{Handler, HandlerError};
 use patchbay_store::{EmbeddedBus, StoreError};
 use patchbay_verdict::report::{self, Line, Report, Settings, Thread};
 use rusqlite::{OptionalExtension, params};
+
+/// Where reports go.
+#[derive(Clone)]
+pub enum Transport {
+    /// A maildir (the embedded default when no SMTP server is configured).
+    Outbox(PathBuf),
+    /// An SMTP server.
+    Smtp(crate::smtp::Smtp),
+}
 
 /// The reporter service.
 pub struct Reporter {
     bus: EmbeddedBus,
     publisher: Publisher,
     settings: Settings,
-    outbox: PathBuf,
+    transport: Transport,
     link_base: Option<String>,
 }
 
@@ -143,10 +152,46 @@ fn rfc5322_now() -> String {
 }
 
 impl Reporter {
-    /// Reports into `outbox` (a maildir), with `settings`; failing tests' full logs are linked
+    /// Reports through `transport`, with `settings`; failing tests' full logs are linked
     /// as `<link_base>/api/v1/logs/<job>`.
-    pub fn new(bus: EmbeddedBus, publisher: Publisher, settings: Settings, outbox: PathBuf, link_base: Option<String>) -> Self {
-        Reporter { bus, publisher, settings, outbox, link_base }
+    pub fn new(bus: EmbeddedBus, publisher: Publisher, settings: Settings, transport: Transport, link_base: Option<String>) -> Self {
+        Reporter { bus, publisher, settings, transport, link_base }
+    }
+
+    async fn set_state(&self, id: i64, ver: u32, from: &str, to: &str, detail: Option<String>) -> Result<bool, StoreError> {
+        let (from, to) = (from.to_string(), to.to_string());
+        self.bus
+            .db()
+            .write(move |tx| {
+                Ok(tx
+                    .prepare_cached("UPDATE reports SET state = ?4, detail = ?5 WHERE series_id = ?1 AND version = ?2 AND state = ?3")?
+                    .execute(params![id, ver, from, to, detail])?
+                    == 1)
+            })
+            .await
+    }
+
+    async fn fail(&self, v: &SeriesVerdict, message_id: &str, from_state: &str, reason: String) -> Result<(), StoreError> {
+        let (id, ver) = (v.series.id, v.series.version);
+        let body =
+            ReportFailed { series: v.series.clone(), verdict: v.verdict.clone(), message_id: message_id.into(), reason: reason.clone() };
+        let out = self.publisher.outgoing(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let (bus, from_state) = (self.bus.clone(), from_state.to_string());
+        tracing::warn!(%message_id, %reason, "Report not delivered.");
+        self.bus
+            .db()
+            .write(move |tx| {
+                let changed = tx
+                    .prepare_cached(
+                        "UPDATE reports SET state = 'failed', detail = ?4 WHERE series_id = ?1 AND version = ?2 AND state = ?3",
+                    )?
+                    .execute(params![id, ver, from_state, reason])?;
+                if changed == 1 {
+                    bus.publish_in(tx, vec![out])?;
+                }
+                Ok(())
+            })
+            .await
     }
 
     /// Reports one verdict, exactly once.
@@ -165,8 +210,21 @@ impl Reporter {
                 Ok(tx.query_row("SELECT state FROM reports WHERE series_id = ?1 AND version = ?2", params![id, ver], |r| r.get(0))?)
             })
             .await?;
-        if state != "intent" {
-            return Ok(());
+        match state.as_str() {
+            "intent" => {}
+            // We stopped while the SMTP server was taking this mail: it may have been accepted.
+            // A second copy is worse than none, so say so instead of resending.
+            "sending" => {
+                return self
+                    .fail(
+                        &v,
+                        &message_id,
+                        "sending",
+                        "patchbay stopped while the SMTP server was taking this report; not resent, to avoid a second copy".into(),
+                    )
+                    .await;
+            }
+            _ => return Ok(()),
         }
         let (verdict, link) = (v.clone(), self.link_base.clone());
         let Some(facts) = self.bus.db().read(move |c| facts(c, &verdict, link.as_deref())).await? else {
@@ -185,16 +243,43 @@ impl Reporter {
             link: None,
         };
         let mail = report::compose(&r, &facts.thread, &self.settings, &rfc5322_now());
-        // 2. Delivery: idempotent by name, so a crash after it and before 3. sends nothing twice.
-        let name = message_id.trim_matches(['<', '>']).replace(['/', '@'], "_");
-        deliver_to_maildir(&self.outbox, &name, &mail).map_err(|e| StoreError::Io { path: self.outbox.clone(), source: e })?;
+        // 2. Delivery.
+        let transport = match &self.transport {
+            Transport::Outbox(outbox) => {
+                // Idempotent by name, so a crash after it and before 3. sends nothing twice.
+                let name = message_id.trim_matches(['<', '>']).replace(['/', '@'], "_");
+                deliver_to_maildir(outbox, &name, &mail).map_err(|e| StoreError::Io { path: outbox.clone(), source: e })?;
+                "outbox"
+            }
+            Transport::Smtp(smtp) => {
+                // `sending` is committed before the first byte goes out: a crash from here to
+                // the record in 3. leaves it, and the next attempt reports instead of resending.
+                // That window (the SMTP exchange, usually milliseconds) is the only one left.
+                if !self.set_state(id, ver, "intent", "sending", None).await? {
+                    return Ok(());
+                }
+                let (to, cc) = report::recipients(&facts.thread, &self.settings);
+                let rcpts: Vec<String> = std::iter::once(to).chain(cc).map(|a| report::address(&a).to_string()).collect();
+                match smtp.send(report::address(&self.settings.from), &rcpts, &mail).await {
+                    Ok(()) => {}
+                    Err(crate::smtp::SendError::Permanent(words)) => {
+                        return self.fail(&v, &message_id, "sending", format!("the SMTP server refused it: {words}")).await;
+                    }
+                    Err(crate::smtp::SendError::Transient(e)) => {
+                        self.set_state(id, ver, "sending", "intent", Some(e.clone())).await?;
+                        return Err(StoreError::Setup(format!("SMTP not available, will retry: {e}")));
+                    }
+                }
+                "smtp"
+            }
+        };
         // 3. Recorded and announced together.
         let sent = ReportSent {
             series: v.series.clone(),
             verdict: v.verdict.clone(),
             message_id: message_id.clone(),
             in_reply_to: facts.thread.reply_to.clone(),
-            transport: "outbox".into(),
+            transport: transport.into(),
         };
         let out = self.publisher.outgoing(&sent).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let bus = self.bus.clone();

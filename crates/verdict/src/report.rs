@@ -157,13 +157,26 @@ fn body(r: &Report) -> String {
     b
 }
 
-/// The whole mail, ready to send or to drop in a maildir.
-pub fn compose(r: &Report, thread: &Thread, settings: &Settings, date: &str) -> Vec<u8> {
-    let (to, cc) = match (settings.recipients, &thread.list) {
+/// `To:` and `Cc:` of the report, as `report.recipients` says (the list only when known).
+pub fn recipients(thread: &Thread, settings: &Settings) -> (String, Option<String>) {
+    match (settings.recipients, &thread.list) {
         (Recipients::Submitter, _) | (_, None) => (thread.submitter.clone(), None),
         (Recipients::List, Some(list)) => (list.clone(), None),
         (Recipients::Both, Some(list)) => (thread.submitter.clone(), Some(list.clone())),
-    };
+    }
+}
+
+/// The bare address of `Name <addr>` (or the text itself).
+pub fn address(mailbox: &str) -> &str {
+    match (mailbox.rfind('<'), mailbox.rfind('>')) {
+        (Some(a), Some(b)) if a < b => &mailbox[a + 1..b],
+        _ => mailbox.trim(),
+    }
+}
+
+/// The whole mail, ready to send or to drop in a maildir.
+pub fn compose(r: &Report, thread: &Thread, settings: &Settings, date: &str) -> Vec<u8> {
+    let (to, cc) = recipients(thread, settings);
     let subject = thread.subject.trim();
     let subject = if subject.to_ascii_lowercase().starts_with("re:") { subject.to_string() } else { format!("Re: {subject}") };
     let mut refs = thread.references.clone();

@@ -1,0 +1,262 @@
+//! Reports over a real SMTP server (aiosmtpd, started here on 127.0.0.1):
+//! the report arrives threaded under the series; it arrives once after the
+//! server was down for a while; and `serve` killed while the server is taking
+//! the report does not send it twice after a restart.
+//!
+//! aiosmtpd comes from PyPI; `scripts/test` installs it and names its Python
+//! in `PATCHBAY_TEST_PYTHON`. Without it these tests fail under `CI=true` and
+//! say that they did not run otherwise.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const LIST: &str = "smtp.lists.example.org";
+
+/// An SMTP server that stores what it gets in a maildir and answers the final dot `delay` seconds
+/// later: a client killed in between has had its mail taken without hearing so.
+const SERVER: &str = r#"
+import asyncio, mailbox, sys, time
+from aiosmtpd.controller import Controller
+class Handler:
+    def __init__(self, maildir, delay):
+        self.box, self.delay = mailbox.Maildir(maildir, create=True), delay
+    async def handle_DATA(self, server, session, envelope):
+        self.box.add(envelope.original_content)
+        await asyncio.sleep(self.delay)
+        return '250 OK stored'
+controller = Controller(Handler(sys.argv[2], float(sys.argv[3])), hostname='127.0.0.1', port=int(sys.argv[1]))
+controller.start()
+print('ready', flush=True)
+while True:
+    time.sleep(3600)
+"#;
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn python() -> Option<String> {
+    let py = std::env::var("PATCHBAY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&py).args(["-c", "import aiosmtpd"]).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
+    if ok {
+        return Some(py);
+    }
+    assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "aiosmtpd is not importable by {py}; scripts/test installs it");
+    eprintln!("NOTE: aiosmtpd is not installed for {py}: this SMTP test DID NOT RUN (scripts/test installs it)");
+    None
+}
+
+fn smtp_server(py: &str, dir: &Path, port: u16, delay: f64) -> Proc {
+    let script = dir.join("smtpd.py");
+    std::fs::write(&script, SERVER).unwrap();
+    let mut child = Command::new(py)
+        .arg(&script)
+        .arg(port.to_string())
+        .arg(dir.join("received"))
+        .arg(delay.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    Proc(child)
+}
+
+fn received(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for sub in ["new", "cur"] {
+        if let Ok(d) = std::fs::read_dir(dir.join("received").join(sub)) {
+            out.extend(d.map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap()));
+        }
+    }
+    out
+}
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_patchbay"));
+    c.env_remove("PATCHBAY_CONFIG").env_remove("PATCHBAY_DATA_DIR").env_remove("RUST_LOG");
+    c
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args(args)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_AUTHOR_NAME", "Dev")
+        .env("GIT_AUTHOR_EMAIL", "dev@example.org")
+        .env("GIT_COMMITTER_NAME", "Dev")
+        .env("GIT_COMMITTER_EMAIL", "dev@example.org")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A project and a config reporting over SMTP on `smtp_port`.
+fn setup(tmp: &Path, smtp_port: u16) -> PathBuf {
+    let repo = tmp.join("origin");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("test.sh"), "echo checked\n").unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "base"]);
+    let config = tmp.join("patchbay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{}\"\n[ingest]\nlmtp_listen = \"\"\n\
+             [report]\nfrom = \"patchbay <ci@example.org>\"\ndomain = \"ci.example.org\"\nsmtp_url = \"smtp://127.0.0.1:{smtp_port}\"\n\
+             [[project]]\nname = \"demo\"\nlist_ids = [\"{LIST}\"]\nrepository = \"{}\"\n\
+             [[project.test]]\nname = \"check\"\nscript = \"sh test.sh\"\narches = [\"{}\"]\n",
+            free_port(),
+            repo.display(),
+            std::env::consts::ARCH
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Posts a one-patch series (serve must be running: its queues see what comes after them);
+/// returns the cover letter's Message-ID.
+fn post(tmp: &Path, config: &Path) -> String {
+    let repo = tmp.join("origin");
+    git(&repo, &["checkout", "-q", "-b", "work"]);
+    std::fs::write(repo.join("README"), "hello\n").unwrap();
+    git(&repo, &["add", "README"]);
+    git(&repo, &["commit", "-q", "-m", "docs: add a README"]);
+    let out = repo.join("out");
+    git(&repo, &["format-patch", "-q", "--cover-letter", "--thread=shallow", "-o", &out.to_string_lossy(), "main..work"]);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let mut cover = String::new();
+    for f in files {
+        let mail = std::fs::read_to_string(&f).unwrap().replace("*** SUBJECT HERE ***", "a README").replacen(
+            "\n\n",
+            &format!("\nList-Post: <mailto:dev@{LIST}>\n\n"),
+            1,
+        );
+        if cover.is_empty() {
+            cover =
+                mail.lines().find_map(|l| l.strip_prefix("Message-ID: ").or_else(|| l.strip_prefix("Message-Id: "))).unwrap().to_string();
+        }
+        let mut c = bin().arg("--config").arg(config).args(["inject", "--list-id", LIST]).stdin(Stdio::piped()).spawn().unwrap();
+        c.stdin.take().unwrap().write_all(mail.as_bytes()).unwrap();
+        assert!(c.wait().unwrap().success());
+    }
+    cover
+}
+
+fn wait_healthy(config: &Path) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let port: u16 = text.split("listen = \"127.0.0.1:").nth(1).unwrap().split('"').next().unwrap().parse().unwrap();
+    wait_for("serve", 30, || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+}
+
+fn serve(config: &Path) -> Proc {
+    let log = std::fs::File::create(config.with_file_name("serve.log")).unwrap();
+    Proc(bin().arg("--config").arg(config).arg("serve").stdout(Stdio::null()).stderr(log).spawn().unwrap())
+}
+
+fn wait_for(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn header(mail: &str, name: &str) -> String {
+    // Unfold, then find (parsed, not grepped: continuation lines belong to their header).
+    let head = mail.replace("\r\n", "\n");
+    let head = head.split("\n\n").next().unwrap().replace("\n ", " ");
+    head.lines().find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_string)).unwrap_or_default()
+}
+
+#[test]
+fn the_report_arrives_threaded_once_after_the_server_comes_back() {
+    let Some(py) = python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let smtp_port = free_port();
+    let config = setup(tmp.path(), smtp_port);
+    // The SMTP server is down while the series is tested and its verdict issued.
+    let _serve = serve(&config);
+    wait_healthy(&config);
+    let cover = post(tmp.path(), &config);
+    let db = tmp.path().join("data/patchbay.sqlite3");
+    let log = tmp.path().join("serve.log");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    wait_for("the verdict", 60, || {
+        assert!(Instant::now() < deadline, "{}", std::fs::read_to_string(&log).unwrap_or_default());
+        rusqlite::Connection::open(&db)
+            .and_then(|c| c.query_row("SELECT count(*) FROM verdicts WHERE verdict IS NOT NULL", [], |r| r.get::<_, i64>(0)))
+            .unwrap_or(0)
+            == 1
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(received(tmp.path()).is_empty());
+    // It comes back: the report arrives, once.
+    let _smtp = smtp_server(&py, tmp.path(), smtp_port, 0.0);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    wait_for("the report", 90, || {
+        assert!(Instant::now() < deadline, "{}", std::fs::read_to_string(&log).unwrap_or_default());
+        !received(tmp.path()).is_empty()
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let mails = received(tmp.path());
+    assert_eq!(mails.len(), 1, "exactly one report");
+    let mail = &mails[0];
+    assert_eq!(header(mail, "Subject"), "Re: [PATCH 0/1] a README");
+    assert_eq!(header(mail, "In-Reply-To"), cover);
+    assert_eq!(header(mail, "References"), cover);
+    assert_eq!(header(mail, "To"), "dev@example.org");
+    assert_eq!(header(mail, "Cc"), format!("dev@{LIST}"));
+    assert_eq!(header(mail, "X-Patchbay-Verdict"), "PASSED");
+    assert!(mail.contains("apply") && mail.contains("check/"), "each result named: {mail}");
+}
+
+#[test]
+fn killed_while_the_server_takes_the_report_it_is_not_sent_twice() {
+    let Some(py) = python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let smtp_port = free_port();
+    // The server takes the mail at once but answers the final dot only after 4 s: serve is
+    // killed in between, after sending and before recording.
+    let _smtp = smtp_server(&py, tmp.path(), smtp_port, 4.0);
+    let config = setup(tmp.path(), smtp_port);
+    let mut first = serve(&config);
+    wait_healthy(&config);
+    post(tmp.path(), &config);
+    let db = tmp.path().join("data/patchbay.sqlite3");
+    let state = || {
+        rusqlite::Connection::open(&db)
+            .and_then(|c| c.query_row("SELECT state FROM reports", [], |r| r.get::<_, String>(0)))
+            .unwrap_or_default()
+    };
+    wait_for("the report being sent", 60, || state() == "sending");
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = Command::new("kill").args(["-KILL", &first.0.id().to_string()]).status();
+    let _ = first.0.wait();
+    // Restarted, it finds the report half-sent and does not send it again.
+    let _second = serve(&config);
+    wait_for("the report being settled", 60, || state() == "failed");
+    wait_for("the server to store the one it got", 30, || received(tmp.path()).len() == 1);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(received(tmp.path()).len(), 1, "one mail, not two");
+    let reason: String = rusqlite::Connection::open(&db).unwrap().query_row("SELECT detail FROM reports", [], |r| r.get(0)).unwrap();
+    assert!(reason.contains("not resent"), "{reason}");
+}
