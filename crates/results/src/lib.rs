@@ -161,8 +161,8 @@ fn insert_result(tx: &Tx<'_>, message_id: &str, r: &TestFinished) -> Result<Opti
     let base = r.base.as_ref().map(|b| format!("{} ({})", b.commit, b.reason));
     let inserted = tx
         .prepare_cached(
-            "INSERT OR IGNORE INTO results (message_id, job, series_id, version, project, test, arch, outcome, reason, duration_ms, base, recorded_at, duplicate)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            "INSERT OR IGNORE INTO results (message_id, job, series_id, version, project, test, arch, outcome, reason, duration_ms, base, recorded_at, duplicate, excerpt)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         )?
         .execute(params![
             message_id,
@@ -177,7 +177,8 @@ fn insert_result(tx: &Tx<'_>, message_id: &str, r: &TestFinished) -> Result<Opti
             r.duration_ms as i64,
             base,
             now(),
-            duplicate
+            duplicate,
+            r.excerpt
         ])?;
     if inserted == 0 {
         return Ok(None);

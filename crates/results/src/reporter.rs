@@ -45,8 +45,8 @@ fn header<'a>(raw: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-/// test, arch, outcome, reason, duration in ms, base, job.
-type ResultRow = (String, String, String, Option<String>, i64, Option<String>, String);
+/// test, arch, outcome, reason, duration in ms, base, job, excerpt.
+type ResultRow = (String, String, String, Option<String>, i64, Option<String>, String, String);
 
 /// What the store knows that the report needs.
 struct Facts {
@@ -77,38 +77,28 @@ fn facts(conn: &rusqlite::Connection, v: &SeriesVerdict, link_base: Option<&str>
         list,
     };
     let mut stmt = conn.prepare(
-        "SELECT test, arch, outcome, reason, duration_ms, base, job FROM results r WHERE series_id = ?1 AND version = ?2
+        "SELECT test, arch, outcome, reason, duration_ms, base, job, excerpt FROM results r WHERE series_id = ?1 AND version = ?2
          AND id = (SELECT max(id) FROM results x WHERE x.series_id = r.series_id AND x.version = r.version AND x.test = r.test AND x.arch = r.arch)
          ORDER BY test = 'apply' DESC, test, arch",
     )?;
     let mut base = None;
     let rows: Vec<ResultRow> = stmt
         .query_map(params![v.series.id, v.series.version], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
         })?
         .collect::<Result<_, _>>()?;
     let mut lines = Vec::new();
-    for (test, arch, outcome, reason, ms, b, job) in rows {
+    for (test, arch, outcome, reason, ms, b, job, excerpt) in rows {
         if base.is_none() {
             base = b;
         }
-        let excerpt = if outcome == "PASSED" { None } else { log_tail(conn, &job)? };
+        // The result's own excerpt: the full log is recorded by another service, maybe later.
+        let excerpt = (outcome != "PASSED").then_some(excerpt);
         let log_url = link_base.map(|b| format!("{}/api/v1/logs/{job}", b.trim_end_matches('/')));
         let what = if arch == "any" { test } else { format!("{test}/{arch}") };
         lines.push(Line { what, outcome, reason, seconds: (ms as u64).div_ceil(1000), excerpt, log_url });
     }
     Ok(Some(Facts { thread, lines, base }))
-}
-
-/// The end of a job's log, from the stored chunks (the last one is enough for a mail).
-fn log_tail(conn: &rusqlite::Connection, job: &str) -> Result<Option<String>, StoreError> {
-    let data: Option<Vec<u8>> =
-        conn.query_row("SELECT data FROM test_logs WHERE job = ?1 ORDER BY idx DESC LIMIT 1", [job], |r| r.get(0)).optional()?;
-    Ok(data.and_then(|d| {
-        use std::io::Read as _;
-        let mut out = String::new();
-        flate2::read::DeflateDecoder::new(&d[..]).read_to_string(&mut out).ok().map(|_| out)
-    }))
 }
 
 /// Writes `mail` into the maildir `outbox` as `name`, once: tmp/ then rename into new/.

@@ -136,6 +136,7 @@ const STEPS: &[&str] = &[
         reason      TEXT,
         duration_ms INTEGER NOT NULL,
         base        TEXT,
+        excerpt     TEXT NOT NULL,
         recorded_at INTEGER NOT NULL,
         duplicate   INTEGER NOT NULL,
         waived      INTEGER NOT NULL DEFAULT 0,
