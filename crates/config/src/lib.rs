@@ -88,6 +88,8 @@ struct RawReport {
     smtp_url: Option<String>,
     smtp_user: Option<String>,
     smtp_password: Option<String>,
+    only_on_failure: Option<bool>,
+    skip_superseded: Option<bool>,
 }
 
 /// Who gets a report mail.
@@ -118,6 +120,10 @@ pub struct ReportConfig {
     pub smtp_url: Option<String>,
     /// AUTH user and password for the SMTP server.
     pub smtp_credentials: Option<(String, String)>,
+    /// Mail only FAILED and INCOMPLETE verdicts (default false).
+    pub only_on_failure: bool,
+    /// No mail for a version superseded before its verdict was reported (default true).
+    pub skip_superseded: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -574,6 +580,8 @@ impl Config {
             recipients: raw.report.recipients.unwrap_or(Recipients::Both),
             link: raw.report.link,
             smtp_url: raw.report.smtp_url,
+            only_on_failure: raw.report.only_on_failure.unwrap_or(false),
+            skip_superseded: raw.report.skip_superseded.unwrap_or(true),
             smtp_credentials: match (raw.report.smtp_user, raw.report.smtp_password) {
                 (Some(u), Some(p)) => Some((u, p)),
                 (None, None) => None,

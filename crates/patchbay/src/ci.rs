@@ -270,7 +270,8 @@ pub fn start_reporter(
             .map_err(|e| anyhow::anyhow!("{}: report.smtp_url: {e}", config.source_name()))?,
         ),
     };
-    let reporter = patchbay_results::Reporter::new(store, publisher, settings, transport, link);
+    let reporter = patchbay_results::Reporter::new(store, publisher, settings, transport, link)
+        .skipping(patchbay_results::Skip { passed: config.report.only_on_failure, superseded: config.report.skip_superseded });
     let pattern = TopicPattern::parse(config.bus.root.topic(<patchbay_model::SeriesVerdict as Body>::TOPIC)?.as_str())?;
     let mut spec = ServiceSpec::new("reporter", vec![pattern]);
     // An SMTP server may be down for hours: keep trying, at most a minute apart.

@@ -452,3 +452,50 @@ fn a_runner_waits_for_an_unreachable_broker_and_says_so() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn only_failures_are_mailed_when_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("origin");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("test.sh"), "grep -q ok status\n").unwrap();
+    std::fs::write(repo.join("status"), "ok\n").unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "base"]);
+    let config = tmp.path().join("patchbay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{}\"\n[ingest]\nlmtp_listen = \"\"\n[bus]\nprefix = \"e2e\"\nenv = \"ci\"\n\
+             [report]\nonly_on_failure = true\n\
+             [[project]]\nname = \"demo\"\nlist_ids = [\"{LIST}\"]\nrepository = \"{}\"\n\
+             [[project.test]]\nname = \"status\"\nscript = \"sh test.sh\"\narches = [\"x86_64\"]\n",
+            free_port(),
+            repo.display()
+        ),
+    )
+    .unwrap();
+    let _serve = Serve(bin().arg("--config").arg(&config).arg("serve").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    std::thread::sleep(Duration::from_millis(500));
+    post(&repo, &config, "fine", "main", &[("README", "docs\n")]);
+    post(&repo, &config, "bad", "main", &[("status", "failing\n")]);
+    let db = tmp.path().join("data/patchbay.sqlite3");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let states = loop {
+        let states: Vec<String> = rusqlite::Connection::open(&db)
+            .ok()
+            .and_then(|c| {
+                let mut s = c.prepare("SELECT state FROM reports ORDER BY series_id").ok()?;
+                Some(s.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect())
+            })
+            .unwrap_or_default();
+        if states.len() == 2 && !states.contains(&"intent".to_string()) || Instant::now() > deadline {
+            break states;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(states, vec!["skipped".to_string(), "sent".to_string()]);
+    let mails = std::fs::read_dir(tmp.path().join("data/outbox/new")).unwrap().count();
+    assert_eq!(mails, 1, "only the failure is mailed");
+}

@@ -24,7 +24,7 @@ use patchbay_store::{EmbeddedBus, StoreError, Tx};
 use patchbay_verdict::{Latest, Required, Verdict};
 use rusqlite::{OptionalExtension, params};
 
-pub use reporter::{Reporter, Transport, deliver_to_maildir};
+pub use reporter::{Reporter, Skip, Transport, deliver_to_maildir};
 
 /// Which (test, arch) each project requires; `apply` is always required.
 #[derive(Clone, Debug, Default)]

@@ -28,6 +28,15 @@ pub enum Transport {
     Smtp(crate::smtp::Smtp),
 }
 
+/// Which verdicts get no mail.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Skip {
+    /// PASSED verdicts (report only failures).
+    pub passed: bool,
+    /// Verdicts of a version a later one has already superseded.
+    pub superseded: bool,
+}
+
 /// The reporter service.
 pub struct Reporter {
     bus: EmbeddedBus,
@@ -35,6 +44,7 @@ pub struct Reporter {
     settings: Settings,
     transport: Transport,
     link_base: Option<String>,
+    skip: Skip,
 }
 
 fn header<'a>(raw: &'a str, name: &str) -> Option<&'a str> {
@@ -145,7 +155,13 @@ impl Reporter {
     /// Reports through `transport`, with `settings`; failing tests' full logs are linked
     /// as `<link_base>/api/v1/logs/<job>`.
     pub fn new(bus: EmbeddedBus, publisher: Publisher, settings: Settings, transport: Transport, link_base: Option<String>) -> Self {
-        Reporter { bus, publisher, settings, transport, link_base }
+        Reporter { bus, publisher, settings, transport, link_base, skip: Skip::default() }
+    }
+
+    /// Verdicts that get no mail.
+    pub fn skipping(mut self, skip: Skip) -> Self {
+        self.skip = skip;
+        self
     }
 
     async fn set_state(&self, id: i64, ver: u32, from: &str, to: &str, detail: Option<String>) -> Result<bool, StoreError> {
@@ -215,6 +231,29 @@ impl Reporter {
                     .await;
             }
             _ => return Ok(()),
+        }
+        let superseded = {
+            let id = v.series.id;
+            self.bus
+                .db()
+                .read(move |c| {
+                    Ok(c.query_row("SELECT state = 'superseded' FROM series WHERE id = ?1", [id], |r| r.get::<_, bool>(0))
+                        .optional()?
+                        .unwrap_or(false))
+                })
+                .await?
+        };
+        let skip = if self.skip.passed && v.verdict == "PASSED" {
+            Some("PASSED, and only failures are reported")
+        } else if self.skip.superseded && superseded {
+            Some("a later version superseded this one before it was reported")
+        } else {
+            None
+        };
+        if let Some(why) = skip {
+            tracing::info!(%message_id, why, "Report skipped.");
+            self.set_state(id, ver, "intent", "skipped", Some(why.into())).await?;
+            return Ok(());
         }
         let (verdict, link) = (v.clone(), self.link_base.clone());
         let Some(facts) = self.bus.db().read(move |c| facts(c, &verdict, link.as_deref())).await? else {

@@ -163,7 +163,7 @@ const STEPS: &[&str] = &[
         series_id  INTEGER NOT NULL,
         version    INTEGER NOT NULL,
         message_id TEXT NOT NULL UNIQUE,
-        state      TEXT NOT NULL CHECK (state IN ('intent', 'sending', 'sent', 'failed')),
+        state      TEXT NOT NULL CHECK (state IN ('intent', 'sending', 'sent', 'failed', 'skipped')),
         transport  TEXT NOT NULL,
         detail     TEXT,
         created_at INTEGER NOT NULL,
