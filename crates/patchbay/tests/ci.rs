@@ -499,3 +499,75 @@ fn only_failures_are_mailed_when_asked() {
     let mails = std::fs::read_dir(tmp.path().join("data/outbox/new")).unwrap().count();
     assert_eq!(mails, 1, "only the failure is mailed");
 }
+
+#[test]
+fn a_version_superseded_before_its_report_gets_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("origin");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("README"), "base\n").unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "base"]);
+    let config = tmp.path().join("patchbay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{}\"\n[ingest]\nlmtp_listen = \"\"\n[bus]\nprefix = \"e2e\"\nenv = \"ci\"\n\
+             [runner]\njobs = 1\n\
+             [[project]]\nname = \"demo\"\nlist_ids = [\"{LIST}\"]\nrepository = \"{}\"\n\
+             [[project.test]]\nname = \"slow\"\nscript = \"sleep 2\"\narches = [\"{}\"]\n",
+            free_port(),
+            repo.display(),
+            std::env::consts::ARCH
+        ),
+    )
+    .unwrap();
+    let _serve = Serve(bin().arg("--config").arg(&config).arg("serve").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    std::thread::sleep(Duration::from_millis(500));
+    // v1, then at once a v2 in reply to it: v1 is superseded while its tests still run.
+    let v1_cover = post_with(&repo, &config, "work", "main", &[("README", "one\n")], "");
+    git(&repo, &["checkout", "-q", "-b", "work2", "main"]);
+    std::fs::write(repo.join("README"), "two\n").unwrap();
+    git(&repo, &["commit", "-q", "-am", "work: part 1"]);
+    let out = repo.join("out-v2");
+    git(
+        &repo,
+        &[
+            "format-patch",
+            "-q",
+            "-v2",
+            "--cover-letter",
+            "--thread=shallow",
+            &format!("--in-reply-to={v1_cover}"),
+            "-o",
+            &out.to_string_lossy(),
+            "main..work2",
+        ],
+    );
+    git(&repo, &["checkout", "-q", "main"]);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    for f in files {
+        let mail = std::fs::read_to_string(&f).unwrap().replace("*** SUBJECT HERE ***", "the work series").replace("<cover.", "<cover-v2.");
+        let mut c = bin().arg("--config").arg(&config).args(["inject", "--list-id", LIST]).stdin(Stdio::piped()).spawn().unwrap();
+        c.stdin.take().unwrap().write_all(mail.as_bytes()).unwrap();
+        assert!(c.wait().unwrap().success());
+    }
+    let db = tmp.path().join("data/patchbay.sqlite3");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let states = loop {
+        let states: Vec<(u32, String)> = rusqlite::Connection::open(&db)
+            .ok()
+            .and_then(|c| {
+                let mut s = c.prepare("SELECT version, state FROM reports ORDER BY version").ok()?;
+                Some(s.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect())
+            })
+            .unwrap_or_default();
+        if states.len() == 2 && states.iter().all(|(_, s)| s != "intent") || Instant::now() > deadline {
+            break states;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(states, vec![(1, "skipped".to_string()), (2, "sent".to_string())]);
+}
