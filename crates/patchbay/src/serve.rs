@@ -88,6 +88,7 @@ pub async fn serve(config: Config, args: &ServeArgs, shutdown: impl Future<Outpu
         instance: config.instance.clone(),
         closing: closing_rx.clone(),
         logs: Some(Arc::new(StoreLogs(logs.clone()))),
+        results: Some(Arc::new(StoreResults(crate::ingest::service(&config).map_err(|e| e.error)?.bus().db().clone()))),
     });
     let mut http_closing = closing_rx.clone();
     let http = tokio::spawn(patchbay_web::serve(listener, state, async move {
@@ -167,5 +168,22 @@ struct StoreLogs(patchbay_logs::LogStore);
 impl patchbay_web::TestLogs for StoreLogs {
     fn get(&self, job: String) -> patchbay_web::LogFuture<'_> {
         Box::pin(async move { self.0.read(&job).await.map(|l| l.map(|l| (l.text, l.complete))).map_err(|e| e.to_string()) })
+    }
+}
+
+/// The web edge's view of the stored results.
+struct StoreResults(patchbay_store::Db);
+
+impl patchbay_web::TestResults for StoreResults {
+    fn query(&self, params: Vec<(String, String)>) -> patchbay_web::JsonFuture<'_> {
+        Box::pin(async move {
+            let q = patchbay_results::Query::from_params(&params).map_err(patchbay_web::QueryError::Bad)?;
+            let rows = self
+                .0
+                .read(move |c| patchbay_results::query(c, &q))
+                .await
+                .map_err(|e| patchbay_web::QueryError::Unavailable(e.to_string()))?;
+            Ok(serde_json::json!({ "results": rows }))
+        })
     }
 }

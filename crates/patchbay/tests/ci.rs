@@ -224,6 +224,22 @@ fn series_are_applied_built_and_reported() {
     assert_eq!(verdict("stale"), ("FAILED".into(), serde_json::json!(["apply"])));
     assert_eq!(verdicts.len(), 4);
 
+    // The results API.
+    let json = |path: &str| -> serde_json::Value {
+        let r = http_get(http, path);
+        assert!(r.starts_with("HTTP/1.1 200"), "{path}: {r}");
+        serde_json::from_str(r.split("\r\n\r\n").nth(1).unwrap()).unwrap()
+    };
+    assert_eq!(json("/api/v1/results?test=apply")["results"].as_array().unwrap().len(), 4);
+    let failed = json("/api/v1/results?outcome=failed");
+    let failed: Vec<String> = failed["results"].as_array().unwrap().iter().map(|r| r["test"].as_str().unwrap().to_string()).collect();
+    assert_eq!(failed.len(), 2, "broken's build and stale's apply: {failed:?}");
+    let one = build["series"]["id"].as_i64().unwrap();
+    let latest = json(&format!("/api/v1/results?series={one}&latest=true"));
+    assert_eq!(latest["results"].as_array().unwrap().len(), 2, "apply and build of one series");
+    assert!(http_get(http, "/api/v1/results?outcome=maybe").starts_with("HTTP/1.1 400"));
+    assert!(http_get(http, "/api/v1/results?colour=red").starts_with("HTTP/1.1 400"));
+
     // One report per verdict in the outbox, threaded under the series' cover letter.
     let outbox = tmp.path().join("data/outbox/new");
     let deadline = Instant::now() + Duration::from_secs(30);

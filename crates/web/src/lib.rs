@@ -39,6 +39,26 @@ pub struct AppState {
     pub closing: watch::Receiver<bool>,
     /// Full test logs, when this server keeps them.
     pub logs: Option<Arc<dyn TestLogs>>,
+    /// Test results, when this server keeps them.
+    pub results: Option<Arc<dyn TestResults>>,
+}
+
+/// Why a query could not be answered.
+#[derive(Debug)]
+pub enum QueryError {
+    /// The request is wrong (400), with why.
+    Bad(String),
+    /// The store failed (503).
+    Unavailable(String),
+}
+
+/// A JSON answer, or why not.
+pub type JsonFuture<'a> = std::pin::Pin<Box<dyn Future<Output = Result<serde_json::Value, QueryError>> + Send + 'a>>;
+
+/// Where test results are queried (the binary implements it over the store).
+pub trait TestResults: Send + Sync + 'static {
+    /// Answers `GET /api/v1/results` for these query parameters.
+    fn query(&self, params: Vec<(String, String)>) -> JsonFuture<'_>;
 }
 
 /// A job's whole log and whether all of it has arrived (`None`: nothing stored), or why not.
@@ -57,6 +77,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/api/v1/publish", post(publish))
         .route("/api/v1/stream", get(stream))
         .route("/api/v1/logs/{job}", get(test_log))
+        .route("/api/v1/results", get(test_results))
         .with_state(state)
 }
 
@@ -86,6 +107,21 @@ async fn test_log(State(st): State<Arc<AppState>>, axum::extract::Path(job): axu
             text,
         )
             .into_response()),
+    }
+}
+
+/// `GET /api/v1/results?series=&version=&test=&arch=&outcome=&latest=&before=&limit=`.
+async fn test_results(
+    State(st): State<Arc<AppState>>,
+    axum::extract::Query(params): axum::extract::Query<Vec<(String, String)>>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let Some(results) = &st.results else {
+        return Err(AppError { status: StatusCode::NOT_FOUND, message: "this server keeps no results".into() });
+    };
+    match results.query(params).await {
+        Ok(v) => Ok(Json(v)),
+        Err(QueryError::Bad(m)) => Err(AppError::bad(m)),
+        Err(QueryError::Unavailable(m)) => Err(AppError { status: StatusCode::SERVICE_UNAVAILABLE, message: m }),
     }
 }
 
