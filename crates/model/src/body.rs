@@ -363,6 +363,35 @@ impl Body for ResultRecorded {
     const VERSION: u32 = 1;
 }
 
+/// A maintainer waived a result (`ci.result.waived`): it no longer fails a verdict that is
+/// still to be decided.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResultWaived {
+    /// The result's id.
+    pub result: i64,
+    /// Its job.
+    pub job: String,
+    /// Its series.
+    pub series: i64,
+    /// Its series version.
+    pub version: u32,
+    /// Test.
+    pub test: String,
+    /// Arch.
+    pub arch: String,
+    /// Why, in the maintainer's words.
+    pub comment: String,
+    /// Who (the CLI user or the HTTP token's name).
+    pub by: String,
+}
+
+impl Body for ResultWaived {
+    const TOPIC: &'static str = "ci.result.waived";
+    const SCHEMA: &'static str = "patchbay.ci.waived";
+    const VERSION: u32 = 1;
+}
+
 /// The one verdict of a series version (`ci.series.verdict`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -466,6 +495,7 @@ pub fn body_schemas() -> Vec<BodySchema> {
         export::<SeriesVerdict>(),
         export::<ReportSent>(),
         export::<ReportFailed>(),
+        export::<ResultWaived>(),
     ]
 }
 
@@ -490,6 +520,7 @@ pub fn check_body(topic_suffix: &str, body: &serde_json::Value) -> Option<Result
         SeriesVerdict::TOPIC => Some(check::<SeriesVerdict>(body)),
         ReportSent::TOPIC => Some(check::<ReportSent>(body)),
         ReportFailed::TOPIC => Some(check::<ReportFailed>(body)),
+        ResultWaived::TOPIC => Some(check::<ResultWaived>(body)),
         s if s == TestJob::TOPIC || (s.starts_with("ci.job.") && s.ends_with(".queued")) => Some(check::<TestJob>(body)),
         _ => None,
     }

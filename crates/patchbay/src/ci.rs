@@ -193,14 +193,8 @@ pub async fn runner(config: Config, args: &RunnerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts the aggregator (results and verdicts, in the store) and its deadline sweep.
-pub fn start_aggregator(
-    config: &Config,
-    store: patchbay_store::EmbeddedBus,
-    bus: Arc<dyn Bus>,
-    policy: Arc<TrustPolicy>,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+/// The aggregator for this config: the required tests of every project.
+pub fn aggregator(config: &Config, store: patchbay_store::EmbeddedBus, bus: Arc<dyn Bus>) -> patchbay_results::Aggregator {
     let mut verdicts = patchbay_results::Policy::default();
     for p in project_tests(config) {
         let required = p
@@ -211,8 +205,19 @@ pub fn start_aggregator(
             .collect();
         verdicts.required.insert(p.name.clone(), required);
     }
-    let publisher = Publisher::new(bus.clone(), config.bus.root.clone(), Sender::new("aggregator", &config.instance));
-    let aggregator = patchbay_results::Aggregator::new(store, publisher, verdicts);
+    let publisher = Publisher::new(bus, config.bus.root.clone(), Sender::new("aggregator", &config.instance));
+    patchbay_results::Aggregator::new(store, publisher, verdicts)
+}
+
+/// Starts the aggregator (results and verdicts, in the store) and its deadline sweep.
+pub fn start_aggregator(
+    config: &Config,
+    store: patchbay_store::EmbeddedBus,
+    bus: Arc<dyn Bus>,
+    policy: Arc<TrustPolicy>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let aggregator = aggregator(config, store, bus.clone());
     let pattern = TopicPattern::parse(config.bus.root.topic(<patchbay_model::TestFinished as Body>::TOPIC)?.as_str())?;
     let spec = ServiceSpec::new("aggregator", vec![pattern]);
     let handler = Arc::new(aggregator.clone());
@@ -285,4 +290,33 @@ pub fn start_reporter(
             tracing::error!(%error, "The reporter stopped.");
         }
     }))
+}
+
+/// Options of `patchbay waive`.
+#[derive(clap::Args)]
+pub struct WaiveArgs {
+    /// The result's id (from `GET /api/v1/results`).
+    result: i64,
+    /// Why: recorded and published with the waiver.
+    #[arg(long, short)]
+    comment: String,
+    /// Who waives it (default: $USER).
+    #[arg(long)]
+    by: Option<String>,
+}
+
+/// `patchbay waive`: waives a result in the store (whether or not `serve` runs).
+pub async fn waive(config: &Config, args: &WaiveArgs) -> Result<(), crate::Exit> {
+    let ingest = crate::ingest::service(config)?;
+    let store = ingest.bus().clone();
+    let bus: Arc<dyn Bus> = Arc::new(store.clone());
+    let by = args.by.clone().or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "cli".into());
+    match aggregator(config, store, bus).waive(args.result, args.comment.clone(), by).await {
+        Ok(Some(w)) => {
+            println!("waived result {} ({} {}/{} of series {} v{})", w.result, w.job, w.test, w.arch, w.series, w.version);
+            Ok(())
+        }
+        Ok(None) => Err(crate::Exit::data(anyhow::anyhow!("no result {}", args.result))),
+        Err(e) => Err(crate::Exit::tempfail(e)),
+    }
 }

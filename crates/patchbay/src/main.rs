@@ -49,6 +49,8 @@ enum Command {
     Import(ingest::ImportArgs),
     /// Run test jobs from the bus: apply series with git and test them in a sandbox.
     Runner(ci::RunnerArgs),
+    /// Waive a failed result with a comment; an undecided verdict no longer counts it.
+    Waive(ci::WaiveArgs),
     /// Write a new ed25519 signing key pair.
     Keygen(keys::KeygenArgs),
     /// Check the config file.
@@ -170,6 +172,11 @@ fn run(cli: Cli) -> Result<(), Exit> {
             let config = load_config(&cli)?;
             init_logging_quiet(&config);
             runtime()?.block_on(demo::demo(args)).map_err(Exit::from)
+        }
+        Command::Waive(args) => {
+            let config = load_config(&cli)?;
+            init_logging_quiet(&config);
+            runtime()?.block_on(ci::waive(&config, args))
         }
         Command::Runner(args) => {
             let config = load_config(&cli)?;

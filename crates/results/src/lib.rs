@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use patchbay_bus::Publisher;
-use patchbay_model::{Body, Envelope, ResultRecorded, SeriesHead, SeriesVerdict, TestFinished};
+use patchbay_model::{Body, Envelope, ResultRecorded, ResultWaived, SeriesHead, SeriesVerdict, TestFinished};
 use patchbay_runtime::{Handler, HandlerError};
 use patchbay_store::{EmbeddedBus, StoreError, Tx};
 use patchbay_verdict::{Latest, Required, Verdict};
@@ -76,6 +76,37 @@ impl Aggregator {
                     this.bus.publish_in(tx, out)?;
                 }
                 Ok(())
+            })
+            .await
+    }
+
+    /// Waives a result with a comment; the verdict of its series version, if still undecided, is
+    /// decided again with the waiver (and may be issued now). `Ok(None)`: no such result.
+    pub async fn waive(&self, result: i64, comment: String, by: String) -> Result<Option<ResultWaived>, StoreError> {
+        let this = self.clone();
+        self.bus
+            .db()
+            .write(move |tx| {
+                let row: Option<(String, i64, u32, String, String, String)> = tx
+                    .prepare_cached("SELECT job, series_id, version, test, arch, project FROM results WHERE id = ?1")?
+                    .query_row([result], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
+                    .optional()?;
+                let Some((job, series, version, test, arch, _project)) = row else { return Ok(None) };
+                tx.prepare_cached("UPDATE results SET waived = 1, waiver = ?2 WHERE id = ?1")?.execute(params![result, comment])?;
+                let waived = ResultWaived { result, job, series, version, test, arch, comment, by };
+                let mut out = vec![this.outgoing(&waived)?];
+                let head: Option<String> = tx
+                    .prepare_cached("SELECT series FROM verdicts WHERE series_id = ?1 AND version = ?2 AND verdict IS NULL")?
+                    .query_row(params![series, version], |r| r.get(0))
+                    .optional()?;
+                if let Some(head) = head {
+                    let head: SeriesHead = serde_json::from_str(&head).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    if let Some(v) = this.decide(tx, &head, false)? {
+                        out.push(this.outgoing(&v)?);
+                    }
+                }
+                this.bus.publish_in(tx, out)?;
+                Ok(Some(waived))
             })
             .await
     }

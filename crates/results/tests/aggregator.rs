@@ -120,3 +120,29 @@ async fn two_aggregators_on_one_store_decide_once() {
     assert_eq!(ids.len(), 40);
     assert_eq!(bodies(&a, "ci.result.recorded").await.len(), 80, "each result once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waived_failure_does_not_fail_the_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(dir.path(), Sealer::default()).unwrap();
+    let dyn_bus: Arc<dyn Bus> = Arc::new(bus.clone());
+    let publisher = Publisher::new(dyn_bus, TopicRoot::new("pbtest", "agg").unwrap(), Sender::new("aggregator", "1"));
+    let mut policy = Policy::default();
+    policy.required.insert(
+        "demo".into(),
+        vec![Required { test: "build".into(), arch: "x86_64".into() }, Required { test: "build".into(), arch: "aarch64".into() }],
+    );
+    let agg = Aggregator::new(bus.clone(), publisher, policy);
+    agg.record("m1".into(), result(3, "apply", "any", "PASSED")).await.unwrap();
+    agg.record("m2".into(), result(3, "build", "x86_64", "FAILED")).await.unwrap();
+    assert!(bodies(&bus, "ci.series.verdict").await.is_empty(), "aarch64 still missing");
+    let id = bodies(&bus, "ci.result.recorded").await[1]["result"].as_i64().unwrap();
+    let w = agg.waive(id, "known flaky on this builder".into(), "maintainer".into()).await.unwrap().unwrap();
+    assert_eq!((w.test.as_str(), w.arch.as_str()), ("build", "x86_64"));
+    assert_eq!(bodies(&bus, "ci.result.waived").await[0]["comment"], "known flaky on this builder");
+    agg.record("m3".into(), result(3, "build", "aarch64", "PASSED")).await.unwrap();
+    let v = bodies(&bus, "ci.series.verdict").await;
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0]["verdict"], "PASSED", "the waived failure does not count");
+    assert!(agg.waive(9999, "x".into(), "m".into()).await.unwrap().is_none());
+}
