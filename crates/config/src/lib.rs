@@ -264,6 +264,8 @@ struct RawSigning {
 #[serde(deny_unknown_fields)]
 struct RawHttp {
     listen: Option<String>,
+    #[serde(default)]
+    admin_tokens: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -298,6 +300,8 @@ pub struct Config {
     pub signing: SigningConfig,
     /// Where `serve` listens and where the other commands find it.
     pub http_listen: SocketAddr,
+    /// Admin actions over HTTP (waive): a bearer token per name (`[http] admin_tokens`).
+    pub admin_tokens: BTreeMap<String, String>,
     /// Log filter (tracing's env-filter syntax) and format.
     pub log_level: String,
     /// Log format.
@@ -569,6 +573,12 @@ impl Config {
             return Err(invalid("runner.max_attempts", "must be at least 1".into()));
         }
 
+        for (name, token) in &raw.http.admin_tokens {
+            if token.len() < 16 {
+                return Err(invalid(&format!("http.admin_tokens.{name}"), "a token needs at least 16 characters".into()));
+            }
+        }
+        let admin_tokens = raw.http.admin_tokens.clone();
         let verdict_deadline_secs = raw.results.verdict_deadline_secs.unwrap_or(6 * 3600);
         if verdict_deadline_secs < 1 {
             return Err(invalid("results.verdict_deadline_secs", "must be at least 1".into()));
@@ -599,6 +609,7 @@ impl Config {
 
         let log_level = raw.log.level.unwrap_or_else(|| "info".into());
         Ok(Config {
+            admin_tokens,
             report,
             verdict_deadline_secs,
             runner,

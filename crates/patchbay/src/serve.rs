@@ -81,6 +81,7 @@ pub async fn serve(config: Config, args: &ServeArgs, shutdown: impl Future<Outpu
     let addr = args.http.unwrap_or(config.http_listen);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr} (http.listen)"))?;
     let local = listener.local_addr()?;
+    let ingest_for_web = crate::ingest::service(&config).map_err(|e| e.error)?;
     let state = Arc::new(AppState {
         bus: served.bus.clone(),
         log: served.log.clone(),
@@ -88,7 +89,11 @@ pub async fn serve(config: Config, args: &ServeArgs, shutdown: impl Future<Outpu
         instance: config.instance.clone(),
         closing: closing_rx.clone(),
         logs: Some(Arc::new(StoreLogs(logs.clone()))),
-        results: Some(Arc::new(StoreResults(crate::ingest::service(&config).map_err(|e| e.error)?.bus().db().clone()))),
+        results: Some(Arc::new(StoreResults {
+            db: ingest_for_web.bus().db().clone(),
+            aggregator: crate::ci::aggregator(&config, ingest_for_web.bus().clone(), served.bus.clone()),
+        })),
+        admin_tokens: config.admin_tokens.clone(),
     });
     let mut http_closing = closing_rx.clone();
     let http = tokio::spawn(patchbay_web::serve(listener, state, async move {
@@ -172,14 +177,27 @@ impl patchbay_web::TestLogs for StoreLogs {
 }
 
 /// The web edge's view of the stored results.
-struct StoreResults(patchbay_store::Db);
+struct StoreResults {
+    db: patchbay_store::Db,
+    aggregator: patchbay_results::Aggregator,
+}
 
 impl patchbay_web::TestResults for StoreResults {
+    fn waive(&self, id: i64, comment: String, by: String) -> patchbay_web::JsonFuture<'_> {
+        Box::pin(async move {
+            match self.aggregator.waive(id, comment, by).await {
+                Ok(Some(w)) => Ok(serde_json::to_value(w).expect("bodies serialize")),
+                Ok(None) => Ok(serde_json::Value::Null),
+                Err(e) => Err(patchbay_web::QueryError::Unavailable(e.to_string())),
+            }
+        })
+    }
+
     fn query(&self, params: Vec<(String, String)>) -> patchbay_web::JsonFuture<'_> {
         Box::pin(async move {
             let q = patchbay_results::Query::from_params(&params).map_err(patchbay_web::QueryError::Bad)?;
             let rows = self
-                .0
+                .db
                 .read(move |c| patchbay_results::query(c, &q))
                 .await
                 .map_err(|e| patchbay_web::QueryError::Unavailable(e.to_string()))?;

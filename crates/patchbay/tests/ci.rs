@@ -93,6 +93,23 @@ fn http_get(port: u16, path: &str) -> String {
     out
 }
 
+fn http_post(port: u16, path: &str, body: &str, token: Option<&str>) -> String {
+    use std::io::Read as _;
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let _ = s.write_all(
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
 fn topic_bodies(db: &Path, topic: &str) -> Vec<serde_json::Value> {
     let Ok(conn) = rusqlite::Connection::open(db) else { return vec![] };
     let Ok(mut stmt) = conn.prepare("SELECT wire FROM bus_messages WHERE topic = ?1 ORDER BY pos") else { return vec![] };
@@ -133,7 +150,7 @@ fn series_are_applied_built_and_reported() {
     std::fs::write(
         &config,
         format!(
-            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n[ingest]\nlmtp_listen = \"\"\n[bus]\nprefix = \"e2e\"\nenv = \"ci\"\n\
+            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{http}\"\nadmin_tokens = {{ maintainer = \"0123456789abcdef-token\" }}\n[ingest]\nlmtp_listen = \"\"\n[bus]\nprefix = \"e2e\"\nenv = \"ci\"\n\
              [runner]\njobs = 2\ncapabilities = [\"x86_64\"]\n\
              [[project]]\nname = \"demo\"\nlist_ids = [\"{LIST}\"]\nrepository = \"{}\"\n\
              [[project.test]]\nname = \"build\"\nscript = \"sh test.sh\"\narches = [\"x86_64\"]\ntime_limit_secs = 60\n",
@@ -239,6 +256,18 @@ fn series_are_applied_built_and_reported() {
     assert_eq!(latest["results"].as_array().unwrap().len(), 2, "apply and build of one series");
     assert!(http_get(http, "/api/v1/results?outcome=maybe").starts_with("HTTP/1.1 400"));
     assert!(http_get(http, "/api/v1/results?colour=red").starts_with("HTTP/1.1 400"));
+    // Waiving needs the admin token.
+    let failed_id = json("/api/v1/results?outcome=failed&test=build")["results"][0]["id"].as_i64().unwrap();
+    let path = format!("/api/v1/results/{failed_id}/waive");
+    let body = r#"{"comment": "known compiler bug"}"#;
+    assert!(http_post(http, &path, body, None).starts_with("HTTP/1.1 401"));
+    assert!(http_post(http, &path, body, Some("wrong-token-wrong-token")).starts_with("HTTP/1.1 401"));
+    let ok = http_post(http, &path, body, Some("0123456789abcdef-token"));
+    assert!(ok.starts_with("HTTP/1.1 200") && ok.contains("\"by\":\"maintainer\""), "{ok}");
+    assert!(http_post(http, "/api/v1/results/999999/waive", body, Some("0123456789abcdef-token")).starts_with("HTTP/1.1 404"));
+    let waived = json(&format!("/api/v1/results?outcome=failed&test=build"));
+    assert_eq!(waived["results"][0]["waived"], true);
+    assert_eq!(waived["results"][0]["waiver"], "known compiler bug");
 
     // One report per verdict in the outbox, threaded under the series' cover letter.
     let outbox = tmp.path().join("data/outbox/new");

@@ -41,6 +41,8 @@ pub struct AppState {
     pub logs: Option<Arc<dyn TestLogs>>,
     /// Test results, when this server keeps them.
     pub results: Option<Arc<dyn TestResults>>,
+    /// Admin bearer tokens by name; admin actions are refused without one.
+    pub admin_tokens: std::collections::BTreeMap<String, String>,
 }
 
 /// Why a query could not be answered.
@@ -55,10 +57,60 @@ pub enum QueryError {
 /// A JSON answer, or why not.
 pub type JsonFuture<'a> = std::pin::Pin<Box<dyn Future<Output = Result<serde_json::Value, QueryError>> + Send + 'a>>;
 
-/// Where test results are queried (the binary implements it over the store).
+/// Where test results are queried and waived (the binary implements it over the store).
 pub trait TestResults: Send + Sync + 'static {
     /// Answers `GET /api/v1/results` for these query parameters.
     fn query(&self, params: Vec<(String, String)>) -> JsonFuture<'_>;
+    /// Waives result `id` with `comment` on behalf of `by`; `Ok(Value::Null)` when there is no such result.
+    fn waive(&self, id: i64, comment: String, by: String) -> JsonFuture<'_>;
+}
+
+/// Compares without an early exit, so the time taken says nothing about a token.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The name of the admin whose bearer token the request carries.
+fn admin(st: &AppState, headers: &HeaderMap) -> Result<String, AppError> {
+    if st.admin_tokens.is_empty() {
+        return Err(AppError { status: StatusCode::FORBIDDEN, message: "admin actions are off: no http.admin_tokens configured".into() });
+    }
+    let given =
+        headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+    st.admin_tokens
+        .iter()
+        .find(|(_, token)| same(token, given))
+        .map(|(name, _)| name.clone())
+        .ok_or(AppError { status: StatusCode::UNAUTHORIZED, message: "a valid admin bearer token is required".into() })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaiveRequest {
+    comment: String,
+}
+
+/// `POST /api/v1/results/{id}/waive` with `{"comment": "…"}` and `Authorization: Bearer <token>`.
+async fn waive_result(
+    State(st): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<i64>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let by = admin(&st, &headers)?;
+    let req: WaiveRequest = serde_json::from_slice(&body).map_err(|e| AppError::bad(format!("body: {e}")))?;
+    if req.comment.trim().is_empty() {
+        return Err(AppError::bad("comment: say why the result is waived"));
+    }
+    let Some(results) = &st.results else {
+        return Err(AppError { status: StatusCode::NOT_FOUND, message: "this server keeps no results".into() });
+    };
+    match results.waive(id, req.comment, by).await {
+        Ok(serde_json::Value::Null) => Err(AppError { status: StatusCode::NOT_FOUND, message: format!("no result {id}") }),
+        Ok(v) => Ok(Json(v)),
+        Err(QueryError::Bad(m)) => Err(AppError::bad(m)),
+        Err(QueryError::Unavailable(m)) => Err(AppError { status: StatusCode::SERVICE_UNAVAILABLE, message: m }),
+    }
 }
 
 /// A job's whole log and whether all of it has arrived (`None`: nothing stored), or why not.
@@ -78,6 +130,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/api/v1/stream", get(stream))
         .route("/api/v1/logs/{job}", get(test_log))
         .route("/api/v1/results", get(test_results))
+        .route("/api/v1/results/{id}/waive", post(waive_result))
         .with_state(state)
 }
 
