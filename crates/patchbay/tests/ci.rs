@@ -265,7 +265,7 @@ fn series_are_applied_built_and_reported() {
     let ok = http_post(http, &path, body, Some("0123456789abcdef-token"));
     assert!(ok.starts_with("HTTP/1.1 200") && ok.contains("\"by\":\"maintainer\""), "{ok}");
     assert!(http_post(http, "/api/v1/results/999999/waive", body, Some("0123456789abcdef-token")).starts_with("HTTP/1.1 404"));
-    let waived = json(&format!("/api/v1/results?outcome=failed&test=build"));
+    let waived = json("/api/v1/results?outcome=failed&test=build");
     assert_eq!(waived["results"][0]["waived"], true);
     assert_eq!(waived["results"][0]["waiver"], "known compiler bug");
 
