@@ -117,6 +117,11 @@ impl Handler for RunnerService {
         let mut result = Self::finished(&job, "ERROR", None);
         let mut log = String::new();
         match self.runner.run(&run).await {
+            Err(error) if attempt < self.max_attempts => {
+                // Probably passing (a git server down, a busy disk): the runtime retries with backoff.
+                tracing::warn!(job = %job.job, attempt, %error, "Job could not run; will retry.");
+                return Err(HandlerError::Transient(error.to_string()));
+            }
             Err(error) => {
                 tracing::warn!(job = %job.job, %error, "Job could not run.");
                 result.reason = Some(error.to_string());

@@ -150,6 +150,7 @@ struct RawProject {
     tag: Option<String>,
     repository: Option<String>,
     branch: Option<String>,
+    list_address: Option<String>,
     #[serde(default)]
     test: Vec<RawTest>,
 }
@@ -350,6 +351,8 @@ pub struct ProjectConfig {
     pub branch: String,
     /// Tests run on every complete series.
     pub tests: Vec<TestConfig>,
+    /// The list's posting address, for reports (never taken from mail headers a sender controls).
+    pub list_address: Option<String>,
 }
 
 /// Bus settings.
@@ -552,6 +555,7 @@ impl Config {
                 tag: p.tag,
                 repository: p.repository,
                 branch: p.branch.unwrap_or_else(|| "main".into()),
+                list_address: p.list_address,
                 tests,
             });
         }

@@ -276,7 +276,8 @@ pub fn start_reporter(
         ),
     };
     let reporter = patchbay_results::Reporter::new(store, publisher, settings, transport, link)
-        .skipping(patchbay_results::Skip { passed: config.report.only_on_failure, superseded: config.report.skip_superseded });
+        .skipping(patchbay_results::Skip { passed: config.report.only_on_failure, superseded: config.report.skip_superseded })
+        .lists(config.projects.iter().filter_map(|p| Some((p.name.clone(), p.list_address.clone()?))).collect());
     let pattern = TopicPattern::parse(config.bus.root.topic(<patchbay_model::SeriesVerdict as Body>::TOPIC)?.as_str())?;
     let mut spec = ServiceSpec::new("reporter", vec![pattern]);
     // An SMTP server may be down for hours: keep trying, at most a minute apart.

@@ -123,8 +123,9 @@ fn lmtp_deliver(port: u16, mails: &[Vec<u8>]) -> anyhow::Result<()> {
 /// `patchbay demo`.
 pub async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     let dir = std::path::absolute(&args.dir)?;
-    if dir.exists() && !dir.join("patchbay.toml").exists() {
-        anyhow::bail!("{} exists and is not a previous demo; pick another --dir", dir.display());
+    let ours = std::fs::read_to_string(dir.join("patchbay.toml")).is_ok_and(|t| t.starts_with("# Written by `patchbay demo`."));
+    if dir.exists() && !ours {
+        anyhow::bail!("{} exists and is not a previous demo's directory; pick another --dir", dir.display());
     }
     let _ = std::fs::remove_dir_all(&dir);
     let repo = dir.join("project");
@@ -136,7 +137,7 @@ pub async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         format!(
             "# Written by `patchbay demo`.\ndata_dir = \"data\"\n\n[http]\nlisten = \"127.0.0.1:{http}\"\n\n[ingest]\nlmtp_listen = \"127.0.0.1:{lmtp}\"\n\n\
              [report]\nfrom = \"patchbay demo <patchbay@{LIST}>\"\ndomain = \"{LIST}\"\n\n\
-             [[project]]\nname = \"demo\"\nlist_ids = [\"{LIST}\"]\nrepository = \"{}\"\nbranch = \"main\"\n\n\
+             [[project]]\nname = \"demo\"\nlist_ids = [\"{LIST}\"]\nlist_address = \"demo@{LIST}\"\nrepository = \"{}\"\nbranch = \"main\"\n\n\
              [[project.test]]\nname = \"check\"\nscript = \"sh test.sh\"\narches = [\"{}\"]\ntime_limit_secs = 60\n\n[runner]\njobs = 2\n",
             repo.display(),
             std::env::consts::ARCH

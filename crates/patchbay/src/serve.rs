@@ -123,7 +123,7 @@ pub async fn serve(config: Config, args: &ServeArgs, shutdown: impl Future<Outpu
     }
     if dispatcher.is_some() && !args.no_runner {
         match crate::ci::start_runner(&config, config.runner.jobs, served.bus.clone(), policy.clone(), closing_rx.clone()) {
-            Ok(tasks) => runners = tasks,
+            Ok(tasks) => runners.extend(tasks),
             // Jobs wait on their queues for a runner that can run them safely.
             Err(error) => tracing::error!(%error, "No runner in this process; test jobs wait for `patchbay runner` elsewhere."),
         }

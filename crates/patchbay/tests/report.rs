@@ -120,7 +120,7 @@ fn setup(tmp: &Path, smtp_port: u16) -> PathBuf {
         format!(
             "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{}\"\n[ingest]\nlmtp_listen = \"\"\n\
              [report]\nfrom = \"patchbay <ci@example.org>\"\ndomain = \"ci.example.org\"\nsmtp_url = \"smtp://127.0.0.1:{smtp_port}\"\n\
-             [[project]]\nname = \"demo\"\nlist_ids = [\"{LIST}\"]\nrepository = \"{}\"\n\
+             [[project]]\nname = \"demo\"\nlist_ids = [\"{LIST}\"]\nlist_address = \"dev@{LIST}\"\nrepository = \"{}\"\n\
              [[project.test]]\nname = \"check\"\nscript = \"sh test.sh\"\narches = [\"{}\"]\n",
             free_port(),
             repo.display(),

@@ -5,9 +5,8 @@
 //! says `sent` and `report.email.sent` is published in the same transaction.
 //! Delivery to the outbox maildir is idempotent by file name (the
 //! Message-ID): a crash between delivering and recording finds the file on
-//! redelivery and does not write a second mail. (SMTP delivery, with the same
-//! record-first protocol, is the next step; until then every report goes to
-//! the outbox, which `serve` shows and an MTA can pick up.)
+//! redelivery and does not write a second mail. Over SMTP, `sending` is
+//! committed before the first byte: a report found `sending` is never resent.
 
 use std::path::{Path, PathBuf};
 
@@ -45,14 +44,7 @@ pub struct Reporter {
     transport: Transport,
     link_base: Option<String>,
     skip: Skip,
-}
-
-fn header<'a>(raw: &'a str, name: &str) -> Option<&'a str> {
-    let head = raw.split("\n\n").next()?;
-    head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case(name).then(|| v.trim())
-    })
+    lists: std::collections::HashMap<String, String>,
 }
 
 /// test, arch, outcome, reason, duration in ms, base, job, excerpt.
@@ -78,13 +70,12 @@ fn facts(conn: &rusqlite::Connection, v: &SeriesVerdict, link_base: Option<&str>
     let Some((reply_to, raw, subject, from)) = row else { return Ok(None) };
     let raw = String::from_utf8_lossy(&raw).into_owned();
     let parsed = patchbay_mail::parse(raw.as_bytes());
-    let list = header(&raw, "List-Post").and_then(|p| p.split("mailto:").nth(1)).map(|p| p.trim_end_matches('>').to_string());
     let thread = Thread {
         reply_to,
         references: parsed.references.clone(),
         subject,
         submitter: from.unwrap_or_else(|| v.series.submitter.clone()),
-        list,
+        list: None,
     };
     let mut stmt = conn.prepare(
         "SELECT test, arch, outcome, reason, duration_ms, base, job, excerpt FROM results r WHERE series_id = ?1 AND version = ?2
@@ -155,7 +146,14 @@ impl Reporter {
     /// Reports through `transport`, with `settings`; failing tests' full logs are linked
     /// as `<link_base>/api/v1/logs/<job>`.
     pub fn new(bus: EmbeddedBus, publisher: Publisher, settings: Settings, transport: Transport, link_base: Option<String>) -> Self {
-        Reporter { bus, publisher, settings, transport, link_base, skip: Skip::default() }
+        Reporter { bus, publisher, settings, transport, link_base, skip: Skip::default(), lists: Default::default() }
+    }
+
+    /// The posting address of each project's list (from the config: a `List-Post` header is
+    /// the sender's to write, so it never decides where reports go).
+    pub fn lists(mut self, lists: std::collections::HashMap<String, String>) -> Self {
+        self.lists = lists;
+        self
     }
 
     /// Verdicts that get no mail.
@@ -256,9 +254,10 @@ impl Reporter {
             return Ok(());
         }
         let (verdict, link) = (v.clone(), self.link_base.clone());
-        let Some(facts) = self.bus.db().read(move |c| facts(c, &verdict, link.as_deref())).await? else {
+        let Some(mut facts) = self.bus.db().read(move |c| facts(c, &verdict, link.as_deref())).await? else {
             return Err(StoreError::Corrupt(format!("series {} has no mail to reply to", v.series.id)));
         };
+        facts.thread.list = self.lists.get(&v.series.project).cloned();
         let r = Report {
             series: v.series.id,
             version: v.series.version,
@@ -317,9 +316,9 @@ impl Reporter {
             .write(move |tx| {
                 let changed = tx
                     .prepare_cached(
-                        "UPDATE reports SET state = 'sent', sent_at = ?3 WHERE series_id = ?1 AND version = ?2 AND state = 'intent'",
+                        "UPDATE reports SET state = 'sent', transport = ?4, sent_at = ?3 WHERE series_id = ?1 AND version = ?2 AND state IN ('intent', 'sending')",
                     )?
-                    .execute(params![id, ver, now()])?;
+                    .execute(params![id, ver, now(), transport])?;
                 if changed == 1 {
                     bus.publish_in(tx, vec![out])?;
                 }

@@ -61,7 +61,15 @@ impl Smtp {
         let parse = |a: &str| a.parse::<lettre::Address>().map_err(|e| SendError::Permanent(format!("address {a:?}: {e}")));
         let rcpts = to.iter().map(|a| parse(a)).collect::<Result<Vec<_>, _>>()?;
         let envelope = lettre::address::Envelope::new(Some(parse(from)?), rcpts).map_err(|e| SendError::Permanent(e.to_string()))?;
-        match self.transport.send_raw(&envelope, mail).await {
+        // SMTP wants CRLF; a bare LF in DATA is what smuggling attacks use.
+        let mut wire = Vec::with_capacity(mail.len() + mail.len() / 40);
+        for (i, &b) in mail.iter().enumerate() {
+            if b == b'\n' && (i == 0 || mail[i - 1] != b'\r') {
+                wire.push(b'\r');
+            }
+            wire.push(b);
+        }
+        match self.transport.send_raw(&envelope, &wire).await {
             Ok(_) => Ok(()),
             Err(e) if e.is_permanent() => Err(SendError::Permanent(e.to_string())),
             Err(e) => Err(SendError::Transient(e.to_string())),

@@ -77,6 +77,18 @@ pub struct Runner {
 impl Runner {
     /// Mirrors and worktrees go under `root`; a mirror is fetched at most every `fetch_interval`.
     pub fn new(root: &Path, sandbox: Sandbox, fetch_interval: Duration) -> Runner {
+        // Trees left by a runner that was killed are never reused: remove them (after making
+        // them writable: a script may have left read-only directories) and prune the mirrors.
+        let work = root.join("work");
+        if work.exists() {
+            let _ = std::process::Command::new("chmod").args(["-R", "u+w"]).arg(&work).status();
+            let _ = std::fs::remove_dir_all(&work);
+            if let Ok(mirrors) = std::fs::read_dir(root.join("mirrors")) {
+                for m in mirrors.flatten() {
+                    let _ = std::process::Command::new("git").arg("--git-dir").arg(m.path()).args(["worktree", "prune"]).status();
+                }
+            }
+        }
         Runner { root: root.to_path_buf(), sandbox, fetch_interval, mirrors: Default::default() }
     }
 
@@ -98,8 +110,12 @@ impl Runner {
             self.base(&mirror, job).await?
         };
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let dir =
-            self.root.join("work").join(format!("{}-{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+        let dir = self.root.join("work").join(format!(
+            "{}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(dir.parent().expect("has a parent")).map_err(|e| JobError::Io(format!("{}: {e}", self.root.display())))?;
         // Worktree bookkeeping in the mirror (add, remove, prune) is serialized per mirror too.
         let tree = {

@@ -210,6 +210,8 @@ impl Sandbox {
                     .args(["--ro-bind-try", "/bin", "/bin", "--ro-bind-try", "/sbin", "/sbin"])
                     .args(["--ro-bind-try", "/lib", "/lib", "--ro-bind-try", "/lib64", "/lib64", "--ro-bind-try", "/lib32", "/lib32"])
                     .args(["--ro-bind", "/etc", "/etc"])
+                    // patchbay's own configuration (SMTP and broker passwords) stays out of reach.
+                    .args(if Path::new("/etc/patchbay").is_dir() { &["--tmpfs", "/etc/patchbay"][..] } else { &[][..] })
                     .args(["--tmpfs", "/tmp", "--dev", "/dev", "--proc", "/proc"])
                     .arg("--bind")
                     .arg(tree)
@@ -332,7 +334,9 @@ fn detect_cgroups() -> Option<Cgroups> {
         // Delegate the controllers to the children of our directory.
         let _ = std::fs::write(root.join("cgroup.subtree_control"), "+memory +pids");
         let _ = std::fs::write(dir.join("cgroup.subtree_control"), "+memory +pids");
-        return Some(Cgroups::V2 { dir });
+        let delegated = std::fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+        // A root that holds processes cannot delegate (EBUSY): then rlimits are all we have.
+        return (delegated.contains("memory") && delegated.contains("pids")).then_some(Cgroups::V2 { dir });
     }
     let memory = root.join("memory/patchbay");
     let pids = root.join("pids/patchbay");

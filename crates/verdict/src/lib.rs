@@ -5,8 +5,9 @@
 //! deadline passed).
 //!
 //! Rules:
-//! - A series that does not apply is FAILED at once, naming `apply`: nothing
-//!   else can run on it.
+//! - A series that does not apply (`apply` FAILED) is FAILED at once, naming
+//!   `apply`: nothing else can run on it. An `apply` ERROR (infrastructure)
+//!   waits like any other result.
 //! - A required result counts as failed when its outcome is FAILED or ERROR
 //!   and it is not waived. ERROR fails too: a verdict of PASSED must mean
 //!   every required test really passed.
@@ -79,7 +80,7 @@ fn fails(l: &Latest) -> bool {
 /// Decides, or `None` while required results are still missing and the deadline has not passed.
 pub fn decide(required: &[Required], latest: &[Latest], deadline_passed: bool) -> Option<Verdict> {
     let of = |r: &Required| latest.iter().find(|l| &l.which == r && is_final(&l.outcome));
-    if let Some(apply) = latest.iter().find(|l| l.which.test == "apply" && fails(l)) {
+    if let Some(apply) = latest.iter().find(|l| l.which.test == "apply" && l.outcome == "FAILED" && !l.waived) {
         return Some(Verdict::Failed(vec![apply.which.label()]));
     }
     let mut failed: Vec<String> = required.iter().filter_map(|r| of(r).filter(|l| fails(l)).map(|l| l.which.label())).collect();

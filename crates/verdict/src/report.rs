@@ -174,8 +174,21 @@ pub fn address(mailbox: &str) -> &str {
     }
 }
 
+/// A header value from mail we did not write: control characters (CR, LF above all, which
+/// would start a header of the sender's choosing) become spaces.
+fn clean(value: &str) -> String {
+    value.chars().map(|c| if c.is_control() { ' ' } else { c }).collect::<String>().trim().to_string()
+}
+
 /// The whole mail, ready to send or to drop in a maildir.
 pub fn compose(r: &Report, thread: &Thread, settings: &Settings, date: &str) -> Vec<u8> {
+    let thread = &Thread {
+        reply_to: clean(&thread.reply_to),
+        references: thread.references.iter().map(|x| clean(x)).collect(),
+        subject: clean(&thread.subject),
+        submitter: clean(&thread.submitter),
+        list: thread.list.as_ref().map(|l| clean(l)),
+    };
     let (to, cc) = recipients(thread, settings);
     let subject = thread.subject.trim();
     let subject = if subject.to_ascii_lowercase().starts_with("re:") { subject.to_string() } else { format!("Re: {subject}") };
@@ -304,6 +317,17 @@ mod tests {
         t.subject = "[PATCH] ü".into();
         let mail = String::from_utf8(compose(&report(), &t, &settings, "d")).unwrap();
         assert!(mail.contains("Subject: =?UTF-8?B?UmU6IFtQQVRDSF0gw7w=?="), "{mail}");
+    }
+
+    #[test]
+    fn headers_from_mail_cannot_add_headers() {
+        let settings = Settings { from: "ci@x".into(), domain: "x".into(), recipients: Recipients::Both };
+        let mut t = thread();
+        t.subject = "x\nBcc: victim@example.org\n\nforged body".into();
+        t.list = Some("list@x\r\nBcc: v@x".into());
+        let mail = String::from_utf8(compose(&report(), &t, &settings, "d")).unwrap();
+        let head = mail.split("\n\n").next().unwrap();
+        assert!(!head.lines().any(|l| l.starts_with("Bcc:")), "{head}");
     }
 
     #[test]
