@@ -134,7 +134,8 @@ async fn read_data(input: &mut BufReader<tokio::net::tcp::OwnedReadHalf>, max_by
     let mut line = Vec::new();
     loop {
         line.clear();
-        if input.read_until(b'\n', &mut line).await? == 0 {
+        // A line is read in bounded pieces: one endless line cannot exhaust memory.
+        if (&mut *input).take(max_bytes.max(1024) + 2).read_until(b'\n', &mut line).await? == 0 {
             return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed in DATA"));
         }
         if line == b".\r\n" || line == b".\n" {

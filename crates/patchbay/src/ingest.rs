@@ -315,7 +315,9 @@ async fn run_source(
     while let Some(f) = committing.pop_front() {
         count(summary, f.await.map_err(Exit::tempfail)?);
     }
-    let _ = reader.join();
+    if reader.join().is_err() {
+        return Err(Exit::from(anyhow::anyhow!("reading the source failed unexpectedly (the reader thread panicked)")));
+    }
     if show {
         let p = *progress.lock().unwrap();
         eprint!("{}", progress_line(p.total.unwrap_or(p.done), p.total, summary.read, started, unit_bytes));

@@ -192,7 +192,18 @@ impl Worktree {
 
     /// Applies an mbox with `git am -3`; on failure, records why and aborts cleanly.
     pub async fn am(&self, mbox: &[u8]) -> Result<Applied, GitError> {
-        let args = ["-c", "core.hooksPath=/dev/null", "-c", "commit.gpgSign=false", "am", "-3", "--keep-cr", "--no-gpg-sign"];
+        // Series mboxes are written mboxrd (`>From ` quoted); git am must unquote them.
+        let args = [
+            "-c",
+            "core.hooksPath=/dev/null",
+            "-c",
+            "commit.gpgSign=false",
+            "am",
+            "-3",
+            "--keep-cr",
+            "--no-gpg-sign",
+            "--patch-format=mboxrd",
+        ];
         let out = run(self.git(), &args, Some(mbox)).await?;
         let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
         output.push_str(&String::from_utf8_lossy(&out.stderr));
