@@ -161,6 +161,12 @@ pub trait Bus: Send + Sync {
 
     /// Declares the queue durably, adds its bindings, and starts consuming from it.
     async fn subscribe(&self, spec: QueueSpec) -> Result<Box<dyn Subscription>, BusError>;
+    /// Creates the queue and its bindings without consuming, so that what is published from
+    /// now on waits there for a consumer (a queue only sees what comes after its bindings).
+    async fn declare(&self, spec: QueueSpec) -> Result<(), BusError> {
+        drop(self.subscribe(spec).await?);
+        Ok(())
+    }
 
     /// The dead letters of a queue, oldest first, at most `limit`.
     async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError>;

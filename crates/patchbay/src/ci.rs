@@ -103,7 +103,27 @@ pub fn start_dispatcher(
     let handler = Arc::new(Dispatcher::new(projects, publisher, deps));
     let pattern = TopicPattern::parse(config.bus.root.topic(SeriesComplete::TOPIC)?.as_str())?;
     let spec = ServiceSpec::new("dispatcher", vec![pattern]);
+    // Every job queue exists before the first job is published: jobs then wait for a runner
+    // instead of being dropped because none has subscribed yet.
+    let mut queues = vec![("apply".to_string(), patchbay_ci::ANY_ARCH.to_string())];
+    for p in project_tests(config) {
+        for t in &p.tests {
+            for arch in &t.arches {
+                queues.push((t.name.clone(), arch.clone()));
+            }
+        }
+    }
+    let mut declared = Vec::new();
+    for (test, arch) in queues {
+        let pattern = TopicPattern::parse(config.bus.root.topic(&job_topic(&test, &arch))?.as_str())?;
+        declared.push(patchbay_bus::QueueSpec::new(job_queue(&test, &arch), vec![pattern]));
+    }
     Ok(Some(tokio::spawn(async move {
+        for q in declared {
+            if let Err(error) = bus.declare(q.clone()).await {
+                tracing::error!(queue = %q.name, %error, "Cannot declare a job queue; its jobs may be lost until a runner subscribes.");
+            }
+        }
         if let Err(error) = patchbay_runtime::run(bus, policy, spec, handler, shutdown).await {
             tracing::error!(%error, "The dispatcher stopped.");
         }

@@ -616,3 +616,46 @@ fn a_version_superseded_before_its_report_gets_none() {
     };
     assert_eq!(states, vec![(1, "skipped".to_string()), (2, "sent".to_string())]);
 }
+
+#[test]
+fn jobs_wait_for_a_runner_that_comes_later() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("origin");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("README"), "base\n").unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "base"]);
+    let data = tmp.path().join("data");
+    let config = tmp.path().join("patchbay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{}\"\n[ingest]\nlmtp_listen = \"\"\n[bus]\nprefix = \"e2e\"\nenv = \"ci\"\n\
+             [runner]\ncapabilities = [\"x86_64\"]\n\
+             [[project]]\nname = \"demo\"\nlist_ids = [\"{LIST}\"]\nrepository = \"{}\"\n\
+             [[project.test]]\nname = \"late\"\nscript = \"true\"\narches = [\"x86_64\"]\n",
+            data.display(),
+            free_port(),
+            repo.display()
+        ),
+    )
+    .unwrap();
+    let _serve = Serve(
+        bin().arg("--config").arg(&config).args(["serve", "--no-runner"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    // Posted and dispatched while no runner exists at all.
+    post(&repo, &config, "early", "main", &[("README", "changed\n")]);
+    std::thread::sleep(Duration::from_secs(1));
+    let db = data.join("patchbay.sqlite3");
+    assert!(results(&db).is_empty());
+    let _runner = Serve(bin().arg("--config").arg(&config).arg("runner").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while results(&db).len() < 2 {
+        assert!(Instant::now() < deadline, "the queued jobs were not run: {:#?}", results(&db));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let tests: Vec<String> = results(&db).iter().map(|r| r["test"].as_str().unwrap().to_string()).collect();
+    assert!(tests.contains(&"apply".to_string()) && tests.contains(&"late".to_string()), "{tests:?}");
+}

@@ -403,6 +403,15 @@ impl Bus for EmbeddedBus {
         }))
     }
 
+    async fn declare(&self, spec: QueueSpec) -> Result<(), BusError> {
+        // The bindings only: no consumer lock, so another process may consume the queue.
+        spec.validate()?;
+        let patterns: Vec<String> = spec.patterns.iter().map(|p| p.as_str().to_string()).collect();
+        let name = spec.name.clone();
+        self.inner.db.write(move |tx| declare(tx, &name, &patterns)).await?;
+        Ok(())
+    }
+
     async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
         let queue = queue.to_string();
         let rows = self
