@@ -94,6 +94,7 @@ impl Handler for RunnerService {
             self.publish(vec![msg]).await?;
             return Err(HandlerError::Permanent(reason));
         }
+        let started_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let started =
             TestStarted { job: job.job.clone(), series: job.series.clone(), test: job.test.clone(), arch: job.arch.clone(), attempt };
         self.publish(vec![self.out(&started)?]).await?;
@@ -166,9 +167,10 @@ impl Handler for RunnerService {
         let bytes = log.as_bytes();
         let chunks: Vec<&[u8]> = if bytes.is_empty() { vec![&[][..]] } else { bytes.chunks(LOG_CHUNK).collect() };
         let n = chunks.len();
+        let run = envelope.id.to_string() + "-" + &attempt.to_string() + "-" + &started_at.to_string();
         for (i, chunk) in chunks.into_iter().enumerate() {
             let text = String::from_utf8_lossy(chunk).into_owned();
-            messages.push(self.out(&TestLog { job: job.job.clone(), index: i as u32, last: i + 1 == n, text })?);
+            messages.push(self.out(&TestLog { job: job.job.clone(), run: run.clone(), index: i as u32, last: i + 1 == n, text })?);
         }
         messages.push(self.out(&result)?);
         self.publish(messages).await?;

@@ -34,29 +34,36 @@ impl LogStore {
         LogStore { db }
     }
 
-    /// Stores one chunk; storing the same chunk again changes nothing.
-    pub async fn append(&self, job: &str, index: u32, last: bool, text: &str) -> Result<(), StoreError> {
+    /// Stores one chunk of one run of a job; storing the same chunk again changes nothing.
+    pub async fn append(&self, job: &str, run: &str, index: u32, last: bool, text: &str) -> Result<(), StoreError> {
         let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
         z.write_all(text.as_bytes()).map_err(|e| StoreError::Setup(format!("compressing a log chunk: {e}")))?;
         let data = z.finish().map_err(|e| StoreError::Setup(format!("compressing a log chunk: {e}")))?;
-        let (job, bytes) = (job.to_string(), text.len() as i64);
+        let (job, run, bytes) = (job.to_string(), run.to_string(), text.len() as i64);
+        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
         self.db
             .write(move |tx| {
-                tx.prepare_cached("INSERT OR IGNORE INTO test_logs (job, idx, last, bytes, data) VALUES (?1, ?2, ?3, ?4, ?5)")?
-                    .execute(params![job, index, last, bytes, data])?;
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO test_logs (job, run, idx, last, bytes, at, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?
+                .execute(params![job, run, index, last, bytes, at, data])?;
                 Ok(())
             })
             .await
     }
 
-    /// The whole log of `job`, or `None` when nothing of it is stored.
+    /// The whole log of the latest run of `job`, or `None` when nothing of it is stored.
     pub async fn read(&self, job: &str) -> Result<Option<Log>, StoreError> {
         let job = job.to_string();
         self.db
             .read(move |conn| {
-                let mut stmt = conn.prepare("SELECT idx, last, data FROM test_logs WHERE job = ?1 ORDER BY idx")?;
+                use rusqlite::OptionalExtension as _;
+                let run: Option<String> =
+                    conn.query_row("SELECT run FROM test_logs WHERE job = ?1 ORDER BY at DESC LIMIT 1", [&job], |r| r.get(0)).optional()?;
+                let Some(run) = run else { return Ok(None) };
+                let mut stmt = conn.prepare("SELECT idx, last, data FROM test_logs WHERE job = ?1 AND run = ?2 ORDER BY idx")?;
                 let rows: Vec<(u32, bool, Vec<u8>)> =
-                    stmt.query_map([&job], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
+                    stmt.query_map([&job, &run], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
                 if rows.is_empty() {
                     return Ok(None);
                 }
@@ -96,7 +103,10 @@ impl Handler for Recorder {
     async fn handle(&self, envelope: &Envelope, _attempt: u32) -> Result<(), HandlerError> {
         let chunk: TestLog = serde_json::from_value(envelope.body.clone())
             .map_err(|e| HandlerError::Permanent(format!("not a {} body: {e}", TestLog::SCHEMA)))?;
-        self.store.append(&chunk.job, chunk.index, chunk.last, &chunk.text).await.map_err(|e| HandlerError::Transient(e.to_string()))
+        self.store
+            .append(&chunk.job, &chunk.run, chunk.index, chunk.last, &chunk.text)
+            .await
+            .map_err(|e| HandlerError::Transient(e.to_string()))
     }
 }
 
@@ -111,19 +121,23 @@ mod tests {
         let logs = LogStore::new(db.clone());
         assert_eq!(logs.read("j").await.unwrap(), None);
         let big = "compiling foo.c\n".repeat(4000);
-        logs.append("j", 0, false, &big).await.unwrap();
+        logs.append("j", "r1", 0, false, &big).await.unwrap();
         assert!(!logs.read("j").await.unwrap().unwrap().complete);
-        logs.append("j", 1, true, "error: it broke\n").await.unwrap();
-        logs.append("j", 1, true, "error: it broke\n").await.unwrap();
+        logs.append("j", "r1", 1, true, "error: it broke\n").await.unwrap();
+        logs.append("j", "r1", 1, true, "error: it broke\n").await.unwrap();
         let log = logs.read("j").await.unwrap().unwrap();
         assert!(log.complete);
         assert_eq!(log.text, format!("{big}error: it broke\n"));
         let stored: i64 = db.read(|c| Ok(c.query_row("SELECT sum(length(data)) FROM test_logs", [], |r| r.get(0))?)).await.unwrap();
         assert!((stored as usize) < big.len() / 10, "kept compressed: {stored} bytes");
         // A missing middle chunk is said, not hidden.
-        logs.append("k", 0, false, "a").await.unwrap();
-        logs.append("k", 2, true, "c").await.unwrap();
+        logs.append("k", "r1", 0, false, "a").await.unwrap();
+        logs.append("k", "r1", 2, true, "c").await.unwrap();
         let k = logs.read("k").await.unwrap().unwrap();
         assert!(!k.complete && k.text.contains("missing"));
+        // A re-run of a job replaces its log; chunks of two runs never mix.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        logs.append("j", "r2", 0, true, "second run\n").await.unwrap();
+        assert_eq!(logs.read("j").await.unwrap().unwrap().text, "second run\n");
     }
 }

@@ -317,6 +317,8 @@ impl Body for TestFinished {
 pub struct TestLog {
     /// The job id.
     pub job: String,
+    /// This run of the job (a job id is stable across re-runs; the chunks of one run belong together).
+    pub run: String,
     /// Chunk number, from 0.
     pub index: u32,
     /// Whether this is the last chunk.

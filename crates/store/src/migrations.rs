@@ -114,11 +114,13 @@ const STEPS: &[&str] = &[
     "
     CREATE TABLE test_logs (
         job   TEXT NOT NULL,
+        run   TEXT NOT NULL,
         idx   INTEGER NOT NULL,
         last  INTEGER NOT NULL,
         bytes INTEGER NOT NULL,
+        at    INTEGER NOT NULL,
         data  BLOB NOT NULL,
-        PRIMARY KEY (job, idx)
+        PRIMARY KEY (job, run, idx)
     ) WITHOUT ROWID;
     ",
     // 4: results and verdicts (owned by the results crate).
