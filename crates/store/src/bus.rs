@@ -391,6 +391,7 @@ impl Bus for EmbeddedBus {
                     state: Mutex::new(QueueState::default()),
                     fetch: tokio::sync::Mutex::new(()),
                     changed: Notify::new(),
+                    counts: Arc::new(Mutex::new(Vec::new())),
                     _lock: lock,
                 }))
             })
@@ -517,6 +518,9 @@ struct QueueRt {
     fetch: tokio::sync::Mutex<()>,
     /// Woken when a delivery returns to the queue (drop, retry).
     changed: Notify,
+    /// Positions handed out whose attempt count is not yet written (one background write
+    /// takes all of them).
+    counts: Arc<Mutex<Vec<i64>>>,
     _lock: std::fs::File,
 }
 
@@ -562,6 +566,25 @@ struct EmbeddedSubscription {
 
 impl EmbeddedSubscription {
     fn hand_out(&self, loaded: Loaded, permit: OwnedSemaphorePermit) -> Delivery {
+        // Count the hand-out durably, off the hot path, so that a message that keeps crashing its
+        // consumer is eventually dead-lettered by attempt count. Rows that were only loaded into
+        // the buffer are not counted: a restart with a long queue must not age every message.
+        let schedule = {
+            let mut counts = self.rt.counts.lock().unwrap();
+            counts.push(loaded.pos);
+            counts.len() == 1
+        };
+        if schedule {
+            let (counts, queue) = (self.rt.counts.clone(), self.rt.id);
+            self.rt.db.write_detached("count deliveries", move |tx| {
+                let positions = std::mem::take(&mut *counts.lock().unwrap());
+                let mut stmt = tx.prepare_cached("UPDATE bus_deliveries SET attempts = attempts + 1 WHERE queue_id = ?1 AND pos = ?2")?;
+                for pos in positions {
+                    stmt.execute(params![queue, pos])?;
+                }
+                Ok(())
+            });
+        }
         let attempt = loaded.attempts + 1;
         let envelope = loaded.envelope.clone();
         Delivery::new(
@@ -608,18 +631,6 @@ impl Subscription for EmbeddedSubscription {
                         }
                     }
                     state.cursor = last;
-                    drop(state);
-                    // Count the loads durably (off the hot path), so that a message that keeps
-                    // crashing its consumer is eventually dead-lettered by attempt count. A fetch
-                    // loads every row of the queue in (cursor, last], so one range update covers them.
-                    let queue = self.rt.id;
-                    self.rt.db.write_detached("count deliveries", move |tx| {
-                        tx.prepare_cached(
-                            "UPDATE bus_deliveries SET attempts = attempts + 1 WHERE queue_id = ?1 AND pos > ?2 AND pos <= ?3",
-                        )?
-                        .execute(params![queue, cursor, last])?;
-                        Ok(())
-                    });
                     true
                 } else {
                     false
