@@ -61,7 +61,9 @@ pub async fn serve(config: Config, args: &ServeArgs, shutdown: impl Future<Outpu
     .await?;
 
     // Full test logs: recorded from `ci.test.log` into the store, served over HTTP.
-    let logs = patchbay_logs::LogStore::new(crate::ingest::service(&config).map_err(|e| e.error)?.bus().db().clone());
+    // One handle on the store for ingest, logs, results and reports.
+    let ingest = crate::ingest::service(&config).map_err(|e| e.error)?;
+    let logs = patchbay_logs::LogStore::new(ingest.bus().db().clone());
     let recorder_logs = {
         let pattern =
             patchbay_bus::TopicPattern::parse(config.bus.root.topic(<patchbay_model::TestLog as patchbay_model::Body>::TOPIC)?.as_str())?;
@@ -81,7 +83,6 @@ pub async fn serve(config: Config, args: &ServeArgs, shutdown: impl Future<Outpu
     let addr = args.http.unwrap_or(config.http_listen);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr} (http.listen)"))?;
     let local = listener.local_addr()?;
-    let ingest_for_web = crate::ingest::service(&config).map_err(|e| e.error)?;
     let state = Arc::new(AppState {
         bus: served.bus.clone(),
         log: served.log.clone(),
@@ -90,8 +91,8 @@ pub async fn serve(config: Config, args: &ServeArgs, shutdown: impl Future<Outpu
         closing: closing_rx.clone(),
         logs: Some(Arc::new(StoreLogs(logs.clone()))),
         results: Some(Arc::new(StoreResults {
-            db: ingest_for_web.bus().db().clone(),
-            aggregator: crate::ci::aggregator(&config, ingest_for_web.bus().clone(), served.bus.clone()),
+            db: ingest.bus().db().clone(),
+            aggregator: crate::ci::aggregator(&config, ingest.bus().clone(), served.bus.clone()),
         })),
         admin_tokens: config.admin_tokens.clone(),
     });
@@ -100,7 +101,6 @@ pub async fn serve(config: Config, args: &ServeArgs, shutdown: impl Future<Outpu
         let _ = http_closing.wait_for(|closing| *closing).await;
     }));
     // Mail in: LMTP and the incomplete-series deadline, on the store in the data directory.
-    let ingest = crate::ingest::service(&config).map_err(|e| e.error)?;
     let mut lmtp = None;
     if let Some(addr) = args.lmtp.or(config.ingest.lmtp_listen) {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr} (ingest.lmtp_listen)"))?;

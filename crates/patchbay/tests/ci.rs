@@ -34,6 +34,19 @@ fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// A project repository with one commit of `files` on main.
+fn origin(dir: &Path, files: &[(&str, &str)]) -> PathBuf {
+    let repo = dir.join("origin");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    for (name, content) in files {
+        std::fs::write(repo.join(name), content).unwrap();
+    }
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "base"]);
+    repo
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -137,13 +150,13 @@ fn find<'a>(all: &'a [serde_json::Value], name: &str, test: &str) -> Option<&'a 
 #[test]
 fn series_are_applied_built_and_reported() {
     let tmp = tempfile::tempdir().unwrap();
-    let repo = tmp.path().join("origin");
-    std::fs::create_dir_all(&repo).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    std::fs::write(repo.join("hello.c"), "#include <stdio.h>\nint main(void) {\n\tputs(\"hello\");\n\treturn 0;\n}\n").unwrap();
-    std::fs::write(repo.join("test.sh"), "set -e\ncc -Wall -o hello hello.c\n./hello\necho TESTS PASSED\n").unwrap();
-    git(&repo, &["add", "."]);
-    git(&repo, &["commit", "-q", "-m", "base"]);
+    let repo = origin(
+        tmp.path(),
+        &[
+            ("hello.c", "#include <stdio.h>\nint main(void) {\n\tputs(\"hello\");\n\treturn 0;\n}\n"),
+            ("test.sh", "set -e\ncc -Wall -o hello hello.c\n./hello\necho TESTS PASSED\n"),
+        ],
+    );
 
     let config = tmp.path().join("patchbay.toml");
     let http = free_port();
@@ -330,12 +343,7 @@ fn started_by(db: &Path) -> Vec<(String, String)> {
 #[test]
 fn a_job_survives_its_runner_being_killed() {
     let tmp = tempfile::tempdir().unwrap();
-    let repo = tmp.path().join("origin");
-    std::fs::create_dir_all(&repo).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    std::fs::write(repo.join("README"), "base\n").unwrap();
-    git(&repo, &["add", "."]);
-    git(&repo, &["commit", "-q", "-m", "base"]);
+    let repo = origin(tmp.path(), &[("README", "base\n")]);
     let data = tmp.path().join("data");
     let common = format!(
         "data_dir = \"{}\"\n[ingest]\nlmtp_listen = \"\"\n[bus]\nprefix = \"e2e\"\nenv = \"ci\"\n\
@@ -407,12 +415,7 @@ fn a_runner_without_bubblewrap_refuses_to_start() {
 #[test]
 fn a_job_that_keeps_killing_runners_is_set_aside() {
     let tmp = tempfile::tempdir().unwrap();
-    let repo = tmp.path().join("origin");
-    std::fs::create_dir_all(&repo).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    std::fs::write(repo.join("README"), "base\n").unwrap();
-    git(&repo, &["add", "."]);
-    git(&repo, &["commit", "-q", "-m", "base"]);
+    let repo = origin(tmp.path(), &[("README", "base\n")]);
     let data = tmp.path().join("data");
     let config = tmp.path().join("patchbay.toml");
     std::fs::write(
@@ -501,13 +504,7 @@ fn a_runner_waits_for_an_unreachable_broker_and_says_so() {
 #[test]
 fn only_failures_are_mailed_when_asked() {
     let tmp = tempfile::tempdir().unwrap();
-    let repo = tmp.path().join("origin");
-    std::fs::create_dir_all(&repo).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    std::fs::write(repo.join("test.sh"), "grep -q ok status\n").unwrap();
-    std::fs::write(repo.join("status"), "ok\n").unwrap();
-    git(&repo, &["add", "."]);
-    git(&repo, &["commit", "-q", "-m", "base"]);
+    let repo = origin(tmp.path(), &[("test.sh", "grep -q ok status\n"), ("status", "ok\n")]);
     let config = tmp.path().join("patchbay.toml");
     std::fs::write(
         &config,
@@ -548,12 +545,7 @@ fn only_failures_are_mailed_when_asked() {
 #[test]
 fn a_version_superseded_before_its_report_gets_none() {
     let tmp = tempfile::tempdir().unwrap();
-    let repo = tmp.path().join("origin");
-    std::fs::create_dir_all(&repo).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    std::fs::write(repo.join("README"), "base\n").unwrap();
-    git(&repo, &["add", "."]);
-    git(&repo, &["commit", "-q", "-m", "base"]);
+    let repo = origin(tmp.path(), &[("README", "base\n")]);
     let config = tmp.path().join("patchbay.toml");
     std::fs::write(
         &config,
@@ -620,12 +612,7 @@ fn a_version_superseded_before_its_report_gets_none() {
 #[test]
 fn jobs_wait_for_a_runner_that_comes_later() {
     let tmp = tempfile::tempdir().unwrap();
-    let repo = tmp.path().join("origin");
-    std::fs::create_dir_all(&repo).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    std::fs::write(repo.join("README"), "base\n").unwrap();
-    git(&repo, &["add", "."]);
-    git(&repo, &["commit", "-q", "-m", "base"]);
+    let repo = origin(tmp.path(), &[("README", "base\n")]);
     let data = tmp.path().join("data");
     let config = tmp.path().join("patchbay.toml");
     std::fs::write(

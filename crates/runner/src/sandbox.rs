@@ -50,12 +50,6 @@ pub struct Limits {
     pub output_bytes: usize,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Limits { wall: Duration::from_secs(3600), memory_bytes: 4 << 30, processes: 512, file_size_bytes: 4 << 30, output_bytes: 1 << 20 }
-    }
-}
-
 /// Why a script failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Failure {
