@@ -88,6 +88,8 @@ struct RawReport {
     smtp_url: Option<String>,
     smtp_user: Option<String>,
     smtp_password: Option<String>,
+    smtp_ca_file: Option<PathBuf>,
+    template: Option<PathBuf>,
     only_on_failure: Option<bool>,
     skip_superseded: Option<bool>,
 }
@@ -120,6 +122,12 @@ pub struct ReportConfig {
     pub smtp_url: Option<String>,
     /// AUTH user and password for the SMTP server.
     pub smtp_credentials: Option<(String, String)>,
+    /// PEM certificates (`report.smtp_ca_file`, read at load) to trust for the SMTP server
+    /// besides the system's: a private CA or a self-signed relay.
+    pub smtp_ca: Option<Vec<u8>>,
+    /// A minijinja template for the report's body (`report.template`): its path and text,
+    /// read at load so a missing file fails at start, not at the first verdict.
+    pub template: Option<(PathBuf, String)>,
     /// Mail only FAILED and INCOMPLETE verdicts (default false).
     pub only_on_failure: bool,
     /// No mail for a version superseded before its verdict was reported (default true).
@@ -594,6 +602,26 @@ impl Config {
             recipients: raw.report.recipients.unwrap_or(Recipients::Both),
             link: raw.report.link,
             smtp_url: raw.report.smtp_url,
+            smtp_ca: match &raw.report.smtp_ca_file {
+                Some(p) => {
+                    let p = resolve(p.clone());
+                    let pem = std::fs::read(&p).map_err(|e| invalid("report.smtp_ca_file", format!("reading {}: {e}", p.display())))?;
+                    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                        return Err(invalid("report.smtp_ca_file", format!("{} holds no PEM certificate", p.display())));
+                    }
+                    Some(pem)
+                }
+                None => None,
+            },
+            template: match &raw.report.template {
+                Some(p) => {
+                    let p = resolve(p.clone());
+                    let text =
+                        std::fs::read_to_string(&p).map_err(|e| invalid("report.template", format!("reading {}: {e}", p.display())))?;
+                    Some((p, text))
+                }
+                None => None,
+            },
             only_on_failure: raw.report.only_on_failure.unwrap_or(false),
             skip_superseded: raw.report.skip_superseded.unwrap_or(true),
             smtp_credentials: match (raw.report.smtp_user, raw.report.smtp_password) {

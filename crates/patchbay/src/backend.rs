@@ -54,6 +54,9 @@ pub struct Served {
     pub log: Arc<dyn MessageLog>,
     /// The recorder, on RabbitMQ.
     pub recorder: Option<tokio::task::JoinHandle<()>>,
+    /// The embedded bus itself, when it is the bus: the store's one writer, for every service
+    /// of `serve` to share (a second handle would commit unseen by this one's consumers).
+    pub store: Option<EmbeddedBus>,
 }
 
 /// Opens the backend for `serve`; the recorder (RabbitMQ only) stops when `shutdown` resolves.
@@ -64,7 +67,7 @@ pub async fn serve(config: &Config, sealer: Sealer, shutdown: impl Future<Output
                 EmbeddedBus::open(&config.data_dir, sealer)
                     .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
             );
-            Ok(Served { bus: bus.clone(), log: bus, recorder: None })
+            Ok(Served { bus: bus.clone(), log: bus.clone(), recorder: None, store: Some((*bus).clone()) })
         }
         BusBackend::Amqp => {
             let bus: Arc<dyn Bus> = Arc::new(amqp(config, sealer).await?);
@@ -84,7 +87,7 @@ pub async fn serve(config: &Config, sealer: Sealer, shutdown: impl Future<Output
                     tracing::error!(%error, "The stream recorder stopped.");
                 }
             });
-            Ok(Served { bus, log: Arc::new(log), recorder: Some(recorder) })
+            Ok(Served { bus, log: Arc::new(log), recorder: Some(recorder), store: None })
         }
     }
 }

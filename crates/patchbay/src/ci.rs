@@ -268,6 +268,16 @@ pub fn start_aggregator(
     Ok(vec![service, sweep])
 }
 
+/// The maintainer's report template (`report.template`), compiled and tried on a sample.
+pub fn report_template(config: &Config) -> anyhow::Result<Option<patchbay_verdict::report::Template>> {
+    match &config.report.template {
+        None => Ok(None),
+        Some((path, text)) => patchbay_verdict::report::Template::new(text.clone())
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("{}: report.template: {}: {e}", config.source_name(), path.display())),
+    }
+}
+
 /// Starts the reporter: one mail per verdict into `<data>/outbox` (a maildir), exactly once.
 pub fn start_reporter(
     config: &Config,
@@ -291,11 +301,13 @@ pub fn start_reporter(
             patchbay_results::smtp::Smtp::new(&patchbay_results::smtp::SmtpSettings {
                 url: url.clone(),
                 credentials: config.report.smtp_credentials.clone(),
+                ca_pem: config.report.smtp_ca.clone(),
             })
             .map_err(|e| anyhow::anyhow!("{}: report.smtp_url: {e}", config.source_name()))?,
         ),
     };
     let reporter = patchbay_results::Reporter::new(store, publisher, settings, transport, link)
+        .template(report_template(config)?.map(Arc::new))
         .skipping(patchbay_results::Skip { passed: config.report.only_on_failure, superseded: config.report.skip_superseded })
         .lists(config.projects.iter().filter_map(|p| Some((p.name.clone(), p.list_address.clone()?))).collect());
     let pattern = TopicPattern::parse(config.bus.root.topic(<patchbay_model::SeriesVerdict as Body>::TOPIC)?.as_str())?;

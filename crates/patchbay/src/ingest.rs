@@ -63,7 +63,12 @@ pub fn service(config: &Config) -> Result<Ingest, Exit> {
     let bus = EmbeddedBus::open(&config.data_dir, sealer)
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))
         .map_err(Exit::tempfail)?;
-    Ok(Ingest::new(bus, config.bus.root.clone(), &config.instance, settings(config)))
+    Ok(service_on(config, bus))
+}
+
+/// Builds the ingest service on a store that is already open (`serve` shares one).
+pub fn service_on(config: &Config, bus: EmbeddedBus) -> Ingest {
+    Ingest::new(bus, config.bus.root.clone(), &config.instance, settings(config))
 }
 
 /// Ingest settings from the config.

@@ -5,6 +5,7 @@
 mod backend;
 mod bench;
 mod bench_amqp;
+mod bench_latency;
 mod bench_runner;
 mod ci;
 mod client;
@@ -87,6 +88,8 @@ enum BenchWhat {
     Ingest(ingest::IngestBench),
     /// The runner's overhead on a 10-patch series against the same commands run by hand.
     Runner(bench_runner::RunnerBench),
+    /// Reaction times over N series: last mail over LMTP -> jobs, last result -> report at SMTP.
+    Latency(bench_latency::LatencyBench),
 }
 
 #[derive(clap::Args)]
@@ -167,6 +170,7 @@ fn run(cli: Cli) -> Result<(), Exit> {
         Command::Bench { what: BenchWhat::Bus(opts) } => runtime()?.block_on(bench::run(opts.clone())).map_err(Exit::from),
         Command::Bench { what: BenchWhat::Amqp(opts) } => runtime()?.block_on(bench_amqp::run(opts.clone())).map_err(Exit::from),
         Command::Bench { what: BenchWhat::Runner(opts) } => runtime()?.block_on(bench_runner::run(opts.clone())).map_err(Exit::from),
+        Command::Bench { what: BenchWhat::Latency(opts) } => runtime()?.block_on(bench_latency::run(opts.clone())).map_err(Exit::from),
         Command::Bench { what: BenchWhat::Ingest(opts) } => runtime()?.block_on(ingest::bench(opts.clone())).map_err(Exit::from),
         Command::Demo(args) => {
             let config = load_config(&cli)?;

@@ -15,13 +15,13 @@ use patchbay_web::AppState;
 pub struct ServeArgs {
     /// Listen on this address instead of the config's `http.listen`.
     #[arg(long)]
-    http: Option<SocketAddr>,
+    pub(crate) http: Option<SocketAddr>,
     /// Accept LMTP on this address instead of the config's `ingest.lmtp_listen`.
     #[arg(long)]
-    lmtp: Option<SocketAddr>,
+    pub(crate) lmtp: Option<SocketAddr>,
     /// Run no test jobs in this process (runners run elsewhere: `patchbay runner`).
     #[arg(long)]
-    no_runner: bool,
+    pub(crate) no_runner: bool,
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -47,8 +47,43 @@ pub async fn shutdown_signal() {
     tracing::info!("Shutdown requested.");
 }
 
+/// A running `serve`: its bus and addresses, and what to stop.
+pub struct Running {
+    /// The bus every service of this process uses (the benchmarks publish and consume on it).
+    pub bus: Arc<dyn patchbay_bus::Bus>,
+    /// Where LMTP is accepted, when it is.
+    pub lmtp: Option<SocketAddr>,
+    closing: tokio::sync::watch::Sender<bool>,
+    http_task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    lmtp_task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops every service and waits for them.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.closing.send(true);
+        self.http_task.await.context("HTTP server task")?.context("HTTP server")?;
+        if let Some(lmtp) = self.lmtp_task {
+            lmtp.await.context("LMTP task")?.context("LMTP listener")?;
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        tracing::info!("Stopped.");
+        Ok(())
+    }
+}
+
 /// Runs until `shutdown` resolves.
 pub async fn serve(config: Config, args: &ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let running = start(config, args).await?;
+    shutdown.await;
+    running.stop().await
+}
+
+/// Starts every service of the embedded shape; they run until [`Running::stop`].
+pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let sealer = crate::keys::sealer(&config, true)?;
     // Built now so a bad trust setup stops `serve` at start.
@@ -59,27 +94,33 @@ pub async fn serve(config: Config, args: &ServeArgs, shutdown: impl Future<Outpu
         let _ = recorder_closing.wait_for(|closing| *closing).await;
     })
     .await?;
+    let mut tasks = Vec::new();
+    tasks.extend(served.recorder);
 
+    // One handle on the store for ingest, logs, results and reports; on the embedded backend
+    // it is the bus itself, so a commit by one service wakes the others at once.
+    let ingest = match served.store.clone() {
+        Some(store) => crate::ingest::service_on(&config, store),
+        None => crate::ingest::service(&config).map_err(|e| e.error)?,
+    };
     // Full test logs: recorded from `ci.test.log` into the store, served over HTTP.
-    // One handle on the store for ingest, logs, results and reports.
-    let ingest = crate::ingest::service(&config).map_err(|e| e.error)?;
     let logs = patchbay_logs::LogStore::new(ingest.bus().db().clone());
-    let recorder_logs = {
+    {
         let pattern =
             patchbay_bus::TopicPattern::parse(config.bus.root.topic(<patchbay_model::TestLog as patchbay_model::Body>::TOPIC)?.as_str())?;
         let spec = patchbay_runtime::ServiceSpec::new("log-recorder", vec![pattern]);
         let handler = Arc::new(patchbay_logs::Recorder::new(logs.clone()));
         let (bus, policy) = (served.bus.clone(), policy.clone());
         let mut closing = closing_rx.clone();
-        tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             let stop = async move {
                 let _ = closing.wait_for(|c| *c).await;
             };
             if let Err(error) = patchbay_runtime::run(bus, policy, spec, handler, stop).await {
                 tracing::error!(%error, "The log recorder stopped.");
             }
-        })
-    };
+        }));
+    }
     let addr = args.http.unwrap_or(config.http_listen);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr} (http.listen)"))?;
     let local = listener.local_addr()?;
@@ -97,40 +138,52 @@ pub async fn serve(config: Config, args: &ServeArgs, shutdown: impl Future<Outpu
         admin_tokens: config.admin_tokens.clone(),
     });
     let mut http_closing = closing_rx.clone();
-    let http = tokio::spawn(patchbay_web::serve(listener, state, async move {
-        let _ = http_closing.wait_for(|closing| *closing).await;
-    }));
+    let http_task = tokio::spawn(async move {
+        patchbay_web::serve(listener, state, async move {
+            let _ = http_closing.wait_for(|closing| *closing).await;
+        })
+        .await
+        .map_err(anyhow::Error::from)
+    });
     // Mail in: LMTP and the incomplete-series deadline, on the store in the data directory.
+    let mut lmtp_task = None;
     let mut lmtp = None;
     if let Some(addr) = args.lmtp.or(config.ingest.lmtp_listen) {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr} (ingest.lmtp_listen)"))?;
         let local_lmtp = listener.local_addr()?;
+        lmtp = Some(local_lmtp);
         println!("patchbay: accepting LMTP on {local_lmtp}");
         let mut lmtp_closing = closing_rx.clone();
-        lmtp = Some(tokio::spawn(patchbay_ingest::lmtp::serve(listener, ingest.clone(), config.ingest.max_mail_bytes, async move {
-            let _ = lmtp_closing.wait_for(|closing| *closing).await;
-        })));
+        let (ingest, max) = (ingest.clone(), config.ingest.max_mail_bytes);
+        lmtp_task = Some(tokio::spawn(async move {
+            patchbay_ingest::lmtp::serve(listener, ingest, max, async move {
+                let _ = lmtp_closing.wait_for(|closing| *closing).await;
+            })
+            .await
+            .map_err(anyhow::Error::from)
+        }));
     }
     // Tests: the dispatcher, and (embedded shape) a runner in this process.
     let mut dispatch_closing = closing_rx.clone();
     let dispatcher = crate::ci::start_dispatcher(&config, served.bus.clone(), policy.clone(), Some(ingest.clone()), async move {
         let _ = dispatch_closing.wait_for(|closing| *closing).await;
     })?;
-    let mut runners = Vec::new();
-    if dispatcher.is_some() {
-        runners.extend(crate::ci::start_aggregator(&config, ingest.bus().clone(), served.bus.clone(), policy.clone(), closing_rx.clone())?);
-        runners.push(crate::ci::start_reporter(&config, ingest.bus().clone(), served.bus.clone(), policy.clone(), closing_rx.clone())?);
+    let dispatching = dispatcher.is_some();
+    tasks.extend(dispatcher);
+    if dispatching {
+        tasks.extend(crate::ci::start_aggregator(&config, ingest.bus().clone(), served.bus.clone(), policy.clone(), closing_rx.clone())?);
+        tasks.push(crate::ci::start_reporter(&config, ingest.bus().clone(), served.bus.clone(), policy.clone(), closing_rx.clone())?);
     }
-    if dispatcher.is_some() && !args.no_runner {
+    if dispatching && !args.no_runner {
         match crate::ci::start_runner(&config, config.runner.jobs, served.bus.clone(), policy.clone(), closing_rx.clone()) {
-            Ok(tasks) => runners.extend(tasks),
+            Ok(runners) => tasks.extend(runners),
             // Jobs wait on their queues for a runner that can run them safely.
             Err(error) => tracing::error!(%error, "No runner in this process; test jobs wait for `patchbay runner` elsewhere."),
         }
     }
     let mut sweep_closing = closing_rx.clone();
     let incomplete_after = config.ingest.incomplete_after_secs;
-    let sweeper = tokio::spawn(async move {
+    tasks.push(tokio::spawn(async move {
         loop {
             match ingest.sweep(patchbay_ingest::now(), incomplete_after).await {
                 Ok(0) => {}
@@ -142,29 +195,10 @@ pub async fn serve(config: Config, args: &ServeArgs, shutdown: impl Future<Outpu
                 () = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
             }
         }
-    });
+    }));
     println!("patchbay: serving http://{local} with data in {}", config.data_dir.display());
     tracing::info!(%local, data_dir = %config.data_dir.display(), topics = %config.bus.root.as_str(), backend = ?config.bus.backend, "Serving.");
-
-    shutdown.await;
-    let _ = closing_tx.send(true);
-    http.await.context("HTTP server task")?.context("HTTP server")?;
-    if let Some(lmtp) = lmtp {
-        lmtp.await.context("LMTP task")?.context("LMTP listener")?;
-    }
-    let _ = sweeper.await;
-    let _ = recorder_logs.await;
-    if let Some(d) = dispatcher {
-        let _ = d.await;
-    }
-    for r in runners {
-        let _ = r.await;
-    }
-    if let Some(recorder) = served.recorder {
-        let _ = recorder.await;
-    }
-    tracing::info!("Stopped.");
-    Ok(())
+    Ok(Running { bus: served.bus, lmtp, closing: closing_tx, http_task, lmtp_task, tasks })
 }
 
 /// The web edge's view of the stored test logs.

@@ -1,7 +1,9 @@
 //! Reports over a real SMTP server (aiosmtpd, started here on 127.0.0.1):
 //! the report arrives threaded under the series; it arrives once after the
-//! server was down for a while; and `serve` killed while the server is taking
-//! the report does not send it twice after a restart.
+//! server was down for a while; `serve` killed while the server is taking
+//! the report does not send it twice after a restart; and a submission server
+//! that wants STARTTLS and AUTH gets the report, its body from the
+//! maintainer's template.
 //!
 //! aiosmtpd comes from PyPI; `scripts/test` installs it and names its Python
 //! in `PATCHBAY_TEST_PYTHON`. Without it these tests fail under `CI=true` and
@@ -27,6 +29,34 @@ class Handler:
         await asyncio.sleep(self.delay)
         return '250 OK stored'
 controller = Controller(Handler(sys.argv[2], float(sys.argv[3])), hostname='127.0.0.1', port=int(sys.argv[1]))
+controller.start()
+print('ready', flush=True)
+while True:
+    time.sleep(3600)
+"#;
+
+/// A submission server: STARTTLS required (with the certificate given), then AUTH required
+/// (user `reporter`, password `s3cret-pass`); it records who logged in.
+const SUBMISSION: &str = r#"
+import mailbox, ssl, sys, time
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+port, maildir, cert, key, logins = sys.argv[1:6]
+class Handler:
+    def __init__(self):
+        self.box = mailbox.Maildir(maildir, create=True)
+    async def handle_DATA(self, server, session, envelope):
+        self.box.add(envelope.original_content)
+        return '250 OK stored'
+def authenticator(server, session, envelope, mechanism, auth_data):
+    ok = isinstance(auth_data, LoginPassword) and auth_data.login == b'reporter' and auth_data.password == b's3cret-pass'
+    with open(logins, 'a') as f:
+        f.write('%s %s %s\n' % (mechanism, auth_data.login.decode() if ok else '-', 'tls' if session.ssl else 'clear'))
+    return AuthResult(success=ok)
+tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+tls.load_cert_chain(cert, key)
+controller = Controller(Handler(), hostname='127.0.0.1', port=int(port), tls_context=tls, require_starttls=True,
+                        auth_required=True, auth_require_tls=True, authenticator=authenticator)
 controller.start()
 print('ready', flush=True)
 while True:
@@ -259,4 +289,121 @@ fn killed_while_the_server_takes_the_report_it_is_not_sent_twice() {
     assert_eq!(received(tmp.path()).len(), 1, "one mail, not two");
     let reason: String = rusqlite::Connection::open(&db).unwrap().query_row("SELECT detail FROM reports", [], |r| r.get(0)).unwrap();
     assert!(reason.contains("not resent"), "{reason}");
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl (scripts/test installs it)");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A private CA and a certificate for 127.0.0.1 signed by it, as a site's own relay has.
+fn certificates(dir: &Path) {
+    openssl(
+        dir,
+        &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test CA"],
+    );
+    openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "smtp.key", "-out", "smtp.csr", "-subj", "/CN=127.0.0.1"]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "smtp.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "smtp.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+}
+
+#[test]
+fn starttls_and_auth_with_the_maintainers_template() {
+    let Some(py) = python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    certificates(tmp.path());
+    let smtp_port = free_port();
+    let script = tmp.path().join("submission.py");
+    std::fs::write(&script, SUBMISSION).unwrap();
+    let mut child = Command::new(&py)
+        .arg(&script)
+        .arg(smtp_port.to_string())
+        .arg(tmp.path().join("received"))
+        .arg(tmp.path().join("smtp.pem"))
+        .arg(tmp.path().join("smtp.key"))
+        .arg(tmp.path().join("logins"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let _smtp = Proc(child);
+
+    let config = setup(tmp.path(), smtp_port);
+    std::fs::write(
+        tmp.path().join("report.j2"),
+        "Dear {{ thread.submitter }},\n\nOur verdict: {{ report.verdict }}.\n{% for l in report.lines %}* {{ l.what }}: {{ l.outcome }}\n{% endfor %}\n\
+         -- \nThe team's own words, then patchbay's:\n{{ default_body }}",
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("smtp_url = \"smtp://127.0.0.1:{smtp_port}\"\n"),
+        &format!(
+            "smtp_url = \"smtp+starttls://127.0.0.1:{smtp_port}\"\nsmtp_user = \"reporter\"\nsmtp_password = \"s3cret-pass\"\n\
+             smtp_ca_file = \"ca.pem\"\ntemplate = \"report.j2\"\n"
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    let ok = bin().arg("--config").arg(&config).args(["config", "check"]).output().unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+
+    let _serve = serve(&config);
+    wait_healthy(&config);
+    post(tmp.path(), &config);
+    let log = tmp.path().join("serve.log");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    wait_for("the report", 90, || {
+        assert!(Instant::now() < deadline, "{}", std::fs::read_to_string(&log).unwrap_or_default());
+        !received(tmp.path()).is_empty()
+    });
+    let mails = received(tmp.path());
+    assert_eq!(mails.len(), 1);
+    let logins = std::fs::read_to_string(tmp.path().join("logins")).unwrap();
+    assert_eq!(logins.lines().collect::<Vec<_>>(), ["PLAIN reporter tls"], "one AUTH, over TLS");
+    let mail = &mails[0];
+    assert_eq!(header(mail, "X-Patchbay-Verdict"), "PASSED");
+    let body = mail.replace("\r\n", "\n");
+    let body = body.split_once("\n\n").unwrap().1;
+    assert!(body.starts_with("Dear dev@example.org,\n\nOur verdict: PASSED.\n* apply: PASSED\n* check/"), "{body}");
+    assert!(body.contains("patchbay applied this series and every required test passed."), "the built-in text, included: {body}");
+}
+
+#[test]
+fn a_template_with_an_error_is_refused_at_start_naming_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = setup(tmp.path(), free_port());
+    std::fs::write(tmp.path().join("report.j2"), "Verdict: {{ report.verdict }}\n{% for l in report.lines %}{{ l.oucome }}{% endfor %}\n")
+        .unwrap();
+    let text = std::fs::read_to_string(&config).unwrap().replace("[report]\n", "[report]\ntemplate = \"report.j2\"\n");
+    std::fs::write(&config, text).unwrap();
+    let out = bin().arg("--config").arg(&config).args(["config", "check"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(78), "a config error");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("report.template") && err.contains("report.j2") && err.contains("line 2"), "{err}");
+    // A missing file is named too.
+    std::fs::remove_file(tmp.path().join("report.j2")).unwrap();
+    let out = bin().arg("--config").arg(&config).args(["config", "check"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("report.template") && err.contains("report.j2"), "{err}");
 }

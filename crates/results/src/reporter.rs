@@ -45,6 +45,7 @@ pub struct Reporter {
     link_base: Option<String>,
     skip: Skip,
     lists: std::collections::HashMap<String, String>,
+    template: Option<std::sync::Arc<report::Template>>,
 }
 
 /// test, arch, outcome, reason, duration in ms, base, job, excerpt.
@@ -146,13 +147,19 @@ impl Reporter {
     /// Reports through `transport`, with `settings`; failing tests' full logs are linked
     /// as `<link_base>/api/v1/logs/<job>`.
     pub fn new(bus: EmbeddedBus, publisher: Publisher, settings: Settings, transport: Transport, link_base: Option<String>) -> Self {
-        Reporter { bus, publisher, settings, transport, link_base, skip: Skip::default(), lists: Default::default() }
+        Reporter { bus, publisher, settings, transport, link_base, skip: Skip::default(), lists: Default::default(), template: None }
     }
 
     /// The posting address of each project's list (from the config: a `List-Post` header is
     /// the sender's to write, so it never decides where reports go).
     pub fn lists(mut self, lists: std::collections::HashMap<String, String>) -> Self {
         self.lists = lists;
+        self
+    }
+
+    /// The maintainer's template for the body (`report.template`), instead of the built-in one.
+    pub fn template(mut self, template: Option<std::sync::Arc<report::Template>>) -> Self {
+        self.template = template;
         self
     }
 
@@ -270,7 +277,15 @@ impl Reporter {
             // The series page comes with the dashboard; until then the logs are the links.
             link: None,
         };
-        let mail = report::compose(&r, &facts.thread, &self.settings, &rfc5322_now());
+        let date = rfc5322_now();
+        let mail = match report::compose_with(&r, &facts.thread, &self.settings, &date, self.template.as_deref()) {
+            Ok(mail) => mail,
+            Err(error) => {
+                // It rendered a sample at start; a report it cannot render still goes out, plainly.
+                tracing::warn!(%message_id, %error, "report.template failed for this report; the built-in text is used.");
+                report::compose(&r, &facts.thread, &self.settings, &date)
+            }
+        };
         // 2. Delivery.
         let transport = match &self.transport {
             Transport::Outbox(outbox) => {
@@ -292,6 +307,12 @@ impl Reporter {
                     Ok(()) => {}
                     Err(crate::smtp::SendError::Permanent(words)) => {
                         return self.fail(&v, &message_id, "sending", format!("the SMTP server refused it: {words}")).await;
+                    }
+                    Err(crate::smtp::SendError::Ambiguous(e)) => {
+                        // The server may hold the mail: a second copy is worse than none.
+                        let reason =
+                            format!("the SMTP exchange broke off after the text was sent ({e}); not resent, to avoid a second copy");
+                        return self.fail(&v, &message_id, "sending", reason).await;
                     }
                     Err(crate::smtp::SendError::Transient(e)) => {
                         self.set_state(id, ver, "sending", "intent", Some(e.clone())).await?;

@@ -17,7 +17,7 @@ pub enum Recipients {
 }
 
 /// The thread a report answers.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Thread {
     /// The mail the report replies to (cover letter, else patch 1).
     pub reply_to: String,
@@ -32,7 +32,7 @@ pub struct Thread {
 }
 
 /// One line of the result table.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Line {
     /// `test/arch` (or `apply`).
     pub what: String,
@@ -49,7 +49,7 @@ pub struct Line {
 }
 
 /// What the report says.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Report {
     /// Series id and version, for the Message-ID and headers.
     pub series: i64,
@@ -180,14 +180,108 @@ fn clean(value: &str) -> String {
     value.chars().map(|c| if c.is_control() { ' ' } else { c }).collect::<String>().trim().to_string()
 }
 
-/// The whole mail, ready to send or to drop in a maildir.
+/// A maintainer's template for the report's body (minijinja), checked when it is loaded.
+///
+/// The template sees `report` (series, version, project, verdict, failed, missing, lines
+/// with what/outcome/reason/seconds/excerpt/log_url, base, link), `thread` (subject,
+/// submitter) and `default_body`, the built-in text, to wrap or replace. Undefined names
+/// are errors, so a typo shows when the template is loaded, not in a mail. The output is
+/// wrapped at 72 columns like the built-in body; headers stay ours (threading, ids).
+#[derive(Debug)]
+pub struct Template {
+    env: minijinja::Environment<'static>,
+}
+
+/// Renders a minijinja error as `line N: what`, for a maintainer to find it.
+fn describe(e: &minijinja::Error) -> String {
+    let what = match e.detail() {
+        Some(detail) => format!("{}: {detail}", e.kind()),
+        None => e.kind().to_string(),
+    };
+    match e.line() {
+        Some(line) => format!("line {line}: {what}"),
+        None => what,
+    }
+}
+
+impl Template {
+    /// Compiles `source` and renders it once against a sample report, so errors surface now.
+    pub fn new(source: String) -> Result<Template, String> {
+        let mut env = minijinja::Environment::new();
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        let syntax = minijinja::syntax::SyntaxConfig::builder().keep_trailing_newline(true).build().map_err(|e| describe(&e))?;
+        env.set_syntax(syntax);
+        env.add_template_owned("report", source).map_err(|e| describe(&e))?;
+        let t = Template { env };
+        let sample = Report {
+            series: 1,
+            version: 2,
+            project: "sample".into(),
+            verdict: "FAILED".into(),
+            failed: vec!["build/x86_64".into()],
+            missing: vec![],
+            lines: vec![Line {
+                what: "build/x86_64".into(),
+                outcome: "FAILED".into(),
+                reason: Some("failed".into()),
+                seconds: 3,
+                excerpt: Some("error: sample".into()),
+                log_url: None,
+            }],
+            base: None,
+            link: None,
+        };
+        let thread = Thread {
+            reply_to: "<a@b>".into(),
+            references: vec![],
+            subject: "[PATCH 0/1] sample".into(),
+            submitter: "A <a@b>".into(),
+            list: None,
+        };
+        t.render(&sample, &thread)?;
+        Ok(t)
+    }
+
+    /// The body for `r`, wrapped at 72 columns.
+    pub fn render(&self, r: &Report, thread: &Thread) -> Result<String, String> {
+        let mut shown = r.clone();
+        for l in &mut shown.lines {
+            l.excerpt = l.excerpt.as_deref().map(last_lines);
+        }
+        let ctx = minijinja::context! {
+            report => minijinja::Value::from(minijinja::value::Serde(&shown)),
+            thread => minijinja::context! { subject => thread.subject.clone(), submitter => thread.submitter.clone() },
+            default_body => body(r),
+        };
+        let tmpl = self.env.get_template("report").map_err(|e| describe(&e))?;
+        Ok(wrap(&tmpl.render(ctx).map_err(|e| describe(&e))?))
+    }
+}
+
+/// The last [`EXCERPT_LINES`] lines of a log excerpt.
+fn last_lines(excerpt: &str) -> String {
+    let lines: Vec<&str> = excerpt.lines().collect();
+    lines[lines.len().saturating_sub(EXCERPT_LINES)..].join("\n")
+}
+
+/// The whole mail with the built-in body, ready to send or to drop in a maildir.
 pub fn compose(r: &Report, thread: &Thread, settings: &Settings, date: &str) -> Vec<u8> {
+    compose_with(r, thread, settings, date, None).expect("the built-in body always renders")
+}
+
+/// The whole mail, its body from `template` when given; a template that fails to render is
+/// an error (the caller decides whether to fall back to [`compose`]).
+pub fn compose_with(r: &Report, thread: &Thread, settings: &Settings, date: &str, template: Option<&Template>) -> Result<Vec<u8>, String> {
     let thread = &Thread {
         reply_to: clean(&thread.reply_to),
         references: thread.references.iter().map(|x| clean(x)).collect(),
         subject: clean(&thread.subject),
         submitter: clean(&thread.submitter),
         list: thread.list.as_ref().map(|l| clean(l)),
+    };
+    let text = match template {
+        Some(t) => t.render(r, thread)?,
+        None => body(r),
     };
     let (to, cc) = recipients(thread, settings);
     let subject = thread.subject.trim();
@@ -211,8 +305,8 @@ pub fn compose(r: &Report, thread: &Thread, settings: &Settings, date: &str) -> 
     h.push_str(&format!("X-Patchbay-Series: {} v{}\n", r.series, r.version));
     h.push_str("MIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n");
     let mut out = h.into_bytes();
-    out.extend_from_slice(body(r).as_bytes());
-    out
+    out.extend_from_slice(text.as_bytes());
+    Ok(out)
 }
 
 /// RFC 2047 for a header with non-ASCII text (UTF-8, base64, one encoded word per 45 bytes).
@@ -287,6 +381,37 @@ mod tests {
             submitter: "dev@example.org".into(),
             list: Some("linux-hwmon@vger.kernel.org".into()),
         }
+    }
+
+    #[test]
+    fn a_template_replaces_the_body_and_keeps_our_headers() {
+        let settings = Settings { from: "patchbay <ci@example.org>".into(), domain: "ci.example.org".into(), recipients: Recipients::Both };
+        let long = "word ".repeat(30);
+        let t = Template::new(format!(
+            "{{{{ report.verdict }}}} for {{{{ thread.subject }}}}\n{{% for l in report.lines %}}{{{{ l.what }}}} {{{{ l.outcome }}}}{{% if l.excerpt %}}\n| {{{{ l.excerpt }}}}{{% endif %}}\n{{% endfor %}}{long}\n"
+        ))
+        .unwrap();
+        let mail =
+            String::from_utf8(compose_with(&report(), &thread(), &settings, "Mon, 1 Jan 2024 00:00:00 +0000", Some(&t)).unwrap()).unwrap();
+        let (head, body) = mail.split_once("\n\n").unwrap();
+        assert!(head.contains("In-Reply-To: <cover@x>") && head.contains("X-Patchbay-Verdict: FAILED"), "{head}");
+        assert!(
+            body.starts_with("FAILED for [PATCH v2 0/3] hwmon: add a driver\napply PASSED\nbuild/x86_64 FAILED\n| cc -c hello.c"),
+            "{body}"
+        );
+        assert!(body.lines().all(|l| l.chars().count() <= 72 || l.starts_with('|')), "wrapped: {body}");
+        // The built-in text is there for templates that only add to it.
+        let t = Template::new("Hi.\n{{ default_body }}".into()).unwrap();
+        let body = t.render(&report(), &thread()).unwrap();
+        assert!(body.starts_with("Hi.\nHello,\n") && body.contains("hello.c:3:2: error"), "{body}");
+    }
+
+    #[test]
+    fn template_errors_name_the_line_when_loaded() {
+        let e = Template::new("ok\n{{ report.verdikt }}".into()).unwrap_err();
+        assert!(e.starts_with("line 2: undefined value"), "{e}");
+        let e = Template::new("{% for x in %}".into()).unwrap_err();
+        assert!(e.starts_with("line 1: syntax error"), "{e}");
     }
 
     #[test]
