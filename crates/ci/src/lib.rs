@@ -30,7 +30,7 @@ mod dispatcher;
 mod runner;
 
 pub use dispatcher::{Dependencies, Dispatcher, NoDependencies, ProjectTests, TestDef};
-pub use runner::{RunnerService, job_queue, job_topic};
+pub use runner::{RunnerService, SupersededListener, job_queue, job_topic};
 
 /// The arch word of the `apply` job, which any runner can take.
 pub const ANY_ARCH: &str = "any";

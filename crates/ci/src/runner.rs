@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use patchbay_bus::{Outgoing, Publisher};
-use patchbay_model::{BaseUsed, Body, Envelope, TestFinished, TestJob, TestLog, TestStarted};
+use patchbay_model::{BaseUsed, Body, Envelope, SeriesSuperseded, TestCancelled, TestFinished, TestJob, TestLog, TestStarted};
 use patchbay_runner::{Failure, Job, Limits, Runner};
 use patchbay_runtime::{Handler, HandlerError};
 use tokio::sync::Semaphore;
@@ -26,19 +26,71 @@ pub fn job_queue(test: &str, arch: &str) -> String {
     format!("ci-job.{test}.{arch}")
 }
 
+/// Superseded series versions this runner has heard of, newest kept (bounded).
+#[derive(Default)]
+struct Superseded {
+    by: std::collections::HashMap<i64, u32>,
+    order: std::collections::VecDeque<i64>,
+}
+
+/// Series remembered as superseded; older ones are forgotten (their jobs are long gone).
+const SUPERSEDED_KEPT: usize = 100_000;
+
+impl Superseded {
+    fn insert(&mut self, series: i64, by_version: u32) {
+        if self.by.insert(series, by_version).is_none() {
+            self.order.push_back(series);
+            if self.order.len() > SUPERSEDED_KEPT
+                && let Some(old) = self.order.pop_front()
+            {
+                self.by.remove(&old);
+            }
+        }
+    }
+}
+
 /// The runner service; one instance serves every queue this runner can take.
 pub struct RunnerService {
     runner: Runner,
     publisher: Publisher,
     slots: Arc<Semaphore>,
     max_attempts: u32,
+    superseded: Arc<std::sync::Mutex<Superseded>>,
+}
+
+/// Tells a runner which series versions were superseded (`series.series.superseded`), so it
+/// sets their pending jobs aside instead of running them.
+pub struct SupersededListener {
+    superseded: Arc<std::sync::Mutex<Superseded>>,
+}
+
+#[async_trait]
+impl Handler for SupersededListener {
+    async fn handle(&self, envelope: &Envelope, _attempt: u32) -> Result<(), HandlerError> {
+        let s: SeriesSuperseded = serde_json::from_value(envelope.body.clone())
+            .map_err(|e| HandlerError::Permanent(format!("not a {} body: {e}", SeriesSuperseded::SCHEMA)))?;
+        self.superseded.lock().unwrap().insert(s.series.id, s.by_version);
+        Ok(())
+    }
 }
 
 impl RunnerService {
     /// A runner with `jobs` slots: give [`RunnerService::slots`] to every queue's `ServiceSpec`,
     /// so a job is taken from a queue only while a slot is free (prefetch follows the free slots).
     pub fn new(runner: Runner, publisher: Publisher, jobs: u16, max_attempts: u32) -> Self {
-        RunnerService { runner, publisher, slots: Arc::new(Semaphore::new(jobs.max(1) as usize)), max_attempts }
+        RunnerService {
+            runner,
+            publisher,
+            slots: Arc::new(Semaphore::new(jobs.max(1) as usize)),
+            max_attempts,
+            superseded: Default::default(),
+        }
+    }
+
+    /// The handler for `series.series.superseded`: run it on a queue of this runner's own to
+    /// cancel superseded versions' jobs that have not started.
+    pub fn superseded_listener(&self) -> SupersededListener {
+        SupersededListener { superseded: self.superseded.clone() }
     }
 
     /// The job slots, shared by all of this runner's queues.
@@ -93,6 +145,15 @@ impl Handler for RunnerService {
             let msg = self.out(&Self::finished(&job, "ERROR", Some(reason.clone())))?;
             self.publish(vec![msg]).await?;
             return Err(HandlerError::Permanent(reason));
+        }
+        let by_version = self.superseded.lock().unwrap().by.get(&job.series.id).copied();
+        if let Some(v) = by_version {
+            let reason = format!("superseded by v{v}");
+            let cancelled =
+                TestCancelled { job: job.job.clone(), series: job.series.clone(), test: job.test.clone(), arch: job.arch.clone(), reason };
+            self.publish(vec![self.out(&cancelled)?]).await?;
+            tracing::info!(job = %job.job, by_version = v, "Job cancelled: its series was superseded.");
+            return Ok(());
         }
         let started_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let started =

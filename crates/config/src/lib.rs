@@ -138,6 +138,7 @@ pub struct ReportConfig {
 #[serde(deny_unknown_fields)]
 struct RawResults {
     verdict_deadline_secs: Option<i64>,
+    close_superseded: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -187,6 +188,7 @@ struct RawRunner {
     fetch_interval_secs: Option<u64>,
     max_attempts: Option<u32>,
     output_kib: Option<u64>,
+    cancel_superseded: Option<bool>,
 }
 
 /// How a runner confines test scripts.
@@ -237,6 +239,9 @@ pub struct RunnerConfig {
     pub max_attempts: u32,
     /// Output kept per test, head and tail, in KiB (default 1024).
     pub output_kib: u64,
+    /// Jobs of a series version superseded before they start are set aside, not run
+    /// (`ci.test.cancelled`; default true).
+    pub cancel_superseded: bool,
 }
 
 fn topic_word(s: &str) -> bool {
@@ -324,6 +329,9 @@ pub struct Config {
     /// A series version with required results still missing this long after its first result
     /// gets an INCOMPLETE verdict (`results.verdict_deadline_secs`, default 6 h).
     pub verdict_deadline_secs: i64,
+    /// A superseded version gets its verdict when it is superseded, from the results it has
+    /// (`results.close_superseded`, default true); otherwise it waits for them or the deadline.
+    pub close_superseded: bool,
     /// How verdicts are mailed.
     pub report: ReportConfig,
 }
@@ -577,6 +585,7 @@ impl Config {
             fetch_interval_secs: r.fetch_interval_secs.unwrap_or(300),
             max_attempts: r.max_attempts.unwrap_or(3),
             output_kib: r.output_kib.unwrap_or(1024),
+            cancel_superseded: r.cancel_superseded.unwrap_or(true),
         };
         if runner.jobs == 0 || runner.jobs > 256 {
             return Err(invalid("runner.jobs", format!("{} must be 1-256", runner.jobs)));
@@ -644,6 +653,7 @@ impl Config {
             admin_tokens,
             report,
             verdict_deadline_secs,
+            close_superseded: raw.results.close_superseded.unwrap_or(true),
             runner,
             ingest,
             projects,

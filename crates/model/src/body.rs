@@ -311,6 +311,29 @@ impl Body for TestFinished {
     const VERSION: u32 = 1;
 }
 
+/// A runner set a job aside without running it (`ci.test.cancelled`): its series version was
+/// superseded before the job's turn came.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestCancelled {
+    /// The job id.
+    pub job: String,
+    /// The series it was for.
+    pub series: SeriesHead,
+    /// Test name.
+    pub test: String,
+    /// Arch.
+    pub arch: String,
+    /// Why, for people: `superseded by v3`.
+    pub reason: String,
+}
+
+impl Body for TestCancelled {
+    const TOPIC: &'static str = "ci.test.cancelled";
+    const SCHEMA: &'static str = "patchbay.ci.cancelled";
+    const VERSION: u32 = 1;
+}
+
 /// One bounded chunk of a test's full log (`ci.test.log`), for the store to keep compressed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -492,6 +515,7 @@ pub fn body_schemas() -> Vec<BodySchema> {
         export::<TestJob>(),
         export::<TestStarted>(),
         export::<TestFinished>(),
+        export::<TestCancelled>(),
         export::<TestLog>(),
         export::<ResultRecorded>(),
         export::<SeriesVerdict>(),
@@ -517,6 +541,7 @@ pub fn check_body(topic_suffix: &str, body: &serde_json::Value) -> Option<Result
         SeriesSuperseded::TOPIC => Some(check::<SeriesSuperseded>(body)),
         TestStarted::TOPIC => Some(check::<TestStarted>(body)),
         TestFinished::TOPIC => Some(check::<TestFinished>(body)),
+        TestCancelled::TOPIC => Some(check::<TestCancelled>(body)),
         TestLog::TOPIC => Some(check::<TestLog>(body)),
         ResultRecorded::TOPIC => Some(check::<ResultRecorded>(body)),
         SeriesVerdict::TOPIC => Some(check::<SeriesVerdict>(body)),

@@ -13,8 +13,8 @@ mod topic;
 
 pub use body::{
     BaseUsed, Body, BodySchema, LogMessage, MailReceived, ReportFailed, ReportSent, ResultRecorded, ResultWaived, SeriesComplete,
-    SeriesHead, SeriesIncomplete, SeriesNew, SeriesPatch, SeriesSuperseded, SeriesVerdict, TestFinished, TestJob, TestLimits, TestLog,
-    TestStarted, body_schemas, check_body, envelope_schema, free_form_schema,
+    SeriesHead, SeriesIncomplete, SeriesNew, SeriesPatch, SeriesSuperseded, SeriesVerdict, TestCancelled, TestFinished, TestJob,
+    TestLimits, TestLog, TestStarted, body_schemas, check_body, envelope_schema, free_form_schema,
 };
 pub use canonical::write_canonical;
 pub use envelope::{Envelope, EnvelopeError, SchemaRef, Sender, Signature};

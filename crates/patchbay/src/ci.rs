@@ -152,6 +152,22 @@ pub fn start_runner(
     let publisher = Publisher::new(bus.clone(), config.bus.root.clone(), Sender::new("runner", &config.instance));
     let handler = Arc::new(RunnerService::new(runner, publisher, jobs, config.runner.max_attempts));
     let mut tasks = Vec::new();
+    if config.runner.cancel_superseded {
+        // A queue of this runner's own: every runner hears of every supersession.
+        let pattern = TopicPattern::parse(config.bus.root.topic(<patchbay_model::SeriesSuperseded as Body>::TOPIC)?.as_str())?;
+        let mut spec = ServiceSpec::new("runner", vec![pattern]);
+        spec.queue = format!("runner-superseded.{}", config.instance);
+        let (bus, policy, listener) = (bus.clone(), policy.clone(), Arc::new(handler.superseded_listener()));
+        let mut stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let closing = async move {
+                let _ = stop.wait_for(|c| *c).await;
+            };
+            if let Err(error) = patchbay_runtime::run(bus, policy, spec, listener, closing).await {
+                tracing::error!(%error, "The runner's supersession listener stopped.");
+            }
+        }));
+    }
     for (test, arch) in queues(config) {
         let pattern = TopicPattern::parse(config.bus.root.topic(&job_topic(&test, &arch))?.as_str())?;
         let mut spec = ServiceSpec::new("runner", vec![pattern]);
@@ -238,8 +254,11 @@ pub fn start_aggregator(
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let aggregator = aggregator(config, store, bus.clone());
-    let pattern = TopicPattern::parse(config.bus.root.topic(<patchbay_model::TestFinished as Body>::TOPIC)?.as_str())?;
-    let spec = ServiceSpec::new("aggregator", vec![pattern]);
+    let mut patterns = vec![TopicPattern::parse(config.bus.root.topic(<patchbay_model::TestFinished as Body>::TOPIC)?.as_str())?];
+    if config.close_superseded {
+        patterns.push(TopicPattern::parse(config.bus.root.topic(<patchbay_model::SeriesSuperseded as Body>::TOPIC)?.as_str())?);
+    }
+    let spec = ServiceSpec::new("aggregator", patterns);
     let handler = Arc::new(aggregator.clone());
     let mut stop = shutdown.clone();
     let service = tokio::spawn(async move {

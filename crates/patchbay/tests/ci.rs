@@ -542,6 +542,100 @@ fn only_failures_are_mailed_when_asked() {
     assert_eq!(mails, 1, "only the failure is mailed");
 }
 
+/// Posts v2 of the `work` series (README "two"), in reply to v1's cover letter.
+fn post_v2(repo: &Path, config: &Path, v1_cover: &str) {
+    git(repo, &["checkout", "-q", "-b", "work2", "main"]);
+    std::fs::write(repo.join("README"), "two\n").unwrap();
+    git(repo, &["commit", "-q", "-am", "work: part 1"]);
+    let out = repo.join("out-v2");
+    let reply = format!("--in-reply-to={v1_cover}");
+    git(repo, &["format-patch", "-q", "-v2", "--cover-letter", "--thread=shallow", &reply, "-o", &out.to_string_lossy(), "main..work2"]);
+    git(repo, &["checkout", "-q", "main"]);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    for f in files {
+        let mail = std::fs::read_to_string(&f).unwrap().replace("*** SUBJECT HERE ***", "the work series").replace("<cover.", "<cover-v2.");
+        let mut c = bin().arg("--config").arg(config).args(["inject", "--list-id", LIST]).stdin(Stdio::piped()).spawn().unwrap();
+        c.stdin.take().unwrap().write_all(mail.as_bytes()).unwrap();
+        assert!(c.wait().unwrap().success());
+    }
+}
+
+#[test]
+fn a_superseded_versions_pending_jobs_are_cancelled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = origin(tmp.path(), &[("README", "base\n"), ("OTHER", "x\n")]);
+    let config = tmp.path().join("patchbay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{}\"\n[ingest]\nlmtp_listen = \"\"\n[bus]\nprefix = \"e2e\"\nenv = \"ci\"\n\
+             [runner]\njobs = 1\n\
+             [[project]]\nname = \"demo\"\nlist_ids = [\"{LIST}\"]\nrepository = \"{}\"\n\
+             [[project.test]]\nname = \"slow\"\nscript = \"sleep 3\"\narches = [\"{}\"]\n",
+            free_port(),
+            repo.display(),
+            std::env::consts::ARCH
+        ),
+    )
+    .unwrap();
+    let _serve = Serve(bin().arg("--config").arg(&config).arg("serve").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    std::thread::sleep(Duration::from_millis(500));
+    // The one slot is busy with another series while v1 and then v2 arrive: v1's jobs wait.
+    post(&repo, &config, "blocker", "main", &[("OTHER", "y\n")]);
+    let db = tmp.path().join("data/patchbay.sqlite3");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !started_by(&db).iter().any(|(job, _)| job.contains("-slow-")) {
+        assert!(Instant::now() < deadline, "the blocker's test never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let v1_cover = post_with(&repo, &config, "work", "main", &[("README", "one\n")], "");
+    post_v2(&repo, &config, &v1_cover);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let versions = |what: &[serde_json::Value], name: &str| -> Vec<u64> {
+        let mut v: Vec<u64> = what
+            .iter()
+            .filter(|b| b["series"]["name"] == format!("the {name} series"))
+            .map(|b| b["series"]["version"].as_u64().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    loop {
+        let finished = versions(&results(&db), "work");
+        if finished == [2, 2] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "v2's results: {finished:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cancelled = topic_bodies(&db, "e2e.ci.ci.test.cancelled");
+    assert_eq!(versions(&cancelled, "work"), [1, 1], "both of v1's jobs set aside: {cancelled:?}");
+    assert!(cancelled.iter().all(|c| c["reason"] == "superseded by v2"), "{cancelled:?}");
+    let v1_jobs: Vec<String> = cancelled.iter().map(|c| c["job"].as_str().unwrap().to_string()).collect();
+    assert!(started_by(&db).iter().all(|(job, _)| !v1_jobs.contains(job)), "no job of v1 ever started");
+    // v1 still gets its one verdict (INCOMPLETE, at supersession), and no mail.
+    let verdicts = topic_bodies(&db, "e2e.ci.ci.series.verdict");
+    let v1: Vec<_> = verdicts.iter().filter(|v| v["series"]["name"] == "the work series" && v["series"]["version"] == 1).collect();
+    assert_eq!(v1.len(), 1, "{verdicts:?}");
+    assert_eq!(v1[0]["verdict"], "INCOMPLETE");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let states = loop {
+        let states: Vec<(u32, String)> = rusqlite::Connection::open(&db)
+            .ok()
+            .and_then(|c| {
+                let mut s = c.prepare("SELECT r.version, r.state FROM reports r JOIN series s ON s.id = r.series_id WHERE s.name = 'the work series' ORDER BY r.version").ok()?;
+                Some(s.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect())
+            })
+            .unwrap_or_default();
+        if states.len() == 2 && states.iter().all(|(_, s)| s != "intent") || Instant::now() > deadline {
+            break states;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(states, vec![(1, "skipped".to_string()), (2, "sent".to_string())]);
+}
+
 #[test]
 fn a_version_superseded_before_its_report_gets_none() {
     let tmp = tempfile::tempdir().unwrap();
@@ -564,49 +658,25 @@ fn a_version_superseded_before_its_report_gets_none() {
     std::thread::sleep(Duration::from_millis(500));
     // v1, then at once a v2 in reply to it: v1 is superseded while its tests still run.
     let v1_cover = post_with(&repo, &config, "work", "main", &[("README", "one\n")], "");
-    git(&repo, &["checkout", "-q", "-b", "work2", "main"]);
-    std::fs::write(repo.join("README"), "two\n").unwrap();
-    git(&repo, &["commit", "-q", "-am", "work: part 1"]);
-    let out = repo.join("out-v2");
-    git(
-        &repo,
-        &[
-            "format-patch",
-            "-q",
-            "-v2",
-            "--cover-letter",
-            "--thread=shallow",
-            &format!("--in-reply-to={v1_cover}"),
-            "-o",
-            &out.to_string_lossy(),
-            "main..work2",
-        ],
-    );
-    git(&repo, &["checkout", "-q", "main"]);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
-    for f in files {
-        let mail = std::fs::read_to_string(&f).unwrap().replace("*** SUBJECT HERE ***", "the work series").replace("<cover.", "<cover-v2.");
-        let mut c = bin().arg("--config").arg(&config).args(["inject", "--list-id", LIST]).stdin(Stdio::piped()).spawn().unwrap();
-        c.stdin.take().unwrap().write_all(mail.as_bytes()).unwrap();
-        assert!(c.wait().unwrap().success());
-    }
+    post_v2(&repo, &config, &v1_cover);
     let db = tmp.path().join("data/patchbay.sqlite3");
     let deadline = Instant::now() + Duration::from_secs(60);
     let states = loop {
-        let states: Vec<(u32, String)> = rusqlite::Connection::open(&db)
+        let states: Vec<String> = rusqlite::Connection::open(&db)
             .ok()
             .and_then(|c| {
-                let mut s = c.prepare("SELECT version, state FROM reports ORDER BY version").ok()?;
-                Some(s.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect())
+                let mut s = c.prepare("SELECT state FROM reports ORDER BY series_id").ok()?;
+                Some(s.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect())
             })
             .unwrap_or_default();
-        if states.len() == 2 && states.iter().all(|(_, s)| s != "intent") || Instant::now() > deadline {
+        if states.len() == 2 && !states.contains(&"intent".to_string()) || Instant::now() > deadline {
             break states;
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(states, vec![(1, "skipped".to_string()), (2, "sent".to_string())]);
+    assert_eq!(states, vec!["skipped".to_string(), "sent".to_string()]);
+    let mails = std::fs::read_dir(tmp.path().join("data/outbox/new")).unwrap().count();
+    assert_eq!(mails, 1, "only the failure is mailed");
 }
 
 #[test]

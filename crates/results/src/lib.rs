@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use patchbay_bus::Publisher;
-use patchbay_model::{Body, Envelope, ResultRecorded, ResultWaived, SeriesHead, SeriesVerdict, TestFinished};
+use patchbay_model::{Body, Envelope, ResultRecorded, ResultWaived, SeriesHead, SeriesSuperseded, SeriesVerdict, TestFinished};
 use patchbay_runtime::{Handler, HandlerError};
 use patchbay_store::{EmbeddedBus, StoreError, Tx};
 use patchbay_verdict::{Latest, Required, Verdict};
@@ -107,6 +107,23 @@ impl Aggregator {
                 }
                 this.bus.publish_in(tx, out)?;
                 Ok(Some(waived))
+            })
+            .await
+    }
+
+    /// Decides a superseded version now, with the results it has (a later version replaced
+    /// it: waiting for the rest would only delay its one verdict); false if already decided.
+    pub async fn close(&self, head: SeriesHead) -> Result<bool, StoreError> {
+        if !self.policy.required.contains_key(&head.project) {
+            return Ok(false); // Not a tested project: it never gets a verdict.
+        }
+        let this = self.clone();
+        self.bus
+            .db()
+            .write(move |tx| {
+                let Some(v) = this.decide(tx, &head, true)? else { return Ok(false) };
+                this.bus.publish_in(tx, vec![this.outgoing(&v)?])?;
+                Ok(true)
             })
             .await
     }
@@ -230,6 +247,11 @@ fn insert_result(tx: &Tx<'_>, message_id: &str, r: &TestFinished) -> Result<Opti
 #[async_trait]
 impl Handler for Aggregator {
     async fn handle(&self, envelope: &Envelope, _attempt: u32) -> Result<(), HandlerError> {
+        if envelope.schema.name == SeriesSuperseded::SCHEMA {
+            let s: SeriesSuperseded = serde_json::from_value(envelope.body.clone())
+                .map_err(|e| HandlerError::Permanent(format!("not a {} body: {e}", SeriesSuperseded::SCHEMA)))?;
+            return self.close(s.series).await.map(|_| ()).map_err(|e| HandlerError::Transient(e.to_string()));
+        }
         let result: TestFinished = serde_json::from_value(envelope.body.clone())
             .map_err(|e| HandlerError::Permanent(format!("not a {} body: {e}", TestFinished::SCHEMA)))?;
         self.record(envelope.id.to_string(), result).await.map_err(|e| HandlerError::Transient(e.to_string()))
