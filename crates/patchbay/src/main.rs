@@ -10,6 +10,7 @@ mod bench_runner;
 mod ci;
 mod client;
 mod demo;
+mod history;
 mod ingest;
 mod keys;
 mod serve;
@@ -44,6 +45,8 @@ enum Command {
     Publish(client::PublishArgs),
     /// Print messages as they are published (like fedmsg-tail); resumes after disconnects.
     Tail(client::TailArgs),
+    /// Search the message history (the filters of GET /api/v1/messages), as text or --json.
+    Query(history::QueryArgs),
     /// Store one mail from stdin (for procmail, Postfix pipe(8), .forward); exit 75 to make the MTA retry.
     Inject(ingest::InjectArgs),
     /// Import mbox files, maildirs and public-inbox archives (incrementally), with progress.
@@ -88,6 +91,8 @@ enum BenchWhat {
     Ingest(ingest::IngestBench),
     /// The runner's overhead on a 10-patch series against the same commands run by hand.
     Runner(bench_runner::RunnerBench),
+    /// Every history filter against a million stored messages: p50/p99 per combination.
+    History(history::HistoryBench),
     /// Reaction times over N series: last mail over LMTP -> jobs, last result -> report at SMTP.
     Latency(bench_latency::LatencyBench),
 }
@@ -170,6 +175,7 @@ fn run(cli: Cli) -> Result<(), Exit> {
         Command::Bench { what: BenchWhat::Bus(opts) } => runtime()?.block_on(bench::run(opts.clone())).map_err(Exit::from),
         Command::Bench { what: BenchWhat::Amqp(opts) } => runtime()?.block_on(bench_amqp::run(opts.clone())).map_err(Exit::from),
         Command::Bench { what: BenchWhat::Runner(opts) } => runtime()?.block_on(bench_runner::run(opts.clone())).map_err(Exit::from),
+        Command::Bench { what: BenchWhat::History(opts) } => runtime()?.block_on(history::bench(opts.clone())).map_err(Exit::from),
         Command::Bench { what: BenchWhat::Latency(opts) } => runtime()?.block_on(bench_latency::run(opts.clone())).map_err(Exit::from),
         Command::Bench { what: BenchWhat::Ingest(opts) } => runtime()?.block_on(ingest::bench(opts.clone())).map_err(Exit::from),
         Command::Demo(args) => {
@@ -213,6 +219,11 @@ fn run(cli: Cli) -> Result<(), Exit> {
             let config = load_config(&cli)?;
             init_logging_quiet(&config);
             runtime()?.block_on(client::publish(&config, args))
+        }
+        Command::Query(args) => {
+            let config = load_config(&cli)?;
+            init_logging_quiet(&config);
+            runtime()?.block_on(history::query(&config, args))
         }
         Command::Tail(args) => {
             let config = load_config(&cli)?;

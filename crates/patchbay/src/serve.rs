@@ -136,7 +136,16 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
             aggregator: crate::ci::aggregator(&config, ingest.bus().clone(), served.bus.clone()),
         })),
         admin_tokens: config.admin_tokens.clone(),
+        history: Some(Arc::new(StoreHistory(ingest.bus().db().clone()))),
     });
+    // History: every message in the data directory's log, indexed for queries as it commits.
+    {
+        let indexer = patchbay_history::Indexer::new(ingest.bus().db().clone());
+        let mut closing = closing_rx.clone();
+        tasks.push(tokio::spawn(indexer.run(async move {
+            let _ = closing.wait_for(|c| *c).await;
+        })));
+    }
     let mut http_closing = closing_rx.clone();
     let http_task = tokio::spawn(async move {
         patchbay_web::serve(listener, state, async move {
@@ -207,6 +216,31 @@ struct StoreLogs(patchbay_logs::LogStore);
 impl patchbay_web::TestLogs for StoreLogs {
     fn get(&self, job: String) -> patchbay_web::LogFuture<'_> {
         Box::pin(async move { self.0.read(&job).await.map(|l| l.map(|l| (l.text, l.complete))).map_err(|e| e.to_string()) })
+    }
+}
+
+/// The web edge's view of the message history.
+struct StoreHistory(patchbay_store::Db);
+
+impl patchbay_web::MessageHistory for StoreHistory {
+    fn query(&self, params: Vec<(String, String)>) -> patchbay_web::TextFuture<'_> {
+        Box::pin(async move {
+            let q = patchbay_history::Query::from_params(&params, patchbay_model::Timestamp::now().as_micros())
+                .map_err(patchbay_web::QueryError::Bad)?;
+            let shown = q.clone();
+            let page = self
+                .0
+                .read(move |c| patchbay_history::search(c, &shown))
+                .await
+                .map_err(|e| patchbay_web::QueryError::Unavailable(e.to_string()))?;
+            Ok(patchbay_history::page_json(&q, &page))
+        })
+    }
+
+    fn message(&self, id: String) -> patchbay_web::MessageFuture<'_> {
+        Box::pin(async move {
+            self.0.read(move |c| patchbay_history::message(c, &id)).await.map_err(|e| patchbay_web::QueryError::Unavailable(e.to_string()))
+        })
     }
 }
 

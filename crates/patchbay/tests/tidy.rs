@@ -152,6 +152,21 @@ fn layering_rules_hold() {
             "test logs live in the embedded store and know no HTTP or runner",
         ),
         (
+            "history",
+            &[
+                "patchbay-bus-amqp",
+                "patchbay-web",
+                "patchbay-config",
+                "patchbay-runner",
+                "patchbay-ci",
+                "patchbay-runtime",
+                "axum",
+                "reqwest",
+                "lapin",
+            ],
+            "the history reads and indexes the embedded store; it knows no HTTP, services or config file",
+        ),
+        (
             "verdict",
             &[
                 "patchbay-model",

@@ -173,6 +173,31 @@ const STEPS: &[&str] = &[
         PRIMARY KEY (series_id, version)
     ) WITHOUT ROWID;
     ",
+    // 6: message history (owned by the history crate): one row per bus message, time monotone
+    // in position, so each filter's index (which ends in the position) walks a page in time
+    // order; the bodies' text and filter tokens for `contains` (FTS5, contentless: the text
+    // is in bus_messages already); the topics seen, to expand patterns.
+    "
+    CREATE TABLE history (
+        pos      INTEGER PRIMARY KEY,
+        ts       INTEGER NOT NULL,
+        topic    TEXT NOT NULL,
+        category TEXT NOT NULL,
+        service  TEXT NOT NULL,
+        instance TEXT NOT NULL,
+        seq      INTEGER NOT NULL,
+        series   INTEGER,
+        project  TEXT
+    );
+    CREATE INDEX history_ts ON history (ts);
+    CREATE INDEX history_topic ON history (topic);
+    CREATE INDEX history_category ON history (category);
+    CREATE INDEX history_series ON history (series) WHERE series IS NOT NULL;
+    CREATE INDEX history_project ON history (project) WHERE project IS NOT NULL;
+    CREATE INDEX history_sender ON history (service, instance, seq);
+    CREATE TABLE history_topics (topic TEXT PRIMARY KEY) WITHOUT ROWID;
+    CREATE VIRTUAL TABLE history_text USING fts5 (body, content = '', tokenize = 'unicode61 remove_diacritics 2');
+    ",
 ];
 
 /// Brings the database up to the latest schema.

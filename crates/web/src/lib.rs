@@ -43,6 +43,21 @@ pub struct AppState {
     pub results: Option<Arc<dyn TestResults>>,
     /// Admin bearer tokens by name; admin actions are refused without one.
     pub admin_tokens: std::collections::BTreeMap<String, String>,
+    /// Every bus message, queryable, when this server keeps the history.
+    pub history: Option<Arc<dyn MessageHistory>>,
+}
+
+/// JSON text made elsewhere (messages are spliced in byte for byte), or why not.
+pub type TextFuture<'a> = std::pin::Pin<Box<dyn Future<Output = Result<String, QueryError>> + Send + 'a>>;
+/// One stored message, exactly as received (`None`: no such message), or why not.
+pub type MessageFuture<'a> = std::pin::Pin<Box<dyn Future<Output = Result<Option<Vec<u8>>, QueryError>> + Send + 'a>>;
+
+/// Where the message history is queried (the binary implements it over the store).
+pub trait MessageHistory: Send + Sync + 'static {
+    /// Answers `GET /api/v1/messages` for these query parameters, as JSON text.
+    fn query(&self, params: Vec<(String, String)>) -> TextFuture<'_>;
+    /// One message by id.
+    fn message(&self, id: String) -> MessageFuture<'_>;
 }
 
 /// Why a query could not be answered.
@@ -131,6 +146,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/api/v1/logs/{job}", get(test_log))
         .route("/api/v1/results", get(test_results))
         .route("/api/v1/results/{id}/waive", post(waive_result))
+        .route("/api/v1/messages", get(messages))
+        .route("/api/v1/messages/{id}", get(message))
         .with_state(state)
 }
 
@@ -175,6 +192,39 @@ async fn test_results(
         Ok(v) => Ok(Json(v)),
         Err(QueryError::Bad(m)) => Err(AppError::bad(m)),
         Err(QueryError::Unavailable(m)) => Err(AppError { status: StatusCode::SERVICE_UNAVAILABLE, message: m }),
+    }
+}
+
+fn json_text(text: impl Into<axum::body::Body>) -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], text.into()).into_response()
+}
+
+fn query_error(e: QueryError) -> AppError {
+    match e {
+        QueryError::Bad(m) => AppError::bad(m),
+        QueryError::Unavailable(m) => AppError { status: StatusCode::SERVICE_UNAVAILABLE, message: m },
+    }
+}
+
+/// `GET /api/v1/messages?topic=&category=&series=&project=&sender=&start=&end=&delta=&contains=&not_*=&seq_from=&seq_to=&page=&rows_per_page=&order=`.
+async fn messages(
+    State(st): State<Arc<AppState>>,
+    axum::extract::Query(params): axum::extract::Query<Vec<(String, String)>>,
+) -> Result<Response, AppError> {
+    let Some(history) = &st.history else {
+        return Err(AppError { status: StatusCode::NOT_FOUND, message: "this server keeps no message history".into() });
+    };
+    history.query(params).await.map(json_text).map_err(query_error)
+}
+
+/// `GET /api/v1/messages/{id}`: one message, byte for byte as stored (its signature verifies).
+async fn message(State(st): State<Arc<AppState>>, axum::extract::Path(id): axum::extract::Path<String>) -> Result<Response, AppError> {
+    let Some(history) = &st.history else {
+        return Err(AppError { status: StatusCode::NOT_FOUND, message: "this server keeps no message history".into() });
+    };
+    match history.message(id.clone()).await.map_err(query_error)? {
+        Some(wire) => Ok(json_text(wire)),
+        None => Err(AppError { status: StatusCode::NOT_FOUND, message: format!("no message {id}") }),
     }
 }
 
