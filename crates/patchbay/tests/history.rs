@@ -124,3 +124,143 @@ fn history_over_http_and_the_command_line() {
     assert_eq!(bad.status.code(), Some(65));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("order"));
 }
+
+/// (status code, body) of a request.
+fn request(port: u16, method: &str, path: &str, body: &str, headers: &str) -> (u16, String) {
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return (0, String::new()) };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{headers}\r\n{body}",
+        body.len()
+    );
+    let _ = s.write_all(req.as_bytes());
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, body.to_string())
+}
+
+/// Follows a `$ref` inside the document.
+fn resolve<'a>(doc: &'a serde_json::Value, v: &'a serde_json::Value) -> &'a serde_json::Value {
+    match v.get("$ref").and_then(|r| r.as_str()) {
+        Some(r) => resolve(doc, doc.pointer(r.trim_start_matches('#')).unwrap_or_else(|| panic!("dangling {r}"))),
+        None => v,
+    }
+}
+
+/// Checks `value` against a JSON Schema of the subset the document uses (type, enum,
+/// properties, required, additionalProperties: false, items, minimum/maximum); returns what
+/// does not fit.
+fn check(doc: &serde_json::Value, schema: &serde_json::Value, value: &serde_json::Value, at: &str, errors: &mut Vec<String>) {
+    let schema = resolve(doc, schema);
+    if let Some(t) = schema.get("type") {
+        let types: Vec<&str> = match t {
+            serde_json::Value::String(s) => vec![s.as_str()],
+            serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_str()).collect(),
+            _ => vec![],
+        };
+        let fits = types.iter().any(|t| match *t {
+            "object" => value.is_object(),
+            "array" => value.is_array(),
+            "string" => value.is_string(),
+            "integer" => value.is_i64() || value.is_u64(),
+            "number" => value.is_number(),
+            "boolean" => value.is_boolean(),
+            "null" => value.is_null(),
+            _ => false,
+        });
+        if !fits {
+            errors.push(format!("{at}: {value} is not {types:?}"));
+            return;
+        }
+    }
+    if let Some(e) = schema.get("enum").and_then(|e| e.as_array())
+        && !e.contains(value)
+    {
+        errors.push(format!("{at}: {value} is not one of {e:?}"));
+    }
+    if let Some(o) = value.as_object() {
+        let props = schema.get("properties").and_then(|p| p.as_object());
+        for r in schema.get("required").and_then(|r| r.as_array()).into_iter().flatten() {
+            if !o.contains_key(r.as_str().unwrap()) {
+                errors.push(format!("{at}: missing {r}"));
+            }
+        }
+        for (k, v) in o {
+            match props.and_then(|p| p.get(k)) {
+                Some(s) => check(doc, s, v, &format!("{at}.{k}"), errors),
+                None if schema.get("additionalProperties") == Some(&serde_json::Value::Bool(false)) => {
+                    errors.push(format!("{at}: {k} is not in the schema"))
+                }
+                None => {}
+            }
+        }
+    }
+    if let (Some(a), Some(items)) = (value.as_array(), schema.get("items")) {
+        for (i, v) in a.iter().enumerate() {
+            check(doc, items, v, &format!("{at}[{i}]"), errors);
+        }
+    }
+}
+
+/// Checks one real response against the document's schema for (path, method, status).
+fn conforms(doc: &serde_json::Value, path: &str, method: &str, status: u16, body: &str) {
+    let op = &doc["paths"][path][method];
+    assert!(op.is_object(), "{method} {path} is not in the document");
+    let response = resolve(doc, &op["responses"][status.to_string()]);
+    assert!(response.is_object(), "{method} {path} answered {status}, which the document does not list: {body}");
+    let schema = &response["content"]["application/json"]["schema"];
+    let value: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{method} {path}: {e}: {body}"));
+    let mut errors = Vec::new();
+    check(doc, schema, &value, "$", &mut errors);
+    assert!(errors.is_empty(), "{method} {path} {status} does not fit the document:\n{}", errors.join("\n"));
+}
+
+#[test]
+fn real_responses_match_the_openapi_document() {
+    let (_tmp, _config, port, _serve) = setup();
+    let (code, text) = request(port, "GET", "/api/openapi.json", "", "");
+    assert_eq!(code, 200);
+    let doc = json(&text);
+    assert_eq!(doc["openapi"], "3.1.0");
+
+    let (code, body) = request(port, "GET", "/healthz", "", "");
+    conforms(&doc, "/healthz", "get", code, &body);
+    let (code, body) = request(port, "POST", "/api/v1/publish", "{\"topic\":\"demo.widget.built\",\"body\":{\"n\":1}}", "");
+    assert_eq!(code, 200, "{body}");
+    conforms(&doc, "/api/v1/publish", "post", code, &body);
+    let id = json(&body)["id"].as_str().unwrap().to_string();
+    let (code, body) = request(port, "POST", "/api/v1/publish", "{\"topic\":\"x\"}", "");
+    assert_eq!(code, 400);
+    conforms(&doc, "/api/v1/publish", "post", code, &body);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (code, body) = loop {
+        let (code, body) = request(port, "GET", "/api/v1/messages?category=demo", "", "");
+        if json(&body)["total"] == 1 || Instant::now() > deadline {
+            break (code, body);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(json(&body)["total"], 1);
+    conforms(&doc, "/api/v1/messages", "get", code, &body);
+    let (code, body) = request(port, "GET", "/api/v1/messages?page=0", "", "");
+    conforms(&doc, "/api/v1/messages", "get", code, &body);
+    let (code, body) = request(port, "GET", &format!("/api/v1/messages/{id}"), "", "");
+    conforms(&doc, "/api/v1/messages/{id}", "get", code, &body);
+    let (code, body) = request(port, "GET", "/api/v1/messages/nope", "", "");
+    conforms(&doc, "/api/v1/messages/{id}", "get", code, &body);
+    let (code, body) = request(port, "GET", "/api/v1/results?latest=true", "", "");
+    conforms(&doc, "/api/v1/results", "get", code, &body);
+    let (code, body) = request(port, "GET", "/api/v1/results?limit=x", "", "");
+    conforms(&doc, "/api/v1/results", "get", code, &body);
+    let (code, body) = request(port, "GET", "/api/v1/logs/no-such-job", "", "");
+    conforms(&doc, "/api/v1/logs/{job}", "get", code, &body);
+    let (code, body) =
+        request(port, "POST", "/api/v1/results/1/waive", "{\"comment\":\"flaky\"}", "Authorization: Bearer wrong-token-wrong-token\r\n");
+    conforms(&doc, "/api/v1/results/{id}/waive", "post", code, &body);
+    // The checker is real: a response that does not fit is caught.
+    let mut errors = Vec::new();
+    check(&doc, &serde_json::json!({"$ref": "#/components/schemas/MessagePage"}), &serde_json::json!({"total": "many"}), "$", &mut errors);
+    assert!(errors.len() >= 2, "{errors:?}");
+}

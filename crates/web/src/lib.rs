@@ -141,6 +141,7 @@ pub trait TestLogs: Send + Sync + 'static {
 pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/api/openapi.json", get(openapi))
         .route("/api/v1/publish", post(publish))
         .route("/api/v1/stream", get(stream))
         .route("/api/v1/logs/{job}", get(test_log))
@@ -267,6 +268,14 @@ impl IntoResponse for AppError {
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+}
+
+/// The OpenAPI description of every endpoint here (`crates/web/src/openapi.json`).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// `GET /api/openapi.json`.
+async fn openapi() -> Response {
+    json_text(OPENAPI)
 }
 
 /// The body of `POST /api/v1/publish`.
@@ -419,6 +428,20 @@ async fn stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_openapi_document_names_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        let paths = doc["paths"].as_object().unwrap();
+        let source = include_str!("lib.rs");
+        let routes: Vec<&str> =
+            source.split(".route(\"").skip(1).filter_map(|r| r.split('"').next()).filter(|r| r.starts_with('/')).collect();
+        assert!(routes.len() >= 9, "{routes:?}");
+        for r in &routes {
+            assert!(paths.contains_key(*r), "route {r} is missing from openapi.json");
+        }
+        assert_eq!(paths.len(), routes.len(), "openapi.json describes a route that does not exist");
+    }
 
     #[test]
     fn stream_queries_parse() {
