@@ -56,6 +56,16 @@ pub struct RunnerService {
     slots: Arc<Semaphore>,
     max_attempts: u32,
     superseded: Arc<std::sync::Mutex<Superseded>>,
+    running: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+}
+
+/// Removes a job from the running set when its handling ends, however it ends.
+struct Running<'a>(&'a std::sync::Mutex<std::collections::BTreeSet<String>>, String);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.lock().unwrap().remove(&self.1);
+    }
 }
 
 /// Tells a runner which series versions were superseded (`series.series.superseded`), so it
@@ -84,7 +94,13 @@ impl RunnerService {
             slots: Arc::new(Semaphore::new(jobs.max(1) as usize)),
             max_attempts,
             superseded: Default::default(),
+            running: Default::default(),
         }
+    }
+
+    /// The jobs running now, for heartbeats.
+    pub fn running(&self) -> Vec<String> {
+        self.running.lock().unwrap().iter().cloned().collect()
     }
 
     /// The handler for `series.series.superseded`: run it on a queue of this runner's own to
@@ -155,6 +171,8 @@ impl Handler for RunnerService {
             tracing::info!(job = %job.job, by_version = v, "Job cancelled: its series was superseded.");
             return Ok(());
         }
+        self.running.lock().unwrap().insert(job.job.clone());
+        let _running = Running(&self.running, job.job.clone());
         let started_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let started =
             TestStarted { job: job.job.clone(), series: job.series.clone(), test: job.test.clone(), arch: job.arch.clone(), attempt };

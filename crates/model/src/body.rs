@@ -242,6 +242,25 @@ impl Body for TestJob {
     }
 }
 
+/// A runner says it is alive (`ci.runner.heartbeat`), what it can run and what it runs now;
+/// the dashboard's runners page is made of these.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunnerHeartbeat {
+    /// Its labels (arches, `kvm`…).
+    pub capabilities: Vec<String>,
+    /// Job slots.
+    pub jobs: u32,
+    /// Jobs running now.
+    pub running: Vec<String>,
+}
+
+impl Body for RunnerHeartbeat {
+    const TOPIC: &'static str = "ci.runner.heartbeat";
+    const SCHEMA: &'static str = "patchbay.ci.heartbeat";
+    const VERSION: u32 = 1;
+}
+
 /// A runner took a job (`ci.test.started`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -516,6 +535,7 @@ pub fn body_schemas() -> Vec<BodySchema> {
         export::<TestStarted>(),
         export::<TestFinished>(),
         export::<TestCancelled>(),
+        export::<RunnerHeartbeat>(),
         export::<TestLog>(),
         export::<ResultRecorded>(),
         export::<SeriesVerdict>(),
@@ -542,6 +562,7 @@ pub fn check_body(topic_suffix: &str, body: &serde_json::Value) -> Option<Result
         TestStarted::TOPIC => Some(check::<TestStarted>(body)),
         TestFinished::TOPIC => Some(check::<TestFinished>(body)),
         TestCancelled::TOPIC => Some(check::<TestCancelled>(body)),
+        RunnerHeartbeat::TOPIC => Some(check::<RunnerHeartbeat>(body)),
         TestLog::TOPIC => Some(check::<TestLog>(body)),
         ResultRecorded::TOPIC => Some(check::<ResultRecorded>(body)),
         SeriesVerdict::TOPIC => Some(check::<SeriesVerdict>(body)),

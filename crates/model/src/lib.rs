@@ -12,9 +12,9 @@ mod time;
 mod topic;
 
 pub use body::{
-    BaseUsed, Body, BodySchema, LogMessage, MailReceived, ReportFailed, ReportSent, ResultRecorded, ResultWaived, SeriesComplete,
-    SeriesHead, SeriesIncomplete, SeriesNew, SeriesPatch, SeriesSuperseded, SeriesVerdict, TestCancelled, TestFinished, TestJob,
-    TestLimits, TestLog, TestStarted, body_schemas, check_body, envelope_schema, free_form_schema,
+    BaseUsed, Body, BodySchema, LogMessage, MailReceived, ReportFailed, ReportSent, ResultRecorded, ResultWaived, RunnerHeartbeat,
+    SeriesComplete, SeriesHead, SeriesIncomplete, SeriesNew, SeriesPatch, SeriesSuperseded, SeriesVerdict, TestCancelled, TestFinished,
+    TestJob, TestLimits, TestLog, TestStarted, body_schemas, check_body, envelope_schema, free_form_schema,
 };
 pub use canonical::write_canonical;
 pub use envelope::{Envelope, EnvelopeError, SchemaRef, Sender, Signature};

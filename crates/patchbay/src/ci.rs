@@ -130,6 +130,9 @@ pub fn start_dispatcher(
     })))
 }
 
+/// How often a runner says it is alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(30);
+
 /// Starts one runner service per queue this runner serves; they stop when `shutdown` resolves.
 pub fn start_runner(
     config: &Config,
@@ -152,6 +155,28 @@ pub fn start_runner(
     let publisher = Publisher::new(bus.clone(), config.bus.root.clone(), Sender::new("runner", &config.instance));
     let handler = Arc::new(RunnerService::new(runner, publisher, jobs, config.runner.max_attempts));
     let mut tasks = Vec::new();
+    // A heartbeat at start and every 30 s: what this runner can run and what it runs now.
+    {
+        let publisher = Publisher::new(bus.clone(), config.bus.root.clone(), Sender::new("runner", &config.instance));
+        let (handler, capabilities) = (handler.clone(), config.runner.capabilities.clone());
+        let mut stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let beat = patchbay_model::RunnerHeartbeat {
+                    capabilities: capabilities.clone(),
+                    jobs: u32::from(jobs),
+                    running: handler.running(),
+                };
+                if let Err(error) = publisher.publish(&beat).await {
+                    tracing::debug!(%error, "Heartbeat not published.");
+                }
+                tokio::select! {
+                    _ = stop.wait_for(|c| *c) => return,
+                    () = tokio::time::sleep(HEARTBEAT) => {}
+                }
+            }
+        }));
+    }
     if config.runner.cancel_superseded {
         // A queue of this runner's own: every runner hears of every supersession.
         let pattern = TopicPattern::parse(config.bus.root.topic(<patchbay_model::SeriesSuperseded as Body>::TOPIC)?.as_str())?;

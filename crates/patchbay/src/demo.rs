@@ -131,11 +131,15 @@ pub async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     let repo = dir.join("project");
     make_project(&repo)?;
     let (http, lmtp) = (free_port()?, free_port()?);
+    // An admin token for the dashboard's buttons (re-run, waive), random per demo.
+    let mut seed = [0u8; 16];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut seed)?;
+    let token: String = seed.iter().map(|b| format!("{b:02x}")).collect();
     let config_path = dir.join("patchbay.toml");
     std::fs::write(
         &config_path,
         format!(
-            "# Written by `patchbay demo`.\ndata_dir = \"data\"\n\n[http]\nlisten = \"127.0.0.1:{http}\"\n\n[ingest]\nlmtp_listen = \"127.0.0.1:{lmtp}\"\n\n\
+            "# Written by `patchbay demo`.\ndata_dir = \"data\"\n\n[http]\nlisten = \"127.0.0.1:{http}\"\nadmin_tokens = {{ demo = \"{token}\" }}\n\n[ingest]\nlmtp_listen = \"127.0.0.1:{lmtp}\"\n\n\
              [report]\nfrom = \"patchbay demo <patchbay@{LIST}>\"\ndomain = \"{LIST}\"\n\n\
              [[project]]\nname = \"demo\"\nlist_ids = [\"{LIST}\"]\nlist_address = \"demo@{LIST}\"\nrepository = \"{}\"\nbranch = \"main\"\n\n\
              [[project.test]]\nname = \"check\"\nscript = \"sh test.sh\"\narches = [\"{}\"]\ntime_limit_secs = 60\n\n[runner]\njobs = 2\n",
@@ -207,7 +211,9 @@ pub async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     println!();
     println!("Reports (threaded replies, ready to mail): {}", outbox.display());
     println!("Events as they happen:   patchbay --config {} tail", config_path.display());
-    println!("HTTP:                    http://127.0.0.1:{http}/healthz and /api/v1/stream");
+    println!("Dashboard:               http://127.0.0.1:{http}/  (live stream: /live)");
+    println!("Admin token (buttons):   {token}");
+    println!("HTTP API:                http://127.0.0.1:{http}/api/openapi.json");
     println!("Config used:             {}", config_path.display());
     if args.exit {
         let _ = stop_tx.send(true);

@@ -13,6 +13,7 @@ mod demo;
 mod history;
 mod ingest;
 mod keys;
+mod pages;
 mod serve;
 
 use std::path::PathBuf;

@@ -137,6 +137,13 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
         })),
         admin_tokens: config.admin_tokens.clone(),
         history: Some(Arc::new(StoreHistory(ingest.bus().db().clone()))),
+        pages: Some(Arc::new(crate::pages::StorePages { db: ingest.bus().db().clone(), root: config.bus.root.clone() })),
+        jobs: Some(Arc::new(crate::pages::Rerun {
+            db: ingest.bus().db().clone(),
+            bus: served.bus.clone(),
+            root: config.bus.root.clone(),
+            instance: config.instance.clone(),
+        })),
     });
     // History: every message in the data directory's log, indexed for queries as it commits.
     {

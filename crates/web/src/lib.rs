@@ -25,6 +25,8 @@ use patchbay_model::{Envelope, SchemaRef, Sender, TopicRoot};
 use serde::Deserialize;
 use tokio::sync::watch;
 
+pub mod dashboard;
+
 /// What the HTTP handlers share.
 pub struct AppState {
     /// Where publishes go.
@@ -45,6 +47,16 @@ pub struct AppState {
     pub admin_tokens: std::collections::BTreeMap<String, String>,
     /// Every bus message, queryable, when this server keeps the history.
     pub history: Option<Arc<dyn MessageHistory>>,
+    /// The dashboard's data, when this server keeps the store.
+    pub pages: Option<Arc<dyn dashboard::Pages>>,
+    /// Test jobs, for the re-run action.
+    pub jobs: Option<Arc<dyn TestJobs>>,
+}
+
+/// Where test jobs are run again (the binary implements it over the history and the bus).
+pub trait TestJobs: Send + Sync + 'static {
+    /// Queues job `job` again on behalf of `by`; `Ok(Value::Null)` when no such job was ever queued.
+    fn rerun(&self, job: String, by: String) -> JsonFuture<'_>;
 }
 
 /// JSON text made elsewhere (messages are spliced in byte for byte), or why not.
@@ -149,6 +161,14 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/api/v1/results/{id}/waive", post(waive_result))
         .route("/api/v1/messages", get(messages))
         .route("/api/v1/messages/{id}", get(message))
+        .route("/api/v1/jobs/{job}/rerun", post(rerun_job))
+        .route("/", get(page_series_list))
+        .route("/series/{id}", get(page_series))
+        .route("/series/{id}/mbox", get(page_series_mbox))
+        .route("/mails/{id}/raw", get(page_raw_mail))
+        .route("/live", get(page_live))
+        .route("/logs/{job}", get(page_log))
+        .route("/runners", get(page_runners))
         .with_state(state)
 }
 
@@ -226,6 +246,125 @@ async fn message(State(st): State<Arc<AppState>>, axum::extract::Path(id): axum:
     match history.message(id.clone()).await.map_err(query_error)? {
         Some(wire) => Ok(json_text(wire)),
         None => Err(AppError { status: StatusCode::NOT_FOUND, message: format!("no message {id}") }),
+    }
+}
+
+/// `POST /api/v1/jobs/{job}/rerun` with `Authorization: Bearer <token>`: the job is queued again.
+async fn rerun_job(
+    State(st): State<Arc<AppState>>,
+    axum::extract::Path(job): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let by = admin(&st, &headers)?;
+    let Some(jobs) = &st.jobs else {
+        return Err(AppError { status: StatusCode::NOT_FOUND, message: "this server runs no test jobs".into() });
+    };
+    match jobs.rerun(job.clone(), by).await.map_err(query_error)? {
+        serde_json::Value::Null => Err(AppError { status: StatusCode::NOT_FOUND, message: format!("no job {job}") }),
+        v => Ok(Json(v)),
+    }
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn html(status: StatusCode, page: String) -> Response {
+    (status, [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
+}
+
+fn html_error(status: StatusCode, message: &str) -> Response {
+    html(status, dashboard::layout("Error", &format!("<h1>{}</h1><p>{}</p>", status.as_u16(), dashboard::esc(message))))
+}
+
+fn no_pages() -> Response {
+    html_error(StatusCode::NOT_FOUND, "this server keeps no series")
+}
+
+#[derive(Deserialize)]
+struct ListParams {
+    q: Option<String>,
+    page: Option<u32>,
+}
+
+/// `GET /`: the series list, newest first, with search and paging.
+async fn page_series_list(State(st): State<Arc<AppState>>, axum::extract::Query(p): axum::extract::Query<ListParams>) -> Response {
+    let Some(pages) = &st.pages else { return no_pages() };
+    let search = p.q.filter(|q| !q.trim().is_empty());
+    let page = p.page.unwrap_or(1).max(1);
+    match pages.series_list(search.clone(), page, 50).await {
+        Ok((rows, total)) => html(StatusCode::OK, dashboard::series_list(&rows, total, search.as_deref(), page, 50, now_secs())),
+        Err(e) => html_error(StatusCode::SERVICE_UNAVAILABLE, &e),
+    }
+}
+
+/// `GET /series/{id}`.
+async fn page_series(State(st): State<Arc<AppState>>, axum::extract::Path(id): axum::extract::Path<i64>) -> Response {
+    let Some(pages) = &st.pages else { return no_pages() };
+    match pages.series(id).await {
+        Ok(Some(v)) => html(StatusCode::OK, dashboard::series_page(&v, now_secs())),
+        Ok(None) => html_error(StatusCode::NOT_FOUND, &format!("no series {id}")),
+        Err(e) => html_error(StatusCode::SERVICE_UNAVAILABLE, &e),
+    }
+}
+
+fn raw(content_type: &'static str, bytes: Vec<u8>) -> Response {
+    ([(axum::http::header::CONTENT_TYPE, content_type)], bytes).into_response()
+}
+
+/// `GET /series/{id}/mbox`: the patches, ready for `git am`.
+async fn page_series_mbox(State(st): State<Arc<AppState>>, axum::extract::Path(id): axum::extract::Path<i64>) -> Response {
+    let Some(pages) = &st.pages else { return no_pages() };
+    match pages.series_mbox(id).await {
+        Ok(Some(m)) => raw("application/mbox", m),
+        Ok(None) => html_error(StatusCode::NOT_FOUND, &format!("no series {id}")),
+        Err(e) => html_error(StatusCode::SERVICE_UNAVAILABLE, &e),
+    }
+}
+
+/// `GET /mails/{id}/raw`: one mail exactly as received.
+async fn page_raw_mail(State(st): State<Arc<AppState>>, axum::extract::Path(id): axum::extract::Path<i64>) -> Response {
+    let Some(pages) = &st.pages else { return no_pages() };
+    match pages.raw_mail(id).await {
+        // text/plain, never HTML: mail is the sender's text.
+        Ok(Some(m)) => raw("text/plain; charset=utf-8", m),
+        Ok(None) => html_error(StatusCode::NOT_FOUND, &format!("no mail {id}")),
+        Err(e) => html_error(StatusCode::SERVICE_UNAVAILABLE, &e),
+    }
+}
+
+#[derive(Deserialize)]
+struct LiveParams {
+    topic: Option<String>,
+}
+
+/// `GET /live`: the live stream page.
+async fn page_live(axum::extract::Query(p): axum::extract::Query<LiveParams>) -> Response {
+    let filter = p.topic.filter(|t| !t.trim().is_empty());
+    if let Some(f) = &filter
+        && let Err(e) = TopicPattern::parse(f)
+    {
+        return html_error(StatusCode::BAD_REQUEST, &e.to_string());
+    }
+    html(StatusCode::OK, dashboard::live_page(filter.as_deref()))
+}
+
+/// `GET /logs/{job}`: the log viewer.
+async fn page_log(State(st): State<Arc<AppState>>, axum::extract::Path(job): axum::extract::Path<String>) -> Response {
+    let Some(logs) = &st.logs else { return html_error(StatusCode::NOT_FOUND, "this server keeps no test logs") };
+    match logs.get(job.clone()).await {
+        Ok(Some((text, complete))) => html(StatusCode::OK, dashboard::log_page(&job, &text, complete)),
+        Ok(None) => html_error(StatusCode::NOT_FOUND, &format!("no log for job {job}")),
+        Err(e) => html_error(StatusCode::SERVICE_UNAVAILABLE, &e),
+    }
+}
+
+/// `GET /runners`.
+async fn page_runners(State(st): State<Arc<AppState>>) -> Response {
+    let Some(pages) = &st.pages else { return no_pages() };
+    match pages.runners().await {
+        Ok(rows) => html(StatusCode::OK, dashboard::runners_page(&rows, now_secs())),
+        Err(e) => html_error(StatusCode::SERVICE_UNAVAILABLE, &e),
     }
 }
 
@@ -434,8 +573,12 @@ mod tests {
         let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
         let paths = doc["paths"].as_object().unwrap();
         let source = include_str!("lib.rs");
-        let routes: Vec<&str> =
-            source.split(".route(\"").skip(1).filter_map(|r| r.split('"').next()).filter(|r| r.starts_with('/')).collect();
+        let routes: Vec<&str> = source
+            .split(".route(\"")
+            .skip(1)
+            .filter_map(|r| r.split('"').next())
+            .filter(|r| r.starts_with("/api") || *r == "/healthz")
+            .collect();
         assert!(routes.len() >= 9, "{routes:?}");
         for r in &routes {
             assert!(paths.contains_key(*r), "route {r} is missing from openapi.json");

@@ -1,0 +1,240 @@
+//! What the dashboard shows, read from the embedded store, and the re-run
+//! action (the job as it was queued, from the history, published again).
+
+use std::sync::Arc;
+
+use patchbay_bus::{Bus, Outgoing};
+use patchbay_model::{Envelope, Sender, TopicRoot};
+use patchbay_store::Db;
+use patchbay_web::dashboard::{Cell, PageFuture, PatchRow, RunnerRow, SeriesRow, SeriesView};
+use rusqlite::{OptionalExtension as _, params};
+
+/// The dashboard's view of the store.
+pub struct StorePages {
+    /// The store.
+    pub db: Db,
+    /// Topics of this deployment (for the runners' heartbeats).
+    pub root: TopicRoot,
+}
+
+const SERIES_COLUMNS: &str = "s.id, s.project, s.submitter, s.name, s.version, s.total, s.state, v.verdict, s.created_at";
+
+fn series_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SeriesRow> {
+    Ok(SeriesRow {
+        id: r.get(0)?,
+        project: r.get(1)?,
+        submitter: r.get(2)?,
+        name: r.get(3)?,
+        version: r.get(4)?,
+        total: r.get(5)?,
+        state: r.get(6)?,
+        verdict: r.get(7)?,
+        created_at: r.get(8)?,
+    })
+}
+
+fn text(e: patchbay_store::StoreError) -> String {
+    e.to_string()
+}
+
+impl patchbay_web::dashboard::Pages for StorePages {
+    fn series_list(&self, search: Option<String>, page: u32, per_page: u32) -> PageFuture<'_, (Vec<SeriesRow>, u64)> {
+        Box::pin(async move {
+            self.db
+                .read(move |c| {
+                    let like = search.map(|s| format!("%{}%", s.replace(['%', '_'], "")));
+                    let filter = "WHERE (?1 IS NULL OR s.name LIKE ?1 OR s.submitter LIKE ?1)";
+                    let total: i64 = c.query_row(&format!("SELECT count(*) FROM series s {filter}"), params![like], |r| r.get(0))?;
+                    let mut stmt = c.prepare_cached(&format!(
+                        "SELECT {SERIES_COLUMNS} FROM series s LEFT JOIN verdicts v ON v.series_id = s.id AND v.version = s.version
+                         {filter} ORDER BY s.id DESC LIMIT ?2 OFFSET ?3"
+                    ))?;
+                    let rows = stmt
+                        .query_map(params![like, per_page, i64::from(page - 1) * i64::from(per_page)], series_row)?
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok((rows, total as u64))
+                })
+                .await
+                .map_err(text)
+        })
+    }
+
+    fn series(&self, id: i64) -> PageFuture<'_, Option<SeriesView>> {
+        Box::pin(async move {
+            self.db
+                .read(move |c| {
+                    let series = c
+                        .query_row(
+                            &format!(
+                                "SELECT {SERIES_COLUMNS} FROM series s LEFT JOIN verdicts v ON v.series_id = s.id AND v.version = s.version WHERE s.id = ?1"
+                            ),
+                            [id],
+                            series_row,
+                        )
+                        .optional()?;
+                    let Some(series) = series else { return Ok(None) };
+                    let mut stmt = c.prepare_cached(
+                        "SELECT sm.slot, m.id, m.subject FROM series_mails sm JOIN mails m ON m.id = sm.mail_id WHERE sm.series_id = ?1 ORDER BY sm.slot",
+                    )?;
+                    let patches =
+                        stmt.query_map([id], |r| Ok(PatchRow { slot: r.get(0)?, mail_id: r.get(1)?, subject: r.get(2)? }))?.collect::<Result<_, _>>()?;
+                    // Versions: walk the supersession links both ways (bounded).
+                    let link = |col: &str, from: i64| -> rusqlite::Result<Option<(i64, u32)>> {
+                        c.query_row(
+                            &format!("SELECT s2.id, s2.version FROM series s JOIN series s2 ON s2.id = s.{col} WHERE s.id = ?1"),
+                            [from],
+                            |r| Ok((r.get(0)?, r.get(1)?)),
+                        )
+                        .optional()
+                    };
+                    let mut versions = vec![(series.id, series.version)];
+                    let mut at = series.id;
+                    while let Some(older) = link("supersedes", at)?.filter(|_| versions.len() < 50) {
+                        versions.insert(0, older);
+                        at = older.0;
+                    }
+                    let mut at = series.id;
+                    while let Some(newer) = link("superseded_by", at)?.filter(|_| versions.len() < 50) {
+                        versions.push(newer);
+                        at = newer.0;
+                    }
+                    let mut stmt = c.prepare_cached(
+                        "SELECT test, arch, outcome, reason, duration_ms, job, id, waived FROM results r WHERE series_id = ?1 AND version = ?2
+                         AND id = (SELECT max(id) FROM results x WHERE x.series_id = r.series_id AND x.version = r.version AND x.test = r.test AND x.arch = r.arch)
+                         ORDER BY test = 'apply' DESC, test, arch",
+                    )?;
+                    let cells = stmt
+                        .query_map(params![id, series.version], |r| {
+                            Ok(Cell {
+                                test: r.get(0)?,
+                                arch: r.get(1)?,
+                                outcome: r.get(2)?,
+                                reason: r.get(3)?,
+                                duration_ms: r.get(4)?,
+                                job: r.get(5)?,
+                                result_id: r.get(6)?,
+                                waived: r.get(7)?,
+                            })
+                        })?
+                        .collect::<Result<_, _>>()?;
+                    let report = c
+                        .query_row("SELECT state, detail FROM reports WHERE series_id = ?1 AND version = ?2", params![id, series.version], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })
+                        .optional()?;
+                    let verdict_detail = c
+                        .query_row("SELECT detail FROM verdicts WHERE series_id = ?1 AND version = ?2", params![id, series.version], |r| {
+                            r.get::<_, Option<String>>(0)
+                        })
+                        .optional()?
+                        .flatten();
+                    Ok(Some(SeriesView { series, patches, versions, cells, report, verdict_detail }))
+                })
+                .await
+                .map_err(text)
+        })
+    }
+
+    fn raw_mail(&self, id: i64) -> PageFuture<'_, Option<Vec<u8>>> {
+        Box::pin(async move {
+            self.db
+                .read(move |c| Ok(c.query_row("SELECT raw FROM mails WHERE id = ?1", [id], |r| r.get(0)).optional()?))
+                .await
+                .map_err(text)
+        })
+    }
+
+    fn series_mbox(&self, id: i64) -> PageFuture<'_, Option<Vec<u8>>> {
+        Box::pin(async move {
+            self.db
+                .read(move |c| {
+                    if c.query_row("SELECT 1 FROM series WHERE id = ?1", [id], |_| Ok(())).optional()?.is_none() {
+                        return Ok(None);
+                    }
+                    let mut stmt = c.prepare_cached(
+                        "SELECT m.raw FROM series_mails sm JOIN mails m ON m.id = sm.mail_id WHERE sm.series_id = ?1 AND sm.slot > 0 ORDER BY sm.slot",
+                    )?;
+                    let mut out = Vec::new();
+                    for raw in stmt.query_map([id], |r| r.get::<_, Vec<u8>>(0))? {
+                        patchbay_mail::mbox::write_mboxrd(&mut out, &raw?);
+                    }
+                    Ok(Some(out))
+                })
+                .await
+                .map_err(text)
+        })
+    }
+
+    fn runners(&self) -> PageFuture<'_, Vec<RunnerRow>> {
+        Box::pin(async move {
+            let topic = self.root.topic(<patchbay_model::RunnerHeartbeat as patchbay_model::Body>::TOPIC).map_err(|e| e.to_string())?;
+            let since = patchbay_model::Timestamp::now().as_micros() - 10 * 60 * 1_000_000;
+            let wires: Vec<Vec<u8>> = self
+                .db
+                .read(move |c| {
+                    let mut stmt = c.prepare_cached(
+                        "SELECT m.wire FROM history h JOIN bus_messages m ON m.pos = h.pos WHERE h.topic = ?1 AND h.ts >= ?2 ORDER BY h.pos DESC LIMIT 1000",
+                    )?;
+                    Ok(stmt.query_map(params![topic.as_str(), since], |r| r.get(0))?.collect::<Result<_, _>>()?)
+                })
+                .await
+                .map_err(text)?;
+            let mut rows: Vec<RunnerRow> = Vec::new();
+            for w in wires {
+                let Ok(env) = Envelope::from_wire(&w) else { continue };
+                if rows.iter().any(|r| r.instance == env.sender.instance) {
+                    continue; // newest first: the first one seen is the latest
+                }
+                let Ok(beat) = serde_json::from_value::<patchbay_model::RunnerHeartbeat>(env.body.clone()) else { continue };
+                rows.push(RunnerRow {
+                    instance: env.sender.instance.clone(),
+                    capabilities: beat.capabilities,
+                    jobs: beat.jobs,
+                    running: beat.running,
+                    seen_at: env.sent_at.as_micros() / 1_000_000,
+                });
+            }
+            rows.sort_by(|a, b| a.instance.cmp(&b.instance));
+            Ok(rows)
+        })
+    }
+}
+
+/// Re-runs jobs: the job as it was queued, found in the history, published again.
+pub struct Rerun {
+    /// The store (history).
+    pub db: Db,
+    /// Where the copy goes.
+    pub bus: Arc<dyn Bus>,
+    /// Topics of this deployment.
+    pub root: TopicRoot,
+    /// This process's instance name, for the sender.
+    pub instance: String,
+}
+
+impl patchbay_web::TestJobs for Rerun {
+    fn rerun(&self, job: String, by: String) -> patchbay_web::JsonFuture<'_> {
+        Box::pin(async move {
+            let unavailable = |e: String| patchbay_web::QueryError::Unavailable(e);
+            let pattern = format!("{}.ci.job.#", self.root.as_str());
+            let params = vec![
+                ("topic".to_string(), pattern),
+                ("contains".to_string(), job.clone()),
+                ("rows_per_page".to_string(), "100".to_string()),
+            ];
+            let q = patchbay_history::Query::from_params(&params, 0).map_err(patchbay_web::QueryError::Bad)?;
+            let page = self.db.read(move |c| patchbay_history::search(c, &q)).await.map_err(|e| unavailable(e.to_string()))?;
+            let found = page.messages.iter().filter_map(|w| Envelope::from_wire(w).ok()).find(|e| e.body["job"] == job.as_str());
+            let Some(queued) = found else { return Ok(serde_json::Value::Null) };
+            tracing::info!(%job, %by, "Job re-run by an admin.");
+            let copy = Outgoing {
+                sender: Sender::new("admin", &self.instance),
+                topic: queued.topic.clone(),
+                schema: queued.schema.clone(),
+                body: queued.body.clone(),
+            };
+            let sent = self.bus.publish(vec![copy]).await.map_err(|e| unavailable(e.to_string()))?;
+            Ok(serde_json::json!({ "status": "queued", "job": job, "by": by, "message": sent[0].id.to_string() }))
+        })
+    }
+}

@@ -1,0 +1,85 @@
+//! The dashboard in a real browser: `patchbay demo` runs the whole pipeline,
+//! then `tests/browser/dashboard.mjs` drives Debian's headless Chromium with
+//! playwright-core against it (live stream within 1 s, the series matrix,
+//! re-run refused without a token and queued with one, a phone viewport).
+//! Screenshots are kept in `target/browser-artifacts/`.
+//!
+//! `scripts/test` installs chromium and runs `npm ci` in `tests/browser`.
+//! Without them this test fails under `CI=true` and says it did not run otherwise.
+
+use std::io::BufRead as _;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+struct Demo(std::process::Child);
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}
+
+fn missing(what: &str) {
+    assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "{what}; scripts/test installs it");
+    eprintln!("NOTE: {what}: the browser test DID NOT RUN (scripts/test installs it)");
+}
+
+#[test]
+fn the_dashboard_in_headless_chromium() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let browser_dir = root.join("tests/browser");
+    let chromium = std::env::var("PATCHBAY_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !std::path::Path::new(&chromium).exists() {
+        return missing(&format!("no Chromium at {chromium}"));
+    }
+    if Command::new("node").arg("--version").output().map(|o| !o.status.success()).unwrap_or(true) {
+        return missing("node is not installed");
+    }
+    if !browser_dir.join("node_modules/playwright-core").exists() {
+        return missing("tests/browser/node_modules has no playwright-core (npm ci)");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_patchbay"))
+        .args(["demo", "--dir"])
+        .arg(tmp.path().join("demo"))
+        .env_remove("PATCHBAY_CONFIG")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let demo = Demo(child);
+    // The demo prints where to look once both reports are written, then keeps serving.
+    let (mut base, mut token) = (None, None);
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("Dashboard:") {
+            base = rest.split_whitespace().next().map(|u| u.trim_end_matches('/').to_string());
+        }
+        if let Some(rest) = line.strip_prefix("Admin token (buttons):") {
+            token = Some(rest.trim().to_string());
+        }
+        if line.starts_with("Config used:") {
+            break;
+        }
+    }
+    // Keep reading: a closed pipe would kill the demo at its next line of output.
+    std::thread::spawn(move || lines.for_each(drop));
+    let (base, token) = (base.expect("the demo printed its dashboard"), token.expect("the demo printed its admin token"));
+    let artifacts = root.join("target/browser-artifacts");
+    let out = Command::new("node")
+        .arg(browser_dir.join("dashboard.mjs"))
+        .args([&base, &token])
+        .arg(&artifacts)
+        .env("PATCHBAY_CHROMIUM", &chromium)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{text}");
+    assert!(out.status.success(), "browser checks failed:\n{text}");
+    assert!(text.contains("all browser checks passed"));
+    assert!(artifacts.join("series.png").is_file() && artifacts.join("live.png").is_file());
+    drop(demo);
+}

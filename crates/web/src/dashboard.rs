@@ -1,0 +1,505 @@
+//! The dashboard: server-rendered HTML over what the store knows (series,
+//! their patches, test matrix, report) and a live view of the bus. Pages are
+//! plain HTML with one stylesheet; JavaScript only where it earns its place:
+//! the live stream (EventSource) and the admin buttons (fetch with the token
+//! kept in the browser). Everything here is public and read-only; admin
+//! actions go through the authenticated API.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
+
+/// One line of the series list.
+#[derive(Clone, Debug)]
+pub struct SeriesRow {
+    /// Store id.
+    pub id: i64,
+    /// Project, when the series belongs to one.
+    pub project: Option<String>,
+    /// Submitter's address.
+    pub submitter: String,
+    /// Title (cover letter, else patch 1).
+    pub name: String,
+    /// Version.
+    pub version: u32,
+    /// Patches.
+    pub total: u32,
+    /// new, complete, incomplete or superseded.
+    pub state: String,
+    /// PASSED, FAILED or INCOMPLETE once decided.
+    pub verdict: Option<String>,
+    /// When it was first seen (unix seconds).
+    pub created_at: i64,
+}
+
+/// One patch (or the cover letter, slot 0) of a series.
+#[derive(Clone, Debug)]
+pub struct PatchRow {
+    /// 0 for the cover letter.
+    pub slot: u32,
+    /// The stored mail.
+    pub mail_id: i64,
+    /// Its subject.
+    pub subject: String,
+}
+
+/// One cell of the test matrix: the latest result of a (test, arch).
+#[derive(Clone, Debug)]
+pub struct Cell {
+    /// Test.
+    pub test: String,
+    /// Arch (`any` for apply).
+    pub arch: String,
+    /// Outcome.
+    pub outcome: String,
+    /// Why, for failures.
+    pub reason: Option<String>,
+    /// Milliseconds.
+    pub duration_ms: i64,
+    /// The job, for its log and re-run.
+    pub job: String,
+    /// The result's id, for waiving.
+    pub result_id: i64,
+    /// Waived by a maintainer.
+    pub waived: bool,
+}
+
+/// Everything the series page shows.
+#[derive(Clone, Debug)]
+pub struct SeriesView {
+    /// The series itself.
+    pub series: SeriesRow,
+    /// Cover letter and patches in order.
+    pub patches: Vec<PatchRow>,
+    /// Every version of this series (id, version), oldest first.
+    pub versions: Vec<(i64, u32)>,
+    /// The test matrix.
+    pub cells: Vec<Cell>,
+    /// The report: state and detail.
+    pub report: Option<(String, Option<String>)>,
+    /// The verdict's detail (what failed or is missing).
+    pub verdict_detail: Option<String>,
+}
+
+/// A runner as it last announced itself.
+#[derive(Clone, Debug)]
+pub struct RunnerRow {
+    /// Instance name.
+    pub instance: String,
+    /// Capabilities.
+    pub capabilities: Vec<String>,
+    /// Job slots.
+    pub jobs: u32,
+    /// Jobs running now.
+    pub running: Vec<String>,
+    /// When it last spoke (unix seconds).
+    pub seen_at: i64,
+}
+
+/// A page's data, or why not.
+pub type PageFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send + 'a>>;
+
+/// Where the dashboard reads (the binary implements it over the store).
+pub trait Pages: Send + Sync + 'static {
+    /// Series newest first, matching `search` in title or submitter; and how many match.
+    fn series_list(&self, search: Option<String>, page: u32, per_page: u32) -> PageFuture<'_, (Vec<SeriesRow>, u64)>;
+    /// One series.
+    fn series(&self, id: i64) -> PageFuture<'_, Option<SeriesView>>;
+    /// One mail as stored.
+    fn raw_mail(&self, id: i64) -> PageFuture<'_, Option<Vec<u8>>>;
+    /// A series' patches as one mbox, ready for `git am`.
+    fn series_mbox(&self, id: i64) -> PageFuture<'_, Option<Vec<u8>>>;
+    /// Runners heard from lately.
+    fn runners(&self) -> PageFuture<'_, Vec<RunnerRow>>;
+}
+
+/// HTML-escapes text.
+pub fn esc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Percent-encodes a query value.
+fn enc(text: &str) -> String {
+    text.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+const STYLE: &str = r#"
+:root { --fg:#1f2328; --muted:#656d76; --line:#d0d7de; --bg:#fff; --head:#f6f8fa; --pass:#1a7f37; --fail:#cf222e; --warn:#9a6700; --run:#0969da; }
+@media (prefers-color-scheme: dark) { :root { --fg:#e6edf3; --muted:#8d96a0; --line:#30363d; --bg:#0d1117; --head:#161b22; --pass:#3fb950; --fail:#f85149; --warn:#d29922; --run:#58a6ff; } }
+* { box-sizing: border-box; }
+body { margin:0; font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif; color:var(--fg); background:var(--bg); }
+header { display:flex; gap:1.2em; align-items:center; flex-wrap:wrap; padding:.6em 1em; border-bottom:1px solid var(--line); background:var(--head); }
+header b { font-size:1.1em; } header a { color:var(--fg); text-decoration:none; } header a:hover { text-decoration:underline; }
+main { padding:1em; max-width:1200px; margin:0 auto; }
+a { color:var(--run); }
+table { border-collapse:collapse; width:100%; }
+th, td { text-align:left; padding:.35em .5em; border-bottom:1px solid var(--line); vertical-align:top; }
+th { color:var(--muted); font-weight:600; font-size:.9em; }
+.muted { color:var(--muted); font-size:.9em; }
+.badge { display:inline-block; padding:0 .5em; border-radius:1em; font-size:.8em; font-weight:600; border:1px solid currentColor; white-space:nowrap; }
+.PASSED { color:var(--pass); } .FAILED, .ERROR { color:var(--fail); } .INCOMPLETE, .NEEDS_INSPECTION { color:var(--warn); } .RUNNING, .QUEUED, .pending { color:var(--run); }
+form.search { display:flex; gap:.5em; margin-bottom:1em; } input { font:inherit; padding:.3em .5em; border:1px solid var(--line); border-radius:6px; background:var(--bg); color:var(--fg); }
+input[type=search] { flex:1; } button { font:inherit; padding:.25em .7em; border:1px solid var(--line); border-radius:6px; background:var(--head); color:var(--fg); cursor:pointer; }
+pre { background:var(--head); padding:.8em; overflow:auto; border-radius:6px; font-size:13px; line-height:1.35; }
+#events li { font-family:ui-monospace,monospace; font-size:13px; border-bottom:1px solid var(--line); padding:.25em 0; list-style:none; word-break:break-all; }
+#events { padding:0; }
+.matrix td.cell { white-space:nowrap; }
+@media (max-width: 700px) { .wide { display:none; } main { padding:.5em; } }
+"#;
+
+/// A whole page around `body`.
+pub fn layout(title: &str, body: &str) -> String {
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{} · patchbay</title><style>{STYLE}</style></head><body>\
+         <header><b><a href=\"/\">patchbay</a></b><a href=\"/\">Series</a><a href=\"/live\">Live</a><a href=\"/runners\">Runners</a>\
+         <a href=\"/api/openapi.json\">API</a></header><main>{body}</main></body></html>\n",
+        esc(title)
+    )
+}
+
+/// "3 min ago"-style age of a unix time.
+pub fn age(then: i64, now: i64) -> String {
+    let d = (now - then).max(0);
+    match d {
+        0..=59 => format!("{d} s ago"),
+        60..=3599 => format!("{} min ago", d / 60),
+        3600..=86_399 => format!("{} h ago", d / 3600),
+        _ => format!("{} d ago", d / 86_400),
+    }
+}
+
+fn badge(word: &str) -> String {
+    format!("<span class=\"badge {0}\">{0}</span>", esc(word))
+}
+
+/// The series list.
+pub fn series_list(rows: &[SeriesRow], total: u64, search: Option<&str>, page: u32, per_page: u32, now: i64) -> String {
+    let mut b = String::new();
+    let shown = search.unwrap_or("");
+    let _ = write!(
+        b,
+        "<h1>Series</h1><form class=\"search\" method=\"get\" action=\"/\"><input type=\"search\" name=\"q\" value=\"{}\" \
+         placeholder=\"Title or submitter\" aria-label=\"Search series\"><button>Search</button></form>",
+        esc(shown)
+    );
+    if rows.is_empty() {
+        b.push_str("<p class=\"muted\">No series yet.</p>");
+    } else {
+        b.push_str("<table><thead><tr><th>Series</th><th class=\"wide\">Project</th><th class=\"wide\">Submitter</th><th>Verdict</th><th class=\"wide\">Age</th></tr></thead><tbody>");
+        for r in rows {
+            let verdict = match &r.verdict {
+                Some(v) => badge(v),
+                None if r.state == "complete" => "<span class=\"badge pending\">testing</span>".into(),
+                None => format!("<span class=\"muted\">{}</span>", esc(&r.state)),
+            };
+            let _ = write!(
+                b,
+                "<tr><td><a href=\"/series/{}\">{}</a> <span class=\"muted\">v{} · {} patch{}</span></td><td class=\"wide\">{}</td>\
+                 <td class=\"wide\">{}</td><td>{verdict}</td><td class=\"wide muted\">{}</td></tr>",
+                r.id,
+                esc(&r.name),
+                r.version,
+                r.total,
+                if r.total == 1 { "" } else { "es" },
+                esc(r.project.as_deref().unwrap_or("—")),
+                esc(&r.submitter),
+                age(r.created_at, now)
+            );
+        }
+        b.push_str("</tbody></table>");
+    }
+    let pages = total.div_ceil(u64::from(per_page.max(1))).max(1);
+    let q = search.map(|s| format!("&q={}", enc(s))).unwrap_or_default();
+    let _ = write!(b, "<p class=\"muted\">{total} series · page {page} of {pages}");
+    if page > 1 {
+        let _ = write!(b, " · <a href=\"/?page={}{q}\">newer</a>", page - 1);
+    }
+    if u64::from(page) < pages {
+        let _ = write!(b, " · <a href=\"/?page={}{q}\">older</a>", page + 1);
+    }
+    b.push_str("</p>");
+    layout("Series", &b)
+}
+
+/// The admin script: the token lives in the browser (localStorage), and each action says what the server answered.
+const ADMIN_JS: &str = r#"
+<script>
+const tokenInput = document.getElementById('token');
+tokenInput.value = localStorage.getItem('patchbay-token') || '';
+tokenInput.addEventListener('change', () => localStorage.setItem('patchbay-token', tokenInput.value));
+for (const button of document.querySelectorAll('button[data-action]')) {
+  button.addEventListener('click', async () => {
+    const out = document.getElementById('admin-result');
+    const body = button.dataset.body ? button.dataset.body : '{}';
+    const response = await fetch(button.dataset.action, { method: 'POST', headers: { 'Content-Type': 'application/json', 'Authorization': 'Bearer ' + tokenInput.value }, body });
+    const text = await response.text();
+    let message = text;
+    try { const j = JSON.parse(text); message = j.error || j.status || text; } catch (e) {}
+    out.textContent = (response.ok ? 'Done: ' : 'Refused (' + response.status + '): ') + message;
+    out.className = response.ok ? 'PASSED' : 'FAILED';
+  });
+}
+</script>"#;
+
+/// The series page.
+pub fn series_page(v: &SeriesView, now: i64) -> String {
+    let s = &v.series;
+    let mut b = String::new();
+    let _ = write!(
+        b,
+        "<h1>{}</h1><p class=\"muted\">v{} · {} · {} · {} · <a href=\"/series/{}/mbox\">mbox</a></p>",
+        esc(&s.name),
+        s.version,
+        esc(s.project.as_deref().unwrap_or("no project")),
+        esc(&s.submitter),
+        age(s.created_at, now),
+        s.id
+    );
+    let verdict = match &s.verdict {
+        Some(word) => badge(word),
+        None => format!("<span class=\"badge pending\">{}</span>", if s.state == "complete" { "testing" } else { &s.state }),
+    };
+    let _ = write!(b, "<p id=\"verdict\">Verdict: {verdict}");
+    if let Some(d) = &v.verdict_detail {
+        let _ = write!(b, " <span class=\"muted\">{}</span>", esc(d));
+    }
+    b.push_str("</p>");
+    if v.versions.len() > 1 {
+        b.push_str("<p>Versions: ");
+        let links: Vec<String> = v
+            .versions
+            .iter()
+            .map(|(id, ver)| if *id == s.id { format!("<b>v{ver}</b>") } else { format!("<a href=\"/series/{id}\">v{ver}</a>") })
+            .collect();
+        b.push_str(&links.join(" → "));
+        b.push_str("</p>");
+    }
+    b.push_str("<h2>Tests</h2>");
+    if v.cells.is_empty() {
+        b.push_str("<p class=\"muted\">No results yet.</p>");
+    } else {
+        b.push_str("<table class=\"matrix\" id=\"matrix\"><thead><tr><th>Test</th><th>Arch</th><th>Outcome</th><th class=\"wide\">Time</th><th>Log</th><th>Admin</th></tr></thead><tbody>");
+        for c in &v.cells {
+            let reason = c.reason.as_ref().map(|r| format!(" <span class=\"muted\">{}</span>", esc(r))).unwrap_or_default();
+            let waived = if c.waived { " <span class=\"muted\">(waived)</span>" } else { "" };
+            let waive = if matches!(c.outcome.as_str(), "FAILED" | "ERROR") && !c.waived {
+                format!(
+                    " <button data-action=\"/api/v1/results/{}/waive\" data-body=\"{}\">Waive</button>",
+                    c.result_id,
+                    esc("{\"comment\":\"waived from the dashboard\"}")
+                )
+            } else {
+                String::new()
+            };
+            let _ = write!(
+                b,
+                "<tr data-test=\"{}\" data-arch=\"{}\"><td>{}</td><td>{}</td><td class=\"cell\">{}{reason}{waived}</td><td class=\"wide muted\">{:.1} s</td>\
+                 <td><a href=\"/logs/{}\">log</a></td><td><button data-action=\"/api/v1/jobs/{}/rerun\">Re-run</button>{waive}</td></tr>",
+                esc(&c.test),
+                esc(&c.arch),
+                esc(&c.test),
+                esc(&c.arch),
+                badge(&c.outcome),
+                c.duration_ms as f64 / 1000.0,
+                enc(&c.job),
+                enc(&c.job)
+            );
+        }
+        b.push_str("</tbody></table>");
+    }
+    b.push_str("<h2>Patches</h2><ol start=\"0\">");
+    for p in &v.patches {
+        let _ = write!(b, "<li><a href=\"/mails/{}/raw\">{}</a></li>", p.mail_id, esc(&p.subject));
+    }
+    b.push_str("</ol><h2>Report</h2>");
+    match &v.report {
+        None => b.push_str("<p class=\"muted\">No report yet.</p>"),
+        Some((state, detail)) => {
+            let _ = write!(b, "<p id=\"report\">{}", esc(state));
+            if let Some(d) = detail {
+                let _ = write!(b, " <span class=\"muted\">{}</span>", esc(d));
+            }
+            b.push_str("</p>");
+        }
+    }
+    b.push_str(
+        "<h2>Admin</h2><p><label>Admin token <input id=\"token\" type=\"password\" autocomplete=\"off\"></label></p>\
+         <p id=\"admin-result\" role=\"status\"></p>",
+    );
+    b.push_str(ADMIN_JS);
+    layout(&s.name, &b)
+}
+
+/// The live stream: every message as it is published, filtered by topic pattern.
+pub fn live_page(filter: Option<&str>) -> String {
+    let f = filter.unwrap_or("#");
+    let body = format!(
+        "<h1>Live</h1><form class=\"search\" method=\"get\" action=\"/live\"><input type=\"search\" name=\"topic\" value=\"{}\" \
+         aria-label=\"Topic pattern\" placeholder=\"Topic pattern, such as *.*.ci.#\"><button>Filter</button></form>\
+         <p class=\"muted\" id=\"state\">Connecting…</p><ul id=\"events\"></ul>\
+         <script>
+const list = document.getElementById('events');
+const state = document.getElementById('state');
+const source = new EventSource('/api/v1/stream?topic=' + encodeURIComponent({}));
+source.addEventListener('ready', () => {{ state.textContent = 'Live: new messages appear at the top.'; }});
+source.onerror = () => {{ state.textContent = 'Disconnected; reconnecting…'; }};
+source.onmessage = (e) => {{
+  let m; try {{ m = JSON.parse(e.data); }} catch (err) {{ return; }}
+  const li = document.createElement('li');
+  li.textContent = m.sent_at + '  ' + m.topic + '  ' + m.sender.service + ':' + m.sender.instance + '  ' + JSON.stringify(m.body).slice(0, 200);
+  list.prepend(li);
+  while (list.children.length > 500) list.lastChild.remove();
+}};
+</script>",
+        esc(f),
+        // JSON in a script: `</` would end the script early.
+        serde_json::to_string(f).unwrap_or_else(|_| "\"#\"".into()).replace("</", "<\\/")
+    );
+    layout("Live", &body)
+}
+
+/// Renders ANSI colours as spans (or drops other escape sequences), escaping everything else.
+pub fn ansi_to_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut open = false;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            match c {
+                '&' => out.push_str("&amp;"),
+                '<' => out.push_str("&lt;"),
+                '>' => out.push_str("&gt;"),
+                c => out.push(c),
+            }
+            continue;
+        }
+        if chars.peek() != Some(&'[') {
+            continue;
+        }
+        chars.next();
+        let mut params = String::new();
+        let mut end = ' ';
+        for d in chars.by_ref() {
+            if d.is_ascii_digit() || d == ';' {
+                params.push(d);
+            } else {
+                end = d;
+                break;
+            }
+        }
+        if end != 'm' {
+            continue; // cursor movement and the like: dropped
+        }
+        if open {
+            out.push_str("</span>");
+            open = false;
+        }
+        let colour = params.split(';').filter_map(|p| p.parse::<u8>().ok()).find_map(|n| match n {
+            31 | 91 => Some("var(--fail)"),
+            32 | 92 => Some("var(--pass)"),
+            33 | 93 => Some("var(--warn)"),
+            34 | 94 | 36 | 96 => Some("var(--run)"),
+            35 | 95 => Some("#a371f7"),
+            _ => None,
+        });
+        let bold = params.split(';').any(|p| p == "1");
+        if colour.is_some() || bold {
+            let _ = write!(
+                out,
+                "<span style=\"{}{}\">",
+                colour.map(|c| format!("color:{c};")).unwrap_or_default(),
+                if bold { "font-weight:600" } else { "" }
+            );
+            open = true;
+        }
+    }
+    if open {
+        out.push_str("</span>");
+    }
+    out
+}
+
+/// The log viewer: the whole log, colours rendered; the raw text is one click away.
+pub fn log_page(job: &str, text: &str, complete: bool) -> String {
+    let body = format!(
+        "<h1>Log of {}</h1><p class=\"muted\">{} · {} bytes · <a href=\"/api/v1/logs/{}\">plain text</a></p><pre id=\"log\">{}</pre>",
+        esc(job),
+        if complete { "complete" } else { "still arriving" },
+        text.len(),
+        enc(job),
+        ansi_to_html(text)
+    );
+    layout(job, &body)
+}
+
+/// The runners page.
+pub fn runners_page(rows: &[RunnerRow], now: i64) -> String {
+    let mut b = String::from("<h1>Runners</h1>");
+    if rows.is_empty() {
+        b.push_str("<p class=\"muted\">No runner has spoken in the last 10 minutes.</p>");
+    } else {
+        b.push_str(
+            "<table><thead><tr><th>Runner</th><th>Capabilities</th><th>Slots</th><th>Running</th><th>Last seen</th></tr></thead><tbody>",
+        );
+        for r in rows {
+            let _ = write!(
+                b,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"muted\">{}</td></tr>",
+                esc(&r.instance),
+                esc(&r.capabilities.join(", ")),
+                r.jobs,
+                if r.running.is_empty() { "idle".to_string() } else { r.running.iter().map(|j| esc(j)).collect::<Vec<_>>().join("<br>") },
+                age(r.seen_at, now)
+            );
+        }
+        b.push_str("</tbody></table>");
+    }
+    layout("Runners", &b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_and_ansi() {
+        assert_eq!(esc("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        let html = ansi_to_html("\x1b[1;31merror:\x1b[0m <b>\x1b[2K done");
+        assert_eq!(html, "<span style=\"color:var(--fail);font-weight:600\">error:</span> &lt;b&gt; done");
+    }
+
+    #[test]
+    fn pages_escape_what_mail_wrote() {
+        let row = SeriesRow {
+            id: 3,
+            project: Some("qemu".into()),
+            submitter: "dev@example.org".into(),
+            name: "<script>alert(1)</script>".into(),
+            version: 2,
+            total: 1,
+            state: "complete".into(),
+            verdict: Some("FAILED".into()),
+            created_at: 0,
+        };
+        let html = series_list(std::slice::from_ref(&row), 1, Some("a&b"), 1, 25, 120);
+        assert!(!html.contains("<script>alert"), "{html}");
+        assert!(html.contains("&lt;script&gt;") && html.contains("value=\"a&amp;b\"") && html.contains("2 min ago"));
+        let view = SeriesView { series: row, patches: vec![], versions: vec![], cells: vec![], report: None, verdict_detail: None };
+        assert!(!series_page(&view, 0).contains("<script>alert"));
+        assert_eq!(live_page(Some("\"</script><b>")).matches("</script>").count(), 1, "the filter cannot end the script");
+    }
+}

@@ -1,0 +1,118 @@
+// Browser tests of the patchbay dashboard, in Debian's headless Chromium
+// driven by playwright-core (no browser download).
+//
+//   node dashboard.mjs BASE_URL ADMIN_TOKEN ARTIFACT_DIR
+//
+// BASE_URL is a `patchbay demo` that has finished its two series. Checks:
+// the live stream shows a published message within 1 s; the series page of
+// the broken series shows its test matrix from the real pipeline; the re-run
+// button is refused without a token and queues the job again with one.
+// Screenshots go to ARTIFACT_DIR. Exits non-zero on the first failure.
+
+import { chromium } from 'playwright-core';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+
+const [base, token, artifacts] = process.argv.slice(2);
+if (!base || !token || !artifacts) {
+  console.error('usage: node dashboard.mjs BASE_URL ADMIN_TOKEN ARTIFACT_DIR');
+  process.exit(2);
+}
+mkdirSync(artifacts, { recursive: true });
+
+function check(ok, what) {
+  if (!ok) throw new Error('FAILED: ' + what);
+  console.log('ok: ' + what);
+}
+
+async function api(path) {
+  const r = await fetch(base + path);
+  return r.json();
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.PATCHBAY_CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  // As root in a container Chromium needs --no-sandbox; the rest keeps it off a closed network.
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+         '--disable-component-update', '--disable-sync'],
+});
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+
+  // 1. The live stream shows a published message within 1 s.
+  await page.goto(base + '/live');
+  await page.waitForFunction(() => document.getElementById('state').textContent.startsWith('Live'), null, { timeout: 10000 });
+  const marker = 'browser-' + Math.random().toString(36).slice(2);
+  const published = Date.now();
+  const r = await fetch(base + '/api/v1/publish', {
+    method: 'POST', headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ topic: 'browser.check.published', body: { marker } }),
+  });
+  check(r.ok, 'a message is published over HTTP');
+  await page.waitForFunction((m) => [...document.querySelectorAll('#events li')].some((li) => li.textContent.includes(m)), marker, { timeout: 5000 });
+  const shownAfter = Date.now() - published;
+  check(shownAfter < 1000, `the live stream showed it after ${shownAfter} ms (under 1 s)`);
+  await page.screenshot({ path: join(artifacts, 'live.png') });
+
+  // 2. The series list, and the broken series' page with its matrix.
+  await page.goto(base + '/');
+  check((await page.locator('table tbody tr').count()) >= 2, 'the series list shows both demo series');
+  await page.screenshot({ path: join(artifacts, 'series-list.png') });
+  await page.getByRole('link', { name: 'greet: shout' }).click();
+  await page.waitForSelector('#matrix');
+  const apply = await page.locator('#matrix tr[data-test="apply"] .badge').textContent();
+  check(apply === 'PASSED', `apply is PASSED in the matrix (got ${apply})`);
+  const check_ = await page.locator('#matrix tr[data-test="check"] .badge').textContent();
+  check(check_ === 'FAILED', `the check test is FAILED in the matrix (got ${check_})`);
+  check((await page.locator('#verdict').textContent()).includes('FAILED'), 'the verdict is FAILED');
+  const logHref = await page.locator('#matrix tr[data-test="check"] a').getAttribute('href');
+  await page.screenshot({ path: join(artifacts, 'series.png'), fullPage: true });
+
+  // 3. Re-run: refused without a token, queued with one.
+  const rerun = page.locator('#matrix tr[data-test="check"] button', { hasText: 'Re-run' });
+  const job = decodeURIComponent((await rerun.getAttribute('data-action')).split('/')[4]);
+  const queued = async () => (await api(`/api/v1/messages?topic=%23&contains=${encodeURIComponent(job)}&category=ci&rows_per_page=100`))
+    .messages.filter((m) => m.topic.endsWith('.queued') && m.body.job === job).length;
+  const before = await queued();
+  check(before === 1, `the job was queued once by the pipeline (${before})`);
+  await page.fill('#token', '');
+  await rerun.click();
+  await page.waitForFunction(() => document.getElementById('admin-result').textContent !== '');
+  const refused = await page.locator('#admin-result').textContent();
+  check(refused.startsWith('Refused (40'), `without a token the re-run is refused: "${refused}"`);
+  check((await queued()) === 1, 'and nothing was queued');
+  await page.screenshot({ path: join(artifacts, 'rerun-refused.png'), fullPage: true });
+  await page.fill('#token', token);
+  await page.locator('#token').dispatchEvent('change');
+  await page.evaluate(() => { document.getElementById('admin-result').textContent = ''; });
+  await rerun.click();
+  await page.waitForFunction(() => document.getElementById('admin-result').textContent !== '');
+  const done = await page.locator('#admin-result').textContent();
+  check(done.startsWith('Done'), `with the token the re-run is accepted: "${done}"`);
+  let after = 0;
+  for (let i = 0; i < 50 && after < 2; i++) {
+    after = await queued();
+    if (after < 2) await new Promise((res) => setTimeout(res, 100));
+  }
+  check(after === 2, 'the job is queued again');
+  await page.screenshot({ path: join(artifacts, 'rerun-accepted.png'), fullPage: true });
+
+  // 4. The log viewer, and the runners page.
+  await page.goto(base + logHref);
+  check((await page.locator('#log').textContent()).length > 0, 'the log viewer shows the log');
+  await page.screenshot({ path: join(artifacts, 'log.png'), fullPage: true });
+  await page.goto(base + '/runners');
+  check((await page.locator('table tbody tr').count()) >= 1, 'the runners page lists the demo runner');
+  await page.screenshot({ path: join(artifacts, 'runners.png') });
+
+  // 5. On a phone.
+  const phone = await browser.newPage({ viewport: { width: 390, height: 844 }, isMobile: true });
+  await phone.goto(base + '/');
+  const overflow = await phone.evaluate(() => document.documentElement.scrollWidth > window.innerWidth + 1);
+  check(!overflow, 'the series list fits a phone without sideways scrolling');
+  await phone.screenshot({ path: join(artifacts, 'phone.png'), fullPage: true });
+  console.log('all browser checks passed; screenshots in ' + artifacts);
+} finally {
+  await browser.close();
+}
