@@ -270,6 +270,50 @@ pub fn aggregator(config: &Config, store: patchbay_store::EmbeddedBus, bus: Arc<
     patchbay_results::Aggregator::new(store, publisher, verdicts)
 }
 
+/// Missed messages fetched from the history in the data directory's store (its recorder copies
+/// every message there): a sender's range, indexed first so nothing just recorded is missed.
+pub struct HistoryReplay(pub patchbay_store::Db);
+
+impl std::fmt::Debug for HistoryReplay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HistoryReplay")
+    }
+}
+
+#[async_trait]
+impl patchbay_runtime::Replay for HistoryReplay {
+    async fn range(&self, sender: &Sender, from: u64, to: u64) -> Result<Vec<patchbay_model::Envelope>, String> {
+        patchbay_history::Indexer::new(self.0.clone()).catch_up().await.map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        for page in 1.. {
+            let params: Vec<(String, String)> = vec![
+                ("sender".into(), format!("{}:{}", sender.service, sender.instance)),
+                ("seq_from".into(), from.to_string()),
+                ("seq_to".into(), to.to_string()),
+                ("order".into(), "asc".into()),
+                ("rows_per_page".into(), "100".into()),
+                ("page".into(), page.to_string()),
+            ];
+            let q = patchbay_history::Query::from_params(&params, 0)?;
+            let got = self.0.read(move |c| patchbay_history::search(c, &q)).await.map_err(|e| e.to_string())?;
+            let n = got.messages.len();
+            for w in got.messages {
+                out.push(patchbay_model::Envelope::from_wire(&w).map_err(|e| e.to_string())?);
+            }
+            if n < 100 || page >= 100 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Gap detection for a service on RabbitMQ (a durable embedded queue loses nothing).
+fn replay_for(config: &Config, store: &patchbay_store::EmbeddedBus) -> Option<Arc<dyn patchbay_runtime::Replay>> {
+    (config.bus.backend == patchbay_config::BusBackend::Amqp)
+        .then(|| Arc::new(HistoryReplay(store.db().clone())) as Arc<dyn patchbay_runtime::Replay>)
+}
+
 /// Starts the aggregator (results and verdicts, in the store) and its deadline sweep.
 pub fn start_aggregator(
     config: &Config,
@@ -278,12 +322,14 @@ pub fn start_aggregator(
     policy: Arc<TrustPolicy>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let replay = replay_for(config, &store);
     let aggregator = aggregator(config, store, bus.clone());
     let mut patterns = vec![TopicPattern::parse(config.bus.root.topic(<patchbay_model::TestFinished as Body>::TOPIC)?.as_str())?];
     if config.close_superseded {
         patterns.push(TopicPattern::parse(config.bus.root.topic(<patchbay_model::SeriesSuperseded as Body>::TOPIC)?.as_str())?);
     }
-    let spec = ServiceSpec::new("aggregator", patterns);
+    let mut spec = ServiceSpec::new("aggregator", patterns);
+    spec.replay = replay;
     let handler = Arc::new(aggregator.clone());
     let mut stop = shutdown.clone();
     let service = tokio::spawn(async move {
@@ -350,12 +396,14 @@ pub fn start_reporter(
             .map_err(|e| anyhow::anyhow!("{}: report.smtp_url: {e}", config.source_name()))?,
         ),
     };
+    let replay = replay_for(config, &store);
     let reporter = patchbay_results::Reporter::new(store, publisher, settings, transport, link)
         .template(report_template(config)?.map(Arc::new))
         .skipping(patchbay_results::Skip { passed: config.report.only_on_failure, superseded: config.report.skip_superseded })
         .lists(config.projects.iter().filter_map(|p| Some((p.name.clone(), p.list_address.clone()?))).collect());
     let pattern = TopicPattern::parse(config.bus.root.topic(<patchbay_model::SeriesVerdict as Body>::TOPIC)?.as_str())?;
     let mut spec = ServiceSpec::new("reporter", vec![pattern]);
+    spec.replay = replay;
     // An SMTP server may be down for hours: keep trying, at most a minute apart.
     spec.retry = RetryPolicy { max_attempts: 10_000, base_delay: Duration::from_millis(500), max_delay: Duration::from_secs(60) };
     let mut stop = shutdown;

@@ -87,6 +87,57 @@ pub struct ServiceSpec {
     /// another process could be running. An idle queue gives its slot back every
     /// [`SLOT_IDLE`], so queues sharing slots take turns instead of starving each other.
     pub slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// Where missed messages are fetched from: when a sender's sequence jumps, the runtime asks
+    /// for the range in between and handles what matches this service's patterns first, in
+    /// order, each message once. `None`: no gap detection (a durable queue never loses).
+    pub replay: Option<Arc<dyn Replay>>,
+}
+
+/// A source of a sender's messages by sequence range (the history).
+#[async_trait]
+pub trait Replay: Send + Sync + std::fmt::Debug {
+    /// The sender's messages with `from <= seq <= to`, in sequence order.
+    async fn range(&self, sender: &patchbay_model::Sender, from: u64, to: u64) -> Result<Vec<Envelope>, String>;
+}
+
+/// Per sender, the highest sequence number seen, and the ids already handled (bounded):
+/// what tells a gap, and what keeps a replayed message from being handled twice.
+#[derive(Default)]
+pub struct Gaps {
+    last: std::collections::HashMap<patchbay_model::Sender, u64>,
+    seen: std::collections::HashSet<patchbay_model::Uuid>,
+    order: std::collections::VecDeque<patchbay_model::Uuid>,
+}
+
+/// Message ids remembered as handled.
+const SEEN_KEPT: usize = 100_000;
+
+impl Gaps {
+    /// Notes `seq` from `sender`; returns the range missed before it, if any. The first message
+    /// of a sender only sets where it stands.
+    pub fn observe(&mut self, sender: &patchbay_model::Sender, seq: u64) -> Option<(u64, u64)> {
+        let gap = match self.last.get(sender) {
+            Some(&last) if seq > last + 1 => Some((last + 1, seq - 1)),
+            _ => None,
+        };
+        let last = self.last.entry(sender.clone()).or_insert(seq);
+        *last = (*last).max(seq);
+        gap
+    }
+
+    /// Whether `id` is new (and remembers it).
+    pub fn first_time(&mut self, id: patchbay_model::Uuid) -> bool {
+        if !self.seen.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > SEEN_KEPT
+            && let Some(old) = self.order.pop_front()
+        {
+            self.seen.remove(&old);
+        }
+        true
+    }
 }
 
 /// How long a queue holds a shared slot while no message comes.
@@ -103,6 +154,7 @@ impl ServiceSpec {
             retry: RetryPolicy::default(),
             grace: Duration::from_secs(30),
             slots: None,
+            replay: None,
         }
     }
 }
@@ -156,6 +208,7 @@ pub async fn run(
     let mut running: JoinSet<()> = JoinSet::new();
     let mut backoff = Duration::from_millis(200);
     let mut slot: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    let mut gaps = Gaps::default();
     loop {
         let shared = spec.slots.is_some();
         tokio::select! {
@@ -168,6 +221,15 @@ pub async fn run(
             next = consumer.next(), if !shared || slot.is_some() => match next {
                 Ok(delivery) => {
                     backoff = Duration::from_millis(200);
+                    if let Some(replay) = &spec.replay
+                        && !catch_up(&spec, replay.as_ref(), &policy, &handler, &mut gaps, &delivery.envelope).await
+                    {
+                        // Handled already, by a replay: settle it and move on.
+                        if let Err(error) = delivery.ack().await {
+                            tracing::warn!(service = %spec.name, %error, "Could not settle a replayed delivery.");
+                        }
+                        continue;
+                    }
                     let held = slot.take();
                     let (spec, handler) = (spec.clone(), handler.clone());
                     running.spawn(async move {
@@ -195,6 +257,52 @@ pub async fn run(
     }
     tracing::info!(service = %spec.name, "Service stopped.");
     Ok(())
+}
+
+/// Before `current` is handled: fetches what its sender published since the last message seen,
+/// and handles (in order, once) what this service subscribes to. Returns whether `current`
+/// itself still needs handling.
+async fn catch_up(
+    spec: &ServiceSpec,
+    replay: &dyn Replay,
+    policy: &TrustPolicy,
+    handler: &Arc<dyn Handler>,
+    gaps: &mut Gaps,
+    current: &Envelope,
+) -> bool {
+    if let Some((from, to)) = gaps.observe(&current.sender, current.seq) {
+        match replay.range(&current.sender, from, to).await {
+            Err(error) => {
+                tracing::warn!(service = %spec.name, sender = %current.sender.service, from, to, %error, "Missed messages could not be fetched.")
+            }
+            Ok(missed) => {
+                for env in missed {
+                    if !spec.patterns.iter().any(|p| p.matches(&env.topic)) || !gaps.first_time(env.id) {
+                        continue;
+                    }
+                    if let Err(error) = policy.check(&env) {
+                        tracing::warn!(service = %spec.name, id = %env.id, ?error, "A replayed message failed its signature check; skipped.");
+                        continue;
+                    }
+                    tracing::info!(service = %spec.name, id = %env.id, seq = env.seq, "Handling a message missed on the way (replay).");
+                    for attempt in 1..=spec.retry.max_attempts.max(1) {
+                        match handler.handle(&env, attempt).await {
+                            Ok(()) => break,
+                            Err(HandlerError::Transient(error)) if attempt < spec.retry.max_attempts => {
+                                tracing::info!(service = %spec.name, id = %env.id, %error, "Replayed message failed; retrying.");
+                                tokio::time::sleep(spec.retry.delay(attempt)).await;
+                            }
+                            Err(error) => {
+                                tracing::warn!(service = %spec.name, id = %env.id, ?error, "Replayed message failed; given up.");
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    gaps.first_time(current.id)
 }
 
 async fn acquire(slots: Option<Arc<tokio::sync::Semaphore>>) -> Option<tokio::sync::OwnedSemaphorePermit> {
@@ -254,6 +362,21 @@ async fn handle_one(spec: Arc<ServiceSpec>, handler: Arc<dyn Handler>, delivery:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gaps_are_told_per_sender_and_ids_once() {
+        let (a, b) = (patchbay_model::Sender::new("a", "1"), patchbay_model::Sender::new("b", "1"));
+        let mut g = Gaps::default();
+        assert_eq!(g.observe(&a, 5), None, "the first message only sets where a sender stands");
+        assert_eq!(g.observe(&a, 6), None);
+        assert_eq!(g.observe(&a, 9), Some((7, 8)));
+        assert_eq!(g.observe(&b, 100), None, "senders are apart");
+        assert_eq!(g.observe(&a, 8), None, "late arrivals open no gap");
+        assert_eq!(g.observe(&a, 10), None);
+        let id = patchbay_model::Uuid::now_v7();
+        assert!(g.first_time(id));
+        assert!(!g.first_time(id));
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {

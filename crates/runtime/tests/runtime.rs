@@ -204,3 +204,122 @@ async fn queues_sharing_slots_take_turns_and_never_exceed_them() {
         t.await.unwrap();
     }
 }
+
+/// A bus that loses some messages on the way to consumers (acked, never delivered), as a
+/// broker without a durable queue would.
+struct Lossy {
+    inner: EmbeddedBus,
+    lose: std::ops::RangeInclusive<u64>,
+}
+
+struct LossySubscription {
+    inner: Box<dyn patchbay_bus::Subscription>,
+    lose: std::ops::RangeInclusive<u64>,
+}
+
+#[async_trait]
+impl patchbay_bus::Subscription for LossySubscription {
+    async fn next(&mut self) -> Result<patchbay_bus::Delivery, patchbay_bus::BusError> {
+        loop {
+            let d = self.inner.next().await?;
+            match d.envelope.body["n"].as_u64() {
+                Some(n) if self.lose.contains(&n) => d.ack().await?,
+                _ => return Ok(d),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Bus for Lossy {
+    async fn publish(&self, messages: Vec<Outgoing>) -> Result<Vec<Envelope>, patchbay_bus::BusError> {
+        self.inner.publish(messages).await
+    }
+    async fn publish_sealed(&self, envelopes: Vec<Envelope>) -> Result<(), patchbay_bus::BusError> {
+        self.inner.publish_sealed(envelopes).await
+    }
+    async fn subscribe(&self, spec: patchbay_bus::QueueSpec) -> Result<Box<dyn patchbay_bus::Subscription>, patchbay_bus::BusError> {
+        Ok(Box::new(LossySubscription { inner: self.inner.subscribe(spec).await?, lose: self.lose.clone() }))
+    }
+    async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<patchbay_bus::DeadLetter>, patchbay_bus::BusError> {
+        self.inner.dead_letters(queue, limit).await
+    }
+}
+
+/// The history of the store, by sender and sequence range.
+struct History(patchbay_store::Db);
+
+impl std::fmt::Debug for History {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("History")
+    }
+}
+
+#[async_trait]
+impl patchbay_runtime::Replay for History {
+    async fn range(&self, sender: &Sender, from: u64, to: u64) -> Result<Vec<Envelope>, String> {
+        patchbay_history::Indexer::new(self.0.clone()).catch_up().await.map_err(|e| e.to_string())?;
+        let params: Vec<(String, String)> = [
+            ("sender", format!("{}:{}", sender.service, sender.instance)),
+            ("seq_from", from.to_string()),
+            ("seq_to", to.to_string()),
+            ("order", "asc".into()),
+            ("rows_per_page", "100".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let q = patchbay_history::Query::from_params(&params, 0)?;
+        let page = self.0.read(move |c| patchbay_history::search(c, &q)).await.map_err(|e| e.to_string())?;
+        page.messages.iter().map(|w| Envelope::from_wire(w).map_err(|e| e.to_string())).collect()
+    }
+}
+
+/// Records the order of what it handles.
+struct Order(Mutex<Vec<u64>>);
+
+#[async_trait]
+impl Handler for Order {
+    async fn handle(&self, env: &Envelope, _attempt: u32) -> Result<(), HandlerError> {
+        self.0.lock().unwrap().push(env.body["n"].as_u64().unwrap());
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_lost_on_the_way_are_fetched_and_handled_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedBus::open(dir.path(), Sealer::default()).unwrap();
+    let bus: Arc<dyn Bus> = Arc::new(Lossy { inner: store.clone(), lose: 10..=19 });
+    let order = Arc::new(Order(Mutex::new(Vec::new())));
+    let mut spec = spec();
+    spec.concurrency = 1;
+    spec.replay = Some(Arc::new(History(store.db().clone())));
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let service = {
+        let (bus, handler) = (bus.clone(), order.clone());
+        tokio::spawn(async move {
+            run(bus, Arc::new(TrustPolicy::permissive()), spec, handler, async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            })
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // 1..=30 on the service's topic, with messages on a topic it does not want in between
+    // (the same sender's sequence jumps over those without anything being lost).
+    for n in 1..=30u64 {
+        bus.publish(vec![msg(n, "ok")]).await.unwrap();
+        if n % 7 == 0 {
+            let mut other = msg(1000 + n, "ok");
+            other.topic = root().topic("other.item.new").unwrap();
+            bus.publish(vec![other]).await.unwrap();
+        }
+    }
+    wait_for("all 30 handled", || order.0.lock().unwrap().len() >= 30).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = stop_tx.send(true);
+    service.await.unwrap().unwrap();
+    let seen = order.0.lock().unwrap().clone();
+    assert_eq!(seen, (1..=30).collect::<Vec<u64>>(), "each once, in order, the lost ten fetched from history");
+}
