@@ -237,4 +237,46 @@ impl patchbay_web::TestJobs for Rerun {
             Ok(serde_json::json!({ "status": "queued", "job": job, "by": by, "message": sent[0].id.to_string() }))
         })
     }
+
+    fn resend(&self, series: i64, version: u32, by: String) -> patchbay_web::JsonFuture<'_> {
+        Box::pin(async move {
+            let unavailable = |e: String| patchbay_web::QueryError::Unavailable(e);
+            let topic =
+                self.root.topic(<patchbay_model::SeriesVerdict as patchbay_model::Body>::TOPIC).map_err(|e| unavailable(e.to_string()))?;
+            let params = vec![
+                ("topic".to_string(), topic.as_str().to_string()),
+                ("series".to_string(), series.to_string()),
+                ("rows_per_page".to_string(), "100".to_string()),
+            ];
+            let q = patchbay_history::Query::from_params(&params, 0).map_err(patchbay_web::QueryError::Bad)?;
+            let page = self.db.read(move |c| patchbay_history::search(c, &q)).await.map_err(|e| unavailable(e.to_string()))?;
+            let found = page
+                .messages
+                .iter()
+                .filter_map(|w| Envelope::from_wire(w).ok())
+                .find(|e| e.body["series"]["version"] == serde_json::json!(version));
+            let Some(verdict) = found else { return Ok(serde_json::Value::Null) };
+            // The reporter acts on a report in `intent`: put it back there, then hand it the verdict again.
+            let detail = format!("re-send asked by {by}");
+            self.db
+                .write(move |tx| {
+                    tx.execute(
+                        "UPDATE reports SET state = 'intent', detail = ?3 WHERE series_id = ?1 AND version = ?2 AND state IN ('sent', 'failed', 'skipped')",
+                        params![series, version, detail],
+                    )?;
+                    Ok(())
+                })
+                .await
+                .map_err(|e| unavailable(e.to_string()))?;
+            tracing::info!(series, version, %by, "Report re-send asked by an admin.");
+            let copy = Outgoing {
+                sender: Sender::new("admin", &self.instance),
+                topic: verdict.topic.clone(),
+                schema: verdict.schema.clone(),
+                body: verdict.body.clone(),
+            };
+            let sent = self.bus.publish(vec![copy]).await.map_err(|e| unavailable(e.to_string()))?;
+            Ok(serde_json::json!({ "status": "queued", "series": series, "version": version, "by": by, "message": sent[0].id.to_string() }))
+        })
+    }
 }

@@ -148,7 +148,7 @@ fn setup(tmp: &Path, smtp_port: u16) -> PathBuf {
     std::fs::write(
         &config,
         format!(
-            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{}\"\n[ingest]\nlmtp_listen = \"\"\n\
+            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{}\"\nadmin_tokens = {{ operator = \"operator-token-0123456789\" }}\n[ingest]\nlmtp_listen = \"\"\n\
              [report]\nfrom = \"patchbay <ci@example.org>\"\ndomain = \"ci.example.org\"\nsmtp_url = \"smtp://127.0.0.1:{smtp_port}\"\n\
              [[project]]\nname = \"demo\"\nlist_ids = [\"{LIST}\"]\nlist_address = \"dev@{LIST}\"\nrepository = \"{}\"\n\
              [[project.test]]\nname = \"check\"\nscript = \"sh test.sh\"\narches = [\"{}\"]\n",
@@ -289,6 +289,40 @@ fn killed_while_the_server_takes_the_report_it_is_not_sent_twice() {
     assert_eq!(received(tmp.path()).len(), 1, "one mail, not two");
     let reason: String = rusqlite::Connection::open(&db).unwrap().query_row("SELECT detail FROM reports", [], |r| r.get(0)).unwrap();
     assert!(reason.contains("not resent"), "{reason}");
+
+    // The operator's remedy: an admin re-sends it (here it had arrived, so now there are two).
+    let port: u16 = std::fs::read_to_string(&config)
+        .unwrap()
+        .split("listen = \"127.0.0.1:")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (series, version): (i64, i64) = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT series_id, version FROM reports", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap();
+    let path = format!("/api/v1/reports/{series}/{version}/resend");
+    assert!(http_post(port, &path, None).starts_with("HTTP/1.1 401"), "refused without a token");
+    let answer = http_post(port, &path, Some("operator-token-0123456789"));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    wait_for("the report being sent again", 60, || state() == "sent");
+    wait_for("the second copy", 30, || received(tmp.path()).len() == 2);
+}
+
+fn http_post(port: u16, path: &str, token: Option<&str>) -> String {
+    use std::io::Read as _;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    s.write_all(format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n{auth}\r\n").as_bytes())
+        .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
 }
 
 fn openssl(dir: &Path, args: &[&str]) {

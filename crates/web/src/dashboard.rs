@@ -333,7 +333,7 @@ pub fn series_page(v: &SeriesView, now: i64) -> String {
             if let Some(d) = detail {
                 let _ = write!(b, " <span class=\"muted\">{}</span>", esc(d));
             }
-            b.push_str("</p>");
+            let _ = write!(b, " <button data-action=\"/api/v1/reports/{}/{}/resend\">Re-send</button></p>", s.id, s.version);
         }
     }
     b.push_str(

@@ -57,6 +57,9 @@ pub struct AppState {
 pub trait TestJobs: Send + Sync + 'static {
     /// Queues job `job` again on behalf of `by`; `Ok(Value::Null)` when no such job was ever queued.
     fn rerun(&self, job: String, by: String) -> JsonFuture<'_>;
+    /// Sends the report of a series version again on behalf of `by`; `Ok(Value::Null)` when it
+    /// has no verdict yet.
+    fn resend(&self, series: i64, version: u32, by: String) -> JsonFuture<'_>;
 }
 
 /// JSON text made elsewhere (messages are spliced in byte for byte), or why not.
@@ -162,6 +165,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/api/v1/messages", get(messages))
         .route("/api/v1/messages/{id}", get(message))
         .route("/api/v1/jobs/{job}/rerun", post(rerun_job))
+        .route("/api/v1/reports/{series}/{version}/resend", post(resend_report))
         .route("/", get(page_series_list))
         .route("/series/{id}", get(page_series))
         .route("/series/{id}/mbox", get(page_series_mbox))
@@ -261,6 +265,24 @@ async fn rerun_job(
     };
     match jobs.rerun(job.clone(), by).await.map_err(query_error)? {
         serde_json::Value::Null => Err(AppError { status: StatusCode::NOT_FOUND, message: format!("no job {job}") }),
+        v => Ok(Json(v)),
+    }
+}
+
+/// `POST /api/v1/reports/{series}/{version}/resend` with `Authorization: Bearer <token>`.
+async fn resend_report(
+    State(st): State<Arc<AppState>>,
+    axum::extract::Path((series, version)): axum::extract::Path<(i64, u32)>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let by = admin(&st, &headers)?;
+    let Some(jobs) = &st.jobs else {
+        return Err(AppError { status: StatusCode::NOT_FOUND, message: "this server sends no reports".into() });
+    };
+    match jobs.resend(series, version, by).await.map_err(query_error)? {
+        serde_json::Value::Null => {
+            Err(AppError { status: StatusCode::NOT_FOUND, message: format!("series {series} v{version} has no verdict") })
+        }
         v => Ok(Json(v)),
     }
 }
