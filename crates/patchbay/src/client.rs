@@ -222,6 +222,9 @@ pub async fn tail(config: &Config, args: &TailArgs) -> Result<(), Exit> {
     let client = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build().map_err(anyhow::Error::from)?;
     let mut backoff = Duration::from_millis(100);
     let stdout = std::io::stdout();
+    // Per sender, the highest sequence number shown: a jump is looked up in the history
+    // (the same topic filters), and what was missed is shown first, in order, once.
+    let mut gaps = patchbay_runtime::Gaps::default();
     loop {
         let mut q = query.clone();
         if let Some(p) = last {
@@ -249,10 +252,29 @@ pub async fn tail(config: &Config, args: &TailArgs) -> Result<(), Exit> {
                             parser.push(&chunk, &mut events);
                             for ev in events.drain(..) {
                                 if ev.event.as_deref() == Some("message") {
-                                    let line = if args.json { ev.data.clone() } else { readable(&ev.data) };
+                                    let mut lines = Vec::new();
+                                    if let Ok(env) = patchbay_model::Envelope::from_wire(ev.data.as_bytes()) {
+                                        if let Some((from, to)) = gaps.observe(&env.sender, env.seq) {
+                                            for missed in missed(&client, &base, &query, &env.sender, from, to).await {
+                                                if let Ok(m) = patchbay_model::Envelope::from_wire(missed.as_bytes())
+                                                    && gaps.first_time(m.id)
+                                                {
+                                                    lines.push(missed);
+                                                }
+                                            }
+                                        }
+                                        if gaps.first_time(env.id) {
+                                            lines.push(ev.data.clone());
+                                        }
+                                    } else {
+                                        lines.push(ev.data.clone());
+                                    }
                                     let mut out = stdout.lock();
-                                    if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
-                                        return Ok(()); // stdout closed (piped into head, say)
+                                    for data in lines {
+                                        let line = if args.json { data } else { readable(&data) };
+                                        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                                            return Ok(()); // stdout closed (piped into head, say)
+                                        }
                                     }
                                     backoff = Duration::from_millis(100);
                                 }
@@ -273,6 +295,25 @@ pub async fn tail(config: &Config, args: &TailArgs) -> Result<(), Exit> {
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// A sender's messages from `from` to `to` that match the tail's topic filters, from the history,
+/// oldest first; nothing when the history cannot say (the stream goes on regardless).
+async fn missed(
+    client: &reqwest::Client,
+    base: &str,
+    query: &[String],
+    sender: &patchbay_model::Sender,
+    from: u64,
+    to: u64,
+) -> Vec<String> {
+    let mut q = query.to_vec();
+    q.push(format!("sender={}:{}", sender.service, sender.instance));
+    q.push(format!("seq_from={from}&seq_to={to}&order=asc&rows_per_page=100"));
+    let url = format!("{base}/api/v1/messages?{}", q.join("&"));
+    let Ok(resp) = client.get(&url).send().await else { return vec![] };
+    let Ok(page) = resp.json::<serde_json::Value>().await else { return vec![] };
+    page["messages"].as_array().map(|m| m.iter().map(|v| v.to_string()).collect()).unwrap_or_default()
 }
 
 #[cfg(test)]
