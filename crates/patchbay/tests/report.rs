@@ -35,13 +35,13 @@ while True:
     time.sleep(3600)
 "#;
 
-/// A submission server: STARTTLS required (with the certificate given), then AUTH required
+/// A submission server: STARTTLS required, or TLS from the start (with the certificate given), then AUTH required
 /// (user `reporter`, password `s3cret-pass`); it records who logged in.
 const SUBMISSION: &str = r#"
 import mailbox, ssl, sys, time
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
-port, maildir, cert, key, logins = sys.argv[1:6]
+port, maildir, cert, key, logins, mode = sys.argv[1:7]
 class Handler:
     def __init__(self):
         self.box = mailbox.Maildir(maildir, create=True)
@@ -51,12 +51,17 @@ class Handler:
 def authenticator(server, session, envelope, mechanism, auth_data):
     ok = isinstance(auth_data, LoginPassword) and auth_data.login == b'reporter' and auth_data.password == b's3cret-pass'
     with open(logins, 'a') as f:
-        f.write('%s %s %s\n' % (mechanism, auth_data.login.decode() if ok else '-', 'tls' if session.ssl else 'clear'))
+        f.write('%s %s %s\n' % (mechanism, auth_data.login.decode() if ok else '-', 'tls' if session.ssl or server.transport.get_extra_info('ssl_object') is not None else 'clear'))
     return AuthResult(success=ok)
 tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
 tls.load_cert_chain(cert, key)
-controller = Controller(Handler(), hostname='127.0.0.1', port=int(port), tls_context=tls, require_starttls=True,
-                        auth_required=True, auth_require_tls=True, authenticator=authenticator)
+if mode == 'starttls':
+    controller = Controller(Handler(), hostname='127.0.0.1', port=int(port), tls_context=tls, require_starttls=True,
+                            auth_required=True, auth_require_tls=True, authenticator=authenticator)
+else:  # TLS from the first byte (submissions, port 465)
+    # aiosmtpd hides AUTH under auth_require_tls unless STARTTLS ran; this socket is TLS already.
+    controller = Controller(Handler(), hostname='127.0.0.1', port=int(port), ssl_context=tls,
+                            auth_required=True, auth_require_tls=False, authenticator=authenticator)
 controller.start()
 print('ready', flush=True)
 while True:
@@ -362,6 +367,17 @@ fn certificates(dir: &Path) {
 
 #[test]
 fn starttls_and_auth_with_the_maintainers_template() {
+    submission("starttls", "smtp+starttls");
+}
+
+#[test]
+fn tls_from_the_start_and_auth() {
+    submission("tls", "smtps");
+}
+
+/// Reports through a submission server that wants `mode` ("starttls" or "tls") and AUTH, with
+/// the maintainer's template.
+fn submission(mode: &str, scheme: &str) {
     let Some(py) = python() else { return };
     let tmp = tempfile::tempdir().unwrap();
     certificates(tmp.path());
@@ -375,6 +391,7 @@ fn starttls_and_auth_with_the_maintainers_template() {
         .arg(tmp.path().join("smtp.pem"))
         .arg(tmp.path().join("smtp.key"))
         .arg(tmp.path().join("logins"))
+        .arg(mode)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -394,7 +411,7 @@ fn starttls_and_auth_with_the_maintainers_template() {
     let text = std::fs::read_to_string(&config).unwrap().replace(
         &format!("smtp_url = \"smtp://127.0.0.1:{smtp_port}\"\n"),
         &format!(
-            "smtp_url = \"smtp+starttls://127.0.0.1:{smtp_port}\"\nsmtp_user = \"reporter\"\nsmtp_password = \"s3cret-pass\"\n\
+            "smtp_url = \"{scheme}://127.0.0.1:{smtp_port}\"\nsmtp_user = \"reporter\"\nsmtp_password = \"s3cret-pass\"\n\
              smtp_ca_file = \"ca.pem\"\ntemplate = \"report.j2\"\n"
         ),
     );
