@@ -66,6 +66,8 @@ try {
   const check_ = await page.locator('#matrix tr[data-test="check"] .badge').textContent();
   check(check_ === 'FAILED', `the check test is FAILED in the matrix (got ${check_})`);
   check((await page.locator('#verdict').textContent()).includes('FAILED'), 'the verdict is FAILED');
+  const report = await page.locator('#report-text').textContent();
+  check(report.includes('X-Patchbay-Verdict: FAILED') && report.includes('In-Reply-To:'), 'the report from the outbox shows on the page');
   const logHref = await page.locator('#matrix tr[data-test="check"] a').getAttribute('href');
   await page.screenshot({ path: join(artifacts, 'series.png'), fullPage: true });
 

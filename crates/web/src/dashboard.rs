@@ -77,6 +77,8 @@ pub struct SeriesView {
     pub cells: Vec<Cell>,
     /// The report: state and detail.
     pub report: Option<(String, Option<String>)>,
+    /// The report mail itself, when it went to the outbox.
+    pub report_text: Option<String>,
     /// The verdict's detail (what failed or is missing).
     pub verdict_detail: Option<String>,
 }
@@ -334,6 +336,9 @@ pub fn series_page(v: &SeriesView, now: i64) -> String {
                 let _ = write!(b, " <span class=\"muted\">{}</span>", esc(d));
             }
             let _ = write!(b, " <button data-action=\"/api/v1/reports/{}/{}/resend\">Re-send</button></p>", s.id, s.version);
+            if let Some(text) = &v.report_text {
+                let _ = write!(b, "<pre id=\"report-text\">{}</pre>", esc(text));
+            }
         }
     }
     b.push_str(
@@ -374,8 +379,18 @@ source.onmessage = (e) => {{
 
 /// Renders ANSI colours as spans (or drops other escape sequences), escaping everything else.
 pub fn ansi_to_html(text: &str) -> String {
+    ansi_piece(text, &mut None)
+}
+
+/// [`ansi_to_html`] for one piece of a longer text: `style` is the colour still on from the
+/// piece before, and is left as the colour still on at the end of this one.
+pub fn ansi_piece(text: &str, style: &mut Option<String>) -> String {
     let mut out = String::with_capacity(text.len());
     let mut open = false;
+    if let Some(s) = style.as_ref() {
+        out.push_str(s);
+        open = true;
+    }
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
         if c != '\x1b' {
@@ -407,6 +422,7 @@ pub fn ansi_to_html(text: &str) -> String {
         if open {
             out.push_str("</span>");
             open = false;
+            *style = None;
         }
         let colour = params.split(';').filter_map(|p| p.parse::<u8>().ok()).find_map(|n| match n {
             31 | 91 => Some("var(--fail)"),
@@ -418,12 +434,13 @@ pub fn ansi_to_html(text: &str) -> String {
         });
         let bold = params.split(';').any(|p| p == "1");
         if colour.is_some() || bold {
-            let _ = write!(
-                out,
+            let tag = format!(
                 "<span style=\"{}{}\">",
                 colour.map(|c| format!("color:{c};")).unwrap_or_default(),
                 if bold { "font-weight:600" } else { "" }
             );
+            out.push_str(&tag);
+            *style = Some(tag);
             open = true;
         }
     }
@@ -433,17 +450,48 @@ pub fn ansi_to_html(text: &str) -> String {
     out
 }
 
-/// The log viewer: the whole log, colours rendered; the raw text is one click away.
-pub fn log_page(job: &str, text: &str, complete: bool) -> String {
-    let body = format!(
-        "<h1>Log of {}</h1><p class=\"muted\">{} · {} bytes · <a href=\"/api/v1/logs/{}\">plain text</a></p><pre id=\"log\">{}</pre>",
+/// Bytes of log per piece of the streamed log page.
+const LOG_PIECE: usize = 64 << 10;
+
+/// The log viewer, as pieces to stream: the page head, the log in pieces of about 64 KiB cut
+/// at line ends (colours carried across), the page end. A browser shows the start of a large
+/// log while the rest arrives.
+pub fn log_page_pieces(job: &str, text: String, complete: bool) -> impl Iterator<Item = String> + Send + 'static {
+    let page = layout(job, "\u{0}");
+    let (head, tail) = page.split_once('\u{0}').map(|(a, b)| (a.to_string(), b.to_string())).unwrap_or_default();
+    let head = format!(
+        "{head}<h1>Log of {}</h1><p class=\"muted\">{} · {} bytes · <a href=\"/api/v1/logs/{}\">plain text</a></p><pre id=\"log\">",
         esc(job),
         if complete { "complete" } else { "still arriving" },
         text.len(),
-        enc(job),
-        ansi_to_html(text)
+        enc(job)
     );
-    layout(job, &body)
+    let mut style = None;
+    let mut rest = text;
+    let mut pieces = Vec::new();
+    while !rest.is_empty() {
+        let mut cut = rest.len().min(LOG_PIECE);
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        if cut < rest.len()
+            && let Some(nl) = rest[..cut].rfind('\n')
+        {
+            cut = nl + 1;
+        }
+        let piece: String = rest.drain(..cut).collect();
+        let mut html = ansi_piece(&piece, &mut style);
+        if style.is_some() {
+            html.push_str("</span>");
+        }
+        pieces.push(html);
+    }
+    std::iter::once(head).chain(pieces).chain(std::iter::once(format!("</pre>{tail}")))
+}
+
+/// The log viewer in one string (tests, small logs).
+pub fn log_page(job: &str, text: &str, complete: bool) -> String {
+    log_page_pieces(job, text.to_string(), complete).collect()
 }
 
 /// The runners page.
@@ -483,6 +531,22 @@ mod tests {
     }
 
     #[test]
+    fn long_logs_stream_in_pieces_with_colours_carried() {
+        let mut log = String::from("\x1b[31m");
+        for i in 0..20_000 {
+            log.push_str(&format!("line {i} <x>\n"));
+        }
+        let pieces: Vec<String> = log_page_pieces("j1", log, true).collect();
+        assert!(pieces.len() > 4, "{} pieces", pieces.len());
+        // Every piece of the log is red: the colour opened in the first goes on in the others.
+        for p in &pieces[1..pieces.len() - 1] {
+            assert!(p.starts_with("<span style=\"color:var(--fail);\">") && p.ends_with("</span>"), "{}", &p[..60]);
+        }
+        let whole: String = pieces.concat();
+        assert!(whole.contains("line 19999 &lt;x&gt;") && whole.ends_with("</html>\n"));
+    }
+
+    #[test]
     fn pages_escape_what_mail_wrote() {
         let row = SeriesRow {
             id: 3,
@@ -498,7 +562,15 @@ mod tests {
         let html = series_list(std::slice::from_ref(&row), 1, Some("a&b"), 1, 25, 120);
         assert!(!html.contains("<script>alert"), "{html}");
         assert!(html.contains("&lt;script&gt;") && html.contains("value=\"a&amp;b\"") && html.contains("2 min ago"));
-        let view = SeriesView { series: row, patches: vec![], versions: vec![], cells: vec![], report: None, verdict_detail: None };
+        let view = SeriesView {
+            series: row,
+            patches: vec![],
+            versions: vec![],
+            cells: vec![],
+            report: None,
+            report_text: None,
+            verdict_detail: None,
+        };
         assert!(!series_page(&view, 0).contains("<script>alert"));
         assert_eq!(live_page(Some("\"</script><b>")).matches("</script>").count(), 1, "the filter cannot end the script");
     }

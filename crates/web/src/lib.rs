@@ -375,7 +375,14 @@ async fn page_live(axum::extract::Query(p): axum::extract::Query<LiveParams>) ->
 async fn page_log(State(st): State<Arc<AppState>>, axum::extract::Path(job): axum::extract::Path<String>) -> Response {
     let Some(logs) = &st.logs else { return html_error(StatusCode::NOT_FOUND, "this server keeps no test logs") };
     match logs.get(job.clone()).await {
-        Ok(Some((text, complete))) => html(StatusCode::OK, dashboard::log_page(&job, &text, complete)),
+        Ok(Some((text, complete))) => {
+            let pieces = dashboard::log_page_pieces(&job, text, complete).map(Ok::<_, Infallible>);
+            (
+                [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                axum::body::Body::from_stream(futures_util::stream::iter(pieces)),
+            )
+                .into_response()
+        }
         Ok(None) => html_error(StatusCode::NOT_FOUND, &format!("no log for job {job}")),
         Err(e) => html_error(StatusCode::SERVICE_UNAVAILABLE, &e),
     }
