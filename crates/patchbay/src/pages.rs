@@ -15,8 +15,6 @@ pub struct StorePages {
     pub db: Db,
     /// Topics of this deployment (for the runners' heartbeats).
     pub root: TopicRoot,
-    /// The outbox maildir, when reports go there: the series page shows the mail.
-    pub outbox: Option<std::path::PathBuf>,
 }
 
 const SERIES_COLUMNS: &str = "s.id, s.project, s.submitter, s.name, s.version, s.total, s.state, v.verdict, s.created_at";
@@ -62,7 +60,6 @@ impl patchbay_web::dashboard::Pages for StorePages {
     }
 
     fn series(&self, id: i64) -> PageFuture<'_, Option<SeriesView>> {
-        let outbox = self.outbox.clone();
         Box::pin(async move {
             self.db
                 .read(move |c| {
@@ -120,20 +117,14 @@ impl patchbay_web::dashboard::Pages for StorePages {
                             })
                         })?
                         .collect::<Result<_, _>>()?;
-                    let report: Option<(String, Option<String>, String)> = c
+                    let report: Option<(String, Option<String>, Option<Vec<u8>>)> = c
                         .query_row(
-                            "SELECT state, detail, message_id FROM reports WHERE series_id = ?1 AND version = ?2",
+                            "SELECT state, detail, mail FROM reports WHERE series_id = ?1 AND version = ?2",
                             params![id, series.version],
                             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                         )
                         .optional()?;
-                    // The mail as written to the outbox (named after its Message-ID, as the reporter names it).
-                    let report_text = report.as_ref().and_then(|(_, _, mid)| {
-                        let name = mid.trim_matches(['<', '>']).replace(['/', '@'], "_");
-                        let outbox = outbox.as_ref()?;
-                        ["new", "cur"].iter().find_map(|sub| std::fs::read(outbox.join(sub).join(&name)).ok())
-                    });
-                    let report_text = report_text.map(|b| String::from_utf8_lossy(&b).into_owned());
+                    let report_text = report.as_ref().and_then(|(_, _, mail)| mail.as_ref().map(|m| String::from_utf8_lossy(m).into_owned()));
                     let report = report.map(|(state, detail, _)| (state, detail));
                     let verdict_detail = c
                         .query_row("SELECT detail FROM verdicts WHERE series_id = ?1 AND version = ?2", params![id, series.version], |r| {

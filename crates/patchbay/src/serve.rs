@@ -137,11 +137,7 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
         })),
         admin_tokens: config.admin_tokens.clone(),
         history: Some(Arc::new(StoreHistory(ingest.bus().db().clone()))),
-        pages: Some(Arc::new(crate::pages::StorePages {
-            db: ingest.bus().db().clone(),
-            root: config.bus.root.clone(),
-            outbox: config.report.smtp_url.is_none().then(|| config.data_dir.join("outbox")),
-        })),
+        pages: Some(Arc::new(crate::pages::StorePages { db: ingest.bus().db().clone(), root: config.bus.root.clone() })),
         jobs: Some(Arc::new(crate::pages::Rerun {
             db: ingest.bus().db().clone(),
             bus: served.bus.clone(),

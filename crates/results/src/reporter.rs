@@ -337,9 +337,9 @@ impl Reporter {
             .write(move |tx| {
                 let changed = tx
                     .prepare_cached(
-                        "UPDATE reports SET state = 'sent', transport = ?4, sent_at = ?3 WHERE series_id = ?1 AND version = ?2 AND state IN ('intent', 'sending')",
+                        "UPDATE reports SET state = 'sent', transport = ?4, sent_at = ?3, mail = ?5 WHERE series_id = ?1 AND version = ?2 AND state IN ('intent', 'sending')",
                     )?
-                    .execute(params![id, ver, now(), transport])?;
+                    .execute(params![id, ver, now(), transport, mail])?;
                 if changed == 1 {
                     bus.publish_in(tx, vec![out])?;
                 }

@@ -198,6 +198,10 @@ const STEPS: &[&str] = &[
     CREATE TABLE history_topics (topic TEXT PRIMARY KEY) WITHOUT ROWID;
     CREATE VIRTUAL TABLE history_text USING fts5 (body, content = '', tokenize = 'unicode61 remove_diacritics 2');
     ",
+    // 7: the report mail as sent, for the dashboard (owned by the results crate's reporter).
+    "
+    ALTER TABLE reports ADD COLUMN mail BLOB;
+    ",
 ];
 
 /// Brings the database up to the latest schema.

@@ -77,7 +77,7 @@ pub struct SeriesView {
     pub cells: Vec<Cell>,
     /// The report: state and detail.
     pub report: Option<(String, Option<String>)>,
-    /// The report mail itself, when it went to the outbox.
+    /// The report mail itself, as sent.
     pub report_text: Option<String>,
     /// The verdict's detail (what failed or is missing).
     pub verdict_detail: Option<String>,
