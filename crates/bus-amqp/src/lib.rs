@@ -358,11 +358,26 @@ impl Bus for AmqpBus {
             )
             .await
             .map_err(|e| unavailable("bind the dead-letter queue", e))?;
-        let consumer = channel
-            .basic_consume(spec.name.as_str().into(), ShortString::from(""), BasicConsumeOptions::default(), FieldTable::default())
-            .await
-            .map_err(|e| unavailable("consume", e))?;
-        Ok(Box::new(AmqpSubscription { bus: self.inner.clone(), channel, consumer, queue: spec.name, settler: Settler::start() }))
+        // On demand: no consumer, so the broker pushes nothing ahead; `next` asks for one message.
+        let consumer = if spec.on_demand {
+            None
+        } else {
+            Some(
+                channel
+                    .basic_consume(spec.name.as_str().into(), ShortString::from(""), BasicConsumeOptions::default(), FieldTable::default())
+                    .await
+                    .map_err(|e| unavailable("consume", e))?,
+            )
+        };
+        Ok(Box::new(AmqpSubscription {
+            bus: self.inner.clone(),
+            channel,
+            consumer,
+            fetch: None,
+            idle: POLL_MIN,
+            queue: spec.name,
+            settler: Settler::start(),
+        }))
     }
 
     async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
@@ -421,26 +436,70 @@ fn header_string(h: &FieldTable, key: &str) -> Option<String> {
 struct AmqpSubscription {
     bus: Arc<Inner>,
     channel: Channel,
-    consumer: lapin::Consumer,
+    /// The pushing consumer; `None` on demand.
+    consumer: Option<lapin::Consumer>,
+    /// On demand: the `basic.get` in flight, kept across a cancelled `next` so a message the
+    /// broker handed over is never dropped on the floor.
+    fetch: Option<tokio::task::JoinHandle<Result<Option<lapin::message::BasicGetMessage>, lapin::Error>>>,
+    /// On demand: how long to wait before asking an empty queue again.
+    idle: std::time::Duration,
     queue: String,
     settler: Arc<Settler>,
+}
+
+/// On demand, an empty queue is asked again after this, doubling up to [`POLL_MAX`].
+const POLL_MIN: std::time::Duration = std::time::Duration::from_millis(20);
+/// The longest wait between asks of an empty queue.
+const POLL_MAX: std::time::Duration = std::time::Duration::from_millis(500);
+
+impl AmqpSubscription {
+    /// The next message, pushed by the consumer or (on demand) asked for.
+    async fn raw_next(&mut self) -> Result<lapin::message::Delivery, BusError> {
+        loop {
+            if let Some(consumer) = self.consumer.as_mut() {
+                match consumer.next().await {
+                    Some(Ok(d)) => return Ok(d),
+                    Some(Err(e)) if e.can_be_recovered() => {
+                        tracing::warn!(queue = %self.queue, error = %e, "Consumer lost its connection; waiting for recovery.");
+                        // A failed recovery goes to the caller, whose runtime retries with backoff and says so.
+                        self.channel.wait_for_recovery(e).await.map_err(|e| unavailable("consume", e))?;
+                        continue;
+                    }
+                    Some(Err(e)) => return Err(unavailable("consume", e)),
+                    None => return Err(BusError::Closed),
+                }
+            }
+            let fetch = self.fetch.get_or_insert_with(|| {
+                let (channel, queue) = (self.channel.clone(), self.queue.clone());
+                tokio::spawn(async move { channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false }).await })
+            });
+            let got = fetch.await;
+            self.fetch = None;
+            match got {
+                Ok(Ok(Some(m))) => {
+                    self.idle = POLL_MIN;
+                    return Ok(m.delivery);
+                }
+                Ok(Ok(None)) => {
+                    tokio::time::sleep(self.idle).await;
+                    self.idle = (self.idle * 2).min(POLL_MAX);
+                }
+                Ok(Err(e)) if e.can_be_recovered() => {
+                    tracing::warn!(queue = %self.queue, error = %e, "Lost the connection; waiting for recovery.");
+                    self.channel.wait_for_recovery(e).await.map_err(|e| unavailable("get", e))?;
+                }
+                Ok(Err(e)) => return Err(unavailable("get", e)),
+                Err(e) => return Err(unavailable("get", e)),
+            }
+        }
+    }
 }
 
 #[async_trait]
 impl Subscription for AmqpSubscription {
     async fn next(&mut self) -> Result<Delivery, BusError> {
         loop {
-            let d = match self.consumer.next().await {
-                Some(Ok(d)) => d,
-                Some(Err(e)) if e.can_be_recovered() => {
-                    tracing::warn!(queue = %self.queue, error = %e, "Consumer lost its connection; waiting for recovery.");
-                    // A failed recovery goes to the caller, whose runtime retries with backoff and says so.
-                    self.channel.wait_for_recovery(e).await.map_err(|e| unavailable("consume", e))?;
-                    continue;
-                }
-                Some(Err(e)) => return Err(unavailable("consume", e)),
-                None => return Err(BusError::Closed),
-            };
+            let d = self.raw_next().await?;
             let headers = d.properties.headers().clone().unwrap_or_default();
             let prior = header_u32(&headers, H_ATTEMPTS);
             let attempt = prior + 1 + u32::from(d.redelivered);

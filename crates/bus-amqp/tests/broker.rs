@@ -46,3 +46,51 @@ async fn long_handler() {
         "the message was redelivered: the connection had died"
     );
 }
+
+/// On demand, a subscriber holds nothing ahead: while it works on one message, a second
+/// consumer of the queue takes the others. With the broker pushing (prefetch), the first
+/// holds them all and the second waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_demand_consumers_hold_nothing_ahead() {
+    tokio::time::timeout(Duration::from_secs(120), on_demand()).await.expect("the on-demand test hung");
+}
+
+async fn on_demand() {
+    let base = std::env::var("PATCHBAY_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let tmp = tempfile::tempdir().unwrap();
+    let ns = format!("pbo{}", Uuid::now_v7().simple());
+    let mut config = AmqpConfig::new(base, tmp.path());
+    config.exchange = ns.clone();
+    config.queue_expiry = Some(Duration::from_secs(600));
+    let bus: Arc<dyn Bus> = Arc::new(AmqpBus::connect(config, Sealer::default()).await.expect("RabbitMQ; run scripts/test"));
+    let root = TopicRoot::new("pbtest", &ns).unwrap();
+    for (mode, on_demand) in [("pull", true), ("push", false)] {
+        let queue = format!("{ns}.{mode}");
+        let pattern = TopicPattern::parse(&format!("pbtest.{ns}.{mode}.#")).unwrap();
+        let spec = QueueSpec::new(&queue, vec![pattern]).prefetch(16).on_demand(on_demand);
+        let mut first = bus.subscribe(spec.clone()).await.unwrap();
+        let mut msgs = Vec::new();
+        for n in 0..3 {
+            let mut m = message(&root, n);
+            m.topic = root.topic(&format!("{mode}.item.new")).unwrap();
+            msgs.push(m);
+        }
+        bus.publish(msgs).await.unwrap();
+        let held = tokio::time::timeout(Duration::from_secs(10), first.next()).await.unwrap().unwrap();
+        // Let a pushing broker fill the first consumer's prefetch.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut second = bus.subscribe(spec).await.unwrap();
+        let mut got = 0;
+        while let Ok(Ok(d)) = tokio::time::timeout(Duration::from_secs(2), second.next()).await {
+            d.ack().await.unwrap();
+            got += 1;
+        }
+        if on_demand {
+            assert_eq!(got, 2, "on demand: the second consumer takes the two the first did not ask for");
+        } else {
+            assert_eq!(got, 0, "pushed: the first consumer holds them all (the contrast that makes the test mean something)");
+        }
+        held.ack().await.unwrap();
+        drop(first);
+    }
+}

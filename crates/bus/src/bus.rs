@@ -44,12 +44,23 @@ pub struct QueueSpec {
     pub patterns: Vec<TopicPattern>,
     /// How many deliveries this subscription may hold unsettled at once.
     pub prefetch: u16,
+    /// Take a message from the broker only when `next` is called, holding none ahead: for
+    /// consumers whose capacity is shared elsewhere (a runner's job slots across its queues),
+    /// so a message waits where another consumer can take it. Backends that hand out on
+    /// demand anyway (the embedded bus) ignore it.
+    pub on_demand: bool,
 }
 
 impl QueueSpec {
     /// A queue bound to `patterns` with a prefetch of 16.
     pub fn new(name: impl Into<String>, patterns: Vec<TopicPattern>) -> Self {
-        QueueSpec { name: name.into(), patterns, prefetch: 16 }
+        QueueSpec { name: name.into(), patterns, prefetch: 16, on_demand: false }
+    }
+
+    /// Takes messages on demand only (see [`QueueSpec::on_demand`]).
+    pub fn on_demand(mut self, yes: bool) -> Self {
+        self.on_demand = yes;
+        self
     }
 
     /// Sets the prefetch.

@@ -183,7 +183,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RuntimeError> {
     tokio::pin!(shutdown);
-    let queue = QueueSpec::new(spec.queue.clone(), spec.patterns.clone()).prefetch(spec.concurrency);
+    // With shared slots, take a message only while holding one: nothing waits here that
+    // another consumer could be running.
+    let queue = QueueSpec::new(spec.queue.clone(), spec.patterns.clone()).prefetch(spec.concurrency).on_demand(spec.slots.is_some());
     let mut backoff = Duration::from_millis(200);
     let mut consumer = loop {
         tokio::select! {
