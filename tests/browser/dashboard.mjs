@@ -100,6 +100,22 @@ try {
   check(after === 2, 'the job is queued again');
   await page.screenshot({ path: join(artifacts, 'rerun-accepted.png'), fullPage: true });
 
+  // Re-send the report (the token is kept): a second report.email.sent for this series.
+  const series = page.url().split('/').pop();
+  const sent = async () => (await api(`/api/v1/messages?category=report&series=${series}&rows_per_page=100`))
+    .messages.filter((m) => m.topic.endsWith('.report.email.sent')).length;
+  check((await sent()) === 1, 'the report was sent once by the pipeline');
+  await page.evaluate(() => { document.getElementById('admin-result').textContent = ''; });
+  await page.locator('button', { hasText: 'Re-send' }).click();
+  await page.waitForFunction(() => document.getElementById('admin-result').textContent !== '');
+  check((await page.locator('#admin-result').textContent()).startsWith('Done'), 're-send is accepted with the token');
+  let resent = 0;
+  for (let i = 0; i < 50 && resent < 2; i++) {
+    resent = await sent();
+    if (resent < 2) await new Promise((res) => setTimeout(res, 100));
+  }
+  check(resent === 2, 'the report is sent again');
+
   // 4. The log viewer, and the runners page.
   await page.goto(base + logHref);
   check((await page.locator('#log').textContent()).length > 0, 'the log viewer shows the log');

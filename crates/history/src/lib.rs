@@ -72,6 +72,7 @@ struct Row {
     seq: i64,
     series: Option<i64>,
     project: Option<String>,
+    job: Option<String>,
     text: String,
 }
 
@@ -87,6 +88,7 @@ fn row(topic: &str, wire: &[u8]) -> Row {
         seq: 0,
         series: None,
         project: None,
+        job: None,
         text: String::new(),
     };
     // A message we cannot read is still listed (by topic), never dropped from history.
@@ -107,12 +109,14 @@ fn row(topic: &str, wire: &[u8]) -> Row {
     if r.project.is_none() {
         r.project = body.get("project").and_then(|p| p.as_str()).map(str::to_string);
     }
+    r.job = body.get("job").and_then(|j| j.as_str()).map(str::to_string);
     body_text(body, &mut r.text);
     r
 }
 
-/// A filter value as one full-text token: a kind letter pair and the value in hex, so any
-/// value is one alphanumeric word that user text can never spell by accident.
+/// A filter value as one full-text token: a kind letter and the value in hex, so any value is
+/// one alphanumeric word. Tokens live in their own column (`tags`), which text searches never
+/// look at, so a body cannot pose as another project or topic.
 fn token(kind: &str, value: &str) -> String {
     let mut t = String::with_capacity(4 + value.len() * 2);
     t.push_str("zz");
@@ -133,6 +137,9 @@ fn tokens(r: &Row) -> String {
     }
     if let Some(p) = &r.project {
         t.push(token("p", p));
+    }
+    if let Some(j) = &r.job {
+        t.push(token("j", j));
     }
     t.join(" ")
 }
@@ -155,7 +162,7 @@ pub fn index_batch(tx: &Connection) -> Result<usize, StoreError> {
     let mut put = tx.prepare_cached(
         "INSERT INTO history (pos, ts, topic, category, service, instance, seq, series, project) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
-    let mut text = tx.prepare_cached("INSERT INTO history_text (rowid, body) VALUES (?1, ?2)")?;
+    let mut text = tx.prepare_cached("INSERT INTO history_text (rowid, body, tags) VALUES (?1, ?2, ?3)")?;
     let mut topics = tx.prepare_cached("INSERT OR IGNORE INTO history_topics (topic) VALUES (?1)")?;
     let mut seen_topics = std::collections::HashSet::new();
     for (pos, topic, wire) in &rows {
@@ -163,7 +170,7 @@ pub fn index_batch(tx: &Connection) -> Result<usize, StoreError> {
         r.ts = r.ts.max(last).min(now.max(last));
         last = r.ts;
         put.execute(rusqlite::params![pos, r.ts, r.topic, r.category, r.service, r.instance, r.seq, r.series, r.project])?;
-        text.execute(rusqlite::params![pos, format!("{} {}", tokens(&r), r.text)])?;
+        text.execute(rusqlite::params![pos, r.text, tokens(&r)])?;
         if seen_topics.insert(r.topic.clone()) {
             topics.execute([&r.topic])?;
         }
@@ -362,10 +369,11 @@ fn sql_filter(q: &Query, plan: &Plan) -> (String, Vec<Sql>) {
     (format!("WHERE {}", clauses.join(" AND ")), args)
 }
 
-/// The whole query as one FTS5 expression: the phrases, and every structured filter as tokens.
+/// The whole query as one FTS5 expression: the phrases (in the text), and every structured
+/// filter as tokens (in the tags).
 fn fts_filter(q: &Query, plan: &Plan) -> String {
-    let any = |ts: Vec<String>| if ts.len() == 1 { ts[0].clone() } else { format!("({})", ts.join(" OR ")) };
-    let mut and: Vec<String> = q.contains.iter().map(|c| fts_phrase(c)).collect();
+    let any = |ts: Vec<String>| format!("tags : ({})", ts.join(" OR "));
+    let mut and: Vec<String> = q.contains.iter().map(|c| format!("body : {}", fts_phrase(c))).collect();
     let mut not: Vec<String> = Vec::new();
     let mut group = |kind: &str, values: Vec<String>, negate: bool| {
         if values.is_empty() {
@@ -383,6 +391,7 @@ fn fts_filter(q: &Query, plan: &Plan) -> String {
     group("n", q.not_series.iter().map(i64::to_string).collect(), true);
     group("p", q.projects.clone(), false);
     group("p", q.not_projects.clone(), true);
+    group("j", q.jobs.clone(), false);
     let sender = |s: &SenderFilter| match &s.instance {
         Some(i) => token("i", &format!("{}:{i}", s.service)),
         None => token("s", &s.service),
@@ -401,8 +410,16 @@ fn fts_filter(q: &Query, plan: &Plan) -> String {
     expr
 }
 
-/// One page of messages matching `q`, and how many match in all.
+/// One page of messages matching `q`, and how many match in all, read from one snapshot (so the
+/// total and the page agree).
 pub fn search(conn: &Connection, q: &Query) -> Result<Page, StoreError> {
+    let snapshot = conn.unchecked_transaction()?;
+    let page = search_in(&snapshot, q)?;
+    snapshot.commit()?;
+    Ok(page)
+}
+
+fn search_in(conn: &Connection, q: &Query) -> Result<Page, StoreError> {
     let range = if q.start.is_some() || q.end.is_some() {
         match pos_range(conn, q.start, q.end)? {
             Some(r) => Some(r),
@@ -416,7 +433,7 @@ pub fn search(conn: &Connection, q: &Query) -> Result<Page, StoreError> {
     let limit = i64::from(q.rows_per_page);
     let offset = i64::from(q.page - 1) * limit;
     let replay = q.seq_from.is_some() || q.seq_to.is_some();
-    let (total, sql, mut args): (i64, String, Vec<Sql>) = if !q.contains.is_empty() && !replay {
+    let (total, sql, mut args): (i64, String, Vec<Sql>) = if (!q.contains.is_empty() || !q.jobs.is_empty()) && !replay {
         // Text search with everything else as tokens and the time as a rowid range: FTS5
         // answers it alone, without touching one history row per text match.
         let (lo, hi) = range.unwrap_or((0, i64::MAX));
@@ -486,7 +503,14 @@ mod tests {
         q.senders = vec![SenderFilter { service: "runner".into(), instance: Some("a".into()) }];
         let plan = Plan { topics: Some(vec![]), range: None };
         let e = fts_filter(&q, &plan);
-        assert_eq!(e, format!("\"oops\" AND zzt AND zzc6369 AND {} NOT {}", token("i", "runner:a"), token("p", "qemu")));
+        assert_eq!(
+            e,
+            format!(
+                "body : \"oops\" AND tags : (zzt) AND tags : (zzc6369) AND tags : ({}) NOT tags : ({})",
+                token("i", "runner:a"),
+                token("p", "qemu")
+            )
+        );
     }
 
     #[test]

@@ -54,6 +54,8 @@ pub struct Query {
     pub not_senders: Vec<SenderFilter>,
     /// Words or phrases the body must contain (all of them).
     pub contains: Vec<String>,
+    /// Test jobs (`body.job`): every message about them.
+    pub jobs: Vec<String>,
     /// Sent at or after, in microseconds since the epoch.
     pub start: Option<i64>,
     /// Sent before, in microseconds since the epoch.
@@ -84,6 +86,7 @@ impl Default for Query {
             senders: vec![],
             not_senders: vec![],
             contains: vec![],
+            jobs: vec![],
             start: None,
             end: None,
             seq_from: None,
@@ -156,6 +159,7 @@ impl Query {
                     }
                     q.contains.push(value.clone())
                 }
+                "job" => q.jobs.push(word(n, value)?),
                 "start" => q.start = Some(time(n, value)?),
                 "end" => q.end = Some(time(n, value)?),
                 "delta" => {
@@ -188,10 +192,13 @@ impl Query {
             if q.start.is_some() {
                 return Err("delta: give start or delta, not both".into());
             }
-            q.start = Some(q.end.unwrap_or(now) - (d * 1e6) as i64);
+            q.start = Some(q.end.unwrap_or(now).saturating_sub((d * 1e6) as i64));
         }
         if (q.seq_from.is_some() || q.seq_to.is_some()) && q.senders.len() != 1 {
             return Err("seq_from: a sequence range needs exactly one sender".into());
+        }
+        if (q.seq_from.is_some() || q.seq_to.is_some()) && (!q.contains.is_empty() || !q.jobs.is_empty()) {
+            return Err("contains: not with a sequence range (a replay takes the sender's messages as they are)".into());
         }
         if let (Some(a), Some(b)) = (q.seq_from, q.seq_to)
             && a > b

@@ -280,12 +280,10 @@ impl std::fmt::Debug for HistoryReplay {
     }
 }
 
-#[async_trait]
-impl patchbay_runtime::Replay for HistoryReplay {
-    async fn range(&self, sender: &Sender, from: u64, to: u64) -> Result<Vec<patchbay_model::Envelope>, String> {
-        patchbay_history::Indexer::new(self.0.clone()).catch_up().await.map_err(|e| e.to_string())?;
+impl HistoryReplay {
+    async fn fetch(&self, sender: &Sender, from: u64, to: u64) -> Result<Vec<patchbay_model::Envelope>, String> {
         let mut out = Vec::new();
-        for page in 1.. {
+        for page in 1..=100 {
             let params: Vec<(String, String)> = vec![
                 ("sender".into(), format!("{}:{}", sender.service, sender.instance)),
                 ("seq_from".into(), from.to_string()),
@@ -300,11 +298,24 @@ impl patchbay_runtime::Replay for HistoryReplay {
             for w in got.messages {
                 out.push(patchbay_model::Envelope::from_wire(&w).map_err(|e| e.to_string())?);
             }
-            if n < 100 || page >= 100 {
+            if n < 100 {
                 break;
             }
         }
         Ok(out)
+    }
+}
+
+#[async_trait]
+impl patchbay_runtime::Replay for HistoryReplay {
+    async fn range(&self, sender: &Sender, from: u64, to: u64) -> Result<Vec<patchbay_model::Envelope>, String> {
+        // Usually the range is all there (a sender's other topics); index first only when not.
+        let got = self.fetch(sender, from, to).await?;
+        if got.len() as u64 > to.saturating_sub(from) {
+            return Ok(got);
+        }
+        patchbay_history::Indexer::new(self.0.clone()).catch_up().await.map_err(|e| e.to_string())?;
+        self.fetch(sender, from, to).await
     }
 }
 

@@ -311,7 +311,7 @@ async fn missed(
     q.push(format!("sender={}:{}", sender.service, sender.instance));
     q.push(format!("seq_from={from}&seq_to={to}&order=asc&rows_per_page=100"));
     let url = format!("{base}/api/v1/messages?{}", q.join("&"));
-    let Ok(resp) = client.get(&url).send().await else { return vec![] };
+    let Ok(resp) = client.get(&url).timeout(Duration::from_secs(10)).send().await else { return vec![] };
     let Ok(page) = resp.json::<serde_json::Value>().await else { return vec![] };
     page["messages"].as_array().map(|m| m.iter().map(|v| v.to_string()).collect()).unwrap_or_default()
 }

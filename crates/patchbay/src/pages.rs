@@ -42,8 +42,8 @@ impl patchbay_web::dashboard::Pages for StorePages {
         Box::pin(async move {
             self.db
                 .read(move |c| {
-                    let like = search.map(|s| format!("%{}%", s.replace(['%', '_'], "")));
-                    let filter = "WHERE (?1 IS NULL OR s.name LIKE ?1 OR s.submitter LIKE ?1)";
+                    let like = search.map(|s| format!("%{}%", s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
+                    let filter = "WHERE (?1 IS NULL OR s.name LIKE ?1 ESCAPE '\\' OR s.submitter LIKE ?1 ESCAPE '\\')";
                     let total: i64 = c.query_row(&format!("SELECT count(*) FROM series s {filter}"), params![like], |r| r.get(0))?;
                     let mut stmt = c.prepare_cached(&format!(
                         "SELECT {SERIES_COLUMNS} FROM series s LEFT JOIN verdicts v ON v.series_id = s.id AND v.version = s.version
@@ -228,7 +228,14 @@ impl patchbay_web::TestJobs for Rerun {
             ];
             let q = patchbay_history::Query::from_params(&params, 0).map_err(patchbay_web::QueryError::Bad)?;
             let page = self.db.read(move |c| patchbay_history::search(c, &q)).await.map_err(|e| unavailable(e.to_string()))?;
-            let found = page.messages.iter().filter_map(|w| Envelope::from_wire(w).ok()).find(|e| e.body["job"] == job.as_str());
+            // The job as the dispatcher queued it: its schema on a job topic, nothing that only mentions it.
+            let queued_topic =
+                |t: &str| t.strip_prefix(self.root.as_str()).is_some_and(|r| r.starts_with(".ci.job.") && r.ends_with(".queued"));
+            let found = page.messages.iter().filter_map(|w| Envelope::from_wire(w).ok()).find(|e| {
+                e.body["job"] == job.as_str()
+                    && e.schema.name == <patchbay_model::TestJob as patchbay_model::Body>::SCHEMA
+                    && queued_topic(e.topic.as_str())
+            });
             let Some(queued) = found else { return Ok(serde_json::Value::Null) };
             tracing::info!(%job, %by, "Job re-run by an admin.");
             let copy = Outgoing {
@@ -265,7 +272,7 @@ impl patchbay_web::TestJobs for Rerun {
             self.db
                 .write(move |tx| {
                     tx.execute(
-                        "UPDATE reports SET state = 'intent', detail = ?3 WHERE series_id = ?1 AND version = ?2 AND state IN ('sent', 'failed', 'skipped')",
+                        "UPDATE reports SET state = 'intent', detail = ?3, resends = resends + 1 WHERE series_id = ?1 AND version = ?2 AND state IN ('sent', 'failed', 'skipped')",
                         params![series, version, detail],
                     )?;
                     Ok(())

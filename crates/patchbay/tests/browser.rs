@@ -81,5 +81,10 @@ fn the_dashboard_in_headless_chromium() {
     assert!(out.status.success(), "browser checks failed:\n{text}");
     assert!(text.contains("all browser checks passed"));
     assert!(artifacts.join("series.png").is_file() && artifacts.join("live.png").is_file());
+    // The re-sent report is a second file in the outbox, beside the first.
+    let outbox = tmp.path().join("demo/data/outbox/new");
+    let names: Vec<String> = std::fs::read_dir(&outbox).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(names.len(), 3, "two reports and one re-send: {names:?}");
+    assert!(names.iter().any(|n| n.ends_with(".resend1")), "{names:?}");
     drop(demo);
 }

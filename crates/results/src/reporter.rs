@@ -210,7 +210,7 @@ impl Reporter {
         let message_id = report::message_id(v.series.id, v.series.version, &self.settings.domain);
         // 1. The intent, before anything leaves.
         let (id, ver, mid) = (v.series.id, v.series.version, message_id.clone());
-        let state: String = self
+        let (state, resends): (String, u32) = self
             .bus
             .db()
             .write(move |tx| {
@@ -218,7 +218,9 @@ impl Reporter {
                     "INSERT OR IGNORE INTO reports (series_id, version, message_id, state, transport, created_at) VALUES (?1, ?2, ?3, 'intent', 'outbox', ?4)",
                 )?
                 .execute(params![id, ver, mid, now()])?;
-                Ok(tx.query_row("SELECT state FROM reports WHERE series_id = ?1 AND version = ?2", params![id, ver], |r| r.get(0))?)
+                Ok(tx.query_row("SELECT state, resends FROM reports WHERE series_id = ?1 AND version = ?2", params![id, ver], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?)
             })
             .await?;
         match state.as_str() {
@@ -248,7 +250,10 @@ impl Reporter {
                 })
                 .await?
         };
-        let skip = if self.skip.passed && v.verdict == "PASSED" {
+        // An admin's re-send goes out whatever the skip rules say.
+        let skip = if resends > 0 {
+            None
+        } else if self.skip.passed && v.verdict == "PASSED" {
             Some("PASSED, and only failures are reported")
         } else if self.skip.superseded && superseded {
             Some("a later version superseded this one before it was reported")
@@ -290,7 +295,11 @@ impl Reporter {
         let transport = match &self.transport {
             Transport::Outbox(outbox) => {
                 // Idempotent by name, so a crash after it and before 3. sends nothing twice.
-                let name = message_id.trim_matches(['<', '>']).replace(['/', '@'], "_");
+                // A re-send is a new file (same Message-ID: mail clients thread it as the same report).
+                let mut name = message_id.trim_matches(['<', '>']).replace(['/', '@'], "_");
+                if resends > 0 {
+                    name.push_str(&format!(".resend{resends}"));
+                }
                 deliver_to_maildir(outbox, &name, &mail).map_err(|e| StoreError::Io { path: outbox.clone(), source: e })?;
                 "outbox"
             }

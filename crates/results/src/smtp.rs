@@ -72,6 +72,11 @@ fn before_text(e: &lettre::transport::smtp::Error) -> SendError {
     if e.is_permanent() { SendError::Permanent(e.to_string()) } else { SendError::Transient(e.to_string()) }
 }
 
+/// Ends a connection we give up on; QUIT may stall on a broken server, so it is bounded.
+async fn abort(conn: &mut AsyncSmtpConnection) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.abort()).await;
+}
+
 impl Smtp {
     /// Builds the client from settings; a bad URL or CA file is an error.
     pub fn new(s: &SmtpSettings) -> Result<Smtp, String> {
@@ -112,6 +117,12 @@ impl Smtp {
         Ok(smtp)
     }
 
+    /// How long each step may take (default 30 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
     fn tls(&self) -> Result<TlsParameters, SendError> {
         let mut b = TlsParameters::builder(self.host.clone());
         if let Some(ca) = &self.ca {
@@ -120,7 +131,15 @@ impl Smtp {
         b.build_rustls().map_err(|e| SendError::Permanent(format!("TLS setup: {e}")))
     }
 
+    /// Connects, with TLS and AUTH as configured, within the timeout (lettre bounds only the TCP
+    /// connect; a server that stalls in its greeting, the handshake or AUTH would hang us).
     async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
+        tokio::time::timeout(self.timeout, self.connect_inner())
+            .await
+            .map_err(|_| SendError::Transient(format!("{}:{} did not finish greeting, TLS or AUTH in time", self.host, self.port)))?
+    }
+
+    async fn connect_inner(&self) -> Result<AsyncSmtpConnection, SendError> {
         let hello = ClientId::default();
         let mut conn = match self.security {
             Security::Tls => {
@@ -140,7 +159,7 @@ impl Smtp {
                     .map_err(|e| before_text(&e))?;
                 if self.security == Security::StartTls {
                     if !conn.server_info().supports_feature(Extension::StartTls) {
-                        conn.abort().await;
+                        abort(&mut conn).await;
                         // A server that stopped offering STARTTLS may be under attack: never fall back.
                         return Err(SendError::Transient("the server does not offer STARTTLS; not sending in clear".into()));
                     }
@@ -152,7 +171,7 @@ impl Smtp {
         if let Some(credentials) = &self.credentials
             && let Err(e) = conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials).await
         {
-            conn.abort().await;
+            abort(&mut conn).await;
             return Err(before_text(&e));
         }
         Ok(conn)
@@ -187,11 +206,11 @@ impl Smtp {
         match envelope {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
-                conn.abort().await;
+                abort(&mut conn).await;
                 return Err(before_text(&e));
             }
             Err(_) => {
-                conn.abort().await;
+                abort(&mut conn).await;
                 return Err(SendError::Transient("the SMTP server did not answer MAIL/RCPT/DATA in time".into()));
             }
         }
@@ -206,7 +225,7 @@ impl Smtp {
         if result.is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(5), conn.quit()).await;
         } else {
-            conn.abort().await;
+            abort(&mut conn).await;
         }
         result
     }

@@ -16,6 +16,8 @@ enum At {
     Dot(&'static str),
     /// Close the connection at the final dot without answering.
     CloseAtDot,
+    /// Never answer this command (a server that stalls).
+    Silent(&'static str),
 }
 
 /// Runs a one-connection SMTP server on 127.0.0.1; returns its port and, when done, the
@@ -37,6 +39,10 @@ async fn server(ehlo: &'static str, script: Vec<At>) -> (u16, tokio::task::JoinH
             }
             let verb = line.split([' ', ':', '\r']).next().unwrap_or("").to_ascii_uppercase();
             seen.push(verb.clone());
+            if script.iter().any(|a| matches!(a, At::Silent(v) if *v == verb)) {
+                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                return seen;
+            }
             let scripted = script.iter().find_map(|a| match a {
                 At::Command(v, reply) if *v == verb => Some(*reply),
                 _ => None,
@@ -128,6 +134,20 @@ async fn no_starttls_offered_means_nothing_sent_in_clear() {
     assert!(matches!(&r, Err(SendError::Transient(w)) if w.contains("STARTTLS")), "{r:?}");
     let seen = seen.await.unwrap();
     assert!(!seen.contains(&"MAIL".to_string()), "{seen:?}");
+}
+
+#[tokio::test]
+async fn a_server_that_stalls_is_given_up_on_in_time() {
+    for silent in ["EHLO", "DATA"] {
+        let (port, _) = server("250 scripted", vec![At::Silent(silent)]).await;
+        let smtp = Smtp::new(&SmtpSettings { url: format!("smtp://127.0.0.1:{port}"), credentials: None, ca_pem: None })
+            .unwrap()
+            .with_timeout(std::time::Duration::from_millis(500));
+        let began = std::time::Instant::now();
+        let r = smtp.send("ci@example.org", &["dev@example.org".into()], b"Subject: hi\n\nbody\n").await;
+        assert!(matches!(r, Err(SendError::Transient(_))), "{silent}: {r:?}");
+        assert!(began.elapsed() < std::time::Duration::from_secs(8), "{silent}: took {:?}", began.elapsed());
+    }
 }
 
 #[test]

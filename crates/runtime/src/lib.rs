@@ -100,8 +100,9 @@ pub trait Replay: Send + Sync + std::fmt::Debug {
     async fn range(&self, sender: &patchbay_model::Sender, from: u64, to: u64) -> Result<Vec<Envelope>, String>;
 }
 
-/// Per sender, the highest sequence number seen, and the ids already handled (bounded):
-/// what tells a gap, and what keeps a replayed message from being handled twice.
+/// Per sender, the highest sequence number seen, and the ids taken care of out of band
+/// (bounded): what tells a gap, and what keeps a replayed message from being handled twice
+/// when its own delivery comes late.
 #[derive(Default)]
 pub struct Gaps {
     last: std::collections::HashMap<patchbay_model::Sender, u64>,
@@ -125,7 +126,17 @@ impl Gaps {
         gap
     }
 
-    /// Whether `id` is new (and remembers it).
+    /// Remembers that a replay handled `id`.
+    pub fn mark_replayed(&mut self, id: patchbay_model::Uuid) {
+        self.first_time(id);
+    }
+
+    /// Whether a replay handled `id`.
+    pub fn was_replayed(&self, id: patchbay_model::Uuid) -> bool {
+        self.seen.contains(&id)
+    }
+
+    /// Whether `id` is new (and remembers it): for readers that show each message once (`tail`).
     pub fn first_time(&mut self, id: patchbay_model::Uuid) -> bool {
         if !self.seen.insert(id) {
             return false;
@@ -279,7 +290,7 @@ async fn catch_up(
             }
             Ok(missed) => {
                 for env in missed {
-                    if !spec.patterns.iter().any(|p| p.matches(&env.topic)) || !gaps.first_time(env.id) {
+                    if !spec.patterns.iter().any(|p| p.matches(&env.topic)) || gaps.was_replayed(env.id) {
                         continue;
                     }
                     if let Err(error) = policy.check(&env) {
@@ -287,15 +298,26 @@ async fn catch_up(
                         continue;
                     }
                     tracing::info!(service = %spec.name, id = %env.id, seq = env.seq, "Handling a message missed on the way (replay).");
-                    for attempt in 1..=spec.retry.max_attempts.max(1) {
-                        match handler.handle(&env, attempt).await {
-                            Ok(()) => break,
-                            Err(HandlerError::Transient(error)) if attempt < spec.retry.max_attempts => {
+                    for attempt in 1..=REPLAY_ATTEMPTS {
+                        let (h, e) = (handler.clone(), env.clone());
+                        // Its own task, so a panic is contained as in `handle_one`.
+                        let result = match tokio::spawn(async move { h.handle(&e, attempt).await }).await {
+                            Ok(r) => r,
+                            Err(_) => Err(HandlerError::Transient("handler panicked".into())),
+                        };
+                        match result {
+                            Ok(()) => {
+                                gaps.mark_replayed(env.id);
+                                break;
+                            }
+                            Err(HandlerError::Transient(error)) if attempt < REPLAY_ATTEMPTS => {
                                 tracing::info!(service = %spec.name, id = %env.id, %error, "Replayed message failed; retrying.");
-                                tokio::time::sleep(spec.retry.delay(attempt)).await;
+                                tokio::time::sleep(spec.retry.delay(attempt).min(Duration::from_secs(2))).await;
                             }
                             Err(error) => {
-                                tracing::warn!(service = %spec.name, id = %env.id, ?error, "Replayed message failed; given up.");
+                                // Not marked: if its own delivery ever comes, it is handled then, with the
+                                // queue's retries and dead-lettering.
+                                tracing::warn!(service = %spec.name, id = %env.id, %error, "Replayed message failed; left for its own delivery.");
                                 break;
                             }
                         }
@@ -304,8 +326,12 @@ async fn catch_up(
             }
         }
     }
-    gaps.first_time(current.id)
+    // Only a message a replay handled is skipped; retries and redeliveries of the rest are handled.
+    !gaps.was_replayed(current.id)
 }
+
+/// Attempts at a replayed message, briefly: the consumer loop waits for them.
+const REPLAY_ATTEMPTS: u32 = 3;
 
 async fn acquire(slots: Option<Arc<tokio::sync::Semaphore>>) -> Option<tokio::sync::OwnedSemaphorePermit> {
     match slots {
@@ -376,8 +402,12 @@ mod tests {
         assert_eq!(g.observe(&a, 8), None, "late arrivals open no gap");
         assert_eq!(g.observe(&a, 10), None);
         let id = patchbay_model::Uuid::now_v7();
-        assert!(g.first_time(id));
-        assert!(!g.first_time(id));
+        assert!(!g.was_replayed(id), "a delivery nobody replayed is handled, however often it comes");
+        g.mark_replayed(id);
+        assert!(g.was_replayed(id));
+        let other = patchbay_model::Uuid::now_v7();
+        assert!(g.first_time(other));
+        assert!(!g.first_time(other));
     }
 
     #[test]

@@ -275,13 +275,17 @@ impl patchbay_runtime::Replay for History {
     }
 }
 
-/// Records the order of what it handles.
+/// Records the order of what it handles; message 25 fails its first attempt.
 struct Order(Mutex<Vec<u64>>);
 
 #[async_trait]
 impl Handler for Order {
-    async fn handle(&self, env: &Envelope, _attempt: u32) -> Result<(), HandlerError> {
-        self.0.lock().unwrap().push(env.body["n"].as_u64().unwrap());
+    async fn handle(&self, env: &Envelope, attempt: u32) -> Result<(), HandlerError> {
+        let n = env.body["n"].as_u64().unwrap();
+        if n == 25 && attempt == 1 {
+            return Err(HandlerError::Transient("not yet".into()));
+        }
+        self.0.lock().unwrap().push(n);
         Ok(())
     }
 }
@@ -321,5 +325,11 @@ async fn messages_lost_on_the_way_are_fetched_and_handled_once_in_order() {
     let _ = stop_tx.send(true);
     service.await.unwrap().unwrap();
     let seen = order.0.lock().unwrap().clone();
-    assert_eq!(seen, (1..=30).collect::<Vec<u64>>(), "each once, in order, the lost ten fetched from history");
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(sorted, (1..=30).collect::<Vec<u64>>(), "each once (a retried message too), the lost ten fetched from history: {seen:?}");
+    let lost: Vec<u64> = seen.iter().copied().filter(|n| (10..=19).contains(n)).collect();
+    assert_eq!(lost, (10..=19).collect::<Vec<u64>>(), "the lost ones in order");
+    let at = |n: u64| seen.iter().position(|&x| x == n).unwrap();
+    assert!(at(9) < at(10) && at(19) < at(20), "and before what came after them: {seen:?}");
 }

@@ -196,11 +196,13 @@ const STEPS: &[&str] = &[
     CREATE INDEX history_project ON history (project) WHERE project IS NOT NULL;
     CREATE INDEX history_sender ON history (service, instance, seq);
     CREATE TABLE history_topics (topic TEXT PRIMARY KEY) WITHOUT ROWID;
-    CREATE VIRTUAL TABLE history_text USING fts5 (body, content = '', tokenize = 'unicode61 remove_diacritics 2');
+    CREATE VIRTUAL TABLE history_text USING fts5 (body, tags, content = '', tokenize = 'unicode61 remove_diacritics 2');
     ",
-    // 7: the report mail as sent, for the dashboard (owned by the results crate's reporter).
+    // 7: the report mail as sent, for the dashboard, and how often an admin asked to re-send it
+    // (owned by the results crate's reporter).
     "
     ALTER TABLE reports ADD COLUMN mail BLOB;
+    ALTER TABLE reports ADD COLUMN resends INTEGER NOT NULL DEFAULT 0;
     ",
 ];
 

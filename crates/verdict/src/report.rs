@@ -185,8 +185,10 @@ fn clean(value: &str) -> String {
 /// The template sees `report` (series, version, project, verdict, failed, missing, lines
 /// with what/outcome/reason/seconds/excerpt/log_url, base, link), `thread` (subject,
 /// submitter) and `default_body`, the built-in text, to wrap or replace. Undefined names
-/// are errors, so a typo shows when the template is loaded, not in a mail. The output is
-/// wrapped at 72 columns like the built-in body; headers stay ours (threading, ids).
+/// are errors, and the template is rendered against a sample (a FAILED report) when it is
+/// loaded, so syntax errors and typos on the paths that sample takes show then; a typo in
+/// a branch it does not take shows at run time, where the built-in text is used instead.
+/// The output is wrapped at 72 columns like the built-in body; headers stay ours.
 #[derive(Debug)]
 pub struct Template {
     env: minijinja::Environment<'static>,

@@ -273,7 +273,7 @@ pub fn series_page(v: &SeriesView, now: i64) -> String {
     );
     let verdict = match &s.verdict {
         Some(word) => badge(word),
-        None => format!("<span class=\"badge pending\">{}</span>", if s.state == "complete" { "testing" } else { &s.state }),
+        None => format!("<span class=\"badge pending\">{}</span>", esc(if s.state == "complete" { "testing" } else { &s.state })),
     };
     let _ = write!(b, "<p id=\"verdict\">Verdict: {verdict}");
     if let Some(d) = &v.verdict_detail {
@@ -480,11 +480,8 @@ pub fn log_page_pieces(job: &str, text: String, complete: bool) -> impl Iterator
             cut = nl + 1;
         }
         let piece: String = rest.drain(..cut).collect();
-        let mut html = ansi_piece(&piece, &mut style);
-        if style.is_some() {
-            html.push_str("</span>");
-        }
-        pieces.push(html);
+        // ansi_piece closes a colour still on at its end and hands it to the next piece.
+        pieces.push(ansi_piece(&piece, &mut style));
     }
     std::iter::once(head).chain(pieces).chain(std::iter::once(format!("</pre>{tail}")))
 }
@@ -541,6 +538,7 @@ mod tests {
         // Every piece of the log is red: the colour opened in the first goes on in the others.
         for p in &pieces[1..pieces.len() - 1] {
             assert!(p.starts_with("<span style=\"color:var(--fail);\">") && p.ends_with("</span>"), "{}", &p[..60]);
+            assert_eq!(p.matches("<span").count(), p.matches("</span>").count(), "balanced");
         }
         let whole: String = pieces.concat();
         assert!(whole.contains("line 19999 &lt;x&gt;") && whole.ends_with("</html>\n"));
