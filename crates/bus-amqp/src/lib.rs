@@ -593,6 +593,19 @@ impl Acker for AmqpAcker {
     }
 }
 
+impl Drop for AmqpSubscription {
+    fn drop(&mut self) {
+        // A `basic.get` still in flight may yet hand us a message nobody will take: give it back.
+        if let (Some(fetch), Ok(rt)) = (self.fetch.take(), tokio::runtime::Handle::try_current()) {
+            rt.spawn(async move {
+                if let Ok(Ok(Some(m))) = fetch.await {
+                    let _ = m.delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                }
+            });
+        }
+    }
+}
+
 impl Drop for AmqpAcker {
     fn drop(&mut self) {
         if let Some(acker) = self.acker.take() {
