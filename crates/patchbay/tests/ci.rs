@@ -542,6 +542,27 @@ fn only_failures_are_mailed_when_asked() {
     assert_eq!(mails, 1, "only the failure is mailed");
 }
 
+/// A config with one job slot and a test `slow` running `script`, and `serve` on it.
+fn one_slot_serve(tmp: &Path, repo: &Path, script: &str) -> (PathBuf, Serve) {
+    let config = tmp.join("patchbay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{}\"\n[ingest]\nlmtp_listen = \"\"\n[bus]\nprefix = \"e2e\"\nenv = \"ci\"\n\
+             [runner]\njobs = 1\n\
+             [[project]]\nname = \"demo\"\nlist_ids = [\"{LIST}\"]\nrepository = \"{}\"\n\
+             [[project.test]]\nname = \"slow\"\nscript = \"{script}\"\narches = [\"{}\"]\n",
+            free_port(),
+            repo.display(),
+            std::env::consts::ARCH
+        ),
+    )
+    .unwrap();
+    let serve = Serve(bin().arg("--config").arg(&config).arg("serve").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    std::thread::sleep(Duration::from_millis(500));
+    (config, serve)
+}
+
 /// Posts v2 of the `work` series (README "two"), in reply to v1's cover letter.
 fn post_v2(repo: &Path, config: &Path, v1_cover: &str) {
     git(repo, &["checkout", "-q", "-b", "work2", "main"]);
@@ -565,22 +586,7 @@ fn post_v2(repo: &Path, config: &Path, v1_cover: &str) {
 fn a_superseded_versions_pending_jobs_are_cancelled() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = origin(tmp.path(), &[("README", "base\n"), ("OTHER", "x\n")]);
-    let config = tmp.path().join("patchbay.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{}\"\n[ingest]\nlmtp_listen = \"\"\n[bus]\nprefix = \"e2e\"\nenv = \"ci\"\n\
-             [runner]\njobs = 1\n\
-             [[project]]\nname = \"demo\"\nlist_ids = [\"{LIST}\"]\nrepository = \"{}\"\n\
-             [[project.test]]\nname = \"slow\"\nscript = \"sleep 3\"\narches = [\"{}\"]\n",
-            free_port(),
-            repo.display(),
-            std::env::consts::ARCH
-        ),
-    )
-    .unwrap();
-    let _serve = Serve(bin().arg("--config").arg(&config).arg("serve").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
-    std::thread::sleep(Duration::from_millis(500));
+    let (config, _serve) = one_slot_serve(tmp.path(), &repo, "sleep 3");
     // The one slot is busy with another series while v1 and then v2 arrive: v1's jobs wait.
     post(&repo, &config, "blocker", "main", &[("OTHER", "y\n")]);
     let db = tmp.path().join("data/patchbay.sqlite3");
@@ -640,22 +646,7 @@ fn a_superseded_versions_pending_jobs_are_cancelled() {
 fn a_version_superseded_before_its_report_gets_none() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = origin(tmp.path(), &[("README", "base\n")]);
-    let config = tmp.path().join("patchbay.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{}\"\n[ingest]\nlmtp_listen = \"\"\n[bus]\nprefix = \"e2e\"\nenv = \"ci\"\n\
-             [runner]\njobs = 1\n\
-             [[project]]\nname = \"demo\"\nlist_ids = [\"{LIST}\"]\nrepository = \"{}\"\n\
-             [[project.test]]\nname = \"slow\"\nscript = \"sleep 2\"\narches = [\"{}\"]\n",
-            free_port(),
-            repo.display(),
-            std::env::consts::ARCH
-        ),
-    )
-    .unwrap();
-    let _serve = Serve(bin().arg("--config").arg(&config).arg("serve").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
-    std::thread::sleep(Duration::from_millis(500));
+    let (config, _serve) = one_slot_serve(tmp.path(), &repo, "sleep 2");
     // v1, then at once a v2 in reply to it: v1 is superseded while its tests still run.
     let v1_cover = post_with(&repo, &config, "work", "main", &[("README", "one\n")], "");
     post_v2(&repo, &config, &v1_cover);

@@ -88,17 +88,15 @@ fn python() -> Option<String> {
 }
 
 fn smtp_server(py: &str, dir: &Path, port: u16, delay: f64) -> Proc {
-    let script = dir.join("smtpd.py");
-    std::fs::write(&script, SERVER).unwrap();
-    let mut child = Command::new(py)
-        .arg(&script)
-        .arg(port.to_string())
-        .arg(dir.join("received"))
-        .arg(delay.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let received = dir.join("received").display().to_string();
+    python_server(py, dir, SERVER, &[port.to_string(), received, delay.to_string()])
+}
+
+/// Runs a server script with `args`, once it says it is ready.
+fn python_server(py: &str, dir: &Path, text: &str, args: &[String]) -> Proc {
+    let script = dir.join("server.py");
+    std::fs::write(&script, text).unwrap();
+    let mut child = Command::new(py).arg(&script).args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
     assert_eq!(line.trim(), "ready");
@@ -382,24 +380,13 @@ fn submission(mode: &str, scheme: &str) {
     let tmp = tempfile::tempdir().unwrap();
     certificates(tmp.path());
     let smtp_port = free_port();
-    let script = tmp.path().join("submission.py");
-    std::fs::write(&script, SUBMISSION).unwrap();
-    let mut child = Command::new(&py)
-        .arg(&script)
-        .arg(smtp_port.to_string())
-        .arg(tmp.path().join("received"))
-        .arg(tmp.path().join("smtp.pem"))
-        .arg(tmp.path().join("smtp.key"))
-        .arg(tmp.path().join("logins"))
-        .arg(mode)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
-    assert_eq!(line.trim(), "ready");
-    let _smtp = Proc(child);
+    let path = |name: &str| tmp.path().join(name).display().to_string();
+    let _smtp = python_server(
+        &py,
+        tmp.path(),
+        SUBMISSION,
+        &[smtp_port.to_string(), path("received"), path("smtp.pem"), path("smtp.key"), path("logins"), mode.to_string()],
+    );
 
     let config = setup(tmp.path(), smtp_port);
     std::fs::write(
