@@ -523,23 +523,34 @@ fn only_failures_are_mailed_when_asked() {
     post(&repo, &config, "fine", "main", &[("README", "docs\n")]);
     post(&repo, &config, "bad", "main", &[("status", "failing\n")]);
     let db = tmp.path().join("data/patchbay.sqlite3");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let states = loop {
-        let states: Vec<String> = rusqlite::Connection::open(&db)
-            .ok()
-            .and_then(|c| {
-                let mut s = c.prepare("SELECT state FROM reports ORDER BY series_id").ok()?;
-                Some(s.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect())
-            })
-            .unwrap_or_default();
-        if states.len() == 2 && !states.contains(&"intent".to_string()) || Instant::now() > deadline {
-            break states;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let states: Vec<String> = settled_reports(&db, None, 2, 60).into_iter().map(|(_, state)| state).collect();
     assert_eq!(states, vec!["skipped".to_string(), "sent".to_string()]);
     let mails = std::fs::read_dir(tmp.path().join("data/outbox/new")).unwrap().count();
     assert_eq!(mails, 1, "only the failure is mailed");
+}
+
+/// The reports (version, state) in series order, once `n` of them have left `intent` (or after
+/// `secs`): of the series named `name`, or all.
+fn settled_reports(db: &Path, name: Option<&str>, n: usize, secs: u64) -> Vec<(u32, String)> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let states: Vec<(u32, String)> = rusqlite::Connection::open(db)
+            .ok()
+            .and_then(|c| {
+                let mut s = c
+                    .prepare(
+                        "SELECT r.version, r.state FROM reports r JOIN series s ON s.id = r.series_id
+                         WHERE ?1 IS NULL OR s.name = ?1 ORDER BY r.series_id, r.version",
+                    )
+                    .ok()?;
+                Some(s.query_map([name], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect())
+            })
+            .unwrap_or_default();
+        if states.len() == n && states.iter().all(|(_, s)| s != "intent") || Instant::now() > deadline {
+            return states;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// A config with one job slot and a test `slow` running `script`, and `serve` on it.
@@ -625,20 +636,7 @@ fn a_superseded_versions_pending_jobs_are_cancelled() {
     let v1: Vec<_> = verdicts.iter().filter(|v| v["series"]["name"] == "the work series" && v["series"]["version"] == 1).collect();
     assert_eq!(v1.len(), 1, "{verdicts:?}");
     assert_eq!(v1[0]["verdict"], "INCOMPLETE");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let states = loop {
-        let states: Vec<(u32, String)> = rusqlite::Connection::open(&db)
-            .ok()
-            .and_then(|c| {
-                let mut s = c.prepare("SELECT r.version, r.state FROM reports r JOIN series s ON s.id = r.series_id WHERE s.name = 'the work series' ORDER BY r.version").ok()?;
-                Some(s.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect())
-            })
-            .unwrap_or_default();
-        if states.len() == 2 && states.iter().all(|(_, s)| s != "intent") || Instant::now() > deadline {
-            break states;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let states = settled_reports(&db, Some("the work series"), 2, 30);
     assert_eq!(states, vec![(1, "skipped".to_string()), (2, "sent".to_string())]);
 }
 
@@ -651,23 +649,9 @@ fn a_version_superseded_before_its_report_gets_none() {
     let v1_cover = post_with(&repo, &config, "work", "main", &[("README", "one\n")], "");
     post_v2(&repo, &config, &v1_cover);
     let db = tmp.path().join("data/patchbay.sqlite3");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let states = loop {
-        let states: Vec<String> = rusqlite::Connection::open(&db)
-            .ok()
-            .and_then(|c| {
-                let mut s = c.prepare("SELECT state FROM reports ORDER BY series_id").ok()?;
-                Some(s.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect())
-            })
-            .unwrap_or_default();
-        if states.len() == 2 && !states.contains(&"intent".to_string()) || Instant::now() > deadline {
-            break states;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(states, vec!["skipped".to_string(), "sent".to_string()]);
+    assert_eq!(settled_reports(&db, None, 2, 60), vec![(1, "skipped".to_string()), (2, "sent".to_string())]);
     let mails = std::fs::read_dir(tmp.path().join("data/outbox/new")).unwrap().count();
-    assert_eq!(mails, 1, "only the failure is mailed");
+    assert_eq!(mails, 1, "only v2 is mailed");
 }
 
 #[test]
