@@ -92,6 +92,7 @@ impl Dispatcher {
             base_commit: series.base_commit.clone(),
             dependencies: dependencies.clone(),
             mbox: series.mbox.clone(),
+            mbox_base64: series.mbox_base64.clone(),
             script: None,
             limits: TestLimits { wall_secs: 600, memory_mib: 1024, processes: 256, file_size_mib: 1024, output_kib: 256 },
         };

@@ -184,7 +184,7 @@ impl Handler for RunnerService {
             branch: job.branch.clone(),
             base_commit: job.base_commit.clone(),
             dependencies: job.dependencies.iter().map(|d| d.clone().into_bytes()).collect(),
-            mbox: job.mbox.clone().into_bytes(),
+            mbox: patchbay_model::mbox_bytes(&job.mbox, job.mbox_base64.as_deref()),
             script: job.script.clone(),
             limits: Limits {
                 wall: Duration::from_secs(job.limits.wall_secs),

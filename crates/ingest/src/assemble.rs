@@ -469,6 +469,7 @@ fn complete(tx: &Tx<'_>, s: &SeriesRow, now: i64, events: &mut Vec<Event>) -> Re
         depends_on.extend(m.hints.depends_on.iter().filter(|b| !depends_on.contains(b)).cloned().collect::<Vec<_>>());
     }
     let s = load_series(tx, s.id)?;
+    let (mbox, mbox_base64) = patchbay_model::mbox_fields(&mbox);
     events.push(Event::Complete(Box::new(SeriesComplete {
         series: head(&s),
         cover: ms.iter().find(|m| m.slot == 0).map(|m| m.message_id.clone()),
@@ -477,7 +478,8 @@ fn complete(tx: &Tx<'_>, s: &SeriesRow, now: i64, events: &mut Vec<Event>) -> Re
             .filter(|m| m.slot > 0)
             .map(|m| SeriesPatch { slot: m.slot, mail: m.mail, message_id: m.message_id.clone(), subject: m.subject.clone() })
             .collect(),
-        mbox: String::from_utf8_lossy(&mbox).into_owned(),
+        mbox,
+        mbox_base64,
         base_commit: first(|h| h.base_commit.as_ref()),
         based_on,
         depends_on,

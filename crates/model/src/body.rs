@@ -133,6 +133,10 @@ pub struct SeriesComplete {
     pub patches: Vec<SeriesPatch>,
     /// The patches as one mboxrd, in slot order, ready for `git am`.
     pub mbox: String,
+    /// The exact bytes of `mbox`, base64, when they are not UTF-8 (an 8-bit Latin-1 patch):
+    /// `mbox` then holds them with replacement characters, for people only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mbox_base64: Option<String>,
     /// `base-commit:` from the cover letter or a patch.
     pub base_commit: Option<String>,
     /// `Based-on:` lines (Message-IDs or URLs of series to apply first).
@@ -226,6 +230,9 @@ pub struct TestJob {
     pub dependencies: Vec<String>,
     /// The series as an mbox in patch order.
     pub mbox: String,
+    /// The exact bytes of `mbox`, base64, when they are not UTF-8; runners apply these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mbox_base64: Option<String>,
     /// The script (`sh -c` in the applied tree), `None` for the `apply` job.
     pub script: Option<String>,
     /// Limits for the script.
@@ -520,6 +527,23 @@ fn export<B: Body>() -> BodySchema {
         version: B::VERSION,
         schema: serde_json::to_value(schemars::schema_for!(B)).expect("schemas serialize"),
     }
+}
+
+/// An mbox for a message body: the text, and the exact bytes (base64) when they are not UTF-8.
+pub fn mbox_fields(bytes: &[u8]) -> (String, Option<String>) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => (text.to_string(), None),
+        Err(_) => {
+            use base64::Engine as _;
+            (String::from_utf8_lossy(bytes).into_owned(), Some(base64::engine::general_purpose::STANDARD.encode(bytes)))
+        }
+    }
+}
+
+/// The exact bytes of an mbox carried by [`mbox_fields`].
+pub fn mbox_bytes(text: &str, base64: Option<&str>) -> Vec<u8> {
+    use base64::Engine as _;
+    base64.and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok()).unwrap_or_else(|| text.as_bytes().to_vec())
 }
 
 /// Every body type patchbay publishes, for `patchbay schema` and for validating shell input.

@@ -14,7 +14,7 @@ mod topic;
 pub use body::{
     BaseUsed, Body, BodySchema, LogMessage, MailReceived, ReportFailed, ReportSent, ResultRecorded, ResultWaived, RunnerHeartbeat,
     SeriesComplete, SeriesHead, SeriesIncomplete, SeriesNew, SeriesPatch, SeriesSuperseded, SeriesVerdict, TestCancelled, TestFinished,
-    TestJob, TestLimits, TestLog, TestStarted, body_schemas, check_body, envelope_schema, free_form_schema,
+    TestJob, TestLimits, TestLog, TestStarted, body_schemas, check_body, envelope_schema, free_form_schema, mbox_bytes, mbox_fields,
 };
 pub use canonical::write_canonical;
 pub use envelope::{Envelope, EnvelopeError, SchemaRef, Sender, Signature};

@@ -156,6 +156,7 @@ async fn bench(scratch: &Path, opts: &RunnerBench) -> anyhow::Result<()> {
         base_commit: Some(base.clone()),
         dependencies: vec![],
         mbox: String::from_utf8(mbox)?,
+        mbox_base64: None,
         script: Some("true".into()),
         limits: TestLimits { wall_secs: 60, memory_mib: 1024, processes: 256, file_size_mib: 1024, output_kib: 64 },
     };

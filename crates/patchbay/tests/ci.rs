@@ -691,3 +691,48 @@ fn jobs_wait_for_a_runner_that_comes_later() {
     let tests: Vec<String> = results(&db).iter().map(|r| r["test"].as_str().unwrap().to_string()).collect();
     assert!(tests.contains(&"apply".to_string()) && tests.contains(&"late".to_string()), "{tests:?}");
 }
+
+/// A patch in Latin-1 (8-bit, not UTF-8), as older projects still post: its exact bytes reach
+/// `git am`, so it applies.
+#[test]
+fn an_8bit_latin1_patch_applies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = origin(tmp.path(), &[("README", "base\n")]);
+    std::fs::write(repo.join("names.txt"), b"caf\xe9\n").unwrap();
+    git(&repo, &["add", "names.txt"]);
+    git(&repo, &["commit", "-q", "-m", "names: a Latin-1 file"]);
+    let (config, _serve) = one_slot_serve(tmp.path(), &repo, "grep -q cr names.txt");
+    git(&repo, &["checkout", "-q", "-b", "latin", "main"]);
+    std::fs::write(repo.join("names.txt"), b"caf\xe9\ncr\xe8me\n").unwrap();
+    git(&repo, &["commit", "-q", "-am", "names: add cr\u{e8}me"]);
+    let out = repo.join("out-latin");
+    git(&repo, &["format-patch", "-q", "--cover-letter", "--thread=shallow", "-o", &out.to_string_lossy(), "main..latin"]);
+    git(&repo, &["checkout", "-q", "main"]);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    for f in files {
+        let raw = std::fs::read(&f).unwrap();
+        assert!(f.to_string_lossy().contains("cover") || std::str::from_utf8(&raw).is_err(), "the patch mail is not UTF-8");
+        // The subject placeholder is ASCII: replace it in the bytes.
+        let text = raw
+            .windows(b"*** SUBJECT HERE ***".len())
+            .position(|w| w == b"*** SUBJECT HERE ***")
+            .map(|at| [&raw[..at], b"the latin series", &raw[at + b"*** SUBJECT HERE ***".len()..]].concat())
+            .unwrap_or(raw);
+        let mut c = bin().arg("--config").arg(&config).args(["inject", "--list-id", LIST]).stdin(Stdio::piped()).spawn().unwrap();
+        c.stdin.take().unwrap().write_all(&text).unwrap();
+        assert!(c.wait().unwrap().success());
+    }
+    let db = tmp.path().join("data/patchbay.sqlite3");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let all = results(&db);
+        if let (Some(apply), Some(test)) = (find(&all, "latin", "apply"), find(&all, "latin", "slow")) {
+            assert_eq!(apply["outcome"], "PASSED", "{apply}");
+            assert_eq!(test["outcome"], "PASSED", "{test}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no results: {all:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
