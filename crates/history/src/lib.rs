@@ -194,6 +194,21 @@ impl Indexer {
     pub async fn catch_up(&self) -> Result<usize, StoreError> {
         let mut total = 0;
         loop {
+            // A read first: a write, even an empty one, is a commit, and a commit wakes `run`
+            // again, so writing only to find nothing new would spin.
+            let behind = self
+                .db
+                .read(|c| {
+                    Ok(c.query_row(
+                        "SELECT coalesce((SELECT max(pos) FROM bus_messages), 0) > coalesce((SELECT max(pos) FROM history), 0)",
+                        [],
+                        |r| r.get::<_, bool>(0),
+                    )?)
+                })
+                .await?;
+            if !behind {
+                return Ok(total);
+            }
             let n = self.db.write(|tx| index_batch(tx)).await?;
             total += n;
             if n < BATCH {

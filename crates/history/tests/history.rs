@@ -154,3 +154,25 @@ async fn a_senders_range_replays_in_sequence_order() {
     assert_eq!(got, seqs[9..=19].to_vec());
     assert!(envelopes(&page).iter().all(|e| e.sender.service == "dispatcher"));
 }
+
+/// An indexer with nothing to do writes nothing: its own commits would wake it again and it
+/// would spin (it did: 150% CPU on an idle `serve`).
+#[tokio::test]
+async fn an_idle_indexer_commits_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(dir.path(), Sealer::new(None)).unwrap();
+    bus.publish(vec![out("a", "1", "pb.dev.mail.message.received", serde_json::json!({}))]).await.unwrap();
+    let commits = bus.db().commits();
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(Indexer::new(bus.db().clone()).run(async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    }));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let settled = *commits.borrow();
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert_eq!(*commits.borrow(), settled, "commits while idle");
+    let _ = stop_tx.send(true);
+    run.await.unwrap();
+    let indexed = bus.db().read(|c| Ok(c.query_row("SELECT count(*) FROM history", [], |r| r.get::<_, i64>(0))?)).await.unwrap();
+    assert_eq!(indexed, 1);
+}
