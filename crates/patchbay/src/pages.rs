@@ -216,57 +216,59 @@ pub struct Rerun {
     pub instance: String,
 }
 
+fn unavailable(e: impl std::fmt::Display) -> patchbay_web::QueryError {
+    patchbay_web::QueryError::Unavailable(e.to_string())
+}
+
+impl Rerun {
+    /// Messages of the history matching `params` (newest first, at most 100).
+    async fn history(&self, params: &[(&str, String)]) -> Result<Vec<Envelope>, patchbay_web::QueryError> {
+        let mut params: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        params.push(("rows_per_page".into(), "100".into()));
+        let q = patchbay_history::Query::from_params(&params, 0).map_err(patchbay_web::QueryError::Bad)?;
+        let page = self.db.read(move |c| patchbay_history::search(c, &q)).await.map_err(unavailable)?;
+        Ok(page.messages.iter().filter_map(|w| Envelope::from_wire(w).ok()).collect())
+    }
+
+    /// Publishes `original`'s body again on its topic, as the admin; returns the new message's id.
+    async fn again(&self, original: &Envelope) -> Result<String, patchbay_web::QueryError> {
+        let copy = Outgoing {
+            sender: Sender::new("admin", &self.instance),
+            topic: original.topic.clone(),
+            schema: original.schema.clone(),
+            body: original.body.clone(),
+        };
+        Ok(self.bus.publish(vec![copy]).await.map_err(unavailable)?[0].id.to_string())
+    }
+}
+
 impl patchbay_web::TestJobs for Rerun {
     fn rerun(&self, job: String, by: String) -> patchbay_web::JsonFuture<'_> {
         Box::pin(async move {
-            let unavailable = |e: String| patchbay_web::QueryError::Unavailable(e);
-            let pattern = format!("{}.ci.job.#", self.root.as_str());
-            let params = vec![
-                ("topic".to_string(), pattern),
-                ("contains".to_string(), job.clone()),
-                ("rows_per_page".to_string(), "100".to_string()),
-            ];
-            let q = patchbay_history::Query::from_params(&params, 0).map_err(patchbay_web::QueryError::Bad)?;
-            let page = self.db.read(move |c| patchbay_history::search(c, &q)).await.map_err(|e| unavailable(e.to_string()))?;
+            let found = self.history(&[("topic", format!("{}.ci.job.#", self.root.as_str())), ("job", job.clone())]).await?;
             // The job as the dispatcher queued it: its schema on a job topic, nothing that only mentions it.
             let queued_topic =
                 |t: &str| t.strip_prefix(self.root.as_str()).is_some_and(|r| r.starts_with(".ci.job.") && r.ends_with(".queued"));
-            let found = page.messages.iter().filter_map(|w| Envelope::from_wire(w).ok()).find(|e| {
+            let Some(queued) = found.into_iter().find(|e| {
                 e.body["job"] == job.as_str()
                     && e.schema.name == <patchbay_model::TestJob as patchbay_model::Body>::SCHEMA
                     && queued_topic(e.topic.as_str())
-            });
-            let Some(queued) = found else { return Ok(serde_json::Value::Null) };
-            tracing::info!(%job, %by, "Job re-run by an admin.");
-            let copy = Outgoing {
-                sender: Sender::new("admin", &self.instance),
-                topic: queued.topic.clone(),
-                schema: queued.schema.clone(),
-                body: queued.body.clone(),
+            }) else {
+                return Ok(serde_json::Value::Null);
             };
-            let sent = self.bus.publish(vec![copy]).await.map_err(|e| unavailable(e.to_string()))?;
-            Ok(serde_json::json!({ "status": "queued", "job": job, "by": by, "message": sent[0].id.to_string() }))
+            tracing::info!(%job, %by, "Job re-run by an admin.");
+            let message = self.again(&queued).await?;
+            Ok(serde_json::json!({ "status": "queued", "job": job, "by": by, "message": message }))
         })
     }
 
     fn resend(&self, series: i64, version: u32, by: String) -> patchbay_web::JsonFuture<'_> {
         Box::pin(async move {
-            let unavailable = |e: String| patchbay_web::QueryError::Unavailable(e);
-            let topic =
-                self.root.topic(<patchbay_model::SeriesVerdict as patchbay_model::Body>::TOPIC).map_err(|e| unavailable(e.to_string()))?;
-            let params = vec![
-                ("topic".to_string(), topic.as_str().to_string()),
-                ("series".to_string(), series.to_string()),
-                ("rows_per_page".to_string(), "100".to_string()),
-            ];
-            let q = patchbay_history::Query::from_params(&params, 0).map_err(patchbay_web::QueryError::Bad)?;
-            let page = self.db.read(move |c| patchbay_history::search(c, &q)).await.map_err(|e| unavailable(e.to_string()))?;
-            let found = page
-                .messages
-                .iter()
-                .filter_map(|w| Envelope::from_wire(w).ok())
-                .find(|e| e.body["series"]["version"] == serde_json::json!(version));
-            let Some(verdict) = found else { return Ok(serde_json::Value::Null) };
+            let topic = self.root.topic(<patchbay_model::SeriesVerdict as patchbay_model::Body>::TOPIC).map_err(unavailable)?;
+            let found = self.history(&[("topic", topic.as_str().to_string()), ("series", series.to_string())]).await?;
+            let Some(verdict) = found.into_iter().find(|e| e.body["series"]["version"] == serde_json::json!(version)) else {
+                return Ok(serde_json::Value::Null);
+            };
             // The reporter acts on a report in `intent`: put it back there, then hand it the verdict again.
             let detail = format!("re-send asked by {by}");
             self.db
@@ -278,16 +280,10 @@ impl patchbay_web::TestJobs for Rerun {
                     Ok(())
                 })
                 .await
-                .map_err(|e| unavailable(e.to_string()))?;
+                .map_err(unavailable)?;
             tracing::info!(series, version, %by, "Report re-send asked by an admin.");
-            let copy = Outgoing {
-                sender: Sender::new("admin", &self.instance),
-                topic: verdict.topic.clone(),
-                schema: verdict.schema.clone(),
-                body: verdict.body.clone(),
-            };
-            let sent = self.bus.publish(vec![copy]).await.map_err(|e| unavailable(e.to_string()))?;
-            Ok(serde_json::json!({ "status": "queued", "series": series, "version": version, "by": by, "message": sent[0].id.to_string() }))
+            let message = self.again(&verdict).await?;
+            Ok(serde_json::json!({ "status": "queued", "series": series, "version": version, "by": by, "message": message }))
         })
     }
 }
