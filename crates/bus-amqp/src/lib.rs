@@ -11,11 +11,17 @@
 //!
 //! Publishes are persistent and confirmed: `publish` returns only once the
 //! broker confirmed every message, with many publishes in flight at once.
-//! Consumers ack manually after the handler committed. The connection
-//! recovers by itself (lapin's auto-recovery: reconnect with backoff,
-//! re-declare, resume consumers); a publish during an outage waits for the
-//! recovery up to `publish_timeout`, then fails with a clear error, and a
-//! delivery whose channel died is simply delivered again.
+//! Consumers ack manually after the handler committed.
+//!
+//! Connection loss is ours to handle, not lapin's (its auto-recovery sometimes
+//! never finished after a node restart): the bus holds one [`Link`] (a
+//! connection and its publishing channel) at a time, numbered. Whoever finds
+//! it dead (a publish, a consumer) asks for a new one; the first asker
+//! reconnects with backoff and re-declares the exchanges, the others wait for
+//! it. A publish during an outage waits up to `publish_timeout`, then fails
+//! with a clear error; a subscription opens a new channel on the new link,
+//! re-declares its queues and consumes again, and a delivery whose channel
+//! died is simply delivered again.
 //!
 //! The envelope travels as its wire bytes, unchanged, so signatures verify
 //! after the trip; AMQP properties mirror it (`message_id`, `timestamp`,
@@ -90,10 +96,19 @@ pub struct AmqpBus {
     inner: Arc<Inner>,
 }
 
-struct Inner {
-    config: AmqpConfig,
+/// One connection to the broker and the channel publishes go through. Replaced as a whole
+/// when it dies; `generation` tells askers whether someone already replaced it.
+struct Link {
+    generation: u64,
     conn: Connection,
     publisher: Channel,
+}
+
+struct Inner {
+    config: AmqpConfig,
+    link: std::sync::RwLock<Arc<Link>>,
+    /// Held while a new link is made, so that one task reconnects and the others wait for it.
+    reconnecting: tokio::sync::Mutex<()>,
     /// Sealing and sending under the sender's lock keeps its messages in sequence order on the wire.
     seqs: seq::FileSeqs,
     sealer: Sealer,
@@ -108,45 +123,50 @@ fn queue_args(config: &AmqpConfig) -> FieldTable {
     args
 }
 
+/// Longest wait between two reconnect attempts: a restarted broker is found within this.
+const RECONNECT_MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// A broker that accepts TCP but never finishes the handshake is given up on after this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects and sets up the publishing channel: confirm mode, both exchanges declared.
+async fn open_link(config: &AmqpConfig, generation: u64) -> Result<Link, lapin::Error> {
+    let props = ConnectionProperties::default().with_connection_name("patchbay".into());
+    let connecting = tokio::time::timeout(HANDSHAKE_TIMEOUT, Connection::connect(&config.url, props)).await;
+    let conn = connecting.unwrap_or_else(|_| Err(lapin::Error::from(std::io::Error::from(std::io::ErrorKind::TimedOut))))?;
+    let publisher = conn.create_channel().await?;
+    publisher.confirm_select(ConfirmSelectOptions::default()).await?;
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    publisher.exchange_declare(config.exchange.as_str().into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
+    publisher.exchange_declare(format!("{}.dead", config.exchange).into(), ExchangeKind::Direct, durable, FieldTable::default()).await?;
+    Ok(Link { generation, conn, publisher })
+}
+
+/// Opens a link, retrying with backoff (and saying so) until `deadline`.
+async fn open_link_until(config: &AmqpConfig, generation: u64, deadline: Instant) -> Result<Link, BusError> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match open_link(config, generation).await {
+            Ok(link) => return Ok(link),
+            Err(e) if Instant::now() + backoff < deadline => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "Cannot reach RabbitMQ; retrying.");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RECONNECT_MAX_BACKOFF);
+            }
+            Err(e) => return Err(unavailable("connect", e)),
+        }
+    }
+}
+
 impl AmqpBus {
     /// Connects (retrying with backoff until `connect_timeout`), declares the exchanges.
     pub async fn connect(config: AmqpConfig, sealer: Sealer) -> Result<Self, BusError> {
-        let started = Instant::now();
-        let mut backoff = Duration::from_millis(200);
-        let conn = loop {
-            let props =
-                ConnectionProperties::default().with_connection_name("patchbay".into()).enable_auto_recover().configure_backoff(|b| {
-                    b.with_min_delay(Duration::from_millis(100)).with_max_delay(Duration::from_secs(5)).with_max_times(10_000)
-                });
-            // A broker that accepts TCP but never finishes the handshake must not hang us.
-            let attempt = tokio::time::timeout(Duration::from_secs(10), Connection::connect(&config.url, props)).await;
-            match attempt.unwrap_or_else(|_| Err(lapin::Error::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))) {
-                Ok(conn) => break conn,
-                Err(e) if started.elapsed() < config.connect_timeout => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "Cannot reach RabbitMQ; retrying.");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => return Err(unavailable("connect", e)),
-            }
-        };
-        let publisher = conn.create_channel().await.map_err(|e| unavailable("open a channel", e))?;
-        publisher.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| unavailable("confirm mode", e))?;
-        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
-        publisher
-            .exchange_declare(config.exchange.as_str().into(), ExchangeKind::Topic, durable, FieldTable::default())
-            .await
-            .map_err(|e| unavailable("declare the exchange", e))?;
-        publisher
-            .exchange_declare(format!("{}.dead", config.exchange).into(), ExchangeKind::Direct, durable, FieldTable::default())
-            .await
-            .map_err(|e| unavailable("declare the dead-letter exchange", e))?;
+        let link = open_link_until(&config, 0, Instant::now() + config.connect_timeout).await?;
         Ok(AmqpBus {
             inner: Arc::new(Inner {
                 seqs: seq::FileSeqs::new(&config.state_dir.join("seq")),
                 config,
-                conn,
-                publisher,
+                link: std::sync::RwLock::new(Arc::new(link)),
+                reconnecting: tokio::sync::Mutex::new(()),
                 sealer,
                 wait_queues: std::sync::Mutex::new(HashSet::new()),
             }),
@@ -157,7 +177,7 @@ impl AmqpBus {
 impl AmqpBus {
     /// The heartbeat interval negotiated with the broker, in seconds (0: none).
     pub fn heartbeat_secs(&self) -> u16 {
-        self.inner.conn.configuration().heartbeat()
+        self.inner.link().conn.configuration().heartbeat()
     }
 }
 
@@ -194,7 +214,35 @@ fn properties(env: &Envelope, headers: FieldTable) -> BasicProperties {
 }
 
 impl Inner {
-    /// Sends one message and returns the confirm future, waiting through a recovery if needed.
+    /// The current link.
+    fn link(&self) -> Arc<Link> {
+        self.link.read().unwrap().clone()
+    }
+
+    /// Replaces link `failed` by a new connection, unless another task already did; waits for
+    /// the broker with backoff until `deadline`.
+    async fn reconnect(&self, failed: u64, deadline: Instant) -> Result<Arc<Link>, BusError> {
+        let _one = tokio::time::timeout_at(deadline.into(), self.reconnecting.lock())
+            .await
+            .map_err(|_| BusError::Unavailable("RabbitMQ: no connection within publish_timeout".into()))?;
+        let old = self.link();
+        if old.generation != failed {
+            return Ok(old);
+        }
+        tracing::warn!(link = failed, "RabbitMQ connection lost; reconnecting.");
+        // The old connection may be half alive (a confirm that never came): close it for good,
+        // so that its consumers notice and move to the new link too.
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), old.conn.close(320, "patchbay reconnects".into())).await;
+        });
+        let link = Arc::new(open_link_until(&self.config, failed + 1, deadline).await?);
+        *self.link.write().unwrap() = link.clone();
+        self.wait_queues.lock().unwrap().clear();
+        tracing::info!(link = link.generation, "Reconnected to RabbitMQ.");
+        Ok(link)
+    }
+
+    /// Sends one message and returns the confirm future, reconnecting through an outage if needed.
     async fn send(
         &self,
         exchange: &str,
@@ -204,32 +252,21 @@ impl Inner {
         deadline: Instant,
     ) -> Result<lapin::PublisherConfirm, BusError> {
         loop {
-            // Bounded: while lapin recovers a connection, a publish waits on the channel.
+            let link = self.link();
             let remaining = deadline.saturating_duration_since(Instant::now());
             let publish =
-                self.publisher.basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), wire, props.clone());
+                link.publisher.basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), wire, props.clone());
             let sent = tokio::time::timeout(remaining, publish).await.map_err(|_| {
                 BusError::Unavailable(format!("RabbitMQ: publish: not sent within publish_timeout ({:?})", self.config.publish_timeout))
             })?;
             match sent {
                 Ok(confirm) => return Ok(confirm),
-                Err(e) => self.recover(e, deadline, "publish").await?,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "RabbitMQ publish failed; reconnecting.");
+                    self.reconnect(link.generation, deadline).await?;
+                }
+                Err(e) => return Err(unavailable("publish", e)),
             }
-        }
-    }
-
-    async fn recover(&self, e: lapin::Error, deadline: Instant, what: &str) -> Result<(), BusError> {
-        if Instant::now() >= deadline || !e.can_be_recovered() {
-            return Err(unavailable(what, e));
-        }
-        tracing::warn!(error = %e, what, "RabbitMQ connection lost; waiting for recovery.");
-        match tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), self.publisher.wait_for_recovery(e)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                if Instant::now() >= deadline { Err(unavailable(what, e)) } else { Ok(()) }
-            }
-            Err(_) => Err(BusError::Unavailable(format!("RabbitMQ: {what}: no recovery within {:?}", self.config.publish_timeout))),
         }
     }
 
@@ -240,11 +277,12 @@ impl Inner {
             let confirm = self.send(exchange, routing_key, wire, props, deadline).await?;
             match confirmed(confirm, deadline).await {
                 Confirmed::Ack => return Ok(()),
-                Confirmed::Error(e) => self.recover(e, deadline, "confirm").await?,
-                Confirmed::Nack | Confirmed::Lost if Instant::now() < deadline => {
+                // A publish errors when its link died: `send` reconnects on the next round.
+                Confirmed::Nack | Confirmed::Lost | Confirmed::Error(_) if Instant::now() < deadline => {
                     tracing::warn!(routing_key, "RabbitMQ did not confirm a publish; resending.");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
+                Confirmed::Error(e) => return Err(unavailable("confirm", e)),
                 Confirmed::Nack | Confirmed::Lost => {
                     return Err(BusError::Unavailable(format!(
                         "RabbitMQ: no confirm within publish_timeout ({:?})",
@@ -264,7 +302,8 @@ impl Inner {
         args.insert("x-message-ttl".into(), AMQPValue::LongUInt(ms as u32));
         args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
         args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(queue.into()));
-        self.publisher
+        self.link()
+            .publisher
             .queue_declare(name.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, args)
             .await
             .map_err(|e| unavailable("declare a wait queue", e))?;
@@ -295,12 +334,8 @@ impl Bus for AmqpBus {
         for (confirm, wire, props, topic) in pending {
             match confirmed(confirm, deadline).await {
                 Confirmed::Ack => {}
-                Confirmed::Error(e) => {
-                    self.inner.recover(e, deadline, "confirm").await?;
-                    self.inner.publish_confirmed(&self.inner.config.exchange, &topic, &wire, &props).await?;
-                }
                 // Resend (same id: consumers are idempotent) until confirmed or out of time.
-                Confirmed::Nack | Confirmed::Lost => {
+                Confirmed::Nack | Confirmed::Lost | Confirmed::Error(_) => {
                     self.inner.publish_confirmed(&self.inner.config.exchange, &topic, &wire, &props).await?
                 }
             }
@@ -323,66 +358,24 @@ impl Bus for AmqpBus {
         if spec.name.len() > 200 {
             return Err(BusError::Invalid(format!("queue name {:?} is too long for its retry queues", spec.name)));
         }
-        let inner = &self.inner;
-        let channel = inner.conn.create_channel().await.map_err(|e| unavailable("open a channel", e))?;
-        channel.basic_qos(spec.prefetch, BasicQosOptions::default()).await.map_err(|e| unavailable("set prefetch", e))?;
-        let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-        channel
-            .queue_declare(spec.name.as_str().into(), durable, queue_args(&inner.config))
-            .await
-            .map_err(|e| unavailable("declare the queue", e))?;
-        for pattern in &spec.patterns {
-            channel
-                .queue_bind(
-                    spec.name.as_str().into(),
-                    inner.config.exchange.as_str().into(),
-                    pattern.as_str().into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|e| unavailable("bind the queue", e))?;
-        }
-        let dead = format!("{}.dead", spec.name);
-        channel
-            .queue_declare(dead.as_str().into(), durable, queue_args(&inner.config))
-            .await
-            .map_err(|e| unavailable("declare the dead-letter queue", e))?;
-        channel
-            .queue_bind(
-                dead.as_str().into(),
-                format!("{}.dead", inner.config.exchange).into(),
-                spec.name.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| unavailable("bind the dead-letter queue", e))?;
-        // On demand: no consumer, so the broker pushes nothing ahead; `next` asks for one message.
-        let consumer = if spec.on_demand {
-            None
-        } else {
-            Some(
-                channel
-                    .basic_consume(spec.name.as_str().into(), ShortString::from(""), BasicConsumeOptions::default(), FieldTable::default())
-                    .await
-                    .map_err(|e| unavailable("consume", e))?,
-            )
-        };
+        let spec = Arc::new(spec);
+        // The first setup fails to the caller; later ones (after a lost link) retry in `next`.
+        let deadline = Instant::now() + self.inner.config.connect_timeout;
+        let channel = SubChannel::open(&self.inner, &spec, deadline).await?;
         Ok(Box::new(AmqpSubscription {
             bus: self.inner.clone(),
-            channel,
-            consumer,
+            queue: spec.name.clone(),
+            spec,
+            channel: Some(channel),
+            reopen: None,
             fetch: None,
             idle: POLL_MIN,
-            queue: spec.name,
-            settler: Settler::start(),
         }))
     }
 
     async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
         // Peek: take without acking, then close the channel so they all return, in order.
-        let channel = self.inner.conn.create_channel().await.map_err(|e| unavailable("open a channel", e))?;
+        let channel = self.inner.link().conn.create_channel().await.map_err(|e| unavailable("open a channel", e))?;
         let dead = format!("{queue}.dead");
         let mut out = Vec::new();
         while out.len() < limit {
@@ -435,16 +428,97 @@ fn header_string(h: &FieldTable, key: &str) -> Option<String> {
 
 struct AmqpSubscription {
     bus: Arc<Inner>,
-    channel: Channel,
-    /// The pushing consumer; `None` on demand.
-    consumer: Option<lapin::Consumer>,
+    spec: Arc<QueueSpec>,
+    queue: String,
+    /// `None` once its link died, until `reopen` made a new one.
+    channel: Option<SubChannel>,
+    /// Re-subscribing after a lost link, kept across a cancelled `next` so that a channel
+    /// that starts consuming is never left behind unread.
+    reopen: Option<tokio::task::JoinHandle<Result<SubChannel, BusError>>>,
     /// On demand: the `basic.get` in flight, kept across a cancelled `next` so a message the
     /// broker handed over is never dropped on the floor.
     fetch: Option<tokio::task::JoinHandle<Result<Option<lapin::message::BasicGetMessage>, lapin::Error>>>,
     /// On demand: how long to wait before asking an empty queue again.
     idle: std::time::Duration,
-    queue: String,
+}
+
+/// A subscription's channel on one link, with the consumer (`None` on demand) and the
+/// settler of its deliveries (delivery tags are per channel).
+struct SubChannel {
+    channel: Channel,
+    consumer: Option<lapin::Consumer>,
     settler: Arc<Settler>,
+}
+
+impl SubChannel {
+    /// Opens a channel on the current link (reconnecting when it is dead), declares and binds
+    /// the queue and its dead-letter queue, and starts consuming; retries until `deadline`.
+    async fn open(bus: &Inner, spec: &QueueSpec, deadline: Instant) -> Result<SubChannel, BusError> {
+        loop {
+            let link = bus.link();
+            match Self::open_on(bus, &link, spec).await {
+                Ok(channel) => return Ok(channel),
+                Err(e) if Instant::now() < deadline => {
+                    tracing::warn!(queue = %spec.name, error = %e, "Cannot subscribe; reconnecting.");
+                    if link.conn.status().connected() {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    } else {
+                        bus.reconnect(link.generation, deadline).await?;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn open_on(bus: &Inner, link: &Link, spec: &QueueSpec) -> Result<SubChannel, BusError> {
+        let channel = link.conn.create_channel().await.map_err(|e| unavailable("open a channel", e))?;
+        channel.basic_qos(spec.prefetch, BasicQosOptions::default()).await.map_err(|e| unavailable("set prefetch", e))?;
+        let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+        channel
+            .queue_declare(spec.name.as_str().into(), durable, queue_args(&bus.config))
+            .await
+            .map_err(|e| unavailable("declare the queue", e))?;
+        for pattern in &spec.patterns {
+            channel
+                .queue_bind(
+                    spec.name.as_str().into(),
+                    bus.config.exchange.as_str().into(),
+                    pattern.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| unavailable("bind the queue", e))?;
+        }
+        let dead = format!("{}.dead", spec.name);
+        channel
+            .queue_declare(dead.as_str().into(), durable, queue_args(&bus.config))
+            .await
+            .map_err(|e| unavailable("declare the dead-letter queue", e))?;
+        channel
+            .queue_bind(
+                dead.as_str().into(),
+                format!("{}.dead", bus.config.exchange).into(),
+                spec.name.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| unavailable("bind the dead-letter queue", e))?;
+        // On demand: no consumer, so the broker pushes nothing ahead; `next` asks for one message.
+        let consumer = if spec.on_demand {
+            None
+        } else {
+            Some(
+                channel
+                    .basic_consume(spec.name.as_str().into(), ShortString::from(""), BasicConsumeOptions::default(), FieldTable::default())
+                    .await
+                    .map_err(|e| unavailable("consume", e))?,
+            )
+        };
+        Ok(SubChannel { channel, consumer, settler: Settler::start() })
+    }
 }
 
 /// On demand, an empty queue is asked again after this, doubling up to [`POLL_MAX`].
@@ -453,24 +527,34 @@ const POLL_MIN: std::time::Duration = std::time::Duration::from_millis(20);
 const POLL_MAX: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl AmqpSubscription {
-    /// The next message, pushed by the consumer or (on demand) asked for.
-    async fn raw_next(&mut self) -> Result<lapin::message::Delivery, BusError> {
+    /// The next message, pushed by the consumer or (on demand) asked for, with the settler of
+    /// its channel; moves to a new channel (and link) when the old one died.
+    async fn raw_next(&mut self) -> Result<(lapin::message::Delivery, Arc<Settler>), BusError> {
         loop {
-            if let Some(consumer) = self.consumer.as_mut() {
+            let Some(sub) = self.channel.as_mut() else {
+                let reopen = self.reopen.get_or_insert_with(|| {
+                    let (bus, spec) = (self.bus.clone(), self.spec.clone());
+                    let deadline = Instant::now() + bus.config.publish_timeout;
+                    tokio::spawn(async move { SubChannel::open(&bus, &spec, deadline).await })
+                });
+                let reopened = reopen.await;
+                self.reopen = None;
+                // A failure goes to the caller, whose runtime retries with backoff and says so.
+                self.channel = Some(reopened.map_err(|e| unavailable("subscribe again", e))??);
+                tracing::info!(queue = %self.queue, "Consuming again after a lost link.");
+                continue;
+            };
+            if let Some(consumer) = sub.consumer.as_mut() {
                 match consumer.next().await {
-                    Some(Ok(d)) => return Ok(d),
-                    Some(Err(e)) if e.can_be_recovered() => {
-                        tracing::warn!(queue = %self.queue, error = %e, "Consumer lost its connection; waiting for recovery.");
-                        // A failed recovery goes to the caller, whose runtime retries with backoff and says so.
-                        self.channel.wait_for_recovery(e).await.map_err(|e| unavailable("consume", e))?;
-                        continue;
-                    }
-                    Some(Err(e)) => return Err(unavailable("consume", e)),
-                    None => return Err(BusError::Closed),
+                    Some(Ok(d)) => return Ok((d, sub.settler.clone())),
+                    Some(Err(e)) => tracing::warn!(queue = %self.queue, error = %e, "Consumer lost its channel; subscribing again."),
+                    None => tracing::warn!(queue = %self.queue, "Consumer ended; subscribing again."),
                 }
+                self.channel = None;
+                continue;
             }
             let fetch = self.fetch.get_or_insert_with(|| {
-                let (channel, queue) = (self.channel.clone(), self.queue.clone());
+                let (channel, queue) = (sub.channel.clone(), self.queue.clone());
                 tokio::spawn(async move { channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false }).await })
             });
             let got = fetch.await;
@@ -478,17 +562,16 @@ impl AmqpSubscription {
             match got {
                 Ok(Ok(Some(m))) => {
                     self.idle = POLL_MIN;
-                    return Ok(m.delivery);
+                    return Ok((m.delivery, sub.settler.clone()));
                 }
                 Ok(Ok(None)) => {
                     tokio::time::sleep(self.idle).await;
                     self.idle = (self.idle * 2).min(POLL_MAX);
                 }
-                Ok(Err(e)) if e.can_be_recovered() => {
-                    tracing::warn!(queue = %self.queue, error = %e, "Lost the connection; waiting for recovery.");
-                    self.channel.wait_for_recovery(e).await.map_err(|e| unavailable("get", e))?;
+                Ok(Err(e)) => {
+                    tracing::warn!(queue = %self.queue, error = %e, "Lost the channel; subscribing again.");
+                    self.channel = None;
                 }
-                Ok(Err(e)) => return Err(unavailable("get", e)),
                 Err(e) => return Err(unavailable("get", e)),
             }
         }
@@ -499,7 +582,7 @@ impl AmqpSubscription {
 impl Subscription for AmqpSubscription {
     async fn next(&mut self) -> Result<Delivery, BusError> {
         loop {
-            let d = self.raw_next().await?;
+            let (d, settler) = self.raw_next().await?;
             let headers = d.properties.headers().clone().unwrap_or_default();
             let prior = header_u32(&headers, H_ATTEMPTS);
             let attempt = prior + 1 + u32::from(d.redelivered);
@@ -518,11 +601,11 @@ impl Subscription for AmqpSubscription {
                     continue;
                 }
             };
-            self.settler.delivered(d.delivery_tag, &d.acker);
+            settler.delivered(d.delivery_tag);
             let acker = AmqpAcker {
                 bus: self.bus.clone(),
                 queue: self.queue.clone(),
-                settler: self.settler.clone(),
+                settler,
                 tag: d.delivery_tag,
                 acker: Some(d.acker),
                 wire: d.data,
@@ -624,30 +707,15 @@ impl Drop for AmqpAcker {
 ///   `multiple` ack through the run's highest acker; acks above a delivery still being
 ///   handled go one by one, at once. Nothing is held back, so an ack that returned
 ///   was sent, as the `Bus` contract wants;
-/// - after a reconnect, lapin poisons the old channel's ackers; entries with a poisoned
-///   acker are purged, so delivery tags reused by the new channel are never confused.
+/// - a settler belongs to one channel: after a lost link the new channel has a new one,
+///   so delivery tags reused by the new channel are never confused with the old ones.
 struct Settler {
     outstanding: std::sync::Mutex<Outstanding>,
     requests: tokio::sync::mpsc::UnboundedSender<SettleRequest>,
 }
 
-/// Deliveries handed out and not yet settled, by delivery tag; `latest` is the acker of the
-/// most recent one, whose poisoning is how a reconnect (a new channel, tags restarting) shows.
-#[derive(Default)]
-struct Outstanding {
-    by_tag: std::collections::BTreeMap<u64, lapin::Acker>,
-    latest: Option<lapin::Acker>,
-}
-
-impl Outstanding {
-    /// After a reconnect, forgets every delivery of the dead channel (checked once, not per entry).
-    fn purge_if_reconnected(&mut self) {
-        if self.latest.as_ref().is_some_and(|a| a.poisoned()) {
-            self.by_tag.retain(|_, a| !a.poisoned());
-            self.latest = None;
-        }
-    }
-}
+/// Deliveries handed out and not yet settled, by delivery tag.
+type Outstanding = std::collections::BTreeSet<u64>;
 
 enum SettleRequest {
     Ack(u64, lapin::Acker, tokio::sync::oneshot::Sender<Result<(), BusError>>),
@@ -678,11 +746,8 @@ impl Settler {
     }
 
     /// Records a delivery handed to a consumer.
-    fn delivered(&self, tag: u64, acker: &lapin::Acker) {
-        let mut outstanding = self.outstanding.lock().unwrap();
-        outstanding.purge_if_reconnected();
-        outstanding.by_tag.insert(tag, acker.clone());
-        outstanding.latest = Some(acker.clone());
+    fn delivered(&self, tag: u64) {
+        self.outstanding.lock().unwrap().insert(tag);
     }
 
     async fn settle(&self, batch: Vec<SettleRequest>) {
@@ -691,7 +756,7 @@ impl Settler {
             match request {
                 SettleRequest::Nack(tag, acker) => {
                     let _ = acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
-                    self.outstanding.lock().unwrap().by_tag.remove(&tag);
+                    self.outstanding.lock().unwrap().remove(&tag);
                 }
                 SettleRequest::Ack(tag, acker, done) => {
                     if acker.poisoned() {
@@ -704,9 +769,8 @@ impl Settler {
         }
         // The contiguous run of acked deliveries at the bottom of what is outstanding.
         let run: Vec<u64> = {
-            let mut outstanding = self.outstanding.lock().unwrap();
-            outstanding.purge_if_reconnected();
-            outstanding.by_tag.keys().copied().take_while(|tag| acks.contains_key(tag)).collect()
+            let outstanding = self.outstanding.lock().unwrap();
+            outstanding.iter().copied().take_while(|tag| acks.contains_key(tag)).collect()
         };
         if run.len() > 1 {
             let highest = *run.last().expect("not empty");
@@ -714,7 +778,7 @@ impl Settler {
             let result = ack_result(acker.ack(BasicAckOptions { multiple: true }).await);
             let mut outstanding = self.outstanding.lock().unwrap();
             for tag in run {
-                outstanding.by_tag.remove(&tag);
+                outstanding.remove(&tag);
                 if let Some((_, done)) = acks.remove(&tag) {
                     let _ = done.send(result.clone());
                 }
@@ -722,7 +786,7 @@ impl Settler {
         }
         for (tag, (acker, done)) in acks {
             let result = ack_result(acker.ack(BasicAckOptions::default()).await);
-            self.outstanding.lock().unwrap().by_tag.remove(&tag);
+            self.outstanding.lock().unwrap().remove(&tag);
             let _ = done.send(result);
         }
     }

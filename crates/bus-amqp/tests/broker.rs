@@ -1,5 +1,5 @@
 //! RabbitMQ failure modes: a handler runs longer than two heartbeat intervals.
-//! (The broker-restart test is `broker_restart.rs`; see there why it runs apart.)
+//! (The broker-restart test is `broker_restart.rs`, with a node of its own.)
 
 mod common;
 
