@@ -70,6 +70,9 @@ pub struct AmqpConfig {
     pub connect_timeout: Duration,
     /// Delete queues unused for this long (`x-expires`); for tests on a shared broker.
     pub queue_expiry: Option<Duration>,
+    /// Put before every queue name on the broker (`serve` uses its topic root, `<prefix>.<env>.`),
+    /// so that two environments sharing a broker never take each other's messages.
+    pub queue_prefix: String,
 }
 
 impl AmqpConfig {
@@ -82,6 +85,7 @@ impl AmqpConfig {
             publish_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(60),
             queue_expiry: None,
+            queue_prefix: String::new(),
         }
     }
 }
@@ -181,6 +185,14 @@ impl AmqpBus {
     }
 }
 
+/// A message sent and not yet confirmed, with what it takes to send it again.
+struct Unconfirmed {
+    confirm: lapin::PublisherConfirm,
+    wire: Vec<u8>,
+    props: BasicProperties,
+    topic: String,
+}
+
 /// What became of one publish.
 enum Confirmed {
     Ack,
@@ -270,6 +282,25 @@ impl Inner {
         }
     }
 
+    /// Sends one envelope to the exchange under its topic; the confirm is awaited by [`Inner::confirm_all`].
+    async fn send_envelope(&self, env: &Envelope, deadline: Instant) -> Result<Unconfirmed, BusError> {
+        let wire = env.to_wire();
+        let props = properties(env, FieldTable::default());
+        let confirm = self.send(&self.config.exchange, env.topic.as_str(), &wire, &props, deadline).await?;
+        Ok(Unconfirmed { confirm, wire, props, topic: env.topic.to_string() })
+    }
+
+    /// Waits for every confirm of messages sent in flight; what the broker did not confirm is
+    /// resent (same id: consumers are idempotent) until confirmed or out of time.
+    async fn confirm_all(&self, pending: Vec<Unconfirmed>, deadline: Instant) -> Result<(), BusError> {
+        for Unconfirmed { confirm, wire, props, topic } in pending {
+            if !matches!(confirmed(confirm, deadline).await, Confirmed::Ack) {
+                self.publish_confirmed(&self.config.exchange, &topic, &wire, &props).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Publishes and waits for the broker's confirm, resending through outages until the deadline.
     async fn publish_confirmed(&self, exchange: &str, routing_key: &str, wire: &[u8], props: &BasicProperties) -> Result<(), BusError> {
         let deadline = Instant::now() + self.config.publish_timeout;
@@ -321,40 +352,28 @@ impl Bus for AmqpBus {
         for out in messages {
             let mut guard = self.inner.seqs.lock(&out.sender).await.map_err(|e| unavailable("sequence numbers", e))?;
             let seq = guard.as_mut().expect("loaded by lock").take().map_err(|e| unavailable("sequence numbers", e))?;
-            {
-                let env = self.inner.sealer.seal(out, seq);
-                let wire = env.to_wire();
-                let props = properties(&env, FieldTable::default());
-                let confirm = self.inner.send(&self.inner.config.exchange, env.topic.as_str(), &wire, &props, deadline).await?;
-                pending.push((confirm, wire, props, env.topic.to_string()));
-                sealed.push(env);
-            }
+            let env = self.inner.sealer.seal(out, seq);
+            pending.push(self.inner.send_envelope(&env, deadline).await?);
+            sealed.push(env);
         }
-        // Many publishes in flight: wait for the confirms after sending them all.
-        for (confirm, wire, props, topic) in pending {
-            match confirmed(confirm, deadline).await {
-                Confirmed::Ack => {}
-                // Resend (same id: consumers are idempotent) until confirmed or out of time.
-                Confirmed::Nack | Confirmed::Lost | Confirmed::Error(_) => {
-                    self.inner.publish_confirmed(&self.inner.config.exchange, &topic, &wire, &props).await?
-                }
-            }
-        }
+        self.inner.confirm_all(pending, deadline).await?;
         Ok(sealed)
     }
 
     async fn publish_sealed(&self, envelopes: Vec<Envelope>) -> Result<(), BusError> {
-        for env in envelopes {
-            let wire = env.to_wire();
-            self.inner
-                .publish_confirmed(&self.inner.config.exchange, env.topic.as_str(), &wire, &properties(&env, FieldTable::default()))
-                .await?;
+        // Sent one after another, confirmed together: a relay of many messages is not a round
+        // trip per message.
+        let deadline = Instant::now() + self.inner.config.publish_timeout;
+        let mut pending = Vec::with_capacity(envelopes.len());
+        for env in &envelopes {
+            pending.push(self.inner.send_envelope(env, deadline).await?);
         }
-        Ok(())
+        self.inner.confirm_all(pending, deadline).await
     }
 
-    async fn subscribe(&self, spec: QueueSpec) -> Result<Box<dyn Subscription>, BusError> {
+    async fn subscribe(&self, mut spec: QueueSpec) -> Result<Box<dyn Subscription>, BusError> {
         spec.validate()?;
+        spec.name = format!("{}{}", self.inner.config.queue_prefix, spec.name);
         if spec.name.len() > 200 {
             return Err(BusError::Invalid(format!("queue name {:?} is too long for its retry queues", spec.name)));
         }
@@ -376,7 +395,7 @@ impl Bus for AmqpBus {
     async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
         // Peek: take without acking, then close the channel so they all return, in order.
         let channel = self.inner.link().conn.create_channel().await.map_err(|e| unavailable("open a channel", e))?;
-        let dead = format!("{queue}.dead");
+        let dead = format!("{}{queue}.dead", self.inner.config.queue_prefix);
         let mut out = Vec::new();
         while out.len() < limit {
             let got = match channel.basic_get(dead.as_str().into(), BasicGetOptions { no_ack: false }).await {

@@ -2,7 +2,10 @@
 //! data directory, or RabbitMQ. With RabbitMQ, `serve` keeps a local log for
 //! the HTTP stream: a recorder service copies every bus message, unchanged,
 //! into the data directory's embedded log, so `tail` resumes by position on
-//! either backend.
+//! either backend. And what the store's own services publish into that log
+//! atomically with their writes (ingest's mail and series events, the
+//! aggregator's results and verdicts, the reporter's report events) is
+//! relayed to RabbitMQ by the [`Relay`]: the log is their outbox.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,7 +15,7 @@ use async_trait::async_trait;
 use patchbay_bus::{Bus, MessageLog, QueueSpec, Sealer, TopicPattern, TrustPolicy};
 use patchbay_bus_amqp::{AmqpBus, AmqpConfig};
 use patchbay_config::{BusBackend, Config};
-use patchbay_model::Envelope;
+use patchbay_model::{Envelope, Sender};
 use patchbay_runtime::{Handler, HandlerError, ServiceSpec};
 use patchbay_store::EmbeddedBus;
 
@@ -30,6 +33,7 @@ async fn amqp(config: &Config, sealer: Sealer) -> anyhow::Result<AmqpBus> {
     let url = config.bus.url.clone().context("bus.url is required for the amqp backend")?;
     let mut amqp = AmqpConfig::new(url, config.data_dir.join("amqp"));
     amqp.exchange = config.bus.exchange.clone();
+    amqp.queue_prefix = format!("{}.", config.bus.root.as_str());
     AmqpBus::connect(amqp, sealer).await.with_context(|| format!("{}: bus.url: cannot use RabbitMQ", config.source_name()))
 }
 
@@ -43,6 +47,117 @@ impl Handler for Recorder {
     async fn handle(&self, envelope: &Envelope, _attempt: u32) -> Result<(), HandlerError> {
         // publish_sealed ignores an id already in the log, so redeliveries record once.
         self.log.publish_sealed(vec![envelope.clone()]).await.map_err(|e| HandlerError::Transient(e.to_string()))
+    }
+}
+
+/// The services that publish into the store inside their own transactions (`publish_in`):
+/// on RabbitMQ their messages exist only in the local log until the [`Relay`] sends them.
+pub const STORE_PUBLISHERS: &[&str] = &["ingest", "threader", "aggregator", "reporter"];
+/// Where the relay's position in the log is kept (`bus_meta`).
+const RELAY_MARK: &str = "amqp_relay_pos";
+/// Messages read from the log per relay step.
+const RELAY_BATCH: i64 = 500;
+
+/// Sends what this instance's store publishers committed into the local log to RabbitMQ,
+/// unchanged (same id, same signature), in log order, and then records how far it got: a
+/// crash in between sends some again, which consumers ignore by id. Messages the recorder
+/// copied in from RabbitMQ are not ours to send (other senders) or are there already (ours,
+/// coming back), so they are skipped. The first start on a data directory begins at the end
+/// of its log: turning RabbitMQ on does not re-announce old series.
+pub struct Relay {
+    db: patchbay_store::Db,
+    bus: Arc<dyn Bus>,
+    senders: Vec<Sender>,
+}
+
+impl Relay {
+    /// A relay of `instance`'s store publishers from `db` to `bus`.
+    pub fn new(db: patchbay_store::Db, bus: Arc<dyn Bus>, instance: &str) -> Self {
+        Relay { db, bus, senders: STORE_PUBLISHERS.iter().map(|s| Sender::new(*s, instance)).collect() }
+    }
+
+    /// Where the relay stands, starting at the end of the log the first time. `serve` asks
+    /// before it accepts mail, so that nothing arriving at the first start is taken for old.
+    pub async fn mark(&self) -> Result<i64, patchbay_store::StoreError> {
+        self.db
+            .write(|tx| {
+                tx.execute(
+                    "INSERT INTO bus_meta (key, value) SELECT ?1, coalesce(max(pos), 0) FROM bus_messages WHERE true
+                     ON CONFLICT (key) DO NOTHING",
+                    [RELAY_MARK],
+                )?;
+                Ok(tx.query_row("SELECT value FROM bus_meta WHERE key = ?1", [RELAY_MARK], |r| r.get(0))?)
+            })
+            .await
+    }
+
+    /// Relays one batch after `mark`; returns the new mark and how many messages were sent.
+    async fn step(&self, mark: i64) -> anyhow::Result<(i64, usize)> {
+        let rows: Vec<(i64, Vec<u8>)> = self
+            .db
+            .read(move |c| {
+                let mut stmt = c.prepare_cached("SELECT pos, wire FROM bus_messages WHERE pos > ?1 ORDER BY pos LIMIT ?2")?;
+                let rows = stmt.query_map([mark, RELAY_BATCH], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await?;
+        let Some(&(last, _)) = rows.last() else { return Ok((mark, 0)) };
+        let ours: Vec<Envelope> =
+            rows.iter().filter_map(|(_, wire)| Envelope::from_wire(wire).ok()).filter(|env| self.senders.contains(&env.sender)).collect();
+        let sent = ours.len();
+        if sent > 0 {
+            self.bus.publish_sealed(ours).await?;
+        }
+        self.db
+            .write(move |tx| {
+                tx.execute("UPDATE bus_meta SET value = ?2 WHERE key = ?1", rusqlite::params![RELAY_MARK, last])?;
+                Ok(())
+            })
+            .await?;
+        Ok((last, sent))
+    }
+
+    /// Relays as messages are committed (by this process or another one on the same data
+    /// directory, such as `inject`), until `shutdown` resolves; failures are retried with backoff.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut commits = self.db.commits();
+        let mut backoff = std::time::Duration::from_millis(100);
+        let mut mark = None;
+        loop {
+            let stepped = async {
+                let from = match mark {
+                    Some(m) => m,
+                    None => self.mark().await?,
+                };
+                self.step(from).await
+            };
+            let full = match stepped.await {
+                Ok((to, sent)) => {
+                    let moved = Some(to) != mark;
+                    mark = Some(to);
+                    backoff = std::time::Duration::from_millis(100);
+                    if sent > 0 {
+                        tracing::debug!(sent, to, "Relayed to RabbitMQ.");
+                    }
+                    moved
+                }
+                Err(error) => {
+                    tracing::warn!(error = %format!("{error:#}"), retry_in = ?backoff, "Relaying the store's messages to RabbitMQ failed; retrying.");
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+                    false
+                }
+            };
+            if full {
+                continue; // there may be more right behind
+            }
+            tokio::select! {
+                () = &mut shutdown => return,
+                // Commits by this process wake it at once; other processes' (inject) by the timer.
+                _ = commits.changed() => {}
+                () = tokio::time::sleep(backoff.max(std::time::Duration::from_millis(250))) => {}
+            }
+        }
     }
 }
 

@@ -145,6 +145,15 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
             instance: config.instance.clone(),
         })),
     });
+    // RabbitMQ: what the store's services commit into the local log goes on to the broker.
+    if served.store.is_none() {
+        let relay = crate::backend::Relay::new(ingest.bus().db().clone(), served.bus.clone(), &config.instance);
+        relay.mark().await.context("reading the RabbitMQ relay's position in the store")?;
+        let mut closing = closing_rx.clone();
+        tasks.push(tokio::spawn(relay.run(async move {
+            let _ = closing.wait_for(|c| *c).await;
+        })));
+    }
     // History: every message in the data directory's log, indexed for queries as it commits.
     {
         let indexer = patchbay_history::Indexer::new(ingest.bus().db().clone());

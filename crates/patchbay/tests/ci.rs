@@ -736,3 +736,56 @@ fn an_8bit_latin1_patch_applies() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// The same pipeline in the scale-out shape: `serve` on RabbitMQ. The mails go in with
+/// `inject` (another process, writing the store in the data directory), so the series events
+/// reach the dispatcher on RabbitMQ only through the relay, and the verdict reaches the
+/// reporter on RabbitMQ only through the relay too; the report in the outbox shows both hops.
+/// Everything on the broker is this test's own (exchange, topics, queue names), so it can
+/// share a broker with other runs.
+#[test]
+fn a_series_is_tested_and_reported_on_rabbitmq() {
+    let url = std::env::var("PATCHBAY_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let ns =
+        format!("ci{}x{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis());
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = origin(tmp.path(), &[("README", "base\n"), ("test.sh", "set -e\ngrep -q fixed README\necho TESTS PASSED\n")]);
+    let config = tmp.path().join("patchbay.toml");
+    let http = free_port();
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n[ingest]\nlmtp_listen = \"\"\n\
+             [bus]\nbackend = \"amqp\"\nurl = \"{url}\"\nexchange = \"{ns}\"\nprefix = \"e2e\"\nenv = \"{ns}\"\n[identity]\ninstance = \"{ns}\"\n\
+             [runner]\njobs = 2\n\
+             [[project]]\nname = \"demo\"\nlist_ids = [\"{LIST}\"]\nrepository = \"{}\"\n\
+             [[project.test]]\nname = \"check\"\nscript = \"sh test.sh\"\narches = [\"{}\"]\ntime_limit_secs = 60\n",
+            repo.display(),
+            std::env::consts::ARCH
+        ),
+    )
+    .unwrap();
+    let _serve = Serve(bin().arg("--config").arg(&config).arg("serve").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    // Serving HTTP means the relay has taken its place in the log: what comes next is new.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http_get(http, "/healthz").starts_with("HTTP/1.1 200") {
+        assert!(Instant::now() < deadline, "serve on RabbitMQ did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    post(&repo, &config, "fix", "main", &[("README", "fixed\n")]);
+
+    let db = tmp.path().join("data/patchbay.sqlite3");
+    let reports = settled_reports(&db, Some("the fix series"), 1, 120);
+    assert_eq!(reports, vec![(1, "sent".to_string())], "one report, sent to the outbox");
+    let outbox: Vec<String> = std::fs::read_dir(tmp.path().join("data/outbox/new"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(outbox.len(), 1, "{outbox:#?}");
+    assert!(outbox[0].contains("\nX-Patchbay-Verdict: PASSED\n"), "{}", outbox[0]);
+    assert!(outbox[0].contains("Subject: Re: [PATCH 0/1] the fix series\n"), "{}", outbox[0]);
+    // The results went over RabbitMQ: the store's log holds them as the recorder copied them
+    // from the broker, published by this instance's runner.
+    let finished = topic_bodies(&db, &format!("e2e.{ns}.ci.test.finished"));
+    assert_eq!(finished.len(), 2, "apply and check: {finished:#?}");
+}
