@@ -33,6 +33,10 @@ pub struct PublishArgs {
     /// Never write the store directly, even when the daemon is not running.
     #[arg(long)]
     no_fallback: bool,
+    /// An admin bearer token (`http.admin_tokens`), needed when publishing to a daemon on
+    /// another host; prefer the environment variable, which `ps` does not show.
+    #[arg(long, env = "PATCHBAY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// The body; `-` or nothing reads stdin.
     body: Option<String>,
 }
@@ -98,7 +102,11 @@ pub async fn publish(config: &Config, args: &PublishArgs) -> Result<(), Exit> {
         .timeout(Duration::from_secs(60))
         .build()
         .map_err(anyhow::Error::from)?;
-    match client.post(&url).json(&payload).send().await {
+    let mut request = client.post(&url).json(&payload);
+    if let Some(token) = &args.token {
+        request = request.bearer_auth(token);
+    }
+    match request.send().await {
         Ok(resp) => {
             let status = resp.status();
             let text = resp.text().await.unwrap_or_default();

@@ -356,3 +356,58 @@ fn serve_publish_and_tail_on_rabbitmq() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+/// This machine's address on its network (not loopback), as a peer elsewhere would see it:
+/// the source address of a UDP socket "connected" outwards (nothing is sent).
+fn network_address() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.255:9").or_else(|_| socket.connect("8.8.8.8:53")).ok()?;
+    Some(socket.local_addr().ok()?.ip()).filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+}
+
+/// The daemon signs what `POST /api/v1/publish` accepts, so only this host publishes without
+/// a token: from the network address (another host, as far as `serve` can tell), a publish
+/// needs an admin bearer token, given with `PATCHBAY_TOKEN`.
+#[test]
+fn publishing_from_another_host_needs_a_token() {
+    let Some(ip) = network_address() else {
+        assert!(std::env::var("CI").is_err(), "this machine has no network address to publish from; under CI that is a failure");
+        eprintln!("SKIPPED: no network address on this machine to publish from");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = tmp.path().join("patchbay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"data\"\n[http]\nlisten = \"0.0.0.0:{port}\"\nadmin_tokens = {{ ops = \"0123456789abcdef-ops\" }}\n\
+             [ingest]\nlmtp_listen = \"\"\n[bus]\nprefix = \"e2e\"\nenv = \"test\"\n"
+        ),
+    )
+    .unwrap();
+    let setup = Setup { _tmp: tmp, config: config.clone(), port };
+    let _serve = KillOnDrop(serve(&setup));
+    let remote = format!("http://{ip}:{port}");
+    let attempt = |token: Option<&str>, url: Option<&str>| {
+        let mut c = bin();
+        c.arg("--config").arg(&config).args(["publish", "--no-fallback", "--topic", "a.b.c"]);
+        if let Some(url) = url {
+            c.args(["--url", url]);
+        }
+        match token {
+            Some(t) => c.env("PATCHBAY_TOKEN", t),
+            None => c.env_remove("PATCHBAY_TOKEN"),
+        };
+        c.arg("hello").output().unwrap()
+    };
+    let refused = attempt(None, Some(&remote));
+    assert_eq!(refused.status.code(), Some(65), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("admin bearer token"), "{}", String::from_utf8_lossy(&refused.stderr));
+    let wrong = attempt(Some("not-the-token"), Some(&remote));
+    assert_eq!(wrong.status.code(), Some(65));
+    let allowed = attempt(Some("0123456789abcdef-ops"), Some(&remote));
+    assert_eq!(allowed.status.code(), Some(0), "{}", String::from_utf8_lossy(&allowed.stderr));
+    let local = attempt(None, Some(&format!("http://127.0.0.1:{port}")));
+    assert_eq!(local.status.code(), Some(0), "this host needs no token: {}", String::from_utf8_lossy(&local.stderr));
+}

@@ -105,9 +105,14 @@ fn admin(st: &AppState, headers: &HeaderMap) -> Result<String, AppError> {
     if st.admin_tokens.is_empty() {
         return Err(AppError { status: StatusCode::FORBIDDEN, message: "admin actions are off: no http.admin_tokens configured".into() });
     }
+    admin_named(&st.admin_tokens, headers)
+}
+
+/// The name of the token the request carries, among `tokens`.
+fn admin_named(tokens: &std::collections::BTreeMap<String, String>, headers: &HeaderMap) -> Result<String, AppError> {
     let given =
         headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
-    st.admin_tokens
+    tokens
         .iter()
         .find(|(_, token)| same(token, given))
         .map(|(name, _)| name.clone())
@@ -182,7 +187,8 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
+    // The peer's address decides whether a publish needs a token (see `may_publish`).
+    axum::serve(listener, app(state).into_make_service_with_connect_info::<std::net::SocketAddr>()).with_graceful_shutdown(shutdown).await
 }
 
 /// `GET /api/v1/logs/{job}`: a test's whole log as plain text; `X-Patchbay-Log-Complete`
@@ -480,7 +486,38 @@ pub fn outgoing(root: &TopicRoot, instance: &str, req: PublishRequest) -> Result
     Ok(Outgoing { sender: Sender::new(service, instance), topic, schema, body: req.body })
 }
 
-async fn publish(State(st): State<Arc<AppState>>, body: axum::body::Bytes) -> Result<Json<Envelope>, AppError> {
+/// Who may publish over HTTP: anyone on this host (the shell, `patchbay publish`), and from
+/// elsewhere only with an admin bearer token, because the daemon signs what it accepts with
+/// its own key. No peer address means an in-process caller.
+fn may_publish(
+    admin_tokens: &std::collections::BTreeMap<String, String>,
+    peer: Option<std::net::SocketAddr>,
+    headers: &HeaderMap,
+) -> Result<(), AppError> {
+    match peer {
+        Some(peer) if !peer.ip().to_canonical().is_loopback() => {
+            if admin_tokens.is_empty() {
+                return Err(AppError {
+                    status: StatusCode::FORBIDDEN,
+                    message: format!(
+                        "publishing from another host ({}) needs an admin bearer token; no http.admin_tokens are configured",
+                        peer.ip()
+                    ),
+                });
+            }
+            admin_named(admin_tokens, headers).map(|_| ())
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn publish(
+    State(st): State<Arc<AppState>>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Envelope>, AppError> {
+    may_publish(&st.admin_tokens, peer.map(|p| p.0.0), &headers)?;
     let req: PublishRequest = serde_json::from_slice(&body).map_err(|e| AppError::bad(format!("bad publish request: {e}")))?;
     let out = outgoing(&st.root, &st.instance, req)?;
     let mut sealed = st.bus.publish(vec![out]).await?;
@@ -626,6 +663,26 @@ mod tests {
         assert!(parse_stream_query(Some("after=x")).is_err());
         assert!(parse_stream_query(Some("since=1")).is_err());
         assert!(parse_stream_query(None).unwrap().patterns.is_empty());
+    }
+
+    #[test]
+    fn only_this_host_publishes_without_a_token() {
+        let none = std::collections::BTreeMap::new();
+        let tokens: std::collections::BTreeMap<String, String> = [("ops".to_string(), "s3cret-token-0123".to_string())].into();
+        let with = |t: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(axum::http::header::AUTHORIZATION, format!("Bearer {t}").parse().unwrap());
+            h
+        };
+        let (v4, v6, mapped) = ("127.0.0.1:5000".parse().ok(), "[::1]:5000".parse().ok(), "[::ffff:127.0.0.1]:5000".parse().ok());
+        let remote: Option<std::net::SocketAddr> = "192.0.2.7:5000".parse().ok();
+        for local in [None, v4, v6, mapped] {
+            assert!(may_publish(&none, local, &HeaderMap::new()).is_ok(), "{local:?}");
+        }
+        assert_eq!(may_publish(&none, remote, &with("s3cret-token-0123")).unwrap_err().status, StatusCode::FORBIDDEN);
+        assert_eq!(may_publish(&tokens, remote, &HeaderMap::new()).unwrap_err().status, StatusCode::UNAUTHORIZED);
+        assert_eq!(may_publish(&tokens, remote, &with("wrong")).unwrap_err().status, StatusCode::UNAUTHORIZED);
+        assert!(may_publish(&tokens, remote, &with("s3cret-token-0123")).is_ok());
     }
 
     #[test]
