@@ -168,11 +168,26 @@ impl Smtp {
                 conn
             }
         };
-        if let Some(credentials) = &self.credentials
-            && let Err(e) = conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials).await
-        {
-            abort(&mut conn).await;
-            return Err(before_text(&e));
+        if let Some(credentials) = &self.credentials {
+            const SPOKEN: [Mechanism; 2] = [Mechanism::Plain, Mechanism::Login];
+            if conn.server_info().get_auth_mechanism(&SPOKEN).is_none() {
+                abort(&mut conn).await;
+                // A setup problem, not the server's mood: say what to change. Still retried, so
+                // that reports go out once the config is fixed.
+                let hint = if self.security == Security::Plain {
+                    "; many servers offer AUTH only after STARTTLS: try smtp+starttls:// or smtps:// in report.smtp_url"
+                } else {
+                    ""
+                };
+                return Err(SendError::Transient(format!(
+                    "report.smtp_user is set but {}:{} offers no AUTH mechanism patchbay speaks (PLAIN, LOGIN){hint}",
+                    self.host, self.port
+                )));
+            }
+            if let Err(e) = conn.auth(&SPOKEN, credentials).await {
+                abort(&mut conn).await;
+                return Err(before_text(&e));
+            }
         }
         Ok(conn)
     }

@@ -137,6 +137,17 @@ async fn no_starttls_offered_means_nothing_sent_in_clear() {
 }
 
 #[tokio::test]
+async fn credentials_for_a_server_without_auth_say_what_to_change() {
+    let (port, seen) = server("250 scripted", vec![]).await;
+    let credentials = Some(("reporter".to_string(), "secret".to_string()));
+    let smtp = Smtp::new(&SmtpSettings { url: format!("smtp://127.0.0.1:{port}"), credentials, ca_pem: None }).unwrap();
+    let r = smtp.send("ci@example.org", &["dev@example.org".into()], b"Subject: hi\n\nbody\n").await;
+    assert!(matches!(&r, Err(SendError::Transient(w)) if w.contains("no AUTH mechanism") && w.contains("smtp+starttls://")), "{r:?}");
+    let seen = seen.await.unwrap();
+    assert!(!seen.contains(&"MAIL".to_string()), "nothing sent unauthenticated: {seen:?}");
+}
+
+#[tokio::test]
 async fn a_server_that_stalls_is_given_up_on_in_time() {
     for silent in ["EHLO", "DATA"] {
         let (port, _) = server("250 scripted", vec![At::Silent(silent)]).await;
