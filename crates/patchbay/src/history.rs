@@ -2,6 +2,7 @@
 //! filters as `GET /api/v1/messages`), and `patchbay bench history`: those
 //! filters against a million stored messages.
 
+use std::io::Write as _;
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -40,22 +41,35 @@ pub async fn query(config: &patchbay_config::Config, args: &QueryArgs) -> Result
     Indexer::new(store.db().clone()).catch_up().await.map_err(crate::Exit::tempfail)?;
     let shown = q.clone();
     let page = store.db().read(move |c| patchbay_history::search(c, &shown)).await.map_err(crate::Exit::tempfail)?;
+    let mut text = String::new();
     if args.json {
-        println!("{}", patchbay_history::page_json(&q, &page));
-        return Ok(());
-    }
-    for m in &page.messages {
-        match patchbay_model::Envelope::from_wire(m) {
-            Ok(e) => {
-                let body = e.body.to_string();
-                let mut end = body.len().min(100);
-                while !body.is_char_boundary(end) {
-                    end -= 1;
+        text = patchbay_history::page_json(&q, &page);
+        text.push('\n');
+    } else {
+        for m in &page.messages {
+            match patchbay_model::Envelope::from_wire(m) {
+                Ok(e) => {
+                    let body = e.body.to_string();
+                    let mut end = body.len().min(100);
+                    while !body.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    let (sender, topic) = (&e.sender, e.topic.as_str());
+                    text += &format!("{} {topic} {}:{}#{} {}\n", e.sent_at, sender.service, sender.instance, e.seq, &body[..end]);
                 }
-                println!("{} {} {}:{}#{} {}", e.sent_at, e.topic.as_str(), e.sender.service, e.sender.instance, e.seq, &body[..end]);
+                Err(error) => text += &format!("(unreadable message: {error})\n"),
             }
-            Err(error) => println!("(unreadable message: {error})"),
         }
+    }
+    // Piped into `head`, stdout may close early: that is the reader's choice, not an error.
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush())
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        return Err(crate::Exit::from(anyhow::Error::from(e).context("writing to stdout")));
+    }
+    if args.json {
+        return Ok(());
     }
     let pages = page.total.div_ceil(u64::from(q.rows_per_page));
     eprintln!("{} message(s); page {} of {pages}", page.total, q.page);
