@@ -76,6 +76,14 @@ struct RawConfig {
     results: RawResults,
     #[serde(default)]
     report: RawReport,
+    #[serde(default)]
+    history: RawHistory,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHistory {
+    keep_days: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -334,6 +342,9 @@ pub struct Config {
     pub close_superseded: bool,
     /// How verdicts are mailed.
     pub report: ReportConfig,
+    /// Messages older than this many days leave the store's log and history
+    /// (`history.keep_days`; 0, the default, keeps everything).
+    pub history_keep_days: i64,
 }
 
 /// The default LMTP listener: loopback only.
@@ -654,6 +665,10 @@ impl Config {
             report,
             verdict_deadline_secs,
             close_superseded: raw.results.close_superseded.unwrap_or(true),
+            history_keep_days: match raw.history.keep_days.unwrap_or(0) {
+                days @ 0..=36_500 => days,
+                _ => return Err(invalid("history.keep_days", "must be 0 (keep everything) to 36500".into())),
+            },
             runner,
             ingest,
             projects,
@@ -691,6 +706,7 @@ mod tests {
         .unwrap();
         assert_eq!(ok.ingest.lmtp_listen, None);
         assert_eq!(ok.projects[0].list_ids, vec!["qemu-devel.nongnu.org".to_string()]);
+        assert_eq!(ok.history_keep_days, 0, "history is kept by default");
         assert_eq!(ok.ingest.incomplete_after_secs, 86_400);
         assert!(err("[ingest]\nlmtp_listen = \"nowhere\"\n").contains("ingest.lmtp_listen"));
         assert!(err("[ingest]\nmax_mail_bytes = 10\n").contains("ingest.max_mail_bytes"));
@@ -792,6 +808,8 @@ mod tests {
         assert!(e.contains("bus.backend: unknown variant `kafka`"), "{e}");
         let e = err("[bus]\nbackend = \"amqp\"\nurl = \"amqp://h\"\nexchange = \"a b\"\n");
         assert!(e.contains("bus.exchange: "), "{e}");
+        let e = err("[history]\nkeep_days = -1\n");
+        assert!(e.contains("history.keep_days: must be 0 (keep everything) to 36500"), "{e}");
         let e = err("[bus\n");
         assert!(e.contains("(syntax)"), "{e}");
     }

@@ -240,6 +240,67 @@ impl Indexer {
     }
 }
 
+/// Messages looked at per prune step.
+const PRUNE_BATCH: i64 = 5000;
+
+/// Deletes up to [`PRUNE_BATCH`] indexed messages older than `cutoff` (microseconds, history
+/// time) with positions after `after`, from the log (`bus_messages`), `history` and the
+/// full-text index together. Kept: messages still waiting in a queue or set aside as dead
+/// letters (a consumer or an operator still needs them), and the newest indexed message (the
+/// indexer's mark). Returns the last position looked at (the next step's `after`; `None`
+/// when there is nothing older left) and how many were deleted.
+pub fn prune_batch(tx: &Connection, cutoff: i64, after: i64) -> Result<(Option<i64>, usize), StoreError> {
+    let positions: Vec<i64> = tx
+        .prepare_cached(
+            "SELECT pos FROM history WHERE pos > ?1 AND ts < ?2 AND pos < (SELECT max(pos) FROM history) ORDER BY pos LIMIT ?3",
+        )?
+        .query_map(rusqlite::params![after, cutoff, PRUNE_BATCH], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let (Some(&first), Some(&last)) = (positions.first(), positions.last()) else { return Ok((None, 0)) };
+    // One look at each table per step (their keys start with the queue, not the position).
+    let held: std::collections::HashSet<i64> = tx
+        .prepare_cached(
+            "SELECT pos FROM bus_deliveries WHERE pos BETWEEN ?1 AND ?2 UNION SELECT pos FROM bus_dead_letters WHERE pos BETWEEN ?1 AND ?2",
+        )?
+        .query_map([first, last], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut deleted = 0;
+    for pos in positions.into_iter().filter(|p| !held.contains(p)) {
+        tx.prepare_cached("DELETE FROM history_text WHERE rowid = ?1")?.execute([pos])?;
+        tx.prepare_cached("DELETE FROM history WHERE pos = ?1")?.execute([pos])?;
+        deleted += tx.prepare_cached("DELETE FROM bus_messages WHERE pos = ?1")?.execute([pos])?;
+    }
+    Ok((Some(last), deleted))
+}
+
+/// Deletes what is older than `keep` from the log and history, in steps (each its own write,
+/// so ingest is never held up long); returns how many messages went.
+pub async fn prune(db: &Db, keep: Duration) -> Result<usize, StoreError> {
+    let cutoff = patchbay_model::Timestamp::now().as_micros() - keep.as_micros().min(i64::MAX as u128) as i64;
+    let (mut after, mut total) = (0, 0);
+    loop {
+        // A read first, so that an idle store sees no empty commits (they wake every consumer).
+        let older = db
+            .read(move |c| {
+                Ok(c.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM history WHERE pos > ?1 AND ts < ?2 AND pos < (SELECT max(pos) FROM history))",
+                    rusqlite::params![after, cutoff],
+                    |r| r.get::<_, bool>(0),
+                )?)
+            })
+            .await?;
+        if !older {
+            return Ok(total);
+        }
+        let (last, deleted) = db.write(move |tx| prune_batch(tx, cutoff, after)).await?;
+        total += deleted;
+        match last {
+            Some(last) => after = last,
+            None => return Ok(total),
+        }
+    }
+}
+
 /// Whether a topic filter is an AMQP pattern rather than one topic.
 fn is_pattern(t: &str) -> bool {
     t.split('.').any(|w| w == "*" || w == "#")

@@ -176,3 +176,53 @@ async fn an_idle_indexer_commits_nothing() {
     let indexed = bus.db().read(|c| Ok(c.query_row("SELECT count(*) FROM history", [], |r| r.get::<_, i64>(0))?)).await.unwrap();
     assert_eq!(indexed, 1);
 }
+
+/// `history.keep_days`: what is older than the cutoff leaves the log, the history and the
+/// full-text index together, except a message still waiting in a queue; the rest stays
+/// searchable, nothing is indexed twice afterwards, and new messages are indexed as before.
+#[tokio::test]
+async fn pruning_drops_old_messages_but_never_one_still_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(dir.path(), Sealer::default()).unwrap();
+    // A queue nobody reads, bound to one old message's topic: that message must stay.
+    let _held = bus
+        .subscribe(patchbay_bus::QueueSpec::new("held", vec![patchbay_bus::TopicPattern::parse("pb.dev.held.#").unwrap()]))
+        .await
+        .unwrap();
+    let sealer = Sealer::default();
+    let ten_days_ago = patchbay_model::Timestamp::from_micros(patchbay_model::Timestamp::now().as_micros() - 10 * 86_400 * 1_000_000);
+    let mut old = Vec::new();
+    for i in 0..10u64 {
+        let topic = if i == 3 { "pb.dev.held.thing.said" } else { "pb.dev.old.thing.said" };
+        let mut env = sealer.seal(out("shell", "x", topic, serde_json::json!({"note": format!("ancient words {i}")})), i + 1);
+        env.sent_at = ten_days_ago;
+        old.push(env);
+    }
+    bus.publish_sealed(old).await.unwrap();
+    let recent: Vec<Outgoing> =
+        (0..5).map(|i| out("shell", "y", "pb.dev.new.thing.said", serde_json::json!({"note": format!("fresh words {i}")}))).collect();
+    bus.publish(recent).await.unwrap();
+    let indexer = Indexer::new(bus.db().clone());
+    assert_eq!(indexer.catch_up().await.unwrap(), 15);
+
+    let pruned = patchbay_history::prune(bus.db(), std::time::Duration::from_secs(2 * 86_400)).await.unwrap();
+    assert_eq!(pruned, 9, "ten old messages, one of them still queued");
+    assert_eq!(patchbay_history::prune(bus.db(), std::time::Duration::from_secs(2 * 86_400)).await.unwrap(), 0);
+    let count = |sql: &'static str| bus.db().read(move |c| Ok(c.query_row(sql, [], |r| r.get::<_, i64>(0))?));
+    assert_eq!(count("SELECT count(*) FROM bus_messages").await.unwrap(), 6);
+    assert_eq!(count("SELECT count(*) FROM history").await.unwrap(), 6);
+    let find = |pairs: &'static [(&'static str, &'static str)]| {
+        let bus = bus.clone();
+        async move {
+            let query = q(pairs);
+            bus.db().read(move |c| search(c, &query)).await.unwrap()
+        }
+    };
+    let ancient = find(&[("contains", "ancient")]).await;
+    assert_eq!(ancient.total, 1, "only the queued one is left to find");
+    assert_eq!(envelopes(&ancient)[0].body["note"], "ancient words 3");
+    assert_eq!(find(&[("contains", "fresh")]).await.total, 5);
+    assert_eq!(indexer.catch_up().await.unwrap(), 0, "nothing indexed again after pruning");
+    bus.publish(vec![out("shell", "y", "pb.dev.new.thing.said", serde_json::json!({"note": "later"}))]).await.unwrap();
+    assert_eq!(indexer.catch_up().await.unwrap(), 1);
+}

@@ -162,6 +162,24 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
             let _ = closing.wait_for(|c| *c).await;
         })));
     }
+    // Retention (`history.keep_days`): hourly, what is older leaves the log and the history.
+    if config.history_keep_days > 0 {
+        let (db, keep) = (ingest.bus().db().clone(), std::time::Duration::from_secs(config.history_keep_days as u64 * 86_400));
+        let mut closing = closing_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                match patchbay_history::prune(&db, keep).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(n, days = keep.as_secs() / 86_400, "Pruned messages past history.keep_days."),
+                    Err(error) => tracing::warn!(%error, "Pruning the history failed; will retry."),
+                }
+                tokio::select! {
+                    _ = closing.wait_for(|c| *c) => return,
+                    () = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+                }
+            }
+        }));
+    }
     let mut http_closing = closing_rx.clone();
     let http_task = tokio::spawn(async move {
         patchbay_web::serve(listener, state, async move {

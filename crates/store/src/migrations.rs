@@ -204,6 +204,15 @@ const STEPS: &[&str] = &[
     ALTER TABLE reports ADD COLUMN mail BLOB;
     ALTER TABLE reports ADD COLUMN resends INTEGER NOT NULL DEFAULT 0;
     ",
+    // 8: history can be pruned (`history.keep_days`): the full-text table is rebuilt so that
+    // its rows can be deleted by rowid (`contentless_delete`), and history is indexed again
+    // from `bus_messages` by the indexer, which starts over when `history` is empty.
+    "
+    DROP TABLE history_text;
+    CREATE VIRTUAL TABLE history_text USING fts5 (body, tags, content = '', contentless_delete = 1, tokenize = 'unicode61 remove_diacritics 2');
+    DELETE FROM history;
+    DELETE FROM history_topics;
+    ",
 ];
 
 /// Brings the database up to the latest schema.
