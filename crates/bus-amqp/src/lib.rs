@@ -113,6 +113,10 @@ struct Inner {
     link: std::sync::RwLock<Arc<Link>>,
     /// Held while a new link is made, so that one task reconnects and the others wait for it.
     reconnecting: tokio::sync::Mutex<()>,
+    /// The current link's generation, watched by subscriptions: a consumer on a link we gave
+    /// up on may never hear of it from lapin (a half-dead TCP connection), so it moves on when
+    /// this changes.
+    generation: tokio::sync::watch::Sender<u64>,
     /// Sealing and sending under the sender's lock keeps its messages in sequence order on the wire.
     seqs: seq::FileSeqs,
     sealer: Sealer,
@@ -171,6 +175,7 @@ impl AmqpBus {
                 config,
                 link: std::sync::RwLock::new(Arc::new(link)),
                 reconnecting: tokio::sync::Mutex::new(()),
+                generation: tokio::sync::watch::Sender::new(0),
                 sealer,
                 wait_queues: std::sync::Mutex::new(HashSet::new()),
             }),
@@ -188,6 +193,8 @@ impl AmqpBus {
 /// A message sent and not yet confirmed, with what it takes to send it again.
 struct Unconfirmed {
     confirm: lapin::PublisherConfirm,
+    /// The generation of the link it went out on.
+    link: u64,
     wire: Vec<u8>,
     props: BasicProperties,
     topic: String,
@@ -249,6 +256,7 @@ impl Inner {
         });
         let link = Arc::new(open_link_until(&self.config, failed + 1, deadline).await?);
         *self.link.write().unwrap() = link.clone();
+        self.generation.send_replace(link.generation);
         self.wait_queues.lock().unwrap().clear();
         tracing::info!(link = link.generation, "Reconnected to RabbitMQ.");
         Ok(link)
@@ -262,7 +270,7 @@ impl Inner {
         wire: &[u8],
         props: &BasicProperties,
         deadline: Instant,
-    ) -> Result<lapin::PublisherConfirm, BusError> {
+    ) -> Result<(lapin::PublisherConfirm, u64), BusError> {
         loop {
             let link = self.link();
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -272,7 +280,7 @@ impl Inner {
                 BusError::Unavailable(format!("RabbitMQ: publish: not sent within publish_timeout ({:?})", self.config.publish_timeout))
             })?;
             match sent {
-                Ok(confirm) => return Ok(confirm),
+                Ok(confirm) => return Ok((confirm, link.generation)),
                 Err(e) if Instant::now() < deadline => {
                     tracing::warn!(error = %e, "RabbitMQ publish failed; reconnecting.");
                     self.reconnect(link.generation, deadline).await?;
@@ -286,31 +294,64 @@ impl Inner {
     async fn send_envelope(&self, env: &Envelope, deadline: Instant) -> Result<Unconfirmed, BusError> {
         let wire = env.to_wire();
         let props = properties(env, FieldTable::default());
-        let confirm = self.send(&self.config.exchange, env.topic.as_str(), &wire, &props, deadline).await?;
-        Ok(Unconfirmed { confirm, wire, props, topic: env.topic.to_string() })
+        let (confirm, link) = self.send(&self.config.exchange, env.topic.as_str(), &wire, &props, deadline).await?;
+        Ok(Unconfirmed { confirm, link, wire, props, topic: env.topic.to_string() })
     }
 
     /// Waits for every confirm of messages sent in flight; what the broker did not confirm is
     /// resent (same id: consumers are idempotent) until confirmed or out of time.
     async fn confirm_all(&self, pending: Vec<Unconfirmed>, deadline: Instant) -> Result<(), BusError> {
-        for Unconfirmed { confirm, wire, props, topic } in pending {
-            if !matches!(confirmed(confirm, deadline).await, Confirmed::Ack) {
-                self.publish_confirmed(&self.config.exchange, &topic, &wire, &props).await?;
+        // Every confirm first, then the resends: one slow confirm must not turn the others
+        // into resends of messages the broker has.
+        let mut unconfirmed = Vec::new();
+        for Unconfirmed { confirm, link, wire, props, topic } in pending {
+            match confirmed(confirm, deadline).await {
+                Confirmed::Ack => {}
+                outcome => unconfirmed.push((outcome, link, wire, props, topic)),
             }
+        }
+        for (outcome, link, wire, props, topic) in unconfirmed {
+            self.after_unconfirmed(&outcome, link, deadline).await?;
+            self.publish_confirmed_until(&self.config.exchange, &topic, &wire, &props, deadline).await?;
         }
         Ok(())
     }
 
-    /// Publishes and waits for the broker's confirm, resending through outages until the deadline.
+    /// After a publish on link `link` went unconfirmed: a confirm that never came means the
+    /// link is half dead (TCP up, broker gone), which lapin may not notice for minutes, so it
+    /// is replaced; a nack or an error needs nothing before the resend.
+    async fn after_unconfirmed(&self, outcome: &Confirmed, link: u64, deadline: Instant) -> Result<(), BusError> {
+        if matches!(outcome, Confirmed::Lost) && Instant::now() < deadline {
+            tracing::warn!(link, "RabbitMQ did not answer a publish in time; replacing the connection.");
+            self.reconnect(link, deadline).await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes and waits for the broker's confirm, resending through outages for up to
+    /// `publish_timeout`.
     async fn publish_confirmed(&self, exchange: &str, routing_key: &str, wire: &[u8], props: &BasicProperties) -> Result<(), BusError> {
-        let deadline = Instant::now() + self.config.publish_timeout;
+        self.publish_confirmed_until(exchange, routing_key, wire, props, Instant::now() + self.config.publish_timeout).await
+    }
+
+    /// Publishes and waits for the broker's confirm, resending through outages until `deadline`.
+    async fn publish_confirmed_until(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        wire: &[u8],
+        props: &BasicProperties,
+        deadline: Instant,
+    ) -> Result<(), BusError> {
         loop {
-            let confirm = self.send(exchange, routing_key, wire, props, deadline).await?;
-            match confirmed(confirm, deadline).await {
+            let (confirm, link) = self.send(exchange, routing_key, wire, props, deadline).await?;
+            let outcome = confirmed(confirm, deadline).await;
+            match outcome {
                 Confirmed::Ack => return Ok(()),
                 // A publish errors when its link died: `send` reconnects on the next round.
                 Confirmed::Nack | Confirmed::Lost | Confirmed::Error(_) if Instant::now() < deadline => {
                     tracing::warn!(routing_key, "RabbitMQ did not confirm a publish; resending.");
+                    self.after_unconfirmed(&outcome, link, deadline).await?;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Confirmed::Error(e) => return Err(unavailable("confirm", e)),
@@ -333,11 +374,12 @@ impl Inner {
         args.insert("x-message-ttl".into(), AMQPValue::LongUInt(ms as u32));
         args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
         args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(queue.into()));
-        self.link()
-            .publisher
-            .queue_declare(name.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, args)
-            .await
-            .map_err(|e| unavailable("declare a wait queue", e))?;
+        // On a channel of its own: a refusal (a queue of that name with other arguments) closes
+        // the channel it came on, and the publishing channel must not go with it.
+        let channel = self.link().conn.create_channel().await.map_err(|e| unavailable("open a channel", e))?;
+        let declared = channel.queue_declare(name.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, args).await;
+        let _ = channel.close(200, "declared".into()).await;
+        declared.map_err(|e| unavailable("declare a wait queue", e))?;
         self.wait_queues.lock().unwrap().insert(name.clone());
         Ok(name)
     }
@@ -389,6 +431,7 @@ impl Bus for AmqpBus {
             reopen: None,
             fetch: None,
             idle: POLL_MIN,
+            generation: self.inner.generation.subscribe(),
         }))
     }
 
@@ -459,11 +502,16 @@ struct AmqpSubscription {
     fetch: Option<tokio::task::JoinHandle<Result<Option<lapin::message::BasicGetMessage>, lapin::Error>>>,
     /// On demand: how long to wait before asking an empty queue again.
     idle: std::time::Duration,
+    /// The bus's link generation: when it passes the channel's, the channel is on a link we
+    /// gave up on, and is left for one on the new link.
+    generation: tokio::sync::watch::Receiver<u64>,
 }
 
 /// A subscription's channel on one link, with the consumer (`None` on demand) and the
 /// settler of its deliveries (delivery tags are per channel).
 struct SubChannel {
+    /// The generation of the link it is on.
+    link: u64,
     channel: Channel,
     consumer: Option<lapin::Consumer>,
     settler: Arc<Settler>,
@@ -536,7 +584,7 @@ impl SubChannel {
                     .map_err(|e| unavailable("consume", e))?,
             )
         };
-        Ok(SubChannel { channel, consumer, settler: Settler::start() })
+        Ok(SubChannel { link: link.generation, channel, consumer, settler: Settler::start() })
     }
 }
 
@@ -563,11 +611,16 @@ impl AmqpSubscription {
                 tracing::info!(queue = %self.queue, "Consuming again after a lost link.");
                 continue;
             };
+            let on = sub.link;
+            let replaced = self.generation.wait_for(move |g| *g > on);
             if let Some(consumer) = sub.consumer.as_mut() {
-                match consumer.next().await {
-                    Some(Ok(d)) => return Ok((d, sub.settler.clone())),
-                    Some(Err(e)) => tracing::warn!(queue = %self.queue, error = %e, "Consumer lost its channel; subscribing again."),
-                    None => tracing::warn!(queue = %self.queue, "Consumer ended; subscribing again."),
+                tokio::select! {
+                    next = consumer.next() => match next {
+                        Some(Ok(d)) => return Ok((d, sub.settler.clone())),
+                        Some(Err(e)) => tracing::warn!(queue = %self.queue, error = %e, "Consumer lost its channel; subscribing again."),
+                        None => tracing::warn!(queue = %self.queue, "Consumer ended; subscribing again."),
+                    },
+                    _ = replaced => tracing::warn!(queue = %self.queue, "The connection was replaced; subscribing again."),
                 }
                 self.channel = None;
                 continue;
@@ -576,7 +629,16 @@ impl AmqpSubscription {
                 let (channel, queue) = (sub.channel.clone(), self.queue.clone());
                 tokio::spawn(async move { channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false }).await })
             });
-            let got = fetch.await;
+            let got = tokio::select! {
+                got = fetch => got,
+                _ = replaced => {
+                    // The old channel closes with the old link, and the broker takes back what it held.
+                    tracing::warn!(queue = %self.queue, "The connection was replaced; subscribing again.");
+                    self.fetch = None;
+                    self.channel = None;
+                    continue;
+                }
+            };
             self.fetch = None;
             match got {
                 Ok(Ok(Some(m))) => {
@@ -605,6 +667,9 @@ impl Subscription for AmqpSubscription {
             let headers = d.properties.headers().clone().unwrap_or_default();
             let prior = header_u32(&headers, H_ATTEMPTS);
             let attempt = prior + 1 + u32::from(d.redelivered);
+            // Known to the settler before anything else: a `multiple` ack must never cover it
+            // unless it was really settled.
+            settler.delivered(d.delivery_tag);
             let envelope = match Envelope::from_wire(&d.data) {
                 Ok(env) => env,
                 Err(e) => {
@@ -615,12 +680,23 @@ impl Subscription for AmqpSubscription {
                     h.insert(H_ATTEMPTS.into(), AMQPValue::LongUInt(attempt));
                     h.insert(H_DEAD_AT.into(), AMQPValue::LongLongInt(Timestamp::now().as_micros()));
                     let props = BasicProperties::default().with_delivery_mode(2).with_headers(h);
-                    self.bus.publish_confirmed(&format!("{}.dead", self.bus.config.exchange), &self.queue, &d.data, &props).await?;
-                    let _ = d.acker.ack(BasicAckOptions::default()).await;
+                    let (bus, queue, settler, tag) = (self.bus.clone(), self.queue.clone(), settler.clone(), d.delivery_tag);
+                    // In a task of its own, because `next` may be cancelled: the delivery still
+                    // ends as a dead letter, or back in its queue, never half settled.
+                    tokio::spawn(async move {
+                        let dead = bus.publish_confirmed(&format!("{}.dead", bus.config.exchange), &queue, &d.data, &props).await;
+                        let request = match dead {
+                            Ok(()) => SettleRequest::Ack(tag, d.acker, tokio::sync::oneshot::channel().0),
+                            Err(error) => {
+                                tracing::warn!(%queue, %error, "Could not set an unreadable message aside; it goes back to its queue.");
+                                SettleRequest::Nack(tag, d.acker)
+                            }
+                        };
+                        let _ = settler.requests.send(request);
+                    });
                     continue;
                 }
             };
-            settler.delivered(d.delivery_tag);
             let acker = AmqpAcker {
                 bus: self.bus.clone(),
                 queue: self.queue.clone(),

@@ -47,7 +47,16 @@ async fn restart() {
         let seen = seen.clone();
         tokio::spawn(async move {
             loop {
-                let d = sub.next().await.expect("the consumer keeps going");
+                // As the service runtime does: a failed re-subscription (the node slow to come
+                // back) is tried again, not the end of the consumer.
+                let d = match sub.next().await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        eprintln!("consumer: {e}; trying again");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                };
                 let id = d.envelope.id;
                 // An ack lost with the connection means a redelivery, which is fine.
                 if d.ack().await.is_ok() {

@@ -246,13 +246,15 @@ const PRUNE_BATCH: i64 = 5000;
 /// Deletes up to [`PRUNE_BATCH`] indexed messages older than `cutoff` (microseconds, history
 /// time) with positions after `after`, from the log (`bus_messages`), `history` and the
 /// full-text index together. Kept: messages still waiting in a queue or set aside as dead
-/// letters (a consumer or an operator still needs them), and the newest indexed message (the
-/// indexer's mark). Returns the last position looked at (the next step's `after`; `None`
+/// letters (a consumer or an operator still needs them), the newest indexed message (the
+/// indexer's mark), and anything after the position of a reader that must see every message
+/// (such as the RabbitMQ relay): such readers keep their position in `bus_meta` under a key
+/// ending in `_pos`. Returns the last position looked at (the next step's `after`; `None`
 /// when there is nothing older left) and how many were deleted.
 pub fn prune_batch(tx: &Connection, cutoff: i64, after: i64) -> Result<(Option<i64>, usize), StoreError> {
     let positions: Vec<i64> = tx
         .prepare_cached(
-            "SELECT pos FROM history WHERE pos > ?1 AND ts < ?2 AND pos < (SELECT max(pos) FROM history) ORDER BY pos LIMIT ?3",
+            "SELECT pos FROM history WHERE pos > ?1 AND ts < ?2 AND pos < (SELECT max(pos) FROM history) AND pos <= coalesce((SELECT min(value) FROM bus_meta WHERE key LIKE '%\\_pos' ESCAPE '\\'), pos) ORDER BY pos LIMIT ?3",
         )?
         .query_map(rusqlite::params![after, cutoff, PRUNE_BATCH], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
@@ -283,7 +285,7 @@ pub async fn prune(db: &Db, keep: Duration) -> Result<usize, StoreError> {
         let older = db
             .read(move |c| {
                 Ok(c.query_row(
-                    "SELECT EXISTS (SELECT 1 FROM history WHERE pos > ?1 AND ts < ?2 AND pos < (SELECT max(pos) FROM history))",
+                    "SELECT EXISTS (SELECT 1 FROM history WHERE pos > ?1 AND ts < ?2 AND pos < (SELECT max(pos) FROM history) AND pos <= coalesce((SELECT min(value) FROM bus_meta WHERE key LIKE '%\\_pos' ESCAPE '\\'), pos))",
                     rusqlite::params![after, cutoff],
                     |r| r.get::<_, bool>(0),
                 )?)

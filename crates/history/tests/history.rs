@@ -205,9 +205,22 @@ async fn pruning_drops_old_messages_but_never_one_still_queued() {
     let indexer = Indexer::new(bus.db().clone());
     assert_eq!(indexer.catch_up().await.unwrap(), 15);
 
-    let pruned = patchbay_history::prune(bus.db(), std::time::Duration::from_secs(2 * 86_400)).await.unwrap();
-    assert_eq!(pruned, 9, "ten old messages, one of them still queued");
-    assert_eq!(patchbay_history::prune(bus.db(), std::time::Duration::from_secs(2 * 86_400)).await.unwrap(), 0);
+    // A reader that must see every message (the RabbitMQ relay) has got to position 7 of 15.
+    let mark = |pos: i64| {
+        bus.db().write(move |tx| {
+            tx.execute(
+                "INSERT INTO bus_meta (key, value) VALUES ('test_relay_pos', ?1) ON CONFLICT (key) DO UPDATE SET value = ?1",
+                [pos],
+            )?;
+            Ok(())
+        })
+    };
+    mark(7).await.unwrap();
+    let keep = std::time::Duration::from_secs(2 * 86_400);
+    assert_eq!(patchbay_history::prune(bus.db(), keep).await.unwrap(), 6, "old messages 1-7, but 4 is still queued");
+    mark(15).await.unwrap();
+    assert_eq!(patchbay_history::prune(bus.db(), keep).await.unwrap(), 3, "8-10, once the reader has passed them");
+    assert_eq!(patchbay_history::prune(bus.db(), keep).await.unwrap(), 0);
     let count = |sql: &'static str| bus.db().read(move |c| Ok(c.query_row(sql, [], |r| r.get::<_, i64>(0))?));
     assert_eq!(count("SELECT count(*) FROM bus_messages").await.unwrap(), 6);
     assert_eq!(count("SELECT count(*) FROM history").await.unwrap(), 6);
@@ -218,6 +231,8 @@ async fn pruning_drops_old_messages_but_never_one_still_queued() {
             bus.db().read(move |c| search(c, &query)).await.unwrap()
         }
     };
+    let indexed_text = count("SELECT count(*) FROM history_text WHERE history_text MATCH 'ancient'").await.unwrap();
+    assert_eq!(indexed_text, 1, "the full-text rows went with the messages");
     let ancient = find(&[("contains", "ancient")]).await;
     assert_eq!(ancient.total, 1, "only the queued one is left to find");
     assert_eq!(envelopes(&ancient)[0].body["note"], "ancient words 3");

@@ -132,7 +132,12 @@ impl Relay {
                 };
                 self.step(from).await
             };
-            let full = match stepped.await {
+            // A step waits for the broker as long as `publish_timeout`: shutdown must not.
+            let stepped = tokio::select! {
+                () = &mut shutdown => return,
+                stepped = stepped => stepped,
+            };
+            let full = match stepped {
                 Ok((to, sent)) => {
                     let moved = Some(to) != mark;
                     mark = Some(to);
@@ -203,6 +208,17 @@ pub async fn serve(config: &Config, sealer: Sealer, shutdown: impl Future<Output
                 }
             });
             Ok(Served { bus, log: Arc::new(log), recorder: Some(recorder), store: None })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Nobody may publish over HTTP under a name the relay sends on as the store's own.
+    #[test]
+    fn store_publishers_are_reserved_names() {
+        for name in super::STORE_PUBLISHERS {
+            assert!(patchbay_web::RESERVED_SERVICES.contains(name), "{name}");
         }
     }
 }

@@ -357,12 +357,18 @@ fn serve_publish_and_tail_on_rabbitmq() {
     server.wait().unwrap();
 }
 
-/// This machine's address on its network (not loopback), as a peer elsewhere would see it:
-/// the source address of a UDP socket "connected" outwards (nothing is sent).
+/// This machine's address on its network (not loopback), as a peer elsewhere would see it.
 fn network_address() -> Option<std::net::IpAddr> {
+    // Every address of the machine (`hostname -I`), else the source of a route outwards.
+    let listed =
+        Command::new("hostname").arg("-I").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+    let usable = |ip: &std::net::IpAddr| !ip.is_loopback() && !ip.is_unspecified() && ip.is_ipv4();
+    if let Some(ip) = listed.split_whitespace().filter_map(|a| a.parse().ok()).find(usable) {
+        return Some(ip);
+    }
     let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
-    socket.connect("192.0.2.255:9").or_else(|_| socket.connect("8.8.8.8:53")).ok()?;
-    Some(socket.local_addr().ok()?.ip()).filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+    socket.connect("8.8.8.8:53").ok()?;
+    Some(socket.local_addr().ok()?.ip()).filter(usable)
 }
 
 /// The daemon signs what `POST /api/v1/publish` accepts, so only this host publishes without

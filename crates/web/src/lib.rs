@@ -468,6 +468,10 @@ pub struct PublishRequest {
     pub schema: Option<SchemaRef>,
 }
 
+/// The senders patchbay's own services use: nobody else publishes under their names, or
+/// their sequence numbers would collide and consumers would take a shell's message for theirs.
+pub const RESERVED_SERVICES: &[&str] = &["ingest", "threader", "dispatcher", "runner", "aggregator", "reporter", "admin"];
+
 /// Checks a publish request and turns it into an outgoing message.
 pub fn outgoing(root: &TopicRoot, instance: &str, req: PublishRequest) -> Result<Outgoing, AppError> {
     let topic = root.resolve(&req.topic).map_err(|e| AppError::bad(e.to_string()))?;
@@ -477,6 +481,11 @@ pub fn outgoing(root: &TopicRoot, instance: &str, req: PublishRequest) -> Result
     let service = req.service.unwrap_or_else(|| "shell".into());
     if service.is_empty() || service.len() > 64 || !service.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-')) {
         return Err(AppError::bad(format!("service {service:?} must be 1-64 ASCII letters, digits, '_' or '-'")));
+    }
+    if RESERVED_SERVICES.contains(&service.as_str()) {
+        return Err(AppError::bad(format!(
+            "service {service:?} is one of patchbay's own; messages under its name come from that service alone (its sequence numbers, the RabbitMQ relay)"
+        )));
     }
     let suffix = root.suffix_of(topic.as_str()).unwrap_or_default();
     let schema = match patchbay_model::check_body(suffix, &req.body) {
@@ -494,6 +503,13 @@ fn may_publish(
     peer: Option<std::net::SocketAddr>,
     headers: &HeaderMap,
 ) -> Result<(), AppError> {
+    // Behind a reverse proxy on this host every peer is loopback: a forwarded request is
+    // treated as coming from elsewhere.
+    let forwarded = ["forwarded", "x-forwarded-for", "x-real-ip"].iter().any(|h| headers.contains_key(*h));
+    let peer = match peer {
+        Some(p) if forwarded && p.ip().to_canonical().is_loopback() => Some(std::net::SocketAddr::from(([0, 0, 0, 0], p.port()))),
+        other => other,
+    };
     match peer {
         Some(peer) if !peer.ip().to_canonical().is_loopback() => {
             if admin_tokens.is_empty() {
@@ -683,6 +699,12 @@ mod tests {
         assert_eq!(may_publish(&tokens, remote, &HeaderMap::new()).unwrap_err().status, StatusCode::UNAUTHORIZED);
         assert_eq!(may_publish(&tokens, remote, &with("wrong")).unwrap_err().status, StatusCode::UNAUTHORIZED);
         assert!(may_publish(&tokens, remote, &with("s3cret-token-0123")).is_ok());
+        // A reverse proxy on this host: loopback, but forwarded for someone else.
+        let mut proxied = HeaderMap::new();
+        proxied.insert("x-forwarded-for", "198.51.100.4".parse().unwrap());
+        assert_eq!(may_publish(&tokens, v4, &proxied).unwrap_err().status, StatusCode::UNAUTHORIZED);
+        proxied.insert(axum::http::header::AUTHORIZATION, "Bearer s3cret-token-0123".parse().unwrap());
+        assert!(may_publish(&tokens, v4, &proxied).is_ok());
     }
 
     #[test]
@@ -702,6 +724,7 @@ mod tests {
             serde_json::json!({"topic": "x.y", "body": {}}),
             serde_json::json!({"topic": "a.b.c", "body": [1]}),
             serde_json::json!({"topic": "a.b.c", "body": {}, "service": "no spaces"}),
+            serde_json::json!({"topic": "a.b.c", "body": {}, "service": "aggregator"}),
         ] {
             assert_eq!(outgoing(&root, "main", req(bad.clone())).unwrap_err().status, StatusCode::BAD_REQUEST, "{bad}");
         }
