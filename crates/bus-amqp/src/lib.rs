@@ -190,6 +190,15 @@ impl AmqpBus {
     }
 }
 
+/// Where a message goes and what it is: everything a send (and a resend) needs.
+#[derive(Clone, Copy)]
+struct Outbound<'a> {
+    exchange: &'a str,
+    routing_key: &'a str,
+    wire: &'a [u8],
+    props: &'a BasicProperties,
+}
+
 /// A message sent and not yet confirmed, with what it takes to send it again.
 struct Unconfirmed {
     confirm: lapin::PublisherConfirm,
@@ -262,15 +271,10 @@ impl Inner {
         Ok(link)
     }
 
-    /// Sends one message and returns the confirm future, reconnecting through an outage if needed.
-    async fn send(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        wire: &[u8],
-        props: &BasicProperties,
-        deadline: Instant,
-    ) -> Result<(lapin::PublisherConfirm, u64), BusError> {
+    /// Sends one message and returns the confirm future and the link it went out on,
+    /// reconnecting through an outage if needed.
+    async fn send(&self, out: Outbound<'_>, deadline: Instant) -> Result<(lapin::PublisherConfirm, u64), BusError> {
+        let Outbound { exchange, routing_key, wire, props } = out;
         loop {
             let link = self.link();
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -294,7 +298,8 @@ impl Inner {
     async fn send_envelope(&self, env: &Envelope, deadline: Instant) -> Result<Unconfirmed, BusError> {
         let wire = env.to_wire();
         let props = properties(env, FieldTable::default());
-        let (confirm, link) = self.send(&self.config.exchange, env.topic.as_str(), &wire, &props, deadline).await?;
+        let out = Outbound { exchange: &self.config.exchange, routing_key: env.topic.as_str(), wire: &wire, props: &props };
+        let (confirm, link) = self.send(out, deadline).await?;
         Ok(Unconfirmed { confirm, link, wire, props, topic: env.topic.to_string() })
     }
 
@@ -312,7 +317,8 @@ impl Inner {
         }
         for (outcome, link, wire, props, topic) in unconfirmed {
             self.after_unconfirmed(&outcome, link, deadline).await?;
-            self.publish_confirmed_until(&self.config.exchange, &topic, &wire, &props, deadline).await?;
+            let out = Outbound { exchange: &self.config.exchange, routing_key: &topic, wire: &wire, props: &props };
+            self.publish_confirmed_until(out, deadline).await?;
         }
         Ok(())
     }
@@ -331,20 +337,15 @@ impl Inner {
     /// Publishes and waits for the broker's confirm, resending through outages for up to
     /// `publish_timeout`.
     async fn publish_confirmed(&self, exchange: &str, routing_key: &str, wire: &[u8], props: &BasicProperties) -> Result<(), BusError> {
-        self.publish_confirmed_until(exchange, routing_key, wire, props, Instant::now() + self.config.publish_timeout).await
+        let out = Outbound { exchange, routing_key, wire, props };
+        self.publish_confirmed_until(out, Instant::now() + self.config.publish_timeout).await
     }
 
     /// Publishes and waits for the broker's confirm, resending through outages until `deadline`.
-    async fn publish_confirmed_until(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        wire: &[u8],
-        props: &BasicProperties,
-        deadline: Instant,
-    ) -> Result<(), BusError> {
+    async fn publish_confirmed_until(&self, out: Outbound<'_>, deadline: Instant) -> Result<(), BusError> {
+        let routing_key = out.routing_key;
         loop {
-            let (confirm, link) = self.send(exchange, routing_key, wire, props, deadline).await?;
+            let (confirm, link) = self.send(out, deadline).await?;
             let outcome = confirmed(confirm, deadline).await;
             match outcome {
                 Confirmed::Ack => return Ok(()),
