@@ -34,6 +34,8 @@ impl Harness for Rabbit {
         config.exchange = self.ns.clone();
         config.connect_timeout = Duration::from_secs(5);
         config.queue_expiry = Some(Duration::from_secs(600));
+        // As `serve` runs it: every queue name carries a prefix, retry and dead-letter queues too.
+        config.queue_prefix = "pbtest.conformance.".into();
         let bus = AmqpBus::connect(config, sealer)
             .await
             .unwrap_or_else(|e| panic!("no RabbitMQ at {} ({e}); run scripts/test, or set PATCHBAY_TEST_AMQP_URL", amqp_url()));
