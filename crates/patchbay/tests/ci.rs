@@ -597,7 +597,9 @@ fn post_v2(repo: &Path, config: &Path, v1_cover: &str) {
 fn a_superseded_versions_pending_jobs_are_cancelled() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = origin(tmp.path(), &[("README", "base\n"), ("OTHER", "x\n")]);
-    let (config, _serve) = one_slot_serve(tmp.path(), &repo, "sleep 3");
+    // Only the blocker (which changes OTHER) is slow: its 12 s are the window in which v1 and
+    // v2 must be posted, which takes several `inject` processes on a loaded machine.
+    let (config, _serve) = one_slot_serve(tmp.path(), &repo, "if grep -q y OTHER; then sleep 12; else sleep 1; fi");
     // The one slot is busy with another series while v1 and then v2 arrive: v1's jobs wait.
     post(&repo, &config, "blocker", "main", &[("OTHER", "y\n")]);
     let db = tmp.path().join("data/patchbay.sqlite3");
@@ -627,7 +629,7 @@ fn a_superseded_versions_pending_jobs_are_cancelled() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let cancelled = topic_bodies(&db, "e2e.ci.ci.test.cancelled");
-    assert_eq!(versions(&cancelled, "work"), [1, 1], "both of v1's jobs set aside: {cancelled:?}");
+    assert_eq!(versions(&cancelled, "work"), [1, 1], "both of v1's jobs set aside: {cancelled:?}; started: {:?}", started_by(&db));
     assert!(cancelled.iter().all(|c| c["reason"] == "superseded by v2"), "{cancelled:?}");
     let v1_jobs: Vec<String> = cancelled.iter().map(|c| c["job"].as_str().unwrap().to_string()).collect();
     assert!(started_by(&db).iter().all(|(job, _)| !v1_jobs.contains(job)), "no job of v1 ever started");

@@ -69,6 +69,9 @@ pub struct Db {
 
 fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    // Every service's statements share the writer: at rusqlite's default of 16, ingest alone
+    // (about 40) evicted its own, and SQL was parsed again for every mail.
+    conn.set_prepared_statement_cache_capacity(256);
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.pragma_update(None, "cache_size", -32_768)?;
