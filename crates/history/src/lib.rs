@@ -240,6 +240,10 @@ impl Indexer {
     }
 }
 
+/// Which `history` rows may be pruned, given `?1` (after this position) and `?2` (older than
+/// this time): see [`prune_batch`].
+const PRUNABLE: &str = "pos > ?1 AND ts < ?2 AND pos < (SELECT max(pos) FROM history) AND pos <= coalesce((SELECT min(value) FROM bus_meta WHERE key LIKE '%\\_pos' ESCAPE '\\'), pos)";
+
 /// Messages looked at per prune step.
 const PRUNE_BATCH: i64 = 5000;
 
@@ -253,9 +257,7 @@ const PRUNE_BATCH: i64 = 5000;
 /// when there is nothing older left) and how many were deleted.
 pub fn prune_batch(tx: &Connection, cutoff: i64, after: i64) -> Result<(Option<i64>, usize), StoreError> {
     let positions: Vec<i64> = tx
-        .prepare_cached(
-            "SELECT pos FROM history WHERE pos > ?1 AND ts < ?2 AND pos < (SELECT max(pos) FROM history) AND pos <= coalesce((SELECT min(value) FROM bus_meta WHERE key LIKE '%\\_pos' ESCAPE '\\'), pos) ORDER BY pos LIMIT ?3",
-        )?
+        .prepare_cached(&format!("SELECT pos FROM history WHERE {PRUNABLE} ORDER BY pos LIMIT ?3"))?
         .query_map(rusqlite::params![after, cutoff, PRUNE_BATCH], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     let (Some(&first), Some(&last)) = (positions.first(), positions.last()) else { return Ok((None, 0)) };
@@ -285,7 +287,7 @@ pub async fn prune(db: &Db, keep: Duration) -> Result<usize, StoreError> {
         let older = db
             .read(move |c| {
                 Ok(c.query_row(
-                    "SELECT EXISTS (SELECT 1 FROM history WHERE pos > ?1 AND ts < ?2 AND pos < (SELECT max(pos) FROM history) AND pos <= coalesce((SELECT min(value) FROM bus_meta WHERE key LIKE '%\\_pos' ESCAPE '\\'), pos))",
+                    &format!("SELECT EXISTS (SELECT 1 FROM history WHERE {PRUNABLE})"),
                     rusqlite::params![after, cutoff],
                     |r| r.get::<_, bool>(0),
                 )?)

@@ -102,8 +102,17 @@ impl Relay {
             })
             .await?;
         let Some(&(last, _)) = rows.last() else { return Ok((mark, 0)) };
-        let ours: Vec<Envelope> =
-            rows.iter().filter_map(|(_, wire)| Envelope::from_wire(wire).ok()).filter(|env| self.senders.contains(&env.sender)).collect();
+        // The sender alone is read first: most of the log (the recorder's copies, big bodies
+        // such as series mboxes) is not ours, and needs no full parse.
+        #[derive(serde::Deserialize)]
+        struct SenderOnly {
+            sender: Sender,
+        }
+        let ours: Vec<Envelope> = rows
+            .iter()
+            .filter(|(_, wire)| serde_json::from_slice::<SenderOnly>(wire).is_ok_and(|f| self.senders.contains(&f.sender)))
+            .filter_map(|(_, wire)| Envelope::from_wire(wire).ok())
+            .collect();
         let sent = ours.len();
         if sent > 0 {
             self.bus.publish_sealed(ours).await?;
@@ -117,30 +126,23 @@ impl Relay {
         Ok((last, sent))
     }
 
-    /// Relays as messages are committed (by this process or another one on the same data
-    /// directory, such as `inject`), until `shutdown` resolves; failures are retried with backoff.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    /// Relays from `mark` (see [`Relay::mark`]) as messages are committed (by this process or
+    /// another one on the same data directory, such as `inject`), until `shutdown` resolves;
+    /// failures are retried with backoff.
+    pub async fn run(self, mut mark: i64, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut commits = self.db.commits();
         let mut backoff = std::time::Duration::from_millis(100);
-        let mut mark = None;
         loop {
-            let stepped = async {
-                let from = match mark {
-                    Some(m) => m,
-                    None => self.mark().await?,
-                };
-                self.step(from).await
-            };
             // A step waits for the broker as long as `publish_timeout`: shutdown must not.
             let stepped = tokio::select! {
                 () = &mut shutdown => return,
-                stepped = stepped => stepped,
+                stepped = self.step(mark) => stepped,
             };
             let full = match stepped {
                 Ok((to, sent)) => {
-                    let moved = Some(to) != mark;
-                    mark = Some(to);
+                    let moved = to != mark;
+                    mark = to;
                     backoff = std::time::Duration::from_millis(100);
                     if sent > 0 {
                         tracing::debug!(sent, to, "Relayed to RabbitMQ.");

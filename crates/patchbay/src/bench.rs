@@ -263,6 +263,14 @@ where
     Ok(started.elapsed())
 }
 
+/// User + system CPU seconds in a `/proc/<pid>/stat` or `/proc/<pid>/task/<tid>/stat` line
+/// (fields 14 and 15, counted after the command name, which may hold spaces).
+pub fn stat_cpu_seconds(stat: &str) -> f64 {
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// A new scratch directory for a benchmark's stores; the caller removes it.
 pub fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("patchbay-bench-{}", patchbay_model::Uuid::now_v7()));

@@ -197,10 +197,7 @@ async fn amqp_bus(opts: &AmqpBench, ns: &str, state: &std::path::Path, sealer: S
 
 /// CPU seconds this process has used (user + system), to see what the client costs the machine.
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
+    crate::bench::stat_cpu_seconds(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default())
 }
 
 /// Context switches of this process's live threads so far. The profiles put the cost of a

@@ -1,6 +1,7 @@
 //! `patchbay runner`, and the dispatcher and runner services inside `serve`:
 //! config in, services bound to the bus out.
 
+use crate::tasks::{spawn_every, spawn_service};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -182,16 +183,8 @@ pub fn start_runner(
         let pattern = TopicPattern::parse(config.bus.root.topic(<patchbay_model::SeriesSuperseded as Body>::TOPIC)?.as_str())?;
         let mut spec = ServiceSpec::new("runner", vec![pattern]);
         spec.queue = format!("runner-superseded.{}", config.instance);
-        let (bus, policy, listener) = (bus.clone(), policy.clone(), Arc::new(handler.superseded_listener()));
-        let mut stop = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            let closing = async move {
-                let _ = stop.wait_for(|c| *c).await;
-            };
-            if let Err(error) = patchbay_runtime::run(bus, policy, spec, listener, closing).await {
-                tracing::error!(%error, "The runner's supersession listener stopped.");
-            }
-        }));
+        let listener = Arc::new(handler.superseded_listener());
+        tasks.push(spawn_service(bus.clone(), policy.clone(), spec, listener, shutdown.clone(), "The runner's supersession listener"));
     }
     for (test, arch) in queues(config) {
         let pattern = TopicPattern::parse(config.bus.root.topic(&job_topic(&test, &arch))?.as_str())?;
@@ -203,16 +196,7 @@ pub fn start_runner(
         spec.retry = RetryPolicy { max_attempts: config.runner.max_attempts + 1, ..RetryPolicy::default() };
         spec.grace = Duration::from_secs(5);
         spec.slots = Some(handler.slots());
-        let (bus, policy, handler) = (bus.clone(), policy.clone(), handler.clone());
-        let mut stop = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            let closing = async move {
-                let _ = stop.wait_for(|c| *c).await;
-            };
-            if let Err(error) = patchbay_runtime::run(bus, policy, spec, handler, closing).await {
-                tracing::error!(%error, "A runner queue stopped.");
-            }
-        }));
+        tasks.push(spawn_service(bus.clone(), policy.clone(), spec, handler.clone(), shutdown.clone(), "A runner queue"));
     }
     tracing::info!(jobs, queues = tasks.len(), "Runner started.");
     Ok(tasks)
@@ -341,31 +325,18 @@ pub fn start_aggregator(
     }
     let mut spec = ServiceSpec::new("aggregator", patterns);
     spec.replay = replay;
-    let handler = Arc::new(aggregator.clone());
-    let mut stop = shutdown.clone();
-    let service = tokio::spawn(async move {
-        let closing = async move {
-            let _ = stop.wait_for(|c| *c).await;
-        };
-        if let Err(error) = patchbay_runtime::run(bus, policy, spec, handler, closing).await {
-            tracing::error!(%error, "The aggregator stopped.");
-        }
-    });
+    let service = spawn_service(bus, policy, spec, Arc::new(aggregator.clone()), shutdown.clone(), "The aggregator");
     let deadline = config.verdict_deadline_secs;
-    let mut stop = shutdown;
-    let sweep = tokio::spawn(async move {
-        loop {
-            match aggregator.sweep(patchbay_ingest::now(), deadline).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(n, "Verdicts past their deadline issued."),
-                Err(error) => tracing::warn!(%error, "Verdict sweep failed; will retry."),
-            }
-            tokio::select! {
-                _ = stop.wait_for(|c| *c) => return,
-                () = tokio::time::sleep(Duration::from_secs(30)) => {}
-            }
-        }
-    });
+    let sweep = spawn_every(
+        Duration::from_secs(30),
+        shutdown,
+        "Verdicts past their deadline issued.",
+        "Verdict sweep failed; will retry.",
+        move || {
+            let aggregator = aggregator.clone();
+            async move { aggregator.sweep(patchbay_ingest::now(), deadline).await }
+        },
+    );
     Ok(vec![service, sweep])
 }
 
@@ -417,15 +388,7 @@ pub fn start_reporter(
     spec.replay = replay;
     // An SMTP server may be down for hours: keep trying, at most a minute apart.
     spec.retry = RetryPolicy { max_attempts: 10_000, base_delay: Duration::from_millis(500), max_delay: Duration::from_secs(60) };
-    let mut stop = shutdown;
-    Ok(tokio::spawn(async move {
-        let closing = async move {
-            let _ = stop.wait_for(|c| *c).await;
-        };
-        if let Err(error) = patchbay_runtime::run(bus, policy, spec, Arc::new(reporter), closing).await {
-            tracing::error!(%error, "The reporter stopped.");
-        }
-    }))
+    Ok(spawn_service(bus, policy, spec, Arc::new(reporter), shutdown, "The reporter"))
 }
 
 /// Options of `patchbay waive`.

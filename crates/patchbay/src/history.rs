@@ -108,6 +108,16 @@ const TOPICS: &[(&str, &str)] = &[
 const PROJECTS: &[&str] = &["qemu", "linux", "libguestfs", "dpdk", "buildroot"];
 const WORDS: &[&str] = &["hwmon", "sensor", "driver", "regulator", "thermal", "pinctrl", "clock", "memory", "timeout", "warning"];
 
+/// A small, seeded, repeatable generator: the same store and the same queries every run.
+fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    }
+}
+
 /// How long the stored history spans: a year of a busy deployment.
 const SPAN_MICROS: i64 = 365 * 86_400 * 1_000_000;
 
@@ -115,13 +125,7 @@ const SPAN_MICROS: i64 = 365 * 86_400 * 1_000_000;
 /// words in each body for `contains`, sent over a year, signed, stored as recorded.
 async fn fill(store: &EmbeddedBus, n: usize, key: &patchbay_bus::SigningKey) -> anyhow::Result<()> {
     let root = patchbay_model::TopicRoot::new("patchbay", "prod")?;
-    let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
     let begin = patchbay_model::Timestamp::now().as_micros() - SPAN_MICROS;
     let mut seqs: std::collections::HashMap<(&str, &str), u64> = std::collections::HashMap::new();
     let started = Instant::now();
@@ -131,7 +135,7 @@ async fn fill(store: &EmbeddedBus, n: usize, key: &patchbay_bus::SigningKey) -> 
         let mut batch = Vec::new();
         for _ in 0..2000.min(n - done) {
             let (suffix, service) = TOPICS[(next() % TOPICS.len() as u64) as usize];
-            let instance = if next() % 2 == 0 { "a" } else { "b" };
+            let instance = if next().is_multiple_of(2) { "a" } else { "b" };
             let series = (next() % 50_000) as i64;
             let project = PROJECTS[(series % PROJECTS.len() as i64) as usize];
             let words: Vec<&str> = (0..3).map(|_| WORDS[(next() % WORDS.len() as u64) as usize]).collect();
@@ -226,13 +230,7 @@ pub async fn bench(opts: HistoryBench) -> anyhow::Result<()> {
         })
         .await?;
     let total: i64 = store.db().read(|c| Ok(c.query_row("SELECT count(*) FROM history", [], |r| r.get(0))?)).await?;
-    let mut rng: u64 = 42;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = xorshift(42);
     let mut rows = Vec::new();
     let mut worst = 0.0f64;
     for (name, template) in combinations() {

@@ -551,9 +551,7 @@ fn thread_cpu_seconds() -> std::collections::BTreeMap<String, f64> {
     for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
         let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        *by_name.entry(stat[open + 1..close].to_string()).or_insert(0.0) += (ticks(11) + ticks(12)) / 100.0;
+        *by_name.entry(stat[open + 1..close].to_string()).or_insert(0.0) += crate::bench::stat_cpu_seconds(&stat);
     }
     by_name
 }

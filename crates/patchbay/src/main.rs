@@ -15,6 +15,7 @@ mod ingest;
 mod keys;
 mod pages;
 mod serve;
+mod tasks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -10,6 +10,8 @@ use anyhow::Context as _;
 use patchbay_config::Config;
 use patchbay_web::AppState;
 
+use crate::tasks::{closed, spawn_every, spawn_service};
+
 /// Options of `patchbay serve`.
 #[derive(clap::Args, Default)]
 pub struct ServeArgs {
@@ -89,11 +91,7 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
     // Built now so a bad trust setup stops `serve` at start.
     let policy = Arc::new(crate::keys::trust_policy(&config)?);
     let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
-    let mut recorder_closing = closing_rx.clone();
-    let served = crate::backend::serve(&config, sealer, async move {
-        let _ = recorder_closing.wait_for(|closing| *closing).await;
-    })
-    .await?;
+    let served = crate::backend::serve(&config, sealer, closed(closing_rx.clone())).await?;
     let mut tasks = Vec::new();
     tasks.extend(served.recorder);
 
@@ -110,16 +108,7 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
             patchbay_bus::TopicPattern::parse(config.bus.root.topic(<patchbay_model::TestLog as patchbay_model::Body>::TOPIC)?.as_str())?;
         let spec = patchbay_runtime::ServiceSpec::new("log-recorder", vec![pattern]);
         let handler = Arc::new(patchbay_logs::Recorder::new(logs.clone()));
-        let (bus, policy) = (served.bus.clone(), policy.clone());
-        let mut closing = closing_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            let stop = async move {
-                let _ = closing.wait_for(|c| *c).await;
-            };
-            if let Err(error) = patchbay_runtime::run(bus, policy, spec, handler, stop).await {
-                tracing::error!(%error, "The log recorder stopped.");
-            }
-        }));
+        tasks.push(spawn_service(served.bus.clone(), policy.clone(), spec, handler, closing_rx.clone(), "The log recorder"));
     }
     let addr = args.http.unwrap_or(config.http_listen);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr} (http.listen)"))?;
@@ -148,46 +137,30 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
     // RabbitMQ: what the store's services commit into the local log goes on to the broker.
     if served.store.is_none() {
         let relay = crate::backend::Relay::new(ingest.bus().db().clone(), served.bus.clone(), &config.instance);
-        relay.mark().await.context("reading the RabbitMQ relay's position in the store")?;
-        let mut closing = closing_rx.clone();
-        tasks.push(tokio::spawn(relay.run(async move {
-            let _ = closing.wait_for(|c| *c).await;
-        })));
+        let mark = relay.mark().await.context("reading the RabbitMQ relay's position in the store")?;
+        tasks.push(tokio::spawn(relay.run(mark, closed(closing_rx.clone()))));
     }
     // History: every message in the data directory's log, indexed for queries as it commits.
     {
         let indexer = patchbay_history::Indexer::new(ingest.bus().db().clone());
-        let mut closing = closing_rx.clone();
-        tasks.push(tokio::spawn(indexer.run(async move {
-            let _ = closing.wait_for(|c| *c).await;
-        })));
+        tasks.push(tokio::spawn(indexer.run(closed(closing_rx.clone()))));
     }
     // Retention (`history.keep_days`): hourly, what is older leaves the log and the history.
     if config.history_keep_days > 0 {
         let (db, keep) = (ingest.bus().db().clone(), std::time::Duration::from_secs(config.history_keep_days as u64 * 86_400));
-        let mut closing = closing_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                match patchbay_history::prune(&db, keep).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(n, days = keep.as_secs() / 86_400, "Pruned messages past history.keep_days."),
-                    Err(error) => tracing::warn!(%error, "Pruning the history failed; will retry."),
-                }
-                tokio::select! {
-                    _ = closing.wait_for(|c| *c) => return,
-                    () = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
-                }
-            }
-        }));
+        tasks.push(spawn_every(
+            std::time::Duration::from_secs(3600),
+            closing_rx.clone(),
+            "Pruned messages past history.keep_days.",
+            "Pruning the history failed; will retry.",
+            move || {
+                let db = db.clone();
+                async move { patchbay_history::prune(&db, keep).await }
+            },
+        ));
     }
-    let mut http_closing = closing_rx.clone();
-    let http_task = tokio::spawn(async move {
-        patchbay_web::serve(listener, state, async move {
-            let _ = http_closing.wait_for(|closing| *closing).await;
-        })
-        .await
-        .map_err(anyhow::Error::from)
-    });
+    let http_closing = closed(closing_rx.clone());
+    let http_task = tokio::spawn(async move { patchbay_web::serve(listener, state, http_closing).await.map_err(anyhow::Error::from) });
     // Mail in: LMTP and the incomplete-series deadline, on the store in the data directory.
     let mut lmtp_task = None;
     let mut lmtp = None;
@@ -196,21 +169,14 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
         let local_lmtp = listener.local_addr()?;
         lmtp = Some(local_lmtp);
         println!("patchbay: accepting LMTP on {local_lmtp}");
-        let mut lmtp_closing = closing_rx.clone();
-        let (ingest, max) = (ingest.clone(), config.ingest.max_mail_bytes);
+        let (ingest, max, lmtp_closing) = (ingest.clone(), config.ingest.max_mail_bytes, closed(closing_rx.clone()));
         lmtp_task = Some(tokio::spawn(async move {
-            patchbay_ingest::lmtp::serve(listener, ingest, max, async move {
-                let _ = lmtp_closing.wait_for(|closing| *closing).await;
-            })
-            .await
-            .map_err(anyhow::Error::from)
+            patchbay_ingest::lmtp::serve(listener, ingest, max, lmtp_closing).await.map_err(anyhow::Error::from)
         }));
     }
     // Tests: the dispatcher, and (embedded shape) a runner in this process.
-    let mut dispatch_closing = closing_rx.clone();
-    let dispatcher = crate::ci::start_dispatcher(&config, served.bus.clone(), policy.clone(), Some(ingest.clone()), async move {
-        let _ = dispatch_closing.wait_for(|closing| *closing).await;
-    })?;
+    let dispatcher =
+        crate::ci::start_dispatcher(&config, served.bus.clone(), policy.clone(), Some(ingest.clone()), closed(closing_rx.clone()))?;
     let dispatching = dispatcher.is_some();
     tasks.extend(dispatcher);
     if dispatching {
@@ -224,21 +190,17 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
             Err(error) => tracing::error!(%error, "No runner in this process; test jobs wait for `patchbay runner` elsewhere."),
         }
     }
-    let mut sweep_closing = closing_rx.clone();
     let incomplete_after = config.ingest.incomplete_after_secs;
-    tasks.push(tokio::spawn(async move {
-        loop {
-            match ingest.sweep(patchbay_ingest::now(), incomplete_after).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(n, "Series past their deadline marked incomplete."),
-                Err(error) => tracing::warn!(%error, "Deadline sweep failed; will retry."),
-            }
-            tokio::select! {
-                _ = sweep_closing.wait_for(|closing| *closing) => return,
-                () = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
-            }
-        }
-    }));
+    tasks.push(spawn_every(
+        std::time::Duration::from_secs(30),
+        closing_rx.clone(),
+        "Series past their deadline marked incomplete.",
+        "Deadline sweep failed; will retry.",
+        move || {
+            let ingest = ingest.clone();
+            async move { ingest.sweep(patchbay_ingest::now(), incomplete_after).await }
+        },
+    ));
     println!("patchbay: serving http://{local} with data in {}", config.data_dir.display());
     tracing::info!(%local, data_dir = %config.data_dir.display(), topics = %config.bus.root.as_str(), backend = ?config.bus.backend, "Serving.");
     Ok(Running { bus: served.bus, lmtp, closing: closing_tx, http_task, lmtp_task, tasks })
