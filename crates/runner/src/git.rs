@@ -153,7 +153,12 @@ impl Mirror {
         ok(self.git(), &["rev-parse", "--verify", &format!("refs/heads/{branch}^{{commit}}")]).await
     }
 
-    /// A fresh detached worktree at `base` in `dir`.
+    /// Forgets worktrees whose directories are gone (a failed add leaves one behind).
+    pub async fn prune(&self) -> Result<(), GitError> {
+        ok(self.git(), &["worktree", "prune"]).await.map(drop)
+    }
+
+    /// A fresh detached worktree at `base` in `dir` (absent, or an empty directory).
     pub async fn worktree(&self, dir: &Path, base: &str) -> Result<Worktree, GitError> {
         ok(self.git(), &["worktree", "add", "--detach", "--quiet", &dir.to_string_lossy(), base]).await?;
         Ok(Worktree { mirror: self.clone(), dir: dir.to_path_buf() })

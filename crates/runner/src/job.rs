@@ -1,11 +1,13 @@
-//! One job from start to end: refresh the mirror, choose the base, make a
-//! fresh worktree, apply dependencies and the series with `git am -3`, run
-//! the script in the sandbox, remove the tree. What comes back is ready to
+//! One job from start to end: refresh the mirror, choose the base, make the
+//! job's disk (its quota) and a fresh worktree on it, apply dependencies and
+//! the series with `git am -3`, run the script in the sandbox, release the
+//! disk and the tree. What comes back is ready to
 //! publish: the runner's paths and host name are scrubbed from every text.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::disk::Disk;
 use crate::git::{self, Applied, GitError, Mirror};
 use crate::sandbox::{Execution, Limits, Sandbox, SandboxError};
 
@@ -81,6 +83,7 @@ impl Runner {
         // them writable: a script may have left read-only directories) and prune the mirrors.
         let work = root.join("work");
         if work.exists() {
+            crate::disk::release_stale(&work);
             let _ = std::process::Command::new("chmod").args(["-R", "u+w"]).arg(&work).status();
             let _ = std::fs::remove_dir_all(&work);
             if let Ok(mirrors) = std::fs::read_dir(root.join("mirrors")) {
@@ -88,6 +91,14 @@ impl Runner {
                     let _ = std::process::Command::new("git").arg("--git-dir").arg(m.path()).args(["worktree", "prune"]).status();
                 }
             }
+        }
+        if sandbox.mounts_disks() {
+            tracing::info!(disk_quota_mib = sandbox.disk_quota() >> 20, "Job trees go on loop-mounted images of the disk quota (hard).");
+        } else {
+            tracing::warn!(
+                disk_quota_mib = sandbox.disk_quota() >> 20,
+                "This runner cannot mount (not root): the disk quota is measured while jobs run (soft; a job may overshoot by what it writes between two measurements)."
+            );
         }
         Runner { root: root.to_path_buf(), sandbox, fetch_interval, mirrors: Default::default() }
     }
@@ -117,14 +128,31 @@ impl Runner {
             NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         std::fs::create_dir_all(dir.parent().expect("has a parent")).map_err(|e| JobError::Io(format!("{}: {e}", self.root.display())))?;
+        // The tree, checkout and build outputs alike, lives on the job's disk, under its quota.
+        let disk = self.sandbox.disk(&dir).await?;
         // Worktree bookkeeping in the mirror (add, remove, prune) is serialized per mirror too.
         let tree = {
             let _guard = lock.lock().await;
-            mirror.worktree(&dir, &base.commit).await?
+            match mirror.worktree(&disk.tree(), &base.commit).await {
+                Ok(tree) => tree,
+                Err(e) if disk.is_full().await => {
+                    let error = does_not_fit(&disk, "the checkout", &e.to_string());
+                    disk.release().await;
+                    let _ = mirror.prune().await;
+                    return Err(error);
+                }
+                Err(e) => {
+                    disk.release().await;
+                    let _ = mirror.prune().await;
+                    return Err(e.into());
+                }
+            }
         };
-        let result = self.apply_and_test(&tree, job).await;
+        let result = self.apply_and_test(&tree, &disk, job).await;
         let secrets = [dir.display().to_string(), mirror.dir().display().to_string(), self.root.display().to_string(), hostname()];
         let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+        // The disk goes first (an unmount, not a walk deleting every file), then git's records.
+        disk.release().await;
         {
             let _guard = lock.lock().await;
             tree.remove().await;
@@ -153,24 +181,38 @@ impl Runner {
         Ok(Base { commit: head, reason: format!("branch {}", job.branch) })
     }
 
-    async fn apply_and_test(&self, tree: &git::Worktree, job: &Job) -> Result<(Applied, Option<Execution>), JobError> {
+    async fn apply_and_test(&self, tree: &git::Worktree, disk: &Disk, job: &Job) -> Result<(Applied, Option<Execution>), JobError> {
         for (i, dep) in job.dependencies.iter().enumerate() {
             let applied = tree.am(dep).await?;
+            if !applied.ok && disk.is_full().await {
+                return Err(does_not_fit(disk, "the series it is based on", &applied.output));
+            }
             if !applied.ok {
                 let output = format!("The series this one is based on (dependency {}) did not apply:\n{}", i + 1, applied.output);
                 return Ok((Applied { ok: false, output, failed_patch: applied.failed_patch }, None));
             }
         }
         let applied = tree.am(&job.mbox).await?;
+        if !applied.ok && disk.is_full().await {
+            // Not the series' fault as far as we know: the runner's quota is too small for it.
+            return Err(does_not_fit(disk, "the series", &applied.output));
+        }
         if !applied.ok {
             return Ok((applied, None));
         }
         let test = match &job.script {
-            Some(script) => Some(self.sandbox.run(script, tree.dir(), &job.limits).await?),
+            Some(script) => Some(self.sandbox.run_on(script, disk, &job.limits).await?),
             None => None,
         };
         Ok((applied, test))
     }
+}
+
+/// A job whose tree outgrew its disk before the script ran: an error naming the quota.
+fn does_not_fit(disk: &Disk, what: &str, detail: &str) -> JobError {
+    // git's own words are often about what followed (a 3-way merge refusing a half-written file).
+    let detail = detail.lines().map(str::trim).find(|l| l.contains("No space left")).unwrap_or("git stopped with the disk full");
+    JobError::Io(format!("{what} does not fit in the disk quota of {} MiB (runner.disk_mib): {detail}", disk.quota() >> 20))
 }
 
 fn hostname() -> String {

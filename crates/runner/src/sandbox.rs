@@ -1,19 +1,30 @@
 //! Running an untrusted script with no network, a read-only view of the
-//! system, only the tree writable, and limits on time, memory, processes,
-//! file size and output.
+//! system, only its tree writable, and limits on time, memory, processes,
+//! disk, file size and output.
 //!
 //! The script runs as `sh -c` inside bubblewrap: every namespace unshared
 //! (only `lo`, its own PIDs, its own hostname), as uid 65534 with no
 //! capabilities (a runner started as root drops to 65534 with `setpriv`
 //! first and hands the tree to that user, because inside a user namespace
-//! made by root the script would still own root's files), `/usr`, `/bin`, `/lib*`, `/sbin` and `/etc` bound read-only,
-//! the tree at `/build`, a private `/tmp`, and nothing else of the host: no
-//! home directories, no `/var`, no `/srv`. Limits are rlimits (`prlimit`:
-//! address space, file size, open files) and, where the machine lets us
-//! create them, a memory and a pids cgroup (v1 or v2, detected), which also
-//! tell an out-of-memory kill from other deaths. The whole tree is killed at
-//! the wall-clock limit: the wrapper leads its own process group, and
-//! bubblewrap's `--die-with-parent` takes the PID namespace with it.
+//! made by root the script would still own root's files), `/usr`, `/bin`,
+//! `/lib*` and `/sbin` bound read-only, of `/etc` only what builds need
+//! ([`ETC`] and what the runner's config adds: no host secret, nothing of
+//! patchbay's own configuration), the tree at `/build`, a private `/tmp` and
+//! `/dev/shm` of bounded size, a read-only `/dev` and root, and nothing else
+//! of the host: no home directories, no `/var`, no `/srv`. Limits are
+//! rlimits (`prlimit`: file size, never above the disk quota, and open
+//! files; address space and processes only without cgroups) and, where the
+//! machine lets us create them, a memory and a pids cgroup (v1 or v2,
+//! detected), which also tell an out-of-memory kill from other deaths. The
+//! whole tree is killed at the wall-clock limit: the wrapper leads its own
+//! process group, and bubblewrap's `--die-with-parent` takes the PID
+//! namespace with it.
+//!
+//! Disk: the tree lives on a [`Disk`] of the runner's quota (`disk_mib`),
+//! a loop-mounted ext4 image where the runner can mount (root), else a
+//! directory measured while the job runs (see [`crate::disk`]). A job that
+//! ends with its disk full, or is stopped by the measurement, fails with its
+//! log naming the quota.
 //!
 //! Isolation `none` runs the script directly (with the same limits) for
 //! trusted setups; it is never the default, and a runner that wants
@@ -21,10 +32,45 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
+
+use crate::disk::{self, Disk};
+
+/// The disk quota of a job when the runner's config says nothing (`runner.disk_mib`): 4 GiB.
+pub const DEFAULT_DISK_QUOTA: u64 = 4096 << 20;
+
+/// How often a measured (soft) disk quota is checked at most: a job overshoots by what it
+/// writes between two checks (page-cache writes run at ~1 GB/s, so every millisecond counts).
+/// A tree that takes longer to measure is checked every ten measurement times instead, so the
+/// watchdog costs at most a tenth of a core (a 15,000-file tree takes ~60 ms here).
+pub const DISK_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+
+/// What of the host's `/etc` a script sees, each read-only when the host has it: users and
+/// groups (builds look names up), name resolution, TLS roots, alternatives (`cc`, `editor`),
+/// the dynamic linker's cache, the time zone and the OS release. Entries starting with
+/// `ca-certificates` are bound too. Anything else (secrets, host identity, patchbay's own
+/// configuration) stays out unless the runner's config adds it.
+pub const ETC: &[&str] = &[
+    "passwd",
+    "group",
+    "hosts",
+    "resolv.conf",
+    "nsswitch.conf",
+    "ssl",
+    "alternatives",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "timezone",
+    "os-release",
+    "debian_version",
+];
 
 /// How a script is confined.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +133,8 @@ pub struct Execution {
     pub dropped: u64,
     /// Whether the process limit was reached at some point (a fork bomb, or just too many jobs).
     pub hit_process_limit: bool,
+    /// Whether the job failed with its disk quota used up (the output says so at its end).
+    pub disk_quota_exceeded: bool,
 }
 
 /// Why a script could not be run at all (an infrastructure fault, reported as ERROR).
@@ -95,6 +143,11 @@ pub enum SandboxError {
     /// bubblewrap is wanted but not installed.
     #[error("bubblewrap (bwrap) is not installed; install Debian's `bubblewrap`, or set isolation = \"none\" for trusted jobs only")]
     NoBubblewrap,
+    /// An extra `/etc` entry the config asks for is not a plain name under `/etc`.
+    #[error(
+        "runner.etc_extra: {0:?} must name something under /etc (`gitconfig`, `java-17-openjdk`), without `..`, and not patchbay's own configuration"
+    )]
+    EtcPath(String),
     /// Spawning or waiting failed.
     #[error("{what}: {source}")]
     Io {
@@ -124,6 +177,10 @@ enum Cgroups {
 pub struct Sandbox {
     isolation: Isolation,
     cgroups: Option<Cgroups>,
+    disk_quota: u64,
+    /// Whether job disks are mounted images; cleared for good when mounting fails.
+    mount_disks: Arc<AtomicBool>,
+    etc_extra: Vec<String>,
 }
 
 fn which(program: &str) -> bool {
@@ -149,7 +206,72 @@ impl Sandbox {
         if let Some(c) = &cgroups {
             sweep_stale(c);
         }
-        Ok(Sandbox { isolation, cgroups })
+        // Mounting needs root (mount(8) refuses options to anyone else) and the tools.
+        let can_mount = running_as_root() && Path::new("/dev/loop-control").exists() && disk::program("mkfs.ext4").is_some();
+        Ok(Sandbox {
+            isolation,
+            cgroups,
+            disk_quota: DEFAULT_DISK_QUOTA,
+            mount_disks: Arc::new(AtomicBool::new(can_mount)),
+            etc_extra: Vec::new(),
+        })
+    }
+
+    /// Sets every job's disk quota (`runner.disk_mib`), covering the checkout and all it builds.
+    pub fn with_disk_quota(mut self, bytes: u64) -> Sandbox {
+        self.disk_quota = bytes.max(1 << 20);
+        self
+    }
+
+    /// Measures job disks instead of mounting them: for hosts that must not mount, and to test
+    /// the fallback where mounting works.
+    pub fn with_measured_disks(mut self) -> Sandbox {
+        self.mount_disks = Arc::new(AtomicBool::new(false));
+        self
+    }
+
+    /// Adds entries of the host's `/etc` (`runner.etc_extra`, names relative to `/etc`) to what
+    /// scripts see, for builds that need more than [`ETC`].
+    pub fn with_etc_extra<S: AsRef<str>>(mut self, names: &[S]) -> Result<Sandbox, SandboxError> {
+        for name in names {
+            let name = name.as_ref();
+            let rel = name.strip_prefix("/etc/").unwrap_or(name).trim_matches('/');
+            let bad = rel.is_empty()
+                || rel.starts_with('/')
+                || rel.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+                || rel.split('/').next() == Some("patchbay");
+            if bad {
+                return Err(SandboxError::EtcPath(name.to_string()));
+            }
+            self.etc_extra.push(rel.to_string());
+        }
+        Ok(self)
+    }
+
+    /// Every job's disk quota, in bytes.
+    pub fn disk_quota(&self) -> u64 {
+        self.disk_quota
+    }
+
+    /// Whether job disks are mounted images (hard quota) rather than measured (soft).
+    pub fn mounts_disks(&self) -> bool {
+        self.mount_disks.load(Ordering::Relaxed)
+    }
+
+    /// A job's disk at `dir` (which must not exist): a mounted image of the quota's size where
+    /// this runner can mount, else a measured directory; the tree goes in [`Disk::tree`].
+    pub async fn disk(&self, dir: &Path) -> Result<Disk, SandboxError> {
+        if self.mounts_disks() {
+            match Disk::mounted(dir, self.disk_quota).await {
+                Ok(d) => return Ok(d),
+                Err(error) => {
+                    if self.mount_disks.swap(false, Ordering::Relaxed) {
+                        tracing::warn!(%error, "Cannot mount job disks; disk quotas are measured from now on (soft: a job may overshoot by what it writes between two measurements).");
+                    }
+                }
+            }
+        }
+        Disk::measured(dir, self.disk_quota)
     }
 
     /// Whether memory and process limits are enforced by cgroups here (else by rlimits only).
@@ -157,8 +279,20 @@ impl Sandbox {
         self.cgroups.is_some()
     }
 
-    /// Runs `script` with `sh -c` in `tree` (seen as `/build` inside bubblewrap).
+    /// Runs `script` with `sh -c` in `tree` (seen as `/build` inside bubblewrap), measuring the
+    /// tree against the disk quota: for trees that are not on a [`Disk`].
     pub async fn run(&self, script: &str, tree: &Path, limits: &Limits) -> Result<Execution, SandboxError> {
+        self.execute(script, tree, None, limits).await
+    }
+
+    /// Runs `script` in the tree on `disk` (seen as `/build` inside bubblewrap), under its quota.
+    pub async fn run_on(&self, script: &str, disk: &Disk, limits: &Limits) -> Result<Execution, SandboxError> {
+        self.execute(script, &disk.tree(), Some(disk), limits).await
+    }
+
+    async fn execute(&self, script: &str, tree: &Path, disk: Option<&Disk>, limits: &Limits) -> Result<Execution, SandboxError> {
+        let quota = disk.map_or(self.disk_quota, Disk::quota);
+        let hard = disk.is_some_and(Disk::is_mounted);
         let group = self.cgroups.as_ref().map(|c| JobCgroup::create(c, limits)).transpose()?;
         // The wrapper joins the cgroups itself, then execs: nothing runs outside them.
         let mut wrapper = String::new();
@@ -170,7 +304,9 @@ impl Sandbox {
         wrapper.push_str("exec \"$@\"");
         let mut cmd = Command::new("/bin/sh");
         cmd.arg("-c").arg(wrapper).arg("patchbay-sandbox");
-        cmd.arg("prlimit").arg(format!("--fsize={}", limits.file_size_bytes)).arg("--nofile=4096").arg("--core=0");
+        // No single file may be larger than the whole quota: one writer is stopped exactly even
+        // where the quota is measured.
+        cmd.arg("prlimit").arg(format!("--fsize={}", limits.file_size_bytes.min(quota))).arg("--nofile=4096").arg("--core=0");
         if group.is_none() {
             // Without cgroups, rlimits are all there is. With them, no address-space limit:
             // it breaks programs that reserve more than they use (Go, JVMs, sanitizers), and
@@ -197,20 +333,28 @@ impl Sandbox {
                     }
                     cmd.args(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
                 }
+                // /tmp and /dev/shm are tmpfs, charged to the memory cgroup where there is one;
+                // their size bounds them where there is none.
+                let scratch = limits.memory_bytes.min(quota).to_string();
                 cmd.arg("bwrap")
                     .args(["--unshare-all", "--unshare-user", "--uid", "65534", "--gid", "65534"])
                     .args(["--die-with-parent", "--new-session", "--cap-drop", "ALL", "--hostname", "sandbox"])
                     .args(["--ro-bind", "/usr", "/usr"])
                     .args(["--ro-bind-try", "/bin", "/bin", "--ro-bind-try", "/sbin", "/sbin"])
-                    .args(["--ro-bind-try", "/lib", "/lib", "--ro-bind-try", "/lib64", "/lib64", "--ro-bind-try", "/lib32", "/lib32"])
-                    .args(["--ro-bind", "/etc", "/etc"])
-                    // patchbay's own configuration (SMTP and broker passwords) stays out of reach.
-                    .args(if Path::new("/etc/patchbay").is_dir() { &["--tmpfs", "/etc/patchbay"][..] } else { &[][..] })
-                    .args(["--tmpfs", "/tmp", "--dev", "/dev", "--proc", "/proc"])
+                    .args(["--ro-bind-try", "/lib", "/lib", "--ro-bind-try", "/lib64", "/lib64", "--ro-bind-try", "/lib32", "/lib32"]);
+                for entry in self.etc_entries() {
+                    cmd.arg("--ro-bind-try").arg(&entry).arg(&entry);
+                }
+                // Private keys stay out even for a runner user in the ssl-cert group.
+                if Path::new("/etc/ssl/private").is_dir() {
+                    cmd.args(["--tmpfs", "/etc/ssl/private"]);
+                }
+                cmd.args(["--size", &scratch, "--tmpfs", "/tmp"])
+                    .args(["--dev", "/dev", "--size", &scratch, "--tmpfs", "/dev/shm", "--remount-ro", "/dev", "--proc", "/proc"])
                     .arg("--bind")
                     .arg(tree)
                     .arg("/build")
-                    .args(["--chdir", "/build", "--clearenv"])
+                    .args(["--remount-ro", "/", "--chdir", "/build", "--clearenv"])
                     .args(["--setenv", "PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"])
                     .args(["--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8", "--setenv", "TMPDIR", "/tmp"])
                     .args(["/bin/sh", "-c", &format!("exec 2>&1\n{script}")]);
@@ -226,11 +370,20 @@ impl Sandbox {
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
         let capture = tokio::spawn(capture(stdout, stderr, limits.output_bytes));
-        let status = tokio::select! {
-            status = child.wait() => Some(status.map_err(io("waiting for the script"))?),
-            () = tokio::time::sleep(limits.wall) => None,
+        // A measured quota: the tree (and what the job's processes hold open), every 50 ms or so.
+        let measured = if hard { None } else { Some(disk.map_or(tree, Disk::dir).to_path_buf()) };
+        let procs = group.as_ref().map(JobCgroup::procs_files).unwrap_or_default();
+        let watchdog = async {
+            match &measured {
+                Some(dir) => watch_disk(dir.clone(), quota, procs.clone()).await,
+                None => std::future::pending().await,
+            }
         };
-        let timed_out = status.is_none();
+        let (status, ended) = tokio::select! {
+            status = child.wait() => (Some(status.map_err(io("waiting for the script"))?), Ended::Exited),
+            () = tokio::time::sleep(limits.wall) => (None, Ended::Timeout),
+            used = watchdog => (None, Ended::OverQuota(used)),
+        };
         // Whatever is left of the tree goes now: the group, and everything in the cgroups.
         if let Some(pgid) = pgid {
             let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pgid}")]).stderr(Stdio::null()).status();
@@ -255,16 +408,86 @@ impl Sandbox {
                 source: std::io::Error::other("the wrapper could not write cgroup.procs"),
             });
         }
-        let failure = if timed_out {
-            Some(Failure::Timeout)
-        } else if oom {
-            Some(Failure::Memory)
-        } else if status.success() {
-            None
-        } else {
-            Some(Failure::Failed)
+        // Over the quota: stopped by the measurement, or ended with the disk full (less than
+        // 1 MiB or no inode left), whatever the exit status: a script that ignored ENOSPC, or a
+        // fast writer that finished between two measurements, still fails.
+        let over_quota = match (ended, disk) {
+            (Ended::OverQuota(_), _) => true,
+            (Ended::Exited, Some(d)) => d.is_full().await,
+            (Ended::Exited, None) => {
+                let dir = tree.to_path_buf();
+                let used = tokio::task::spawn_blocking(move || disk::usage(&dir, &[])).await.unwrap_or(0);
+                used.saturating_add(disk::FULL_SLACK) >= quota
+            }
+            (Ended::Timeout, _) => false,
         };
-        Ok(Execution { failure, exit_code: status.code(), duration, output, dropped, hit_process_limit })
+        let mut output = output;
+        if over_quota {
+            let how = match ended {
+                Ended::OverQuota(used) => {
+                    format!("; it was stopped at {} MiB (a soft quota: this runner measures usage while the job runs)", used >> 20)
+                }
+                _ => String::new(),
+            };
+            output.extend_from_slice(
+                format!("\n[patchbay: disk quota exceeded: the job may write {} MiB (runner.disk_mib){how}]\n", quota >> 20).as_bytes(),
+            );
+        }
+        let failure = match ended {
+            Ended::Timeout => Some(Failure::Timeout),
+            _ if oom => Some(Failure::Memory),
+            _ if over_quota => Some(Failure::Failed),
+            Ended::Exited if status.success() => None,
+            _ => Some(Failure::Failed),
+        };
+        Ok(Execution { failure, exit_code: status.code(), duration, output, dropped, hit_process_limit, disk_quota_exceeded: over_quota })
+    }
+
+    /// The `/etc` entries bound into the sandbox: [`ETC`], `ca-certificates*`, and the extras.
+    fn etc_entries(&self) -> Vec<PathBuf> {
+        let etc = Path::new("/etc");
+        let mut names: Vec<String> = ETC.iter().map(|s| s.to_string()).collect();
+        if let Ok(entries) = std::fs::read_dir(etc) {
+            names.extend(
+                entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("ca-certificates")),
+            );
+        }
+        names.extend(self.etc_extra.iter().cloned());
+        names.sort();
+        names.dedup();
+        names.into_iter().map(|n| etc.join(n)).collect()
+    }
+}
+
+/// How the wait for a script ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ended {
+    Exited,
+    Timeout,
+    /// The measured disk usage passed the quota (bytes used then).
+    OverQuota(u64),
+}
+
+/// Resolves with the usage once `dir` holds more than `quota` bytes; measures every
+/// [`DISK_CHECK_INTERVAL`], or every ten measurement times when measuring takes longer.
+async fn watch_disk(dir: PathBuf, quota: u64, procs: Vec<PathBuf>) -> u64 {
+    loop {
+        let started = Instant::now();
+        let (d, p) = (dir.clone(), procs.clone());
+        let used = tokio::task::spawn_blocking(move || {
+            let pids: Vec<String> = p
+                .iter()
+                .filter_map(|f| std::fs::read_to_string(f).ok())
+                .flat_map(|s| s.lines().map(str::to_string).collect::<Vec<_>>())
+                .collect();
+            disk::usage(&d, &pids)
+        })
+        .await
+        .unwrap_or(0);
+        if used > quota {
+            return used;
+        }
+        tokio::time::sleep(DISK_CHECK_INTERVAL.max(started.elapsed() * 10)).await;
     }
 }
 

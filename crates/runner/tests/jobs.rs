@@ -161,3 +161,61 @@ async fn base_commit_is_honoured_and_dependencies_go_first() {
     assert!(report.apply.ok, "{}", report.apply.output);
     assert_eq!(report.test.unwrap().failure, None);
 }
+
+fn mounts_under(root: &Path) -> Vec<String> {
+    let root = root.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.contains(&root)).map(str::to_string).collect()
+}
+
+#[tokio::test]
+async fn the_tree_and_what_it_builds_live_under_the_disk_quota() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = project(tmp.path());
+    let mbox = series(&repo, "good", "main", &[("hello.c", GOOD)], &[]);
+    let sandbox = Sandbox::new(Isolation::Bubblewrap).unwrap().with_disk_quota(64 << 20);
+    let mounted = sandbox.mounts_disks();
+    let runner = Runner::new(&tmp.path().join("runner"), sandbox, Duration::from_secs(300));
+    let mut j = job(&repo, mbox);
+    j.script = Some(
+        "cc -o hello hello.c && ./hello && df -k /build | tail -1 && \
+         i=0; while [ $i -lt 8 ]; do dd if=/dev/zero of=out$i bs=1M count=25 2>&1 | grep -v records; i=$((i+1)); done; echo ALL WRITTEN"
+            .into(),
+    );
+    let report = runner.run(&j).await.unwrap();
+    let test = report.test.unwrap();
+    let out = String::from_utf8_lossy(&test.output).into_owned();
+    assert!(out.contains("hello, world"), "the build works on the job's disk: {out}");
+    assert_eq!(test.failure, Some(Failure::Failed), "{out}");
+    assert!(out.contains("disk quota exceeded: the job may write 64 MiB (runner.disk_mib)"), "{out}");
+    if mounted {
+        // /build is the job's own filesystem, of the quota's size.
+        let size: u64 = out.lines().find(|l| l.ends_with("/build")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap();
+        assert!(size <= 64 << 10, "{out}");
+        assert!(out.contains("No space left on device"), "{out}");
+    }
+    assert!(!out.contains(&tmp.path().display().to_string()), "no runner path: {out}");
+    assert!(!tmp.path().join("runner/work").read_dir().unwrap().any(|_| true), "the disk and the tree are gone");
+    assert_eq!(mounts_under(tmp.path()), Vec::<String>::new(), "nothing left mounted");
+
+    // A checkout bigger than the quota: a mounted disk cannot hold it, and the error says why.
+    let big: String = (0..300_000).map(|i| format!("{i:x}\n")).collect();
+    let mbox = series(&repo, "big", "main", &[("data.txt", &big)], &[]);
+    let runner = Runner::new(
+        &tmp.path().join("runner"),
+        Sandbox::new(Isolation::Bubblewrap).unwrap().with_disk_quota(1 << 20),
+        Duration::from_secs(300),
+    );
+    let result = runner.run(&job(&repo, mbox)).await;
+    match result {
+        Err(e) => {
+            assert!(mounted, "only a mounted disk refuses to hold the tree: {e}");
+            assert!(e.to_string().contains("does not fit in the disk quota of 1 MiB (runner.disk_mib)"), "{e}");
+        }
+        Ok(report) => {
+            let test = report.test.expect("applied, so it ran");
+            assert_eq!(test.failure, Some(Failure::Failed));
+            assert!(test.disk_quota_exceeded, "{}", String::from_utf8_lossy(&test.output));
+        }
+    }
+    assert_eq!(mounts_under(tmp.path()), Vec::<String>::new(), "nothing left mounted");
+}
