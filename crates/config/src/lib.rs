@@ -156,6 +156,8 @@ struct RawIngest {
     max_mail_bytes: Option<u64>,
     incomplete_after_secs: Option<i64>,
     marker_window_secs: Option<i64>,
+    lmtp_max_connections: Option<usize>,
+    lmtp_idle_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -286,6 +288,8 @@ struct RawSigning {
 #[serde(deny_unknown_fields)]
 struct RawHttp {
     listen: Option<String>,
+    max_connections: Option<usize>,
+    request_timeout_secs: Option<u64>,
     #[serde(default)]
     admin_tokens: BTreeMap<String, String>,
 }
@@ -330,6 +334,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Mail ingestion and series assembly.
     pub ingest: IngestConfig,
+    /// How many LMTP and HTTP connections `serve` holds, and for how long.
+    pub connections: ConnectionLimits,
     /// The projects whose series are tested, in the order they are matched.
     pub projects: Vec<ProjectConfig>,
     /// How this machine runs test jobs.
@@ -659,8 +665,14 @@ impl Config {
             return Err(invalid("report.domain", format!("{:?} is not a domain such as ci.example.org", report.domain)));
         }
 
+        let connections = connection_limits(
+            [raw.ingest.lmtp_max_connections, raw.http.max_connections],
+            [raw.ingest.lmtp_idle_secs, raw.http.request_timeout_secs],
+        )
+        .map_err(|(key, why)| invalid(key, why))?;
         let log_level = raw.log.level.unwrap_or_else(|| "info".into());
         Ok(Config {
+            connections,
             admin_tokens,
             report,
             verdict_deadline_secs,
@@ -686,6 +698,67 @@ impl Config {
     /// Where the config came from, for messages.
     pub fn source_name(&self) -> String {
         self.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(defaults)".into())
+    }
+}
+
+/// Connection limits of `serve` (`ingest.lmtp_*`, `http.max_connections`,
+/// `http.request_timeout_secs`), so idle or slow clients cannot exhaust its descriptors.
+#[derive(Clone, Debug)]
+pub struct ConnectionLimits {
+    /// LMTP sessions at once (`ingest.lmtp_max_connections`); `None`: a quarter of the
+    /// open-file limit, at most 1,024, which `serve` reads at start.
+    pub lmtp_max_connections: Option<usize>,
+    /// An LMTP command or DATA line must arrive within this long (`ingest.lmtp_idle_secs`, default 300).
+    pub lmtp_idle_secs: u64,
+    /// HTTP connections at once (`http.max_connections`); `None` as for LMTP.
+    pub http_max_connections: Option<usize>,
+    /// An HTTP request head must arrive, and its answer begin, within this long
+    /// (`http.request_timeout_secs`, default 30).
+    pub http_request_timeout_secs: u64,
+}
+
+/// `caps`: LMTP's and HTTP's connection caps; `secs`: LMTP's idle and HTTP's request timeout.
+fn connection_limits(caps: [Option<usize>; 2], secs: [Option<u64>; 2]) -> Result<ConnectionLimits, (&'static str, String)> {
+    let cap = |key: &'static str, v: Option<usize>| match v {
+        Some(0) => Err((key, "must be at least 1".to_string())),
+        v => Ok(v),
+    };
+    let timeout = |key: &'static str, v: Option<u64>, default: u64, max: u64| match v.unwrap_or(default) {
+        s @ 1.. if s <= max => Ok(s),
+        _ => Err((key, format!("must be 1 to {max}"))),
+    };
+    Ok(ConnectionLimits {
+        lmtp_max_connections: cap("ingest.lmtp_max_connections", caps[0])?,
+        lmtp_idle_secs: timeout("ingest.lmtp_idle_secs", secs[0], 300, 86_400)?,
+        http_max_connections: cap("http.max_connections", caps[1])?,
+        http_request_timeout_secs: timeout("http.request_timeout_secs", secs[1], 30, 3_600)?,
+    })
+}
+
+#[cfg(test)]
+mod connection_limit_tests {
+    use super::*;
+
+    #[test]
+    fn connection_limits_default_and_name_the_bad_key() {
+        let parse = |text: &str| Config::parse(text, Path::new("p.toml"));
+        let d = parse("").unwrap().connections;
+        assert_eq!((d.lmtp_max_connections, d.lmtp_idle_secs, d.http_max_connections, d.http_request_timeout_secs), (None, 300, None, 30));
+        let set = parse("[ingest]\nlmtp_max_connections = 8\nlmtp_idle_secs = 5\n[http]\nmax_connections = 9\nrequest_timeout_secs = 7\n")
+            .unwrap()
+            .connections;
+        assert_eq!(
+            (set.lmtp_max_connections, set.lmtp_idle_secs, set.http_max_connections, set.http_request_timeout_secs),
+            (Some(8), 5, Some(9), 7)
+        );
+        for (text, key) in [
+            ("[ingest]\nlmtp_max_connections = 0\n", "ingest.lmtp_max_connections"),
+            ("[ingest]\nlmtp_idle_secs = 0\n", "ingest.lmtp_idle_secs"),
+            ("[http]\nmax_connections = 0\n", "http.max_connections"),
+            ("[http]\nrequest_timeout_secs = 99999\n", "http.request_timeout_secs"),
+        ] {
+            assert!(parse(text).unwrap_err().to_string().contains(key), "{text}");
+        }
     }
 }
 

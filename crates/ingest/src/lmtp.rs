@@ -5,63 +5,165 @@
 //! recipient: `250` only after the store committed, `451` (try again) when it
 //! could not, `552` when the mail is larger than the limit. An MTA therefore
 //! keeps a mail queued until patchbay really has it.
+//!
+//! No client can exhaust the process ([`Limits`]): sessions are capped (each
+//! holds a file descriptor), a command or DATA line must arrive within the idle
+//! timeout, a command line is at most 4 KiB and a DATA line at most
+//! [`MAX_DATA_LINE`], the mails being received share a memory budget, and a
+//! failing `accept` backs off instead of spinning.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::{Ingest, Outcome};
 
 /// Longest command line accepted (RFC 5321 says 512; be lenient).
 const MAX_COMMAND: usize = 4096;
 
-/// Serves LMTP on `listener` until `shutdown` resolves; sessions in progress are cut off then.
-pub async fn serve(listener: TcpListener, ingest: Ingest, max_bytes: u64, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => return Ok(()),
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(error) => {
-                        tracing::warn!(%error, "LMTP accept failed.");
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let ingest = ingest.clone();
-                tokio::spawn(async move {
-                    if let Err(error) = session(stream, peer, ingest, max_bytes).await {
-                        tracing::debug!(%peer, %error, "LMTP session ended with an error.");
-                    }
-                });
-            }
-        }
+/// Longest DATA line accepted: RFC 5321 allows 1,000 octets and MTAs split longer lines
+/// (Postfix at 2,048), so only a broken or hostile client sends more, and no line can make a
+/// session buffer more than this.
+pub const MAX_DATA_LINE: usize = 1 << 20;
+
+/// The default idle timeout: long enough for any MTA between commands, short enough that
+/// abandoned sessions do not pile up.
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(300);
+
+/// Mails being received take their memory from the DATA budget in steps of this size.
+const GRAIN: u32 = 64 << 10;
+
+/// What one LMTP listener allows, so that no client can exhaust descriptors or memory.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Larger mails are refused with 552 (and announced as `SIZE`).
+    pub max_bytes: u64,
+    /// Sessions at once; at the cap a new connection closes the longest-idle session, or is
+    /// answered `421` when every session is busy in a transfer.
+    pub max_connections: usize,
+    /// A command line, or a DATA line, must arrive within this long (and a reply be taken).
+    pub idle: Duration,
+}
+
+impl Limits {
+    /// Memory all sessions together may hold for mails being received: four mails of the
+    /// largest size, and never less than 64 MiB; beyond it a mail is answered `452` (retry).
+    fn data_budget(&self) -> usize {
+        usize::try_from(self.max_bytes.saturating_mul(4)).unwrap_or(usize::MAX >> 4).clamp(64 << 20, usize::MAX >> 4)
     }
 }
 
-async fn session(stream: TcpStream, peer: SocketAddr, ingest: Ingest, max_bytes: u64) -> std::io::Result<()> {
+/// Serves LMTP on `listener` until `shutdown` resolves; sessions in progress are cut off then.
+pub async fn serve(listener: TcpListener, ingest: Ingest, limits: Limits, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    tokio::pin!(shutdown);
+    let limits = Arc::new(limits);
+    let seats = Arc::new(Seats::new(limits.max_connections));
+    let budget = Arc::new(Semaphore::new(limits.data_budget()));
+    let mut backoff = Backoff::default();
+    let (mut evicted, mut refused) = (Throttled::default(), Throttled::default());
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => {
+                backoff.succeeded();
+                accepted
+            }
+            Err(error) => {
+                let pause = backoff.failed(&error);
+                tokio::select! {
+                    () = &mut shutdown => return Ok(()),
+                    () = tokio::time::sleep(pause) => continue,
+                }
+            }
+        };
+        let seat = match seats.admit() {
+            Admission::Free(seat) => seat,
+            Admission::Evicted(seat) => {
+                if let Some(count) = evicted.hit() {
+                    tracing::info!(%peer, count, max = limits.max_connections, "LMTP at its connection cap: closed the longest-idle sessions to admit new ones.");
+                }
+                seat
+            }
+            Admission::Full => {
+                if let Some(count) = refused.hit() {
+                    tracing::warn!(%peer, count, max = limits.max_connections, "LMTP connections refused: too many connections, all busy.");
+                }
+                // A fresh socket's send buffer is empty: this never blocks the accept loop.
+                let _ = stream.try_write(b"421 4.3.2 too many connections, try again later\r\n");
+                continue;
+            }
+        };
+        let (ingest, limits, budget) = (ingest.clone(), limits.clone(), budget.clone());
+        tokio::spawn(async move {
+            if let Err(error) = session(stream, peer, ingest, &limits, &seat, &budget).await {
+                tracing::debug!(%peer, %error, "LMTP session ended with an error.");
+            }
+        });
+    }
+}
+
+/// Writes a reply; a client that takes no reply within `limit` is given up on.
+async fn send(write: &mut (impl AsyncWrite + Unpin), bytes: &[u8], limit: Duration) -> std::io::Result<()> {
+    match tokio::time::timeout(limit, write.write_all(bytes)).await {
+        Ok(written) => written,
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client took no reply")),
+    }
+}
+
+async fn session(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ingest: Ingest,
+    limits: &Limits,
+    seat: &Seated,
+    budget: &Arc<Semaphore>,
+) -> std::io::Result<()> {
     // Replies are whole lines written at once; without this, a pipelining client's second
     // reply waits for its delayed ACK (40 ms on Linux) behind the first.
     let _ = stream.set_nodelay(true);
     let (read, mut write) = stream.into_split();
     let mut input = BufReader::new(read);
-    write.write_all(b"220 patchbay LMTP ready\r\n").await?;
+    let (max_bytes, idle) = (limits.max_bytes, limits.idle);
+    send(&mut write, b"220 patchbay LMTP ready\r\n", idle).await?;
     let mut greeted = false;
     let mut from: Option<String> = None;
     let mut rcpts: Vec<String> = Vec::new();
     let mut line = Vec::new();
     loop {
         line.clear();
-        let n = (&mut input).take(MAX_COMMAND as u64).read_until(b'\n', &mut line).await?;
+        let mut limited = (&mut input).take(MAX_COMMAND as u64);
+        let read = limited.read_until(b'\n', &mut line);
+        let n = tokio::select! {
+            read = tokio::time::timeout(idle, read) => match read {
+                Ok(n) => n?,
+                Err(_) => {
+                    tracing::debug!(%peer, "LMTP session closed: idle too long.");
+                    let _ = send(&mut write, b"421 4.4.2 idle too long, closing\r\n", idle).await;
+                    return Ok(());
+                }
+            },
+            () = seat.seat.evict.notified() => {
+                tracing::debug!(%peer, "LMTP session closed: the longest idle at the connection cap.");
+                let _ = send(&mut write, b"421 4.3.2 too many connections, closing an idle one\r\n", idle).await;
+                return Ok(());
+            }
+        };
         if n == 0 {
             return Ok(());
         }
+        seat.seat.touch();
         if !line.ends_with(b"\n") {
-            write.write_all(b"500 5.5.2 line too long\r\n").await?;
+            send(&mut write, b"500 5.5.2 line too long\r\n", idle).await?;
             return Ok(());
         }
         let text = String::from_utf8_lossy(&line);
@@ -96,15 +198,27 @@ async fn session(stream: TcpStream, peer: SocketAddr, ingest: Ingest, max_bytes:
             if rcpts.is_empty() {
                 "503 5.5.1 no valid recipients\r\n".into()
             } else {
-                write.write_all(b"354 end with <CRLF>.<CRLF>\r\n").await?;
-                let data = read_data(&mut input, max_bytes).await?;
-                let reply = match data {
-                    None => format!("552 5.3.4 message larger than {max_bytes} bytes\r\n"),
-                    Some(raw) => deliver(&ingest, raw, peer).await,
+                // A session in a transfer is never closed to make room for another.
+                let _busy = seat.seat.busy();
+                send(&mut write, b"354 end with <CRLF>.<CRLF>\r\n", idle).await?;
+                let (data, permit) = read_data(&mut input, max_bytes, idle, budget).await?;
+                let (reply, close) = match data {
+                    Data::Mail(raw) => (deliver(&ingest, raw, peer).await, false),
+                    Data::TooBig => (format!("552 5.3.4 message larger than {max_bytes} bytes\r\n"), false),
+                    Data::NoRoom => ("452 4.3.1 insufficient system storage, try again later\r\n".into(), false),
+                    Data::Endless => (format!("552 5.3.4 message larger than {max_bytes} bytes; closing\r\n"), true),
+                    Data::LineTooLong => (format!("552 5.6.0 a line longer than {MAX_DATA_LINE} bytes; closing\r\n"), true),
+                    Data::TimedOut => ("421 4.4.2 no DATA line within the idle timeout; closing\r\n".into(), true),
                 };
+                drop(permit);
                 let all = reply.repeat(rcpts.len());
                 from = None;
                 rcpts.clear();
+                if close {
+                    tracing::info!(%peer, reply = reply.trim_end(), "LMTP session cut off in DATA.");
+                    let _ = send(&mut write, all.as_bytes(), idle).await;
+                    return Ok(());
+                }
                 all
             }
         } else if upper == "RSET" {
@@ -116,12 +230,12 @@ async fn session(stream: TcpStream, peer: SocketAddr, ingest: Ingest, max_bytes:
         } else if upper.starts_with("VRFY") {
             "252 2.1.5 cannot verify\r\n".into()
         } else if upper == "QUIT" {
-            write.write_all(b"221 2.0.0 bye\r\n").await?;
+            send(&mut write, b"221 2.0.0 bye\r\n", idle).await?;
             return Ok(());
         } else {
             "500 5.5.2 unknown command\r\n".into()
         };
-        write.write_all(reply.as_bytes()).await?;
+        send(&mut write, reply.as_bytes(), idle).await?;
     }
 }
 
@@ -129,33 +243,119 @@ fn declared_size(upper: &str) -> Option<u64> {
     upper.split_whitespace().find_map(|w| w.strip_prefix("SIZE=")).and_then(|s| s.parse().ok())
 }
 
-/// Reads a dot-terminated DATA block, undoing dot-stuffing; `None` when it exceeds `max_bytes`
-/// (the rest is read and thrown away so the session stays in step).
-async fn read_data(input: &mut BufReader<tokio::net::tcp::OwnedReadHalf>, max_bytes: u64) -> std::io::Result<Option<Vec<u8>>> {
+/// What a DATA block came to.
+#[derive(Debug, PartialEq)]
+enum Data {
+    /// The mail, dot-unstuffed, with LF line ends.
+    Mail(Vec<u8>),
+    /// Larger than `max_bytes`; read to its end and thrown away, so the session goes on.
+    TooBig,
+    /// The DATA budget is spent by other sessions; read to its end and thrown away.
+    NoRoom,
+    /// Still going at twice `max_bytes`: not worth reading to its end.
+    Endless,
+    /// A line longer than [`MAX_DATA_LINE`].
+    LineTooLong,
+    /// A line did not arrive within the idle timeout.
+    TimedOut,
+}
+
+/// Reads a dot-terminated DATA block, undoing dot-stuffing. Memory is bounded: a line is read
+/// in pieces of at most 64 KiB, no line may exceed [`MAX_DATA_LINE`], nothing is kept beyond
+/// `max_bytes`, and what is kept is taken from `budget` (returned with the mail, to be dropped
+/// once it is stored).
+async fn read_data(
+    input: &mut (impl AsyncBufRead + Unpin),
+    max_bytes: u64,
+    idle: Duration,
+    budget: &Arc<Semaphore>,
+) -> std::io::Result<(Data, Option<OwnedSemaphorePermit>)> {
     let mut data = Vec::new();
-    let mut too_big = false;
-    let mut line = Vec::new();
+    let mut held: Option<OwnedSemaphorePermit> = None;
+    let mut refused: Option<Data> = None;
+    let mut piece = Vec::new();
+    let (mut seen, mut line_len) = (0u64, 0usize);
+    let mut line_deadline = tokio::time::Instant::now() + idle;
+    // A CR at the end of a piece that does not end its line: kept back until the next piece
+    // says whether it is half of a CRLF.
+    let mut held_cr = false;
     loop {
-        line.clear();
-        // A line is read in bounded pieces: one endless line cannot exhaust memory.
-        if (&mut *input).take(max_bytes.max(1024) + 2).read_until(b'\n', &mut line).await? == 0 {
+        piece.clear();
+        let mut limited = (&mut *input).take(u64::from(GRAIN));
+        let read = limited.read_until(b'\n', &mut piece);
+        let n = match tokio::time::timeout_at(line_deadline, read).await {
+            Ok(n) => n?,
+            Err(_) => return Ok((Data::TimedOut, None)),
+        };
+        if n == 0 {
             return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed in DATA"));
         }
-        if line == b".\r\n" || line == b".\n" {
-            return Ok((!too_big).then_some(data));
+        seen += n as u64;
+        let line_start = line_len == 0;
+        let ends_line = piece.ends_with(b"\n");
+        line_len += n;
+        if line_len > MAX_DATA_LINE {
+            return Ok((Data::LineTooLong, None));
         }
-        let body = if line.starts_with(b".") { &line[1..] } else { &line[..] };
-        if too_big || data.len() as u64 + body.len() as u64 > max_bytes {
-            too_big = true;
-            data = Vec::new();
+        if ends_line {
+            line_len = 0;
+            line_deadline = tokio::time::Instant::now() + idle;
+        }
+        if line_start && (piece == b".\r\n" || piece == b".\n") {
+            return Ok(match refused {
+                Some(why) => (why, None),
+                None => (Data::Mail(data), held),
+            });
+        }
+        if seen > max_bytes.saturating_mul(2) {
+            return Ok((Data::Endless, None));
+        }
+        if refused.is_some() {
             continue;
         }
-        // Store with LF line ends, as mbox, maildir and public-inbox keep mail.
-        if body.ends_with(b"\r\n") {
-            data.extend_from_slice(&body[..body.len() - 2]);
+        let mut body = if line_start && piece.starts_with(b".") { &piece[1..] } else { &piece[..] };
+        let mut crlf = false;
+        if held_cr {
+            held_cr = false;
+            if body == b"\n" {
+                crlf = true;
+                body = &[];
+            } else {
+                data.push(b'\r');
+            }
+        }
+        // Stored with LF line ends, as mbox, maildir and public-inbox keep mail.
+        if let Some(b) = body.strip_suffix(b"\r\n") {
+            body = b;
+            crlf = true;
+        } else if !ends_line && let Some(b) = body.strip_suffix(b"\r") {
+            body = b;
+            held_cr = true;
+        }
+        let grown = data.len() + body.len() + usize::from(crlf) + usize::from(held_cr);
+        if grown as u64 > max_bytes {
+            refused = Some(Data::TooBig);
+            data = Vec::new();
+            held = None;
+            continue;
+        }
+        let have = held.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
+        if grown > have {
+            let want = u32::try_from((grown - have).div_ceil(GRAIN as usize) * GRAIN as usize).unwrap_or(u32::MAX);
+            match (budget.clone().try_acquire_many_owned(want), held.as_mut()) {
+                (Ok(more), Some(permit)) => permit.merge(more),
+                (Ok(more), None) => held = Some(more),
+                (Err(_), _) => {
+                    refused = Some(Data::NoRoom);
+                    data = Vec::new();
+                    held = None;
+                    continue;
+                }
+            }
+        }
+        data.extend_from_slice(body);
+        if crlf {
             data.push(b'\n');
-        } else {
-            data.extend_from_slice(body);
         }
     }
 }
@@ -179,5 +379,189 @@ async fn deliver(ingest: &Ingest, raw: Vec<u8>, peer: SocketAddr) -> String {
             tracing::warn!(%peer, %message_id, %error, "Mail not stored; told the client to retry.");
             "451 4.3.0 storage failed; try again later\r\n".into()
         }
+    }
+}
+
+/// The sessions of one listener, so the cap can be kept and the longest-idle one found.
+struct Seats {
+    cap: usize,
+    epoch: Instant,
+    table: Mutex<(u64, HashMap<u64, Arc<Seat>>)>,
+}
+
+/// One session's place: when it last did something, whether it is in a transfer, and how it
+/// is told to make room.
+struct Seat {
+    id: u64,
+    epoch: Instant,
+    last: AtomicU64,
+    busy: AtomicBool,
+    evict: Notify,
+}
+
+/// How a new connection was let in.
+enum Admission {
+    /// Below the cap.
+    Free(Seated),
+    /// At the cap; the longest-idle session was told to close.
+    Evicted(Seated),
+    /// At the cap with every session in a transfer.
+    Full,
+}
+
+impl Seats {
+    fn new(cap: usize) -> Self {
+        Seats { cap: cap.max(1), epoch: Instant::now(), table: Mutex::new((0, HashMap::new())) }
+    }
+
+    fn admit(self: &Arc<Self>) -> Admission {
+        let mut guard = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (next, table) = &mut *guard;
+        let mut evicted = false;
+        if table.len() >= self.cap {
+            let victim = table.values().filter(|s| !s.busy.load(Ordering::Relaxed)).min_by_key(|s| s.last.load(Ordering::Relaxed)).cloned();
+            let Some(victim) = victim else { return Admission::Full };
+            table.remove(&victim.id);
+            victim.evict.notify_one();
+            evicted = true;
+        }
+        *next += 1;
+        let seat =
+            Arc::new(Seat { id: *next, epoch: self.epoch, last: AtomicU64::new(0), busy: AtomicBool::new(false), evict: Notify::new() });
+        seat.touch();
+        table.insert(seat.id, seat.clone());
+        let seated = Seated { seats: self.clone(), seat };
+        if evicted { Admission::Evicted(seated) } else { Admission::Free(seated) }
+    }
+}
+
+impl Seat {
+    fn touch(&self) {
+        self.last.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Marks the session busy until the guard is dropped.
+    fn busy(&self) -> Busy<'_> {
+        self.busy.store(true, Ordering::Relaxed);
+        Busy(self)
+    }
+}
+
+/// A session in a transfer; idle again (and just active) when dropped.
+struct Busy<'a>(&'a Seat);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.busy.store(false, Ordering::Relaxed);
+    }
+}
+
+/// A session's seat, given back when the session ends.
+struct Seated {
+    seats: Arc<Seats>,
+    seat: Arc<Seat>,
+}
+
+impl Drop for Seated {
+    fn drop(&mut self) {
+        self.seats.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner).1.remove(&self.seat.id);
+    }
+}
+
+/// Backs off while `accept` fails (out of descriptors, say): from 10 ms doubling to 1 s,
+/// logged once when a burst of failures begins and once when it ends.
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+    since: Option<Instant>,
+}
+
+impl Backoff {
+    fn failed(&mut self, error: &std::io::Error) -> Duration {
+        use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+        // One connection's trouble, not the listener's.
+        if matches!(error.kind(), ConnectionAborted | ConnectionRefused | ConnectionReset) {
+            return Duration::ZERO;
+        }
+        if self.failures == 0 {
+            tracing::warn!(%error, "LMTP accept failed; backing off until it works again.");
+            self.since = Some(Instant::now());
+        }
+        self.failures = self.failures.saturating_add(1);
+        Duration::from_millis(10 << self.failures.min(8).saturating_sub(1)).min(Duration::from_secs(1))
+    }
+
+    fn succeeded(&mut self) {
+        if self.failures > 0 {
+            let secs = self.since.map_or(0.0, |s| s.elapsed().as_secs_f64());
+            tracing::info!(failures = self.failures, secs, "LMTP accept works again.");
+            *self = Backoff::default();
+        }
+    }
+}
+
+/// Counts events and says when to log them: the first at once, then at most once a minute.
+#[derive(Default)]
+struct Throttled {
+    count: u64,
+    last: Option<Instant>,
+}
+
+impl Throttled {
+    fn hit(&mut self) -> Option<u64> {
+        self.count += 1;
+        if self.last.is_some_and(|l| l.elapsed() < Duration::from_secs(60)) {
+            return None;
+        }
+        self.last = Some(Instant::now());
+        Some(std::mem::take(&mut self.count))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn data(input: &[u8], max_bytes: u64, budget: usize) -> Data {
+        let budget = Arc::new(Semaphore::new(budget));
+        let mut input = input;
+        read_data(&mut input, max_bytes, Duration::from_secs(5), &budget).await.unwrap().0
+    }
+
+    #[tokio::test]
+    async fn data_is_unstuffed_with_lf_ends_even_across_pieces() {
+        // A 100 KiB line is read in two pieces; the first ends on the CR of a CRLF.
+        let long = "y".repeat(GRAIN as usize - 1);
+        let input = format!("a\r\n..b\r\n{long}\r\nz\r\n.\r\n");
+        assert_eq!(data(input.as_bytes(), 1 << 20, 1 << 20).await, Data::Mail(format!("a\n.b\n{long}\nz\n").into_bytes()));
+        let cr = format!("{long}\rq\r\n.\r\n");
+        assert_eq!(data(cr.as_bytes(), 1 << 20, 1 << 20).await, Data::Mail(format!("{long}\rq\n").into_bytes()));
+    }
+
+    #[tokio::test]
+    async fn data_beyond_the_limits_is_refused_with_bounded_memory() {
+        let big = "x\r\n".repeat(800) + ".\r\n";
+        assert_eq!(data(big.as_bytes(), 1500, 1 << 20).await, Data::TooBig, "read to its end, thrown away");
+        assert_eq!(data(b"hi\r\n.\r\n", 1024, 1024).await, Data::NoRoom, "the budget is spent");
+        let endless = vec![b'x'; MAX_DATA_LINE + 1];
+        assert_eq!(data(&endless, 64 << 20, 1 << 30).await, Data::LineTooLong);
+        let forever = "x\r\n".repeat(3000);
+        assert_eq!(data(forever.as_bytes(), 4096, 1 << 20).await, Data::Endless, "not read to an end past twice the limit");
+    }
+
+    #[test]
+    fn at_the_cap_the_longest_idle_session_makes_room() {
+        let seats = Arc::new(Seats::new(2));
+        let Admission::Free(a) = seats.admit() else { panic!() };
+        std::thread::sleep(Duration::from_millis(5));
+        let Admission::Free(b) = seats.admit() else { panic!() };
+        let _busy = b.seat.busy();
+        let Admission::Evicted(c) = seats.admit() else { panic!("a is idle") };
+        assert_eq!(seats.table.lock().unwrap().1.len(), 2);
+        let _busy_c = c.seat.busy();
+        assert!(matches!(seats.admit(), Admission::Full), "every session busy");
+        drop(a);
+        assert_eq!(seats.table.lock().unwrap().1.len(), 2, "an evicted seat was already given up");
     }
 }

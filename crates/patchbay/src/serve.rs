@@ -160,7 +160,19 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
         ));
     }
     let http_closing = closed(closing_rx.clone());
-    let http_task = tokio::spawn(async move { patchbay_web::serve(listener, state, http_closing).await.map_err(anyhow::Error::from) });
+    let (cap, limits) = (default_connection_cap(), &config.connections);
+    let http_limits = patchbay_web::limits::Limits {
+        request_timeout: std::time::Duration::from_secs(limits.http_request_timeout_secs),
+        ..patchbay_web::limits::Limits::new(limits.http_max_connections.unwrap_or(cap))
+    };
+    let lmtp_limits = patchbay_ingest::lmtp::Limits {
+        max_bytes: config.ingest.max_mail_bytes,
+        max_connections: limits.lmtp_max_connections.unwrap_or(cap),
+        idle: std::time::Duration::from_secs(limits.lmtp_idle_secs),
+    };
+    tracing::info!(http = http_limits.max_connections, lmtp = lmtp_limits.max_connections, "Connection caps set.");
+    let http_task =
+        tokio::spawn(async move { patchbay_web::serve(listener, state, http_limits, http_closing).await.map_err(anyhow::Error::from) });
     // Mail in: LMTP and the incomplete-series deadline, on the store in the data directory.
     let mut lmtp_task = None;
     let mut lmtp = None;
@@ -169,9 +181,9 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
         let local_lmtp = listener.local_addr()?;
         lmtp = Some(local_lmtp);
         println!("patchbay: accepting LMTP on {local_lmtp}");
-        let (ingest, max, lmtp_closing) = (ingest.clone(), config.ingest.max_mail_bytes, closed(closing_rx.clone()));
+        let (ingest, lmtp_closing) = (ingest.clone(), closed(closing_rx.clone()));
         lmtp_task = Some(tokio::spawn(async move {
-            patchbay_ingest::lmtp::serve(listener, ingest, max, lmtp_closing).await.map_err(anyhow::Error::from)
+            patchbay_ingest::lmtp::serve(listener, ingest, lmtp_limits, lmtp_closing).await.map_err(anyhow::Error::from)
         }));
     }
     // Tests: the dispatcher, and (embedded shape) a runner in this process.
@@ -268,4 +280,17 @@ impl patchbay_web::TestResults for StoreResults {
             Ok(serde_json::json!({ "results": rows }))
         })
     }
+}
+
+/// The default cap on LMTP and on HTTP connections: a quarter of the open-file limit each
+/// (half stays for the store, git, test jobs and their pipes), at most 1,024 (beyond that
+/// the cap guards memory more than descriptors), at least 16.
+fn default_connection_cap() -> usize {
+    // `/proc/self/limits` rather than getrlimit: no unsafe code, and Linux is what serve runs on.
+    let soft = std::fs::read_to_string("/proc/self/limits").ok().and_then(|text| {
+        let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+        let soft = line["Max open files".len()..].split_whitespace().next()?;
+        Some(if soft == "unlimited" { usize::MAX } else { soft.parse().ok()? })
+    });
+    (soft.unwrap_or(1024) / 4).clamp(16, 1024)
 }

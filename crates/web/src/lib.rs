@@ -26,6 +26,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 pub mod dashboard;
+pub mod limits;
 
 /// What the HTTP handlers share.
 pub struct AppState {
@@ -181,14 +182,17 @@ pub fn app(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves.
+/// Serves `app` on `listener` within `limits` (connections, header and body sizes, request
+/// timeout; see [`limits`]) until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
+    limits: limits::Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // The peer's address decides whether a publish needs a token (see `may_publish`).
-    axum::serve(listener, app(state).into_make_service_with_connect_info::<std::net::SocketAddr>()).with_graceful_shutdown(shutdown).await
+    // Requests carry the peer's address as `ConnectInfo`, as with `axum::serve`: it decides
+    // whether a publish needs a token (see `may_publish`).
+    limits::serve(listener, app(state), limits, shutdown).await
 }
 
 /// `GET /api/v1/logs/{job}`: a test's whole log as plain text; `X-Patchbay-Log-Complete`
