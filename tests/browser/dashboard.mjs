@@ -46,10 +46,17 @@ try {
   const marker = 'browser-' + Math.random().toString(36).slice(2);
   const published = Date.now();
   const r = await fetch(base + '/api/v1/publish', {
-    method: 'POST', headers: { 'Content-Type': 'application/json' },
+    method: 'POST', headers: { 'Content-Type': 'application/json', 'Authorization': 'Bearer ' + token },
     body: JSON.stringify({ topic: 'browser.check.published', body: { marker } }),
   });
-  check(r.ok, 'a message is published over HTTP');
+  check(r.ok, 'a message is published over HTTP (from node, with a token)');
+  // A web page never publishes: the page's own fetch carries its Origin and is refused, token or not.
+  const fromPage = await page.evaluate(async ([t, m]) => {
+    const r = await fetch('/api/v1/publish', { method: 'POST', headers: { 'Content-Type': 'text/plain' },
+      body: JSON.stringify({ topic: 'browser.check.forged', body: { marker: m } }) });
+    return r.status;
+  }, [token, marker]);
+  check(fromPage === 403, `a publish from a web page is refused (got ${fromPage})`);
   await page.waitForFunction((m) => [...document.querySelectorAll('#events li')].some((li) => li.textContent.includes(m)), marker, { timeout: 5000 });
   const shownAfter = Date.now() - published;
   check(shownAfter < 1000, `the live stream showed it after ${shownAfter} ms (under 1 s)`);

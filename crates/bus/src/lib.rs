@@ -12,6 +12,7 @@
 //! `retry` (back on the queue after a delay) or `dead_letter` (set aside with a
 //! reason). A delivery dropped unsettled goes back to the queue at once.
 
+mod authority;
 mod bus;
 mod consumer;
 mod pattern;
@@ -20,6 +21,7 @@ mod signing;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+pub use authority::{Authority, DEFAULT_ROLES};
 pub use bus::{Acker, Bus, BusError, DeadLetter, Delivery, LogEntry, MessageLog, Outgoing, Publisher, QueueSpec, Subscription};
 pub use consumer::Consumer;
 pub use pattern::{PatternError, TopicPattern};

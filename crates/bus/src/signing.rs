@@ -14,7 +14,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signer as _, Verifier as _};
 use patchbay_model::{Envelope, Signature};
 
-use crate::TopicPattern;
+use crate::{Authority, TopicPattern};
 
 const SECRET_TAG: &str = "patchbay-ed25519-secret";
 const PUBLIC_TAG: &str = "patchbay-ed25519";
@@ -219,6 +219,24 @@ pub enum Rejection {
         /// The topic it used.
         topic: String,
     },
+    /// A service published outside the topics its role owns.
+    #[error("sender {service:?} may not publish {topic:?}: not a topic of its role")]
+    OffRole {
+        /// The sender's service.
+        service: String,
+        /// The topic it used.
+        topic: String,
+    },
+    /// A sender that is not a service published in a category a service owns.
+    #[error("sender {service:?} may not publish {topic:?}: only the {owner:?} service speaks there")]
+    Reserved {
+        /// The sender's service.
+        service: String,
+        /// The topic it used.
+        topic: String,
+        /// The role that owns the topic's category.
+        owner: String,
+    },
 }
 
 /// Trusted public keys and the routing policy, as the config names them.
@@ -227,6 +245,7 @@ pub struct TrustPolicy {
     require_signatures: bool,
     keys: HashMap<String, ed25519_dalek::VerifyingKey>,
     allowed: HashMap<String, Vec<TopicPattern>>,
+    authority: Option<Arc<Authority>>,
 }
 
 impl TrustPolicy {
@@ -238,6 +257,17 @@ impl TrustPolicy {
     /// A policy that requires signatures from the given keys, each limited to its topic patterns.
     pub fn new(require_signatures: bool) -> Self {
         TrustPolicy { require_signatures, ..Default::default() }
+    }
+
+    /// Enforces `authority` too: which sender may publish which topic, signed or not.
+    pub fn with_authority(mut self, authority: Authority) -> Self {
+        self.authority = Some(Arc::new(authority));
+        self
+    }
+
+    /// The roles this policy enforces, if any.
+    pub fn authority(&self) -> Option<&Authority> {
+        self.authority.as_deref()
     }
 
     /// Whether unsigned and unverifiable messages are refused.
@@ -279,9 +309,17 @@ impl TrustPolicy {
 
     /// Decides whether a message may reach a handler.
     pub fn check(&self, envelope: &Envelope) -> Result<(), Rejection> {
-        if !self.require_signatures {
-            return Ok(());
+        if self.require_signatures {
+            self.verify(envelope)?;
         }
+        match &self.authority {
+            Some(authority) => authority.check(&envelope.sender, &envelope.topic),
+            None => Ok(()),
+        }
+    }
+
+    /// The signature checks: a trusted key, an intact signature, a topic the key may use.
+    fn verify(&self, envelope: &Envelope) -> Result<(), Rejection> {
         let sig = envelope.signature.as_ref().ok_or(Rejection::Unsigned)?;
         let key = self.keys.get(&sig.key_id).ok_or_else(|| Rejection::UnknownKey(sig.key_id.clone()))?;
         let bad = || Rejection::BadSignature(sig.key_id.clone());

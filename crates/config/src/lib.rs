@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use patchbay_bus::TopicPattern;
+use patchbay_bus::{Authority, TopicPattern};
 use patchbay_model::TopicRoot;
 use serde::Deserialize;
 
@@ -78,6 +78,8 @@ struct RawConfig {
     report: RawReport,
     #[serde(default)]
     history: RawHistory,
+    #[serde(default)]
+    authority: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -199,6 +201,9 @@ struct RawRunner {
     max_attempts: Option<u32>,
     output_kib: Option<u64>,
     cancel_superseded: Option<bool>,
+    disk_mib: Option<u64>,
+    #[serde(default)]
+    etc_extra: Vec<String>,
 }
 
 /// How a runner confines test scripts.
@@ -252,6 +257,10 @@ pub struct RunnerConfig {
     /// Jobs of a series version superseded before they start are set aside, not run
     /// (`ci.test.cancelled`; default true).
     pub cancel_superseded: bool,
+    /// Disk quota per job in MiB: the checkout and everything the build writes (default 4096).
+    pub disk_mib: u64,
+    /// Entries of the host's `/etc` that scripts see beyond the built-in few (names under `/etc`).
+    pub etc_extra: Vec<String>,
 }
 
 fn topic_word(s: &str) -> bool {
@@ -292,6 +301,9 @@ struct RawHttp {
     request_timeout_secs: Option<u64>,
     #[serde(default)]
     admin_tokens: BTreeMap<String, String>,
+    loopback_without_token: Option<bool>,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -328,6 +340,10 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// Admin actions over HTTP (waive): a bearer token per name (`[http] admin_tokens`).
     pub admin_tokens: BTreeMap<String, String>,
+    /// Who may publish over HTTP besides token holders, and from which web origins.
+    pub http_publish: PublishAccess,
+    /// Which service may publish which topics (the default roles plus `[authority]`).
+    pub authority: Authority,
     /// Log filter (tracing's env-filter syntax) and format.
     pub log_level: String,
     /// Log format.
@@ -399,6 +415,17 @@ pub struct BusConfig {
     pub exchange: String,
     /// `<prefix>.<env>` for every topic.
     pub root: TopicRoot,
+}
+
+/// `[http]` settings of `POST /api/v1/publish`: every peer needs a token unless the operator
+/// says otherwise for this host, and browsers' cross-site requests are refused.
+#[derive(Clone, Debug, Default)]
+pub struct PublishAccess {
+    /// Whether a peer on this host publishes without a token (`http.loopback_without_token`,
+    /// default false: any web page open in a browser here could otherwise publish).
+    pub loopback_without_token: bool,
+    /// Web origins (`https://ci.example.org`) whose pages may publish (`http.allowed_origins`).
+    pub allowed_origins: Vec<String>,
 }
 
 /// Signing and verification settings.
@@ -603,6 +630,11 @@ impl Config {
             max_attempts: r.max_attempts.unwrap_or(3),
             output_kib: r.output_kib.unwrap_or(1024),
             cancel_superseded: r.cancel_superseded.unwrap_or(true),
+            disk_mib: match r.disk_mib.unwrap_or(4096) {
+                mib @ 16.. => mib,
+                mib => return Err(invalid("runner.disk_mib", format!("{mib} is too small (at least 16)"))),
+            },
+            etc_extra: r.etc_extra,
         };
         if runner.jobs == 0 || runner.jobs > 256 {
             return Err(invalid("runner.jobs", format!("{} must be 1-256", runner.jobs)));
@@ -617,6 +649,25 @@ impl Config {
             }
         }
         let admin_tokens = raw.http.admin_tokens.clone();
+        for origin in &raw.http.allowed_origins {
+            let ok = ["http://", "https://"].iter().any(|p| origin.strip_prefix(p).is_some_and(|h| !h.is_empty() && !h.contains('/')));
+            if !ok {
+                return Err(invalid("http.allowed_origins", format!("{origin:?} is not an origin such as https://ci.example.org")));
+            }
+        }
+        let http_publish = PublishAccess {
+            loopback_without_token: raw.http.loopback_without_token.unwrap_or(false),
+            allowed_origins: raw.http.allowed_origins.clone(),
+        };
+        let mut authority = Authority::new(root.clone());
+        for (service, patterns) in &raw.authority {
+            if !topic_word(service) {
+                return Err(invalid(&format!("authority.{service}"), "a service name is ASCII letters, digits, '_' or '-'".into()));
+            }
+            authority
+                .grant(service, patterns.iter().map(String::as_str))
+                .map_err(|e| invalid(&format!("authority.{service}"), format!("{e} (patterns are topic suffixes such as \"build.#\")")))?;
+        }
         let verdict_deadline_secs = raw.results.verdict_deadline_secs.unwrap_or(6 * 3600);
         if verdict_deadline_secs < 1 {
             return Err(invalid("results.verdict_deadline_secs", "must be at least 1".into()));
@@ -674,6 +725,8 @@ impl Config {
         Ok(Config {
             connections,
             admin_tokens,
+            http_publish,
+            authority,
             report,
             verdict_deadline_secs,
             close_superseded: raw.results.close_superseded.unwrap_or(true),
@@ -875,6 +928,20 @@ mod tests {
         assert!(e.contains("signing.require_signatures: invalid type"), "{e}");
         let e = err("[signing.allow]\nserve = [\"a.#b\"]\n");
         assert!(e.contains("signing.allow.serve: topic pattern"), "{e}");
+        let e = err("[authority]\nnightly = [\"build.#x\"]\n");
+        assert!(e.contains("authority.nightly: topic pattern"), "{e}");
+        let e = err("[authority]\n\"no way\" = [\"build.#\"]\n");
+        assert!(e.contains("authority.no way"), "{e}");
+        let e = err("[http]\nallowed_origins = [\"evil.example\"]\n");
+        assert!(e.contains("http.allowed_origins"), "{e}");
+        let c = Config::parse(
+            "[authority]\nnightly = [\"build.#\"]\n[http]\nallowed_origins = [\"https://ci.example.org\"]\n",
+            Path::new("/x/p.toml"),
+        )
+        .unwrap();
+        assert!(c.authority.is_role("nightly") && c.authority.owner("patchbay.dev.build.a.b") == Some("nightly"));
+        assert!(!c.http_publish.loopback_without_token, "tokens from this host too, unless the operator says otherwise");
+        assert_eq!(c.http_publish.allowed_origins, vec!["https://ci.example.org".to_string()]);
         let e = err("[bus]\nbackend = \"amqp\"\n");
         assert!(e.contains("bus.url: required"), "{e}");
         let e = err("[bus]\nbackend = \"kafka\"\n");

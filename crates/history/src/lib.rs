@@ -328,7 +328,9 @@ fn expand_topics(conn: &Connection, filters: &[String]) -> Result<Vec<String>, S
 
 /// A phrase for FTS5: the words, quoted, so no query syntax is taken from the user.
 fn fts_phrase(text: &str) -> String {
-    format!("\"{}\"", text.replace('"', "\"\""))
+    // FTS5 reads a query only up to a NUL ("unterminated string"); to the unicode61 tokenizer a
+    // NUL separates words, as a space does.
+    format!("\"{}\"", text.replace('"', "\"\"").replace('\0', " "))
 }
 
 /// The position range a time range covers (times are monotone in store order); `None` when empty.
@@ -606,5 +608,6 @@ mod tests {
     #[test]
     fn fts_phrases_take_no_syntax_from_users() {
         assert_eq!(fts_phrase("a \"b\" OR c*"), "\"a \"\"b\"\" OR c*\"");
+        assert_eq!(fts_phrase("a\0b"), "\"a b\"", "a NUL would end the query");
     }
 }

@@ -98,12 +98,30 @@ impl Default for Query {
     }
 }
 
+/// Unix seconds as the OpenAPI document spells them, in microseconds: an optional `-`, 1-12
+/// digits, and optionally `.` and 1-6 digits (the precision stored); exact, no float on the way.
+fn unix_micros(value: &str) -> Option<i64> {
+    let digits = |s: &str, most: usize| (1..=most).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
+    let (negative, unsigned) = match value.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, value),
+    };
+    let (whole, fraction) = match unsigned.split_once('.') {
+        Some((w, f)) if digits(f, 6) => (w, format!("{f:0<6}")),
+        Some(_) => return None,
+        None => (unsigned, "0".to_string()),
+    };
+    if !digits(whole, 12) {
+        return None;
+    }
+    let micros = whole.parse::<i64>().ok()? * 1_000_000 + fraction.parse::<i64>().ok()?;
+    Some(if negative { -micros } else { micros })
+}
+
 /// A point in time: unix seconds (fractions allowed) or `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
 fn time(name: &str, value: &str) -> Result<i64, String> {
-    if let Ok(secs) = value.parse::<f64>()
-        && secs.is_finite()
-    {
-        return Ok((secs * 1e6) as i64);
+    if let Some(micros) = unix_micros(value) {
+        return Ok(micros);
     }
     Timestamp::from_str(value)
         .map(Timestamp::as_micros)
@@ -121,8 +139,9 @@ fn sender(name: &str, value: &str) -> Result<SenderFilter, String> {
     Ok(SenderFilter { service: service.to_string(), instance })
 }
 
+/// 1-255 characters (characters, not bytes: what the OpenAPI document's `maxLength` counts).
 fn word(name: &str, value: &str) -> Result<String, String> {
-    if value.is_empty() || value.len() > 255 {
+    if value.is_empty() || value.chars().count() > 255 {
         return Err(format!("{name}: must be 1-255 characters"));
     }
     Ok(value.to_string())
@@ -141,14 +160,16 @@ impl Query {
         let mut delta = None;
         for (name, value) in params {
             let n = name.as_str();
-            let int = |v: &str| v.parse::<i64>().map_err(|_| format!("{n}: {v:?} is not a number"));
+            // Series ids start at 1.
+            let id =
+                |v: &str| v.parse::<i64>().ok().filter(|id| *id >= 1).ok_or_else(|| format!("{n}: {v:?} is not a series id (1 or more)"));
             match n {
                 "topic" => q.topics.push(topic(n, value)?),
                 "not_topic" => q.not_topics.push(topic(n, value)?),
                 "category" => q.categories.push(word(n, value)?),
                 "not_category" => q.not_categories.push(word(n, value)?),
-                "series" => q.series.push(int(value)?),
-                "not_series" => q.not_series.push(int(value)?),
+                "series" => q.series.push(id(value)?),
+                "not_series" => q.not_series.push(id(value)?),
                 "project" => q.projects.push(word(n, value)?),
                 "not_project" => q.not_projects.push(word(n, value)?),
                 "sender" => q.senders.push(sender(n, value)?),
@@ -235,6 +256,10 @@ mod tests {
         let q = Query::from_params(&p(&[("start", "1700000000.5"), ("end", "2023-11-14T22:13:21.000000Z")]), 0).unwrap();
         assert_eq!(q.start, Some(1_700_000_000_500_000));
         assert_eq!(q.end, Some(1_700_000_001_000_000));
+        let q = Query::from_params(&p(&[("start", "-0.000001"), ("end", "2000-02-29T00:00:00.000000Z")]), 0).unwrap();
+        assert_eq!((q.start, q.end), (Some(-1), Some(951_782_400_000_000)));
+        let q = Query::from_params(&p(&[("project", "é".repeat(255).as_str())]), 0).unwrap();
+        assert_eq!(q.projects[0].chars().count(), 255, "255 characters, though 510 bytes");
         let q = Query::from_params(&p(&[("delta", "60")]), 100_000_000).unwrap();
         assert_eq!(q.start, Some(40_000_000));
     }
@@ -246,6 +271,14 @@ mod tests {
             (vec![("page", "0")], "page"),
             (vec![("order", "up")], "order"),
             (vec![("series", "x")], "series"),
+            (vec![("not_series", "0")], "not_series"),
+            (vec![("category", "")], "category"),
+            (vec![("project", "é".repeat(256).as_str())], "project"),
+            (vec![("start", "1e9")], "start"),
+            (vec![("start", "1234567890123")], "start"),
+            (vec![("end", "1.1234567")], "end"),
+            (vec![("start", "1900-02-29T00:00:00.000000Z")], "start"),
+            (vec![("contains", " \u{3000}\t")], "contains"),
             (vec![("topic", "a..b")], "topic"),
             (vec![("start", "yesterday")], "start"),
             (vec![("seq_from", "3")], "seq_from"),

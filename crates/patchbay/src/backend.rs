@@ -182,7 +182,14 @@ pub struct Served {
 }
 
 /// Opens the backend for `serve`; the recorder (RabbitMQ only) stops when `shutdown` resolves.
-pub async fn serve(config: &Config, sealer: Sealer, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<Served> {
+/// The recorder keeps only what `policy` accepts: a forged or off-role message is dead-lettered
+/// with the reason (on `<queue>.dead`), never shown as history, on the live page or to `tail`.
+pub async fn serve(
+    config: &Config,
+    sealer: Sealer,
+    policy: Arc<TrustPolicy>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Served> {
     match config.bus.backend {
         BusBackend::Embedded => {
             let bus = Arc::new(
@@ -204,8 +211,7 @@ pub async fn serve(config: &Config, sealer: Sealer, shutdown: impl Future<Output
             let handler = Arc::new(Recorder { log: log.clone() });
             let recorder_bus = bus.clone();
             let recorder = tokio::spawn(async move {
-                if let Err(error) = patchbay_runtime::run(recorder_bus, Arc::new(TrustPolicy::permissive()), spec, handler, shutdown).await
-                {
+                if let Err(error) = patchbay_runtime::run(recorder_bus, policy, spec, handler, shutdown).await {
                     tracing::error!(%error, "The stream recorder stopped.");
                 }
             });

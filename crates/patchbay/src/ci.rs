@@ -151,6 +151,10 @@ pub fn start_runner(
     };
     let sandbox =
         patchbay_runner::Sandbox::new(isolation).map_err(|e| anyhow::anyhow!("{}: runner.isolation: {e}", config.source_name()))?;
+    let sandbox = sandbox
+        .with_disk_quota(config.runner.disk_mib << 20)
+        .with_etc_extra(&config.runner.etc_extra)
+        .map_err(|e| anyhow::anyhow!("{}: runner.etc_extra: {e}", config.source_name()))?;
     let work = config.runner.work_dir.clone().unwrap_or_else(|| config.data_dir.join("runner"));
     let runner = patchbay_runner::Runner::new(&work, sandbox, Duration::from_secs(config.runner.fetch_interval_secs));
     let publisher = Publisher::new(bus.clone(), config.bus.root.clone(), Sender::new("runner", &config.instance));

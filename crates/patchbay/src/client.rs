@@ -88,7 +88,7 @@ pub async fn publish(config: &Config, args: &PublishArgs) -> Result<(), Exit> {
     };
     let request = PublishRequest { topic: args.topic.clone(), body, service: Some(args.service.clone()), schema };
     // Check locally first so a bad message fails the same way with or without the daemon.
-    let outgoing = patchbay_web::outgoing(&config.bus.root, &config.instance, request).map_err(Exit::data)?;
+    let outgoing = patchbay_web::outgoing(&config.authority, &config.instance, request).map_err(Exit::data)?;
 
     let url = format!("{}/api/v1/publish", base_url(config, &args.url));
     let payload = serde_json::json!({
@@ -103,7 +103,16 @@ pub async fn publish(config: &Config, args: &PublishArgs) -> Result<(), Exit> {
         .build()
         .map_err(anyhow::Error::from)?;
     let mut request = client.post(&url).json(&payload);
-    if let Some(token) = &args.token {
+    // An admin's token when given; else, to a daemon on this host, the data directory's own.
+    let local = reqwest::Url::parse(&url).ok().and_then(|u| u.host_str().map(str::to_string)).is_some_and(|h| {
+        h == "localhost" || h.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.to_canonical().is_loopback())
+    });
+    let token = match &args.token {
+        Some(t) => Some(t.clone()),
+        None if local => crate::keys::local_publish_token(&config.data_dir, false).ok().flatten(),
+        None => None,
+    };
+    if let Some(token) = &token {
         request = request.bearer_auth(token);
     }
     match request.send().await {

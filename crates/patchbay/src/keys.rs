@@ -66,11 +66,12 @@ pub fn sealer(config: &Config, create: bool) -> anyhow::Result<Sealer> {
     }
 }
 
-/// The trust policy the config describes. Trusted keys without a `signing.allow`
-/// entry may publish anything under this deployment's topic root.
+/// The trust policy the config describes: the roles (`[authority]`), enforced signed or not,
+/// and the trusted keys. Trusted keys without a `signing.allow` entry may publish anything
+/// under this deployment's topic root that their sender's role allows.
 pub fn trust_policy(config: &Config) -> anyhow::Result<TrustPolicy> {
     let s = &config.signing;
-    let mut policy = TrustPolicy::new(s.require_signatures);
+    let mut policy = TrustPolicy::new(s.require_signatures).with_authority(config.authority.clone());
     let mut trusted = Vec::new();
     let trusted_dir = s.trusted_keys_dir(&config.data_dir);
     if trusted_dir.is_dir() {
@@ -93,6 +94,44 @@ pub fn trust_policy(config: &Config) -> anyhow::Result<TrustPolicy> {
         policy.allow(key, vec![everything.clone()]);
     }
     Ok(policy)
+}
+
+/// The file in the data directory holding this host's publish token.
+pub const LOCAL_TOKEN_FILE: &str = "publish.token";
+
+/// This host's publish token (`<data>/publish.token`, mode 0600), made when `create` and absent.
+/// `serve` accepts it from loopback peers and `patchbay publish` sends it there: whoever can read
+/// the data directory could write the store anyway, while a web page in a browser can read
+/// neither. `None` when it does not exist and `create` is false.
+pub fn local_publish_token(data_dir: &Path, create: bool) -> anyhow::Result<Option<String>> {
+    let path = data_dir.join(LOCAL_TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if text.trim().len() >= 32 => return Ok(Some(text.trim().to_string())),
+        Ok(_) if !create => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => return Ok(None),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| format!("reading {}", path.display())),
+        _ => {}
+    }
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for the publish token: {e}"))?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = data_dir.join(format!(".{LOCAL_TOKEN_FILE}.{}", std::process::id()));
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(token.as_bytes())?;
+        f.sync_all()?;
+    }
+    // Two processes racing: the first rename wins and both read what is there.
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(Some(std::fs::read_to_string(&path)?.trim().to_string()))
 }
 
 /// `patchbay config check`.
@@ -122,6 +161,8 @@ pub fn config_check(path: Option<&Path>, data_dir: Option<&Path>, json: bool) ->
                         "signing_key": key.display().to_string(),
                         "signing_key_exists": key.exists(),
                         "require_signatures": config.signing.require_signatures,
+                        "roles": config.authority.roles().map(|(s, ps)| (s.to_string(), ps.iter().map(|p| p.as_str()).collect::<Vec<_>>())).collect::<std::collections::BTreeMap<_, _>>(),
+                        "loopback_without_token": config.http_publish.loopback_without_token,
                     })
                 );
             } else {
@@ -132,6 +173,13 @@ pub fn config_check(path: Option<&Path>, data_dir: Option<&Path>, json: bool) ->
                 let note = if key.exists() { "" } else { " (not there yet: `serve` generates it)" };
                 println!("  signing key = {}{note}", key.display());
                 println!("  require_signatures = {}", config.signing.require_signatures);
+                for (service, patterns) in config.authority.roles() {
+                    let patterns: Vec<&str> = patterns.iter().map(|p| p.as_str()).collect();
+                    println!("  {service} may publish {}", patterns.join(", "));
+                }
+                if config.http_publish.loopback_without_token {
+                    println!("  http.loopback_without_token = true: anything on this host publishes, web pages of listed origins too");
+                }
             }
             Ok(())
         }
@@ -142,4 +190,57 @@ pub fn config_check(path: Option<&Path>, data_dir: Option<&Path>, json: bool) ->
             Err(Exit::config(error))
         }
     }
+}
+
+/// Options of `patchbay dead-letters`.
+#[derive(clap::Args)]
+pub struct DeadLettersArgs {
+    /// The consumer's queue: a service (`aggregator`, `runner`, `dispatcher`, `reporter`,
+    /// `log-recorder`), or `serve-log.<instance>` for the history's recorder on RabbitMQ
+    /// (default: every one of those).
+    queue: Vec<String>,
+    /// At most this many per queue, oldest first.
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    /// One JSON object per line: queue, reason, attempts, dead_at, and the envelope as received.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `patchbay dead-letters`: what consumers set aside and why (a refused sender or signature,
+/// a handler that kept failing), so an admin sees forgeries that never became history.
+pub async fn dead_letters(config: &Config, args: &DeadLettersArgs) -> Result<(), Exit> {
+    let queues = if args.queue.is_empty() {
+        let mut q: Vec<String> = ["dispatcher", "runner", "aggregator", "reporter", "log-recorder"].map(String::from).to_vec();
+        if config.bus.backend == patchbay_config::BusBackend::Amqp {
+            q.push(format!("serve-log.{}", config.instance));
+        }
+        q
+    } else {
+        args.queue.clone()
+    };
+    let bus = crate::backend::bus(config, patchbay_bus::Sealer::default()).await.map_err(Exit::tempfail)?;
+    let mut total = 0;
+    for queue in &queues {
+        let dead = bus.dead_letters(queue, args.limit).await.map_err(|e| Exit::tempfail(anyhow::anyhow!("{queue}: {e}")))?;
+        total += dead.len();
+        for d in dead {
+            if args.json {
+                let line = serde_json::json!({
+                    "queue": d.queue, "reason": d.reason, "attempts": d.attempts, "dead_at": d.at.to_string(),
+                    "envelope": d.envelope,
+                });
+                println!("{line}");
+            } else {
+                println!(
+                    "{} {queue} {} from {}#{} ({} attempt(s)): {}",
+                    d.at, d.envelope.topic, d.envelope.sender.service, d.envelope.sender.instance, d.attempts, d.reason
+                );
+            }
+        }
+    }
+    if !args.json {
+        eprintln!("{total} dead letter(s) in {} queue(s)", queues.len());
+    }
+    Ok(())
 }

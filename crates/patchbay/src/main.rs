@@ -59,6 +59,8 @@ enum Command {
     Waive(ci::WaiveArgs),
     /// Write a new ed25519 signing key pair.
     Keygen(keys::KeygenArgs),
+    /// Show what consumers set aside and why: refused senders and signatures, failing handlers.
+    DeadLetters(keys::DeadLettersArgs),
     /// Check the config file.
     Config {
         #[command(subcommand)]
@@ -184,6 +186,11 @@ fn run(cli: Cli) -> Result<(), Exit> {
             let config = load_config(&cli)?;
             init_logging_quiet(&config);
             runtime()?.block_on(demo::demo(args)).map_err(Exit::from)
+        }
+        Command::DeadLetters(args) => {
+            let config = load_config(&cli)?;
+            init_logging_quiet(&config);
+            runtime()?.block_on(keys::dead_letters(&config, args))
         }
         Command::Waive(args) => {
             let config = load_config(&cli)?;

@@ -91,7 +91,7 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
     // Built now so a bad trust setup stops `serve` at start.
     let policy = Arc::new(crate::keys::trust_policy(&config)?);
     let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
-    let served = crate::backend::serve(&config, sealer, closed(closing_rx.clone())).await?;
+    let served = crate::backend::serve(&config, sealer, policy.clone(), closed(closing_rx.clone())).await?;
     let mut tasks = Vec::new();
     tasks.extend(served.recorder);
 
@@ -117,6 +117,12 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
         bus: served.bus.clone(),
         log: served.log.clone(),
         root: config.bus.root.clone(),
+        authority: config.authority.clone(),
+        publishing: patchbay_web::Publishing {
+            loopback_without_token: config.http_publish.loopback_without_token,
+            allowed_origins: config.http_publish.allowed_origins.clone(),
+            local_tokens: crate::keys::local_publish_token(&config.data_dir, true)?.map(|t| ("local".to_string(), t)).into_iter().collect(),
+        },
         instance: config.instance.clone(),
         closing: closing_rx.clone(),
         logs: Some(Arc::new(StoreLogs(logs.clone()))),

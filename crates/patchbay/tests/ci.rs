@@ -791,3 +791,312 @@ fn a_series_is_tested_and_reported_on_rabbitmq() {
     let finished = topic_bodies(&db, &format!("e2e.{ns}.ci.test.finished"));
     assert_eq!(finished.len(), 2, "apply and check: {finished:#?}");
 }
+
+/// Raw HTTP with any headers, as a browser or an attacker would send it; returns the status.
+fn http_raw(port: u16, path: &str, headers: &str, body: &str) -> (u16, String) {
+    use std::io::Read as _;
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return (0, String::new()) };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = s.write_all(
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    (out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), out)
+}
+
+/// Waits for the first message on `topic` whose body satisfies `pick`.
+fn wait_for_body(db: &Path, topic: &str, secs: u64, pick: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(b) = topic_bodies(db, topic).into_iter().find(&pick) {
+            return b;
+        }
+        assert!(Instant::now() < deadline, "nothing on {topic} after {secs} s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Dead letters of the embedded store: (queue, reason, topic, sender service).
+fn dead_letters(db: &Path) -> Vec<(String, String, String, String)> {
+    let Ok(conn) = rusqlite::Connection::open(db) else { return vec![] };
+    let mut stmt = conn
+        .prepare(
+            "SELECT q.name, dl.reason, m.wire FROM bus_dead_letters dl JOIN bus_queues q ON q.id = dl.queue_id
+             JOIN bus_messages m ON m.pos = dl.pos ORDER BY dl.pos",
+        )
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?)))
+        .unwrap()
+        .map(|r| {
+            let (q, reason, wire) = r.unwrap();
+            let env: serde_json::Value = serde_json::from_slice(&wire).unwrap();
+            (q, reason, env["topic"].as_str().unwrap().to_string(), env["sender"]["service"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+/// Nobody forges a result or a job. While a series' real test is still running (it will
+/// fail), forged PASSED results and forged jobs arrive: over HTTP from a web page (a
+/// `text/plain` POST with a foreign Origin), over HTTP with this host's token but as a shell,
+/// and straight into the store as a shell and as the wrong service. HTTP refuses them; what
+/// reaches the bus is dead-lettered by its consumers with the reason; the verdict is the real
+/// FAILED, and the forged job never runs. Before authority over topics, the first forgery
+/// alone decided PASSED.
+#[test]
+fn forged_results_and_jobs_decide_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = origin(tmp.path(), &[("README", "base\n")]);
+    let (config, _serve) = one_slot_serve(tmp.path(), &repo, "sleep 8; grep -q fixed README");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let port: u16 = text.split("127.0.0.1:").nth(1).unwrap().split('"').next().unwrap().parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http_get(port, "/healthz").starts_with("HTTP/1.1 200") {
+        assert!(Instant::now() < deadline, "serve did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    post(&repo, &config, "fix", "main", &[("README", "broken\n")]);
+    let db = tmp.path().join("data/patchbay.sqlite3");
+    let arch = std::env::consts::ARCH;
+    // A valid PASSED for the slow test, made from the real apply result; a job from the real one.
+    let mut finished = wait_for_body(&db, "e2e.ci.ci.test.finished", 60, |b| b["test"] == "apply");
+    let job = wait_for_body(&db, &format!("e2e.ci.ci.job.slow.{arch}.queued"), 10, |_| true);
+    finished["test"] = "slow".into();
+    finished["arch"] = arch.into();
+    finished["job"] = job["job"].clone();
+    finished["outcome"] = "PASSED".into();
+    let mut forged_job = job.clone();
+    forged_job["job"] = format!("{}-forged", job["job"].as_str().unwrap()).into();
+    forged_job["script"] = "echo FORGED-JOB-RAN".into();
+    let result_req = serde_json::json!({"topic": "ci.test.finished", "service": "shell", "body": finished}).to_string();
+    let job_req = serde_json::json!({"topic": format!("ci.job.slow.{arch}.queued"), "service": "cron", "body": forged_job}).to_string();
+
+    // 1. A web page: text/plain needs no preflight, and the browser adds its Origin.
+    let (code, answer) = http_raw(port, "/api/v1/publish", "Content-Type: text/plain\r\nOrigin: http://evil.example\r\n", &result_req);
+    assert_eq!(code, 403, "{answer}");
+    let (code, answer) = http_raw(port, "/api/v1/publish", "Content-Type: text/plain\r\n", &result_req);
+    assert_eq!(code, 403, "no token from this host either: {answer}");
+    // 2. This host's own token, as `patchbay publish` sends it, but as a shell: no service's topics.
+    let token = std::fs::read_to_string(tmp.path().join("data/publish.token")).unwrap();
+    let auth = format!("Authorization: Bearer {}\r\nContent-Type: application/json\r\n", token.trim());
+    let (code, answer) = http_raw(port, "/api/v1/publish", &auth, &result_req);
+    assert_eq!(code, 403, "{answer}");
+    assert!(answer.contains("only the \\\"runner\\\" service speaks there"), "{answer}");
+    let (code, answer) = http_raw(port, "/api/v1/publish", &auth, &job_req);
+    assert_eq!(code, 403, "{answer}");
+    let as_runner = serde_json::json!({"topic": "ci.test.finished", "service": "RUNNER", "body": finished}).to_string();
+    assert_eq!(http_raw(port, "/api/v1/publish", &auth, &as_runner).0, 400, "a service's name in any case");
+    let (code, answer) = http_raw(port, "/api/v1/publish", &auth, r#"{"topic": "build.nightly.done", "body": {"ok": true}}"#);
+    assert_eq!(code, 200, "a shell's own topics still publish: {answer}");
+
+    // 3. Straight into the store, past HTTP: as a shell, and as a service outside its role.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let bus = patchbay_store::EmbeddedBus::open(&tmp.path().join("data"), patchbay_bus::Sealer::default()).unwrap();
+        let out = |service: &str, topic: String, schema: &str, body: &serde_json::Value| patchbay_bus::Outgoing {
+            sender: patchbay_model::Sender::new(service, "forger"),
+            topic: patchbay_model::Topic::parse(&topic).unwrap(),
+            schema: patchbay_model::SchemaRef { name: schema.into(), version: 1 },
+            body: body.clone(),
+        };
+        let job_topic = format!("e2e.ci.ci.job.slow.{arch}.queued");
+        patchbay_bus::Bus::publish(
+            &bus,
+            vec![
+                out("shell", "e2e.ci.ci.test.finished".into(), "patchbay.ci.finished", &finished),
+                out("dispatcher", "e2e.ci.ci.test.finished".into(), "patchbay.ci.finished", &finished),
+                out("runner", job_topic.clone(), "patchbay.ci.job", &forged_job),
+                out("shell", job_topic, "patchbay.ci.job", &forged_job),
+            ],
+        )
+        .await
+        .unwrap();
+    });
+
+    // The real result decides: FAILED, one verdict, one report; the forged job never ran.
+    let reports = settled_reports(&db, Some("the fix series"), 1, 90);
+    assert_eq!(reports, vec![(1, "sent".to_string())]);
+    let verdicts = topic_bodies(&db, "e2e.ci.ci.series.verdict");
+    assert_eq!(verdicts.len(), 1, "{verdicts:#?}");
+    assert_eq!(verdicts[0]["verdict"], "FAILED", "{verdicts:#?}");
+    let forged_id = forged_job["job"].as_str().unwrap();
+    for topic in ["e2e.ci.ci.test.started", "e2e.ci.ci.test.finished", "e2e.ci.ci.test.log"] {
+        assert!(topic_bodies(&db, topic).iter().all(|b| b["job"] != forged_id), "the forged job ran ({topic})");
+    }
+    // Each forgery that reached the bus is set aside with its reason by whoever consumed it
+    // (the runner's slot takes the forged jobs once the real job is done).
+    let wanted = [
+        ("shell", "ci.test.finished", "only the \"runner\" service speaks there"),
+        ("dispatcher", "ci.test.finished", "not a topic of its role"),
+        ("runner", ".queued", "not a topic of its role"),
+        ("shell", ".queued", "only the \"dispatcher\" service speaks there"),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let dead = dead_letters(&db);
+        let missing: Vec<_> = wanted
+            .iter()
+            .filter(|(sender, end, why)| !dead.iter().any(|(_, r, t, s)| s == sender && t.ends_with(end) && r.contains(why)))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not dead-lettered with their reason: {missing:?}\nall: {dead:#?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // An admin sees them, with the reason.
+    let shown = bin().arg("--config").arg(&config).args(["dead-letters", "--json", "aggregator"]).output().unwrap();
+    assert!(shown.status.success(), "{}", String::from_utf8_lossy(&shown.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&shown.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(
+        lines.iter().any(|l| l["envelope"]["sender"]["service"] == "shell" && l["reason"].as_str().unwrap().contains("only the")),
+        "{lines:#?}"
+    );
+}
+
+/// The same forgeries straight onto RabbitMQ, with `require_signatures` and a valid key of
+/// another role (a runner host's key, allowed only the runner's topics): a result as a shell,
+/// a job as the runner, a job as the dispatcher, a verdict as the aggregator, plus an unsigned
+/// and a tampered result. Every consumer refuses them with the reason (the recorder too, so
+/// they are not in the history, the stream or `tail`); the verdict is the real FAILED.
+#[test]
+fn forgeries_on_rabbitmq_are_dead_lettered_and_kept_out_of_history() {
+    let url = std::env::var("PATCHBAY_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let ns =
+        format!("fg{}x{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis());
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = origin(tmp.path(), &[("README", "base\n")]);
+    let root = format!("e2e.{ns}");
+    // A runner host's key, trusted for the runner's topics only.
+    let keys = tmp.path().join("data/keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let kg = bin().args(["keygen", "--id", "intruder", "--dir"]).arg(tmp.path().join("intruder")).output().unwrap();
+    assert!(kg.status.success(), "{}", String::from_utf8_lossy(&kg.stderr));
+    std::fs::copy(tmp.path().join("intruder/intruder.pub"), keys.join("intruder.pub")).unwrap();
+    let config = tmp.path().join("patchbay.toml");
+    let http = free_port();
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n[ingest]\nlmtp_listen = \"\"\n\
+             [bus]\nbackend = \"amqp\"\nurl = \"{url}\"\nexchange = \"{ns}\"\nprefix = \"e2e\"\nenv = \"{ns}\"\n[identity]\ninstance = \"{ns}\"\n\
+             [signing]\nrequire_signatures = true\n[signing.allow]\nintruder = [\"{root}.ci.test.#\", \"{root}.ci.runner.#\"]\n\
+             [runner]\njobs = 1\n\
+             [[project]]\nname = \"demo\"\nlist_ids = [\"{LIST}\"]\nrepository = \"{}\"\n\
+             [[project.test]]\nname = \"slow\"\nscript = \"sleep 8; grep -q fixed README\"\narches = [\"{}\"]\ntime_limit_secs = 60\n",
+            repo.display(),
+            std::env::consts::ARCH
+        ),
+    )
+    .unwrap();
+    let _serve = Serve(bin().arg("--config").arg(&config).arg("serve").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http_get(http, "/healthz").starts_with("HTTP/1.1 200") {
+        assert!(Instant::now() < deadline, "serve on RabbitMQ did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    post(&repo, &config, "fix", "main", &[("README", "broken\n")]);
+    let db = tmp.path().join("data/patchbay.sqlite3");
+    let arch = std::env::consts::ARCH;
+    let mut finished = wait_for_body(&db, &format!("{root}.ci.test.finished"), 90, |b| b["test"] == "apply");
+    let job = wait_for_body(&db, &format!("{root}.ci.job.slow.{arch}.queued"), 10, |_| true);
+    finished["test"] = "slow".into();
+    finished["arch"] = arch.into();
+    finished["job"] = job["job"].clone();
+    let mut failed = finished.clone();
+    failed["outcome"] = "FAILED".into();
+    failed["reason"] = "failed".into();
+    finished["outcome"] = "PASSED".into();
+    let mut forged_job = job.clone();
+    forged_job["job"] = format!("{}-forged", job["job"].as_str().unwrap()).into();
+    forged_job["script"] = "echo FORGED-JOB-RAN".into();
+    let verdict = serde_json::json!({"series": finished["series"], "verdict": "PASSED", "failed": [], "missing": []});
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let forged: Vec<String> = rt.block_on(async {
+        let key = patchbay_bus::SigningKey::read(&tmp.path().join("intruder/intruder.key")).unwrap();
+        let mut amqp = patchbay_bus_amqp::AmqpConfig::new(url.clone(), tmp.path().join("forger"));
+        amqp.exchange = ns.clone();
+        amqp.queue_prefix = format!("{root}.");
+        let signed = patchbay_bus::Sealer::new(Some(std::sync::Arc::new(key)));
+        let bus = patchbay_bus_amqp::AmqpBus::connect(amqp.clone(), signed.clone()).await.unwrap();
+        let unsigned = patchbay_bus_amqp::AmqpBus::connect(amqp, patchbay_bus::Sealer::default()).await.unwrap();
+        let out = |service: &str, suffix: String, schema: &str, body: &serde_json::Value| patchbay_bus::Outgoing {
+            sender: patchbay_model::Sender::new(service, "forger"),
+            topic: patchbay_model::Topic::parse(&format!("{root}.{suffix}")).unwrap(),
+            schema: patchbay_model::SchemaRef { name: schema.into(), version: 1 },
+            body: body.clone(),
+        };
+        let job_topic = format!("ci.job.slow.{arch}.queued");
+        let mut ids = Vec::new();
+        let sent = patchbay_bus::Bus::publish(
+            &bus,
+            vec![
+                out("shell", "ci.test.finished".into(), "patchbay.ci.finished", &finished),
+                out("runner", job_topic.clone(), "patchbay.ci.job", &forged_job),
+                out("dispatcher", job_topic, "patchbay.ci.job", &forged_job),
+                out("aggregator", "ci.series.verdict".into(), "patchbay.ci.verdict", &verdict),
+                // The key may publish results, but the aggregator never does.
+                out("aggregator", "ci.test.finished".into(), "patchbay.ci.finished", &finished),
+            ],
+        )
+        .await
+        .unwrap();
+        ids.extend(sent.iter().map(|e| e.id.to_string()));
+        let sent = patchbay_bus::Bus::publish(&unsigned, vec![out("runner", "ci.test.finished".into(), "patchbay.ci.finished", &finished)])
+            .await
+            .unwrap();
+        ids.extend(sent.iter().map(|e| e.id.to_string()));
+        // Signed as the runner with FAILED, then altered to PASSED on the way.
+        let mut tampered = signed.seal(out("runner", "ci.test.finished".into(), "patchbay.ci.finished", &failed), 1_000_000);
+        tampered.body = finished.clone();
+        ids.push(tampered.id.to_string());
+        patchbay_bus::Bus::publish_sealed(&bus, vec![tampered]).await.unwrap();
+        ids
+    });
+
+    let reports = settled_reports(&db, Some("the fix series"), 1, 120);
+    assert_eq!(reports, vec![(1, "sent".to_string())]);
+    let verdicts = topic_bodies(&db, &format!("{root}.ci.series.verdict"));
+    assert_eq!(verdicts.len(), 1, "{verdicts:#?}");
+    assert_eq!(verdicts[0]["verdict"], "FAILED", "{verdicts:#?}");
+    let forged_id = forged_job["job"].as_str().unwrap();
+    assert!(topic_bodies(&db, &format!("{root}.ci.test.started")).iter().all(|b| b["job"] != forged_id), "the forged job ran");
+
+    // The recorder refused all seven, with their reasons: none is history, stream or tail.
+    let reasons: Vec<String> = rt.block_on(async {
+        let mut amqp = patchbay_bus_amqp::AmqpConfig::new(url.clone(), tmp.path().join("reader"));
+        amqp.exchange = ns.clone();
+        amqp.queue_prefix = format!("{root}.");
+        let bus = patchbay_bus_amqp::AmqpBus::connect(amqp, patchbay_bus::Sealer::default()).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let dead = patchbay_bus::Bus::dead_letters(&bus, &format!("serve-log.{ns}"), 100).await.unwrap();
+            if dead.len() >= 7 || Instant::now() > deadline {
+                return dead.into_iter().map(|d| format!("{} {}", d.envelope.id, d.reason)).collect();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    for (id, why) in forged.iter().zip([
+        "only the \"runner\" service speaks there",
+        "key \"intruder\" may not publish on topic",
+        "key \"intruder\" may not publish on topic",
+        "key \"intruder\" may not publish on topic",
+        "sender \"aggregator\" may not publish",
+        "unsigned message",
+        "bad signature",
+    ]) {
+        assert!(reasons.iter().any(|r| r.starts_with(id.as_str()) && r.contains(why)), "{id}: {why}\n{reasons:#?}");
+        let stored: i64 = rusqlite::Connection::open(&db)
+            .unwrap()
+            .query_row("SELECT count(*) FROM bus_messages WHERE id = ?1", [id], |r| r.get(0))
+            .unwrap();
+        assert_eq!(stored, 0, "{id} ({why}) is in the log behind history, stream and tail");
+        assert!(http_get(http, &format!("/api/v1/messages/{id}")).starts_with("HTTP/1.1 404"), "{id} is in the history");
+    }
+}

@@ -227,11 +227,17 @@ fn real_responses_match_the_openapi_document() {
 
     let (code, body) = request(port, "GET", "/healthz", "", "");
     conforms(&doc, "/healthz", "get", code, &body);
+    // Every peer needs a token, this host too: `serve` keeps its own in the data directory.
+    let token = std::fs::read_to_string(_tmp.path().join("data/publish.token")).unwrap();
+    let auth = format!("Authorization: Bearer {}\r\n", token.trim());
     let (code, body) = request(port, "POST", "/api/v1/publish", "{\"topic\":\"demo.widget.built\",\"body\":{\"n\":1}}", "");
+    assert_eq!(code, 403, "{body}");
+    conforms(&doc, "/api/v1/publish", "post", code, &body);
+    let (code, body) = request(port, "POST", "/api/v1/publish", "{\"topic\":\"demo.widget.built\",\"body\":{\"n\":1}}", &auth);
     assert_eq!(code, 200, "{body}");
     conforms(&doc, "/api/v1/publish", "post", code, &body);
     let id = json(&body)["id"].as_str().unwrap().to_string();
-    let (code, body) = request(port, "POST", "/api/v1/publish", "{\"topic\":\"x\"}", "");
+    let (code, body) = request(port, "POST", "/api/v1/publish", "{\"topic\":\"x\"}", &auth);
     assert_eq!(code, 400);
     conforms(&doc, "/api/v1/publish", "post", code, &body);
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -286,8 +286,9 @@ impl Query {
         for (k, v) in params {
             let bad = |what: &str| format!("{k}: {v:?} is not {what}");
             match k.as_str() {
-                "series" => q.series = Some(v.parse().map_err(|_| bad("a series id"))?),
-                "version" => q.version = Some(v.parse().map_err(|_| bad("a version number"))?),
+                // Ids and versions start at 1, as the OpenAPI document says.
+                "series" => q.series = Some(v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| bad("a series id (1 or more)"))?),
+                "version" => q.version = Some(v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| bad("a version number (1 or more)"))?),
                 "test" => q.test = Some(v.clone()),
                 "arch" => q.arch = Some(v.clone()),
                 "outcome" => {
@@ -298,7 +299,7 @@ impl Query {
                     q.outcome = Some(o);
                 }
                 "latest" => q.latest = v.parse().map_err(|_| bad("true or false"))?,
-                "before" => q.before = Some(v.parse().map_err(|_| bad("a result id"))?),
+                "before" => q.before = Some(v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| bad("a result id (1 or more)"))?),
                 "limit" => {
                     q.limit = v.parse().ok().filter(|n| (1..=500).contains(n)).ok_or_else(|| bad("a number from 1 to 500"))?;
                 }

@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::{Stream, StreamExt as _};
-use patchbay_bus::{Bus, BusError, LogEntry, MessageLog, Outgoing, TopicPattern};
+use patchbay_bus::{Authority, Bus, BusError, LogEntry, MessageLog, Outgoing, TopicPattern};
 use patchbay_model::{Envelope, SchemaRef, Sender, TopicRoot};
 use serde::Deserialize;
 use tokio::sync::watch;
@@ -36,6 +36,10 @@ pub struct AppState {
     pub log: Arc<dyn MessageLog>,
     /// The deployment's topic root, to resolve topic suffixes.
     pub root: TopicRoot,
+    /// Which sender may publish which topics: an HTTP publisher is never a service.
+    pub authority: Authority,
+    /// Who may publish over HTTP, and from which web origins.
+    pub publishing: Publishing,
     /// The sender instance stamped on messages published over HTTP.
     pub instance: String,
     /// Becomes true when the server shuts down, so open streams end and shutdown completes.
@@ -129,10 +133,11 @@ struct WaiveRequest {
 /// `POST /api/v1/results/{id}/waive` with `{"comment": "…"}` and `Authorization: Bearer <token>`.
 async fn waive_result(
     State(st): State<Arc<AppState>>,
-    axum::extract::Path(id): axum::extract::Path<i64>,
+    path: PathParams,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, AppError> {
+    let id: i64 = path.id("id")?;
     let by = admin(&st, &headers)?;
     let req: WaiveRequest = serde_json::from_slice(&body).map_err(|e| AppError::bad(format!("body: {e}")))?;
     if req.comment.trim().is_empty() {
@@ -179,6 +184,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/live", get(page_live))
         .route("/logs/{job}", get(page_log))
         .route("/runners", get(page_runners))
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_method)
         .with_state(state)
 }
 
@@ -197,7 +204,8 @@ pub async fn serve(
 
 /// `GET /api/v1/logs/{job}`: a test's whole log as plain text; `X-Patchbay-Log-Complete`
 /// says whether every chunk has arrived.
-async fn test_log(State(st): State<Arc<AppState>>, axum::extract::Path(job): axum::extract::Path<String>) -> Result<Response, AppError> {
+async fn test_log(State(st): State<Arc<AppState>>, path: PathParams) -> Result<Response, AppError> {
+    let job = path.text("job");
     let Some(logs) = &st.logs else {
         return Err(AppError { status: StatusCode::NOT_FOUND, message: "this server keeps no test logs".into() });
     };
@@ -253,7 +261,8 @@ async fn messages(
 }
 
 /// `GET /api/v1/messages/{id}`: one message, byte for byte as stored (its signature verifies).
-async fn message(State(st): State<Arc<AppState>>, axum::extract::Path(id): axum::extract::Path<String>) -> Result<Response, AppError> {
+async fn message(State(st): State<Arc<AppState>>, path: PathParams) -> Result<Response, AppError> {
+    let id = path.text("id");
     let Some(history) = &st.history else {
         return Err(AppError { status: StatusCode::NOT_FOUND, message: "this server keeps no message history".into() });
     };
@@ -264,11 +273,8 @@ async fn message(State(st): State<Arc<AppState>>, axum::extract::Path(id): axum:
 }
 
 /// `POST /api/v1/jobs/{job}/rerun` with `Authorization: Bearer <token>`: the job is queued again.
-async fn rerun_job(
-    State(st): State<Arc<AppState>>,
-    axum::extract::Path(job): axum::extract::Path<String>,
-    headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, AppError> {
+async fn rerun_job(State(st): State<Arc<AppState>>, path: PathParams, headers: HeaderMap) -> Result<Json<serde_json::Value>, AppError> {
+    let job = path.text("job");
     let by = admin(&st, &headers)?;
     let Some(jobs) = &st.jobs else {
         return Err(AppError { status: StatusCode::NOT_FOUND, message: "this server runs no test jobs".into() });
@@ -280,11 +286,8 @@ async fn rerun_job(
 }
 
 /// `POST /api/v1/reports/{series}/{version}/resend` with `Authorization: Bearer <token>`.
-async fn resend_report(
-    State(st): State<Arc<AppState>>,
-    axum::extract::Path((series, version)): axum::extract::Path<(i64, u32)>,
-    headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, AppError> {
+async fn resend_report(State(st): State<Arc<AppState>>, path: PathParams, headers: HeaderMap) -> Result<Json<serde_json::Value>, AppError> {
+    let (series, version): (i64, u32) = (path.id("series")?, path.id("version")?);
     let by = admin(&st, &headers)?;
     let Some(jobs) = &st.jobs else {
         return Err(AppError { status: StatusCode::NOT_FOUND, message: "this server sends no reports".into() });
@@ -313,17 +316,19 @@ fn no_pages() -> Response {
     html_error(StatusCode::NOT_FOUND, "this server keeps no series")
 }
 
-#[derive(Deserialize)]
-struct ListParams {
-    q: Option<String>,
-    page: Option<u32>,
-}
-
 /// `GET /`: the series list, newest first, with search and paging.
-async fn page_series_list(State(st): State<Arc<AppState>>, axum::extract::Query(p): axum::extract::Query<ListParams>) -> Response {
+async fn page_series_list(
+    State(st): State<Arc<AppState>>,
+    axum::extract::Query(params): axum::extract::Query<Vec<(String, String)>>,
+) -> Response {
     let Some(pages) = &st.pages else { return no_pages() };
-    let search = p.q.filter(|q| !q.trim().is_empty());
-    let page = p.page.unwrap_or(1).max(1);
+    let value = |name: &str| params.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let search = value("q").filter(|q| !q.trim().is_empty());
+    let page = match value("page").filter(|p| !p.is_empty()).map(|p| p.parse::<u32>()) {
+        None => 1,
+        Some(Ok(p)) => p.max(1),
+        Some(Err(_)) => return html_error(StatusCode::BAD_REQUEST, "page: not a page number"),
+    };
     match pages.series_list(search.clone(), page, 50).await {
         Ok((rows, total)) => html(StatusCode::OK, dashboard::series_list(&rows, total, search.as_deref(), page, 50, now_secs())),
         Err(e) => html_error(StatusCode::SERVICE_UNAVAILABLE, &e),
@@ -331,7 +336,11 @@ async fn page_series_list(State(st): State<Arc<AppState>>, axum::extract::Query(
 }
 
 /// `GET /series/{id}`.
-async fn page_series(State(st): State<Arc<AppState>>, axum::extract::Path(id): axum::extract::Path<i64>) -> Response {
+async fn page_series(State(st): State<Arc<AppState>>, path: PathParams) -> Response {
+    let id: i64 = match path.id("id") {
+        Ok(id) => id,
+        Err(e) => return html_error(e.status, &e.message),
+    };
     let Some(pages) = &st.pages else { return no_pages() };
     match pages.series(id).await {
         Ok(Some(v)) => html(StatusCode::OK, dashboard::series_page(&v, now_secs())),
@@ -345,7 +354,11 @@ fn raw(content_type: &'static str, bytes: Vec<u8>) -> Response {
 }
 
 /// `GET /series/{id}/mbox`: the patches, ready for `git am`.
-async fn page_series_mbox(State(st): State<Arc<AppState>>, axum::extract::Path(id): axum::extract::Path<i64>) -> Response {
+async fn page_series_mbox(State(st): State<Arc<AppState>>, path: PathParams) -> Response {
+    let id: i64 = match path.id("id") {
+        Ok(id) => id,
+        Err(e) => return html_error(e.status, &e.message),
+    };
     let Some(pages) = &st.pages else { return no_pages() };
     match pages.series_mbox(id).await {
         Ok(Some(m)) => raw("application/mbox", m),
@@ -355,7 +368,11 @@ async fn page_series_mbox(State(st): State<Arc<AppState>>, axum::extract::Path(i
 }
 
 /// `GET /mails/{id}/raw`: one mail exactly as received.
-async fn page_raw_mail(State(st): State<Arc<AppState>>, axum::extract::Path(id): axum::extract::Path<i64>) -> Response {
+async fn page_raw_mail(State(st): State<Arc<AppState>>, path: PathParams) -> Response {
+    let id: i64 = match path.id("id") {
+        Ok(id) => id,
+        Err(e) => return html_error(e.status, &e.message),
+    };
     let Some(pages) = &st.pages else { return no_pages() };
     match pages.raw_mail(id).await {
         // text/plain, never HTML: mail is the sender's text.
@@ -365,14 +382,9 @@ async fn page_raw_mail(State(st): State<Arc<AppState>>, axum::extract::Path(id):
     }
 }
 
-#[derive(Deserialize)]
-struct LiveParams {
-    topic: Option<String>,
-}
-
 /// `GET /live`: the live stream page.
-async fn page_live(axum::extract::Query(p): axum::extract::Query<LiveParams>) -> Response {
-    let filter = p.topic.filter(|t| !t.trim().is_empty());
+async fn page_live(axum::extract::Query(params): axum::extract::Query<Vec<(String, String)>>) -> Response {
+    let filter = params.into_iter().rev().find(|(k, _)| k == "topic").map(|(_, t)| t).filter(|t| !t.trim().is_empty());
     if let Some(f) = &filter
         && let Err(e) = TopicPattern::parse(f)
     {
@@ -382,7 +394,8 @@ async fn page_live(axum::extract::Query(p): axum::extract::Query<LiveParams>) ->
 }
 
 /// `GET /logs/{job}`: the log viewer.
-async fn page_log(State(st): State<Arc<AppState>>, axum::extract::Path(job): axum::extract::Path<String>) -> Response {
+async fn page_log(State(st): State<Arc<AppState>>, path: PathParams) -> Response {
+    let job = path.text("job");
     let Some(logs) = &st.logs else { return html_error(StatusCode::NOT_FOUND, "this server keeps no test logs") };
     match logs.get(job.clone()).await {
         Ok(Some((text, complete))) => {
@@ -405,6 +418,58 @@ async fn page_runners(State(st): State<Arc<AppState>>) -> Response {
         Ok(rows) => html(StatusCode::OK, dashboard::runners_page(&rows, now_secs())),
         Err(e) => html_error(StatusCode::SERVICE_UNAVAILABLE, &e),
     }
+}
+
+/// Path parameters by name, taken raw: a bad one answers the documented JSON 400 naming it
+/// (a page, an HTML 400), never axum's plain-text rejection.
+struct PathParams(Vec<(String, String)>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathParams {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, AppError> {
+        match axum::extract::Path::<Vec<(String, String)>>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(params)) => Ok(PathParams(params)),
+            Err(e) => Err(AppError { status: e.status(), message: e.body_text() }),
+        }
+    }
+}
+
+impl PathParams {
+    /// The parameter as given (the router matched it, so it is there).
+    fn text(&self, name: &str) -> String {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default()
+    }
+
+    /// An id or a version: a whole number from 1 to the type's maximum, as the document says.
+    fn id<T: std::str::FromStr + PartialOrd + From<u8>>(&self, name: &str) -> Result<T, AppError> {
+        let text = self.text(name);
+        text.parse::<T>()
+            .ok()
+            .filter(|n| *n >= T::from(1))
+            .ok_or_else(|| AppError::bad(format!("{name}: {text:?} is not a whole number from 1")))
+    }
+}
+
+/// No route: the documented JSON 404 under `/api/` and for `/healthz`, an HTML page elsewhere.
+async fn no_route(uri: axum::http::Uri) -> Response {
+    if is_api(uri.path()) {
+        return AppError { status: StatusCode::NOT_FOUND, message: format!("no such endpoint: {}", uri.path()) }.into_response();
+    }
+    html_error(StatusCode::NOT_FOUND, "no such page")
+}
+
+/// A route without this method: 405 (axum adds `Allow`), as JSON under `/api/`.
+async fn no_method(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let message = format!("{method} is not allowed on {}", uri.path());
+    if is_api(uri.path()) {
+        return AppError { status: StatusCode::METHOD_NOT_ALLOWED, message }.into_response();
+    }
+    html_error(StatusCode::METHOD_NOT_ALLOWED, &message)
+}
+
+fn is_api(path: &str) -> bool {
+    path.starts_with("/api/") || path == "/api" || path == "/healthz"
 }
 
 /// One error shape for every endpoint.
@@ -451,9 +516,54 @@ async fn healthz() -> Json<serde_json::Value> {
 /// The OpenAPI description of every endpoint here (`crates/web/src/openapi.json`).
 pub const OPENAPI: &str = include_str!("openapi.json");
 
-/// `GET /api/openapi.json`.
-async fn openapi() -> Response {
-    json_text(OPENAPI)
+/// `GET /api/openapi.json`: [`openapi_document`] for this deployment.
+async fn openapi(State(st): State<Arc<AppState>>) -> Response {
+    json_text(openapi_document(&st.authority).to_string())
+}
+
+/// The OpenAPI document as this deployment answers it: which publish topics and service names
+/// are accepted depends on the topic root and the configured roles, so those two schemas are
+/// made here ([`OPENAPI`] holds them for the default root and roles, checked by a test).
+pub fn openapi_document(authority: &Authority) -> serde_json::Value {
+    let mut doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+    let schemas = &mut doc["components"]["schemas"];
+    schemas["PublishTopic"] = publish_topic_schema(authority.root());
+    schemas["ServiceName"] = service_name_schema(authority);
+    doc
+}
+
+/// What `TopicRoot::resolve` accepts: a suffix of three or more words not starting with the
+/// root (the whole topic at most 255 bytes), or a topic under the root.
+fn publish_topic_schema(root: &TopicRoot) -> serde_json::Value {
+    const WORD: &str = "[A-Za-z0-9_-]+";
+    let root = root.as_str();
+    let escaped = root.replace('.', "\\.");
+    serde_json::json!({
+        "description": format!("A full topic under this deployment's root ({root} here), or its <service>.<object>[.<subobject>].<event> suffix; at most 255 bytes in full."),
+        "oneOf": [
+            { "type": "string", "pattern": format!("^{WORD}(?:\\.{WORD}){{2,}}$"), "maxLength": 254 - root.len(), "not": { "pattern": format!("^{escaped}\\.") } },
+            { "type": "string", "pattern": format!("^{escaped}(?:\\.{WORD}){{3,}}$"), "maxLength": 255 }
+        ]
+    })
+}
+
+/// The service names a publish may not use ([`RESERVED_SERVICES`] and every role), any case.
+fn service_name_schema(authority: &Authority) -> serde_json::Value {
+    let mut names: Vec<String> = RESERVED_SERVICES.iter().map(|s| s.to_ascii_lowercase()).collect();
+    for (role, _) in authority.roles() {
+        if !names.iter().any(|n| n.eq_ignore_ascii_case(role)) {
+            names.push(role.to_ascii_lowercase());
+        }
+    }
+    let any_case = |name: &String| -> String {
+        name.chars().map(|c| if c.is_ascii_alphabetic() { format!("[{}{}]", c.to_ascii_uppercase(), c) } else { c.to_string() }).collect()
+    };
+    let alternatives: Vec<String> = names.iter().map(any_case).collect();
+    serde_json::json!({
+        "description": "patchbay's own services, compared without case (and any role the config adds).",
+        "type": "string",
+        "pattern": format!("^(?:{})$", alternatives.join("|"))
+    })
 }
 
 /// The body of `POST /api/v1/publish`.
@@ -468,16 +578,33 @@ pub struct PublishRequest {
     #[serde(default)]
     pub service: Option<String>,
     /// The schema to stamp on topics patchbay does not define (default `patchbay.json` v1).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "requested_schema")]
     pub schema: Option<SchemaRef>,
+}
+
+/// A publish request's `schema`, or `null`. Its version is any JSON number without a fraction
+/// from 0 to `u32::MAX`: to JSON Schema, and so to the OpenAPI document, `3.0` is an integer.
+fn requested_schema<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SchemaRef>, D::Error> {
+    use serde::de::Error as _;
+    let Some(value) = Option::<serde_json::Value>::deserialize(d)? else { return Ok(None) };
+    let object = value.as_object().ok_or_else(|| D::Error::custom("schema: expected an object with name and version"))?;
+    let name = object.get("name").and_then(|n| n.as_str()).ok_or_else(|| D::Error::custom("schema.name: expected a string"))?;
+    let version = object
+        .get("version")
+        .and_then(|v| v.as_u64().or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= f64::from(u32::MAX)).map(|f| f as u64)))
+        .and_then(|v| u32::try_from(v).ok())
+        .ok_or_else(|| D::Error::custom("schema.version: expected a whole number from 0 to 4294967295"))?;
+    Ok(Some(SchemaRef { name: name.to_string(), version }))
 }
 
 /// The senders patchbay's own services use: nobody else publishes under their names, or
 /// their sequence numbers would collide and consumers would take a shell's message for theirs.
 pub const RESERVED_SERVICES: &[&str] = &["ingest", "threader", "dispatcher", "runner", "aggregator", "reporter", "admin"];
 
-/// Checks a publish request and turns it into an outgoing message.
-pub fn outgoing(root: &TopicRoot, instance: &str, req: PublishRequest) -> Result<Outgoing, AppError> {
+/// Checks a publish request and turns it into an outgoing message: a shell's sender and a
+/// topic outside every service's categories (`authority`), or a 400/403 saying why not.
+pub fn outgoing(authority: &Authority, instance: &str, req: PublishRequest) -> Result<Outgoing, AppError> {
+    let root = authority.root();
     let topic = root.resolve(&req.topic).map_err(|e| AppError::bad(e.to_string()))?;
     if !req.body.is_object() {
         return Err(AppError::bad("body must be a JSON object"));
@@ -486,60 +613,108 @@ pub fn outgoing(root: &TopicRoot, instance: &str, req: PublishRequest) -> Result
     if service.is_empty() || service.len() > 64 || !service.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-')) {
         return Err(AppError::bad(format!("service {service:?} must be 1-64 ASCII letters, digits, '_' or '-'")));
     }
-    if RESERVED_SERVICES.contains(&service.as_str()) {
+    if RESERVED_SERVICES.iter().any(|r| r.eq_ignore_ascii_case(&service)) || authority.is_role(&service) {
         return Err(AppError::bad(format!(
             "service {service:?} is one of patchbay's own; messages under its name come from that service alone (its sequence numbers, the RabbitMQ relay)"
         )));
     }
+    let sender = Sender::new(service, instance);
+    authority.check(&sender, &topic).map_err(|e| AppError { status: StatusCode::FORBIDDEN, message: e.to_string() })?;
     let suffix = root.suffix_of(topic.as_str()).unwrap_or_default();
     let schema = match patchbay_model::check_body(suffix, &req.body) {
         Some(checked) => checked.map_err(AppError::bad)?,
         None => req.schema.unwrap_or_else(patchbay_model::free_form_schema),
     };
-    Ok(Outgoing { sender: Sender::new(service, instance), topic, schema, body: req.body })
+    Ok(Outgoing { sender, topic, schema, body: req.body })
 }
 
-/// Who may publish over HTTP: anyone on this host (the shell, `patchbay publish`), and from
-/// elsewhere only with an admin bearer token, because the daemon signs what it accepts with
-/// its own key. No peer address means an in-process caller.
+/// Who may publish over HTTP. The daemon signs what it accepts with its own key, so a publish
+/// is an act of the daemon: every peer needs a token, this host included, because any web page
+/// open in a browser here can reach loopback.
+#[derive(Clone, Debug, Default)]
+pub struct Publishing {
+    /// A peer on this host publishes without a token (`http.loopback_without_token`).
+    pub loopback_without_token: bool,
+    /// Web origins whose pages may publish (`http.allowed_origins`); any other `Origin` is refused.
+    pub allowed_origins: Vec<String>,
+    /// Tokens that may publish from this host only, by name: `serve`'s own, in the data
+    /// directory, which `patchbay publish` reads (whoever reads it could write the store anyway).
+    pub local_tokens: std::collections::BTreeMap<String, String>,
+}
+
+fn forbidden(message: String) -> AppError {
+    AppError { status: StatusCode::FORBIDDEN, message }
+}
+
+/// Whether this request may publish: not from a web page of a foreign origin, and with a token
+/// (an admin's from anywhere, a local one from this host) unless the operator lets this host
+/// publish without. No peer address means an in-process caller.
 fn may_publish(
+    access: &Publishing,
     admin_tokens: &std::collections::BTreeMap<String, String>,
     peer: Option<std::net::SocketAddr>,
     headers: &HeaderMap,
 ) -> Result<(), AppError> {
+    // A browser names the page's origin; a page elsewhere must never publish here (a text/plain
+    // POST needs no preflight). Fetch metadata catches browsers that omit Origin.
+    let origin = headers.get(axum::http::header::ORIGIN).map(|v| v.to_str().unwrap_or("(not text)").to_string());
+    let listed = origin.as_deref().is_some_and(|o| access.allowed_origins.iter().any(|a| a.eq_ignore_ascii_case(o)));
+    if let Some(origin) = &origin
+        && !listed
+    {
+        return Err(forbidden(format!("publishing from a web page of origin {origin} is refused (http.allowed_origins)")));
+    }
+    let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()).unwrap_or("none");
+    if site != "none" && !listed {
+        return Err(forbidden(format!("publishing from a web page (Sec-Fetch-Site: {site}) is refused (http.allowed_origins)")));
+    }
     // Behind a reverse proxy on this host every peer is loopback: a forwarded request is
     // treated as coming from elsewhere.
     let forwarded = ["forwarded", "x-forwarded-for", "x-real-ip"].iter().any(|h| headers.contains_key(*h));
-    let peer = match peer {
-        Some(p) if forwarded && p.ip().to_canonical().is_loopback() => Some(std::net::SocketAddr::from(([0, 0, 0, 0], p.port()))),
-        other => other,
+    let local = match peer {
+        None => return Ok(()),
+        Some(p) => p.ip().to_canonical().is_loopback() && !forwarded,
     };
-    match peer {
-        Some(peer) if !peer.ip().to_canonical().is_loopback() => {
-            if admin_tokens.is_empty() {
-                return Err(AppError {
-                    status: StatusCode::FORBIDDEN,
-                    message: format!(
-                        "publishing from another host ({}) needs an admin bearer token; no http.admin_tokens are configured",
-                        peer.ip()
-                    ),
-                });
-            }
-            admin_named(admin_tokens, headers).map(|_| ())
-        }
-        _ => Ok(()),
+    if local && access.loopback_without_token {
+        return Ok(());
     }
+    if local && admin_named(&access.local_tokens, headers).is_ok() {
+        return Ok(());
+    }
+    if admin_tokens.is_empty() {
+        let whence = match peer {
+            Some(p) if local => format!("this host ({})", p.ip()),
+            Some(p) => format!("another host ({})", p.ip()),
+            None => "here".into(),
+        };
+        let hint = if local { "; `patchbay publish` sends the data directory's local token" } else { "" };
+        return Err(forbidden(format!("publishing from {whence} needs an admin bearer token; no http.admin_tokens are configured{hint}")));
+    }
+    admin_named(admin_tokens, headers).map(|_| ())
 }
 
+/// `POST /api/v1/publish`: `application/json` only, so a plain form or `text/plain` POST from a
+/// web page never gets as far as the body.
 async fn publish(
     State(st): State<Arc<AppState>>,
     peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<Envelope>, AppError> {
-    may_publish(&st.admin_tokens, peer.map(|p| p.0.0), &headers)?;
+    may_publish(&st.publishing, &st.admin_tokens, peer.map(|p| p.0.0), &headers)?;
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(AppError {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            message: "a publish request is JSON: Content-Type: application/json".into(),
+        });
+    }
     let req: PublishRequest = serde_json::from_slice(&body).map_err(|e| AppError::bad(format!("bad publish request: {e}")))?;
-    let out = outgoing(&st.root, &st.instance, req)?;
+    let out = outgoing(&st.authority, &st.instance, req)?;
     let mut sealed = st.bus.publish(vec![out]).await?;
     let env = sealed.pop().ok_or_else(|| AppError::from(BusError::Unavailable("nothing sealed".into())))?;
     tracing::debug!(id = %env.id, topic = %env.topic, "Published over HTTP.");
@@ -673,6 +848,21 @@ mod tests {
     }
 
     #[test]
+    fn the_served_document_is_the_file_for_the_default_root_and_roles() {
+        let file: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        let served = openapi_document(&Authority::new(TopicRoot::new("patchbay", "dev").unwrap()));
+        for name in ["PublishTopic", "ServiceName"] {
+            let at = format!("/components/schemas/{name}");
+            assert_eq!(served.pointer(&at), file.pointer(&at), "openapi.json's {name} is stale");
+        }
+        assert!(served == file, "only those two schemas depend on the deployment");
+        let other = openapi_document(&Authority::new(TopicRoot::new("org.example", "prod").unwrap()));
+        let topic = &other["components"]["schemas"]["PublishTopic"]["oneOf"];
+        assert_eq!(topic[0]["maxLength"], 254 - "org.example.prod".len());
+        assert_eq!(topic[1]["pattern"], "^org\\.example\\.prod(?:\\.[A-Za-z0-9_-]+){3,}$");
+    }
+
+    #[test]
     fn stream_queries_parse() {
         let q = parse_stream_query(Some("topic=patchbay.dev.%23&topic=a.*.c&after=42")).unwrap();
         assert_eq!(q.patterns.len(), 2);
@@ -686,9 +876,12 @@ mod tests {
     }
 
     #[test]
-    fn only_this_host_publishes_without_a_token() {
+    fn every_peer_needs_a_token_and_web_pages_never_publish() {
         let none = std::collections::BTreeMap::new();
         let tokens: std::collections::BTreeMap<String, String> = [("ops".to_string(), "s3cret-token-0123".to_string())].into();
+        let local: std::collections::BTreeMap<String, String> = [("local".to_string(), "local-token-456789".to_string())].into();
+        let strict = Publishing { local_tokens: local.clone(), ..Default::default() };
+        let open = Publishing { loopback_without_token: true, ..Default::default() };
         let with = |t: &str| {
             let mut h = HeaderMap::new();
             h.insert(axum::http::header::AUTHORIZATION, format!("Bearer {t}").parse().unwrap());
@@ -696,24 +889,47 @@ mod tests {
         };
         let (v4, v6, mapped) = ("127.0.0.1:5000".parse().ok(), "[::1]:5000".parse().ok(), "[::ffff:127.0.0.1]:5000".parse().ok());
         let remote: Option<std::net::SocketAddr> = "192.0.2.7:5000".parse().ok();
-        for local in [None, v4, v6, mapped] {
-            assert!(may_publish(&none, local, &HeaderMap::new()).is_ok(), "{local:?}");
+        let status = |r: Result<(), AppError>| r.unwrap_err().status;
+        for here in [v4, v6, mapped] {
+            assert_eq!(status(may_publish(&strict, &none, here, &HeaderMap::new())), StatusCode::FORBIDDEN, "{here:?}");
+            assert!(may_publish(&strict, &none, here, &with("local-token-456789")).is_ok(), "{here:?}");
+            assert!(may_publish(&strict, &tokens, here, &with("s3cret-token-0123")).is_ok(), "{here:?}");
+            assert_eq!(status(may_publish(&strict, &tokens, here, &with("wrong"))), StatusCode::UNAUTHORIZED);
+            assert!(may_publish(&open, &none, here, &HeaderMap::new()).is_ok(), "the operator turned tokens off for loopback");
         }
-        assert_eq!(may_publish(&none, remote, &with("s3cret-token-0123")).unwrap_err().status, StatusCode::FORBIDDEN);
-        assert_eq!(may_publish(&tokens, remote, &HeaderMap::new()).unwrap_err().status, StatusCode::UNAUTHORIZED);
-        assert_eq!(may_publish(&tokens, remote, &with("wrong")).unwrap_err().status, StatusCode::UNAUTHORIZED);
-        assert!(may_publish(&tokens, remote, &with("s3cret-token-0123")).is_ok());
+        assert!(may_publish(&strict, &none, None, &HeaderMap::new()).is_ok(), "in-process callers");
+        // The local token is for this host only; another host needs an admin's.
+        assert_eq!(status(may_publish(&strict, &none, remote, &with("local-token-456789"))), StatusCode::FORBIDDEN);
+        assert_eq!(status(may_publish(&open, &none, remote, &HeaderMap::new())), StatusCode::FORBIDDEN);
+        assert_eq!(status(may_publish(&strict, &tokens, remote, &with("local-token-456789"))), StatusCode::UNAUTHORIZED);
+        assert!(may_publish(&strict, &tokens, remote, &with("s3cret-token-0123")).is_ok());
         // A reverse proxy on this host: loopback, but forwarded for someone else.
-        let mut proxied = HeaderMap::new();
+        let mut proxied = with("local-token-456789");
         proxied.insert("x-forwarded-for", "198.51.100.4".parse().unwrap());
-        assert_eq!(may_publish(&tokens, v4, &proxied).unwrap_err().status, StatusCode::UNAUTHORIZED);
+        assert_eq!(status(may_publish(&strict, &tokens, v4, &proxied)), StatusCode::UNAUTHORIZED);
+        assert_eq!(status(may_publish(&open, &tokens, v4, &proxied)), StatusCode::UNAUTHORIZED);
         proxied.insert(axum::http::header::AUTHORIZATION, "Bearer s3cret-token-0123".parse().unwrap());
-        assert!(may_publish(&tokens, v4, &proxied).is_ok());
+        assert!(may_publish(&strict, &tokens, v4, &proxied).is_ok());
+        // Web pages: a foreign Origin or any cross-site fetch is refused, token or not.
+        let mut page = with("s3cret-token-0123");
+        page.insert(axum::http::header::ORIGIN, "http://evil.example".parse().unwrap());
+        assert_eq!(status(may_publish(&open, &tokens, v4, &page)), StatusCode::FORBIDDEN);
+        let mut fetch = with("s3cret-token-0123");
+        fetch.insert("sec-fetch-site", "cross-site".parse().unwrap());
+        assert_eq!(status(may_publish(&open, &tokens, v4, &fetch)), StatusCode::FORBIDDEN);
+        fetch.insert("sec-fetch-site", "none".parse().unwrap());
+        assert!(may_publish(&open, &tokens, v4, &fetch).is_ok(), "typed into the address bar: no site");
+        let listed = Publishing { allowed_origins: vec!["https://ci.example.org".into()], ..open.clone() };
+        let mut ours = with("s3cret-token-0123");
+        ours.insert(axum::http::header::ORIGIN, "https://ci.example.org".parse().unwrap());
+        ours.insert("sec-fetch-site", "cross-site".parse().unwrap());
+        assert!(may_publish(&listed, &tokens, remote, &ours).is_ok());
+        assert_eq!(status(may_publish(&listed, &tokens, v4, &page)), StatusCode::FORBIDDEN);
     }
 
     #[test]
     fn publish_requests_are_checked() {
-        let root = TopicRoot::new("patchbay", "dev").unwrap();
+        let root = Authority::new(TopicRoot::new("patchbay", "dev").unwrap());
         let req = |v: serde_json::Value| serde_json::from_value::<PublishRequest>(v).unwrap();
         let ok = outgoing(&root, "main", req(serde_json::json!({"topic": "shell.message.logged", "body": {"message": "hi"}}))).unwrap();
         assert_eq!(ok.schema.name, "patchbay.log");
@@ -729,8 +945,21 @@ mod tests {
             serde_json::json!({"topic": "a.b.c", "body": [1]}),
             serde_json::json!({"topic": "a.b.c", "body": {}, "service": "no spaces"}),
             serde_json::json!({"topic": "a.b.c", "body": {}, "service": "aggregator"}),
+            serde_json::json!({"topic": "a.b.c", "body": {}, "service": "RUNNER"}),
+            serde_json::json!({"topic": "a.b.c", "body": {}, "service": "Admin"}),
         ] {
             assert_eq!(outgoing(&root, "main", req(bad.clone())).unwrap_err().status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+        // A shell never speaks in a service's categories, whatever it calls itself.
+        for forged in [
+            serde_json::json!({"topic": "ci.test.finished", "body": {}}),
+            serde_json::json!({"topic": "patchbay.dev.ci.job.build.any.queued", "body": {}, "service": "cron"}),
+            serde_json::json!({"topic": "ci.series.verdict", "body": {}}),
+            serde_json::json!({"topic": "mail.message.received", "body": {}}),
+        ] {
+            let e = outgoing(&root, "main", req(forged.clone())).unwrap_err();
+            assert_eq!(e.status, StatusCode::FORBIDDEN, "{forged}");
+            assert!(e.message.contains("only the"), "{}", e.message);
         }
     }
 }
