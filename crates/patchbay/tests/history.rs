@@ -125,12 +125,13 @@ fn history_over_http_and_the_command_line() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("order"));
 }
 
-/// (status code, body) of a request.
+/// (status code, body) of a request; JSON unless `headers` name another Content-Type.
 fn request(port: u16, method: &str, path: &str, body: &str, headers: &str) -> (u16, String) {
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return (0, String::new()) };
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let json = if headers.to_ascii_lowercase().contains("content-type:") { "" } else { "Content-Type: application/json\r\n" };
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{headers}\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{json}Content-Length: {}\r\n{headers}\r\n{body}",
         body.len()
     );
     let _ = s.write_all(req.as_bytes());
@@ -265,6 +266,53 @@ fn real_responses_match_the_openapi_document() {
     let (code, body) =
         request(port, "POST", "/api/v1/results/1/waive", "{\"comment\":\"flaky\"}", "Authorization: Bearer wrong-token-wrong-token\r\n");
     conforms(&doc, "/api/v1/results/{id}/waive", "post", code, &body);
+    // What publish refuses, each as documented: not JSON (415), a web page's origin, a topic a
+    // service owns (403), one of patchbay's own names in any case (400).
+    let publish = "{\"topic\":\"demo.widget.built\",\"body\":{\"n\":2}}";
+    for (headers, body, want) in [
+        (format!("{auth}Content-Type: text/plain\r\n"), publish, 415),
+        (format!("{auth}Origin: http://evil.example\r\n"), publish, 403),
+        (auth.clone(), "{\"topic\":\"ci.test.finished\",\"body\":{}}", 403),
+        (auth.clone(), "{\"topic\":\"demo.widget.built\",\"body\":{},\"service\":\"RUNNER\"}", 400),
+    ] {
+        let (code, text) = request(port, "POST", "/api/v1/publish", body, &headers);
+        assert_eq!(code, want, "{headers:?} {body}: {text}");
+        conforms(&doc, "/api/v1/publish", "post", code, &text);
+    }
+    // A bad path parameter, or a value the document rules out, is the documented JSON 400 (it
+    // was axum's text/plain), before any token is looked at.
+    for (method, path, documented) in [
+        ("POST", "/api/v1/results/abc/waive", "/api/v1/results/{id}/waive"),
+        ("POST", "/api/v1/results/0/waive", "/api/v1/results/{id}/waive"),
+        ("POST", "/api/v1/reports/x/1/resend", "/api/v1/reports/{series}/{version}/resend"),
+        ("POST", "/api/v1/reports/1/0/resend", "/api/v1/reports/{series}/{version}/resend"),
+        ("POST", "/api/v1/reports/1/4294967296/resend", "/api/v1/reports/{series}/{version}/resend"),
+        ("GET", "/api/v1/messages?series=0", "/api/v1/messages"),
+        ("GET", "/api/v1/messages?topic=", "/api/v1/messages"),
+        ("GET", "/api/v1/messages?start=1e9", "/api/v1/messages"),
+        ("GET", "/api/v1/messages?contains=%20%E3%80%80", "/api/v1/messages"),
+        ("GET", "/api/v1/results?before=0", "/api/v1/results"),
+        ("GET", "/api/v1/results?series=0", "/api/v1/results"),
+        ("GET", "/api/v1/stream?after=x", "/api/v1/stream"),
+        ("GET", "/api/v1/stream?topic=", "/api/v1/stream"),
+    ] {
+        let (code, text) = request(port, method, path, "{\"comment\":\"flaky\"}", "");
+        assert_eq!(code, 400, "{method} {path}: {text}");
+        conforms(&doc, documented, &method.to_lowercase(), code, &text);
+    }
+    // What the document allows is answered: a NUL in a phrase once made the full-text query fail.
+    let (code, text) = request(port, "GET", "/api/v1/messages?contains=a%00b&start=2000-02-29T00:00:00.000000Z&series=1", "", "");
+    assert_eq!(code, 200, "{text}");
+    conforms(&doc, "/api/v1/messages", "get", code, &text);
+    // No such endpoint, or no such method, is JSON under /api/ too; a page stays a page.
+    for (method, path, want) in [("GET", "/api/v1/nope", 404), ("DELETE", "/api/v1/results", 405), ("GET", "/api/v1/publish", 405)] {
+        let (code, text) = request(port, method, path, "", "");
+        assert_eq!(code, want, "{method} {path}: {text}");
+        assert!(json(&text)["error"].is_string(), "{text}");
+    }
+    let (status, page) = get(port, "/series/abc");
+    assert!(status.contains("400") && page.contains("<html"), "{status} {page}");
+
     // The checker is real: a response that does not fit is caught.
     let mut errors = Vec::new();
     check(&doc, &serde_json::json!({"$ref": "#/components/schemas/MessagePage"}), &serde_json::json!({"total": "many"}), "$", &mut errors);
