@@ -591,7 +591,9 @@ fn requested_schema<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Sch
     let name = object.get("name").and_then(|n| n.as_str()).ok_or_else(|| D::Error::custom("schema.name: expected a string"))?;
     let version = object
         .get("version")
-        .and_then(|v| v.as_u64().or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= f64::from(u32::MAX)).map(|f| f as u64)))
+        .and_then(|v| {
+            v.as_u64().or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= f64::from(u32::MAX)).map(|f| f as u64))
+        })
         .and_then(|v| u32::try_from(v).ok())
         .ok_or_else(|| D::Error::custom("schema.version: expected a whole number from 0 to 4294967295"))?;
     Ok(Some(SchemaRef { name: name.to_string(), version }))
