@@ -92,6 +92,8 @@ pub async fn serve(listener: TcpListener, ingest: Ingest, limits: Limits, shutdo
                 if let Some(count) = evicted.hit() {
                     tracing::info!(%peer, count, max = limits.max_connections, "LMTP at its connection cap: closed the longest-idle sessions to admit new ones.");
                 }
+                // Let admitted sessions read what they were sent before admitting more (see web).
+                tokio::task::yield_now().await;
                 seat
             }
             Admission::Full => {
@@ -419,7 +421,8 @@ impl Seats {
         let (next, table) = &mut *guard;
         let mut evicted = false;
         if table.len() >= self.cap {
-            let victim = table.values().filter(|s| !s.busy.load(Ordering::Relaxed)).min_by_key(|s| s.last.load(Ordering::Relaxed)).cloned();
+            let victim =
+                table.values().filter(|s| !s.busy.load(Ordering::Relaxed)).min_by_key(|s| (s.last.load(Ordering::Relaxed), s.id)).cloned();
             let Some(victim) = victim else { return Admission::Full };
             table.remove(&victim.id);
             victim.evict.notify_one();

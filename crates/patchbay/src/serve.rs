@@ -77,6 +77,16 @@ impl Running {
     }
 }
 
+/// A listening socket with a backlog of 4,096 (the kernel caps it at `net.core.somaxconn`):
+/// tokio's 1,024 overflows when a burst of clients (an MTA's queue run, a flood of idle
+/// sockets) arrives faster than `accept` runs, and a dropped SYN costs a newcomer a 1 s retry.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
 /// Runs until `shutdown` resolves.
 pub async fn serve(config: Config, args: &ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let running = start(config, args).await?;
@@ -111,7 +121,7 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
         tasks.push(spawn_service(served.bus.clone(), policy.clone(), spec, handler, closing_rx.clone(), "The log recorder"));
     }
     let addr = args.http.unwrap_or(config.http_listen);
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr} (http.listen)"))?;
+    let listener = listen(addr).with_context(|| format!("listening on {addr} (http.listen)"))?;
     let local = listener.local_addr()?;
     let state = Arc::new(AppState {
         bus: served.bus.clone(),
@@ -183,7 +193,7 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
     let mut lmtp_task = None;
     let mut lmtp = None;
     if let Some(addr) = args.lmtp.or(config.ingest.lmtp_listen) {
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr} (ingest.lmtp_listen)"))?;
+        let listener = listen(addr).with_context(|| format!("listening on {addr} (ingest.lmtp_listen)"))?;
         let local_lmtp = listener.local_addr()?;
         lmtp = Some(local_lmtp);
         println!("patchbay: accepting LMTP on {local_lmtp}");

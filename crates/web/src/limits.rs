@@ -104,6 +104,10 @@ pub(crate) async fn serve(
                 if let Some(count) = evicted.hit() {
                     tracing::info!(%peer, count, max = limits.max_connections, "HTTP at its connection cap: closed the longest-idle connections to admit new ones.");
                 }
+                // In a flood the backlog holds thousands of ready sockets: let the connections
+                // already admitted read what they were sent before admitting more, or a real
+                // request would be evicted as "idle" before its bytes were ever read.
+                tokio::task::yield_now().await;
                 seat
             }
             Admission::Full => {
@@ -281,8 +285,11 @@ impl Seats {
         let (next, table) = &mut *guard;
         let mut evicted = false;
         if table.len() >= self.cap {
-            let victim =
-                table.values().filter(|s| s.busy.load(Ordering::Relaxed) == 0).min_by_key(|s| s.last.load(Ordering::Relaxed)).cloned();
+            let victim = table
+                .values()
+                .filter(|s| s.busy.load(Ordering::Relaxed) == 0)
+                .min_by_key(|s| (s.last.load(Ordering::Relaxed), s.id))
+                .cloned();
             let Some(victim) = victim else { return Admission::Full };
             table.remove(&victim.id);
             victim.evict.notify_one();
