@@ -239,12 +239,64 @@ impl Worktree {
     }
 }
 
-/// Replaces the runner's own paths (and host name) in text that will be published.
-pub fn scrub(text: &str, secrets: &[&str]) -> String {
+/// Replaces the runner's own paths and host name in text that will be published, whole tokens only.
+///
+/// A path is replaced where it is a path prefix: not preceded by a name
+/// character (`[A-Za-z0-9_.-]`), and followed by `/`, a character that is not
+/// a name character, or the end (`/w/17` hides `/w/17/a.c` and `/w/17:`, not
+/// `/w/170` or `/w/17.img`, which the enclosing root then hides). Longer paths
+/// go first, so a job's directory is hidden whole before its runner's root.
+/// The host name is replaced where it is a word: bounded on both sides by a
+/// character that is not a name character or by a line end, a sentence's
+/// final dot counting as a bound. So on a host `vm`, `recvmsg`, `vm.c`,
+/// `vm_x` and `/home/vm-x` stay, while `vm:`, `user@vm`, `(vm)`, `vm.` and
+/// `/home/vm/x` lose it. A fully qualified form (`vm.example.org`) is not
+/// known to the runner and is left alone: the host name is the kernel's.
+/// Secrets of one character are ignored (they would hide every such letter).
+pub fn scrub(text: &str, paths: &[&str], host: &str) -> String {
+    let mut paths: Vec<&str> = paths.iter().map(|p| p.trim_end_matches('/')).filter(|p| p.len() > 1).collect();
+    paths.sort_by_key(|p| std::cmp::Reverse(p.len()));
     let mut out = text.to_string();
-    for s in secrets.iter().filter(|s| s.len() > 1) {
-        out = out.replace(s, "<runner>");
+    for p in paths {
+        out = replace_token(&out, p);
     }
+    if host.len() > 1 {
+        out = replace_token(&out, host);
+    }
+    out
+}
+
+/// A character that may continue a host or file name, so a secret next to it is part of another word.
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
+}
+
+/// Replaces each `needle` in `text` that no name character precedes or follows (a path's `/` is no name character).
+///
+/// A single dot after the needle counts as the end of a sentence, not as part
+/// of a name, when no name character follows the dot.
+fn replace_token(text: &str, needle: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut from = 0;
+    while let Some(at) = text[from..].find(needle).map(|i| from + i) {
+        let end = at + needle.len();
+        let before = text[..at].chars().next_back();
+        let mut after = text[end..].chars();
+        let next = after.next();
+        let bounded = before.is_none_or(|c| !is_name_char(c))
+            && (next.is_none_or(|c| !is_name_char(c)) || next == Some('.') && after.next().is_none_or(|c| !is_name_char(c)));
+        if bounded {
+            out.push_str(&text[from..at]);
+            out.push_str("<runner>");
+            from = end;
+        } else {
+            // Skip one character, not the whole needle: a match may overlap this one.
+            let step = text[at..].chars().next().map_or(1, char::len_utf8);
+            out.push_str(&text[from..at + step]);
+            from = at + step;
+        }
+    }
+    out.push_str(&text[from..]);
     out
 }
 
@@ -263,6 +315,45 @@ mod tests {
 
     #[test]
     fn scrub_hides_paths() {
-        assert_eq!(scrub("error in /var/lib/pb/w/17/a.c", &["/var/lib/pb/w/17"]), "error in <runner>/a.c");
+        assert_eq!(scrub("error in /var/lib/pb/w/17/a.c", &["/var/lib/pb/w/17"], ""), "error in <runner>/a.c");
+    }
+
+    #[test]
+    fn scrub_replaces_the_host_name_as_a_word_only() {
+        let host = |t: &str| scrub(t, &[], "vm");
+        // Inside other words: kept (this was `rec<runner>sg`).
+        assert_eq!(host("recvmsg() failed: vmx vm_stat kvm"), "recvmsg() failed: vmx vm_stat kvm");
+        assert_eq!(
+            host("vm.c:12: error; /home/vm-x/a; vm-1 and 1-vm; vm.example.org"),
+            "vm.c:12: error; /home/vm-x/a; vm-1 and 1-vm; vm.example.org"
+        );
+        // As a word: hidden, at line ends too.
+        assert_eq!(
+            host("vm: ready\nuser@vm\n(vm) [vm]\nssh vm\nhost /home/vm/x"),
+            "<runner>: ready\nuser@<runner>\n(<runner>) [<runner>]\nssh <runner>\nhost /home/<runner>/x"
+        );
+        assert_eq!(host("vm"), "<runner>");
+        assert_eq!(host("built on vm. Done"), "built on <runner>. Done");
+        assert_eq!(host("built on vm."), "built on <runner>.");
+        assert_eq!(host("vmvm vm vm"), "vmvm <runner> <runner>");
+        // A fully qualified host name is itself one token.
+        assert_eq!(
+            scrub("on build1.example.org: ok; xbuild1.example.org", &[], "build1.example.org"),
+            "on <runner>: ok; xbuild1.example.org"
+        );
+        // One letter is never a secret.
+        assert_eq!(scrub("a b", &[], "a"), "a b");
+    }
+
+    #[test]
+    fn scrub_replaces_paths_as_path_prefixes() {
+        let paths = ["/srv/pb", "/srv/pb/work/17", "/srv/pb/mirrors/x.git/"];
+        let s = |t: &str| scrub(t, &paths, "vm");
+        assert_eq!(s("/srv/pb/work/17/a.c:3: error"), "<runner>/a.c:3: error");
+        assert_eq!(s("'/srv/pb/work/17': no such file"), "'<runner>': no such file");
+        assert_eq!(s("cd /srv/pb/work/17.img; /srv/pb/work/170/x"), "cd <runner>/work/17.img; <runner>/work/170/x");
+        assert_eq!(s("fatal: /srv/pb/mirrors/x.git/worktrees/17 on vm"), "fatal: <runner>/worktrees/17 on <runner>");
+        assert_eq!(s("/srv/pbx and /opt/srv/pb and x/srv/pb stay"), "/srv/pbx and /opt/srv/pb and x/srv/pb stay");
+        assert_eq!(s("GIT_DIR=/srv/pb"), "GIT_DIR=<runner>");
     }
 }

@@ -107,7 +107,7 @@ impl Runner {
     pub async fn run(&self, job: &Job) -> Result<Report, JobError> {
         self.run_inner(job).await.map_err(|e| {
             let root = self.root.display().to_string();
-            JobError::Io(git::scrub(&e.to_string(), &[&root, &hostname()]))
+            JobError::Io(git::scrub(&e.to_string(), &[&root], &hostname()))
         })
     }
 
@@ -149,8 +149,9 @@ impl Runner {
             }
         };
         let result = self.apply_and_test(&tree, &disk, job).await;
-        let secrets = [dir.display().to_string(), mirror.dir().display().to_string(), self.root.display().to_string(), hostname()];
-        let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+        let paths = [dir.display().to_string(), mirror.dir().display().to_string(), self.root.display().to_string()];
+        let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+        let host = hostname();
         // The disk goes first (an unmount, not a walk deleting every file), then git's records.
         disk.release().await;
         {
@@ -158,9 +159,9 @@ impl Runner {
             tree.remove().await;
         }
         let (mut apply, mut test) = result?;
-        apply.output = git::scrub(&apply.output, &secrets);
+        apply.output = git::scrub(&apply.output, &paths, &host);
         if let Some(t) = &mut test {
-            t.output = git::scrub(&String::from_utf8_lossy(&t.output), &secrets).into_bytes();
+            t.output = git::scrub(&String::from_utf8_lossy(&t.output), &paths, &host).into_bytes();
         }
         Ok(Report { base, apply, test, duration: started.elapsed() })
     }
