@@ -251,11 +251,7 @@ fn thread(
     events: &mut Vec<Event>,
 ) -> Result<Result<i64, String>, StoreError> {
     let p = &mail.parsed;
-    // A 0/N that carries a diff is no cover letter; git never writes one: treat it as unnumbered.
-    let counter = match (p.kind, p.subject.counter) {
-        (Kind::Patch, Some((0, _))) => None,
-        (_, c) => c,
-    };
+    let counter = p.subject.counter;
     let date = p.date.unwrap_or(mail.received_at);
     let arrival = Arrival { submitter: p.from_email.clone().unwrap_or_default(), version: p.subject.version, counter, date };
 

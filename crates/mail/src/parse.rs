@@ -11,9 +11,10 @@ use crate::subject::{self, Subject};
 /// What kind of mail this is, for series assembly.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
-    /// Carries a diff and is not a reply: a patch of a series.
+    /// Carries a diff, is not a reply and is not numbered `0/N`: a patch of a series.
     Patch,
-    /// `0/N` with no diff: a cover letter.
+    /// `0/N`, whatever its body holds: a cover letter (a range-diff, a conflict walkthrough or
+    /// an inline example in a cover is still a cover, never a one-patch series of its own).
     Cover,
     /// A `git request-pull` with no diff and no `0/N` counter.
     PullRequest,
@@ -332,14 +333,16 @@ fn classify(p: &Parsed) -> Kind {
     if p.subject.reply {
         return Kind::Comment;
     }
+    // The counter is the submitter's word on what the mail is: git format-patch numbers the
+    // cover 0 and every patch from 1, and a cover may quote diffs (range-diff, a conflict
+    // walkthrough), so a diff never turns a `0/N` into a patch.
+    if matches!(p.subject.counter, Some((0, _))) {
+        return Kind::Cover;
+    }
     if p.diff.is_some() {
         return Kind::Patch;
     }
-    match p.subject.counter {
-        Some((0, _)) => Kind::Cover,
-        _ if p.pull.is_some() => Kind::PullRequest,
-        _ => Kind::Comment,
-    }
+    if p.pull.is_some() { Kind::PullRequest } else { Kind::Comment }
 }
 
 impl Parsed {
@@ -378,6 +381,19 @@ mod tests {
         assert_eq!(p.trailers.len(), 1);
         assert!(p.problems.is_empty(), "{:?}", p.problems);
         assert_eq!(p.refs_nearest_first(), vec!["<0@x>".to_string()]);
+    }
+
+    #[test]
+    fn a_cover_letter_quoting_a_diff_is_still_the_cover() {
+        // A range-diff or a conflict walkthrough in a `0/N`: the counter decides, not the body.
+        let raw = b"From: a@x\nSubject: [PATCH v2 0/2] foo: rework\nMessage-Id: <c@x>\n\nChanges since v1:\n\ndiff --git a/f b/f\n--- a/f\n+++ b/f\n@@ -1 +1 @@\n-a\n+b\n";
+        let p = parse(raw);
+        assert!(p.diff.is_some());
+        assert_eq!(p.kind, Kind::Cover);
+        let reply = parse(b"From: a@x\nSubject: Re: [PATCH v2 0/2] foo: rework\nMessage-Id: <r@x>\n\ndiff --git a/f b/f\n--- a/f\n+++ b/f\n@@ -1 +1 @@\n-a\n+b\n");
+        assert_eq!(reply.kind, Kind::Comment, "a reply stays a comment");
+        let patch = parse(b"From: a@x\nSubject: [PATCH v2 1/2] foo: rework\nMessage-Id: <p@x>\n\ndiff --git a/f b/f\n--- a/f\n+++ b/f\n@@ -1 +1 @@\n-a\n+b\n");
+        assert_eq!(patch.kind, Kind::Patch);
     }
 
     /// The byte-at-a-time versions that stored hashes were made with; the fast ones must agree,
