@@ -216,7 +216,7 @@ fn slots(tx: &Tx<'_>, series: i64) -> Result<Vec<u32>, StoreError> {
     rows.collect::<Result<_, _>>().map_err(q)
 }
 
-fn candidate(tx: &Tx<'_>, s: &SeriesRow, matched: Match) -> Result<Candidate, StoreError> {
+fn candidate(tx: &Tx<'_>, s: &SeriesRow, matched: Match, distance: usize) -> Result<Candidate, StoreError> {
     Ok(Candidate {
         id: s.id,
         submitter: s.submitter.clone(),
@@ -226,6 +226,7 @@ fn candidate(tx: &Tx<'_>, s: &SeriesRow, matched: Match) -> Result<Candidate, St
         slots: slots(tx, s.id)?,
         date: s.date,
         matched,
+        distance,
     })
 }
 
@@ -269,7 +270,7 @@ fn thread(
                         (_, true) => Match::ArrivalRepliesToMember,
                         (_, false) => Match::SharedAncestor,
                     };
-                    by_reference.push(candidate(tx, &load_series(tx, sid)?, matched)?);
+                    by_reference.push(candidate(tx, &load_series(tx, sid)?, matched, n)?);
                 }
             }
         }
@@ -292,7 +293,7 @@ fn thread(
             )?
             .collect::<Result<_, _>>()?;
         for sid in ids {
-            by_markers.push(candidate(tx, &load_series(tx, sid)?, Match::Markers)?);
+            by_markers.push(candidate(tx, &load_series(tx, sid)?, Match::Markers, 0)?);
         }
     }
 

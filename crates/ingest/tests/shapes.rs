@@ -95,3 +95,125 @@ async fn shape2_a_cover_with_a_diff_is_the_cover_in_any_order() {
         assert_eq!(complete["patches"].as_array().unwrap().len(), 2, "the cover's diff is not tested as a patch");
     }
 }
+
+/// Every order of `n` items (Heap's algorithm), for arrival-order tests of small threads.
+fn permutations(n: usize) -> Vec<Vec<usize>> {
+    fn go(k: usize, a: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
+        if k <= 1 {
+            out.push(a.clone());
+            return;
+        }
+        for i in 0..k {
+            go(k - 1, a, out);
+            let j = if k.is_multiple_of(2) { i } else { 0 };
+            a.swap(j, k - 1);
+        }
+    }
+    let mut out = Vec::new();
+    go(n, &mut (0..n).collect(), &mut out);
+    out
+}
+
+/// A submitter, its mails as (Message-ID, subject, thread ancestors oldest first), and the
+/// version the series must end with.
+type Posting<'a> = (&'a str, Vec<(&'a str, &'a str, Vec<&'a str>)>, u32);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shape3_a_version_written_elsewhere_or_on_some_mails_only() {
+    // Three postings, each with a version tag on only some of its mails, minutes apart.
+    let postings: Vec<Posting> = vec![
+        // Netfilter's forms, shallow threading: the version after the tree or the counter.
+        (
+            "nf@example.org",
+            vec![
+                ("<nf0@x>", "[PATCH 00/3 nf-next,v2] netfilter: updates", vec![]),
+                ("<nf1@x>", "[PATCH nf-next 1/3] netfilter: one", vec!["<nf0@x>"]),
+                ("<nf2@x>", "[PATCH nf-next 2/3,v2] netfilter: two", vec!["<nf0@x>"]),
+                ("<nf3@x>", "[PATCH nf-next 3/3] netfilter: three", vec!["<nf0@x>"]),
+            ],
+            2,
+        ),
+        // PATCHSET cover naming v4, deep threading, one patch naming it again.
+        (
+            "ps@example.org",
+            vec![
+                ("<ps0@x>", "[PATCHSET v4 next 0/3] sched: thing", vec![]),
+                ("<ps1@x>", "[PATCH next 1/3] sched: one", vec!["<ps0@x>"]),
+                ("<ps2@x>", "[PATCH v4 next 2/3] sched: two", vec!["<ps0@x>", "<ps1@x>"]),
+                ("<ps3@x>", "[PATCH next 3/3] sched: three", vec!["<ps0@x>", "<ps1@x>", "<ps2@x>"]),
+            ],
+            4,
+        ),
+        // A version-less cover over patches that name the version.
+        (
+            "vc@example.org",
+            vec![
+                ("<vc0@x>", "[PATCH 0/3] hwmon: thing", vec![]),
+                ("<vc1@x>", "[PATCH v2 1/3] hwmon: one", vec!["<vc0@x>"]),
+                ("<vc2@x>", "[PATCH v2 2/3] hwmon: two", vec!["<vc0@x>"]),
+                ("<vc3@x>", "[PATCH 3/3] hwmon: three", vec!["<vc0@x>"]),
+            ],
+            2,
+        ),
+    ];
+    for order in permutations(4) {
+        let dir = tempfile::tempdir().unwrap();
+        let ingest = common::scratch(dir.path(), &[LIST]);
+        let mut mails = Vec::new();
+        for (from, posting, _) in &postings {
+            for &i in &order {
+                let (id, subject, refs) = &posting[i];
+                let body = if i == 0 { "Cover.\n".to_string() } else { patch_body(id) };
+                mails.push(mail_from(from, i as u32, id, subject, refs, &body));
+            }
+        }
+        deliver(&ingest, mails).await;
+        let got = shape(&ingest).await;
+        assert_eq!(got.len(), postings.len(), "order {order:?}: one series per posting: {got:#?}");
+        for (_, posting, version) in &postings {
+            let want_patches: Vec<String> = posting[1..].iter().map(|(id, _, _)| id.to_string()).collect();
+            let series = got.iter().find(|s| s.1 == want_patches).unwrap_or_else(|| panic!("order {order:?}: {got:#?}"));
+            assert_eq!(series.0.as_deref(), Some(posting[0].0), "order {order:?}: the cover");
+            assert_eq!((series.2, series.3.as_str()), (*version, "complete"), "order {order:?}");
+        }
+        let ev = events(&ingest).await;
+        assert_eq!(count(&ev, "series.series.complete"), 3, "order {order:?}");
+        for (_, body) in ev.iter().filter(|(t, _)| t == "series.series.complete") {
+            let name = body["series"]["name"].as_str().unwrap();
+            let want = postings.iter().find(|(_, p, _)| p.iter().any(|(_, s, _)| s.ends_with(name))).unwrap().2;
+            assert_eq!(body["series"]["version"], want, "order {order:?}: {name} is announced with its version");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shape3_a_reroll_posted_later_in_reply_stays_its_own_series() {
+    // The guard the rule keeps: `[PATCH v2 n/2]` posted a day later in reply to a version-less
+    // v1 cover is v2, not part of v1, whichever order the mails arrive in.
+    for v2_first in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let ingest = common::scratch(dir.path(), &[LIST]);
+        let old = vec![
+            mail("<o0@x>", "[PATCH 0/2] foo: thing", &[], "Cover.\n"),
+            mail("<o1@x>", "[PATCH 1/2] foo: one", &["<o0@x>"], &patch_body("a")),
+        ];
+        let next_day = |id: &str, subject: &str, refs: &[&str], body: &str| {
+            String::from_utf8(mail(id, subject, refs, body)).unwrap().replace("Mon, 1 Jan 2024", "Tue, 2 Jan 2024").into_bytes()
+        };
+        let new = vec![
+            next_day("<n1@x>", "[PATCH v2 1/2] foo: one", &["<o0@x>"], &patch_body("a")),
+            next_day("<n2@x>", "[PATCH v2 2/2] foo: two", &["<o0@x>", "<n1@x>"], &patch_body("b")),
+        ];
+        let mails = if v2_first { new.into_iter().chain(old).collect() } else { old.into_iter().chain(new).collect() };
+        deliver(&ingest, mails).await;
+        let got = shape(&ingest).await;
+        let mut members: Vec<_> = got.iter().map(|s| (s.0.clone(), s.1.clone(), s.2)).collect();
+        members.sort();
+        assert_eq!(
+            members,
+            vec![(None, ids(&["<n1@x>", "<n2@x>"]), 2), (Some("<o0@x>".into()), ids(&["<o1@x>"]), 1)],
+            "v2 first: {v2_first}"
+        );
+        assert!(got.iter().any(|s| s.2 == 2 && s.3 == "complete"), "v2 first: {v2_first}: {got:#?}");
+    }
+}

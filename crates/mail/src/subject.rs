@@ -1,6 +1,8 @@
 //! Subject lines of patch mail, parsed at least as completely as b4 does:
 //! `[PATCH v2 3/9]`, `[PATCHv3 1/2]`, `[RFC PATCH net-next v4 0/5]`,
-//! `[PATCH RESEND 1/2]`, `[PATCH1/8]`, `[PATCH 1 of 2]` (Mercurial), several
+//! `[PATCH RESEND 1/2]`, `[PATCH1/8]`, `[PATCH 1 of 2]` (Mercurial),
+//! `[PATCHSET v4 next 0/5]`, versions after the counter or a tag
+//! (`[PATCH nft 3/3,v2]`, `[PATCH 00/11 nf-next,v1]`), several
 //! bracket groups, list tags such as `[Qemu-devel]`, and reply prefixes
 //! (`Re:`, `RE:`, `Aw:`, `Fwd:`, `Sv:`, `Antw:`, `Re[2]:`) before or between
 //! the groups. Counters are up to four digits.
@@ -57,7 +59,9 @@ pub fn parse(subject: &str) -> Subject {
         }
         if let Some(inner_end) = rest.strip_prefix('[').and_then(|r| r.find(']')) {
             let inner = &rest[1..1 + inner_end];
-            words.extend(inner.split(|c: char| c.is_whitespace() || c == ',').filter(|w| !w.is_empty()).map(str::to_string));
+            // Commas and semicolons separate words as spaces do (`[PATCH nft 3/3,v2]`,
+            // `[PATCH 00/11 nf-next,v1]`; b4 strips them from each word's end).
+            words.extend(inner.split(|c: char| c.is_whitespace() || c == ',' || c == ';').filter(|w| !w.is_empty()).map(str::to_string));
             // A separator between groups keeps adjacent counters apart ("[1/2][v2]").
             words.push(String::new());
             rest = &rest[inner_end + 2..];
@@ -120,20 +124,20 @@ fn interpret(s: &mut Subject, words: &[String]) {
         let next = words.get(i + 1).map(String::as_str).unwrap_or("");
         if w.is_empty() {
             // group separator
-        } else if upper == "PATCH" || upper == "PATCHES" {
+        } else if upper == "PATCH" {
             s.patch = true;
         } else if let Some(tail) = upper.strip_prefix("PATCH").filter(|t| !t.is_empty()) {
-            // PATCHv3, PATCH1/8, PATCH-v2
-            let tail = tail.trim_start_matches('-');
+            // PATCHv3, PATCH1/8, PATCH-v2, PATCHSET, PATCH-next: like b4, any word that begins
+            // with PATCH says the mail is a patch; what follows is a version, a counter or a tag.
+            s.patch = true;
+            let tail = tail.trim_start_matches(['-', '_']);
             let orig_tail = &w[w.len() - tail.len()..];
             if let Some(v) = version_word(orig_tail) {
-                s.patch = true;
                 s.version = Some(v);
             } else if let Some(c) = counter(orig_tail) {
-                s.patch = true;
                 s.counter = Some(c);
-            } else {
-                s.tags.push(w.to_string());
+            } else if !tail.is_empty() && tail != "SET" && tail != "ES" {
+                s.tags.push(orig_tail.to_string());
             }
         } else if upper == "RFC" {
             s.rfc = true;
@@ -205,6 +209,31 @@ mod tests {
         assert_eq!((s.version, s.counter), (Some(2), Some((1, 2))));
         let s = parse("[PATCH] [v2] [1/2] split groups");
         assert_eq!((s.version, s.counter, s.title.as_str()), (Some(2), Some((1, 2)), "split groups"));
+    }
+
+    #[test]
+    fn versions_written_elsewhere() {
+        // Netfilter writes the version after the counter or the tree, joined by a comma.
+        let s = parse("[PATCH nft 3/3,v2] src: fix");
+        assert!(s.patch);
+        assert_eq!((s.version, s.counter, s.tags.clone()), (Some(2), Some((3, 3)), vec!["nft".to_string()]));
+        let s = parse("[PATCH 00/11 nf-next,v1] netfilter: updates");
+        assert_eq!((s.version, s.counter, s.tags.clone()), (Some(1), Some((0, 11)), vec!["nf-next".to_string()]));
+        let s = parse("[PATCH nft,v2 1/3] x");
+        assert_eq!((s.version, s.counter, s.tags.clone()), (Some(2), Some((1, 3)), vec!["nft".to_string()]));
+        let s = parse("[PATCH v2;3/4] semicolons");
+        assert_eq!((s.version, s.counter), (Some(2), Some((3, 4))));
+        // PATCHSET (and any word that begins with PATCH) is the patch word.
+        let s = parse("[PATCHSET v4 next 0/5] sched: thing");
+        assert!(s.patch);
+        assert_eq!((s.version, s.counter, s.tags.clone()), (Some(4), Some((0, 5)), vec!["next".to_string()]));
+        let s = parse("[PATCH-next 00/23] x");
+        assert!(s.patch);
+        assert_eq!((s.counter, s.tags.clone()), (Some((0, 23)), vec!["next".to_string()]));
+        let s = parse("[PATCHES 1/2] x");
+        assert!(s.patch && s.tags.is_empty());
+        let s = parse("[PATCH_v3 1/2] x");
+        assert_eq!(s.version, Some(3));
     }
 
     #[test]

@@ -16,9 +16,16 @@
 //!    first mail is within [`Rules::marker_window_secs`] matches.
 //! 3. A series only takes a mail whose slot is free and within its total,
 //!    with the same total (and, matched by markers, from the same submitter), and with the same version
-//!    unless the mail names none and replies into the series (`[PATCH 1/4]`
-//!    under a `v3` cover), or names one and the version-less series replies
-//!    to it (that cover arriving last).
+//!    unless one side names no version (a version tag on only some mails of
+//!    one thread): the version-less side takes the other's when the mail
+//!    replies into the series (`[PATCH 1/4]` under a `v3` cover), when the
+//!    series replies to the mail (that `v3` cover arriving last), or, in any
+//!    direction of the thread, when the two were posted within
+//!    [`Rules::marker_window_secs`] (`[PATCH v2 1/4]` under a `[PATCH 0/4]`
+//!    cover: git send-email posts one series within seconds, while a re-roll
+//!    in reply to an older version comes hours or days later). Two versions
+//!    that are both named and differ never mix. Among matches through the
+//!    same id, a series of the mail's own version goes first.
 //!    Patchwork joins any reference match, so a v2 posted in reply to v1 only
 //!    split off because a slot was taken; we split on the version itself.
 //! 4. A mail with no `n/N` marker is a series of one; it never joins.
@@ -72,6 +79,9 @@ pub struct Candidate {
     pub date: i64,
     /// How the series was found.
     pub matched: Match,
+    /// How near the matching id is: 0 for the arrival's own Message-ID, then 1, 2, … for its
+    /// `In-Reply-To` and `References` newest first, so the nearest evidence is tried first.
+    pub distance: usize,
 }
 
 /// How a candidate series was found for an arrival.
@@ -98,20 +108,32 @@ pub enum Placement {
     Stray(String),
 }
 
-fn accepts(c: &Candidate, a: &Arrival, by_reference: bool) -> bool {
+fn same_version(c: &Candidate, a: &Arrival) -> bool {
+    a.version.unwrap_or(1) == c.version
+}
+
+fn accepts(rules: &Rules, c: &Candidate, a: &Arrival, by_reference: bool) -> bool {
     let Some((slot, total)) = a.counter else { return false };
     // A thread ties mails together even when their From differs (a cover letter written by
     // `git format-patch` carries the committer, the patches their authors); markers alone do not.
     if c.total != total || c.slots.contains(&slot) || (!by_reference && c.submitter != a.submitter) {
         return false;
     }
-    // Versions may differ only along the thread's direction: a version-less patch replying
-    // into a `v3` series, or a `v3` cover that version-less patches already reply to. Never a
-    // v2 replying to a version-less v1, nor a version-less v1 cover that v2 patches cite.
-    let same = a.version.unwrap_or(1) == c.version;
-    same || match a.version {
-        None => c.matched == Match::ArrivalRepliesToMember,
-        Some(_) => !c.version_explicit && c.matched == Match::RepliesToArrival,
+    if same_version(c, a) {
+        return true;
+    }
+    // Both name a version and they differ: two versions of the work, never one series.
+    if a.version.is_some() && c.version_explicit {
+        return false;
+    }
+    // One side names no version: it inherits the other's down the thread (a version-less patch
+    // replying into a `v3` series, a `v3` cover that version-less patches already reply to),
+    // and up or across the thread only between mails posted together (a `[PATCH v2 1/4]` under
+    // a `[PATCH 0/4]` cover). A v2 posted days later in reply to a version-less v1, or a
+    // version-less v1 cover that v2 patches cite, stays apart.
+    match (a.version, c.matched) {
+        (None, Match::ArrivalRepliesToMember) | (Some(_), Match::RepliesToArrival) => true,
+        _ => by_reference && (c.date - a.date).abs() <= rules.marker_window_secs,
     }
 }
 
@@ -122,13 +144,17 @@ pub fn place(rules: &Rules, arrival: &Arrival, by_reference: &[Candidate], by_ma
     if total == 0 || slot > total {
         return Placement::Stray(format!("patch counter {slot}/{total} is outside its series"));
     }
-    if let Some(c) = by_reference.iter().find(|c| accepts(c, arrival, true)) {
+    // Nearest evidence first; through one id, a series of the arrival's own version first.
+    let mut refs: Vec<&Candidate> = by_reference.iter().collect();
+    refs.sort_by_key(|c| (c.distance, !same_version(c, arrival)));
+    if let Some(c) = refs.into_iter().find(|c| accepts(rules, c, arrival, true)) {
         return Placement::Join(c.id);
     }
-    let version = arrival.version.unwrap_or(1);
     by_markers
         .iter()
-        .filter(|c| c.version == version && (c.date - arrival.date).abs() <= rules.marker_window_secs && accepts(c, arrival, false))
+        .filter(|c| {
+            same_version(c, arrival) && (c.date - arrival.date).abs() <= rules.marker_window_secs && accepts(rules, c, arrival, false)
+        })
         .min_by_key(|c| (c.date - arrival.date).abs())
         .map_or(Placement::New, |c| Placement::Join(c.id))
 }
@@ -218,6 +244,7 @@ mod tests {
             slots: slots.to_vec(),
             date: 1000,
             matched: Match::ArrivalRepliesToMember,
+            distance: 1,
         }
     }
 
@@ -229,30 +256,70 @@ mod tests {
         assert_eq!(place(&r, &arrival(None, 2, 2), &refs, &[]), Placement::Join(1));
     }
 
+    const DAY: i64 = 24 * 3600;
+
     #[test]
     fn a_reroll_in_reply_to_v1_is_a_new_series() {
         let r = Rules::default();
-        let v1 = cand(1, 1, 2, &[0]);
+        // v1 was posted a day before the v2 that replies to it.
+        let mut v1 = cand(1, 1, 2, &[0]);
+        v1.date -= DAY;
         assert_eq!(place(&r, &arrival(Some(2), 1, 2), &[v1], &[]), Placement::New);
         // An unversioned patch under a v3 cover joins it.
         assert_eq!(place(&r, &arrival(None, 1, 4), &[cand(3, 3, 4, &[0])], &[]), Placement::Join(3));
         // A v3 cover over unversioned patches joins them.
         let mut implicit = cand(4, 1, 4, &[1, 2]);
         implicit.version_explicit = false;
+        implicit.date -= DAY;
         assert_eq!(place(&r, &arrival(Some(3), 0, 4), &[implicit.clone()], &[]), Placement::New, "it does not reply to the v3");
         implicit.matched = Match::RepliesToArrival;
         assert_eq!(place(&r, &arrival(Some(3), 0, 4), &[implicit], &[]), Placement::Join(4));
         // A version-less v1 cover that v2 patches cite (they reply to it) stays out of v2.
         let mut v2 = cand(5, 2, 3, &[1]);
         v2.matched = Match::RepliesToArrival;
+        v2.distance = 0;
+        v2.date += DAY;
         let mut v1 = cand(6, 1, 3, &[1, 2, 3]);
         v1.version_explicit = false;
         v1.matched = Match::RepliesToArrival;
+        v1.distance = 0;
+        assert_eq!(place(&r, &arrival(None, 0, 3), &[v2.clone(), v1.clone()], &[]), Placement::Join(6));
+        // Through the same id, the series of the mail's own version goes first, even when the
+        // other was posted just as close.
+        v2.date -= DAY;
         assert_eq!(place(&r, &arrival(None, 0, 3), &[v2.clone(), v1], &[]), Placement::Join(6));
         // A version-less v1 patch sharing only the v1 cover (cited by v2's patches) stays out too.
+        v2.date += DAY;
         v2.matched = Match::SharedAncestor;
         v2.slots = vec![3];
         assert_eq!(place(&r, &arrival(None, 1, 3), &[v2], &[]), Placement::New);
+        // Two named versions never mix, however close in time and thread.
+        let v1named = cand(7, 1, 2, &[0]);
+        let mut v1named = Candidate { version_explicit: true, ..v1named };
+        assert_eq!(place(&r, &arrival(Some(2), 1, 2), &[v1named.clone()], &[]), Placement::New);
+        v1named.matched = Match::RepliesToArrival;
+        assert_eq!(place(&r, &arrival(Some(2), 1, 2), &[v1named], &[]), Placement::New);
+    }
+
+    #[test]
+    fn a_version_on_only_some_mails_of_one_posting() {
+        let r = Rules::default();
+        // `[PATCH 0/3]` cover, `[PATCH v2 n/3]` patches replying to it, minutes apart, in
+        // either order: one series (the version comes from the mails that name one).
+        let mut cover = cand(1, 1, 3, &[0]);
+        cover.version_explicit = false;
+        assert_eq!(place(&r, &arrival(Some(2), 1, 3), &[cover.clone()], &[]), Placement::Join(1));
+        let mut patches = cand(2, 2, 3, &[1, 2]);
+        patches.matched = Match::RepliesToArrival;
+        patches.distance = 0;
+        patches.date += 60;
+        assert_eq!(place(&r, &arrival(None, 0, 3), &[patches.clone()], &[]), Placement::Join(2));
+        // Shallow threading without the cover: two patches citing the same missing cover.
+        patches.matched = Match::SharedAncestor;
+        patches.distance = 2;
+        assert_eq!(place(&r, &arrival(None, 3, 3), &[patches.clone()], &[]), Placement::Join(2));
+        // Markers alone never bridge a version difference.
+        assert_eq!(place(&r, &arrival(None, 3, 3), &[], &[Candidate { matched: Match::Markers, ..patches }]), Placement::New);
     }
 
     #[test]
