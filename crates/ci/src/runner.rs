@@ -151,6 +151,25 @@ fn tail(text: &str, max: usize) -> String {
     format!("[...]\n{}", &text[start..])
 }
 
+/// The line the runner (`git::Worktree::am`) writes between `git am`'s messages and the failing patch's diff.
+const PATCH_MARKER: &str = "\n--- the patch that failed ---\n";
+
+/// The excerpt of a log of `git am` that failed: git's messages (which patch, which file)
+/// are always in it, then as much of the failing patch's diff as fits, from its start.
+/// The plain tail lost them whenever the rejected diff was longer than the excerpt.
+fn apply_excerpt(log: &str, max: usize) -> String {
+    let Some(at) = log.find(PATCH_MARKER).filter(|_| log.len() > max) else { return tail(log, max) };
+    let messages = tail(&log[..at], max / 4);
+    let diff = &log[at + PATCH_MARKER.len()..];
+    let room = max.saturating_sub(messages.len() + PATCH_MARKER.len() + "\n[...]\n".len());
+    let mut end = room.min(diff.len());
+    while !diff.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = if end < diff.len() { "\n[...]\n" } else { "" };
+    format!("{messages}{PATCH_MARKER}{}{cut}", &diff[..end])
+}
+
 #[async_trait]
 impl Handler for RunnerService {
     async fn handle(&self, envelope: &Envelope, attempt: u32) -> Result<(), HandlerError> {
@@ -196,6 +215,7 @@ impl Handler for RunnerService {
         };
         let mut result = Self::finished(&job, "ERROR", None);
         let mut log = String::new();
+        let mut applied = true;
         match self.runner.run(&run).await {
             Err(error) if attempt < self.max_attempts => {
                 // Probably passing (a git server down, a busy disk): the runtime retries with backoff.
@@ -208,6 +228,7 @@ impl Handler for RunnerService {
                 log = error.to_string();
             }
             Ok(report) => {
+                applied = report.apply.ok;
                 result.duration_ms = report.duration.as_millis() as u64;
                 result.base = Some(BaseUsed { commit: report.base.commit.clone(), reason: report.base.reason.clone() });
                 if job.test == "apply" {
@@ -239,7 +260,7 @@ impl Handler for RunnerService {
                 }
             }
         }
-        result.excerpt = tail(&log, EXCERPT);
+        result.excerpt = if applied { tail(&log, EXCERPT) } else { apply_excerpt(&log, EXCERPT) };
         result.log_bytes = log.len() as u64;
         // Log chunks and the result in one publish: the result never arrives without its log.
         let mut messages = Vec::new();
@@ -267,6 +288,20 @@ mod tests {
         assert_eq!(tail("short", 10), "short");
         let t = tail("ééééé", 3);
         assert!(t.ends_with('é') && t.starts_with("[...]"));
+    }
+
+    #[test]
+    fn an_apply_excerpt_keeps_gits_messages_and_the_start_of_the_diff() {
+        let messages = "Applying: one\nCONFLICT (content): Merge conflict in a.c\nPatch failed at 0002 two\n";
+        let diff = format!("diff --git a/a.c b/a.c\n@@ -1 +1 @@\n{}", "+é long line\n".repeat(3000));
+        let log = format!("{messages}{PATCH_MARKER}{diff}");
+        let e = apply_excerpt(&log, EXCERPT);
+        assert!(e.len() <= EXCERPT, "{}", e.len());
+        assert!(e.starts_with(messages) && e.contains("Patch failed at 0002 two"), "{}", &e[..200]);
+        assert!(e.contains(&format!("{PATCH_MARKER}diff --git a/a.c b/a.c\n@@ -1 +1 @@\n")) && e.ends_with("\n[...]\n"));
+        // What fits is left alone, and a log without the diff is tailed as before.
+        assert_eq!(apply_excerpt(&log[..500], EXCERPT), &log[..500]);
+        assert_eq!(apply_excerpt(&"x".repeat(EXCERPT + 10), EXCERPT), tail(&"x".repeat(EXCERPT + 10), EXCERPT));
     }
 
     #[test]

@@ -312,6 +312,12 @@ fn series_are_applied_built_and_reported() {
     let broken = mails.iter().find(|m| header(m, "Subject").contains("the broken series")).unwrap();
     assert_eq!(header(broken, "X-Patchbay-Verdict"), "FAILED");
     assert!(broken.contains("| hello.c:3"), "the failing excerpt is quoted: {broken}");
+    // A series that does not apply: the patch, the file, the hunk, once, in under 40 lines.
+    let stale = mails.iter().find(|m| header(m, "Subject").contains("the stale series")).unwrap();
+    let body = stale.split_once("\n\n").unwrap().1;
+    assert!(body.contains("patch 2/2 does not apply") && body.contains("  Patch:  [2/2] stale: part 2\n"), "{stale}");
+    assert!(body.contains("  File:   hello.c\n") && body.contains("| +\tputs(\"hello, world\");"), "{stale}");
+    assert!(body.lines().count() < 40, "{stale}");
     for m in &mails {
         assert!(!m.contains(&tmp.path().display().to_string()), "no runner paths in mail: {m}");
     }

@@ -197,6 +197,18 @@ impl Aggregator {
     }
 }
 
+/// The excerpt to store: a failed apply's always names its patch, so the report can.
+///
+/// The excerpt is the end of the log; when a long rejected diff pushed git's
+/// `Patch failed at NNNN <subject>` line out of it, the line is put back in
+/// front from `failed_patch` (what the runner read from that same line).
+fn excerpt_naming_the_patch<'a>(excerpt: &'a str, failed_patch: Option<&str>) -> std::borrow::Cow<'a, str> {
+    match failed_patch {
+        Some(patch) if !excerpt.lines().any(|l| l.starts_with("Patch failed at ")) => format!("Patch failed at {patch}\n{excerpt}").into(),
+        _ => excerpt.into(),
+    }
+}
+
 /// Records a result; `None` when this message was recorded before (a redelivery).
 fn insert_result(tx: &Tx<'_>, message_id: &str, r: &TestFinished) -> Result<Option<ResultRecorded>, StoreError> {
     let previous: Option<String> = tx
@@ -207,6 +219,7 @@ fn insert_result(tx: &Tx<'_>, message_id: &str, r: &TestFinished) -> Result<Opti
         .optional()?;
     let duplicate = previous.as_deref() == Some(r.outcome.as_str());
     let base = r.base.as_ref().map(|b| format!("{} ({})", b.commit, b.reason));
+    let excerpt = excerpt_naming_the_patch(&r.excerpt, r.failed_patch.as_deref());
     let inserted = tx
         .prepare_cached(
             "INSERT OR IGNORE INTO results (message_id, job, series_id, version, project, test, arch, outcome, reason, duration_ms, base, recorded_at, duplicate, excerpt)
@@ -226,7 +239,7 @@ fn insert_result(tx: &Tx<'_>, message_id: &str, r: &TestFinished) -> Result<Opti
             base,
             now(),
             duplicate,
-            r.excerpt
+            excerpt
         ])?;
     if inserted == 0 {
         return Ok(None);
@@ -366,4 +379,19 @@ pub fn query(conn: &rusqlite::Connection, q: &Query) -> Result<Vec<serde_json::V
         }))
     })?;
     rows.collect::<Result<_, _>>().map_err(StoreError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_apply_excerpt_names_its_patch() {
+        // The tail of a long rejected diff: git's line was cut off.
+        let tail = "[...]\n+\tint x;\n";
+        assert_eq!(excerpt_naming_the_patch(tail, Some("0002 foo: bar")), "Patch failed at 0002 foo: bar\n[...]\n+\tint x;\n");
+        let whole = "Applying: a\nPatch failed at 0002 foo: bar\n";
+        assert_eq!(excerpt_naming_the_patch(whole, Some("0002 foo: bar")), whole);
+        assert_eq!(excerpt_naming_the_patch(tail, None), tail);
+    }
 }

@@ -273,6 +273,7 @@ impl Reporter {
         let r = Report {
             series: v.series.id,
             version: v.series.version,
+            total: v.series.total,
             project: v.series.project.clone(),
             verdict: v.verdict.clone(),
             failed: v.failed.clone(),

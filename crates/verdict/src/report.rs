@@ -55,6 +55,8 @@ pub struct Report {
     pub series: i64,
     /// Version.
     pub version: u32,
+    /// The number of patches in the series (N of `n/N`), 0 when unknown.
+    pub total: u32,
     /// Project.
     pub project: String,
     /// PASSED, FAILED or INCOMPLETE.
@@ -117,7 +119,203 @@ pub fn wrap(text: &str) -> String {
 /// Lines of a log excerpt kept in the mail: the last ones, where the errors are.
 const EXCERPT_LINES: usize = 40;
 
+/// Lines of the conflicting hunk kept in an apply-failure report (the rest is in the full log).
+const HUNK_LINES: usize = 12;
+
+/// The reason of a test that could not run because its series does not apply.
+pub const NOT_APPLIED: &str = "series-does-not-apply";
+
+/// The line the runner writes between `git am`'s messages and the failing patch's diff.
+const PATCH_MARKER: &str = "--- the patch that failed ---";
+
+/// What the log of a failed `git am -3` says, in the words a maintainer needs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ApplyFailure {
+    /// The failing patch's number (n of `n/N`), from `Patch failed at NNNN <subject>`.
+    pub patch: Option<u32>,
+    /// Its subject, as `git am` printed it.
+    pub subject: Option<String>,
+    /// The files git named as not applying or conflicting, in order, each once.
+    pub files: Vec<String>,
+    /// git's own error and conflict lines (hints and progress left out).
+    pub messages: Vec<String>,
+    /// The conflicting hunk (the hunk git named by line, else the first hunk of the first file), at most [`HUNK_LINES`] lines.
+    pub hunk: Option<String>,
+    /// Whether git named the hunk (`error: patch failed: F:LINE`); a 3-way conflict names only the file.
+    pub hunk_named: bool,
+    /// How many hunks the failing patch has in that file.
+    pub hunks_in_file: usize,
+}
+
+/// Reads an apply failure out of a `git am -3` log (or its tail): the failing patch, the files and the hunk.
+///
+/// Git names the file in one of several ways (`CONFLICT (content): Merge
+/// conflict in F`, `error: patch failed: F:LINE`, `error: F: patch does not
+/// apply`, `error: F: does not exist in index`, `error: sha1 information is
+/// lacking or useless (F).`, `CONFLICT (modify/delete): F deleted in …`); the
+/// hunk comes from the failing patch's diff the runner appends after
+/// `--- the patch that failed ---`.
+pub fn apply_failure(log: &str) -> ApplyFailure {
+    let (messages_part, diff) = match log.find(PATCH_MARKER) {
+        Some(i) => (&log[..i], &log[i + PATCH_MARKER.len()..]),
+        None => match log.find("\ndiff --git ") {
+            Some(i) => (&log[..i], &log[i..]),
+            None => (log, ""),
+        },
+    };
+    let mut f = ApplyFailure::default();
+    let mut at_line: Option<(String, u32)> = None;
+    for line in messages_part.lines().map(str::trim_end) {
+        if let Some(rest) = line.strip_prefix("Patch failed at ") {
+            let (num, subject) = rest.split_once(' ').unwrap_or((rest, ""));
+            f.patch = num.parse().ok();
+            f.subject = Some(subject.trim().to_string()).filter(|s| !s.is_empty());
+            f.messages.push(line.to_string());
+            continue;
+        }
+        let file = if let Some(rest) = line.strip_prefix("CONFLICT (") {
+            let rest = rest.split_once("): ").map_or("", |(_, r)| r);
+            rest.strip_prefix("Merge conflict in ").map(str::to_string).or_else(|| rest.split(' ').next().map(str::to_string))
+        } else if let Some(rest) = line.strip_prefix("error: patch failed: ") {
+            let (file, num) = rest.rsplit_once(':').unwrap_or((rest, ""));
+            if let Ok(n) = num.parse() {
+                at_line.get_or_insert((file.to_string(), n));
+            }
+            Some(file.to_string())
+        } else if let Some(rest) = line.strip_prefix("error: sha1 information is lacking or useless (") {
+            Some(rest.trim_end_matches(['.', ')']).to_string())
+        } else if let Some(rest) = line.strip_prefix("error: ") {
+            rest.strip_suffix(": patch does not apply").or_else(|| rest.strip_suffix(": does not exist in index")).map(str::to_string)
+        } else {
+            None
+        };
+        if line.starts_with("error: ") || line.starts_with("CONFLICT ") {
+            f.messages.push(line.to_string());
+        }
+        if let Some(file) = file.filter(|x| !x.is_empty())
+            && !f.files.contains(&file)
+        {
+            f.files.push(file);
+        }
+    }
+    if let Some(file) = f.files.first() {
+        let line = at_line.as_ref().filter(|(f, _)| f == file).map(|(_, n)| *n);
+        if let Some((hunk, named, count)) = hunk_of(diff, file, line) {
+            (f.hunk, f.hunk_named, f.hunks_in_file) = (Some(hunk), named, count);
+        }
+    }
+    f
+}
+
+/// The hunk of `file` in `diff` starting at old line `line` (else its first hunk), cut to
+/// [`HUNK_LINES`]; whether it was found by its line; how many hunks the file has.
+fn hunk_of(diff: &str, file: &str, line: Option<u32>) -> Option<(String, bool, usize)> {
+    let header = format!("diff --git a/{file} b/");
+    let start = diff.find(&header)?;
+    let section = &diff[start..];
+    let section = section[1..].find("\ndiff --git ").map_or(section, |end| &section[..end + 1]);
+    let mut hunks: Vec<Vec<&str>> = Vec::new();
+    for l in section.lines() {
+        if l.starts_with("@@ ") {
+            hunks.push(vec![l]);
+        } else if l == "-- " {
+            break;
+        } else if let Some(h) = hunks.last_mut() {
+            h.push(l);
+        }
+    }
+    let starts_at = |h: &&Vec<&str>, n: u32| {
+        h[0].strip_prefix("@@ -").and_then(|r| r.split([',', ' ']).next()).and_then(|x| x.parse::<u32>().ok()) == Some(n)
+    };
+    let named = line.and_then(|n| hunks.iter().find(|h| starts_at(h, n)));
+    let hunk = named.or(hunks.first())?;
+    let mut text: Vec<String> = hunk.iter().take(HUNK_LINES).map(|l| l.to_string()).collect();
+    if hunk.len() > HUNK_LINES {
+        text.push(format!("[... {} more lines]", hunk.len() - HUNK_LINES));
+    }
+    Some((text.join("\n"), named.is_some(), hunks.len()))
+}
+
+/// Quotes `text` with `| `, one line each.
+fn quote(b: &mut String, text: &str) {
+    for line in text.lines() {
+        b.push_str("| ");
+        b.push_str(line);
+        b.push('\n');
+    }
+}
+
+/// The body of a report whose series does not apply: the patch, the file, the hunk, the base, what to do.
+fn apply_failure_body(r: &Report, apply: &Line) -> String {
+    let f = apply_failure(apply.excerpt.as_deref().unwrap_or(""));
+    let mut b = String::from("Hello,\n\n");
+    let patch = match (f.patch, r.total) {
+        (Some(n), total) if total > 0 => format!("patch {n}/{total}"),
+        (Some(n), _) => format!("patch {n}"),
+        (None, _) => "one of its patches".to_string(),
+    };
+    b.push_str(&wrap(&format!("patchbay could not apply this series: {patch} does not apply to the base below, so nothing was tested.")));
+    b.push('\n');
+    if let Some(subject) = &f.subject {
+        b.push_str(&format!("  Patch:  {}{subject}\n", f.patch.map(|n| format!("[{n}/{}] ", r.total)).unwrap_or_default()));
+    }
+    if !f.files.is_empty() {
+        b.push_str(&format!("  File:   {}\n", f.files.join(", ")));
+    }
+    if let Some(base) = &r.base {
+        b.push_str(&format!("  Base:   {base}\n"));
+    }
+    let not_run: Vec<&str> = r.lines.iter().filter(|l| l.reason.as_deref() == Some(NOT_APPLIED)).map(|l| l.what.as_str()).collect();
+    if not_run.is_empty() {
+        b.push_str("  Tests:  not run\n");
+    } else {
+        b.push_str(&format!("  Tests:  not run ({})\n", not_run.join(", ")));
+    }
+    if !f.messages.is_empty() {
+        b.push_str("\ngit am -3 said:\n");
+        quote(&mut b, &f.messages.join("\n"));
+    }
+    match (&f.hunk, f.files.first()) {
+        (Some(hunk), Some(file)) => {
+            let which = match (f.hunk_named, f.hunks_in_file) {
+                (true, _) => format!("The hunk of {file} that does not apply:"),
+                (false, 1) => format!("The patch's change to {file}:"),
+                (false, n) => format!("The first of the patch's {n} hunks in {file}:"),
+            };
+            b.push('\n');
+            b.push_str(&which);
+            b.push('\n');
+            quote(&mut b, hunk);
+        }
+        _ if f.messages.is_empty() => {
+            // Nothing git said could be read: show the end of the log, once.
+            if let Some(excerpt) = apply.excerpt.as_deref().filter(|e| !e.trim().is_empty()) {
+                b.push('\n');
+                quote(&mut b, &last_lines(excerpt));
+            }
+        }
+        _ => {}
+    }
+    if let Some(url) = &apply.log_url {
+        b.push_str(&format!("Full log: {url}\n"));
+    }
+    if let Some(link) = &r.link {
+        b.push_str(&format!("Details: {link}\n"));
+    }
+    b.push('\n');
+    b.push_str(&wrap(
+        "What to do: rebase the series onto the base above and post the next version; if it was written for another base, name it with `git format-patch --base=<commit>`.",
+    ));
+    b.push_str("\n-- \npatchbay, automated testing of patches posted to this list\n");
+    b
+}
+
 fn body(r: &Report) -> String {
+    if r.verdict == "FAILED"
+        && let Some(apply) = r.lines.iter().find(|l| l.what == "apply" && l.outcome == "FAILED" && l.reason.as_deref() == Some("apply"))
+    {
+        return apply_failure_body(r, apply);
+    }
     let mut b = String::new();
     b.push_str("Hello,\n\n");
     let summary = match r.verdict.as_str() {
@@ -127,27 +325,36 @@ fn body(r: &Report) -> String {
     };
     b.push_str(&wrap(&summary));
     b.push('\n');
+    let not_applied = |l: &&Line| l.reason.as_deref() == Some(NOT_APPLIED);
     let width = r.lines.iter().map(|l| l.what.len()).max().unwrap_or(4).max(4);
-    for l in &r.lines {
+    for l in r.lines.iter().filter(|l| !not_applied(l)) {
         let reason = l.reason.as_ref().map(|x| format!(" ({x})")).unwrap_or_default();
         b.push_str(&format!("  {:width$}  {}{}  {}s\n", l.what, l.outcome, reason, l.seconds));
+    }
+    // Tests that never ran because the series does not apply: one line, whatever their number.
+    let not_run: Vec<&str> = r.lines.iter().filter(not_applied).map(|l| l.what.as_str()).collect();
+    if !not_run.is_empty() {
+        b.push_str(&format!("  not run, the series does not apply: {}\n", not_run.join(", ")));
     }
     if let Some(base) = &r.base {
         b.push('\n');
         b.push_str(&wrap(&format!("Applied to: {base}")));
     }
-    for l in r.lines.iter().filter(|l| l.outcome != "PASSED") {
+    // Each excerpt once: a second test with the same log points to the first.
+    let mut shown: Vec<(&str, String)> = Vec::new();
+    for l in r.lines.iter().filter(|l| l.outcome != "PASSED" && !not_applied(l)) {
         let Some(excerpt) = l.excerpt.as_ref().filter(|e| !e.trim().is_empty()) else { continue };
-        b.push_str(&format!("\n--- {} ({}) ---\n", l.what, l.outcome));
-        let lines: Vec<&str> = excerpt.lines().collect();
-        for line in &lines[lines.len().saturating_sub(EXCERPT_LINES)..] {
-            b.push_str("| ");
-            b.push_str(line);
-            b.push('\n');
+        let excerpt = last_lines(excerpt);
+        if let Some((first, _)) = shown.iter().find(|(_, e)| *e == excerpt) {
+            b.push_str(&format!("\n--- {} ({}): the same log as {first} ---\n", l.what, l.outcome));
+            continue;
         }
+        b.push_str(&format!("\n--- {} ({}) ---\n", l.what, l.outcome));
+        quote(&mut b, &excerpt);
         if let Some(url) = &l.log_url {
             b.push_str(&format!("Full log: {url}\n"));
         }
+        shown.push((l.what.as_str(), excerpt));
     }
     if let Some(link) = &r.link {
         b.push_str(&format!("\nDetails: {link}\n"));
@@ -218,6 +425,7 @@ impl Template {
         let sample = Report {
             series: 1,
             version: 2,
+            total: 3,
             project: "sample".into(),
             verdict: "FAILED".into(),
             failed: vec!["build/x86_64".into()],
@@ -355,6 +563,7 @@ mod tests {
         Report {
             series: 7,
             version: 2,
+            total: 3,
             project: "demo".into(),
             verdict: "FAILED".into(),
             failed: vec!["build/x86_64".into()],
@@ -455,6 +664,67 @@ mod tests {
         let mail = String::from_utf8(compose(&report(), &t, &settings, "d")).unwrap();
         let head = mail.split("\n\n").next().unwrap();
         assert!(!head.lines().any(|l| l.starts_with("Bcc:")), "{head}");
+    }
+
+    #[test]
+    fn apply_failures_are_read_in_each_of_gits_wordings() {
+        let diff = "\n--- the patch that failed ---\ndiff --git a/a.c b/a.c\n--- a/a.c\n+++ b/a.c\n@@ -1,2 +1,2 @@\n-x\n+y\n@@ -40,3 +40,3 @@ f()\n-old\n+new\n-- \n2.47\n";
+        // No blob to merge with: the file is named in a sha1 complaint.
+        let f = apply_failure(&format!(
+            "Applying: one\nApplying: two\nPatch failed at 0002 two\nerror: sha1 information is lacking or useless (a.c).\nerror: could not build fake ancestor\nhint: Use 'git am --show-current-patch=diff'\n{diff}"
+        ));
+        assert_eq!((f.patch, f.subject.as_deref(), f.files.clone()), (Some(2), Some("two"), vec!["a.c".to_string()]));
+        assert_eq!(f.messages.len(), 3, "{:?}", f.messages);
+        assert_eq!((f.hunk.as_deref(), f.hunk_named, f.hunks_in_file), (Some("@@ -1,2 +1,2 @@\n-x\n+y"), false, 2));
+        // git named the line: that hunk, not the first.
+        let f = apply_failure(&format!("error: patch failed: a.c:40\nerror: a.c: patch does not apply\nPatch failed at 0001 one\n{diff}"));
+        assert_eq!((f.files.clone(), f.hunk_named), (vec!["a.c".to_string()], true));
+        assert_eq!(f.hunk.as_deref(), Some("@@ -40,3 +40,3 @@ f()\n-old\n+new"));
+        // Deleted upstream.
+        let f = apply_failure("error: b/c.h: does not exist in index\nPatch failed at 0003 three\n");
+        assert_eq!((f.files.clone(), f.hunk), (vec!["b/c.h".to_string()], None));
+        let f = apply_failure("CONFLICT (modify/delete): d.c deleted in HEAD and modified in two.\nPatch failed at 0001 x y z\n");
+        assert_eq!((f.files.clone(), f.subject.as_deref()), (vec!["d.c".to_string()], Some("x y z")));
+        // An old runner's tail without the marker still finds the diff.
+        let f = apply_failure(
+            "[...]\nCONFLICT (content): Merge conflict in a.c\nPatch failed at 0001 one\ndiff --git a/a.c b/a.c\n@@ -5 +5 @@\n-a\n+b\n",
+        );
+        assert_eq!(f.hunk.as_deref(), Some("@@ -5 +5 @@\n-a\n+b"));
+        assert_eq!(apply_failure("fatal: something else"), ApplyFailure::default());
+    }
+
+    #[test]
+    fn tests_that_never_ran_take_one_line_and_each_log_shows_once() {
+        let mut r = report();
+        let failing = r.lines[1].clone();
+        r.lines.push(Line { what: "build/arm64".into(), ..failing.clone() });
+        for what in ["check/x86_64", "check/arm64"] {
+            r.lines.push(Line { what: what.into(), outcome: "ERROR".into(), reason: Some(NOT_APPLIED.into()), ..failing.clone() });
+        }
+        let b = body(&r);
+        assert_eq!(b.matches("hello.c:3:2: error").count(), 1, "{b}");
+        assert!(
+            b.contains("--- build/x86_64 (FAILED): the same log as build/arm64 ---") || b.contains("the same log as build/x86_64"),
+            "{b}"
+        );
+        assert_eq!(b.lines().filter(|l| l.contains("check/")).count(), 1, "{b}");
+        assert!(b.contains("  not run, the series does not apply: check/x86_64, check/arm64\n"), "{b}");
+        // A failed apply with nothing readable still shows its log, once.
+        let mut r = report();
+        r.failed = vec!["apply".into()];
+        r.lines = vec![Line {
+            what: "apply".into(),
+            outcome: "FAILED".into(),
+            reason: Some("apply".into()),
+            seconds: 1,
+            excerpt: Some("fatal: odd\n".into()),
+            log_url: None,
+        }];
+        let b = body(&r);
+        assert!(
+            b.contains("one of its patches does not apply") && b.contains("| fatal: odd\n") && b.contains("  Tests:  not run\n"),
+            "{b}"
+        );
     }
 
     #[test]
