@@ -217,3 +217,48 @@ async fn shape3_a_reroll_posted_later_in_reply_stays_its_own_series() {
         assert!(got.iter().any(|s| s.2 == 2 && s.3 == "complete"), "v2 first: {v2_first}: {got:#?}");
     }
 }
+
+/// Standard base64 with padding, for attachments made in the tests.
+fn base64(b: &[u8]) -> String {
+    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut o = String::new();
+    for c in b.chunks(3) {
+        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            o.push(if i <= c.len() { T[(n >> (18 - 6 * i) & 63) as usize] as char } else { '=' });
+        }
+    }
+    o
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shape6_a_patch_attached_as_octet_stream_or_untyped_is_a_patch() {
+    let attached = |id: &str, subject: &str, part_type: &str| {
+        let file = format!("From 1234 Mon Sep 17 00:00:00 2001\nFrom: Dev <dev@example.org>\nSubject: {subject}\n\n{}", patch_body(id));
+        let body = format!(
+            "--BB\nContent-Type: text/plain; charset=utf-8\n\nThe patch is attached.\n\n--BB\n{part_type}Content-Disposition: attachment; filename=fix\nContent-Transfer-Encoding: base64\n\n{}\n--BB--\n",
+            base64(file.as_bytes())
+        );
+        let head = String::from_utf8(mail(id, subject, &["<c@x>"], "")).unwrap();
+        head.replace("List-Id:", "MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"BB\"\nList-Id:")
+            .into_bytes()
+            .into_iter()
+            .chain(body.into_bytes())
+            .collect::<Vec<u8>>()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ingest = common::scratch(dir.path(), &[LIST]);
+    deliver(
+        &ingest,
+        vec![
+            mail("<c@x>", "[PATCH 0/3] foo: attached", &[], "Cover.\n"),
+            attached("<p1@x>", "[PATCH 1/3] foo: one", "Content-Type: application/octet-stream\n"),
+            attached("<p2@x>", "[PATCH 2/3] foo: two", ""),
+            mail("<p3@x>", "[PATCH 3/3] foo: three", &["<c@x>"], &patch_body("c")),
+        ],
+    )
+    .await;
+    assert_eq!(common::kinds(&ingest).await.get("patch"), Some(&3));
+    assert_eq!(shape(&ingest).await, vec![(Some("<c@x>".into()), ids(&["<p1@x>", "<p2@x>", "<p3@x>"]), 1, "complete".into())]);
+    assert_eq!(count(&events(&ingest).await, "series.series.complete"), 1);
+}

@@ -164,7 +164,9 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// The text we search for a diff: every plain-text body part and every attachment that holds
-/// a patch (`text/x-patch`, `text/x-diff`, a text attachment, or a `.patch`/`.diff` file).
+/// a patch (`text/x-patch`, `text/x-diff`, a text attachment, a `.patch`/`.diff` file, or a
+/// generic attachment, `application/octet-stream` or of no type, whose content is a diff:
+/// mail clients label an attached patch file as they please).
 fn patch_text(msg: &mail_parser::Message<'_>, problems: &mut Vec<String>) -> (String, bool) {
     let mut text = String::new();
     let mut flowed = false;
@@ -190,6 +192,17 @@ fn patch_text(msg: &mail_parser::Message<'_>, problems: &mut Vec<String>) -> (St
             PartType::Text(s) if ctype.eq_ignore_ascii_case("text") => s.to_string(),
             PartType::Binary(b) | PartType::InlineBinary(b) if patchy_name || subtype.contains("patch") || subtype.contains("diff") => {
                 String::from_utf8_lossy(b).into_owned()
+            }
+            // A generic type says nothing either way: the content decides. Text has no NUL
+            // bytes, and only a real diff (hunks that count up) makes the mail a patch.
+            PartType::Binary(b) | PartType::InlineBinary(b)
+                if (ct.is_none() || ctype.eq_ignore_ascii_case("application")) && memchr::memchr(0, b).is_none() =>
+            {
+                let s = String::from_utf8_lossy(b);
+                if diff::split(&s).diff.is_none() {
+                    continue;
+                }
+                s.into_owned()
             }
             _ => continue,
         };
@@ -394,6 +407,52 @@ mod tests {
         assert_eq!(reply.kind, Kind::Comment, "a reply stays a comment");
         let patch = parse(b"From: a@x\nSubject: [PATCH v2 1/2] foo: rework\nMessage-Id: <p@x>\n\ndiff --git a/f b/f\n--- a/f\n+++ b/f\n@@ -1 +1 @@\n-a\n+b\n");
         assert_eq!(patch.kind, Kind::Patch);
+    }
+
+    /// A multipart mail whose second part is `part_headers` over a base64 `git format-patch` file.
+    fn with_attachment(part_headers: &str, content: &str) -> Vec<u8> {
+        format!(
+            "From: a@x\nSubject: [PATCH 2/2] foo: fix\nMessage-Id: <p@x>\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"BB\"\n\n--BB\nContent-Type: text/plain; charset=utf-8\n\nThe fix is attached.\n\n--BB\n{part_headers}Content-Transfer-Encoding: base64\n\n{}\n--BB--\n",
+            base64_for_tests(content.as_bytes())
+        )
+        .into_bytes()
+    }
+
+    fn base64_for_tests(b: &[u8]) -> String {
+        const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut o = String::new();
+        for c in b.chunks(3) {
+            let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+            for i in 0..4 {
+                o.push(if i <= c.len() { T[(n >> (18 - 6 * i) & 63) as usize] as char } else { '=' });
+            }
+        }
+        o
+    }
+
+    const FORMAT_PATCH: &str = "From 1234 Mon Sep 17 00:00:00 2001\nFrom: A <a@x>\nSubject: [PATCH] foo: fix\n\nFix it.\n\nSigned-off-by: A <a@x>\n---\ndiff --git a/f b/f\n--- a/f\n+++ b/f\n@@ -1 +1 @@\n-a\n+b\n-- \n2.43.0\n";
+
+    #[test]
+    fn a_patch_attached_with_a_generic_type_is_a_patch() {
+        for headers in [
+            "Content-Type: application/octet-stream\nContent-Disposition: attachment\n",
+            "Content-Type: application/octet-stream; name=fix.txt\nContent-Disposition: attachment; filename=fix.txt\n",
+            "Content-Type: application/octet-stream\nContent-Disposition: attachment; filename=0001-foo-fix\n",
+            "Content-Type: application/x-download\nContent-Disposition: attachment; filename=fix\n",
+            "Content-Disposition: attachment; filename=fix\n",
+        ] {
+            let p = parse(&with_attachment(headers, FORMAT_PATCH));
+            assert_eq!(p.kind, Kind::Patch, "{headers}");
+            assert!(p.diff.as_deref().is_some_and(|d| d.starts_with("diff --git a/f b/f")), "{headers}");
+        }
+        // The content decides: an octet-stream that is no diff, or is binary, stays a comment.
+        let notes = with_attachment("Content-Type: application/octet-stream\nContent-Disposition: attachment\n", "just notes\n--- a\n");
+        assert_eq!(parse(&notes).kind, Kind::Comment);
+        let binary =
+            with_attachment("Content-Type: application/octet-stream\nContent-Disposition: attachment\n", &format!("\0{FORMAT_PATCH}"));
+        assert_eq!(parse(&binary).kind, Kind::Comment);
+        let image = with_attachment("Content-Type: image/png\nContent-Disposition: attachment\n", FORMAT_PATCH);
+        assert_eq!(parse(&image).kind, Kind::Comment, "an image is never read as a patch");
     }
 
     /// The byte-at-a-time versions that stored hashes were made with; the fast ones must agree,
