@@ -241,6 +241,10 @@ fn head(s: &SeriesRow) -> SeriesHead {
     }
 }
 
+fn project_matches(projects: &[Project]) -> Vec<ProjectMatch<'_>> {
+    projects.iter().map(|pr| ProjectMatch { name: &pr.name, list_ids: &pr.list_ids, tag: pr.tag.as_deref() }).collect()
+}
+
 /// Places a stored patch or cover letter; `Err(reason)` for a stray that joins nothing.
 fn thread(
     tx: &Tx<'_>,
@@ -308,6 +312,19 @@ fn thread(
                 tx.prepare_cached("UPDATE series SET version = ?2, version_explicit = 1 WHERE id = ?1")?
                     .execute(params![sid, p.subject.version_or_1()])?;
             }
+            // The project may be named by a later mail only (the cover's `liburing: …` after
+            // patches titled `test: …`): a series no project claimed yet is claimed now, and
+            // one that completed unclaimed is taken back to `new`, so it completes (supersession
+            // and announcement included) as the project's below.
+            if s.project.is_none()
+                && let Some(project) = patchbay_series::project_for(&project_matches(projects), lists, &p.subject.tags, &p.subject.title)
+            {
+                tx.prepare_cached(
+                    "UPDATE series SET project = ?2, state = CASE WHEN state = 'complete' THEN 'new' ELSE state END WHERE id = ?1",
+                )?
+                .execute(params![sid, project])?;
+                events.push(Event::New(SeriesNew { series: head(&load_series(tx, sid)?) }));
+            }
             if slot == 0 || (slot == 1 && !slots(tx, sid)?.contains(&0)) {
                 tx.prepare_cached("UPDATE series SET name = ?2 WHERE id = ?1")?.execute(params![sid, p.subject.title])?;
             }
@@ -315,9 +332,8 @@ fn thread(
             sid
         }
         Placement::New => {
-            let matches: Vec<ProjectMatch<'_>> =
-                projects.iter().map(|pr| ProjectMatch { name: &pr.name, list_ids: &pr.list_ids, tag: pr.tag.as_deref() }).collect();
-            let project = patchbay_series::project_for(&matches, lists, &p.subject.tags);
+            let matches = project_matches(projects);
+            let project = patchbay_series::project_for(&matches, lists, &p.subject.tags, &p.subject.title);
             let total = counter.map_or(1, |(_, t)| t);
             tx.prepare_cached(
                 "INSERT INTO series (project, submitter, version, version_explicit, total, name, state, date, created_at, updated_at)

@@ -262,3 +262,61 @@ async fn shape6_a_patch_attached_as_octet_stream_or_untyped_is_a_patch() {
     assert_eq!(shape(&ingest).await, vec![(Some("<c@x>".into()), ids(&["<p1@x>", "<p2@x>", "<p3@x>"]), 1, "complete".into())]);
     assert_eq!(count(&events(&ingest).await, "series.series.complete"), 1);
 }
+
+/// A scratch store whose only project is `liburing`, tagged, on the io_uring list that also
+/// carries kernel patches.
+fn liburing_store(dir: &std::path::Path) -> Ingest {
+    use patchbay_ingest::{Project, Rules, Settings};
+    let bus = patchbay_store::EmbeddedBus::open(dir, patchbay_bus::Sealer::default()).unwrap();
+    let projects = vec![Project { name: "liburing".into(), list_ids: vec![LIST.into()], tag: Some("liburing".into()) }];
+    Ingest::new(bus, patchbay_model::TopicRoot::new("pbtest", "ingest").unwrap(), "t", Settings { rules: Rules::default(), projects })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue17_a_project_tag_inside_the_brackets_or_first_after_them() {
+    // `[PATCHv6 0/3] liburing: …` names the project in the cover's title only; its patches are
+    // titled `test: …`. In any arrival order the series is liburing's, announced once as new
+    // and once as complete. A kernel series on the same list stays unclaimed.
+    let outside = || {
+        vec![
+            mail("<c@x>", "[PATCHv6 0/3] liburing: zero-copy receive tests", &[], "Cover.\n"),
+            mail("<p1@x>", "[PATCHv6 1/3] test: add zcrx basics", &["<c@x>"], &patch_body("a")),
+            mail("<p2@x>", "[PATCHv6 2/3] test: add zcrx limits", &["<c@x>"], &patch_body("b")),
+            mail("<p3@x>", "[PATCHv6 3/3] man: document zcrx", &["<c@x>"], &patch_body("c")),
+        ]
+    };
+    let inside = || {
+        vec![
+            mail_from("b@example.org", 0, "<i1@x>", "[PATCH liburing v2 1/2] test: one", &[], &patch_body("d")),
+            mail_from("b@example.org", 0, "<i2@x>", "[PATCH liburing v2 2/2] test: two", &["<i1@x>"], &patch_body("e")),
+        ]
+    };
+    let kernel = || vec![mail_from("k@example.org", 0, "<k1@x>", "[PATCH] io_uring/net: liburing: fix", &[], &patch_body("f"))];
+    for order in permutations(4) {
+        let dir = tempfile::tempdir().unwrap();
+        let ingest = liburing_store(dir.path());
+        let mut mails: Vec<Vec<u8>> = order.iter().map(|&i| outside()[i].clone()).collect();
+        mails.extend(inside());
+        mails.extend(kernel());
+        deliver(&ingest, mails).await;
+        let ev = events(&ingest).await;
+        let projects = |topic: &str| -> Vec<(String, String)> {
+            let mut v: Vec<_> = ev
+                .iter()
+                .filter(|(t, _)| t == topic)
+                .map(|(_, b)| (b["series"]["project"].as_str().unwrap().to_string(), b["series"]["name"].as_str().unwrap().to_string()))
+                .collect();
+            v.sort();
+            v
+        };
+        let want = vec![
+            ("liburing".to_string(), "liburing: zero-copy receive tests".to_string()),
+            ("liburing".to_string(), "test: one".to_string()),
+        ];
+        assert_eq!(projects("series.series.complete"), want, "order {order:?}");
+        assert_eq!(projects("series.series.new").len(), 2, "order {order:?}: each announced new once");
+        let complete =
+            ev.iter().find(|(t, b)| t == "series.series.complete" && b["series"]["name"] == "liburing: zero-copy receive tests").unwrap();
+        assert_eq!(complete.1["patches"].as_array().unwrap().len(), 3, "order {order:?}");
+    }
+}

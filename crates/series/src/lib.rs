@@ -215,13 +215,18 @@ pub struct ProjectMatch<'a> {
     pub tag: Option<&'a str>,
 }
 
-/// The first project whose list id (and tag, when it has one) matches the mail.
-pub fn project_for<'a>(projects: &[ProjectMatch<'a>], list_ids: &[String], tags: &[String]) -> Option<&'a str> {
+/// The first project whose list id matches the mail and whose tag, when it has one, the
+/// subject carries wherever lists put it: a bracket word (`[PATCH liburing v2 1/3]`, given in
+/// `tags`) or the first word of the `title` before its colon (`[PATCHv6 0/6] liburing: …`).
+pub fn project_for<'a>(projects: &[ProjectMatch<'a>], list_ids: &[String], tags: &[String], title: &str) -> Option<&'a str> {
+    // Only a word that ends in ':' is a prefix: "liburing: fix" names the project, "liburing
+    // fix" is prose. A kernel subsystem (`io_uring/net:`) never equals a project tag.
+    let prefix = title.split_whitespace().next().and_then(|w| w.strip_suffix(':')).filter(|w| !w.is_empty());
     projects
         .iter()
         .find(|p| {
             p.list_ids.iter().any(|l| list_ids.iter().any(|m| m.eq_ignore_ascii_case(l)))
-                && p.tag.is_none_or(|t| tags.iter().any(|x| x.eq_ignore_ascii_case(t)))
+                && p.tag.is_none_or(|t| tags.iter().any(|x| x.eq_ignore_ascii_case(t)) || prefix.is_some_and(|w| w.eq_ignore_ascii_case(t)))
         })
         .map(|p| p.name)
 }
@@ -402,9 +407,21 @@ mod tests {
             ProjectMatch { name: "kernel-io", list_ids: &lists, tag: None },
             ProjectMatch { name: "qemu", list_ids: &qemu, tag: None },
         ];
-        assert_eq!(project_for(&projects, &lists, &["liburing".into()]), Some("liburing"));
-        assert_eq!(project_for(&projects, &lists, &[]), Some("kernel-io"));
-        assert_eq!(project_for(&projects, &["QEMU-devel.nongnu.org".into()], &[]), Some("qemu"));
-        assert_eq!(project_for(&projects, &["other".into()], &[]), None);
+        assert_eq!(project_for(&projects, &lists, &["liburing".into()], "test: x"), Some("liburing"));
+        assert_eq!(project_for(&projects, &lists, &[], "io_uring/net: x"), Some("kernel-io"));
+        assert_eq!(project_for(&projects, &["QEMU-devel.nongnu.org".into()], &[], "x"), Some("qemu"));
+        assert_eq!(project_for(&projects, &["other".into()], &[], "liburing: x"), None);
+    }
+
+    #[test]
+    fn a_project_tag_as_the_first_word_after_the_brackets() {
+        let lists = vec!["io-uring.vger.kernel.org".to_string()];
+        let projects = [ProjectMatch { name: "liburing", list_ids: &lists, tag: Some("liburing") }];
+        assert_eq!(project_for(&projects, &lists, &[], "liburing: add a test"), Some("liburing"));
+        assert_eq!(project_for(&projects, &lists, &[], "LibUring: add a test"), Some("liburing"));
+        assert_eq!(project_for(&projects, &lists, &[], "liburing fix, no prefix"), None, "only a prefix with a colon names it");
+        assert_eq!(project_for(&projects, &lists, &[], "io_uring: liburing: x"), None, "only the first word");
+        assert_eq!(project_for(&projects, &lists, &[], ": x"), None);
+        assert_eq!(project_for(&projects, &lists, &[], ""), None);
     }
 }
