@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use patchbay_bus::Publisher;
-use patchbay_model::{Body, Envelope, SeriesComplete, TestJob, TestLimits};
+use patchbay_bus::{Outgoing, Publisher};
+use patchbay_model::{Body, Envelope, Sender, SeriesComplete, TestJob, TestLimits};
 use patchbay_runtime::{Handler, HandlerError};
 
 /// One test as the dispatcher needs it.
@@ -55,17 +55,70 @@ impl Dependencies for NoDependencies {
     }
 }
 
+/// What the age rule needs to know of a series' mails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MailDates {
+    /// The newest `Date:` of its mails (unix seconds; the arrival time for a mail without one).
+    pub newest: i64,
+    /// Whether testing was asked for whatever the age (`patchbay import --test`).
+    pub test_anyway: bool,
+}
+
+/// Finds the dates of a series' mails (the binary implements it over the store).
+#[async_trait]
+pub trait SeriesDates: Send + Sync + 'static {
+    /// The dates of series `id`'s mails; `Ok(None)` when it has none stored here (it is then tested).
+    async fn dates(&self, id: i64) -> Result<Option<MailDates>, String>;
+}
+
+/// Whether a series whose newest mail is dated `newest` is history at `now`, not work: older
+/// than `max_age` seconds (0: never).
+pub fn too_old(newest: i64, now: i64, max_age: u64) -> bool {
+    max_age > 0 && now.saturating_sub(newest) > max_age.min(i64::MAX as u64) as i64
+}
+
+/// The topic suffix on which the dispatcher says it left a series untested (body `patchbay.json` v1:
+/// `series`, `newest_date`, `max_age_secs`, `reason`); within its role (`ci.job.#`), and no job queue binds it.
+pub const SKIPPED_TOPIC: &str = "ci.job.skipped";
+
+/// The age rule: series older than `max_age_secs` are left alone.
+struct AgeRule {
+    max_age_secs: u64,
+    dates: Arc<dyn SeriesDates>,
+    sender: Sender,
+}
+
 /// The dispatcher service.
 pub struct Dispatcher {
     projects: Vec<ProjectTests>,
     publisher: Publisher,
     dependencies: Arc<dyn Dependencies>,
+    age: Option<AgeRule>,
 }
 
 impl Dispatcher {
     /// Dispatches for `projects`, publishing with `publisher` (sender `dispatcher`).
     pub fn new(projects: Vec<ProjectTests>, publisher: Publisher, dependencies: Arc<dyn Dependencies>) -> Self {
-        Dispatcher { projects, publisher, dependencies }
+        Dispatcher { projects, publisher, dependencies, age: None }
+    }
+
+    /// Leaves untested (and so unreported) every series whose newest mail is dated more than
+    /// `max_age_secs` ago (`dispatch.max_age_secs`; 0 keeps no limit), unless its mails ask for a
+    /// test anyway; says so in the log and on [`SKIPPED_TOPIC`], published as `sender`.
+    pub fn with_max_age(mut self, max_age_secs: u64, dates: Arc<dyn SeriesDates>, sender: Sender) -> Self {
+        self.age = (max_age_secs > 0).then_some(AgeRule { max_age_secs, dates, sender });
+        self
+    }
+
+    /// `Some(newest date)` when `series` is too old to test now.
+    async fn history_not_work(&self, series: &SeriesComplete) -> Result<Option<i64>, HandlerError> {
+        let Some(rule) = &self.age else { return Ok(None) };
+        if !self.projects.iter().any(|p| p.name == series.series.project) {
+            return Ok(None);
+        }
+        let Some(dates) = rule.dates.dates(series.series.id).await.map_err(HandlerError::Transient)? else { return Ok(None) };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        Ok((!dates.test_anyway && too_old(dates.newest, now, rule.max_age_secs)).then_some(dates.newest))
     }
 
     /// The jobs for one complete series (pure apart from the dependency lookup).
@@ -116,6 +169,28 @@ impl Handler for Dispatcher {
     async fn handle(&self, envelope: &Envelope, _attempt: u32) -> Result<(), HandlerError> {
         let series: SeriesComplete = serde_json::from_value(envelope.body.clone())
             .map_err(|e| HandlerError::Permanent(format!("not a {} body: {e}", SeriesComplete::SCHEMA)))?;
+        if let (Some(newest), Some(rule)) = (self.history_not_work(&series).await?, &self.age) {
+            let reason = format!(
+                "its newest mail is dated {newest} (unix time), more than dispatch.max_age_secs = {} ago: stored, not tested or reported (`patchbay import --test` asks for a test)",
+                rule.max_age_secs
+            );
+            tracing::info!(
+                series = series.series.id,
+                version = series.series.version,
+                newest_date = newest,
+                "Old series not tested: {reason}."
+            );
+            let body = serde_json::json!({
+                "series": series.series,
+                "newest_date": newest,
+                "max_age_secs": rule.max_age_secs,
+                "reason": reason,
+            });
+            let topic = self.publisher.root().topic(SKIPPED_TOPIC).map_err(|e| HandlerError::Permanent(e.to_string()))?;
+            let out = Outgoing { sender: rule.sender.clone(), topic, schema: patchbay_model::free_form_schema(), body };
+            self.publisher.bus().publish(vec![out]).await.map_err(|e| HandlerError::Transient(e.to_string()))?;
+            return Ok(());
+        }
         let jobs = self.jobs(&series).await;
         if jobs.is_empty() {
             return Ok(());
@@ -129,5 +204,23 @@ impl Handler for Dispatcher {
         self.publisher.bus().publish(out).await.map_err(|e| HandlerError::Transient(e.to_string()))?;
         tracing::info!(series = series.series.id, version = series.series.version, jobs = jobs.len(), "Series dispatched.");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_older_than_the_limit_are_history() {
+        let (day, limit) = (86_400_i64, 3 * 86_400_u64);
+        let now = 1_700_000_000;
+        assert!(!too_old(now - 2 * day, now, limit), "two days: still work");
+        assert!(!too_old(now - 3 * day, now, limit), "exactly the limit: still work");
+        assert!(too_old(now - 3 * day - 1, now, limit));
+        assert!(too_old(now - 730 * day, now, limit), "two years: history");
+        assert!(!too_old(now + day, now, limit), "dated in the future: work");
+        assert!(!too_old(0, now, 0), "0 is no limit");
+        assert!(!too_old(i64::MIN, now, u64::MAX));
     }
 }

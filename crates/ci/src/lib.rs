@@ -24,12 +24,14 @@
 //! and another runner takes it; a job that has been delivered more than
 //! `max_attempts` times is reported as ERROR and dead-lettered.
 //! This crate knows no backend and no store: dependencies (`Based-on:`) come
-//! through the [`Dependencies`] trait the binary implements.
+//! through the [`Dependencies`] trait the binary implements, and the dates of
+//! a series' mails through [`SeriesDates`]: a series whose newest mail is
+//! older than `dispatch.max_age_secs` is history, not work, and gets no job.
 
 mod dispatcher;
 mod runner;
 
-pub use dispatcher::{Dependencies, Dispatcher, NoDependencies, ProjectTests, TestDef};
+pub use dispatcher::{Dependencies, Dispatcher, MailDates, NoDependencies, ProjectTests, SKIPPED_TOPIC, SeriesDates, TestDef, too_old};
 pub use runner::{RunnerService, SupersededListener, job_queue, job_topic};
 
 /// The arch word of the `apply` job, which any runner can take.

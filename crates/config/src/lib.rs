@@ -79,7 +79,15 @@ struct RawConfig {
     #[serde(default)]
     history: RawHistory,
     #[serde(default)]
+    dispatch: RawDispatch,
+    #[serde(default)]
     authority: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDispatch {
+    max_age_secs: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -367,7 +375,14 @@ pub struct Config {
     /// Messages older than this many days leave the store's log and history
     /// (`history.keep_days`; 0, the default, keeps everything).
     pub history_keep_days: i64,
+    /// A series whose newest mail is dated longer ago than this many seconds is stored but not
+    /// tested or reported (`dispatch.max_age_secs`, default 3 days; 0 tests whatever the age):
+    /// importing a list's archive must not mail authors about patches from years ago.
+    pub dispatch_max_age_secs: u64,
 }
+
+/// The default of `dispatch.max_age_secs`: three days, so mail delayed in transit is still tested.
+pub const DEFAULT_DISPATCH_MAX_AGE_SECS: u64 = 3 * 86_400;
 
 /// The default LMTP listener: loopback only.
 pub const DEFAULT_LMTP: &str = "127.0.0.1:8024";
@@ -730,6 +745,11 @@ impl Config {
             report,
             verdict_deadline_secs,
             close_superseded: raw.results.close_superseded.unwrap_or(true),
+            dispatch_max_age_secs: match raw.dispatch.max_age_secs {
+                None => DEFAULT_DISPATCH_MAX_AGE_SECS,
+                Some(secs @ 0..) => secs as u64,
+                Some(_) => return Err(invalid("dispatch.max_age_secs", "must be 0 (test whatever the age) or more".into())),
+            },
             history_keep_days: match raw.history.keep_days.unwrap_or(0) {
                 days @ 0..=36_500 => days,
                 _ => return Err(invalid("history.keep_days", "must be 0 (keep everything) to 36500".into())),
@@ -952,5 +972,16 @@ mod tests {
         assert!(e.contains("history.keep_days: must be 0 (keep everything) to 36500"), "{e}");
         let e = err("[bus\n");
         assert!(e.contains("(syntax)"), "{e}");
+    }
+
+    #[test]
+    fn old_mail_is_left_alone_after_three_days_by_default() {
+        let parse = |text: &str| Config::parse(text, Path::new("p.toml"));
+        assert_eq!(parse("").unwrap().dispatch_max_age_secs, 3 * 86_400);
+        assert_eq!(parse("[dispatch]\nmax_age_secs = 0\n").unwrap().dispatch_max_age_secs, 0);
+        assert_eq!(parse("[dispatch]\nmax_age_secs = 3600\n").unwrap().dispatch_max_age_secs, 3600);
+        let e = err("[dispatch]\nmax_age_secs = -1\n");
+        assert!(e.contains("dispatch.max_age_secs: must be 0"), "{e}");
+        assert!(err("[dispatch]\nmax_age = 1\n").contains("dispatch"), "unknown keys are errors");
     }
 }

@@ -201,7 +201,8 @@ pub async fn run(opts: LatencyBench) -> anyhow::Result<()> {
     std::fs::write(
         &config_path,
         format!(
-            "data_dir = \"data\"\n\n[report]\nfrom = \"patchbay <patchbay@{LIST}>\"\ndomain = \"{LIST}\"\nrecipients = \"both\"\n\
+            // The series carry a fixed Date: tested whatever its age.
+            "data_dir = \"data\"\n[dispatch]\nmax_age_secs = 0\n\n[report]\nfrom = \"patchbay <patchbay@{LIST}>\"\ndomain = \"{LIST}\"\nrecipients = \"both\"\n\
              smtp_url = \"smtp://127.0.0.1:{smtp_port}\"\n\n\
              [[project]]\nname = \"bench\"\nlist_ids = [\"{LIST}\"]\nlist_address = \"list@{LIST}\"\nrepository = \"{}\"\nbranch = \"main\"\n\n\
              [[project.test]]\nname = \"build\"\nscript = \"true\"\narches = [\"{arch}\"]\n",

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use patchbay_bus::{Bus, Publisher, TopicPattern, TrustPolicy};
-use patchbay_ci::{Dependencies, Dispatcher, ProjectTests, RunnerService, TestDef, job_queue, job_topic};
+use patchbay_ci::{Dependencies, Dispatcher, MailDates, ProjectTests, RunnerService, SeriesDates, TestDef, job_queue, job_topic};
 use patchbay_config::{Config, Isolation};
 use patchbay_model::{Body, Sender, SeriesComplete, TestLimits};
 use patchbay_runtime::{RetryPolicy, ServiceSpec};
@@ -84,6 +84,36 @@ impl Dependencies for StoreDependencies {
     }
 }
 
+/// The list id `patchbay import --test` records for every mail it imports: the wish to test
+/// its series whatever their age, stored with the mails (in the transaction that completes
+/// their series), so the dispatcher finds it however late it runs. `.invalid` names no list.
+pub const TEST_ANYWAY_LIST: &str = "test-anyway.import.patchbay.invalid";
+
+/// The dates of a series' mails, read from the embedded store.
+struct StoreDates(patchbay_ingest::Ingest);
+
+#[async_trait]
+impl SeriesDates for StoreDates {
+    async fn dates(&self, id: i64) -> Result<Option<MailDates>, String> {
+        self.0
+            .bus()
+            .db()
+            .read(move |c| {
+                // A mail without a Date: header counts from its arrival.
+                let row: (Option<i64>, bool) = c.query_row(
+                    "SELECT max(coalesce(m.date, m.received_at)),
+                            coalesce(max(EXISTS (SELECT 1 FROM mail_lists l WHERE l.mail_id = m.id AND l.list_id = ?2)), 0)
+                     FROM series_mails sm JOIN mails m ON m.id = sm.mail_id WHERE sm.series_id = ?1",
+                    rusqlite::params![id, TEST_ANYWAY_LIST],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                Ok(row.0.map(|newest| MailDates { newest, test_anyway: row.1 }))
+            })
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// Starts the dispatcher on `bus`; it stops when `shutdown` resolves.
 pub fn start_dispatcher(
     config: &Config,
@@ -97,11 +127,17 @@ pub fn start_dispatcher(
         return Ok(None);
     }
     let publisher = Publisher::new(bus.clone(), config.bus.root.clone(), Sender::new("dispatcher", &config.instance));
-    let deps: Arc<dyn Dependencies> = match ingest {
-        Some(i) => Arc::new(StoreDependencies(i)),
+    let deps: Arc<dyn Dependencies> = match &ingest {
+        Some(i) => Arc::new(StoreDependencies(i.clone())),
         None => Arc::new(patchbay_ci::NoDependencies),
     };
-    let handler = Arc::new(Dispatcher::new(projects, publisher, deps));
+    let mut dispatcher = Dispatcher::new(projects, publisher, deps);
+    // Without the store there are no dates to go by: every series is tested.
+    if let Some(i) = ingest {
+        dispatcher =
+            dispatcher.with_max_age(config.dispatch_max_age_secs, Arc::new(StoreDates(i)), Sender::new("dispatcher", &config.instance));
+    }
+    let handler = Arc::new(dispatcher);
     let pattern = TopicPattern::parse(config.bus.root.topic(SeriesComplete::TOPIC)?.as_str())?;
     let spec = ServiceSpec::new("dispatcher", vec![pattern]);
     // Every job queue exists before the first job is published: jobs then wait for a runner

@@ -1106,3 +1106,114 @@ fn forgeries_on_rabbitmq_are_dead_lettered_and_kept_out_of_history() {
         assert!(http_get(http, &format!("/api/v1/messages/{id}")).starts_with("HTTP/1.1 404"), "{id} is in the history");
     }
 }
+
+/// The mails of a series made from `changes` on a branch off main, as `git format-patch` writes
+/// them (shallow thread, a cover letter), every `Date:` replaced by `date` when given.
+fn series_mails(repo: &Path, name: &str, changes: &[(&str, &str)], date: Option<&str>) -> Vec<String> {
+    git(repo, &["checkout", "-q", "-b", name, "main"]);
+    for (i, (file, content)) in changes.iter().enumerate() {
+        std::fs::write(repo.join(file), content).unwrap();
+        git(repo, &["add", file]);
+        git(repo, &["commit", "-q", "-m", &format!("{name}: part {}", i + 1)]);
+    }
+    let out = repo.join(format!("out-{name}"));
+    git(repo, &["format-patch", "-q", "--cover-letter", "--thread=shallow", "-o", &out.to_string_lossy(), &format!("main..{name}")]);
+    git(repo, &["checkout", "-q", "main"]);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files
+        .iter()
+        .map(|f| {
+            let mail = std::fs::read_to_string(f)
+                .unwrap()
+                .replace("*** SUBJECT HERE ***", &format!("the {name} series"))
+                .replace("*** BLURB HERE ***", "")
+                .replace("<cover.", &format!("<cover-{name}."));
+            match date {
+                Some(date) => {
+                    mail.lines().map(|l| if l.starts_with("Date: ") { format!("Date: {date}\n") } else { format!("{l}\n") }).collect()
+                }
+                None => mail,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn old_mail_is_stored_but_neither_tested_nor_reported_unless_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = origin(tmp.path(), &[("hello.c", "int main(void) { return 0; }\n")]);
+    let (config, _serve) = one_slot_serve(tmp.path(), &repo, "cc -o hello hello.c");
+    let inject = |mail: &str| {
+        let mut c = bin().arg("--config").arg(&config).args(["inject", "--list-id", LIST]).stdin(Stdio::piped()).spawn().unwrap();
+        c.stdin.take().unwrap().write_all(mail.as_bytes()).unwrap();
+        assert!(c.wait().unwrap().success());
+    };
+    let import = |name: &str, mails: &[String], test: bool| {
+        let mbox = tmp.path().join(format!("{name}.mbox"));
+        std::fs::write(&mbox, mails.concat()).unwrap();
+        let mut c = bin();
+        c.arg("--config").arg(&config).args(["import", "--quiet", "--list-id", LIST]);
+        if test {
+            c.arg("--test");
+        }
+        let out = c.arg(&mbox).output().unwrap();
+        assert!(out.status.success(), "import: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    // Posted today, and posted two years ago (delivered late, or imported from an archive).
+    for mail in series_mails(&repo, "fresh", &[("a.txt", "a\n")], None) {
+        inject(&mail);
+    }
+    for mail in series_mails(&repo, "ancient", &[("b.txt", "b\n")], Some("Tue, 2 Jan 2024 10:00:00 +0000")) {
+        inject(&mail);
+    }
+    import("archived", &series_mails(&repo, "archived", &[("c.txt", "c\n")], Some("Wed, 3 Jan 2024 10:00:00 +0000")), false);
+    import("wanted", &series_mails(&repo, "wanted", &[("d.txt", "d\n")], Some("Thu, 4 Jan 2024 10:00:00 +0000")), true);
+
+    let db = tmp.path().join("data/patchbay.sqlite3");
+    let reports = settled_reports(&db, None, 2, 120);
+    let skipped = wait_for_bodies(&db, "e2e.ci.ci.job.skipped", 2, 30);
+    let names = |bodies: &[serde_json::Value]| {
+        let mut n: Vec<String> = bodies.iter().map(|b| b["series"]["name"].as_str().unwrap().to_string()).collect();
+        n.sort();
+        n
+    };
+    // Every series is stored and assembled...
+    assert_eq!(
+        names(&topic_bodies(&db, "e2e.ci.series.series.complete")),
+        ["the ancient series", "the archived series", "the fresh series", "the wanted series"]
+    );
+    // ...the old ones are skipped, saying why...
+    assert_eq!(names(&skipped), ["the ancient series", "the archived series"]);
+    assert!(skipped[0]["reason"].as_str().unwrap().contains("dispatch.max_age_secs"), "{skipped:#?}");
+    // ...and only the fresh one and the one imported with --test get jobs and a report.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let mut stmt = conn.prepare("SELECT wire FROM bus_messages WHERE topic LIKE 'e2e.ci.ci.job.%.queued' ORDER BY pos").unwrap();
+    let jobs: Vec<serde_json::Value> = stmt
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))
+        .unwrap()
+        .map(|w| serde_json::from_slice::<serde_json::Value>(&w.unwrap()).unwrap()["body"].clone())
+        .collect();
+    let mut jobs = names(&jobs);
+    jobs.dedup();
+    assert_eq!(jobs, ["the fresh series", "the wanted series"]);
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    let outbox: Vec<String> = std::fs::read_dir(tmp.path().join("data/outbox/new"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(outbox.len(), 2);
+    assert!(outbox.iter().all(|m| !m.contains("the ancient series") && !m.contains("the archived series")), "{outbox:#?}");
+}
+
+/// The bodies on `topic` once there are `n` of them (or after `secs`).
+fn wait_for_bodies(db: &Path, topic: &str, n: usize, secs: u64) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let bodies = topic_bodies(db, topic);
+        if bodies.len() >= n || Instant::now() > deadline {
+            return bodies;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
