@@ -6,7 +6,7 @@ use std::sync::Arc;
 use patchbay_bus::{Bus, Outgoing};
 use patchbay_model::{Envelope, Sender, TopicRoot};
 use patchbay_store::Db;
-use patchbay_web::dashboard::{Cell, PageFuture, PatchRow, RunnerRow, SeriesRow, SeriesView};
+use patchbay_web::dashboard::{Cell, PageFuture, PatchRow, RunnerRow, SeriesFilter, SeriesRow, SeriesView};
 use rusqlite::{OptionalExtension as _, params};
 
 /// The dashboard's view of the store.
@@ -38,19 +38,27 @@ fn text(e: patchbay_store::StoreError) -> String {
 }
 
 impl patchbay_web::dashboard::Pages for StorePages {
-    fn series_list(&self, search: Option<String>, page: u32, per_page: u32) -> PageFuture<'_, (Vec<SeriesRow>, u64)> {
+    fn series_list(&self, filter: SeriesFilter, page: u32, per_page: u32) -> PageFuture<'_, (Vec<SeriesRow>, u64)> {
         Box::pin(async move {
             self.db
                 .read(move |c| {
-                    let like = search.map(|s| format!("%{}%", s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
-                    let filter = "WHERE (?1 IS NULL OR s.name LIKE ?1 ESCAPE '\\' OR s.submitter LIKE ?1 ESCAPE '\\')";
-                    let total: i64 = c.query_row(&format!("SELECT count(*) FROM series s {filter}"), params![like], |r| r.get(0))?;
+                    let like = filter.search.map(|s| format!("%{}%", s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
+                    let filter_sql = "WHERE (?1 IS NULL OR s.name LIKE ?1 ESCAPE '\\' OR s.submitter LIKE ?1 ESCAPE '\\')
+                        AND (?2 IS NULL OR s.project = ?2) AND (?3 IS NULL OR s.state = ?3)
+                        AND (?4 IS NULL OR s.submitter = ?4 COLLATE NOCASE) AND (?5 IS NULL OR s.version = ?5)
+                        AND (?6 IS NULL OR s.created_at >= ?6)";
+                    let args = params![like, filter.project, filter.state, filter.submitter, filter.version, filter.since];
+                    let total: i64 = c.query_row(&format!("SELECT count(*) FROM series s {filter_sql}"), args, |r| r.get(0))?;
                     let mut stmt = c.prepare_cached(&format!(
                         "SELECT {SERIES_COLUMNS} FROM series s LEFT JOIN verdicts v ON v.series_id = s.id AND v.version = s.version
-                         {filter} ORDER BY s.id DESC LIMIT ?2 OFFSET ?3"
+                         {filter_sql} ORDER BY s.id DESC LIMIT ?7 OFFSET ?8"
                     ))?;
+                    let offset = i64::from(page.max(1) - 1) * i64::from(per_page);
                     let rows = stmt
-                        .query_map(params![like, per_page, i64::from(page - 1) * i64::from(per_page)], series_row)?
+                        .query_map(
+                            params![like, filter.project, filter.state, filter.submitter, filter.version, filter.since, per_page, offset],
+                            series_row,
+                        )?
                         .collect::<Result<Vec<_>, _>>()?;
                     Ok((rows, total as u64))
                 })
@@ -74,10 +82,11 @@ impl patchbay_web::dashboard::Pages for StorePages {
                         .optional()?;
                     let Some(series) = series else { return Ok(None) };
                     let mut stmt = c.prepare_cached(
-                        "SELECT sm.slot, m.id, m.subject FROM series_mails sm JOIN mails m ON m.id = sm.mail_id WHERE sm.series_id = ?1 ORDER BY sm.slot",
+                        "SELECT sm.slot, m.id, m.subject, m.message_id FROM series_mails sm JOIN mails m ON m.id = sm.mail_id WHERE sm.series_id = ?1 ORDER BY sm.slot",
                     )?;
-                    let patches =
-                        stmt.query_map([id], |r| Ok(PatchRow { slot: r.get(0)?, mail_id: r.get(1)?, subject: r.get(2)? }))?.collect::<Result<_, _>>()?;
+                    let patches = stmt
+                        .query_map([id], |r| Ok(PatchRow { slot: r.get(0)?, mail_id: r.get(1)?, subject: r.get(2)?, message_id: r.get(3)? }))?
+                        .collect::<Result<_, _>>()?;
                     // Versions: walk the supersession links both ways (bounded).
                     let link = |col: &str, from: i64| -> rusqlite::Result<Option<(i64, u32)>> {
                         c.query_row(

@@ -86,5 +86,52 @@ fn the_dashboard_in_headless_chromium() {
     let names: Vec<String> = std::fs::read_dir(&outbox).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(names.len(), 3, "two reports and one re-send: {names:?}");
     assert!(names.iter().any(|n| n.ends_with(".resend1")), "{names:?}");
+    series_api_mbox_applies(&base, &tmp.path().join("demo/project"), &tmp.path().join("clean"));
     drop(demo);
+}
+
+/// One HTTP GET on the demo; the body.
+fn get(base: &str, path: &str) -> Vec<u8> {
+    use std::io::{Read as _, Write as _};
+    let addr = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP answer");
+    assert!(out.starts_with(b"HTTP/1.1 200"), "{path}: {}", String::from_utf8_lossy(&out[..split]));
+    out[split + 4..].to_vec()
+}
+
+/// The series API finds the demo's good series by its title, and its mbox, as
+/// `curl …/api/v1/series/{id}/mbox | git am` would take it, applies in a clean clone of the
+/// demo's project, commit for commit.
+fn series_api_mbox_applies(base: &str, project: &std::path::Path, clean: &std::path::Path) {
+    let list: serde_json::Value = serde_json::from_slice(&get(base, "/api/v1/series?project=demo&per_page=10")).unwrap();
+    assert!(list["total"].as_u64().unwrap() >= 2, "{list}");
+    let good = list["series"].as_array().unwrap().iter().find(|s| s["name"] == "greet: say hello more politely").expect("the good series");
+    let id = good["id"].as_i64().unwrap();
+    let detail: serde_json::Value = serde_json::from_slice(&get(base, &format!("/api/v1/series/{id}"))).unwrap();
+    let patches: Vec<&serde_json::Value> = detail["patches"].as_array().unwrap().iter().filter(|p| p["slot"] != 0).collect();
+    assert_eq!(patches.len(), 2, "{detail}");
+    assert!(patches.iter().all(|p| p["message_id"].as_str().unwrap().starts_with('<')), "{detail}");
+    assert_eq!(detail["links"]["mbox"], format!("/api/v1/series/{id}/mbox"));
+    let mbox = get(base, &format!("/api/v1/series/{id}/mbox"));
+    let git = |dir: &std::path::Path, args: &[&str], stdin: Option<&[u8]>| {
+        let mut c = Command::new("git");
+        c.current_dir(dir).args(args).env("GIT_CONFIG_GLOBAL", "/dev/null").env("GIT_CONFIG_NOSYSTEM", "1");
+        c.env("GIT_COMMITTER_NAME", "Tester").env("GIT_COMMITTER_EMAIL", "tester@example.org");
+        let mut child = c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        if let Some(input) = stdin {
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(input).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    git(project.parent().unwrap(), &["clone", "-q", "--branch", "main", &project.to_string_lossy(), &clean.to_string_lossy()], None);
+    git(clean, &["am", "-q", "-3"], Some(&mbox));
+    let log = git(clean, &["log", "--format=%s", "-2"], None);
+    assert_eq!(log, "README: say what greet.sh does\ngreet: wish a nice day\n");
 }

@@ -228,6 +228,21 @@ fn real_responses_match_the_openapi_document() {
 
     let (code, body) = request(port, "GET", "/healthz", "", "");
     conforms(&doc, "/healthz", "get", code, &body);
+    // The series read model: an empty list, no such series, bad values named.
+    let (code, body) = request(port, "GET", "/api/v1/series?state=complete&page=1", "", "");
+    assert_eq!((code, json(&body)["total"].clone()), (200, serde_json::json!(0)), "{body}");
+    conforms(&doc, "/api/v1/series", "get", code, &body);
+    for (path, want) in [("/api/v1/series?state=merged", 400), ("/api/v1/series?per_page=0", 400), ("/api/v1/series?nope=1", 400)] {
+        let (code, body) = request(port, "GET", path, "", "");
+        assert_eq!(code, want, "{path}: {body}");
+        conforms(&doc, "/api/v1/series", "get", code, &body);
+    }
+    let (code, body) = request(port, "GET", "/api/v1/series/7", "", "");
+    assert_eq!(code, 404, "{body}");
+    conforms(&doc, "/api/v1/series/{id}", "get", code, &body);
+    let (code, body) = request(port, "GET", "/api/v1/series/abc/mbox", "", "");
+    assert_eq!(code, 400, "{body}");
+    conforms(&doc, "/api/v1/series/{id}/mbox", "get", code, &body);
     // Every peer needs a token, this host too: `serve` keeps its own in the data directory.
     let token = std::fs::read_to_string(_tmp.path().join("data/publish.token")).unwrap();
     let auth = format!("Authorization: Bearer {}\r\n", token.trim());

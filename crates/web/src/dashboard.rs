@@ -10,7 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 /// One line of the series list.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct SeriesRow {
     /// Store id.
     pub id: i64,
@@ -33,7 +33,7 @@ pub struct SeriesRow {
 }
 
 /// One patch (or the cover letter, slot 0) of a series.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct PatchRow {
     /// 0 for the cover letter.
     pub slot: u32,
@@ -41,10 +41,12 @@ pub struct PatchRow {
     pub mail_id: i64,
     /// Its subject.
     pub subject: String,
+    /// Its Message-ID, as b4 and Patchwork name a patch.
+    pub message_id: String,
 }
 
 /// One cell of the test matrix: the latest result of a (test, arch).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Cell {
     /// Test.
     pub test: String,
@@ -98,13 +100,30 @@ pub struct RunnerRow {
     pub seen_at: i64,
 }
 
+/// Which series a list shows: every field narrows it (`GET /api/v1/series`, the dashboard's search).
+#[derive(Clone, Debug, Default)]
+pub struct SeriesFilter {
+    /// Title or submitter containing this text.
+    pub search: Option<String>,
+    /// Series of this project.
+    pub project: Option<String>,
+    /// In this state (`new`, `complete`, `incomplete`, `superseded`).
+    pub state: Option<String>,
+    /// Sent by this address (any case).
+    pub submitter: Option<String>,
+    /// This version.
+    pub version: Option<u32>,
+    /// First seen at or after this time (unix seconds).
+    pub since: Option<i64>,
+}
+
 /// A page's data, or why not.
 pub type PageFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send + 'a>>;
 
 /// Where the dashboard reads (the binary implements it over the store).
 pub trait Pages: Send + Sync + 'static {
-    /// Series newest first, matching `search` in title or submitter; and how many match.
-    fn series_list(&self, search: Option<String>, page: u32, per_page: u32) -> PageFuture<'_, (Vec<SeriesRow>, u64)>;
+    /// Series newest first, as `filter` narrows them; and how many match.
+    fn series_list(&self, filter: SeriesFilter, page: u32, per_page: u32) -> PageFuture<'_, (Vec<SeriesRow>, u64)>;
     /// One series.
     fn series(&self, id: i64) -> PageFuture<'_, Option<SeriesView>>;
     /// One mail as stored.

@@ -180,6 +180,9 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/", get(page_series_list))
         .route("/series/{id}", get(page_series))
         .route("/series/{id}/mbox", get(page_series_mbox))
+        .route("/api/v1/series", get(api_series_list))
+        .route("/api/v1/series/{id}", get(api_series))
+        .route("/api/v1/series/{id}/mbox", get(api_series_mbox))
         .route("/mails/{id}/raw", get(page_raw_mail))
         .route("/live", get(page_live))
         .route("/logs/{job}", get(page_log))
@@ -329,7 +332,8 @@ async fn page_series_list(
         Some(Ok(p)) => p.max(1),
         Some(Err(_)) => return html_error(StatusCode::BAD_REQUEST, "page: not a page number"),
     };
-    match pages.series_list(search.clone(), page, 50).await {
+    let filter = dashboard::SeriesFilter { search: search.clone(), ..Default::default() };
+    match pages.series_list(filter, page, 50).await {
         Ok((rows, total)) => html(StatusCode::OK, dashboard::series_list(&rows, total, search.as_deref(), page, 50, now_secs())),
         Err(e) => html_error(StatusCode::SERVICE_UNAVAILABLE, &e),
     }
@@ -364,6 +368,87 @@ async fn page_series_mbox(State(st): State<Arc<AppState>>, path: PathParams) -> 
         Ok(Some(m)) => raw("application/mbox", m),
         Ok(None) => html_error(StatusCode::NOT_FOUND, &format!("no series {id}")),
         Err(e) => html_error(StatusCode::SERVICE_UNAVAILABLE, &e),
+    }
+}
+
+/// The store's series read model, or a 404 saying this server keeps none.
+fn series_pages(st: &AppState) -> Result<&Arc<dyn dashboard::Pages>, AppError> {
+    st.pages.as_ref().ok_or(AppError { status: StatusCode::NOT_FOUND, message: "this server keeps no series".into() })
+}
+
+/// The states a series can be in, as `GET /api/v1/series?state=` takes them.
+const SERIES_STATES: &[&str] = &["new", "complete", "incomplete", "superseded"];
+
+/// An integer query parameter within `min..=max`, or a 400 naming it.
+fn int_param<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy>(name: &str, value: &str, min: T, max: T) -> Result<T, AppError> {
+    match value.parse::<T>() {
+        Ok(v) if v >= min && v <= max => Ok(v),
+        _ => Err(AppError::bad(format!("{name}: {value:?} is not an integer from {min} to {max}"))),
+    }
+}
+
+/// A text query parameter of 1 to 255 characters, or a 400 naming it.
+fn text_param(name: &str, value: String) -> Result<String, AppError> {
+    match value.chars().count() {
+        1..=255 => Ok(value),
+        _ => Err(AppError::bad(format!("{name}: must be 1 to 255 characters"))),
+    }
+}
+
+/// `GET /api/v1/series`: series newest first, narrowed by project, state, submitter, version,
+/// since (unix seconds) and `q` (title or submitter contains), a page at a time.
+async fn api_series_list(
+    State(st): State<Arc<AppState>>,
+    axum::extract::Query(params): axum::extract::Query<Vec<(String, String)>>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let pages = series_pages(&st)?;
+    let mut filter = dashboard::SeriesFilter::default();
+    let (mut page, mut per_page) = (1u32, 50u32);
+    for (name, value) in params {
+        match name.as_str() {
+            "project" => filter.project = Some(text_param(&name, value)?),
+            "submitter" => filter.submitter = Some(text_param(&name, value)?),
+            "q" => filter.search = Some(text_param(&name, value)?),
+            "state" if SERIES_STATES.contains(&value.as_str()) => filter.state = Some(value),
+            "state" => return Err(AppError::bad(format!("state: {value:?} is not one of {}", SERIES_STATES.join(", ")))),
+            "version" => filter.version = Some(int_param(&name, &value, 1, u32::MAX)?),
+            "since" => filter.since = Some(int_param(&name, &value, 0, i64::MAX)?),
+            "page" => page = int_param(&name, &value, 1, 1_000_000)?,
+            "per_page" => per_page = int_param(&name, &value, 1, 500)?,
+            _ => return Err(AppError::bad(format!("unknown parameter {name:?}"))),
+        }
+    }
+    let (rows, total) =
+        pages.series_list(filter, page, per_page).await.map_err(|e| AppError { status: StatusCode::SERVICE_UNAVAILABLE, message: e })?;
+    Ok(Json(serde_json::json!({ "series": rows, "total": total, "page": page, "per_page": per_page })))
+}
+
+/// `GET /api/v1/series/{id}`: one series with its versions, patches (slots and Message-IDs),
+/// latest results, verdict and report, and where its page and mbox are.
+async fn api_series(State(st): State<Arc<AppState>>, path: PathParams) -> Result<Json<serde_json::Value>, AppError> {
+    let id: i64 = path.id("id")?;
+    let pages = series_pages(&st)?;
+    let view = pages.series(id).await.map_err(|e| AppError { status: StatusCode::SERVICE_UNAVAILABLE, message: e })?;
+    let Some(v) = view else { return Err(AppError { status: StatusCode::NOT_FOUND, message: format!("no series {id}") }) };
+    Ok(Json(serde_json::json!({
+        "series": v.series,
+        "versions": v.versions.iter().map(|(id, version)| serde_json::json!({ "id": id, "version": version })).collect::<Vec<_>>(),
+        "patches": v.patches,
+        "results": v.cells,
+        "verdict_detail": v.verdict_detail,
+        "report": v.report.map(|(state, detail)| serde_json::json!({ "state": state, "detail": detail })),
+        "links": { "page": format!("/series/{id}"), "mbox": format!("/api/v1/series/{id}/mbox") },
+    })))
+}
+
+/// `GET /api/v1/series/{id}/mbox`: the series as `git am` takes it (the patches in order, no cover).
+async fn api_series_mbox(State(st): State<Arc<AppState>>, path: PathParams) -> Result<Response, AppError> {
+    let id: i64 = path.id("id")?;
+    let pages = series_pages(&st)?;
+    match pages.series_mbox(id).await {
+        Ok(Some(m)) => Ok(raw("application/mbox", m)),
+        Ok(None) => Err(AppError { status: StatusCode::NOT_FOUND, message: format!("no series {id}") }),
+        Err(e) => Err(AppError { status: StatusCode::SERVICE_UNAVAILABLE, message: e }),
     }
 }
 
