@@ -423,15 +423,24 @@ fn summary(tx: &Tx<'_>, s: &SeriesRow) -> Result<Summary, StoreError> {
 fn complete(tx: &Tx<'_>, s: &SeriesRow, now: i64, events: &mut Vec<Event>) -> Result<(), StoreError> {
     tx.prepare_cached("UPDATE series SET state = 'complete', updated_at = ?2 WHERE id = ?1")?.execute(params![s.id, now])?;
     let me = summary(tx, s)?;
-    // Completed after its re-roll did (mail arrives in any order): superseded at once, and not
-    // announced as complete, so nothing tests a version that is already replaced.
-    let newer: Vec<i64> = tx
+    // Completed after a re-roll of it was posted (mail arrives in any order): superseded at once,
+    // and not announced as complete, so nothing tests a version that is already replaced. Every
+    // later version counts, whatever its state: one still missing patches, or one already
+    // superseded in turn (a v2 replaced by v3 must not hide v3, nor itself, from a late v1);
+    // the newest that re-rolls this one replaces it. So do series whose own mails name one of
+    // this one's in `Supersedes:`, whatever their version.
+    let mut newer: Vec<i64> = tx
         .prepare_cached(
-            "SELECT id FROM series WHERE submitter = ?1 AND version > ?2 AND project IS ?3 AND state = 'complete'
-             ORDER BY version ASC, id ASC LIMIT 50",
+            "SELECT id FROM series WHERE submitter = ?1 AND version > ?2 AND project IS ?3 AND id != ?4
+             ORDER BY version DESC, id DESC LIMIT 200",
         )?
-        .query_map(params![s.submitter, s.version, s.project], |r| r.get(0))?
+        .query_map(params![s.submitter, s.version, s.project, s.id], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
+    for id in naming_supersedes(tx, s)? {
+        if !newer.contains(&id) {
+            newer.push(id);
+        }
+    }
     for nid in newer {
         let n = load_series(tx, nid)?;
         if patchbay_series::rerolls(&summary(tx, &n)?, &me) {
@@ -444,27 +453,47 @@ fn complete(tx: &Tx<'_>, s: &SeriesRow, now: i64, events: &mut Vec<Event>) -> Re
             return Ok(());
         }
     }
-    // Re-rolls: the newest earlier version of the same work is superseded by this one.
-    let older: Vec<i64> = tx
+    // Re-rolls: every earlier version of the same work not yet replaced is superseded by this
+    // one (v3 completing replaces v1 and a v2 that never completed alike), and so is every
+    // series of the project holding a mail this one's own mails name in `Supersedes:` (the
+    // submitter's word links two series even when their subjects differ; a reply is never a
+    // member, so someone else's `Supersedes:` counts for nothing).
+    let mut older: Vec<i64> = tx
         .prepare_cached(
             "SELECT id FROM series WHERE submitter = ?1 AND version < ?2 AND project IS ?3 AND superseded_by IS NULL AND id != ?4
              ORDER BY version DESC, id DESC LIMIT 50",
         )?
         .query_map(params![s.submitter, s.version, s.project, s.id], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "SELECT s.id FROM mails m JOIN series_mails sm ON sm.mail_id = m.id JOIN series s ON s.id = sm.series_id
+             WHERE m.message_id = ?1 AND s.project IS ?2 AND s.superseded_by IS NULL AND s.id != ?3",
+        )?;
+        for mid in &me.supersedes {
+            for id in stmt.query_map(params![mid, s.project, s.id], |r| r.get::<_, i64>(0))? {
+                let id = id?;
+                if !older.contains(&id) {
+                    older.push(id);
+                }
+            }
+        }
+    }
     let mut supersedes = None;
     for oid in older {
         let o = load_series(tx, oid)?;
         if patchbay_series::rerolls(&me, &summary(tx, &o)?) {
             tx.prepare_cached("UPDATE series SET state = 'superseded', superseded_by = ?2, updated_at = ?3 WHERE id = ?1")?
                 .execute(params![oid, s.id, now])?;
-            tx.prepare_cached("UPDATE series SET supersedes = ?2 WHERE id = ?1")?.execute(params![s.id, oid])?;
             if o.project.is_some() {
                 events.push(Event::Superseded(SeriesSuperseded { series: head(&o), by: s.id, by_version: s.version }));
             }
-            supersedes = Some(oid);
-            break;
+            // The nearest version replaced is the one this series names as its predecessor.
+            supersedes.get_or_insert(oid);
         }
+    }
+    if let Some(oid) = supersedes {
+        tx.prepare_cached("UPDATE series SET supersedes = ?2 WHERE id = ?1")?.execute(params![s.id, oid])?;
     }
     if s.project.is_none() {
         return Ok(());
@@ -499,6 +528,17 @@ fn complete(tx: &Tx<'_>, s: &SeriesRow, now: i64, events: &mut Vec<Event>) -> Re
         supersedes,
     })));
     Ok(())
+}
+
+/// Series of `s`'s submitter and project, other than `s`, one of whose mails carries a
+/// `Supersedes:` line: those that may name one of `s`'s mails (`rerolls` decides).
+fn naming_supersedes(tx: &Tx<'_>, s: &SeriesRow) -> Result<Vec<i64>, StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT DISTINCT o.id FROM series o JOIN series_mails sm ON sm.series_id = o.id JOIN mails m ON m.id = sm.mail_id
+         WHERE o.submitter = ?1 AND o.project IS ?2 AND o.id != ?3 AND m.hints LIKE '%\"supersedes\"%' ORDER BY o.id DESC LIMIT 50",
+    )?;
+    let rows = stmt.query_map(params![s.submitter, s.project, s.id], |r| r.get(0))?;
+    rows.collect::<Result<_, _>>().map_err(q)
 }
 
 /// Series still `new` whose first mail arrived before `cutoff` become `incomplete`.

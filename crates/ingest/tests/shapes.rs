@@ -320,3 +320,105 @@ async fn issue17_a_project_tag_inside_the_brackets_or_first_after_them() {
         assert_eq!(complete.1["patches"].as_array().unwrap().len(), 3, "order {order:?}");
     }
 }
+
+/// A posting of `titles` as version `v` (a cover and one patch per title, replying to it),
+/// Message-IDs `<{tag}-{slot}@x>`, dated `day` days after the first.
+fn posting(tag: &str, v: u32, day: u32, cover_title: &str, titles: &[&str], cover_body: &str) -> Vec<Vec<u8>> {
+    let n = titles.len();
+    let ver = if v > 1 { format!(" v{v}") } else { String::new() };
+    let dated = |m: Vec<u8>| String::from_utf8(m).unwrap().replace("Mon, 1 Jan 2024", &format!("{} Jan 2024", 1 + day)).into_bytes();
+    let cover_id = format!("<{tag}-0@x>");
+    let mut out = vec![dated(mail(&cover_id, &format!("[PATCH{ver} 0/{n}] {cover_title}"), &[], cover_body))];
+    for (i, t) in titles.iter().enumerate() {
+        let id = format!("<{tag}-{}@x>", i + 1);
+        out.push(dated(mail(&id, &format!("[PATCH{ver} {}/{n}] {t}", i + 1), &[&cover_id], &patch_body(&format!("{tag}{i}")))));
+    }
+    out
+}
+
+/// (version, state, superseded_by's version) of every series, by version.
+async fn states(ingest: &Ingest) -> Vec<(u32, String, Option<u32>)> {
+    let rows: Vec<(u32, String, Option<u32>)> = ingest
+        .bus()
+        .db()
+        .read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT s.version, s.state, b.version FROM series s LEFT JOIN series b ON b.id = s.superseded_by ORDER BY s.version, s.id",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+        .await
+        .unwrap();
+    rows
+}
+
+fn completed_versions(ev: &[(String, serde_json::Value)]) -> Vec<u64> {
+    ev.iter().filter(|(t, _)| t == "series.series.complete").map(|(_, b)| b["series"]["version"].as_u64().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shape8_a_late_old_version_is_superseded_never_announced() {
+    // v1 {one, two}; v2 renames the first patch {one!, two}; v3 changes the second {one!, two!}.
+    // v1 shares a title with v2 only, and v2 is already superseded by v3 when v1 completes.
+    let v1 = posting("a", 1, 0, "foo: work", &["foo: one", "foo: two"], "Cover.\n");
+    let v2 = posting("b", 2, 1, "foo: work, again", &["foo: one, better", "foo: two"], "Cover.\n");
+    let v3 = posting("c", 3, 2, "foo: work, third", &["foo: one, better", "foo: two, better"], "Cover.\n");
+    let dir = tempfile::tempdir().unwrap();
+    let ingest = common::scratch(dir.path(), &[LIST]);
+    deliver(&ingest, [v2, v3, v1].concat()).await;
+    assert_eq!(
+        states(&ingest).await,
+        vec![(1, "superseded".into(), Some(2)), (2, "superseded".into(), Some(3)), (3, "complete".into(), None)]
+    );
+    let ev = events(&ingest).await;
+    assert_eq!(completed_versions(&ev), vec![2, 3], "v1 is never announced complete");
+
+    // A newer version still missing a patch replaces a late v1 all the same.
+    let v1 = posting("d", 1, 0, "bar: work", &["bar: one", "bar: two"], "Cover.\n");
+    let mut v2 = posting("e", 2, 1, "bar: work", &["bar: one", "bar: two"], "Cover.\n");
+    v2.pop();
+    let dir = tempfile::tempdir().unwrap();
+    let ingest = common::scratch(dir.path(), &[LIST]);
+    deliver(&ingest, [v2, v1].concat()).await;
+    assert_eq!(states(&ingest).await, vec![(1, "superseded".into(), Some(2)), (2, "new".into(), None)]);
+    assert!(completed_versions(&events(&ingest).await).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shape7_every_older_version_and_supersedes_lines() {
+    // v1 complete, v2 never completes, v3 completes: v1 and v2 are both replaced by v3.
+    let v1 = posting("a", 1, 0, "foo: work", &["foo: one", "foo: two"], "Cover.\n");
+    let mut v2 = posting("b", 2, 1, "foo: work", &["foo: one", "foo: two"], "Cover.\n");
+    v2.pop();
+    let v3 = posting("c", 3, 2, "foo: work", &["foo: one", "foo: two"], "Cover.\n");
+    let dir = tempfile::tempdir().unwrap();
+    let ingest = common::scratch(dir.path(), &[LIST]);
+    deliver(&ingest, [v1, v2, v3].concat()).await;
+    assert_eq!(
+        states(&ingest).await,
+        vec![(1, "superseded".into(), Some(3)), (2, "superseded".into(), Some(3)), (3, "complete".into(), None)]
+    );
+    assert_eq!(count(&events(&ingest).await, "series.series.superseded"), 2);
+
+    // A renamed series whose own cover says `Supersedes:` the old cover replaces it, in either
+    // order, though no subject is shared and neither names a version; someone else's reply
+    // saying `Supersedes:` links nothing.
+    for renamed_first in [false, true] {
+        let old = posting("o", 1, 0, "foo: old approach", &["foo: a", "foo: b"], "Cover.\n");
+        let renamed = posting("r", 1, 1, "bar: new approach", &["bar: c", "bar: d"], "Cover.\n\nSupersedes: <o-0@x>\n");
+        let other = posting("x", 1, 1, "baz: unrelated", &["baz: e", "baz: f"], "Cover.\n");
+        let reply = mail_from("someone@example.org", 5, "<re@x>", "Re: [PATCH 0/2] baz: unrelated", &["<x-0@x>"], "Supersedes: <o-0@x>\n");
+        let mails = if renamed_first { [renamed, other, vec![reply], old].concat() } else { [old, other, vec![reply], renamed].concat() };
+        let dir = tempfile::tempdir().unwrap();
+        let ingest = common::scratch(dir.path(), &[LIST]);
+        deliver(&ingest, mails).await;
+        let got: Vec<(String, String)> = common::all_series(&ingest).await.into_iter().map(|s| (s.name, s.state)).collect();
+        let state = |name: &str| got.iter().find(|(n, _)| n == name).unwrap().1.clone();
+        assert_eq!(state("foo: old approach"), "superseded", "renamed first: {renamed_first}");
+        assert_eq!(state("bar: new approach"), "complete", "renamed first: {renamed_first}");
+        assert_eq!(state("baz: unrelated"), "complete", "renamed first: {renamed_first}");
+        let ev = events(&ingest).await;
+        assert_eq!(count(&ev, "series.series.complete"), if renamed_first { 2 } else { 3 }, "renamed first: {renamed_first}");
+    }
+}
