@@ -1,27 +1,14 @@
-//! The `patchbay` binary: command-line glue. It parses arguments, loads the
-//! config, picks the backends and calls into the library crates; `main` alone
-//! turns errors into exit codes.
+//! The `patchbay` binary: the command line over the `patchbay` library. It
+//! parses arguments and calls the library; `main` alone turns errors into exit
+//! codes.
 
-mod backend;
-mod bench;
-mod bench_amqp;
-mod bench_latency;
-mod bench_runner;
-mod ci;
-mod client;
-mod demo;
-mod history;
-mod ingest;
-mod keys;
-mod pages;
-mod serve;
-mod tasks;
+use patchbay::{Exit, ci, client, demo, history, ingest, init_logging, init_logging_quiet, keys, runtime, serve};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use patchbay_config::{Config, LogFormat};
+use patchbay_config::Config;
 
 /// patchbay: automated testing of patch series posted to mailing lists.
 #[derive(Parser)]
@@ -68,11 +55,6 @@ enum Command {
     },
     /// Print the JSON Schemas of the envelope and of every message body.
     Schema(SchemaArgs),
-    /// Benchmarks.
-    Bench {
-        #[command(subcommand)]
-        what: BenchWhat,
-    },
 }
 
 #[derive(Subcommand)]
@@ -85,22 +67,6 @@ enum ConfigAction {
     },
 }
 
-#[derive(Subcommand)]
-enum BenchWhat {
-    /// Durable publish + consume + ack throughput, and publish-to-delivery latency.
-    Bus(bench::BusBench),
-    /// The RabbitMQ bus against a raw lapin client, and against the embedded bus.
-    Amqp(bench_amqp::AmqpBench),
-    /// Import + parse + series assembly into a fresh embedded store: mails/s and peak RSS.
-    Ingest(ingest::IngestBench),
-    /// The runner's overhead on a 10-patch series against the same commands run by hand.
-    Runner(bench_runner::RunnerBench),
-    /// Every history filter against a million stored messages: p50/p99 per combination.
-    History(history::HistoryBench),
-    /// Reaction times over N series: last mail over LMTP -> jobs, last result -> report at SMTP.
-    Latency(bench_latency::LatencyBench),
-}
-
 #[derive(clap::Args)]
 struct SchemaArgs {
     /// Write one `<name>.v<version>.schema.json` file per schema into this directory instead.
@@ -108,80 +74,24 @@ struct SchemaArgs {
     out: Option<PathBuf>,
 }
 
-/// An error with the exit code it should produce (sysexits.h, for MTAs and scripts).
-#[derive(Debug)]
-pub struct Exit {
-    code: u8,
-    error: anyhow::Error,
-}
-
-impl Exit {
-    /// The input was wrong (65, EX_DATAERR).
-    pub fn data(error: impl Into<anyhow::Error>) -> Self {
-        Exit { code: 65, error: error.into() }
-    }
-    /// The service is not there (69, EX_UNAVAILABLE).
-    pub fn unavailable(error: impl Into<anyhow::Error>) -> Self {
-        Exit { code: 69, error: error.into() }
-    }
-    /// Try again later (75, EX_TEMPFAIL).
-    pub fn tempfail(error: impl Into<anyhow::Error>) -> Self {
-        Exit { code: 75, error: error.into() }
-    }
-    /// The configuration is wrong (78, EX_CONFIG).
-    pub fn config(error: impl Into<anyhow::Error>) -> Self {
-        Exit { code: 78, error: error.into() }
-    }
-}
-
-impl From<anyhow::Error> for Exit {
-    fn from(error: anyhow::Error) -> Self {
-        Exit { code: 1, error }
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(exit) => {
-            eprintln!("patchbay: {:#}", exit.error);
-            ExitCode::from(exit.code)
+            eprintln!("patchbay: {:#}", exit.error());
+            ExitCode::from(exit.code())
         }
     }
 }
 
 fn load_config(cli: &Cli) -> Result<Config, Exit> {
-    let mut config = Config::load(cli.config.as_deref()).map_err(Exit::config)?;
-    if let Some(dir) = &cli.data_dir {
-        config.data_dir = dir.clone();
-    }
-    Ok(config)
-}
-
-fn init_logging(config: &Config) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match config.log_format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime, Exit> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| Exit::from(anyhow::Error::from(e)))
+    patchbay::load_config(cli.config.as_deref(), cli.data_dir.as_deref())
 }
 
 fn run(cli: Cli) -> Result<(), Exit> {
     match &cli.command {
         Command::Schema(args) => schema(args).map_err(Exit::from),
-        Command::Bench { what: BenchWhat::Bus(opts) } => runtime()?.block_on(bench::run(opts.clone())).map_err(Exit::from),
-        Command::Bench { what: BenchWhat::Amqp(opts) } => runtime()?.block_on(bench_amqp::run(opts.clone())).map_err(Exit::from),
-        Command::Bench { what: BenchWhat::Runner(opts) } => runtime()?.block_on(bench_runner::run(opts.clone())).map_err(Exit::from),
-        Command::Bench { what: BenchWhat::History(opts) } => runtime()?.block_on(history::bench(opts.clone())).map_err(Exit::from),
-        Command::Bench { what: BenchWhat::Latency(opts) } => runtime()?.block_on(bench_latency::run(opts.clone())).map_err(Exit::from),
-        Command::Bench { what: BenchWhat::Ingest(opts) } => runtime()?.block_on(ingest::bench(opts.clone())).map_err(Exit::from),
         Command::Demo(args) => {
             let config = load_config(&cli)?;
             init_logging_quiet(&config);
@@ -240,13 +150,6 @@ fn run(cli: Cli) -> Result<(), Exit> {
             runtime()?.block_on(client::tail(&config, args))
         }
     }
-}
-
-/// Short-lived commands log warnings only, unless RUST_LOG says otherwise.
-fn init_logging_quiet(config: &Config) {
-    let mut quiet = config.clone();
-    quiet.log_level = "warn".into();
-    init_logging(&quiet);
 }
 
 fn schema(args: &SchemaArgs) -> anyhow::Result<()> {

@@ -17,13 +17,13 @@ use crate::tasks::{closed, spawn_every, spawn_service};
 pub struct ServeArgs {
     /// Listen on this address instead of the config's `http.listen`.
     #[arg(long)]
-    pub(crate) http: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
     /// Accept LMTP on this address instead of the config's `ingest.lmtp_listen`.
     #[arg(long)]
-    pub(crate) lmtp: Option<SocketAddr>,
+    pub lmtp: Option<SocketAddr>,
     /// Run no test jobs in this process (runners run elsewhere: `patchbay runner`).
     #[arg(long)]
-    pub(crate) no_runner: bool,
+    pub no_runner: bool,
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

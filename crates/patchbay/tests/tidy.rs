@@ -192,6 +192,7 @@ fn layering_rules_hold() {
             &["patchbay-bus-amqp", "patchbay-web", "patchbay-config", "patchbay-runtime", "axum", "reqwest", "lapin"],
             "ingest knows the embedded store but no HTTP, no AMQP and no config file",
         ),
+        ("bench", &["patchbay-web", "axum", "reqwest"], "the benchmarks drive the library and the backends, not HTTP"),
     ];
     let mut broken = Vec::new();
     for (krate, forbidden, why) in rules {
@@ -262,4 +263,20 @@ fn no_ignored_tests() {
         }
     }
     assert!(offenders.is_empty(), "ignored tests stand in for work: {offenders:?}");
+}
+
+/// The benchmarks ship apart from the production binary: nothing depends on `patchbay-bench`,
+/// and the binary's crate holds no benchmark module.
+#[test]
+fn benchmarks_stay_out_of_the_production_binary() {
+    for krate in crates() {
+        assert!(!deps(&krate).iter().any(|d| d == "patchbay-bench"), "{krate} depends on patchbay-bench");
+    }
+    let src = workspace().join("crates/patchbay/src");
+    let benches: Vec<String> = std::fs::read_dir(&src)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("bench"))
+        .collect();
+    assert!(benches.is_empty(), "benchmark modules in the production binary: {benches:?} (they belong in crates/bench)");
 }

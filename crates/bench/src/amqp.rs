@@ -1,4 +1,4 @@
-//! `patchbay bench amqp`: in one run on one machine, the same workload (1 KiB
+//! `patchbay-bench amqp`: in one run on one machine, the same workload (1 KiB
 //! messages, concurrent publishers each waiting for the broker's confirm, one
 //! consumer acking every message) through a raw lapin client, through our
 //! RabbitMQ bus, and through the embedded bus, so our overhead and the ratio
@@ -24,7 +24,7 @@ use patchbay_model::TopicRoot;
 use patchbay_store::EmbeddedBus;
 use serde::Serialize;
 
-/// Options of `patchbay bench amqp`.
+/// Options of `patchbay-bench amqp`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct AmqpBench {
     /// The broker.
@@ -182,9 +182,9 @@ async fn raw_lapin(opts: &AmqpBench, ns: &str, kind: RawMessages) -> anyhow::Res
 async fn through_trait(opts: &AmqpBench, bus: Arc<dyn Bus>, root: &TopicRoot, queue: &str) -> anyhow::Result<Run> {
     let switches = context_switches();
     let pattern = TopicPattern::parse(&format!("{}.bench.#", root.as_str()))?;
-    let work = crate::bench::Workload { queue, pattern, total: opts.messages, publishers: opts.publishers, progress: false };
-    let make = crate::bench::maker(root, opts.size, Instant::now())?;
-    let elapsed = crate::bench::throughput(&bus, Arc::new(TrustPolicy::permissive()), work, make).await?;
+    let work = crate::bus::Workload { queue, pattern, total: opts.messages, publishers: opts.publishers, progress: false };
+    let make = crate::bus::maker(root, opts.size, Instant::now())?;
+    let elapsed = crate::bus::throughput(&bus, Arc::new(TrustPolicy::permissive()), work, make).await?;
     Ok(Run { elapsed, switches: context_switches() - switches })
 }
 
@@ -197,7 +197,7 @@ async fn amqp_bus(opts: &AmqpBench, ns: &str, state: &std::path::Path, sealer: S
 
 /// CPU seconds this process has used (user + system), to see what the client costs the machine.
 fn cpu_seconds() -> f64 {
-    crate::bench::stat_cpu_seconds(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default())
+    crate::bus::stat_cpu_seconds(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default())
 }
 
 /// Context switches of this process's live threads so far. The profiles put the cost of a
@@ -217,7 +217,7 @@ fn context_switches() -> u64 {
 /// Runs the contenders one after another and prints the figures.
 pub async fn run(opts: AmqpBench) -> anyhow::Result<()> {
     anyhow::ensure!(opts.messages > 0 && opts.publishers > 0, "--messages and --publishers must be at least 1");
-    let scratch = crate::bench::tempfile_dir()?;
+    let scratch = crate::bus::tempfile_dir()?;
     let key = Arc::new(SigningKey::generate("bench")?);
     let rate = |d: Duration| opts.messages as f64 / d.as_secs_f64();
     let say = |what: &str, run: &Run, cpu: f64| {

@@ -1,4 +1,4 @@
-//! `patchbay bench latency`: how fast the embedded system reacts. `serve`
+//! `patchbay-bench latency`: how fast the embedded system reacts. `serve`
 //! runs in-process on a scratch data directory (no runner in it) with a
 //! project whose verdict needs `build`; an SMTP sink on 127.0.0.1 stands for
 //! the list's mail server. For each of N series, one after another:
@@ -23,7 +23,7 @@ use patchbay_model::{BaseUsed, Sender, TestFinished, TestJob};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::sync::mpsc;
 
-/// Options of `patchbay bench latency`.
+/// Options of `patchbay-bench latency`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct LatencyBench {
     /// Series measured (after a few unmeasured warm-up ones).
@@ -188,10 +188,10 @@ fn spread(mut samples: Vec<Duration>) -> Spread {
     Spread { p50_ms: pct(0.5), p99_ms: pct(0.99), max_ms: pct(1.0) }
 }
 
-/// `patchbay bench latency`.
+/// `patchbay-bench latency`.
 pub async fn run(opts: LatencyBench) -> anyhow::Result<()> {
     anyhow::ensure!(opts.series > 0 && opts.patches > 0, "--series and --patches must be at least 1");
-    let dir = crate::bench::tempfile_dir()?;
+    let dir = crate::bus::tempfile_dir()?;
     let smtp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let smtp_port = smtp.local_addr()?.port();
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
@@ -211,8 +211,8 @@ pub async fn run(opts: LatencyBench) -> anyhow::Result<()> {
     )?;
     let config = patchbay_config::Config::from_file(&config_path)?;
     let root = config.bus.root.clone();
-    let args = crate::serve::ServeArgs { http: Some("127.0.0.1:0".parse()?), lmtp: Some("127.0.0.1:0".parse()?), no_runner: true };
-    let running = crate::serve::start(config, &args).await?;
+    let args = patchbay::serve::ServeArgs { http: Some("127.0.0.1:0".parse()?), lmtp: Some("127.0.0.1:0".parse()?), no_runner: true };
+    let running = patchbay::serve::start(config, &args).await?;
     let bus = running.bus.clone();
 
     // The benchmark is the runner: it takes the jobs from their queues.

@@ -1,4 +1,4 @@
-//! `patchbay bench runner`: the runner's own overhead. A 10-patch series on a
+//! `patchbay-bench runner`: the runner's own overhead. A 10-patch series on a
 //! repository of a few thousand commits goes through the whole runner
 //! (mirror → worktree → `git am -3` → sandbox → trivial script → result
 //! published on an embedded bus), alternating with a shell script that runs
@@ -16,7 +16,7 @@ use patchbay_bus::{Bus, Publisher, Sealer};
 use patchbay_model::{Sender, SeriesHead, TestJob, TestLimits, TopicRoot};
 use patchbay_runtime::Handler;
 
-/// Options of `patchbay bench runner`.
+/// Options of `patchbay-bench runner`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct RunnerBench {
     /// Commits in the repository.

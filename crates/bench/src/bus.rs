@@ -1,4 +1,4 @@
-//! `patchbay bench bus`: durable publish + consume + ack throughput with
+//! `patchbay-bench bus`: durable publish + consume + ack throughput with
 //! concurrent publishers, and publish-to-delivery latency at a steady rate, on
 //! the embedded bus in a scratch directory.
 
@@ -11,7 +11,7 @@ use patchbay_model::{SchemaRef, Sender, TopicRoot};
 use patchbay_store::EmbeddedBus;
 use serde::Serialize;
 
-/// Options of `patchbay bench bus`.
+/// Options of `patchbay-bench bus`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct BusBench {
     /// Messages in the throughput run.

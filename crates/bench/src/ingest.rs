@@ -1,0 +1,158 @@
+//! `patchbay-bench ingest`: `import` into a scratch store (mails/s, peak RSS, consistency, CPU
+//! per thread), and with `--stages` the steps no design can skip, each timed alone, and the
+//! rate they bound on this machine's cores.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use patchbay::ingest::{ImportArgs, import_into};
+use patchbay_ingest::{Incoming, Ingest, Project, Rules, Settings};
+use patchbay_store::EmbeddedBus;
+
+/// Options of `patchbay-bench ingest`.
+#[derive(clap::Args, Clone)]
+pub struct IngestBench {
+    /// The mbox (or maildir, or public-inbox archive) to import.
+    path: PathBuf,
+    /// Scratch data directory (default: a temporary directory, removed afterwards).
+    #[arg(long)]
+    scratch: Option<PathBuf>,
+    /// Publish unsigned events, to see what signing costs.
+    #[arg(long)]
+    unsigned: bool,
+    /// Also time the steps no design can skip (read, parse, one signature per mail, storing the
+    /// raw mail), each alone on one thread, and the rate they bound on this machine's cores.
+    #[arg(long)]
+    stages: bool,
+}
+
+/// `patchbay-bench ingest`: import + parse + assembly into a fresh embedded store.
+pub async fn bench(opts: IngestBench) -> anyhow::Result<()> {
+    let tmp = tempfile_dir(opts.scratch.clone())?;
+    let key = if opts.unsigned { None } else { Some(std::sync::Arc::new(patchbay_bus::SigningKey::generate("bench")?)) };
+    let bus = EmbeddedBus::open(&tmp, patchbay_bus::Sealer::new(key))?;
+    let root = patchbay_model::TopicRoot::new("patchbay", "bench")?;
+    let settings = Settings {
+        rules: Rules::default(),
+        projects: vec![Project { name: "bench".into(), list_ids: vec!["linux-hwmon.vger.kernel.org".into()], tag: None }],
+    };
+    let ingest = Ingest::new(bus, root, "bench", settings);
+    let args =
+        ImportArgs { paths: vec![opts.path.clone()], list_ids: vec![], json: true, quiet: true, full: false, test: false, batch: 512 };
+    let summary = import_into(&ingest, &args).await.map_err(|e| anyhow::anyhow!("{:#}", e.error()))?;
+    let rss = peak_rss_kib();
+    let threads = thread_cpu_seconds();
+    let stages = if opts.stages { Some(stages(&opts.path, &tmp)?) } else { None };
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "stages": stages,
+            "thread_cpu_seconds": threads,
+            "file": opts.path,
+            "mails": summary.read,
+            "seconds": summary.seconds,
+            "mails_per_second": summary.rate,
+            "signed": !opts.unsigned,
+            "peak_rss_mib": rss.map(|k| k as f64 / 1024.0),
+            "series": summary.series,
+            "consistency": summary.consistency,
+        }))?
+    );
+    if opts.scratch.is_none() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    Ok(())
+}
+
+/// The steps every mail must go through whatever the design, each timed alone on one thread:
+/// reading and splitting the mbox, parsing, sealing one signed `mail.message.received`, and
+/// storing the raw mail (batches of 512, WAL, synchronous=FULL, checkpointed). Their sum over
+/// the cores bounds the rate of any import here; storing (one SQLite writer) bounds it alone too.
+fn stages(path: &std::path::Path, scratch: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    let t = Instant::now();
+    let file = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+    let raws = patchbay_mail::MboxReader::new(file).map(|m| m.map(|m| m.raw)).collect::<Result<Vec<_>, _>>()?;
+    let read = t.elapsed();
+    let n = raws.len().max(1) as f64;
+
+    let t = Instant::now();
+    let mails: Vec<Incoming> = raws.into_iter().map(|raw| patchbay_ingest::incoming(raw, vec![], 0)).collect();
+    let parse = t.elapsed();
+
+    let sealer = patchbay_bus::Sealer::new(Some(std::sync::Arc::new(patchbay_bus::SigningKey::generate("bench")?)));
+    let topic = patchbay_model::TopicRoot::new("patchbay", "bench")?.topic("mail.message.received")?;
+    let t = Instant::now();
+    for (i, m) in mails.iter().enumerate() {
+        let body = serde_json::json!({
+            "mail": i, "message_id": m.parsed.message_id, "subject": m.parsed.subject_line, "from": m.parsed.from_email,
+            "lists": m.parsed.list_ids, "kind": m.parsed.kind.as_str(), "problems": [], "series": null,
+        });
+        let out = patchbay_bus::Outgoing {
+            sender: patchbay_model::Sender::new("ingest", "bench"),
+            topic: topic.clone(),
+            schema: patchbay_model::SchemaRef { name: "patchbay.mail.received".into(), version: 1 },
+            body,
+        };
+        std::hint::black_box(sealer.seal(out, i as u64 + 1).to_wire());
+    }
+    let sign = t.elapsed();
+
+    let db = scratch.join("stages.sqlite");
+    let mut conn = rusqlite::Connection::open(&db)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.execute("CREATE TABLE raw (id INTEGER PRIMARY KEY, content_hash BLOB NOT NULL UNIQUE, raw BLOB NOT NULL)", [])?;
+    let t = Instant::now();
+    for chunk in mails.chunks(512) {
+        let tx = conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached("INSERT OR IGNORE INTO raw (content_hash, raw) VALUES (?1, ?2)")?;
+            for m in chunk {
+                insert.execute(rusqlite::params![&m.parsed.content_hash[..], &m.raw])?;
+            }
+        }
+        tx.commit()?;
+    }
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    let store = t.elapsed();
+
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as f64;
+    let per_mail = |d: Duration| d.as_secs_f64() * 1e6 / n;
+    let total = read + parse + sign + store;
+    Ok(serde_json::json!({
+        "read_us_per_mail": per_mail(read),
+        "parse_us_per_mail": per_mail(parse),
+        "sign_us_per_mail": per_mail(sign),
+        "store_raw_us_per_mail": per_mail(store),
+        "cores": cores,
+        "bound_all_cores_mails_per_second": n / (total.as_secs_f64() / cores),
+        "bound_one_writer_mails_per_second": n / store.as_secs_f64(),
+    }))
+}
+
+fn tempfile_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let dir = given.unwrap_or_else(|| std::env::temp_dir().join(format!("patchbay-bench-ingest-{}", std::process::id())));
+    if dir.exists() {
+        anyhow::bail!("{} exists; give an empty scratch directory", dir.display());
+    }
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// CPU seconds (user + system) of this process's live threads by name: which one is the
+/// bottleneck (the store's single writer, usually).
+fn thread_cpu_seconds() -> std::collections::BTreeMap<String, f64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        *by_name.entry(stat[open + 1..close].to_string()).or_insert(0.0) += crate::bus::stat_cpu_seconds(&stat);
+    }
+    by_name
+}
+
+/// Peak resident set size of this process (VmHWM), in KiB.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}

@@ -1,0 +1,69 @@
+//! `patchbay-bench`: the benchmarks, apart from the production binary. Each
+//! prints figures measured side by side in one run (our bus against raw lapin,
+//! an import against the bound of its unskippable steps, the runner against
+//! the same commands by hand) with the machine's load average where it
+//! matters. `scripts/test` smoke-runs the small versions; the figures live in
+//! the issue notes, never in assertions.
+
+mod amqp;
+mod bus;
+mod history;
+mod ingest;
+mod latency;
+mod runner;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// patchbay-bench: how fast patchbay's parts are, measured against their peers and bounds.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Subcommand)]
+enum What {
+    /// Durable publish + consume + ack throughput, and publish-to-delivery latency.
+    Bus(bus::BusBench),
+    /// The RabbitMQ bus against a raw lapin client, and against the embedded bus.
+    Amqp(amqp::AmqpBench),
+    /// Import + parse + series assembly into a fresh embedded store: mails/s and peak RSS.
+    Ingest(ingest::IngestBench),
+    /// The runner's overhead on a 10-patch series against the same commands run by hand.
+    Runner(runner::RunnerBench),
+    /// Every history filter against a million stored messages: p50/p99 per combination.
+    History(history::HistoryBench),
+    /// Reaction times over N series: last mail over LMTP -> jobs, last result -> report at SMTP.
+    Latency(latency::LatencyBench),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("patchbay-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.what {
+            What::Bus(opts) => bus::run(opts).await,
+            What::Amqp(opts) => amqp::run(opts).await,
+            What::Ingest(opts) => ingest::bench(opts).await,
+            What::Runner(opts) => runner::run(opts).await,
+            What::History(opts) => history::bench(opts).await,
+            What::Latency(opts) => latency::run(opts).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("patchbay-bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
