@@ -12,16 +12,15 @@
 //! [`MAX_DATA_LINE`], the mails being received share a memory budget, and a
 //! failing `accept` backs off instead of spinning.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
+use patchbay_listen::{Admission, Backoff, Seated, Seats, Throttled};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{Ingest, Outcome};
 
@@ -64,9 +63,9 @@ impl Limits {
 pub async fn serve(listener: TcpListener, ingest: Ingest, limits: Limits, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
     tokio::pin!(shutdown);
     let limits = Arc::new(limits);
-    let seats = Arc::new(Seats::new(limits.max_connections));
+    let seats = Seats::new(limits.max_connections);
     let budget = Arc::new(Semaphore::new(limits.data_budget()));
-    let mut backoff = Backoff::default();
+    let mut backoff = Backoff::new("LMTP");
     let (mut evicted, mut refused) = (Throttled::default(), Throttled::default());
     loop {
         let accepted = tokio::select! {
@@ -154,7 +153,7 @@ async fn session(
                     return Ok(());
                 }
             },
-            () = seat.seat.evict.notified() => {
+            () = seat.seat.evicted() => {
                 tracing::debug!(%peer, "LMTP session closed: the longest idle at the connection cap.");
                 let _ = send(&mut write, b"421 4.3.2 too many connections, closing an idle one\r\n", idle).await;
                 return Ok(());
@@ -384,144 +383,6 @@ async fn deliver(ingest: &Ingest, raw: Vec<u8>, peer: SocketAddr) -> String {
     }
 }
 
-/// The sessions of one listener, so the cap can be kept and the longest-idle one found.
-struct Seats {
-    cap: usize,
-    epoch: Instant,
-    table: Mutex<(u64, HashMap<u64, Arc<Seat>>)>,
-}
-
-/// One session's place: when it last did something, whether it is in a transfer, and how it
-/// is told to make room.
-struct Seat {
-    id: u64,
-    epoch: Instant,
-    last: AtomicU64,
-    busy: AtomicBool,
-    evict: Notify,
-}
-
-/// How a new connection was let in.
-enum Admission {
-    /// Below the cap.
-    Free(Seated),
-    /// At the cap; the longest-idle session was told to close.
-    Evicted(Seated),
-    /// At the cap with every session in a transfer.
-    Full,
-}
-
-impl Seats {
-    fn new(cap: usize) -> Self {
-        Seats { cap: cap.max(1), epoch: Instant::now(), table: Mutex::new((0, HashMap::new())) }
-    }
-
-    fn admit(self: &Arc<Self>) -> Admission {
-        let mut guard = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (next, table) = &mut *guard;
-        let mut evicted = false;
-        if table.len() >= self.cap {
-            let victim =
-                table.values().filter(|s| !s.busy.load(Ordering::Relaxed)).min_by_key(|s| (s.last.load(Ordering::Relaxed), s.id)).cloned();
-            let Some(victim) = victim else { return Admission::Full };
-            table.remove(&victim.id);
-            victim.evict.notify_one();
-            evicted = true;
-        }
-        *next += 1;
-        let seat =
-            Arc::new(Seat { id: *next, epoch: self.epoch, last: AtomicU64::new(0), busy: AtomicBool::new(false), evict: Notify::new() });
-        seat.touch();
-        table.insert(seat.id, seat.clone());
-        let seated = Seated { seats: self.clone(), seat };
-        if evicted { Admission::Evicted(seated) } else { Admission::Free(seated) }
-    }
-}
-
-impl Seat {
-    fn touch(&self) {
-        self.last.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    /// Marks the session busy until the guard is dropped.
-    fn busy(&self) -> Busy<'_> {
-        self.busy.store(true, Ordering::Relaxed);
-        Busy(self)
-    }
-}
-
-/// A session in a transfer; idle again (and just active) when dropped.
-struct Busy<'a>(&'a Seat);
-
-impl Drop for Busy<'_> {
-    fn drop(&mut self) {
-        self.0.touch();
-        self.0.busy.store(false, Ordering::Relaxed);
-    }
-}
-
-/// A session's seat, given back when the session ends.
-struct Seated {
-    seats: Arc<Seats>,
-    seat: Arc<Seat>,
-}
-
-impl Drop for Seated {
-    fn drop(&mut self) {
-        self.seats.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner).1.remove(&self.seat.id);
-    }
-}
-
-/// Backs off while `accept` fails (out of descriptors, say): from 10 ms doubling to 1 s,
-/// logged once when a burst of failures begins and once when it ends.
-#[derive(Default)]
-struct Backoff {
-    failures: u32,
-    since: Option<Instant>,
-}
-
-impl Backoff {
-    fn failed(&mut self, error: &std::io::Error) -> Duration {
-        use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
-        // One connection's trouble, not the listener's.
-        if matches!(error.kind(), ConnectionAborted | ConnectionRefused | ConnectionReset) {
-            return Duration::ZERO;
-        }
-        if self.failures == 0 {
-            tracing::warn!(%error, "LMTP accept failed; backing off until it works again.");
-            self.since = Some(Instant::now());
-        }
-        self.failures = self.failures.saturating_add(1);
-        Duration::from_millis(10 << self.failures.min(8).saturating_sub(1)).min(Duration::from_secs(1))
-    }
-
-    fn succeeded(&mut self) {
-        if self.failures > 0 {
-            let secs = self.since.map_or(0.0, |s| s.elapsed().as_secs_f64());
-            tracing::info!(failures = self.failures, secs, "LMTP accept works again.");
-            *self = Backoff::default();
-        }
-    }
-}
-
-/// Counts events and says when to log them: the first at once, then at most once a minute.
-#[derive(Default)]
-struct Throttled {
-    count: u64,
-    last: Option<Instant>,
-}
-
-impl Throttled {
-    fn hit(&mut self) -> Option<u64> {
-        self.count += 1;
-        if self.last.is_some_and(|l| l.elapsed() < Duration::from_secs(60)) {
-            return None;
-        }
-        self.last = Some(Instant::now());
-        Some(std::mem::take(&mut self.count))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -551,20 +412,5 @@ mod tests {
         assert_eq!(data(&endless, 64 << 20, 1 << 30).await, Data::LineTooLong);
         let forever = "x\r\n".repeat(3000);
         assert_eq!(data(forever.as_bytes(), 4096, 1 << 20).await, Data::Endless, "not read to an end past twice the limit");
-    }
-
-    #[test]
-    fn at_the_cap_the_longest_idle_session_makes_room() {
-        let seats = Arc::new(Seats::new(2));
-        let Admission::Free(a) = seats.admit() else { panic!() };
-        std::thread::sleep(Duration::from_millis(5));
-        let Admission::Free(b) = seats.admit() else { panic!() };
-        let _busy = b.seat.busy();
-        let Admission::Evicted(c) = seats.admit() else { panic!("a is idle") };
-        assert_eq!(seats.table.lock().unwrap().1.len(), 2);
-        let _busy_c = c.seat.busy();
-        assert!(matches!(seats.admit(), Admission::Full), "every session busy");
-        drop(a);
-        assert_eq!(seats.table.lock().unwrap().1.len(), 2, "an evicted seat was already given up");
     }
 }

@@ -193,6 +193,23 @@ fn layering_rules_hold() {
             "ingest knows the embedded store but no HTTP, no AMQP and no config file",
         ),
         ("bench", &["patchbay-web", "axum", "reqwest"], "the benchmarks drive the library and the backends, not HTTP"),
+        (
+            "listen",
+            &[
+                "patchbay-model",
+                "patchbay-bus",
+                "patchbay-store",
+                "patchbay-runtime",
+                "patchbay-config",
+                "patchbay-web",
+                "patchbay-ingest",
+                "rusqlite",
+                "axum",
+                "hyper",
+                "lapin",
+            ],
+            "connection seats know sockets only through their callers: no protocol, bus or store",
+        ),
     ];
     let mut broken = Vec::new();
     for (krate, forbidden, why) in rules {

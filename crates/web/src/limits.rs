@@ -13,15 +13,13 @@
 //! client only a reconnect. Only when every connection is busy with a request is the new one
 //! answered `503` and closed.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit};
@@ -30,9 +28,10 @@ use axum::response::{IntoResponse, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use patchbay_listen::{Admission, Backoff, Seat, Seated, Seats, Throttled};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::AppError;
@@ -74,10 +73,10 @@ pub(crate) async fn serve(
 ) -> std::io::Result<()> {
     tokio::pin!(shutdown);
     let router = TowerToHyperService::new(router.layer(DefaultBodyLimit::max(limits.max_body_bytes)));
-    let seats = Arc::new(Seats::new(limits.max_connections));
+    let seats = Seats::new(limits.max_connections);
     let (closing_tx, closing) = watch::channel(false);
     let mut connections = JoinSet::new();
-    let mut backoff = Backoff::default();
+    let mut backoff = Backoff::new("HTTP");
     let (mut evicted, mut refused) = (Throttled::default(), Throttled::default());
     loop {
         let accepted = tokio::select! {
@@ -149,7 +148,7 @@ async fn connection(
         hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             // Handlers see the peer as `axum::serve` would show it (the publish check uses it).
             request.extensions_mut().insert(ConnectInfo(peer));
-            let busy = Busy::new(seat.clone());
+            let busy = seat.busy();
             let call = hyper::service::Service::call(&router, request);
             async move {
                 let response = match tokio::time::timeout(timeout, call).await {
@@ -181,7 +180,7 @@ async fn connection(
                 break;
             }
             // Dropping the connection closes the socket; only idle ones are told to go.
-            () = seat.evict.notified() => break,
+            () = seat.evicted() => break,
             _ = closing.changed(), if !shutting_down => {
                 shutting_down = true;
                 conn.as_mut().graceful_shutdown();
@@ -248,152 +247,11 @@ impl AsyncWrite for Tracked {
     }
 }
 
-/// The connections of one listener, so the cap can be kept and the longest-idle one found.
-struct Seats {
-    cap: usize,
-    epoch: Instant,
-    table: Mutex<(u64, HashMap<u64, Arc<Seat>>)>,
-}
-
-/// One connection's place: when bytes last moved, how many requests are in progress, and how
-/// it is told to make room.
-struct Seat {
-    id: u64,
-    epoch: Instant,
-    last: AtomicU64,
-    busy: AtomicUsize,
-    evict: Notify,
-}
-
-/// How a new connection was let in.
-enum Admission {
-    /// Below the cap.
-    Free(Seated),
-    /// At the cap; the longest-idle connection was told to close.
-    Evicted(Seated),
-    /// At the cap with a request in progress on every connection.
-    Full,
-}
-
-impl Seats {
-    fn new(cap: usize) -> Self {
-        Seats { cap: cap.max(1), epoch: Instant::now(), table: Mutex::new((0, HashMap::new())) }
-    }
-
-    fn admit(self: &Arc<Self>) -> Admission {
-        let mut guard = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (next, table) = &mut *guard;
-        let mut evicted = false;
-        if table.len() >= self.cap {
-            let victim = table
-                .values()
-                .filter(|s| s.busy.load(Ordering::Relaxed) == 0)
-                .min_by_key(|s| (s.last.load(Ordering::Relaxed), s.id))
-                .cloned();
-            let Some(victim) = victim else { return Admission::Full };
-            table.remove(&victim.id);
-            victim.evict.notify_one();
-            evicted = true;
-        }
-        *next += 1;
-        let seat =
-            Arc::new(Seat { id: *next, epoch: self.epoch, last: AtomicU64::new(0), busy: AtomicUsize::new(0), evict: Notify::new() });
-        seat.touch();
-        table.insert(seat.id, seat.clone());
-        let seated = Seated { seats: self.clone(), seat };
-        if evicted { Admission::Evicted(seated) } else { Admission::Free(seated) }
-    }
-}
-
-impl Seat {
-    fn touch(&self) {
-        self.last.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-}
-
-/// A request in progress on a connection; the connection is idle again when it is dropped.
-struct Busy(Arc<Seat>);
-
-impl Busy {
-    fn new(seat: Arc<Seat>) -> Self {
-        seat.busy.fetch_add(1, Ordering::Relaxed);
-        Busy(seat)
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.0.touch();
-        self.0.busy.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A connection's seat, given back when the connection ends.
-struct Seated {
-    seats: Arc<Seats>,
-    seat: Arc<Seat>,
-}
-
-impl Drop for Seated {
-    fn drop(&mut self) {
-        self.seats.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner).1.remove(&self.seat.id);
-    }
-}
-
-/// Backs off while `accept` fails (out of descriptors, say): from 10 ms doubling to 1 s,
-/// logged once when a burst of failures begins and once when it ends.
-#[derive(Default)]
-struct Backoff {
-    failures: u32,
-    since: Option<Instant>,
-}
-
-impl Backoff {
-    fn failed(&mut self, error: &std::io::Error) -> Duration {
-        use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
-        // One connection's trouble, not the listener's.
-        if matches!(error.kind(), ConnectionAborted | ConnectionRefused | ConnectionReset) {
-            return Duration::ZERO;
-        }
-        if self.failures == 0 {
-            tracing::warn!(%error, "HTTP accept failed; backing off until it works again.");
-            self.since = Some(Instant::now());
-        }
-        self.failures = self.failures.saturating_add(1);
-        Duration::from_millis(10 << self.failures.min(8).saturating_sub(1)).min(Duration::from_secs(1))
-    }
-
-    fn succeeded(&mut self) {
-        if self.failures > 0 {
-            let secs = self.since.map_or(0.0, |s| s.elapsed().as_secs_f64());
-            tracing::info!(failures = self.failures, secs, "HTTP accept works again.");
-            *self = Backoff::default();
-        }
-    }
-}
-
-/// Counts events and says when to log them: the first at once, then at most once a minute.
-#[derive(Default)]
-struct Throttled {
-    count: u64,
-    last: Option<Instant>,
-}
-
-impl Throttled {
-    fn hit(&mut self) -> Option<u64> {
-        self.count += 1;
-        if self.last.is_some_and(|l| l.elapsed() < Duration::from_secs(60)) {
-            return None;
-        }
-        self.last = Some(Instant::now());
-        Some(std::mem::take(&mut self.count))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::routing::{get, post};
+    use std::time::Instant;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     async fn ask(addr: SocketAddr, request: &str) -> String {
