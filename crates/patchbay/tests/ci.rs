@@ -751,35 +751,47 @@ fn an_8bit_latin1_patch_applies() {
 /// reporter on RabbitMQ only through the relay too; the report in the outbox shows both hops.
 /// Everything on the broker is this test's own (exchange, topics, queue names), so it can
 /// share a broker with other runs.
-#[test]
-fn a_series_is_tested_and_reported_on_rabbitmq() {
+/// `serve` on RabbitMQ (a namespace of its own on the broker) with one project whose test
+/// `name` runs `script`, plus `extra` config; waits until it answers HTTP, which means the
+/// relay has taken its place in the log: what comes next is new. Returns the config and port.
+fn serve_on_rabbitmq(tmp: &Path, repo: &Path, ns: &str, jobs: u32, test: (&str, &str), extra: &str) -> (PathBuf, u16, Serve) {
     let url = std::env::var("PATCHBAY_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-    let ns =
-        format!("ci{}x{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis());
-    let tmp = tempfile::tempdir().unwrap();
-    let repo = origin(tmp.path(), &[("README", "base\n"), ("test.sh", "set -e\ngrep -q fixed README\necho TESTS PASSED\n")]);
-    let config = tmp.path().join("patchbay.toml");
+    let config = tmp.join("patchbay.toml");
     let http = free_port();
+    let (name, script) = test;
     std::fs::write(
         &config,
         format!(
             "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n[ingest]\nlmtp_listen = \"\"\n\
              [bus]\nbackend = \"amqp\"\nurl = \"{url}\"\nexchange = \"{ns}\"\nprefix = \"e2e\"\nenv = \"{ns}\"\n[identity]\ninstance = \"{ns}\"\n\
-             [runner]\njobs = 2\n\
+             {extra}[runner]\njobs = {jobs}\n\
              [[project]]\nname = \"demo\"\nlist_ids = [\"{LIST}\"]\nrepository = \"{}\"\n\
-             [[project.test]]\nname = \"check\"\nscript = \"sh test.sh\"\narches = [\"{}\"]\ntime_limit_secs = 60\n",
+             [[project.test]]\nname = \"{name}\"\nscript = \"{script}\"\narches = [\"{}\"]\ntime_limit_secs = 60\n",
             repo.display(),
             std::env::consts::ARCH
         ),
     )
     .unwrap();
-    let _serve = Serve(bin().arg("--config").arg(&config).arg("serve").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
-    // Serving HTTP means the relay has taken its place in the log: what comes next is new.
+    let serve = Serve(bin().arg("--config").arg(&config).arg("serve").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
     let deadline = Instant::now() + Duration::from_secs(60);
     while !http_get(http, "/healthz").starts_with("HTTP/1.1 200") {
         assert!(Instant::now() < deadline, "serve on RabbitMQ did not come up");
         std::thread::sleep(Duration::from_millis(100));
     }
+    (config, http, serve)
+}
+
+/// A namespace of its own on the shared broker: exchange, topic env and instance.
+fn broker_ns(tag: &str) -> String {
+    format!("{tag}{}x{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis())
+}
+
+#[test]
+fn a_series_is_tested_and_reported_on_rabbitmq() {
+    let ns = broker_ns("ci");
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = origin(tmp.path(), &[("README", "base\n"), ("test.sh", "set -e\ngrep -q fixed README\necho TESTS PASSED\n")]);
+    let (config, _http, _serve) = serve_on_rabbitmq(tmp.path(), &repo, &ns, 2, ("check", "sh test.sh"), "");
     post(&repo, &config, "fix", "main", &[("README", "fixed\n")]);
 
     let db = tmp.path().join("data/patchbay.sqlite3");
@@ -972,8 +984,7 @@ fn forged_results_and_jobs_decide_nothing() {
 #[test]
 fn forgeries_on_rabbitmq_are_dead_lettered_and_kept_out_of_history() {
     let url = std::env::var("PATCHBAY_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-    let ns =
-        format!("fg{}x{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis());
+    let ns = broker_ns("fg");
     let tmp = tempfile::tempdir().unwrap();
     let repo = origin(tmp.path(), &[("README", "base\n")]);
     let root = format!("e2e.{ns}");
@@ -983,28 +994,9 @@ fn forgeries_on_rabbitmq_are_dead_lettered_and_kept_out_of_history() {
     let kg = bin().args(["keygen", "--id", "intruder", "--dir"]).arg(tmp.path().join("intruder")).output().unwrap();
     assert!(kg.status.success(), "{}", String::from_utf8_lossy(&kg.stderr));
     std::fs::copy(tmp.path().join("intruder/intruder.pub"), keys.join("intruder.pub")).unwrap();
-    let config = tmp.path().join("patchbay.toml");
-    let http = free_port();
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n[ingest]\nlmtp_listen = \"\"\n\
-             [bus]\nbackend = \"amqp\"\nurl = \"{url}\"\nexchange = \"{ns}\"\nprefix = \"e2e\"\nenv = \"{ns}\"\n[identity]\ninstance = \"{ns}\"\n\
-             [signing]\nrequire_signatures = true\n[signing.allow]\nintruder = [\"{root}.ci.test.#\", \"{root}.ci.runner.#\"]\n\
-             [runner]\njobs = 1\n\
-             [[project]]\nname = \"demo\"\nlist_ids = [\"{LIST}\"]\nrepository = \"{}\"\n\
-             [[project.test]]\nname = \"slow\"\nscript = \"sleep 8; grep -q fixed README\"\narches = [\"{}\"]\ntime_limit_secs = 60\n",
-            repo.display(),
-            std::env::consts::ARCH
-        ),
-    )
-    .unwrap();
-    let _serve = Serve(bin().arg("--config").arg(&config).arg("serve").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !http_get(http, "/healthz").starts_with("HTTP/1.1 200") {
-        assert!(Instant::now() < deadline, "serve on RabbitMQ did not come up");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let trust =
+        format!("[signing]\nrequire_signatures = true\n[signing.allow]\nintruder = [\"{root}.ci.test.#\", \"{root}.ci.runner.#\"]\n");
+    let (config, http, _serve) = serve_on_rabbitmq(tmp.path(), &repo, &ns, 1, ("slow", "sleep 8; grep -q fixed README"), &trust);
     post(&repo, &config, "fix", "main", &[("README", "broken\n")]);
     let db = tmp.path().join("data/patchbay.sqlite3");
     let arch = std::env::consts::ARCH;
@@ -1216,4 +1208,86 @@ fn wait_for_bodies(db: &Path, topic: &str, n: usize, secs: u64) -> Vec<serde_jso
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `git` with author and committer dates set to `date` (`@<unix> +0000`).
+fn git_at(dir: &Path, date: &str, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args(args)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_AUTHOR_NAME", "Dev")
+        .env("GIT_AUTHOR_EMAIL", "dev@example.org")
+        .env("GIT_COMMITTER_NAME", "Maintainer")
+        .env("GIT_COMMITTER_EMAIL", "maint@example.org")
+        .env("GIT_AUTHOR_DATE", date)
+        .env("GIT_COMMITTER_DATE", date)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A project repository whose first commit (`files` on main) is dated 1 January 2024.
+fn dated_origin(dir: &Path, files: &[(&str, &str)]) -> PathBuf {
+    let repo = dir.join("origin");
+    std::fs::create_dir_all(&repo).unwrap();
+    let date = "@1704067200 +0000";
+    git_at(&repo, date, &["init", "-q", "-b", "main"]);
+    for (name, content) in files {
+        std::fs::write(repo.join(name), content).unwrap();
+    }
+    git_at(&repo, date, &["add", "."]);
+    git_at(&repo, date, &["commit", "-q", "-m", "base"]);
+    repo
+}
+
+/// Imports `mails` as one mbox with `import --test`.
+fn import_for_test(tmp: &Path, config: &Path, name: &str, mails: &[String]) {
+    let mbox = tmp.join(format!("{name}.mbox"));
+    std::fs::write(&mbox, mails.concat()).unwrap();
+    let out = bin().arg("--config").arg(config).args(["import", "--quiet", "--test", "--list-id", LIST]).arg(&mbox).output().unwrap();
+    assert!(out.status.success(), "import: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The mails in the outbox.
+fn outbox(tmp: &Path) -> Vec<String> {
+    std::fs::read_dir(tmp.join("data/outbox/new"))
+        .map(|d| d.map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn an_archived_series_is_applied_on_the_branch_as_of_its_date() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = dated_origin(tmp.path(), &[("hello.c", "int main(void) { return 0; }\n")]);
+    let base = git(&repo, &["rev-parse", "HEAD"]).trim().to_string();
+    // Posted on 4 January 2024 without a base-commit...
+    let mails =
+        series_mails(&repo, "dated", &[("hello.c", "int main(void) { return 0; } /* v2 */\n")], Some("Thu, 4 Jan 2024 10:00:00 +0000"));
+    // ...while the branch moved on later, over the same line: the head no longer takes it.
+    std::fs::write(repo.join("hello.c"), "int main(void) { return 1; }\n").unwrap();
+    git_at(&repo, "@1704844800 +0000", &["commit", "-q", "-am", "rewrite"]);
+    let (config, _serve) = one_slot_serve(tmp.path(), &repo, "cc -o hello hello.c");
+    import_for_test(tmp.path(), &config, "dated", &mails);
+
+    let db = tmp.path().join("data/patchbay.sqlite3");
+    assert_eq!(settled_reports(&db, None, 1, 120).len(), 1);
+    let results = results(&db);
+    for test in ["apply", "slow"] {
+        let r = find(&results, "dated", test).unwrap_or_else(|| panic!("{test}: {results:#?}"));
+        assert_eq!(r["outcome"], "PASSED", "{r:#?}");
+        assert_eq!(r["base"]["commit"], base.as_str(), "{r:#?}");
+        assert_eq!(r["base"]["reason"], "branch main as of 2024-01-04, the series' date: it does not apply at the head", "{r:#?}");
+    }
+    let mails = outbox(tmp.path());
+    assert_eq!(mails.len(), 1);
+    let mail = mails[0].replace('\n', " ");
+    assert!(
+        mail.contains(&format!("Applied to: {base} (branch main as of 2024-01-04, the series' date: it does not apply at the head)")),
+        "{}",
+        mails[0]
+    );
+    assert!(mails[0].contains("\nTo name the base next time: `git format-patch --base=<commit>`.\n"), "{}", mails[0]);
 }
