@@ -745,12 +745,6 @@ fn an_8bit_latin1_patch_applies() {
     }
 }
 
-/// The same pipeline in the scale-out shape: `serve` on RabbitMQ. The mails go in with
-/// `inject` (another process, writing the store in the data directory), so the series events
-/// reach the dispatcher on RabbitMQ only through the relay, and the verdict reaches the
-/// reporter on RabbitMQ only through the relay too; the report in the outbox shows both hops.
-/// Everything on the broker is this test's own (exchange, topics, queue names), so it can
-/// share a broker with other runs.
 /// `serve` on RabbitMQ (a namespace of its own on the broker) with one project whose test
 /// `name` runs `script`, plus `extra` config; waits until it answers HTTP, which means the
 /// relay has taken its place in the log: what comes next is new. Returns the config and port.
@@ -786,6 +780,12 @@ fn broker_ns(tag: &str) -> String {
     format!("{tag}{}x{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis())
 }
 
+/// The same pipeline in the scale-out shape: `serve` on RabbitMQ. The mails go in with
+/// `inject` (another process, writing the store in the data directory), so the series events
+/// reach the dispatcher on RabbitMQ only through the relay, and the verdict reaches the
+/// reporter on RabbitMQ only through the relay too; the report in the outbox shows both hops.
+/// Everything on the broker is this test's own (exchange, topics, queue names), so it can
+/// share a broker with other runs.
 #[test]
 fn a_series_is_tested_and_reported_on_rabbitmq() {
     let ns = broker_ns("ci");
