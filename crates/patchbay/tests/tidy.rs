@@ -297,3 +297,24 @@ fn benchmarks_stay_out_of_the_production_binary() {
         .collect();
     assert!(benches.is_empty(), "benchmark modules in the production binary: {benches:?} (they belong in crates/bench)");
 }
+
+/// ARCHITECTURE.md's code map is where a newcomer finds where a change goes: it names every
+/// crate under `crates/`, one heading each, and nothing that does not exist.
+#[test]
+fn the_code_map_names_every_crate_and_only_those() {
+    let map = std::fs::read_to_string(workspace().join("ARCHITECTURE.md")).unwrap();
+    let named: Vec<String> = map
+        .lines()
+        .filter_map(|l| l.strip_prefix("### `crates/").and_then(|r| r.strip_suffix('`')))
+        .map(str::to_string)
+        .collect();
+    let crates = crates();
+    let mut sorted = named.clone();
+    sorted.sort();
+    let missing: Vec<&String> = crates.iter().filter(|c| !named.contains(c)).collect();
+    let stale: Vec<&String> = named.iter().filter(|n| !crates.contains(n)).collect();
+    assert!(missing.is_empty(), "crates without a heading in ARCHITECTURE.md's code map: {missing:?}");
+    assert!(stale.is_empty(), "ARCHITECTURE.md's code map names crates that do not exist: {stale:?}");
+    sorted.dedup();
+    assert_eq!(sorted.len(), named.len(), "a crate has two headings in the code map: {named:?}");
+}
