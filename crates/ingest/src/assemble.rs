@@ -541,12 +541,28 @@ fn naming_supersedes(tx: &Tx<'_>, s: &SeriesRow) -> Result<Vec<i64>, StoreError>
     rows.collect::<Result<_, _>>().map_err(q)
 }
 
-/// Series still `new` whose first mail arrived before `cutoff` become `incomplete`.
-pub fn sweep(tx: &Tx<'_>, cutoff: i64, now: i64, events: &mut Vec<Event>) -> Result<usize, StoreError> {
-    let ids: Vec<i64> = tx
-        .prepare_cached("SELECT id FROM series WHERE state = 'new' AND created_at < ?1 ORDER BY id LIMIT 1000")?
-        .query_map([cutoff], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
+/// What a deadline sweep measures a series' age by.
+#[derive(Clone, Copy, Debug)]
+pub enum Age {
+    /// When patchbay received its first mail (the wall clock, as `serve` runs it).
+    Received,
+    /// The Date of its first mail (an archive's own time, as `import` runs it).
+    Dated,
+}
+
+/// The newest mail Date in the store, not counting Dates after the mail was received (a sender's
+/// clock a day or more ahead): the "now" of an imported archive.
+pub fn newest_date(tx: &Tx<'_>) -> Result<Option<i64>, StoreError> {
+    Ok(tx.prepare_cached("SELECT max(date) FROM mails WHERE date <= received_at + 86400")?.query_row([], |r| r.get(0))?)
+}
+
+/// Series still `new` whose first mail is older than `cutoff` (by `age`) become `incomplete`.
+pub fn sweep(tx: &Tx<'_>, age: Age, cutoff: i64, now: i64, events: &mut Vec<Event>) -> Result<usize, StoreError> {
+    let sql = match age {
+        Age::Received => "SELECT id FROM series WHERE state = 'new' AND created_at < ?1 ORDER BY id LIMIT 1000",
+        Age::Dated => "SELECT id FROM series WHERE state = 'new' AND date < ?1 ORDER BY id LIMIT 1000",
+    };
+    let ids: Vec<i64> = tx.prepare_cached(sql)?.query_map([cutoff], |r| r.get(0))?.collect::<Result<_, _>>()?;
     for &id in &ids {
         tx.prepare_cached("UPDATE series SET state = 'incomplete', updated_at = ?2 WHERE id = ?1")?.execute(params![id, now])?;
         let s = load_series(tx, id)?;

@@ -145,12 +145,39 @@ impl Ingest {
             .db()
             .write(move |tx| {
                 let mut events = Vec::new();
-                let n = assemble::sweep(tx, now - incomplete_after, now, &mut events)?;
+                let n = assemble::sweep(tx, assemble::Age::Received, now - incomplete_after, now, &mut events)?;
                 let messages = this.outgoing(events)?;
                 if !messages.is_empty() {
                     this.bus.publish_in(tx, messages)?;
                 }
                 Ok(n)
+            })
+            .await?)
+    }
+
+    /// The deadline sweep for an imported archive, whose mails may be years old: the clock is the
+    /// newest mail Date in the store, and a series' age is its first mail's Date, so the outcome
+    /// depends on the mails alone, not on when they were imported. Returns how many changed.
+    pub async fn sweep_by_mail_dates(&self, now: i64, incomplete_after: i64) -> Result<usize, IngestError> {
+        let this = self.clone();
+        Ok(self
+            .bus
+            .db()
+            .write(move |tx| {
+                let Some(clock) = assemble::newest_date(tx)? else { return Ok(0) };
+                let (mut total, mut events) = (0, Vec::new());
+                loop {
+                    let n = assemble::sweep(tx, assemble::Age::Dated, clock - incomplete_after, now, &mut events)?;
+                    total += n;
+                    if n < 1000 {
+                        break;
+                    }
+                }
+                let messages = this.outgoing(events)?;
+                if !messages.is_empty() {
+                    this.bus.publish_in(tx, messages)?;
+                }
+                Ok(total)
             })
             .await?)
     }

@@ -422,3 +422,40 @@ async fn shape7_every_older_version_and_supersedes_lines() {
         assert_eq!(count(&ev, "series.series.complete"), if renamed_first { 2 } else { 3 }, "renamed first: {renamed_first}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shape9_an_archive_sweep_judges_by_the_mails_dates() {
+    // Imported years after they were posted (received "now"): a series missing a patch whose
+    // first mail is more than a day older than the archive's newest mail is incomplete; one
+    // posted within the last day of the archive is still new, and so is everything under a
+    // sweep by the wall clock of a store whose mails were all received just now.
+    let dated = |m: Vec<u8>, day: u32| String::from_utf8(m).unwrap().replace("Mon, 1 Jan 2024", &format!("{day} Jan 2024")).into_bytes();
+    let dir = tempfile::tempdir().unwrap();
+    let ingest = common::scratch(dir.path(), &[LIST]);
+    let now = patchbay_ingest::now();
+    let mails = vec![
+        dated(mail("<old1@x>", "[PATCH 1/2] foo: old", &[], &patch_body("a")), 1),
+        dated(mail("<done1@x>", "[PATCH 1/1] bar: done", &[], &patch_body("b")), 2),
+        dated(mail("<new1@x>", "[PATCH 1/2] baz: recent", &[], &patch_body("c")), 9),
+        dated(mail("<last@x>", "Re: something", &[], "A comment, the archive's newest mail.\n"), 10),
+        // A Date far in the future (a sender's broken clock) is not the archive's clock.
+        String::from_utf8(mail("<future@x>", "Re: wrong clock", &[], "x\n"))
+            .unwrap()
+            .replace("Mon, 1 Jan 2024", "Mon, 1 Jan 2124")
+            .into_bytes(),
+    ];
+    for m in mails {
+        ingest.accept(vec![incoming(m, vec![], now)]).await.unwrap();
+    }
+    assert_eq!(ingest.sweep(now, 86_400).await.unwrap(), 0, "received just now: the wall clock finds nothing overdue");
+    assert_eq!(ingest.sweep_by_mail_dates(now, 86_400).await.unwrap(), 1);
+    let got: Vec<(String, String)> = common::all_series(&ingest).await.into_iter().map(|s| (s.name, s.state)).collect();
+    assert_eq!(
+        got,
+        vec![("foo: old".into(), "incomplete".into()), ("bar: done".into(), "complete".into()), ("baz: recent".into(), "new".into())]
+    );
+    let ev = events(&ingest).await;
+    assert_eq!(count(&ev, "series.series.incomplete"), 1);
+    // Idempotent: a second sweep changes nothing.
+    assert_eq!(ingest.sweep_by_mail_dates(now, 86_400).await.unwrap(), 0);
+}

@@ -179,7 +179,7 @@ fn progress_line(done: u64, total: Option<u64>, mails: u64, started: Instant, un
 /// `patchbay import`.
 pub async fn import(config: &Config, args: &ImportArgs) -> Result<(), Exit> {
     let ingest = service(config)?;
-    let summary = import_into(&ingest, args).await?;
+    let summary = import_with_deadline(&ingest, args, config.ingest.incomplete_after_secs).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary).map_err(|e| Exit::from(anyhow::Error::from(e)))?);
     } else {
@@ -205,8 +205,16 @@ pub async fn import(config: &Config, args: &ImportArgs) -> Result<(), Exit> {
     Ok(())
 }
 
-/// Imports every path into `ingest` and reports.
+/// Imports every path into `ingest` and reports, with the default deadline (24 h) for series
+/// still missing patches.
 pub async fn import_into(ingest: &Ingest, args: &ImportArgs) -> Result<Summary, Exit> {
+    import_with_deadline(ingest, args, 86_400).await
+}
+
+/// Imports every path into `ingest`, marks series still missing patches `incomplete_after` seconds
+/// after their first mail's Date (the archive's clock: its newest Date, not the wall clock), and
+/// reports.
+async fn import_with_deadline(ingest: &Ingest, args: &ImportArgs, incomplete_after: i64) -> Result<Summary, Exit> {
     let started = Instant::now();
     let mut summary = Summary::default();
     let show = !args.quiet && !args.json && std::io::stderr().is_terminal();
@@ -231,6 +239,7 @@ pub async fn import_into(ingest: &Ingest, args: &ImportArgs) -> Result<Summary, 
     }
     summary.seconds = started.elapsed().as_secs_f64();
     summary.rate = summary.read as f64 / summary.seconds.max(0.001);
+    ingest.sweep_by_mail_dates(patchbay_ingest::now(), incomplete_after).await.map_err(Exit::tempfail)?;
     report(ingest, &mut summary).await.map_err(Exit::tempfail)?;
     Ok(summary)
 }
