@@ -77,6 +77,12 @@ try {
   check(report.includes('X-Patchbay-Verdict: FAILED') && report.includes('In-Reply-To:'), 'the report from the outbox shows on the page');
   const logHref = await page.locator('#matrix tr[data-test="check"] a').getAttribute('href');
   await page.screenshot({ path: join(artifacts, 'series.png'), fullPage: true });
+  // The report links to this very page, and the link opens it.
+  const details = (report.match(/Details: (\S+)/) || [])[1];
+  check(details && new URL(details).pathname === new URL(page.url()).pathname, `the report links to the series page (${details})`);
+  await page.goto(details);
+  await page.waitForSelector('#matrix');
+  check((await page.locator('#verdict').textContent()).includes('FAILED'), 'the report\'s link opens the series page');
 
   // 3. Re-run: refused without a token, queued with one.
   const rerun = page.locator('#matrix tr[data-test="check"] button', { hasText: 'Re-run' });

@@ -253,8 +253,8 @@ impl Reporter {
         // An admin's re-send goes out whatever the skip rules say.
         let skip = if resends > 0 {
             None
-        } else if self.skip.passed && v.verdict == "PASSED" {
-            Some("PASSED, and only failures are reported")
+        } else if self.skip.passed && matches!(v.verdict.as_str(), "PASSED" | "MERGED") {
+            Some("not a failure, and only failures are reported")
         } else if self.skip.superseded && superseded {
             Some("a later version superseded this one before it was reported")
         } else {
@@ -280,8 +280,8 @@ impl Reporter {
             missing: v.missing.clone(),
             lines: facts.lines,
             base: facts.base,
-            // The series page comes with the dashboard; until then the logs are the links.
-            link: None,
+            // The series' page on the dashboard: its matrix, logs, report and other versions.
+            link: self.link_base.as_deref().map(|b| format!("{}/series/{}", b.trim_end_matches('/'), v.series.id)),
         };
         let date = rfc5322_now();
         let mail = match report::compose_with(&r, &facts.thread, &self.settings, &date, self.template.as_deref()) {
