@@ -84,11 +84,6 @@ impl Dependencies for StoreDependencies {
     }
 }
 
-/// The list id `patchbay import --test` records for every mail it imports: the wish to test
-/// its series whatever their age, stored with the mails (in the transaction that completes
-/// their series), so the dispatcher finds it however late it runs. `.invalid` names no list.
-pub const TEST_ANYWAY_LIST: &str = "test-anyway.import.patchbay.invalid";
-
 /// The dates of a series' mails, read from the embedded store.
 struct StoreDates(patchbay_ingest::Ingest);
 
@@ -104,7 +99,7 @@ impl SeriesDates for StoreDates {
                     "SELECT max(coalesce(m.date, m.received_at)),
                             coalesce(max(EXISTS (SELECT 1 FROM mail_lists l WHERE l.mail_id = m.id AND l.list_id = ?2)), 0)
                      FROM series_mails sm JOIN mails m ON m.id = sm.mail_id WHERE sm.series_id = ?1",
-                    rusqlite::params![id, TEST_ANYWAY_LIST],
+                    rusqlite::params![id, crate::ingest::TEST_ANYWAY_LIST],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )?;
                 Ok(row.0.map(|newest| MailDates { newest, test_anyway: row.1 }))
@@ -252,7 +247,7 @@ pub async fn runner(config: Config, args: &RunnerArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("{}: runner.isolation: {e}", config.source_name()))?;
     }
     // A broker that is down now may be up soon: retry with backoff, and say so.
-    let shutdown = crate::serve::shutdown_signal();
+    let shutdown = crate::tasks::shutdown_signal();
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(500);
     let bus = loop {

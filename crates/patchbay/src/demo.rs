@@ -44,6 +44,21 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// The demo's first choice of HTTP port (LMTP takes the one below): beside `serve`'s 8025, so
+/// both can run, and the same on every run, so a bookmarked dashboard keeps working.
+pub const DEMO_HTTP_PORT: u16 = 8035;
+
+/// The first free port of `preferred` and the nine after it (the same one run after run while
+/// they stay busy or free), else any free port.
+fn stable_port(preferred: u16, taken: &[u16]) -> anyhow::Result<u16> {
+    for port in preferred..preferred.saturating_add(10) {
+        if !taken.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    free_port()
+}
+
 /// The sample project: a greeting script and its test. Shell only, so any machine can run it.
 fn make_project(repo: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(repo)?;
@@ -130,7 +145,8 @@ pub async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     let repo = dir.join("project");
     make_project(&repo)?;
-    let (http, lmtp) = (free_port()?, free_port()?);
+    let http = stable_port(DEMO_HTTP_PORT, &[])?;
+    let lmtp = stable_port(http - 1, &[http])?;
     // An admin token for the dashboard's buttons (re-run, waive), random per demo.
     let mut seed = [0u8; 16];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut seed)?;
@@ -219,7 +235,7 @@ pub async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     } else {
         println!("\nServing; Ctrl-C to stop.");
-        crate::serve::shutdown_signal().await;
+        crate::tasks::shutdown_signal().await;
         let _ = stop_tx.send(true);
     }
     server.await??;

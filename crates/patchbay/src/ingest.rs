@@ -20,6 +20,11 @@ use serde::Serialize;
 
 use crate::Exit;
 
+/// The list id `patchbay import --test` records for every mail it imports: the wish to test
+/// its series whatever their age, stored with the mails (in the transaction that completes
+/// their series), so the dispatcher finds it however late it runs. `.invalid` names no list.
+pub const TEST_ANYWAY_LIST: &str = "test-anyway.import.patchbay.invalid";
+
 /// Options of `patchbay inject`.
 #[derive(clap::Args)]
 pub struct InjectArgs {
@@ -302,7 +307,7 @@ async fn run_source(
     let mut lists = args.list_ids.clone();
     if args.test {
         // The wish travels with the mails: the dispatcher reads it from the store.
-        lists.push(crate::ci::TEST_ANYWAY_LIST.to_string());
+        lists.push(TEST_ANYWAY_LIST.to_string());
     }
     let mut parsing = std::collections::VecDeque::new();
     let mut committing = std::collections::VecDeque::new();

@@ -132,7 +132,7 @@ fn run(cli: Cli) -> Result<(), Exit> {
         Command::Serve(args) => {
             let config = load_config(&cli)?;
             init_logging(&config);
-            runtime()?.block_on(serve::serve(config, args, serve::shutdown_signal())).map_err(Exit::from)
+            runtime()?.block_on(serve::serve(config, args, patchbay::tasks::shutdown_signal())).map_err(Exit::from)
         }
         Command::Publish(args) => {
             let config = load_config(&cli)?;

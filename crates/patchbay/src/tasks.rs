@@ -1,5 +1,5 @@
-//! The background tasks of `serve`: services on the runtime and periodic sweeps, all stopped
-//! by the one `closing` signal.
+//! The background tasks of `serve` and `runner`: services on the runtime and periodic
+//! sweeps, all stopped by the one `closing` signal, and the signal that asks for it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,6 +9,29 @@ use patchbay_bus::{Bus, TrustPolicy};
 use patchbay_runtime::{Handler, ServiceSpec};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("Shutdown requested.");
+}
 
 /// Resolves once `closing` turns true (or its sender is gone): the shutdown a task is given.
 pub async fn closed(mut closing: watch::Receiver<bool>) {
