@@ -305,6 +305,11 @@ fn thread(
     let series_id = match patchbay_series::place(rules, &arrival, &by_reference, &by_markers) {
         Placement::Stray(reason) => return Ok(Err(reason)),
         Placement::Join(sid) => {
+            let before = load_series(tx, sid)?;
+            let total = patchbay_series::total_after_join(before.total, &slots(tx, sid)?, &arrival);
+            if total != before.total {
+                tx.prepare_cached("UPDATE series SET total = ?2 WHERE id = ?1")?.execute(params![sid, total])?;
+            }
             tx.prepare_cached("INSERT INTO series_mails (series_id, slot, mail_id) VALUES (?1, ?2, ?3)")?
                 .execute(params![sid, slot, mail_id])?;
             let s = load_series(tx, sid)?;

@@ -459,3 +459,35 @@ async fn shape9_an_archive_sweep_judges_by_the_mails_dates() {
     // Idempotent: a second sweep changes nothing.
     assert_eq!(ingest.sweep_by_mail_dates(now, 86_400).await.unwrap(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shape5_a_cover_whose_total_differs_from_its_patches() {
+    // `[PATCH v3 0/3]` cover, then `[PATCH 1/4]`…`4/4` (a patch added after the cover was
+    // written, no version on them), all replying to it: one series of 4, v3, with its cover,
+    // complete, in every arrival order.
+    let all = || {
+        let mut v = vec![mail("<c@x>", "[PATCH v3 0/3] foo: rework", &[], "Cover.\n")];
+        for i in 1..=4 {
+            v.push(mail(&format!("<p{i}@x>"), &format!("[PATCH {i}/4] foo: part {i}"), &["<c@x>"], &patch_body(&format!("f{i}"))));
+        }
+        v
+    };
+    for order in permutations(5) {
+        let dir = tempfile::tempdir().unwrap();
+        let ingest = common::scratch(dir.path(), &[LIST]);
+        deliver(&ingest, order.iter().map(|&i| all()[i].clone()).collect()).await;
+        let got = common::all_series(&ingest).await;
+        let got: Vec<_> = got.into_iter().filter(|s| s.cover.is_some() || !s.patches.is_empty()).collect();
+        assert_eq!(got.len(), 1, "order {order:?}: {got:#?}");
+        let s = &got[0];
+        assert_eq!(
+            (s.cover.as_deref(), s.patches.len(), s.total, s.version, s.state.as_str()),
+            (Some("<c@x>"), 4, 4, 3, "complete"),
+            "order {order:?}"
+        );
+        // Announced once; with v3 unless the cover, the only mail naming it, came last.
+        let ev = events(&ingest).await;
+        let want = if order[4] == 0 { 1 } else { 3 };
+        assert_eq!(completed_versions(&ev), vec![want], "order {order:?}");
+    }
+}

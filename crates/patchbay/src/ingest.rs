@@ -418,7 +418,8 @@ async fn report(ingest: &Ingest, summary: &mut Summary) -> Result<(), patchbay_s
                 }
                 cons.numbered += 1;
                 match (slot, total) {
-                    (Some(slot), Some(total)) if slot == n && total == t => cons.placed_at_their_slot += 1,
+                    // A cover heads its patches whatever total it names (`0/5` over `1/6`…`6/6`).
+                    (Some(slot), Some(total)) if slot == n && (total == t || n == 0) => cons.placed_at_their_slot += 1,
                     (Some(_), _) => cons.misplaced += 1,
                     (None, _) => cons.unplaced += 1,
                 }

@@ -16,6 +16,9 @@
 //!    first mail is within [`Rules::marker_window_secs`] matches.
 //! 3. A series only takes a mail whose slot is free and within its total,
 //!    with the same total (and, matched by markers, from the same submitter), and with the same version
+//!    (a cover whose total differs from its patches', `0/5` over `1/6`…`6/6`, joins them when
+//!    the patches reply to it and they were posted within the marker window; the patches' total
+//!    stands, and the version comes from whichever mails name one),
 //!    unless one side names no version (a version tag on only some mails of
 //!    one thread): the version-less side takes the other's when the mail
 //!    replies into the series (`[PATCH 1/4]` under a `v3` cover), when the
@@ -116,7 +119,10 @@ fn accepts(rules: &Rules, c: &Candidate, a: &Arrival, by_reference: bool) -> boo
     let Some((slot, total)) = a.counter else { return false };
     // A thread ties mails together even when their From differs (a cover letter written by
     // `git format-patch` carries the committer, the patches their authors); markers alone do not.
-    if c.total != total || c.slots.contains(&slot) || (!by_reference && c.submitter != a.submitter) {
+    if c.slots.contains(&slot) || (!by_reference && c.submitter != a.submitter) {
+        return false;
+    }
+    if c.total != total && !joins_across_totals(rules, c, a, by_reference) {
         return false;
     }
     if same_version(c, a) {
@@ -134,6 +140,30 @@ fn accepts(rules: &Rules, c: &Candidate, a: &Arrival, by_reference: bool) -> boo
     match (a.version, c.matched) {
         (None, Match::ArrivalRepliesToMember) | (Some(_), Match::RepliesToArrival) => true,
         _ => by_reference && (c.date - a.date).abs() <= rules.marker_window_secs,
+    }
+}
+
+/// A cover letter whose total differs from its patches' (`[PATCH v3 0/5]` over `1/6`…`6/6`: a
+/// patch added after the cover was written) still heads them when the thread says so: the cover
+/// arriving after patches that reply to it, or a patch replying to a series that is only that
+/// cover, posted within the marker window. The patches' total stands (see [`total_after_join`]).
+fn joins_across_totals(rules: &Rules, c: &Candidate, a: &Arrival, by_reference: bool) -> bool {
+    let Some((slot, _)) = a.counter else { return false };
+    by_reference
+        && (c.date - a.date).abs() <= rules.marker_window_secs
+        && match c.matched {
+            Match::RepliesToArrival => slot == 0,
+            Match::ArrivalRepliesToMember => slot > 0 && c.slots == [0],
+            _ => false,
+        }
+}
+
+/// The total of a series after `arrival` joined it: the patches' total, never a cover's (a lone
+/// cover's series takes the total of the first patch that joins it).
+pub fn total_after_join(series_total: u32, series_slots: &[u32], arrival: &Arrival) -> u32 {
+    match arrival.counter {
+        Some((slot, total)) if slot > 0 && series_slots.iter().all(|&s| s == 0) => total,
+        _ => series_total,
     }
 }
 
@@ -325,6 +355,35 @@ mod tests {
         assert_eq!(place(&r, &arrival(None, 3, 3), &[patches.clone()], &[]), Placement::Join(2));
         // Markers alone never bridge a version difference.
         assert_eq!(place(&r, &arrival(None, 3, 3), &[], &[Candidate { matched: Match::Markers, ..patches }]), Placement::New);
+    }
+
+    #[test]
+    fn a_cover_whose_total_differs_from_its_patches() {
+        let r = Rules::default();
+        // `[PATCH v3 0/5]` arriving after `1/6`…`6/6` that reply to it: it joins them.
+        let mut patches = cand(1, 1, 6, &[1, 2, 3, 4, 5, 6]);
+        patches.version_explicit = false;
+        patches.matched = Match::RepliesToArrival;
+        patches.distance = 0;
+        assert_eq!(place(&r, &arrival(Some(3), 0, 5), &[patches.clone()], &[]), Placement::Join(1));
+        // A patch replying to a series that is only the cover joins it, and its total stands.
+        let mut cover = cand(2, 3, 5, &[0]);
+        cover.matched = Match::ArrivalRepliesToMember;
+        let a = arrival(None, 1, 6);
+        assert_eq!(place(&r, &a, &[cover.clone()], &[]), Placement::Join(2));
+        assert_eq!(total_after_join(5, &[0], &a), 6);
+        assert_eq!(total_after_join(6, &[0, 1], &arrival(None, 2, 6)), 6);
+        assert_eq!(total_after_join(6, &[1], &arrival(None, 0, 5)), 6, "a cover never sets the total");
+        // Not once the cover has patches of its own total, not by markers, not days apart.
+        let mut with_patch = cover.clone();
+        with_patch.slots = vec![0, 1];
+        assert_eq!(place(&r, &arrival(None, 2, 6), &[with_patch], &[]), Placement::New);
+        assert_eq!(place(&r, &a, &[], &[Candidate { matched: Match::Markers, ..cover.clone() }]), Placement::New);
+        let mut late = cover;
+        late.date -= DAY;
+        assert_eq!(place(&r, &a, &[late], &[]), Placement::New);
+        patches.matched = Match::SharedAncestor;
+        assert_eq!(place(&r, &arrival(Some(3), 0, 5), &[patches], &[]), Placement::New);
     }
 
     #[test]
