@@ -22,13 +22,14 @@ pub const DEFAULT_FILE: &str = "patchbay.toml";
 /// A config error: which file, which key, and why.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{path}: {source}")]
+    /// The file could not be read. The OS's words are part of the message and not a
+    /// `source`, so a printed error chain says them once.
+    #[error("{path}: cannot read the config file: {error}")]
     Io {
         /// The config file.
         path: PathBuf,
         /// What the OS said.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A key is unknown, missing, of the wrong type or has a bad value.
     #[error("{path}: {key}: {reason}")]
@@ -481,7 +482,7 @@ impl Config {
 
     /// Loads and validates one file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io { path: path.to_path_buf(), error })?;
         Self::parse(&text, path)
     }
 
@@ -491,7 +492,8 @@ impl Config {
         let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Invalid {
             path: shown.clone(),
             key: "(syntax)".into(),
-            reason: e.to_string().trim().replace('\n', " "),
+            // toml's own display, several lines with a caret under the spot: kept whole.
+            reason: e.to_string().trim().to_string(),
         })?;
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();

@@ -25,9 +25,11 @@ impl Sender {
     }
 }
 
+/// `service:instance`, as the history's `sender=` filter takes it, so every human form of a
+/// sender (`tail`, `query`, logs) reads the same.
 impl std::fmt::Display for Sender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.service, self.instance)
+        write!(f, "{}:{}", self.service, self.instance)
     }
 }
 

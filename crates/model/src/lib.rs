@@ -8,6 +8,7 @@
 mod body;
 mod canonical;
 mod envelope;
+mod summary;
 mod time;
 mod topic;
 
@@ -18,6 +19,7 @@ pub use body::{
 };
 pub use canonical::write_canonical;
 pub use envelope::{Envelope, EnvelopeError, SchemaRef, Sender, Signature};
+pub use summary::{SUMMARY_CHARS, Summary, json_line, one_line, summarize};
 pub use time::{Timestamp, TimestampError};
 pub use topic::{Topic, TopicError, TopicRoot};
 pub use uuid::Uuid;

@@ -60,6 +60,9 @@ pub struct TailArgs {
     /// The daemon's base URL (default: http:// plus the config's `http.listen`).
     #[arg(long)]
     url: Option<String>,
+    /// Also show runner heartbeats (`ci.runner.heartbeat`, every 30 s per runner), hidden by default.
+    #[arg(long)]
+    heartbeats: bool,
 }
 
 fn base_url(config: &Config, url: &Option<String>) -> String {
@@ -210,24 +213,28 @@ impl SseParser {
     }
 }
 
+/// One message on one line, the same in `tail` and `query`: the time to the second, the topic,
+/// the sender as `service:instance#seq` (what `query sender=` takes), and the body's summary.
+pub fn message_line(env: &Envelope) -> String {
+    let time = env.sent_at.to_string();
+    let time = match time.split_once('.') {
+        Some((seconds, _)) => format!("{seconds}Z"),
+        None => time,
+    };
+    format!("{time} {} {}#{} {}", env.topic, env.sender, env.seq, patchbay_model::summarize(&env.schema.name, &env.body))
+}
+
 fn readable(wire: &str) -> String {
     match Envelope::from_wire(wire.as_bytes()) {
-        Ok(env) => {
-            let body = match (env.schema.name.as_str(), env.body.get("message").and_then(|m| m.as_str())) {
-                ("patchbay.log", Some(text)) => text.to_string(),
-                _ => {
-                    let full = env.body.to_string();
-                    let mut cut: String = full.chars().take(300).collect();
-                    if cut.len() < full.len() {
-                        cut.push('…');
-                    }
-                    cut
-                }
-            };
-            format!("{} {} {}#{} {}", env.sent_at, env.topic, env.sender, env.seq, body)
-        }
+        Ok(env) => message_line(&env),
         Err(e) => format!("(unreadable message: {e})"),
     }
+}
+
+/// Runner heartbeats, which `tail` hides unless `--heartbeats`: one per runner every 30 s buries the rest.
+fn is_heartbeat(wire: &str) -> bool {
+    let suffix = format!(".{}", <patchbay_model::RunnerHeartbeat as patchbay_model::Body>::TOPIC);
+    Envelope::from_wire(wire.as_bytes()).is_ok_and(|e| e.topic.as_str().ends_with(&suffix))
 }
 
 /// `patchbay tail`: runs until interrupted or stdout closes.
@@ -288,6 +295,9 @@ pub async fn tail(config: &Config, args: &TailArgs) -> Result<(), Exit> {
                                     }
                                     let mut out = stdout.lock();
                                     for data in lines {
+                                        if !args.heartbeats && is_heartbeat(&data) {
+                                            continue;
+                                        }
                                         let line = if args.json { data } else { readable(&data) };
                                         if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
                                             return Ok(()); // stdout closed (piped into head, say)

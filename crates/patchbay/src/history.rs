@@ -48,13 +48,8 @@ pub async fn query(config: &patchbay_config::Config, args: &QueryArgs) -> Result
         for m in &page.messages {
             match patchbay_model::Envelope::from_wire(m) {
                 Ok(e) => {
-                    let body = e.body.to_string();
-                    let mut end = body.len().min(100);
-                    while !body.is_char_boundary(end) {
-                        end -= 1;
-                    }
-                    let (sender, topic) = (&e.sender, e.topic.as_str());
-                    text += &format!("{} {topic} {}:{}#{} {}\n", e.sent_at, sender.service, sender.instance, e.seq, &body[..end]);
+                    text += &crate::client::message_line(&e);
+                    text.push('\n');
                 }
                 Err(error) => text += &format!("(unreadable message: {error})\n"),
             }
@@ -71,6 +66,15 @@ pub async fn query(config: &patchbay_config::Config, args: &QueryArgs) -> Result
         return Ok(());
     }
     let pages = page.total.div_ceil(u64::from(q.rows_per_page));
-    eprintln!("{} message(s); page {} of {pages}", page.total, q.page);
+    eprintln!("{}", page_note(page.total, q.page, pages));
     Ok(())
+}
+
+/// The note after a page of text: how many matched, and which page of how many.
+fn page_note(total: u64, page: u32, pages: u64) -> String {
+    match total {
+        0 => "no message matches these filters".to_string(),
+        _ if u64::from(page) > pages => format!("{total} message(s) match, on {pages} page(s); page {page} is past the last"),
+        _ => format!("{total} message(s); page {page} of {pages}"),
+    }
 }

@@ -72,11 +72,13 @@ pub fn load_config(path: Option<&Path>, data_dir: Option<&Path>) -> Result<Confi
     Ok(config)
 }
 
-/// Logs to stderr at the config's level and format, unless `RUST_LOG` says otherwise.
+/// Logs to stderr at the config's level and format, unless `RUST_LOG` says otherwise; colours
+/// only on a terminal, so log files and journald get plain text.
 pub fn init_logging(config: &Config) {
+    use std::io::IsTerminal as _;
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
     let _ = match config.log_format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),

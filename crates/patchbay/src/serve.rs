@@ -71,8 +71,30 @@ pub async fn serve(config: Config, args: &ServeArgs, shutdown: impl Future<Outpu
     running.stop().await
 }
 
+/// Says at start when nothing, or some project, will never be tested: a config without a
+/// `[[project]]` (or one without a repository or tests) starts fine and then stays silent.
+fn say_what_will_be_tested(config: &Config) {
+    let file = config.source_name();
+    if config.projects.is_empty() {
+        tracing::warn!(
+            config = %file,
+            "No [[project]] in the config: mail is stored and shown, but no series will be tested or reported. \
+             Add a [[project]] with list_ids, a repository and [[project.test]] tables."
+        );
+        return;
+    }
+    for p in &config.projects {
+        if p.repository.is_none() {
+            tracing::warn!(config = %file, project = %p.name, "This project has no repository: its series are shown but never tested.");
+        } else if p.tests.is_empty() {
+            tracing::info!(config = %file, project = %p.name, "This project has no [[project.test]]: its series are only checked to apply.");
+        }
+    }
+}
+
 /// Starts every service of the embedded shape; they run until [`Running::stop`].
 pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> {
+    say_what_will_be_tested(&config);
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let sealer = crate::keys::sealer(&config, true)?;
     // Built now so a bad trust setup stops `serve` at start.

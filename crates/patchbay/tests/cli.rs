@@ -245,12 +245,119 @@ fn config_errors_name_file_key_and_reason() {
     assert_eq!(v["ok"], false);
     assert!(v["error"].as_str().unwrap().contains("signing.key"), "{v}");
 
+    // A missing file: the OS's words once.
+    let out = bin().arg("--config").arg(tmp.path().join("nosuch.toml")).args(["config", "check"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    assert!(err.contains("nosuch.toml: cannot read the config file"), "{err}");
+    // A syntax error keeps toml's display: the line, and a caret under the spot.
+    std::fs::write(&bad, "[bus]\nprefix = \"a\"\nenv = dev\n").unwrap();
+    let out = bin().arg("--config").arg(&bad).args(["config", "check"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 3, column 7"), "{err}");
+    assert!(err.lines().any(|l| l.trim_end() == "3 | env = dev"), "{err}");
+    assert!(err.lines().any(|l| l.trim_start().starts_with('|') && l.trim_end().ends_with('^')), "no caret line: {err}");
+
     let good = tmp.path().join("good.toml");
     std::fs::write(&good, "[bus]\nprefix = \"org.example\"\nenv = \"prod\"\n").unwrap();
     let out = bin().arg("--config").arg(&good).args(["config", "check", "--json"]).output().unwrap();
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["topic_root"], "org.example.prod");
+}
+
+/// `serve` off a terminal writes plain text (no ANSI colours in log files or journald), says
+/// at start that with no `[[project]]` nothing will be tested, and `query` with no match says so.
+#[test]
+fn serve_logs_plain_text_and_says_when_nothing_will_be_tested() {
+    let s = setup();
+    let log = s._tmp.path().join("serve.log");
+    let child = bin()
+        .arg("--config")
+        .arg(&s.config)
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut server = KillOnDrop(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !healthy(s.port) {
+        assert!(Instant::now() < deadline, "serve did not become healthy");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = Command::new("kill").arg(server.0.id().to_string()).status();
+    let _ = server.0.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains('\x1b'), "ANSI escapes in a log file: {text:?}");
+    assert!(text.contains("No [[project]] in the config") && text.contains("no series will be tested"), "{text}");
+
+    let out = bin().arg("--config").arg(&s.config).args(["query", "project=nosuch"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no message matches these filters") && !err.contains("page 1 of 0"), "{err}");
+}
+
+/// `tail` and `query` write a message the same way, one line: time, topic,
+/// `service:instance#seq`, and the body's summary (not its JSON); heartbeats only on request.
+#[test]
+fn tail_and_query_show_one_readable_line_per_message() {
+    let s = setup();
+    // A project with a repository, so `serve` runs a runner, which sends heartbeats.
+    let mut config = std::fs::read_to_string(&s.config).unwrap();
+    config += "[runner]\nisolation = \"none\"\n[[project]]\nname = \"p\"\nlist_ids = [\"p.example.org\"]\nrepository = \"/nonexistent\"\n";
+    std::fs::write(&s.config, config).unwrap();
+    let server = serve(&s);
+    let _server = KillOnDrop(server);
+    let out = bin()
+        .arg("--config")
+        .arg(&s.config)
+        .args(["publish", "--topic", "nightly.build.done", "nightly build\nfinished"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tail_lines = |extra: &[&str]| -> Vec<String> {
+        let mut child = bin()
+            .arg("--config")
+            .arg(&s.config)
+            .args(["tail", "--from-start"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let _child = KillOnDrop(child);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                if tx.send(line.unwrap()).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut lines = Vec::new();
+        while let Ok(line) = rx.recv_timeout(Duration::from_secs(3)) {
+            lines.push(line);
+        }
+        lines
+    };
+    let lines = tail_lines(&[]);
+    let shell = lines.iter().find(|l| l.contains("e2e.test.nightly.build.done")).unwrap_or_else(|| panic!("{lines:?}"));
+    let words: Vec<&str> = shell.splitn(4, ' ').collect();
+    assert!(words[0].ends_with('Z') && words[0].len() == 20, "time to the second: {shell}");
+    assert_eq!(words[2], "shell:main#1", "{shell}");
+    assert_eq!(words[3], "nightly build finished", "the body's summary, not its JSON: {shell}");
+    assert!(!lines.iter().any(|l| l.contains("ci.runner.heartbeat")), "heartbeats are hidden: {lines:?}");
+    let with = tail_lines(&["--heartbeats"]);
+    let beat = with.iter().find(|l| l.contains("ci.runner.heartbeat")).unwrap_or_else(|| panic!("--heartbeats shows them: {with:?}"));
+    assert!(beat.contains("runner:main#") && beat.contains("runner alive"), "{beat}");
+
+    let out = bin().arg("--config").arg(&s.config).args(["query", "topic=e2e.test.nightly.build.done"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), shell.as_str(), "query writes the line as tail does");
 }
 
 #[test]

@@ -15,14 +15,54 @@ fn bin() -> Command {
     c
 }
 
+/// Where the corpus lives: `PATCHBAY_CORPUS`, else `../shared/corpus` beside the clone.
+fn corpus_base() -> PathBuf {
+    std::env::var_os("PATCHBAY_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"))
+}
+
 fn corpus() -> Option<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus/linux-hwmon");
+    let root = corpus_base().join("linux-hwmon");
     if root.exists() {
         return Some(root);
     }
-    assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "{} is missing and CI=true: this test must run", root.display());
-    eprintln!("NOTE: {} not found: this corpus test DID NOT RUN", root.display());
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!(
+            "the test corpus is missing: {} does not exist, and CI=true says this test must run. \
+             The corpus is a folder beside the clone, ../shared/corpus (or the folder PATCHBAY_CORPUS names): \
+             linux-hwmon/ holds the linux-hwmon list's archive from https://lore.kernel.org/linux-hwmon/ \
+             (last-5000.mbox and a public-inbox epoch, pi-epoch0-tail.git), patchwork/ holds Patchwork's \
+             tests/data (https://github.com/getpatchwork/patchwork). README.md, \"The test corpus\", says how to get it.",
+            root.display()
+        );
+    }
+    eprintln!("NOTE: {} not found: this corpus test DID NOT RUN (see README.md, \"The test corpus\")", root.display());
     None
+}
+
+/// Under `CI=true` a missing corpus fails the corpus tests with a sentence saying what is
+/// missing and where to get it (it once read `left: Ok("true") right: Ok("true")`).
+#[test]
+fn a_missing_corpus_says_what_is_missing_and_where_to_get_it() {
+    if std::env::var_os("PATCHBAY_CORPUS_SELF_TEST").is_some() {
+        return; // the inner run below
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "mbox_import_is_consistent", "--nocapture", "--test-threads", "1"])
+        .env("CI", "true")
+        .env("PATCHBAY_CORPUS", "/nonexistent/corpus")
+        .env("PATCHBAY_CORPUS_SELF_TEST", "1")
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{text}");
+    assert!(!text.contains("left:"), "{text}");
+    for needed in
+        ["/nonexistent/corpus/linux-hwmon does not exist", "../shared/corpus", "https://lore.kernel.org/linux-hwmon/", "README.md"]
+    {
+        assert!(text.contains(needed), "{needed:?} not in:\n{text}");
+    }
 }
 
 fn import(config: &Path, what: &Path) -> serde_json::Value {

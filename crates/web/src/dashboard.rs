@@ -218,7 +218,13 @@ pub fn series_list(rows: &[SeriesRow], total: u64, search: Option<&str>, page: u
         esc(shown)
     );
     if rows.is_empty() {
-        b.push_str("<p class=\"muted\">No series yet.</p>");
+        match search {
+            Some(q) => {
+                let _ = write!(b, "<p class=\"muted\" id=\"no-match\">No series matches “{}”. <a href=\"/\">All series</a></p>", esc(q));
+            }
+            None if total > 0 => b.push_str("<p class=\"muted\">No series on this page. <a href=\"/\">First page</a></p>"),
+            None => b.push_str("<p class=\"muted\">No series yet.</p>"),
+        }
     } else {
         b.push_str("<table><thead><tr><th>Series</th><th class=\"wide\">Project</th><th class=\"wide\">Submitter</th><th>Verdict</th><th class=\"wide\">Age</th></tr></thead><tbody>");
         for r in rows {
@@ -561,6 +567,13 @@ mod tests {
         }
         let whole: String = pieces.concat();
         assert!(whole.contains("line 19999 &lt;x&gt;") && whole.ends_with("</html>\n"));
+    }
+
+    #[test]
+    fn a_search_that_matches_nothing_says_so() {
+        let html = series_list(&[], 0, Some("nosuch"), 1, 50, 0);
+        assert!(html.contains("No series matches “nosuch”") && !html.contains("No series yet"), "{html}");
+        assert!(series_list(&[], 0, None, 1, 50, 0).contains("No series yet."));
     }
 
     #[test]
