@@ -4,9 +4,11 @@
 //   node dashboard.mjs BASE_URL ADMIN_TOKEN ARTIFACT_DIR
 //
 // BASE_URL is a `patchbay demo` that has finished its two series. Checks:
-// the live stream shows a published message within 1 s; the series page of
-// the broken series shows its test matrix from the real pipeline; the re-run
-// button is refused without a token and queues the job again with one.
+// /live opens on the recent past and shows a published message within 1 s;
+// the series page of the broken series shows its test matrix from the real
+// pipeline; admin buttons are hidden until a token is entered, the re-run is
+// refused with a wrong token and queues the job again with the right one; the
+// log page links back to its series and test.
 // Screenshots go to ARTIFACT_DIR. Exits non-zero on the first failure.
 
 import { chromium } from 'playwright-core';
@@ -43,6 +45,11 @@ try {
   // 1. The live stream shows a published message within 1 s.
   await page.goto(base + '/live');
   await page.waitForFunction(() => document.getElementById('state').textContent.startsWith('Live'), null, { timeout: 10000 });
+  // Opened after the demo's pipeline ran: the recent past is there at once, newest first.
+  await page.waitForFunction(() => document.querySelectorAll('#events li').length > 0, null, { timeout: 2000 }).catch(() => {});
+  const backlog = await page.locator('#events li').count();
+  check(backlog > 0 && backlog <= 50, `/live opens on the recent past (${backlog} messages)`);
+  check((await page.locator('#events li').first().textContent()).includes('#'), 'senders are written service:instance#seq');
   const marker = 'browser-' + Math.random().toString(36).slice(2);
   const published = Date.now();
   const r = await fetch(base + '/api/v1/publish', {
@@ -75,6 +82,12 @@ try {
   check((await page.locator('#verdict').textContent()).includes('FAILED'), 'the verdict is FAILED');
   const report = await page.locator('#report-text').textContent();
   check(report.includes('X-Patchbay-Verdict: FAILED') && report.includes('In-Reply-To:'), 'the report from the outbox shows on the page');
+  const fullLog = report.match(/Full log: (\S+)/);
+  check(fullLog && new URL(fullLog[1]).pathname.startsWith('/logs/'), `the report's full log link opens the log page (${fullLog && fullLog[1]})`);
+  check(!report.includes('FAILED (failed)'), 'the report says FAILED with the reason written once');
+  const time = (await page.locator('#matrix tr[data-test="check"] td').nth(3).textContent()).trim();
+  const line = report.split('\n').find((l) => /^\s+check\S*\s+FAILED/.test(l)) || '';
+  check(time !== '' && line.trimEnd().endsWith(time), `the dashboard and the report give one duration ("${time}" / "${line.trim()}")`);
   const logHref = await page.locator('#matrix tr[data-test="check"] a').getAttribute('href');
   await page.screenshot({ path: join(artifacts, 'series.png'), fullPage: true });
   // The report links to this very page, and the link opens it.
@@ -91,7 +104,10 @@ try {
     .messages.filter((m) => m.topic.endsWith('.queued') && m.body.job === job).length;
   const before = await queued();
   check(before === 1, `the job was queued once by the pipeline (${before})`);
-  await page.fill('#token', '');
+  check(!(await rerun.isVisible()), 'an anonymous visitor sees no Re-run button');
+  check((await page.locator('button[data-action]:visible').count()) === 0, 'nor any other admin button');
+  await page.fill('#token', 'not-the-admin-token-0123456789');
+  check(await rerun.isVisible(), 'with a token entered the admin buttons show');
   await rerun.click();
   await page.waitForFunction(() => document.getElementById('admin-result').textContent !== '');
   const refused = await page.locator('#admin-result').textContent();
@@ -132,10 +148,20 @@ try {
   // 4. The log viewer, and the runners page.
   await page.goto(base + logHref);
   check((await page.locator('#log').textContent()).length > 0, 'the log viewer shows the log');
+  check((await page.locator('#back').textContent()).includes('check'), 'the log page names its test');
+  await page.locator('#back a', { hasText: 'series' }).click();
+  await page.waitForSelector('#matrix');
+  check(page.url().endsWith('/series/' + series), `the log page links back to its series (${page.url()})`);
   await page.screenshot({ path: join(artifacts, 'log.png'), fullPage: true });
   await page.goto(base + '/runners');
   check((await page.locator('table tbody tr').count()) >= 1, 'the runners page lists the demo runner');
   await page.screenshot({ path: join(artifacts, 'runners.png') });
+
+  // An unknown page answers 404 with a page saying so (under /api/, the JSON error).
+  const notFound = await fetch(base + '/no/such/page');
+  check(notFound.status === 404 && (await notFound.text()).includes('no such page'), 'an unknown URL answers an HTML 404 with a body');
+  const apiNotFound = await fetch(base + '/api/v1/no-such');
+  check(apiNotFound.status === 404 && (await apiNotFound.json()).error.includes('no such endpoint'), 'an unknown API path answers a JSON 404');
 
   // 5. On a phone.
   const phone = await browser.newPage({ viewport: { width: 390, height: 844 }, isMobile: true });

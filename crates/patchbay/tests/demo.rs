@@ -28,4 +28,8 @@ fn the_demo_tests_two_series_and_writes_two_reports() {
     // A second run starts afresh in the same directory.
     let again = Command::new(env!("CARGO_BIN_EXE_patchbay")).args(["demo", "--exit", "--dir"]).arg(&dir).output().unwrap();
     assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    // On the same address as before: a bookmarked dashboard keeps working.
+    let dashboard = |out: &str| out.lines().find(|l| l.starts_with("Dashboard:")).map(str::to_string);
+    let first = dashboard(&stdout).expect("the demo says where its dashboard is");
+    assert_eq!(dashboard(&String::from_utf8_lossy(&again.stdout)).as_deref(), Some(first.as_str()), "the demo's port moved");
 }

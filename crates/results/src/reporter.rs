@@ -96,9 +96,10 @@ fn facts(conn: &rusqlite::Connection, v: &SeriesVerdict, link_base: Option<&str>
         }
         // The result's own excerpt: the full log is recorded by another service, maybe later.
         let excerpt = (outcome != "PASSED").then_some(excerpt);
-        let log_url = link_base.map(|b| format!("{}/api/v1/logs/{job}", b.trim_end_matches('/')));
+        // The log page (colours, a link back to the series), not the raw API text.
+        let log_url = link_base.map(|b| format!("{}/logs/{job}", b.trim_end_matches('/')));
         let what = if arch == "any" { test } else { format!("{test}/{arch}") };
-        lines.push(Line { what, outcome, reason, seconds: (ms as u64).div_ceil(1000), excerpt, log_url });
+        lines.push(Line { what, outcome, reason, seconds: patchbay_verdict::seconds_of(ms as u64), excerpt, log_url });
     }
     Ok(Some(Facts { thread, lines, base }))
 }
@@ -145,7 +146,7 @@ fn rfc5322_now() -> String {
 
 impl Reporter {
     /// Reports through `transport`, with `settings`; failing tests' full logs are linked
-    /// as `<link_base>/api/v1/logs/<job>`.
+    /// as `<link_base>/logs/<job>`, the log page.
     pub fn new(bus: EmbeddedBus, publisher: Publisher, settings: Settings, transport: Transport, link_base: Option<String>) -> Self {
         Reporter { bus, publisher, settings, transport, link_base, skip: Skip::default(), lists: Default::default(), template: None }
     }

@@ -18,7 +18,10 @@
 //!
 //! [`report`] composes the reply mail for a verdict, also without IO.
 
+mod duration;
 pub mod report;
+
+pub use duration::{duration, seconds_of};
 
 /// A required (test, arch) pair.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -328,8 +328,9 @@ fn body(r: &Report) -> String {
     let not_applied = |l: &&Line| l.reason.as_deref() == Some(NOT_APPLIED);
     let width = r.lines.iter().map(|l| l.what.len()).max().unwrap_or(4).max(4);
     for l in r.lines.iter().filter(|l| !not_applied(l)) {
-        let reason = l.reason.as_ref().map(|x| format!(" ({x})")).unwrap_or_default();
-        b.push_str(&format!("  {:width$}  {}{}  {}s\n", l.what, l.outcome, reason, l.seconds));
+        // The reason once: `FAILED (timeout)`, but `FAILED`, not `FAILED (failed)`.
+        let reason = l.reason.as_ref().filter(|x| !x.eq_ignore_ascii_case(&l.outcome)).map(|x| format!(" ({x})")).unwrap_or_default();
+        b.push_str(&format!("  {:width$}  {}{}  {}\n", l.what, l.outcome, reason, crate::duration(l.seconds)));
     }
     // Tests that never ran because the series does not apply: one line, whatever their number.
     let not_run: Vec<&str> = r.lines.iter().filter(not_applied).map(|l| l.what.as_str()).collect();
@@ -635,7 +636,7 @@ mod tests {
         assert!(mail.contains("\nMessage-ID: <patchbay-report-7-v2@ci.example.org>\n"));
         assert!(mail.contains("\nTo: dev@example.org\nCc: linux-hwmon@vger.kernel.org\n"));
         assert!(mail.contains("\nAuto-Submitted: auto-generated\n") && mail.contains("\nX-Patchbay-Verdict: FAILED\n"));
-        assert!(mail.contains("build/x86_64  FAILED (failed)  42s"));
+        assert!(mail.contains("build/x86_64  FAILED  42 s\n"), "the reason once, the duration as the dashboard writes it: {mail}");
         assert!(mail.contains("| hello.c:3:2: error: expected ';'\nFull log: https://ci.example.org/api/v1/logs/7-v2-build-x86_64\n"));
         let body = mail.split("\n\n").skip(1).collect::<Vec<_>>().join("\n\n");
         assert!(body.lines().all(|l| l.chars().count() <= 72 || l.starts_with("| ")), "wrapped at 72");

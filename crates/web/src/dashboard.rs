@@ -263,11 +263,17 @@ pub fn series_list(rows: &[SeriesRow], total: u64, search: Option<&str>, page: u
 }
 
 /// The admin script: the token lives in the browser (localStorage), and each action says what the server answered.
+/// Admin buttons are rendered `hidden` and shown once a token is entered or kept: an anonymous
+/// visitor sees no button that can only fail.
 const ADMIN_JS: &str = r#"
 <script>
 const tokenInput = document.getElementById('token');
 tokenInput.value = localStorage.getItem('patchbay-token') || '';
-tokenInput.addEventListener('change', () => localStorage.setItem('patchbay-token', tokenInput.value));
+const showAdmin = () => { for (const b of document.querySelectorAll('button[data-action]')) b.hidden = tokenInput.value === ''; };
+const keepToken = () => { localStorage.setItem('patchbay-token', tokenInput.value); showAdmin(); };
+tokenInput.addEventListener('change', keepToken);
+tokenInput.addEventListener('input', keepToken);
+showAdmin();
 for (const button of document.querySelectorAll('button[data-action]')) {
   button.addEventListener('click', async () => {
     const out = document.getElementById('admin-result');
@@ -325,7 +331,7 @@ pub fn series_page(v: &SeriesView, now: i64) -> String {
             let waived = if c.waived { " <span class=\"muted\">(waived)</span>" } else { "" };
             let waive = if matches!(c.outcome.as_str(), "FAILED" | "ERROR") && !c.waived {
                 format!(
-                    " <button data-action=\"/api/v1/results/{}/waive\" data-body=\"{}\">Waive</button>",
+                    " <button hidden data-action=\"/api/v1/results/{}/waive\" data-body=\"{}\">Waive</button>",
                     c.result_id,
                     esc("{\"comment\":\"waived from the dashboard\"}")
                 )
@@ -334,14 +340,15 @@ pub fn series_page(v: &SeriesView, now: i64) -> String {
             };
             let _ = write!(
                 b,
-                "<tr data-test=\"{}\" data-arch=\"{}\"><td>{}</td><td>{}</td><td class=\"cell\">{}{reason}{waived}</td><td class=\"wide muted\">{:.1} s</td>\
-                 <td><a href=\"/logs/{}\">log</a></td><td><button data-action=\"/api/v1/jobs/{}/rerun\">Re-run</button>{waive}</td></tr>",
+                "<tr data-test=\"{}\" data-arch=\"{}\"><td>{}</td><td>{}</td><td class=\"cell\">{}{reason}{waived}</td><td class=\"wide muted\">{}</td>\
+                 <td><a href=\"/logs/{}\">log</a></td><td><button hidden data-action=\"/api/v1/jobs/{}/rerun\">Re-run</button>{waive}</td></tr>",
                 esc(&c.test),
                 esc(&c.arch),
                 esc(&c.test),
                 esc(&c.arch),
                 badge(&c.outcome),
-                c.duration_ms as f64 / 1000.0,
+                // As the report writes it: one function for both.
+                patchbay_verdict::duration(patchbay_verdict::seconds_of(c.duration_ms.max(0) as u64)),
                 enc(&c.job),
                 enc(&c.job)
             );
@@ -360,22 +367,24 @@ pub fn series_page(v: &SeriesView, now: i64) -> String {
             if let Some(d) = detail {
                 let _ = write!(b, " <span class=\"muted\">{}</span>", esc(d));
             }
-            let _ = write!(b, " <button data-action=\"/api/v1/reports/{}/{}/resend\">Re-send</button></p>", s.id, s.version);
+            let _ = write!(b, " <button hidden data-action=\"/api/v1/reports/{}/{}/resend\">Re-send</button></p>", s.id, s.version);
             if let Some(text) = &v.report_text {
                 let _ = write!(b, "<pre id=\"report-text\">{}</pre>", esc(text));
             }
         }
     }
     b.push_str(
-        "<h2>Admin</h2><p><label>Admin token <input id=\"token\" type=\"password\" autocomplete=\"off\"></label></p>\
+        "<h2>Admin</h2><p><label>Admin token <input id=\"token\" type=\"password\" autocomplete=\"off\"></label> \
+         <span class=\"muted\">(from <code>http.admin_tokens</code>; kept in this browser; shows the Re-run, Waive and Re-send buttons)</span></p>\
          <p id=\"admin-result\" role=\"status\"></p>",
     );
     b.push_str(ADMIN_JS);
     layout(&s.name, &b)
 }
 
-/// The live stream: every message as it is published, filtered by topic pattern.
-pub fn live_page(filter: Option<&str>) -> String {
+/// The live stream: the recent past (the stream from `start`, a log position a little before
+/// the head), then every message as it is published, filtered by topic pattern.
+pub fn live_page(filter: Option<&str>, start: u64) -> String {
     let f = filter.unwrap_or("#");
     let body = format!(
         "<h1>Live</h1><form class=\"search\" method=\"get\" action=\"/live\"><input type=\"search\" name=\"topic\" value=\"{}\" \
@@ -384,13 +393,13 @@ pub fn live_page(filter: Option<&str>) -> String {
          <script>
 const list = document.getElementById('events');
 const state = document.getElementById('state');
-const source = new EventSource('/api/v1/stream?topic=' + encodeURIComponent({}));
-source.addEventListener('ready', () => {{ state.textContent = 'Live: new messages appear at the top.'; }});
+const source = new EventSource('/api/v1/stream?after={start}&topic=' + encodeURIComponent({}));
+source.addEventListener('ready', () => {{ state.textContent = 'Live: the recent past, then new messages at the top as they come.'; }});
 source.onerror = () => {{ state.textContent = 'Disconnected; reconnecting…'; }};
 source.onmessage = (e) => {{
   let m; try {{ m = JSON.parse(e.data); }} catch (err) {{ return; }}
   const li = document.createElement('li');
-  li.textContent = m.sent_at + '  ' + m.topic + '  ' + m.sender.service + ':' + m.sender.instance + '  ' + JSON.stringify(m.body).slice(0, 200);
+  li.textContent = m.sent_at + '  ' + m.topic + '  ' + m.sender.service + ':' + m.sender.instance + '#' + m.seq + '  ' + JSON.stringify(m.body).slice(0, 200);
   list.prepend(li);
   while (list.children.length > 500) list.lastChild.remove();
 }};
@@ -484,8 +493,16 @@ const LOG_PIECE: usize = 64 << 10;
 pub fn log_page_pieces(job: &str, text: String, complete: bool) -> impl Iterator<Item = String> + Send + 'static {
     let page = layout(job, "\u{0}");
     let (head, tail) = page.split_once('\u{0}').map(|(a, b)| (a.to_string(), b.to_string())).unwrap_or_default();
+    let back = match job_parts(job) {
+        Some((series, version, test, arch)) => format!(
+            "<p id=\"back\">Test <a href=\"/series/{series}#matrix\">{}</a> on {} of <a href=\"/series/{series}\">series {series} v{version}</a></p>",
+            esc(test),
+            esc(arch)
+        ),
+        None => String::new(),
+    };
     let head = format!(
-        "{head}<h1>Log of {}</h1><p class=\"muted\">{} · {} bytes · <a href=\"/api/v1/logs/{}\">plain text</a></p><pre id=\"log\">",
+        "{head}<h1>Log of {}</h1>{back}<p class=\"muted\">{} · {} bytes · <a href=\"/api/v1/logs/{}\">plain text</a></p><pre id=\"log\">",
         esc(job),
         if complete { "complete" } else { "still arriving" },
         text.len(),
@@ -509,6 +526,16 @@ pub fn log_page_pieces(job: &str, text: String, complete: bool) -> impl Iterator
         pieces.push(ansi_piece(&piece, &mut style));
     }
     std::iter::once(head).chain(pieces).chain(std::iter::once(format!("</pre>{tail}")))
+}
+
+/// A job id's parts, `<series>-v<version>-<test>-<arch>` (the dispatcher's stable ids; an arch
+/// has no `-`), so a log page links back to its series and test; `None` for other ids.
+pub fn job_parts(job: &str) -> Option<(i64, u32, &str, &str)> {
+    let (series, rest) = job.split_once("-v")?;
+    let (version, rest) = rest.split_once('-')?;
+    let (test, arch) = rest.rsplit_once('-')?;
+    let series = series.parse().ok().filter(|s| *s > 0)?;
+    (!test.is_empty() && !arch.is_empty()).then_some((series, version.parse().ok()?, test, arch))
 }
 
 /// The log viewer in one string (tests, small logs).
@@ -570,6 +597,54 @@ mod tests {
     }
 
     #[test]
+    fn a_log_page_links_back_to_its_series_and_test() {
+        assert_eq!(job_parts("12-v3-unit-tests-x86_64"), Some((12, 3, "unit-tests", "x86_64")));
+        assert_eq!(job_parts("nonsense"), None);
+        let html = log_page("12-v3-check-any", "ok\n", true);
+        assert!(
+            html.contains("<a href=\"/series/12\">series 12 v3</a>") && html.contains("<a href=\"/series/12#matrix\">check</a> on any"),
+            "{html}"
+        );
+    }
+
+    #[test]
+    fn admin_buttons_are_hidden_until_a_token_is_given() {
+        let row = SeriesRow {
+            id: 3,
+            project: None,
+            submitter: "dev@example.org".into(),
+            name: "x".into(),
+            version: 1,
+            total: 1,
+            state: "complete".into(),
+            verdict: Some("FAILED".into()),
+            created_at: 0,
+        };
+        let cell = Cell {
+            test: "check".into(),
+            arch: "any".into(),
+            outcome: "FAILED".into(),
+            reason: None,
+            duration_ms: 200,
+            job: "3-v1-check-any".into(),
+            result_id: 1,
+            waived: false,
+        };
+        let view = SeriesView {
+            series: row,
+            patches: vec![],
+            versions: vec![],
+            cells: vec![cell],
+            report: Some(("sent".into(), None)),
+            report_text: None,
+            verdict_detail: None,
+        };
+        let html = series_page(&view, 0);
+        assert_eq!(html.matches("<button hidden data-action=").count(), 3, "{html}");
+        assert_eq!(html.matches("<button").count(), 3, "{html}");
+    }
+
+    #[test]
     fn a_search_that_matches_nothing_says_so() {
         let html = series_list(&[], 0, Some("nosuch"), 1, 50, 0);
         assert!(html.contains("No series matches “nosuch”") && !html.contains("No series yet"), "{html}");
@@ -602,6 +677,6 @@ mod tests {
             verdict_detail: None,
         };
         assert!(!series_page(&view, 0).contains("<script>alert"));
-        assert_eq!(live_page(Some("\"</script><b>")).matches("</script>").count(), 1, "the filter cannot end the script");
+        assert_eq!(live_page(Some("\"</script><b>"), 0).matches("</script>").count(), 1, "the filter cannot end the script");
     }
 }

@@ -467,15 +467,25 @@ async fn page_raw_mail(State(st): State<Arc<AppState>>, path: PathParams) -> Res
     }
 }
 
-/// `GET /live`: the live stream page.
-async fn page_live(axum::extract::Query(params): axum::extract::Query<Vec<(String, String)>>) -> Response {
+/// How far back `/live` starts, in log positions: the last 50 messages.
+const LIVE_BACKLOG: u64 = 50;
+/// With a topic filter, the matching messages among the last 500 (the page keeps 500).
+const LIVE_BACKLOG_FILTERED: u64 = 500;
+
+/// `GET /live`: the live stream page, opening on the recent past.
+async fn page_live(State(st): State<Arc<AppState>>, axum::extract::Query(params): axum::extract::Query<Vec<(String, String)>>) -> Response {
     let filter = params.into_iter().rev().find(|(k, _)| k == "topic").map(|(_, t)| t).filter(|t| !t.trim().is_empty());
     if let Some(f) = &filter
         && let Err(e) = TopicPattern::parse(f)
     {
         return html_error(StatusCode::BAD_REQUEST, &e.to_string());
     }
-    html(StatusCode::OK, dashboard::live_page(filter.as_deref()))
+    let back = if filter.is_some() { LIVE_BACKLOG_FILTERED } else { LIVE_BACKLOG };
+    let start = match st.log.head().await {
+        Ok(head) => head.saturating_sub(back),
+        Err(e) => return html_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
+    html(StatusCode::OK, dashboard::live_page(filter.as_deref(), start))
 }
 
 /// `GET /logs/{job}`: the log viewer.
