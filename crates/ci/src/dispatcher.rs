@@ -81,7 +81,8 @@ pub fn too_old(newest: i64, now: i64, max_age: u64) -> bool {
 /// `series`, `newest_date`, `max_age_secs`, `reason`); within its role (`ci.job.#`), and no job queue binds it.
 pub const SKIPPED_TOPIC: &str = "ci.job.skipped";
 
-/// The age rule: series older than `max_age_secs` are left alone.
+/// The dates of series' mails, and the age rule: series older than `max_age_secs` (0: no
+/// limit) are left alone.
 struct AgeRule {
     max_age_secs: u64,
     dates: Arc<dyn SeriesDates>,
@@ -104,25 +105,38 @@ impl Dispatcher {
 
     /// Leaves untested (and so unreported) every series whose newest mail is dated more than
     /// `max_age_secs` ago (`dispatch.max_age_secs`; 0 keeps no limit), unless its mails ask for a
-    /// test anyway; says so in the log and on [`SKIPPED_TOPIC`], published as `sender`.
+    /// test anyway; says so in the log and on [`SKIPPED_TOPIC`], published as `sender`. Jobs
+    /// carry the series' date from `dates` (whatever the limit), so a runner can apply a series
+    /// that no longer applies at the branch head on the branch as it was then.
     pub fn with_max_age(mut self, max_age_secs: u64, dates: Arc<dyn SeriesDates>, sender: Sender) -> Self {
-        self.age = (max_age_secs > 0).then_some(AgeRule { max_age_secs, dates, sender });
+        self.age = Some(AgeRule { max_age_secs, dates, sender });
         self
     }
 
-    /// `Some(newest date)` when `series` is too old to test now.
-    async fn history_not_work(&self, series: &SeriesComplete) -> Result<Option<i64>, HandlerError> {
+    /// The dates of `series`' mails, when the dispatcher knows dates and the series is one of its projects'.
+    async fn dates(&self, series: &SeriesComplete) -> Result<Option<MailDates>, HandlerError> {
         let Some(rule) = &self.age else { return Ok(None) };
         if !self.projects.iter().any(|p| p.name == series.series.project) {
             return Ok(None);
         }
-        let Some(dates) = rule.dates.dates(series.series.id).await.map_err(HandlerError::Transient)? else { return Ok(None) };
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-        Ok((!dates.test_anyway && too_old(dates.newest, now, rule.max_age_secs)).then_some(dates.newest))
+        rule.dates.dates(series.series.id).await.map_err(HandlerError::Transient)
     }
 
-    /// The jobs for one complete series (pure apart from the dependency lookup).
+    /// Whether a series with these dates is too old to test now.
+    fn history_not_work(&self, dates: Option<MailDates>) -> bool {
+        let (Some(rule), Some(dates)) = (&self.age, dates) else { return false };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        !dates.test_anyway && too_old(dates.newest, now, rule.max_age_secs)
+    }
+
+    /// The jobs for one complete series (pure apart from the dependency and date lookups).
     pub async fn jobs(&self, series: &SeriesComplete) -> Vec<TestJob> {
+        let date = self.dates(series).await.ok().flatten().map(|d| d.newest);
+        self.jobs_dated(series, date).await
+    }
+
+    /// The jobs for one complete series whose newest mail is dated `date` (unix seconds).
+    async fn jobs_dated(&self, series: &SeriesComplete, date: Option<i64>) -> Vec<TestJob> {
         let Some(project) = self.projects.iter().find(|p| p.name == series.series.project) else { return Vec::new() };
         let mut dependencies = Vec::new();
         for reference in series.based_on.iter().chain(series.depends_on.iter()) {
@@ -148,6 +162,7 @@ impl Dispatcher {
             mbox_base64: series.mbox_base64.clone(),
             script: None,
             limits: TestLimits { wall_secs: 600, memory_mib: 1024, processes: 256, file_size_mib: 1024, output_kib: 256 },
+            date,
         };
         let mut jobs = vec![job("apply", crate::ANY_ARCH)];
         for t in &project.tests {
@@ -169,7 +184,8 @@ impl Handler for Dispatcher {
     async fn handle(&self, envelope: &Envelope, _attempt: u32) -> Result<(), HandlerError> {
         let series: SeriesComplete = serde_json::from_value(envelope.body.clone())
             .map_err(|e| HandlerError::Permanent(format!("not a {} body: {e}", SeriesComplete::SCHEMA)))?;
-        if let (Some(newest), Some(rule)) = (self.history_not_work(&series).await?, &self.age) {
+        let dates = self.dates(&series).await?;
+        if let (true, Some(rule), Some(MailDates { newest, .. })) = (self.history_not_work(dates), &self.age, dates) {
             let reason = format!(
                 "its newest mail is dated {newest} (unix time), more than dispatch.max_age_secs = {} ago: stored, not tested or reported (`patchbay import --test` asks for a test)",
                 rule.max_age_secs
@@ -191,7 +207,7 @@ impl Handler for Dispatcher {
             self.publisher.bus().publish(vec![out]).await.map_err(|e| HandlerError::Transient(e.to_string()))?;
             return Ok(());
         }
-        let jobs = self.jobs(&series).await;
+        let jobs = self.jobs_dated(&series, dates.map(|d| d.newest)).await;
         if jobs.is_empty() {
             return Ok(());
         }

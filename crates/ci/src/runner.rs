@@ -212,6 +212,7 @@ impl Handler for RunnerService {
                 file_size_bytes: job.limits.file_size_mib << 20,
                 output_bytes: (job.limits.output_kib << 10) as usize,
             },
+            date: job.date,
         };
         let mut result = Self::finished(&job, "ERROR", None);
         let mut log = String::new();

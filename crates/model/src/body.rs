@@ -237,6 +237,11 @@ pub struct TestJob {
     pub script: Option<String>,
     /// Limits for the script.
     pub limits: TestLimits,
+    /// The series' date (unix seconds: the newest `Date:` of its mails), so a series that does
+    /// not apply at the branch head is tried on the branch as it was then. Absent from jobs of a
+    /// dispatcher that knows no dates; a runner older than this field refuses jobs carrying it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub date: Option<i64>,
 }
 
 impl Body for TestJob {
@@ -296,7 +301,9 @@ impl Body for TestStarted {
 pub struct BaseUsed {
     /// The commit.
     pub commit: String,
-    /// Why that one: `base-commit`, or `branch <name>` with the reason the base-commit was not used.
+    /// Why that one: `base-commit`, or `branch <name>` with why (the base-commit not in the
+    /// repository; `as of <date>, the series' date` when it does not apply at the head). Only
+    /// `base-commit` means the series named its own base.
     pub reason: String,
 }
 

@@ -153,6 +153,14 @@ impl Mirror {
         ok(self.git(), &["rev-parse", "--verify", &format!("refs/heads/{branch}^{{commit}}")]).await
     }
 
+    /// The branch as it was at `date` (unix seconds): the last commit of its first-parent line
+    /// committed at or before then; `None` when the branch is younger.
+    pub async fn branch_as_of(&self, branch: &str, date: i64) -> Result<Option<String>, GitError> {
+        let head = self.branch_head(branch).await?;
+        let at = ok(self.git(), &["rev-list", "-1", "--first-parent", &format!("--before=@{date}"), &head]).await?;
+        Ok(Some(at).filter(|c| !c.is_empty()))
+    }
+
     /// Forgets worktrees whose directories are gone (a failed add leaves one behind).
     pub async fn prune(&self) -> Result<(), GitError> {
         ok(self.git(), &["worktree", "prune"]).await.map(drop)

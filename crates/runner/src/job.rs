@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::disk::Disk;
-use crate::git::{self, Applied, GitError, Mirror};
+use crate::git::{self, Applied, GitError, Mirror, Worktree};
 use crate::sandbox::{Execution, Limits, Sandbox, SandboxError};
 
 /// Everything a runner needs for one job; it never reads a store.
@@ -28,6 +28,9 @@ pub struct Job {
     pub script: Option<String>,
     /// The script's limits.
     pub limits: Limits,
+    /// The series' date (unix seconds): when it does not apply at the branch head, it is
+    /// tried on the branch as it was then.
+    pub date: Option<i64>,
 }
 
 /// Which commit the series was applied to, and why that one.
@@ -35,7 +38,8 @@ pub struct Job {
 pub struct Base {
     /// The commit.
     pub commit: String,
-    /// `base-commit`, or `branch <name>` with why the base-commit was not used.
+    /// `base-commit`, or `branch <name>` with why the base-commit was not used, and
+    /// `branch <name> as of <date>, the series' date: …` when the head would not do.
     pub reason: String,
 }
 
@@ -133,7 +137,7 @@ impl Runner {
         // Worktree bookkeeping in the mirror (add, remove, prune) is serialized per mirror too.
         let tree = {
             let _guard = lock.lock().await;
-            match mirror.worktree(&disk.tree(), &base.commit).await {
+            match mirror.worktree(&disk.tree(), &base.base.commit).await {
                 Ok(tree) => tree,
                 Err(e) if disk.is_full().await => {
                     let error = does_not_fit(&disk, "the checkout", &e.to_string());
@@ -148,7 +152,9 @@ impl Runner {
                 }
             }
         };
-        let result = self.apply_and_test(&tree, &disk, job).await;
+        let mut tree = Some(tree);
+        let mut base = base;
+        let result = self.apply_and_test(&mirror, &lock, &mut tree, &mut base, &disk, job).await;
         let paths = [dir.display().to_string(), mirror.dir().display().to_string(), self.root.display().to_string()];
         let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
         let host = hostname();
@@ -156,47 +162,81 @@ impl Runner {
         disk.release().await;
         {
             let _guard = lock.lock().await;
-            tree.remove().await;
+            match tree {
+                Some(tree) => tree.remove().await,
+                None => drop(mirror.prune().await),
+            }
         }
-        let (mut apply, mut test) = result?;
+        let (mut apply, test) = result?;
         apply.output = git::scrub(&apply.output, &paths, &host);
+        let mut test = test;
         if let Some(t) = &mut test {
             t.output = git::scrub(&String::from_utf8_lossy(&t.output), &paths, &host).into_bytes();
         }
-        Ok(Report { base, apply, test, duration: started.elapsed() })
+        Ok(Report { base: base.base, apply, test, duration: started.elapsed() })
     }
 
-    async fn base(&self, mirror: &Mirror, job: &Job) -> Result<Base, JobError> {
+    async fn base(&self, mirror: &Mirror, job: &Job) -> Result<Chosen, JobError> {
         if let Some(wanted) = &job.base_commit {
             if !mirror.has_commit(wanted).await {
                 // Maybe it is newer than our last fetch.
                 mirror.refresh(Duration::ZERO).await?;
             }
             if mirror.has_commit(wanted).await {
-                return Ok(Base { commit: wanted.clone(), reason: "base-commit".into() });
+                return Ok(Chosen { base: Base { commit: wanted.clone(), reason: "base-commit".into() }, head_because: None });
             }
             let head = mirror.branch_head(&job.branch).await?;
-            return Ok(Base { commit: head, reason: format!("branch {} (base-commit {wanted} is not in the repository)", job.branch) });
+            let because = format!("base-commit {wanted} is not in the repository");
+            let reason = format!("branch {} ({because})", job.branch);
+            return Ok(Chosen { base: Base { commit: head, reason }, head_because: Some(because) });
         }
         let head = mirror.branch_head(&job.branch).await?;
-        Ok(Base { commit: head, reason: format!("branch {}", job.branch) })
+        Ok(Chosen { base: Base { commit: head, reason: format!("branch {}", job.branch) }, head_because: Some(String::new()) })
     }
 
-    async fn apply_and_test(&self, tree: &git::Worktree, disk: &Disk, job: &Job) -> Result<(Applied, Option<Execution>), JobError> {
-        for (i, dep) in job.dependencies.iter().enumerate() {
-            let applied = tree.am(dep).await?;
-            if !applied.ok && disk.is_full().await {
-                return Err(does_not_fit(disk, "the series it is based on", &applied.output));
+    /// Applies the series (dependencies first) at the chosen base; when it does not apply at
+    /// the branch head, tries again on the branch as of the series' date in a fresh worktree
+    /// (`tree` and `base` then name that one). Runs the script on what applied.
+    async fn apply_and_test(
+        &self,
+        mirror: &Mirror,
+        lock: &tokio::sync::Mutex<()>,
+        tree: &mut Option<Worktree>,
+        chosen: &mut Chosen,
+        disk: &Disk,
+        job: &Job,
+    ) -> Result<(Applied, Option<Execution>), JobError> {
+        let mut applied = self.apply(tree.as_ref().expect("a tree"), disk, job).await?;
+        if !applied.ok
+            && let (Some(because), Some(date)) = (chosen.head_because.clone(), job.date)
+            && let Some(at) = mirror.branch_as_of(&job.branch, date).await?.filter(|at| *at != chosen.base.commit)
+        {
+            // A fresh tree at the branch as it was on the series' date, at the same place on the disk.
+            {
+                let _guard = lock.lock().await;
+                if let Some(old) = tree.take() {
+                    old.remove().await;
+                }
+                *tree = Some(mirror.worktree(&disk.tree(), &at).await?);
             }
-            if !applied.ok {
-                let output = format!("The series this one is based on (dependency {}) did not apply:\n{}", i + 1, applied.output);
-                return Ok((Applied { ok: false, output, failed_patch: applied.failed_patch }, None));
+            let then = self.apply(tree.as_ref().expect("a tree"), disk, job).await?;
+            let day = ymd(date);
+            if then.ok {
+                let why = if because.is_empty() {
+                    "it does not apply at the head".to_string()
+                } else {
+                    format!("{because}, and the series does not apply at the head")
+                };
+                chosen.base = Base { commit: at, reason: format!("branch {} as of {day}, the series' date: {why}", job.branch) };
+                applied = then;
+            } else {
+                // The head's failure is the one reported: that is where the series should go.
+                let reason = std::mem::take(&mut chosen.base.reason);
+                chosen.base.reason = match reason.strip_suffix(')') {
+                    Some(open) => format!("{open}; the series does not apply as of {day}, its date, either)"),
+                    None => format!("{reason} (the series does not apply as of {day}, its date, either)"),
+                };
             }
-        }
-        let applied = tree.am(&job.mbox).await?;
-        if !applied.ok && disk.is_full().await {
-            // Not the series' fault as far as we know: the runner's quota is too small for it.
-            return Err(does_not_fit(disk, "the series", &applied.output));
         }
         if !applied.ok {
             return Ok((applied, None));
@@ -207,6 +247,26 @@ impl Runner {
         };
         Ok((applied, test))
     }
+
+    /// Applies the dependencies, then the series; a tree that filled its disk is an error.
+    async fn apply(&self, tree: &Worktree, disk: &Disk, job: &Job) -> Result<Applied, JobError> {
+        for (i, dep) in job.dependencies.iter().enumerate() {
+            let applied = tree.am(dep).await?;
+            if !applied.ok && disk.is_full().await {
+                return Err(does_not_fit(disk, "the series it is based on", &applied.output));
+            }
+            if !applied.ok {
+                let output = format!("The series this one is based on (dependency {}) did not apply:\n{}", i + 1, applied.output);
+                return Ok(Applied { ok: false, output, failed_patch: applied.failed_patch });
+            }
+        }
+        let applied = tree.am(&job.mbox).await?;
+        if !applied.ok && disk.is_full().await {
+            // Not the series' fault as far as we know: the runner's quota is too small for it.
+            return Err(does_not_fit(disk, "the series", &applied.output));
+        }
+        Ok(applied)
+    }
 }
 
 /// A job whose tree outgrew its disk before the script ran: an error naming the quota.
@@ -216,6 +276,40 @@ fn does_not_fit(disk: &Disk, what: &str, detail: &str) -> JobError {
     JobError::Io(format!("{what} does not fit in the disk quota of {} MiB (runner.disk_mib): {detail}", disk.quota() >> 20))
 }
 
+/// The base chosen before applying, and whether it is the branch head (`Some(why)`: why the
+/// head, empty when the series named no base), which alone may give way to the branch as of
+/// the series' date.
+struct Chosen {
+    base: Base,
+    head_because: Option<String>,
+}
+
+/// `YYYY-MM-DD` (UTC) of unix seconds, for reports.
+fn ymd(secs: i64) -> String {
+    // Howard Hinnant's days-to-civil.
+    let z = secs.div_euclid(86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dates_are_days() {
+        assert_eq!(super::ymd(0), "1970-01-01");
+        assert_eq!(super::ymd(1_709_337_600), "2024-03-02");
+        assert_eq!(super::ymd(951_782_400), "2000-02-29");
+        assert_eq!(super::ymd(-1), "1969-12-31");
+    }
 }

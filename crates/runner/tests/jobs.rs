@@ -1,7 +1,9 @@
 //! Jobs end to end with real git on repositories made here: a good series
 //! applies and passes; one that does not apply names the patch; a broken
 //! build fails with the compiler's error; `base-commit:` is honoured; a
-//! dependency series is applied first; nothing published names the runner.
+//! dependency series is applied first; nothing published names the runner;
+//! a series that no longer applies at the head is applied on the branch as of
+//! its date.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -73,6 +75,7 @@ fn job(repo: &Path, mbox: Vec<u8>) -> Job {
             file_size_bytes: 1 << 30,
             output_bytes: 64 << 10,
         },
+        date: None,
     }
 }
 
@@ -218,4 +221,99 @@ async fn the_tree_and_what_it_builds_live_under_the_disk_quota() {
         }
     }
     assert_eq!(mounts_under(tmp.path()), Vec::<String>::new(), "nothing left mounted");
+}
+
+/// `git` with author and committer dates set to `secs` (unix time).
+fn git_at(dir: &Path, secs: i64, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args(args)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_AUTHOR_NAME", "Dev")
+        .env("GIT_AUTHOR_EMAIL", "dev@example.org")
+        .env("GIT_COMMITTER_NAME", "Maintainer")
+        .env("GIT_COMMITTER_EMAIL", "maint@example.org")
+        .env("GIT_AUTHOR_DATE", format!("@{secs} +0000"))
+        .env("GIT_COMMITTER_DATE", format!("@{secs} +0000"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A runner that fetches before every job: these tests move the branch between jobs.
+fn fresh(root: &Path) -> Runner {
+    Runner::new(&root.join("runner"), Sandbox::new(Isolation::Bubblewrap).expect("bubblewrap"), Duration::ZERO)
+}
+
+const DAY: i64 = 86_400;
+/// 2024-03-01 00:00 UTC: the project's first commit.
+const MARCH_1: i64 = 1_709_251_200;
+
+/// A project whose history is dated: the base on 1 March 2024.
+fn dated_project(root: &Path) -> PathBuf {
+    let repo = root.join("origin");
+    std::fs::create_dir_all(&repo).unwrap();
+    git_at(&repo, MARCH_1, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("hello.c"), "#include <stdio.h>\nint main(void) {\n\tputs(\"hello\");\n\treturn 0;\n}\n").unwrap();
+    std::fs::write(repo.join("test.sh"), "set -e\ncc -Wall -o hello hello.c\n./hello | grep -q hello\necho TESTS PASSED\n").unwrap();
+    git_at(&repo, MARCH_1, &["add", "."]);
+    git_at(&repo, MARCH_1, &["commit", "-q", "-m", "base"]);
+    repo
+}
+
+#[tokio::test]
+async fn a_series_that_no_longer_applies_at_the_head_is_applied_as_of_its_date() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = dated_project(tmp.path());
+    let base = git(&repo, &["rev-parse", "HEAD"]);
+    // Posted on 2 March without a base-commit...
+    let mbox = series(&repo, "posted", "main", &[("hello.c", GOOD)], &[]);
+    let posted = MARCH_1 + DAY + 3600;
+    // ...and the branch moved on 5 March with a conflicting change: the head no longer takes it.
+    std::fs::write(repo.join("hello.c"), "int main(void) { return 1; }\n").unwrap();
+    git_at(&repo, MARCH_1 + 4 * DAY, &["commit", "-q", "-am", "rewrite"]);
+    let head = git(&repo, &["rev-parse", "HEAD"]);
+
+    // Without its date, it fails at the head as before.
+    let report = fresh(tmp.path()).run(&job(&repo, mbox.clone())).await.unwrap();
+    assert!(!report.apply.ok);
+    assert_eq!((report.base.commit.as_str(), report.base.reason.as_str()), (head.as_str(), "branch main"));
+
+    // With it, the branch as it was that day takes it, the script runs there, and the reason says why.
+    let mut j = job(&repo, mbox.clone());
+    j.date = Some(posted);
+    let report = fresh(tmp.path()).run(&j).await.unwrap();
+    assert!(report.apply.ok, "{}", report.apply.output);
+    assert_eq!(report.base.commit, base);
+    assert_eq!(report.base.reason, "branch main as of 2024-03-02, the series' date: it does not apply at the head");
+    let test = report.test.expect("the script ran on the tree as of the date");
+    assert_eq!(test.failure, None, "{}", String::from_utf8_lossy(&test.output));
+    assert!(!tmp.path().join("runner/work").read_dir().unwrap().any(|_| true), "both trees are removed");
+
+    // A base-commit the repository does not have: the same fallback, both reasons given.
+    j.base_commit = Some("0123456789abcdef0123456789abcdef01234567".into());
+    let report = fresh(tmp.path()).run(&j).await.unwrap();
+    assert!(report.apply.ok, "{}", report.apply.output);
+    assert_eq!(
+        report.base.reason,
+        "branch main as of 2024-03-02, the series' date: base-commit 0123456789abcdef0123456789abcdef01234567 is not in the repository, and the series does not apply at the head"
+    );
+
+    // Where the branch had already moved by the series' date, the head's failure is reported.
+    let mut j = job(&repo, mbox.clone());
+    j.date = Some(MARCH_1 + 6 * DAY);
+    std::fs::write(repo.join("README"), "later\n").unwrap();
+    git_at(&repo, MARCH_1 + 8 * DAY, &["add", "README"]);
+    git_at(&repo, MARCH_1 + 8 * DAY, &["commit", "-q", "-m", "docs"]);
+    let report = fresh(tmp.path()).run(&j).await.unwrap();
+    assert!(!report.apply.ok);
+    assert_eq!(report.apply.failed_patch.as_deref(), Some("0001 posted: change 1"));
+    assert_eq!(report.base.commit, git(&repo, &["rev-parse", "HEAD"]));
+    assert_eq!(report.base.reason, "branch main (the series does not apply as of 2024-03-07, its date, either)");
+    // A date before the branch's first commit: nothing to fall back to.
+    j.date = Some(MARCH_1 - DAY);
+    let report = fresh(tmp.path()).run(&j).await.unwrap();
+    assert_eq!((report.apply.ok, report.base.reason.as_str()), (false, "branch main"));
 }

@@ -236,6 +236,15 @@ fn hunk_of(diff: &str, file: &str, line: Option<u32>) -> Option<(String, bool, u
     Some((text.join("\n"), named.is_some(), hunks.len()))
 }
 
+/// The line a report adds when the series named no base: how to name it.
+pub const BASE_HINT: &str = "To name the base next time: `git format-patch --base=<commit>`.\n";
+
+/// Whether a base as reports show it (`<commit> (<reason>)`) was chosen without the series
+/// naming one: only the reason `base-commit` (used) or a `base-commit …` not found says it did.
+pub fn names_no_base(base: &str) -> bool {
+    !base.contains("base-commit")
+}
+
 /// Quotes `text` with `| `, one line each.
 fn quote(b: &mut String, text: &str) {
     for line in text.lines() {
@@ -340,6 +349,9 @@ fn body(r: &Report) -> String {
     if let Some(base) = &r.base {
         b.push('\n');
         b.push_str(&wrap(&format!("Applied to: {base}")));
+        if names_no_base(base) {
+            b.push_str(BASE_HINT);
+        }
     }
     // Each excerpt once: a second test with the same log points to the first.
     let mut shown: Vec<(&str, String)> = Vec::new();
@@ -726,6 +738,23 @@ mod tests {
             b.contains("one of its patches does not apply") && b.contains("| fatal: odd\n") && b.contains("  Tests:  not run\n"),
             "{b}"
         );
+    }
+
+    #[test]
+    fn the_base_and_its_reason_are_named_with_a_hint_when_the_series_named_none() {
+        let mut r = report();
+        r.base = Some("0123abcd (branch main as of 2024-03-02, the series' date: it does not apply at the head)".into());
+        let b = body(&r);
+        assert!(
+            b.contains("Applied to: 0123abcd (branch main as of 2024-03-02, the series' date: it\ndoes not apply at the head)\n"),
+            "{b}"
+        );
+        assert_eq!(b.matches("git format-patch --base").count(), 1, "{b}");
+        assert!(b.contains("\nTo name the base next time: `git format-patch --base=<commit>`.\n"), "{b}");
+        for named in ["0123abcd (base-commit)", "0123abcd (branch main (base-commit 4567 is not in the repository))"] {
+            r.base = Some(named.into());
+            assert!(!body(&r).contains("--base"), "{named}");
+        }
     }
 
     #[test]
