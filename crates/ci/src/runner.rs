@@ -151,6 +151,20 @@ fn tail(text: &str, max: usize) -> String {
     format!("[...]\n{}", &text[start..])
 }
 
+/// The reason of a result whose series is already in the branch (outcome INFO): nothing was
+/// tested, and `patchbay-verdict` decides the series MERGED on the `apply` job's.
+pub const ALREADY_MERGED: &str = "already-merged";
+
+/// What a result of a series already in `branch` says: one line per patch, `n/N already merged as <commit> <subject>`.
+fn merged_text(branch: &str, merged: &[patchbay_runner::Merged]) -> String {
+    let mut text = format!("Every patch of the series is already in branch {branch} (the same change by git patch-id --stable):\n");
+    for m in merged {
+        let short = &m.commit[..m.commit.len().min(12)];
+        text.push_str(&format!("  {}/{} already merged as {short} {}\n", m.patch, merged.len(), m.subject));
+    }
+    text
+}
+
 /// The line the runner (`git::Worktree::am`) writes between `git am`'s messages and the failing patch's diff.
 const PATCH_MARKER: &str = "\n--- the patch that failed ---\n";
 
@@ -232,7 +246,15 @@ impl Handler for RunnerService {
                 applied = report.apply.ok;
                 result.duration_ms = report.duration.as_millis() as u64;
                 result.base = Some(BaseUsed { commit: report.base.commit.clone(), reason: report.base.reason.clone() });
-                if job.test == "apply" {
+                if !report.merged.is_empty() {
+                    // Not a failure of the series: it is in the tree already, and nothing was tested.
+                    result.outcome = "INFO".into();
+                    result.reason = Some(ALREADY_MERGED.into());
+                    let said = merged_text(&job.branch, &report.merged);
+                    log = format!("{said}\n{}", report.apply.output);
+                    applied = true;
+                    result.excerpt = said;
+                } else if job.test == "apply" {
                     log = report.apply.output.clone();
                     if report.apply.ok {
                         result.outcome = "PASSED".into();
@@ -261,7 +283,9 @@ impl Handler for RunnerService {
                 }
             }
         }
-        result.excerpt = if applied { tail(&log, EXCERPT) } else { apply_excerpt(&log, EXCERPT) };
+        if result.excerpt.is_empty() {
+            result.excerpt = if applied { tail(&log, EXCERPT) } else { apply_excerpt(&log, EXCERPT) };
+        }
         result.log_bytes = log.len() as u64;
         // Log chunks and the result in one publish: the result never arrives without its log.
         let mut messages = Vec::new();

@@ -456,7 +456,8 @@ impl Body for ResultWaived {
 pub struct SeriesVerdict {
     /// The series.
     pub series: SeriesHead,
-    /// `PASSED`, `FAILED` or `INCOMPLETE`.
+    /// `PASSED`, `FAILED`, `INCOMPLETE`, or `MERGED` (the series is already in the branch:
+    /// every patch found there by `git patch-id --stable`; nothing was tested).
     pub verdict: String,
     /// For FAILED: the failed `test/arch` (or `apply`).
     pub failed: Vec<String>,

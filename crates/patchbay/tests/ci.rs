@@ -1291,3 +1291,50 @@ fn an_archived_series_is_applied_on_the_branch_as_of_its_date() {
     );
     assert!(mails[0].contains("\nTo name the base next time: `git format-patch --base=<commit>`.\n"), "{}", mails[0]);
 }
+
+#[test]
+fn a_series_already_merged_upstream_is_reported_as_such() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = origin(tmp.path(), &[("hello.c", "int main(void) { return 0; }\n"), ("README", "base\n")]);
+    let mails = series_mails(&repo, "taken", &[("hello.c", "int main(void) { return 0; } /* v2 */\n"), ("README", "taken\n")], None);
+    // The maintainer applied it (new commits, the same changes), then later work changed the same line.
+    let mut am = Command::new("git")
+        .current_dir(&repo)
+        .args(["am", "-q"])
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_COMMITTER_NAME", "Maintainer")
+        .env("GIT_COMMITTER_EMAIL", "maint@example.org")
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    am.stdin.take().unwrap().write_all(mails[1..].concat().as_bytes()).unwrap();
+    assert!(am.wait().unwrap().success());
+    let merged: Vec<String> = git(&repo, &["log", "--format=%h", "--abbrev=12", "-2"]).lines().rev().map(str::to_string).collect();
+    std::fs::write(repo.join("hello.c"), "int main(void) { return 1; }\n").unwrap();
+    git(&repo, &["commit", "-q", "-am", "later work"]);
+    let (config, _serve) = one_slot_serve(tmp.path(), &repo, "cc -o hello hello.c");
+    let inject = |mail: &str| {
+        let mut c = bin().arg("--config").arg(&config).args(["inject", "--list-id", LIST]).stdin(Stdio::piped()).spawn().unwrap();
+        c.stdin.take().unwrap().write_all(mail.as_bytes()).unwrap();
+        assert!(c.wait().unwrap().success());
+    };
+    for mail in &mails {
+        inject(mail);
+    }
+
+    let db = tmp.path().join("data/patchbay.sqlite3");
+    assert_eq!(settled_reports(&db, None, 1, 120).len(), 1);
+    let results = results(&db);
+    let apply = find(&results, "taken", "apply").expect("apply result");
+    assert_eq!((apply["outcome"].as_str(), apply["reason"].as_str()), (Some("INFO"), Some("already-merged")), "{apply:#?}");
+    let verdicts = topic_bodies(&db, "e2e.ci.ci.series.verdict");
+    assert_eq!(verdicts.len(), 1);
+    assert_eq!(verdicts[0]["verdict"], "MERGED", "{verdicts:#?}");
+    let mails = outbox(tmp.path());
+    assert_eq!(mails.len(), 1);
+    let mail = &mails[0];
+    assert!(mail.contains("\nX-Patchbay-Verdict: MERGED\n") && mail.contains("it is already merged"), "{mail}");
+    assert!(mail.contains(&format!("1/2 already merged as {} taken: part 1", merged[0])), "{mail}");
+    assert!(mail.contains(&format!("2/2 already merged as {} taken: part 2", merged[1])), "{mail}");
+    assert!(!mail.contains("FAILED") && !mail.contains("does not apply"), "{mail}");
+}

@@ -172,19 +172,24 @@ impl Aggregator {
             return Ok(None);
         }
         let mut stmt = tx.prepare_cached(
-            "SELECT test, arch, outcome, waived FROM results r WHERE series_id = ?1 AND version = ?2
+            "SELECT test, arch, outcome, waived, reason FROM results r WHERE series_id = ?1 AND version = ?2
              AND id = (SELECT max(id) FROM results x WHERE x.series_id = r.series_id AND x.version = r.version AND x.test = r.test AND x.arch = r.arch)",
         )?;
         let latest: Vec<Latest> = stmt
             .query_map(params![head.id, head.version], |r| {
-                Ok(Latest { which: Required { test: r.get(0)?, arch: r.get(1)? }, outcome: r.get(2)?, waived: r.get(3)? })
+                Ok(Latest {
+                    which: Required { test: r.get(0)?, arch: r.get(1)? },
+                    outcome: r.get(2)?,
+                    waived: r.get(3)?,
+                    reason: r.get(4)?,
+                })
             })?
             .collect::<Result<_, _>>()?;
         let Some(verdict) = patchbay_verdict::decide(&self.policy.required(&head.project), &latest, deadline_passed) else {
             return Ok(None);
         };
         let (failed, missing) = match &verdict {
-            Verdict::Passed => (vec![], vec![]),
+            Verdict::Passed | Verdict::Merged => (vec![], vec![]),
             Verdict::Failed(f) => (f.clone(), vec![]),
             Verdict::Incomplete(m) => (vec![], m.clone()),
         };

@@ -161,6 +161,44 @@ impl Mirror {
         Ok(Some(at).filter(|c| !c.is_empty()))
     }
 
+    /// The patch of each of `mbox`'s mails found among the last `depth` commits of `head`, by
+    /// `git patch-id --stable` (what survives a rebase and a maintainer's `git am`): one entry
+    /// per patch of the mbox in order, `None` for a patch not found there. Empty when the mbox
+    /// holds no diff.
+    pub async fn merged_patches(&self, head: &str, mbox: &[u8], depth: usize) -> Result<Vec<Option<Merged>>, GitError> {
+        let ids = |out: &[u8]| -> Vec<(String, String)> {
+            String::from_utf8_lossy(out)
+                .lines()
+                .filter_map(|l| l.split_once(' ').map(|(id, commit)| (id.to_string(), commit.to_string())))
+                .collect()
+        };
+        let series = run(self.git(), &["patch-id", "--stable"], Some(mbox)).await?;
+        let series = ids(&series.stdout);
+        if series.is_empty() {
+            return Ok(Vec::new());
+        }
+        let depth = depth.to_string();
+        let log = run(self.git(), &["log", "--no-merges", "--no-color", "-p", "-n", &depth, "--format=commit %H", head], None).await?;
+        if !log.status.success() {
+            return Err(GitError {
+                args: format!("log -p -n {depth} {head}"),
+                detail: String::from_utf8_lossy(&log.stderr).trim().to_string(),
+            });
+        }
+        let history = run(self.git(), &["patch-id", "--stable"], Some(&log.stdout)).await?;
+        let history: std::collections::HashMap<String, String> = ids(&history.stdout).into_iter().collect();
+        let mut out = Vec::new();
+        for (i, (id, _)) in series.iter().enumerate() {
+            let Some(commit) = history.get(id) else {
+                out.push(None);
+                continue;
+            };
+            let subject = ok(self.git(), &["log", "-1", "--format=%s", commit]).await.unwrap_or_default();
+            out.push(Some(Merged { patch: i + 1, commit: commit.clone(), subject }));
+        }
+        Ok(out)
+    }
+
     /// Forgets worktrees whose directories are gone (a failed add leaves one behind).
     pub async fn prune(&self) -> Result<(), GitError> {
         ok(self.git(), &["worktree", "prune"]).await.map(drop)
@@ -178,6 +216,17 @@ impl Mirror {
 pub struct Worktree {
     mirror: Mirror,
     dir: PathBuf,
+}
+
+/// A patch of a series that is already in a branch: the same change by `git patch-id --stable`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Merged {
+    /// Its place in the series (1 for the first patch with a diff).
+    pub patch: usize,
+    /// The branch's commit holding it.
+    pub commit: String,
+    /// That commit's subject.
+    pub subject: String,
 }
 
 /// What `git am -3` made of a series.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::disk::Disk;
-use crate::git::{self, Applied, GitError, Mirror, Worktree};
+use crate::git::{self, Applied, GitError, Merged, Mirror, Worktree};
 use crate::sandbox::{Execution, Limits, Sandbox, SandboxError};
 
 /// Everything a runner needs for one job; it never reads a store.
@@ -52,6 +52,11 @@ pub struct Report {
     pub apply: Applied,
     /// The script's run, when the series applied and there was a script.
     pub test: Option<Execution>,
+    /// When the series is already in the branch (it does not apply, or `git am -3` skipped
+    /// every patch as already applied): each of its patches, in order, with the branch's
+    /// commit holding it (by `git patch-id --stable` among the last [`MERGED_DEPTH`]
+    /// commits); nothing was tested. Empty otherwise.
+    pub merged: Vec<Merged>,
     /// Time from start to end, git included.
     pub duration: Duration,
 }
@@ -69,6 +74,10 @@ pub enum JobError {
     #[error("{0}")]
     Io(String),
 }
+
+/// How many of the branch's latest commits are searched for a series that does not apply,
+/// to tell "already merged" from "does not apply".
+pub const MERGED_DEPTH: usize = 2000;
 
 /// Runs jobs on this machine.
 #[derive(Clone, Debug)]
@@ -167,13 +176,13 @@ impl Runner {
                 None => drop(mirror.prune().await),
             }
         }
-        let (mut apply, test) = result?;
+        let (mut apply, test, merged) = result?;
         apply.output = git::scrub(&apply.output, &paths, &host);
         let mut test = test;
         if let Some(t) = &mut test {
             t.output = git::scrub(&String::from_utf8_lossy(&t.output), &paths, &host).into_bytes();
         }
-        Ok(Report { base: base.base, apply, test, duration: started.elapsed() })
+        Ok(Report { base: base.base, apply, test, merged, duration: started.elapsed() })
     }
 
     async fn base(&self, mirror: &Mirror, job: &Job) -> Result<Chosen, JobError> {
@@ -194,8 +203,9 @@ impl Runner {
         Ok(Chosen { base: Base { commit: head, reason: format!("branch {}", job.branch) }, head_because: Some(String::new()) })
     }
 
-    /// Applies the series (dependencies first) at the chosen base; when it does not apply at
-    /// the branch head, tries again on the branch as of the series' date in a fresh worktree
+    /// Applies the series (dependencies first) at the chosen base; when it does not apply,
+    /// tells "already merged" (every patch in the branch) from "does not apply", and, at the
+    /// branch head, tries again on the branch as of the series' date in a fresh worktree
     /// (`tree` and `base` then name that one). Runs the script on what applied.
     async fn apply_and_test(
         &self,
@@ -205,8 +215,18 @@ impl Runner {
         chosen: &mut Chosen,
         disk: &Disk,
         job: &Job,
-    ) -> Result<(Applied, Option<Execution>), JobError> {
+    ) -> Result<(Applied, Option<Execution>, Vec<Merged>), JobError> {
         let mut applied = self.apply(tree.as_ref().expect("a tree"), disk, job).await?;
+        // `git am -3` skips a patch already in the tree ("No changes -- Patch already applied."),
+        // so a merged series may also "apply" with nothing left to apply.
+        let count = |prefix: &str| applied.output.lines().filter(|l| l.starts_with(prefix)).count();
+        let nothing_applied = applied.ok && count("No changes -- Patch already applied") >= count("Applying: ").max(1);
+        if !applied.ok || nothing_applied {
+            let merged = self.merged(mirror, job).await;
+            if !merged.is_empty() {
+                return Ok((applied, None, merged));
+            }
+        }
         if !applied.ok
             && let (Some(because), Some(date)) = (chosen.head_because.clone(), job.date)
             && let Some(at) = mirror.branch_as_of(&job.branch, date).await?.filter(|at| *at != chosen.base.commit)
@@ -239,13 +259,30 @@ impl Runner {
             }
         }
         if !applied.ok {
-            return Ok((applied, None));
+            return Ok((applied, None, Vec::new()));
         }
         let test = match &job.script {
             Some(script) => Some(self.sandbox.run_on(script, disk, &job.limits).await?),
             None => None,
         };
-        Ok((applied, test))
+        Ok((applied, test, Vec::new()))
+    }
+
+    /// The series' patches, when every one is already in the branch; else nothing (git's
+    /// trouble here only costs the distinction, and is logged).
+    async fn merged(&self, mirror: &Mirror, job: &Job) -> Vec<Merged> {
+        let found = async {
+            let head = mirror.branch_head(&job.branch).await?;
+            mirror.merged_patches(&head, &job.mbox, MERGED_DEPTH).await
+        };
+        match found.await {
+            Ok(found) if !found.is_empty() && found.iter().all(Option::is_some) => found.into_iter().flatten().collect(),
+            Ok(_) => Vec::new(),
+            Err(error) => {
+                tracing::warn!(%error, "Cannot tell whether the series is already merged.");
+                Vec::new()
+            }
+        }
     }
 
     /// Applies the dependencies, then the series; a tree that filled its disk is an error.

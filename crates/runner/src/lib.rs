@@ -17,6 +17,6 @@ pub mod job;
 pub mod sandbox;
 
 pub use disk::Disk;
-pub use git::{Applied, GitError, Mirror, Worktree};
+pub use git::{Applied, GitError, Merged, Mirror, Worktree};
 pub use job::{Base, Job, JobError, Report, Runner};
 pub use sandbox::{DEFAULT_DISK_QUOTA, DISK_CHECK_INTERVAL, ETC, Execution, Failure, Isolation, Limits, Sandbox, SandboxError};

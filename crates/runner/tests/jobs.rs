@@ -3,7 +3,8 @@
 //! build fails with the compiler's error; `base-commit:` is honoured; a
 //! dependency series is applied first; nothing published names the runner;
 //! a series that no longer applies at the head is applied on the branch as of
-//! its date.
+//! its date, and one already in the branch is told apart from one that does
+//! not apply.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -290,6 +291,7 @@ async fn a_series_that_no_longer_applies_at_the_head_is_applied_as_of_its_date()
     assert_eq!(report.base.reason, "branch main as of 2024-03-02, the series' date: it does not apply at the head");
     let test = report.test.expect("the script ran on the tree as of the date");
     assert_eq!(test.failure, None, "{}", String::from_utf8_lossy(&test.output));
+    assert!(report.merged.is_empty());
     assert!(!tmp.path().join("runner/work").read_dir().unwrap().any(|_| true), "both trees are removed");
 
     // A base-commit the repository does not have: the same fallback, both reasons given.
@@ -316,4 +318,52 @@ async fn a_series_that_no_longer_applies_at_the_head_is_applied_as_of_its_date()
     j.date = Some(MARCH_1 - DAY);
     let report = fresh(tmp.path()).run(&j).await.unwrap();
     assert_eq!((report.apply.ok, report.base.reason.as_str()), (false, "branch main"));
+}
+
+#[tokio::test]
+async fn a_series_already_in_the_branch_is_told_apart_from_one_that_does_not_apply() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = dated_project(tmp.path());
+    let mbox = series(&repo, "taken", "main", &[("hello.c", GOOD), ("README", "docs\n")], &[]);
+    // The maintainer applies it (new commits, same patch-ids), then the branch moves on over it.
+    let mut am = Command::new("git")
+        .current_dir(&repo)
+        .args(["am", "-q"])
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_COMMITTER_NAME", "Maintainer")
+        .env("GIT_COMMITTER_EMAIL", "maint@example.org")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut am.stdin.take().unwrap(), &mbox).unwrap();
+    assert!(am.wait().unwrap().success());
+    let taken: Vec<String> = git(&repo, &["log", "--format=%H", "-2"]).lines().rev().map(str::to_string).collect();
+
+    // Right after the merge, `git am -3` skips every patch as already applied.
+    let report = fresh(tmp.path()).run(&job(&repo, mbox.clone())).await.unwrap();
+    let commits: Vec<&str> = report.merged.iter().map(|m| m.commit.as_str()).collect();
+    assert_eq!(commits, taken.iter().map(String::as_str).collect::<Vec<_>>(), "{}", report.apply.output);
+    assert_eq!(report.merged[0].patch, 1);
+    assert_eq!(report.merged[1].subject, "taken: change 2");
+    assert!(report.test.is_none(), "nothing is tested");
+
+    // Once later work changed the same lines, it no longer applies: still "already merged".
+    std::fs::write(repo.join("hello.c"), "int main(void) { return 2; }\n").unwrap();
+    git(&repo, &["commit", "-q", "-am", "rewrite"]);
+    let report = fresh(tmp.path()).run(&job(&repo, mbox.clone())).await.unwrap();
+    assert!(!report.apply.ok);
+    assert_eq!(report.merged.len(), 2, "{}", report.apply.output);
+    assert!(report.test.is_none());
+
+    // A series only half of which is in the branch does not apply, and is not "merged".
+    git(&repo, &["checkout", "-q", "-b", "half", &taken[0]]);
+    std::fs::write(repo.join("README"), "other docs\n").unwrap();
+    git(&repo, &["add", "README"]);
+    git(&repo, &["commit", "-q", "-m", "half: other docs"]);
+    git(&repo, &["checkout", "-q", "main"]);
+    let mut j = job(&repo, mbox);
+    j.branch = "half".into();
+    let report = fresh(tmp.path()).run(&j).await.unwrap();
+    assert!(!report.apply.ok);
+    assert!(report.merged.is_empty(), "{:?}", report.merged);
 }

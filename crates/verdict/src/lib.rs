@@ -5,6 +5,9 @@
 //! deadline passed).
 //!
 //! Rules:
+//! - A series already in the branch (`apply` INFO `already-merged`: every patch
+//!   found there by `git patch-id --stable`) is MERGED at once: not a failure,
+//!   and nothing was tested.
 //! - A series that does not apply (`apply` FAILED) is FAILED at once, naming
 //!   `apply`: nothing else can run on it. An `apply` ERROR (infrastructure)
 //!   waits like any other result.
@@ -48,7 +51,12 @@ pub struct Latest {
     pub outcome: String,
     /// A maintainer waived it.
     pub waived: bool,
+    /// Why, as published (`already-merged` with INFO: the series is in the branch).
+    pub reason: Option<String>,
 }
+
+/// The reason of a result whose series is already in the branch (outcome INFO).
+pub const ALREADY_MERGED: &str = "already-merged";
 
 /// A decided verdict.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +67,8 @@ pub enum Verdict {
     Failed(Vec<String>),
     /// The deadline passed with these still missing.
     Incomplete(Vec<String>),
+    /// The series is already in the branch: nothing to apply, nothing tested, nothing failed.
+    Merged,
 }
 
 impl Verdict {
@@ -68,6 +78,7 @@ impl Verdict {
             Verdict::Passed => "PASSED",
             Verdict::Failed(_) => "FAILED",
             Verdict::Incomplete(_) => "INCOMPLETE",
+            Verdict::Merged => "MERGED",
         }
     }
 }
@@ -83,6 +94,9 @@ fn fails(l: &Latest) -> bool {
 /// Decides, or `None` while required results are still missing and the deadline has not passed.
 pub fn decide(required: &[Required], latest: &[Latest], deadline_passed: bool) -> Option<Verdict> {
     let of = |r: &Required| latest.iter().find(|l| &l.which == r && is_final(&l.outcome));
+    if latest.iter().any(|l| l.which.test == "apply" && l.outcome == "INFO" && l.reason.as_deref() == Some(ALREADY_MERGED)) {
+        return Some(Verdict::Merged);
+    }
     if let Some(apply) = latest.iter().find(|l| l.which.test == "apply" && l.outcome == "FAILED" && !l.waived) {
         return Some(Verdict::Failed(vec![apply.which.label()]));
     }
@@ -108,7 +122,7 @@ mod tests {
     }
 
     fn got(t: &str, a: &str, outcome: &str) -> Latest {
-        Latest { which: req(t, a), outcome: outcome.into(), waived: false }
+        Latest { which: req(t, a), outcome: outcome.into(), waived: false, reason: None }
     }
 
     fn required() -> Vec<Required> {
@@ -141,6 +155,20 @@ mod tests {
     #[test]
     fn not_applying_fails_at_once() {
         assert_eq!(decide(&required(), &[got("apply", "any", "FAILED")], false), Some(Verdict::Failed(vec!["apply".into()])));
+    }
+
+    #[test]
+    fn a_series_already_merged_is_decided_merged_at_once_and_not_failed() {
+        let merged = Latest { reason: Some(ALREADY_MERGED.into()), ..got("apply", "any", "INFO") };
+        assert_eq!(decide(&required(), std::slice::from_ref(&merged), false), Some(Verdict::Merged));
+        // The tests' own results (not run, or said merged too) change nothing.
+        let with_tests = [merged.clone(), got("build", "x86_64", "ERROR"), got("build", "aarch64", "INFO")];
+        assert_eq!(decide(&required(), &with_tests, false).map(|v| v.word()), Some("MERGED"));
+        // INFO for another reason, or on another test, decides nothing.
+        let other = Latest { reason: Some("note".into()), ..got("apply", "any", "INFO") };
+        assert_eq!(decide(&required(), &[other], false), None);
+        let on_a_test = Latest { reason: Some(ALREADY_MERGED.into()), ..got("build", "x86_64", "INFO") };
+        assert_eq!(decide(&required(), &[on_a_test], false), None);
     }
 
     #[test]

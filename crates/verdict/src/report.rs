@@ -122,6 +122,8 @@ const EXCERPT_LINES: usize = 40;
 /// Lines of the conflicting hunk kept in an apply-failure report (the rest is in the full log).
 const HUNK_LINES: usize = 12;
 
+pub use crate::ALREADY_MERGED;
+
 /// The reason of a test that could not run because its series does not apply.
 pub const NOT_APPLIED: &str = "series-does-not-apply";
 
@@ -319,7 +321,34 @@ fn apply_failure_body(r: &Report, apply: &Line) -> String {
     b
 }
 
+/// The body of a report whose series is already in the branch: each patch and the commit holding it.
+fn merged_body(r: &Report) -> String {
+    let mut b = String::from("Hello,\n\n");
+    b.push_str(&wrap(
+        "patchbay did not test this series: it is already merged. Each of its patches is in the branch, as the same change (git patch-id --stable):",
+    ));
+    b.push('\n');
+    let said = r.lines.iter().find(|l| l.what == "apply").and_then(|l| l.excerpt.as_deref()).unwrap_or("");
+    for line in said.lines().map(str::trim).filter(|l| l.contains(" already merged as ")) {
+        b.push_str(&format!("  {line}\n"));
+    }
+    if let Some(base) = &r.base {
+        b.push('\n');
+        b.push_str(&wrap(&format!("Branch head: {base}")));
+    }
+    if let Some(link) = &r.link {
+        b.push_str(&format!("\nDetails: {link}\n"));
+    }
+    b.push('\n');
+    b.push_str(&wrap("Nothing to do, unless this was meant as a new version: then the next one needs to differ from what was merged."));
+    b.push_str("\n-- \npatchbay, automated testing of patches posted to this list\n");
+    b
+}
+
 fn body(r: &Report) -> String {
+    if r.verdict == "MERGED" {
+        return merged_body(r);
+    }
     if r.verdict == "FAILED"
         && let Some(apply) = r.lines.iter().find(|l| l.what == "apply" && l.outcome == "FAILED" && l.reason.as_deref() == Some("apply"))
     {
@@ -755,6 +784,46 @@ mod tests {
             r.base = Some(named.into());
             assert!(!body(&r).contains("--base"), "{named}");
         }
+    }
+
+    #[test]
+    fn a_series_already_merged_gets_its_own_short_report() {
+        let mut r = report();
+        r.verdict = "MERGED".into();
+        r.failed.clear();
+        r.base = Some("89abcdef (branch main)".into());
+        let said = "Every patch of the series is already in branch main (the same change by git patch-id --stable):\n  1/2 already merged as 0123456789ab hwmon: one\n  2/2 already merged as 123456789abc hwmon: two\n";
+        r.lines = vec![
+            Line {
+                what: "apply".into(),
+                outcome: "INFO".into(),
+                reason: Some(ALREADY_MERGED.into()),
+                seconds: 1,
+                excerpt: Some(said.into()),
+                log_url: None,
+            },
+            Line {
+                what: "build/x86_64".into(),
+                outcome: "INFO".into(),
+                reason: Some(ALREADY_MERGED.into()),
+                seconds: 1,
+                excerpt: Some(said.into()),
+                log_url: None,
+            },
+        ];
+        let settings = Settings { from: "ci@x".into(), domain: "x".into(), recipients: Recipients::Both };
+        let mail = String::from_utf8(compose(&r, &thread(), &settings, "d")).unwrap();
+        assert!(mail.contains("\nX-Patchbay-Verdict: MERGED\n"), "{mail}");
+        let body = mail.split_once("\n\n").unwrap().1;
+        assert!(body.contains("it is already merged"), "{body}");
+        assert!(
+            body.contains("\n  1/2 already merged as 0123456789ab hwmon: one\n  2/2 already merged as 123456789abc hwmon: two\n"),
+            "{body}"
+        );
+        assert_eq!(body.matches("already merged as").count(), 2, "each patch once: {body}");
+        assert!(!body.contains("FAILED") && !body.contains("does not apply"), "{body}");
+        assert!(body.contains("Branch head: 89abcdef (branch main)"), "{body}");
+        assert!(body.lines().count() < 20 && body.lines().all(|l| l.chars().count() <= 72), "{body}");
     }
 
     #[test]
