@@ -55,6 +55,17 @@ enum Command {
     },
     /// Print the JSON Schemas of the envelope and of every message body.
     Schema(SchemaArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) for `source` or a completions directory.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page patchbay(1), or write it and one page per command with --out.
+    Man {
+        /// Write `patchbay.1` and `patchbay-<command>.1` into this directory (such as ~/.local/share/man/man1).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -92,6 +103,12 @@ fn load_config(cli: &Cli) -> Result<Config, Exit> {
 fn run(cli: Cli) -> Result<(), Exit> {
     match &cli.command {
         Command::Schema(args) => schema(args).map_err(Exit::from),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "patchbay", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { out } => man(out.as_deref()).map_err(Exit::from),
         Command::Demo(args) => {
             let config = load_config(&cli)?;
             init_logging_quiet(&config);
@@ -150,6 +167,33 @@ fn run(cli: Cli) -> Result<(), Exit> {
             runtime()?.block_on(client::tail(&config, args))
         }
     }
+}
+
+/// The manual pages, rendered by clap_mangen from the same definitions as `--help`: to stdout
+/// (patchbay(1) alone), or into `out` with one page per command, named as `man` finds them.
+fn man(out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let command = <Cli as clap::CommandFactory>::command();
+    let Some(dir) = out else {
+        clap_mangen::Man::new(command).render(&mut std::io::stdout())?;
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let write = |name: String, page: clap::Command| -> anyhow::Result<()> {
+        let path = dir.join(format!("{name}.1"));
+        let mut bytes = Vec::new();
+        clap_mangen::Man::new(page).title(name.to_uppercase()).render(&mut bytes)?;
+        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        println!("{}", path.display());
+        Ok(())
+    };
+    for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
+        let name = format!("patchbay-{}", sub.get_name());
+        // A one-shot command: leaking the few names clap wants as `&'static str` costs nothing.
+        let page = sub.clone().name(&*Box::leak(name.clone().into_boxed_str()));
+        write(name, page)?;
+    }
+    write("patchbay".into(), command)
 }
 
 fn schema(args: &SchemaArgs) -> anyhow::Result<()> {

@@ -360,6 +360,44 @@ fn tail_and_query_show_one_readable_line_per_message() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), shell.as_str(), "query writes the line as tail does");
 }
 
+/// The install step's commands: a completion script bash can source, and man pages `man` reads.
+#[test]
+fn completions_and_man_pages_come_from_the_command_line_definitions() {
+    let out = bin().args(["completions", "bash"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let script = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(script.contains("_patchbay()") && script.contains("heartbeats"), "every option, tail's new one too");
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("patchbay.bash"), &script).unwrap();
+    let sourced = Command::new("bash")
+        .arg("-c")
+        .arg("source \"$1\" && complete -p patchbay")
+        .arg("-")
+        .arg(tmp.path().join("patchbay.bash"))
+        .output()
+        .unwrap();
+    assert!(sourced.status.success() && String::from_utf8_lossy(&sourced.stdout).contains("patchbay"), "{sourced:?}");
+    for shell in ["zsh", "fish"] {
+        assert!(bin().args(["completions", shell]).output().unwrap().status.success(), "{shell}");
+    }
+    let page = bin().arg("man").output().unwrap();
+    assert!(page.status.success());
+    assert!(String::from_utf8_lossy(&page.stdout).starts_with(".ie \\n(.g .ds Aq"), "roff");
+    let man1 = tmp.path().join("man1");
+    let out = bin().arg("man").arg("--out").arg(&man1).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for name in ["patchbay.1", "patchbay-serve.1", "patchbay-tail.1", "patchbay-completions.1"] {
+        let text = std::fs::read_to_string(man1.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(text.contains(".TH"), "{name}");
+    }
+    // What `man patchbay` shows, where man is installed.
+    if let Ok(rendered) = Command::new("man").arg("-l").arg(man1.join("patchbay.1")).env("MANPAGER", "cat").env("PAGER", "cat").output()
+        && rendered.status.success()
+    {
+        assert!(String::from_utf8_lossy(&rendered.stdout).contains("patchbay"), "{rendered:?}");
+    }
+}
+
 #[test]
 fn keygen_writes_a_usable_key_pair_and_refuses_to_overwrite() {
     let tmp = tempfile::tempdir().unwrap();
