@@ -4,6 +4,7 @@
 //! (`main.rs`) is only the command line over it; demos, benchmarks and tests
 //! call it directly.
 
+pub mod admin;
 pub mod backend;
 pub mod ci;
 pub mod client;

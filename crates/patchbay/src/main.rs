@@ -2,7 +2,7 @@
 //! parses arguments and calls the library; `main` alone turns errors into exit
 //! codes.
 
-use patchbay::{Exit, ci, client, demo, history, ingest, init_logging, init_logging_quiet, keys, runtime, serve};
+use patchbay::{Exit, admin, ci, client, demo, history, ingest, init_logging, init_logging_quiet, keys, runtime, serve};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,7 +47,7 @@ enum Command {
     /// Write a new ed25519 signing key pair.
     Keygen(keys::KeygenArgs),
     /// Show what consumers set aside and why: refused senders and signatures, failing handlers.
-    DeadLetters(keys::DeadLettersArgs),
+    DeadLetters(admin::DeadLettersArgs),
     /// Check the config file.
     Config {
         #[command(subcommand)]
@@ -117,7 +117,7 @@ fn run(cli: Cli) -> Result<(), Exit> {
         Command::DeadLetters(args) => {
             let config = load_config(&cli)?;
             init_logging_quiet(&config);
-            runtime()?.block_on(keys::dead_letters(&config, args))
+            runtime()?.block_on(admin::dead_letters(&config, args))
         }
         Command::Waive(args) => {
             let config = load_config(&cli)?;
@@ -140,7 +140,7 @@ fn run(cli: Cli) -> Result<(), Exit> {
             runtime()?.block_on(ingest::import(&config, args))
         }
         Command::Config { action: ConfigAction::Check { json } } => {
-            keys::config_check(cli.config.as_deref(), cli.data_dir.as_deref(), *json)
+            admin::config_check(cli.config.as_deref(), cli.data_dir.as_deref(), *json)
         }
         Command::Keygen(args) => {
             let config = load_config(&cli)?;

@@ -303,11 +303,8 @@ fn benchmarks_stay_out_of_the_production_binary() {
 #[test]
 fn the_code_map_names_every_crate_and_only_those() {
     let map = std::fs::read_to_string(workspace().join("ARCHITECTURE.md")).unwrap();
-    let named: Vec<String> = map
-        .lines()
-        .filter_map(|l| l.strip_prefix("### `crates/").and_then(|r| r.strip_suffix('`')))
-        .map(str::to_string)
-        .collect();
+    let named: Vec<String> =
+        map.lines().filter_map(|l| l.strip_prefix("### `crates/").and_then(|r| r.strip_suffix('`'))).map(str::to_string).collect();
     let crates = crates();
     let mut sorted = named.clone();
     sorted.sort();
@@ -317,4 +314,64 @@ fn the_code_map_names_every_crate_and_only_those() {
     assert!(stale.is_empty(), "ARCHITECTURE.md's code map names crates that do not exist: {stale:?}");
     sorted.dedup();
     assert_eq!(sorted.len(), named.len(), "a crate has two headings in the code map: {named:?}");
+}
+
+/// The modules of `crates/patchbay` form layers: no module imports one that imports it back,
+/// however far round (a cycle is where one concept hides inside another's file).
+#[test]
+fn the_binarys_modules_import_no_cycle() {
+    let src = workspace().join("crates/patchbay/src");
+    let modules: Vec<String> = std::fs::read_dir(&src)
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_string_lossy().strip_suffix(".rs").map(str::to_string))
+        .filter(|m| m != "main" && m != "lib")
+        .collect();
+    let mut edges: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
+    for m in &modules {
+        let text = std::fs::read_to_string(src.join(format!("{m}.rs"))).unwrap();
+        let mut uses = std::collections::BTreeSet::new();
+        for (i, _) in text.match_indices("crate::") {
+            let rest = &text[i + "crate::".len()..];
+            // `crate::x::…` and `use crate::{x, y::…}`.
+            let names: Vec<&str> = match rest.strip_prefix('{') {
+                Some(group) => {
+                    group.split('}').next().unwrap_or("").split(',').map(|p| p.trim().split("::").next().unwrap_or("")).collect()
+                }
+                None => vec![rest.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).next().unwrap_or("")],
+            };
+            uses.extend(names.into_iter().filter(|n| *n != m && modules.iter().any(|x| x == n)).map(str::to_string));
+        }
+        edges.insert(m.clone(), uses);
+    }
+    // Depth-first search for a back edge; the path is the cycle.
+    fn visit(
+        m: &str,
+        edges: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut std::collections::BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|p| p == m) {
+            let mut cycle = path[at..].to_vec();
+            cycle.push(m.to_string());
+            return Some(cycle);
+        }
+        if done.contains(m) {
+            return None;
+        }
+        path.push(m.to_string());
+        for next in &edges[m] {
+            if let Some(cycle) = visit(next, edges, path, done) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        done.insert(m.to_string());
+        None
+    }
+    let mut done = std::collections::BTreeSet::new();
+    for m in edges.keys() {
+        if let Some(cycle) = visit(m, &edges, &mut Vec::new(), &mut done) {
+            panic!("import cycle among crates/patchbay's modules: {}", cycle.join(" -> "));
+        }
+    }
 }

@@ -1,0 +1,121 @@
+//! The commands an operator runs to look at a deployment rather than change it:
+//! `config check` (the config, the keys, the trust policy and the report template,
+//! loaded as `serve` would) and `dead-letters` (what consumers set aside and why).
+
+use std::path::Path;
+
+use patchbay_config::Config;
+
+use crate::Exit;
+use crate::keys::{sealer, trust_policy};
+
+/// `patchbay config check`.
+pub fn config_check(path: Option<&Path>, data_dir: Option<&Path>, json: bool) -> Result<(), Exit> {
+    let result = (|| -> anyhow::Result<Config> {
+        let mut config = Config::load(path)?;
+        if let Some(d) = data_dir {
+            config.data_dir = d.to_path_buf();
+        }
+        sealer(&config, false)?;
+        trust_policy(&config)?;
+        crate::ci::report_template(&config)?;
+        Ok(config)
+    })();
+    match result {
+        Ok(config) => {
+            let key = config.signing.key_path(&config.data_dir);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "ok": true,
+                        "file": config.source.as_ref().map(|p| p.display().to_string()),
+                        "data_dir": config.data_dir.display().to_string(),
+                        "topic_root": config.bus.root.as_str(),
+                        "http_listen": config.http_listen.to_string(),
+                        "signing_key": key.display().to_string(),
+                        "signing_key_exists": key.exists(),
+                        "require_signatures": config.signing.require_signatures,
+                        "roles": config.authority.roles().map(|(s, ps)| (s.to_string(), ps.iter().map(|p| p.as_str()).collect::<Vec<_>>())).collect::<std::collections::BTreeMap<_, _>>(),
+                        "loopback_without_token": config.http_publish.loopback_without_token,
+                    })
+                );
+            } else {
+                println!("ok: {}", config.source_name());
+                println!("  data_dir = {}", config.data_dir.display());
+                println!("  topics under {}.*", config.bus.root.as_str());
+                println!("  http.listen = {}", config.http_listen);
+                let note = if key.exists() { "" } else { " (not there yet: `serve` generates it)" };
+                println!("  signing key = {}{note}", key.display());
+                println!("  require_signatures = {}", config.signing.require_signatures);
+                for (service, patterns) in config.authority.roles() {
+                    let patterns: Vec<&str> = patterns.iter().map(|p| p.as_str()).collect();
+                    println!("  {service} may publish {}", patterns.join(", "));
+                }
+                if config.http_publish.loopback_without_token {
+                    println!("  http.loopback_without_token = true: anything on this host publishes, web pages of listed origins too");
+                }
+            }
+            Ok(())
+        }
+        Err(error) => {
+            if json {
+                println!("{}", serde_json::json!({ "ok": false, "error": format!("{error:#}") }));
+            }
+            Err(Exit::config(error))
+        }
+    }
+}
+
+/// Options of `patchbay dead-letters`.
+#[derive(clap::Args)]
+pub struct DeadLettersArgs {
+    /// The consumer's queue: a service (`aggregator`, `runner`, `dispatcher`, `reporter`,
+    /// `log-recorder`), or `serve-log.<instance>` for the history's recorder on RabbitMQ
+    /// (default: every one of those).
+    queue: Vec<String>,
+    /// At most this many per queue, oldest first.
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    /// One JSON object per line: queue, reason, attempts, dead_at, and the envelope as received.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `patchbay dead-letters`: what consumers set aside and why (a refused sender or signature,
+/// a handler that kept failing), so an admin sees forgeries that never became history.
+pub async fn dead_letters(config: &Config, args: &DeadLettersArgs) -> Result<(), Exit> {
+    let queues = if args.queue.is_empty() {
+        let mut q: Vec<String> = ["dispatcher", "runner", "aggregator", "reporter", "log-recorder"].map(String::from).to_vec();
+        if config.bus.backend == patchbay_config::BusBackend::Amqp {
+            q.push(format!("serve-log.{}", config.instance));
+        }
+        q
+    } else {
+        args.queue.clone()
+    };
+    let bus = crate::backend::bus(config, patchbay_bus::Sealer::default()).await.map_err(Exit::tempfail)?;
+    let mut total = 0;
+    for queue in &queues {
+        let dead = bus.dead_letters(queue, args.limit).await.map_err(|e| Exit::tempfail(anyhow::anyhow!("{queue}: {e}")))?;
+        total += dead.len();
+        for d in dead {
+            if args.json {
+                let line = serde_json::json!({
+                    "queue": d.queue, "reason": d.reason, "attempts": d.attempts, "dead_at": d.at.to_string(),
+                    "envelope": d.envelope,
+                });
+                println!("{line}");
+            } else {
+                println!(
+                    "{} {queue} {} from {}#{} ({} attempt(s)): {}",
+                    d.at, d.envelope.topic, d.envelope.sender.service, d.envelope.sender.instance, d.attempts, d.reason
+                );
+            }
+        }
+    }
+    if !args.json {
+        eprintln!("{total} dead letter(s) in {} queue(s)", queues.len());
+    }
+    Ok(())
+}
