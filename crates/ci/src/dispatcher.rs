@@ -35,6 +35,69 @@ pub struct ProjectTests {
     pub branch: String,
     /// Tests.
     pub tests: Vec<TestDef>,
+    /// The tree map: which repository and branch a series goes to, first match wins.
+    pub trees: Vec<Tree>,
+}
+
+/// One entry of a project's tree map (`[[project.tree]]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tree {
+    /// Subject tags (lower case) that send a series here: `net-next` in `[PATCH net-next 1/3]`.
+    pub tags: Vec<String>,
+    /// Path prefixes that send a series here when no tag did: `drivers/net/`.
+    pub paths: Vec<String>,
+    /// Repository.
+    pub repository: String,
+    /// Branch.
+    pub branch: String,
+}
+
+/// The words inside a subject's leading brackets, lower-cased: `[PATCH net-next v2 1/3]` gives
+/// `patch`, `net-next`, `v2`, `1/3` (tags are compared with these).
+fn bracket_words(subject: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut rest = subject.trim_start();
+    while let Some(inner) = rest.strip_prefix('[') {
+        let Some(end) = inner.find(']') else { break };
+        words.extend(inner[..end].split([' ', ',', ';', '\t']).filter(|w| !w.is_empty()).map(str::to_ascii_lowercase));
+        rest = inner[end + 1..].trim_start();
+    }
+    words
+}
+
+/// The files a series' mbox changes, from its `diff --git a/X b/Y` lines (both names).
+fn touched(mbox: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    for line in mbox.lines() {
+        if let Some(rest) = line.strip_prefix("diff --git a/")
+            && let Some((a, b)) = rest.split_once(" b/")
+        {
+            out.push(a);
+            out.push(b);
+        }
+    }
+    out
+}
+
+/// The tree map's choice for a series (tags of its patches' subjects first, then the paths
+/// its diffs touch; the first matching entry in order), with why, or `None` for the project's
+/// own repository and branch.
+pub fn pick_tree<'a>(trees: &'a [Tree], series: &SeriesComplete) -> Option<(&'a Tree, String)> {
+    let words: Vec<String> = series.patches.iter().flat_map(|p| bracket_words(&p.subject)).collect();
+    for tree in trees {
+        if let Some(tag) = tree.tags.iter().find(|t| words.contains(t)) {
+            return Some((tree, format!("subject tag {tag}")));
+        }
+    }
+    let files = touched(&series.mbox);
+    for tree in trees {
+        for prefix in &tree.paths {
+            if let Some(file) = files.iter().find(|f| f.starts_with(prefix.as_str())) {
+                return Some((tree, format!("it touches {file}")));
+            }
+        }
+    }
+    None
 }
 
 /// Finds the series a `Based-on:` or `Depends-on:` line names, as an mbox, when it is stored
@@ -147,6 +210,11 @@ impl Dispatcher {
                 }
             }
         }
+        let picked = pick_tree(&project.trees, series);
+        let (repository, branch, tree) = match &picked {
+            Some((t, why)) => (t.repository.clone(), t.branch.clone(), Some(why.clone())),
+            None => (project.repository.clone(), project.branch.clone(), None),
+        };
         let job = |test: &str, arch: &str| TestJob {
             job: format!("{}-v{}-{test}-{arch}", series.series.id, series.series.version),
             series: series.series.clone(),
@@ -154,8 +222,8 @@ impl Dispatcher {
             arch: arch.to_string(),
             capabilities: Vec::new(),
             required: true,
-            repository: project.repository.clone(),
-            branch: project.branch.clone(),
+            repository: repository.clone(),
+            branch: branch.clone(),
             base_commit: series.base_commit.clone(),
             dependencies: dependencies.clone(),
             mbox: series.mbox.clone(),
@@ -163,6 +231,7 @@ impl Dispatcher {
             script: None,
             limits: TestLimits { wall_secs: 600, memory_mib: 1024, processes: 256, file_size_mib: 1024, output_kib: 256 },
             date,
+            tree: tree.clone(),
         };
         let mut jobs = vec![job("apply", crate::ANY_ARCH)];
         for t in &project.tests {
@@ -226,6 +295,59 @@ impl Handler for Dispatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn series(subjects: &[&str], mbox: &str) -> SeriesComplete {
+        let head = patchbay_model::SeriesHead {
+            id: 1,
+            project: "net".into(),
+            name: "x".into(),
+            submitter: "a@b".into(),
+            version: 1,
+            total: subjects.len() as u32,
+        };
+        SeriesComplete {
+            series: head,
+            cover: None,
+            patches: subjects
+                .iter()
+                .enumerate()
+                .map(|(i, s)| patchbay_model::SeriesPatch {
+                    slot: i as u32 + 1,
+                    mail: i as i64,
+                    message_id: format!("<{i}@x>"),
+                    subject: s.to_string(),
+                })
+                .collect(),
+            mbox: mbox.into(),
+            mbox_base64: None,
+            base_commit: None,
+            based_on: vec![],
+            depends_on: vec![],
+            supersedes: None,
+        }
+    }
+
+    #[test]
+    fn the_tree_map_goes_by_subject_tag_then_by_path() {
+        let tree = |tags: &[&str], paths: &[&str], branch: &str| Tree {
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            paths: paths.iter().map(|t| t.to_string()).collect(),
+            repository: "r".into(),
+            branch: branch.into(),
+        };
+        let trees = [tree(&["net"], &[], "net"), tree(&["net-next"], &[], "next"), tree(&[], &["drivers/bpf/"], "bpf")];
+        let diff = "diff --git a/drivers/bpf/x.c b/drivers/bpf/x.c\n";
+        let pick = |subjects: &[&str], mbox: &str| pick_tree(&trees, &series(subjects, mbox)).map(|(t, why)| (t.branch.clone(), why));
+        assert_eq!(
+            pick(&["[PATCH net-next v2 1/2] a", "[PATCH net-next v2 2/2] b"], ""),
+            Some(("next".into(), "subject tag net-next".into()))
+        );
+        assert_eq!(pick(&["[PATCH NET] fix"], diff), Some(("net".into(), "subject tag net".into())), "tags first, any case");
+        assert_eq!(pick(&["[net-next,PATCH 1/1] a"], ""), Some(("next".into(), "subject tag net-next".into())));
+        assert_eq!(pick(&["[PATCH] net: fix"], diff), Some(("bpf".into(), "it touches drivers/bpf/x.c".into())), "a title word is no tag");
+        assert_eq!(pick(&["[PATCH] fix"], "diff --git a/README b/README\n"), None);
+        assert_eq!(bracket_words("[RFC] [PATCH bpf-next 3/5] x [net]"), ["rfc", "patch", "bpf-next", "3/5"]);
+    }
 
     #[test]
     fn series_older_than_the_limit_are_history() {

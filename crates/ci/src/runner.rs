@@ -227,6 +227,7 @@ impl Handler for RunnerService {
                 output_bytes: (job.limits.output_kib << 10) as usize,
             },
             date: job.date,
+            tree: job.tree.clone(),
         };
         let mut result = Self::finished(&job, "ERROR", None);
         let mut log = String::new();

@@ -183,6 +183,19 @@ struct RawProject {
     list_address: Option<String>,
     #[serde(default)]
     test: Vec<RawTest>,
+    #[serde(default)]
+    tree: Vec<RawTree>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTree {
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    paths: Vec<String>,
+    repository: Option<String>,
+    branch: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -223,6 +236,21 @@ pub enum Isolation {
     Bubblewrap,
     /// None: trusted setups only.
     None,
+}
+
+/// One entry of a project's tree map (`[[project.tree]]`): series carrying one of `tags` in
+/// their subject brackets (`[PATCH net-next]`), else touching one of `paths`, are applied to
+/// `branch` of `repository`, as netdev's CI picks the tree from the subject prefix.
+#[derive(Clone, Debug)]
+pub struct TreeConfig {
+    /// Subject tags, lower-cased (`net`, `net-next`, `bpf-next`).
+    pub tags: Vec<String>,
+    /// Path prefixes a series' diffs touch (`drivers/net/`).
+    pub paths: Vec<String>,
+    /// The repository (default: the project's).
+    pub repository: String,
+    /// The branch.
+    pub branch: String,
 }
 
 /// One test of a project (`[[project.test]]`).
@@ -418,6 +446,8 @@ pub struct ProjectConfig {
     pub tests: Vec<TestConfig>,
     /// The list's posting address, for reports (never taken from mail headers a sender controls).
     pub list_address: Option<String>,
+    /// The tree map, first match wins (tags before paths); empty: always `repository` and `branch`.
+    pub trees: Vec<TreeConfig>,
 }
 
 /// Bus settings.
@@ -626,6 +656,22 @@ impl Config {
             if !tests.is_empty() && p.repository.is_none() {
                 return Err(invalid(&format!("{key}.repository"), "tests need a repository to apply series to".into()));
             }
+            let mut trees = Vec::new();
+            for (j, t) in p.tree.into_iter().enumerate() {
+                let tkey = format!("{key}.tree[{j}]");
+                if t.tags.is_empty() && t.paths.is_empty() {
+                    return Err(invalid(&tkey, "give tags (subject prefixes such as net-next) or paths (such as drivers/net/)".into()));
+                }
+                if t.branch.trim().is_empty() {
+                    return Err(invalid(&format!("{tkey}.branch"), "must name a branch".into()));
+                }
+                let Some(repository) = t.repository.or_else(|| p.repository.clone()) else {
+                    return Err(invalid(&format!("{tkey}.repository"), "name one here or in the project".into()));
+                };
+                let tags = t.tags.iter().map(|x| x.trim().to_ascii_lowercase()).filter(|x| !x.is_empty()).collect();
+                let paths = t.paths.iter().map(|x| x.trim().trim_start_matches("./").to_string()).filter(|x| !x.is_empty()).collect();
+                trees.push(TreeConfig { tags, paths, repository, branch: t.branch.trim().to_string() });
+            }
             projects.push(ProjectConfig {
                 name: p.name,
                 list_ids,
@@ -634,6 +680,7 @@ impl Config {
                 branch: p.branch.unwrap_or_else(|| "main".into()),
                 list_address: p.list_address,
                 tests,
+                trees,
             });
         }
 

@@ -242,6 +242,10 @@ pub struct TestJob {
     /// dispatcher that knows no dates; a runner older than this field refuses jobs carrying it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub date: Option<i64>,
+    /// Why `repository` and `branch`, when the project's tree map chose them (`subject tag
+    /// net-next`, `it touches drivers/net/x.c`), for the report; absent for the project's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<String>,
 }
 
 impl Body for TestJob {

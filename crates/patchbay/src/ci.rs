@@ -49,6 +49,16 @@ pub fn project_tests(config: &Config) -> Vec<ProjectTests> {
                         capabilities: t.capabilities.clone(),
                     })
                     .collect(),
+                trees: p
+                    .trees
+                    .iter()
+                    .map(|t| patchbay_ci::Tree {
+                        tags: t.tags.clone(),
+                        paths: t.paths.clone(),
+                        repository: t.repository.clone(),
+                        branch: t.branch.clone(),
+                    })
+                    .collect(),
             })
         })
         .collect()

@@ -1338,3 +1338,99 @@ fn a_series_already_merged_upstream_is_reported_as_such() {
     assert!(mail.contains(&format!("2/2 already merged as {} taken: part 2", merged[1])), "{mail}");
     assert!(!mail.contains("FAILED") && !mail.contains("does not apply"), "{mail}");
 }
+
+/// The mails of a series made from `changes` on a branch off `from`, with `format-patch` `args`
+/// (a subject prefix, a base), cover letter titled `the <name> series`.
+fn tagged_mails(repo: &Path, name: &str, from: &str, changes: &[(&str, &str)], args: &[&str]) -> Vec<String> {
+    git(repo, &["checkout", "-q", "-b", name, from]);
+    for (i, (file, content)) in changes.iter().enumerate() {
+        std::fs::write(repo.join(file), content).unwrap();
+        git(repo, &["add", file]);
+        git(repo, &["commit", "-q", "-m", &format!("{name}: part {}", i + 1)]);
+    }
+    let out = repo.join(format!("out-{name}"));
+    let mut fp = vec!["format-patch", "-q", "--cover-letter", "--thread=shallow"];
+    fp.extend_from_slice(args);
+    let (dir, range) = (out.to_string_lossy().to_string(), format!("{from}..{name}"));
+    fp.extend_from_slice(&["-o", &dir, &range]);
+    git(repo, &fp);
+    git(repo, &["checkout", "-q", "main"]);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .replace("*** SUBJECT HERE ***", &format!("the {name} series"))
+                .replace("*** BLURB HERE ***", "")
+                .replace("<cover.", &format!("<cover-{name}."))
+        })
+        .collect()
+}
+
+#[test]
+fn a_tree_map_sends_each_series_to_its_branch_and_reports_say_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = origin(tmp.path(), &[("README", "base\n")]);
+    let old = git(&repo, &["rev-parse", "HEAD"]).trim().to_string();
+    // net-next has a file main lacks; main then changed README.
+    git(&repo, &["checkout", "-q", "-b", "next"]);
+    std::fs::write(repo.join("NEXT"), "feature\n").unwrap();
+    git(&repo, &["add", "NEXT"]);
+    git(&repo, &["commit", "-q", "-m", "next: a feature"]);
+    git(&repo, &["checkout", "-q", "main"]);
+    std::fs::write(repo.join("README"), "main\n").unwrap();
+    git(&repo, &["commit", "-q", "-am", "main: docs"]);
+    let heads = |b: &str| git(&repo, &["rev-parse", b]).trim().to_string();
+    let (main, next) = (heads("main"), heads("next"));
+    // Three series: one for each tree by its subject tag, and one naming an old base-commit.
+    let for_next = tagged_mails(&repo, "feature", "next", &[("NEXT", "feature, better\n")], &["--subject-prefix=PATCH net-next"]);
+    let for_net = tagged_mails(&repo, "fix", "main", &[("README", "main, fixed\n")], &["--subject-prefix=PATCH net"]);
+    let base_arg = format!("--base={old}");
+    let on_old = tagged_mails(&repo, "old", &old, &[("README", "base, reworded\n")], &["--subject-prefix=PATCH net", &base_arg]);
+
+    let config = tmp.path().join("patchbay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{}\"\n[ingest]\nlmtp_listen = \"\"\n[bus]\nprefix = \"e2e\"\nenv = \"ci\"\n\
+             [runner]\njobs = 1\n\
+             [[project]]\nname = \"demo\"\nlist_ids = [\"{LIST}\"]\nrepository = \"{}\"\n\
+             [[project.test]]\nname = \"check\"\nscript = \"cat README\"\narches = [\"{}\"]\n\
+             [[project.tree]]\ntags = [\"net\"]\nbranch = \"main\"\n\
+             [[project.tree]]\ntags = [\"net-next\"]\nbranch = \"next\"\n",
+            free_port(),
+            repo.display(),
+            std::env::consts::ARCH
+        ),
+    )
+    .unwrap();
+    let _serve = Serve(bin().arg("--config").arg(&config).arg("serve").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    std::thread::sleep(Duration::from_millis(500));
+    for mail in for_next.iter().chain(&for_net).chain(&on_old) {
+        let mut c = bin().arg("--config").arg(&config).args(["inject", "--list-id", LIST]).stdin(Stdio::piped()).spawn().unwrap();
+        c.stdin.take().unwrap().write_all(mail.as_bytes()).unwrap();
+        assert!(c.wait().unwrap().success());
+    }
+
+    let db = tmp.path().join("data/patchbay.sqlite3");
+    assert_eq!(settled_reports(&db, None, 3, 180).len(), 3);
+    let results = results(&db);
+    let expect = [
+        ("feature", next.as_str(), "branch next (tree map: subject tag net-next)"),
+        ("fix", main.as_str(), "branch main (tree map: subject tag net)"),
+        ("old", old.as_str(), "base-commit"),
+    ];
+    let mails = outbox(tmp.path());
+    assert_eq!(mails.len(), 3);
+    for (name, commit, reason) in expect {
+        for test in ["apply", "check"] {
+            let r = find(&results, name, test).unwrap_or_else(|| panic!("{name} {test}: {results:#?}"));
+            assert_eq!(r["outcome"], "PASSED", "{r:#?}");
+            assert_eq!((r["base"]["commit"].as_str(), r["base"]["reason"].as_str()), (Some(commit), Some(reason)), "{name}");
+        }
+        let mail = mails.iter().find(|m| m.contains(&format!("the {name} series"))).unwrap();
+        assert!(mail.replace('\n', " ").contains(&format!("Applied to: {commit} ({reason})")), "{mail}");
+    }
+}

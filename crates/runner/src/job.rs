@@ -31,6 +31,8 @@ pub struct Job {
     /// The series' date (unix seconds): when it does not apply at the branch head, it is
     /// tried on the branch as it was then.
     pub date: Option<i64>,
+    /// Why `repository` and `branch`, when a tree map chose them (said in the base's reason).
+    pub tree: Option<String>,
 }
 
 /// Which commit the series was applied to, and why that one.
@@ -196,11 +198,11 @@ impl Runner {
             }
             let head = mirror.branch_head(&job.branch).await?;
             let because = format!("base-commit {wanted} is not in the repository");
-            let reason = format!("branch {} ({because})", job.branch);
+            let reason = format!("{} ({because})", branch_words(job));
             return Ok(Chosen { base: Base { commit: head, reason }, head_because: Some(because) });
         }
         let head = mirror.branch_head(&job.branch).await?;
-        Ok(Chosen { base: Base { commit: head, reason: format!("branch {}", job.branch) }, head_because: Some(String::new()) })
+        Ok(Chosen { base: Base { commit: head, reason: branch_words(job) }, head_because: Some(String::new()) })
     }
 
     /// Applies the series (dependencies first) at the chosen base; when it does not apply,
@@ -247,7 +249,7 @@ impl Runner {
                 } else {
                     format!("{because}, and the series does not apply at the head")
                 };
-                chosen.base = Base { commit: at, reason: format!("branch {} as of {day}, the series' date: {why}", job.branch) };
+                chosen.base = Base { commit: at, reason: format!("{} as of {day}, the series' date: {why}", branch_words(job)) };
                 applied = then;
             } else {
                 // The head's failure is the one reported: that is where the series should go.
@@ -319,6 +321,14 @@ fn does_not_fit(disk: &Disk, what: &str, detail: &str) -> JobError {
 struct Chosen {
     base: Base,
     head_because: Option<String>,
+}
+
+/// `branch <name>`, and why that branch when a tree map chose it.
+fn branch_words(job: &Job) -> String {
+    match &job.tree {
+        Some(why) => format!("branch {} (tree map: {why})", job.branch),
+        None => format!("branch {}", job.branch),
+    }
 }
 
 /// `YYYY-MM-DD` (UTC) of unix seconds, for reports.

@@ -77,6 +77,7 @@ fn job(repo: &Path, mbox: Vec<u8>) -> Job {
             output_bytes: 64 << 10,
         },
         date: None,
+        tree: None,
     }
 }
 
