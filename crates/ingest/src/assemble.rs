@@ -7,7 +7,7 @@
 
 use patchbay_mail::{Kind, Parsed, subject};
 use patchbay_model::{MailReceived, SeriesComplete, SeriesHead, SeriesIncomplete, SeriesNew, SeriesPatch, SeriesSuperseded};
-use patchbay_series::{Arrival, Candidate, Match, Placement, ProjectMatch, Rules, Summary};
+use patchbay_series::{Arrival, Candidate, Match, Placement, Posted, ProjectMatch, Rules, Summary};
 use patchbay_store::{StoreError, Tx};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -69,6 +69,10 @@ struct Hints {
     change_id: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     supersedes: Vec<String>,
+    /// The ids a patch or cover letter cites (`In-Reply-To`, then `References`), so a series'
+    /// threads can be told apart later without parsing its mails again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    refs: Vec<String>,
 }
 
 /// The messages a write produces, typed; the caller turns them into `Outgoing`.
@@ -121,6 +125,7 @@ pub fn accept(tx: &Tx<'_>, rules: &Rules, projects: &[Project], mail: &Incoming,
         depends_on: p.depends_on.clone(),
         change_id: p.change_id.clone(),
         supersedes: p.supersedes.clone(),
+        refs: if matches!(p.kind, Kind::Patch | Kind::Cover) { cited(p) } else { Vec::new() },
     };
     let hints_json = (hints != Hints::default()).then(|| serde_json::to_string(&hints).expect("hints serialize"));
     tx.prepare_cached(
@@ -146,7 +151,7 @@ pub fn accept(tx: &Tx<'_>, rules: &Rules, projects: &[Project], mail: &Incoming,
 
     let mut series = None;
     if conflicts_with.is_none() && matches!(p.kind, Kind::Patch | Kind::Cover) {
-        match thread(tx, rules, projects, id, mail, &lists, events)? {
+        match thread(tx, (rules, projects), id, mail, &lists, events, 0)? {
             Ok(s) => series = Some(s),
             Err(stray) => {
                 problems.push(stray);
@@ -170,6 +175,25 @@ pub fn accept(tx: &Tx<'_>, rules: &Rules, projects: &[Project], mail: &Incoming,
         }),
     );
     Ok(Outcome::Stored { mail: id, malformed: !problems.is_empty(), conflict: conflicts_with.is_some() })
+}
+
+/// The ids a mail cites, `In-Reply-To` first, then `References` in order, each once.
+fn cited(p: &Parsed) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for id in p.in_reply_to.iter().chain(p.references.iter()) {
+        if *id != p.message_id && !out.contains(id) {
+            out.push(id.clone());
+        }
+    }
+    out
+}
+
+/// Bracket tags as markers compare them: lower-cased, sorted, once each.
+fn tag_set(tags: &[String]) -> Vec<String> {
+    let mut t: Vec<String> = tags.iter().map(|t| t.to_lowercase()).collect();
+    t.sort();
+    t.dedup();
+    t
 }
 
 fn link_lists(tx: &Tx<'_>, mail: i64, lists: &[String]) -> Result<(), StoreError> {
@@ -216,17 +240,54 @@ fn slots(tx: &Tx<'_>, series: i64) -> Result<Vec<u32>, StoreError> {
     rows.collect::<Result<_, _>>().map_err(q)
 }
 
-fn candidate(tx: &Tx<'_>, s: &SeriesRow, matched: Match, distance: usize) -> Result<Candidate, StoreError> {
+/// A series' members with what they cite, and each one's subject, in slot order.
+fn threads(tx: &Tx<'_>, series: i64) -> Result<Vec<(Posted, String)>, StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT sm.slot, m.message_id, m.hints, m.subject FROM series_mails sm JOIN mails m ON m.id = sm.mail_id
+         WHERE sm.series_id = ?1 ORDER BY sm.slot",
+    )?;
+    let rows = stmt.query_map([series], |r| {
+        let hints: Option<String> = r.get(2)?;
+        let refs = hints.and_then(|h| serde_json::from_str::<Hints>(&h).ok()).unwrap_or_default().refs;
+        Ok((Posted { slot: r.get(0)?, message_id: r.get(1)?, refs }, r.get(3)?))
+    })?;
+    rows.collect::<Result<_, _>>().map_err(q)
+}
+
+/// Whether `members` hold a cover letter that none of their patches cites (placed by markers).
+fn loose_cover(members: &[Posted]) -> bool {
+    members.iter().find(|m| m.slot == 0).is_some_and(|c| !members.iter().any(|m| m.slot > 0 && m.refs.contains(&c.message_id)))
+}
+
+/// The series `s` as a candidate for `arrival` (its Message-ID, what it cites, its slot).
+fn candidate(tx: &Tx<'_>, s: &SeriesRow, matched: Match, distance: usize, arrival: &Posted) -> Result<Candidate, StoreError> {
+    let members = threads(tx, s.id)?;
+    // The arrival's slot may be taken from a mail no reference links to the arrival's thread: in
+    // a series not yet announced complete, or a cover the announcement left out (a loose one).
+    let mut all: Vec<Posted> = members.iter().map(|(m, _)| m.clone()).collect();
+    all.push(arrival.clone());
+    let unlinked = patchbay_series::unlinked(&all, all.len() - 1);
+    let mut displaceable = false;
+    if let Some(holder) = members.iter().position(|(m, _)| m.slot == arrival.slot)
+        && matched != Match::Markers
+    {
+        let may_move = matches!(s.state.as_str(), "new" | "incomplete") || (arrival.slot == 0 && loose_cover(&all[..members.len()]));
+        displaceable = may_move && unlinked.contains(&holder);
+    }
     Ok(Candidate {
         id: s.id,
         submitter: s.submitter.clone(),
         version: s.version,
         version_explicit: s.version_explicit,
         total: s.total,
-        slots: slots(tx, s.id)?,
+        slots: members.iter().map(|(m, _)| m.slot).collect(),
         date: s.date,
         matched,
         distance,
+        threaded: unlinked.iter().any(|&i| !all[i].refs.is_empty()),
+        unlinked_patch: unlinked.iter().any(|&i| all[i].slot > 0),
+        displaceable,
+        tags: members.first().map(|(_, subj)| tag_set(&subject::parse(subj).tags)).unwrap_or_default(),
     })
 }
 
@@ -248,17 +309,26 @@ fn project_matches(projects: &[Project]) -> Vec<ProjectMatch<'_>> {
 /// Places a stored patch or cover letter; `Err(reason)` for a stray that joins nothing.
 fn thread(
     tx: &Tx<'_>,
-    rules: &Rules,
-    projects: &[Project],
+    (rules, projects): (&Rules, &[Project]),
     mail_id: i64,
     mail: &Incoming,
     lists: &[String],
     events: &mut Vec<Event>,
+    depth: usize,
 ) -> Result<Result<i64, String>, StoreError> {
     let p = &mail.parsed;
     let counter = p.subject.counter;
     let date = p.date.unwrap_or(mail.received_at);
-    let arrival = Arrival { submitter: p.from_email.clone().unwrap_or_default(), version: p.subject.version, counter, date };
+    let refs = cited(p);
+    let posted = Posted { message_id: p.message_id.clone(), refs: refs.clone(), slot: counter.map_or(1, |(n, _)| n) };
+    let arrival = Arrival {
+        submitter: p.from_email.clone().unwrap_or_default(),
+        version: p.subject.version,
+        counter,
+        date,
+        threaded: !refs.is_empty(),
+        tags: tag_set(&p.subject.tags),
+    };
 
     let mut by_reference = Vec::new();
     {
@@ -274,13 +344,15 @@ fn thread(
                         (_, true) => Match::ArrivalRepliesToMember,
                         (_, false) => Match::SharedAncestor,
                     };
-                    by_reference.push(candidate(tx, &load_series(tx, sid)?, matched, n)?);
+                    by_reference.push(candidate(tx, &load_series(tx, sid)?, matched, n, &posted)?);
                 }
             }
         }
     }
+    // Markers are looked at only when no reference placed the mail.
+    let mut placement = patchbay_series::place(rules, &arrival, &by_reference, &[]);
     let mut by_markers = Vec::new();
-    if let Some((_, total)) = counter {
+    if let (Placement::New, Some((_, total))) = (&placement, counter) {
         let mut stmt = tx.prepare_cached(
             "SELECT id FROM series WHERE submitter = ?1 AND total = ?2 AND version = ?3 AND date BETWEEN ?4 AND ?5 ORDER BY id",
         )?;
@@ -297,14 +369,28 @@ fn thread(
             )?
             .collect::<Result<_, _>>()?;
         for sid in ids {
-            by_markers.push(candidate(tx, &load_series(tx, sid)?, Match::Markers, 0)?);
+            by_markers.push(candidate(tx, &load_series(tx, sid)?, Match::Markers, 0, &posted)?);
+        }
+        if !by_markers.is_empty() {
+            placement = patchbay_series::place(rules, &arrival, &by_reference, &by_markers);
         }
     }
-
+    // Mails that references moved out of the series this one joins, placed again at the end.
+    let mut moved: Vec<i64> = Vec::new();
+    if depth > 4 && matches!(placement, Placement::Displace(_)) {
+        placement = Placement::New; // a chain of displacements this long is not a real posting
+    }
     let slot = counter.map_or(1, |(n, _)| n);
-    let series_id = match patchbay_series::place(rules, &arrival, &by_reference, &by_markers) {
+    let series_id = match placement {
         Placement::Stray(reason) => return Ok(Err(reason)),
-        Placement::Join(sid) => {
+        Placement::Join(sid) | Placement::Displace(sid) => {
+            if matches!(placement, Placement::Displace(_)) {
+                let holder: i64 = tx
+                    .prepare_cached("SELECT mail_id FROM series_mails WHERE series_id = ?1 AND slot = ?2")?
+                    .query_row(params![sid, posted.slot], |r| r.get(0))?;
+                evict(tx, sid, &[holder])?;
+                moved.push(holder);
+            }
             let before = load_series(tx, sid)?;
             let total = patchbay_series::total_after_join(before.total, &slots(tx, sid)?, &arrival);
             if total != before.total {
@@ -376,11 +462,90 @@ fn thread(
             stmt.execute(params![r, series_id, false])?;
         }
     }
+    // A loose mail (placed by markers) that this one cites ties this one's thread to the series;
+    // any other thread in it leaves, before the series can complete with it.
+    if depth <= 4 {
+        let members: Vec<Posted> = threads(tx, series_id)?.into_iter().map(|(m, _)| m).collect();
+        if let Some(me) = members.iter().position(|m| m.message_id == p.message_id) {
+            let out = patchbay_series::strangers(&members, me);
+            if !out.is_empty() {
+                let mut ids = Vec::new();
+                let mut stmt = tx.prepare_cached("SELECT mail_id FROM series_mails WHERE series_id = ?1 AND slot = ?2")?;
+                for i in out {
+                    ids.push(stmt.query_row(params![series_id, members[i].slot], |r| r.get::<_, i64>(0))?);
+                }
+                evict(tx, series_id, &ids)?;
+                moved.extend(ids);
+            }
+        }
+    }
     let s = load_series(tx, series_id)?;
     if matches!(s.state.as_str(), "new" | "incomplete") && patchbay_series::is_complete(s.total, &slots(tx, series_id)?) {
         complete(tx, &s, mail.received_at, events)?;
     }
+    for m in moved {
+        place_again(tx, rules, projects, m, events, depth + 1)?;
+    }
     Ok(Ok(series_id))
+}
+
+/// Takes `mails` out of `series` (the thread they were placed in by markers turned out to be
+/// another's): the series' references and first Date are rebuilt from the mails that stay, and
+/// a series left empty is deleted (it never completed, so nothing was announced for it but
+/// `new`).
+fn evict(tx: &Tx<'_>, series: i64, mails: &[i64]) -> Result<(), StoreError> {
+    for m in mails {
+        tx.prepare_cached("DELETE FROM series_mails WHERE mail_id = ?1")?.execute([m])?;
+    }
+    tx.prepare_cached("DELETE FROM series_refs WHERE series_id = ?1")?.execute([series])?;
+    let members = threads(tx, series)?;
+    if members.is_empty() {
+        tx.prepare_cached("UPDATE series SET supersedes = NULL WHERE supersedes = ?1")?.execute([series])?;
+        tx.prepare_cached("DELETE FROM series WHERE id = ?1")?.execute([series])?;
+        return Ok(());
+    }
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO series_refs (message_id, series_id, member) VALUES (?1, ?2, ?3)
+         ON CONFLICT (message_id, series_id) DO UPDATE SET member = max(member, excluded.member)",
+    )?;
+    for (m, _) in &members {
+        stmt.execute(params![m.message_id, series, true])?;
+        if m.slot > 0 {
+            for r in &m.refs {
+                stmt.execute(params![r, series, false])?;
+            }
+        }
+    }
+    let (_, first) = &members[0];
+    tx.prepare_cached(
+        "UPDATE series SET name = ?2, date = (SELECT min(coalesce(m.date, m.received_at)) FROM series_mails sm JOIN mails m ON m.id = sm.mail_id
+         WHERE sm.series_id = ?1) WHERE id = ?1",
+    )?
+    .execute(params![series, subject::parse(first).title])?;
+    Ok(())
+}
+
+/// Places a stored mail again, as if it arrived now (after `evict`).
+fn place_again(
+    tx: &Tx<'_>,
+    rules: &Rules,
+    projects: &[Project],
+    mail: i64,
+    events: &mut Vec<Event>,
+    depth: usize,
+) -> Result<(), StoreError> {
+    let (raw, received_at): (Vec<u8>, i64) =
+        tx.prepare_cached("SELECT raw, received_at FROM mails WHERE id = ?1")?.query_row([mail], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let lists: Vec<String> = tx
+        .prepare_cached("SELECT list_id FROM mail_lists WHERE mail_id = ?1")?
+        .query_map([mail], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let parsed = patchbay_mail::parse(&raw);
+    let incoming = Incoming { raw, parsed, lists: Vec::new(), received_at };
+    if let Err(stray) = thread(tx, (rules, projects), mail, &incoming, &lists, events, depth)? {
+        tracing::warn!(mail, %stray, "a mail moved out of a series is now a stray");
+    }
+    Ok(())
 }
 
 struct Member {
@@ -517,9 +682,13 @@ fn complete(tx: &Tx<'_>, s: &SeriesRow, now: i64, events: &mut Vec<Event>) -> Re
     }
     let s = load_series(tx, s.id)?;
     let (mbox, mbox_base64) = patchbay_model::mbox_fields(&mbox);
+    // A cover none of the patches cites was placed by markers alone: it may yet move (to the
+    // posting whose patches cite it), so it is not announced as this series' cover.
+    let threads: Vec<Posted> = threads(tx, s.id)?.into_iter().map(|(m, _)| m).collect();
+    let cover = if loose_cover(&threads) { None } else { ms.iter().find(|m| m.slot == 0).map(|m| m.message_id.clone()) };
     events.push(Event::Complete(Box::new(SeriesComplete {
         series: head(&s),
-        cover: ms.iter().find(|m| m.slot == 0).map(|m| m.message_id.clone()),
+        cover,
         patches: ms
             .iter()
             .filter(|m| m.slot > 0)

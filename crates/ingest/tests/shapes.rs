@@ -491,3 +491,77 @@ async fn shape5_a_cover_whose_total_differs_from_its_patches() {
         assert_eq!(completed_versions(&ev), vec![want], "order {order:?}");
     }
 }
+
+/// (cover, patch ids in slot order, version, state) of every series with mails, sorted.
+async fn sorted_shape(ingest: &Ingest) -> Vec<(Option<String>, Vec<String>, u32, String)> {
+    let mut v = shape(ingest).await;
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shape1_references_beat_markers_whatever_the_order() {
+    // Two postings by one submitter, same version and total, minutes apart: A shallow, B deep.
+    let a = vec![
+        mail_from("dev@example.org", 0, "<a0@x>", "[PATCH v2 0/2] foo: first", &[], "Cover A.\n"),
+        mail_from("dev@example.org", 0, "<a1@x>", "[PATCH v2 1/2] foo: a one", &["<a0@x>"], &patch_body("a1")),
+        mail_from("dev@example.org", 0, "<a2@x>", "[PATCH v2 2/2] foo: a two", &["<a0@x>"], &patch_body("a2")),
+    ];
+    let b = vec![
+        mail_from("dev@example.org", 3, "<b0@x>", "[PATCH v2 0/2] bar: second", &[], "Cover B.\n"),
+        mail_from("dev@example.org", 3, "<b1@x>", "[PATCH v2 1/2] bar: b one", &["<b0@x>"], &patch_body("b1")),
+        mail_from("dev@example.org", 3, "<b2@x>", "[PATCH v2 2/2] bar: b two", &["<b0@x>", "<b1@x>"], &patch_body("b2")),
+    ];
+    let want = vec![
+        (Some("<a0@x>".to_string()), ids(&["<a1@x>", "<a2@x>"]), 2, "complete".to_string()),
+        (Some("<b0@x>".to_string()), ids(&["<b1@x>", "<b2@x>"]), 2, "complete".to_string()),
+    ];
+    let all: Vec<Vec<u8>> = a.into_iter().chain(b).collect();
+    // The order (A 2/2, B 0/2, B 1/2, B 2/2, A 0/2, A 1/2), then every 7th of all 720.
+    let mut orders = vec![vec![2, 3, 4, 5, 0, 1]];
+    orders.extend(permutations(6).into_iter().step_by(7));
+    for order in orders {
+        let dir = tempfile::tempdir().unwrap();
+        let ingest = common::scratch(dir.path(), &[LIST]);
+        deliver(&ingest, order.iter().map(|&i| all[i].clone()).collect()).await;
+        assert_eq!(sorted_shape(&ingest).await, want, "order {order:?}");
+        let ev = events(&ingest).await;
+        assert_eq!(count(&ev, "series.series.complete"), 2, "order {order:?}");
+        for (_, body) in ev.iter().filter(|(t, _)| t == "series.series.complete") {
+            // Announced with its own patches, and never with the other posting's cover.
+            let patches: Vec<&str> = body["patches"].as_array().unwrap().iter().map(|p| p["message_id"].as_str().unwrap()).collect();
+            let tag = &patches[0][1..2];
+            assert!(patches.iter().all(|p| &p[1..2] == tag), "order {order:?}: {patches:?}");
+            if let Some(cover) = body["cover"].as_str() {
+                assert_eq!(&cover[1..2], tag, "order {order:?}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shape1_markers_compare_the_bracket_tags() {
+    // A stable backport for 5.10.x whose cover's Message-ID the list rewrote (its patches cite
+    // the original, so only markers can place the cover), and a 5.4.x cover posted minutes
+    // later by the same submitter: the 5.4.x cover never heads the 5.10.x patches.
+    let mails = [
+        mail_from("st@example.org", 0, "<rewritten@x>", "[PATCH 5.10.x 0/2] fix the thing", &[], "Cover.\n"),
+        mail_from("st@example.org", 0, "<s1@x>", "[PATCH 5.10.x 1/2] one", &["<orig@x>"], &patch_body("s1")),
+        mail_from("st@example.org", 0, "<s2@x>", "[PATCH 5.10.x 2/2] two", &["<orig@x>"], &patch_body("s2")),
+        mail_from("st@example.org", 2, "<t0@x>", "[PATCH -stable,5.4.x 0/2] fix the thing", &[], "Cover.\n"),
+    ];
+    for order in permutations(4) {
+        let dir = tempfile::tempdir().unwrap();
+        let ingest = common::scratch(dir.path(), &[LIST]);
+        deliver(&ingest, order.iter().map(|&i| mails[i].clone()).collect()).await;
+        let got = sorted_shape(&ingest).await;
+        assert_eq!(
+            got,
+            vec![
+                (Some("<rewritten@x>".to_string()), ids(&["<s1@x>", "<s2@x>"]), 1, "complete".to_string()),
+                (Some("<t0@x>".to_string()), vec![], 1, "new".to_string()),
+            ],
+            "order {order:?}"
+        );
+    }
+}

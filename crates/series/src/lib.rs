@@ -61,6 +61,10 @@ pub struct Arrival {
     pub counter: Option<(u32, u32)>,
     /// Date header, seconds since the epoch.
     pub date: i64,
+    /// Whether the mail cites other mails (`In-Reply-To`, `References`): it sits in a thread.
+    pub threaded: bool,
+    /// The subject's bracket tags (tree, branch, project: `net-next`, `5.4.x`), lower-cased and sorted.
+    pub tags: Vec<String>,
 }
 
 /// A series the store found for an arrival, with what the rules need to know of it.
@@ -85,6 +89,17 @@ pub struct Candidate {
     /// How near the matching id is: 0 for the arrival's own Message-ID, then 1, 2, … for its
     /// `In-Reply-To` and `References` newest first, so the nearest evidence is tried first.
     pub distance: usize,
+    /// Whether a member that no reference links to the arrival cites other mails: the series
+    /// sits in another thread than the arrival's.
+    pub threaded: bool,
+    /// Whether a patch (not a cover) that no reference links to the arrival is a member.
+    pub unlinked_patch: bool,
+    /// The arrival's slot is held by a mail that no reference links to the arrival's thread (it
+    /// was placed by markers alone) and that may still move (see [`unlinked`]): references take
+    /// the slot from it.
+    pub displaceable: bool,
+    /// Bracket tags of its first mail, lower-cased and sorted (compared only by markers).
+    pub tags: Vec<String>,
 }
 
 /// How a candidate series was found for an arrival.
@@ -105,6 +120,9 @@ pub enum Match {
 pub enum Placement {
     /// Into this existing series.
     Join(i64),
+    /// Into this existing series, at a slot whose holder moves out and is placed again: the
+    /// arrival's references tie it to the series, the holder's do not.
+    Displace(i64),
     /// Into a new series of its own.
     New,
     /// Nowhere: the counter is impossible (`3/2`, `0/0`); the mail is kept and flagged.
@@ -119,7 +137,7 @@ fn accepts(rules: &Rules, c: &Candidate, a: &Arrival, by_reference: bool) -> boo
     let Some((slot, total)) = a.counter else { return false };
     // A thread ties mails together even when their From differs (a cover letter written by
     // `git format-patch` carries the committer, the patches their authors); markers alone do not.
-    if c.slots.contains(&slot) || (!by_reference && c.submitter != a.submitter) {
+    if (c.slots.contains(&slot) && !displaces(c, a, by_reference)) || (!by_reference && c.submitter != a.submitter) {
         return false;
     }
     if c.total != total && !joins_across_totals(rules, c, a, by_reference) {
@@ -158,6 +176,29 @@ fn joins_across_totals(rules: &Rules, c: &Candidate, a: &Arrival, by_reference: 
         }
 }
 
+/// A mail tied to the series by references takes a slot from a mail placed there by markers
+/// alone: evidence from references beats markers, also when it arrives later.
+fn displaces(c: &Candidate, _a: &Arrival, by_reference: bool) -> bool {
+    by_reference && c.displaceable
+}
+
+/// Whether subject markers alone may put `a` in `c`: besides submitter, version, total and time,
+/// the same bracket tags (`[PATCH -stable,5.4.x 0/5]` never heads `[PATCH 5.10.x n/5]`), and
+/// no two threads that no reference links: a threaded mail never joins a threaded series by
+/// markers (they cite different roots, so they are two postings); an unthreaded mail joins a
+/// threaded series, or the reverse, only as a lone cover (a list that rewrote the cover's
+/// Message-ID leaves it outside its patches' thread), and unthreaded postings join freely.
+fn markers_agree(c: &Candidate, a: &Arrival) -> bool {
+    let cover = a.counter.is_some_and(|(slot, _)| slot == 0);
+    c.tags == a.tags
+        && match (a.threaded, c.threaded) {
+            (true, true) => false,
+            (false, false) => true,
+            (false, true) => cover,
+            (true, false) => !c.unlinked_patch,
+        }
+}
+
 /// The total of a series after `arrival` joined it: the patches' total, never a cover's (a lone
 /// cover's series takes the total of the first patch that joins it).
 pub fn total_after_join(series_total: u32, series_slots: &[u32], arrival: &Arrival) -> u32 {
@@ -178,15 +219,85 @@ pub fn place(rules: &Rules, arrival: &Arrival, by_reference: &[Candidate], by_ma
     let mut refs: Vec<&Candidate> = by_reference.iter().collect();
     refs.sort_by_key(|c| (c.distance, !same_version(c, arrival)));
     if let Some(c) = refs.into_iter().find(|c| accepts(rules, c, arrival, true)) {
-        return Placement::Join(c.id);
+        return if c.slots.contains(&slot) { Placement::Displace(c.id) } else { Placement::Join(c.id) };
     }
     by_markers
         .iter()
         .filter(|c| {
-            same_version(c, arrival) && (c.date - arrival.date).abs() <= rules.marker_window_secs && accepts(rules, c, arrival, false)
+            same_version(c, arrival)
+                && (c.date - arrival.date).abs() <= rules.marker_window_secs
+                && markers_agree(c, arrival)
+                && accepts(rules, c, arrival, false)
         })
         .min_by_key(|c| (c.date - arrival.date).abs())
         .map_or(Placement::New, |c| Placement::Join(c.id))
+}
+
+/// A member of a series as the regrouping rule sees it.
+#[derive(Clone, Debug)]
+pub struct Posted {
+    /// Its Message-ID.
+    pub message_id: String,
+    /// The ids it cites (`In-Reply-To`, `References`).
+    pub refs: Vec<String>,
+    /// Its slot (0 for the cover letter).
+    pub slot: u32,
+}
+
+/// The members no chain of references links to `members[arrival]`. Two mails are linked when
+/// one cites the other or both cite one mail.
+pub fn unlinked(members: &[Posted], arrival: usize) -> Vec<usize> {
+    components(members, arrival).into_iter().enumerate().filter(|&(_, (mine, _))| !mine).map(|(i, _)| i).collect()
+}
+
+/// The members to move out of a series that `members[arrival]` just joined by reference: those
+/// in a thread no reference links to the arrival's. Markers can put a loose mail (a lone cover,
+/// an unthreaded patch) into a thread's series; when a later mail cites that loose mail, the
+/// series holds two threads, and references beat markers: the other thread leaves (`A 2/2`,
+/// then `B 0/2` by markers, then `B 1/2` citing `B 0/2`: A's patch leaves B's series). Loose
+/// members (no references and cited by none, or a cover cited by none) stay: nothing
+/// contradicts them.
+pub fn strangers(members: &[Posted], arrival: usize) -> Vec<usize> {
+    components(members, arrival)
+        .into_iter()
+        .enumerate()
+        .filter(|&(i, (mine, size))| !mine && !(size == 1 && (members[i].refs.is_empty() || members[i].slot == 0)))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// For each member: whether it is linked to `members[arrival]`, and the size of its thread.
+fn components(members: &[Posted], arrival: usize) -> Vec<(bool, usize)> {
+    let n = members.len();
+    let mut root: Vec<usize> = (0..n).collect();
+    fn find(root: &mut [usize], mut i: usize) -> usize {
+        while root[i] != i {
+            root[i] = root[root[i]];
+            i = root[i];
+        }
+        i
+    }
+    for i in 0..n {
+        for j in i + 1..n {
+            let (a, b) = (&members[i], &members[j]);
+            if a.refs.contains(&b.message_id) || b.refs.contains(&a.message_id) || a.refs.iter().any(|r| b.refs.contains(r)) {
+                let (x, y) = (find(&mut root, i), find(&mut root, j));
+                root[x] = y;
+            }
+        }
+    }
+    let mine = find(&mut root, arrival);
+    let mut size = vec![0usize; n];
+    for i in 0..n {
+        let r = find(&mut root, i);
+        size[r] += 1;
+    }
+    (0..n)
+        .map(|i| {
+            let r = find(&mut root, i);
+            (r == mine, size[r])
+        })
+        .collect()
 }
 
 /// Complete means every slot 1..=total is filled (the cover letter is optional).
@@ -266,7 +377,7 @@ mod tests {
     use super::*;
 
     fn arrival(version: Option<u32>, slot: u32, total: u32) -> Arrival {
-        Arrival { submitter: "a@x".into(), version, counter: Some((slot, total)), date: 1000 }
+        Arrival { submitter: "a@x".into(), version, counter: Some((slot, total)), date: 1000, threaded: false, tags: vec![] }
     }
 
     fn cand(id: i64, version: u32, total: u32, slots: &[u32]) -> Candidate {
@@ -280,6 +391,10 @@ mod tests {
             date: 1000,
             matched: Match::ArrivalRepliesToMember,
             distance: 1,
+            threaded: false,
+            unlinked_patch: slots.iter().any(|&s| s > 0),
+            displaceable: false,
+            tags: vec![],
         }
     }
 
@@ -410,9 +525,66 @@ mod tests {
     }
 
     #[test]
+    fn markers_never_join_two_threads_nor_two_trees() {
+        let r = Rules::default();
+        let threaded = |slot| Arrival { threaded: true, ..arrival(None, slot, 2) };
+        // A threaded `2/2` never joins another thread's series by markers …
+        let b = Candidate { matched: Match::Markers, threaded: true, ..cand(1, 1, 2, &[0, 1]) };
+        // (`threaded` and `unlinked_patch` say what no reference links to the arrival.)
+        assert_eq!(place(&r, &threaded(2), &[], std::slice::from_ref(&b)), Placement::New);
+        // … nor an unthreaded patch's, but it joins a lone cover (a rewritten Message-ID).
+        let loose_patch = Candidate { matched: Match::Markers, ..cand(2, 1, 2, &[1]) };
+        assert_eq!(place(&r, &threaded(2), &[], std::slice::from_ref(&loose_patch)), Placement::New);
+        let lone_cover = Candidate { matched: Match::Markers, ..cand(3, 1, 2, &[0]) };
+        assert_eq!(place(&r, &threaded(2), &[], &[lone_cover]), Placement::Join(3));
+        // An unthreaded cover joins a threaded series; unthreaded postings join freely.
+        let a = Candidate { matched: Match::Markers, threaded: true, ..cand(4, 1, 2, &[2]) };
+        assert_eq!(place(&r, &arrival(None, 0, 2), &[], std::slice::from_ref(&a)), Placement::Join(4));
+        assert_eq!(place(&r, &arrival(None, 1, 2), &[], &[a]), Placement::New, "an unthreaded patch 1/2 is another thread's root");
+        assert_eq!(place(&r, &arrival(None, 2, 2), &[], &[loose_patch]), Placement::Join(2));
+        // Tags differ: `-stable,5.4.x` is not `5.10.x`.
+        let tagged = Candidate { matched: Match::Markers, tags: vec!["5.10.x".into()], ..cand(5, 1, 2, &[1, 2]) };
+        let cover = Arrival { tags: vec!["-stable".into(), "5.4.x".into()], ..arrival(None, 0, 2) };
+        assert_eq!(place(&r, &cover, &[], std::slice::from_ref(&tagged)), Placement::New);
+        let cover = Arrival { tags: vec!["5.10.x".into()], ..arrival(None, 0, 2) };
+        assert_eq!(place(&r, &cover, &[], &[tagged]), Placement::Join(5));
+    }
+
+    #[test]
+    fn references_take_a_slot_from_a_loose_cover() {
+        let r = Rules::default();
+        // A 2/2 founded the series, B 0/2 joined it by markers; A 0/2 arrives, cited by A 2/2.
+        let c = Candidate { matched: Match::RepliesToArrival, distance: 0, threaded: true, displaceable: true, ..cand(1, 1, 2, &[0, 2]) };
+        assert_eq!(place(&r, &arrival(None, 0, 2), std::slice::from_ref(&c), &[]), Placement::Displace(1));
+        // A holder that references tie to the arrival's thread, or that may not move, stays.
+        assert_eq!(place(&r, &arrival(None, 0, 2), &[Candidate { displaceable: false, ..c.clone() }], &[]), Placement::New);
+        // Markers never displace.
+        assert_eq!(place(&r, &arrival(None, 0, 2), &[], &[Candidate { matched: Match::Markers, ..c }]), Placement::New);
+        let p = |id: &str, slot, refs: &[&str]| Posted { message_id: id.into(), slot, refs: refs.iter().map(|s| s.to_string()).collect() };
+        assert_eq!(unlinked(&[p("a2", 2, &["a0"]), p("b0", 0, &[]), p("a0", 0, &[])], 2), vec![1]);
+    }
+
+    #[test]
+    fn a_second_thread_leaves_when_references_tie_the_loose_mail_to_the_arrival() {
+        let p = |id: &str, slot, refs: &[&str]| Posted { message_id: id.into(), slot, refs: refs.iter().map(|s| s.to_string()).collect() };
+        // A 2/2 (citing A 0/2), B 0/2 by markers, then B 1/2 citing B 0/2: A 2/2 leaves.
+        let m = [p("a2", 2, &["a0"]), p("b0", 0, &[]), p("b1", 1, &["b0"])];
+        assert_eq!(strangers(&m, 2), vec![0]);
+        // A rewritten cover nobody cites, patches citing the missing original: nothing moves.
+        let m = [p("x", 0, &[]), p("p1", 1, &["y"]), p("p2", 2, &["y", "p1"])];
+        assert!(strangers(&m, 2).is_empty());
+        // An unthreaded posting: nothing moves.
+        let m = [p("u0", 0, &[]), p("u1", 1, &[]), p("u2", 2, &[])];
+        assert!(strangers(&m, 2).is_empty());
+        // A cover with references that nobody cites stays (it is only loose).
+        let m = [p("c", 0, &["v1"]), p("p1", 1, &["y"]), p("p2", 2, &["y"])];
+        assert!(strangers(&m, 1).is_empty());
+    }
+
+    #[test]
     fn unnumbered_duplicates_and_strays() {
         let r = Rules::default();
-        let un = Arrival { submitter: "a@x".into(), version: None, counter: None, date: 0 };
+        let un = Arrival { submitter: "a@x".into(), version: None, counter: None, date: 0, threaded: false, tags: vec![] };
         assert_eq!(place(&r, &un, &[cand(1, 1, 1, &[])], &[]), Placement::New);
         assert_eq!(place(&r, &arrival(None, 1, 2), &[cand(1, 1, 2, &[1])], &[cand(1, 1, 2, &[1])]), Placement::New);
         assert!(matches!(place(&r, &arrival(None, 3, 2), &[cand(1, 1, 2, &[])], &[]), Placement::Stray(_)));
