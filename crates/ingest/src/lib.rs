@@ -55,7 +55,8 @@ pub struct Ingest {
     bus: EmbeddedBus,
     mail_out: Publisher,
     series_out: Publisher,
-    settings: Arc<Settings>,
+    /// Replaced whole when `serve` reloads its config; a transaction uses the one it started with.
+    settings: Arc<std::sync::RwLock<Arc<Settings>>>,
 }
 
 /// Parses raw bytes into an [`Incoming`] mail; pure CPU, run it off the async threads in bulk.
@@ -78,7 +79,7 @@ impl Ingest {
             mail_out: Publisher::new(dyn_bus.clone(), root.clone(), Sender::new("ingest", instance)),
             series_out: Publisher::new(dyn_bus, root, Sender::new("threader", instance)),
             bus,
-            settings: Arc::new(settings),
+            settings: Arc::new(std::sync::RwLock::new(Arc::new(settings))),
         }
     }
 
@@ -104,6 +105,17 @@ impl Ingest {
             .collect()
     }
 
+    /// The projects and rules mail is assembled by now.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Assembles mail by `settings` from the next transaction on (`serve` reloading its config:
+    /// a project or list added or changed without a restart).
+    pub fn set_settings(&self, settings: Settings) {
+        *self.settings.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(settings);
+    }
+
     /// Stores and threads `mails` in one transaction (and records `mark` for an importer's
     /// source in it); resolves once all of it is durable.
     pub fn submit(
@@ -112,11 +124,12 @@ impl Ingest {
         mark: Option<(String, String)>,
     ) -> Result<impl Future<Output = Result<Vec<Outcome>, IngestError>> + use<>, IngestError> {
         let this = self.clone();
+        let settings = self.settings();
         let fut = self.bus.db().submit(move |tx: &Tx<'_>| {
             let mut events = Vec::new();
             let mut outcomes = Vec::with_capacity(mails.len());
             for mail in &mails {
-                outcomes.push(assemble::accept(tx, &this.settings.rules, &this.settings.projects, mail, &mut events)?);
+                outcomes.push(assemble::accept(tx, &settings.rules, &settings.projects, mail, &mut events)?);
             }
             if let Some((source, mark)) = &mark {
                 tx.prepare_cached("INSERT INTO import_marks (source, mark) VALUES (?1, ?2) ON CONFLICT (source) DO UPDATE SET mark = ?2")?

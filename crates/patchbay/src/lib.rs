@@ -13,6 +13,7 @@ pub mod history;
 pub mod ingest;
 pub mod keys;
 pub mod pages;
+pub mod reload;
 pub mod serve;
 pub mod tasks;
 

@@ -36,12 +36,19 @@ pub struct Running {
     http_task: tokio::task::JoinHandle<anyhow::Result<()>>,
     lmtp_task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    reloader: Arc<crate::reload::Reloader>,
 }
 
 impl Running {
+    /// Re-reads the config file and applies what can change without a restart (see reload.rs).
+    pub async fn reload(&self) -> anyhow::Result<crate::reload::Reloaded> {
+        self.reloader.reload().await
+    }
+
     /// Stops every service and waits for them.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.closing.send(true);
+        self.reloader.stop().await;
         self.http_task.await.context("HTTP server task")?.context("HTTP server")?;
         if let Some(lmtp) = self.lmtp_task {
             lmtp.await.context("LMTP task")?.context("LMTP listener")?;
@@ -64,10 +71,23 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener
     socket.listen(4096)
 }
 
-/// Runs until `shutdown` resolves.
+/// Runs until `shutdown` resolves; `SIGHUP` reloads the config (what cannot change without a
+/// restart is named in the log, and a config that does not load leaves the running one).
 pub async fn serve(config: Config, args: &ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let running = start(config, args).await?;
-    shutdown.await;
+    tokio::pin!(shutdown);
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("listening for SIGHUP")?;
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(()) = hangup.recv() => match running.reload().await {
+                Ok(r) if r.applied.is_empty() && r.needs_restart.is_empty() => tracing::info!(file = %r.file, "SIGHUP: the config has not changed."),
+                Ok(r) if r.needs_restart.is_empty() => tracing::info!(file = %r.file, applied = ?r.applied, "SIGHUP: config reloaded."),
+                Ok(r) => tracing::warn!(file = %r.file, applied = ?r.applied, needs_restart = ?r.needs_restart, "SIGHUP: config reloaded; some changes apply only after a restart."),
+                Err(error) => tracing::error!(error = format!("{error:#}"), "SIGHUP: config not reloaded."),
+            },
+        }
+    }
     running.stop().await
 }
 
@@ -119,6 +139,14 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
         let handler = Arc::new(patchbay_logs::Recorder::new(logs.clone()));
         tasks.push(spawn_service(served.bus.clone(), policy.clone(), spec, handler, closing_rx.clone(), "The log recorder"));
     }
+    let reloader = crate::reload::Reloader::start(
+        config.clone(),
+        served.bus.clone(),
+        ingest.bus().clone(),
+        policy.clone(),
+        ingest.clone(),
+        closing_rx.clone(),
+    )?;
     let addr = args.http.unwrap_or(config.http_listen);
     let listener = listen(addr).with_context(|| format!("listening on {addr} (http.listen)"))?;
     let local = listener.local_addr()?;
@@ -148,6 +176,7 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
             root: config.bus.root.clone(),
             instance: config.instance.clone(),
         })),
+        reload: Some(reloader.clone()),
     });
     // RabbitMQ: what the store's services commit into the local log goes on to the broker.
     if served.store.is_none() {
@@ -201,15 +230,9 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
             patchbay_ingest::lmtp::serve(listener, ingest, lmtp_limits, lmtp_closing).await.map_err(anyhow::Error::from)
         }));
     }
-    // Tests: the dispatcher, and (embedded shape) a runner in this process.
-    let dispatcher =
-        crate::ci::start_dispatcher(&config, served.bus.clone(), policy.clone(), Some(ingest.clone()), closed(closing_rx.clone()))?;
-    let dispatching = dispatcher.is_some();
-    tasks.extend(dispatcher);
-    if dispatching {
-        tasks.extend(crate::ci::start_aggregator(&config, ingest.bus().clone(), served.bus.clone(), policy.clone(), closing_rx.clone())?);
-        tasks.push(crate::ci::start_reporter(&config, ingest.bus().clone(), served.bus.clone(), policy.clone(), closing_rx.clone())?);
-    }
+    // Tests: a runner in this process (embedded shape) when some project is tested; the
+    // dispatcher, aggregator, reporter and deadline sweep follow the config (see reload.rs).
+    let dispatching = !crate::ci::project_tests(&config).is_empty();
     if dispatching && !args.no_runner {
         match crate::ci::start_runner(&config, config.runner.jobs, served.bus.clone(), policy.clone(), closing_rx.clone()) {
             Ok(runners) => tasks.extend(runners),
@@ -217,20 +240,9 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
             Err(error) => tracing::error!(%error, "No runner in this process; test jobs wait for `patchbay runner` elsewhere."),
         }
     }
-    let incomplete_after = config.ingest.incomplete_after_secs;
-    tasks.push(spawn_every(
-        std::time::Duration::from_secs(30),
-        closing_rx.clone(),
-        "Series past their deadline marked incomplete.",
-        "Deadline sweep failed; will retry.",
-        move || {
-            let ingest = ingest.clone();
-            async move { ingest.sweep(patchbay_ingest::now(), incomplete_after).await }
-        },
-    ));
     println!("patchbay: serving http://{local} with data in {}", config.data_dir.display());
     tracing::info!(%local, data_dir = %config.data_dir.display(), topics = %config.bus.root.as_str(), backend = ?config.bus.backend, "Serving.");
-    Ok(Running { bus: served.bus, lmtp, closing: closing_tx, http_task, lmtp_task, tasks })
+    Ok(Running { bus: served.bus, lmtp, closing: closing_tx, http_task, lmtp_task, tasks, reloader })
 }
 
 /// The web edge's view of the stored test logs.

@@ -66,6 +66,18 @@ fn post(repo: &Path, config: &Path, name: &str, from: &str, changes: &[(&str, &s
 
 /// Posts a series whose cover letter says `blurb`; returns the cover letter's Message-ID.
 fn post_with(repo: &Path, config: &Path, name: &str, from: &str, changes: &[(&str, &str)], blurb: &str) -> String {
+    let mails = format_series(repo, name, from, changes, blurb, None);
+    for mail in &mails {
+        let mut c = bin().arg("--config").arg(config).args(["inject", "--list-id", LIST]).stdin(Stdio::piped()).spawn().unwrap();
+        c.stdin.take().unwrap().write_all(mail.as_bytes()).unwrap();
+        assert!(c.wait().unwrap().success());
+    }
+    mails[0].lines().find_map(|l| l.strip_prefix("Message-ID: ").or_else(|| l.strip_prefix("Message-Id: "))).unwrap().to_string()
+}
+
+/// The mails of a series made from `changes` on a branch off `from`, cover letter first, as
+/// `git format-patch` writes them (shallow thread), every `Date:` replaced by `date` when given.
+fn format_series(repo: &Path, name: &str, from: &str, changes: &[(&str, &str)], blurb: &str, date: Option<&str>) -> Vec<String> {
     git(repo, &["checkout", "-q", "-b", name, from]);
     for (i, (file, content)) in changes.iter().enumerate() {
         std::fs::write(repo.join(file), content).unwrap();
@@ -77,23 +89,57 @@ fn post_with(repo: &Path, config: &Path, name: &str, from: &str, changes: &[(&st
     git(repo, &["checkout", "-q", "main"]);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
-    let mut cover = String::new();
-    for f in files {
-        // git names covers `<cover.<second>.git.<committer>>`: two series in one second would share it.
-        let mail = std::fs::read_to_string(&f)
-            .unwrap()
-            .replace("*** SUBJECT HERE ***", &format!("the {name} series"))
-            .replace("*** BLURB HERE ***", blurb)
-            .replace("<cover.", &format!("<cover-{name}."));
-        if cover.is_empty() {
-            cover =
-                mail.lines().find_map(|l| l.strip_prefix("Message-ID: ").or_else(|| l.strip_prefix("Message-Id: "))).unwrap().to_string();
+    files
+        .iter()
+        .map(|f| {
+            // git names covers `<cover.<second>.git.<committer>>`: two series in one second would share it.
+            let mail = std::fs::read_to_string(f)
+                .unwrap()
+                .replace("*** SUBJECT HERE ***", &format!("the {name} series"))
+                .replace("*** BLURB HERE ***", blurb)
+                .replace("<cover.", &format!("<cover-{name}."));
+            match date {
+                Some(date) => {
+                    mail.lines().map(|l| if l.starts_with("Date: ") { format!("Date: {date}\n") } else { format!("{l}\n") }).collect()
+                }
+                None => mail,
+            }
+        })
+        .collect()
+}
+
+/// Delivers `mails` over LMTP as an MTA would (to `serve` itself, so its own ingest settings
+/// decide which project claims them), checking each is stored.
+fn lmtp_deliver(port: u16, mails: &[String]) {
+    use std::io::{BufRead as _, BufReader};
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let expect = |code: &str, reader: &mut BufReader<std::net::TcpStream>| {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                break;
+            }
         }
-        let mut c = bin().arg("--config").arg(config).args(["inject", "--list-id", LIST]).stdin(Stdio::piped()).spawn().unwrap();
-        c.stdin.take().unwrap().write_all(mail.as_bytes()).unwrap();
-        assert!(c.wait().unwrap().success());
+        assert!(line.starts_with(code), "expected {code}, got {line:?}");
+    };
+    expect("220", &mut reader);
+    writer.write_all(b"LHLO test\r\n").unwrap();
+    expect("250", &mut reader);
+    for mail in mails {
+        writer.write_all(format!("MAIL FROM:<dev@example.org>\r\nRCPT TO:<list@{LIST}>\r\nDATA\r\n").as_bytes()).unwrap();
+        expect("250", &mut reader);
+        expect("250", &mut reader);
+        expect("354", &mut reader);
+        let body: String = mail.lines().map(|l| if l.starts_with('.') { format!(".{l}\r\n") } else { format!("{l}\r\n") }).collect();
+        writer.write_all(format!("List-Id: <{LIST}>\r\n{body}.\r\n").as_bytes()).unwrap();
+        expect("250", &mut reader);
     }
-    cover
+    writer.write_all(b"QUIT\r\n").unwrap();
 }
 
 fn http_get(port: u16, path: &str) -> String {
@@ -1102,33 +1148,7 @@ fn forgeries_on_rabbitmq_are_dead_lettered_and_kept_out_of_history() {
 /// The mails of a series made from `changes` on a branch off main, as `git format-patch` writes
 /// them (shallow thread, a cover letter), every `Date:` replaced by `date` when given.
 fn series_mails(repo: &Path, name: &str, changes: &[(&str, &str)], date: Option<&str>) -> Vec<String> {
-    git(repo, &["checkout", "-q", "-b", name, "main"]);
-    for (i, (file, content)) in changes.iter().enumerate() {
-        std::fs::write(repo.join(file), content).unwrap();
-        git(repo, &["add", file]);
-        git(repo, &["commit", "-q", "-m", &format!("{name}: part {}", i + 1)]);
-    }
-    let out = repo.join(format!("out-{name}"));
-    git(repo, &["format-patch", "-q", "--cover-letter", "--thread=shallow", "-o", &out.to_string_lossy(), &format!("main..{name}")]);
-    git(repo, &["checkout", "-q", "main"]);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
-    files
-        .iter()
-        .map(|f| {
-            let mail = std::fs::read_to_string(f)
-                .unwrap()
-                .replace("*** SUBJECT HERE ***", &format!("the {name} series"))
-                .replace("*** BLURB HERE ***", "")
-                .replace("<cover.", &format!("<cover-{name}."));
-            match date {
-                Some(date) => {
-                    mail.lines().map(|l| if l.starts_with("Date: ") { format!("Date: {date}\n") } else { format!("{l}\n") }).collect()
-                }
-                None => mail,
-            }
-        })
-        .collect()
+    format_series(repo, name, "main", changes, "", date)
 }
 
 #[test]
@@ -1433,4 +1453,89 @@ fn a_tree_map_sends_each_series_to_its_branch_and_reports_say_why() {
         let mail = mails.iter().find(|m| m.contains(&format!("the {name} series"))).unwrap();
         assert!(mail.replace('\n', " ").contains(&format!("Applied to: {commit} ({reason})")), "{mail}");
     }
+}
+
+/// `serve` reloads its config on SIGHUP and on the admin action: a list added to a project
+/// takes effect for the next mail without a restart (that series is tested and reported),
+/// a change that needs a restart is named, and a config that does not load leaves the
+/// running one in place, saying why.
+#[test]
+fn the_config_reloads_without_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = origin(tmp.path(), &[("README", "base\n")]);
+    let config = tmp.path().join("patchbay.toml");
+    let (port, lmtp) = (free_port(), free_port());
+    let write = |lists: &str, listen_port: u16| {
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{listen_port}\"\nadmin_tokens = {{ ops = \"0123456789abcdef-ops\" }}\n\
+                 [ingest]\nlmtp_listen = \"127.0.0.1:{lmtp}\"\n[bus]\nprefix = \"e2e\"\nenv = \"ci\"\n\
+                 [[project]]\nname = \"demo\"\nlist_ids = [{lists}]\nrepository = \"{}\"\n\
+                 [[project.test]]\nname = \"check\"\nscript = \"grep -q fixed README\"\narches = [\"{}\"]\n",
+                repo.display(),
+                std::env::consts::ARCH
+            ),
+        )
+        .unwrap()
+    };
+    write("\"elsewhere.example.org\"", port);
+    let log = std::fs::File::create(tmp.path().join("serve.log")).unwrap();
+    let serve = Serve(bin().arg("--config").arg(&config).arg("serve").stdout(Stdio::null()).stderr(log).spawn().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http_get(port, "/healthz").starts_with("HTTP/1.1 200") {
+        assert!(Instant::now() < deadline, "serve did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let db = tmp.path().join("data/patchbay.sqlite3");
+    let stored = |name: &str| {
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .query_row("SELECT count(*) FROM series WHERE name = ?1", [format!("the {name} series")], |r| r.get::<_, i64>(0))
+            .unwrap()
+    };
+    // Before: the list is no project's, so the series is stored but never tested.
+    lmtp_deliver(lmtp, &series_mails(&repo, "before", &[("README", "fixed\n")], None));
+    assert_eq!(stored("before"), 1, "stored as soon as LMTP said 250");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(topic_bodies(&db, "e2e.ci.series.series.complete").is_empty(), "no project claims the list yet");
+
+    // A list added, and the HTTP port changed (that one waits for a restart): SIGHUP.
+    write(&format!("\"elsewhere.example.org\", \"{LIST}\""), free_port());
+    let hup = |serve: &Serve| assert!(Command::new("kill").args(["-HUP", &serve.0.id().to_string()]).status().unwrap().success());
+    hup(&serve);
+    let logged = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(tmp.path().join("serve.log")).unwrap();
+            if text.contains(what) {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "serve never logged {what:?}:\n{text}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let text = logged("some changes apply only after a restart");
+    assert!(text.contains("projects") && text.contains("http"), "{text}");
+    lmtp_deliver(lmtp, &series_mails(&repo, "after", &[("README", "fixed\n")], None));
+    let reports = settled_reports(&db, Some("the after series"), 1, 90);
+    assert_eq!(reports, vec![(1, "sent".to_string())], "the reloaded project tests and reports the next series");
+
+    // A config that does not load: the running one stays, and the log says why.
+    std::fs::write(&config, "[[project]\nname = ").unwrap();
+    hup(&serve);
+    let text = logged("SIGHUP: config not reloaded.");
+    assert!(text.contains("the running config stays"), "{text}");
+    lmtp_deliver(lmtp, &series_mails(&repo, "still", &[("README", "fixed\n")], None));
+    assert_eq!(settled_reports(&db, Some("the still series"), 1, 90), vec![(1, "sent".to_string())], "the old config still runs");
+
+    // The admin action answers the same in JSON; without a token it is refused.
+    write(&format!("\"{LIST}\""), port);
+    let refused = http_post(port, "/api/v1/reload", "", None);
+    assert!(refused.starts_with("HTTP/1.1 401") || refused.starts_with("HTTP/1.1 403"), "{refused}");
+    let answer = http_post(port, "/api/v1/reload", "", Some("0123456789abcdef-ops"));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let body: serde_json::Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["applied"], serde_json::json!(["projects"]), "{body}");
+    assert_eq!(body["needs_restart"], serde_json::json!([]), "the port is the running one again: {body}");
 }

@@ -56,6 +56,15 @@ pub struct AppState {
     pub pages: Option<Arc<dyn dashboard::Pages>>,
     /// Test jobs, for the re-run action.
     pub jobs: Option<Arc<dyn TestJobs>>,
+    /// The config reload, for the admin action (`POST /api/v1/reload`).
+    pub reload: Option<Arc<dyn ConfigReload>>,
+}
+
+/// Where the running config is read again (the binary implements it in `serve`).
+pub trait ConfigReload: Send + Sync + 'static {
+    /// Re-reads the config file on behalf of `by`: what applied and what needs a restart, or
+    /// (`QueryError::Bad`) why the file was not taken, the running config staying in place.
+    fn reload(&self, by: String) -> JsonFuture<'_>;
 }
 
 /// Where test jobs are run again (the binary implements it over the history and the bus).
@@ -177,6 +186,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/api/v1/messages/{id}", get(message))
         .route("/api/v1/jobs/{job}/rerun", post(rerun_job))
         .route("/api/v1/reports/{series}/{version}/resend", post(resend_report))
+        .route("/api/v1/reload", post(reload_config))
         .route("/", get(page_series_list))
         .route("/series/{id}", get(page_series))
         .route("/series/{id}/mbox", get(page_series_mbox))
@@ -300,6 +310,20 @@ async fn resend_report(State(st): State<Arc<AppState>>, path: PathParams, header
             Err(AppError { status: StatusCode::NOT_FOUND, message: format!("series {series} v{version} has no verdict") })
         }
         v => Ok(Json(v)),
+    }
+}
+
+/// `POST /api/v1/reload` with `Authorization: Bearer <token>`: the config file read again, as
+/// `SIGHUP` does; 422 with why when it does not load (the running config stays).
+async fn reload_config(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<serde_json::Value>, AppError> {
+    let by = admin(&st, &headers)?;
+    let Some(reload) = &st.reload else {
+        return Err(AppError { status: StatusCode::NOT_FOUND, message: "this server has no config to reload".into() });
+    };
+    match reload.reload(by).await {
+        Ok(v) => Ok(Json(v)),
+        Err(QueryError::Bad(why)) => Err(AppError { status: StatusCode::UNPROCESSABLE_ENTITY, message: why }),
+        Err(e) => Err(query_error(e)),
     }
 }
 
