@@ -427,7 +427,10 @@ pub fn start_reporter(
     let reporter = patchbay_results::Reporter::new(store, publisher, settings, transport, link)
         .template(report_template(config)?.map(Arc::new))
         .skipping(patchbay_results::Skip { passed: config.report.only_on_failure, superseded: config.report.skip_superseded })
-        .lists(config.projects.iter().filter_map(|p| Some((p.name.clone(), p.list_address.clone()?))).collect());
+        .lists(config.projects.iter().filter_map(|p| Some((p.name.clone(), p.list_address.clone()?))).collect())
+        .scripts(
+            config.projects.iter().flat_map(|p| p.tests.iter().map(|t| ((p.name.clone(), t.name.clone()), t.script.clone()))).collect(),
+        );
     let pattern = TopicPattern::parse(config.bus.root.topic(<patchbay_model::SeriesVerdict as Body>::TOPIC)?.as_str())?;
     let mut spec = ServiceSpec::new("reporter", vec![pattern]);
     spec.replay = replay;

@@ -358,6 +358,10 @@ fn series_are_applied_built_and_reported() {
     let broken = mails.iter().find(|m| header(m, "Subject").contains("the broken series")).unwrap();
     assert_eq!(header(broken, "X-Patchbay-Verdict"), "FAILED");
     assert!(broken.contains("| hello.c:3"), "the failing excerpt is quoted: {broken}");
+    assert!(
+        broken.contains("To reproduce: apply the series with `git am -3` on the base above,\nthen in the tree:\n  # build\n  sh test.sh\n"),
+        "the failing test's script: {broken}"
+    );
     // A series that does not apply: the patch, the file, the hunk, once, in under 40 lines.
     let stale = mails.iter().find(|m| header(m, "Subject").contains("the stale series")).unwrap();
     let body = stale.split_once("\n\n").unwrap().1;

@@ -45,6 +45,8 @@ pub struct Reporter {
     link_base: Option<String>,
     skip: Skip,
     lists: std::collections::HashMap<String, String>,
+    /// Test scripts by (project, test), for "To reproduce".
+    scripts: std::collections::HashMap<(String, String), String>,
     template: Option<std::sync::Arc<report::Template>>,
 }
 
@@ -145,16 +147,47 @@ fn rfc5322_now() -> String {
 }
 
 impl Reporter {
+    /// The scripts of the tests that did not pass (each test once, whatever its arches).
+    fn reproduce(&self, project: &str, lines: &[report::Line]) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for l in lines.iter().filter(|l| l.outcome != "PASSED") {
+            let test = l.what.split('/').next().unwrap_or(&l.what);
+            if out.iter().any(|(t, _)| t == test) {
+                continue;
+            }
+            if let Some(script) = self.scripts.get(&(project.to_string(), test.to_string())) {
+                out.push((test.to_string(), script.clone()));
+            }
+        }
+        out
+    }
+
     /// Reports through `transport`, with `settings`; failing tests' full logs are linked
     /// as `<link_base>/logs/<job>`, the log page.
     pub fn new(bus: EmbeddedBus, publisher: Publisher, settings: Settings, transport: Transport, link_base: Option<String>) -> Self {
-        Reporter { bus, publisher, settings, transport, link_base, skip: Skip::default(), lists: Default::default(), template: None }
+        Reporter {
+            bus,
+            publisher,
+            settings,
+            transport,
+            link_base,
+            skip: Skip::default(),
+            lists: Default::default(),
+            scripts: Default::default(),
+            template: None,
+        }
     }
 
     /// The posting address of each project's list (from the config: a `List-Post` header is
     /// the sender's to write, so it never decides where reports go).
     pub fn lists(mut self, lists: std::collections::HashMap<String, String>) -> Self {
         self.lists = lists;
+        self
+    }
+
+    /// The projects' test scripts by (project, test), so a report shows how to reproduce a failure.
+    pub fn scripts(mut self, scripts: std::collections::HashMap<(String, String), String>) -> Self {
+        self.scripts = scripts;
         self
     }
 
@@ -271,6 +304,7 @@ impl Reporter {
             return Err(StoreError::Corrupt(format!("series {} has no mail to reply to", v.series.id)));
         };
         facts.thread.list = self.lists.get(&v.series.project).cloned();
+        let reproduce = self.reproduce(&v.series.project, &facts.lines);
         let r = Report {
             series: v.series.id,
             version: v.series.version,
@@ -283,6 +317,7 @@ impl Reporter {
             base: facts.base,
             // The series' page on the dashboard: its matrix, logs, report and other versions.
             link: self.link_base.as_deref().map(|b| format!("{}/series/{}", b.trim_end_matches('/'), v.series.id)),
+            reproduce,
         };
         let date = rfc5322_now();
         let mail = match report::compose_with(&r, &facts.thread, &self.settings, &date, self.template.as_deref()) {

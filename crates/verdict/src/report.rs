@@ -71,6 +71,8 @@ pub struct Report {
     pub base: Option<String>,
     /// A link to the series' web page, when there is one.
     pub link: Option<String>,
+    /// The scripts of the tests that did not pass, by test name, for "To reproduce".
+    pub reproduce: Vec<(String, String)>,
 }
 
 /// How reports are sent.
@@ -401,8 +403,23 @@ fn body(r: &Report) -> String {
     if let Some(link) = &r.link {
         b.push_str(&format!("\nDetails: {link}\n"));
     }
-    b.push_str("\nTo reproduce: apply the series with `git am -3` on the base above and\nrun the project's test script.\n");
+    b.push_str(&reproduce(&r.reproduce));
     b.push_str("\n-- \npatchbay, automated testing of patches posted to this list\n");
+    b
+}
+
+/// "To reproduce": the steps, with the failing tests' own scripts when they are known.
+fn reproduce(scripts: &[(String, String)]) -> String {
+    if scripts.is_empty() {
+        return "\nTo reproduce: apply the series with `git am -3` on the base above and\nrun the project's test script.\n".into();
+    }
+    let mut b = String::from("\nTo reproduce: apply the series with `git am -3` on the base above,\nthen in the tree:\n");
+    for (test, script) in scripts {
+        b.push_str(&format!("  # {test}\n"));
+        for line in script.lines() {
+            b.push_str(&format!("  {line}\n"));
+        }
+    }
     b
 }
 
@@ -482,6 +499,7 @@ impl Template {
             }],
             base: None,
             link: None,
+            reproduce: vec![],
         };
         let thread = Thread {
             reply_to: "<a@b>".into(),
@@ -623,6 +641,7 @@ mod tests {
             ],
             base: Some("0123abcd (branch main)".into()),
             link: Some("https://ci.example.org/series/7".into()),
+            reproduce: vec![],
         }
     }
 
@@ -832,5 +851,16 @@ mod tests {
         assert!(wrap(&long).lines().all(|l| l.len() <= 72));
         let url = format!("https://example.org/{}", "x".repeat(100));
         assert_eq!(wrap(&url).trim_end(), url);
+    }
+
+    #[test]
+    fn to_reproduce_shows_the_failing_tests_scripts() {
+        let settings = Settings { from: "patchbay <ci@example.org>".into(), domain: "ci.example.org".into(), recipients: Recipients::Both };
+        let mut r = report();
+        let plain = String::from_utf8(compose(&r, &thread(), &settings, "Mon, 1 Jan 2024 00:00:00 +0000")).unwrap();
+        assert!(plain.contains("run the project's test script."), "{plain}");
+        r.reproduce = vec![("build".into(), "make -j4\nmake check".into())];
+        let shown = String::from_utf8(compose(&r, &thread(), &settings, "Mon, 1 Jan 2024 00:00:00 +0000")).unwrap();
+        assert!(shown.contains("then in the tree:\n  # build\n  make -j4\n  make check\n"), "{shown}");
     }
 }

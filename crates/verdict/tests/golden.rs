@@ -98,6 +98,7 @@ fn apply_failure_report() -> (Report, Thread) {
         ],
         base: Some("5f0e1d2c3b4a59687766554433221100ffeeddcc (branch hwmon-next)".into()),
         link: None,
+        reproduce: vec![],
     };
     let thread = Thread {
         reply_to: "<20240102.cover@example.org>".into(),
