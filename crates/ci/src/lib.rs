@@ -31,7 +31,9 @@
 mod dispatcher;
 mod runner;
 
-pub use dispatcher::{Dependencies, Dispatcher, MailDates, NoDependencies, ProjectTests, SKIPPED_TOPIC, SeriesDates, TestDef, Tree, pick_tree, too_old};
+pub use dispatcher::{
+    Dependencies, Dispatcher, MailDates, NoDependencies, ProjectTests, SKIPPED_TOPIC, SeriesDates, TestDef, Tree, pick_tree, too_old,
+};
 pub use runner::{ALREADY_MERGED, RunnerService, SupersededListener, job_queue, job_topic};
 
 /// The arch word of the `apply` job, which any runner can take.
