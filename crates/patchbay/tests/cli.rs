@@ -564,3 +564,78 @@ fn publishing_from_another_host_needs_a_token() {
     let local = attempt(None, Some(&format!("http://127.0.0.1:{port}")));
     assert_eq!(local.status.code(), Some(0), "this host needs no token: {}", String::from_utf8_lossy(&local.stderr));
 }
+
+/// The README's shell blocks, in order: each is a list of command lines (comments cut).
+fn readme_blocks() -> Vec<Vec<String>> {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
+    let mut blocks = Vec::new();
+    let mut current: Option<Vec<String>> = None;
+    for line in readme.lines() {
+        match (&mut current, line.trim_start()) {
+            (None, "```sh") => current = Some(Vec::new()),
+            (Some(_), "```") => blocks.push(current.take().unwrap()),
+            (Some(block), l) => {
+                // A comment after two spaces and a '#' is the README's, not the shell's word.
+                let command = l.split("   #").next().unwrap_or(l).split("  # ").next().unwrap_or(l).trim_end();
+                if !command.is_empty() && !command.starts_with('#') {
+                    block.push(command.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    blocks
+}
+
+/// A newcomer follows the README to the letter, with `patchbay` on the PATH as its install
+/// step leaves it: the completions and man pages install as written (and the completion
+/// script loads in bash), and with `serve` running, every `patchbay tail`, `publish` and
+/// `query` line of "Using it" runs as written (tail until it is stopped).
+#[test]
+fn the_readme_commands_work_as_written() {
+    let blocks = readme_blocks();
+    let home = tempfile::tempdir().unwrap();
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_patchbay")).parent().unwrap().to_path_buf();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let shell = |line: &str, config: Option<&Path>| {
+        let mut c = Command::new("bash");
+        c.args(["-o", "pipefail", "-c", line]).env("PATH", &path).env("HOME", home.path()).current_dir(home.path());
+        c.env_remove("PATCHBAY_CONFIG").env_remove("PATCHBAY_DATA_DIR").env_remove("RUST_LOG").env_remove("PATCHBAY_TOKEN");
+        if let Some(config) = config {
+            c.env("PATCHBAY_CONFIG", config);
+        }
+        c.output().unwrap()
+    };
+
+    // Install: the block that installs the completions and the man pages.
+    let install = blocks.iter().find(|b| b.iter().any(|l| l.starts_with("patchbay completions"))).expect("an install block");
+    for line in install {
+        let out = shell(line, None);
+        assert!(out.status.success(), "README: {line}\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let completions = home.path().join(".local/share/bash-completion/completions/patchbay");
+    let loaded = shell(&format!("source {} && complete -p patchbay", completions.display()), None);
+    assert!(loaded.status.success(), "the completion script loads: {}", String::from_utf8_lossy(&loaded.stderr));
+    assert!(home.path().join(".local/share/man/man1/patchbay.1").is_file(), "man patchbay has its page");
+
+    // Using it: with serve running, the tail, publish and query lines of the README.
+    let s = setup();
+    let _serve = KillOnDrop(serve(&s));
+    let using: Vec<&String> = blocks
+        .iter()
+        .filter(|b| b.iter().any(|l| l.starts_with("patchbay tail") || l.starts_with("patchbay query")))
+        .flatten()
+        .filter(|l| l.contains("patchbay ") && !l.starts_with("curl"))
+        .collect();
+    assert!(using.iter().any(|l| l.contains("patchbay publish")) && using.iter().any(|l| l.contains("patchbay query")), "{using:?}");
+    for line in using {
+        if line.starts_with("patchbay tail") {
+            // tail runs until stopped: it must still be running after a moment, not have failed.
+            let out = shell(&format!("timeout 2 {line}; test $? = 124"), Some(&s.config));
+            assert!(out.status.success(), "README: {line}\n{}", String::from_utf8_lossy(&out.stderr));
+        } else {
+            let out = shell(line, Some(&s.config));
+            assert!(out.status.success(), "README: {line}\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}
