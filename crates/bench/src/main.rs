@@ -4,6 +4,25 @@
 //! the same commands by hand) with the machine's load average where it
 //! matters. `scripts/test` smoke-runs the small versions; the figures live in
 //! the issue notes, never in assertions.
+//!
+//! - `bus`: publish + consume + ack throughput and publish-to-delivery latency
+//!   on a scratch embedded bus (signed by default, `--verify`, `--unsigned`).
+//! - `amqp`: raw lapin publishing the very messages our bus puts on the wire
+//!   against our RabbitMQ bus (alternating rounds, medians, client CPU and
+//!   context switches per message), bare 1 KiB bodies once (the envelope's
+//!   cost), and the embedded bus on the same workload.
+//! - `ingest`: `import` into a scratch store: mails/s, peak RSS, consistency,
+//!   CPU per thread; `--stages` times the steps no design skips (read, parse,
+//!   one signature, storing the raw mail) and the rate they bound here.
+//! - `latency`: `serve::start` in-process with no runner and an SMTP sink: last
+//!   mail over LMTP → jobs delivered, last result → report received (p50, p99,
+//!   max).
+//! - `history`: a million signed messages over a year, indexed, then every
+//!   filter alone, negated and combined (p50, p99, max).
+//! - `runner`: the runner's own overhead on a 10-patch series against the same
+//!   git and bubblewrap commands run by hand.
+//!
+//! Nothing depends on this crate and it uses no HTTP (tidy).
 
 mod amqp;
 mod bus;

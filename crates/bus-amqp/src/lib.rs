@@ -1,34 +1,54 @@
-//! The [`Bus`] over RabbitMQ (AMQP 0.9.1), for the scale-out shape.
+//! The [`Bus`] over RabbitMQ (AMQP 0.9.1, lapin 4, rustls with ring), for the
+//! scale-out shape.
 //!
 //! Topology, all durable: a topic exchange (`exchange`, default `patchbay`)
 //! that messages are published to with the topic as routing key; one queue
 //! per [`QueueSpec`] bound with the same patterns (AMQP topic semantics are
-//! ours already); per queue, wait queues `<queue>.retry.<ms>` whose TTL
-//! dead-letters a retried message back into the queue through the default
-//! exchange; and a direct exchange `<exchange>.dead` routing to
-//! `<queue>.dead`, where dead letters wait with their reason and attempt count
-//! in headers.
+//! ours already); per queue, wait queues `<queue>.retry.<ms>` (delays rounded
+//! up to a fixed ladder) whose TTL dead-letters a retried message back into
+//! the queue through the default exchange; and a direct exchange
+//! `<exchange>.dead` routing to `<queue>.dead`, where dead letters wait with
+//! `x-patchbay-reason`, `x-patchbay-attempts` and `x-patchbay-dead-at`.
+//! Chosen over the delayed-message plugin (not in Debian's 3.10) and quorum
+//! queues (their delivery count would count every crash redelivery).
 //!
-//! Publishes are persistent and confirmed: `publish` returns only once the
-//! broker confirmed every message, with many publishes in flight at once.
-//! Consumers ack manually after the handler committed.
+//! Publishes are persistent and confirmed, many in flight: `publish` seals
+//! and sends under the sender's lock (per-sender order on the wire), collects
+//! every confirm, then resends what was not confirmed, all within one
+//! `publish_timeout`. Consumers ack manually after the handler committed.
+//! Every settlement of a subscription goes through one task (`Settler`):
+//! nacks first, then the contiguous run of acks at the bottom of what is
+//! outstanding as one `multiple` ack; entries of a poisoned acker (a
+//! reconnect) are purged so reused delivery tags are never confused. Retry and
+//! dead-letter publish the copy (confirmed) before acking the original: a
+//! crash in between delivers twice, never zero times. Attempts are
+//! `x-patchbay-attempts` + 1, + 1 when the broker says `redelivered`.
 //!
 //! Connection loss is ours to handle, not lapin's (its auto-recovery sometimes
-//! never finished after a node restart): the bus holds one [`Link`] (a
-//! connection and its publishing channel) at a time, numbered. Whoever finds
-//! it dead (a publish, a consumer) asks for a new one; the first asker
-//! reconnects with backoff and re-declares the exchanges, the others wait for
-//! it. A publish during an outage waits up to `publish_timeout`, then fails
-//! with a clear error; a subscription opens a new channel on the new link,
-//! re-declares its queues and consumes again, and a delivery whose channel
-//! died is simply delivered again.
+//! never finished after a node restart): the bus holds one numbered [`Link`]
+//! (a connection and its publishing channel). Whoever finds it dead asks
+//! `reconnect(generation)`; the first asker reconnects (100 ms doubling to
+//! 2 s, each handshake bounded to 10 s) and re-declares the exchanges, later
+//! askers of that generation get the new link. A confirm missing for 10 s
+//! means a half-dead link, replaced too; subscriptions watch the link
+//! generation, open a new channel with a new settler, re-declare, re-bind and
+//! consume again, in a task kept across a cancelled `next`. Wait queues are
+//! declared on a throwaway channel. An unreadable delivery is dead-lettered in
+//! a task of its own. Every wait is bounded by `publish_timeout`: an outage
+//! ends in a clear error, never a hang. (Adding lapin's `connection_timeout`
+//! URI parameter broke its recovery here; don't.)
+//!
+//! `QueueSpec::on_demand` takes one message per `next()` by `basic.get`
+//! instead of a pushing consumer, so the broker holds nothing ahead of shared
+//! slots; a get in flight survives a cancelled `next()`.
 //!
 //! The envelope travels as its wire bytes, unchanged, so signatures verify
 //! after the trip; AMQP properties mirror it (`message_id`, `timestamp`,
 //! `content_type`, `type` = schema) for tools that look at them.
 //!
-//! Sequence numbers come from files under `state_dir` (see [`seq`]). This
-//! crate knows nothing of the store or of services.
+//! Sequence numbers come from files under `state_dir` (`<data>/amqp/seq`),
+//! reserved 1,024 at a time (see [`seq`]). This crate knows nothing of the
+//! store or of services.
 
 pub mod seq;
 

@@ -5,14 +5,35 @@
 //! recorder copies each message there unchanged). Nothing here rewrites it:
 //! a message read back from history is the signed wire form and verifies.
 //!
-//! The [`Indexer`] follows `bus_messages` by position and adds one row per
-//! message to `history` (time, topic, category, sender and seq, series,
-//! project) plus its body's text to the FTS5 table `history_text`, in batches
-//! off the publish path. [`search`] answers [`Query`]s from those indexes:
-//! every filter has an index that starts with it and ends with the time, so
-//! a page is an index range walk; `contains` goes through FTS5.
+//! The [`Indexer`] (a task in `serve`; `patchbay query` catches up itself)
+//! follows `bus_messages` by position and adds, in batches of 2,000 through
+//! the store's writer, one row per message to `history` (time, topic,
+//! category, service, instance, seq, series, project) and one row of the
+//! contentless FTS5 table `history_text`: column `body` holds the body's
+//! string values (at most 32 KiB), column `tags` one token per filter value
+//! (`zz<kind><hex>`), so a body cannot pose as a project or topic; new topics
+//! go to `history_topics` (migration 6). It reads before it writes, so its
+//! own empty writes never wake it.
 //!
-//! Knows the embedded store; no HTTP.
+//! [`search`] answers [`Query`]s ([`Query::from_params`] is pure; every error
+//! names its parameter; unknown parameters are errors):
+//! - the time kept is the sender's, made monotone in store order and never
+//!   later than now, so a time range is a position range and pages walk each
+//!   filter's index (which ends in the position) in time order;
+//! - topic patterns and negations become lists of exact topics: index seeks;
+//! - `contains` and `job` are answered inside FTS5 alone, the other filters
+//!   as tag tokens, the time as a rowid range;
+//! - each search reads one snapshot, so the total and the page agree;
+//! - replay (`sender` + `seq_from`/`seq_to`) walks the (service, instance,
+//!   seq) index. [`page_json`] splices each stored message in byte for byte.
+//!
+//! Retention (`history.keep_days`): `serve` runs [`prune_batch`] hourly,
+//! deleting from `bus_messages`, `history` and `history_text` together, never
+//! a message still queued or dead-lettered, nor past any `bus_meta` position
+//! (the RabbitMQ relay's), nor the indexer's mark. Migration 8 made the FTS
+//! table deletable; an upgraded store is re-indexed in the background.
+//!
+//! Knows the embedded store; no HTTP, no services, no config file.
 
 pub mod query;
 

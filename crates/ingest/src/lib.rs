@@ -1,20 +1,50 @@
 //! The ingest and threader services of the embedded shape: every mail is
 //! stored first, idempotently, then placed in its series, and the messages
 //! announcing both (`mail.message.received`, `series.series.*`) are published
-//! in the same SQLite transaction. A mail is durable before any caller hears
-//! "accepted", and a series transition is announced exactly once because the
-//! announcement commits or rolls back with the transition.
+//! in the same SQLite transaction (`publish_in`). A mail is durable before
+//! any caller hears "accepted", and a series transition is announced exactly
+//! once because the announcement commits or rolls back with the transition.
 //!
 //! The threader runs inside the ingest transaction rather than as a consumer
 //! of `mail.message.received`: in the embedded shape there is no hop to lose
 //! or repeat, and parallel ingesters (any number of `patchbay inject`
 //! processes beside `serve`) serialize on SQLite's write lock, inside which
-//! every lookup and every write of the assembly happens.
+//! every lookup and every write of the assembly happens. On RabbitMQ the
+//! events still commit into the embedded log, and `serve`'s relay forwards
+//! them: the log is their outbox.
 //!
-//! Entry points: [`Ingest::accept`] (LMTP, `inject`, `import`),
-//! [`Ingest::sweep`] (deadlines), [`lmtp::serve`], and [`archive`] for reading
+//! Per mail ([`Ingest::submit`], one group-commit closure): the content hash
+//! is looked up (a duplicate only links its lists); a Message-ID conflict is
+//! flagged (kept, never overwritten, never threaded); patches and covers are
+//! placed by `patchbay-series` (`assemble.rs`); a later mail naming a project
+//! claims a series no project claimed yet (announced `new` then, and
+//! `complete` if it already was). Series events are published only for series
+//! of a configured project. Re-rolls both ways: a completing version
+//! supersedes every matching older version not yet replaced, and an old
+//! version completing after any newer matching version was posted is
+//! superseded at once, with no `complete` event. A `Supersedes: <msgid>` line
+//! in a series' own mail links it to the series holding that mail.
+//!
+//! Deadlines: [`Ingest::sweep`] marks series still `new` after
+//! `incomplete_after_secs` as `incomplete`, by receipt time (`serve`, every
+//! 30 s); [`Ingest::sweep_by_mail_dates`] does it for an archive (`import`):
+//! its clock is the newest mail Date in the store (Dates more than a day after
+//! their receipt do not count), so the outcome depends on the mails, not on
+//! when they were imported. [`Ingest::set_settings`] takes a reloaded config.
+//!
+//! Tables (migration 2): `mails` (raw bytes, `content_hash` UNIQUE, Message-ID
+//! indexed not unique, kind, problems, `conflicts_with`, hints JSON: base and
+//! dependency hints, `change-id`, `Supersedes:`, the ids a mail cites),
+//! `mail_lists`, `series` (project, submitter, version and whether a subject
+//! named it, total, state `new|complete|incomplete|superseded`,
+//! `supersedes`/`superseded_by`), `series_mails` (PK `(series_id, slot)`,
+//! `mail_id` UNIQUE), `series_refs`, `import_marks`.
+//!
+//! Entry points: [`Ingest::accept`] (LMTP, `inject`, `import`), the sweeps,
+//! [`lmtp::serve`] (RFC 2033 with limits, see `lmtp.rs`), and [`archive`] for
 //! mbox, maildir and public-inbox sources. This crate knows the embedded store
-//! (its tables `mails`, `mail_lists`, `series*`, `import_marks`) but no HTTP.
+//! but no HTTP, AMQP or config file (the binary turns the config into
+//! [`Settings`]); time comes in as arguments, [`now`] is the edge.
 
 pub mod archive;
 mod assemble;

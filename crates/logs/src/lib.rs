@@ -1,7 +1,11 @@
 //! Full test logs. Runners publish them in bounded `ci.test.log` chunks (a
-//! result message carries only the tail); the [`Recorder`] service stores
-//! each chunk deflate-compressed in the embedded store, idempotently, and
-//! [`LogStore::read`] gives a job's whole log back for the HTTP API.
+//! result message carries only the tail); the [`Recorder`] service (run by
+//! `serve`) stores each chunk deflate-compressed (flate2, pure Rust) in the
+//! embedded store's `test_logs` (migration 3), keyed by `(job, idx)`, so a
+//! redelivered chunk changes nothing. [`LogStore::read`] gives a job's whole
+//! log back, and whether every chunk up to the last arrived, marking a missing
+//! middle chunk in the text; `web` serves it at `GET /api/v1/logs/{job}`
+//! through its `TestLogs` port.
 //!
 //! Knows the embedded store and the runtime; no HTTP, no runner.
 

@@ -3,7 +3,25 @@
 //!
 //! Everything here is a compatibility promise: these types are written to
 //! disk, sent over the wire and signed. This crate does no IO, knows nothing of
-//! tokio, SQLite or AMQP, and depends on no sibling crate.
+//! tokio, SQLite or AMQP, and depends on no sibling crate. The only impure
+//! calls are `Timestamp::now()` and UUIDv7 generation, both made when sealing.
+//!
+//! - [`Envelope`]: its canonical form (every field but the signature, keys
+//!   sorted by their UTF-8 bytes, written by hand in `canonical.rs` so no
+//!   dependency's `preserve_order` can change the bytes) is what gets signed;
+//!   `from_wire` refuses unknown fields. [`Sender`] displays as
+//!   `service:instance`.
+//! - [`Topic`] and [`TopicRoot`] (`<prefix>.<env>`); [`Timestamp`], one fixed
+//!   spelling `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+//! - [`Body`]: one type per topic with a schema name and version, all
+//!   `deny_unknown_fields`; [`body_schemas`] lists the 17 for `patchbay
+//!   schema`, [`check_body`] checks shell input, and topics patchbay does not
+//!   define travel as [`free_form_schema`] (`patchbay.json` v1). An
+//!   incompatible change is a new version. Optional fields are added with
+//!   `skip_serializing_if`, and older readers refuse them.
+//!   [`mbox_fields`]/[`mbox_bytes`] carry a non-UTF-8 mbox exactly.
+//! - [`Summary`]: one line per body for people (`tail`, `query`);
+//!   presentation only, the wire format is untouched.
 
 mod body;
 mod canonical;

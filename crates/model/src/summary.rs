@@ -1,5 +1,5 @@
 //! One line per message for people: each body type says what it means in a
-//! short sentence (`patchbay tail`, `patchbay query`, the live page), so a
+//! short sentence (`patchbay tail`, `patchbay query`), so a
 //! reader never has to parse JSON by eye. Presentation only: the wire format
 //! is untouched.
 

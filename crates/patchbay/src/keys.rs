@@ -1,5 +1,5 @@
-//! Keys and trust as the config names them: `keygen`, `config check`, and the
-//! sealer and trust policy every command builds from the config.
+//! Keys and trust as the config names them: `keygen`, and the sealer, the trust policy and
+//! this host's publish token that every command builds from the config.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

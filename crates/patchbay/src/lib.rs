@@ -1,8 +1,53 @@
 //! The `patchbay` library: the services composed into `serve`, the commands
-//! behind the binary (`inject`, `import`, `publish`, `tail`, `query`, `runner`,
-//! `demo`, …) and the backends they pick from the config. The binary
-//! (`main.rs`) is only the command line over it; demos, benchmarks and tests
-//! call it directly.
+//! behind the binary and the backends they pick from the config. The binary
+//! (`main.rs`) is only the command line over it; demos, benchmarks
+//! (`patchbay-bench`) and tests call it directly. It is the only library that
+//! uses `anyhow` and the only one that picks a concrete bus; nothing but
+//! `crates/bench` depends on it, and its modules import no cycle (tidy).
+//!
+//! Modules, one concern each:
+//! - `serve`: [`serve::start`] returns a [`serve::Running`] (its bus, its LMTP
+//!   address, `reload()`, `stop()`). On the embedded backend every service
+//!   shares one `EmbeddedBus`, so a commit wakes consumers at once. It
+//!   generates the `local` key on first start, listens with a 4,096 backlog,
+//!   runs the log recorder, the history indexer and pruning, the dispatcher,
+//!   aggregator, reporter and sweeps (through `reload`), and a runner unless
+//!   `--no-runner`; `SIGHUP` reloads the config.
+//! - `backend`: the bus the config names. On RabbitMQ, a recorder copies every
+//!   message unchanged into the data directory's log (so the HTTP stream,
+//!   history and `tail` work alike, under the same trust policy), and the
+//!   [`backend::Relay`] sends what [`backend::STORE_PUBLISHERS`] commit into
+//!   that log on to RabbitMQ in log order, then records its position
+//!   (`bus_meta` `amqp_relay_pos`; at-least-once). The first start begins at
+//!   the end of the log, and mail injected while `serve` is down is relayed
+//!   when it returns. Queue names carry the topic root.
+//! - `reload`: `SIGHUP` or `POST /api/v1/reload` reads the config again;
+//!   projects, lists, tests, report, verdict and dispatch settings and the
+//!   assembly rules apply at once (the services that follow them are stopped
+//!   and started again, unsettled deliveries going back to their queues); what
+//!   needs a restart is named; a config that does not load changes nothing.
+//! - `tasks`: `spawn_service`, `spawn_every`, `closed`, and `shutdown_signal`
+//!   (Ctrl-C or SIGTERM).
+//! - `ci`: the dispatcher, runner (with its heartbeat), aggregator and
+//!   reporter built from the config; `patchbay runner` and `waive`.
+//! - `ingest`: `inject` (0 once durable, 75 to make the MTA retry, 65 too
+//!   large) and `import` (a reader thread, parsing on all cores and the
+//!   store's writer overlapping; `--test` records the list id
+//!   `test-anyway.import.patchbay.invalid`; a consistency report).
+//! - `client`: `publish` (falls back to the store when the daemon is down,
+//!   with the same sender and topic checks) and `tail` (SSE, resumes; one line
+//!   per message, `time topic service:instance#seq summary`; heartbeats only
+//!   with `--heartbeats`).
+//! - `history`: `query`. `pages`: the dashboard's reads and the re-run action.
+//! - `keys`: `keygen`, the sealer, the trust policy (roles, trusted keys,
+//!   `signing.allow`) and this host's `<data>/publish.token`.
+//! - `admin`: `config check` and `dead-letters`. `demo`: `patchbay demo`
+//!   (dashboard on port 8035, or the next free one).
+//!
+//! [`Exit`] carries a sysexits code: 65 bad input, 69 unavailable, 75 try
+//! again, 78 bad config; any other error exits 1. Still to move behind typed
+//! ports in the crates that own the tables: the SQL in `pages`, `ci`,
+//! `ingest` and `backend`.
 
 pub mod admin;
 pub mod backend;

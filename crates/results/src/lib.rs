@@ -1,14 +1,44 @@
 //! The aggregator: records every `ci.test.finished` (in the spirit of
 //! resultsdb) and issues exactly one `ci.series.verdict` per series version
 //! (in the spirit of greenwave), when every required result is in or when the
-//! deadline passes.
+//! deadline passes. And the reporter: one mail per verdict, exactly once.
 //!
 //! Exactly once holds under redelivery and any number of aggregator
 //! instances: a result is keyed by its message id (a redelivery changes
 //! nothing), and the recording, the verdict decision and both announcements
 //! happen in one store transaction; the verdict row's primary key
-//! (series, version) makes a second decision impossible. The policy itself is
-//! `patchbay-verdict`; this crate knows the embedded store, not HTTP.
+//! (series, version) makes a second decision impossible. A result equal to the
+//! previous one of its (series version, test, arch) is flagged `duplicate`; a
+//! failed apply's stored excerpt always names its patch (`failed_patch` is put
+//! back in front when the tail lost git's `Patch failed at` line).
+//! [`Aggregator::sweep`] issues verdicts past `results.verdict_deadline_secs`.
+//! Waivers ([`Aggregator::waive`]) mark the result, publish
+//! `ci.result.waived`, and decide an undecided verdict again (a decided one
+//! stays). Supersession: [`Aggregator::close`] decides a superseded version at
+//! once from what it has (`results.close_superseded`), usually INCOMPLETE.
+//! The policy itself is `patchbay-verdict`.
+//!
+//! [`Reporter`] (on `ci.series.verdict`, see `reporter.rs`): records the intent
+//! (`reports`, with the stable Message-ID), composes the mail from the store
+//! (the cover or patch 1 and its References, the latest results, log tails,
+//! links to the series page and the logs, the failing tests' scripts),
+//! delivers it, then marks it sent and publishes `report.email.sent` in one
+//! transaction. Recipients: the submitter and the project's `list_address`; a
+//! `List-Post` header never decides where reports go, and header values from
+//! mail are stripped of control characters. Without `report.smtp_url` mail
+//! goes to the outbox maildir `<data>/outbox`, idempotent by file name. Over
+//! SMTP ([`smtp`]) the state goes `intent` → `sending` (committed before the
+//! first byte) → `sent`: failures before the text are retried, a 5xx is
+//! `failed` (`report.email.failed`), and anything ambiguous after the text is
+//! `failed` and never resent: the rare lost report over a duplicate. The body
+//! is the built-in text or the maintainer's template, checked at start and by
+//! `config check`; a template failing at run time falls back with a warning.
+//! Verdicts that get no mail ([`Skip`]: `report.only_on_failure` for PASSED
+//! and MERGED, `report.skip_superseded`) are recorded as `skipped`.
+//!
+//! Tables (migrations 4, 5 and 7): `results`, `verdicts`, `reports` (with the
+//! mail as sent). This crate knows the embedded store, not HTTP, runners or
+//! the config file.
 
 mod reporter;
 pub mod smtp;

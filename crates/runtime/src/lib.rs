@@ -4,16 +4,34 @@
 //! - A message is acked only after the handler returned `Ok`, and a handler
 //!   returns only after its effects are committed, so a crash at any point
 //!   means redelivery, never loss. Handlers must therefore be idempotent.
-//! - A transient error is retried with exponential backoff; after
-//!   `max_attempts` deliveries (crashes included) the message is dead-lettered
-//!   with the last error. A permanent error is dead-lettered at once. A panic
-//!   counts as a transient error.
+//! - A transient error is retried with exponential backoff ([`RetryPolicy`]:
+//!   `base × 2^(attempt-1)`, 500 ms doubling, capped at 300 s); after
+//!   `max_attempts` (5) deliveries, crashes included, the message is
+//!   dead-lettered with the last error. A permanent error is dead-lettered at
+//!   once. A panic counts as a transient error.
 //! - Messages the trust policy refuses never reach the handler.
 //! - Shutdown is a future passed in (as mini-redis does): the runtime stops
-//!   taking messages, lets running handlers finish within a grace period, and
-//!   returns; anything unfinished returns to the queue.
+//!   taking messages, lets running handlers finish within a grace period
+//!   (30 s), and returns; anything unfinished returns to the queue.
 //!
-//! This crate knows no backend: it takes an `Arc<dyn Bus>`.
+//! [`ServiceSpec`]: the queue is named after the service; concurrency 8.
+//! Shared slots (`ServiceSpec::slots`, a runner's queues): a service takes a
+//! message only while holding a slot, and a queue that waits [`SLOT_IDLE`]
+//! (50 ms) with no message gives its slot back, so idle queues never starve
+//! busy ones (`Subscription::next` is cancel-safe). Shared slots also make the
+//! subscription `on_demand`, so on RabbitMQ the broker holds nothing ahead.
+//!
+//! Replay (`ServiceSpec::replay`, a [`Replay`] source of a sender's messages
+//! by sequence range): [`Gaps`] tracks the highest sequence number seen per
+//! sender and the ids a replay handled (100,000 kept). When a delivery's
+//! sender jumps, the runtime fetches the missing range, handles in order what
+//! matches its patterns (signatures checked, 3 brief attempts each), then the
+//! delivery. Only a delivery a replay already handled is skipped; a replay
+//! that fails leaves each message to its own delivery. `serve` uses the
+//! history as the source for the aggregator and reporter on RabbitMQ.
+//!
+//! This crate knows no backend: it takes an `Arc<dyn Bus>` and an
+//! `Arc<TrustPolicy>`, and does IO only through the bus.
 
 use std::future::Future;
 use std::sync::Arc;

@@ -2,39 +2,56 @@
 //!
 //! The caller (the ingest service, inside its write transaction) looks up the
 //! series a mail could belong to and asks this crate which one it joins, if
-//! any; whether a series is complete; whether one series re-rolls another; and
-//! which project a mail belongs to. No IO, no clock, no database: every rule
-//! here is tested exhaustively with plain values.
+//! any (or whose slot it takes); whether a series is complete; whether one
+//! series re-rolls another; and which project a mail belongs to. No IO, no
+//! clock, no database, no dependencies: every rule here is tested
+//! exhaustively with plain values.
 //!
 //! The rules, and where they differ from Patchwork's (see `tests/corpus.rs`
-//! in the ingest crate for the real-mail checks):
+//! and `tests/shapes.rs` in the ingest crate for the real-mail checks):
 //! 1. A mail is matched to a series through its own Message-ID, then its
 //!    `In-Reply-To`, then its `References` newest first, against the ids each
 //!    series has seen (a patch records its own id and all its references, a
-//!    cover letter only its own).
-//! 2. Failing that, a series of the same submitter, version and total whose
-//!    first mail is within [`Rules::marker_window_secs`] matches.
-//! 3. A series only takes a mail whose slot is free and within its total,
-//!    with the same total (and, matched by markers, from the same submitter), and with the same version
-//!    (a cover whose total differs from its patches', `0/5` over `1/6`…`6/6`, joins them when
-//!    the patches reply to it and they were posted within the marker window; the patches' total
-//!    stands, and the version comes from whichever mails name one),
-//!    unless one side names no version (a version tag on only some mails of
-//!    one thread): the version-less side takes the other's when the mail
-//!    replies into the series (`[PATCH 1/4]` under a `v3` cover), when the
-//!    series replies to the mail (that `v3` cover arriving last), or, in any
-//!    direction of the thread, when the two were posted within
-//!    [`Rules::marker_window_secs`] (`[PATCH v2 1/4]` under a `[PATCH 0/4]`
-//!    cover: git send-email posts one series within seconds, while a re-roll
-//!    in reply to an older version comes hours or days later). Two versions
-//!    that are both named and differ never mix. Among matches through the
-//!    same id, a series of the mail's own version goes first.
-//!    Patchwork joins any reference match, so a v2 posted in reply to v1 only
-//!    split off because a slot was taken; we split on the version itself.
-//! 4. A mail with no `n/N` marker is a series of one; it never joins.
-//! 5. A counter beyond the total (`[PATCH 3/2]`) joins nothing: Patchwork adds
+//!    cover letter only its own): [`Match`]. Reference matches ignore the From
+//!    address (git format-patch writes the committer on the cover, the
+//!    authors on the patches).
+//! 2. Failing that, a series of the same submitter, version, total and
+//!    bracket tags whose first mail is within [`Rules::marker_window_secs`]
+//!    matches by markers (`[PATCH -stable,5.4.x 0/5]` never heads
+//!    `[PATCH 5.10.x n/5]`). Markers never join two threads no reference
+//!    links: a mail citing others never joins a series holding another
+//!    thread; an unthreaded mail meets a threaded series only as a lone cover
+//!    (a list that rewrote the cover's Message-ID leaves it outside its
+//!    patches' thread); unthreaded postings join freely.
+//! 3. A placement by markers is provisional; references beat it, also when
+//!    they arrive later: a mail tied to a series by references takes its slot
+//!    from a holder no reference links to its thread
+//!    ([`Placement::Displace`]), and a mail joining by citing a loose member
+//!    sends every other thread out of the series ([`strangers`]). What moves
+//!    is placed again as if it arrived then. So `A 2/2`, `B 0/2`, `B 1/2`,
+//!    `B 2/2`, `A 0/2`, `A 1/2` gives A and B, each with its own mails.
+//! 4. A series only takes a mail whose slot is free and within its total,
+//!    with the same total and the same version. A cover whose total differs
+//!    from its patches' (`0/5` over `1/6`…`6/6`) heads them when the patches
+//!    reply to it and they were posted within the marker window, in either
+//!    order; the patches' total stands ([`total_after_join`]).
+//! 5. Versions: two named versions never mix. A version-less side takes the
+//!    other's when the mail replies into the series (`[PATCH 1/4]` under a
+//!    `v3` cover), when the series replies to the mail, or, in any direction
+//!    of the thread, when the two were posted within the marker window (git
+//!    send-email posts one series within seconds; a re-roll in reply to an
+//!    older version comes hours or days later). Through one id, a series of
+//!    the mail's own version goes first (`Candidate::distance`). Patchwork
+//!    joins any reference match, so a v2 posted in reply to v1 only split off
+//!    because a slot was taken; we split on the version itself.
+//! 6. A mail with no `n/N` marker is a series of one; it never joins.
+//! 7. A counter beyond the total (`[PATCH 3/2]`) joins nothing: Patchwork adds
 //!    it and calls a 3-of-2 series complete, which would test a stray patch
 //!    with the series; we keep the mail, flag it, and leave the series alone.
+//!
+//! [`project_for`] finds a project's tag wherever lists put it: a bracket word
+//! (`[PATCH liburing v2 1/3]`) or the title's first word before its colon
+//! (`[PATCHv6 0/6] liburing: …`).
 
 /// Tunable thresholds of the assembly rules.
 #[derive(Clone, Copy, Debug)]

@@ -1,11 +1,48 @@
-//! The HTTP edge of `patchbay serve`: `GET /healthz`, `POST /api/v1/publish`
-//! and `GET /api/v1/stream` (server-sent events), so that out-of-process
-//! commands (`patchbay publish`, `patchbay tail`, shell scripts with curl)
-//! talk to the daemon.
+//! The HTTP edge of `patchbay serve` (axum): the JSON API, the event stream,
+//! the admin actions and the dashboard, so that out-of-process commands
+//! (`patchbay publish`, `patchbay tail`, shell scripts with curl) and people
+//! in a browser talk to the daemon.
+//!
+//! Routes: `GET /healthz`; `POST /api/v1/publish`; `GET /api/v1/stream`
+//! (server-sent events: a `ready` event, then `message` events whose id is the
+//! log position, from `Last-Event-ID` or `after`, keep-alives every 15 s);
+//! `GET /api/v1/messages[/{id}]`; `GET /api/v1/logs/{job}`;
+//! `GET /api/v1/results`; the series read model `GET /api/v1/series`,
+//! `/api/v1/series/{id}` and `/api/v1/series/{id}/mbox` (over the typed
+//! [`dashboard::Pages`] port and [`dashboard::SeriesFilter`]); and the admin
+//! actions, behind a bearer token of `http.admin_tokens` (401 without a valid
+//! one, 403 when none is configured): `POST /api/v1/results/{id}/waive`,
+//! `/api/v1/jobs/{job}/rerun`, `/api/v1/reports/{series}/{version}/resend` and
+//! `/api/v1/reload` (422 when the file does not load). All of it is described
+//! in `src/openapi.json`, served at `/api/openapi.json` with this deployment's
+//! root and roles filled in ([`openapi_document`]); a unit test checks every
+//! route is in it, and `scripts/openapi-check` holds the server to it.
 //!
 //! Handlers hold an `Arc<dyn Bus>` and an `Arc<dyn MessageLog>`; they know no
-//! backend and no runner. Every error is the same JSON shape,
-//! `{"error": "..."}`, with a status that says whose fault it was.
+//! backend, no store and no runner. The store is reached through ports the
+//! binary implements ([`TestLogs`], [`TestResults`], [`MessageHistory`],
+//! [`TestJobs`], [`ConfigReload`], [`dashboard::Pages`]). Every error under
+//! `/api/` is the same JSON shape, `{"error": "..."}` ([`AppError`]), with a
+//! status that says whose fault it was: 400 bad input, 404 unknown path or
+//! target, 405 wrong method, 503 the bus or store unavailable.
+//!
+//! Publishing over HTTP: the daemon seals with its own key under the service
+//! name the client gives, never one of [`RESERVED_SERVICES`] (any case), and
+//! only topics outside the roles' categories. The request must be JSON (415),
+//! must not come from a web page (an `Origin` or `Sec-Fetch-Site` that
+//! `http.allowed_origins` does not list: 403), and needs a token from every
+//! peer, because any page open in a browser here reaches loopback: an admin
+//! token from anywhere, or this host's publish token from loopback
+//! (`http.loopback_without_token` restores token-free loopback). A loopback
+//! request carrying `Forwarded`, `X-Forwarded-For` or `X-Real-IP` counts as
+//! remote. [`outgoing`] is shared with `patchbay publish`'s store fallback.
+//!
+//! [`limits`]: hyper is driven directly for a header read timeout and a header
+//! size bound; at the connection cap the longest-idle connection is closed
+//! (`patchbay-listen`). [`dashboard`]: server-rendered HTML (`/`,
+//! `/series/{id}`, `/mails/{id}/raw`, `/live` from 50 positions back, 500
+//! with a topic filter, `/logs/{job}`, `/runners`); durations through
+//! `patchbay_verdict::duration`, so the matrix and the report agree.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
