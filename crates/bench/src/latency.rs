@@ -218,7 +218,7 @@ pub async fn run(opts: LatencyBench) -> anyhow::Result<()> {
     // The benchmark is the runner: it takes the jobs from their queues.
     let (jobs_tx, mut jobs) = mpsc::unbounded_channel();
     let mut takers = Vec::new();
-    for (test, job_arch) in [("apply", patchbay_ci::ANY_ARCH), ("build", arch)] {
+    for (test, job_arch) in [(patchbay_model::APPLY_TEST, patchbay_ci::ANY_ARCH), ("build", arch)] {
         let pattern = TopicPattern::parse(root.topic(&patchbay_ci::job_topic(test, job_arch))?.as_str())?;
         let queue = QueueSpec::new(patchbay_ci::job_queue(test, job_arch), vec![pattern]);
         takers.push(tokio::spawn(take_jobs(bus.clone(), queue, jobs_tx.clone())));
@@ -249,9 +249,9 @@ pub async fn run(opts: LatencyBench) -> anyhow::Result<()> {
             arrived = arrived.max(at);
             got.insert(job.test.clone(), job);
         }
-        let id = got["apply"].series.id;
+        let id = got[patchbay_model::APPLY_TEST].series.id;
         let mut finished = Vec::new();
-        for test in ["apply", "build"] {
+        for test in [patchbay_model::APPLY_TEST, "build"] {
             let job = &got[test];
             finished.push(TestFinished {
                 job: job.job.clone(),

@@ -233,7 +233,7 @@ impl Dispatcher {
             date,
             tree: tree.clone(),
         };
-        let mut jobs = vec![job("apply", crate::ANY_ARCH)];
+        let mut jobs = vec![job(patchbay_model::APPLY_TEST, crate::ANY_ARCH)];
         for t in &project.tests {
             for arch in &t.arches {
                 let mut j = job(&t.name, arch);

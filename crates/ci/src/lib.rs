@@ -58,5 +58,6 @@ pub use dispatcher::{
 };
 pub use runner::{ALREADY_MERGED, RunnerService, SupersededListener, job_queue, job_topic};
 
-/// The arch word of the `apply` job, which any runner can take.
-pub const ANY_ARCH: &str = "any";
+/// The arch word of the `apply` job, which any runner can take; defined in `model`, where every
+/// crate that reads results finds it too.
+pub use patchbay_model::ANY_ARCH;

@@ -255,7 +255,7 @@ impl Handler for RunnerService {
                     log = format!("{said}\n{}", report.apply.output);
                     applied = true;
                     result.excerpt = said;
-                } else if job.test == "apply" {
+                } else if job.test == patchbay_model::APPLY_TEST {
                     log = report.apply.output.clone();
                     if report.apply.ok {
                         result.outcome = "PASSED".into();

@@ -629,7 +629,7 @@ impl Config {
             let mut tests: Vec<TestConfig> = Vec::new();
             for (j, t) in p.test.into_iter().enumerate() {
                 let tkey = format!("{key}.test[{j}]");
-                if !topic_word(&t.name) || t.name == "apply" {
+                if !topic_word(&t.name) || t.name == patchbay_model::APPLY_TEST {
                     return Err(invalid(
                         &format!("{tkey}.name"),
                         format!("{:?} must be ASCII letters, digits, '_' or '-' (and not `apply`, which is built in)", t.name),

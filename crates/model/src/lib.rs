@@ -20,11 +20,13 @@
 //!   incompatible change is a new version. Optional fields are added with
 //!   `skip_serializing_if`, and older readers refuse them.
 //!   [`mbox_fields`]/[`mbox_bytes`] carry a non-UTF-8 mbox exactly.
+//! - [`APPLY_TEST`] and [`ANY_ARCH`]: the domain's fixed words, named once.
 //! - [`Summary`]: one line per body for people (`tail`, `query`);
 //!   presentation only, the wire format is untouched.
 
 mod body;
 mod canonical;
+mod domain;
 mod envelope;
 mod summary;
 mod time;
@@ -36,6 +38,7 @@ pub use body::{
     TestJob, TestLimits, TestLog, TestStarted, body_schemas, check_body, envelope_schema, free_form_schema, mbox_bytes, mbox_fields,
 };
 pub use canonical::write_canonical;
+pub use domain::{ANY_ARCH, APPLY_TEST};
 pub use envelope::{Envelope, EnvelopeError, SchemaRef, Sender, Signature};
 pub use summary::{SUMMARY_CHARS, Summary, json_line, one_line, summarize};
 pub use time::{Timestamp, TimestampError};

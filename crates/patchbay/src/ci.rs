@@ -68,7 +68,7 @@ pub fn project_tests(config: &Config) -> Vec<ProjectTests> {
 /// capabilities it has.
 pub fn queues(config: &Config) -> Vec<(String, String)> {
     let caps = &config.runner.capabilities;
-    let mut out = vec![("apply".to_string(), patchbay_ci::ANY_ARCH.to_string())];
+    let mut out = vec![(patchbay_model::APPLY_TEST.to_string(), patchbay_ci::ANY_ARCH.to_string())];
     for p in project_tests(config) {
         for t in &p.tests {
             for arch in &t.arches {
@@ -147,7 +147,7 @@ pub fn start_dispatcher(
     let spec = ServiceSpec::new("dispatcher", vec![pattern]);
     // Every job queue exists before the first job is published: jobs then wait for a runner
     // instead of being dropped because none has subscribed yet.
-    let mut queues = vec![("apply".to_string(), patchbay_ci::ANY_ARCH.to_string())];
+    let mut queues = vec![(patchbay_model::APPLY_TEST.to_string(), patchbay_ci::ANY_ARCH.to_string())];
     for p in project_tests(config) {
         for t in &p.tests {
             for arch in &t.arches {

@@ -65,7 +65,7 @@ pub struct Policy {
 
 impl Policy {
     fn required(&self, project: &str) -> Vec<Required> {
-        let mut r = vec![Required { test: "apply".into(), arch: "any".into() }];
+        let mut r = vec![Required { test: patchbay_model::APPLY_TEST.into(), arch: patchbay_model::ANY_ARCH.into() }];
         r.extend(self.required.get(project).into_iter().flatten().cloned());
         r
     }

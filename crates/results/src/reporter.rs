@@ -100,7 +100,7 @@ fn facts(conn: &rusqlite::Connection, v: &SeriesVerdict, link_base: Option<&str>
         let excerpt = (outcome != "PASSED").then_some(excerpt);
         // The log page (colours, a link back to the series), not the raw API text.
         let log_url = link_base.map(|b| format!("{}/logs/{job}", b.trim_end_matches('/')));
-        let what = if arch == "any" { test } else { format!("{test}/{arch}") };
+        let what = if arch == patchbay_model::ANY_ARCH { test } else { format!("{test}/{arch}") };
         lines.push(Line { what, outcome, reason, seconds: patchbay_verdict::seconds_of(ms as u64), excerpt, log_url });
     }
     Ok(Some(Facts { thread, lines, base }))

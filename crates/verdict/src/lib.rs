@@ -2,8 +2,9 @@
 //! pairs a project requires and the latest result of each, is a series
 //! version PASSED, FAILED, MERGED, or not decided yet; and, once its deadline
 //! has passed, INCOMPLETE. Pure: no store, no clock (the caller says whether
-//! the deadline passed, and passes the date); its only dependencies are
-//! minijinja and serde, for the report template.
+//! the deadline passed, and passes the date); its dependencies are `model`
+//! (pure too: the domain's words, such as the `apply` test), and minijinja and
+//! serde for the report template.
 //!
 //! Rules of [`decide`]:
 //! - A series already in the branch (`apply` INFO `already-merged`: every patch
@@ -44,6 +45,7 @@ mod duration;
 pub mod report;
 
 pub use duration::{duration, seconds_of};
+use patchbay_model::{ANY_ARCH, APPLY_TEST};
 
 /// A required (test, arch) pair.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -57,7 +59,7 @@ pub struct Required {
 impl Required {
     /// `test/arch`, or just `test` for the arch-less `apply`.
     pub fn label(&self) -> String {
-        if self.arch == "any" { self.test.clone() } else { format!("{}/{}", self.test, self.arch) }
+        if self.arch == ANY_ARCH { self.test.clone() } else { format!("{}/{}", self.test, self.arch) }
     }
 }
 
@@ -113,10 +115,10 @@ fn fails(l: &Latest) -> bool {
 /// Decides, or `None` while required results are still missing and the deadline has not passed.
 pub fn decide(required: &[Required], latest: &[Latest], deadline_passed: bool) -> Option<Verdict> {
     let of = |r: &Required| latest.iter().find(|l| &l.which == r && is_final(&l.outcome));
-    if latest.iter().any(|l| l.which.test == "apply" && l.outcome == "INFO" && l.reason.as_deref() == Some(ALREADY_MERGED)) {
+    if latest.iter().any(|l| l.which.test == APPLY_TEST && l.outcome == "INFO" && l.reason.as_deref() == Some(ALREADY_MERGED)) {
         return Some(Verdict::Merged);
     }
-    if let Some(apply) = latest.iter().find(|l| l.which.test == "apply" && l.outcome == "FAILED" && !l.waived) {
+    if let Some(apply) = latest.iter().find(|l| l.which.test == APPLY_TEST && l.outcome == "FAILED" && !l.waived) {
         return Some(Verdict::Failed(vec![apply.which.label()]));
     }
     let mut failed: Vec<String> = required.iter().filter_map(|r| of(r).filter(|l| fails(l)).map(|l| l.which.label())).collect();

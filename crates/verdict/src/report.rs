@@ -125,6 +125,7 @@ const EXCERPT_LINES: usize = 40;
 const HUNK_LINES: usize = 12;
 
 pub use crate::ALREADY_MERGED;
+use patchbay_model::APPLY_TEST;
 
 /// The reason of a test that could not run because its series does not apply.
 pub const NOT_APPLIED: &str = "series-does-not-apply";
@@ -330,7 +331,7 @@ fn merged_body(r: &Report) -> String {
         "patchbay did not test this series: it is already merged. Each of its patches is in the branch, as the same change (git patch-id --stable):",
     ));
     b.push('\n');
-    let said = r.lines.iter().find(|l| l.what == "apply").and_then(|l| l.excerpt.as_deref()).unwrap_or("");
+    let said = r.lines.iter().find(|l| l.what == APPLY_TEST).and_then(|l| l.excerpt.as_deref()).unwrap_or("");
     for line in said.lines().map(str::trim).filter(|l| l.contains(" already merged as ")) {
         b.push_str(&format!("  {line}\n"));
     }
@@ -352,7 +353,7 @@ fn body(r: &Report) -> String {
         return merged_body(r);
     }
     if r.verdict == "FAILED"
-        && let Some(apply) = r.lines.iter().find(|l| l.what == "apply" && l.outcome == "FAILED" && l.reason.as_deref() == Some("apply"))
+        && let Some(apply) = r.lines.iter().find(|l| l.what == APPLY_TEST && l.outcome == "FAILED" && l.reason.as_deref() == Some("apply"))
     {
         return apply_failure_body(r, apply);
     }
