@@ -259,7 +259,7 @@ pub async fn run(opts: LatencyBench) -> anyhow::Result<()> {
                 test: job.test.clone(),
                 arch: job.arch.clone(),
                 required: job.required,
-                outcome: "PASSED".into(),
+                outcome: patchbay_model::Outcome::Passed,
                 reason: None,
                 failed_patch: None,
                 duration_ms: 1,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use patchbay_bus::{Outgoing, Publisher};
-use patchbay_model::{BaseUsed, Body, Envelope, SeriesSuperseded, TestCancelled, TestFinished, TestJob, TestLog, TestStarted};
+use patchbay_model::{BaseUsed, Body, Envelope, Outcome, SeriesSuperseded, TestCancelled, TestFinished, TestJob, TestLog, TestStarted};
 use patchbay_runner::{Failure, Job, Limits, Runner};
 use patchbay_runtime::{Handler, HandlerError};
 use tokio::sync::Semaphore;
@@ -122,14 +122,14 @@ impl RunnerService {
         self.publisher.bus().publish(messages).await.map(|_| ()).map_err(|e| HandlerError::Transient(e.to_string()))
     }
 
-    fn finished(job: &TestJob, outcome: &str, reason: Option<String>) -> TestFinished {
+    fn finished(job: &TestJob, outcome: Outcome, reason: Option<String>) -> TestFinished {
         TestFinished {
             job: job.job.clone(),
             series: job.series.clone(),
             test: job.test.clone(),
             arch: job.arch.clone(),
             required: job.required,
-            outcome: outcome.into(),
+            outcome,
             reason,
             failed_patch: None,
             duration_ms: 0,
@@ -191,7 +191,7 @@ impl Handler for RunnerService {
             .map_err(|e| HandlerError::Permanent(format!("not a {} body: {e}", TestJob::SCHEMA)))?;
         if attempt > self.max_attempts {
             let reason = format!("the job was delivered {attempt} times; it keeps stopping runners");
-            let msg = self.out(&Self::finished(&job, "ERROR", Some(reason.clone())))?;
+            let msg = self.out(&Self::finished(&job, Outcome::Error, Some(reason.clone())))?;
             self.publish(vec![msg]).await?;
             return Err(HandlerError::Permanent(reason));
         }
@@ -229,7 +229,7 @@ impl Handler for RunnerService {
             date: job.date,
             tree: job.tree.clone(),
         };
-        let mut result = Self::finished(&job, "ERROR", None);
+        let mut result = Self::finished(&job, Outcome::Error, None);
         let mut log = String::new();
         let mut applied = true;
         match self.runner.run(&run).await {
@@ -249,7 +249,7 @@ impl Handler for RunnerService {
                 result.base = Some(BaseUsed { commit: report.base.commit.clone(), reason: report.base.reason.clone() });
                 if !report.merged.is_empty() {
                     // Not a failure of the series: it is in the tree already, and nothing was tested.
-                    result.outcome = "INFO".into();
+                    result.outcome = Outcome::Info;
                     result.reason = Some(ALREADY_MERGED.into());
                     let said = merged_text(&job.branch, &report.merged);
                     log = format!("{said}\n{}", report.apply.output);
@@ -258,9 +258,9 @@ impl Handler for RunnerService {
                 } else if job.test == patchbay_model::APPLY_TEST {
                     log = report.apply.output.clone();
                     if report.apply.ok {
-                        result.outcome = "PASSED".into();
+                        result.outcome = Outcome::Passed;
                     } else {
-                        result.outcome = "FAILED".into();
+                        result.outcome = Outcome::Failed;
                         result.reason = Some("apply".into());
                         result.failed_patch = report.apply.failed_patch.clone();
                     }
@@ -270,9 +270,9 @@ impl Handler for RunnerService {
                 } else if let Some(test) = &report.test {
                     log = String::from_utf8_lossy(&test.output).into_owned();
                     match test.failure {
-                        None => result.outcome = "PASSED".into(),
+                        None => result.outcome = Outcome::Passed,
                         Some(f) => {
-                            result.outcome = "FAILED".into();
+                            result.outcome = Outcome::Failed;
                             result.reason = Some(f.as_str().into());
                             if f == Failure::Failed && test.hit_process_limit {
                                 log.push_str(&format!("\n[patchbay: the process limit ({}) was reached]\n", job.limits.processes));
@@ -280,7 +280,7 @@ impl Handler for RunnerService {
                         }
                     }
                 } else {
-                    result.outcome = "PASSED".into();
+                    result.outcome = Outcome::Passed;
                 }
             }
         }

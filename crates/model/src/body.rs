@@ -6,7 +6,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::SchemaRef;
+use crate::{Outcome, SchemaRef};
 
 /// A message body type bound to one topic suffix and one schema version.
 pub trait Body: Serialize + DeserializeOwned + JsonSchema {
@@ -326,7 +326,7 @@ pub struct TestFinished {
     /// Whether the verdict waits for it.
     pub required: bool,
     /// `PASSED`, `FAILED` or `ERROR`.
-    pub outcome: String,
+    pub outcome: Outcome,
     /// For FAILED: `failed`, `timeout`, `memory`, or `apply` (naming the patch in `failed_patch`);
     /// for ERROR: what went wrong, `series-does-not-apply` when a test could not run because of that.
     pub reason: Option<String>,
@@ -409,14 +409,14 @@ pub struct ResultRecorded {
     /// Arch.
     pub arch: String,
     /// resultsdb outcome.
-    pub outcome: String,
+    pub outcome: Outcome,
     /// Why, for FAILED and ERROR.
     pub reason: Option<String>,
     /// The same outcome as the previous result of this (series version, test, arch): a rerun
     /// or a redelivered job, not news.
     pub duplicate: bool,
     /// The previous outcome, when there was one (a flaky test shows here).
-    pub previous: Option<String>,
+    pub previous: Option<Outcome>,
 }
 
 impl Body for ResultRecorded {

@@ -1,5 +1,5 @@
-//! The domain's words as they travel on the wire: the test every series gets and the arch any
-//! runner takes. Named once here so that the dispatcher, the runner, the aggregator, the verdict
+//! The domain's words as they travel on the wire: the test every series gets, the arch any
+//! runner takes, and enums for the words of results. Named once here so that the dispatcher, the runner, the aggregator, the verdict
 //! and the report cannot drift apart on a spelling; the strings themselves are a compatibility
 //! promise (job ids, queue names and topics are built from them).
 
@@ -8,3 +8,193 @@ pub const APPLY_TEST: &str = "apply";
 
 /// The arch of jobs any runner can take (the `apply` job); labels drop it (`apply`, not `apply/any`).
 pub const ANY_ARCH: &str = "any";
+
+/// Defines an enum of wire words: one variant per word patchbay knows, and `Other` for any other
+/// string, kept as it came. On the wire and in the JSON Schemas each is exactly the `String` it
+/// replaced (a reader never refuses a word it does not know), so the types add names, not rules.
+macro_rules! wire_words {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $word:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Clone)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+            /// A word patchbay does not define, kept as it came so it reads and writes back unchanged.
+            Other(String),
+        }
+
+        impl $name {
+            /// The wire spelling.
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $(Self::$variant => $word,)+
+                    Self::Other(word) => word,
+                }
+            }
+        }
+
+        /// Reads a wire word; unknown words become `Other`, so this never fails.
+        impl From<&str> for $name {
+            fn from(word: &str) -> Self {
+                match word {
+                    $($word => Self::$variant,)+
+                    other => Self::Other(other.to_string()),
+                }
+            }
+        }
+
+        /// Reads a wire word without copying an unknown one.
+        impl From<String> for $name {
+            fn from(word: String) -> Self {
+                match word.as_str() {
+                    $($word => Self::$variant,)+
+                    _ => Self::Other(word),
+                }
+            }
+        }
+
+        /// Never fails: unknown words become `Other`.
+        impl std::str::FromStr for $name {
+            type Err = std::convert::Infallible;
+            fn from_str(word: &str) -> Result<Self, Self::Err> {
+                Ok(word.into())
+            }
+        }
+
+        /// The wire spelling, for logs, mails and SQL.
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        /// Shows the wire spelling, as the `String` it replaced did.
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                std::fmt::Debug::fmt(self.as_str(), f)
+            }
+        }
+
+        /// Equal when the wire spellings are (an `Other` holding a known word equals its variant).
+        impl PartialEq for $name {
+            fn eq(&self, other: &Self) -> bool {
+                self.as_str() == other.as_str()
+            }
+        }
+
+        impl Eq for $name {}
+
+        /// Hashes the wire spelling, consistent with `PartialEq`.
+        impl std::hash::Hash for $name {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                self.as_str().hash(state)
+            }
+        }
+
+        /// Compares with a wire spelling.
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.as_str() == other
+            }
+        }
+
+        /// Compares with a wire spelling.
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+
+        /// Compares a wire spelling with the word.
+        impl PartialEq<$name> for &str {
+            fn eq(&self, other: &$name) -> bool {
+                *self == other.as_str()
+            }
+        }
+
+        /// Written as the plain string.
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+
+        /// Read from any string.
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                String::deserialize(deserializer).map(Self::from)
+            }
+        }
+
+        /// The schema of a plain string, as before the enum: the wire format is unchanged.
+        impl schemars::JsonSchema for $name {
+            fn inline_schema() -> bool {
+                <String as schemars::JsonSchema>::inline_schema()
+            }
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                <String as schemars::JsonSchema>::schema_name()
+            }
+            fn schema_id() -> std::borrow::Cow<'static, str> {
+                <String as schemars::JsonSchema>::schema_id()
+            }
+            fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                <String as schemars::JsonSchema>::json_schema(generator)
+            }
+        }
+    };
+}
+
+wire_words! {
+    /// A test result's outcome, in resultsdb's words.
+    pub enum Outcome {
+        /// The test passed.
+        Passed = "PASSED",
+        /// The test failed: the series is at fault (`reason` says how).
+        Failed = "FAILED",
+        /// The test could not run properly: the infrastructure (or an earlier failure) is at fault.
+        Error = "ERROR",
+        /// Nothing to judge, only to tell (`already-merged`).
+        Info = "INFO",
+        /// A person has to look.
+        NeedsInspection = "NEEDS_INSPECTION",
+        /// Waiting for a runner.
+        Queued = "QUEUED",
+        /// A runner has it.
+        Running = "RUNNING",
+    }
+}
+
+impl Outcome {
+    /// Whether the result is in: anything but QUEUED and RUNNING.
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Outcome::Queued | Outcome::Running)
+    }
+
+    /// Whether it fails a verdict unless waived: FAILED and ERROR alike, so PASSED means every
+    /// required test really passed.
+    pub fn fails(&self) -> bool {
+        matches!(self, Outcome::Failed | Outcome::Error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_read_and_write_back_as_the_strings_they_replaced() {
+        for word in ["PASSED", "FAILED", "ERROR", "INFO", "NEEDS_INSPECTION", "QUEUED", "RUNNING", "SKIPPED"] {
+            let outcome: Outcome = serde_json::from_value(serde_json::json!(word)).unwrap();
+            assert_eq!(outcome, word);
+            assert_eq!(serde_json::to_value(&outcome).unwrap(), serde_json::json!(word));
+            assert_eq!(format!("{outcome} {outcome:?}"), format!("{word} {word:?}"));
+        }
+        assert!(matches!(Outcome::from("PASSED"), Outcome::Passed));
+        assert!(matches!(Outcome::from("SKIPPED".to_string()), Outcome::Other(w) if w == "SKIPPED"));
+        assert_eq!(Outcome::Other("ERROR".into()), Outcome::Error);
+        assert!(Outcome::Error.fails() && !Outcome::Info.fails() && !Outcome::Running.is_final());
+        assert_eq!(
+            serde_json::to_value(schemars::schema_for!(Outcome)).unwrap()["type"],
+            serde_json::to_value(schemars::schema_for!(String)).unwrap()["type"]
+        );
+    }
+}

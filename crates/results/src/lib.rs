@@ -48,7 +48,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use patchbay_bus::Publisher;
-use patchbay_model::{Body, Envelope, ResultRecorded, ResultWaived, SeriesHead, SeriesSuperseded, SeriesVerdict, TestFinished};
+use patchbay_model::{Body, Envelope, Outcome, ResultRecorded, ResultWaived, SeriesHead, SeriesSuperseded, SeriesVerdict, TestFinished};
 use patchbay_runtime::{Handler, HandlerError};
 use patchbay_store::{EmbeddedBus, StoreError, Tx};
 use patchbay_verdict::{Latest, Required, Verdict};
@@ -209,7 +209,7 @@ impl Aggregator {
             .query_map(params![head.id, head.version], |r| {
                 Ok(Latest {
                     which: Required { test: r.get(0)?, arch: r.get(1)? },
-                    outcome: r.get(2)?,
+                    outcome: r.get::<_, String>(2)?.into(),
                     waived: r.get(3)?,
                     reason: r.get(4)?,
                 })
@@ -246,13 +246,13 @@ fn excerpt_naming_the_patch<'a>(excerpt: &'a str, failed_patch: Option<&str>) ->
 
 /// Records a result; `None` when this message was recorded before (a redelivery).
 fn insert_result(tx: &Tx<'_>, message_id: &str, r: &TestFinished) -> Result<Option<ResultRecorded>, StoreError> {
-    let previous: Option<String> = tx
+    let previous: Option<Outcome> = tx
         .prepare_cached(
             "SELECT outcome FROM results WHERE series_id = ?1 AND version = ?2 AND test = ?3 AND arch = ?4 ORDER BY id DESC LIMIT 1",
         )?
-        .query_row(params![r.series.id, r.series.version, r.test, r.arch], |row| row.get(0))
+        .query_row(params![r.series.id, r.series.version, r.test, r.arch], |row| row.get::<_, String>(0).map(Outcome::from))
         .optional()?;
-    let duplicate = previous.as_deref() == Some(r.outcome.as_str());
+    let duplicate = previous.as_ref() == Some(&r.outcome);
     let base = r.base.as_ref().map(|b| format!("{} ({})", b.commit, b.reason));
     let excerpt = excerpt_naming_the_patch(&r.excerpt, r.failed_patch.as_deref());
     let inserted = tx
@@ -268,7 +268,7 @@ fn insert_result(tx: &Tx<'_>, message_id: &str, r: &TestFinished) -> Result<Opti
             r.series.project,
             r.test,
             r.arch,
-            r.outcome,
+            r.outcome.as_str(),
             r.reason,
             r.duration_ms as i64,
             base,

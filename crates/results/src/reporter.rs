@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use patchbay_bus::Publisher;
-use patchbay_model::{Body, Envelope, ReportFailed, ReportSent, SeriesVerdict};
+use patchbay_model::{Body, Envelope, Outcome, ReportFailed, ReportSent, SeriesVerdict};
 use patchbay_runtime::{Handler, HandlerError};
 use patchbay_store::{EmbeddedBus, StoreError};
 use patchbay_verdict::report::{self, Line, Report, Settings, Thread};
@@ -51,7 +51,7 @@ pub struct Reporter {
 }
 
 /// test, arch, outcome, reason, duration in ms, base, job, excerpt.
-type ResultRow = (String, String, String, Option<String>, i64, Option<String>, String, String);
+type ResultRow = (String, String, Outcome, Option<String>, i64, Option<String>, String, String);
 
 /// What the store knows that the report needs.
 struct Facts {
@@ -83,12 +83,12 @@ fn facts(conn: &rusqlite::Connection, v: &SeriesVerdict, link_base: Option<&str>
     let mut stmt = conn.prepare(
         "SELECT test, arch, outcome, reason, duration_ms, base, job, excerpt FROM results r WHERE series_id = ?1 AND version = ?2
          AND id = (SELECT max(id) FROM results x WHERE x.series_id = r.series_id AND x.version = r.version AND x.test = r.test AND x.arch = r.arch)
-         ORDER BY test = 'apply' DESC, test, arch",
+         ORDER BY test = ?3 DESC, test, arch",
     )?;
     let mut base = None;
     let rows: Vec<ResultRow> = stmt
-        .query_map(params![v.series.id, v.series.version], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+        .query_map(params![v.series.id, v.series.version, patchbay_model::APPLY_TEST], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, String>(2)?.into(), r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
         })?
         .collect::<Result<_, _>>()?;
     let mut lines = Vec::new();
@@ -97,7 +97,7 @@ fn facts(conn: &rusqlite::Connection, v: &SeriesVerdict, link_base: Option<&str>
             base = b;
         }
         // The result's own excerpt: the full log is recorded by another service, maybe later.
-        let excerpt = (outcome != "PASSED").then_some(excerpt);
+        let excerpt = (outcome != Outcome::Passed).then_some(excerpt);
         // The log page (colours, a link back to the series), not the raw API text.
         let log_url = link_base.map(|b| format!("{}/logs/{job}", b.trim_end_matches('/')));
         let what = if arch == patchbay_model::ANY_ARCH { test } else { format!("{test}/{arch}") };
@@ -150,7 +150,7 @@ impl Reporter {
     /// The scripts of the tests that did not pass (each test once, whatever its arches).
     fn reproduce(&self, project: &str, lines: &[report::Line]) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = Vec::new();
-        for l in lines.iter().filter(|l| l.outcome != "PASSED") {
+        for l in lines.iter().filter(|l| l.outcome != Outcome::Passed) {
             let test = l.what.split('/').next().unwrap_or(&l.what);
             if out.iter().any(|(t, _)| t == test) {
                 continue;

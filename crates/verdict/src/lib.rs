@@ -45,7 +45,7 @@ mod duration;
 pub mod report;
 
 pub use duration::{duration, seconds_of};
-use patchbay_model::{ANY_ARCH, APPLY_TEST};
+use patchbay_model::{ANY_ARCH, APPLY_TEST, Outcome};
 
 /// A required (test, arch) pair.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -69,7 +69,7 @@ pub struct Latest {
     /// Which.
     pub which: Required,
     /// resultsdb outcome: PASSED, FAILED, ERROR, INFO, NEEDS_INSPECTION, QUEUED, RUNNING.
-    pub outcome: String,
+    pub outcome: Outcome,
     /// A maintainer waived it.
     pub waived: bool,
     /// Why, as published (`already-merged` with INFO: the series is in the branch).
@@ -104,21 +104,17 @@ impl Verdict {
     }
 }
 
-fn is_final(outcome: &str) -> bool {
-    !matches!(outcome, "QUEUED" | "RUNNING")
-}
-
 fn fails(l: &Latest) -> bool {
-    !l.waived && matches!(l.outcome.as_str(), "FAILED" | "ERROR")
+    !l.waived && l.outcome.fails()
 }
 
 /// Decides, or `None` while required results are still missing and the deadline has not passed.
 pub fn decide(required: &[Required], latest: &[Latest], deadline_passed: bool) -> Option<Verdict> {
-    let of = |r: &Required| latest.iter().find(|l| &l.which == r && is_final(&l.outcome));
-    if latest.iter().any(|l| l.which.test == APPLY_TEST && l.outcome == "INFO" && l.reason.as_deref() == Some(ALREADY_MERGED)) {
+    let of = |r: &Required| latest.iter().find(|l| &l.which == r && l.outcome.is_final());
+    if latest.iter().any(|l| l.which.test == APPLY_TEST && l.outcome == Outcome::Info && l.reason.as_deref() == Some(ALREADY_MERGED)) {
         return Some(Verdict::Merged);
     }
-    if let Some(apply) = latest.iter().find(|l| l.which.test == APPLY_TEST && l.outcome == "FAILED" && !l.waived) {
+    if let Some(apply) = latest.iter().find(|l| l.which.test == APPLY_TEST && l.outcome == Outcome::Failed && !l.waived) {
         return Some(Verdict::Failed(vec![apply.which.label()]));
     }
     let mut failed: Vec<String> = required.iter().filter_map(|r| of(r).filter(|l| fails(l)).map(|l| l.which.label())).collect();

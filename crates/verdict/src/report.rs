@@ -37,7 +37,7 @@ pub struct Line {
     /// `test/arch` (or `apply`).
     pub what: String,
     /// Outcome.
-    pub outcome: String,
+    pub outcome: Outcome,
     /// Why, for failures.
     pub reason: Option<String>,
     /// Seconds it took.
@@ -125,7 +125,7 @@ const EXCERPT_LINES: usize = 40;
 const HUNK_LINES: usize = 12;
 
 pub use crate::ALREADY_MERGED;
-use patchbay_model::APPLY_TEST;
+use patchbay_model::{APPLY_TEST, Outcome};
 
 /// The reason of a test that could not run because its series does not apply.
 pub const NOT_APPLIED: &str = "series-does-not-apply";
@@ -353,7 +353,8 @@ fn body(r: &Report) -> String {
         return merged_body(r);
     }
     if r.verdict == "FAILED"
-        && let Some(apply) = r.lines.iter().find(|l| l.what == APPLY_TEST && l.outcome == "FAILED" && l.reason.as_deref() == Some("apply"))
+        && let Some(apply) =
+            r.lines.iter().find(|l| l.what == APPLY_TEST && l.outcome == Outcome::Failed && l.reason.as_deref() == Some("apply"))
     {
         return apply_failure_body(r, apply);
     }
@@ -370,7 +371,8 @@ fn body(r: &Report) -> String {
     let width = r.lines.iter().map(|l| l.what.len()).max().unwrap_or(4).max(4);
     for l in r.lines.iter().filter(|l| !not_applied(l)) {
         // The reason once: `FAILED (timeout)`, but `FAILED`, not `FAILED (failed)`.
-        let reason = l.reason.as_ref().filter(|x| !x.eq_ignore_ascii_case(&l.outcome)).map(|x| format!(" ({x})")).unwrap_or_default();
+        let reason =
+            l.reason.as_ref().filter(|x| !x.eq_ignore_ascii_case(l.outcome.as_str())).map(|x| format!(" ({x})")).unwrap_or_default();
         b.push_str(&format!("  {:width$}  {}{}  {}\n", l.what, l.outcome, reason, crate::duration(l.seconds)));
     }
     // Tests that never ran because the series does not apply: one line, whatever their number.
@@ -387,7 +389,7 @@ fn body(r: &Report) -> String {
     }
     // Each excerpt once: a second test with the same log points to the first.
     let mut shown: Vec<(&str, String)> = Vec::new();
-    for l in r.lines.iter().filter(|l| l.outcome != "PASSED" && !not_applied(l)) {
+    for l in r.lines.iter().filter(|l| l.outcome != Outcome::Passed && !not_applied(l)) {
         let Some(excerpt) = l.excerpt.as_ref().filter(|e| !e.trim().is_empty()) else { continue };
         let excerpt = last_lines(excerpt);
         if let Some((first, _)) = shown.iter().find(|(_, e)| *e == excerpt) {
