@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use patchbay_bus::{Outgoing, Publisher};
-use patchbay_model::{BaseUsed, Body, Envelope, Outcome, SeriesSuperseded, TestCancelled, TestFinished, TestJob, TestLog, TestStarted};
+use patchbay_model::{
+    BaseUsed, Body, Envelope, FailureKind, Outcome, SeriesSuperseded, TestCancelled, TestFinished, TestJob, TestLog, TestStarted,
+};
 use patchbay_runner::{Failure, Job, Limits, Runner};
 use patchbay_runtime::{Handler, HandlerError};
 use tokio::sync::Semaphore;
@@ -122,7 +124,7 @@ impl RunnerService {
         self.publisher.bus().publish(messages).await.map(|_| ()).map_err(|e| HandlerError::Transient(e.to_string()))
     }
 
-    fn finished(job: &TestJob, outcome: Outcome, reason: Option<String>) -> TestFinished {
+    fn finished(job: &TestJob, outcome: Outcome, reason: Option<FailureKind>) -> TestFinished {
         TestFinished {
             job: job.job.clone(),
             series: job.series.clone(),
@@ -152,8 +154,9 @@ fn tail(text: &str, max: usize) -> String {
 }
 
 /// The reason of a result whose series is already in the branch (outcome INFO): nothing was
-/// tested, and `patchbay-verdict` decides the series MERGED on the `apply` job's.
-pub const ALREADY_MERGED: &str = "already-merged";
+/// tested, and `patchbay-verdict` decides the series MERGED on the `apply` job's. The word is
+/// `model`'s; this name stays for callers.
+pub const ALREADY_MERGED: FailureKind = FailureKind::AlreadyMerged;
 
 /// What a result of a series already in `branch` says: one line per patch, `n/N already merged as <commit> <subject>`.
 fn merged_text(branch: &str, merged: &[patchbay_runner::Merged]) -> String {
@@ -191,7 +194,7 @@ impl Handler for RunnerService {
             .map_err(|e| HandlerError::Permanent(format!("not a {} body: {e}", TestJob::SCHEMA)))?;
         if attempt > self.max_attempts {
             let reason = format!("the job was delivered {attempt} times; it keeps stopping runners");
-            let msg = self.out(&Self::finished(&job, Outcome::Error, Some(reason.clone())))?;
+            let msg = self.out(&Self::finished(&job, Outcome::Error, Some(FailureKind::Other(reason.clone()))))?;
             self.publish(vec![msg]).await?;
             return Err(HandlerError::Permanent(reason));
         }
@@ -240,7 +243,7 @@ impl Handler for RunnerService {
             }
             Err(error) => {
                 tracing::warn!(job = %job.job, %error, "Job could not run.");
-                result.reason = Some(error.to_string());
+                result.reason = Some(FailureKind::Other(error.to_string()));
                 log = error.to_string();
             }
             Ok(report) => {
@@ -250,7 +253,7 @@ impl Handler for RunnerService {
                 if !report.merged.is_empty() {
                     // Not a failure of the series: it is in the tree already, and nothing was tested.
                     result.outcome = Outcome::Info;
-                    result.reason = Some(ALREADY_MERGED.into());
+                    result.reason = Some(FailureKind::AlreadyMerged);
                     let said = merged_text(&job.branch, &report.merged);
                     log = format!("{said}\n{}", report.apply.output);
                     applied = true;
@@ -261,11 +264,11 @@ impl Handler for RunnerService {
                         result.outcome = Outcome::Passed;
                     } else {
                         result.outcome = Outcome::Failed;
-                        result.reason = Some("apply".into());
+                        result.reason = Some(FailureKind::Apply);
                         result.failed_patch = report.apply.failed_patch.clone();
                     }
                 } else if !report.apply.ok {
-                    result.reason = Some("series-does-not-apply".into());
+                    result.reason = Some(FailureKind::SeriesDoesNotApply);
                     log = report.apply.output.clone();
                 } else if let Some(test) = &report.test {
                     log = String::from_utf8_lossy(&test.output).into_owned();
@@ -273,7 +276,11 @@ impl Handler for RunnerService {
                         None => result.outcome = Outcome::Passed,
                         Some(f) => {
                             result.outcome = Outcome::Failed;
-                            result.reason = Some(f.as_str().into());
+                            result.reason = Some(match f {
+                                Failure::Failed => FailureKind::Failed,
+                                Failure::Timeout => FailureKind::Timeout,
+                                Failure::Memory => FailureKind::Memory,
+                            });
                             if f == Failure::Failed && test.hit_process_limit {
                                 log.push_str(&format!("\n[patchbay: the process limit ({}) was reached]\n", job.limits.processes));
                             }

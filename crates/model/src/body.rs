@@ -6,7 +6,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::{Outcome, SchemaRef};
+use crate::{FailureKind, Outcome, SchemaRef};
 
 /// A message body type bound to one topic suffix and one schema version.
 pub trait Body: Serialize + DeserializeOwned + JsonSchema {
@@ -329,7 +329,7 @@ pub struct TestFinished {
     pub outcome: Outcome,
     /// For FAILED: `failed`, `timeout`, `memory`, or `apply` (naming the patch in `failed_patch`);
     /// for ERROR: what went wrong, `series-does-not-apply` when a test could not run because of that.
-    pub reason: Option<String>,
+    pub reason: Option<FailureKind>,
     /// For a failed `apply`: `NNNN <subject>` of the patch that failed.
     pub failed_patch: Option<String>,
     /// Wall time in milliseconds, git included.
@@ -411,7 +411,7 @@ pub struct ResultRecorded {
     /// resultsdb outcome.
     pub outcome: Outcome,
     /// Why, for FAILED and ERROR.
-    pub reason: Option<String>,
+    pub reason: Option<FailureKind>,
     /// The same outcome as the previous result of this (series version, test, arch): a rerun
     /// or a redelivered job, not news.
     pub duplicate: bool,

@@ -163,6 +163,25 @@ wire_words! {
     }
 }
 
+wire_words! {
+    /// Why a result is not PASSED (the `reason` of results): how a test failed, why it could not
+    /// run, or what INFO tells. An ERROR's own words (`git clone failed: …`) are kept as `Other`.
+    pub enum FailureKind {
+        /// FAILED: the script exited non-zero.
+        Failed = "failed",
+        /// FAILED: the script ran out of wall-clock time.
+        Timeout = "timeout",
+        /// FAILED: the script ran out of memory.
+        Memory = "memory",
+        /// FAILED `apply`: a patch does not apply (`failed_patch` names it).
+        Apply = "apply",
+        /// ERROR: a test could not run because its series does not apply.
+        SeriesDoesNotApply = "series-does-not-apply",
+        /// INFO: every patch is in the branch already, so nothing was tested (the verdict is MERGED).
+        AlreadyMerged = "already-merged",
+    }
+}
+
 impl Outcome {
     /// Whether the result is in: anything but QUEUED and RUNNING.
     pub fn is_final(&self) -> bool {
@@ -192,6 +211,11 @@ mod tests {
         assert!(matches!(Outcome::from("SKIPPED".to_string()), Outcome::Other(w) if w == "SKIPPED"));
         assert_eq!(Outcome::Other("ERROR".into()), Outcome::Error);
         assert!(Outcome::Error.fails() && !Outcome::Info.fails() && !Outcome::Running.is_final());
+        for word in ["failed", "timeout", "memory", "apply", "series-does-not-apply", "already-merged", "git clone failed: 128"] {
+            let kind: FailureKind = serde_json::from_value(serde_json::json!(word)).unwrap();
+            assert_eq!(serde_json::to_value(&kind).unwrap(), serde_json::json!(word));
+        }
+        assert!(matches!(FailureKind::from("already-merged"), FailureKind::AlreadyMerged));
         assert_eq!(
             serde_json::to_value(schemars::schema_for!(Outcome)).unwrap()["type"],
             serde_json::to_value(schemars::schema_for!(String)).unwrap()["type"]

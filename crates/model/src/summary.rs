@@ -109,7 +109,7 @@ impl Summary for TestStarted {
 impl Summary for TestFinished {
     fn summary(&self) -> String {
         let reason = match &self.reason {
-            Some(r) if !r.eq_ignore_ascii_case(self.outcome.as_str()) => format!(" ({r})"),
+            Some(r) if !r.as_str().eq_ignore_ascii_case(self.outcome.as_str()) => format!(" ({r})"),
             _ => String::new(),
         };
         let patch = self.failed_patch.as_ref().map(|p| format!(" at {p:?}")).unwrap_or_default();
@@ -133,7 +133,7 @@ impl Summary for TestLog {
 impl Summary for ResultRecorded {
     fn summary(&self) -> String {
         let reason = match &self.reason {
-            Some(r) if !r.eq_ignore_ascii_case(self.outcome.as_str()) => format!(" ({r})"),
+            Some(r) if !r.as_str().eq_ignore_ascii_case(self.outcome.as_str()) => format!(" ({r})"),
             _ => String::new(),
         };
         let again = if self.duplicate { ", as before" } else { "" };

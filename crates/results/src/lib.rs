@@ -48,7 +48,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use patchbay_bus::Publisher;
-use patchbay_model::{Body, Envelope, Outcome, ResultRecorded, ResultWaived, SeriesHead, SeriesSuperseded, SeriesVerdict, TestFinished};
+use patchbay_model::{
+    Body, Envelope, FailureKind, Outcome, ResultRecorded, ResultWaived, SeriesHead, SeriesSuperseded, SeriesVerdict, TestFinished,
+};
 use patchbay_runtime::{Handler, HandlerError};
 use patchbay_store::{EmbeddedBus, StoreError, Tx};
 use patchbay_verdict::{Latest, Required, Verdict};
@@ -211,7 +213,7 @@ impl Aggregator {
                     which: Required { test: r.get(0)?, arch: r.get(1)? },
                     outcome: r.get::<_, String>(2)?.into(),
                     waived: r.get(3)?,
-                    reason: r.get(4)?,
+                    reason: r.get::<_, Option<String>>(4)?.map(FailureKind::from),
                 })
             })?
             .collect::<Result<_, _>>()?;
@@ -269,7 +271,7 @@ fn insert_result(tx: &Tx<'_>, message_id: &str, r: &TestFinished) -> Result<Opti
             r.test,
             r.arch,
             r.outcome.as_str(),
-            r.reason,
+            r.reason.as_ref().map(FailureKind::as_str),
             r.duration_ms as i64,
             base,
             now(),

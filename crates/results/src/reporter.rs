@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use patchbay_bus::Publisher;
-use patchbay_model::{Body, Envelope, Outcome, ReportFailed, ReportSent, SeriesVerdict};
+use patchbay_model::{Body, Envelope, FailureKind, Outcome, ReportFailed, ReportSent, SeriesVerdict};
 use patchbay_runtime::{Handler, HandlerError};
 use patchbay_store::{EmbeddedBus, StoreError};
 use patchbay_verdict::report::{self, Line, Report, Settings, Thread};
@@ -51,7 +51,7 @@ pub struct Reporter {
 }
 
 /// test, arch, outcome, reason, duration in ms, base, job, excerpt.
-type ResultRow = (String, String, Outcome, Option<String>, i64, Option<String>, String, String);
+type ResultRow = (String, String, Outcome, Option<FailureKind>, i64, Option<String>, String, String);
 
 /// What the store knows that the report needs.
 struct Facts {
@@ -88,7 +88,16 @@ fn facts(conn: &rusqlite::Connection, v: &SeriesVerdict, link_base: Option<&str>
     let mut base = None;
     let rows: Vec<ResultRow> = stmt
         .query_map(params![v.series.id, v.series.version, patchbay_model::APPLY_TEST], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get::<_, String>(2)?.into(), r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get::<_, String>(2)?.into(),
+                r.get::<_, Option<String>>(3)?.map(FailureKind::from),
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+            ))
         })?
         .collect::<Result<_, _>>()?;
     let mut lines = Vec::new();

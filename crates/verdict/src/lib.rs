@@ -45,7 +45,7 @@ mod duration;
 pub mod report;
 
 pub use duration::{duration, seconds_of};
-use patchbay_model::{ANY_ARCH, APPLY_TEST, Outcome};
+use patchbay_model::{ANY_ARCH, APPLY_TEST, FailureKind, Outcome};
 
 /// A required (test, arch) pair.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -73,11 +73,12 @@ pub struct Latest {
     /// A maintainer waived it.
     pub waived: bool,
     /// Why, as published (`already-merged` with INFO: the series is in the branch).
-    pub reason: Option<String>,
+    pub reason: Option<FailureKind>,
 }
 
-/// The reason of a result whose series is already in the branch (outcome INFO).
-pub const ALREADY_MERGED: &str = "already-merged";
+/// The reason of a result whose series is already in the branch (outcome INFO); the word is
+/// `model`'s, this name stays for callers.
+pub const ALREADY_MERGED: FailureKind = FailureKind::AlreadyMerged;
 
 /// A decided verdict.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,7 +112,7 @@ fn fails(l: &Latest) -> bool {
 /// Decides, or `None` while required results are still missing and the deadline has not passed.
 pub fn decide(required: &[Required], latest: &[Latest], deadline_passed: bool) -> Option<Verdict> {
     let of = |r: &Required| latest.iter().find(|l| &l.which == r && l.outcome.is_final());
-    if latest.iter().any(|l| l.which.test == APPLY_TEST && l.outcome == Outcome::Info && l.reason.as_deref() == Some(ALREADY_MERGED)) {
+    if latest.iter().any(|l| l.which.test == APPLY_TEST && l.outcome == Outcome::Info && l.reason == Some(FailureKind::AlreadyMerged)) {
         return Some(Verdict::Merged);
     }
     if let Some(apply) = latest.iter().find(|l| l.which.test == APPLY_TEST && l.outcome == Outcome::Failed && !l.waived) {
@@ -176,7 +177,7 @@ mod tests {
 
     #[test]
     fn a_series_already_merged_is_decided_merged_at_once_and_not_failed() {
-        let merged = Latest { reason: Some(ALREADY_MERGED.into()), ..got("apply", "any", "INFO") };
+        let merged = Latest { reason: Some(ALREADY_MERGED), ..got("apply", "any", "INFO") };
         assert_eq!(decide(&required(), std::slice::from_ref(&merged), false), Some(Verdict::Merged));
         // The tests' own results (not run, or said merged too) change nothing.
         let with_tests = [merged.clone(), got("build", "x86_64", "ERROR"), got("build", "aarch64", "INFO")];
@@ -184,7 +185,7 @@ mod tests {
         // INFO for another reason, or on another test, decides nothing.
         let other = Latest { reason: Some("note".into()), ..got("apply", "any", "INFO") };
         assert_eq!(decide(&required(), &[other], false), None);
-        let on_a_test = Latest { reason: Some(ALREADY_MERGED.into()), ..got("build", "x86_64", "INFO") };
+        let on_a_test = Latest { reason: Some(ALREADY_MERGED), ..got("build", "x86_64", "INFO") };
         assert_eq!(decide(&required(), &[on_a_test], false), None);
     }
 

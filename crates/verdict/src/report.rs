@@ -39,7 +39,7 @@ pub struct Line {
     /// Outcome.
     pub outcome: Outcome,
     /// Why, for failures.
-    pub reason: Option<String>,
+    pub reason: Option<FailureKind>,
     /// Seconds it took.
     pub seconds: u64,
     /// The end of its log, for failures.
@@ -125,10 +125,11 @@ const EXCERPT_LINES: usize = 40;
 const HUNK_LINES: usize = 12;
 
 pub use crate::ALREADY_MERGED;
-use patchbay_model::{APPLY_TEST, Outcome};
+use patchbay_model::{APPLY_TEST, FailureKind, Outcome};
 
-/// The reason of a test that could not run because its series does not apply.
-pub const NOT_APPLIED: &str = "series-does-not-apply";
+/// The reason of a test that could not run because its series does not apply; the word is
+/// `model`'s, this name stays for callers.
+pub const NOT_APPLIED: FailureKind = FailureKind::SeriesDoesNotApply;
 
 /// The line the runner writes between `git am`'s messages and the failing patch's diff.
 const PATCH_MARKER: &str = "--- the patch that failed ---";
@@ -279,7 +280,8 @@ fn apply_failure_body(r: &Report, apply: &Line) -> String {
     if let Some(base) = &r.base {
         b.push_str(&format!("  Base:   {base}\n"));
     }
-    let not_run: Vec<&str> = r.lines.iter().filter(|l| l.reason.as_deref() == Some(NOT_APPLIED)).map(|l| l.what.as_str()).collect();
+    let not_run: Vec<&str> =
+        r.lines.iter().filter(|l| l.reason == Some(FailureKind::SeriesDoesNotApply)).map(|l| l.what.as_str()).collect();
     if not_run.is_empty() {
         b.push_str("  Tests:  not run\n");
     } else {
@@ -354,7 +356,7 @@ fn body(r: &Report) -> String {
     }
     if r.verdict == "FAILED"
         && let Some(apply) =
-            r.lines.iter().find(|l| l.what == APPLY_TEST && l.outcome == Outcome::Failed && l.reason.as_deref() == Some("apply"))
+            r.lines.iter().find(|l| l.what == APPLY_TEST && l.outcome == Outcome::Failed && l.reason == Some(FailureKind::Apply))
     {
         return apply_failure_body(r, apply);
     }
@@ -367,12 +369,16 @@ fn body(r: &Report) -> String {
     };
     b.push_str(&wrap(&summary));
     b.push('\n');
-    let not_applied = |l: &&Line| l.reason.as_deref() == Some(NOT_APPLIED);
+    let not_applied = |l: &&Line| l.reason == Some(FailureKind::SeriesDoesNotApply);
     let width = r.lines.iter().map(|l| l.what.len()).max().unwrap_or(4).max(4);
     for l in r.lines.iter().filter(|l| !not_applied(l)) {
         // The reason once: `FAILED (timeout)`, but `FAILED`, not `FAILED (failed)`.
-        let reason =
-            l.reason.as_ref().filter(|x| !x.eq_ignore_ascii_case(l.outcome.as_str())).map(|x| format!(" ({x})")).unwrap_or_default();
+        let reason = l
+            .reason
+            .as_ref()
+            .filter(|x| !x.as_str().eq_ignore_ascii_case(l.outcome.as_str()))
+            .map(|x| format!(" ({x})"))
+            .unwrap_or_default();
         b.push_str(&format!("  {:width$}  {}{}  {}\n", l.what, l.outcome, reason, crate::duration(l.seconds)));
     }
     // Tests that never ran because the series does not apply: one line, whatever their number.
@@ -763,7 +769,7 @@ mod tests {
         let failing = r.lines[1].clone();
         r.lines.push(Line { what: "build/arm64".into(), ..failing.clone() });
         for what in ["check/x86_64", "check/arm64"] {
-            r.lines.push(Line { what: what.into(), outcome: "ERROR".into(), reason: Some(NOT_APPLIED.into()), ..failing.clone() });
+            r.lines.push(Line { what: what.into(), outcome: "ERROR".into(), reason: Some(NOT_APPLIED), ..failing.clone() });
         }
         let b = body(&r);
         assert_eq!(b.matches("hello.c:3:2: error").count(), 1, "{b}");
@@ -819,7 +825,7 @@ mod tests {
             Line {
                 what: "apply".into(),
                 outcome: "INFO".into(),
-                reason: Some(ALREADY_MERGED.into()),
+                reason: Some(ALREADY_MERGED),
                 seconds: 1,
                 excerpt: Some(said.into()),
                 log_url: None,
@@ -827,7 +833,7 @@ mod tests {
             Line {
                 what: "build/x86_64".into(),
                 outcome: "INFO".into(),
-                reason: Some(ALREADY_MERGED.into()),
+                reason: Some(ALREADY_MERGED),
                 seconds: 1,
                 excerpt: Some(said.into()),
                 log_url: None,
