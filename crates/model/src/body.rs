@@ -6,7 +6,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::{FailureKind, Outcome, SchemaRef};
+use crate::{FailureKind, Outcome, SchemaRef, VerdictKind};
 
 /// A message body type bound to one topic suffix and one schema version.
 pub trait Body: Serialize + DeserializeOwned + JsonSchema {
@@ -462,7 +462,7 @@ pub struct SeriesVerdict {
     pub series: SeriesHead,
     /// `PASSED`, `FAILED`, `INCOMPLETE`, or `MERGED` (the series is already in the branch:
     /// every patch found there by `git patch-id --stable`; nothing was tested).
-    pub verdict: String,
+    pub verdict: VerdictKind,
     /// For FAILED: the failed `test/arch` (or `apply`).
     pub failed: Vec<String>,
     /// For INCOMPLETE: the `test/arch` that never reported.
@@ -482,7 +482,7 @@ pub struct ReportSent {
     /// The series.
     pub series: SeriesHead,
     /// The verdict reported.
-    pub verdict: String,
+    pub verdict: VerdictKind,
     /// The report's Message-ID (stable per series version).
     pub message_id: String,
     /// The mail it replies to.
@@ -506,7 +506,7 @@ pub struct ReportFailed {
     /// The series.
     pub series: SeriesHead,
     /// The verdict that was to be reported.
-    pub verdict: String,
+    pub verdict: VerdictKind,
     /// The report's Message-ID.
     pub message_id: String,
     /// Why.

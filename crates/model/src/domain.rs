@@ -26,8 +26,17 @@ macro_rules! wire_words {
             /// The wire spelling.
             pub fn as_str(&self) -> &str {
                 match self {
-                    $(Self::$variant => $word,)+
                     Self::Other(word) => word,
+                    known => known.known().unwrap_or_default(),
+                }
+            }
+
+            /// The spelling of a word patchbay defines (`None` for `Other`), for callers that
+            /// need it beyond the value's life.
+            pub fn known(&self) -> Option<&'static str> {
+                match self {
+                    $(Self::$variant => Some($word),)+
+                    Self::Other(_) => None,
                 }
             }
         }
@@ -182,6 +191,20 @@ wire_words! {
     }
 }
 
+wire_words! {
+    /// A series version's verdict, as published (`ci.series.verdict`) and reported.
+    pub enum VerdictKind {
+        /// Every required result passed (or was waived).
+        Passed = "PASSED",
+        /// A required result failed, or the series does not apply.
+        Failed = "FAILED",
+        /// The deadline passed with required results missing.
+        Incomplete = "INCOMPLETE",
+        /// The series is already in the branch: nothing was tested, nothing failed.
+        Merged = "MERGED",
+    }
+}
+
 impl Outcome {
     /// Whether the result is in: anything but QUEUED and RUNNING.
     pub fn is_final(&self) -> bool {
@@ -216,6 +239,11 @@ mod tests {
             assert_eq!(serde_json::to_value(&kind).unwrap(), serde_json::json!(word));
         }
         assert!(matches!(FailureKind::from("already-merged"), FailureKind::AlreadyMerged));
+        for word in ["PASSED", "FAILED", "INCOMPLETE", "MERGED", "WAIVED"] {
+            let verdict: VerdictKind = serde_json::from_value(serde_json::json!(word)).unwrap();
+            assert_eq!(serde_json::to_value(&verdict).unwrap(), serde_json::json!(word));
+            assert_eq!(verdict.known().is_some(), word != "WAIVED");
+        }
         assert_eq!(
             serde_json::to_value(schemars::schema_for!(Outcome)).unwrap()["type"],
             serde_json::to_value(schemars::schema_for!(String)).unwrap()["type"]

@@ -230,7 +230,7 @@ impl Aggregator {
             "UPDATE verdicts SET verdict = ?3, detail = ?4, decided_at = ?5 WHERE series_id = ?1 AND version = ?2 AND verdict IS NULL",
         )?
         .execute(params![head.id, head.version, verdict.word(), detail, now()])?;
-        Ok(Some(SeriesVerdict { series: head.clone(), verdict: verdict.word().into(), failed, missing }))
+        Ok(Some(SeriesVerdict { series: head.clone(), verdict: verdict.kind(), failed, missing }))
     }
 }
 

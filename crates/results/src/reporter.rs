@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use patchbay_bus::Publisher;
-use patchbay_model::{Body, Envelope, FailureKind, Outcome, ReportFailed, ReportSent, SeriesVerdict};
+use patchbay_model::{Body, Envelope, FailureKind, Outcome, ReportFailed, ReportSent, SeriesVerdict, VerdictKind};
 use patchbay_runtime::{Handler, HandlerError};
 use patchbay_store::{EmbeddedBus, StoreError};
 use patchbay_verdict::report::{self, Line, Report, Settings, Thread};
@@ -296,7 +296,7 @@ impl Reporter {
         // An admin's re-send goes out whatever the skip rules say.
         let skip = if resends > 0 {
             None
-        } else if self.skip.passed && matches!(v.verdict.as_str(), "PASSED" | "MERGED") {
+        } else if self.skip.passed && matches!(v.verdict, VerdictKind::Passed | VerdictKind::Merged) {
             Some("not a failure, and only failures are reported")
         } else if self.skip.superseded && superseded {
             Some("a later version superseded this one before it was reported")

@@ -45,7 +45,7 @@ mod duration;
 pub mod report;
 
 pub use duration::{duration, seconds_of};
-use patchbay_model::{ANY_ARCH, APPLY_TEST, FailureKind, Outcome};
+use patchbay_model::{ANY_ARCH, APPLY_TEST, FailureKind, Outcome, VerdictKind};
 
 /// A required (test, arch) pair.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -94,14 +94,19 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    /// The word published.
-    pub fn word(&self) -> &'static str {
+    /// The word published, as `model` spells it.
+    pub fn kind(&self) -> VerdictKind {
         match self {
-            Verdict::Passed => "PASSED",
-            Verdict::Failed(_) => "FAILED",
-            Verdict::Incomplete(_) => "INCOMPLETE",
-            Verdict::Merged => "MERGED",
+            Verdict::Passed => VerdictKind::Passed,
+            Verdict::Failed(_) => VerdictKind::Failed,
+            Verdict::Incomplete(_) => VerdictKind::Incomplete,
+            Verdict::Merged => VerdictKind::Merged,
         }
+    }
+
+    /// The word published, for SQL and logs.
+    pub fn word(&self) -> &'static str {
+        self.kind().known().unwrap_or_default()
     }
 }
 

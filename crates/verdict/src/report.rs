@@ -59,8 +59,8 @@ pub struct Report {
     pub total: u32,
     /// Project.
     pub project: String,
-    /// PASSED, FAILED or INCOMPLETE.
-    pub verdict: String,
+    /// PASSED, FAILED, INCOMPLETE or MERGED.
+    pub verdict: VerdictKind,
     /// What failed (`test/arch`).
     pub failed: Vec<String>,
     /// What never reported.
@@ -125,7 +125,7 @@ const EXCERPT_LINES: usize = 40;
 const HUNK_LINES: usize = 12;
 
 pub use crate::ALREADY_MERGED;
-use patchbay_model::{APPLY_TEST, FailureKind, Outcome};
+use patchbay_model::{APPLY_TEST, FailureKind, Outcome, VerdictKind};
 
 /// The reason of a test that could not run because its series does not apply; the word is
 /// `model`'s, this name stays for callers.
@@ -351,10 +351,10 @@ fn merged_body(r: &Report) -> String {
 }
 
 fn body(r: &Report) -> String {
-    if r.verdict == "MERGED" {
+    if r.verdict == VerdictKind::Merged {
         return merged_body(r);
     }
-    if r.verdict == "FAILED"
+    if r.verdict == VerdictKind::Failed
         && let Some(apply) =
             r.lines.iter().find(|l| l.what == APPLY_TEST && l.outcome == Outcome::Failed && l.reason == Some(FailureKind::Apply))
     {
@@ -362,9 +362,9 @@ fn body(r: &Report) -> String {
     }
     let mut b = String::new();
     b.push_str("Hello,\n\n");
-    let summary = match r.verdict.as_str() {
-        "PASSED" => "patchbay applied this series and every required test passed.".to_string(),
-        "FAILED" => format!("patchbay tested this series and it FAILED: {}.", r.failed.join(", ")),
+    let summary = match r.verdict {
+        VerdictKind::Passed => "patchbay applied this series and every required test passed.".to_string(),
+        VerdictKind::Failed => format!("patchbay tested this series and it FAILED: {}.", r.failed.join(", ")),
         _ => format!("patchbay could not finish testing this series in time; still missing: {}.", r.missing.join(", ")),
     };
     b.push_str(&wrap(&summary));
