@@ -6,7 +6,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::{FailureKind, Outcome, SchemaRef, VerdictKind};
+use crate::{FailureKind, MailKind, Outcome, SchemaRef, TransportKind, VerdictKind};
 
 /// A message body type bound to one topic suffix and one schema version.
 pub trait Body: Serialize + DeserializeOwned + JsonSchema {
@@ -59,7 +59,7 @@ pub struct MailReceived {
     /// List ids the mail arrived through.
     pub lists: Vec<String>,
     /// `patch`, `cover`, `pull` or `comment`.
-    pub kind: String,
+    pub kind: MailKind,
     /// What is wrong with the mail (empty for a clean one); it is stored regardless.
     pub problems: Vec<String>,
     /// Set when another mail with the same Message-ID but different content was stored first.
@@ -488,7 +488,7 @@ pub struct ReportSent {
     /// The mail it replies to.
     pub in_reply_to: String,
     /// `outbox` or `smtp`.
-    pub transport: String,
+    pub transport: TransportKind,
 }
 
 impl Body for ReportSent {

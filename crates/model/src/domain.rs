@@ -205,6 +205,30 @@ wire_words! {
     }
 }
 
+wire_words! {
+    /// What a mail is, as `mail.message.received` says (`patchbay-mail`'s parser decides it).
+    pub enum MailKind {
+        /// A patch (`[PATCH n/N]` with a diff).
+        Patch = "patch",
+        /// A series' cover letter (`0/N`).
+        Cover = "cover",
+        /// A pull request (`git request-pull`).
+        Pull = "pull",
+        /// Anything else: a review, a reply.
+        Comment = "comment",
+    }
+}
+
+wire_words! {
+    /// How a report went out (`report.email.sent`).
+    pub enum TransportKind {
+        /// Written to the outbox maildir.
+        Outbox = "outbox",
+        /// Handed to the SMTP server.
+        Smtp = "smtp",
+    }
+}
+
 impl Outcome {
     /// Whether the result is in: anything but QUEUED and RUNNING.
     pub fn is_final(&self) -> bool {
@@ -239,6 +263,11 @@ mod tests {
             assert_eq!(serde_json::to_value(&kind).unwrap(), serde_json::json!(word));
         }
         assert!(matches!(FailureKind::from("already-merged"), FailureKind::AlreadyMerged));
+        for word in ["patch", "cover", "pull", "comment", "outbox", "smtp"] {
+            let (kind, transport) = (MailKind::from(word), TransportKind::from(word));
+            assert!(kind.known().is_some() || transport.known().is_some(), "{word}");
+            assert_eq!((kind.as_str(), serde_json::to_value(&transport).unwrap()), (word, serde_json::json!(word)));
+        }
         for word in ["PASSED", "FAILED", "INCOMPLETE", "MERGED", "WAIVED"] {
             let verdict: VerdictKind = serde_json::from_value(serde_json::json!(word)).unwrap();
             assert_eq!(serde_json::to_value(&verdict).unwrap(), serde_json::json!(word));

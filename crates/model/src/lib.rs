@@ -21,7 +21,8 @@
 //!   `skip_serializing_if`, and older readers refuse them.
 //!   [`mbox_fields`]/[`mbox_bytes`] carry a non-UTF-8 mbox exactly.
 //! - [`APPLY_TEST`] and [`ANY_ARCH`]: the domain's fixed words, named once;
-//!   [`Outcome`], [`FailureKind`] and [`VerdictKind`]: wire words as enums that read and write exactly the strings
+//!   [`Outcome`], [`FailureKind`], [`VerdictKind`], [`MailKind`] and
+//!   [`TransportKind`]: wire words as enums that read and write exactly the strings
 //!   they replaced (an unknown word is kept as `Other`), so schemas and bytes
 //!   are unchanged (`tests/golden.rs` holds them to that).
 //! - [`Summary`]: one line per body for people (`tail`, `query`);
@@ -41,7 +42,7 @@ pub use body::{
     TestJob, TestLimits, TestLog, TestStarted, body_schemas, check_body, envelope_schema, free_form_schema, mbox_bytes, mbox_fields,
 };
 pub use canonical::write_canonical;
-pub use domain::{ANY_ARCH, APPLY_TEST, FailureKind, Outcome, VerdictKind};
+pub use domain::{ANY_ARCH, APPLY_TEST, FailureKind, MailKind, Outcome, TransportKind, VerdictKind};
 pub use envelope::{Envelope, EnvelopeError, SchemaRef, Sender, Signature};
 pub use summary::{SUMMARY_CHARS, Summary, json_line, one_line, summarize};
 pub use time::{Timestamp, TimestampError};

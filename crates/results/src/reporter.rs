@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use patchbay_bus::Publisher;
-use patchbay_model::{Body, Envelope, FailureKind, Outcome, ReportFailed, ReportSent, SeriesVerdict, VerdictKind};
+use patchbay_model::{Body, Envelope, FailureKind, Outcome, ReportFailed, ReportSent, SeriesVerdict, TransportKind, VerdictKind};
 use patchbay_runtime::{Handler, HandlerError};
 use patchbay_store::{EmbeddedBus, StoreError};
 use patchbay_verdict::report::{self, Line, Report, Settings, Thread};
@@ -347,7 +347,7 @@ impl Reporter {
                     name.push_str(&format!(".resend{resends}"));
                 }
                 deliver_to_maildir(outbox, &name, &mail).map_err(|e| StoreError::Io { path: outbox.clone(), source: e })?;
-                "outbox"
+                TransportKind::Outbox
             }
             Transport::Smtp(smtp) => {
                 // `sending` is committed before the first byte goes out: a crash from here to
@@ -374,7 +374,7 @@ impl Reporter {
                         return Err(StoreError::Setup(format!("SMTP not available, will retry: {e}")));
                     }
                 }
-                "smtp"
+                TransportKind::Smtp
             }
         };
         // 3. Recorded and announced together.
@@ -383,7 +383,7 @@ impl Reporter {
             verdict: v.verdict.clone(),
             message_id: message_id.clone(),
             in_reply_to: facts.thread.reply_to.clone(),
-            transport: transport.into(),
+            transport: transport.clone(),
         };
         let out = self.publisher.outgoing(&sent).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let bus = self.bus.clone();
@@ -394,7 +394,7 @@ impl Reporter {
                     .prepare_cached(
                         "UPDATE reports SET state = 'sent', transport = ?4, sent_at = ?3, mail = ?5 WHERE series_id = ?1 AND version = ?2 AND state IN ('intent', 'sending')",
                     )?
-                    .execute(params![id, ver, now(), transport, mail])?;
+                    .execute(params![id, ver, now(), transport.as_str(), mail])?;
                 if changed == 1 {
                     bus.publish_in(tx, vec![out])?;
                 }
