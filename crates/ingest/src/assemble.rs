@@ -482,6 +482,8 @@ fn thread(
     let s = load_series(tx, series_id)?;
     if matches!(s.state.as_str(), "new" | "incomplete") && patchbay_series::is_complete(s.total, &slots(tx, series_id)?) {
         complete(tx, &s, mail.received_at, events)?;
+    } else if matches!(s.state.as_str(), "complete" | "superseded") && patchbay_series::is_complete(s.total, &slots(tx, series_id)?) {
+        reconsider(tx, &s, mail.received_at, events)?;
     }
     for m in moved {
         place_again(tx, rules, projects, m, events, depth + 1)?;
@@ -587,85 +589,18 @@ fn summary(tx: &Tx<'_>, s: &SeriesRow) -> Result<Summary, StoreError> {
         titles: ms.iter().map(|m| subject::parse(&m.subject).normalized_title()).collect(),
         supersedes: ms.iter().flat_map(|m| m.hints.supersedes.clone()).collect(),
         message_ids: ms.iter().map(|m| m.message_id.clone()).collect(),
+        cites: ms.iter().flat_map(|m| m.hints.refs.iter().cloned()).collect(),
     })
 }
 
 fn complete(tx: &Tx<'_>, s: &SeriesRow, now: i64, events: &mut Vec<Event>) -> Result<(), StoreError> {
     tx.prepare_cached("UPDATE series SET state = 'complete', updated_at = ?2 WHERE id = ?1")?.execute(params![s.id, now])?;
     let me = summary(tx, s)?;
-    // Completed after a re-roll of it was posted (mail arrives in any order): superseded at once,
-    // and not announced as complete, so nothing tests a version that is already replaced. Every
-    // later version counts, whatever its state: one still missing patches, or one already
-    // superseded in turn (a v2 replaced by v3 must not hide v3, nor itself, from a late v1);
-    // the newest that re-rolls this one replaces it. So do series whose own mails name one of
-    // this one's in `Supersedes:`, whatever their version.
-    let mut newer: Vec<i64> = tx
-        .prepare_cached(
-            "SELECT id FROM series WHERE submitter = ?1 AND version > ?2 AND project IS ?3 AND id != ?4
-             ORDER BY version DESC, id DESC LIMIT 200",
-        )?
-        .query_map(params![s.submitter, s.version, s.project, s.id], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    for id in naming_supersedes(tx, s)? {
-        if !newer.contains(&id) {
-            newer.push(id);
-        }
-    }
-    for nid in newer {
-        let n = load_series(tx, nid)?;
-        if patchbay_series::rerolls(&summary(tx, &n)?, &me) {
-            tx.prepare_cached("UPDATE series SET state = 'superseded', superseded_by = ?2, updated_at = ?3 WHERE id = ?1")?
-                .execute(params![s.id, nid, now])?;
-            tx.prepare_cached("UPDATE series SET supersedes = coalesce(supersedes, ?2) WHERE id = ?1")?.execute(params![nid, s.id])?;
-            if s.project.is_some() {
-                events.push(Event::Superseded(SeriesSuperseded { series: head(s), by: nid, by_version: n.version }));
-            }
-            return Ok(());
-        }
-    }
-    // Re-rolls: every earlier version of the same work not yet replaced is superseded by this
-    // one (v3 completing replaces v1 and a v2 that never completed alike), and so is every
-    // series of the project holding a mail this one's own mails name in `Supersedes:` (the
-    // submitter's word links two series even when their subjects differ; a reply is never a
-    // member, so someone else's `Supersedes:` counts for nothing).
-    let mut older: Vec<i64> = tx
-        .prepare_cached(
-            "SELECT id FROM series WHERE submitter = ?1 AND version < ?2 AND project IS ?3 AND superseded_by IS NULL AND id != ?4
-             ORDER BY version DESC, id DESC LIMIT 50",
-        )?
-        .query_map(params![s.submitter, s.version, s.project, s.id], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    {
-        let mut stmt = tx.prepare_cached(
-            "SELECT s.id FROM mails m JOIN series_mails sm ON sm.mail_id = m.id JOIN series s ON s.id = sm.series_id
-             WHERE m.message_id = ?1 AND s.project IS ?2 AND s.superseded_by IS NULL AND s.id != ?3",
-        )?;
-        for mid in &me.supersedes {
-            for id in stmt.query_map(params![mid, s.project, s.id], |r| r.get::<_, i64>(0))? {
-                let id = id?;
-                if !older.contains(&id) {
-                    older.push(id);
-                }
-            }
-        }
-    }
-    let mut supersedes = None;
-    for oid in older {
-        let o = load_series(tx, oid)?;
-        if patchbay_series::rerolls(&me, &summary(tx, &o)?) {
-            tx.prepare_cached("UPDATE series SET state = 'superseded', superseded_by = ?2, updated_at = ?3 WHERE id = ?1")?
-                .execute(params![oid, s.id, now])?;
-            if o.project.is_some() {
-                events.push(Event::Superseded(SeriesSuperseded { series: head(&o), by: s.id, by_version: s.version }));
-            }
-            // The nearest version replaced is the one this series names as its predecessor.
-            supersedes.get_or_insert(oid);
-        }
-    }
-    if let Some(oid) = supersedes {
-        tx.prepare_cached("UPDATE series SET supersedes = ?2 WHERE id = ?1")?.execute(params![s.id, oid])?;
-    }
-    if s.project.is_none() {
+    let earlier = earlier_versions(tx, s)?;
+    let replaced = replaced_by_newer(tx, s, &me, &earlier, now, events)?;
+    let supersedes = replace_older(tx, s, &me, &earlier, now, events)?;
+    newer_reconsider(tx, s, now, events)?;
+    if replaced || s.project.is_none() {
         return Ok(());
     }
     let ms = members(tx, s.id, true)?;
@@ -702,6 +637,163 @@ fn complete(tx: &Tx<'_>, s: &SeriesRow, now: i64, events: &mut Vec<Event>) -> Re
         supersedes,
     })));
     Ok(())
+}
+
+/// Supersedes `s` (summarized as `me`) by the nearest newer version that re-rolls it, if any;
+/// says whether one did.
+fn replaced_by_newer(
+    tx: &Tx<'_>,
+    s: &SeriesRow,
+    me: &Summary,
+    earlier: &[Summary],
+    now: i64,
+    events: &mut Vec<Event>,
+) -> Result<bool, StoreError> {
+    // Completed after a re-roll of it was posted (mail arrives in any order): superseded at once,
+    // and not announced as complete, so nothing tests a version that is already replaced. Every
+    // later version counts, whatever its state: one still missing patches, or one already
+    // superseded in turn (a v2 replaced by v3 must not hide v3, nor itself, from a late v1);
+    // the nearest that re-rolls this one replaces it, as in date order (v2 replaces v1 before
+    // v3 is posted). So do series whose own mails name one of this one's in `Supersedes:`,
+    // whatever their version.
+    let mut newer: Vec<i64> = tx
+        .prepare_cached(
+            "SELECT id FROM series WHERE submitter = ?1 AND version > ?2 AND project IS ?3 AND id != ?4
+             ORDER BY version, id LIMIT 200",
+        )?
+        .query_map(params![s.submitter, s.version, s.project, s.id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for id in naming_supersedes(tx, s)? {
+        if !newer.contains(&id) {
+            newer.push(id);
+        }
+    }
+    for nid in newer {
+        let n = load_series(tx, nid)?;
+        if patchbay_series::rerolls_through(&summary(tx, &n)?, me, earlier) {
+            tx.prepare_cached("UPDATE series SET state = 'superseded', superseded_by = ?2, updated_at = ?3 WHERE id = ?1")?
+                .execute(params![s.id, nid, now])?;
+            // It names its nearest predecessor: this one, unless it already names a nearer one.
+            tx.prepare_cached(
+                "UPDATE series SET supersedes = ?2 WHERE id = ?1
+                 AND (supersedes IS NULL OR (SELECT p.version FROM series p WHERE p.id = series.supersedes) < ?3)",
+            )?
+            .execute(params![nid, s.id, s.version])?;
+            if s.project.is_some() {
+                events.push(Event::Superseded(SeriesSuperseded { series: head(s), by: nid, by_version: n.version }));
+            }
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// A mail joined `s` after it had completed (or was superseded once complete): what decides
+/// re-rolls (titles, ids, what its mails cite) grew, so supersession is decided again for it
+/// and for every newer version holding all its patches, as date order, with every mail of a
+/// posting present at completion, decides it. Re-roll relations only grow as mails join, so
+/// the outcome is the same whatever the arrival order.
+fn reconsider(tx: &Tx<'_>, s: &SeriesRow, now: i64, events: &mut Vec<Event>) -> Result<(), StoreError> {
+    let me = summary(tx, s)?;
+    let earlier = earlier_versions(tx, s)?;
+    if s.state == "complete" {
+        replaced_by_newer(tx, s, &me, &earlier, now, events)?;
+    }
+    replace_older(tx, s, &me, &earlier, now, events)?;
+    newer_reconsider(tx, s, now, events)
+}
+
+/// Every newer version of `s`'s work holding all its patches decides again which versions it
+/// replaces: `s` changed (completed, or a mail joined it), and a re-roll posted in reply to
+/// `s` may now continue the work of a version between them (`rerolls_through`).
+fn newer_reconsider(tx: &Tx<'_>, s: &SeriesRow, now: i64, events: &mut Vec<Event>) -> Result<(), StoreError> {
+    let newer: Vec<i64> = tx
+        .prepare_cached(
+            "SELECT id FROM series WHERE submitter = ?1 AND version > ?2 AND project IS ?3 AND id != ?4
+             AND state IN ('complete', 'superseded') ORDER BY version, id LIMIT 200",
+        )?
+        .query_map(params![s.submitter, s.version, s.project, s.id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for nid in newer {
+        let n = load_series(tx, nid)?;
+        if patchbay_series::is_complete(n.total, &slots(tx, nid)?) {
+            let summary = summary(tx, &n)?;
+            let _ = replace_older(tx, &n, &summary, &earlier_versions(tx, &n)?, now, events)?;
+        }
+    }
+    Ok(())
+}
+
+/// Earlier versions of `s`'s submitter and project, in any state: a re-roll posted in reply to
+/// one of them continues the work of every version that re-rolled it (`rerolls_through`).
+fn earlier_versions(tx: &Tx<'_>, s: &SeriesRow) -> Result<Vec<Summary>, StoreError> {
+    let ids: Vec<i64> = tx
+        .prepare_cached(
+            "SELECT id FROM series WHERE submitter = ?1 AND version < ?2 AND project IS ?3 AND id != ?4
+             ORDER BY version DESC, id DESC LIMIT 50",
+        )?
+        .query_map(params![s.submitter, s.version, s.project, s.id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    ids.into_iter().map(|id| summary(tx, &load_series(tx, id)?)).collect()
+}
+
+/// Supersedes, by `s` (summarized as `me`), the earlier versions it re-rolls; returns the
+/// nearest, which `s` names as its predecessor.
+fn replace_older(
+    tx: &Tx<'_>,
+    s: &SeriesRow,
+    me: &Summary,
+    earlier: &[Summary],
+    now: i64,
+    events: &mut Vec<Event>,
+) -> Result<Option<i64>, StoreError> {
+    // Re-rolls: every earlier version of the same work not yet replaced, or replaced by a
+    // version newer than this one (a late v2 stands between v1 and v3, as in date order), is
+    // superseded by this one (v3 completing replaces v1 and a v2 that never completed alike),
+    // also when this one is itself replaced at once, and so is every
+    // series of the project holding a mail this one's own mails name in `Supersedes:` (the
+    // submitter's word links two series even when their subjects differ; a reply is never a
+    // member, so someone else's `Supersedes:` counts for nothing).
+    let mut older: Vec<i64> = tx
+        .prepare_cached(
+            "SELECT id FROM series WHERE submitter = ?1 AND version < ?2 AND project IS ?3 AND id != ?4
+             AND (superseded_by IS NULL OR (SELECT b.version FROM series b WHERE b.id = series.superseded_by) > ?2)
+             ORDER BY version DESC, id DESC LIMIT 50",
+        )?
+        .query_map(params![s.submitter, s.version, s.project, s.id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "SELECT s.id FROM mails m JOIN series_mails sm ON sm.mail_id = m.id JOIN series s ON s.id = sm.series_id
+             WHERE m.message_id = ?1 AND s.project IS ?2 AND s.superseded_by IS NULL AND s.id != ?3",
+        )?;
+        for mid in &me.supersedes {
+            for id in stmt.query_map(params![mid, s.project, s.id], |r| r.get::<_, i64>(0))? {
+                let id = id?;
+                if !older.contains(&id) {
+                    older.push(id);
+                }
+            }
+        }
+    }
+    let mut supersedes = None;
+    for oid in older {
+        let o = load_series(tx, oid)?;
+        if patchbay_series::rerolls_through(me, &summary(tx, &o)?, earlier) {
+            tx.prepare_cached("UPDATE series SET state = 'superseded', superseded_by = ?2, updated_at = ?3 WHERE id = ?1")?
+                .execute(params![oid, s.id, now])?;
+            // Announced once: one only moved to a nearer successor was announced already.
+            if o.project.is_some() && o.state != "superseded" {
+                events.push(Event::Superseded(SeriesSuperseded { series: head(&o), by: s.id, by_version: s.version }));
+            }
+            // The nearest version replaced is the one this series names as its predecessor.
+            supersedes.get_or_insert(oid);
+        }
+    }
+    if let Some(oid) = supersedes {
+        tx.prepare_cached("UPDATE series SET supersedes = ?2 WHERE id = ?1")?.execute(params![s.id, oid])?;
+    }
+    Ok(supersedes)
 }
 
 /// Series of `s`'s submitter and project, other than `s`, one of whose mails carries a

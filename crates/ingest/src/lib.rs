@@ -20,10 +20,16 @@
 //! claims a series no project claimed yet (announced `new` then, and
 //! `complete` if it already was). Series events are published only for series
 //! of a configured project. Re-rolls both ways: a completing version
-//! supersedes every matching older version not yet replaced, and an old
-//! version completing after any newer matching version was posted is
-//! superseded at once, with no `complete` event. A `Supersedes: <msgid>` line
-//! in a series' own mail links it to the series holding that mail.
+//! supersedes every matching older version not yet replaced (or replaced by a
+//! version newer than itself: each names its nearest successor, as in date
+//! order), and an old version completing after any newer matching version was
+//! posted is superseded at once by the nearest, with no `complete` event. A
+//! `Supersedes: <msgid>` line in a series' own mail links it to the series
+//! holding that mail; a version posted in reply to an older one's thread
+//! re-rolls it, and the versions between (`series::rerolls_through`). A mail
+//! joining a series that already completed decides supersession again for it
+//! and the newer versions, so the outcome does not depend on arrival order
+//! (`tests/shapes.rs`, the order-independence property).
 //!
 //! Deadlines: [`Ingest::sweep`] marks series still `new` after
 //! `incomplete_after_secs` as `incomplete`, by receipt time (`serve`, every

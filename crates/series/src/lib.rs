@@ -49,6 +49,12 @@
 //!    it and calls a 3-of-2 series complete, which would test a stray patch
 //!    with the series; we keep the mail, flag it, and leave the series alone.
 //!
+//! 8. Re-rolls ([`rerolls`], [`rerolls_through`]): a higher version of one
+//!    submitter and project re-rolls a series posted in its thread (a v2 in
+//!    reply to v1, whatever its titles), sharing its `change-id`, naming one of
+//!    its mails in `Supersedes:`, or sharing a title; and a version posted in
+//!    reply to v1 also re-rolls the v2 that re-rolled v1.
+//!
 //! [`project_for`] finds a project's tag wherever lists put it: a bracket word
 //! (`[PATCH liburing v2 1/3]`) or the title's first word before its colon
 //! (`[PATCHv6 0/6] liburing: …`).
@@ -341,11 +347,15 @@ pub struct Summary {
     pub supersedes: Vec<String>,
     /// Message-IDs of the series' own mails.
     pub message_ids: Vec<String>,
+    /// The ids its mails cite (`In-Reply-To`, `References`): a re-roll posted in reply to an
+    /// older version names it by threading even when every title changed.
+    pub cites: Vec<String>,
 }
 
 /// Whether `new` is a later version of `old`: same submitter and project, a higher
-/// version, and one of: the same `change-id`, a `Supersedes:` naming one of old's
-/// mails, or a shared cover or patch title.
+/// version, and one of: new posted in old's thread (a v2 in reply to v1, whatever its
+/// titles), the same `change-id`, a `Supersedes:` naming one of old's mails, or
+/// a shared cover or patch title.
 pub fn rerolls(new: &Summary, old: &Summary) -> bool {
     if new.id == old.id {
         return false;
@@ -356,10 +366,31 @@ pub fn rerolls(new: &Summary, old: &Summary) -> bool {
     if new.submitter != old.submitter || new.project != old.project || new.version <= old.version {
         return false;
     }
+    if replies_into(new, old) {
+        return true;
+    }
     if let (Some(a), Some(b)) = (&new.change_id, &old.change_id) {
         return a == b;
     }
     new.titles.iter().any(|t| !t.is_empty() && old.titles.contains(t))
+}
+
+/// Whether a mail of `new` cites one of `old`'s or a mail `old`'s cite: `new` sits in old's
+/// thread (its cover may not have arrived yet, so citing what old's patches cite counts).
+fn replies_into(new: &Summary, old: &Summary) -> bool {
+    new.cites.iter().any(|id| old.message_ids.contains(id) || old.cites.contains(id))
+}
+
+/// [`rerolls`], or `new` posted in reply to an `earlier` version that `old` re-rolls (v3 in
+/// reply to v1, whose titles changed in v2 and again in v3, still replaces v2): threading
+/// names the work a re-roll continues, whichever version it replies to.
+pub fn rerolls_through(new: &Summary, old: &Summary, earlier: &[Summary]) -> bool {
+    rerolls(new, old)
+        || (new.id != old.id
+            && new.submitter == old.submitter
+            && new.project == old.project
+            && new.version > old.version
+            && earlier.iter().any(|x| x.id != old.id && x.version < old.version && replies_into(new, x) && rerolls(old, x)))
 }
 
 /// A project as the assembly rules see it.
@@ -641,6 +672,18 @@ mod tests {
         let mut sup = other_title.clone();
         sup.supersedes = vec!["<v1@x>".into()];
         assert!(rerolls(&sup, &v1));
+        // A v2 in reply to v1 with every title changed re-rolls it; a v1 citing v2 does not.
+        let mut in_reply = other_title.clone();
+        in_reply.cites = vec!["<v1@x>".into()];
+        assert!(rerolls(&in_reply, &v1));
+        let mut v1_citing = v1.clone();
+        v1_citing.cites = vec!["<v2@x>".into()];
+        assert!(!rerolls(&v1_citing, &other_title));
+        // v3 in reply to v1 replaces v2, which re-rolled v1 by title, though v3 shares none.
+        let v3 = Summary { id: 3, version: 3, titles: vec!["new words".into()], cites: vec!["<v1@x>".into()], ..v1.clone() };
+        assert!(!rerolls(&v3, &v2));
+        assert!(rerolls_through(&v3, &v2, std::slice::from_ref(&v1)));
+        assert!(!rerolls_through(&v3, &v2, &[]));
         let mut stranger = v2.clone();
         stranger.submitter = "b@x".into();
         assert!(!rerolls(&stranger, &v1));
