@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use patchbay_model::{Sender, Topic, TopicRoot};
+use patchbay_model::{Sender, ServiceName, Topic, TopicRoot};
 
 use crate::{PatternError, Rejection, TopicPattern};
 
@@ -22,13 +22,13 @@ use crate::{PatternError, Rejection, TopicPattern};
 /// `admin` re-queues a job and re-issues a verdict for the dashboard's buttons, which need
 /// an admin token.
 pub const DEFAULT_ROLES: &[(&str, &[&str])] = &[
-    ("ingest", &["mail.#"]),
-    ("threader", &["series.#"]),
-    ("dispatcher", &["ci.job.#"]),
-    ("runner", &["ci.test.#", "ci.runner.#"]),
-    ("aggregator", &["ci.result.#", "ci.series.#"]),
-    ("reporter", &["report.#"]),
-    ("admin", &["ci.job.#", "ci.series.verdict"]),
+    (ServiceName::Ingest.as_str(), &["mail.#"]),
+    (ServiceName::Threader.as_str(), &["series.#"]),
+    (ServiceName::Dispatcher.as_str(), &["ci.job.#"]),
+    (ServiceName::Runner.as_str(), &["ci.test.#", "ci.runner.#"]),
+    (ServiceName::Aggregator.as_str(), &["ci.result.#", "ci.series.#"]),
+    (ServiceName::Reporter.as_str(), &["report.#"]),
+    (ServiceName::Admin.as_str(), &["ci.job.#", "ci.series.verdict"]),
 ];
 
 /// Which service owns which topics under one deployment's root.

@@ -229,6 +229,76 @@ wire_words! {
     }
 }
 
+/// patchbay's own services, by the sender name each publishes under. Roles (which topics a
+/// sender may publish) and the names a shell may not take are keyed on these; `Sender::service`
+/// stays a string, because any other program may publish under a name of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ServiceName {
+    /// Stores mail (`mail.#`).
+    Ingest,
+    /// Assembles series (`series.#`).
+    Threader,
+    /// Turns complete series into jobs (`ci.job.#`).
+    Dispatcher,
+    /// Runs jobs (`ci.test.#`, `ci.runner.#`).
+    Runner,
+    /// Records results and issues verdicts (`ci.result.#`, `ci.series.#`).
+    Aggregator,
+    /// Mails reports (`report.#`).
+    Reporter,
+    /// The dashboard's admin actions (re-queue a job, re-issue a verdict).
+    Admin,
+}
+
+impl ServiceName {
+    /// Every service, in pipeline order.
+    pub const ALL: [ServiceName; 7] = [
+        ServiceName::Ingest,
+        ServiceName::Threader,
+        ServiceName::Dispatcher,
+        ServiceName::Runner,
+        ServiceName::Aggregator,
+        ServiceName::Reporter,
+        ServiceName::Admin,
+    ];
+
+    /// Every service's sender name, for lists kept as strings (reserved names, roles).
+    pub const NAMES: [&'static str; 7] = {
+        let mut names = [""; 7];
+        let mut i = 0;
+        while i < names.len() {
+            names[i] = ServiceName::ALL[i].as_str();
+            i += 1;
+        }
+        names
+    };
+
+    /// The sender name (and queue name) on the wire.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ServiceName::Ingest => "ingest",
+            ServiceName::Threader => "threader",
+            ServiceName::Dispatcher => "dispatcher",
+            ServiceName::Runner => "runner",
+            ServiceName::Aggregator => "aggregator",
+            ServiceName::Reporter => "reporter",
+            ServiceName::Admin => "admin",
+        }
+    }
+
+    /// The service a sender name is, exactly as spelled; `None` for any other sender.
+    pub fn parse(name: &str) -> Option<Self> {
+        ServiceName::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+/// The sender name, for logs.
+impl std::fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Outcome {
     /// Whether the result is in: anything but QUEUED and RUNNING.
     pub fn is_final(&self) -> bool {
@@ -268,6 +338,9 @@ mod tests {
             assert!(kind.known().is_some() || transport.known().is_some(), "{word}");
             assert_eq!((kind.as_str(), serde_json::to_value(&transport).unwrap()), (word, serde_json::json!(word)));
         }
+        assert_eq!(ServiceName::NAMES, ["ingest", "threader", "dispatcher", "runner", "aggregator", "reporter", "admin"]);
+        assert_eq!(ServiceName::parse("runner"), Some(ServiceName::Runner));
+        assert_eq!(ServiceName::parse("Runner"), None);
         for word in ["PASSED", "FAILED", "INCOMPLETE", "MERGED", "WAIVED"] {
             let verdict: VerdictKind = serde_json::from_value(serde_json::json!(word)).unwrap();
             assert_eq!(serde_json::to_value(&verdict).unwrap(), serde_json::json!(word));

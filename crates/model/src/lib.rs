@@ -24,7 +24,8 @@
 //!   [`Outcome`], [`FailureKind`], [`VerdictKind`], [`MailKind`] and
 //!   [`TransportKind`]: wire words as enums that read and write exactly the strings
 //!   they replaced (an unknown word is kept as `Other`), so schemas and bytes
-//!   are unchanged (`tests/golden.rs` holds them to that).
+//!   are unchanged (`tests/golden.rs` holds them to that); [`ServiceName`]:
+//!   the services' sender names, which roles and reserved names are keyed on.
 //! - [`Summary`]: one line per body for people (`tail`, `query`);
 //!   presentation only, the wire format is untouched.
 
@@ -42,7 +43,7 @@ pub use body::{
     TestJob, TestLimits, TestLog, TestStarted, body_schemas, check_body, envelope_schema, free_form_schema, mbox_bytes, mbox_fields,
 };
 pub use canonical::write_canonical;
-pub use domain::{ANY_ARCH, APPLY_TEST, FailureKind, MailKind, Outcome, TransportKind, VerdictKind};
+pub use domain::{ANY_ARCH, APPLY_TEST, FailureKind, MailKind, Outcome, ServiceName, TransportKind, VerdictKind};
 pub use envelope::{Envelope, EnvelopeError, SchemaRef, Sender, Signature};
 pub use summary::{SUMMARY_CHARS, Summary, json_line, one_line, summarize};
 pub use time::{Timestamp, TimestampError};

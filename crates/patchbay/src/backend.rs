@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use patchbay_bus::{Bus, MessageLog, QueueSpec, Sealer, TopicPattern, TrustPolicy};
 use patchbay_bus_amqp::{AmqpBus, AmqpConfig};
 use patchbay_config::{BusBackend, Config};
-use patchbay_model::{Envelope, Sender};
+use patchbay_model::{Envelope, Sender, ServiceName};
 use patchbay_runtime::{Handler, HandlerError, ServiceSpec};
 use patchbay_store::EmbeddedBus;
 
@@ -52,7 +52,8 @@ impl Handler for Recorder {
 
 /// The services that publish into the store inside their own transactions (`publish_in`):
 /// on RabbitMQ their messages exist only in the local log until the [`Relay`] sends them.
-pub const STORE_PUBLISHERS: &[&str] = &["ingest", "threader", "aggregator", "reporter"];
+pub const STORE_PUBLISHERS: &[&str] =
+    &[ServiceName::Ingest.as_str(), ServiceName::Threader.as_str(), ServiceName::Aggregator.as_str(), ServiceName::Reporter.as_str()];
 /// Where the relay's position in the log is kept (`bus_meta`).
 const RELAY_MARK: &str = "amqp_relay_pos";
 /// Messages read from the log per relay step.

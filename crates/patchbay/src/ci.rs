@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use patchbay_bus::{Bus, Publisher, TopicPattern, TrustPolicy};
 use patchbay_ci::{Dependencies, Dispatcher, MailDates, ProjectTests, RunnerService, SeriesDates, TestDef, job_queue, job_topic};
 use patchbay_config::{Config, Isolation};
-use patchbay_model::{Body, Sender, SeriesComplete, TestLimits};
+use patchbay_model::{Body, Sender, SeriesComplete, ServiceName, TestLimits};
 use patchbay_runtime::{RetryPolicy, ServiceSpec};
 
 /// Options of `patchbay runner`.
@@ -131,7 +131,7 @@ pub fn start_dispatcher(
     if projects.is_empty() {
         return Ok(None);
     }
-    let publisher = Publisher::new(bus.clone(), config.bus.root.clone(), Sender::new("dispatcher", &config.instance));
+    let publisher = Publisher::new(bus.clone(), config.bus.root.clone(), Sender::new(ServiceName::Dispatcher.as_str(), &config.instance));
     let deps: Arc<dyn Dependencies> = match &ingest {
         Some(i) => Arc::new(StoreDependencies(i.clone())),
         None => Arc::new(patchbay_ci::NoDependencies),
@@ -139,12 +139,15 @@ pub fn start_dispatcher(
     let mut dispatcher = Dispatcher::new(projects, publisher, deps);
     // Without the store there are no dates to go by: every series is tested.
     if let Some(i) = ingest {
-        dispatcher =
-            dispatcher.with_max_age(config.dispatch_max_age_secs, Arc::new(StoreDates(i)), Sender::new("dispatcher", &config.instance));
+        dispatcher = dispatcher.with_max_age(
+            config.dispatch_max_age_secs,
+            Arc::new(StoreDates(i)),
+            Sender::new(ServiceName::Dispatcher.as_str(), &config.instance),
+        );
     }
     let handler = Arc::new(dispatcher);
     let pattern = TopicPattern::parse(config.bus.root.topic(SeriesComplete::TOPIC)?.as_str())?;
-    let spec = ServiceSpec::new("dispatcher", vec![pattern]);
+    let spec = ServiceSpec::new(ServiceName::Dispatcher.as_str(), vec![pattern]);
     // Every job queue exists before the first job is published: jobs then wait for a runner
     // instead of being dropped because none has subscribed yet.
     let mut queues = vec![(patchbay_model::APPLY_TEST.to_string(), patchbay_ci::ANY_ARCH.to_string())];
@@ -198,12 +201,12 @@ pub fn start_runner(
         .map_err(|e| anyhow::anyhow!("{}: runner.etc_extra: {e}", config.source_name()))?;
     let work = config.runner.work_dir.clone().unwrap_or_else(|| config.data_dir.join("runner"));
     let runner = patchbay_runner::Runner::new(&work, sandbox, Duration::from_secs(config.runner.fetch_interval_secs));
-    let publisher = Publisher::new(bus.clone(), config.bus.root.clone(), Sender::new("runner", &config.instance));
+    let publisher = Publisher::new(bus.clone(), config.bus.root.clone(), Sender::new(ServiceName::Runner.as_str(), &config.instance));
     let handler = Arc::new(RunnerService::new(runner, publisher, jobs, config.runner.max_attempts));
     let mut tasks = Vec::new();
     // A heartbeat at start and every 30 s: what this runner can run and what it runs now.
     {
-        let publisher = Publisher::new(bus.clone(), config.bus.root.clone(), Sender::new("runner", &config.instance));
+        let publisher = Publisher::new(bus.clone(), config.bus.root.clone(), Sender::new(ServiceName::Runner.as_str(), &config.instance));
         let (handler, capabilities) = (handler.clone(), config.runner.capabilities.clone());
         let mut stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {
@@ -226,14 +229,14 @@ pub fn start_runner(
     if config.runner.cancel_superseded {
         // A queue of this runner's own: every runner hears of every supersession.
         let pattern = TopicPattern::parse(config.bus.root.topic(<patchbay_model::SeriesSuperseded as Body>::TOPIC)?.as_str())?;
-        let mut spec = ServiceSpec::new("runner", vec![pattern]);
+        let mut spec = ServiceSpec::new(ServiceName::Runner.as_str(), vec![pattern]);
         spec.queue = format!("runner-superseded.{}", config.instance);
         let listener = Arc::new(handler.superseded_listener());
         tasks.push(spawn_service(bus.clone(), policy.clone(), spec, listener, shutdown.clone(), "The runner's supersession listener"));
     }
     for (test, arch) in queues(config) {
         let pattern = TopicPattern::parse(config.bus.root.topic(&job_topic(&test, &arch))?.as_str())?;
-        let mut spec = ServiceSpec::new("runner", vec![pattern]);
+        let mut spec = ServiceSpec::new(ServiceName::Runner.as_str(), vec![pattern]);
         spec.queue = job_queue(&test, &arch);
         spec.concurrency = jobs;
         // A job that keeps killing runners comes back with a rising attempt count; the handler
@@ -295,7 +298,7 @@ pub fn aggregator(config: &Config, store: patchbay_store::EmbeddedBus, bus: Arc<
             .collect();
         verdicts.required.insert(p.name.clone(), required);
     }
-    let publisher = Publisher::new(bus, config.bus.root.clone(), Sender::new("aggregator", &config.instance));
+    let publisher = Publisher::new(bus, config.bus.root.clone(), Sender::new(ServiceName::Aggregator.as_str(), &config.instance));
     patchbay_results::Aggregator::new(store, publisher, verdicts)
 }
 
@@ -368,7 +371,7 @@ pub fn start_aggregator(
     if config.close_superseded {
         patterns.push(TopicPattern::parse(config.bus.root.topic(<patchbay_model::SeriesSuperseded as Body>::TOPIC)?.as_str())?);
     }
-    let mut spec = ServiceSpec::new("aggregator", patterns);
+    let mut spec = ServiceSpec::new(ServiceName::Aggregator.as_str(), patterns);
     spec.replay = replay;
     let service = spawn_service(bus, policy, spec, Arc::new(aggregator.clone()), shutdown.clone(), "The aggregator");
     let deadline = config.verdict_deadline_secs;
@@ -411,7 +414,7 @@ pub fn start_reporter(
     };
     let settings = Settings { from: config.report.from.clone(), domain: config.report.domain.clone(), recipients };
     let link = config.report.link.clone().or_else(|| Some(format!("http://{}", config.http_listen)));
-    let publisher = Publisher::new(bus.clone(), config.bus.root.clone(), Sender::new("reporter", &config.instance));
+    let publisher = Publisher::new(bus.clone(), config.bus.root.clone(), Sender::new(ServiceName::Reporter.as_str(), &config.instance));
     let transport = match &config.report.smtp_url {
         None => patchbay_results::Transport::Outbox(config.data_dir.join("outbox")),
         Some(url) => patchbay_results::Transport::Smtp(
@@ -432,7 +435,7 @@ pub fn start_reporter(
             config.projects.iter().flat_map(|p| p.tests.iter().map(|t| ((p.name.clone(), t.name.clone()), t.script.clone()))).collect(),
         );
     let pattern = TopicPattern::parse(config.bus.root.topic(<patchbay_model::SeriesVerdict as Body>::TOPIC)?.as_str())?;
-    let mut spec = ServiceSpec::new("reporter", vec![pattern]);
+    let mut spec = ServiceSpec::new(ServiceName::Reporter.as_str(), vec![pattern]);
     spec.replay = replay;
     // An SMTP server may be down for hours: keep trying, at most a minute apart.
     spec.retry = RetryPolicy { max_attempts: 10_000, base_delay: Duration::from_millis(500), max_delay: Duration::from_secs(60) };

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use patchbay_bus::{Bus, Outgoing};
-use patchbay_model::{Envelope, Sender, TopicRoot};
+use patchbay_model::{Envelope, Sender, ServiceName, TopicRoot};
 use patchbay_store::Db;
 use patchbay_web::dashboard::{Cell, PageFuture, PatchRow, RunnerRow, SeriesFilter, SeriesRow, SeriesView};
 use rusqlite::{OptionalExtension as _, params};
@@ -242,7 +242,7 @@ impl Rerun {
     /// Publishes `original`'s body again on its topic, as the admin; returns the new message's id.
     async fn again(&self, original: &Envelope) -> Result<String, patchbay_web::QueryError> {
         let copy = Outgoing {
-            sender: Sender::new("admin", &self.instance),
+            sender: Sender::new(ServiceName::Admin.as_str(), &self.instance),
             topic: original.topic.clone(),
             schema: original.schema.clone(),
             body: original.body.clone(),

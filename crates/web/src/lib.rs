@@ -757,7 +757,7 @@ fn requested_schema<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Sch
 
 /// The senders patchbay's own services use: nobody else publishes under their names, or
 /// their sequence numbers would collide and consumers would take a shell's message for theirs.
-pub const RESERVED_SERVICES: &[&str] = &["ingest", "threader", "dispatcher", "runner", "aggregator", "reporter", "admin"];
+pub const RESERVED_SERVICES: &[&str] = &patchbay_model::ServiceName::NAMES;
 
 /// Checks a publish request and turns it into an outgoing message: a shell's sender and a
 /// topic outside every service's categories (`authority`), or a 400/403 saying why not.
