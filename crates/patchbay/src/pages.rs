@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use patchbay_bus::{Bus, Outgoing};
-use patchbay_model::{Envelope, Sender, ServiceName, TopicRoot};
+use patchbay_model::{Envelope, FailureKind, Sender, ServiceName, TopicRoot, VerdictKind};
 use patchbay_store::Db;
 use patchbay_web::dashboard::{Cell, PageFuture, PatchRow, RunnerRow, SeriesFilter, SeriesRow, SeriesView};
 use rusqlite::{OptionalExtension as _, params};
@@ -28,7 +28,7 @@ fn series_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SeriesRow> {
         version: r.get(4)?,
         total: r.get(5)?,
         state: r.get(6)?,
-        verdict: r.get(7)?,
+        verdict: r.get::<_, Option<String>>(7)?.map(VerdictKind::from),
         created_at: r.get(8)?,
     })
 }
@@ -117,8 +117,8 @@ impl patchbay_web::dashboard::Pages for StorePages {
                             Ok(Cell {
                                 test: r.get(0)?,
                                 arch: r.get(1)?,
-                                outcome: r.get(2)?,
-                                reason: r.get(3)?,
+                                outcome: r.get::<_, String>(2)?.into(),
+                                reason: r.get::<_, Option<String>>(3)?.map(FailureKind::from),
                                 duration_ms: r.get(4)?,
                                 job: r.get(5)?,
                                 result_id: r.get(6)?,

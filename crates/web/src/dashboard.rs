@@ -9,6 +9,8 @@ use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 
+use patchbay_model::{FailureKind, Outcome, VerdictKind};
+
 /// One line of the series list.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct SeriesRow {
@@ -26,8 +28,8 @@ pub struct SeriesRow {
     pub total: u32,
     /// new, complete, incomplete or superseded.
     pub state: String,
-    /// PASSED, FAILED or INCOMPLETE once decided.
-    pub verdict: Option<String>,
+    /// PASSED, FAILED, INCOMPLETE or MERGED once decided.
+    pub verdict: Option<VerdictKind>,
     /// When it was first seen (unix seconds).
     pub created_at: i64,
 }
@@ -53,9 +55,9 @@ pub struct Cell {
     /// Arch (`any` for apply).
     pub arch: String,
     /// Outcome.
-    pub outcome: String,
+    pub outcome: Outcome,
     /// Why, for failures.
-    pub reason: Option<String>,
+    pub reason: Option<FailureKind>,
     /// Milliseconds.
     pub duration_ms: i64,
     /// The job, for its log and re-run.
@@ -229,7 +231,7 @@ pub fn series_list(rows: &[SeriesRow], total: u64, search: Option<&str>, page: u
         b.push_str("<table><thead><tr><th>Series</th><th class=\"wide\">Project</th><th class=\"wide\">Submitter</th><th>Verdict</th><th class=\"wide\">Age</th></tr></thead><tbody>");
         for r in rows {
             let verdict = match &r.verdict {
-                Some(v) => badge(v),
+                Some(v) => badge(v.as_str()),
                 None if r.state == "complete" => "<span class=\"badge pending\">testing</span>".into(),
                 None => format!("<span class=\"muted\">{}</span>", esc(&r.state)),
             };
@@ -303,7 +305,7 @@ pub fn series_page(v: &SeriesView, now: i64) -> String {
         s.id
     );
     let verdict = match &s.verdict {
-        Some(word) => badge(word),
+        Some(word) => badge(word.as_str()),
         None => format!("<span class=\"badge pending\">{}</span>", esc(if s.state == "complete" { "testing" } else { &s.state })),
     };
     let _ = write!(b, "<p id=\"verdict\">Verdict: {verdict}");
@@ -327,9 +329,9 @@ pub fn series_page(v: &SeriesView, now: i64) -> String {
     } else {
         b.push_str("<table class=\"matrix\" id=\"matrix\"><thead><tr><th>Test</th><th>Arch</th><th>Outcome</th><th class=\"wide\">Time</th><th>Log</th><th>Admin</th></tr></thead><tbody>");
         for c in &v.cells {
-            let reason = c.reason.as_ref().map(|r| format!(" <span class=\"muted\">{}</span>", esc(r))).unwrap_or_default();
+            let reason = c.reason.as_ref().map(|r| format!(" <span class=\"muted\">{}</span>", esc(r.as_str()))).unwrap_or_default();
             let waived = if c.waived { " <span class=\"muted\">(waived)</span>" } else { "" };
-            let waive = if matches!(c.outcome.as_str(), "FAILED" | "ERROR") && !c.waived {
+            let waive = if c.outcome.fails() && !c.waived {
                 format!(
                     " <button hidden data-action=\"/api/v1/results/{}/waive\" data-body=\"{}\">Waive</button>",
                     c.result_id,
@@ -346,7 +348,7 @@ pub fn series_page(v: &SeriesView, now: i64) -> String {
                 esc(&c.arch),
                 esc(&c.test),
                 esc(&c.arch),
-                badge(&c.outcome),
+                badge(c.outcome.as_str()),
                 // As the report writes it: one function for both.
                 patchbay_verdict::duration(patchbay_verdict::seconds_of(c.duration_ms.max(0) as u64)),
                 enc(&c.job),
