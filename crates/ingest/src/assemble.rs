@@ -590,6 +590,7 @@ fn summary(tx: &Tx<'_>, s: &SeriesRow) -> Result<Summary, StoreError> {
         supersedes: ms.iter().flat_map(|m| m.hints.supersedes.clone()).collect(),
         message_ids: ms.iter().map(|m| m.message_id.clone()).collect(),
         cites: ms.iter().flat_map(|m| m.hints.refs.iter().cloned()).collect(),
+        resend: ms.iter().any(|m| subject::parse(&m.subject).resend),
     })
 }
 
@@ -658,7 +659,7 @@ fn replaced_by_newer(
     // whatever their version.
     let mut newer: Vec<i64> = tx
         .prepare_cached(
-            "SELECT id FROM series WHERE submitter = ?1 AND version > ?2 AND project IS ?3 AND id != ?4
+            "SELECT id FROM series WHERE submitter = ?1 AND version >= ?2 AND project IS ?3 AND id != ?4
              ORDER BY version, id LIMIT 200",
         )?
         .query_map(params![s.submitter, s.version, s.project, s.id], |r| r.get(0))?
@@ -709,7 +710,7 @@ fn reconsider(tx: &Tx<'_>, s: &SeriesRow, now: i64, events: &mut Vec<Event>) -> 
 fn newer_reconsider(tx: &Tx<'_>, s: &SeriesRow, now: i64, events: &mut Vec<Event>) -> Result<(), StoreError> {
     let newer: Vec<i64> = tx
         .prepare_cached(
-            "SELECT id FROM series WHERE submitter = ?1 AND version > ?2 AND project IS ?3 AND id != ?4
+            "SELECT id FROM series WHERE submitter = ?1 AND version >= ?2 AND project IS ?3 AND id != ?4
              AND state IN ('complete', 'superseded') ORDER BY version, id LIMIT 200",
         )?
         .query_map(params![s.submitter, s.version, s.project, s.id], |r| r.get(0))?
@@ -756,7 +757,7 @@ fn replace_older(
     // member, so someone else's `Supersedes:` counts for nothing).
     let mut older: Vec<i64> = tx
         .prepare_cached(
-            "SELECT id FROM series WHERE submitter = ?1 AND version < ?2 AND project IS ?3 AND id != ?4
+            "SELECT id FROM series WHERE submitter = ?1 AND version <= ?2 AND project IS ?3 AND id != ?4
              AND (superseded_by IS NULL OR (SELECT b.version FROM series b WHERE b.id = series.superseded_by) > ?2)
              ORDER BY version DESC, id DESC LIMIT 50",
         )?

@@ -26,7 +26,8 @@
 //! posted is superseded at once by the nearest, with no `complete` event. A
 //! `Supersedes: <msgid>` line in a series' own mail links it to the series
 //! holding that mail; a version posted in reply to an older one's thread
-//! re-rolls it, and the versions between (`series::rerolls_through`). A mail
+//! re-rolls it, and the versions between (`series::rerolls_through`), as a
+//! `RESEND` in reply to a posting of the same version replaces it. A mail
 //! joining a series that already completed decides supersession again for it
 //! and the newer versions, so the outcome does not depend on arrival order
 //! (`tests/shapes.rs`, the order-independence property).

@@ -651,6 +651,9 @@ fn realistic_postings() -> Vec<Vec<Vec<u8>>> {
             dated("g@example.org", 177_801, "<i1@x>", "[PATCH v3 1/2] zap: first", &["<g0@x>", "<i0@x>"], &p("i1")),
             dated("g@example.org", 177_802, "<i2@x>", "[PATCH v3 2/2] zap: second", &["<g0@x>", "<i0@x>"], &p("i2")),
         ],
+        // J: one patch, and its RESEND in reply to it three days later, reworded.
+        vec![dated("j@example.org", 6000, "<j1@x>", "[PATCH] wid: fix the thing", &[], &p("j1"))],
+        vec![dated("j@example.org", 265_000, "<k1@x>", "[PATCH RESEND] wid: fix a thing", &["<j1@x>"], &p("k1"))],
     ]
 }
 

@@ -170,7 +170,7 @@ pub struct Consistency {
     pub covers_lost: u64,
     /// Complete series holding a mail that cites a member of another series outside its own
     /// re-roll chain (a v2 posted in reply to v1 is legitimate): two threads assembled as one,
-    /// one split, or a re-post nothing links to what it replaces (should be 0).
+    /// one split, or a re-post nothing links to what it replaces (must be 0).
     pub complete_citing_other_series: u64,
 }
 

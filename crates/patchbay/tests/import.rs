@@ -133,12 +133,7 @@ fn mbox_import_is_consistent() {
     assert!(n("covers") > 100, "{c}");
     assert_eq!(n("covers_placed") + n("covers_flagged"), n("covers"), "{c}");
     assert_eq!(n("covers_lost"), 0, "{c}");
-    // One left, not a rule yet: "[PATCH RESEND 2] Documentation: hwmon: fix typo in heading for
-    // max31730" posted in reply to the same submitter's "[PATCH RESEND] Documentation: fix typo
-    // in heading for max31730", same version, so no re-roll replaces the first; both are
-    // complete. (Six before re-rolls followed threading: v2 and v3 in reply to v1, titles
-    // changed.)
-    assert_eq!(n("complete_citing_other_series"), 1, "{c}");
+    assert_eq!(n("complete_citing_other_series"), 0, "{c}");
     // Importing again stores nothing twice.
     let again = import(&config, &root.join("last-5000.mbox"));
     assert_eq!(again["stored"], 0);

@@ -53,7 +53,8 @@
 //!    submitter and project re-rolls a series posted in its thread (a v2 in
 //!    reply to v1, whatever its titles), sharing its `change-id`, naming one of
 //!    its mails in `Supersedes:`, or sharing a title; and a version posted in
-//!    reply to v1 also re-rolls the v2 that re-rolled v1.
+//!    reply to v1 also re-rolls the v2 that re-rolled v1. A `RESEND` of the
+//!    same version in reply to a posting's own mail replaces that posting.
 //!
 //! [`project_for`] finds a project's tag wherever lists put it: a bracket word
 //! (`[PATCH liburing v2 1/3]`) or the title's first word before its colon
@@ -350,6 +351,9 @@ pub struct Summary {
     /// The ids its mails cite (`In-Reply-To`, `References`): a re-roll posted in reply to an
     /// older version names it by threading even when every title changed.
     pub cites: Vec<String>,
+    /// Whether a subject says `RESEND`: a re-post of the same version, which replaces the
+    /// posting it replies to.
+    pub resend: bool,
 }
 
 /// Whether `new` is a later version of `old`: same submitter and project, a higher
@@ -363,7 +367,14 @@ pub fn rerolls(new: &Summary, old: &Summary) -> bool {
     if new.supersedes.iter().any(|id| old.message_ids.contains(id)) {
         return true;
     }
-    if new.submitter != old.submitter || new.project != old.project || new.version <= old.version {
+    if new.submitter != old.submitter || new.project != old.project {
+        return false;
+    }
+    // A RESEND of the same version posted in reply to one of old's own mails replaces it.
+    if new.resend && new.version == old.version && new.cites.iter().any(|id| old.message_ids.contains(id)) {
+        return true;
+    }
+    if new.version <= old.version {
         return false;
     }
     if replies_into(new, old) {
@@ -684,6 +695,13 @@ mod tests {
         assert!(!rerolls(&v3, &v2));
         assert!(rerolls_through(&v3, &v2, std::slice::from_ref(&v1)));
         assert!(!rerolls_through(&v3, &v2, &[]));
+        // A RESEND in reply to the same version's posting replaces it; in reply to its thread
+        // only, or without RESEND, it does not.
+        let resend = Summary { id: 4, resend: true, titles: vec!["other words".into()], cites: vec!["<v1@x>".into()], ..v1.clone() };
+        assert!(rerolls(&resend, &v1));
+        assert!(!rerolls(&v1, &resend));
+        assert!(!rerolls(&Summary { resend: false, ..resend.clone() }, &v1));
+        assert!(!rerolls(&Summary { cites: vec!["<root@x>".into()], ..resend }, &Summary { cites: vec!["<root@x>".into()], ..v1.clone() }));
         let mut stranger = v2.clone();
         stranger.submitter = "b@x".into();
         assert!(!rerolls(&stranger, &v1));
