@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use patchbay_config::Config;
+use patchbay_model::ServiceName;
 
 use crate::Exit;
 use crate::keys::{sealer, trust_policy};
@@ -86,7 +87,11 @@ pub struct DeadLettersArgs {
 /// a handler that kept failing), so an admin sees forgeries that never became history.
 pub async fn dead_letters(config: &Config, args: &DeadLettersArgs) -> Result<(), Exit> {
     let queues = if args.queue.is_empty() {
-        let mut q: Vec<String> = ["dispatcher", "runner", "aggregator", "reporter", "log-recorder"].map(String::from).to_vec();
+        // The consumers' queues: the services that consume, and the log recorder.
+        let mut q: Vec<String> = [ServiceName::Dispatcher, ServiceName::Runner, ServiceName::Aggregator, ServiceName::Reporter]
+            .map(|s| s.as_str().to_string())
+            .to_vec();
+        q.push("log-recorder".into());
         if config.bus.backend == patchbay_config::BusBackend::Amqp {
             q.push(format!("serve-log.{}", config.instance));
         }
