@@ -18,34 +18,7 @@ fn bin() -> Command {
     c
 }
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args(args)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_AUTHOR_NAME", "Dev")
-        .env("GIT_AUTHOR_EMAIL", "dev@example.org")
-        .env("GIT_COMMITTER_NAME", "Dev")
-        .env("GIT_COMMITTER_EMAIL", "dev@example.org")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// A project repository with one commit of `files` on main.
-fn origin(dir: &Path, files: &[(&str, &str)]) -> PathBuf {
-    let repo = dir.join("origin");
-    std::fs::create_dir_all(&repo).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    for (name, content) in files {
-        std::fs::write(repo.join(name), content).unwrap();
-    }
-    git(&repo, &["add", "."]);
-    git(&repo, &["commit", "-q", "-m", "base"]);
-    repo
-}
+use patchbay_fixtures::{git, git_with, origin};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -1234,23 +1207,15 @@ fn wait_for_bodies(db: &Path, topic: &str, n: usize, secs: u64) -> Vec<serde_jso
     }
 }
 
-/// `git` with author and committer dates set to `date` (`@<unix> +0000`).
+/// `git` with author and committer dates set to `date` (`@<unix> +0000`), committed by a maintainer.
 fn git_at(dir: &Path, date: &str, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args(args)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_AUTHOR_NAME", "Dev")
-        .env("GIT_AUTHOR_EMAIL", "dev@example.org")
-        .env("GIT_COMMITTER_NAME", "Maintainer")
-        .env("GIT_COMMITTER_EMAIL", "maint@example.org")
-        .env("GIT_AUTHOR_DATE", date)
-        .env("GIT_COMMITTER_DATE", date)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    let env = [
+        ("GIT_COMMITTER_NAME", "Maintainer"),
+        ("GIT_COMMITTER_EMAIL", "maint@example.org"),
+        ("GIT_AUTHOR_DATE", date),
+        ("GIT_COMMITTER_DATE", date),
+    ];
+    git_with(dir, args, &env).trim().to_string()
 }
 
 /// A project repository whose first commit (`files` on main) is dated 1 January 2024.

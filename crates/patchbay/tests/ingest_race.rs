@@ -19,19 +19,14 @@ fn git(dir: &Path, args: &[&str]) -> String {
 
 /// Runs git with `who` as the committer (the sender of what `format-patch` writes).
 fn git_as(dir: &Path, args: &[&str], who: &str) -> String {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args(args)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_AUTHOR_NAME", "Base")
-        .env("GIT_AUTHOR_EMAIL", "base@example.org")
-        .env("GIT_COMMITTER_NAME", who)
-        .env("GIT_COMMITTER_EMAIL", format!("{who}@example.org"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
+    let email = format!("{who}@example.org");
+    let env = [
+        ("GIT_AUTHOR_NAME", "Base"),
+        ("GIT_AUTHOR_EMAIL", "base@example.org"),
+        ("GIT_COMMITTER_NAME", who),
+        ("GIT_COMMITTER_EMAIL", &email),
+    ];
+    patchbay_fixtures::git_with(dir, args, &env)
 }
 
 /// What a generated series should come out as.

@@ -184,6 +184,11 @@ fn layering_rules_hold() {
         ),
         ("bench", &["patchbay-web", "axum", "reqwest"], "the benchmarks drive the library and the backends, not HTTP"),
         (
+            "fixtures",
+            &["patchbay-model", "patchbay-bus", "patchbay-store", "patchbay-runtime", "patchbay-config", "patchbay", "tokio", "rusqlite"],
+            "test fixtures are pure std: they run git and write files, nothing of patchbay's",
+        ),
+        (
             "listen",
             &[
                 "patchbay-model",
@@ -273,11 +278,15 @@ fn no_ignored_tests() {
 }
 
 /// The benchmarks ship apart from the production binary: nothing depends on `patchbay-bench`,
-/// and the binary's crate holds no benchmark module.
+/// and the binary's crate holds no benchmark module. The test fixtures are dev-only: no
+/// production crate has them in `[dependencies]` (the benchmarks may).
 #[test]
 fn benchmarks_stay_out_of_the_production_binary() {
     for krate in crates() {
         assert!(!deps(&krate).iter().any(|d| d == "patchbay-bench"), "{krate} depends on patchbay-bench");
+        if krate != "bench" {
+            assert!(!deps(&krate).iter().any(|d| d == "patchbay-fixtures"), "{krate} has the test fixtures in [dependencies]");
+        }
     }
     let src = workspace().join("crates/patchbay/src");
     let benches: Vec<String> = std::fs::read_dir(&src)

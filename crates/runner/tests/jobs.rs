@@ -13,19 +13,7 @@ use std::time::Duration;
 use patchbay_runner::{Failure, Isolation, Job, Limits, Runner, Sandbox};
 
 fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args(args)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_AUTHOR_NAME", "Dev")
-        .env("GIT_AUTHOR_EMAIL", "dev@example.org")
-        .env("GIT_COMMITTER_NAME", "Dev")
-        .env("GIT_COMMITTER_EMAIL", "dev@example.org")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    patchbay_fixtures::git(dir, args).trim().to_string()
 }
 
 /// A project with a C program and a test script; returns the repository path.
@@ -225,23 +213,16 @@ async fn the_tree_and_what_it_builds_live_under_the_disk_quota() {
     assert_eq!(mounts_under(tmp.path()), Vec::<String>::new(), "nothing left mounted");
 }
 
-/// `git` with author and committer dates set to `secs` (unix time).
+/// `git` with author and committer dates set to `secs` (unix time), committed by a maintainer.
 fn git_at(dir: &Path, secs: i64, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args(args)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_AUTHOR_NAME", "Dev")
-        .env("GIT_AUTHOR_EMAIL", "dev@example.org")
-        .env("GIT_COMMITTER_NAME", "Maintainer")
-        .env("GIT_COMMITTER_EMAIL", "maint@example.org")
-        .env("GIT_AUTHOR_DATE", format!("@{secs} +0000"))
-        .env("GIT_COMMITTER_DATE", format!("@{secs} +0000"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    let date = format!("@{secs} +0000");
+    let env = [
+        ("GIT_COMMITTER_NAME", "Maintainer"),
+        ("GIT_COMMITTER_EMAIL", "maint@example.org"),
+        ("GIT_AUTHOR_DATE", &date),
+        ("GIT_COMMITTER_DATE", &date),
+    ];
+    patchbay_fixtures::git_with(dir, args, &env).trim().to_string()
 }
 
 /// A runner that fetches before every job: these tests move the branch between jobs.
