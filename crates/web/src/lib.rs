@@ -879,26 +879,6 @@ async fn publish(
     Ok(Json(env))
 }
 
-fn percent_decode(s: &str) -> Result<String, AppError> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
-                out.push(hex.ok_or_else(|| AppError::bad(format!("bad percent-encoding in {s:?}")))?);
-                i += 2;
-            }
-            b'%' => return Err(AppError::bad(format!("bad percent-encoding in {s:?}"))),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).map_err(|_| AppError::bad("query is not UTF-8"))
-}
-
 /// Query of `GET /api/v1/stream`: `topic` (repeatable pattern) and `after` (a position).
 struct StreamQuery {
     patterns: Vec<TopicPattern>,
@@ -907,10 +887,10 @@ struct StreamQuery {
 
 fn parse_stream_query(q: Option<&str>) -> Result<StreamQuery, AppError> {
     let mut sq = StreamQuery { patterns: Vec::new(), after: None };
-    for pair in q.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = percent_decode(v)?;
-        match k {
+    // form_urlencoded (the WHATWG parser axum's own Query uses) decodes; a broken escape stays
+    // literal and then fails the pattern or the number, which names it.
+    for (k, v) in form_urlencoded::parse(q.unwrap_or_default().as_bytes()) {
+        match k.as_ref() {
             "topic" => sq.patterns.push(TopicPattern::parse(&v).map_err(|e| AppError::bad(e.to_string()))?),
             "after" => sq.after = Some(v.parse().map_err(|_| AppError::bad(format!("after={v:?} is not a position")))?),
             other => return Err(AppError::bad(format!("unknown query parameter {other:?}; use topic and after"))),
