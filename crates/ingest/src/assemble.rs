@@ -216,7 +216,7 @@ struct SeriesRow {
     date: i64,
 }
 
-fn load_series(tx: &Tx<'_>, id: i64) -> Result<SeriesRow, StoreError> {
+fn load_series(tx: &rusqlite::Connection, id: i64) -> Result<SeriesRow, StoreError> {
     Ok(tx
         .prepare_cached("SELECT id, project, submitter, version, version_explicit, total, name, state, date FROM series WHERE id = ?1")?
         .query_row([id], |r| {
@@ -234,14 +234,14 @@ fn load_series(tx: &Tx<'_>, id: i64) -> Result<SeriesRow, StoreError> {
     })?)
 }
 
-fn slots(tx: &Tx<'_>, series: i64) -> Result<Vec<u32>, StoreError> {
+fn slots(tx: &rusqlite::Connection, series: i64) -> Result<Vec<u32>, StoreError> {
     let mut stmt = tx.prepare_cached("SELECT slot FROM series_mails WHERE series_id = ?1 ORDER BY slot")?;
     let rows = stmt.query_map([series], |r| r.get(0))?;
     rows.collect::<Result<_, _>>().map_err(q)
 }
 
 /// A series' members with what they cite, and each one's subject, in slot order.
-fn threads(tx: &Tx<'_>, series: i64) -> Result<Vec<(Posted, String)>, StoreError> {
+fn threads(tx: &rusqlite::Connection, series: i64) -> Result<Vec<(Posted, String)>, StoreError> {
     let mut stmt = tx.prepare_cached(
         "SELECT sm.slot, m.message_id, m.hints, m.subject FROM series_mails sm JOIN mails m ON m.id = sm.mail_id
          WHERE sm.series_id = ?1 ORDER BY sm.slot",
@@ -480,15 +480,78 @@ fn thread(
         }
     }
     let s = load_series(tx, series_id)?;
-    if matches!(s.state.as_str(), "new" | "incomplete") && patchbay_series::is_complete(s.total, &slots(tx, series_id)?) {
+    if matches!(s.state.as_str(), "new" | "incomplete") && has_every_slot(tx, &s)? {
         complete(tx, &s, mail.received_at, events)?;
-    } else if matches!(s.state.as_str(), "complete" | "superseded") && patchbay_series::is_complete(s.total, &slots(tx, series_id)?) {
+    } else if matches!(s.state.as_str(), "complete" | "superseded") && has_every_slot(tx, &s)? {
         reconsider(tx, &s, mail.received_at, events)?;
+    }
+    // A partial re-roll of this series (a v2 2/2 in reply to its 2/2) may now have every slot.
+    for d in partial_rerolls_of(tx, series_id)? {
+        let d = load_series(tx, d)?;
+        if matches!(d.state.as_str(), "new" | "incomplete") && has_every_slot(tx, &d)? {
+            complete(tx, &d, mail.received_at, events)?;
+        }
     }
     for m in moved {
         place_again(tx, rules, projects, m, events, depth + 1)?;
     }
     Ok(Ok(series_id))
+}
+
+/// Whether `s` has every slot 1..=total, its own or, for a partial re-roll, taken from the
+/// version it re-rolls ([`inherited`]).
+fn has_every_slot(tx: &rusqlite::Connection, s: &SeriesRow) -> Result<bool, StoreError> {
+    Ok(patchbay_series::is_complete(s.total, &slots(tx, s.id)?) || inherited(tx, s)?.is_some())
+}
+
+/// A partial re-roll (b4's rule): when one of `s`'s patches at slot k ≥ 2 replies directly to
+/// k/N of an earlier version of the same submitter, project and total, `s` re-posts only some
+/// patches of that version; the slots it lacks come from it. Returns that version and the
+/// slots taken from it, when together they fill every slot; `None` when `s` has every slot
+/// itself or nothing fills it. Slot 1 is left out: a full re-roll's 1/N posted in reply to
+/// v1's 1/N looks the same until its 2/N arrives.
+fn inherited(tx: &rusqlite::Connection, s: &SeriesRow) -> Result<Option<(i64, Vec<u32>)>, StoreError> {
+    let own = slots(tx, s.id)?;
+    if patchbay_series::is_complete(s.total, &own) {
+        return Ok(None);
+    }
+    let mut stmt = tx.prepare_cached(
+        "SELECT b.id FROM mails m JOIN series_mails sm ON sm.mail_id = m.id JOIN series b ON b.id = sm.series_id
+         WHERE m.message_id = ?1 AND sm.slot = ?2 AND b.id != ?3 AND b.submitter = ?4 AND b.project IS ?5 AND b.total = ?6
+         AND b.version < ?7 ORDER BY b.version DESC, b.id DESC LIMIT 1",
+    )?;
+    for (m, _) in threads(tx, s.id)? {
+        let Some(parent) = m.refs.first().filter(|_| m.slot >= 2) else { continue };
+        let base: Option<i64> =
+            stmt.query_row(params![parent, m.slot, s.id, s.submitter, s.project, s.total, s.version], |r| r.get(0)).optional()?;
+        if let Some(b) = base {
+            return Ok(patchbay_series::inherited_slots(s.total, &own, &slots(tx, b)?).map(|taken| (b, taken)));
+        }
+    }
+    Ok(None)
+}
+
+/// Series other than `series` whose patches cite one of its mails: those that may be partial
+/// re-rolls of it ([`inherited`] decides).
+fn partial_rerolls_of(tx: &Tx<'_>, series: i64) -> Result<Vec<i64>, StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT DISTINCT r.series_id FROM series_mails sm JOIN mails m ON m.id = sm.mail_id
+         JOIN series_refs r ON r.message_id = m.message_id AND r.member = 0
+         WHERE sm.series_id = ?1 AND sm.slot >= 2 AND r.series_id != ?1 ORDER BY r.series_id",
+    )?;
+    let rows = stmt.query_map([series], |r| r.get(0))?;
+    rows.collect::<Result<_, _>>().map_err(q)
+}
+
+/// A series' patches (slot > 0) in slot order, with the slots a partial re-roll takes from the
+/// version it re-rolls; raw bytes when `with_raw`.
+fn patches_of(tx: &rusqlite::Connection, s: &SeriesRow, with_raw: bool) -> Result<Vec<Member>, StoreError> {
+    let mut ms: Vec<Member> = members(tx, s.id, with_raw)?.into_iter().filter(|m| m.slot > 0).collect();
+    if let Some((base, taken)) = inherited(tx, s)? {
+        ms.extend(members(tx, base, with_raw)?.into_iter().filter(|m| taken.contains(&m.slot)));
+        ms.sort_by_key(|m| m.slot);
+    }
+    Ok(ms)
 }
 
 /// Takes `mails` out of `series` (the thread they were placed in by markers turned out to be
@@ -559,7 +622,7 @@ struct Member {
     raw: Vec<u8>,
 }
 
-fn members(tx: &Tx<'_>, series: i64, with_raw: bool) -> Result<Vec<Member>, StoreError> {
+fn members(tx: &rusqlite::Connection, series: i64, with_raw: bool) -> Result<Vec<Member>, StoreError> {
     let mut stmt = tx.prepare_cached(
         "SELECT sm.slot, m.id, m.message_id, m.subject, m.hints, CASE WHEN ?2 THEN m.raw ELSE x'' END
          FROM series_mails sm JOIN mails m ON m.id = sm.mail_id WHERE sm.series_id = ?1 ORDER BY sm.slot",
@@ -605,8 +668,9 @@ fn complete(tx: &Tx<'_>, s: &SeriesRow, now: i64, events: &mut Vec<Event>) -> Re
         return Ok(());
     }
     let ms = members(tx, s.id, true)?;
+    let patches = patches_of(tx, s, true)?;
     let mut mbox = Vec::new();
-    for m in ms.iter().filter(|m| m.slot > 0) {
+    for m in &patches {
         patchbay_mail::write_mboxrd(&mut mbox, &m.raw);
     }
     let first = |f: fn(&Hints) -> Option<&String>| ms.iter().find_map(|m| f(&m.hints).cloned());
@@ -617,6 +681,12 @@ fn complete(tx: &Tx<'_>, s: &SeriesRow, now: i64, events: &mut Vec<Event>) -> Re
         depends_on.extend(m.hints.depends_on.iter().filter(|b| !depends_on.contains(b)).cloned().collect::<Vec<_>>());
     }
     let s = load_series(tx, s.id)?;
+    // A version replaced at once because this one was already posted (it completed first, as a
+    // partial re-roll's v1 whose 1/2 arrives late) is named as in date order.
+    let supersedes = match supersedes {
+        Some(id) => Some(id),
+        None => tx.prepare_cached("SELECT supersedes FROM series WHERE id = ?1")?.query_row([s.id], |r| r.get(0))?,
+    };
     let (mbox, mbox_base64) = patchbay_model::mbox_fields(&mbox);
     // A cover none of the patches cites was placed by markers alone: it may yet move (to the
     // posting whose patches cite it), so it is not announced as this series' cover.
@@ -625,9 +695,8 @@ fn complete(tx: &Tx<'_>, s: &SeriesRow, now: i64, events: &mut Vec<Event>) -> Re
     events.push(Event::Complete(Box::new(SeriesComplete {
         series: head(&s),
         cover,
-        patches: ms
+        patches: patches
             .iter()
-            .filter(|m| m.slot > 0)
             .map(|m| SeriesPatch { slot: m.slot, mail: m.mail, message_id: m.message_id.clone(), subject: m.subject.clone() })
             .collect(),
         mbox,
@@ -717,7 +786,7 @@ fn newer_reconsider(tx: &Tx<'_>, s: &SeriesRow, now: i64, events: &mut Vec<Event
         .collect::<Result<_, _>>()?;
     for nid in newer {
         let n = load_series(tx, nid)?;
-        if patchbay_series::is_complete(n.total, &slots(tx, nid)?) {
+        if has_every_slot(tx, &n)? {
             let summary = summary(tx, &n)?;
             let _ = replace_older(tx, &n, &summary, &earlier_versions(tx, &n)?, now, events)?;
         }
@@ -853,17 +922,14 @@ pub fn complete_series_mbox(conn: &rusqlite::Connection, message_id: &str) -> Re
         )
         .optional()?;
     let Some(series) = series else { return Ok(None) };
-    let (total,): (u32,) = conn.query_row("SELECT total FROM series WHERE id = ?1", [series], |r| Ok((r.get(0)?,)))?;
-    let mut stmt = conn.prepare(
-        "SELECT sm.slot, m.raw FROM series_mails sm JOIN mails m ON m.id = sm.mail_id WHERE sm.series_id = ?1 AND sm.slot > 0 ORDER BY sm.slot",
-    )?;
-    let rows: Vec<(u32, Vec<u8>)> = stmt.query_map([series], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
-    if !patchbay_series::is_complete(total, &rows.iter().map(|(s, _)| *s).collect::<Vec<_>>()) {
+    let s = load_series(conn, series)?;
+    let patches = patches_of(conn, &s, true)?;
+    if !patchbay_series::is_complete(s.total, &patches.iter().map(|m| m.slot).collect::<Vec<_>>()) {
         return Ok(None);
     }
     let mut mbox = Vec::new();
-    for (_, raw) in rows {
-        patchbay_mail::write_mboxrd(&mut mbox, &raw);
+    for m in patches {
+        patchbay_mail::write_mboxrd(&mut mbox, &m.raw);
     }
     Ok(Some(String::from_utf8_lossy(&mbox).into_owned()))
 }

@@ -27,7 +27,11 @@
 //! `Supersedes: <msgid>` line in a series' own mail links it to the series
 //! holding that mail; a version posted in reply to an older one's thread
 //! re-rolls it, and the versions between (`series::rerolls_through`), as a
-//! `RESEND` in reply to a posting of the same version replaces it. A mail
+//! `RESEND` in reply to a posting of the same version replaces it. A partial
+//! re-roll (`[PATCH v2 2/2]` in reply to v1's 2/2) takes the slots it lacks
+//! from v1 when it completes and in its mbox (read from v1, never moved: a
+//! mail is in one series), and supersedes v1; a mail joining v1 completes it
+//! too, whichever arrives first. A mail
 //! joining a series that already completed decides supersession again for it
 //! and the newer versions, so the outcome does not depend on arrival order
 //! (`tests/shapes.rs`, the order-independence property).

@@ -55,6 +55,13 @@
 //!    its mails in `Supersedes:`, or sharing a title; and a version posted in
 //!    reply to v1 also re-rolls the v2 that re-rolled v1. A `RESEND` of the
 //!    same version in reply to a posting's own mail replaces that posting.
+//! 9. Partial re-rolls ([`inherited_slots`], b4's rule): a `[PATCH v2 2/2]`
+//!    posted in reply to v1's 2/2 re-posts only that patch; v2 takes the slots
+//!    it lacks from v1 (same submitter, project and total), is complete when
+//!    together they fill every slot, and re-rolls v1 by rule 8. A mail stays
+//!    in one series: the taken slots are read from v1, never moved. Only a
+//!    patch at slot 2 or later names its base (a full re-roll's 1/N in reply
+//!    to v1's 1/N looks the same until its 2/N arrives).
 //!
 //! [`project_for`] finds a project's tag wherever lists put it: a bracket word
 //! (`[PATCH liburing v2 1/3]`) or the title's first word before its colon
@@ -327,6 +334,15 @@ fn components(members: &[Posted], arrival: usize) -> Vec<(bool, usize)> {
 /// Complete means every slot 1..=total is filled (the cover letter is optional).
 pub fn is_complete(total: u32, slots: &[u32]) -> bool {
     (1..=total).all(|s| slots.contains(&s))
+}
+
+/// A partial re-roll (b4's rule: a `[PATCH v2 2/2]` in reply to v1's 2/2 is v1's 1/2 plus the
+/// new 2/2): the slots of `total` that a re-roll holding `own` takes from the version it
+/// re-rolls, which holds `base` (of the same total), in order, when together they fill every
+/// slot; `None` when they do not, or when `own` fills them alone.
+pub fn inherited_slots(total: u32, own: &[u32], base: &[u32]) -> Option<Vec<u32>> {
+    let taken: Vec<u32> = (1..=total).filter(|s| !own.contains(s)).collect();
+    (!taken.is_empty() && taken.iter().all(|s| base.contains(s))).then_some(taken)
 }
 
 /// What decides whether one series re-rolls another.
@@ -656,6 +672,14 @@ mod tests {
         assert!(is_complete(2, &[0, 1, 2]));
         assert!(!is_complete(2, &[0, 1]));
         assert!(!is_complete(3, &[]));
+    }
+
+    #[test]
+    fn a_partial_reroll_takes_the_slots_it_lacks() {
+        assert_eq!(inherited_slots(2, &[2], &[1, 2]), Some(vec![1]));
+        assert_eq!(inherited_slots(3, &[0, 2], &[1, 3]), Some(vec![1, 3]));
+        assert_eq!(inherited_slots(2, &[2], &[0, 2]), None, "the base lacks 1/2 too");
+        assert_eq!(inherited_slots(2, &[1, 2], &[1, 2]), None, "complete on its own");
     }
 
     #[test]
