@@ -911,6 +911,20 @@ pub fn sweep(tx: &Tx<'_>, age: Age, cutoff: i64, now: i64, events: &mut Vec<Even
     Ok(ids.len())
 }
 
+/// The mbox of series `id`, its patches in slot order with the slots a partial re-roll takes
+/// from the version it re-rolls (what `git am` needs), complete or not; `None` for no such
+/// series. The HTTP API's `/series/{id}/mbox` reads it, so it matches the `complete` event.
+pub fn series_mbox(conn: &rusqlite::Connection, id: i64) -> Result<Option<Vec<u8>>, StoreError> {
+    if conn.query_row("SELECT 1 FROM series WHERE id = ?1", [id], |_| Ok(())).optional()?.is_none() {
+        return Ok(None);
+    }
+    let mut mbox = Vec::new();
+    for m in patches_of(conn, &load_series(conn, id)?, true)? {
+        patchbay_mail::write_mboxrd(&mut mbox, &m.raw);
+    }
+    Ok(Some(mbox))
+}
+
 /// The mbox of the complete (or superseded-after-completion) series holding `message_id`.
 pub fn complete_series_mbox(conn: &rusqlite::Connection, message_id: &str) -> Result<Option<String>, StoreError> {
     let series: Option<i64> = conn

@@ -67,7 +67,7 @@ use patchbay_bus::{Bus, Outgoing, Publisher};
 use patchbay_model::{Body, Sender, TopicRoot};
 use patchbay_store::{EmbeddedBus, StoreError, Tx};
 
-pub use assemble::{Incoming, Outcome, Project};
+pub use assemble::{Incoming, Outcome, Project, series_mbox};
 pub use patchbay_series::Rules;
 
 /// Why ingestion failed; every variant means "nothing was stored, try again" unless noted.

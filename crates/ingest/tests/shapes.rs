@@ -266,6 +266,9 @@ async fn shape4_a_partial_reroll_takes_the_slots_it_lacks_in_any_order() {
             let (one, two) = (mbox.find("Message-ID: <o1@x>").unwrap(), mbox.find("Message-ID: <n2@x>").unwrap());
             assert!(one < two && !mbox.contains("Message-ID: <o2@x>"), "{order:?}: v1's 1/2, then the new 2/2");
             assert_eq!(ingest.complete_series_mbox("<n2@x>").await.unwrap().as_deref(), Some(mbox), "{order:?}");
+            let id = v2.id;
+            let api = ingest.bus().db().read(move |c| patchbay_ingest::series_mbox(c, id)).await.unwrap();
+            assert_eq!(api.as_deref(), Some(mbox.as_bytes()), "{order:?}: the HTTP API's mbox is the event's");
             let superseded = ev.iter().filter(|(t, b)| t == "series.series.superseded" && b["series"]["id"] == v1.id).count();
             assert_eq!(superseded, 1, "{order:?}: v1 is superseded once");
             // v1 is announced complete only when both its patches came before v2's (shape 8).

@@ -159,22 +159,8 @@ impl patchbay_web::dashboard::Pages for StorePages {
 
     fn series_mbox(&self, id: i64) -> PageFuture<'_, Option<Vec<u8>>> {
         Box::pin(async move {
-            self.db
-                .read(move |c| {
-                    if c.query_row("SELECT 1 FROM series WHERE id = ?1", [id], |_| Ok(())).optional()?.is_none() {
-                        return Ok(None);
-                    }
-                    let mut stmt = c.prepare_cached(
-                        "SELECT m.raw FROM series_mails sm JOIN mails m ON m.id = sm.mail_id WHERE sm.series_id = ?1 AND sm.slot > 0 ORDER BY sm.slot",
-                    )?;
-                    let mut out = Vec::new();
-                    for raw in stmt.query_map([id], |r| r.get::<_, Vec<u8>>(0))? {
-                        patchbay_mail::mbox::write_mboxrd(&mut out, &raw?);
-                    }
-                    Ok(Some(out))
-                })
-                .await
-                .map_err(text)
+            // Ingest owns the series tables and the partial re-roll rule (slots taken from v1).
+            self.db.read(move |c| patchbay_ingest::series_mbox(c, id)).await.map_err(text)
         })
     }
 
