@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use patchbay_listen::{Admission, Backoff, Seated, Seats, Throttled};
+use patchbay_listen::{Backoff, Gate, Seated};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -63,10 +63,9 @@ impl Limits {
 pub async fn serve(listener: TcpListener, ingest: Ingest, limits: Limits, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
     tokio::pin!(shutdown);
     let limits = Arc::new(limits);
-    let seats = Seats::new(limits.max_connections);
+    let mut gate = Gate::new("LMTP", limits.max_connections);
     let budget = Arc::new(Semaphore::new(limits.data_budget()));
     let mut backoff = Backoff::new("LMTP");
-    let (mut evicted, mut refused) = (Throttled::default(), Throttled::default());
     loop {
         let accepted = tokio::select! {
             () = &mut shutdown => return Ok(()),
@@ -85,24 +84,10 @@ pub async fn serve(listener: TcpListener, ingest: Ingest, limits: Limits, shutdo
                 }
             }
         };
-        let seat = match seats.admit() {
-            Admission::Free(seat) => seat,
-            Admission::Evicted(seat) => {
-                if let Some(count) = evicted.hit() {
-                    tracing::info!(%peer, count, max = limits.max_connections, "LMTP at its connection cap: closed the longest-idle sessions to admit new ones.");
-                }
-                // Let admitted sessions read what they were sent before admitting more (see web).
-                tokio::task::yield_now().await;
-                seat
-            }
-            Admission::Full => {
-                if let Some(count) = refused.hit() {
-                    tracing::warn!(%peer, count, max = limits.max_connections, "LMTP connections refused: too many connections, all busy.");
-                }
-                // A fresh socket's send buffer is empty: this never blocks the accept loop.
-                let _ = stream.try_write(b"421 4.3.2 too many connections, try again later\r\n");
-                continue;
-            }
+        let Some(seat) = gate.admit(peer).await else {
+            // A fresh socket's send buffer is empty: this never blocks the accept loop.
+            let _ = stream.try_write(b"421 4.3.2 too many connections, try again later\r\n");
+            continue;
         };
         let (ingest, limits, budget) = (ingest.clone(), limits.clone(), budget.clone());
         tokio::spawn(async move {

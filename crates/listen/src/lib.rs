@@ -125,6 +125,46 @@ impl Drop for Seated {
     }
 }
 
+/// A listener's door: seats each accepted connection, closing the longest-idle one at the cap,
+/// and says so in the log at most once a minute per kind of event.
+pub struct Gate {
+    what: &'static str,
+    seats: Arc<Seats>,
+    evicted: Throttled,
+    refused: Throttled,
+}
+
+impl Gate {
+    /// A gate for the listener named `what` (`LMTP`, `HTTP`) with room for `cap` connections.
+    pub fn new(what: &'static str, cap: usize) -> Self {
+        Gate { what, seats: Seats::new(cap), evicted: Throttled::default(), refused: Throttled::default() }
+    }
+
+    /// Seats the connection from `peer`; `None` when every seated connection is busy (the
+    /// caller answers "too many connections" and closes it).
+    pub async fn admit(&mut self, peer: std::net::SocketAddr) -> Option<Seated> {
+        match self.seats.admit() {
+            Admission::Free(seat) => Some(seat),
+            Admission::Evicted(seat) => {
+                if let Some(count) = self.evicted.hit() {
+                    tracing::info!(listener = self.what, %peer, count, max = self.seats.cap, "At the connection cap: closed the longest-idle connections to admit new ones.");
+                }
+                // In a flood the backlog holds thousands of ready sockets: let the connections
+                // already admitted read what they were sent before admitting more, or a real
+                // request would be closed as "idle" before its bytes were ever read.
+                tokio::task::yield_now().await;
+                Some(seat)
+            }
+            Admission::Full => {
+                if let Some(count) = self.refused.hit() {
+                    tracing::warn!(listener = self.what, %peer, count, max = self.seats.cap, "Connections refused: too many connections, all busy.");
+                }
+                None
+            }
+        }
+    }
+}
+
 /// Backs off while `accept` fails (out of descriptors, say): from 10 ms doubling to 1 s,
 /// logged once when a burst of failures begins and once when it ends.
 pub struct Backoff {

@@ -28,7 +28,7 @@ use axum::response::{IntoResponse, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use patchbay_listen::{Admission, Backoff, Seat, Seated, Seats, Throttled};
+use patchbay_listen::{Backoff, Gate, Seat, Seated};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -73,11 +73,10 @@ pub(crate) async fn serve(
 ) -> std::io::Result<()> {
     tokio::pin!(shutdown);
     let router = TowerToHyperService::new(router.layer(DefaultBodyLimit::max(limits.max_body_bytes)));
-    let seats = Seats::new(limits.max_connections);
+    let mut gate = Gate::new("HTTP", limits.max_connections);
     let (closing_tx, closing) = watch::channel(false);
     let mut connections = JoinSet::new();
     let mut backoff = Backoff::new("HTTP");
-    let (mut evicted, mut refused) = (Throttled::default(), Throttled::default());
     loop {
         let accepted = tokio::select! {
             () = &mut shutdown => break,
@@ -97,30 +96,14 @@ pub(crate) async fn serve(
                 }
             }
         };
-        let seat = match seats.admit() {
-            Admission::Free(seat) => seat,
-            Admission::Evicted(seat) => {
-                if let Some(count) = evicted.hit() {
-                    tracing::info!(%peer, count, max = limits.max_connections, "HTTP at its connection cap: closed the longest-idle connections to admit new ones.");
-                }
-                // In a flood the backlog holds thousands of ready sockets: let the connections
-                // already admitted read what they were sent before admitting more, or a real
-                // request would be evicted as "idle" before its bytes were ever read.
-                tokio::task::yield_now().await;
-                seat
-            }
-            Admission::Full => {
-                if let Some(count) = refused.hit() {
-                    tracing::warn!(%peer, count, max = limits.max_connections, "HTTP connections refused: too many connections, all busy.");
-                }
-                // A fresh socket's send buffer is empty: this never blocks the accept loop.
-                let body = r#"{"error":"too many connections"}"#;
-                let _ = stream.try_write(
-                    format!("HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}", body.len())
-                        .as_bytes(),
-                );
-                continue;
-            }
+        let Some(seat) = gate.admit(peer).await else {
+            // A fresh socket's send buffer is empty: this never blocks the accept loop.
+            let body = r#"{"error":"too many connections"}"#;
+            let _ = stream.try_write(
+                format!("HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}", body.len())
+                    .as_bytes(),
+            );
+            continue;
         };
         connections.spawn(connection(stream, peer, seat, router.clone(), limits.request_timeout, closing.clone()));
     }
