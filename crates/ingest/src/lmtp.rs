@@ -67,22 +67,12 @@ pub async fn serve(listener: TcpListener, ingest: Ingest, limits: Limits, shutdo
     let budget = Arc::new(Semaphore::new(limits.data_budget()));
     let mut backoff = Backoff::new("LMTP");
     loop {
-        let accepted = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = &mut shutdown => return Ok(()),
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => {
-                backoff.succeeded();
-                accepted
-            }
-            Err(error) => {
-                let pause = backoff.failed(&error);
-                tokio::select! {
-                    () = &mut shutdown => return Ok(()),
-                    () = tokio::time::sleep(pause) => continue,
-                }
-            }
+            accepted = patchbay_listen::accept(&listener, &mut backoff) => match accepted {
+                Some(accepted) => accepted,
+                None => continue,
+            },
         };
         let Some(seat) = gate.admit(peer).await else {
             // A fresh socket's send buffer is empty: this never blocks the accept loop.

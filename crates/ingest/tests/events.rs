@@ -6,7 +6,6 @@
 
 mod common;
 
-use patchbay_bus::MessageLog;
 use patchbay_ingest::incoming;
 
 const LIST: &str = "dev.lists.example.org";
@@ -25,24 +24,6 @@ fn patch_body(file: &str) -> String {
     )
 }
 
-async fn events(ingest: &patchbay_ingest::Ingest) -> Vec<(String, serde_json::Value)> {
-    let bus = ingest.bus().clone();
-    let mut out = Vec::new();
-    let mut after = 0;
-    loop {
-        let batch = bus.read_after(after, 1000).await.unwrap();
-        if batch.is_empty() {
-            return out;
-        }
-        for e in batch {
-            after = e.position;
-            let env = patchbay_model::Envelope::from_wire(&e.wire).unwrap();
-            let suffix = env.topic.as_str().trim_start_matches("pbtest.ingest.").to_string();
-            out.push((suffix, env.body));
-        }
-    }
-}
-
 fn count(ev: &[(String, serde_json::Value)], topic: &str) -> usize {
     ev.iter().filter(|(t, _)| t == topic).count()
 }
@@ -59,7 +40,7 @@ async fn transitions_are_announced_once_each() {
     for (i, m) in [cover, p2.clone(), p2, p1].into_iter().enumerate() {
         ingest.accept(vec![incoming(m, vec![], t + i as i64)]).await.unwrap();
     }
-    let ev = events(&ingest).await;
+    let ev = common::events(&ingest).await;
     assert_eq!(count(&ev, "mail.message.received"), 3, "the redelivered copy is not stored again");
     assert_eq!(count(&ev, "series.series.new"), 1);
     assert_eq!(count(&ev, "series.series.complete"), 1);
@@ -83,7 +64,7 @@ async fn transitions_are_announced_once_each() {
     for (i, m) in [c2, q1, q2].into_iter().enumerate() {
         ingest.accept(vec![incoming(m, vec![], t + 100 + i as i64)]).await.unwrap();
     }
-    let ev = events(&ingest).await;
+    let ev = common::events(&ingest).await;
     assert_eq!(count(&ev, "series.series.new"), 2);
     assert_eq!(count(&ev, "series.series.complete"), 2);
     assert_eq!(count(&ev, "series.series.superseded"), 1);
@@ -97,7 +78,7 @@ async fn transitions_are_announced_once_each() {
     assert_eq!(ingest.sweep(t + 200 + 10, 3600).await.unwrap(), 0, "not yet");
     assert_eq!(ingest.sweep(t + 200 + 7200, 3600).await.unwrap(), 1);
     assert_eq!(ingest.sweep(t + 200 + 9000, 3600).await.unwrap(), 0, "once");
-    let ev = events(&ingest).await;
+    let ev = common::events(&ingest).await;
     let inc: Vec<_> = ev.iter().filter(|(t, _)| t == "series.series.incomplete").collect();
     assert_eq!(inc.len(), 1);
     assert_eq!(inc[0].1["missing"], serde_json::json!([2, 3]));
@@ -107,7 +88,7 @@ async fn transitions_are_announced_once_each() {
         let m = mail(&format!("<r{n}@x>"), &format!("[PATCH {n}/3] other: more"), Some("<r1@x>"), &patch_body(&format!("r{n}")));
         ingest.accept(vec![incoming(m, vec![], t + 300 + i as i64)]).await.unwrap();
     }
-    assert_eq!(count(&events(&ingest).await, "series.series.complete"), 3);
+    assert_eq!(count(&common::events(&ingest).await, "series.series.complete"), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,7 +109,7 @@ async fn a_v1_completing_after_its_v2_is_superseded_not_announced() {
     for (i, m) in v2.into_iter().chain(v1).enumerate() {
         ingest.accept(vec![incoming(m, vec![], t + i as i64)]).await.unwrap();
     }
-    let ev = events(&ingest).await;
+    let ev = common::events(&ingest).await;
     assert_eq!(count(&ev, "series.series.complete"), 1, "only v2 is announced complete");
     assert_eq!(count(&ev, "series.series.superseded"), 1);
     let series = common::all_series(&ingest).await;
@@ -143,7 +124,7 @@ async fn mail_no_project_claims_starts_nothing() {
     let ingest = common::scratch(dir.path(), &["other.lists.example.org"]);
     let m = mail("<solo@x>", "[PATCH] fix", None, &patch_body("a"));
     ingest.accept(vec![incoming(m, vec![], 1_700_000_000)]).await.unwrap();
-    let ev = events(&ingest).await;
+    let ev = common::events(&ingest).await;
     assert_eq!(count(&ev, "mail.message.received"), 1);
     assert_eq!(ev.iter().filter(|(t, _)| t.starts_with("series.")).count(), 0);
     // Stored and threaded all the same.
@@ -155,5 +136,5 @@ async fn mail_no_project_claims_starts_nothing() {
     let ingest = common::scratch(dir.path(), &["pipe.example.org"]);
     let m = mail("<solo@x>", "[PATCH] fix", None, &patch_body("a"));
     ingest.accept(vec![incoming(m, vec!["pipe.example.org".into()], 1_700_000_000)]).await.unwrap();
-    assert_eq!(count(&events(&ingest).await, "series.series.complete"), 1);
+    assert_eq!(count(&common::events(&ingest).await, "series.series.complete"), 1);
 }

@@ -3,7 +3,6 @@
 
 mod common;
 
-use patchbay_bus::MessageLog;
 use patchbay_ingest::{Ingest, incoming};
 
 const LIST: &str = "dev.lists.example.org";
@@ -34,23 +33,6 @@ fn patch_body(file: &str) -> String {
 async fn deliver(ingest: &Ingest, mails: Vec<Vec<u8>>) {
     for (i, m) in mails.into_iter().enumerate() {
         ingest.accept(vec![incoming(m, vec![], T + i as i64)]).await.unwrap();
-    }
-}
-
-/// Every published message as (topic suffix, body).
-async fn events(ingest: &Ingest) -> Vec<(String, serde_json::Value)> {
-    let bus = ingest.bus().clone();
-    let (mut out, mut after) = (Vec::new(), 0);
-    loop {
-        let batch = bus.read_after(after, 1000).await.unwrap();
-        if batch.is_empty() {
-            return out;
-        }
-        for e in batch {
-            after = e.position;
-            let env = patchbay_model::Envelope::from_wire(&e.wire).unwrap();
-            out.push((env.topic.as_str().trim_start_matches("pbtest.ingest.").to_string(), env.body));
-        }
     }
 }
 
@@ -86,7 +68,7 @@ async fn shape2_a_cover_with_a_diff_is_the_cover_in_any_order() {
         deliver(&ingest, order).await;
         assert_eq!(shape(&ingest).await, vec![(Some("<c@x>".into()), ids(&["<p1@x>", "<p2@x>"]), 2, "complete".into())]);
         assert_eq!(common::kinds(&ingest).await.get("cover"), Some(&1));
-        let ev = events(&ingest).await;
+        let ev = common::events(&ingest).await;
         assert_eq!(count(&ev, "series.series.complete"), 1);
         let complete = &ev.iter().find(|(t, _)| t == "series.series.complete").unwrap().1;
         if n < 2 {
@@ -176,7 +158,7 @@ async fn shape3_a_version_written_elsewhere_or_on_some_mails_only() {
             assert_eq!(series.0.as_deref(), Some(posting[0].0), "order {order:?}: the cover");
             assert_eq!((series.2, series.3.as_str()), (*version, "complete"), "order {order:?}");
         }
-        let ev = events(&ingest).await;
+        let ev = common::events(&ingest).await;
         assert_eq!(count(&ev, "series.series.complete"), 3, "order {order:?}");
         for (_, body) in ev.iter().filter(|(t, _)| t == "series.series.complete") {
             let name = body["series"]["name"].as_str().unwrap();
@@ -250,7 +232,7 @@ async fn shape4_a_partial_reroll_takes_the_slots_it_lacks_in_any_order() {
             assert_eq!(v2.state, "complete", "{order:?}: {all:#?}");
             assert_eq!(v1.state, "superseded", "{order:?}: {all:#?}");
             assert_eq!(v2.supersedes, Some(v1.id), "{order:?}");
-            let ev = events(&ingest).await;
+            let ev = common::events(&ingest).await;
             let done: Vec<_> = ev.iter().filter(|(t, b)| t == "series.series.complete" && b["series"]["id"] == v2.id).collect();
             assert_eq!(done.len(), 1, "{order:?}: v2 is announced complete once");
             let body = &done[0].1;
@@ -323,7 +305,7 @@ async fn shape6_a_patch_attached_as_octet_stream_or_untyped_is_a_patch() {
     .await;
     assert_eq!(common::kinds(&ingest).await.get("patch"), Some(&3));
     assert_eq!(shape(&ingest).await, vec![(Some("<c@x>".into()), ids(&["<p1@x>", "<p2@x>", "<p3@x>"]), 1, "complete".into())]);
-    assert_eq!(count(&events(&ingest).await, "series.series.complete"), 1);
+    assert_eq!(count(&common::events(&ingest).await, "series.series.complete"), 1);
 }
 
 /// A scratch store whose only project is `liburing`, tagged, on the io_uring list that also
@@ -362,7 +344,7 @@ async fn issue17_a_project_tag_inside_the_brackets_or_first_after_them() {
         mails.extend(inside());
         mails.extend(kernel());
         deliver(&ingest, mails).await;
-        let ev = events(&ingest).await;
+        let ev = common::events(&ingest).await;
         let projects = |topic: &str| -> Vec<(String, String)> {
             let mut v: Vec<_> = ev
                 .iter()
@@ -434,7 +416,7 @@ async fn shape8_a_late_old_version_is_superseded_never_announced() {
         states(&ingest).await,
         vec![(1, "superseded".into(), Some(2)), (2, "superseded".into(), Some(3)), (3, "complete".into(), None)]
     );
-    let ev = events(&ingest).await;
+    let ev = common::events(&ingest).await;
     assert_eq!(completed_versions(&ev), vec![2, 3], "v1 is never announced complete");
 
     // A newer version still missing a patch replaces a late v1 all the same.
@@ -445,7 +427,7 @@ async fn shape8_a_late_old_version_is_superseded_never_announced() {
     let ingest = common::scratch(dir.path(), &[LIST]);
     deliver(&ingest, [v2, v1].concat()).await;
     assert_eq!(states(&ingest).await, vec![(1, "superseded".into(), Some(2)), (2, "new".into(), None)]);
-    assert!(completed_versions(&events(&ingest).await).is_empty());
+    assert!(completed_versions(&common::events(&ingest).await).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -462,7 +444,7 @@ async fn shape7_every_older_version_and_supersedes_lines() {
         states(&ingest).await,
         vec![(1, "superseded".into(), Some(3)), (2, "superseded".into(), Some(3)), (3, "complete".into(), None)]
     );
-    assert_eq!(count(&events(&ingest).await, "series.series.superseded"), 2);
+    assert_eq!(count(&common::events(&ingest).await, "series.series.superseded"), 2);
 
     // A renamed series whose own cover says `Supersedes:` the old cover replaces it, in either
     // order, though no subject is shared and neither names a version; someone else's reply
@@ -481,7 +463,7 @@ async fn shape7_every_older_version_and_supersedes_lines() {
         assert_eq!(state("foo: old approach"), "superseded", "renamed first: {renamed_first}");
         assert_eq!(state("bar: new approach"), "complete", "renamed first: {renamed_first}");
         assert_eq!(state("baz: unrelated"), "complete", "renamed first: {renamed_first}");
-        let ev = events(&ingest).await;
+        let ev = common::events(&ingest).await;
         assert_eq!(count(&ev, "series.series.complete"), if renamed_first { 2 } else { 3 }, "renamed first: {renamed_first}");
     }
 }
@@ -517,7 +499,7 @@ async fn shape9_an_archive_sweep_judges_by_the_mails_dates() {
         got,
         vec![("foo: old".into(), "incomplete".into()), ("bar: done".into(), "complete".into()), ("baz: recent".into(), "new".into())]
     );
-    let ev = events(&ingest).await;
+    let ev = common::events(&ingest).await;
     assert_eq!(count(&ev, "series.series.incomplete"), 1);
     // Idempotent: a second sweep changes nothing.
     assert_eq!(ingest.sweep_by_mail_dates(now, 86_400).await.unwrap(), 0);
@@ -549,7 +531,7 @@ async fn shape5_a_cover_whose_total_differs_from_its_patches() {
             "order {order:?}"
         );
         // Announced once; with v3 unless the cover, the only mail naming it, came last.
-        let ev = events(&ingest).await;
+        let ev = common::events(&ingest).await;
         let want = if order[4] == 0 { 1 } else { 3 };
         assert_eq!(completed_versions(&ev), vec![want], "order {order:?}");
     }
@@ -588,7 +570,7 @@ async fn shape1_references_beat_markers_whatever_the_order() {
         let ingest = common::scratch(dir.path(), &[LIST]);
         deliver(&ingest, order.iter().map(|&i| all[i].clone()).collect()).await;
         assert_eq!(sorted_shape(&ingest).await, want, "order {order:?}");
-        let ev = events(&ingest).await;
+        let ev = common::events(&ingest).await;
         assert_eq!(count(&ev, "series.series.complete"), 2, "order {order:?}");
         for (_, body) in ev.iter().filter(|(t, _)| t == "series.series.complete") {
             // Announced with its own patches, and never with the other posting's cover.

@@ -165,6 +165,21 @@ impl Gate {
     }
 }
 
+/// The next connection on `listener`; after a failed `accept`, waits out `backoff` and answers
+/// `None` (the caller loops), so a listener out of descriptors never spins. Cancel-safe.
+pub async fn accept(listener: &tokio::net::TcpListener, backoff: &mut Backoff) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match listener.accept().await {
+        Ok(accepted) => {
+            backoff.succeeded();
+            Some(accepted)
+        }
+        Err(error) => {
+            tokio::time::sleep(backoff.failed(&error)).await;
+            None
+        }
+    }
+}
+
 /// Backs off while `accept` fails (out of descriptors, say): from 10 ms doubling to 1 s,
 /// logged once when a burst of failures begins and once when it ends.
 pub struct Backoff {

@@ -35,6 +35,12 @@ impl Timestamp {
     pub const fn as_micros(self) -> i64 {
         self.0
     }
+
+    /// The UTC day of `secs` (unix seconds) as `YYYY-MM-DD`, for text meant for people.
+    pub fn day_of(secs: i64) -> String {
+        let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+        format!("{y:04}-{m:02}-{d:02}")
+    }
 }
 
 // Howard Hinnant's days_from_civil / civil_from_days.
@@ -129,6 +135,14 @@ impl schemars::JsonSchema for Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn days_are_utc_calendar_days() {
+        assert_eq!(Timestamp::day_of(0), "1970-01-01");
+        assert_eq!(Timestamp::day_of(1_709_337_600), "2024-03-02");
+        assert_eq!(Timestamp::day_of(951_782_400), "2000-02-29");
+        assert_eq!(Timestamp::day_of(-1), "1969-12-31");
+    }
 
     #[test]
     fn formats_known_instants() {

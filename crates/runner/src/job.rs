@@ -242,7 +242,7 @@ impl Runner {
                 *tree = Some(mirror.worktree(&disk.tree(), &at).await?);
             }
             let then = self.apply(tree.as_ref().expect("a tree"), disk, job).await?;
-            let day = ymd(date);
+            let day = patchbay_model::Timestamp::day_of(date);
             if then.ok {
                 let why = if because.is_empty() {
                     "it does not apply at the head".to_string()
@@ -331,32 +331,6 @@ fn branch_words(job: &Job) -> String {
     }
 }
 
-/// `YYYY-MM-DD` (UTC) of unix seconds, for reports.
-fn ymd(secs: i64) -> String {
-    // Howard Hinnant's days-to-civil.
-    let z = secs.div_euclid(86_400) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn dates_are_days() {
-        assert_eq!(super::ymd(0), "1970-01-01");
-        assert_eq!(super::ymd(1_709_337_600), "2024-03-02");
-        assert_eq!(super::ymd(951_782_400), "2000-02-29");
-        assert_eq!(super::ymd(-1), "1969-12-31");
-    }
 }

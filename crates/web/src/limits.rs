@@ -78,23 +78,13 @@ pub(crate) async fn serve(
     let mut connections = JoinSet::new();
     let mut backoff = Backoff::new("HTTP");
     loop {
-        let accepted = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => {
-                backoff.succeeded();
-                accepted
-            }
-            Err(error) => {
-                let pause = backoff.failed(&error);
-                tokio::select! {
-                    () = &mut shutdown => break,
-                    () = tokio::time::sleep(pause) => continue,
-                }
-            }
+            accepted = patchbay_listen::accept(&listener, &mut backoff) => match accepted {
+                Some(accepted) => accepted,
+                None => continue,
+            },
         };
         let Some(seat) = gate.admit(peer).await else {
             // A fresh socket's send buffer is empty: this never blocks the accept loop.

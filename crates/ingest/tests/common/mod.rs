@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use patchbay_bus::Sealer;
+use patchbay_bus::{MessageLog, Sealer};
 use patchbay_ingest::{Ingest, Project, Rules, Settings};
 use patchbay_model::TopicRoot;
 use patchbay_store::EmbeddedBus;
@@ -96,4 +96,21 @@ pub async fn kinds(ingest: &Ingest) -> std::collections::BTreeMap<String, i64> {
 /// Splits an mbox held in memory.
 pub fn split_mbox(data: &[u8]) -> Vec<Vec<u8>> {
     patchbay_mail::MboxReader::new(data).map(|m| m.unwrap().raw).collect()
+}
+
+/// Every published message as (topic suffix, body).
+pub async fn events(ingest: &Ingest) -> Vec<(String, serde_json::Value)> {
+    let bus = ingest.bus().clone();
+    let (mut out, mut after) = (Vec::new(), 0);
+    loop {
+        let batch = bus.read_after(after, 1000).await.unwrap();
+        if batch.is_empty() {
+            return out;
+        }
+        for e in batch {
+            after = e.position;
+            let env = patchbay_model::Envelope::from_wire(&e.wire).unwrap();
+            out.push((env.topic.as_str().trim_start_matches("pbtest.ingest.").to_string(), env.body));
+        }
+    }
 }
