@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use patchbay_bus::{Bus, Publisher, QueueSpec, TopicPattern};
+use patchbay_bus::{Bus, Publisher, QueueSpec};
 use patchbay_model::{BaseUsed, Sender, TestFinished, TestJob};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::sync::mpsc;
@@ -219,7 +219,7 @@ pub async fn run(opts: LatencyBench) -> anyhow::Result<()> {
     let (jobs_tx, mut jobs) = mpsc::unbounded_channel();
     let mut takers = Vec::new();
     for (test, job_arch) in [(patchbay_model::APPLY_TEST, patchbay_ci::ANY_ARCH), ("build", arch)] {
-        let pattern = TopicPattern::parse(root.topic(&patchbay_ci::job_topic(test, job_arch))?.as_str())?;
+        let pattern = patchbay_runtime::pattern(&root, &patchbay_ci::job_topic(test, job_arch))?;
         let queue = QueueSpec::new(patchbay_ci::job_queue(test, job_arch), vec![pattern]);
         takers.push(tokio::spawn(take_jobs(bus.clone(), queue, jobs_tx.clone())));
     }

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use patchbay_bus::{Outgoing, Publisher};
-use patchbay_model::{Body, Envelope, Sender, SeriesComplete, TestJob, TestLimits};
-use patchbay_runtime::{Handler, HandlerError};
+use patchbay_model::{Envelope, Sender, SeriesComplete, TestJob, TestLimits};
+use patchbay_runtime::{BodyHandler, HandlerError};
 
 /// One test as the dispatcher needs it.
 #[derive(Clone, Debug)]
@@ -249,10 +249,8 @@ impl Dispatcher {
 }
 
 #[async_trait]
-impl Handler for Dispatcher {
-    async fn handle(&self, envelope: &Envelope, _attempt: u32) -> Result<(), HandlerError> {
-        let series: SeriesComplete = serde_json::from_value(envelope.body.clone())
-            .map_err(|e| HandlerError::Permanent(format!("not a {} body: {e}", SeriesComplete::SCHEMA)))?;
+impl BodyHandler<SeriesComplete> for Dispatcher {
+    async fn handle_body(&self, _envelope: &Envelope, series: SeriesComplete, _attempt: u32) -> Result<(), HandlerError> {
         let dates = self.dates(&series).await?;
         if let (true, Some(rule), Some(MailDates { newest, .. })) = (self.history_not_work(dates), &self.age, dates) {
             let reason = format!(

@@ -10,7 +10,7 @@ use patchbay_model::{
     BaseUsed, Body, Envelope, FailureKind, Outcome, SeriesSuperseded, TestCancelled, TestFinished, TestJob, TestLog, TestStarted,
 };
 use patchbay_runner::{Failure, Job, Limits, Runner};
-use patchbay_runtime::{Handler, HandlerError};
+use patchbay_runtime::{BodyHandler, Handler, HandlerError};
 use tokio::sync::Semaphore;
 
 /// Bytes of log per `ci.test.log` message.
@@ -77,10 +77,8 @@ pub struct SupersededListener {
 }
 
 #[async_trait]
-impl Handler for SupersededListener {
-    async fn handle(&self, envelope: &Envelope, _attempt: u32) -> Result<(), HandlerError> {
-        let s: SeriesSuperseded = serde_json::from_value(envelope.body.clone())
-            .map_err(|e| HandlerError::Permanent(format!("not a {} body: {e}", SeriesSuperseded::SCHEMA)))?;
+impl BodyHandler<SeriesSuperseded> for SupersededListener {
+    async fn handle_body(&self, _envelope: &Envelope, s: SeriesSuperseded, _attempt: u32) -> Result<(), HandlerError> {
         self.superseded.lock().unwrap().insert(s.series.id, s.by_version);
         Ok(())
     }
@@ -190,8 +188,7 @@ fn apply_excerpt(log: &str, max: usize) -> String {
 #[async_trait]
 impl Handler for RunnerService {
     async fn handle(&self, envelope: &Envelope, attempt: u32) -> Result<(), HandlerError> {
-        let job: TestJob = serde_json::from_value(envelope.body.clone())
-            .map_err(|e| HandlerError::Permanent(format!("not a {} body: {e}", TestJob::SCHEMA)))?;
+        let job: TestJob = patchbay_runtime::decode::<TestJob>(envelope)?;
         if attempt > self.max_attempts {
             let reason = format!("the job was delivered {attempt} times; it keeps stopping runners");
             let msg = self.out(&Self::finished(&job, Outcome::Error, Some(FailureKind::Other(reason.clone()))))?;

@@ -12,8 +12,8 @@
 use std::io::{Read as _, Write as _};
 
 use async_trait::async_trait;
-use patchbay_model::{Body, Envelope, TestLog};
-use patchbay_runtime::{Handler, HandlerError};
+use patchbay_model::{Envelope, TestLog};
+use patchbay_runtime::{BodyHandler, HandlerError};
 use patchbay_store::{Db, StoreError};
 use rusqlite::params;
 
@@ -103,10 +103,8 @@ impl Recorder {
 }
 
 #[async_trait]
-impl Handler for Recorder {
-    async fn handle(&self, envelope: &Envelope, _attempt: u32) -> Result<(), HandlerError> {
-        let chunk: TestLog = serde_json::from_value(envelope.body.clone())
-            .map_err(|e| HandlerError::Permanent(format!("not a {} body: {e}", TestLog::SCHEMA)))?;
+impl BodyHandler<TestLog> for Recorder {
+    async fn handle_body(&self, _envelope: &Envelope, chunk: TestLog, _attempt: u32) -> Result<(), HandlerError> {
         self.store
             .append(&chunk.job, &chunk.run, chunk.index, chunk.last, &chunk.text)
             .await

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use patchbay_bus::{Bus, Publisher, TopicPattern, TrustPolicy};
+use patchbay_bus::{Bus, Publisher, TrustPolicy};
 use patchbay_ci::{Dependencies, Dispatcher, MailDates, ProjectTests, RunnerService, SeriesDates, TestDef, job_queue, job_topic};
 use patchbay_config::{Config, Isolation};
-use patchbay_model::{Body, Sender, SeriesComplete, ServiceName, TestLimits};
+use patchbay_model::{Sender, SeriesComplete, ServiceName, TestLimits};
 use patchbay_runtime::{RetryPolicy, ServiceSpec};
 
 /// Options of `patchbay runner`.
@@ -145,8 +145,8 @@ pub fn start_dispatcher(
             Sender::new(ServiceName::Dispatcher.as_str(), &config.instance),
         );
     }
-    let handler = Arc::new(dispatcher);
-    let pattern = TopicPattern::parse(config.bus.root.topic(SeriesComplete::TOPIC)?.as_str())?;
+    let handler = patchbay_runtime::Typed::new(dispatcher);
+    let pattern = patchbay_runtime::pattern_of::<SeriesComplete>(&config.bus.root)?;
     let spec = ServiceSpec::new(ServiceName::Dispatcher.as_str(), vec![pattern]);
     // Every job queue exists before the first job is published: jobs then wait for a runner
     // instead of being dropped because none has subscribed yet.
@@ -160,7 +160,7 @@ pub fn start_dispatcher(
     }
     let mut declared = Vec::new();
     for (test, arch) in queues {
-        let pattern = TopicPattern::parse(config.bus.root.topic(&job_topic(&test, &arch))?.as_str())?;
+        let pattern = patchbay_runtime::pattern(&config.bus.root, &job_topic(&test, &arch))?;
         declared.push(patchbay_bus::QueueSpec::new(job_queue(&test, &arch), vec![pattern]));
     }
     Ok(Some(tokio::spawn(async move {
@@ -228,14 +228,14 @@ pub fn start_runner(
     }
     if config.runner.cancel_superseded {
         // A queue of this runner's own: every runner hears of every supersession.
-        let pattern = TopicPattern::parse(config.bus.root.topic(<patchbay_model::SeriesSuperseded as Body>::TOPIC)?.as_str())?;
+        let pattern = patchbay_runtime::pattern_of::<patchbay_model::SeriesSuperseded>(&config.bus.root)?;
         let mut spec = ServiceSpec::new(ServiceName::Runner.as_str(), vec![pattern]);
         spec.queue = format!("runner-superseded.{}", config.instance);
-        let listener = Arc::new(handler.superseded_listener());
+        let listener = patchbay_runtime::Typed::new(handler.superseded_listener());
         tasks.push(spawn_service(bus.clone(), policy.clone(), spec, listener, shutdown.clone(), "The runner's supersession listener"));
     }
     for (test, arch) in queues(config) {
-        let pattern = TopicPattern::parse(config.bus.root.topic(&job_topic(&test, &arch))?.as_str())?;
+        let pattern = patchbay_runtime::pattern(&config.bus.root, &job_topic(&test, &arch))?;
         let mut spec = ServiceSpec::new(ServiceName::Runner.as_str(), vec![pattern]);
         spec.queue = job_queue(&test, &arch);
         spec.concurrency = jobs;
@@ -367,9 +367,9 @@ pub fn start_aggregator(
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let replay = replay_for(config, &store);
     let aggregator = aggregator(config, store, bus.clone());
-    let mut patterns = vec![TopicPattern::parse(config.bus.root.topic(<patchbay_model::TestFinished as Body>::TOPIC)?.as_str())?];
+    let mut patterns = vec![patchbay_runtime::pattern_of::<patchbay_model::TestFinished>(&config.bus.root)?];
     if config.close_superseded {
-        patterns.push(TopicPattern::parse(config.bus.root.topic(<patchbay_model::SeriesSuperseded as Body>::TOPIC)?.as_str())?);
+        patterns.push(patchbay_runtime::pattern_of::<patchbay_model::SeriesSuperseded>(&config.bus.root)?);
     }
     let mut spec = ServiceSpec::new(ServiceName::Aggregator.as_str(), patterns);
     spec.replay = replay;
@@ -434,12 +434,12 @@ pub fn start_reporter(
         .scripts(
             config.projects.iter().flat_map(|p| p.tests.iter().map(|t| ((p.name.clone(), t.name.clone()), t.script.clone()))).collect(),
         );
-    let pattern = TopicPattern::parse(config.bus.root.topic(<patchbay_model::SeriesVerdict as Body>::TOPIC)?.as_str())?;
+    let pattern = patchbay_runtime::pattern_of::<patchbay_model::SeriesVerdict>(&config.bus.root)?;
     let mut spec = ServiceSpec::new(ServiceName::Reporter.as_str(), vec![pattern]);
     spec.replay = replay;
     // An SMTP server may be down for hours: keep trying, at most a minute apart.
     spec.retry = RetryPolicy { max_attempts: 10_000, base_delay: Duration::from_millis(500), max_delay: Duration::from_secs(60) };
-    Ok(spawn_service(bus, policy, spec, Arc::new(reporter), shutdown, "The reporter"))
+    Ok(spawn_service(bus, policy, spec, patchbay_runtime::Typed::new(reporter), shutdown, "The reporter"))
 }
 
 /// Options of `patchbay waive`.

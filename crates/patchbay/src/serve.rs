@@ -133,10 +133,9 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
     // Full test logs: recorded from `ci.test.log` into the store, served over HTTP.
     let logs = patchbay_logs::LogStore::new(ingest.bus().db().clone());
     {
-        let pattern =
-            patchbay_bus::TopicPattern::parse(config.bus.root.topic(<patchbay_model::TestLog as patchbay_model::Body>::TOPIC)?.as_str())?;
+        let pattern = patchbay_runtime::pattern_of::<patchbay_model::TestLog>(&config.bus.root)?;
         let spec = patchbay_runtime::ServiceSpec::new("log-recorder", vec![pattern]);
-        let handler = Arc::new(patchbay_logs::Recorder::new(logs.clone()));
+        let handler = patchbay_runtime::Typed::new(patchbay_logs::Recorder::new(logs.clone()));
         tasks.push(spawn_service(served.bus.clone(), policy.clone(), spec, handler, closing_rx.clone(), "The log recorder"));
     }
     let reloader = crate::reload::Reloader::start(

@@ -298,12 +298,10 @@ fn insert_result(tx: &Tx<'_>, message_id: &str, r: &TestFinished) -> Result<Opti
 impl Handler for Aggregator {
     async fn handle(&self, envelope: &Envelope, _attempt: u32) -> Result<(), HandlerError> {
         if envelope.schema.name == SeriesSuperseded::SCHEMA {
-            let s: SeriesSuperseded = serde_json::from_value(envelope.body.clone())
-                .map_err(|e| HandlerError::Permanent(format!("not a {} body: {e}", SeriesSuperseded::SCHEMA)))?;
+            let s: SeriesSuperseded = patchbay_runtime::decode::<SeriesSuperseded>(envelope)?;
             return self.close(s.series).await.map(|_| ()).map_err(|e| HandlerError::Transient(e.to_string()));
         }
-        let result: TestFinished = serde_json::from_value(envelope.body.clone())
-            .map_err(|e| HandlerError::Permanent(format!("not a {} body: {e}", TestFinished::SCHEMA)))?;
+        let result: TestFinished = patchbay_runtime::decode::<TestFinished>(envelope)?;
         self.record(envelope.id.to_string(), result).await.map_err(|e| HandlerError::Transient(e.to_string()))
     }
 }

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use patchbay_bus::Publisher;
-use patchbay_model::{Body, Envelope, FailureKind, Outcome, ReportFailed, ReportSent, SeriesVerdict, TransportKind, VerdictKind};
-use patchbay_runtime::{Handler, HandlerError};
+use patchbay_model::{Envelope, FailureKind, Outcome, ReportFailed, ReportSent, SeriesVerdict, TransportKind, VerdictKind};
+use patchbay_runtime::{BodyHandler, HandlerError};
 use patchbay_store::{EmbeddedBus, StoreError};
 use patchbay_verdict::report::{self, Line, Report, Settings, Thread};
 use rusqlite::{OptionalExtension, params};
@@ -405,10 +405,8 @@ impl Reporter {
 }
 
 #[async_trait]
-impl Handler for Reporter {
-    async fn handle(&self, envelope: &Envelope, _attempt: u32) -> Result<(), HandlerError> {
-        let v: SeriesVerdict = serde_json::from_value(envelope.body.clone())
-            .map_err(|e| HandlerError::Permanent(format!("not a {} body: {e}", SeriesVerdict::SCHEMA)))?;
+impl BodyHandler<SeriesVerdict> for Reporter {
+    async fn handle_body(&self, _envelope: &Envelope, v: SeriesVerdict, _attempt: u32) -> Result<(), HandlerError> {
         self.report(v).await.map_err(|e| HandlerError::Transient(e.to_string()))
     }
 }

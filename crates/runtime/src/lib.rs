@@ -30,6 +30,10 @@
 //! that fails leaves each message to its own delivery. `serve` uses the
 //! history as the source for the aggregator and reporter on RabbitMQ.
 //!
+//! Handlers over one body type implement [`BodyHandler`] and run as [`Typed`]: the runtime
+//! decodes the envelope ([`decode`]: a body that does not decode is permanent), and
+//! [`pattern_of`] gives a body's topic pattern, so no service does either by hand.
+//!
 //! This crate knows no backend: it takes an `Arc<dyn Bus>` and an
 //! `Arc<TrustPolicy>`, and does IO only through the bus.
 
@@ -39,7 +43,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use patchbay_bus::{Bus, BusError, Consumer, Delivery, QueueSpec, TopicPattern, TrustPolicy};
-use patchbay_model::Envelope;
+use patchbay_model::{Body, Envelope, TopicRoot};
 use tokio::task::JoinSet;
 
 /// What went wrong in a handler, and so what to do with the message.
@@ -58,6 +62,63 @@ pub enum HandlerError {
 pub trait Handler: Send + Sync + 'static {
     /// Handles one message; returns only once its effects are committed.
     async fn handle(&self, envelope: &Envelope, attempt: u32) -> Result<(), HandlerError>;
+}
+
+/// Decodes a delivery's body as `B`: a body that is not one can never be handled, so the
+/// error is permanent (dead-lettered at once, naming the schema expected).
+pub fn decode<B: Body>(envelope: &Envelope) -> Result<B, HandlerError> {
+    serde_json::from_value(envelope.body.clone()).map_err(|e| HandlerError::Permanent(format!("not a {} body: {e}", B::SCHEMA)))
+}
+
+/// The pattern of exactly one topic under `root` (`suffix` as in [`Body::TOPIC`]), so no service
+/// builds a topic pattern by hand.
+pub fn pattern(root: &TopicRoot, suffix: &str) -> Result<TopicPattern, TopicSetupError> {
+    let topic = root.topic(suffix).map_err(|e| TopicSetupError(format!("{suffix}: {e}")))?;
+    TopicPattern::parse(topic.as_str()).map_err(|e| TopicSetupError(e.to_string()))
+}
+
+/// The pattern of `B`'s topic under `root`.
+pub fn pattern_of<B: Body>(root: &TopicRoot) -> Result<TopicPattern, TopicSetupError> {
+    pattern(root, B::TOPIC)
+}
+
+/// A topic suffix that makes no valid topic or pattern under the deployment's root: a
+/// configuration error (a test or architecture name with a dot or a space, say).
+#[derive(Debug, thiserror::Error)]
+#[error("bad topic: {0}")]
+pub struct TopicSetupError(String);
+
+/// A service's reaction to one body type: the runtime decodes the envelope (see [`Typed`]).
+#[async_trait]
+pub trait BodyHandler<B: Body>: Send + Sync + 'static {
+    /// Handles one `body` (from `envelope`); returns only once its effects are committed.
+    async fn handle_body(&self, envelope: &Envelope, body: B, attempt: u32) -> Result<(), HandlerError>;
+}
+
+/// Adapts a [`BodyHandler`] to a [`Handler`]: a body that does not decode is dead-lettered.
+pub struct Typed<B, H> {
+    inner: H,
+    body: std::marker::PhantomData<fn() -> B>,
+}
+
+impl<B: Body, H: BodyHandler<B>> Typed<B, H> {
+    /// `inner`, taking envelopes.
+    pub fn new(inner: H) -> Arc<Self> {
+        Arc::new(Typed { inner, body: std::marker::PhantomData })
+    }
+
+    /// The wrapped handler.
+    pub fn inner(&self) -> &H {
+        &self.inner
+    }
+}
+
+#[async_trait]
+impl<B: Body + Send + 'static, H: BodyHandler<B>> Handler for Typed<B, H> {
+    async fn handle(&self, envelope: &Envelope, attempt: u32) -> Result<(), HandlerError> {
+        let body = decode::<B>(envelope)?;
+        self.inner.handle_body(envelope, body, attempt).await
+    }
 }
 
 /// How hard to retry.
@@ -426,6 +487,49 @@ mod tests {
         let other = patchbay_model::Uuid::now_v7();
         assert!(g.first_time(other));
         assert!(!g.first_time(other));
+    }
+
+    fn envelope(schema: &str, body: serde_json::Value) -> Envelope {
+        Envelope {
+            id: patchbay_model::Uuid::now_v7(),
+            topic: TopicRoot::new("patchbay", "test").unwrap().topic(patchbay_model::TestLog::TOPIC).unwrap(),
+            sent_at: patchbay_model::Timestamp::now(),
+            sender: patchbay_model::Sender::new("runner", "1"),
+            seq: 1,
+            schema: patchbay_model::SchemaRef { name: schema.into(), version: 1 },
+            body,
+            signature: None,
+        }
+    }
+
+    struct Count(std::sync::atomic::AtomicU32);
+
+    #[async_trait]
+    impl BodyHandler<patchbay_model::TestLog> for Count {
+        async fn handle_body(&self, _: &Envelope, log: patchbay_model::TestLog, _: u32) -> Result<(), HandlerError> {
+            self.0.fetch_add(log.index, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn typed_handlers_get_bodies_and_bad_bodies_are_permanent() {
+        let handler = Typed::new(Count(0.into()));
+        let good = serde_json::json!({"job": "j", "run": "r", "index": 3, "last": true, "text": "ok"});
+        let bad = serde_json::json!({"job": 7});
+        let as_handler: Arc<dyn Handler> = handler.clone();
+        if let Err(e) = as_handler.handle(&envelope(patchbay_model::TestLog::SCHEMA, good.clone()), 1).await {
+            panic!("a good body is handled: {e} (body {good}, fields as in TestLog?)");
+        }
+        assert_eq!(handler.inner().0.load(std::sync::atomic::Ordering::SeqCst), 3);
+        match as_handler.handle(&envelope(patchbay_model::TestLog::SCHEMA, bad), 1).await {
+            Err(HandlerError::Permanent(m)) => assert!(m.contains(patchbay_model::TestLog::SCHEMA), "{m}"),
+            other => panic!("a body that is not a TestLog is permanent, got {other:?}"),
+        }
+        assert_eq!(handler.inner().0.load(std::sync::atomic::Ordering::SeqCst), 3, "the handler never saw it");
+        let p = pattern_of::<patchbay_model::TestLog>(&TopicRoot::new("patchbay", "test").unwrap()).unwrap();
+        assert!(p.matches(&TopicRoot::new("patchbay", "test").unwrap().topic(patchbay_model::TestLog::TOPIC).unwrap()));
+        assert!(pattern(&TopicRoot::new("patchbay", "test").unwrap(), "ci.job.has space.queued").is_err(), "a bad suffix is a setup error");
     }
 
     #[test]
