@@ -199,6 +199,39 @@ pub fn index_batch(tx: &Connection) -> Result<usize, StoreError> {
     Ok(rows.len())
 }
 
+/// What readers ask of the history, behind a port: one implementation per store backend.
+#[async_trait::async_trait]
+pub trait HistoryStore: Send + Sync + 'static {
+    /// One page of messages matching `q` (see [`search`]).
+    async fn search(&self, q: Query) -> Result<Page, StoreError>;
+    /// One message's wire form by id.
+    async fn message(&self, id: String) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The wire forms on exactly `topic` since `since` (unix microseconds), newest first, at
+    /// most `limit` (the dashboard's runners, from their heartbeats).
+    async fn latest(&self, topic: String, since: i64, limit: u32) -> Result<Vec<Vec<u8>>, StoreError>;
+}
+
+#[async_trait::async_trait]
+impl HistoryStore for Db {
+    async fn search(&self, q: Query) -> Result<Page, StoreError> {
+        self.read(move |c| search(c, &q)).await
+    }
+
+    async fn message(&self, id: String) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(move |c| message(c, &id)).await
+    }
+
+    async fn latest(&self, topic: String, since: i64, limit: u32) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT m.wire FROM history h JOIN bus_messages m ON m.pos = h.pos WHERE h.topic = ?1 AND h.ts >= ?2 ORDER BY h.pos DESC LIMIT ?3",
+            )?;
+            Ok(stmt.query_map(rusqlite::params![topic, since, limit], |r| r.get(0))?.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+}
+
 /// Keeps `history` up to date with `bus_messages`.
 #[derive(Clone)]
 pub struct Indexer {

@@ -36,6 +36,7 @@ mod envelope;
 mod summary;
 mod time;
 mod topic;
+pub mod view;
 
 pub use body::{
     BaseUsed, Body, BodySchema, LogMessage, MailReceived, ReportFailed, ReportSent, ResultRecorded, ResultWaived, RunnerHeartbeat,

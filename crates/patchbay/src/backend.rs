@@ -80,28 +80,12 @@ impl Relay {
     /// Where the relay stands, starting at the end of the log the first time. `serve` asks
     /// before it accepts mail, so that nothing arriving at the first start is taken for old.
     pub async fn mark(&self) -> Result<i64, patchbay_store::StoreError> {
-        self.db
-            .write(|tx| {
-                tx.execute(
-                    "INSERT INTO bus_meta (key, value) SELECT ?1, coalesce(max(pos), 0) FROM bus_messages WHERE true
-                     ON CONFLICT (key) DO NOTHING",
-                    [RELAY_MARK],
-                )?;
-                Ok(tx.query_row("SELECT value FROM bus_meta WHERE key = ?1", [RELAY_MARK], |r| r.get(0))?)
-            })
-            .await
+        self.db.log_mark(RELAY_MARK).await
     }
 
     /// Relays one batch after `mark`; returns the new mark and how many messages were sent.
     async fn step(&self, mark: i64) -> anyhow::Result<(i64, usize)> {
-        let rows: Vec<(i64, Vec<u8>)> = self
-            .db
-            .read(move |c| {
-                let mut stmt = c.prepare_cached("SELECT pos, wire FROM bus_messages WHERE pos > ?1 ORDER BY pos LIMIT ?2")?;
-                let rows = stmt.query_map([mark, RELAY_BATCH], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                Ok(rows.collect::<Result<Vec<_>, _>>()?)
-            })
-            .await?;
+        let rows = self.db.log_after(mark, RELAY_BATCH).await?;
         let Some(&(last, _)) = rows.last() else { return Ok((mark, 0)) };
         // The sender alone is read first: most of the log (the recorder's copies, big bodies
         // such as series mboxes) is not ours, and needs no full parse.
@@ -118,12 +102,7 @@ impl Relay {
         if sent > 0 {
             self.bus.publish_sealed(ours).await?;
         }
-        self.db
-            .write(move |tx| {
-                tx.execute("UPDATE bus_meta SET value = ?2 WHERE key = ?1", rusqlite::params![RELAY_MARK, last])?;
-                Ok(())
-            })
-            .await?;
+        self.db.set_log_mark(RELAY_MARK, last).await?;
         Ok((last, sent))
     }
 

@@ -100,22 +100,9 @@ struct StoreDates(patchbay_ingest::Ingest);
 #[async_trait]
 impl SeriesDates for StoreDates {
     async fn dates(&self, id: i64) -> Result<Option<MailDates>, String> {
-        self.0
-            .bus()
-            .db()
-            .read(move |c| {
-                // A mail without a Date: header counts from its arrival.
-                let row: (Option<i64>, bool) = c.query_row(
-                    "SELECT max(coalesce(m.date, m.received_at)),
-                            coalesce(max(EXISTS (SELECT 1 FROM mail_lists l WHERE l.mail_id = m.id AND l.list_id = ?2)), 0)
-                     FROM series_mails sm JOIN mails m ON m.id = sm.mail_id WHERE sm.series_id = ?1",
-                    rusqlite::params![id, crate::ingest::TEST_ANYWAY_LIST],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )?;
-                Ok(row.0.map(|newest| MailDates { newest, test_anyway: row.1 }))
-            })
-            .await
-            .map_err(|e| e.to_string())
+        use patchbay_ingest::SeriesStore as _;
+        let age = self.0.bus().db().age(id).await.map_err(|e| e.to_string())?;
+        Ok(age.map(|a| MailDates { newest: a.newest, test_anyway: a.test_anyway }))
     }
 }
 
@@ -325,7 +312,7 @@ impl HistoryReplay {
                 ("page".into(), page.to_string()),
             ];
             let q = patchbay_history::Query::from_params(&params, 0)?;
-            let got = self.0.read(move |c| patchbay_history::search(c, &q)).await.map_err(|e| e.to_string())?;
+            let got = patchbay_history::HistoryStore::search(&self.0, q).await.map_err(|e| e.to_string())?;
             let n = got.messages.len();
             for w in got.messages {
                 out.push(patchbay_model::Envelope::from_wire(&w).map_err(|e| e.to_string())?);
@@ -389,10 +376,10 @@ pub fn start_aggregator(
 }
 
 /// The maintainer's report template (`report.template`), compiled and tried on a sample.
-pub fn report_template(config: &Config) -> anyhow::Result<Option<patchbay_verdict::report::Template>> {
+pub fn report_template(config: &Config) -> anyhow::Result<Option<patchbay_report::compose::Template>> {
     match &config.report.template {
         None => Ok(None),
-        Some((path, text)) => patchbay_verdict::report::Template::new(text.clone())
+        Some((path, text)) => patchbay_report::compose::Template::new(text.clone())
             .map(Some)
             .map_err(|e| anyhow::anyhow!("{}: report.template: {}: {e}", config.source_name(), path.display())),
     }
@@ -406,7 +393,7 @@ pub fn start_reporter(
     policy: Arc<TrustPolicy>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    use patchbay_verdict::report::{Recipients as R, Settings};
+    use patchbay_report::compose::{Recipients as R, Settings};
     let recipients = match config.report.recipients {
         patchbay_config::Recipients::Submitter => R::Submitter,
         patchbay_config::Recipients::List => R::List,
@@ -416,9 +403,9 @@ pub fn start_reporter(
     let link = config.report.link.clone().or_else(|| Some(format!("http://{}", config.http_listen)));
     let publisher = Publisher::new(bus.clone(), config.bus.root.clone(), Sender::new(ServiceName::Reporter.as_str(), &config.instance));
     let transport = match &config.report.smtp_url {
-        None => patchbay_results::Transport::Outbox(config.data_dir.join("outbox")),
-        Some(url) => patchbay_results::Transport::Smtp(
-            patchbay_results::smtp::Smtp::new(&patchbay_results::smtp::SmtpSettings {
+        None => patchbay_report::Transport::Outbox(config.data_dir.join("outbox")),
+        Some(url) => patchbay_report::Transport::Smtp(
+            patchbay_report::smtp::Smtp::new(&patchbay_report::smtp::SmtpSettings {
                 url: url.clone(),
                 credentials: config.report.smtp_credentials.clone(),
                 ca_pem: config.report.smtp_ca.clone(),
@@ -427,9 +414,9 @@ pub fn start_reporter(
         ),
     };
     let replay = replay_for(config, &store);
-    let reporter = patchbay_results::Reporter::new(store, publisher, settings, transport, link)
+    let reporter = patchbay_report::Reporter::new(store, publisher, settings, transport, link)
         .template(report_template(config)?.map(Arc::new))
-        .skipping(patchbay_results::Skip { passed: config.report.only_on_failure, superseded: config.report.skip_superseded })
+        .skipping(patchbay_report::Skip { passed: config.report.only_on_failure, superseded: config.report.skip_superseded })
         .lists(config.projects.iter().filter_map(|p| Some((p.name.clone(), p.list_address.clone()?))).collect())
         .scripts(
             config.projects.iter().flat_map(|p| p.tests.iter().map(|t| ((p.name.clone(), t.name.clone()), t.script.clone()))).collect(),

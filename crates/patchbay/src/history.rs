@@ -39,7 +39,7 @@ pub async fn query(config: &patchbay_config::Config, args: &QueryArgs) -> Result
     // What was stored while no `serve` indexed it.
     Indexer::new(store.db().clone()).catch_up().await.map_err(crate::Exit::tempfail)?;
     let shown = q.clone();
-    let page = store.db().read(move |c| patchbay_history::search(c, &shown)).await.map_err(crate::Exit::tempfail)?;
+    let page = patchbay_history::HistoryStore::search(store.db(), shown).await.map_err(crate::Exit::tempfail)?;
     let mut text = String::new();
     if args.json {
         text = patchbay_history::page_json(&q, &page);

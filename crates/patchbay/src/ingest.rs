@@ -14,16 +14,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use patchbay_config::Config;
 use patchbay_ingest::archive::{self, Source};
-use patchbay_ingest::{Incoming, Ingest, Outcome, Project, Rules, Settings};
+use patchbay_ingest::{Consistency, Incoming, Ingest, Outcome, Project, Rules, SeriesStore as _, Settings, TEST_ANYWAY_LIST};
 use patchbay_store::EmbeddedBus;
 use serde::Serialize;
 
 use crate::Exit;
-
-/// The list id `patchbay import --test` records for every mail it imports: the wish to test
-/// its series whatever their age, stored with the mails (in the transaction that completes
-/// their series), so the dispatcher finds it however late it runs. `.invalid` names no list.
-pub const TEST_ANYWAY_LIST: &str = "test-anyway.import.patchbay.invalid";
 
 /// Options of `patchbay inject`.
 #[derive(clap::Args)]
@@ -140,38 +135,6 @@ pub struct Summary {
     pub series: std::collections::BTreeMap<String, u64>,
     /// Consistency of the store after the import.
     pub consistency: Consistency,
-}
-
-/// Whether every numbered patch sits in exactly one series at its slot.
-#[derive(Debug, Default, Serialize)]
-pub struct Consistency {
-    /// Patch and cover mails with an `n/N` subject.
-    pub numbered: u64,
-    /// Of those, placed in a series at slot n of a series of N.
-    pub placed_at_their_slot: u64,
-    /// Numbered mails in no series, with the reason (strays, conflicting ids).
-    pub unplaced: u64,
-    /// Placed somewhere other than their slot or total (must be 0).
-    pub misplaced: u64,
-    /// Series with a missing slot but state `complete` (must be 0).
-    pub complete_with_gaps: u64,
-    /// Cover letters (`0/N` mails), so the next three fields can be checked to add up.
-    pub covers: u64,
-    /// Of those, the cover of a series (one at most: a mail sits in one series), whatever total
-    /// it names (`0/5` over `1/6`…`6/6` heads them).
-    pub covers_placed: u64,
-    /// Of those placed, the cover of a series holding no patch: shown so a drop in
-    /// `covers_placed` that only moved covers into series of their own is seen.
-    pub covers_alone: u64,
-    /// Covers in no series, each flagged with its reason in the mail's problems (a conflicting
-    /// Message-ID, a `0/0`).
-    pub covers_flagged: u64,
-    /// Covers in no series and not flagged (must be 0: a cover is placed or says why not).
-    pub covers_lost: u64,
-    /// Complete series holding a mail that cites a member of another series outside its own
-    /// re-roll chain (a v2 posted in reply to v1 is legitimate): two threads assembled as one,
-    /// one split, or a re-post nothing links to what it replaces (must be 0).
-    pub complete_citing_other_series: u64,
 }
 
 fn progress_line(done: u64, total: Option<u64>, mails: u64, started: Instant, unit_bytes: bool) -> String {
@@ -401,141 +364,8 @@ fn parse_parallel(raws: Vec<Vec<u8>>, lists: &[String], now: i64) -> Vec<Incomin
 }
 
 async fn report(ingest: &Ingest, summary: &mut Summary) -> Result<(), patchbay_store::StoreError> {
-    let (series, consistency) = ingest
-        .bus()
-        .db()
-        .read(|c| {
-            let mut series = std::collections::BTreeMap::new();
-            let mut stmt = c.prepare("SELECT state, count(*) FROM series GROUP BY state")?;
-            for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
-                let (k, v) = row?;
-                series.insert(k, v as u64);
-            }
-            let mut cons = Consistency::default();
-            let mut stmt = c.prepare(
-                "SELECT m.subject, m.kind, m.conflicts_with IS NOT NULL, sm.slot, s.total
-                 FROM mails m LEFT JOIN series_mails sm ON sm.mail_id = m.id LEFT JOIN series s ON s.id = sm.series_id
-                 WHERE m.kind IN ('patch', 'cover')",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, bool>(2)?,
-                    r.get::<_, Option<u32>>(3)?,
-                    r.get::<_, Option<u32>>(4)?,
-                ))
-            })?;
-            for row in rows {
-                let (subject, kind, _conflict, slot, total) = row?;
-                let s = patchbay_mail::subject::parse(&subject);
-                let Some((n, t)) = s.counter else { continue };
-                if kind == "cover" && n == 0 {
-                    cons.covers += 1;
-                }
-                if kind == "patch" && n == 0 {
-                    continue;
-                }
-                cons.numbered += 1;
-                match (slot, total) {
-                    // A cover heads its patches whatever total it names (`0/5` over `1/6`…`6/6`).
-                    (Some(slot), Some(total)) if slot == n && (total == t || n == 0) => cons.placed_at_their_slot += 1,
-                    (Some(_), _) => cons.misplaced += 1,
-                    (None, _) => cons.unplaced += 1,
-                }
-            }
-            cons.complete_with_gaps = c.query_row::<i64, _, _>(
-                "SELECT count(*) FROM series s WHERE s.state = 'complete'
-                 AND (SELECT count(*) FROM series_mails sm WHERE sm.series_id = s.id AND sm.slot BETWEEN 1 AND s.total) < s.total",
-                [],
-                |r| r.get(0),
-            )? as u64;
-            covers(c, &mut cons)?;
-            cons.complete_citing_other_series = citing_other_series(c)?;
-            Ok((series, cons))
-        })
-        .await?;
+    let (series, consistency) = ingest.bus().db().census().await?;
     summary.series = series;
     summary.consistency = consistency;
     Ok(())
-}
-
-/// Fills the cover fields of `cons` but `covers`: where each `0/N` cover letter went.
-fn covers(c: &rusqlite::Connection, cons: &mut Consistency) -> rusqlite::Result<()> {
-    let mut stmt = c.prepare(
-        "SELECT m.subject, sm.series_id IS NOT NULL, sm.slot,
-                (SELECT count(*) FROM series_mails o WHERE o.series_id = sm.series_id AND o.slot > 0), m.problems IS NOT NULL
-         FROM mails m LEFT JOIN series_mails sm ON sm.mail_id = m.id WHERE m.kind = 'cover'",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?, r.get::<_, Option<u32>>(2)?, r.get::<_, i64>(3)?, r.get::<_, bool>(4)?))
-    })?;
-    for row in rows {
-        let (subject, placed, slot, patches, flagged) = row?;
-        if patchbay_mail::subject::parse(&subject).counter.is_none_or(|(n, _)| n != 0) {
-            continue;
-        }
-        match (placed, slot) {
-            (true, Some(0)) => {
-                cons.covers_placed += 1;
-                if patches == 0 {
-                    cons.covers_alone += 1;
-                }
-            }
-            (true, _) => {} // counted as misplaced by the slot check
-            (false, _) if flagged => cons.covers_flagged += 1,
-            (false, _) => cons.covers_lost += 1,
-        }
-    }
-    Ok(())
-}
-
-/// Complete series one of whose mails cites (`refs` in its hints) a member of another series
-/// that is not in its re-roll chain (linked by `supersedes`/`superseded_by`, transitively).
-fn citing_other_series(c: &rusqlite::Connection) -> rusqlite::Result<u64> {
-    use std::collections::{HashMap, HashSet};
-    // Re-roll chains as components (union-find over both links).
-    let mut root: HashMap<i64, i64> = HashMap::new();
-    fn find(root: &mut HashMap<i64, i64>, mut i: i64) -> i64 {
-        while let Some(&p) = root.get(&i).filter(|&&p| p != i) {
-            i = p;
-        }
-        i
-    }
-    let mut stmt = c.prepare("SELECT id, supersedes, superseded_by FROM series")?;
-    let links: Vec<(i64, Option<i64>, Option<i64>)> =
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
-    for (id, a, b) in links {
-        for other in [a, b].into_iter().flatten() {
-            let (x, y) = (find(&mut root, id), find(&mut root, other));
-            if x != y {
-                root.insert(x, y);
-            }
-        }
-    }
-    let mut stmt = c.prepare(
-        "SELECT sm.series_id, m.message_id, m.hints, s.state = 'complete' FROM series_mails sm
-         JOIN mails m ON m.id = sm.mail_id JOIN series s ON s.id = sm.series_id",
-    )?;
-    let members: Vec<(i64, String, Option<String>, bool)> =
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect::<Result<_, _>>()?;
-    let mut series_of: HashMap<&str, Vec<i64>> = HashMap::new();
-    for (sid, mid, _, _) in &members {
-        series_of.entry(mid.as_str()).or_default().push(*sid);
-    }
-    let mut crossing = HashSet::new();
-    for (sid, _, hints, complete) in &members {
-        let Some(hints) = hints.as_deref().filter(|_| *complete) else { continue };
-        let refs = serde_json::from_str::<serde_json::Value>(hints).ok().and_then(|h| h.get("refs").cloned());
-        let refs: Vec<String> = refs.and_then(|r| serde_json::from_value(r).ok()).unwrap_or_default();
-        let mine = find(&mut root, *sid);
-        for r in &refs {
-            for &other in series_of.get(r.as_str()).into_iter().flatten() {
-                if other != *sid && find(&mut root, other) != mine {
-                    crossing.insert(*sid);
-                }
-            }
-        }
-    }
-    Ok(crossing.len() as u64)
 }

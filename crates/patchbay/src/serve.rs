@@ -262,9 +262,7 @@ impl patchbay_web::MessageHistory for StoreHistory {
             let q = patchbay_history::Query::from_params(&params, patchbay_model::Timestamp::now().as_micros())
                 .map_err(patchbay_web::QueryError::Bad)?;
             let shown = q.clone();
-            let page = self
-                .0
-                .read(move |c| patchbay_history::search(c, &shown))
+            let page = patchbay_history::HistoryStore::search(&self.0, shown)
                 .await
                 .map_err(|e| patchbay_web::QueryError::Unavailable(e.to_string()))?;
             Ok(patchbay_history::page_json(&q, &page))
@@ -273,7 +271,7 @@ impl patchbay_web::MessageHistory for StoreHistory {
 
     fn message(&self, id: String) -> patchbay_web::MessageFuture<'_> {
         Box::pin(async move {
-            self.0.read(move |c| patchbay_history::message(c, &id)).await.map_err(|e| patchbay_web::QueryError::Unavailable(e.to_string()))
+            patchbay_history::HistoryStore::message(&self.0, id).await.map_err(|e| patchbay_web::QueryError::Unavailable(e.to_string()))
         })
     }
 }
@@ -298,9 +296,7 @@ impl patchbay_web::TestResults for StoreResults {
     fn query(&self, params: Vec<(String, String)>) -> patchbay_web::JsonFuture<'_> {
         Box::pin(async move {
             let q = patchbay_results::Query::from_params(&params).map_err(patchbay_web::QueryError::Bad)?;
-            let rows = self
-                .db
-                .read(move |c| patchbay_results::query(c, &q))
+            let rows = patchbay_results::ResultsStore::query(&self.db, q)
                 .await
                 .map_err(|e| patchbay_web::QueryError::Unavailable(e.to_string()))?;
             Ok(serde_json::json!({ "results": rows }))

@@ -169,13 +169,50 @@ fn layering_rules_hold() {
         (
             // `model` is allowed: it is pure too, and the domain's words and types live there (issue 14).
             "verdict",
-            &["patchbay-bus", "patchbay-store", "patchbay-runtime", "patchbay-config", "tokio", "rusqlite", "axum", "reqwest", "lapin"],
-            "the verdict policy is pure",
+            &[
+                "patchbay-bus",
+                "patchbay-store",
+                "patchbay-runtime",
+                "patchbay-config",
+                "tokio",
+                "rusqlite",
+                "axum",
+                "reqwest",
+                "lapin",
+                "minijinja",
+            ],
+            "the verdict policy is pure (the report's template is the report crate's)",
         ),
         (
             "results",
-            &["patchbay-bus-amqp", "patchbay-web", "patchbay-config", "patchbay-runner", "patchbay-ci", "axum", "reqwest", "lapin"],
-            "the aggregator knows the embedded store, not HTTP, runners or the config file",
+            &[
+                "patchbay-bus-amqp",
+                "patchbay-web",
+                "patchbay-config",
+                "patchbay-runner",
+                "patchbay-ci",
+                "patchbay-report",
+                "lettre",
+                "axum",
+                "reqwest",
+                "lapin",
+            ],
+            "the aggregator knows the embedded store, not HTTP, runners, the report or the config file",
+        ),
+        (
+            "report",
+            &[
+                "patchbay-bus-amqp",
+                "patchbay-web",
+                "patchbay-config",
+                "patchbay-runner",
+                "patchbay-ci",
+                "patchbay-results",
+                "axum",
+                "reqwest",
+                "lapin",
+            ],
+            "the report knows the embedded store and the verdict's words, not HTTP, runners, the aggregator or the config file",
         ),
         (
             "ingest",
@@ -371,6 +408,43 @@ fn the_binarys_modules_import_no_cycle() {
     for m in edges.keys() {
         if let Some(cycle) = visit(m, &edges, &mut Vec::new(), &mut done) {
             panic!("import cycle among crates/patchbay's modules: {}", cycle.join(" -> "));
+        }
+    }
+}
+
+/// The stores sit behind ports owned by the crates that own their tables (`SeriesStore` in
+/// ingest, `ResultsStore` in results, `HistoryStore` in history, the log's marks in store): the
+/// binary and the HTTP edge name no SQL crate in `[dependencies]` and write no SQL, so a
+/// second store backend is a new implementation of those ports, not a hunt through the top.
+#[test]
+fn no_sql_in_the_binary_or_the_web_edge() {
+    const SQL_CRATES: &[&str] = &["rusqlite", "sqlx", "postgres", "tokio-postgres", "diesel", "sea-orm", "deadpool-postgres"];
+    const SQL_TEXT: &[&str] = &["rusqlite", "SELECT ", "INSERT INTO", "INSERT OR", "DELETE FROM", "UPDATE ", "CREATE TABLE", "PRAGMA "];
+    for krate in ["patchbay", "web"] {
+        let sql: Vec<String> = deps(krate).into_iter().filter(|d| SQL_CRATES.contains(&d.as_str())).collect();
+        assert!(sql.is_empty(), "crates/{krate} depends on {sql:?}: its stores belong behind the owning crates' ports");
+        let mut stack = vec![workspace().join("crates").join(krate).join("src")];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).unwrap() {
+                let path = e.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                if path.extension().is_none_or(|x| x != "rs") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).unwrap();
+                for (n, line) in text.lines().enumerate() {
+                    if let Some(word) = SQL_TEXT.iter().find(|w| line.contains(*w)) {
+                        panic!(
+                            "{}:{}: {word:?}: SQL in crates/{krate}; put it behind a port in the crate owning the table",
+                            path.display(),
+                            n + 1
+                        );
+                    }
+                }
+            }
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The aggregator: records every `ci.test.finished` (in the spirit of
 //! resultsdb) and issues exactly one `ci.series.verdict` per series version
 //! (in the spirit of greenwave), when every required result is in or when the
-//! deadline passes. And the reporter: one mail per verdict, exactly once.
+//! deadline passes.
 //!
 //! Exactly once holds under redelivery and any number of aggregator
 //! instances: a result is keyed by its message id (a redelivery changes
@@ -18,30 +18,11 @@
 //! once from what it has (`results.close_superseded`), usually INCOMPLETE.
 //! The policy itself is `patchbay-verdict`.
 //!
-//! [`Reporter`] (on `ci.series.verdict`, see `reporter.rs`): records the intent
-//! (`reports`, with the stable Message-ID), composes the mail from the store
-//! (the cover or patch 1 and its References, the latest results, log tails,
-//! links to the series page and the logs, the failing tests' scripts),
-//! delivers it, then marks it sent and publishes `report.email.sent` in one
-//! transaction. Recipients: the submitter and the project's `list_address`; a
-//! `List-Post` header never decides where reports go, and header values from
-//! mail are stripped of control characters. Without `report.smtp_url` mail
-//! goes to the outbox maildir `<data>/outbox`, idempotent by file name. Over
-//! SMTP ([`smtp`]) the state goes `intent` → `sending` (committed before the
-//! first byte) → `sent`: failures before the text are retried, a 5xx is
-//! `failed` (`report.email.failed`), and anything ambiguous after the text is
-//! `failed` and never resent: the rare lost report over a duplicate. The body
-//! is the built-in text or the maintainer's template, checked at start and by
-//! `config check`; a template failing at run time falls back with a warning.
-//! Verdicts that get no mail ([`Skip`]: `report.only_on_failure` for PASSED
-//! and MERGED, `report.skip_superseded`) are recorded as `skipped`.
-//!
-//! Tables (migrations 4, 5 and 7): `results`, `verdicts`, `reports` (with the
-//! mail as sent). This crate knows the embedded store, not HTTP, runners or
+//! Tables (migrations 4 and 5): `results`, `verdicts`. The report on a verdict is
+//! `patchbay-report`'s. This crate knows the embedded store, not HTTP, runners or
 //! the config file.
 
-mod reporter;
-pub mod smtp;
+mod read;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -56,7 +37,7 @@ use patchbay_store::{EmbeddedBus, StoreError, Tx};
 use patchbay_verdict::{Latest, Required, Verdict};
 use rusqlite::{OptionalExtension, params};
 
-pub use reporter::{Reporter, Skip, Transport, deliver_to_maildir};
+pub use read::ResultsStore;
 
 /// Which (test, arch) each project requires; `apply` is always required.
 #[derive(Clone, Debug, Default)]

@@ -56,6 +56,7 @@
 mod bus;
 mod db;
 mod migrations;
+mod outbox;
 
 use std::path::PathBuf;
 

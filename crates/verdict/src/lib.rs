@@ -3,8 +3,7 @@
 //! version PASSED, FAILED, MERGED, or not decided yet; and, once its deadline
 //! has passed, INCOMPLETE. Pure: no store, no clock (the caller says whether
 //! the deadline passed, and passes the date); its dependencies are `model`
-//! (pure too: the domain's words, such as the `apply` test), and minijinja and
-//! serde for the report template.
+//! (pure too: the domain's words, such as the `apply` test).
 //!
 //! Rules of [`decide`]:
 //! - A series already in the branch (`apply` INFO `already-merged`: every patch
@@ -22,27 +21,12 @@
 //! - When the deadline has passed with some still missing: FAILED if any
 //!   failed, else INCOMPLETE naming the missing ones.
 //!
-//! [`report`] composes the reply mail for a verdict, also without IO:
-//! `Re: <subject>`, threaded under the cover letter (patch 1 without one),
-//! a stable Message-ID `<patchbay-report-<series>-v<version>@<domain>>`,
-//! `Auto-Submitted`, `X-Patchbay-{Verdict,Project,Series}`, and a 72-column
-//! body: one line per test × arch, the base and why (`Applied to: <commit>
-//! (<reason>)`, and [`report::BASE_HINT`] when the series named no base), the
-//! failing excerpts (last 40 lines, each log once), the link to the series
-//! page and logs, and "To reproduce" with the failing tests' own scripts. A
-//! MERGED series gets a short body naming each patch's commit. A series that
-//! does not apply gets its own body under 40 lines ([`report::apply_failure`]
-//! reads git's words: the patch as `n/N`, the file, the hunk, the base, the
-//! tests not run, what to do); `tests/golden/` holds whole mails
-//! (`PATCHBAY_BLESS=1` rewrites them). A maintainer's minijinja template
-//! ([`report::Template`]) sees `report`, `thread` and `default_body`; headers
-//! stay ours.
+//! The report built on a verdict (composing, sending, re-sending) is `patchbay-report`'s.
 //!
 //! [`duration`] is the one way a test's duration is written (the report and
 //! the dashboard alike), whole seconds to the nearest.
 
 mod duration;
-pub mod report;
 
 pub use duration::{duration, seconds_of};
 use patchbay_model::{ANY_ARCH, APPLY_TEST, FailureKind, Outcome, VerdictKind};

@@ -4,7 +4,7 @@
 //! breaks after the text went out is *ambiguous*, never retried; a server that
 //! stops offering STARTTLS gets nothing in clear.
 
-use patchbay_results::smtp::{SendError, Smtp, SmtpSettings};
+use patchbay_report::smtp::{SendError, Smtp, SmtpSettings};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 
 /// What the scripted server does at one point of the conversation.

@@ -124,8 +124,8 @@ const EXCERPT_LINES: usize = 40;
 /// Lines of the conflicting hunk kept in an apply-failure report (the rest is in the full log).
 const HUNK_LINES: usize = 12;
 
-pub use crate::ALREADY_MERGED;
 use patchbay_model::{APPLY_TEST, FailureKind, Outcome, VerdictKind};
+pub use patchbay_verdict::ALREADY_MERGED;
 
 /// The reason of a test that could not run because its series does not apply; the word is
 /// `model`'s, this name stays for callers.
@@ -379,7 +379,7 @@ fn body(r: &Report) -> String {
             .filter(|x| !x.as_str().eq_ignore_ascii_case(l.outcome.as_str()))
             .map(|x| format!(" ({x})"))
             .unwrap_or_default();
-        b.push_str(&format!("  {:width$}  {}{}  {}\n", l.what, l.outcome, reason, crate::duration(l.seconds)));
+        b.push_str(&format!("  {:width$}  {}{}  {}\n", l.what, l.outcome, reason, patchbay_verdict::duration(l.seconds)));
     }
     // Tests that never ran because the series does not apply: one line, whatever their number.
     let not_run: Vec<&str> = r.lines.iter().filter(not_applied).map(|l| l.what.as_str()).collect();

@@ -3,7 +3,7 @@
 //! `PATCHBAY_BLESS=1 cargo test -p patchbay-verdict --test golden` rewrites
 //! the files (read the diff before committing them).
 
-use patchbay_verdict::report::{Line, Recipients, Report, Settings, Thread, compose};
+use patchbay_report::compose::{Line, Recipients, Report, Settings, Thread, compose};
 
 /// What the runner publishes for a series whose patch 2/3 conflicts: `git am -3`'s
 /// stdout, then its stderr, then the failing patch's diff.

@@ -10,12 +10,12 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::compose::{self as report, Line, Report, Settings, Thread};
 use async_trait::async_trait;
 use patchbay_bus::Publisher;
 use patchbay_model::{Envelope, FailureKind, Outcome, ReportFailed, ReportSent, SeriesVerdict, TransportKind, VerdictKind};
 use patchbay_runtime::{BodyHandler, HandlerError};
 use patchbay_store::{EmbeddedBus, StoreError};
-use patchbay_verdict::report::{self, Line, Report, Settings, Thread};
 use rusqlite::{OptionalExtension, params};
 
 /// Where reports go.

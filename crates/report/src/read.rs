@@ -1,0 +1,56 @@
+//! The report store's read side, behind a port ([`ReportStore`]): the dashboard's view of a
+//! report and the admin's re-send (a report put back in `intent` for the reporter). The SQLite
+//! implementation is here, beside the reporter's writes; nothing above this crate writes SQL
+//! over `reports`.
+
+use async_trait::async_trait;
+use patchbay_store::{Db, StoreError};
+use rusqlite::{OptionalExtension as _, params};
+
+/// A report as the reporter left it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportRow {
+    /// `intent`, `sending`, `sent`, `failed` or `skipped`.
+    pub state: String,
+    /// Why it failed or was skipped, or who asked for a re-send.
+    pub detail: Option<String>,
+    /// The mail as sent (or about to be).
+    pub mail: Option<Vec<u8>>,
+}
+
+/// What readers and the admin ask of the report store; one implementation per store backend.
+#[async_trait]
+pub trait ReportStore: Send + Sync + 'static {
+    /// The report of a series version.
+    async fn report(&self, series: i64, version: u32) -> Result<Option<ReportRow>, StoreError>;
+    /// Puts a finished report (`sent`, `failed`, `skipped`) back in `intent`, so the reporter
+    /// sends it again when it hears the verdict again; `false` when there was none to put back.
+    async fn ask_resend(&self, series: i64, version: u32, detail: String) -> Result<bool, StoreError>;
+}
+
+#[async_trait]
+impl ReportStore for Db {
+    async fn report(&self, series: i64, version: u32) -> Result<Option<ReportRow>, StoreError> {
+        self.read(move |c| {
+            Ok(c.query_row(
+                "SELECT state, detail, mail FROM reports WHERE series_id = ?1 AND version = ?2",
+                params![series, version],
+                |r| Ok(ReportRow { state: r.get(0)?, detail: r.get(1)?, mail: r.get(2)? }),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn ask_resend(&self, series: i64, version: u32, detail: String) -> Result<bool, StoreError> {
+        self.write(move |tx| {
+            let n = tx.execute(
+                "UPDATE reports SET state = 'intent', detail = ?3, resends = resends + 1
+                 WHERE series_id = ?1 AND version = ?2 AND state IN ('sent', 'failed', 'skipped')",
+                params![series, version, detail],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+}

@@ -1,0 +1,76 @@
+//! The results store's read side, behind a port ([`ResultsStore`]): what the dashboard and the
+//! JSON series API ask of the tables this crate owns (`results`, `verdicts`), as
+//! typed rows. The SQLite implementation is here; nothing above this crate writes SQL over those tables.
+
+use async_trait::async_trait;
+use patchbay_model::VerdictKind;
+use patchbay_model::view::Cell;
+use patchbay_store::{Db, StoreError};
+use rusqlite::{OptionalExtension as _, params};
+
+/// What readers ask of the results store; one implementation per store backend.
+#[async_trait]
+pub trait ResultsStore: Send + Sync + 'static {
+    /// The verdict of each (series, version), in the order asked; `None` while undecided.
+    async fn verdicts(&self, keys: Vec<(i64, u32)>) -> Result<Vec<Option<VerdictKind>>, StoreError>;
+    /// The verdict's detail (what failed or is missing).
+    async fn verdict_detail(&self, series: i64, version: u32) -> Result<Option<String>, StoreError>;
+    /// The test matrix: the latest result of each (test, arch), the apply test first.
+    async fn cells(&self, series: i64, version: u32) -> Result<Vec<Cell>, StoreError>;
+    /// Results matching `q` (`GET /api/v1/results`), newest first.
+    async fn query(&self, q: crate::Query) -> Result<Vec<serde_json::Value>, StoreError>;
+}
+
+#[async_trait]
+impl ResultsStore for Db {
+    async fn query(&self, q: crate::Query) -> Result<Vec<serde_json::Value>, StoreError> {
+        self.read(move |c| crate::query(c, &q)).await
+    }
+
+    async fn verdicts(&self, keys: Vec<(i64, u32)>) -> Result<Vec<Option<VerdictKind>>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached("SELECT verdict FROM verdicts WHERE series_id = ?1 AND version = ?2")?;
+            let mut out = Vec::with_capacity(keys.len());
+            for (id, version) in keys {
+                out.push(stmt.query_row(params![id, version], |r| r.get::<_, String>(0)).optional()?.map(VerdictKind::from));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn verdict_detail(&self, series: i64, version: u32) -> Result<Option<String>, StoreError> {
+        self.read(move |c| {
+            Ok(c.query_row("SELECT detail FROM verdicts WHERE series_id = ?1 AND version = ?2", params![series, version], |r| {
+                r.get::<_, Option<String>>(0)
+            })
+            .optional()?
+            .flatten())
+        })
+        .await
+    }
+
+    async fn cells(&self, series: i64, version: u32) -> Result<Vec<Cell>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT test, arch, outcome, reason, duration_ms, job, id, waived FROM results r WHERE series_id = ?1 AND version = ?2
+                 AND id = (SELECT max(id) FROM results x WHERE x.series_id = r.series_id AND x.version = r.version AND x.test = r.test AND x.arch = r.arch)
+                 ORDER BY test = ?3 DESC, test, arch",
+            )?;
+            let cells = stmt.query_map(params![series, version, patchbay_model::APPLY_TEST], |r| {
+                Ok(Cell {
+                    test: r.get(0)?,
+                    arch: r.get(1)?,
+                    outcome: r.get::<_, String>(2)?.into(),
+                    reason: r.get::<_, Option<String>>(3)?.map(patchbay_model::FailureKind::from),
+                    duration_ms: r.get(4)?,
+                    job: r.get(5)?,
+                    result_id: r.get(6)?,
+                    waived: r.get(7)?,
+                })
+            })?;
+            Ok(cells.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+}
