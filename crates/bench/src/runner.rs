@@ -150,6 +150,7 @@ async fn bench(scratch: &Path, opts: &RunnerBench) -> anyhow::Result<()> {
         limits: TestLimits { wall_secs: 60, memory_mib: 1024, processes: 256, file_size_mib: 1024, output_kib: 64 },
         date: None,
         tree: None,
+        remotes: vec![],
     };
     let envelope = Sealer::default().seal(publisher.outgoing(&job)?, 1);
     let mirror = patchbay_runner::Mirror::new(&work.join("mirrors"), &repo.display().to_string());

@@ -52,6 +52,18 @@ pub struct Tree {
     pub branch: String,
 }
 
+/// Where else a `base-commit:` may be for a job on `repository`: the project's other
+/// repositories, its own first, then its tree map's in order, each once.
+pub fn other_repositories(project: &ProjectTests, repository: &str) -> Vec<String> {
+    let mut remotes: Vec<String> = Vec::new();
+    for r in std::iter::once(&project.repository).chain(project.trees.iter().map(|t| &t.repository)) {
+        if r != repository && !remotes.contains(r) {
+            remotes.push(r.clone());
+        }
+    }
+    remotes
+}
+
 /// The words inside a subject's leading brackets, lower-cased: `[PATCH net-next v2 1/3]` gives
 /// `patch`, `net-next`, `v2`, `1/3` (tags are compared with these).
 fn bracket_words(subject: &str) -> Vec<String> {
@@ -215,6 +227,7 @@ impl Dispatcher {
             Some((t, why)) => (t.repository.clone(), t.branch.clone(), Some(why.clone())),
             None => (project.repository.clone(), project.branch.clone(), None),
         };
+        let remotes = other_repositories(project, &repository);
         let job = |test: &str, arch: &str| TestJob {
             job: format!("{}-v{}-{test}-{arch}", series.series.id, series.series.version),
             series: series.series.clone(),
@@ -232,6 +245,7 @@ impl Dispatcher {
             limits: TestLimits { wall_secs: 600, memory_mib: 1024, processes: 256, file_size_mib: 1024, output_kib: 256 },
             date,
             tree: tree.clone(),
+            remotes: remotes.clone(),
         };
         let mut jobs = vec![job(patchbay_model::APPLY_TEST, crate::ANY_ARCH)];
         for t in &project.tests {
@@ -345,6 +359,22 @@ mod tests {
         assert_eq!(pick(&["[PATCH] net: fix"], diff), Some(("bpf".into(), "it touches drivers/bpf/x.c".into())), "a title word is no tag");
         assert_eq!(pick(&["[PATCH] fix"], "diff --git a/README b/README\n"), None);
         assert_eq!(bracket_words("[RFC] [PATCH bpf-next 3/5] x [net]"), ["rfc", "patch", "bpf-next", "3/5"]);
+    }
+
+    #[test]
+    fn a_job_knows_the_projects_other_repositories() {
+        let tree = |repository: &str| Tree { tags: vec![], paths: vec![], repository: repository.into(), branch: "main".into() };
+        let project = ProjectTests {
+            name: "net".into(),
+            repository: "net.git".into(),
+            branch: "main".into(),
+            tests: vec![],
+            trees: vec![tree("net.git"), tree("net-next.git"), tree("bpf.git"), tree("net-next.git")],
+        };
+        assert_eq!(other_repositories(&project, "net.git"), ["net-next.git", "bpf.git"]);
+        assert_eq!(other_repositories(&project, "bpf.git"), ["net.git", "net-next.git"], "its own repository first");
+        let alone = ProjectTests { trees: vec![], ..project };
+        assert!(other_repositories(&alone, "net.git").is_empty(), "a project of one repository has none");
     }
 
     #[test]

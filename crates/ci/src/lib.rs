@@ -54,7 +54,8 @@ mod dispatcher;
 mod runner;
 
 pub use dispatcher::{
-    Dependencies, Dispatcher, MailDates, NoDependencies, ProjectTests, SKIPPED_TOPIC, SeriesDates, TestDef, Tree, pick_tree, too_old,
+    Dependencies, Dispatcher, MailDates, NoDependencies, ProjectTests, SKIPPED_TOPIC, SeriesDates, TestDef, Tree, other_repositories,
+    pick_tree, too_old,
 };
 pub use runner::{ALREADY_MERGED, RunnerService, SupersededListener, job_queue, job_topic};
 

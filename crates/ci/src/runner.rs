@@ -228,6 +228,7 @@ impl Handler for RunnerService {
             },
             date: job.date,
             tree: job.tree.clone(),
+            remotes: job.remotes.clone(),
         };
         let mut result = Self::finished(&job, Outcome::Error, None);
         let mut log = String::new();

@@ -246,6 +246,11 @@ pub struct TestJob {
     /// net-next`, `it touches drivers/net/x.c`), for the report; absent for the project's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tree: Option<String>,
+    /// The project's other repositories (its own and its tree map's, `repository` left out),
+    /// where the runner looks for a `base_commit` that `repository` lacks: a series based on
+    /// net-next's tree must not fall back to the head because it was mapped to net's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remotes: Vec<String>,
 }
 
 impl Body for TestJob {

@@ -140,6 +140,24 @@ impl Mirror {
         let _ = std::fs::write(self.dir.join("patchbay-fetched"), b"");
     }
 
+    /// Fetches `commit` from another repository `url` into this mirror: by id first (servers
+    /// that allow it send only what is needed), else every branch of `url` (kept under
+    /// `refs/patchbay/remotes/`, which the next fetch of the mirror's own remote prunes; the
+    /// objects stay). Says whether the mirror has the commit now.
+    pub async fn fetch_commit(&self, url: &str, commit: &str) -> Result<bool, GitError> {
+        if commit.len() < 7 || !commit.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(false);
+        }
+        if ok(self.git(), &["fetch", "--quiet", "--no-tags", url, commit]).await.is_ok() && self.has_commit(commit).await {
+            return Ok(true);
+        }
+        // A stable name per remote (FNV-1a of its URL), so fetches of one remote reuse refs.
+        let key = url.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        let refspec = format!("+refs/heads/*:refs/patchbay/remotes/{key:016x}/*");
+        ok(self.git(), &["fetch", "--quiet", "--no-tags", url, &refspec]).await?;
+        Ok(self.has_commit(commit).await)
+    }
+
     /// Whether `rev` names a commit the mirror has.
     pub async fn has_commit(&self, rev: &str) -> bool {
         if rev.is_empty() || !rev.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -323,6 +341,20 @@ pub fn scrub(text: &str, paths: &[&str], host: &str) -> String {
     out
 }
 
+/// A repository as a report may name it: a URL without its user and password, a local path
+/// as its last component (the runner's paths are its own).
+pub fn scrub_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        return if path.is_empty() { format!("{scheme}://{host}") } else { format!("{scheme}://{host}/{path}") };
+    }
+    if let Some((_, host_path)) = url.split_once('@').filter(|(user, _)| !user.contains('/')) {
+        return host_path.to_string(); // scp-like `git@host:path`
+    }
+    std::path::Path::new(url.trim_end_matches('/')).file_name().map_or_else(|| url.to_string(), |n| n.to_string_lossy().into_owned())
+}
+
 /// A character that may continue a host or file name, so a secret next to it is part of another word.
 fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
@@ -360,6 +392,15 @@ fn replace_token(text: &str, needle: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repositories_are_named_without_secrets_or_runner_paths() {
+        assert_eq!(scrub_url("https://user:tok3n@git.example.org/net/net-next.git"), "https://git.example.org/net/net-next.git");
+        assert_eq!(scrub_url("https://git.kernel.org/pub/scm/x.git"), "https://git.kernel.org/pub/scm/x.git");
+        assert_eq!(scrub_url("ssh://git@host"), "ssh://host");
+        assert_eq!(scrub_url("git@github.com:org/repo.git"), "github.com:org/repo.git");
+        assert_eq!(scrub_url("/srv/runner/repos/net-next/"), "net-next");
+    }
 
     #[test]
     fn mirror_names_are_readable_and_distinct() {

@@ -33,6 +33,9 @@ pub struct Job {
     pub date: Option<i64>,
     /// Why `repository` and `branch`, when a tree map chose them (said in the base's reason).
     pub tree: Option<String>,
+    /// Other repositories of the project, searched in order for a `base_commit` that
+    /// `repository` lacks (fetched into its mirror).
+    pub remotes: Vec<String>,
 }
 
 /// Which commit the series was applied to, and why that one.
@@ -196,8 +199,22 @@ impl Runner {
             if mirror.has_commit(wanted).await {
                 return Ok(Chosen { base: Base { commit: wanted.clone(), reason: "base-commit".into() }, head_because: None });
             }
+            // Maybe it is in another tree of the project (a series on net-next mapped to net).
+            for remote in job.remotes.iter().filter(|r| **r != job.repository) {
+                match mirror.fetch_commit(remote, wanted).await {
+                    Ok(true) => {
+                        let reason = format!("base-commit (found in {})", git::scrub_url(remote));
+                        return Ok(Chosen { base: Base { commit: wanted.clone(), reason }, head_because: None });
+                    }
+                    Ok(false) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, remote = %git::scrub_url(remote), "Could not look for a base-commit in another repository.")
+                    }
+                }
+            }
             let head = mirror.branch_head(&job.branch).await?;
-            let because = format!("base-commit {wanted} is not in the repository");
+            let searched = if job.remotes.is_empty() { "the repository" } else { "the project's repositories" };
+            let because = format!("base-commit {wanted} is not in {searched}");
             let reason = format!("{} ({because})", branch_words(job));
             return Ok(Chosen { base: Base { commit: head, reason }, head_because: Some(because) });
         }

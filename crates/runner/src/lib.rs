@@ -17,8 +17,10 @@
 //! and hunk (`am --show-current-patch=diff`), then `am --abort`.
 //!
 //! Choosing the base (`Base::reason` says which and why): the job's
-//! `base-commit` when the mirror has it, else the head of the branch the tree
-//! map chose. At the head, a series that does not apply is tried again in a
+//! `base-commit` when the mirror has it (after a fetch), or when one of the
+//! project's other repositories (`Job::remotes`) has it, fetched into the
+//! mirror (`base-commit (found in net-next)`); else the head of the branch the
+//! tree map chose. At the head, a series that does not apply is tried again in a
 //! fresh worktree on the branch as of the series' date (`Job::date`:
 //! `git rev-list -1 --first-parent --before=@<date>`), with the reason
 //! `branch main as of 2024-03-02, the series' date: it does not apply at the

@@ -66,6 +66,7 @@ fn job(repo: &Path, mbox: Vec<u8>) -> Job {
         },
         date: None,
         tree: None,
+        remotes: vec![],
     }
 }
 
@@ -100,6 +101,40 @@ async fn a_series_that_does_not_apply_names_the_patch() {
     assert!(report.test.is_none());
     let root = tmp.path().display().to_string();
     assert!(!report.apply.output.contains(&root), "no runner paths in what is published: {}", report.apply.output);
+}
+
+/// A series based on a commit only another tree of the project has (net-next's, while the
+/// tree map sent the job to net): the runner fetches the base from the job's `remotes` and
+/// applies there, naming where it found it; without `remotes`, the fallback says so.
+#[tokio::test]
+async fn a_base_commit_from_another_tree_of_the_project_is_fetched_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = project(tmp.path());
+    let next = tmp.path().join("net-next");
+    git(tmp.path(), &["clone", "-q", &repo.display().to_string(), &next.display().to_string()]);
+    std::fs::write(next.join("feature.h"), "#define FEATURE 1\n").unwrap();
+    git(&next, &["add", "feature.h"]);
+    git(&next, &["commit", "-q", "-m", "net-next only: feature.h"]);
+    let base = git(&next, &["rev-parse", "HEAD"]);
+    let base_arg = format!("--base={base}");
+    let mbox = series(&next, "uses-feature", "main", &[("feature.h", "#define FEATURE 2\n")], &[&base_arg]);
+
+    let mut j = job(&repo, mbox.clone());
+    j.base_commit = Some(base.clone());
+    j.remotes = vec![repo.display().to_string(), next.display().to_string()];
+    let report = runner(tmp.path()).run(&j).await.unwrap();
+    assert_eq!(report.base.commit, base, "applied on the base fetched from net-next: {}", report.base.reason);
+    assert_eq!(report.base.reason, "base-commit (found in net-next)");
+    assert!(report.apply.ok, "it applies there: {}", report.apply.output);
+    assert!(report.test.is_some_and(|t| t.failure.is_none()), "and is tested there");
+
+    let tmp2 = tempfile::tempdir().unwrap();
+    let repo2 = project(tmp2.path());
+    let mut j = job(&repo2, mbox);
+    j.base_commit = Some(base.clone());
+    let report = runner(tmp2.path()).run(&j).await.unwrap();
+    assert!(report.base.reason.contains(&format!("base-commit {base} is not in the repository")), "{}", report.base.reason);
+    assert!(!report.apply.ok, "feature.h is not on main");
 }
 
 #[tokio::test]
