@@ -7,10 +7,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use patchbay_bus::{Outgoing, Publisher};
 use patchbay_model::{
-    BaseUsed, Body, Envelope, FailureKind, Outcome, SeriesSuperseded, TestCancelled, TestFinished, TestJob, TestLog, TestStarted,
+    BaseUsed, Body, Envelope, FailureKind, Outcome, SeriesMerged, SeriesSuperseded, TestCancelled, TestFinished, TestJob, TestLog,
+    TestStarted,
 };
 use patchbay_runner::{Failure, Job, Limits, Runner};
-use patchbay_runtime::{BodyHandler, Handler, HandlerError};
+use patchbay_runtime::{Handler, HandlerError};
 use tokio::sync::Semaphore;
 
 /// Bytes of log per `ci.test.log` message.
@@ -28,10 +29,11 @@ pub fn job_queue(test: &str, arch: &str) -> String {
     format!("ci-job.{test}.{arch}")
 }
 
-/// Superseded series versions this runner has heard of, newest kept (bounded).
+/// Series versions this runner has heard are done (superseded or merged), each with why,
+/// newest kept (bounded).
 #[derive(Default)]
 struct Superseded {
-    by: std::collections::HashMap<i64, u32>,
+    by: std::collections::HashMap<i64, String>,
     order: std::collections::VecDeque<i64>,
 }
 
@@ -39,8 +41,8 @@ struct Superseded {
 const SUPERSEDED_KEPT: usize = 100_000;
 
 impl Superseded {
-    fn insert(&mut self, series: i64, by_version: u32) {
-        if self.by.insert(series, by_version).is_none() {
+    fn insert(&mut self, series: i64, why: String) {
+        if self.by.insert(series, why).is_none() {
             self.order.push_back(series);
             if self.order.len() > SUPERSEDED_KEPT
                 && let Some(old) = self.order.pop_front()
@@ -70,16 +72,30 @@ impl Drop for Running<'_> {
     }
 }
 
-/// Tells a runner which series versions were superseded (`series.series.superseded`), so it
-/// sets their pending jobs aside instead of running them.
+/// Tells a runner which series versions are done: superseded (`series.series.superseded`) or
+/// merged upstream (`series.series.merged`), so it sets their pending jobs aside instead of
+/// running them. Subscribe it to both topics ([`SupersededListener::TOPICS`]).
 pub struct SupersededListener {
     superseded: Arc<std::sync::Mutex<Superseded>>,
 }
 
+impl SupersededListener {
+    /// The topic suffixes it handles.
+    pub const TOPICS: [&'static str; 2] = [SeriesSuperseded::TOPIC, SeriesMerged::TOPIC];
+}
+
 #[async_trait]
-impl BodyHandler<SeriesSuperseded> for SupersededListener {
-    async fn handle_body(&self, _envelope: &Envelope, s: SeriesSuperseded, _attempt: u32) -> Result<(), HandlerError> {
-        self.superseded.lock().unwrap().insert(s.series.id, s.by_version);
+impl Handler for SupersededListener {
+    async fn handle(&self, envelope: &Envelope, _attempt: u32) -> Result<(), HandlerError> {
+        let (series, why) = if envelope.schema.name == SeriesMerged::SCHEMA {
+            let m = patchbay_runtime::decode::<SeriesMerged>(envelope)?;
+            let last = m.commits.last().map_or("", |c| &c[..c.len().min(12)]).to_string();
+            (m.series.id, format!("merged upstream in {} ({last})", m.branch))
+        } else {
+            let s = patchbay_runtime::decode::<SeriesSuperseded>(envelope)?;
+            (s.series.id, format!("superseded by v{}", s.by_version))
+        };
+        self.superseded.lock().unwrap().insert(series, why);
         Ok(())
     }
 }
@@ -195,13 +211,12 @@ impl Handler for RunnerService {
             self.publish(vec![msg]).await?;
             return Err(HandlerError::Permanent(reason));
         }
-        let by_version = self.superseded.lock().unwrap().by.get(&job.series.id).copied();
-        if let Some(v) = by_version {
-            let reason = format!("superseded by v{v}");
+        let done = self.superseded.lock().unwrap().by.get(&job.series.id).cloned();
+        if let Some(reason) = done {
+            tracing::info!(job = %job.job, %reason, "Job cancelled: its series is done.");
             let cancelled =
                 TestCancelled { job: job.job.clone(), series: job.series.clone(), test: job.test.clone(), arch: job.arch.clone(), reason };
             self.publish(vec![self.out(&cancelled)?]).await?;
-            tracing::info!(job = %job.job, by_version = v, "Job cancelled: its series was superseded.");
             return Ok(());
         }
         self.running.lock().unwrap().insert(job.job.clone());

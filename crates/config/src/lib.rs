@@ -82,6 +82,8 @@ struct RawConfig {
     #[serde(default)]
     dispatch: RawDispatch,
     #[serde(default)]
+    merged: RawMerged,
+    #[serde(default)]
     authority: BTreeMap<String, Vec<String>>,
 }
 
@@ -89,6 +91,13 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawDispatch {
     max_age_secs: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMerged {
+    interval_secs: Option<i64>,
+    window_days: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -408,6 +417,12 @@ pub struct Config {
     /// tested or reported (`dispatch.max_age_secs`, default 3 days; 0 tests whatever the age):
     /// importing a list's archive must not mail authors about patches from years ago.
     pub dispatch_max_age_secs: u64,
+    /// How often `serve` fetches each project's branches to notice series merged there
+    /// (`merged.interval_secs`, default 600; 0 turns it off).
+    pub merged_interval_secs: u64,
+    /// How far back, in days since first seen, a complete series is still looked for upstream
+    /// (`merged.window_days`, default 90).
+    pub merged_window_days: u64,
 }
 
 /// The default of `dispatch.max_age_secs`: three days, so mail delayed in transit is still tested.
@@ -799,6 +814,14 @@ impl Config {
                 Some(secs @ 0..) => secs as u64,
                 Some(_) => return Err(invalid("dispatch.max_age_secs", "must be 0 (test whatever the age) or more".into())),
             },
+            merged_interval_secs: match raw.merged.interval_secs.unwrap_or(600) {
+                secs @ 0..=604_800 => secs as u64,
+                _ => return Err(invalid("merged.interval_secs", "must be 0 (off) to 604800 (a week)".into())),
+            },
+            merged_window_days: match raw.merged.window_days.unwrap_or(90) {
+                days @ 1..=3_650 => days as u64,
+                _ => return Err(invalid("merged.window_days", "must be 1 to 3650".into())),
+            },
             history_keep_days: match raw.history.keep_days.unwrap_or(0) {
                 days @ 0..=36_500 => days,
                 _ => return Err(invalid("history.keep_days", "must be 0 (keep everything) to 36500".into())),
@@ -1028,6 +1051,10 @@ mod tests {
         let parse = |text: &str| Config::parse(text, Path::new("p.toml"));
         assert_eq!(parse("").unwrap().dispatch_max_age_secs, 3 * 86_400);
         assert_eq!(parse("[dispatch]\nmax_age_secs = 0\n").unwrap().dispatch_max_age_secs, 0);
+        assert_eq!((parse("").unwrap().merged_interval_secs, parse("").unwrap().merged_window_days), (600, 90));
+        assert_eq!(parse("[merged]\ninterval_secs = 0\n").unwrap().merged_interval_secs, 0);
+        assert!(err("[merged]\ninterval_secs = -5\n").contains("merged.interval_secs: must be 0 (off)"));
+        assert!(err("[merged]\nwindow_days = 0\n").contains("merged.window_days: must be 1"));
         assert_eq!(parse("[dispatch]\nmax_age_secs = 3600\n").unwrap().dispatch_max_age_secs, 3600);
         let e = err("[dispatch]\nmax_age_secs = -1\n");
         assert!(e.contains("dispatch.max_age_secs: must be 0"), "{e}");

@@ -6,7 +6,7 @@
 //! `(series_id, slot)`, `mail_id`).
 
 use patchbay_mail::{Kind, Parsed, subject};
-use patchbay_model::{MailReceived, SeriesComplete, SeriesHead, SeriesIncomplete, SeriesNew, SeriesPatch, SeriesSuperseded};
+use patchbay_model::{MailReceived, SeriesComplete, SeriesHead, SeriesIncomplete, SeriesMerged, SeriesNew, SeriesPatch, SeriesSuperseded};
 use patchbay_series::{Arrival, Candidate, Match, Placement, Posted, ProjectMatch, Rules, Summary};
 use patchbay_store::{StoreError, Tx};
 use rusqlite::{OptionalExtension, params};
@@ -88,6 +88,8 @@ pub enum Event {
     Incomplete(SeriesIncomplete),
     /// `series.series.superseded`.
     Superseded(SeriesSuperseded),
+    /// `series.series.merged`.
+    Merged(SeriesMerged),
 }
 
 fn q(e: rusqlite::Error) -> StoreError {
@@ -946,4 +948,37 @@ pub fn complete_series_mbox(conn: &rusqlite::Connection, message_id: &str) -> Re
         patchbay_mail::write_mboxrd(&mut mbox, &m.raw);
     }
     Ok(Some(String::from_utf8_lossy(&mbox).into_owned()))
+}
+
+/// Records series `id` as merged (`commits` in patch order, found in `branch` of `repository`)
+/// and announces it, once: `None` when it was recorded before or there is no such series.
+pub(crate) fn mark_merged(
+    tx: &rusqlite::Connection,
+    id: i64,
+    repository: &str,
+    branch: &str,
+    commits: &[String],
+    now: i64,
+    events: &mut Vec<Event>,
+) -> Result<Option<SeriesMerged>, StoreError> {
+    if tx.query_row("SELECT 1 FROM series WHERE id = ?1", [id], |_| Ok(())).optional()?.is_none() {
+        return Ok(None);
+    }
+    let json = serde_json::to_string(commits).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let added = tx.execute(
+        "INSERT INTO series_merged (series_id, repository, branch, commits, merged_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (series_id) DO NOTHING",
+        params![id, repository, branch, json, now],
+    )?;
+    if added == 0 {
+        return Ok(None);
+    }
+    let merged = SeriesMerged {
+        series: head(&load_series(tx, id)?),
+        repository: repository.to_string(),
+        branch: branch.to_string(),
+        commits: commits.to_vec(),
+    };
+    events.push(Event::Merged(merged.clone()));
+    Ok(Some(merged))
 }

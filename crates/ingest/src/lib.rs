@@ -49,7 +49,9 @@
 //! `mail_lists`, `series` (project, submitter, version and whether a subject
 //! named it, total, state `new|complete|incomplete|superseded`,
 //! `supersedes`/`superseded_by`), `series_mails` (PK `(series_id, slot)`,
-//! `mail_id` UNIQUE), `series_refs`, `import_marks`.
+//! `mail_id` UNIQUE), `series_refs`, `import_marks`; `series_merged` (migration
+//! 9: series found in their branch upstream, [`Ingest::mark_merged`], shown as
+//! the state `merged` by [`SeriesStore`]).
 //!
 //! Entry points: [`Ingest::accept`] (LMTP, `inject`, `import`), the sweeps,
 //! [`lmtp::serve`] (RFC 2033 with limits, see `lmtp.rs`), and [`archive`] for
@@ -131,6 +133,35 @@ impl Ingest {
         &self.bus
     }
 
+    /// Runs `change` in one write transaction and publishes the events it made inside it.
+    async fn announcing<T, F>(&self, change: F) -> Result<T, IngestError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Tx<'_>, &mut Vec<assemble::Event>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let this = self.clone();
+        Ok(self
+            .bus
+            .db()
+            .write(move |tx| {
+                let mut events = Vec::new();
+                let out = change(tx, &mut events)?;
+                this.announce(tx, events)?;
+                Ok(out)
+            })
+            .await?)
+    }
+
+    /// Publishes `events` inside the transaction `tx` that made them: state and announcement
+    /// commit together.
+    fn announce(&self, tx: &Tx<'_>, events: Vec<assemble::Event>) -> Result<(), StoreError> {
+        let messages = self.outgoing(events)?;
+        if !messages.is_empty() {
+            self.bus.publish_in(tx, messages)?;
+        }
+        Ok(())
+    }
+
     fn outgoing(&self, events: Vec<assemble::Event>) -> Result<Vec<Outgoing>, StoreError> {
         use assemble::Event;
         fn out<B: Body>(p: &Publisher, b: &B) -> Result<Outgoing, StoreError> {
@@ -144,6 +175,7 @@ impl Ingest {
                 Event::Complete(b) => out(&self.series_out, b.as_ref()),
                 Event::Incomplete(b) => out(&self.series_out, b),
                 Event::Superseded(b) => out(&self.series_out, b),
+                Event::Merged(b) => out(&self.series_out, b),
             })
             .collect()
     }
@@ -178,10 +210,7 @@ impl Ingest {
                 tx.prepare_cached("INSERT INTO import_marks (source, mark) VALUES (?1, ?2) ON CONFLICT (source) DO UPDATE SET mark = ?2")?
                     .execute([source, mark])?;
             }
-            let messages = this.outgoing(events)?;
-            if !messages.is_empty() {
-                this.bus.publish_in(tx, messages)?;
-            }
+            this.announce(tx, events)?;
             Ok(outcomes)
         })?;
         Ok(async move { fut.await.map_err(IngestError::from) })
@@ -195,47 +224,39 @@ impl Ingest {
     /// Marks series that are still missing patches `incomplete_after` seconds after their first
     /// mail; returns how many changed.
     pub async fn sweep(&self, now: i64, incomplete_after: i64) -> Result<usize, IngestError> {
-        let this = self.clone();
-        Ok(self
-            .bus
-            .db()
-            .write(move |tx| {
-                let mut events = Vec::new();
-                let n = assemble::sweep(tx, assemble::Age::Received, now - incomplete_after, now, &mut events)?;
-                let messages = this.outgoing(events)?;
-                if !messages.is_empty() {
-                    this.bus.publish_in(tx, messages)?;
-                }
-                Ok(n)
-            })
-            .await?)
+        self.announcing(move |tx, events| assemble::sweep(tx, assemble::Age::Received, now - incomplete_after, now, events)).await
+    }
+
+    /// Records that every patch of series `id` is in `branch` of `repository` (`commits` in
+    /// patch order) and publishes `series.series.merged` in the same transaction, as the
+    /// threader; `None` when it was known already (or there is no such series).
+    pub async fn mark_merged(
+        &self,
+        id: i64,
+        repository: String,
+        branch: String,
+        commits: Vec<String>,
+        now: i64,
+    ) -> Result<Option<patchbay_model::SeriesMerged>, IngestError> {
+        self.announcing(move |tx, events| assemble::mark_merged(tx, id, &repository, &branch, &commits, now, events)).await
     }
 
     /// The deadline sweep for an imported archive, whose mails may be years old: the clock is the
     /// newest mail Date in the store, and a series' age is its first mail's Date, so the outcome
     /// depends on the mails alone, not on when they were imported. Returns how many changed.
     pub async fn sweep_by_mail_dates(&self, now: i64, incomplete_after: i64) -> Result<usize, IngestError> {
-        let this = self.clone();
-        Ok(self
-            .bus
-            .db()
-            .write(move |tx| {
-                let Some(clock) = assemble::newest_date(tx)? else { return Ok(0) };
-                let (mut total, mut events) = (0, Vec::new());
-                loop {
-                    let n = assemble::sweep(tx, assemble::Age::Dated, clock - incomplete_after, now, &mut events)?;
-                    total += n;
-                    if n < 1000 {
-                        break;
-                    }
+        self.announcing(move |tx, events| {
+            let Some(clock) = assemble::newest_date(tx)? else { return Ok(0) };
+            let mut total = 0;
+            loop {
+                let n = assemble::sweep(tx, assemble::Age::Dated, clock - incomplete_after, now, events)?;
+                total += n;
+                if n < 1000 {
+                    return Ok(total);
                 }
-                let messages = this.outgoing(events)?;
-                if !messages.is_empty() {
-                    this.bus.publish_in(tx, messages)?;
-                }
-                Ok(total)
-            })
-            .await?)
+            }
+        })
+        .await
     }
 
     /// The mbox (patches in slot order) of the complete series holding the mail `message_id`

@@ -43,11 +43,21 @@ pub trait SeriesStore: Send + Sync + 'static {
     async fn mbox(&self, id: i64) -> Result<Option<Vec<u8>>, StoreError>;
     /// How old its mails are; `None` for a series without mails.
     async fn age(&self, id: i64) -> Result<Option<MailAge>, StoreError>;
+    /// Complete series of `project` first seen at or after `since` (unix seconds) and not known
+    /// to be merged, newest first, at most `limit`: what the merge follower looks for upstream.
+    async fn unmerged(&self, project: String, since: i64, limit: u32) -> Result<Vec<i64>, StoreError>;
     /// Series by state, and whether every numbered patch sits where it belongs.
     async fn census(&self) -> Result<(BTreeMap<String, u64>, Consistency), StoreError>;
 }
 
-const SERIES_COLUMNS: &str = "s.id, s.project, s.submitter, s.name, s.version, s.total, s.state, s.created_at";
+/// A series' state as readers see it: `merged` once found in its branch, else the threading's.
+macro_rules! state {
+    () => {
+        "CASE WHEN EXISTS (SELECT 1 FROM series_merged x WHERE x.series_id = s.id) THEN 'merged' ELSE s.state END"
+    };
+}
+const STATE: &str = state!();
+const SERIES_COLUMNS: &str = concat!("s.id, s.project, s.submitter, s.name, s.version, s.total, ", state!(), ", s.created_at");
 
 fn series_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SeriesRow> {
     Ok(SeriesRow {
@@ -68,10 +78,12 @@ impl SeriesStore for Db {
     async fn list(&self, filter: SeriesFilter, page: u32, per_page: u32) -> Result<(Vec<SeriesRow>, u64), StoreError> {
         self.read(move |c| {
             let like = filter.search.map(|s| format!("%{}%", s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
-            let filter_sql = "WHERE (?1 IS NULL OR s.name LIKE ?1 ESCAPE '\\' OR s.submitter LIKE ?1 ESCAPE '\\')
-                AND (?2 IS NULL OR s.project = ?2) AND (?3 IS NULL OR s.state = ?3)
+            let filter_sql = format!(
+                "WHERE (?1 IS NULL OR s.name LIKE ?1 ESCAPE '\\' OR s.submitter LIKE ?1 ESCAPE '\\')
+                AND (?2 IS NULL OR s.project = ?2) AND (?3 IS NULL OR {STATE} = ?3)
                 AND (?4 IS NULL OR s.submitter = ?4 COLLATE NOCASE) AND (?5 IS NULL OR s.version = ?5)
-                AND (?6 IS NULL OR s.created_at >= ?6)";
+                AND (?6 IS NULL OR s.created_at >= ?6)"
+            );
             let args = params![like, filter.project, filter.state, filter.submitter, filter.version, filter.since];
             let total: i64 = c.query_row(&format!("SELECT count(*) FROM series s {filter_sql}"), args, |r| r.get(0))?;
             let mut stmt =
@@ -155,6 +167,18 @@ impl SeriesStore for Db {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
             Ok(row.0.map(|newest| MailAge { newest, test_anyway: row.1 }))
+        })
+        .await
+    }
+
+    async fn unmerged(&self, project: String, since: i64, limit: u32) -> Result<Vec<i64>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT s.id FROM series s WHERE s.project = ?1 AND s.state = 'complete' AND s.created_at >= ?2
+                 AND NOT EXISTS (SELECT 1 FROM series_merged x WHERE x.series_id = s.id) ORDER BY s.id DESC LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![project, since, limit], |r| r.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
     }

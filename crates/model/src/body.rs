@@ -187,6 +187,28 @@ impl Body for SeriesSuperseded {
     const VERSION: u32 = 1;
 }
 
+/// Every patch of this series is in its project's branch (by `git patch-id --stable`), found
+/// by following the branch after the series was posted (`series.series.merged`): it is done,
+/// and runners set its waiting jobs aside.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SeriesMerged {
+    /// The merged series.
+    pub series: SeriesHead,
+    /// The repository followed, without credentials.
+    pub repository: String,
+    /// The branch it was found in.
+    pub branch: String,
+    /// The commit holding each patch, in patch order.
+    pub commits: Vec<String>,
+}
+
+impl Body for SeriesMerged {
+    const TOPIC: &'static str = "series.series.merged";
+    const SCHEMA: &'static str = "patchbay.series.merged";
+    const VERSION: u32 = 1;
+}
+
 /// Limits a test runs under.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -572,6 +594,7 @@ pub fn body_schemas() -> Vec<BodySchema> {
         export::<SeriesComplete>(),
         export::<SeriesIncomplete>(),
         export::<SeriesSuperseded>(),
+        export::<SeriesMerged>(),
         export::<TestJob>(),
         export::<TestStarted>(),
         export::<TestFinished>(),
@@ -600,6 +623,7 @@ pub fn check_body(topic_suffix: &str, body: &serde_json::Value) -> Option<Result
         SeriesComplete::TOPIC => Some(check::<SeriesComplete>(body)),
         SeriesIncomplete::TOPIC => Some(check::<SeriesIncomplete>(body)),
         SeriesSuperseded::TOPIC => Some(check::<SeriesSuperseded>(body)),
+        SeriesMerged::TOPIC => Some(check::<SeriesMerged>(body)),
         TestStarted::TOPIC => Some(check::<TestStarted>(body)),
         TestFinished::TOPIC => Some(check::<TestFinished>(body)),
         TestCancelled::TOPIC => Some(check::<TestCancelled>(body)),

@@ -14,7 +14,7 @@
 //! - [`Topic`] and [`TopicRoot`] (`<prefix>.<env>`); [`Timestamp`], one fixed
 //!   spelling `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
 //! - [`Body`]: one type per topic with a schema name and version, all
-//!   `deny_unknown_fields`; [`body_schemas`] lists the 17 for `patchbay
+//!   `deny_unknown_fields`; [`body_schemas`] lists the 18 for `patchbay
 //!   schema`, [`check_body`] checks shell input, and topics patchbay does not
 //!   define travel as [`free_form_schema`] (`patchbay.json` v1). An
 //!   incompatible change is a new version. Optional fields are added with
@@ -40,8 +40,9 @@ pub mod view;
 
 pub use body::{
     BaseUsed, Body, BodySchema, LogMessage, MailReceived, ReportFailed, ReportSent, ResultRecorded, ResultWaived, RunnerHeartbeat,
-    SeriesComplete, SeriesHead, SeriesIncomplete, SeriesNew, SeriesPatch, SeriesSuperseded, SeriesVerdict, TestCancelled, TestFinished,
-    TestJob, TestLimits, TestLog, TestStarted, body_schemas, check_body, envelope_schema, free_form_schema, mbox_bytes, mbox_fields,
+    SeriesComplete, SeriesHead, SeriesIncomplete, SeriesMerged, SeriesNew, SeriesPatch, SeriesSuperseded, SeriesVerdict, TestCancelled,
+    TestFinished, TestJob, TestLimits, TestLog, TestStarted, body_schemas, check_body, envelope_schema, free_form_schema, mbox_bytes,
+    mbox_fields,
 };
 pub use canonical::write_canonical;
 pub use domain::{ANY_ARCH, APPLY_TEST, FailureKind, MailKind, Outcome, ServiceName, TransportKind, VerdictKind};

@@ -5,7 +5,7 @@
 
 use crate::body::{
     Body, LogMessage, MailReceived, ReportFailed, ReportSent, ResultRecorded, ResultWaived, RunnerHeartbeat, SeriesComplete, SeriesHead,
-    SeriesIncomplete, SeriesNew, SeriesSuperseded, SeriesVerdict, TestCancelled, TestFinished, TestJob, TestLog, TestStarted,
+    SeriesIncomplete, SeriesMerged, SeriesNew, SeriesSuperseded, SeriesVerdict, TestCancelled, TestFinished, TestJob, TestLog, TestStarted,
 };
 
 /// Longest summary, in characters: one terminal line with the time, topic and sender before it.
@@ -84,6 +84,13 @@ impl Summary for SeriesIncomplete {
 impl Summary for SeriesSuperseded {
     fn summary(&self) -> String {
         one_line(&format!("superseded by series {} v{}: {}", self.by, self.by_version, head(&self.series)))
+    }
+}
+
+impl Summary for SeriesMerged {
+    fn summary(&self) -> String {
+        let last = self.commits.last().map_or("", |c| &c[..c.len().min(12)]);
+        one_line(&format!("merged in {} (last patch {last}): {}", self.branch, head(&self.series)))
     }
 }
 
@@ -186,6 +193,7 @@ pub fn summarize(schema: &str, body: &serde_json::Value) -> String {
         SeriesComplete::SCHEMA => decoded::<SeriesComplete>(body),
         SeriesIncomplete::SCHEMA => decoded::<SeriesIncomplete>(body),
         SeriesSuperseded::SCHEMA => decoded::<SeriesSuperseded>(body),
+        SeriesMerged::SCHEMA => decoded::<SeriesMerged>(body),
         TestJob::SCHEMA => decoded::<TestJob>(body),
         RunnerHeartbeat::SCHEMA => decoded::<RunnerHeartbeat>(body),
         TestStarted::SCHEMA => decoded::<TestStarted>(body),

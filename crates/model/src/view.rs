@@ -18,7 +18,7 @@ pub struct SeriesRow {
     pub version: u32,
     /// Patches.
     pub total: u32,
-    /// new, complete, incomplete or superseded.
+    /// new, complete, incomplete, superseded, or merged (found in its branch upstream).
     pub state: String,
     /// PASSED, FAILED, INCOMPLETE or MERGED once decided.
     pub verdict: Option<VerdictKind>,
@@ -101,7 +101,7 @@ pub struct SeriesFilter {
     pub search: Option<String>,
     /// Series of this project.
     pub project: Option<String>,
-    /// In this state (`new`, `complete`, `incomplete`, `superseded`).
+    /// In this state (`new`, `complete`, `incomplete`, `superseded`, `merged`).
     pub state: Option<String>,
     /// Sent by this address (any case).
     pub submitter: Option<String>,

@@ -75,6 +75,7 @@ fn recorded_messages_read_back_byte_for_byte() {
             SeriesComplete::SCHEMA => drop(body_round_trips::<SeriesComplete>(&env)),
             SeriesIncomplete::SCHEMA => drop(body_round_trips::<SeriesIncomplete>(&env)),
             SeriesSuperseded::SCHEMA => drop(body_round_trips::<SeriesSuperseded>(&env)),
+            SeriesMerged::SCHEMA => drop(body_round_trips::<SeriesMerged>(&env)),
             TestJob::SCHEMA => drop(body_round_trips::<TestJob>(&env)),
             TestStarted::SCHEMA => drop(body_round_trips::<TestStarted>(&env)),
             TestFinished::SCHEMA => {

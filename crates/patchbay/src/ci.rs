@@ -214,11 +214,14 @@ pub fn start_runner(
         }));
     }
     if config.runner.cancel_superseded {
-        // A queue of this runner's own: every runner hears of every supersession.
-        let pattern = patchbay_runtime::pattern_of::<patchbay_model::SeriesSuperseded>(&config.bus.root)?;
-        let mut spec = ServiceSpec::new(ServiceName::Runner.as_str(), vec![pattern]);
+        // A queue of this runner's own: every runner hears of every supersession and merge.
+        let patterns = patchbay_ci::SupersededListener::TOPICS
+            .iter()
+            .map(|t| patchbay_runtime::pattern(&config.bus.root, t))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut spec = ServiceSpec::new(ServiceName::Runner.as_str(), patterns);
         spec.queue = format!("runner-superseded.{}", config.instance);
-        let listener = patchbay_runtime::Typed::new(handler.superseded_listener());
+        let listener = Arc::new(handler.superseded_listener());
         tasks.push(spawn_service(bus.clone(), policy.clone(), spec, listener, shutdown.clone(), "The runner's supersession listener"));
     }
     for (test, arch) in queues(config) {

@@ -26,6 +26,8 @@
 //!   assembly rules apply at once (the services that follow them are stopped
 //!   and started again, unsettled deliveries going back to their queues); what
 //!   needs a restart is named; a config that does not load changes nothing.
+//! - `merged`: the merge follower (`merged.*`): each project's branches fetched
+//!   on a schedule, series whose patches all appear there recorded as merged.
 //! - `tasks`: `spawn_service`, `spawn_every`, `closed`, and `shutdown_signal`
 //!   (Ctrl-C or SIGTERM).
 //! - `ci`: the dispatcher, runner (with its heartbeat), aggregator and
@@ -57,6 +59,7 @@ pub mod demo;
 pub mod history;
 pub mod ingest;
 pub mod keys;
+pub mod merged;
 pub mod pages;
 pub mod reload;
 pub mod serve;

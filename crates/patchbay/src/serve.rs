@@ -188,6 +188,8 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
         let indexer = patchbay_history::Indexer::new(ingest.bus().db().clone());
         tasks.push(tokio::spawn(indexer.run(closed(closing_rx.clone()))));
     }
+    // Merged series (`merged.interval_secs`, and at once on `git.branch.updated`).
+    tasks.extend(crate::merged::start(&config, ingest.clone(), served.bus.clone(), policy.clone(), closing_rx.clone())?);
     // Retention (`history.keep_days`): hourly, what is older leaves the log and the history.
     if config.history_keep_days > 0 {
         let (db, keep) = (ingest.bus().db().clone(), std::time::Duration::from_secs(config.history_keep_days as u64 * 86_400));

@@ -40,11 +40,7 @@ fn post(repo: &Path, config: &Path, name: &str, from: &str, changes: &[(&str, &s
 /// Posts a series whose cover letter says `blurb`; returns the cover letter's Message-ID.
 fn post_with(repo: &Path, config: &Path, name: &str, from: &str, changes: &[(&str, &str)], blurb: &str) -> String {
     let mails = format_series(repo, name, from, changes, blurb, None);
-    for mail in &mails {
-        let mut c = bin().arg("--config").arg(config).args(["inject", "--list-id", LIST]).stdin(Stdio::piped()).spawn().unwrap();
-        c.stdin.take().unwrap().write_all(mail.as_bytes()).unwrap();
-        assert!(c.wait().unwrap().success());
-    }
+    inject_all(config, &mails);
     mails[0].lines().find_map(|l| l.strip_prefix("Message-ID: ").or_else(|| l.strip_prefix("Message-Id: "))).unwrap().to_string()
 }
 
@@ -584,15 +580,21 @@ fn settled_reports(db: &Path, name: Option<&str>, n: usize, secs: u64) -> Vec<(u
 
 /// A config with one job slot and a test `slow` running `script`, and `serve` on it.
 fn one_slot_serve(tmp: &Path, repo: &Path, script: &str) -> (PathBuf, Serve) {
+    let (config, _, serve) = one_slot_serve_with(tmp, repo, script, "");
+    (config, serve)
+}
+
+/// [`one_slot_serve`] with `extra` top-level config sections; also returns the HTTP port.
+fn one_slot_serve_with(tmp: &Path, repo: &Path, script: &str, extra: &str) -> (PathBuf, u16, Serve) {
     let config = tmp.join("patchbay.toml");
+    let port = free_port();
     std::fs::write(
         &config,
         format!(
-            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{}\"\n[ingest]\nlmtp_listen = \"\"\n[bus]\nprefix = \"e2e\"\nenv = \"ci\"\n\
-             [runner]\njobs = 1\n\
+            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[ingest]\nlmtp_listen = \"\"\n[bus]\nprefix = \"e2e\"\nenv = \"ci\"\n\
+             [runner]\njobs = 1\n{extra}\n\
              [[project]]\nname = \"demo\"\nlist_ids = [\"{LIST}\"]\nrepository = \"{}\"\n\
              [[project.test]]\nname = \"slow\"\nscript = \"{script}\"\narches = [\"{}\"]\n",
-            free_port(),
             repo.display(),
             std::env::consts::ARCH
         ),
@@ -600,7 +602,104 @@ fn one_slot_serve(tmp: &Path, repo: &Path, script: &str) -> (PathBuf, Serve) {
     .unwrap();
     let serve = Serve(bin().arg("--config").arg(&config).arg("serve").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
     std::thread::sleep(Duration::from_millis(500));
-    (config, serve)
+    (config, port, serve)
+}
+
+/// Applies `mails` (a series' patches, cover letter left out) to `repo`'s main as its
+/// maintainer would: new commits, the same changes.
+fn maintainer_applies(repo: &Path, mails: &[String]) {
+    let mut am = Command::new("git")
+        .current_dir(repo)
+        .args(["am", "-q"])
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_COMMITTER_NAME", "Maintainer")
+        .env("GIT_COMMITTER_EMAIL", "maint@example.org")
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    am.stdin.take().unwrap().write_all(mails.concat().as_bytes()).unwrap();
+    assert!(am.wait().unwrap().success());
+}
+
+/// A post-receive hook need not wait for the schedule: `patchbay publish` on
+/// `git.branch.updated` starts a round at once (the schedule here is an hour).
+#[test]
+fn a_push_announced_by_a_hook_is_followed_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = origin(tmp.path(), &[("README", "base\n")]);
+    let (config, _, _serve) = one_slot_serve_with(tmp.path(), &repo, "true", "[merged]\ninterval_secs = 3600");
+    let mails = series_mails(&repo, "hooked", &[("README", "hooked\n")], None);
+    inject_all(&config, &mails);
+    let db = tmp.path().join("data/patchbay.sqlite3");
+    assert_eq!(settled_reports(&db, Some("the hooked series"), 1, 120), vec![(1, "sent".to_string())]);
+    maintainer_applies(&repo, &mails[1..]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(topic_bodies(&db, "e2e.ci.series.series.merged").is_empty(), "without the hook, the next round is an hour away");
+    let hook = bin()
+        .arg("--config")
+        .arg(&config)
+        .args(["publish", "--topic", "git.branch.updated", "--json", r#"{"ref": "refs/heads/main"}"#])
+        .output()
+        .unwrap();
+    assert!(hook.status.success(), "{}", String::from_utf8_lossy(&hook.stderr));
+    let merged = wait_for_body(&db, "e2e.ci.series.series.merged", 20, |b| b["series"]["name"] == "the hooked series");
+    assert_eq!(merged["branch"], "main");
+}
+
+/// Issue 17: the project's branch is followed (`merged.interval_secs = 1`). A series tested and
+/// reported, then applied upstream, becomes `merged` within a round or two; a series applied
+/// upstream while its jobs still wait for the one slot has them set aside, saying why.
+#[test]
+fn series_merged_upstream_are_noticed_and_their_waiting_jobs_cancelled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = origin(tmp.path(), &[("README", "base\n"), ("OTHER", "x\n")]);
+    // The blocker (it changes OTHER) holds the one slot for 20 s: the window in which the work
+    // series waits, is applied upstream, and must be noticed.
+    let (config, http, _serve) =
+        one_slot_serve_with(tmp.path(), &repo, "if grep -q y OTHER; then sleep 20; else sleep 1; fi", "[merged]\ninterval_secs = 1");
+    let db = tmp.path().join("data/patchbay.sqlite3");
+    let merged_topic = "e2e.ci.series.series.merged";
+
+    // Tested and reported first, merged afterwards.
+    let first = series_mails(&repo, "first", &[("README", "first\n")], None);
+    inject_all(&config, &first);
+    assert_eq!(settled_reports(&db, Some("the first series"), 1, 120), vec![(1, "sent".to_string())]);
+    assert!(topic_bodies(&db, merged_topic).is_empty(), "nothing is merged before the maintainer applies it");
+    maintainer_applies(&repo, &first[1..]);
+    let applied = Instant::now();
+    let upstream = git(&repo, &["rev-parse", "HEAD"]).trim().to_string();
+    let merged = wait_for_body(&db, merged_topic, 30, |b| b["series"]["name"] == "the first series");
+    eprintln!("merged noticed {:?} after the maintainer applied it (merged.interval_secs = 1)", applied.elapsed());
+    assert_eq!(merged["branch"], "main");
+    assert_eq!(merged["commits"], serde_json::json!([upstream]), "{merged}");
+    let id = merged["series"]["id"].as_i64().unwrap();
+    let api = http_get(http, &format!("/api/v1/series/{id}"));
+    assert!(api.contains("\"state\":\"merged\""), "the API shows it merged: {api}");
+    let listed = http_get(http, "/api/v1/series?state=merged");
+    assert!(listed.contains("the first series") && listed.contains("\"total\":1"), "{listed}");
+
+    // Merged while its jobs wait: they are set aside.
+    let blocker = series_mails(&repo, "blocker", &[("OTHER", "y\n")], None);
+    inject_all(&config, &blocker);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // The first series' slow job started long ago: wait for the blocker's, the second one.
+    while started_by(&db).iter().filter(|(job, _)| job.contains("-slow-")).count() < 2 {
+        assert!(Instant::now() < deadline, "the blocker's test never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let work = series_mails(&repo, "work", &[("README", "work\n")], None);
+    inject_all(&config, &work);
+    maintainer_applies(&repo, &work[1..]);
+    wait_for_body(&db, merged_topic, 15, |b| b["series"]["name"] == "the work series");
+    let cancelled = wait_for_bodies(&db, "e2e.ci.ci.test.cancelled", 2, 60);
+    let work_cancelled: Vec<_> = cancelled.iter().filter(|c| c["series"]["name"] == "the work series").collect();
+    assert_eq!(work_cancelled.len(), 2, "its apply and slow jobs: {cancelled:#?}");
+    assert!(
+        work_cancelled.iter().all(|c| c["reason"].as_str().is_some_and(|r| r.starts_with("merged upstream in main"))),
+        "{cancelled:#?}"
+    );
+    let ids: Vec<&str> = work_cancelled.iter().map(|c| c["job"].as_str().unwrap()).collect();
+    assert!(started_by(&db).iter().all(|(job, _)| !ids.contains(&job.as_str())), "no job of the merged series ever started");
 }
 
 /// Posts v2 of the `work` series (README "two"), in reply to v1's cover letter.
@@ -616,9 +715,7 @@ fn post_v2(repo: &Path, config: &Path, v1_cover: &str) {
     files.sort();
     for f in files {
         let mail = std::fs::read_to_string(&f).unwrap().replace("*** SUBJECT HERE ***", "the work series").replace("<cover.", "<cover-v2.");
-        let mut c = bin().arg("--config").arg(config).args(["inject", "--list-id", LIST]).stdin(Stdio::piped()).spawn().unwrap();
-        c.stdin.take().unwrap().write_all(mail.as_bytes()).unwrap();
-        assert!(c.wait().unwrap().success());
+        inject(config, mail.as_bytes());
     }
 }
 
@@ -750,9 +847,7 @@ fn an_8bit_latin1_patch_applies() {
             .position(|w| w == b"*** SUBJECT HERE ***")
             .map(|at| [&raw[..at], b"the latin series", &raw[at + b"*** SUBJECT HERE ***".len()..]].concat())
             .unwrap_or(raw);
-        let mut c = bin().arg("--config").arg(&config).args(["inject", "--list-id", LIST]).stdin(Stdio::piped()).spawn().unwrap();
-        c.stdin.take().unwrap().write_all(&text).unwrap();
-        assert!(c.wait().unwrap().success());
+        inject(&config, &text);
     }
     let db = tmp.path().join("data/patchbay.sqlite3");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -1122,6 +1217,20 @@ fn forgeries_on_rabbitmq_are_dead_lettered_and_kept_out_of_history() {
     }
 }
 
+/// Delivers one mail with `patchbay inject`, as an MTA pipe would.
+fn inject(config: &Path, mail: &[u8]) {
+    let mut c = bin().arg("--config").arg(config).args(["inject", "--list-id", LIST]).stdin(Stdio::piped()).spawn().unwrap();
+    c.stdin.take().unwrap().write_all(mail).unwrap();
+    assert!(c.wait().unwrap().success());
+}
+
+/// Delivers every mail of `mails` with [`inject`], in order.
+fn inject_all(config: &Path, mails: &[String]) {
+    for mail in mails {
+        inject(config, mail.as_bytes());
+    }
+}
+
 /// The mails of a series made from `changes` on a branch off main, as `git format-patch` writes
 /// them (shallow thread, a cover letter), every `Date:` replaced by `date` when given.
 fn series_mails(repo: &Path, name: &str, changes: &[(&str, &str)], date: Option<&str>) -> Vec<String> {
@@ -1133,11 +1242,6 @@ fn old_mail_is_stored_but_neither_tested_nor_reported_unless_asked() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = origin(tmp.path(), &[("hello.c", "int main(void) { return 0; }\n")]);
     let (config, _serve) = one_slot_serve(tmp.path(), &repo, "cc -o hello hello.c");
-    let inject = |mail: &str| {
-        let mut c = bin().arg("--config").arg(&config).args(["inject", "--list-id", LIST]).stdin(Stdio::piped()).spawn().unwrap();
-        c.stdin.take().unwrap().write_all(mail.as_bytes()).unwrap();
-        assert!(c.wait().unwrap().success());
-    };
     let import = |name: &str, mails: &[String], test: bool| {
         let mbox = tmp.path().join(format!("{name}.mbox"));
         std::fs::write(&mbox, mails.concat()).unwrap();
@@ -1151,10 +1255,10 @@ fn old_mail_is_stored_but_neither_tested_nor_reported_unless_asked() {
     };
     // Posted today, and posted two years ago (delivered late, or imported from an archive).
     for mail in series_mails(&repo, "fresh", &[("a.txt", "a\n")], None) {
-        inject(&mail);
+        inject(&config, mail.as_bytes());
     }
     for mail in series_mails(&repo, "ancient", &[("b.txt", "b\n")], Some("Tue, 2 Jan 2024 10:00:00 +0000")) {
-        inject(&mail);
+        inject(&config, mail.as_bytes());
     }
     import("archived", &series_mails(&repo, "archived", &[("c.txt", "c\n")], Some("Wed, 3 Jan 2024 10:00:00 +0000")), false);
     import("wanted", &series_mails(&repo, "wanted", &[("d.txt", "d\n")], Some("Thu, 4 Jan 2024 10:00:00 +0000")), true);
@@ -1287,29 +1391,12 @@ fn a_series_already_merged_upstream_is_reported_as_such() {
     let repo = origin(tmp.path(), &[("hello.c", "int main(void) { return 0; }\n"), ("README", "base\n")]);
     let mails = series_mails(&repo, "taken", &[("hello.c", "int main(void) { return 0; } /* v2 */\n"), ("README", "taken\n")], None);
     // The maintainer applied it (new commits, the same changes), then later work changed the same line.
-    let mut am = Command::new("git")
-        .current_dir(&repo)
-        .args(["am", "-q"])
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_COMMITTER_NAME", "Maintainer")
-        .env("GIT_COMMITTER_EMAIL", "maint@example.org")
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    am.stdin.take().unwrap().write_all(mails[1..].concat().as_bytes()).unwrap();
-    assert!(am.wait().unwrap().success());
+    maintainer_applies(&repo, &mails[1..]);
     let merged: Vec<String> = git(&repo, &["log", "--format=%h", "--abbrev=12", "-2"]).lines().rev().map(str::to_string).collect();
     std::fs::write(repo.join("hello.c"), "int main(void) { return 1; }\n").unwrap();
     git(&repo, &["commit", "-q", "-am", "later work"]);
     let (config, _serve) = one_slot_serve(tmp.path(), &repo, "cc -o hello hello.c");
-    let inject = |mail: &str| {
-        let mut c = bin().arg("--config").arg(&config).args(["inject", "--list-id", LIST]).stdin(Stdio::piped()).spawn().unwrap();
-        c.stdin.take().unwrap().write_all(mail.as_bytes()).unwrap();
-        assert!(c.wait().unwrap().success());
-    };
-    for mail in &mails {
-        inject(mail);
-    }
+    inject_all(&config, &mails);
 
     let db = tmp.path().join("data/patchbay.sqlite3");
     assert_eq!(settled_reports(&db, None, 1, 120).len(), 1);
@@ -1398,9 +1485,7 @@ fn a_tree_map_sends_each_series_to_its_branch_and_reports_say_why() {
     let _serve = Serve(bin().arg("--config").arg(&config).arg("serve").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
     std::thread::sleep(Duration::from_millis(500));
     for mail in for_next.iter().chain(&for_net).chain(&on_old) {
-        let mut c = bin().arg("--config").arg(&config).args(["inject", "--list-id", LIST]).stdin(Stdio::piped()).spawn().unwrap();
-        c.stdin.take().unwrap().write_all(mail.as_bytes()).unwrap();
-        assert!(c.wait().unwrap().success());
+        inject(&config, mail.as_bytes());
     }
 
     let db = tmp.path().join("data/patchbay.sqlite3");

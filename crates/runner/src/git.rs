@@ -184,17 +184,32 @@ impl Mirror {
     /// per patch of the mbox in order, `None` for a patch not found there. Empty when the mbox
     /// holds no diff.
     pub async fn merged_patches(&self, head: &str, mbox: &[u8], depth: usize) -> Result<Vec<Option<Merged>>, GitError> {
-        let ids = |out: &[u8]| -> Vec<(String, String)> {
-            String::from_utf8_lossy(out)
-                .lines()
-                .filter_map(|l| l.split_once(' ').map(|(id, commit)| (id.to_string(), commit.to_string())))
-                .collect()
-        };
-        let series = run(self.git(), &["patch-id", "--stable"], Some(mbox)).await?;
-        let series = ids(&series.stdout);
+        let series = self.patch_ids(mbox).await?;
         if series.is_empty() {
             return Ok(Vec::new());
         }
+        let history = self.branch_patch_ids(head, depth).await?;
+        let mut out = Vec::new();
+        for (i, id) in series.iter().enumerate() {
+            let Some(commit) = history.get(id) else {
+                out.push(None);
+                continue;
+            };
+            let subject = ok(self.git(), &["log", "-1", "--format=%s", commit]).await.unwrap_or_default();
+            out.push(Some(Merged { patch: i + 1, commit: commit.clone(), subject }));
+        }
+        Ok(out)
+    }
+
+    /// The `git patch-id --stable` of each patch of `mbox`, in order (none without a diff).
+    pub async fn patch_ids(&self, mbox: &[u8]) -> Result<Vec<String>, GitError> {
+        let out = run(self.git(), &["patch-id", "--stable"], Some(mbox)).await?;
+        Ok(patch_id_lines(&out.stdout).into_iter().map(|(id, _)| id).collect())
+    }
+
+    /// The patch ids of the last `depth` non-merge commits of `head`, each to its commit: one
+    /// walk answers for every series checked against the same head.
+    pub async fn branch_patch_ids(&self, head: &str, depth: usize) -> Result<std::collections::HashMap<String, String>, GitError> {
         let depth = depth.to_string();
         let log = run(self.git(), &["log", "--no-merges", "--no-color", "-p", "-n", &depth, "--format=commit %H", head], None).await?;
         if !log.status.success() {
@@ -204,17 +219,7 @@ impl Mirror {
             });
         }
         let history = run(self.git(), &["patch-id", "--stable"], Some(&log.stdout)).await?;
-        let history: std::collections::HashMap<String, String> = ids(&history.stdout).into_iter().collect();
-        let mut out = Vec::new();
-        for (i, (id, _)) in series.iter().enumerate() {
-            let Some(commit) = history.get(id) else {
-                out.push(None);
-                continue;
-            };
-            let subject = ok(self.git(), &["log", "-1", "--format=%s", commit]).await.unwrap_or_default();
-            out.push(Some(Merged { patch: i + 1, commit: commit.clone(), subject }));
-        }
-        Ok(out)
+        Ok(patch_id_lines(&history.stdout).into_iter().collect())
     }
 
     /// Forgets worktrees whose directories are gone (a failed add leaves one behind).
@@ -339,6 +344,14 @@ pub fn scrub(text: &str, paths: &[&str], host: &str) -> String {
         out = replace_token(&out, host);
     }
     out
+}
+
+/// `git patch-id` output as (patch id, commit) pairs.
+fn patch_id_lines(out: &[u8]) -> Vec<(String, String)> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(id, commit)| (id.to_string(), commit.to_string())))
+        .collect()
 }
 
 /// A repository as a report may name it: a URL without its user and password, a local path

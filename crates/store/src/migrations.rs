@@ -213,6 +213,18 @@ const STEPS: &[&str] = &[
     DELETE FROM history;
     DELETE FROM history_topics;
     ",
+    // 9: series found merged in their project's branch (owned by the ingest crate): a fact
+    // beside the series' state, which the threading rules keep to themselves; one row per
+    // series, so noticing it twice changes nothing.
+    "
+    CREATE TABLE series_merged (
+        series_id  INTEGER PRIMARY KEY REFERENCES series (id),
+        repository TEXT NOT NULL,
+        branch     TEXT NOT NULL,
+        commits    TEXT NOT NULL,
+        merged_at  INTEGER NOT NULL
+    );
+    ",
 ];
 
 /// Brings the database up to the latest schema.

@@ -438,7 +438,7 @@ fn series_pages(st: &AppState) -> Result<&Arc<dyn dashboard::Pages>, AppError> {
 }
 
 /// The states a series can be in, as `GET /api/v1/series?state=` takes them.
-const SERIES_STATES: &[&str] = &["new", "complete", "incomplete", "superseded"];
+const SERIES_STATES: &[&str] = &["new", "complete", "incomplete", "superseded", "merged"];
 
 /// An integer query parameter within `min..=max`, or a 400 naming it.
 fn int_param<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy>(name: &str, value: &str, min: T, max: T) -> Result<T, AppError> {
