@@ -19,7 +19,7 @@ pub fn config_check(path: Option<&Path>, data_dir: Option<&Path>, json: bool) ->
         }
         sealer(&config, false)?;
         trust_policy(&config)?;
-        crate::ci::report_template(&config)?;
+        crate::services::reporter::report_template(&config)?;
         Ok(config)
     })();
     match result {

@@ -7,16 +7,20 @@
 //!
 //! Modules, one concern each:
 //! - `serve`: [`serve::start`] returns a [`serve::Running`] (its bus, its LMTP
-//!   address, `reload()`, `stop()`). On the embedded backend every service
-//!   shares one `EmbeddedBus`, so a commit wakes consumers at once. It
-//!   generates the `local` key on first start, listens with a 4,096 backlog,
-//!   runs the log recorder, the history indexer and pruning, the dispatcher,
-//!   aggregator, reporter and sweeps (through `reload`), and a runner unless
-//!   `--no-runner`; `SIGHUP` reloads the config.
+//!   address, `reload()`, `stop()`). It only composes: on the embedded backend
+//!   every service shares one `EmbeddedBus`, so a commit wakes consumers at
+//!   once. It generates the `local` key on first start, listens with a 4,096
+//!   backlog, starts the `services` (the dispatcher, aggregator, reporter and
+//!   sweeps through `reload`), and a runner unless `--no-runner`; `SIGHUP`
+//!   reloads the config.
+//! - `services`: one module per service, each turning its config sections
+//!   into a `ServiceSpec` and a handler: `dispatcher`, `runner`, `aggregator`,
+//!   `reporter`, `logs`, `history` (indexer, retention), `merged` (branches
+//!   followed), `relay`, `web` (the HTTP edge's ports over the stores).
 //! - `backend`: the bus the config names. On RabbitMQ, a recorder copies every
 //!   message unchanged into the data directory's log (so the HTTP stream,
 //!   history and `tail` work alike, under the same trust policy), and the
-//!   [`backend::Relay`] sends what [`backend::STORE_PUBLISHERS`] commit into
+//!   `services::relay` sends what the store's publishers commit into
 //!   that log on to RabbitMQ in log order, then records its position
 //!   (`bus_meta` `amqp_relay_pos`; at-least-once). The first start begins at
 //!   the end of the log, and mail injected while `serve` is down is relayed
@@ -26,12 +30,9 @@
 //!   assembly rules apply at once (the services that follow them are stopped
 //!   and started again, unsettled deliveries going back to their queues); what
 //!   needs a restart is named; a config that does not load changes nothing.
-//! - `merged`: the merge follower (`merged.*`): each project's branches fetched
-//!   on a schedule, series whose patches all appear there recorded as merged.
 //! - `tasks`: `spawn_service`, `spawn_every`, `closed`, and `shutdown_signal`
 //!   (Ctrl-C or SIGTERM).
-//! - `ci`: the dispatcher, runner (with its heartbeat), aggregator and
-//!   reporter built from the config; `patchbay runner` and `waive`.
+//! - `ci`: `patchbay runner` and `waive`.
 //! - `ingest`: `inject` (0 once durable, 75 to make the MTA retry, 65 too
 //!   large) and `import` (a reader thread, parsing on all cores and the
 //!   store's writer overlapping; `--test` records the list id
@@ -40,16 +41,15 @@
 //!   with the same sender and topic checks) and `tail` (SSE, resumes; one line
 //!   per message, `time topic service:instance#seq summary`; heartbeats only
 //!   with `--heartbeats`).
-//! - `history`: `query`. `pages`: the dashboard's reads and the re-run action.
+//! - `history`: `query`.
 //! - `keys`: `keygen`, the sealer, the trust policy (roles, trusted keys,
 //!   `signing.allow`) and this host's `<data>/publish.token`.
 //! - `admin`: `config check` and `dead-letters`. `demo`: `patchbay demo`
 //!   (dashboard on port 8035, or the next free one).
 //!
 //! [`Exit`] carries a sysexits code: 65 bad input, 69 unavailable, 75 try
-//! again, 78 bad config; any other error exits 1. Still to move behind typed
-//! ports in the crates that own the tables: the SQL in `pages`, `ci`,
-//! `ingest` and `backend`.
+//! again, 78 bad config; any other error exits 1. No module writes SQL: the
+//! stores are read through the ports of the crates that own their tables.
 
 pub mod admin;
 pub mod backend;
@@ -59,10 +59,9 @@ pub mod demo;
 pub mod history;
 pub mod ingest;
 pub mod keys;
-pub mod merged;
-pub mod pages;
 pub mod reload;
 pub mod serve;
+pub mod services;
 pub mod tasks;
 
 use std::path::Path;

@@ -75,12 +75,29 @@ fn start(config: &Config, parts: &Parts) -> anyhow::Result<Followers> {
         })
     };
     let mut tasks = Vec::new();
-    let dispatcher =
-        crate::ci::start_dispatcher(config, parts.bus.clone(), parts.policy.clone(), Some(parts.ingest.clone()), closed(stop_rx.clone()))?;
+    let dispatcher = crate::services::dispatcher::start_dispatcher(
+        config,
+        parts.bus.clone(),
+        parts.policy.clone(),
+        Some(parts.ingest.clone()),
+        closed(stop_rx.clone()),
+    )?;
     if let Some(d) = dispatcher {
         tasks.push(d);
-        tasks.extend(crate::ci::start_aggregator(config, parts.store.clone(), parts.bus.clone(), parts.policy.clone(), stop_rx.clone())?);
-        tasks.push(crate::ci::start_reporter(config, parts.store.clone(), parts.bus.clone(), parts.policy.clone(), stop_rx.clone())?);
+        tasks.extend(crate::services::aggregator::start_aggregator(
+            config,
+            parts.store.clone(),
+            parts.bus.clone(),
+            parts.policy.clone(),
+            stop_rx.clone(),
+        )?);
+        tasks.push(crate::services::reporter::start_reporter(
+            config,
+            parts.store.clone(),
+            parts.bus.clone(),
+            parts.policy.clone(),
+            stop_rx.clone(),
+        )?);
     }
     let (ingest, incomplete_after) = (parts.ingest.clone(), config.ingest.incomplete_after_secs);
     tasks.push(spawn_every(
@@ -125,7 +142,7 @@ impl Reloader {
         let mut new = Config::load(old.source.as_deref()).with_context(|| format!("{file} was not reloaded; the running config stays"))?;
         // `--data-dir` and the like came from the command line, not the file.
         new.data_dir = old.data_dir.clone();
-        crate::ci::report_template(&new).with_context(|| format!("{file} was not reloaded; the running config stays"))?;
+        crate::services::reporter::report_template(&new).with_context(|| format!("{file} was not reloaded; the running config stays"))?;
         let (effective, reloaded) = merge(old, new, file);
         if reloaded.applied.is_empty() {
             return Ok(reloaded);
@@ -202,7 +219,7 @@ fn merge(old: &Config, new: Config, file: String) -> (Config, Reloaded) {
         }
     }
     // `serve` starts its own runner only when some project is tested at start.
-    if crate::ci::project_tests(old).is_empty() && !crate::ci::project_tests(&new).is_empty() {
+    if crate::services::dispatcher::project_tests(old).is_empty() && !crate::services::dispatcher::project_tests(&new).is_empty() {
         needs_restart.push("runner (serve's own starts with the first tested project)");
     }
     let mut effective = old.clone();

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use patchbay_config::Config;
 use patchbay_web::AppState;
 
-use crate::tasks::{closed, spawn_every, spawn_service};
+use crate::tasks::closed;
 
 /// Options of `patchbay serve`.
 #[derive(clap::Args, Default)]
@@ -132,12 +132,7 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
     };
     // Full test logs: recorded from `ci.test.log` into the store, served over HTTP.
     let logs = patchbay_logs::LogStore::new(ingest.bus().db().clone());
-    {
-        let pattern = patchbay_runtime::pattern_of::<patchbay_model::TestLog>(&config.bus.root)?;
-        let spec = patchbay_runtime::ServiceSpec::new("log-recorder", vec![pattern]);
-        let handler = patchbay_runtime::Typed::new(patchbay_logs::Recorder::new(logs.clone()));
-        tasks.push(spawn_service(served.bus.clone(), policy.clone(), spec, handler, closing_rx.clone(), "The log recorder"));
-    }
+    tasks.push(crate::services::logs::start(&config, logs.clone(), served.bus.clone(), policy.clone(), closing_rx.clone())?);
     let reloader = crate::reload::Reloader::start(
         config.clone(),
         served.bus.clone(),
@@ -161,15 +156,15 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
         },
         instance: config.instance.clone(),
         closing: closing_rx.clone(),
-        logs: Some(Arc::new(StoreLogs(logs.clone()))),
-        results: Some(Arc::new(StoreResults {
+        logs: Some(Arc::new(crate::services::web::StoreLogs(logs.clone()))),
+        results: Some(Arc::new(crate::services::web::StoreResults {
             db: ingest.bus().db().clone(),
-            aggregator: crate::ci::aggregator(&config, ingest.bus().clone(), served.bus.clone()),
+            aggregator: crate::services::aggregator::aggregator(&config, ingest.bus().clone(), served.bus.clone()),
         })),
         admin_tokens: config.admin_tokens.clone(),
-        history: Some(Arc::new(StoreHistory(ingest.bus().db().clone()))),
-        pages: Some(Arc::new(crate::pages::StorePages { db: ingest.bus().db().clone(), root: config.bus.root.clone() })),
-        jobs: Some(Arc::new(crate::pages::Rerun {
+        history: Some(Arc::new(crate::services::web::StoreHistory(ingest.bus().db().clone()))),
+        pages: Some(Arc::new(crate::services::web::StorePages { db: ingest.bus().db().clone(), root: config.bus.root.clone() })),
+        jobs: Some(Arc::new(crate::services::web::Rerun {
             db: ingest.bus().db().clone(),
             bus: served.bus.clone(),
             root: config.bus.root.clone(),
@@ -179,31 +174,12 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
     });
     // RabbitMQ: what the store's services commit into the local log goes on to the broker.
     if served.store.is_none() {
-        let relay = crate::backend::Relay::new(ingest.bus().db().clone(), served.bus.clone(), &config.instance);
-        let mark = relay.mark().await.context("reading the RabbitMQ relay's position in the store")?;
-        tasks.push(tokio::spawn(relay.run(mark, closed(closing_rx.clone()))));
+        tasks.push(crate::services::relay::start(&config, ingest.bus().db().clone(), served.bus.clone(), closing_rx.clone()).await?);
     }
-    // History: every message in the data directory's log, indexed for queries as it commits.
-    {
-        let indexer = patchbay_history::Indexer::new(ingest.bus().db().clone());
-        tasks.push(tokio::spawn(indexer.run(closed(closing_rx.clone()))));
-    }
+    // History: every message indexed as it commits; retention (`history.keep_days`).
+    tasks.extend(crate::services::history::start(&config, ingest.bus().db().clone(), closing_rx.clone()));
     // Merged series (`merged.interval_secs`, and at once on `git.branch.updated`).
-    tasks.extend(crate::merged::start(&config, ingest.clone(), served.bus.clone(), policy.clone(), closing_rx.clone())?);
-    // Retention (`history.keep_days`): hourly, what is older leaves the log and the history.
-    if config.history_keep_days > 0 {
-        let (db, keep) = (ingest.bus().db().clone(), std::time::Duration::from_secs(config.history_keep_days as u64 * 86_400));
-        tasks.push(spawn_every(
-            std::time::Duration::from_secs(3600),
-            closing_rx.clone(),
-            "Pruned messages past history.keep_days.",
-            "Pruning the history failed; will retry.",
-            move || {
-                let db = db.clone();
-                async move { patchbay_history::prune(&db, keep).await }
-            },
-        ));
-    }
+    tasks.extend(crate::services::merged::start(&config, ingest.clone(), served.bus.clone(), policy.clone(), closing_rx.clone())?);
     let http_closing = closed(closing_rx.clone());
     let (cap, limits) = (default_connection_cap(), &config.connections);
     let http_limits = patchbay_web::limits::Limits {
@@ -233,9 +209,9 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
     }
     // Tests: a runner in this process (embedded shape) when some project is tested; the
     // dispatcher, aggregator, reporter and deadline sweep follow the config (see reload.rs).
-    let dispatching = !crate::ci::project_tests(&config).is_empty();
+    let dispatching = !crate::services::dispatcher::project_tests(&config).is_empty();
     if dispatching && !args.no_runner {
-        match crate::ci::start_runner(&config, config.runner.jobs, served.bus.clone(), policy.clone(), closing_rx.clone()) {
+        match crate::services::runner::start_runner(&config, config.runner.jobs, served.bus.clone(), policy.clone(), closing_rx.clone()) {
             Ok(runners) => tasks.extend(runners),
             // Jobs wait on their queues for a runner that can run them safely.
             Err(error) => tracing::error!(%error, "No runner in this process; test jobs wait for `patchbay runner` elsewhere."),
@@ -244,66 +220,6 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
     println!("patchbay: serving http://{local} with data in {}", config.data_dir.display());
     tracing::info!(%local, data_dir = %config.data_dir.display(), topics = %config.bus.root.as_str(), backend = ?config.bus.backend, "Serving.");
     Ok(Running { bus: served.bus, lmtp, closing: closing_tx, http_task, lmtp_task, tasks, reloader })
-}
-
-/// The web edge's view of the stored test logs.
-struct StoreLogs(patchbay_logs::LogStore);
-
-impl patchbay_web::TestLogs for StoreLogs {
-    fn get(&self, job: String) -> patchbay_web::LogFuture<'_> {
-        Box::pin(async move { self.0.read(&job).await.map(|l| l.map(|l| (l.text, l.complete))).map_err(|e| e.to_string()) })
-    }
-}
-
-/// The web edge's view of the message history.
-struct StoreHistory(patchbay_store::Db);
-
-impl patchbay_web::MessageHistory for StoreHistory {
-    fn query(&self, params: Vec<(String, String)>) -> patchbay_web::TextFuture<'_> {
-        Box::pin(async move {
-            let q = patchbay_history::Query::from_params(&params, patchbay_model::Timestamp::now().as_micros())
-                .map_err(patchbay_web::QueryError::Bad)?;
-            let shown = q.clone();
-            let page = patchbay_history::HistoryStore::search(&self.0, shown)
-                .await
-                .map_err(|e| patchbay_web::QueryError::Unavailable(e.to_string()))?;
-            Ok(patchbay_history::page_json(&q, &page))
-        })
-    }
-
-    fn message(&self, id: String) -> patchbay_web::MessageFuture<'_> {
-        Box::pin(async move {
-            patchbay_history::HistoryStore::message(&self.0, id).await.map_err(|e| patchbay_web::QueryError::Unavailable(e.to_string()))
-        })
-    }
-}
-
-/// The web edge's view of the stored results.
-struct StoreResults {
-    db: patchbay_store::Db,
-    aggregator: patchbay_results::Aggregator,
-}
-
-impl patchbay_web::TestResults for StoreResults {
-    fn waive(&self, id: i64, comment: String, by: String) -> patchbay_web::JsonFuture<'_> {
-        Box::pin(async move {
-            match self.aggregator.waive(id, comment, by).await {
-                Ok(Some(w)) => Ok(serde_json::to_value(w).expect("bodies serialize")),
-                Ok(None) => Ok(serde_json::Value::Null),
-                Err(e) => Err(patchbay_web::QueryError::Unavailable(e.to_string())),
-            }
-        })
-    }
-
-    fn query(&self, params: Vec<(String, String)>) -> patchbay_web::JsonFuture<'_> {
-        Box::pin(async move {
-            let q = patchbay_results::Query::from_params(&params).map_err(patchbay_web::QueryError::Bad)?;
-            let rows = patchbay_results::ResultsStore::query(&self.db, q)
-                .await
-                .map_err(|e| patchbay_web::QueryError::Unavailable(e.to_string()))?;
-            Ok(serde_json::json!({ "results": rows }))
-        })
-    }
 }
 
 /// The default cap on LMTP and on HTTP connections: a quarter of the open-file limit each

@@ -357,25 +357,59 @@ fn the_code_map_names_every_crate_and_only_those() {
 #[test]
 fn the_binarys_modules_import_no_cycle() {
     let src = workspace().join("crates/patchbay/src");
-    let modules: Vec<String> = std::fs::read_dir(&src)
-        .unwrap()
-        .filter_map(|e| e.unwrap().file_name().to_string_lossy().strip_suffix(".rs").map(str::to_string))
-        .filter(|m| m != "main" && m != "lib")
-        .collect();
+    // Modules by path (`serve`, `services`, `services::runner`), from the files under src/.
+    fn walk(dir: &Path, prefix: &str, out: &mut Vec<(String, PathBuf)>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+            if p.is_dir() {
+                walk(&p, &format!("{prefix}{name}::"), out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                let module = if name == "mod" { prefix.trim_end_matches("::").to_string() } else { format!("{prefix}{name}") };
+                out.push((module, p));
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&src, "", &mut files);
+    files.retain(|(m, _)| m != "main" && m != "lib");
+    let modules: Vec<String> = files.iter().map(|(m, _)| m.clone()).collect();
+    // The longest module that `path` (`a::b::item`) names.
+    let resolve = |path: &str| -> Option<String> {
+        let parts: Vec<&str> = path.split("::").collect();
+        (1..=parts.len()).rev().map(|n| parts[..n].join("::")).find(|p| modules.contains(p))
+    };
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
     let mut edges: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
-    for m in &modules {
-        let text = std::fs::read_to_string(src.join(format!("{m}.rs"))).unwrap();
+    for (m, file) in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let parent = m.rsplit_once("::").map(|(p, _)| p.to_string());
         let mut uses = std::collections::BTreeSet::new();
-        for (i, _) in text.match_indices("crate::") {
-            let rest = &text[i + "crate::".len()..];
-            // `crate::x::…` and `use crate::{x, y::…}`.
-            let names: Vec<&str> = match rest.strip_prefix('{') {
-                Some(group) => {
-                    group.split('}').next().unwrap_or("").split(',').map(|p| p.trim().split("::").next().unwrap_or("")).collect()
+        for (base, key) in [(None, "crate::"), (parent.clone(), "super::")] {
+            if key == "super::" && base.is_none() {
+                continue; // a top-level module's parent is the crate root
+            }
+            for (i, _) in text.match_indices(key) {
+                if i > 0 && text[..i].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+                    continue; // `patchbay_x::crate::` never occurs; `foo::super::` is not ours
                 }
-                None => vec![rest.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).next().unwrap_or("")],
-            };
-            uses.extend(names.into_iter().filter(|n| *n != m && modules.iter().any(|x| x == n)).map(str::to_string));
+                let rest = &text[i + key.len()..];
+                // `crate::x::…` and `use crate::{x, y::…}`.
+                let paths: Vec<String> = match rest.strip_prefix('{') {
+                    Some(group) => group.split('}').next().unwrap_or("").split(',').map(|p| p.trim().to_string()).collect(),
+                    None => vec![rest.split(|c: char| !ident(c)).next().unwrap_or("").trim_end_matches(':').to_string()],
+                };
+                for p in paths {
+                    let full = match &base {
+                        Some(b) if p.is_empty() => b.clone(),
+                        Some(b) => format!("{b}::{p}"),
+                        None => p,
+                    };
+                    if let Some(target) = resolve(&full).filter(|t| t != m) {
+                        uses.insert(target);
+                    }
+                }
+            }
         }
         edges.insert(m.clone(), uses);
     }

@@ -48,4 +48,4 @@ mod reporter;
 pub mod smtp;
 
 pub use read::{ReportRow, ReportStore};
-pub use reporter::{Reporter, Skip, Transport, deliver_to_maildir};
+pub use reporter::{ReportError, Reporter, Skip, Transport, deliver_to_maildir};

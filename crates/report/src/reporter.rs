@@ -225,11 +225,11 @@ impl Reporter {
             .await
     }
 
-    async fn fail(&self, v: &SeriesVerdict, message_id: &str, from_state: &str, reason: String) -> Result<(), StoreError> {
+    async fn fail(&self, v: &SeriesVerdict, message_id: &str, from_state: &str, reason: String) -> Result<(), ReportError> {
         let (id, ver) = (v.series.id, v.series.version);
         let body =
             ReportFailed { series: v.series.clone(), verdict: v.verdict.clone(), message_id: message_id.into(), reason: reason.clone() };
-        let out = self.publisher.outgoing(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let out = self.publisher.outgoing(&body).map_err(|e| ReportError::Build(e.to_string()))?;
         let (bus, from_state) = (self.bus.clone(), from_state.to_string());
         tracing::warn!(%message_id, %reason, "Report not delivered.");
         self.bus
@@ -245,11 +245,12 @@ impl Reporter {
                 }
                 Ok(())
             })
-            .await
+            .await?;
+        Ok(())
     }
 
     /// Reports one verdict, exactly once.
-    pub async fn report(&self, v: SeriesVerdict) -> Result<(), StoreError> {
+    pub async fn report(&self, v: SeriesVerdict) -> Result<(), ReportError> {
         let message_id = report::message_id(v.series.id, v.series.version, &self.settings.domain);
         // 1. The intent, before anything leaves.
         let (id, ver, mid) = (v.series.id, v.series.version, message_id.clone());
@@ -310,7 +311,7 @@ impl Reporter {
         }
         let (verdict, link) = (v.clone(), self.link_base.clone());
         let Some(mut facts) = self.bus.db().read(move |c| facts(c, &verdict, link.as_deref())).await? else {
-            return Err(StoreError::Corrupt(format!("series {} has no mail to reply to", v.series.id)));
+            return Err(ReportError::NoThread(v.series.id));
         };
         facts.thread.list = self.lists.get(&v.series.project).cloned();
         let reproduce = self.reproduce(&v.series.project, &facts.lines);
@@ -346,7 +347,7 @@ impl Reporter {
                 if resends > 0 {
                     name.push_str(&format!(".resend{resends}"));
                 }
-                deliver_to_maildir(outbox, &name, &mail).map_err(|e| StoreError::Io { path: outbox.clone(), source: e })?;
+                deliver_to_maildir(outbox, &name, &mail).map_err(|e| ReportError::Outbox { path: outbox.clone(), source: e })?;
                 TransportKind::Outbox
             }
             Transport::Smtp(smtp) => {
@@ -371,7 +372,7 @@ impl Reporter {
                     }
                     Err(crate::smtp::SendError::Transient(e)) => {
                         self.set_state(id, ver, "sending", "intent", Some(e.clone())).await?;
-                        return Err(StoreError::Setup(format!("SMTP not available, will retry: {e}")));
+                        return Err(ReportError::SmtpUnavailable(e));
                     }
                 }
                 TransportKind::Smtp
@@ -385,7 +386,7 @@ impl Reporter {
             in_reply_to: facts.thread.reply_to.clone(),
             transport: transport.clone(),
         };
-        let out = self.publisher.outgoing(&sent).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let out = self.publisher.outgoing(&sent).map_err(|e| ReportError::Build(e.to_string()))?;
         let bus = self.bus.clone();
         self.bus
             .db()
@@ -400,14 +401,49 @@ impl Reporter {
                 }
                 Ok(())
             })
-            .await
+            .await?;
+        Ok(())
+    }
+}
+
+/// Why a report was not (yet) sent; all but [`ReportError::Build`] may work later.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// The store failed (busy, full, gone): try again.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The SMTP server could not be reached or answered "later" before the text went out.
+    #[error("SMTP not available, will retry: {0}")]
+    SmtpUnavailable(String),
+    /// The series' mails are not in this store (yet): nothing to thread the reply under.
+    #[error("series {0} has no mail to reply to")]
+    NoThread(i64),
+    /// The outbox maildir could not be written.
+    #[error("writing the outbox {path}: {source}")]
+    Outbox {
+        /// The maildir.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A report event could not be built: a bug, which retrying does not mend.
+    #[error("building a report event: {0}")]
+    Build(String),
+}
+
+impl From<ReportError> for HandlerError {
+    fn from(e: ReportError) -> Self {
+        match e {
+            ReportError::Build(_) => HandlerError::Permanent(e.to_string()),
+            _ => HandlerError::Transient(e.to_string()),
+        }
     }
 }
 
 #[async_trait]
 impl BodyHandler<SeriesVerdict> for Reporter {
     async fn handle_body(&self, _envelope: &Envelope, v: SeriesVerdict, _attempt: u32) -> Result<(), HandlerError> {
-        self.report(v).await.map_err(|e| HandlerError::Transient(e.to_string()))
+        Ok(self.report(v).await?)
     }
 }
 

@@ -1,5 +1,6 @@
-//! What the dashboard shows, read from the embedded store, and the re-run
-//! action (the job as it was queued, from the history, published again).
+//! The HTTP edge's ports over the stores: what the dashboard and the API read (series, results,
+//! reports, logs, history, runners), the re-run and re-send actions (the message as it was, from
+//! the history, published again), and waivers. Reads go through the stores' ports; no SQL here.
 
 use std::sync::Arc;
 
@@ -165,6 +166,68 @@ impl patchbay_web::TestJobs for Rerun {
             tracing::info!(series, version, %by, "Report re-send asked by an admin.");
             let message = self.again(&verdict).await?;
             Ok(serde_json::json!({ "status": "queued", "series": series, "version": version, "by": by, "message": message }))
+        })
+    }
+}
+
+/// The web edge's view of the stored test logs.
+pub struct StoreLogs(pub patchbay_logs::LogStore);
+
+impl patchbay_web::TestLogs for StoreLogs {
+    fn get(&self, job: String) -> patchbay_web::LogFuture<'_> {
+        Box::pin(async move { self.0.read(&job).await.map(|l| l.map(|l| (l.text, l.complete))).map_err(|e| e.to_string()) })
+    }
+}
+
+/// The web edge's view of the message history.
+pub struct StoreHistory(pub patchbay_store::Db);
+
+impl patchbay_web::MessageHistory for StoreHistory {
+    fn query(&self, params: Vec<(String, String)>) -> patchbay_web::TextFuture<'_> {
+        Box::pin(async move {
+            let q = patchbay_history::Query::from_params(&params, patchbay_model::Timestamp::now().as_micros())
+                .map_err(patchbay_web::QueryError::Bad)?;
+            let shown = q.clone();
+            let page = patchbay_history::HistoryStore::search(&self.0, shown)
+                .await
+                .map_err(|e| patchbay_web::QueryError::Unavailable(e.to_string()))?;
+            Ok(patchbay_history::page_json(&q, &page))
+        })
+    }
+
+    fn message(&self, id: String) -> patchbay_web::MessageFuture<'_> {
+        Box::pin(async move {
+            patchbay_history::HistoryStore::message(&self.0, id).await.map_err(|e| patchbay_web::QueryError::Unavailable(e.to_string()))
+        })
+    }
+}
+
+/// The web edge's view of the stored results.
+pub struct StoreResults {
+    /// The store.
+    pub db: patchbay_store::Db,
+    /// For waivers.
+    pub aggregator: patchbay_results::Aggregator,
+}
+
+impl patchbay_web::TestResults for StoreResults {
+    fn waive(&self, id: i64, comment: String, by: String) -> patchbay_web::JsonFuture<'_> {
+        Box::pin(async move {
+            match self.aggregator.waive(id, comment, by).await {
+                Ok(Some(w)) => Ok(serde_json::to_value(w).expect("bodies serialize")),
+                Ok(None) => Ok(serde_json::Value::Null),
+                Err(e) => Err(patchbay_web::QueryError::Unavailable(e.to_string())),
+            }
+        })
+    }
+
+    fn query(&self, params: Vec<(String, String)>) -> patchbay_web::JsonFuture<'_> {
+        Box::pin(async move {
+            let q = patchbay_results::Query::from_params(&params).map_err(patchbay_web::QueryError::Bad)?;
+            let rows = patchbay_results::ResultsStore::query(&self.db, q)
+                .await
+                .map_err(|e| patchbay_web::QueryError::Unavailable(e.to_string()))?;
+            Ok(serde_json::json!({ "results": rows }))
         })
     }
 }

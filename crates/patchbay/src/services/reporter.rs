@@ -1,0 +1,66 @@
+//! The reporter service: `[report]` in (recipients, SMTP or the outbox, the template), the
+//! reporter bound to `ci.series.verdict` out.
+
+use super::replay_for;
+use crate::tasks::spawn_service;
+use std::sync::Arc;
+use std::time::Duration;
+
+use patchbay_bus::{Bus, Publisher, TrustPolicy};
+use patchbay_config::Config;
+use patchbay_model::{Sender, ServiceName};
+use patchbay_runtime::{RetryPolicy, ServiceSpec};
+
+/// The maintainer's report template (`report.template`), compiled and tried on a sample.
+pub fn report_template(config: &Config) -> anyhow::Result<Option<patchbay_report::compose::Template>> {
+    match &config.report.template {
+        None => Ok(None),
+        Some((path, text)) => patchbay_report::compose::Template::new(text.clone())
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("{}: report.template: {}: {e}", config.source_name(), path.display())),
+    }
+}
+
+/// Starts the reporter: one mail per verdict into `<data>/outbox` (a maildir), exactly once.
+pub fn start_reporter(
+    config: &Config,
+    store: patchbay_store::EmbeddedBus,
+    bus: Arc<dyn Bus>,
+    policy: Arc<TrustPolicy>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use patchbay_report::compose::{Recipients as R, Settings};
+    let recipients = match config.report.recipients {
+        patchbay_config::Recipients::Submitter => R::Submitter,
+        patchbay_config::Recipients::List => R::List,
+        patchbay_config::Recipients::Both => R::Both,
+    };
+    let settings = Settings { from: config.report.from.clone(), domain: config.report.domain.clone(), recipients };
+    let link = config.report.link.clone().or_else(|| Some(format!("http://{}", config.http_listen)));
+    let publisher = Publisher::new(bus.clone(), config.bus.root.clone(), Sender::new(ServiceName::Reporter.as_str(), &config.instance));
+    let transport = match &config.report.smtp_url {
+        None => patchbay_report::Transport::Outbox(config.data_dir.join("outbox")),
+        Some(url) => patchbay_report::Transport::Smtp(
+            patchbay_report::smtp::Smtp::new(&patchbay_report::smtp::SmtpSettings {
+                url: url.clone(),
+                credentials: config.report.smtp_credentials.clone(),
+                ca_pem: config.report.smtp_ca.clone(),
+            })
+            .map_err(|e| anyhow::anyhow!("{}: report.smtp_url: {e}", config.source_name()))?,
+        ),
+    };
+    let replay = replay_for(config, &store);
+    let reporter = patchbay_report::Reporter::new(store, publisher, settings, transport, link)
+        .template(report_template(config)?.map(Arc::new))
+        .skipping(patchbay_report::Skip { passed: config.report.only_on_failure, superseded: config.report.skip_superseded })
+        .lists(config.projects.iter().filter_map(|p| Some((p.name.clone(), p.list_address.clone()?))).collect())
+        .scripts(
+            config.projects.iter().flat_map(|p| p.tests.iter().map(|t| ((p.name.clone(), t.name.clone()), t.script.clone()))).collect(),
+        );
+    let pattern = patchbay_runtime::pattern_of::<patchbay_model::SeriesVerdict>(&config.bus.root)?;
+    let mut spec = ServiceSpec::new(ServiceName::Reporter.as_str(), vec![pattern]);
+    spec.replay = replay;
+    // An SMTP server may be down for hours: keep trying, at most a minute apart.
+    spec.retry = RetryPolicy { max_attempts: 10_000, base_delay: Duration::from_millis(500), max_delay: Duration::from_secs(60) };
+    Ok(spawn_service(bus, policy, spec, patchbay_runtime::Typed::new(reporter), shutdown, "The reporter"))
+}
