@@ -31,7 +31,6 @@
 mod authority;
 mod bus;
 mod consumer;
-mod pattern;
 mod signing;
 
 #[cfg(feature = "conformance")]
@@ -40,5 +39,5 @@ pub mod conformance;
 pub use authority::{Authority, DEFAULT_ROLES};
 pub use bus::{Acker, Bus, BusError, DeadLetter, Delivery, LogEntry, MessageLog, Outgoing, Publisher, QueueSpec, Subscription};
 pub use consumer::Consumer;
-pub use pattern::{PatternError, TopicPattern};
+pub use patchbay_model::{PatternError, TopicPattern};
 pub use signing::{KeyError, PublicKey, Rejection, Sealer, SigningKey, TrustPolicy};

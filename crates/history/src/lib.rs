@@ -35,12 +35,10 @@
 //!
 //! Knows the embedded store; no HTTP, no services, no config file.
 
-pub mod query;
-
 use std::time::Duration;
 
+pub use patchbay_model::messages::{MAX_ROWS, Order, Page, Query, SenderFilter, page_json};
 use patchbay_store::{Db, StoreError};
-pub use query::{MAX_ROWS, Order, Query, SenderFilter};
 use rusqlite::types::Value as Sql;
 use rusqlite::{Connection, OptionalExtension as _, params_from_iter};
 
@@ -48,15 +46,6 @@ use rusqlite::{Connection, OptionalExtension as _, params_from_iter};
 const BATCH: usize = 2000;
 /// Bytes of a body's text that go into the full-text index.
 const TEXT_LIMIT: usize = 32 << 10;
-
-/// One page of results.
-#[derive(Debug)]
-pub struct Page {
-    /// Messages matching the query, all pages together.
-    pub total: u64,
-    /// The messages of this page, each exactly as stored (signed wire JSON).
-    pub messages: Vec<Vec<u8>>,
-}
 
 /// The strings of a JSON body (values, not keys), space-separated and bounded: what `contains` searches.
 fn body_text(v: &serde_json::Value, out: &mut String) {
@@ -604,22 +593,6 @@ fn search_in(conn: &Connection, q: &Query) -> Result<Page, StoreError> {
 /// One message by id, exactly as stored.
 pub fn message(conn: &Connection, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
     Ok(conn.prepare_cached("SELECT wire FROM bus_messages WHERE id = ?1")?.query_row([id], |r| r.get(0)).optional()?)
-}
-
-/// The JSON text of a page: `{"total", "page", "pages", "rows_per_page", "messages": [...]}`,
-/// with each message spliced in byte for byte, so its signature still verifies.
-pub fn page_json(q: &Query, page: &Page) -> String {
-    let pages = page.total.div_ceil(u64::from(q.rows_per_page));
-    let mut out =
-        format!("{{\"total\":{},\"page\":{},\"pages\":{},\"rows_per_page\":{},\"messages\":[", page.total, q.page, pages, q.rows_per_page);
-    for (i, m) in page.messages.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&String::from_utf8_lossy(m));
-    }
-    out.push_str("]}");
-    out
 }
 
 #[cfg(test)]

@@ -28,11 +28,18 @@
 //!   the services' sender names, which roles and reserved names are keyed on.
 //! - [`Summary`]: one line per body for people (`tail`, `query`);
 //!   presentation only, the wire format is untouched.
+//! - [`TopicPattern`]: AMQP topic-exchange patterns (`*` one word, `#` any).
+//! - The read model: [`view`] (the rows the stores' ports return and the web
+//!   edge shows, and the results query) and [`messages`] (the history query
+//!   and its page), parsed from URL parameters here, pure, so the web edge and
+//!   the stores share typed queries without knowing each other.
 
 mod body;
 mod canonical;
 mod domain;
 mod envelope;
+pub mod messages;
+mod pattern;
 mod summary;
 mod time;
 mod topic;
@@ -47,6 +54,7 @@ pub use body::{
 pub use canonical::write_canonical;
 pub use domain::{ANY_ARCH, APPLY_TEST, FailureKind, MailKind, Outcome, ServiceName, TransportKind, VerdictKind};
 pub use envelope::{Envelope, EnvelopeError, SchemaRef, Sender, Signature};
+pub use pattern::{PatternError, TopicPattern};
 pub use summary::{SUMMARY_CHARS, Summary, json_line, one_line, summarize};
 pub use time::{Timestamp, TimestampError};
 pub use topic::{Topic, TopicError, TopicRoot};

@@ -110,3 +110,90 @@ pub struct SeriesFilter {
     /// First seen at or after this time (unix seconds).
     pub since: Option<i64>,
 }
+
+/// A results query (`GET /api/v1/results`): every filter optional, newest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResultsQuery {
+    /// One series.
+    pub series: Option<i64>,
+    /// One version of it.
+    pub version: Option<u32>,
+    /// One test.
+    pub test: Option<String>,
+    /// One arch.
+    pub arch: Option<String>,
+    /// One outcome (PASSED, FAILED, ERROR, …).
+    pub outcome: Option<String>,
+    /// Only the latest result of each (series version, test, arch).
+    pub latest: bool,
+    /// Results with an id below this (paging: pass the last id seen).
+    pub before: Option<i64>,
+    /// At most this many (1-500, default 100).
+    pub limit: u32,
+}
+
+impl ResultsQuery {
+    /// Parses URL query parameters; an unknown key or a bad value is an error naming it.
+    pub fn from_params(params: &[(String, String)]) -> Result<ResultsQuery, String> {
+        let mut q = ResultsQuery { limit: 100, ..ResultsQuery::default() };
+        for (k, v) in params {
+            let bad = |what: &str| format!("{k}: {v:?} is not {what}");
+            match k.as_str() {
+                // Ids and versions start at 1, as the OpenAPI document says.
+                "series" => q.series = Some(v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| bad("a series id (1 or more)"))?),
+                "version" => q.version = Some(v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| bad("a version number (1 or more)"))?),
+                "test" => q.test = Some(v.clone()),
+                "arch" => q.arch = Some(v.clone()),
+                "outcome" => {
+                    let o = v.to_ascii_uppercase();
+                    if !["PASSED", "FAILED", "ERROR", "INFO", "NEEDS_INSPECTION", "QUEUED", "RUNNING"].contains(&o.as_str()) {
+                        return Err(bad("an outcome (PASSED, FAILED, ERROR, INFO, NEEDS_INSPECTION, QUEUED, RUNNING)"));
+                    }
+                    q.outcome = Some(o);
+                }
+                "latest" => q.latest = v.parse().map_err(|_| bad("true or false"))?,
+                "before" => q.before = Some(v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| bad("a result id (1 or more)"))?),
+                "limit" => {
+                    q.limit = v.parse().ok().filter(|n| (1..=500).contains(n)).ok_or_else(|| bad("a number from 1 to 500"))?;
+                }
+                _ => return Err(format!("{k}: unknown parameter (series, version, test, arch, outcome, latest, before, limit)")),
+            }
+        }
+        Ok(q)
+    }
+}
+
+/// One recorded result, as `GET /api/v1/results` lists it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ResultRow {
+    /// The result's id (for waivers and paging).
+    pub id: i64,
+    /// The job it came from.
+    pub job: String,
+    /// The series.
+    pub series: i64,
+    /// Its version.
+    pub version: u32,
+    /// The project.
+    pub project: String,
+    /// The test.
+    pub test: String,
+    /// The arch (`any` for apply).
+    pub arch: String,
+    /// The outcome.
+    pub outcome: Outcome,
+    /// Why, for failures.
+    pub reason: Option<FailureKind>,
+    /// How long it ran.
+    pub duration_ms: i64,
+    /// The commit it was applied to.
+    pub base: Option<String>,
+    /// When it was recorded (unix seconds).
+    pub recorded_at: i64,
+    /// Equal to the previous result of its (series version, test, arch).
+    pub duplicate: bool,
+    /// Waived by a maintainer.
+    pub waived: bool,
+    /// The waiver's comment.
+    pub waiver: Option<String>,
+}

@@ -37,6 +37,7 @@ use patchbay_store::{EmbeddedBus, StoreError, Tx};
 use patchbay_verdict::{Latest, Required, Verdict};
 use rusqlite::{OptionalExtension, params};
 
+pub use patchbay_model::view::{ResultRow, ResultsQuery as Query};
 pub use read::ResultsStore;
 
 /// Which (test, arch) each project requires; `apply` is always required.
@@ -287,60 +288,8 @@ impl Handler for Aggregator {
     }
 }
 
-/// A results query (`GET /api/v1/results`): every filter optional, newest first.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Query {
-    /// One series.
-    pub series: Option<i64>,
-    /// One version of it.
-    pub version: Option<u32>,
-    /// One test.
-    pub test: Option<String>,
-    /// One arch.
-    pub arch: Option<String>,
-    /// One outcome (PASSED, FAILED, ERROR, …).
-    pub outcome: Option<String>,
-    /// Only the latest result of each (series version, test, arch).
-    pub latest: bool,
-    /// Results with an id below this (paging: pass the last id seen).
-    pub before: Option<i64>,
-    /// At most this many (1-500, default 100).
-    pub limit: u32,
-}
-
-impl Query {
-    /// Parses URL query parameters; an unknown key or a bad value is an error naming it.
-    pub fn from_params(params: &[(String, String)]) -> Result<Query, String> {
-        let mut q = Query { limit: 100, ..Query::default() };
-        for (k, v) in params {
-            let bad = |what: &str| format!("{k}: {v:?} is not {what}");
-            match k.as_str() {
-                // Ids and versions start at 1, as the OpenAPI document says.
-                "series" => q.series = Some(v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| bad("a series id (1 or more)"))?),
-                "version" => q.version = Some(v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| bad("a version number (1 or more)"))?),
-                "test" => q.test = Some(v.clone()),
-                "arch" => q.arch = Some(v.clone()),
-                "outcome" => {
-                    let o = v.to_ascii_uppercase();
-                    if !["PASSED", "FAILED", "ERROR", "INFO", "NEEDS_INSPECTION", "QUEUED", "RUNNING"].contains(&o.as_str()) {
-                        return Err(bad("an outcome (PASSED, FAILED, ERROR, INFO, NEEDS_INSPECTION, QUEUED, RUNNING)"));
-                    }
-                    q.outcome = Some(o);
-                }
-                "latest" => q.latest = v.parse().map_err(|_| bad("true or false"))?,
-                "before" => q.before = Some(v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| bad("a result id (1 or more)"))?),
-                "limit" => {
-                    q.limit = v.parse().ok().filter(|n| (1..=500).contains(n)).ok_or_else(|| bad("a number from 1 to 500"))?;
-                }
-                _ => return Err(format!("{k}: unknown parameter (series, version, test, arch, outcome, latest, before, limit)")),
-            }
-        }
-        Ok(q)
-    }
-}
-
 /// Runs a results query on a read connection.
-pub fn query(conn: &rusqlite::Connection, q: &Query) -> Result<Vec<serde_json::Value>, StoreError> {
+pub fn query(conn: &rusqlite::Connection, q: &Query) -> Result<Vec<ResultRow>, StoreError> {
     let mut sql = String::from(
         "SELECT id, job, series_id, version, project, test, arch, outcome, reason, duration_ms, base, recorded_at, duplicate, waived, waiver
          FROM results r WHERE 1 = 1",
@@ -376,23 +325,23 @@ pub fn query(conn: &rusqlite::Connection, q: &Query) -> Result<Vec<serde_json::V
     sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", q.limit.clamp(1, 500)));
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
-        Ok(serde_json::json!({
-            "id": r.get::<_, i64>(0)?,
-            "job": r.get::<_, String>(1)?,
-            "series": r.get::<_, i64>(2)?,
-            "version": r.get::<_, i64>(3)?,
-            "project": r.get::<_, String>(4)?,
-            "test": r.get::<_, String>(5)?,
-            "arch": r.get::<_, String>(6)?,
-            "outcome": r.get::<_, String>(7)?,
-            "reason": r.get::<_, Option<String>>(8)?,
-            "duration_ms": r.get::<_, i64>(9)?,
-            "base": r.get::<_, Option<String>>(10)?,
-            "recorded_at": r.get::<_, i64>(11)?,
-            "duplicate": r.get::<_, bool>(12)?,
-            "waived": r.get::<_, bool>(13)?,
-            "waiver": r.get::<_, Option<String>>(14)?,
-        }))
+        Ok(ResultRow {
+            id: r.get(0)?,
+            job: r.get(1)?,
+            series: r.get(2)?,
+            version: r.get(3)?,
+            project: r.get(4)?,
+            test: r.get(5)?,
+            arch: r.get(6)?,
+            outcome: r.get::<_, String>(7)?.into(),
+            reason: r.get::<_, Option<String>>(8)?.map(FailureKind::from),
+            duration_ms: r.get(9)?,
+            base: r.get(10)?,
+            recorded_at: r.get(11)?,
+            duplicate: r.get(12)?,
+            waived: r.get(13)?,
+            waiver: r.get(14)?,
+        })
     })?;
     rows.collect::<Result<_, _>>().map_err(StoreError::from)
 }

@@ -18,12 +18,12 @@ pub trait ResultsStore: Send + Sync + 'static {
     /// The test matrix: the latest result of each (test, arch), the apply test first.
     async fn cells(&self, series: i64, version: u32) -> Result<Vec<Cell>, StoreError>;
     /// Results matching `q` (`GET /api/v1/results`), newest first.
-    async fn query(&self, q: crate::Query) -> Result<Vec<serde_json::Value>, StoreError>;
+    async fn query(&self, q: crate::Query) -> Result<Vec<crate::ResultRow>, StoreError>;
 }
 
 #[async_trait]
 impl ResultsStore for Db {
-    async fn query(&self, q: crate::Query) -> Result<Vec<serde_json::Value>, StoreError> {
+    async fn query(&self, q: crate::Query) -> Result<Vec<crate::ResultRow>, StoreError> {
         self.read(move |c| crate::query(c, &q)).await
     }
 

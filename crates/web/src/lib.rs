@@ -44,6 +44,8 @@
 //! with a topic filter, `/logs/{job}`, `/runners`); durations through
 //! `patchbay_verdict::duration`, so the matrix and the report agree.
 
+use patchbay_model::messages;
+use patchbay_model::view::{ResultRow, ResultsQuery};
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
@@ -113,15 +115,17 @@ pub trait TestJobs: Send + Sync + 'static {
     fn resend(&self, series: i64, version: u32, by: String) -> JsonFuture<'_>;
 }
 
-/// JSON text made elsewhere (messages are spliced in byte for byte), or why not.
-pub type TextFuture<'a> = std::pin::Pin<Box<dyn Future<Output = Result<String, QueryError>> + Send + 'a>>;
+/// One page of the message history, or why not.
+pub type PageFuture<'a> = std::pin::Pin<Box<dyn Future<Output = Result<messages::Page, QueryError>> + Send + 'a>>;
+/// Results, or why not.
+pub type ResultsFuture<'a> = std::pin::Pin<Box<dyn Future<Output = Result<Vec<ResultRow>, QueryError>> + Send + 'a>>;
 /// One stored message, exactly as received (`None`: no such message), or why not.
 pub type MessageFuture<'a> = std::pin::Pin<Box<dyn Future<Output = Result<Option<Vec<u8>>, QueryError>> + Send + 'a>>;
 
 /// Where the message history is queried (the binary implements it over the store).
 pub trait MessageHistory: Send + Sync + 'static {
-    /// Answers `GET /api/v1/messages` for these query parameters, as JSON text.
-    fn query(&self, params: Vec<(String, String)>) -> TextFuture<'_>;
+    /// One page of the messages `q` asks for (`GET /api/v1/messages`).
+    fn query(&self, q: messages::Query) -> PageFuture<'_>;
     /// One message by id.
     fn message(&self, id: String) -> MessageFuture<'_>;
 }
@@ -140,8 +144,8 @@ pub type JsonFuture<'a> = std::pin::Pin<Box<dyn Future<Output = Result<serde_jso
 
 /// Where test results are queried and waived (the binary implements it over the store).
 pub trait TestResults: Send + Sync + 'static {
-    /// Answers `GET /api/v1/results` for these query parameters.
-    fn query(&self, params: Vec<(String, String)>) -> JsonFuture<'_>;
+    /// The results `q` asks for (`GET /api/v1/results`), newest first.
+    fn query(&self, q: ResultsQuery) -> ResultsFuture<'_>;
     /// Waives result `id` with `comment` on behalf of `by`; `Ok(Value::Null)` when there is no such result.
     fn waive(&self, id: i64, comment: String, by: String) -> JsonFuture<'_>;
 }
@@ -281,11 +285,9 @@ async fn test_results(
     let Some(results) = &st.results else {
         return Err(AppError { status: StatusCode::NOT_FOUND, message: "this server keeps no results".into() });
     };
-    match results.query(params).await {
-        Ok(v) => Ok(Json(v)),
-        Err(QueryError::Bad(m)) => Err(AppError::bad(m)),
-        Err(QueryError::Unavailable(m)) => Err(AppError { status: StatusCode::SERVICE_UNAVAILABLE, message: m }),
-    }
+    let q = ResultsQuery::from_params(&params).map_err(AppError::bad)?;
+    let rows = results.query(q).await.map_err(query_error)?;
+    Ok(Json(serde_json::json!({ "results": rows })))
 }
 
 fn json_text(text: impl Into<axum::body::Body>) -> Response {
@@ -307,7 +309,9 @@ async fn messages(
     let Some(history) = &st.history else {
         return Err(AppError { status: StatusCode::NOT_FOUND, message: "this server keeps no message history".into() });
     };
-    history.query(params).await.map(json_text).map_err(query_error)
+    let q = messages::Query::from_params(&params, patchbay_model::Timestamp::now().as_micros()).map_err(AppError::bad)?;
+    let page = history.query(q.clone()).await.map_err(query_error)?;
+    Ok(json_text(messages::page_json(&q, &page)))
 }
 
 /// `GET /api/v1/messages/{id}`: one message, byte for byte as stored (its signature verifies).

@@ -183,15 +183,9 @@ impl patchbay_web::TestLogs for StoreLogs {
 pub struct StoreHistory(pub patchbay_store::Db);
 
 impl patchbay_web::MessageHistory for StoreHistory {
-    fn query(&self, params: Vec<(String, String)>) -> patchbay_web::TextFuture<'_> {
+    fn query(&self, q: patchbay_history::Query) -> patchbay_web::PageFuture<'_> {
         Box::pin(async move {
-            let q = patchbay_history::Query::from_params(&params, patchbay_model::Timestamp::now().as_micros())
-                .map_err(patchbay_web::QueryError::Bad)?;
-            let shown = q.clone();
-            let page = patchbay_history::HistoryStore::search(&self.0, shown)
-                .await
-                .map_err(|e| patchbay_web::QueryError::Unavailable(e.to_string()))?;
-            Ok(patchbay_history::page_json(&q, &page))
+            patchbay_history::HistoryStore::search(&self.0, q).await.map_err(|e| patchbay_web::QueryError::Unavailable(e.to_string()))
         })
     }
 
@@ -221,13 +215,9 @@ impl patchbay_web::TestResults for StoreResults {
         })
     }
 
-    fn query(&self, params: Vec<(String, String)>) -> patchbay_web::JsonFuture<'_> {
+    fn query(&self, q: patchbay_results::Query) -> patchbay_web::ResultsFuture<'_> {
         Box::pin(async move {
-            let q = patchbay_results::Query::from_params(&params).map_err(patchbay_web::QueryError::Bad)?;
-            let rows = patchbay_results::ResultsStore::query(&self.db, q)
-                .await
-                .map_err(|e| patchbay_web::QueryError::Unavailable(e.to_string()))?;
-            Ok(serde_json::json!({ "results": rows }))
+            patchbay_results::ResultsStore::query(&self.db, q).await.map_err(|e| patchbay_web::QueryError::Unavailable(e.to_string()))
         })
     }
 }

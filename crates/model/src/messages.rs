@@ -4,7 +4,7 @@
 
 use std::str::FromStr as _;
 
-use patchbay_model::Timestamp;
+use crate::Timestamp;
 
 /// Rows per page unless `rows_per_page` says otherwise.
 pub const DEFAULT_ROWS: u32 = 25;
@@ -148,7 +148,7 @@ fn word(name: &str, value: &str) -> Result<String, String> {
 }
 
 fn topic(name: &str, value: &str) -> Result<String, String> {
-    patchbay_bus::TopicPattern::parse(value).map_err(|e| format!("{name}: {e}"))?;
+    crate::TopicPattern::parse(value).map_err(|e| format!("{name}: {e}"))?;
     Ok(value.to_string())
 }
 
@@ -233,6 +233,31 @@ impl Query {
         }
         Ok(q)
     }
+}
+
+/// One page of results.
+#[derive(Debug)]
+pub struct Page {
+    /// Messages matching the query, all pages together.
+    pub total: u64,
+    /// The messages of this page, each exactly as stored (signed wire JSON).
+    pub messages: Vec<Vec<u8>>,
+}
+
+/// The JSON text of a page: `{"total", "page", "pages", "rows_per_page", "messages": [...]}`,
+/// with each message spliced in byte for byte, so its signature still verifies.
+pub fn page_json(q: &Query, page: &Page) -> String {
+    let pages = page.total.div_ceil(u64::from(q.rows_per_page));
+    let mut out =
+        format!("{{\"total\":{},\"page\":{},\"pages\":{},\"rows_per_page\":{},\"messages\":[", page.total, q.page, pages, q.rows_per_page);
+    for (i, m) in page.messages.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&String::from_utf8_lossy(m));
+    }
+    out.push_str("]}");
+    out
 }
 
 #[cfg(test)]

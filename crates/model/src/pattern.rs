@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use patchbay_model::Topic;
+use crate::Topic;
 
 /// Why a pattern is not valid.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
