@@ -15,30 +15,9 @@ fn bin() -> Command {
     c
 }
 
-/// Where the corpus lives: `PATCHBAY_CORPUS`, else `../shared/corpus` beside the clone.
-fn corpus_base() -> PathBuf {
-    std::env::var_os("PATCHBAY_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"))
-}
-
+/// The linux-hwmon archive, or `None` with a note (see `patchbay_fixtures::corpus`).
 fn corpus() -> Option<PathBuf> {
-    let root = corpus_base().join("linux-hwmon");
-    if root.exists() {
-        return Some(root);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!(
-            "the test corpus is missing: {} does not exist, and CI=true says this test must run. \
-             The corpus is a folder beside the clone, ../shared/corpus (or the folder PATCHBAY_CORPUS names): \
-             linux-hwmon/ holds the linux-hwmon list's archive from https://lore.kernel.org/linux-hwmon/ \
-             (last-5000.mbox and a public-inbox epoch, pi-epoch0-tail.git), patchwork/ holds Patchwork's \
-             tests/data (https://github.com/getpatchwork/patchwork). README.md, \"The test corpus\", says how to get it.",
-            root.display()
-        );
-    }
-    eprintln!("NOTE: {} not found: this corpus test DID NOT RUN (see README.md, \"The test corpus\")", root.display());
-    None
+    patchbay_fixtures::corpus("linux-hwmon")
 }
 
 /// Under `CI=true` a missing corpus fails the corpus tests with a sentence saying what is

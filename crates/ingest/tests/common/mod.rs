@@ -15,29 +15,9 @@ pub fn scratch(dir: &std::path::Path, lists: &[&str]) -> Ingest {
     Ingest::new(bus, TopicRoot::new("pbtest", "ingest").unwrap(), "t", Settings { rules: Rules::default(), projects })
 }
 
-/// `../shared/corpus/<sub>` from the workspace root (or under `PATCHBAY_CORPUS`), or `None`
-/// (and a clear note) when it is absent; under `CI=true` its absence fails the test, saying
-/// what is missing and where to get it.
+/// `../shared/corpus/<sub>`, or `None` with a note (see `patchbay_fixtures::corpus`).
 pub fn corpus(sub: &str) -> Option<PathBuf> {
-    let base = std::env::var_os("PATCHBAY_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"));
-    let root = base.join(sub);
-    if root.exists() {
-        return Some(root);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!(
-            "the test corpus is missing: {} does not exist, and CI=true says this test must run. \
-             The corpus is a folder beside the clone, ../shared/corpus (or the folder PATCHBAY_CORPUS names): \
-             patchwork/ holds Patchwork's tests/data (https://github.com/getpatchwork/patchwork) with \
-             expected.toml, linux-hwmon/ the linux-hwmon list's archive from https://lore.kernel.org/linux-hwmon/. \
-             README.md, \"The test corpus\", says how to get it.",
-            root.display()
-        );
-    }
-    eprintln!("NOTE: {} not found: this corpus test DID NOT RUN (see README.md, \"The test corpus\")", root.display());
-    None
+    patchbay_fixtures::corpus(sub)
 }
 
 /// One stored series as the tests compare it.
