@@ -50,6 +50,7 @@
 //! reserved 1,024 at a time (see [`seq`]). This crate knows nothing of the
 //! store or of services.
 
+mod claim;
 pub mod seq;
 
 use std::collections::HashSet;
@@ -67,6 +68,8 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use patchbay_bus::{Acker, Bus, BusError, DeadLetter, Delivery, Outgoing, QueueSpec, Sealer, Subscription};
 use patchbay_model::{Envelope, Timestamp};
+
+pub use claim::{ClaimError, NamespaceClaim};
 
 const H_ATTEMPTS: &str = "x-patchbay-attempts";
 const H_REASON: &str = "x-patchbay-reason";
@@ -204,6 +207,12 @@ impl AmqpBus {
 }
 
 impl AmqpBus {
+    /// Claims this bus's namespace (exchange and queue prefix) for the one process keeping its
+    /// store, `holder` saying who that is; see `claim.rs`. Held while the value lives.
+    pub async fn claim_namespace(&self, holder: &str) -> Result<NamespaceClaim, ClaimError> {
+        claim::claim(&self.inner.config, holder).await
+    }
+
     /// The heartbeat interval negotiated with the broker, in seconds (0: none).
     pub fn heartbeat_secs(&self) -> u16 {
         self.inner.link().conn.configuration().heartbeat()

@@ -1,4 +1,5 @@
-//! RabbitMQ failure modes: a handler runs longer than two heartbeat intervals.
+//! RabbitMQ failure modes: a handler runs longer than two heartbeat intervals; a namespace
+//! has one store keeper.
 //! (The broker-restart test is `broker_restart.rs`, with a node of its own.)
 
 mod common;
@@ -92,5 +93,43 @@ async fn on_demand() {
         }
         held.ack().await.unwrap();
         drop(first);
+    }
+}
+
+/// A namespace has one store keeper: a second claim is refused and told who holds it; a claim
+/// let go (dropped) can be taken again; another namespace is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_has_one_store_keeper() {
+    tokio::time::timeout(Duration::from_secs(120), one_keeper()).await.expect("the claim test hung");
+}
+
+async fn one_keeper() {
+    let base = std::env::var("PATCHBAY_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let tmp = tempfile::tempdir().unwrap();
+    let ns = format!("pbc{}", Uuid::now_v7().simple());
+    let bus_for = |prefix: &str| {
+        let mut config = AmqpConfig::new(base.clone(), tmp.path());
+        config.exchange = ns.clone();
+        config.queue_prefix = format!("{prefix}.");
+        config.queue_expiry = Some(Duration::from_secs(600));
+        AmqpBus::connect(config, Sealer::default())
+    };
+    let (a, b) = (bus_for(&ns).await.expect("RabbitMQ; run scripts/test"), bus_for(&ns).await.unwrap());
+    let held = a.claim_namespace("serve A on host a").await.expect("the first claim");
+    match b.claim_namespace("serve B on host b").await {
+        Err(patchbay_bus_amqp::ClaimError::Held { holder }) => assert_eq!(holder, "serve A on host a"),
+        Err(other) => panic!("refused for the wrong reason: {other}"),
+        Ok(_) => panic!("two keepers on one namespace"),
+    }
+    let other = bus_for(&format!("{ns}-other")).await.unwrap();
+    let _elsewhere = other.claim_namespace("serve C").await.expect("another namespace is free");
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match b.claim_namespace("serve B on host b").await {
+            Ok(_) => break,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "not free 10 s after it was let go: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -61,6 +61,9 @@ pub struct Served {
     /// The embedded bus itself, when it is the bus: the store's one writer, for every service
     /// of `serve` to share (a second handle would commit unseen by this one's consumers).
     pub store: Option<EmbeddedBus>,
+    /// On RabbitMQ, this process's claim on the namespace as its one store keeper; held for
+    /// as long as `serve` runs.
+    pub claim: Option<patchbay_bus_amqp::NamespaceClaim>,
 }
 
 /// Opens the backend for `serve`; the recorder (RabbitMQ only) stops when `shutdown` resolves.
@@ -78,10 +81,26 @@ pub async fn serve(
                 EmbeddedBus::open(&config.data_dir, sealer)
                     .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
             );
-            Ok(Served { bus: bus.clone(), log: bus.clone(), recorder: None, store: Some((*bus).clone()) })
+            Ok(Served { bus: bus.clone(), log: bus.clone(), recorder: None, store: Some((*bus).clone()), claim: None })
         }
         BusBackend::Amqp => {
-            let bus: Arc<dyn Bus> = Arc::new(amqp(config, sealer).await?);
+            let amqp = amqp(config, sealer).await?;
+            // This process keeps the store for the namespace: a second one would assemble the
+            // same series under other local ids and corrupt jobs, verdicts and reports.
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+            let me = format!("patchbay serve, instance {}, on host {host:?}, data in {}", config.instance, config.data_dir.display());
+            let claim = amqp.claim_namespace(&me).await.map_err(|e| match e {
+                patchbay_bus_amqp::ClaimError::Held { holder } => anyhow::anyhow!(
+                    "{}: bus: another serve already keeps its own store for this RabbitMQ namespace (exchange {:?}, topics {}.#): {holder}. \
+                     Two stores on one namespace would give the same series two ids and corrupt jobs, verdicts and reports. \
+                     Run one serve per namespace (other machines run `patchbay runner`), or give this one its own bus.prefix or bus.env.",
+                    config.source_name(),
+                    config.bus.exchange,
+                    config.bus.root.as_str()
+                ),
+                other => anyhow::Error::from(other),
+            })?;
+            let bus: Arc<dyn Bus> = Arc::new(amqp);
             let log = EmbeddedBus::open(&config.data_dir, Sealer::default())?;
             let spec = ServiceSpec::new(
                 &format!("serve-log.{}", config.instance),
@@ -97,7 +116,7 @@ pub async fn serve(
                     tracing::error!(%error, "The stream recorder stopped.");
                 }
             });
-            Ok(Served { bus, log: Arc::new(log), recorder: Some(recorder), store: None })
+            Ok(Served { bus, log: Arc::new(log), recorder: Some(recorder), store: None, claim: Some(claim) })
         }
     }
 }

@@ -24,7 +24,9 @@
 //!   that log on to RabbitMQ in log order, then records its position
 //!   (`bus_meta` `amqp_relay_pos`; at-least-once). The first start begins at
 //!   the end of the log, and mail injected while `serve` is down is relayed
-//!   when it returns. Queue names carry the topic root.
+//!   when it returns. Queue names carry the topic root. `serve` claims its
+//!   namespace on RabbitMQ (`AmqpBus::claim_namespace`): a second `serve`
+//!   keeping its own store there refuses to start, naming the first.
 //! - `reload`: `SIGHUP` or `POST /api/v1/reload` reads the config again;
 //!   projects, lists, tests, report, verdict and dispatch settings and the
 //!   assembly rules apply at once (the services that follow them are stopped

@@ -37,6 +37,8 @@ pub struct Running {
     lmtp_task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     reloader: Arc<crate::reload::Reloader>,
+    /// On RabbitMQ, the namespace claim, let go when this is dropped.
+    _claim: Option<patchbay_bus_amqp::NamespaceClaim>,
 }
 
 impl Running {
@@ -219,7 +221,7 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
     }
     println!("patchbay: serving http://{local} with data in {}", config.data_dir.display());
     tracing::info!(%local, data_dir = %config.data_dir.display(), topics = %config.bus.root.as_str(), backend = ?config.bus.backend, "Serving.");
-    Ok(Running { bus: served.bus, lmtp, closing: closing_tx, http_task, lmtp_task, tasks, reloader })
+    Ok(Running { bus: served.bus, lmtp, closing: closing_tx, http_task, lmtp_task, tasks, reloader, _claim: served.claim })
 }
 
 /// The default cap on LMTP and on HTTP connections: a quarter of the open-file limit each

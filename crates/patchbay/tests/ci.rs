@@ -898,6 +898,55 @@ fn broker_ns(tag: &str) -> String {
     format!("{tag}{}x{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis())
 }
 
+/// Issue 15: a second `serve` keeping its own store on the same RabbitMQ namespace would give
+/// the same series other ids and corrupt jobs, verdicts and reports: it refuses to start,
+/// naming the first one and saying what to do. Once the first is gone, it starts.
+#[test]
+fn a_second_serve_on_one_namespace_refuses_to_start() {
+    let (tmp, tmp2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let repo = origin(tmp.path(), &[("README", "base\n")]);
+    let ns = broker_ns("claim");
+    let (config, _, first) = serve_on_rabbitmq(tmp.path(), &repo, &ns, 1, ("t", "true"), "");
+    // The same namespace, another data directory (another store), another HTTP port.
+    let second_config = tmp2.path().join("patchbay.toml");
+    let http2 = free_port();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let listen = text.lines().find(|l| l.starts_with("listen = ")).unwrap().to_string();
+    std::fs::write(&second_config, text.replace(&listen, &format!("listen = \"127.0.0.1:{http2}\""))).unwrap();
+    let mut second = bin().arg("--config").arg(&second_config).arg("serve").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("the second serve is still running: it must refuse the namespace");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("another serve already keeps its own store for this RabbitMQ namespace"), "{err}");
+    assert!(
+        err.contains(&format!("instance {ns}")) && err.contains(&tmp.path().join("data").display().to_string()),
+        "names the first: {err}"
+    );
+    assert!(err.contains("patchbay runner") && err.contains("bus.prefix or bus.env"), "says what to do: {err}");
+    assert!(!tmp2.path().join("data/patchbay.sqlite3").exists() || http_get(http2, "/healthz").is_empty(), "it never served");
+
+    // The first one gone (killed), the claim goes with its connection.
+    drop(first);
+    let _second =
+        Serve(bin().arg("--config").arg(&second_config).arg("serve").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http_get(http2, "/healthz").starts_with("HTTP/1.1 200") {
+        assert!(Instant::now() < deadline, "the second serve did not start after the first stopped");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The same pipeline in the scale-out shape: `serve` on RabbitMQ. The mails go in with
 /// `inject` (another process, writing the store in the data directory), so the series events
 /// reach the dispatcher on RabbitMQ only through the relay, and the verdict reaches the
