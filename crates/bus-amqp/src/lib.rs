@@ -417,6 +417,14 @@ impl Inner {
 
 #[async_trait]
 impl Bus for AmqpBus {
+    async fn ready(&self) -> Result<(), BusError> {
+        if self.inner.link().conn.status().connected() {
+            Ok(())
+        } else {
+            Err(BusError::Unavailable("RabbitMQ: the link is down; reconnecting".into()))
+        }
+    }
+
     async fn publish(&self, messages: Vec<Outgoing>) -> Result<Vec<Envelope>, BusError> {
         let deadline = Instant::now() + self.inner.config.publish_timeout;
         let mut sealed = Vec::with_capacity(messages.len());

@@ -1,5 +1,6 @@
 //! The broker restarts under a running publisher and consumer: every publish that
-//! returned success is delivered and acked afterwards, and the consumer resumes by itself.
+//! returned success is delivered and acked afterwards, the consumer resumes by itself, and the
+//! bus says it is not ready while the broker is gone (`/readyz`).
 //!
 //! It starts (and restarts) a throwaway node of its own with `scripts/rabbitmq`. Under lapin's
 //! auto-recovery it hung now and then (recovery sometimes never completed after a node
@@ -93,6 +94,8 @@ async fn restart() {
     tokio::task::spawn_blocking(move || node("stop", &dir2)).await.unwrap();
     phase("node stopped");
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // `/readyz` is built on this: not ready while the broker is gone, ready once it is back.
+    assert!(bus.ready().await.is_err(), "ready with the broker stopped");
     let dir2 = dir.clone();
     tokio::task::spawn_blocking(move || node("start", &dir2)).await.unwrap();
     phase("node restarted");
@@ -101,6 +104,7 @@ async fn restart() {
     stop_publishing.store(true, std::sync::atomic::Ordering::SeqCst);
     publisher.await.unwrap();
     phase("publisher done");
+    assert!(bus.ready().await.is_ok(), "not ready again after the restart");
 
     let accepted = accepted.lock().unwrap().clone();
     assert!(accepted.iter().any(|(_, at)| *at > restarted + Duration::from_secs(1)), "no publish succeeded after the restart");

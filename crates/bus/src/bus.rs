@@ -181,6 +181,11 @@ pub trait Bus: Send + Sync {
 
     /// The dead letters of a queue, oldest first, at most `limit`.
     async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError>;
+
+    /// Whether the bus can take work now (`/readyz`): the broker link up, the store open.
+    async fn ready(&self) -> Result<(), BusError> {
+        Ok(())
+    }
 }
 
 /// One entry of an ordered message log, as served by `GET /api/v1/stream`.

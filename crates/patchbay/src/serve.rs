@@ -173,6 +173,7 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
             instance: config.instance.clone(),
         })),
         reload: Some(reloader.clone()),
+        ready: Some(Arc::new(crate::services::web::StoreReadiness { bus: served.bus.clone(), db: ingest.bus().db().clone() })),
     });
     // RabbitMQ: what the store's services commit into the local log goes on to the broker.
     if served.store.is_none() {

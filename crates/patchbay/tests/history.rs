@@ -228,6 +228,9 @@ fn real_responses_match_the_openapi_document() {
 
     let (code, body) = request(port, "GET", "/healthz", "", "");
     conforms(&doc, "/healthz", "get", code, &body);
+    let (code, body) = request(port, "GET", "/readyz", "", "");
+    assert_eq!((code, json(&body)["checks"].clone()), (200, serde_json::json!({"bus": "ok", "store": "ok"})), "{body}");
+    conforms(&doc, "/readyz", "get", code, &body);
     // The series read model: an empty list, no such series, bad values named.
     let (code, body) = request(port, "GET", "/api/v1/series?state=complete&page=1", "", "");
     assert_eq!((code, json(&body)["total"].clone()), (200, serde_json::json!(0)), "{body}");

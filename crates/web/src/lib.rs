@@ -3,7 +3,7 @@
 //! (`patchbay publish`, `patchbay tail`, shell scripts with curl) and people
 //! in a browser talk to the daemon.
 //!
-//! Routes: `GET /healthz`; `POST /api/v1/publish`; `GET /api/v1/stream`
+//! Routes: `GET /healthz` (alive), `GET /readyz` (bus and store answer); `POST /api/v1/publish`; `GET /api/v1/stream`
 //! (server-sent events: a `ready` event, then `message` events whose id is the
 //! log position, from `Last-Event-ID` or `after`, keep-alives every 15 s);
 //! `GET /api/v1/messages[/{id}]`; `GET /api/v1/logs/{job}`;
@@ -97,7 +97,19 @@ pub struct AppState {
     pub jobs: Option<Arc<dyn TestJobs>>,
     /// The config reload, for the admin action (`POST /api/v1/reload`).
     pub reload: Option<Arc<dyn ConfigReload>>,
+    /// What `/readyz` checks besides this server answering.
+    pub ready: Option<Arc<dyn Readiness>>,
 }
+
+/// What this process depends on, checked for `/readyz` (the binary implements it over the
+/// bus and the store).
+pub trait Readiness: Send + Sync + 'static {
+    /// Each dependency by name (`bus`, `store`) with what is wrong with it, `None` when it is fine.
+    fn check(&self) -> ReadyFuture<'_>;
+}
+
+/// The checks of [`Readiness::check`].
+pub type ReadyFuture<'a> = std::pin::Pin<Box<dyn Future<Output = Vec<(String, Option<String>)>> + Send + 'a>>;
 
 /// Where the running config is read again (the binary implements it in `serve`).
 pub trait ConfigReload: Send + Sync + 'static {
@@ -217,6 +229,7 @@ pub trait TestLogs: Send + Sync + 'static {
 pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/api/openapi.json", get(openapi))
         .route("/api/v1/publish", post(publish))
         .route("/api/v1/stream", get(stream))
@@ -629,7 +642,7 @@ async fn no_method(method: axum::http::Method, uri: axum::http::Uri) -> Response
 }
 
 fn is_api(path: &str) -> bool {
-    path.starts_with("/api/") || path == "/api" || path == "/healthz"
+    path.starts_with("/api/") || path == "/api" || path == "/healthz" || path == "/readyz"
 }
 
 /// One error shape for every endpoint.
@@ -671,6 +684,21 @@ impl IntoResponse for AppError {
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+}
+
+/// `GET /readyz`: 200 when every dependency answers (within 5 s), else 503; each one named.
+async fn readyz(State(st): State<Arc<AppState>>) -> Response {
+    let checks = match &st.ready {
+        Some(r) => tokio::time::timeout(std::time::Duration::from_secs(5), r.check())
+            .await
+            .unwrap_or_else(|_| vec![("checks".to_string(), Some("no answer within 5 s".to_string()))]),
+        None => Vec::new(),
+    };
+    let ready = checks.iter().all(|(_, e)| e.is_none());
+    let named: serde_json::Map<String, serde_json::Value> =
+        checks.into_iter().map(|(k, e)| (k, serde_json::Value::String(e.unwrap_or_else(|| "ok".into())))).collect();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(serde_json::json!({ "status": if ready { "ready" } else { "not ready" }, "checks": named }))).into_response()
 }
 
 /// The OpenAPI description of every endpoint here (`crates/web/src/openapi.json`).
@@ -980,7 +1008,7 @@ mod tests {
             .split(".route(\"")
             .skip(1)
             .filter_map(|r| r.split('"').next())
-            .filter(|r| r.starts_with("/api") || *r == "/healthz")
+            .filter(|r| r.starts_with("/api") || *r == "/healthz" || *r == "/readyz")
             .collect();
         assert!(routes.len() >= 9, "{routes:?}");
         for r in &routes {

@@ -221,3 +221,22 @@ impl patchbay_web::TestResults for StoreResults {
         })
     }
 }
+
+/// `/readyz` over this process's bus and store: the broker link (on RabbitMQ) and a read of the
+/// store (opened, so migrated, at start) must both answer.
+pub struct StoreReadiness {
+    /// The bus services publish and consume on.
+    pub bus: Arc<dyn Bus>,
+    /// The store.
+    pub db: Db,
+}
+
+impl patchbay_web::Readiness for StoreReadiness {
+    fn check(&self) -> patchbay_web::ReadyFuture<'_> {
+        Box::pin(async move {
+            let bus = self.bus.ready().await.err().map(|e| e.to_string());
+            let store = self.db.read(|_| Ok(())).await.err().map(|e| e.to_string());
+            vec![("bus".to_string(), bus), ("store".to_string(), store)]
+        })
+    }
+}
