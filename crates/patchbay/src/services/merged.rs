@@ -86,8 +86,10 @@ impl Follower {
         let since = now - self.window.as_secs() as i64;
         let mut merged = 0;
         let mut failures = Vec::new();
+        // A repository holding several followed branches is fetched once a round.
+        let mut fetched = std::collections::HashSet::new();
         for followed in self.branches.clone() {
-            match self.follow(&followed, since, now).await {
+            match self.follow(&followed, since, now, &mut fetched).await {
                 Ok(n) => merged += n,
                 Err(e) => failures.push(format!("{} {}: {e:#}", patchbay_runner::git::scrub_url(&followed.repository), followed.branch)),
             }
@@ -99,13 +101,22 @@ impl Follower {
         Ok(merged)
     }
 
-    async fn follow(&mut self, f: &Followed, since: i64, now: i64) -> anyhow::Result<usize> {
+    async fn follow(
+        &mut self,
+        f: &Followed,
+        since: i64,
+        now: i64,
+        fetched: &mut std::collections::HashSet<String>,
+    ) -> anyhow::Result<usize> {
         let candidates = self.ingest.bus().db().unmerged(f.project.clone(), since, CANDIDATES).await?;
         if candidates.is_empty() {
             return Ok(0);
         }
         let mirror = Mirror::new(&self.root, &f.repository);
-        mirror.refresh(Duration::ZERO).await?;
+        if !fetched.contains(&f.repository) {
+            mirror.refresh(Duration::ZERO).await?;
+            fetched.insert(f.repository.clone());
+        }
         let head = mirror.branch_head(&f.branch).await?;
         if self.walked.get(f).is_none_or(|(walked, _)| *walked != head) {
             let ids = mirror.branch_patch_ids(&head, DEPTH).await?;
@@ -156,7 +167,8 @@ pub fn start(
     policy: Arc<TrustPolicy>,
     closing: watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
-    if config.merged_interval_secs == 0 || !config.projects.iter().any(|p| p.repository.is_some() || !p.trees.is_empty()) {
+    let mut follower = Follower::new(config, ingest);
+    if config.merged_interval_secs == 0 || follower.branches.is_empty() {
         return Ok(Vec::new());
     }
     let wake = Arc::new(Notify::new());
@@ -165,7 +177,6 @@ pub fn start(
     spec.queue = format!("merged-follower.{}", config.instance);
     spec.concurrency = 1;
     let hook = crate::tasks::spawn_service(bus, policy, spec, Arc::new(Pushed(wake.clone())), closing.clone(), "The push listener");
-    let mut follower = Follower::new(config, ingest);
     let every = Duration::from_secs(config.merged_interval_secs);
     let rounds = tokio::spawn(async move {
         let stop = crate::tasks::closed(closing);
