@@ -46,18 +46,21 @@
 //! Delivery is at least once: a runner killed mid-job leaves the job unacked
 //! and another runner takes it; a job that has been delivered more than
 //! `max_attempts` times is reported as ERROR and dead-lettered.
-//! This crate knows no backend, no store and no config file: dependencies
+//! This crate knows no backend, no store and no config file (it owns the shape of
+//! `[dispatch]` and `[merged]`, [`DispatchSettings`] and [`MergedSettings`]): dependencies
 //! (`Based-on:`) come through the [`Dependencies`] trait the binary
 //! implements, and the dates of a series' mails through [`SeriesDates`].
 
 mod dispatcher;
 mod runner;
+mod settings;
 
 pub use dispatcher::{
     Dependencies, Dispatcher, MailDates, NoDependencies, ProjectTests, SKIPPED_TOPIC, SeriesDates, TestDef, Tree, other_repositories,
     pick_tree, too_old,
 };
 pub use runner::{ALREADY_MERGED, RunnerService, SupersededListener, job_queue, job_topic};
+pub use settings::{DEFAULT_DISPATCH_MAX_AGE_SECS, DispatchSettings, MergedSettings};
 
 /// The arch word of the `apply` job, which any runner can take; defined in `model`, where every
 /// crate that reads results finds it too.

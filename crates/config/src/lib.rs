@@ -11,8 +11,15 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use patchbay_bus::{Authority, TopicPattern};
-use patchbay_model::TopicRoot;
+use patchbay_model::{Section, TopicRoot};
 use serde::Deserialize;
+
+pub use patchbay_ci::{DispatchSettings, MergedSettings};
+pub use patchbay_history::HistorySettings;
+pub use patchbay_ingest::{DEFAULT_LMTP, IngestSettings};
+pub use patchbay_report::ReportSettings;
+pub use patchbay_results::ResultsSettings;
+pub use patchbay_runner::{Isolation, RunnerSettings};
 
 /// The default HTTP listener: loopback only.
 pub const DEFAULT_HTTP: &str = "127.0.0.1:8025";
@@ -68,116 +75,23 @@ struct RawConfig {
     #[serde(default)]
     log: RawLog,
     #[serde(default)]
-    ingest: RawIngest,
+    ingest: IngestSettings,
     #[serde(default)]
     project: Vec<RawProject>,
     #[serde(default)]
-    runner: RawRunner,
+    runner: RunnerSettings,
     #[serde(default)]
-    results: RawResults,
+    results: ResultsSettings,
     #[serde(default)]
-    report: RawReport,
+    report: ReportSettings,
     #[serde(default)]
-    history: RawHistory,
+    history: HistorySettings,
     #[serde(default)]
-    dispatch: RawDispatch,
+    dispatch: DispatchSettings,
     #[serde(default)]
-    merged: RawMerged,
+    merged: MergedSettings,
     #[serde(default)]
     authority: BTreeMap<String, Vec<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDispatch {
-    max_age_secs: Option<i64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMerged {
-    interval_secs: Option<i64>,
-    window_days: Option<i64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHistory {
-    keep_days: Option<i64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawReport {
-    from: Option<String>,
-    domain: Option<String>,
-    recipients: Option<Recipients>,
-    link: Option<String>,
-    smtp_url: Option<String>,
-    smtp_user: Option<String>,
-    smtp_password: Option<String>,
-    smtp_ca_file: Option<PathBuf>,
-    template: Option<PathBuf>,
-    only_on_failure: Option<bool>,
-    skip_superseded: Option<bool>,
-}
-
-/// Who gets a report mail.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Recipients {
-    /// The submitter only.
-    Submitter,
-    /// The list only.
-    List,
-    /// The submitter, with the list in Cc (the default).
-    Both,
-}
-
-/// `[report]`: how verdicts are mailed.
-#[derive(Clone, Debug)]
-pub struct ReportConfig {
-    /// `From:` of report mail.
-    pub from: String,
-    /// Domain of report Message-IDs.
-    pub domain: String,
-    /// Who gets them.
-    pub recipients: Recipients,
-    /// Base URL of the web pages linked from reports (default: the HTTP listener).
-    pub link: Option<String>,
-    /// `smtp://host:port`, `smtp+starttls://host:port` or `smtps://host:port`; without it,
-    /// reports go to the outbox maildir in the data directory.
-    pub smtp_url: Option<String>,
-    /// AUTH user and password for the SMTP server.
-    pub smtp_credentials: Option<(String, String)>,
-    /// PEM certificates (`report.smtp_ca_file`, read at load) to trust for the SMTP server
-    /// besides the system's: a private CA or a self-signed relay.
-    pub smtp_ca: Option<Vec<u8>>,
-    /// A minijinja template for the report's body (`report.template`): its path and text,
-    /// read at load so a missing file fails at start, not at the first verdict.
-    pub template: Option<(PathBuf, String)>,
-    /// Mail only FAILED and INCOMPLETE verdicts (default false).
-    pub only_on_failure: bool,
-    /// No mail for a version superseded before its verdict was reported (default true).
-    pub skip_superseded: bool,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawResults {
-    verdict_deadline_secs: Option<i64>,
-    close_superseded: Option<bool>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawIngest {
-    lmtp_listen: Option<String>,
-    max_mail_bytes: Option<u64>,
-    incomplete_after_secs: Option<i64>,
-    marker_window_secs: Option<i64>,
-    lmtp_max_connections: Option<usize>,
-    lmtp_idle_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -221,32 +135,6 @@ struct RawTest {
     capabilities: Vec<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRunner {
-    isolation: Option<Isolation>,
-    jobs: Option<u16>,
-    capabilities: Option<Vec<String>>,
-    work_dir: Option<PathBuf>,
-    fetch_interval_secs: Option<u64>,
-    max_attempts: Option<u32>,
-    output_kib: Option<u64>,
-    cancel_superseded: Option<bool>,
-    disk_mib: Option<u64>,
-    #[serde(default)]
-    etc_extra: Vec<String>,
-}
-
-/// How a runner confines test scripts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Isolation {
-    /// bubblewrap (the default).
-    Bubblewrap,
-    /// None: trusted setups only.
-    None,
-}
-
 /// One entry of a project's tree map (`[[project.tree]]`): series carrying one of `tags` in
 /// their subject brackets (`[PATCH net-next]`), else touching one of `paths`, are applied to
 /// `branch` of `repository`, as netdev's CI picks the tree from the subject prefix.
@@ -281,32 +169,6 @@ pub struct TestConfig {
     pub required: bool,
     /// Runner labels needed beyond the arch (`kvm`, `big`).
     pub capabilities: Vec<String>,
-}
-
-/// `[runner]`: how this machine runs jobs.
-#[derive(Clone, Debug)]
-pub struct RunnerConfig {
-    /// Sandbox kind (default bubblewrap).
-    pub isolation: Isolation,
-    /// Jobs at once (default 1).
-    pub jobs: u16,
-    /// Labels this runner offers (default: this machine's arch).
-    pub capabilities: Vec<String>,
-    /// Mirrors and worktrees (default `<data_dir>/runner`).
-    pub work_dir: Option<PathBuf>,
-    /// A mirror is fetched at most this often (default 300 s), and on demand for an unknown base.
-    pub fetch_interval_secs: u64,
-    /// A job that keeps killing runners is dead-lettered after this many attempts (default 3).
-    pub max_attempts: u32,
-    /// Output kept per test, head and tail, in KiB (default 1024).
-    pub output_kib: u64,
-    /// Jobs of a series version superseded before they start are set aside, not run
-    /// (`ci.test.cancelled`; default true).
-    pub cancel_superseded: bool,
-    /// Disk quota per job in MiB: the checkout and everything the build writes (default 4096).
-    pub disk_mib: u64,
-    /// Entries of the host's `/etc` that scripts see beyond the built-in few (names under `/etc`).
-    pub etc_extra: Vec<String>,
 }
 
 fn topic_word(s: &str) -> bool {
@@ -394,54 +256,24 @@ pub struct Config {
     pub log_level: String,
     /// Log format.
     pub log_format: LogFormat,
-    /// Mail ingestion and series assembly.
-    pub ingest: IngestConfig,
     /// How many LMTP and HTTP connections `serve` holds, and for how long.
     pub connections: ConnectionLimits,
     /// The projects whose series are tested, in the order they are matched.
     pub projects: Vec<ProjectConfig>,
-    /// How this machine runs test jobs.
-    pub runner: RunnerConfig,
-    /// A series version with required results still missing this long after its first result
-    /// gets an INCOMPLETE verdict (`results.verdict_deadline_secs`, default 6 h).
-    pub verdict_deadline_secs: i64,
-    /// A superseded version gets its verdict when it is superseded, from the results it has
-    /// (`results.close_superseded`, default true); otherwise it waits for them or the deadline.
-    pub close_superseded: bool,
-    /// How verdicts are mailed.
-    pub report: ReportConfig,
-    /// Messages older than this many days leave the store's log and history
-    /// (`history.keep_days`; 0, the default, keeps everything).
-    pub history_keep_days: i64,
-    /// A series whose newest mail is dated longer ago than this many seconds is stored but not
-    /// tested or reported (`dispatch.max_age_secs`, default 3 days; 0 tests whatever the age):
-    /// importing a list's archive must not mail authors about patches from years ago.
-    pub dispatch_max_age_secs: u64,
-    /// How often `serve` fetches each project's branches to notice series merged there
-    /// (`merged.interval_secs`, default 600; 0 turns it off).
-    pub merged_interval_secs: u64,
-    /// How far back, in days since first seen, a complete series is still looked for upstream
-    /// (`merged.window_days`, default 90).
-    pub merged_window_days: u64,
-}
-
-/// The default of `dispatch.max_age_secs`: three days, so mail delayed in transit is still tested.
-pub const DEFAULT_DISPATCH_MAX_AGE_SECS: u64 = 3 * 86_400;
-
-/// The default LMTP listener: loopback only.
-pub const DEFAULT_LMTP: &str = "127.0.0.1:8024";
-
-/// Mail ingestion and series assembly settings (`[ingest]`).
-#[derive(Clone, Debug)]
-pub struct IngestConfig {
-    /// Where `serve` accepts LMTP (`lmtp:` in Postfix or Exim); `None` when set to `""`.
-    pub lmtp_listen: Option<SocketAddr>,
-    /// Larger mails are refused (LMTP 552; `inject` exits 65). Default 64 MiB.
-    pub max_mail_bytes: u64,
-    /// A series still missing patches this long after its first mail becomes `incomplete`. Default 24 h.
-    pub incomplete_after_secs: i64,
-    /// How far apart two mails may be to join a series by subject markers alone. Default 20 min.
-    pub marker_window_secs: i64,
+    /// `[ingest]`: mail ingestion and series assembly (owned by `patchbay-ingest`).
+    pub ingest: IngestSettings,
+    /// `[runner]`: how this machine runs test jobs (owned by `patchbay-runner`).
+    pub runner: RunnerSettings,
+    /// `[results]`: when verdicts are decided (owned by `patchbay-results`).
+    pub results: ResultsSettings,
+    /// `[report]`: how verdicts are mailed (owned by `patchbay-report`).
+    pub report: ReportSettings,
+    /// `[history]`: how long messages are kept (owned by `patchbay-history`).
+    pub history: HistorySettings,
+    /// `[dispatch]`: which series are tested (owned by `patchbay-ci`).
+    pub dispatch: DispatchSettings,
+    /// `[merged]`: how merged series are noticed (owned by `patchbay-ci`).
+    pub merged: MergedSettings,
 }
 
 /// One project (`[[project]]`): which mail belongs to it.
@@ -549,7 +381,7 @@ impl Config {
         Self::from_raw(raw, Some(path), base)
     }
 
-    fn from_raw(raw: RawConfig, source: Option<&Path>, base: &Path) -> Result<Config, ConfigError> {
+    fn from_raw(mut raw: RawConfig, source: Option<&Path>, base: &Path) -> Result<Config, ConfigError> {
         let shown = source.map(|p| p.display().to_string()).unwrap_or_else(|| "(defaults)".into());
         let invalid = |key: &str, reason: String| ConfigError::Invalid { path: shown.clone(), key: key.into(), reason };
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
@@ -606,28 +438,6 @@ impl Config {
         let http_listen: SocketAddr =
             listen.parse().map_err(|e| invalid("http.listen", format!("{listen:?} is not an address such as 127.0.0.1:8025: {e}")))?;
 
-        let lmtp = raw.ingest.lmtp_listen.unwrap_or_else(|| DEFAULT_LMTP.into());
-        let lmtp_listen = if lmtp.is_empty() {
-            None
-        } else {
-            Some(
-                lmtp.parse()
-                    .map_err(|e| invalid("ingest.lmtp_listen", format!("{lmtp:?} is not an address such as 127.0.0.1:8024: {e}")))?,
-            )
-        };
-        let max_mail_bytes = raw.ingest.max_mail_bytes.unwrap_or(64 << 20);
-        if max_mail_bytes < 1024 {
-            return Err(invalid("ingest.max_mail_bytes", format!("{max_mail_bytes} is too small (at least 1024)")));
-        }
-        let incomplete_after_secs = raw.ingest.incomplete_after_secs.unwrap_or(86_400);
-        if incomplete_after_secs < 1 {
-            return Err(invalid("ingest.incomplete_after_secs", "must be at least 1".into()));
-        }
-        let marker_window_secs = raw.ingest.marker_window_secs.unwrap_or(20 * 60);
-        if marker_window_secs < 0 {
-            return Err(invalid("ingest.marker_window_secs", "must not be negative".into()));
-        }
-        let ingest = IngestConfig { lmtp_listen, max_mail_bytes, incomplete_after_secs, marker_window_secs };
         let mut projects: Vec<ProjectConfig> = Vec::new();
         for (i, p) in raw.project.into_iter().enumerate() {
             let key = format!("project[{i}]");
@@ -699,29 +509,6 @@ impl Config {
             });
         }
 
-        let r = raw.runner;
-        let runner = RunnerConfig {
-            isolation: r.isolation.unwrap_or(Isolation::Bubblewrap),
-            jobs: r.jobs.unwrap_or(1),
-            capabilities: r.capabilities.unwrap_or_else(|| vec![std::env::consts::ARCH.to_string()]),
-            work_dir: r.work_dir.map(&resolve),
-            fetch_interval_secs: r.fetch_interval_secs.unwrap_or(300),
-            max_attempts: r.max_attempts.unwrap_or(3),
-            output_kib: r.output_kib.unwrap_or(1024),
-            cancel_superseded: r.cancel_superseded.unwrap_or(true),
-            disk_mib: match r.disk_mib.unwrap_or(4096) {
-                mib @ 16.. => mib,
-                mib => return Err(invalid("runner.disk_mib", format!("{mib} is too small (at least 16)"))),
-            },
-            etc_extra: r.etc_extra,
-        };
-        if runner.jobs == 0 || runner.jobs > 256 {
-            return Err(invalid("runner.jobs", format!("{} must be 1-256", runner.jobs)));
-        }
-        if runner.max_attempts == 0 {
-            return Err(invalid("runner.max_attempts", "must be at least 1".into()));
-        }
-
         for (name, token) in &raw.http.admin_tokens {
             if token.len() < 16 {
                 return Err(invalid(&format!("http.admin_tokens.{name}"), "a token needs at least 16 characters".into()));
@@ -747,57 +534,17 @@ impl Config {
                 .grant(service, patterns.iter().map(String::as_str))
                 .map_err(|e| invalid(&format!("authority.{service}"), format!("{e} (patterns are topic suffixes such as \"build.#\")")))?;
         }
-        let verdict_deadline_secs = raw.results.verdict_deadline_secs.unwrap_or(6 * 3600);
-        if verdict_deadline_secs < 1 {
-            return Err(invalid("results.verdict_deadline_secs", "must be at least 1".into()));
-        }
-
-        let report = ReportConfig {
-            from: raw.report.from.unwrap_or_else(|| "patchbay <patchbay@localhost>".into()),
-            domain: raw.report.domain.unwrap_or_else(|| "patchbay.invalid".into()),
-            recipients: raw.report.recipients.unwrap_or(Recipients::Both),
-            link: raw.report.link,
-            smtp_url: raw.report.smtp_url,
-            smtp_ca: match &raw.report.smtp_ca_file {
-                Some(p) => {
-                    let p = resolve(p.clone());
-                    let pem = std::fs::read(&p).map_err(|e| invalid("report.smtp_ca_file", format!("reading {}: {e}", p.display())))?;
-                    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
-                        return Err(invalid("report.smtp_ca_file", format!("{} holds no PEM certificate", p.display())));
-                    }
-                    Some(pem)
-                }
-                None => None,
-            },
-            template: match &raw.report.template {
-                Some(p) => {
-                    let p = resolve(p.clone());
-                    let text =
-                        std::fs::read_to_string(&p).map_err(|e| invalid("report.template", format!("reading {}: {e}", p.display())))?;
-                    Some((p, text))
-                }
-                None => None,
-            },
-            only_on_failure: raw.report.only_on_failure.unwrap_or(false),
-            skip_superseded: raw.report.skip_superseded.unwrap_or(true),
-            smtp_credentials: match (raw.report.smtp_user, raw.report.smtp_password) {
-                (Some(u), Some(p)) => Some((u, p)),
-                (None, None) => None,
-                _ => return Err(invalid("report.smtp_user", "give both smtp_user and smtp_password, or neither".into())),
-            },
-        };
-        if let Some(url) = &report.smtp_url
-            && !["smtp://", "smtp+starttls://", "smtps://"].iter().any(|p| url.starts_with(p))
-        {
-            return Err(invalid("report.smtp_url", format!("{url:?} must start with smtp://, smtp+starttls:// or smtps://")));
-        }
-        if report.domain.is_empty() || report.domain.contains(['<', '>', '@', ' ']) {
-            return Err(invalid("report.domain", format!("{:?} is not a domain such as ci.example.org", report.domain)));
-        }
+        section(&mut raw.ingest, base, &shown)?;
+        section(&mut raw.runner, base, &shown)?;
+        section(&mut raw.results, base, &shown)?;
+        section(&mut raw.report, base, &shown)?;
+        section(&mut raw.history, base, &shown)?;
+        section(&mut raw.dispatch, base, &shown)?;
+        section(&mut raw.merged, base, &shown)?;
 
         let connections = connection_limits(
             [raw.ingest.lmtp_max_connections, raw.http.max_connections],
-            [raw.ingest.lmtp_idle_secs, raw.http.request_timeout_secs],
+            [Some(raw.ingest.lmtp_idle_secs), raw.http.request_timeout_secs],
         )
         .map_err(|(key, why)| invalid(key, why))?;
         let log_level = raw.log.level.unwrap_or_else(|| "info".into());
@@ -806,28 +553,13 @@ impl Config {
             admin_tokens,
             http_publish,
             authority,
-            report,
-            verdict_deadline_secs,
-            close_superseded: raw.results.close_superseded.unwrap_or(true),
-            dispatch_max_age_secs: match raw.dispatch.max_age_secs {
-                None => DEFAULT_DISPATCH_MAX_AGE_SECS,
-                Some(secs @ 0..) => secs as u64,
-                Some(_) => return Err(invalid("dispatch.max_age_secs", "must be 0 (test whatever the age) or more".into())),
-            },
-            merged_interval_secs: match raw.merged.interval_secs.unwrap_or(600) {
-                secs @ 0..=604_800 => secs as u64,
-                _ => return Err(invalid("merged.interval_secs", "must be 0 (off) to 604800 (a week)".into())),
-            },
-            merged_window_days: match raw.merged.window_days.unwrap_or(90) {
-                days @ 1..=3_650 => days as u64,
-                _ => return Err(invalid("merged.window_days", "must be 1 to 3650".into())),
-            },
-            history_keep_days: match raw.history.keep_days.unwrap_or(0) {
-                days @ 0..=36_500 => days,
-                _ => return Err(invalid("history.keep_days", "must be 0 (keep everything) to 36500".into())),
-            },
-            runner,
-            ingest,
+            report: raw.report,
+            results: raw.results,
+            dispatch: raw.dispatch,
+            merged: raw.merged,
+            history: raw.history,
+            runner: raw.runner,
+            ingest: raw.ingest,
             projects,
             source: source.map(Path::to_path_buf),
             data_dir,
@@ -860,6 +592,15 @@ pub struct ConnectionLimits {
     /// An HTTP request head must arrive, and its answer begin, within this long
     /// (`http.request_timeout_secs`, default 30).
     pub http_request_timeout_secs: u64,
+}
+
+/// Checks one service's section and puts the file's name and the section's in front of its error.
+fn section<S: Section>(settings: &mut S, base: &Path, shown: &str) -> Result<(), ConfigError> {
+    settings.resolve(base).map_err(|e| ConfigError::Invalid {
+        path: shown.to_string(),
+        key: format!("{}.{}", S::NAME, e.key),
+        reason: e.reason,
+    })
 }
 
 /// `caps`: LMTP's and HTTP's connection caps; `secs`: LMTP's idle and HTTP's request timeout.
@@ -924,7 +665,7 @@ mod tests {
         .unwrap();
         assert_eq!(ok.ingest.lmtp_listen, None);
         assert_eq!(ok.projects[0].list_ids, vec!["qemu-devel.nongnu.org".to_string()]);
-        assert_eq!(ok.history_keep_days, 0, "history is kept by default");
+        assert_eq!(ok.history.keep_days, 0, "history is kept by default");
         assert_eq!(ok.ingest.incomplete_after_secs, 86_400);
         assert!(err("[ingest]\nlmtp_listen = \"nowhere\"\n").contains("ingest.lmtp_listen"));
         assert!(err("[ingest]\nmax_mail_bytes = 10\n").contains("ingest.max_mail_bytes"));
@@ -1047,15 +788,44 @@ mod tests {
     }
 
     #[test]
+    fn service_sections_are_read_by_their_owners_and_named_in_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("body.j2"), "{{ default_body }}").unwrap();
+        let file = dir.path().join("patchbay.toml");
+        let c = Config::parse("[report]\ntemplate = \"body.j2\"\nrecipients = \"list\"\n[runner]\nwork_dir = \"work\"\n", &file).unwrap();
+        assert_eq!(c.report.template.as_deref(), Some(dir.path().join("body.j2").as_path()), "relative to the file");
+        assert_eq!(c.report.template_text.as_deref(), Some("{{ default_body }}"), "read at load");
+        assert_eq!(c.report.recipients, patchbay_report::compose::Recipients::List);
+        assert_eq!(c.runner.work_dir, Some(dir.path().join("work")));
+        assert_eq!((c.results.verdict_deadline_secs, c.results.close_superseded), (6 * 3600, true));
+        for (text, key) in [
+            ("[report]\ntemplate = \"missing.j2\"\n", "report.template: reading"),
+            ("[report]\nsmtp_user = \"u\"\n", "report.smtp_user: give both"),
+            ("[report]\nsmtp_url = \"http://x\"\n", "report.smtp_url"),
+            ("[report]\nfrm = \"x\"\n", "report.frm: unknown field"),
+            ("[report]\nrecipients = \"all\"\n", "report.recipients: unknown variant"),
+            ("[runner]\ndisk_mib = 1\n", "runner.disk_mib: 1 is too small"),
+            ("[runner]\nmax_attempts = 0\n", "runner.max_attempts"),
+            ("[results]\nverdict_deadline_secs = 0\n", "results.verdict_deadline_secs: must be at least 1"),
+            ("[results]\nclose = true\n", "results.close: unknown field"),
+            ("[ingest]\nmarker_window_secs = -1\n", "ingest.marker_window_secs"),
+            ("[ingest]\nlmtp_idle_secs = 0\n", "ingest.lmtp_idle_secs"),
+        ] {
+            let e = Config::parse(text, &file).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("{}: ", file.display())) && e.contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn old_mail_is_left_alone_after_three_days_by_default() {
         let parse = |text: &str| Config::parse(text, Path::new("p.toml"));
-        assert_eq!(parse("").unwrap().dispatch_max_age_secs, 3 * 86_400);
-        assert_eq!(parse("[dispatch]\nmax_age_secs = 0\n").unwrap().dispatch_max_age_secs, 0);
-        assert_eq!((parse("").unwrap().merged_interval_secs, parse("").unwrap().merged_window_days), (600, 90));
-        assert_eq!(parse("[merged]\ninterval_secs = 0\n").unwrap().merged_interval_secs, 0);
+        assert_eq!(parse("").unwrap().dispatch.max_age(), 3 * 86_400);
+        assert_eq!(parse("[dispatch]\nmax_age_secs = 0\n").unwrap().dispatch.max_age(), 0);
+        assert_eq!((parse("").unwrap().merged.interval_secs, parse("").unwrap().merged.window_days), (600, 90));
+        assert_eq!(parse("[merged]\ninterval_secs = 0\n").unwrap().merged.interval_secs, 0);
         assert!(err("[merged]\ninterval_secs = -5\n").contains("merged.interval_secs: must be 0 (off)"));
         assert!(err("[merged]\nwindow_days = 0\n").contains("merged.window_days: must be 1"));
-        assert_eq!(parse("[dispatch]\nmax_age_secs = 3600\n").unwrap().dispatch_max_age_secs, 3600);
+        assert_eq!(parse("[dispatch]\nmax_age_secs = 3600\n").unwrap().dispatch.max_age(), 3600);
         let e = err("[dispatch]\nmax_age_secs = -1\n");
         assert!(e.contains("dispatch.max_age_secs: must be 0"), "{e}");
         assert!(err("[dispatch]\nmax_age = 1\n").contains("dispatch"), "unknown keys are errors");

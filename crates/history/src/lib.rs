@@ -33,7 +33,10 @@
 //! (the RabbitMQ relay's), nor the indexer's mark. Migration 8 made the FTS
 //! table deletable; an upgraded store is re-indexed in the background.
 //!
-//! Knows the embedded store; no HTTP, no services, no config file.
+//! Knows the embedded store; no HTTP, no services. It owns the shape of `[history]`
+//! ([`HistorySettings`]) but never reads the config file.
+
+mod settings;
 
 use std::time::Duration;
 
@@ -41,6 +44,7 @@ pub use patchbay_model::messages::{MAX_ROWS, Order, Page, Query, SenderFilter, p
 use patchbay_store::{Db, StoreError};
 use rusqlite::types::Value as Sql;
 use rusqlite::{Connection, OptionalExtension as _, params_from_iter};
+pub use settings::HistorySettings;
 
 /// Messages indexed per write.
 const BATCH: usize = 2000;

@@ -63,6 +63,7 @@ pub mod archive;
 mod assemble;
 pub mod lmtp;
 mod read;
+pub mod settings;
 
 use std::sync::Arc;
 
@@ -73,6 +74,7 @@ use patchbay_store::{EmbeddedBus, StoreError, Tx};
 pub use assemble::{Incoming, Outcome, Project, series_mbox};
 pub use patchbay_series::Rules;
 pub use read::{Consistency, MailAge, SeriesStore, TEST_ANYWAY_LIST};
+pub use settings::{DEFAULT_LMTP, IngestSettings};
 
 /// Why ingestion failed; every variant means "nothing was stored, try again" unless noted.
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,8 @@ use sha2::{Digest, Sha256};
 use crate::diff::{self, PullRequest, Trailer};
 use crate::subject::{self, Subject};
 
-/// What kind of mail this is, for series assembly.
+/// What kind of mail this is, for series assembly: the parser's closed decision, which the
+/// wire carries as [`patchbay_model::MailKind`] (an open set of words, read back from anyone).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     /// Carries a diff, is not a reply and is not numbered `0/N`: a patch of a series.
@@ -23,13 +24,19 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// The stored name of the kind.
+    /// The stored and wire name of the kind, spelled once, by `MailKind`.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Patch => "patch",
-            Kind::Cover => "cover",
-            Kind::PullRequest => "pull",
-            Kind::Comment => "comment",
+        patchbay_model::MailKind::from(self).known().unwrap_or("comment")
+    }
+}
+
+impl From<Kind> for patchbay_model::MailKind {
+    fn from(kind: Kind) -> Self {
+        match kind {
+            Kind::Patch => patchbay_model::MailKind::Patch,
+            Kind::Cover => patchbay_model::MailKind::Cover,
+            Kind::PullRequest => patchbay_model::MailKind::Pull,
+            Kind::Comment => patchbay_model::MailKind::Comment,
         }
     }
 }

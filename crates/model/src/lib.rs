@@ -33,6 +33,8 @@
 //!   edge shows, and the results query) and [`messages`] (the history query
 //!   and its page), parsed from URL parameters here, pure, so the web edge and
 //!   the stores share typed queries without knowing each other.
+//! - [`Section`]: a config section owned by the service that reads it; the
+//!   config crate only reads the file and names it in errors.
 
 mod body;
 mod canonical;
@@ -40,6 +42,7 @@ mod domain;
 mod envelope;
 pub mod messages;
 mod pattern;
+pub mod section;
 mod summary;
 mod time;
 mod topic;
@@ -55,6 +58,7 @@ pub use canonical::write_canonical;
 pub use domain::{ANY_ARCH, APPLY_TEST, FailureKind, MailKind, Outcome, ServiceName, TransportKind, VerdictKind};
 pub use envelope::{Envelope, EnvelopeError, SchemaRef, Sender, Signature};
 pub use pattern::{PatternError, TopicPattern};
+pub use section::{Invalid, Section};
 pub use summary::{SUMMARY_CHARS, Summary, json_line, one_line, summarize};
 pub use time::{Timestamp, TimestampError};
 pub use topic::{Topic, TopicError, TopicRoot};

@@ -197,3 +197,47 @@ pub struct ResultRow {
     /// The waiver's comment.
     pub waiver: Option<String>,
 }
+
+/// What an admin's re-run or re-send queued (`POST /api/v1/jobs/{job}/rerun`,
+/// `/api/v1/reports/{series}/{version}/resend`): the work is on the bus again, not yet done.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Requeued {
+    /// Always `queued`.
+    pub status: String,
+    /// The job run again (a re-run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// The series whose report is sent again (a re-send).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub series: Option<i64>,
+    /// Its version (a re-send).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    /// The admin who asked.
+    pub by: String,
+    /// The id of the message that carries the work again.
+    pub message: String,
+}
+
+impl Requeued {
+    /// A job queued again by `by` in message `message`.
+    pub fn job(job: String, by: String, message: String) -> Self {
+        Requeued { status: "queued".into(), job: Some(job), series: None, version: None, by, message }
+    }
+
+    /// A series version's report to be sent again, asked by `by`, its verdict in message `message`.
+    pub fn report(series: i64, version: u32, by: String, message: String) -> Self {
+        Requeued { status: "queued".into(), job: None, series: Some(series), version: Some(version), by, message }
+    }
+}
+
+/// What a config reload did (`POST /api/v1/reload`, `SIGHUP`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Reloaded {
+    /// The file read.
+    pub file: String,
+    /// The parts that changed and now apply (`projects`, `report`, …).
+    pub applied: Vec<String>,
+    /// The parts that changed but apply only after a restart (`http.listen`, `bus`, …).
+    pub needs_restart: Vec<String>,
+}

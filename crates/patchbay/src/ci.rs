@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use patchbay_bus::Bus;
-use patchbay_config::{Config, Isolation};
+use patchbay_config::Config;
+use patchbay_runner::Isolation;
 
 /// Options of `patchbay runner`.
 #[derive(clap::Args)]

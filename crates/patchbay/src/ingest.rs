@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use patchbay_config::Config;
 use patchbay_ingest::archive::{self, Source};
-use patchbay_ingest::{Consistency, Incoming, Ingest, Outcome, Project, Rules, SeriesStore as _, Settings, TEST_ANYWAY_LIST};
+use patchbay_ingest::{Consistency, Incoming, Ingest, Outcome, Project, SeriesStore as _, Settings, TEST_ANYWAY_LIST};
 use patchbay_store::EmbeddedBus;
 use serde::Serialize;
 
@@ -78,7 +78,7 @@ pub fn service_on(config: &Config, bus: EmbeddedBus) -> Ingest {
 /// Ingest settings from the config.
 pub fn settings(config: &Config) -> Settings {
     Settings {
-        rules: Rules { marker_window_secs: config.ingest.marker_window_secs },
+        rules: config.ingest.rules(),
         projects: config
             .projects
             .iter()

@@ -17,22 +17,13 @@ use patchbay_bus::{Bus, TrustPolicy};
 use patchbay_config::Config;
 use patchbay_ingest::Ingest;
 use patchbay_store::EmbeddedBus;
-use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::tasks::{closed, spawn_every};
 
-/// What a reload did.
-#[derive(Clone, Debug, Serialize)]
-pub struct Reloaded {
-    /// The file read.
-    pub file: String,
-    /// The parts that changed and now apply (`projects`, `report`, …).
-    pub applied: Vec<&'static str>,
-    /// The parts that changed but apply only after a restart (`http.listen`, `bus`, …).
-    pub needs_restart: Vec<&'static str>,
-}
+/// What a reload did (the HTTP edge's answer too).
+pub use patchbay_model::view::Reloaded;
 
 /// The services that follow the projects and the report settings, under a stop signal of
 /// their own that the process's shutdown also pulls.
@@ -186,8 +177,8 @@ fn merge(old: &Config, new: Config, file: String) -> (Config, Reloaded) {
     for (name, changed) in [
         ("projects", !same(&old.projects, &new.projects)),
         ("report", !same(&old.report, &new.report)),
-        ("results", !same(&(old.verdict_deadline_secs, old.close_superseded), &(new.verdict_deadline_secs, new.close_superseded))),
-        ("dispatch", old.dispatch_max_age_secs != new.dispatch_max_age_secs),
+        ("results", !same(&old.results, &new.results)),
+        ("dispatch", !same(&old.dispatch, &new.dispatch)),
         (
             "ingest rules",
             !same(
@@ -211,7 +202,7 @@ fn merge(old: &Config, new: Config, file: String) -> (Config, Reloaded) {
         ("ingest.lmtp_listen", old.ingest.lmtp_listen != new.ingest.lmtp_listen),
         ("ingest.max_mail_bytes", old.ingest.max_mail_bytes != new.ingest.max_mail_bytes),
         ("runner", !same(&old.runner, &new.runner)),
-        ("history", old.history_keep_days != new.history_keep_days),
+        ("history", !same(&old.history, &new.history)),
         ("log", !same(&(&old.log_level, old.log_format), &(&new.log_level, new.log_format))),
     ] {
         if changed {
@@ -225,20 +216,20 @@ fn merge(old: &Config, new: Config, file: String) -> (Config, Reloaded) {
     let mut effective = old.clone();
     effective.projects = new.projects;
     effective.report = new.report;
-    effective.verdict_deadline_secs = new.verdict_deadline_secs;
-    effective.close_superseded = new.close_superseded;
-    effective.dispatch_max_age_secs = new.dispatch_max_age_secs;
+    effective.results = new.results;
+    effective.dispatch = new.dispatch;
     effective.ingest.marker_window_secs = new.ingest.marker_window_secs;
     effective.ingest.incomplete_after_secs = new.ingest.incomplete_after_secs;
+    let (applied, needs_restart) = (applied.into_iter().map(String::from).collect(), needs_restart.into_iter().map(String::from).collect());
     (effective, Reloaded { file, applied, needs_restart })
 }
 
 impl patchbay_web::ConfigReload for Reloader {
-    fn reload(&self, by: String) -> patchbay_web::JsonFuture<'_> {
+    fn reload(&self, by: String) -> patchbay_web::Answer<'_, Reloaded> {
         Box::pin(async move {
             tracing::info!(%by, "Config reload asked over HTTP.");
             match Reloader::reload(self).await {
-                Ok(r) => Ok(serde_json::to_value(r).expect("serializes")),
+                Ok(r) => Ok(r),
                 Err(error) => Err(patchbay_web::QueryError::Bad(format!("{error:#}"))),
             }
         })

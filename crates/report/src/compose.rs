@@ -5,8 +5,9 @@
 //! `X-Patchbay-*` headers for mail filters. Pure: text in, bytes out.
 //! Nothing in it names the test infrastructure.
 
-/// Who gets the report.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Who gets the report (`report.recipients`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Recipients {
     /// The submitter only.
     Submitter,

@@ -40,12 +40,15 @@
 //! reporter sends it again when it hears the verdict again (the admin action publishes it).
 //!
 //! Table (migration 7): `reports` (with the mail as sent). This crate knows the embedded
-//! store, not HTTP, runners or the config file.
+//! store, not HTTP or runners; it owns the shape of `[report]` ([`ReportSettings`]) but never
+//! reads the config file.
 
 pub mod compose;
 mod read;
 mod reporter;
+mod settings;
 pub mod smtp;
 
 pub use read::{ReportRow, ReportStore};
 pub use reporter::{ReportError, Reporter, Skip, Transport, deliver_to_maildir};
+pub use settings::ReportSettings;

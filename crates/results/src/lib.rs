@@ -19,10 +19,11 @@
 //! The policy itself is `patchbay-verdict`.
 //!
 //! Tables (migrations 4 and 5): `results`, `verdicts`. The report on a verdict is
-//! `patchbay-report`'s. This crate knows the embedded store, not HTTP, runners or
-//! the config file.
+//! `patchbay-report`'s. This crate knows the embedded store, not HTTP or runners;
+//! it owns the shape of `[results]` ([`ResultsSettings`]) but never reads the config file.
 
 mod read;
+mod settings;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,6 +40,7 @@ use rusqlite::{OptionalExtension, params};
 
 pub use patchbay_model::view::{ResultRow, ResultsQuery as Query};
 pub use read::ResultsStore;
+pub use settings::ResultsSettings;
 
 /// Which (test, arch) each project requires; `apply` is always required.
 #[derive(Clone, Debug, Default)]

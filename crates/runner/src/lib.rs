@@ -50,8 +50,10 @@ pub mod disk;
 pub mod git;
 pub mod job;
 pub mod sandbox;
+pub mod settings;
 
 pub use disk::Disk;
 pub use git::{Applied, GitError, Merged, Mirror, Worktree};
 pub use job::{Base, Job, JobError, Report, Runner};
 pub use sandbox::{DEFAULT_DISK_QUOTA, DISK_CHECK_INTERVAL, ETC, Execution, Failure, Isolation, Limits, Sandbox, SandboxError};
+pub use settings::RunnerSettings;

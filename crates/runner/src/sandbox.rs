@@ -72,8 +72,9 @@ pub const ETC: &[&str] = &[
     "debian_version",
 ];
 
-/// How a script is confined.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How a script is confined (`runner.isolation`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Isolation {
     /// bubblewrap: the default.
     Bubblewrap,

@@ -45,7 +45,7 @@
 //! `patchbay_verdict::duration`, so the matrix and the report agree.
 
 use patchbay_model::messages;
-use patchbay_model::view::{ResultRow, ResultsQuery};
+use patchbay_model::view::{self, ResultRow, ResultsQuery};
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
@@ -115,16 +115,16 @@ pub type ReadyFuture<'a> = std::pin::Pin<Box<dyn Future<Output = Vec<(String, Op
 pub trait ConfigReload: Send + Sync + 'static {
     /// Re-reads the config file on behalf of `by`: what applied and what needs a restart, or
     /// (`QueryError::Bad`) why the file was not taken, the running config staying in place.
-    fn reload(&self, by: String) -> JsonFuture<'_>;
+    fn reload(&self, by: String) -> Answer<'_, view::Reloaded>;
 }
 
 /// Where test jobs are run again (the binary implements it over the history and the bus).
 pub trait TestJobs: Send + Sync + 'static {
-    /// Queues job `job` again on behalf of `by`; `Ok(Value::Null)` when no such job was ever queued.
-    fn rerun(&self, job: String, by: String) -> JsonFuture<'_>;
-    /// Sends the report of a series version again on behalf of `by`; `Ok(Value::Null)` when it
+    /// Queues job `job` again on behalf of `by`; `Ok(None)` when no such job was ever queued.
+    fn rerun(&self, job: String, by: String) -> Answer<'_, Option<view::Requeued>>;
+    /// Sends the report of a series version again on behalf of `by`; `Ok(None)` when it
     /// has no verdict yet.
-    fn resend(&self, series: i64, version: u32, by: String) -> JsonFuture<'_>;
+    fn resend(&self, series: i64, version: u32, by: String) -> Answer<'_, Option<view::Requeued>>;
 }
 
 /// One page of the message history, or why not.
@@ -151,15 +151,16 @@ pub enum QueryError {
     Unavailable(String),
 }
 
-/// A JSON answer, or why not.
-pub type JsonFuture<'a> = std::pin::Pin<Box<dyn Future<Output = Result<serde_json::Value, QueryError>> + Send + 'a>>;
+/// An admin action's typed answer, or why not.
+pub type Answer<'a, T> = std::pin::Pin<Box<dyn Future<Output = Result<T, QueryError>> + Send + 'a>>;
 
 /// Where test results are queried and waived (the binary implements it over the store).
 pub trait TestResults: Send + Sync + 'static {
     /// The results `q` asks for (`GET /api/v1/results`), newest first.
     fn query(&self, q: ResultsQuery) -> ResultsFuture<'_>;
-    /// Waives result `id` with `comment` on behalf of `by`; `Ok(Value::Null)` when there is no such result.
-    fn waive(&self, id: i64, comment: String, by: String) -> JsonFuture<'_>;
+    /// Waives result `id` with `comment` on behalf of `by`: the `ci.result.waived` it published,
+    /// `Ok(None)` when there is no such result.
+    fn waive(&self, id: i64, comment: String, by: String) -> Answer<'_, Option<patchbay_model::ResultWaived>>;
 }
 
 /// Compares without an early exit, so the time taken says nothing about a token.
@@ -198,7 +199,7 @@ async fn waive_result(
     path: PathParams,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Result<Json<serde_json::Value>, AppError> {
+) -> Result<Json<patchbay_model::ResultWaived>, AppError> {
     let id: i64 = path.id("id")?;
     let by = admin(&st, &headers)?;
     let req: WaiveRequest = serde_json::from_slice(&body).map_err(|e| AppError::bad(format!("body: {e}")))?;
@@ -209,8 +210,8 @@ async fn waive_result(
         return Err(AppError { status: StatusCode::NOT_FOUND, message: "this server keeps no results".into() });
     };
     match results.waive(id, req.comment, by).await {
-        Ok(serde_json::Value::Null) => Err(AppError { status: StatusCode::NOT_FOUND, message: format!("no result {id}") }),
-        Ok(v) => Ok(Json(v)),
+        Ok(None) => Err(AppError { status: StatusCode::NOT_FOUND, message: format!("no result {id}") }),
+        Ok(Some(w)) => Ok(Json(w)),
         Err(QueryError::Bad(m)) => Err(AppError::bad(m)),
         Err(QueryError::Unavailable(m)) => Err(AppError { status: StatusCode::SERVICE_UNAVAILABLE, message: m }),
     }
@@ -340,42 +341,40 @@ async fn message(State(st): State<Arc<AppState>>, path: PathParams) -> Result<Re
 }
 
 /// `POST /api/v1/jobs/{job}/rerun` with `Authorization: Bearer <token>`: the job is queued again.
-async fn rerun_job(State(st): State<Arc<AppState>>, path: PathParams, headers: HeaderMap) -> Result<Json<serde_json::Value>, AppError> {
+async fn rerun_job(State(st): State<Arc<AppState>>, path: PathParams, headers: HeaderMap) -> Result<Json<view::Requeued>, AppError> {
     let job = path.text("job");
     let by = admin(&st, &headers)?;
     let Some(jobs) = &st.jobs else {
         return Err(AppError { status: StatusCode::NOT_FOUND, message: "this server runs no test jobs".into() });
     };
     match jobs.rerun(job.clone(), by).await.map_err(query_error)? {
-        serde_json::Value::Null => Err(AppError { status: StatusCode::NOT_FOUND, message: format!("no job {job}") }),
-        v => Ok(Json(v)),
+        None => Err(AppError { status: StatusCode::NOT_FOUND, message: format!("no job {job}") }),
+        Some(q) => Ok(Json(q)),
     }
 }
 
 /// `POST /api/v1/reports/{series}/{version}/resend` with `Authorization: Bearer <token>`.
-async fn resend_report(State(st): State<Arc<AppState>>, path: PathParams, headers: HeaderMap) -> Result<Json<serde_json::Value>, AppError> {
+async fn resend_report(State(st): State<Arc<AppState>>, path: PathParams, headers: HeaderMap) -> Result<Json<view::Requeued>, AppError> {
     let (series, version): (i64, u32) = (path.id("series")?, path.id("version")?);
     let by = admin(&st, &headers)?;
     let Some(jobs) = &st.jobs else {
         return Err(AppError { status: StatusCode::NOT_FOUND, message: "this server sends no reports".into() });
     };
     match jobs.resend(series, version, by).await.map_err(query_error)? {
-        serde_json::Value::Null => {
-            Err(AppError { status: StatusCode::NOT_FOUND, message: format!("series {series} v{version} has no verdict") })
-        }
-        v => Ok(Json(v)),
+        None => Err(AppError { status: StatusCode::NOT_FOUND, message: format!("series {series} v{version} has no verdict") }),
+        Some(q) => Ok(Json(q)),
     }
 }
 
 /// `POST /api/v1/reload` with `Authorization: Bearer <token>`: the config file read again, as
 /// `SIGHUP` does; 422 with why when it does not load (the running config stays).
-async fn reload_config(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<serde_json::Value>, AppError> {
+async fn reload_config(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<view::Reloaded>, AppError> {
     let by = admin(&st, &headers)?;
     let Some(reload) = &st.reload else {
         return Err(AppError { status: StatusCode::NOT_FOUND, message: "this server has no config to reload".into() });
     };
     match reload.reload(by).await {
-        Ok(v) => Ok(Json(v)),
+        Ok(r) => Ok(Json(r)),
         Err(QueryError::Bad(why)) => Err(AppError { status: StatusCode::UNPROCESSABLE_ENTITY, message: why }),
         Err(e) => Err(query_error(e)),
     }

@@ -39,13 +39,13 @@ pub fn start_aggregator(
     let replay = replay_for(config, &store);
     let aggregator = aggregator(config, store, bus.clone());
     let mut patterns = vec![patchbay_runtime::pattern_of::<patchbay_model::TestFinished>(&config.bus.root)?];
-    if config.close_superseded {
+    if config.results.close_superseded {
         patterns.push(patchbay_runtime::pattern_of::<patchbay_model::SeriesSuperseded>(&config.bus.root)?);
     }
     let mut spec = ServiceSpec::new(ServiceName::Aggregator.as_str(), patterns);
     spec.replay = replay;
     let service = spawn_service(bus, policy, spec, Arc::new(aggregator.clone()), shutdown.clone(), "The aggregator");
-    let deadline = config.verdict_deadline_secs;
+    let deadline = config.results.verdict_deadline_secs;
     let sweep = spawn_every(
         Duration::from_secs(30),
         shutdown,

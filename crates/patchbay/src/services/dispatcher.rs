@@ -99,7 +99,7 @@ pub fn start_dispatcher(
     // Without the store there are no dates to go by: every series is tested.
     if let Some(i) = ingest {
         dispatcher = dispatcher.with_max_age(
-            config.dispatch_max_age_secs,
+            config.dispatch.max_age(),
             Arc::new(StoreDates(i)),
             Sender::new(ServiceName::Dispatcher.as_str(), &config.instance),
         );

@@ -13,8 +13,8 @@ use crate::tasks::{closed, spawn_every};
 pub fn start(config: &Config, db: patchbay_store::Db, closing: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
     let indexer = patchbay_history::Indexer::new(db.clone());
     let mut tasks = vec![tokio::spawn(indexer.run(closed(closing.clone())))];
-    if config.history_keep_days > 0 {
-        let keep = std::time::Duration::from_secs(config.history_keep_days as u64 * 86_400);
+    if config.history.keep_days > 0 {
+        let keep = std::time::Duration::from_secs(config.history.keep_days as u64 * 86_400);
         tasks.push(spawn_every(
             std::time::Duration::from_secs(3600),
             closing,

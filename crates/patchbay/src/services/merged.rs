@@ -73,7 +73,7 @@ impl Follower {
         Follower {
             ingest,
             root: config.data_dir.join("merged"),
-            window: Duration::from_secs(config.merged_window_days * 86_400),
+            window: Duration::from_secs(config.merged.window_days as u64 * 86_400),
             branches,
             walked: HashMap::new(),
             series_ids: HashMap::new(),
@@ -168,7 +168,7 @@ pub fn start(
     closing: watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     let mut follower = Follower::new(config, ingest);
-    if config.merged_interval_secs == 0 || follower.branches.is_empty() {
+    if config.merged.interval_secs == 0 || follower.branches.is_empty() {
         return Ok(Vec::new());
     }
     let wake = Arc::new(Notify::new());
@@ -177,7 +177,7 @@ pub fn start(
     spec.queue = format!("merged-follower.{}", config.instance);
     spec.concurrency = 1;
     let hook = crate::tasks::spawn_service(bus, policy, spec, Arc::new(Pushed(wake.clone())), closing.clone(), "The push listener");
-    let every = Duration::from_secs(config.merged_interval_secs);
+    let every = Duration::from_secs(config.merged.interval_secs as u64);
     let rounds = tokio::spawn(async move {
         let stop = crate::tasks::closed(closing);
         tokio::pin!(stop);

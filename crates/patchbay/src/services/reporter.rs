@@ -13,11 +13,11 @@ use patchbay_runtime::{RetryPolicy, ServiceSpec};
 
 /// The maintainer's report template (`report.template`), compiled and tried on a sample.
 pub fn report_template(config: &Config) -> anyhow::Result<Option<patchbay_report::compose::Template>> {
-    match &config.report.template {
-        None => Ok(None),
-        Some((path, text)) => patchbay_report::compose::Template::new(text.clone())
+    match (&config.report.template, &config.report.template_text) {
+        (Some(path), Some(text)) => patchbay_report::compose::Template::new(text.clone())
             .map(Some)
             .map_err(|e| anyhow::anyhow!("{}: report.template: {}: {e}", config.source_name(), path.display())),
+        _ => Ok(None),
     }
 }
 
@@ -29,13 +29,9 @@ pub fn start_reporter(
     policy: Arc<TrustPolicy>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    use patchbay_report::compose::{Recipients as R, Settings};
-    let recipients = match config.report.recipients {
-        patchbay_config::Recipients::Submitter => R::Submitter,
-        patchbay_config::Recipients::List => R::List,
-        patchbay_config::Recipients::Both => R::Both,
-    };
-    let settings = Settings { from: config.report.from.clone(), domain: config.report.domain.clone(), recipients };
+    use patchbay_report::compose::Settings;
+    let settings =
+        Settings { from: config.report.from.clone(), domain: config.report.domain.clone(), recipients: config.report.recipients };
     let link = config.report.link.clone().or_else(|| Some(format!("http://{}", config.http_listen)));
     let publisher = Publisher::new(bus.clone(), config.bus.root.clone(), Sender::new(ServiceName::Reporter.as_str(), &config.instance));
     let transport = match &config.report.smtp_url {
@@ -43,7 +39,7 @@ pub fn start_reporter(
         Some(url) => patchbay_report::Transport::Smtp(
             patchbay_report::smtp::Smtp::new(&patchbay_report::smtp::SmtpSettings {
                 url: url.clone(),
-                credentials: config.report.smtp_credentials.clone(),
+                credentials: config.report.smtp_credentials(),
                 ca_pem: config.report.smtp_ca.clone(),
             })
             .map_err(|e| anyhow::anyhow!("{}: report.smtp_url: {e}", config.source_name()))?,

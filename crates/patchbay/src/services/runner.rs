@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use patchbay_bus::{Bus, Publisher, TrustPolicy};
 use patchbay_ci::{RunnerService, job_queue, job_topic};
-use patchbay_config::{Config, Isolation};
+use patchbay_config::Config;
 use patchbay_model::{Sender, ServiceName};
+use patchbay_runner::Isolation;
 use patchbay_runtime::{RetryPolicy, ServiceSpec};
 
 /// The (test, arch) queues this runner can serve: `apply` always, and every test whose arch and
@@ -42,13 +43,10 @@ pub fn start_runner(
     policy: Arc<TrustPolicy>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-    let isolation = match config.runner.isolation {
-        Isolation::Bubblewrap => patchbay_runner::Isolation::Bubblewrap,
-        Isolation::None => {
-            tracing::warn!("runner.isolation = \"none\": test scripts run unconfined; use this for trusted jobs only.");
-            patchbay_runner::Isolation::None
-        }
-    };
+    let isolation = config.runner.isolation;
+    if isolation == Isolation::None {
+        tracing::warn!("runner.isolation = \"none\": test scripts run unconfined; use this for trusted jobs only.");
+    }
     let sandbox =
         patchbay_runner::Sandbox::new(isolation).map_err(|e| anyhow::anyhow!("{}: runner.isolation: {e}", config.source_name()))?;
     let sandbox = sandbox

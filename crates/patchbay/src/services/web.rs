@@ -7,6 +7,7 @@ use std::sync::Arc;
 use patchbay_bus::{Bus, Outgoing};
 use patchbay_history::HistoryStore as _;
 use patchbay_ingest::SeriesStore as _;
+use patchbay_model::view::Requeued;
 use patchbay_model::{Envelope, Sender, ServiceName, TopicRoot};
 use patchbay_report::ReportStore as _;
 use patchbay_results::ResultsStore as _;
@@ -134,7 +135,7 @@ impl Rerun {
 }
 
 impl patchbay_web::TestJobs for Rerun {
-    fn rerun(&self, job: String, by: String) -> patchbay_web::JsonFuture<'_> {
+    fn rerun(&self, job: String, by: String) -> patchbay_web::Answer<'_, Option<Requeued>> {
         Box::pin(async move {
             let found = self.history(&[("topic", format!("{}.ci.job.#", self.root.as_str())), ("job", job.clone())]).await?;
             // The job as the dispatcher queued it: its schema on a job topic, nothing that only mentions it.
@@ -145,27 +146,27 @@ impl patchbay_web::TestJobs for Rerun {
                     && e.schema.name == <patchbay_model::TestJob as patchbay_model::Body>::SCHEMA
                     && queued_topic(e.topic.as_str())
             }) else {
-                return Ok(serde_json::Value::Null);
+                return Ok(None);
             };
             tracing::info!(%job, %by, "Job re-run by an admin.");
             let message = self.again(&queued).await?;
-            Ok(serde_json::json!({ "status": "queued", "job": job, "by": by, "message": message }))
+            Ok(Some(Requeued::job(job, by, message)))
         })
     }
 
-    fn resend(&self, series: i64, version: u32, by: String) -> patchbay_web::JsonFuture<'_> {
+    fn resend(&self, series: i64, version: u32, by: String) -> patchbay_web::Answer<'_, Option<Requeued>> {
         Box::pin(async move {
             let topic = self.root.topic(<patchbay_model::SeriesVerdict as patchbay_model::Body>::TOPIC).map_err(unavailable)?;
             let found = self.history(&[("topic", topic.as_str().to_string()), ("series", series.to_string())]).await?;
             let Some(verdict) = found.into_iter().find(|e| e.body["series"]["version"] == serde_json::json!(version)) else {
-                return Ok(serde_json::Value::Null);
+                return Ok(None);
             };
             // The reporter acts on a report in `intent`: put it back there, then hand it the verdict again.
             let detail = format!("re-send asked by {by}");
             self.db.ask_resend(series, version, detail).await.map_err(unavailable)?;
             tracing::info!(series, version, %by, "Report re-send asked by an admin.");
             let message = self.again(&verdict).await?;
-            Ok(serde_json::json!({ "status": "queued", "series": series, "version": version, "by": by, "message": message }))
+            Ok(Some(Requeued::report(series, version, by, message)))
         })
     }
 }
@@ -205,14 +206,10 @@ pub struct StoreResults {
 }
 
 impl patchbay_web::TestResults for StoreResults {
-    fn waive(&self, id: i64, comment: String, by: String) -> patchbay_web::JsonFuture<'_> {
-        Box::pin(async move {
-            match self.aggregator.waive(id, comment, by).await {
-                Ok(Some(w)) => Ok(serde_json::to_value(w).expect("bodies serialize")),
-                Ok(None) => Ok(serde_json::Value::Null),
-                Err(e) => Err(patchbay_web::QueryError::Unavailable(e.to_string())),
-            }
-        })
+    fn waive(&self, id: i64, comment: String, by: String) -> patchbay_web::Answer<'_, Option<patchbay_model::ResultWaived>> {
+        Box::pin(
+            async move { self.aggregator.waive(id, comment, by).await.map_err(|e| patchbay_web::QueryError::Unavailable(e.to_string())) },
+        )
     }
 
     fn query(&self, q: patchbay_results::Query) -> patchbay_web::ResultsFuture<'_> {
