@@ -63,6 +63,11 @@ fn layering_rules_hold() {
         ),
         ("store", &["patchbay-runtime", "patchbay-web", "patchbay-config", "axum", "reqwest", "lapin"], "store knows no HTTP and no AMQP"),
         (
+            "store-pg",
+            &["patchbay-store", "patchbay-runtime", "patchbay-web", "patchbay-config", "patchbay-bus-amqp", "rusqlite", "axum", "lapin"],
+            "the PostgreSQL store knows no SQLite, services, HTTP or broker (it relays through `dyn Bus`)",
+        ),
+        (
             "bus-amqp",
             &["patchbay-store", "patchbay-runtime", "patchbay-web", "patchbay-config", "rusqlite", "axum", "reqwest"],
             "the RabbitMQ bus knows no store, services or HTTP",

@@ -1,0 +1,161 @@
+//! The PostgreSQL store of the scale-out shape (`store.url = "postgres://…"`), the second
+//! implementation beside the embedded SQLite one (`patchbay-store`). Several processes on several
+//! hosts share it; PostgreSQL, not patchbay, keeps them consistent.
+//!
+//! - [`PgStore::connect`]: a pool (deadpool-postgres over tokio-postgres) and the migrations
+//!   (`migrate.rs`), applied once under an advisory lock however many processes start at once;
+//!   a schema newer than this build is refused.
+//! - [`PgStore::transaction`]: a state change and the messages announcing it commit together.
+//!   [`PgTx::publish`] seals them (sequence numbers per sender from `sender_seqs`, whose row lock
+//!   makes them rise in commit order) and writes them to `outbox` in the same transaction.
+//! - [`Relay`] (`outbox.rs`): sends committed outbox rows to the bus (RabbitMQ, with publisher
+//!   confirms) and marks them relayed in one transaction of its own. Rows are taken with
+//!   `FOR UPDATE SKIP LOCKED`, so any number of relays share the work; a relay that dies
+//!   mid-step leaves its rows to the next one. Each row is sent at least once, and consumers
+//!   drop repeats by message id, as they do on every bus.
+//!
+//! Why tokio-postgres and not sqlx: see ARCHITECTURE.md (`crates/store-pg`). This crate knows no
+//! services, no HTTP and no config file.
+
+mod migrate;
+mod outbox;
+
+use std::sync::Arc;
+
+use patchbay_bus::{BusError, Sealer};
+
+pub use migrate::SCHEMA_VERSION;
+pub use outbox::{PgTx, Relay};
+
+/// What went wrong in the PostgreSQL store.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// The URL or pool settings are wrong: fix the config, retrying will not help.
+    #[error("store.url: {0}")]
+    Config(String),
+    /// PostgreSQL answered with an error or the connection failed.
+    #[error("PostgreSQL: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    /// No connection could be had from the pool (PostgreSQL unreachable, or the pool closed).
+    #[error("PostgreSQL unreachable: {0}")]
+    Unreachable(String),
+    /// The database was migrated by a newer patchbay.
+    #[error("the store's schema is version {found}, newer than this patchbay's {known}: upgrade patchbay")]
+    TooNew {
+        /// The version found.
+        found: i32,
+        /// The newest this build knows.
+        known: i32,
+    },
+    /// The relay could not hand messages to the bus.
+    #[error("relaying to the bus: {0}")]
+    Bus(#[from] BusError),
+    /// A stored message does not read back as an envelope.
+    #[error("outbox row {pos} does not read back: {why}")]
+    Corrupt {
+        /// Its position.
+        pos: i64,
+        /// Why.
+        why: String,
+    },
+}
+
+impl PgError {
+    /// Whether trying again later can succeed (a lost connection, a serialization failure, a
+    /// broker outage), as against a wrong config or a newer schema.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, PgError::Config(_) | PgError::TooNew { .. } | PgError::Corrupt { .. })
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for PgError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => PgError::Db(e),
+            other => PgError::Unreachable(other.to_string()),
+        }
+    }
+}
+
+/// The shared store: cheap to clone, one pool per process.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: deadpool_postgres::Pool,
+    sealer: Arc<Sealer>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("pool", &self.pool.status()).finish()
+    }
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user:password@host:port/db`) with at most `max_connections`,
+    /// migrates the schema, and seals what transactions publish with `sealer`.
+    pub async fn connect(url: &str, max_connections: usize, sealer: Sealer) -> Result<PgStore, PgError> {
+        let config: tokio_postgres::Config = url.parse().map_err(|e| PgError::Config(format!("{}: {e}", redact(url))))?;
+        let manager = deadpool_postgres::Manager::from_config(
+            config,
+            tokio_postgres::NoTls,
+            deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Fast },
+        );
+        let pool = deadpool_postgres::Pool::builder(manager)
+            .max_size(max_connections.max(2))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .create_timeout(Some(std::time::Duration::from_secs(10)))
+            .wait_timeout(Some(std::time::Duration::from_secs(30)))
+            .build()
+            .map_err(|e| PgError::Config(e.to_string()))?;
+        let store = PgStore { pool, sealer: Arc::new(sealer) };
+        let mut client = store.pool.get().await?;
+        migrate::migrate(&mut client).await?;
+        Ok(store)
+    }
+
+    /// Runs `f` in one transaction and commits it; an error from `f` (or a failed commit) rolls
+    /// everything back, the messages `f` published included.
+    pub async fn transaction<T, F>(&self, f: F) -> Result<T, PgError>
+    where
+        F: AsyncFnOnce(&mut PgTx<'_>) -> Result<T, PgError>,
+    {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let mut ptx = PgTx::new(tx, &self.sealer);
+        let out = f(&mut ptx).await?;
+        ptx.commit().await?;
+        Ok(out)
+    }
+
+    /// A connection for reads outside a transaction.
+    pub async fn client(&self) -> Result<deadpool_postgres::Object, PgError> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// One round trip: what `/readyz` asks of the store.
+    pub async fn ping(&self) -> Result<(), PgError> {
+        self.pool.get().await?.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+}
+
+/// `url` without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let user = &url[s + 3..at];
+            let user = user.split(':').next().unwrap_or("");
+            format!("{}{user}:…{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn urls_are_shown_without_their_password() {
+        assert_eq!(super::redact("postgres://pb:secret@db:5432/pb"), "postgres://pb:…@db:5432/pb");
+        assert_eq!(super::redact("postgres://db/pb"), "postgres://db/pb");
+    }
+}

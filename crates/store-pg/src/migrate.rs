@@ -1,0 +1,48 @@
+//! The schema, versioned: each migration runs once, in order, in one transaction, under an
+//! advisory lock, so processes starting together neither race nor half-apply one.
+
+use crate::PgError;
+
+/// The migrations, in order; a migration, once released, never changes (add a new one).
+const MIGRATIONS: &[&str] = &[
+    // 1: the transactional outbox and per-sender sequence numbers.
+    "CREATE TABLE outbox (
+         pos BIGSERIAL PRIMARY KEY,
+         id TEXT NOT NULL UNIQUE,
+         sender TEXT NOT NULL,
+         topic TEXT NOT NULL,
+         wire BYTEA NOT NULL,
+         created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+         relayed_at TIMESTAMPTZ
+     );
+     CREATE INDEX outbox_waiting ON outbox (pos) WHERE relayed_at IS NULL;
+     CREATE TABLE sender_seqs (sender TEXT PRIMARY KEY, next BIGINT NOT NULL);",
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// Any number, the same in every process: the lock the migrations are applied under.
+const MIGRATION_LOCK: i64 = 0x7061_7463_6862_6179; // "patchbay"
+
+/// Applies what is missing; refuses a schema newer than this build.
+pub(crate) async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), PgError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    )
+    .await?;
+    let found: i32 = tx.query_one("SELECT coalesce(max(version), 0) FROM schema_migrations", &[]).await?.get(0);
+    if found > SCHEMA_VERSION {
+        return Err(PgError::TooNew { found, known: SCHEMA_VERSION });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let version = i as i32 + 1;
+        tx.batch_execute(sql).await?;
+        tx.execute("INSERT INTO schema_migrations (version) VALUES ($1)", &[&version]).await?;
+        tracing::info!(version, "PostgreSQL store migrated.");
+    }
+    tx.commit().await?;
+    Ok(())
+}
