@@ -24,7 +24,13 @@ pub fn config_check(path: Option<&Path>, data_dir: Option<&Path>, json: bool) ->
     })();
     match result {
         Ok(config) => {
-            let key = config.signing.key_path(&config.data_dir);
+            let key = crate::keys::key_path(&config);
+            let key_id = key.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let trust_dir = config.signing.trusted_keys_dir(&config.data_dir);
+            let mut trusted: Vec<String> = std::fs::read_dir(&trust_dir)
+                .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".pub").map(str::to_string)).collect())
+                .unwrap_or_default();
+            trusted.sort();
             if json {
                 println!(
                     "{}",
@@ -36,6 +42,9 @@ pub fn config_check(path: Option<&Path>, data_dir: Option<&Path>, json: bool) ->
                         "http_listen": config.http_listen.to_string(),
                         "signing_key": key.display().to_string(),
                         "signing_key_exists": key.exists(),
+                        "key_id": key_id,
+                        "trusted_keys_dir": trust_dir.display().to_string(),
+                        "trusted_keys": trusted,
                         "require_signatures": config.signing.require_signatures,
                         "roles": config.authority.roles().map(|(s, ps)| (s.to_string(), ps.iter().map(|p| p.as_str()).collect::<Vec<_>>())).collect::<std::collections::BTreeMap<_, _>>(),
                         "loopback_without_token": config.http_publish.loopback_without_token,
@@ -48,7 +57,15 @@ pub fn config_check(path: Option<&Path>, data_dir: Option<&Path>, json: bool) ->
                 println!("  http.listen = {}", config.http_listen);
                 let note = if key.exists() { "" } else { " (not there yet: `serve` generates it)" };
                 println!("  signing key = {}{note}", key.display());
+                println!(
+                    "  trusted keys ({}): {}",
+                    trust_dir.display(),
+                    if trusted.is_empty() { "none".to_string() } else { trusted.join(", ") }
+                );
                 println!("  require_signatures = {}", config.signing.require_signatures);
+                println!(
+                    "  other hosts accept this one's messages when {key_id}.pub is in their signing.trusted_keys (`patchbay keygen --help`)"
+                );
                 for (service, patterns) in config.authority.roles() {
                     let patterns: Vec<&str> = patterns.iter().map(|p| p.as_str()).collect();
                     println!("  {service} may publish {}", patterns.join(", "));

@@ -11,9 +11,10 @@ use patchbay_config::Config;
 /// Options of `patchbay keygen`.
 #[derive(clap::Args)]
 pub struct KeygenArgs {
-    /// Key id: names the files and appears in every signature.
-    #[arg(long, default_value = "serve")]
-    id: String,
+    /// Key id: names the files and appears in every signature (default: `<host>-<instance>`,
+    /// as `serve` and `runner` name the key they generate, so hosts' ids never collide).
+    #[arg(long)]
+    id: Option<String>,
     /// Directory to write `<id>.key` and `<id>.pub` into (default: `<data_dir>/keys`).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -22,22 +23,73 @@ pub struct KeygenArgs {
 /// Writes a new key pair and says how to use it.
 pub fn keygen(config: &Config, args: &KeygenArgs) -> anyhow::Result<()> {
     let dir = args.dir.clone().unwrap_or_else(|| config.data_dir.join("keys"));
-    let key = SigningKey::generate(&args.id)?;
+    let id = args.id.clone().unwrap_or_else(|| default_key_id(&config.instance));
+    let key = SigningKey::generate(&id)?;
     let (secret, public) = key.write(&dir)?;
     println!("secret key: {} (keep it private; mode 0600)", secret.display());
     println!("public key: {}", public.display());
     print!("{}", key.public().to_line());
     println!();
-    println!("To sign with it, in patchbay.toml:");
-    println!("  [signing]\n  key = {:?}", secret.display().to_string());
-    println!("Consumers trust it by copying {} into their signing.trusted_keys directory,", public.display());
-    println!("and may limit its topics with: [signing.allow] {} = [\"{}.#\"]", key.id(), config.bus.root.as_str());
+    if secret != key_path(config) {
+        println!("To sign with it, in patchbay.toml:");
+        println!("  [signing]\n  key = {:?}", secret.display().to_string());
+    }
+    print!("{}", distribution(&public, key.id(), config));
     Ok(())
+}
+
+/// How to spread a public key so other hosts accept what this one signs.
+fn distribution(public: &Path, id: &str, config: &Config) -> String {
+    let name = public.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    format!(
+        "Every host that consumes this host's messages trusts it by holding {name} in its signing.trusted_keys\n\
+         directory (default <data_dir>/keys), for example:\n  scp {} other-host:/var/lib/patchbay/keys/{name}\n\
+         With require_signatures = true, every host needs every other host's .pub; key ids name host and\n\
+         instance, so the files never collide. Its topics may be limited with:\n  [signing.allow] {id} = [\"{}.#\"]\n",
+        public.display(),
+        config.bus.root.as_str(),
+    )
+}
+
+/// The key id this host and instance sign with unless told otherwise: `<host>-<instance>`, so
+/// two hosts (or two instances on one host) never both call their key `local`, and each one's
+/// public key can sit in the others' trust directories without hand-editing.
+pub fn default_key_id(instance: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").ok().or_else(|| std::env::var("HOSTNAME").ok()).unwrap_or_default();
+    key_id_for(host.trim(), instance)
+}
+
+/// `<host>-<instance>` as a key id: ASCII letters, digits, `.`, `_` and `-`, at most 64 bytes.
+fn key_id_for(host: &str, instance: &str) -> String {
+    let clean = |s: &str| -> String {
+        s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c.to_ascii_lowercase() } else { '-' }).collect()
+    };
+    let host = clean(host);
+    let host = host.trim_start_matches('.');
+    let host = if host.is_empty() { "host" } else { host };
+    let instance = clean(instance);
+    let room = 64usize.saturating_sub(instance.len() + 1).max(1);
+    let host: String = host.chars().take(room).collect();
+    format!("{host}-{instance}").chars().take(64).collect()
+}
+
+/// The secret key this process signs with: `signing.key`; else, in `<data_dir>/keys`, the
+/// `local.key` of a data directory made before key ids named their host, or `<host>-<instance>.key`.
+pub fn key_path(config: &Config) -> PathBuf {
+    if let Some(key) = &config.signing.key {
+        return key.clone();
+    }
+    let dir = config.data_dir.join("keys");
+    let before = dir.join("local.key");
+    if before.exists() {
+        return before;
+    }
+    dir.join(format!("{}.key", default_key_id(&config.instance)))
 }
 
 /// The sealer for this process: the configured key, or the default key (generated when `create`).
 pub fn sealer(config: &Config, create: bool) -> anyhow::Result<Sealer> {
-    let path = config.signing.key_path(&config.data_dir);
+    let path = key_path(config);
     if path.exists() {
         let key = SigningKey::read(&path).with_context(|| format!("{}: signing.key", config.source_name()))?;
         return Ok(Sealer::new(Some(Arc::new(key))));
@@ -49,10 +101,10 @@ pub fn sealer(config: &Config, create: bool) -> anyhow::Result<Sealer> {
         return Ok(Sealer::new(None));
     }
     let dir = path.parent().unwrap_or(Path::new("."));
-    let key = SigningKey::generate("local")?;
+    let key = SigningKey::generate(&default_key_id(&config.instance))?;
     match key.write(dir) {
         Ok(_) => {
-            tracing::info!(key = %path.display(), "Generated a signing key for this data directory.");
+            tracing::info!(key = %path.display(), id = key.id(), "Generated a signing key for this host and instance; other hosts trust it by holding its .pub in their signing.trusted_keys.");
             Ok(Sealer::new(Some(Arc::new(key))))
         }
         // Another process generated it first: use theirs.
@@ -130,4 +182,22 @@ pub fn local_publish_token(data_dir: &Path, create: bool) -> anyhow::Result<Opti
     // Two processes racing: the first rename wins and both read what is there.
     std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
     Ok(Some(std::fs::read_to_string(&path)?.trim().to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_id_for;
+
+    #[test]
+    fn key_ids_name_host_and_instance_and_stay_valid() {
+        assert_eq!(key_id_for("ci1.example.org", "main"), "ci1.example.org-main");
+        assert_eq!(key_id_for("Build Box#2", "runner-a"), "build-box-2-runner-a");
+        assert_eq!(key_id_for("", "main"), "host-main");
+        assert_eq!(key_id_for(".hidden", "x"), "hidden-x");
+        let long = key_id_for(&"h".repeat(100), "instance");
+        assert!(long.len() <= 64 && long.ends_with("-instance"), "{long}");
+        for id in [key_id_for("ci1", "main"), long, key_id_for("Build Box#2", "runner-a")] {
+            patchbay_bus::SigningKey::generate(&id).unwrap_or_else(|e| panic!("{id}: {e}"));
+        }
+    }
 }

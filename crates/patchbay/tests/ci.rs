@@ -1630,3 +1630,97 @@ fn the_config_reloads_without_a_restart() {
     assert_eq!(body["applied"], serde_json::json!(["projects"]), "{body}");
     assert_eq!(body["needs_restart"], serde_json::json!([]), "the port is the running one again: {body}");
 }
+
+/// Issue 15, keys per instance: a runner on another host (its own data directory and
+/// instance) and `serve`, both with `require_signatures`, on RabbitMQ. Each signs with the key
+/// `keygen` made under its default id, `<host>-<instance>`, so the two ids differ and each
+/// `.pub` is copied into the other's trust directory as it is, with no config edited: the job
+/// (signed by serve) runs on the other host, its result (signed by the runner) is accepted,
+/// and the verdict is issued.
+#[test]
+fn hosts_sign_with_keys_named_after_them_and_trust_each_other_by_copying_a_file() {
+    let url = std::env::var("PATCHBAY_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let ns = broker_ns("keys");
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = origin(tmp.path(), &[("README", "base\n")]);
+    let arch = std::env::consts::ARCH;
+    let common = |data: &str, instance: &str| {
+        format!(
+            "data_dir = \"{data}\"\n[ingest]\nlmtp_listen = \"\"\n\
+             [bus]\nbackend = \"amqp\"\nurl = \"{url}\"\nexchange = \"{ns}\"\nprefix = \"e2e\"\nenv = \"{ns}\"\n\
+             [identity]\ninstance = \"{instance}\"\n[signing]\nrequire_signatures = true\n\
+             [[project]]\nname = \"demo\"\nlist_ids = [\"{LIST}\"]\nrepository = \"{}\"\n\
+             [[project.test]]\nname = \"remote\"\nscript = \"grep -q fixed README && echo RAN REMOTELY\"\narches = [\"{arch}\"]\ntime_limit_secs = 60\n",
+            repo.display()
+        )
+    };
+    let http = free_port();
+    let serve_config = tmp.path().join("serve.toml");
+    std::fs::write(&serve_config, format!("{}[http]\nlisten = \"127.0.0.1:{http}\"\n", common("serve-data", &format!("{ns}-serve"))))
+        .unwrap();
+    let runner_config = tmp.path().join("runner.toml");
+    std::fs::write(&runner_config, common("runner-data", &format!("{ns}-runner"))).unwrap();
+
+    let mut pubs = Vec::new();
+    for config in [&serve_config, &runner_config] {
+        let made = bin().arg("--config").arg(config).arg("keygen").output().unwrap();
+        let said = String::from_utf8_lossy(&made.stdout).to_string();
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+        assert!(said.contains("signing.trusted_keys") && said.contains("scp "), "keygen says how to distribute the key: {said}");
+        assert!(!said.contains("key = "), "the default id is the one this host signs with: no config edit: {said}");
+        let line = said.lines().find(|l| l.starts_with("public key: ")).unwrap();
+        pubs.push(std::path::PathBuf::from(line.trim_start_matches("public key: ")));
+    }
+    let ids: Vec<String> = pubs.iter().map(|p| p.file_stem().unwrap().to_string_lossy().into_owned()).collect();
+    assert_ne!(ids[0], ids[1], "two instances, two key ids");
+    assert!(ids[0].ends_with(&format!("-{ns}-serve")) && ids[1].ends_with(&format!("-{ns}-runner")), "{ids:?}");
+    // Distribution: each host's .pub into the other's trust directory, as it is.
+    std::fs::copy(&pubs[0], tmp.path().join("runner-data/keys").join(pubs[0].file_name().unwrap())).unwrap();
+    std::fs::copy(&pubs[1], tmp.path().join("serve-data/keys").join(pubs[1].file_name().unwrap())).unwrap();
+    let check = bin().arg("--config").arg(&serve_config).args(["config", "check", "--json"]).output().unwrap();
+    let check: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert_eq!(check["key_id"], ids[0].as_str());
+    assert_eq!(check["trusted_keys"], serde_json::json!(ids.iter().rev().cloned().collect::<std::collections::BTreeSet<_>>()));
+
+    let _serve = Serve(
+        bin()
+            .arg("--config")
+            .arg(&serve_config)
+            .args(["serve", "--no-runner"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http_get(http, "/healthz").starts_with("HTTP/1.1 200") {
+        assert!(Instant::now() < deadline, "serve did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _runner =
+        Serve(bin().arg("--config").arg(&runner_config).arg("runner").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    post(&repo, &serve_config, "fix", "main", &[("README", "fixed\n")]);
+
+    let db = tmp.path().join("serve-data/patchbay.sqlite3");
+    let root = format!("e2e.{ns}");
+    let verdict = wait_for_body(&db, &format!("{root}.ci.series.verdict"), 120, |_| true);
+    assert_eq!(verdict["verdict"], "PASSED", "{verdict:#}");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let signers = |topic: &str| -> Vec<(String, String)> {
+        let mut stmt = conn.prepare("SELECT wire FROM bus_messages WHERE topic = ?1").unwrap();
+        stmt.query_map([topic], |r| r.get::<_, Vec<u8>>(0))
+            .unwrap()
+            .map(|w| {
+                let env: serde_json::Value = serde_json::from_slice(&w.unwrap()).unwrap();
+                (
+                    env["body"]["test"].as_str().unwrap_or("").to_string(),
+                    env["signature"]["key_id"].as_str().unwrap_or("unsigned").to_string(),
+                )
+            })
+            .collect()
+    };
+    let finished = signers(&format!("{root}.ci.test.finished"));
+    assert!(finished.iter().any(|(t, k)| t == "remote" && *k == ids[1]), "the result is signed by the runner host's key: {finished:?}");
+    let jobs = signers(&format!("{root}.ci.job.remote.{arch}.queued"));
+    assert!(!jobs.is_empty() && jobs.iter().all(|(_, k)| *k == ids[0]), "jobs are signed by serve's key: {jobs:?}");
+}
