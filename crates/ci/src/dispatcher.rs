@@ -299,6 +299,7 @@ impl BodyHandler<SeriesComplete> for Dispatcher {
             .map_err(|e| HandlerError::Permanent(e.to_string()))?;
         // One publish: the jobs of a series are queued together or not at all.
         self.publisher.bus().publish(out).await.map_err(|e| HandlerError::Transient(e.to_string()))?;
+        patchbay_metrics::metrics().jobs_queued.inc_by(jobs.len() as u64);
         tracing::info!(series = series.series.id, version = series.series.version, jobs = jobs.len(), "Series dispatched.");
         Ok(())
     }

@@ -248,7 +248,10 @@ impl Handler for RunnerService {
         let mut result = Self::finished(&job, Outcome::Error, None);
         let mut log = String::new();
         let mut applied = true;
-        match self.runner.run(&run).await {
+        let running = patchbay_metrics::JobRunning::start();
+        let ran = self.runner.run(&run).await;
+        drop(running);
+        match ran {
             Err(error) if attempt < self.max_attempts => {
                 // Probably passing (a git server down, a busy disk): the runtime retries with backoff.
                 tracing::warn!(job = %job.job, attempt, %error, "Job could not run; will retry.");

@@ -158,12 +158,13 @@ fn tokens(r: &Row) -> String {
     t.join(" ")
 }
 
-/// Indexes the next batch of stored messages; returns how many.
+/// Indexes the next batch of stored messages; returns how many, and how many of them say a
+/// mail was stored (`mail.message.received`), for the `mails_stored` metric.
 ///
 /// The time kept is the sender's, made monotone in store order and never later than now
 /// (`min(max(sent_at, previous), now)`): a skewed clock cannot reorder history, and a time
 /// range is a position range, which every index and the full-text index can seek.
-pub fn index_batch(tx: &Connection) -> Result<usize, StoreError> {
+pub fn index_batch(tx: &Connection) -> Result<(usize, u64), StoreError> {
     let (mark, mut last): (i64, i64) = tx.query_row(
         "SELECT coalesce(max(pos), 0), coalesce((SELECT ts FROM history ORDER BY pos DESC LIMIT 1), 0) FROM history",
         [],
@@ -179,7 +180,9 @@ pub fn index_batch(tx: &Connection) -> Result<usize, StoreError> {
     let mut text = tx.prepare_cached("INSERT INTO history_text (rowid, body, tags) VALUES (?1, ?2, ?3)")?;
     let mut topics = tx.prepare_cached("INSERT OR IGNORE INTO history_topics (topic) VALUES (?1)")?;
     let mut seen_topics = std::collections::HashSet::new();
+    let mut mails = 0;
     for (pos, topic, wire) in &rows {
+        mails += u64::from(topic.ends_with(".mail.message.received"));
         let mut r = row(topic, wire);
         r.ts = r.ts.max(last).min(now.max(last));
         last = r.ts;
@@ -189,7 +192,7 @@ pub fn index_batch(tx: &Connection) -> Result<usize, StoreError> {
             topics.execute([&r.topic])?;
         }
     }
-    Ok(rows.len())
+    Ok((rows.len(), mails))
 }
 
 /// What readers ask of the history, behind a port: one implementation per store backend.
@@ -256,7 +259,10 @@ impl Indexer {
             if !behind {
                 return Ok(total);
             }
-            let n = self.db.write(|tx| index_batch(tx)).await?;
+            // Counted once committed: every mail stored in this store, by any process (`inject`
+            // and `import` too), is indexed exactly once.
+            let (n, mails) = self.db.write(|tx| index_batch(tx)).await?;
+            patchbay_metrics::metrics().mails_stored.inc_by(mails);
             total += n;
             if n < BATCH {
                 return Ok(total);

@@ -329,6 +329,24 @@ fn series_are_applied_built_and_reported() {
         assert!(!m.contains(&tmp.path().display().to_string()), "no runner paths in mail: {m}");
     }
 
+    // The process's metrics, as a Prometheus server scrapes them.
+    let scraped = http_get(http, "/metrics");
+    assert!(scraped.starts_with("HTTP/1.1 200") && scraped.contains("application/openmetrics-text"), "{scraped}");
+    let value = |name: &str| -> f64 {
+        scraped
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{scraped}"))
+    };
+    assert!(value("patchbay_mails_stored_total") >= 10.0, "covers and patches of four series are stored");
+    assert!(value("patchbay_jobs_queued_total") >= 8.0, "apply and build for four series");
+    assert_eq!(value("patchbay_jobs_running"), 0.0, "nothing runs once every result is in");
+    assert!(value("patchbay_messages_handled_total{service=\"aggregator\"}") >= 8.0);
+    assert!(value("patchbay_messages_handled_total{service=\"reporter\"}") >= 4.0);
+    assert!(value("patchbay_handler_seconds_count{service=\"runner\"}") >= 8.0, "every job's handler is timed");
+    assert_eq!(value("patchbay_report_seconds_count"), 4.0, "one observation per report handed over");
+
     // Nothing published names the runner's paths or host.
     let data = tmp.path().display().to_string();
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();

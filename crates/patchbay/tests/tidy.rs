@@ -63,6 +63,11 @@ fn layering_rules_hold() {
         ),
         ("store", &["patchbay-runtime", "patchbay-web", "patchbay-config", "axum", "reqwest", "lapin"], "store knows no HTTP and no AMQP"),
         (
+            "metrics",
+            &["patchbay-model", "patchbay-bus", "patchbay-store", "patchbay-runtime", "tokio", "rusqlite", "axum", "lapin"],
+            "metrics are counters and their text: no IO, no other patchbay crate",
+        ),
+        (
             "store-pg",
             &["patchbay-store", "patchbay-runtime", "patchbay-web", "patchbay-config", "patchbay-bus-amqp", "rusqlite", "axum", "lapin"],
             "the PostgreSQL store knows no SQLite, services, HTTP or broker (it relays through `dyn Bus`)",

@@ -250,7 +250,8 @@ impl Reporter {
     }
 
     /// Reports one verdict, exactly once.
-    pub async fn report(&self, v: SeriesVerdict) -> Result<(), ReportError> {
+    /// `published`: when the verdict was published, for the time-to-report metric.
+    pub async fn report(&self, v: SeriesVerdict, published: Option<patchbay_model::Timestamp>) -> Result<(), ReportError> {
         let message_id = report::message_id(v.series.id, v.series.version, &self.settings.domain);
         // 1. The intent, before anything leaves.
         let (id, ver, mid) = (v.series.id, v.series.version, message_id.clone());
@@ -388,7 +389,7 @@ impl Reporter {
         };
         let out = self.publisher.outgoing(&sent).map_err(|e| ReportError::Build(e.to_string()))?;
         let bus = self.bus.clone();
-        self.bus
+        let sent_now = self.bus
             .db()
             .write(move |tx| {
                 let changed = tx
@@ -399,9 +400,13 @@ impl Reporter {
                 if changed == 1 {
                     bus.publish_in(tx, vec![out])?;
                 }
-                Ok(())
+                Ok(changed == 1)
             })
             .await?;
+        if sent_now && let Some(published) = published {
+            let waited = patchbay_model::Timestamp::now().as_micros().saturating_sub(published.as_micros());
+            patchbay_metrics::metrics().report_seconds.observe(waited.max(0) as f64 / 1e6);
+        }
         Ok(())
     }
 }
@@ -442,8 +447,8 @@ impl From<ReportError> for HandlerError {
 
 #[async_trait]
 impl BodyHandler<SeriesVerdict> for Reporter {
-    async fn handle_body(&self, _envelope: &Envelope, v: SeriesVerdict, _attempt: u32) -> Result<(), HandlerError> {
-        Ok(self.report(v).await?)
+    async fn handle_body(&self, envelope: &Envelope, v: SeriesVerdict, _attempt: u32) -> Result<(), HandlerError> {
+        Ok(self.report(v, Some(envelope.sent_at)).await?)
     }
 }
 

@@ -432,6 +432,9 @@ impl<T> Drop for AbortOnDrop<T> {
 async fn handle_one(spec: Arc<ServiceSpec>, handler: Arc<dyn Handler>, delivery: Delivery) {
     let envelope = Arc::new(delivery.envelope.clone());
     let attempt = delivery.attempt;
+    let metrics = patchbay_metrics::metrics();
+    let label = metrics.service(&spec.name);
+    let started = std::time::Instant::now();
     let outcome = {
         let envelope = envelope.clone();
         // Its own task, so a panic is caught and counted instead of unwinding through the runtime.
@@ -441,23 +444,28 @@ async fn handle_one(spec: Arc<ServiceSpec>, handler: Arc<dyn Handler>, delivery:
             Err(join) => Err(HandlerError::Transient(if join.is_panic() { "handler panicked".into() } else { "handler cancelled".into() })),
         }
     };
+    metrics.handler_seconds.get_or_create(&label).observe(started.elapsed().as_secs_f64());
     let (id, topic, service) = (envelope.id, &envelope.topic, &spec.name);
     let settled = match outcome {
         Ok(()) => {
             tracing::debug!(%service, %id, %topic, attempt, "Handled.");
+            metrics.handled.get_or_create(&label).inc();
             delivery.ack().await
         }
         Err(HandlerError::Permanent(error)) => {
             tracing::warn!(%service, %id, %topic, attempt, %error, "Handler failed permanently; dead-lettered.");
+            metrics.dead_lettered.get_or_create(&label).inc();
             delivery.dead_letter(format!("permanent failure: {error}")).await
         }
         Err(HandlerError::Transient(error)) if attempt >= spec.retry.max_attempts => {
             tracing::warn!(%service, %id, %topic, attempt, %error, "Handler kept failing; dead-lettered.");
+            metrics.dead_lettered.get_or_create(&label).inc();
             delivery.dead_letter(format!("gave up after {attempt} attempts: {error}")).await
         }
         Err(HandlerError::Transient(error)) => {
             let delay = spec.retry.delay(attempt);
             tracing::info!(%service, %id, %topic, attempt, %error, retry_in = ?delay, "Handler failed; will retry.");
+            metrics.retried.get_or_create(&label).inc();
             delivery.retry(delay, error).await
         }
     };

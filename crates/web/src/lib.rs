@@ -231,6 +231,7 @@ pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/api/openapi.json", get(openapi))
         .route("/api/v1/publish", post(publish))
         .route("/api/v1/stream", get(stream))
@@ -683,6 +684,11 @@ impl IntoResponse for AppError {
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+}
+
+/// `GET /metrics`: the process's metrics, for a Prometheus server to scrape.
+async fn metrics() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, patchbay_metrics::CONTENT_TYPE)], patchbay_metrics::metrics().encode()).into_response()
 }
 
 /// `GET /readyz`: 200 when every dependency answers (within 5 s), else 503; each one named.
