@@ -1013,7 +1013,7 @@ mod tests {
             .split(".route(\"")
             .skip(1)
             .filter_map(|r| r.split('"').next())
-            .filter(|r| r.starts_with("/api") || *r == "/healthz" || *r == "/readyz")
+            .filter(|r| r.starts_with("/api") || ["/healthz", "/readyz", "/metrics"].contains(r))
             .collect();
         assert!(routes.len() >= 9, "{routes:?}");
         for r in &routes {
