@@ -44,6 +44,9 @@ impl Drop for NamespaceClaim {
     }
 }
 
+/// AMQP's reply code for an exclusive queue another connection holds.
+const RESOURCE_LOCKED: u16 = 405;
+
 fn names(config: &AmqpConfig) -> (String, String) {
     let lock = format!("{}store-keeper", config.queue_prefix);
     (lock.clone(), format!("{lock}.who"))
@@ -58,10 +61,18 @@ async fn try_claim(config: &AmqpConfig, holder: &str) -> Result<Option<Connectio
     let (lock, who) = names(config);
     let channel = conn.create_channel().await.map_err(broker)?;
     let exclusive = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
-    if channel.queue_declare(lock.as_str().into(), exclusive, FieldTable::default()).await.is_err() {
-        // RESOURCE_LOCKED: another connection declared it. The channel is closed by the error.
-        let _ = conn.close(200, "claim refused".into()).await;
-        return Ok(None);
+    match channel.queue_declare(lock.as_str().into(), exclusive, FieldTable::default()).await {
+        Ok(_) => {}
+        // RESOURCE-LOCKED (405): another connection declared it. The channel is closed by the error.
+        Err(e) if matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == RESOURCE_LOCKED) => {
+            let _ = conn.close(200, "claim refused".into()).await;
+            return Ok(None);
+        }
+        // Anything else (permissions, a queue of that name with other settings) is not a holder.
+        Err(e) => {
+            let _ = conn.close(200, "claim failed".into()).await;
+            return Err(broker(e));
+        }
     }
     let mut args = crate::queue_args(config);
     args.insert("x-max-length".into(), AMQPValue::LongInt(1));
@@ -94,7 +105,7 @@ async fn holder(config: &AmqpConfig) -> String {
 
 /// Claims `config`'s namespace for `holder` (a sentence naming this process), or says who has
 /// it. The claim is kept across connection loss (checked every 2 s): should another process
-/// take it meanwhile, that is logged as an error every time it is found.
+/// take it meanwhile, that is logged as an error, and asked again a minute later, not every 2 s.
 pub async fn claim(config: &AmqpConfig, holder_text: &str) -> Result<NamespaceClaim, ClaimError> {
     let Some(mut conn) = try_claim(config, holder_text).await? else {
         return Err(ClaimError::Held { holder: holder(config).await });
@@ -102,20 +113,24 @@ pub async fn claim(config: &AmqpConfig, holder_text: &str) -> Result<NamespaceCl
     let (config, holder_text) = (config.clone(), holder_text.to_string());
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
+        const CHECK: Duration = Duration::from_secs(2);
+        let mut pause = CHECK;
         loop {
             tokio::select! {
                 _ = &mut stopped => {
                     let _ = conn.close(200, "claim let go".into()).await;
                     return;
                 }
-                () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                () = tokio::time::sleep(pause) => {}
             }
+            pause = CHECK;
             if conn.status().connected() {
                 continue;
             }
             match try_claim(&config, &holder_text).await {
                 Ok(Some(c)) => conn = c,
                 Ok(None) => {
+                    pause = Duration::from_secs(60);
                     let other = holder(&config).await;
                     tracing::error!(%other, "Another process took this namespace's store claim while the broker link was down: two stores on one namespace corrupt series, jobs and reports.");
                 }

@@ -182,7 +182,7 @@ pub trait Bus: Send + Sync {
     /// The dead letters of a queue, oldest first, at most `limit`.
     async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError>;
 
-    /// Whether the bus can take work now (`/readyz`): the broker link up, the store open.
+    /// Whether the bus can take work now (`/readyz`): on RabbitMQ, the broker link up.
     async fn ready(&self) -> Result<(), BusError> {
         Ok(())
     }

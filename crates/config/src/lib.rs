@@ -380,7 +380,7 @@ impl Config {
     fn from_raw(mut raw: RawConfig, source: Option<&Path>, base: &Path) -> Result<Config, ConfigError> {
         let shown = source.map(|p| p.display().to_string()).unwrap_or_else(|| "(defaults)".into());
         let invalid = |key: &str, reason: String| ConfigError::Invalid { path: shown.clone(), key: key.into(), reason };
-        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let resolve = |p: PathBuf| patchbay_model::section::resolve_path(base, &p);
 
         let data_dir = resolve(raw.data_dir.unwrap_or_else(|| PathBuf::from("patchbay-data")));
         let backend = raw.bus.backend.unwrap_or(BusBackend::Embedded);
@@ -538,11 +538,8 @@ impl Config {
         section(&mut raw.dispatch, base, &shown)?;
         section(&mut raw.merged, base, &shown)?;
 
-        let connections = connection_limits(
-            [raw.ingest.lmtp_max_connections, raw.http.max_connections],
-            [Some(raw.ingest.lmtp_idle_secs), raw.http.request_timeout_secs],
-        )
-        .map_err(|(key, why)| invalid(key, why))?;
+        let connections = connection_limits(&raw.ingest, raw.http.max_connections, raw.http.request_timeout_secs)
+            .map_err(|(key, why)| invalid(key, why))?;
         let log_level = raw.log.level.unwrap_or_else(|| "info".into());
         Ok(Config {
             connections,
@@ -599,21 +596,24 @@ fn section<S: Section>(settings: &mut S, base: &Path, shown: &str) -> Result<(),
     })
 }
 
-/// `caps`: LMTP's and HTTP's connection caps; `secs`: LMTP's idle and HTTP's request timeout.
-fn connection_limits(caps: [Option<usize>; 2], secs: [Option<u64>; 2]) -> Result<ConnectionLimits, (&'static str, String)> {
-    let cap = |key: &'static str, v: Option<usize>| match v {
-        Some(0) => Err((key, "must be at least 1".to_string())),
-        v => Ok(v),
-    };
-    let timeout = |key: &'static str, v: Option<u64>, default: u64, max: u64| match v.unwrap_or(default) {
-        s @ 1.. if s <= max => Ok(s),
-        _ => Err((key, format!("must be 1 to {max}"))),
+/// LMTP's limits as `[ingest]` checked them; HTTP's cap and request timeout, checked here.
+fn connection_limits(
+    ingest: &IngestSettings,
+    http_cap: Option<usize>,
+    http_secs: Option<u64>,
+) -> Result<ConnectionLimits, (&'static str, String)> {
+    if http_cap == Some(0) {
+        return Err(("http.max_connections", "must be at least 1".into()));
+    }
+    let http_request_timeout_secs = match http_secs.unwrap_or(30) {
+        s @ 1..=3_600 => s,
+        _ => return Err(("http.request_timeout_secs", "must be 1 to 3600".into())),
     };
     Ok(ConnectionLimits {
-        lmtp_max_connections: cap("ingest.lmtp_max_connections", caps[0])?,
-        lmtp_idle_secs: timeout("ingest.lmtp_idle_secs", secs[0], 300, 86_400)?,
-        http_max_connections: cap("http.max_connections", caps[1])?,
-        http_request_timeout_secs: timeout("http.request_timeout_secs", secs[1], 30, 3_600)?,
+        lmtp_max_connections: ingest.lmtp_max_connections,
+        lmtp_idle_secs: ingest.lmtp_idle_secs,
+        http_max_connections: http_cap,
+        http_request_timeout_secs,
     })
 }
 

@@ -181,8 +181,9 @@ pub fn index_batch(tx: &Connection) -> Result<(usize, u64), StoreError> {
     let mut topics = tx.prepare_cached("INSERT OR IGNORE INTO history_topics (topic) VALUES (?1)")?;
     let mut seen_topics = std::collections::HashSet::new();
     let mut mails = 0;
+    let mail_topic = format!(".{}", <patchbay_model::MailReceived as patchbay_model::Body>::TOPIC);
     for (pos, topic, wire) in &rows {
-        mails += u64::from(topic.ends_with(".mail.message.received"));
+        mails += u64::from(topic.ends_with(&mail_topic));
         let mut r = row(topic, wire);
         r.ts = r.ts.max(last).min(now.max(last));
         last = r.ts;

@@ -669,12 +669,10 @@ fn complete(tx: &Tx<'_>, s: &SeriesRow, now: i64, events: &mut Vec<Event>) -> Re
     if replaced || s.project.is_none() {
         return Ok(());
     }
-    let ms = members(tx, s.id, true)?;
+    // Headers and hints only: the raw mails are read once, by `patches_of`, for the mbox.
+    let ms = members(tx, s.id, false)?;
     let patches = patches_of(tx, s, true)?;
-    let mut mbox = Vec::new();
-    for m in &patches {
-        patchbay_mail::write_mboxrd(&mut mbox, &m.raw);
-    }
+    let mbox = mbox_of(&patches);
     let first = |f: fn(&Hints) -> Option<&String>| ms.iter().find_map(|m| f(&m.hints).cloned());
     let mut based_on: Vec<String> = Vec::new();
     let mut depends_on: Vec<String> = Vec::new();
@@ -920,11 +918,16 @@ pub fn series_mbox(conn: &rusqlite::Connection, id: i64) -> Result<Option<Vec<u8
     if conn.query_row("SELECT 1 FROM series WHERE id = ?1", [id], |_| Ok(())).optional()?.is_none() {
         return Ok(None);
     }
+    Ok(Some(mbox_of(&patches_of(conn, &load_series(conn, id)?, true)?)))
+}
+
+/// Patches as one mbox, in the order given, as `git am` takes it.
+fn mbox_of(patches: &[Member]) -> Vec<u8> {
     let mut mbox = Vec::new();
-    for m in patches_of(conn, &load_series(conn, id)?, true)? {
+    for m in patches {
         patchbay_mail::write_mboxrd(&mut mbox, &m.raw);
     }
-    Ok(Some(mbox))
+    mbox
 }
 
 /// The mbox of the complete (or superseded-after-completion) series holding `message_id`.
@@ -943,11 +946,7 @@ pub fn complete_series_mbox(conn: &rusqlite::Connection, message_id: &str) -> Re
     if !patchbay_series::is_complete(s.total, &patches.iter().map(|m| m.slot).collect::<Vec<_>>()) {
         return Ok(None);
     }
-    let mut mbox = Vec::new();
-    for m in patches {
-        patchbay_mail::write_mboxrd(&mut mbox, &m.raw);
-    }
-    Ok(Some(String::from_utf8_lossy(&mbox).into_owned()))
+    Ok(Some(String::from_utf8_lossy(&mbox_of(&patches)).into_owned()))
 }
 
 /// Records series `id` as merged (`commits` in patch order, found in `branch` of `repository`)

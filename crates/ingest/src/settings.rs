@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use patchbay_model::{Invalid, Section};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 /// The default LMTP listener: loopback only.
 pub const DEFAULT_LMTP: &str = "127.0.0.1:8024";
@@ -13,11 +13,8 @@ pub const DEFAULT_LMTP: &str = "127.0.0.1:8024";
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IngestSettings {
-    /// Where `serve` accepts LMTP (`lmtp:` in Postfix or Exim), as written; `""` turns it off.
-    #[serde(rename = "lmtp_listen")]
-    pub lmtp_listen_text: String,
-    /// The LMTP address, read from `lmtp_listen` by `resolve`; `None` when off.
-    #[serde(skip)]
+    /// Where `serve` accepts LMTP (`lmtp:` in Postfix or Exim); `None` when set to `""`.
+    #[serde(deserialize_with = "listen_address")]
     pub lmtp_listen: Option<SocketAddr>,
     /// Larger mails are refused (LMTP 552; `inject` exits 65). Default 64 MiB.
     pub max_mail_bytes: u64,
@@ -34,7 +31,6 @@ pub struct IngestSettings {
 impl Default for IngestSettings {
     fn default() -> Self {
         IngestSettings {
-            lmtp_listen_text: DEFAULT_LMTP.into(),
             lmtp_listen: DEFAULT_LMTP.parse().ok(),
             max_mail_bytes: 64 << 20,
             incomplete_after_secs: 86_400,
@@ -49,12 +45,6 @@ impl Section for IngestSettings {
     const NAME: &'static str = "ingest";
 
     fn resolve(&mut self, _base: &Path) -> Result<(), Invalid> {
-        let text = &self.lmtp_listen_text;
-        self.lmtp_listen = if text.is_empty() {
-            None
-        } else {
-            Some(text.parse().map_err(|e| Invalid::new("lmtp_listen", format!("{text:?} is not an address such as {DEFAULT_LMTP}: {e}")))?)
-        };
         if self.max_mail_bytes < 1024 {
             return Err(Invalid::new("max_mail_bytes", format!("{} is too small (at least 1024)", self.max_mail_bytes)));
         }
@@ -72,6 +62,15 @@ impl Section for IngestSettings {
         }
         Ok(())
     }
+}
+
+/// `lmtp_listen`: an address, or `""` for none.
+fn listen_address<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|e| serde::de::Error::custom(format!("{text:?} is not an address such as {DEFAULT_LMTP}: {e}")))
 }
 
 impl IngestSettings {

@@ -26,7 +26,7 @@ pub enum Kind {
 impl Kind {
     /// The stored and wire name of the kind, spelled once, by `MailKind`.
     pub fn as_str(self) -> &'static str {
-        patchbay_model::MailKind::from(self).known().unwrap_or("comment")
+        patchbay_model::MailKind::from(self).known().expect("every Kind maps to a word MailKind defines")
     }
 }
 

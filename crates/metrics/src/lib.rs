@@ -7,16 +7,17 @@
 //! mail (reporter).
 //!
 //! One registry per process: metrics describe the process, and every service in it reports
-//! into the same one, as Prometheus's own clients do. Counting is lock-free; only encoding
-//! walks the families. No IO, no other patchbay crate.
+//! into the same one, as Prometheus's own clients do. The runtime resolves a service's
+//! counters once, at start, so counting a delivery is an atomic add. No IO, no other patchbay crate.
 
 use std::sync::LazyLock;
 
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::exponential_buckets;
+/// Metric handles (shared cells: a clone counts into the same metric).
+pub use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 use prometheus_client::registry::Registry;
 
 /// The label of per-service metrics: the service's sender name (`aggregator`, `runner`, …).
@@ -42,7 +43,8 @@ pub struct Metrics {
     pub handled: Family<ServiceLabel, Counter>,
     /// Deliveries that failed and were put back for a later attempt.
     pub retried: Family<ServiceLabel, Counter>,
-    /// Deliveries set aside for good (permanent failure, too many attempts, refused).
+    /// Deliveries a handler failed for good (permanent failure, too many attempts); those the
+    /// trust policy refuses before any handler are dead-lettered by the consumer, not counted.
     pub dead_lettered: Family<ServiceLabel, Counter>,
     /// How long one handler call took, whatever its outcome.
     pub handler_seconds: Family<ServiceLabel, Histogram, HandlerBuckets>,
@@ -60,27 +62,23 @@ pub struct Metrics {
 
 impl Metrics {
     fn new() -> Metrics {
-        let m = Metrics {
-            handled: Family::default(),
-            retried: Family::default(),
-            dead_lettered: Family::default(),
-            handler_seconds: Family::new_with_constructor(HandlerBuckets),
-            mails_stored: Counter::default(),
-            jobs_queued: Counter::default(),
-            jobs_running: Gauge::default(),
-            report_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 20)),
-            registry: Registry::with_prefix("patchbay"),
-        };
+        let handled = Family::<ServiceLabel, Counter>::default();
+        let retried = Family::<ServiceLabel, Counter>::default();
+        let dead_lettered = Family::<ServiceLabel, Counter>::default();
+        let handler_seconds = Family::new_with_constructor(HandlerBuckets);
+        let (mails_stored, jobs_queued, jobs_running) = (Counter::default(), Counter::default(), Gauge::default());
+        let report_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 20));
+        // The registry holds handles to the same metrics (they are shared cells).
         let mut registry = Registry::with_prefix("patchbay");
-        registry.register("messages_handled", "Deliveries a service handled and acknowledged", m.handled.clone());
-        registry.register("messages_retried", "Deliveries that failed and were put back for a later attempt", m.retried.clone());
-        registry.register("messages_dead_lettered", "Deliveries set aside for good", m.dead_lettered.clone());
-        registry.register("handler_seconds", "How long one handler call took", m.handler_seconds.clone());
-        registry.register("mails_stored", "Mails newly stored", m.mails_stored.clone());
-        registry.register("jobs_queued", "Test jobs queued by the dispatcher", m.jobs_queued.clone());
-        registry.register("jobs_running", "Test jobs this process runs now", m.jobs_running.clone());
-        registry.register("report_seconds", "From a verdict to its report mail handed over", m.report_seconds.clone());
-        Metrics { registry, ..m }
+        registry.register("messages_handled", "Deliveries a service handled and acknowledged", handled.clone());
+        registry.register("messages_retried", "Deliveries that failed and were put back for a later attempt", retried.clone());
+        registry.register("messages_dead_lettered", "Deliveries set aside for good", dead_lettered.clone());
+        registry.register("handler_seconds", "How long one handler call took", handler_seconds.clone());
+        registry.register("mails_stored", "Mails newly stored", mails_stored.clone());
+        registry.register("jobs_queued", "Test jobs queued by the dispatcher", jobs_queued.clone());
+        registry.register("jobs_running", "Test jobs this process runs now", jobs_running.clone());
+        registry.register("report_seconds", "From a verdict to its report mail handed over", report_seconds.clone());
+        Metrics { handled, retried, dead_lettered, handler_seconds, mails_stored, jobs_queued, jobs_running, report_seconds, registry }
     }
 
     /// The counters of one service.

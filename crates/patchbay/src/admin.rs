@@ -12,20 +12,21 @@ use crate::keys::{sealer, trust_policy};
 
 /// `patchbay config check`.
 pub fn config_check(path: Option<&Path>, data_dir: Option<&Path>, json: bool) -> Result<(), Exit> {
-    let result = (|| -> anyhow::Result<Config> {
+    let result = (|| -> anyhow::Result<(Config, Option<String>)> {
         let mut config = Config::load(path)?;
         if let Some(d) = data_dir {
             config.data_dir = d.to_path_buf();
         }
-        sealer(&config, false)?;
+        let signs_as = sealer(&config, false)?.key_id().map(str::to_string);
         trust_policy(&config)?;
         crate::services::reporter::report_template(&config)?;
-        Ok(config)
+        Ok((config, signs_as))
     })();
     match result {
-        Ok(config) => {
+        Ok((config, signs_as)) => {
             let key = crate::keys::key_path(&config);
-            let key_id = key.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            // The id inside the key; before `serve` generates it, the id it will have (its file's name).
+            let key_id = signs_as.unwrap_or_else(|| key.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
             let trust_dir = config.signing.trusted_keys_dir(&config.data_dir);
             let mut trusted: Vec<String> = std::fs::read_dir(&trust_dir)
                 .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".pub").map(str::to_string)).collect())

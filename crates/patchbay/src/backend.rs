@@ -87,7 +87,7 @@ pub async fn serve(
             let amqp = amqp(config, sealer).await?;
             // This process keeps the store for the namespace: a second one would assemble the
             // same series under other local ids and corrupt jobs, verdicts and reports.
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+            let host = patchbay_runner::hostname();
             let me = format!("patchbay serve, instance {}, on host {host:?}, data in {}", config.instance, config.data_dir.display());
             let claim = amqp.claim_namespace(&me).await.map_err(|e| match e {
                 patchbay_bus_amqp::ClaimError::Held { holder } => anyhow::anyhow!(

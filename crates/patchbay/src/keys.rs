@@ -55,8 +55,7 @@ fn distribution(public: &Path, id: &str, config: &Config) -> String {
 /// two hosts (or two instances on one host) never both call their key `local`, and each one's
 /// public key can sit in the others' trust directories without hand-editing.
 pub fn default_key_id(instance: &str) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").ok().or_else(|| std::env::var("HOSTNAME").ok()).unwrap_or_default();
-    key_id_for(host.trim(), instance)
+    key_id_for(&patchbay_runner::hostname(), instance)
 }
 
 /// `<host>-<instance>` as a key id: ASCII letters, digits, `.`, `_` and `-`, at most 64 bytes.
@@ -101,7 +100,9 @@ pub fn sealer(config: &Config, create: bool) -> anyhow::Result<Sealer> {
         return Ok(Sealer::new(None));
     }
     let dir = path.parent().unwrap_or(Path::new("."));
-    let key = SigningKey::generate(&default_key_id(&config.instance))?;
+    // The default path is `<id>.key`: its stem is the id, read from the host name once.
+    let id = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let key = SigningKey::generate(&id)?;
     match key.write(dir) {
         Ok(_) => {
             tracing::info!(key = %path.display(), id = key.id(), "Generated a signing key for this host and instance; other hosts trust it by holding its .pub in their signing.trusted_keys.");

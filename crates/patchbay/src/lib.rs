@@ -9,7 +9,7 @@
 //! - `serve`: [`serve::start`] returns a [`serve::Running`] (its bus, its LMTP
 //!   address, `reload()`, `stop()`). It only composes: on the embedded backend
 //!   every service shares one `EmbeddedBus`, so a commit wakes consumers at
-//!   once. It generates the `local` key on first start, listens with a 4,096
+//!   once. It generates the `<host>-<instance>` key on first start, listens with a 4,096
 //!   backlog, starts the `services` (the dispatcher, aggregator, reporter and
 //!   sweeps through `reload`), and a runner unless `--no-runner`; `SIGHUP`
 //!   reloads the config.

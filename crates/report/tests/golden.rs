@@ -1,6 +1,6 @@
 //! Report mails checked against golden files in `tests/golden/`: what a
 //! maintainer reads, whole. On a difference the test prints a line diff;
-//! `PATCHBAY_BLESS=1 cargo test -p patchbay-verdict --test golden` rewrites
+//! `PATCHBAY_BLESS=1 cargo test -p patchbay-report --test golden` rewrites
 //! the files (read the diff before committing them).
 
 use patchbay_report::compose::{Line, Recipients, Report, Settings, Thread, compose};

@@ -74,12 +74,14 @@ pub struct Mirror {
     dir: PathBuf,
 }
 
+/// FNV-1a of a URL: a stable short name for a remote.
+fn fnv1a(url: &str) -> u64 {
+    url.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
 fn mirror_name(url: &str) -> String {
     // Readable and unique enough: the last path words plus a hash of the whole URL.
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in url.bytes() {
-        h = (h ^ b as u64).wrapping_mul(0x100000001b3);
-    }
+    let h = fnv1a(url);
     let tail: String = url
         .trim_end_matches('/')
         .trim_end_matches(".git")
@@ -152,7 +154,7 @@ impl Mirror {
             return Ok(true);
         }
         // A stable name per remote (FNV-1a of its URL), so fetches of one remote reuse refs.
-        let key = url.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        let key = fnv1a(url);
         let refspec = format!("+refs/heads/*:refs/patchbay/remotes/{key:016x}/*");
         ok(self.git(), &["fetch", "--quiet", "--no-tags", url, &refspec]).await?;
         Ok(self.has_commit(commit).await)

@@ -348,6 +348,8 @@ fn branch_words(job: &Job) -> String {
     }
 }
 
-fn hostname() -> String {
+/// This machine's host name (empty when unknown): what scrubbing removes from output, and what
+/// names a host in key ids and in the namespace claim.
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
 }

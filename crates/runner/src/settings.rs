@@ -45,7 +45,7 @@ impl Default for RunnerSettings {
             max_attempts: 3,
             output_kib: 1024,
             cancel_superseded: true,
-            disk_mib: 4096,
+            disk_mib: crate::DEFAULT_DISK_QUOTA >> 20,
             etc_extra: Vec::new(),
         }
     }

@@ -296,6 +296,7 @@ pub async fn run(
         }
     };
     tracing::info!(service = %spec.name, queue = %spec.queue, "Service started.");
+    let counts = Arc::new(Counts::of(&spec.name));
     let spec = Arc::new(spec);
     let mut running: JoinSet<()> = JoinSet::new();
     let mut backoff = Duration::from_millis(200);
@@ -323,9 +324,9 @@ pub async fn run(
                         continue;
                     }
                     let held = slot.take();
-                    let (spec, handler) = (spec.clone(), handler.clone());
+                    let (spec, handler, counts) = (spec.clone(), handler.clone(), counts.clone());
                     running.spawn(async move {
-                        handle_one(spec, handler, delivery).await;
+                        handle_one(spec, handler, delivery, &counts).await;
                         drop(held);
                     });
                 }
@@ -429,11 +430,30 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-async fn handle_one(spec: Arc<ServiceSpec>, handler: Arc<dyn Handler>, delivery: Delivery) {
+/// A service's handles into the process's metrics, resolved once when it starts.
+struct Counts {
+    handled: patchbay_metrics::Counter,
+    retried: patchbay_metrics::Counter,
+    dead_lettered: patchbay_metrics::Counter,
+    seconds: patchbay_metrics::Histogram,
+}
+
+impl Counts {
+    fn of(service: &str) -> Counts {
+        let m = patchbay_metrics::metrics();
+        let label = m.service(service);
+        Counts {
+            handled: m.handled.get_or_create(&label).clone(),
+            retried: m.retried.get_or_create(&label).clone(),
+            dead_lettered: m.dead_lettered.get_or_create(&label).clone(),
+            seconds: m.handler_seconds.get_or_create(&label).clone(),
+        }
+    }
+}
+
+async fn handle_one(spec: Arc<ServiceSpec>, handler: Arc<dyn Handler>, delivery: Delivery, counts: &Counts) {
     let envelope = Arc::new(delivery.envelope.clone());
     let attempt = delivery.attempt;
-    let metrics = patchbay_metrics::metrics();
-    let label = metrics.service(&spec.name);
     let started = std::time::Instant::now();
     let outcome = {
         let envelope = envelope.clone();
@@ -444,28 +464,28 @@ async fn handle_one(spec: Arc<ServiceSpec>, handler: Arc<dyn Handler>, delivery:
             Err(join) => Err(HandlerError::Transient(if join.is_panic() { "handler panicked".into() } else { "handler cancelled".into() })),
         }
     };
-    metrics.handler_seconds.get_or_create(&label).observe(started.elapsed().as_secs_f64());
+    counts.seconds.observe(started.elapsed().as_secs_f64());
     let (id, topic, service) = (envelope.id, &envelope.topic, &spec.name);
     let settled = match outcome {
         Ok(()) => {
             tracing::debug!(%service, %id, %topic, attempt, "Handled.");
-            metrics.handled.get_or_create(&label).inc();
+            counts.handled.inc();
             delivery.ack().await
         }
         Err(HandlerError::Permanent(error)) => {
             tracing::warn!(%service, %id, %topic, attempt, %error, "Handler failed permanently; dead-lettered.");
-            metrics.dead_lettered.get_or_create(&label).inc();
+            counts.dead_lettered.inc();
             delivery.dead_letter(format!("permanent failure: {error}")).await
         }
         Err(HandlerError::Transient(error)) if attempt >= spec.retry.max_attempts => {
             tracing::warn!(%service, %id, %topic, attempt, %error, "Handler kept failing; dead-lettered.");
-            metrics.dead_lettered.get_or_create(&label).inc();
+            counts.dead_lettered.inc();
             delivery.dead_letter(format!("gave up after {attempt} attempts: {error}")).await
         }
         Err(HandlerError::Transient(error)) => {
             let delay = spec.retry.delay(attempt);
             tracing::info!(%service, %id, %topic, attempt, %error, retry_in = ?delay, "Handler failed; will retry.");
-            metrics.retried.get_or_create(&label).inc();
+            counts.retried.inc();
             delivery.retry(delay, error).await
         }
     };

@@ -81,8 +81,9 @@ impl<'a> PgTx<'a> {
 
 /// Rows taken per relay step.
 const BATCH: i64 = 500;
-/// How often an idle relay looks for new rows.
-const IDLE_POLL: Duration = Duration::from_millis(20);
+/// How often an idle relay looks for rows other processes committed (this process's commits
+/// wake it at once).
+const IDLE_POLL: Duration = Duration::from_millis(250);
 
 /// Sends committed outbox rows to the bus, in position order within a step, and marks them
 /// relayed. Any number may run against one store.
@@ -123,7 +124,7 @@ impl Relay {
         Ok(positions.len())
     }
 
-    /// How many rows wait to be relayed (for `/metrics` and tests).
+    /// How many rows wait to be relayed.
     pub async fn waiting(&self) -> Result<i64, PgError> {
         Ok(self.store.pool.get().await?.query_one("SELECT count(*) FROM outbox WHERE relayed_at IS NULL", &[]).await?.get(0))
     }
@@ -153,6 +154,7 @@ impl Relay {
             };
             tokio::select! {
                 () = &mut shutdown => return,
+                () = self.store.committed.notified(), if pause == IDLE_POLL => {}
                 () = tokio::time::sleep(pause) => {}
             }
         }

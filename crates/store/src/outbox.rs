@@ -10,6 +10,7 @@ impl Db {
     /// Where the reader named `key` stands, starting at the end of the log the first time:
     /// turning a reader on does not send the old log.
     pub async fn log_mark(&self, key: &'static str) -> Result<i64, StoreError> {
+        debug_assert!(key.ends_with("_pos"), "history pruning honours only marks named *_pos: {key}");
         self.write(move |tx| {
             tx.execute(
                 "INSERT INTO bus_meta (key, value) SELECT ?1, coalesce(max(pos), 0) FROM bus_messages WHERE true

@@ -33,7 +33,8 @@ use patchbay_config::Config;
 use patchbay_model::Sender;
 
 /// Missed messages fetched from the history in the data directory's store (its recorder copies
-/// every message there): a sender's range, indexed first so nothing just recorded is missed.
+/// every message there): a sender's range, indexing first when the range is not all there yet,
+/// so nothing just recorded is missed.
 pub struct HistoryReplay(pub patchbay_store::Db);
 
 impl std::fmt::Debug for HistoryReplay {
