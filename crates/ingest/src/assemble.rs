@@ -73,6 +73,9 @@ struct Hints {
     /// threads can be told apart later without parsing its mails again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     refs: Vec<String>,
+    /// The root of the mail's thread, when it is not the mail itself ([`crate::identity::root`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    root: Option<String>,
 }
 
 /// The messages a write produces, typed; the caller turns them into `Outgoing`.
@@ -128,6 +131,9 @@ pub fn accept(tx: &Tx<'_>, rules: &Rules, projects: &[Project], mail: &Incoming,
         change_id: p.change_id.clone(),
         supersedes: p.supersedes.clone(),
         refs: if matches!(p.kind, Kind::Patch | Kind::Cover) { cited(p) } else { Vec::new() },
+        root: Some(crate::identity::root(&p.message_id, &p.in_reply_to, &p.references))
+            .filter(|r| matches!(p.kind, Kind::Patch | Kind::Cover) && *r != p.message_id)
+            .map(str::to_string),
     };
     let hints_json = (hints != Hints::default()).then(|| serde_json::to_string(&hints).expect("hints serialize"));
     tx.prepare_cached(
@@ -154,7 +160,7 @@ pub fn accept(tx: &Tx<'_>, rules: &Rules, projects: &[Project], mail: &Incoming,
     let mut series = None;
     if conflicts_with.is_none() && matches!(p.kind, Kind::Patch | Kind::Cover) {
         match thread(tx, (rules, projects), id, mail, &lists, events, 0)? {
-            Ok(s) => series = Some(s),
+            Ok(s) => series = Some(load_series(tx, s)?.uid),
             Err(stray) => {
                 problems.push(stray);
                 tx.prepare_cached("UPDATE mails SET problems = ?2 WHERE id = ?1")?.execute(params![id, problems.join("\n")])?;
@@ -216,24 +222,29 @@ struct SeriesRow {
     name: String,
     state: String,
     date: i64,
+    /// The public id ([`crate::identity`]); `id` is the local row key.
+    uid: i64,
 }
 
 fn load_series(tx: &rusqlite::Connection, id: i64) -> Result<SeriesRow, StoreError> {
     Ok(tx
-        .prepare_cached("SELECT id, project, submitter, version, version_explicit, total, name, state, date FROM series WHERE id = ?1")?
+        .prepare_cached(
+            "SELECT id, project, submitter, version, version_explicit, total, name, state, date, uid FROM series WHERE id = ?1",
+        )?
         .query_row([id], |r| {
-        Ok(SeriesRow {
-            id: r.get(0)?,
-            project: r.get(1)?,
-            submitter: r.get(2)?,
-            version: r.get(3)?,
-            version_explicit: r.get(4)?,
-            total: r.get(5)?,
-            name: r.get(6)?,
-            state: r.get(7)?,
-            date: r.get(8)?,
-        })
-    })?)
+            Ok(SeriesRow {
+                id: r.get(0)?,
+                project: r.get(1)?,
+                submitter: r.get(2)?,
+                version: r.get(3)?,
+                version_explicit: r.get(4)?,
+                total: r.get(5)?,
+                name: r.get(6)?,
+                state: r.get(7)?,
+                date: r.get(8)?,
+                uid: r.get(9)?,
+            })
+        })?)
 }
 
 fn slots(tx: &rusqlite::Connection, series: i64) -> Result<Vec<u32>, StoreError> {
@@ -295,7 +306,7 @@ fn candidate(tx: &Tx<'_>, s: &SeriesRow, matched: Match, distance: usize, arriva
 
 fn head(s: &SeriesRow) -> SeriesHead {
     SeriesHead {
-        id: s.id,
+        id: s.uid,
         project: s.project.clone().unwrap_or_default(),
         name: s.name.clone(),
         submitter: s.submitter.clone(),
@@ -405,6 +416,7 @@ fn thread(
                 tx.prepare_cached("UPDATE series SET version = ?2, version_explicit = 1 WHERE id = ?1")?
                     .execute(params![sid, p.subject.version_or_1()])?;
             }
+            rekey(tx, sid)?;
             // The project may be named by a later mail only (the cover's `liburing: …` after
             // patches titled `test: …`): a series no project claimed yet is claimed now, and
             // one that completed unclaimed is taken back to `new`, so it completes (supersession
@@ -445,6 +457,7 @@ fn thread(
             let sid = tx.last_insert_rowid();
             tx.prepare_cached("INSERT INTO series_mails (series_id, slot, mail_id) VALUES (?1, ?2, ?3)")?
                 .execute(params![sid, slot, mail_id])?;
+            rekey(tx, sid)?;
             let s = load_series(tx, sid)?;
             if s.project.is_some() {
                 events.push(Event::New(SeriesNew { series: head(&s) }));
@@ -589,6 +602,51 @@ fn evict(tx: &Tx<'_>, series: i64, mails: &[i64]) -> Result<(), StoreError> {
          WHERE sm.series_id = ?1) WHERE id = ?1",
     )?
     .execute(params![series, subject::parse(first).title])?;
+    rekey(tx, series)
+}
+
+/// Derives series `id`'s public id again from its members ([`crate::identity`]) while it is
+/// still incomplete: a lower slot arrived or left, or its version became known. Fixed from
+/// completion on. On a collision with another series' id, the key's next id is taken.
+fn rekey(tx: &rusqlite::Connection, id: i64) -> Result<(), StoreError> {
+    let (state, version, old_key): (String, u32, Option<String>) = tx
+        .prepare_cached("SELECT state, version, uid_key FROM series WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    if !matches!(state.as_str(), "new" | "incomplete") {
+        return Ok(());
+    }
+    let mut stmt = tx.prepare_cached(
+        "SELECT sm.slot, m.message_id, m.hints, m.id, m.subject FROM series_mails sm JOIN mails m ON m.id = sm.mail_id
+         WHERE sm.series_id = ?1 ORDER BY sm.slot",
+    )?;
+    let rows: Vec<(u32, String, Option<String>, i64, String)> =
+        stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?.collect::<Result<_, _>>()?;
+    let Some(keyed) = crate::identity::keyed_slot(rows.iter().map(|r| r.0)) else { return Ok(()) };
+    let Some((_, message_id, hints, mail, subject)) = rows.into_iter().find(|r| r.0 == keyed) else { return Ok(()) };
+    let hints: Hints = hints.and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default();
+    let root = match (hints.root, hints.refs.is_empty()) {
+        (Some(root), _) => root,
+        (None, true) => message_id,
+        // Stored before roots were kept: read from the mail itself.
+        (None, false) => {
+            let raw: Vec<u8> = tx.prepare_cached("SELECT raw FROM mails WHERE id = ?1")?.query_row([mail], |r| r.get(0))?;
+            let p = patchbay_mail::parse(&raw);
+            crate::identity::root(&p.message_id, &p.in_reply_to, &p.references).to_string()
+        }
+    };
+    let key = crate::identity::key(&root, version, subject::parse(&subject).resend);
+    if old_key.as_deref() == Some(key.as_str()) {
+        return Ok(());
+    }
+    let mut taken = tx.prepare_cached("SELECT id FROM series WHERE uid = ?1")?;
+    for n in 0.. {
+        let uid = crate::identity::uid(&key, n);
+        let holder: Option<i64> = taken.query_row([uid], |r| r.get(0)).optional()?;
+        if holder.is_none_or(|h| h == id) {
+            tx.prepare_cached("UPDATE series SET uid = ?2, uid_key = ?3 WHERE id = ?1")?.execute(params![id, uid, key])?;
+            break;
+        }
+    }
     Ok(())
 }
 
@@ -687,6 +745,7 @@ fn complete(tx: &Tx<'_>, s: &SeriesRow, now: i64, events: &mut Vec<Event>) -> Re
         Some(id) => Some(id),
         None => tx.prepare_cached("SELECT supersedes FROM series WHERE id = ?1")?.query_row([s.id], |r| r.get(0))?,
     };
+    let supersedes = supersedes.map(|id| load_series(tx, id).map(|o| o.uid)).transpose()?;
     let (mbox, mbox_base64) = patchbay_model::mbox_fields(&mbox);
     // A cover none of the patches cites was placed by markers alone: it may yet move (to the
     // posting whose patches cite it), so it is not announced as this series' cover.
@@ -750,7 +809,7 @@ fn replaced_by_newer(
             )?
             .execute(params![nid, s.id, s.version])?;
             if s.project.is_some() {
-                events.push(Event::Superseded(SeriesSuperseded { series: head(s), by: nid, by_version: n.version }));
+                events.push(Event::Superseded(SeriesSuperseded { series: head(s), by: n.uid, by_version: n.version }));
             }
             return Ok(true);
         }
@@ -854,7 +913,7 @@ fn replace_older(
                 .execute(params![oid, s.id, now])?;
             // Announced once: one only moved to a nearer successor was announced already.
             if o.project.is_some() && o.state != "superseded" {
-                events.push(Event::Superseded(SeriesSuperseded { series: head(&o), by: s.id, by_version: s.version }));
+                events.push(Event::Superseded(SeriesSuperseded { series: head(&o), by: s.uid, by_version: s.version }));
             }
             // The nearest version replaced is the one this series names as its predecessor.
             supersedes.get_or_insert(oid);
@@ -915,10 +974,13 @@ pub fn sweep(tx: &Tx<'_>, age: Age, cutoff: i64, now: i64, events: &mut Vec<Even
 /// from the version it re-rolls (what `git am` needs), complete or not; `None` for no such
 /// series. The HTTP API's `/series/{id}/mbox` reads it, so it matches the `complete` event.
 pub fn series_mbox(conn: &rusqlite::Connection, id: i64) -> Result<Option<Vec<u8>>, StoreError> {
-    if conn.query_row("SELECT 1 FROM series WHERE id = ?1", [id], |_| Ok(())).optional()?.is_none() {
-        return Ok(None);
-    }
+    let Some(id) = local_id(conn, id)? else { return Ok(None) };
     Ok(Some(mbox_of(&patches_of(conn, &load_series(conn, id)?, true)?)))
+}
+
+/// The local row key of the series whose public id is `uid`, if this store has it.
+pub(crate) fn local_id(conn: &rusqlite::Connection, uid: i64) -> Result<Option<i64>, StoreError> {
+    Ok(conn.prepare_cached("SELECT id FROM series WHERE uid = ?1")?.query_row([uid], |r| r.get(0)).optional()?)
 }
 
 /// Patches as one mbox, in the order given, as `git am` takes it.
@@ -949,7 +1011,7 @@ pub fn complete_series_mbox(conn: &rusqlite::Connection, message_id: &str) -> Re
     Ok(Some(String::from_utf8_lossy(&mbox_of(&patches)).into_owned()))
 }
 
-/// Records series `id` as merged (`commits` in patch order, found in `branch` of `repository`)
+/// Records series `id` (public) as merged (`commits` in patch order, found in `branch` of `repository`)
 /// and announces it, once: `None` when it was recorded before or there is no such series.
 pub(crate) fn mark_merged(
     tx: &rusqlite::Connection,
@@ -960,9 +1022,7 @@ pub(crate) fn mark_merged(
     now: i64,
     events: &mut Vec<Event>,
 ) -> Result<Option<SeriesMerged>, StoreError> {
-    if tx.query_row("SELECT 1 FROM series WHERE id = ?1", [id], |_| Ok(())).optional()?.is_none() {
-        return Ok(None);
-    }
+    let Some(id) = local_id(tx, id)? else { return Ok(None) };
     let json = serde_json::to_string(commits).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let added = tx.execute(
         "INSERT INTO series_merged (series_id, repository, branch, commits, merged_at) VALUES (?1, ?2, ?3, ?4, ?5)

@@ -51,7 +51,9 @@
 //! `supersedes`/`superseded_by`), `series_mails` (PK `(series_id, slot)`,
 //! `mail_id` UNIQUE), `series_refs`, `import_marks`; `series_merged` (migration
 //! 9: series found in their branch upstream, [`Ingest::mark_merged`], shown as
-//! the state `merged` by [`SeriesStore`]).
+//! the state `merged` by [`SeriesStore`]); `series.uid` (migration 10), the
+//! public id every message, port and link uses ([`identity`]), while `id` stays
+//! the local key the series tables join on.
 //!
 //! Entry points: [`Ingest::accept`] (LMTP, `inject`, `import`), the sweeps,
 //! [`lmtp::serve`] (RFC 2033 with limits, see `lmtp.rs`), and [`archive`] for
@@ -61,6 +63,7 @@
 
 pub mod archive;
 mod assemble;
+pub mod identity;
 pub mod lmtp;
 mod read;
 pub mod settings;

@@ -25,7 +25,8 @@ pub struct MailAge {
     pub test_anyway: bool,
 }
 
-/// What readers ask of the series store; one implementation per store backend.
+/// What readers ask of the series store; one implementation per store backend. Series are
+/// named by their public id (`SeriesHead::id`, [`crate::identity`]), never a local key.
 #[async_trait]
 pub trait SeriesStore: Send + Sync + 'static {
     /// Series newest first as `filter` narrows them (`verdict` left empty: the results store
@@ -57,7 +58,7 @@ macro_rules! state {
     };
 }
 const STATE: &str = state!();
-const SERIES_COLUMNS: &str = concat!("s.id, s.project, s.submitter, s.name, s.version, s.total, ", state!(), ", s.created_at");
+const SERIES_COLUMNS: &str = concat!("s.uid, s.project, s.submitter, s.name, s.version, s.total, ", state!(), ", s.created_at");
 
 fn series_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SeriesRow> {
     Ok(SeriesRow {
@@ -102,7 +103,7 @@ impl SeriesStore for Db {
 
     async fn series(&self, id: i64) -> Result<Option<SeriesRow>, StoreError> {
         self.read(move |c| {
-            Ok(c.query_row(&format!("SELECT {SERIES_COLUMNS} FROM series s WHERE s.id = ?1"), [id], series_row).optional()?)
+            Ok(c.query_row(&format!("SELECT {SERIES_COLUMNS} FROM series s WHERE s.uid = ?1"), [id], series_row).optional()?)
         })
         .await
     }
@@ -110,9 +111,11 @@ impl SeriesStore for Db {
     async fn patches(&self, id: i64) -> Result<Vec<PatchRow>, StoreError> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT sm.slot, m.id, m.subject, m.message_id FROM series_mails sm JOIN mails m ON m.id = sm.mail_id WHERE sm.series_id = ?1 ORDER BY sm.slot",
+                "SELECT sm.slot, m.id, m.subject, m.message_id FROM series_mails sm JOIN mails m ON m.id = sm.mail_id
+                 WHERE sm.series_id = (SELECT id FROM series WHERE uid = ?1) ORDER BY sm.slot",
             )?;
-            let rows = stmt.query_map([id], |r| Ok(PatchRow { slot: r.get(0)?, mail_id: r.get(1)?, subject: r.get(2)?, message_id: r.get(3)? }))?;
+            let rows =
+                stmt.query_map([id], |r| Ok(PatchRow { slot: r.get(0)?, mail_id: r.get(1)?, subject: r.get(2)?, message_id: r.get(3)? }))?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
@@ -120,13 +123,13 @@ impl SeriesStore for Db {
 
     async fn versions(&self, id: i64) -> Result<Vec<(i64, u32)>, StoreError> {
         self.read(move |c| {
-            let Some(version) = c.query_row("SELECT version FROM series WHERE id = ?1", [id], |r| r.get::<_, u32>(0)).optional()? else {
+            let Some(version) = c.query_row("SELECT version FROM series WHERE uid = ?1", [id], |r| r.get::<_, u32>(0)).optional()? else {
                 return Ok(Vec::new());
             };
             // Walk the supersession links both ways (bounded).
             let link = |col: &str, from: i64| -> rusqlite::Result<Option<(i64, u32)>> {
                 c.query_row(
-                    &format!("SELECT s2.id, s2.version FROM series s JOIN series s2 ON s2.id = s.{col} WHERE s.id = ?1"),
+                    &format!("SELECT s2.uid, s2.version FROM series s JOIN series s2 ON s2.id = s.{col} WHERE s.uid = ?1"),
                     [from],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
@@ -162,7 +165,7 @@ impl SeriesStore for Db {
             let row: (Option<i64>, bool) = c.query_row(
                 "SELECT max(coalesce(m.date, m.received_at)),
                         coalesce(max(EXISTS (SELECT 1 FROM mail_lists l WHERE l.mail_id = m.id AND l.list_id = ?2)), 0)
-                 FROM series_mails sm JOIN mails m ON m.id = sm.mail_id WHERE sm.series_id = ?1",
+                 FROM series_mails sm JOIN mails m ON m.id = sm.mail_id WHERE sm.series_id = (SELECT id FROM series WHERE uid = ?1)",
                 params![id, TEST_ANYWAY_LIST],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
@@ -174,7 +177,7 @@ impl SeriesStore for Db {
     async fn unmerged(&self, project: String, since: i64, limit: u32) -> Result<Vec<i64>, StoreError> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT s.id FROM series s WHERE s.project = ?1 AND s.state = 'complete' AND s.created_at >= ?2
+                "SELECT s.uid FROM series s WHERE s.project = ?1 AND s.state = 'complete' AND s.created_at >= ?2
                  AND NOT EXISTS (SELECT 1 FROM series_merged x WHERE x.series_id = s.id) ORDER BY s.id DESC LIMIT ?3",
             )?;
             let rows = stmt.query_map(params![project, since, limit], |r| r.get(0))?;

@@ -64,7 +64,7 @@ pub struct MailReceived {
     pub problems: Vec<String>,
     /// Set when another mail with the same Message-ID but different content was stored first.
     pub conflicts_with: Option<i64>,
-    /// The series the mail was placed in, if any.
+    /// The series the mail was placed in, if any (its public id).
     pub series: Option<i64>,
 }
 
@@ -92,7 +92,8 @@ pub struct SeriesPatch {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SeriesHead {
-    /// The store's id for the series.
+    /// The series' public id: derived from its mails, so every store that saw them names the
+    /// series alike (series stored before keep their local number).
     pub id: i64,
     /// The project it belongs to (series events are published for matched projects only).
     pub project: String,

@@ -570,7 +570,7 @@ fn settled_reports(db: &Path, name: Option<&str>, n: usize, secs: u64) -> Vec<(u
             .and_then(|c| {
                 let mut s = c
                     .prepare(
-                        "SELECT r.version, r.state FROM reports r JOIN series s ON s.id = r.series_id
+                        "SELECT r.version, r.state FROM reports r JOIN series s ON s.uid = r.series_id
                          WHERE ?1 IS NULL OR s.name = ?1 ORDER BY r.series_id, r.version",
                     )
                     .ok()?;

@@ -289,7 +289,7 @@ impl Reporter {
             self.bus
                 .db()
                 .read(move |c| {
-                    Ok(c.query_row("SELECT state = 'superseded' FROM series WHERE id = ?1", [id], |r| r.get::<_, bool>(0))
+                    Ok(c.query_row("SELECT state = 'superseded' FROM series WHERE uid = ?1", [id], |r| r.get::<_, bool>(0))
                         .optional()?
                         .unwrap_or(false))
                 })

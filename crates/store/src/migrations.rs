@@ -225,6 +225,16 @@ const STEPS: &[&str] = &[
         merged_at  INTEGER NOT NULL
     );
     ",
+    // 10: a series' public id (`uid`), the same on every store that saw the same mails: derived
+    // from them by the ingest crate (`uid_key` is what it was derived from), never a local
+    // counter. Series stored before keep their number, which their jobs, reports and links
+    // already carry; `id` stays the local row key the series tables join on.
+    "
+    ALTER TABLE series ADD COLUMN uid INTEGER;
+    ALTER TABLE series ADD COLUMN uid_key TEXT;
+    UPDATE series SET uid = id;
+    CREATE UNIQUE INDEX series_uid ON series (uid);
+    ",
 ];
 
 /// Brings the database up to the latest schema.
@@ -243,4 +253,39 @@ pub fn run(conn: &mut Connection) -> Result<(), StoreError> {
     }
     tx.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_stored_before_public_ids_keep_their_number() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for step in &STEPS[..9] {
+            conn.execute_batch(step).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 9).unwrap();
+        for id in [1, 7] {
+            conn.execute(
+                "INSERT INTO series (id, submitter, version, version_explicit, total, name, state, date, created_at, updated_at)
+                 VALUES (?1, 'a@example.org', 1, 0, 2, 'x', 'complete', 0, 0, 0)",
+                [id],
+            )
+            .unwrap();
+        }
+        run(&mut conn).unwrap();
+        let rows: Vec<(i64, i64, Option<String>)> = conn
+            .prepare("SELECT id, uid, uid_key FROM series ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows, vec![(1, 1, None), (7, 7, None)]);
+        // Public ids are unique: a second series cannot take one.
+        let dup = conn.execute("UPDATE series SET uid = 1 WHERE id = 7", []);
+        assert!(dup.is_err(), "{dup:?}");
+        assert_eq!(conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)).unwrap(), STEPS.len() as i64);
+    }
 }

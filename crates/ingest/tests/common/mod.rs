@@ -40,15 +40,19 @@ pub async fn all_series(ingest: &Ingest) -> Vec<SeriesRow> {
         .db()
         .read(|c| {
             let mut out = Vec::new();
-            let mut stmt = c.prepare("SELECT id, version, total, state, name, supersedes FROM series ORDER BY id")?;
-            let rows: Vec<(i64, u32, u32, String, String, Option<i64>)> = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?
+            // Public ids, as the events carry them; members by the local key.
+            let mut stmt = c.prepare(
+                "SELECT s.id, s.uid, s.version, s.total, s.state, s.name, p.uid FROM series s
+                 LEFT JOIN series p ON p.id = s.supersedes ORDER BY s.id",
+            )?;
+            let rows: Vec<(i64, i64, u32, u32, String, String, Option<i64>)> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))?
                 .collect::<Result<_, _>>()?;
-            for (id, version, total, state, name, supersedes) in rows {
+            for (local, id, version, total, state, name, supersedes) in rows {
                 let mut m = c.prepare(
                     "SELECT sm.slot, m.message_id FROM series_mails sm JOIN mails m ON m.id = sm.mail_id WHERE sm.series_id = ?1 ORDER BY sm.slot",
                 )?;
-                let members: Vec<(u32, String)> = m.query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+                let members: Vec<(u32, String)> = m.query_map([local], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
                 let cover = members.iter().find(|(s, _)| *s == 0).map(|(_, id)| id.clone());
                 let patches = members.into_iter().filter(|(s, _)| *s > 0).collect();
                 out.push(SeriesRow { id, version, total, state, cover, patches, name, supersedes });
