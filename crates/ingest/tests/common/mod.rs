@@ -45,7 +45,8 @@ pub async fn all_series(ingest: &Ingest) -> Vec<SeriesRow> {
                 "SELECT s.id, s.uid, s.version, s.total, s.state, s.name, p.uid FROM series s
                  LEFT JOIN series p ON p.id = s.supersedes ORDER BY s.id",
             )?;
-            let rows: Vec<(i64, i64, u32, u32, String, String, Option<i64>)> = stmt
+            type Row = (i64, i64, u32, u32, String, String, Option<i64>);
+            let rows: Vec<Row> = stmt
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))?
                 .collect::<Result<_, _>>()?;
             for (local, id, version, total, state, name, supersedes) in rows {
