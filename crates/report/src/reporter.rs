@@ -65,7 +65,7 @@ fn facts(conn: &rusqlite::Connection, v: &SeriesVerdict, link_base: Option<&str>
     let row: Option<(String, Vec<u8>, String, Option<String>)> = conn
         .query_row(
             "SELECT m.message_id, m.raw, m.subject, m.from_email FROM series_mails sm JOIN mails m ON m.id = sm.mail_id
-             WHERE sm.series_id = ?1 AND sm.slot IN (0, 1) ORDER BY sm.slot LIMIT 1",
+             WHERE sm.series_id = (SELECT id FROM series WHERE uid = ?1) AND sm.slot IN (0, 1) ORDER BY sm.slot LIMIT 1",
             [v.series.id],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
