@@ -102,21 +102,31 @@ pub async fn serve(
             })?;
             let bus: Arc<dyn Bus> = Arc::new(amqp);
             let log = EmbeddedBus::open(&config.data_dir, Sealer::default())?;
-            let spec = ServiceSpec::new(
-                &format!("serve-log.{}", config.instance),
-                vec![TopicPattern::parse(&format!("{}.#", config.bus.root.as_str()))?],
-            );
-            // Declare and bind the queue before `serve` answers anything: RabbitMQ drops what
-            // matches no binding, so a publish right after start-up must find it in place.
-            drop(bus.subscribe(QueueSpec::new(spec.queue.clone(), spec.patterns.clone())).await?);
-            let handler = Arc::new(Recorder { log: log.clone() });
-            let recorder_bus = bus.clone();
-            let recorder = tokio::spawn(async move {
-                if let Err(error) = patchbay_runtime::run(recorder_bus, policy, spec, handler, shutdown).await {
-                    tracing::error!(%error, "The stream recorder stopped.");
-                }
-            });
+            let recorder = recorder(config, bus.clone(), log.clone(), policy, shutdown).await?;
             Ok(Served { bus, log: Arc::new(log), recorder: Some(recorder), store: None, claim: Some(claim) })
         }
     }
+}
+
+/// On RabbitMQ, the recorder: every message of the namespace copied into `log` (the data
+/// directory's), for the stream, the history and replay; its queue is the instance's own
+/// (`serve-log.<instance>`), so every instance keeping a log gets every message.
+pub async fn recorder(
+    config: &Config,
+    bus: Arc<dyn Bus>,
+    log: EmbeddedBus,
+    policy: Arc<TrustPolicy>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let spec =
+        ServiceSpec::new(&format!("serve-log.{}", config.instance), vec![TopicPattern::parse(&format!("{}.#", config.bus.root.as_str()))?]);
+    // Declare and bind the queue before anything is answered: RabbitMQ drops what matches no
+    // binding, so a publish right after start-up must find it in place.
+    drop(bus.subscribe(QueueSpec::new(spec.queue.clone(), spec.patterns.clone())).await?);
+    let handler = Arc::new(Recorder { log });
+    Ok(tokio::spawn(async move {
+        if let Err(error) = patchbay_runtime::run(bus, policy, spec, handler, shutdown).await {
+            tracing::error!(%error, "The stream recorder stopped.");
+        }
+    }))
 }

@@ -62,6 +62,7 @@ pub mod history;
 pub mod ingest;
 pub mod keys;
 pub mod reload;
+pub mod run;
 pub mod serve;
 pub mod services;
 pub mod tasks;

@@ -2,7 +2,9 @@
 //! parses arguments and calls the library; `main` alone turns errors into exit
 //! codes.
 
-use patchbay::{Exit, admin, ci, client, demo, history, ingest, init_logging, init_logging_quiet, keys, runtime, serve};
+use patchbay::{
+    Exit, admin, ci, client, demo, history, ingest, init_logging, init_logging_quiet, keys, run as run_service, runtime, serve,
+};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +30,8 @@ struct Cli {
 enum Command {
     /// Run every service in one process on the embedded bus, with the HTTP listener.
     Serve(serve::ServeArgs),
+    /// Run one service in a process of its own (ingest, dispatcher, runner, aggregator, reporter, logs, history, relay, merged, web).
+    Run(run_service::RunArgs),
     /// Try it offline: a sample project, a good and a broken series posted over LMTP, tested, reported.
     Demo(demo::DemoArgs),
     /// Publish one message from a shell script (like fedmsg-logger).
@@ -150,6 +154,11 @@ fn run(cli: Cli) -> Result<(), Exit> {
             let config = load_config(&cli)?;
             init_logging(&config);
             runtime()?.block_on(serve::serve(config, args, patchbay::tasks::shutdown_signal())).map_err(Exit::from)
+        }
+        Command::Run(args) => {
+            let config = load_config(&cli)?;
+            init_logging(&config);
+            runtime()?.block_on(run_service::run(config, args, patchbay::tasks::shutdown_signal())).map_err(Exit::from)
         }
         Command::Publish(args) => {
             let config = load_config(&cli)?;

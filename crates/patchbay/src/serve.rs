@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use patchbay_config::Config;
-use patchbay_web::AppState;
 
 use crate::tasks::closed;
 
@@ -66,7 +65,7 @@ impl Running {
 /// A listening socket with a backlog of 4,096 (the kernel caps it at `net.core.somaxconn`):
 /// tokio's 1,024 overflows when a burst of clients (an MTA's queue run, a flood of idle
 /// sockets) arrives faster than `accept` runs, and a dropped SYN costs a newcomer a 1 s retry.
-fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+pub(crate) fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
@@ -134,7 +133,7 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
     };
     // Full test logs: recorded from `ci.test.log` into the store, served over HTTP.
     let logs = patchbay_logs::LogStore::new(ingest.bus().db().clone());
-    tasks.push(crate::services::logs::start(&config, logs.clone(), served.bus.clone(), policy.clone(), closing_rx.clone())?);
+    tasks.push(crate::services::logs::start(&config, logs, served.bus.clone(), policy.clone(), closing_rx.clone())?);
     let reloader = crate::reload::Reloader::start(
         config.clone(),
         served.bus.clone(),
@@ -146,35 +145,14 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
     let addr = args.http.unwrap_or(config.http_listen);
     let listener = listen(addr).with_context(|| format!("listening on {addr} (http.listen)"))?;
     let local = listener.local_addr()?;
-    let state = Arc::new(AppState {
-        bus: served.bus.clone(),
-        log: served.log.clone(),
-        root: config.bus.root.clone(),
-        authority: config.authority.clone(),
-        publishing: patchbay_web::Publishing {
-            loopback_without_token: config.http_publish.loopback_without_token,
-            allowed_origins: config.http_publish.allowed_origins.clone(),
-            local_tokens: crate::keys::local_publish_token(&config.data_dir, true)?.map(|t| ("local".to_string(), t)).into_iter().collect(),
-        },
-        instance: config.instance.clone(),
-        closing: closing_rx.clone(),
-        logs: Some(Arc::new(crate::services::web::StoreLogs(logs.clone()))),
-        results: Some(Arc::new(crate::services::web::StoreResults {
-            db: ingest.bus().db().clone(),
-            aggregator: crate::services::aggregator::aggregator(&config, ingest.bus().clone(), served.bus.clone()),
-        })),
-        admin_tokens: config.admin_tokens.clone(),
-        history: Some(Arc::new(crate::services::web::StoreHistory(ingest.bus().db().clone()))),
-        pages: Some(Arc::new(crate::services::web::StorePages { db: ingest.bus().db().clone(), root: config.bus.root.clone() })),
-        jobs: Some(Arc::new(crate::services::web::Rerun {
-            db: ingest.bus().db().clone(),
-            bus: served.bus.clone(),
-            root: config.bus.root.clone(),
-            instance: config.instance.clone(),
-        })),
-        reload: Some(reloader.clone()),
-        ready: Some(Arc::new(crate::services::web::StoreReadiness { bus: served.bus.clone(), db: ingest.bus().db().clone() })),
-    });
+    let state = crate::services::web::state(
+        &config,
+        served.bus.clone(),
+        served.log.clone(),
+        ingest.bus().clone(),
+        Some(reloader.clone()),
+        closing_rx.clone(),
+    )?;
     // RabbitMQ: what the store's services commit into the local log goes on to the broker.
     if served.store.is_none() {
         tasks.push(crate::services::relay::start(&config, ingest.bus().db().clone(), served.bus.clone(), closing_rx.clone()).await?);
@@ -184,16 +162,7 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
     // Merged series (`merged.interval_secs`, and at once on `git.branch.updated`).
     tasks.extend(crate::services::merged::start(&config, ingest.clone(), served.bus.clone(), policy.clone(), closing_rx.clone())?);
     let http_closing = closed(closing_rx.clone());
-    let (cap, limits) = (default_connection_cap(), &config.connections);
-    let http_limits = patchbay_web::limits::Limits {
-        request_timeout: std::time::Duration::from_secs(limits.http_request_timeout_secs),
-        ..patchbay_web::limits::Limits::new(limits.http_max_connections.unwrap_or(cap))
-    };
-    let lmtp_limits = patchbay_ingest::lmtp::Limits {
-        max_bytes: config.ingest.max_mail_bytes,
-        max_connections: limits.lmtp_max_connections.unwrap_or(cap),
-        idle: std::time::Duration::from_secs(limits.lmtp_idle_secs),
-    };
+    let (http_limits, lmtp_limits) = (http_limits(&config), lmtp_limits(&config));
     tracing::info!(http = http_limits.max_connections, lmtp = lmtp_limits.max_connections, "Connection caps set.");
     let http_task =
         tokio::spawn(async move { patchbay_web::serve(listener, state, http_limits, http_closing).await.map_err(anyhow::Error::from) });
@@ -223,6 +192,25 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
     println!("patchbay: serving http://{local} with data in {}", config.data_dir.display());
     tracing::info!(%local, data_dir = %config.data_dir.display(), topics = %config.bus.root.as_str(), backend = ?config.bus.backend, "Serving.");
     Ok(Running { bus: served.bus, lmtp, closing: closing_tx, http_task, lmtp_task, tasks, reloader, _claim: served.claim })
+}
+
+/// The HTTP listener's limits (`[connections]`).
+pub(crate) fn http_limits(config: &Config) -> patchbay_web::limits::Limits {
+    let limits = &config.connections;
+    patchbay_web::limits::Limits {
+        request_timeout: std::time::Duration::from_secs(limits.http_request_timeout_secs),
+        ..patchbay_web::limits::Limits::new(limits.http_max_connections.unwrap_or(default_connection_cap()))
+    }
+}
+
+/// The LMTP listener's limits (`[connections]`, `ingest.max_mail_bytes`).
+pub(crate) fn lmtp_limits(config: &Config) -> patchbay_ingest::lmtp::Limits {
+    let limits = &config.connections;
+    patchbay_ingest::lmtp::Limits {
+        max_bytes: config.ingest.max_mail_bytes,
+        max_connections: limits.lmtp_max_connections.unwrap_or(default_connection_cap()),
+        idle: std::time::Duration::from_secs(limits.lmtp_idle_secs),
+    }
 }
 
 /// The default cap on LMTP and on HTTP connections: a quarter of the open-file limit each

@@ -258,6 +258,28 @@ pub fn app(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// The probes alone (`/healthz`, `/readyz` over `ready`, `/metrics`), for a process that runs
+/// one service other than the web edge (`patchbay run <service> --http`): what an operator's
+/// orchestrator and Prometheus ask of every process. Anything else is the JSON 404.
+pub fn probes(ready: Option<Arc<dyn Readiness>>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(move || async move { ready_answer(ready.as_ref()).await }))
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            AppError { status: StatusCode::NOT_FOUND, message: "this process serves /healthz, /readyz and /metrics only".into() }
+        })
+}
+
+/// Serves [`probes`] on `listener` until `shutdown` resolves.
+pub async fn serve_probes(
+    listener: tokio::net::TcpListener,
+    ready: Option<Arc<dyn Readiness>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    limits::serve(listener, probes(ready), limits::Limits::new(64), shutdown).await
+}
+
 /// Serves `app` on `listener` within `limits` (connections, header and body sizes, request
 /// timeout; see [`limits`]) until `shutdown` resolves.
 pub async fn serve(
@@ -693,7 +715,12 @@ async fn metrics() -> Response {
 
 /// `GET /readyz`: 200 when every dependency answers (within 5 s), else 503; each one named.
 async fn readyz(State(st): State<Arc<AppState>>) -> Response {
-    let checks = match &st.ready {
+    ready_answer(st.ready.as_ref()).await
+}
+
+/// The `/readyz` answer for `ready`'s checks.
+async fn ready_answer(ready: Option<&Arc<dyn Readiness>>) -> Response {
+    let checks = match ready {
         Some(r) => tokio::time::timeout(std::time::Duration::from_secs(5), r.check())
             .await
             .unwrap_or_else(|_| vec![("checks".to_string(), Some("no answer within 5 s".to_string()))]),

@@ -237,3 +237,40 @@ impl patchbay_web::Readiness for StoreReadiness {
         })
     }
 }
+
+/// The HTTP edge over the data directory's store, every port in place: `serve`'s, with its
+/// config `reload`, and `patchbay run web`'s, without (it follows no services to restart).
+pub fn state(
+    config: &patchbay_config::Config,
+    bus: Arc<dyn Bus>,
+    log: Arc<dyn patchbay_bus::MessageLog>,
+    store: patchbay_store::EmbeddedBus,
+    reload: Option<Arc<dyn patchbay_web::ConfigReload>>,
+    closing: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Arc<patchbay_web::AppState>> {
+    let db = store.db().clone();
+    Ok(Arc::new(patchbay_web::AppState {
+        bus: bus.clone(),
+        log,
+        root: config.bus.root.clone(),
+        authority: config.authority.clone(),
+        publishing: patchbay_web::Publishing {
+            loopback_without_token: config.http_publish.loopback_without_token,
+            allowed_origins: config.http_publish.allowed_origins.clone(),
+            local_tokens: crate::keys::local_publish_token(&config.data_dir, true)?.map(|t| ("local".to_string(), t)).into_iter().collect(),
+        },
+        instance: config.instance.clone(),
+        closing,
+        logs: Some(Arc::new(StoreLogs(patchbay_logs::LogStore::new(db.clone())))),
+        results: Some(Arc::new(StoreResults {
+            db: db.clone(),
+            aggregator: crate::services::aggregator::aggregator(config, store, bus.clone()),
+        })),
+        admin_tokens: config.admin_tokens.clone(),
+        history: Some(Arc::new(StoreHistory(db.clone()))),
+        pages: Some(Arc::new(StorePages { db: db.clone(), root: config.bus.root.clone() })),
+        jobs: Some(Arc::new(Rerun { db: db.clone(), bus: bus.clone(), root: config.bus.root.clone(), instance: config.instance.clone() })),
+        reload,
+        ready: Some(Arc::new(StoreReadiness { bus, db })),
+    }))
+}

@@ -1,0 +1,238 @@
+//! `patchbay run <service>`: one service of `serve` in a process of its own, on the bus and
+//! the store the config names, with `/healthz`, `/readyz` and `/metrics` on `--http`. Each
+//! reads the one config file and uses its own section; what it shares with the others is the
+//! bus and the store, so a process can stop, crash or restart without the others noticing
+//! more than a pause.
+//!
+//! On RabbitMQ a service's queue exists from its first start on (durable): start each service
+//! once before mail flows, or what it would have consumed meanwhile goes nowhere.
+//!
+//! The store is the data directory's SQLite database until PostgreSQL takes its place
+//! (`store.url`, issue 15): processes sharing it run on one host, one of each service per data
+//! directory (the runner excepted: runners run anywhere, as `patchbay runner`). The threader
+//! runs inside ingest's transaction (a design decision, see ARCHITECTURE.md), so `run ingest`
+//! is both.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use patchbay_bus::Bus;
+use patchbay_config::{BusBackend, Config};
+use patchbay_store::EmbeddedBus;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::tasks::{closed, spawn_every};
+
+/// A service `patchbay run` can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Service {
+    /// Mail in: LMTP (`ingest.lmtp_listen` or `--lmtp`), series assembly, the incomplete-series deadline.
+    Ingest,
+    /// Complete series in, one job per (test, arch) out.
+    Dispatcher,
+    /// Jobs in, results out (as `patchbay runner`).
+    Runner,
+    /// Results in, one verdict per series version out; the verdict deadline.
+    Aggregator,
+    /// Verdicts in, one report mail each.
+    Reporter,
+    /// `ci.test.log` chunks into the store.
+    Logs,
+    /// The message history: indexing, retention, and on RabbitMQ the copy of every message.
+    History,
+    /// On RabbitMQ: what the store's services commit goes on to the broker.
+    Relay,
+    /// Series found merged in their project's branch.
+    Merged,
+    /// The JSON API, the dashboard and the SSE stream.
+    Web,
+}
+
+/// Options of `patchbay run`.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// The service to run.
+    #[arg(value_enum)]
+    pub service: Service,
+    /// Serve `/healthz`, `/readyz` and `/metrics` here (for `web`: everything; default `http.listen`).
+    #[arg(long)]
+    pub http: Option<SocketAddr>,
+    /// For `ingest`: accept LMTP here instead of the config's `ingest.lmtp_listen`.
+    #[arg(long)]
+    pub lmtp: Option<SocketAddr>,
+    /// For `runner`: jobs at once (default: the config's `runner.jobs`).
+    #[arg(long)]
+    pub jobs: Option<u16>,
+}
+
+/// Runs `args.service` until `shutdown` resolves.
+pub async fn run(config: Config, args: &RunArgs, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let sealer = crate::keys::sealer(&config, true)?;
+    let policy = Arc::new(crate::keys::trust_policy(&config)?);
+    if args.service == Service::Relay && config.bus.backend != BusBackend::Amqp {
+        anyhow::bail!(
+            "{}: bus.backend: the relay carries the store's messages to RabbitMQ; on the embedded bus they are on the bus already",
+            config.source_name()
+        );
+    }
+    tokio::pin!(shutdown);
+    let store = EmbeddedBus::open(&config.data_dir, sealer.clone())
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let bus: Arc<dyn Bus> = match config.bus.backend {
+        // The embedded bus is the store itself: one writer for both.
+        BusBackend::Embedded => Arc::new(store.clone()),
+        BusBackend::Amqp => {
+            // A broker that is down now may be up soon: retry with backoff, and say so.
+            let mut backoff = Duration::from_millis(500);
+            loop {
+                match crate::backend::bus(&config, sealer.clone()).await {
+                    Ok(bus) => break bus,
+                    Err(error) => {
+                        tracing::warn!(error = format!("{error:#}"), retry_in = ?backoff, "Cannot reach the bus; retrying.");
+                        tokio::select! {
+                            () = &mut shutdown => return Ok(()),
+                            () = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
+        }
+    };
+    // What this process commits to the store reaches RabbitMQ through the relay, which starts
+    // at the end of the log the first time: its place is taken before anything is committed,
+    // so nothing said before the first `run relay` is taken for old.
+    if config.bus.backend == BusBackend::Amqp
+        && matches!(args.service, Service::Ingest | Service::Aggregator | Service::Reporter | Service::Merged)
+    {
+        crate::services::relay::Relay::new(store.db().clone(), bus.clone(), &config.instance)
+            .mark()
+            .await
+            .context("reading the RabbitMQ relay's position in the store")?;
+    }
+    let (closing_tx, closing) = watch::channel(false);
+    let tasks = start(&config, args, bus.clone(), store.clone(), policy, closing.clone()).await?;
+    let probes = match (args.service, args.http) {
+        (Service::Web, _) => None,
+        (_, Some(addr)) => {
+            let listener = crate::serve::listen(addr).with_context(|| format!("listening on {addr} (--http)"))?;
+            println!("patchbay: {:?} answering /healthz, /readyz and /metrics on http://{}", args.service, listener.local_addr()?);
+            let ready = Arc::new(crate::services::web::StoreReadiness { bus, db: store.db().clone() });
+            let closing = closed(closing.clone());
+            Some(tokio::spawn(async move {
+                if let Err(error) = patchbay_web::serve_probes(listener, Some(ready), closing).await {
+                    tracing::error!(%error, "The probes' HTTP server stopped.");
+                }
+            }))
+        }
+        (_, None) => None,
+    };
+    tracing::info!(service = ?args.service, data_dir = %config.data_dir.display(), topics = %config.bus.root.as_str(), backend = ?config.bus.backend, "Running.");
+    shutdown.await;
+    let _ = closing_tx.send(true);
+    for t in tasks.into_iter().chain(probes) {
+        let _ = t.await;
+    }
+    tracing::info!(service = ?args.service, "Stopped.");
+    Ok(())
+}
+
+/// Starts the service's tasks; they stop when `closing` turns true.
+async fn start(
+    config: &Config,
+    args: &RunArgs,
+    bus: Arc<dyn Bus>,
+    store: EmbeddedBus,
+    policy: Arc<patchbay_bus::TrustPolicy>,
+    closing: watch::Receiver<bool>,
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    let services = crate::services::dispatcher::project_tests(config);
+    let nothing_tested = || {
+        anyhow::anyhow!(
+            "{}: no [[project]] has a repository, so no series is tested: nothing for {:?} to do",
+            config.source_name(),
+            args.service
+        )
+    };
+    let mut tasks = Vec::new();
+    match args.service {
+        Service::Ingest => {
+            let ingest = crate::ingest::service_on(config, store);
+            let incomplete_after = config.ingest.incomplete_after_secs;
+            let sweeping = ingest.clone();
+            tasks.push(spawn_every(
+                Duration::from_secs(30),
+                closing.clone(),
+                "Series past their deadline marked incomplete.",
+                "Deadline sweep failed; will retry.",
+                move || {
+                    let ingest = sweeping.clone();
+                    async move { ingest.sweep(patchbay_ingest::now(), incomplete_after).await }
+                },
+            ));
+            match args.lmtp.or(config.ingest.lmtp_listen) {
+                Some(addr) => {
+                    let listener = crate::serve::listen(addr).with_context(|| format!("listening on {addr} (ingest.lmtp_listen)"))?;
+                    println!("patchbay: accepting LMTP on {}", listener.local_addr()?);
+                    let (limits, stop) = (crate::serve::lmtp_limits(config), closed(closing));
+                    tasks.push(tokio::spawn(async move {
+                        if let Err(error) = patchbay_ingest::lmtp::serve(listener, ingest, limits, stop).await {
+                            tracing::error!(%error, "The LMTP listener stopped.");
+                        }
+                    }));
+                }
+                None => tracing::info!("No LMTP listener (ingest.lmtp_listen is empty): mail comes by `patchbay inject` and `import`."),
+            }
+        }
+        Service::Dispatcher => {
+            let ingest = crate::ingest::service_on(config, store);
+            let d = crate::services::dispatcher::start_dispatcher(config, bus, policy, Some(ingest), closed(closing))?;
+            tasks.push(d.ok_or_else(nothing_tested)?);
+        }
+        Service::Runner => {
+            if services.is_empty() {
+                return Err(nothing_tested());
+            }
+            tasks.extend(crate::services::runner::start_runner(config, args.jobs.unwrap_or(config.runner.jobs), bus, policy, closing)?);
+        }
+        Service::Aggregator => tasks.extend(crate::services::aggregator::start_aggregator(config, store, bus, policy, closing)?),
+        Service::Reporter => tasks.push(crate::services::reporter::start_reporter(config, store, bus, policy, closing)?),
+        Service::Logs => {
+            let logs = patchbay_logs::LogStore::new(store.db().clone());
+            tasks.push(crate::services::logs::start(config, logs, bus, policy, closing)?);
+        }
+        Service::History => {
+            if config.bus.backend == BusBackend::Amqp {
+                tasks.push(crate::backend::recorder(config, bus, store.clone(), policy, closed(closing.clone())).await?);
+            }
+            tasks.extend(crate::services::history::start(config, store.db().clone(), closing));
+        }
+        Service::Relay => tasks.push(crate::services::relay::start(config, store.db().clone(), bus, closing).await?),
+        Service::Merged => {
+            let ingest = crate::ingest::service_on(config, store);
+            let started = crate::services::merged::start(config, ingest, bus, policy, closing)?;
+            if started.is_empty() {
+                anyhow::bail!("{}: merged.interval_secs is 0 or no project follows a branch: nothing to follow", config.source_name());
+            }
+            tasks.extend(started);
+        }
+        Service::Web => {
+            let log: Arc<dyn patchbay_bus::MessageLog> = Arc::new(store.clone());
+            let state = crate::services::web::state(config, bus, log, store, None, closing.clone())?;
+            let addr = args.http.unwrap_or(config.http_listen);
+            let listener = crate::serve::listen(addr).with_context(|| format!("listening on {addr} (http.listen)"))?;
+            println!("patchbay: serving http://{} with data in {}", listener.local_addr()?, config.data_dir.display());
+            let (limits, stop) = (crate::serve::http_limits(config), closed(closing));
+            tasks.push(tokio::spawn(async move {
+                if let Err(error) = patchbay_web::serve(listener, state, limits, stop).await {
+                    tracing::error!(%error, "The HTTP server stopped.");
+                }
+            }));
+        }
+    }
+    Ok(tasks)
+}
