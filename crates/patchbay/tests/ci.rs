@@ -571,7 +571,7 @@ fn settled_reports(db: &Path, name: Option<&str>, n: usize, secs: u64) -> Vec<(u
                 let mut s = c
                     .prepare(
                         "SELECT r.version, r.state FROM reports r JOIN series s ON s.uid = r.series_id
-                         WHERE ?1 IS NULL OR s.name = ?1 ORDER BY r.series_id, r.version",
+                         WHERE ?1 IS NULL OR s.name = ?1 ORDER BY s.id, r.version",
                     )
                     .ok()?;
                 Some(s.query_map([name], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect())

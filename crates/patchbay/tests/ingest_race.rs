@@ -237,13 +237,17 @@ fn parallel_injects_assemble_every_series_once() {
 
     // Series: members, order, state.
     let mut by_mail: HashMap<String, (i64, u32)> = HashMap::new();
-    let mut stmt = db.prepare("SELECT m.message_id, sm.series_id, sm.slot FROM series_mails sm JOIN mails m ON m.id = sm.mail_id").unwrap();
+    let mut stmt = db
+        .prepare(
+            "SELECT m.message_id, s.uid, sm.slot FROM series_mails sm JOIN mails m ON m.id = sm.mail_id JOIN series s ON s.id = sm.series_id",
+        )
+        .unwrap();
     for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, u32>(2)?))).unwrap() {
         let (id, series, slot) = row.unwrap();
         by_mail.insert(id, (series, slot));
     }
     let states: HashMap<i64, (String, u32)> = db
-        .prepare("SELECT id, state, version FROM series")
+        .prepare("SELECT uid, state, version FROM series")
         .unwrap()
         .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))
         .unwrap()
