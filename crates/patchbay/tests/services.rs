@@ -165,6 +165,15 @@ fn recorded(db: &Path, topic: &str) -> usize {
     conn.query_row("SELECT count(*) FROM bus_messages WHERE topic = ?1", [topic], |r| r.get::<_, i64>(0)).map_or(0, |n| n as usize)
 }
 
+/// Waits until `p` has logged `needle` (a service logs "Service started" once its queue exists).
+fn wait_log(p: &Proc, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !p.stderr().contains(needle) {
+        assert!(Instant::now() < deadline, "{} never logged {needle:?}:\n{}", p.name, p.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn wait_until(what: &str, secs: u64, procs: &[&Proc], mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !done() {
@@ -224,12 +233,23 @@ fn every_service_runs_as_its_own_process_on_rabbitmq() {
     // The aggregator is killed (its queue stays, durable) and comes back only after the
     // results: it catches up from its queue.
     wait_until("the LMTP listener", 60, &all, || std::net::TcpStream::connect(("127.0.0.1", lmtp)).is_ok());
+    // Each queue exists once its service says it started: from then on it keeps what comes.
+    for (p, needle) in [
+        (&history, "Service started. service=serve-log"),
+        (&runner, "queue=ci-job.check"),
+        (&reporter, "Service started. service=reporter"),
+        (&logs, "Service started. service=log-recorder"),
+        (&aggregator, "Service started. service=aggregator"),
+    ] {
+        wait_log(p, needle);
+    }
     aggregator.kill9();
 
     // The dispatcher is killed (SIGKILL) and started again before any mail: nothing depends
     // on it but its queue.
     dispatcher.kill9();
     let dispatcher = Proc::start(&config, tmp.path(), "dispatcher", &[]);
+    wait_log(&dispatcher, "Service started. service=dispatcher");
 
     let good = series(&repo, "good", &[("README", "fixed\n")]);
     let bad = series(&repo, "bad", &[("README", "broken\n")]);
