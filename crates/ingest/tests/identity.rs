@@ -115,8 +115,19 @@ async fn two_stores_fed_the_same_mails_in_other_orders_name_every_series_alike()
     };
     let v1 = ca.iter().find(|c| c.0[0] == "<a1@x>").unwrap().1;
     assert_eq!(sup(common::events(&a).await), vec![Some(v1)]);
-    let mut mentioned = common::events(&b).await.into_iter().filter(|(t, _)| t == "series.series.superseded");
-    assert!(mentioned.all(|(_, b)| b["by"].as_i64().unwrap() >= 1 << 52));
+    // In the reversed store v1 completes after v2 and is superseded at once, naming v2; the
+    // RESEND replaces the patch it re-posts.
+    let id_of = |first: &str| ca.iter().find(|c| c.0[0] == first).unwrap().1;
+    let mut by: Vec<i64> = common::events(&b)
+        .await
+        .into_iter()
+        .filter(|(t, _)| t == "series.series.superseded")
+        .map(|(_, b)| b["by"].as_i64().unwrap())
+        .collect();
+    by.sort();
+    let mut want = vec![id_of("<b1@x>"), id_of("<f1@x>")];
+    want.sort();
+    assert_eq!(by, want);
     // A mail's announcement names its series by the public id too.
     let received: Vec<i64> = common::events(&a)
         .await

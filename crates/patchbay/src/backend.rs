@@ -29,6 +29,25 @@ pub async fn bus(config: &Config, sealer: Sealer) -> anyhow::Result<Arc<dyn Bus>
     })
 }
 
+/// Connects to the bus the config names, retrying with backoff while it cannot (a broker that
+/// is down now may be up soon) and saying so; `None` when `shutdown` resolves first.
+pub async fn bus_when_up(config: &Config, sealer: Sealer, shutdown: &mut (impl Future<Output = ()> + Unpin)) -> Option<Arc<dyn Bus>> {
+    let mut backoff = std::time::Duration::from_millis(500);
+    loop {
+        match bus(config, sealer.clone()).await {
+            Ok(bus) => return Some(bus),
+            Err(error) => {
+                tracing::warn!(error = format!("{error:#}"), retry_in = ?backoff, "Cannot reach the bus; retrying.");
+                tokio::select! {
+                    () = &mut *shutdown => return None,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+            }
+        }
+    }
+}
+
 async fn amqp(config: &Config, sealer: Sealer) -> anyhow::Result<AmqpBus> {
     let url = config.bus.url.clone().context("bus.url is required for the amqp backend")?;
     let mut amqp = AmqpConfig::new(url, config.data_dir.join("amqp"));

@@ -4,7 +4,6 @@
 use crate::services::aggregator::aggregator;
 use crate::services::runner::start_runner;
 use std::sync::Arc;
-use std::time::Duration;
 
 use patchbay_bus::Bus;
 use patchbay_config::Config;
@@ -15,11 +14,12 @@ use patchbay_runner::Isolation;
 pub struct RunnerArgs {
     /// Jobs at once (default: the config's `runner.jobs`).
     #[arg(long)]
-    jobs: Option<u16>,
+    pub jobs: Option<u16>,
 }
 
-/// `patchbay runner`: runs jobs from the bus the config names until Ctrl-C or SIGTERM.
-pub async fn runner(config: Config, args: &RunnerArgs) -> anyhow::Result<()> {
+/// `patchbay runner` (and `patchbay run runner`): runs `jobs` at once (default `runner.jobs`)
+/// from the bus the config names until `shutdown`. It never opens the store.
+pub async fn runner(config: Config, jobs: Option<u16>, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     let sealer = crate::keys::sealer(&config, true)?;
     let policy = Arc::new(crate::keys::trust_policy(&config)?);
     // Refuse at once what can never work (no bubblewrap), before waiting for the bus.
@@ -27,25 +27,10 @@ pub async fn runner(config: Config, args: &RunnerArgs) -> anyhow::Result<()> {
         patchbay_runner::Sandbox::new(patchbay_runner::Isolation::Bubblewrap)
             .map_err(|e| anyhow::anyhow!("{}: runner.isolation: {e}", config.source_name()))?;
     }
-    // A broker that is down now may be up soon: retry with backoff, and say so.
-    let shutdown = crate::tasks::shutdown_signal();
     tokio::pin!(shutdown);
-    let mut backoff = Duration::from_millis(500);
-    let bus = loop {
-        match crate::backend::bus(&config, sealer.clone()).await {
-            Ok(bus) => break bus,
-            Err(error) => {
-                tracing::warn!(error = format!("{error:#}"), retry_in = ?backoff, "Cannot reach the bus; retrying.");
-                tokio::select! {
-                    () = &mut shutdown => return Ok(()),
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
-        }
-    };
+    let Some(bus) = crate::backend::bus_when_up(&config, sealer, &mut shutdown).await else { return Ok(()) };
     let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
-    let tasks = start_runner(&config, args.jobs.unwrap_or(config.runner.jobs), bus, policy, closing_rx)?;
+    let tasks = start_runner(&config, jobs.unwrap_or(config.runner.jobs), bus, policy, closing_rx)?;
     shutdown.await;
     let _ = closing_tx.send(true);
     for t in tasks {

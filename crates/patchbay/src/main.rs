@@ -131,7 +131,7 @@ fn run(cli: Cli) -> Result<(), Exit> {
         Command::Runner(args) => {
             let config = load_config(&cli)?;
             init_logging(&config);
-            runtime()?.block_on(ci::runner(config, args)).map_err(Exit::from)
+            runtime()?.block_on(ci::runner(config, args.jobs, patchbay::tasks::shutdown_signal())).map_err(Exit::from)
         }
         Command::Inject(args) => {
             let config = load_config(&cli)?;

@@ -9,7 +9,7 @@
 //!
 //! The store is the data directory's SQLite database until PostgreSQL takes its place
 //! (`store.url`, issue 15): processes sharing it run on one host, one of each service per data
-//! directory (the runner excepted: runners run anywhere, as `patchbay runner`). The threader
+//! directory (the runner excepted: `run runner` is `patchbay runner`, on any machine). The threader
 //! runs inside ingest's transaction (a design decision, see ARCHITECTURE.md), so `run ingest`
 //! is both.
 
@@ -33,7 +33,7 @@ pub enum Service {
     Ingest,
     /// Complete series in, one job per (test, arch) out.
     Dispatcher,
-    /// Jobs in, results out (as `patchbay runner`).
+    /// Jobs in, results out: `patchbay runner` (no store, no `--http`).
     Runner,
     /// Results in, one verdict per series version out; the verdict deadline.
     Aggregator,
@@ -70,6 +70,13 @@ pub struct RunArgs {
 
 /// Runs `args.service` until `shutdown` resolves.
 pub async fn run(config: Config, args: &RunArgs, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    if args.service == Service::Runner {
+        // Runners run on any machine and never touch the store: `patchbay runner` itself.
+        if args.http.is_some() {
+            anyhow::bail!("--http: a runner keeps no store and serves no probes; run it without --http");
+        }
+        return crate::ci::runner(config, args.jobs, shutdown).await;
+    }
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let sealer = crate::keys::sealer(&config, true)?;
     let policy = Arc::new(crate::keys::trust_policy(&config)?);
@@ -85,23 +92,10 @@ pub async fn run(config: Config, args: &RunArgs, shutdown: impl std::future::Fut
     let bus: Arc<dyn Bus> = match config.bus.backend {
         // The embedded bus is the store itself: one writer for both.
         BusBackend::Embedded => Arc::new(store.clone()),
-        BusBackend::Amqp => {
-            // A broker that is down now may be up soon: retry with backoff, and say so.
-            let mut backoff = Duration::from_millis(500);
-            loop {
-                match crate::backend::bus(&config, sealer.clone()).await {
-                    Ok(bus) => break bus,
-                    Err(error) => {
-                        tracing::warn!(error = format!("{error:#}"), retry_in = ?backoff, "Cannot reach the bus; retrying.");
-                        tokio::select! {
-                            () = &mut shutdown => return Ok(()),
-                            () = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
-                    }
-                }
-            }
-        }
+        BusBackend::Amqp => match crate::backend::bus_when_up(&config, sealer, &mut shutdown).await {
+            Some(bus) => bus,
+            None => return Ok(()),
+        },
     };
     // What this process commits to the store reaches RabbitMQ through the relay, which starts
     // at the end of the log the first time: its place is taken before anything is committed,
@@ -150,14 +144,6 @@ async fn start(
     policy: Arc<patchbay_bus::TrustPolicy>,
     closing: watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
-    let services = crate::services::dispatcher::project_tests(config);
-    let nothing_tested = || {
-        anyhow::anyhow!(
-            "{}: no [[project]] has a repository, so no series is tested: nothing for {:?} to do",
-            config.source_name(),
-            args.service
-        )
-    };
     let mut tasks = Vec::new();
     match args.service {
         Service::Ingest => {
@@ -191,14 +177,11 @@ async fn start(
         Service::Dispatcher => {
             let ingest = crate::ingest::service_on(config, store);
             let d = crate::services::dispatcher::start_dispatcher(config, bus, policy, Some(ingest), closed(closing))?;
-            tasks.push(d.ok_or_else(nothing_tested)?);
+            tasks.push(d.ok_or_else(|| {
+                anyhow::anyhow!("{}: no [[project]] has a repository, so no series is tested: nothing to dispatch", config.source_name())
+            })?);
         }
-        Service::Runner => {
-            if services.is_empty() {
-                return Err(nothing_tested());
-            }
-            tasks.extend(crate::services::runner::start_runner(config, args.jobs.unwrap_or(config.runner.jobs), bus, policy, closing)?);
-        }
+        Service::Runner => unreachable!("`run runner` is `patchbay runner`"),
         Service::Aggregator => tasks.extend(crate::services::aggregator::start_aggregator(config, store, bus, policy, closing)?),
         Service::Reporter => tasks.push(crate::services::reporter::start_reporter(config, store, bus, policy, closing)?),
         Service::Logs => {

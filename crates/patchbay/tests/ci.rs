@@ -12,17 +12,9 @@ use std::time::{Duration, Instant};
 
 const LIST: &str = "ci.lists.example.org";
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_patchbay"));
-    c.env_remove("PATCHBAY_CONFIG").env_remove("PATCHBAY_DATA_DIR").env_remove("RUST_LOG");
-    c
-}
-
+mod common;
+use common::{bin, format_series, free_port, http_get};
 use patchbay_fixtures::{git, git_with, origin};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 struct Serve(Child);
 impl Drop for Serve {
@@ -42,83 +34,6 @@ fn post_with(repo: &Path, config: &Path, name: &str, from: &str, changes: &[(&st
     let mails = format_series(repo, name, from, changes, blurb, None);
     inject_all(config, &mails);
     mails[0].lines().find_map(|l| l.strip_prefix("Message-ID: ").or_else(|| l.strip_prefix("Message-Id: "))).unwrap().to_string()
-}
-
-/// The mails of a series made from `changes` on a branch off `from`, cover letter first, as
-/// `git format-patch` writes them (shallow thread), every `Date:` replaced by `date` when given.
-fn format_series(repo: &Path, name: &str, from: &str, changes: &[(&str, &str)], blurb: &str, date: Option<&str>) -> Vec<String> {
-    git(repo, &["checkout", "-q", "-b", name, from]);
-    for (i, (file, content)) in changes.iter().enumerate() {
-        std::fs::write(repo.join(file), content).unwrap();
-        git(repo, &["add", file]);
-        git(repo, &["commit", "-q", "-m", &format!("{name}: part {}", i + 1)]);
-    }
-    let out = repo.join(format!("out-{name}"));
-    git(repo, &["format-patch", "-q", "--cover-letter", "--thread=shallow", "-o", &out.to_string_lossy(), &format!("{from}..{name}")]);
-    git(repo, &["checkout", "-q", "main"]);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
-    files
-        .iter()
-        .map(|f| {
-            // git names covers `<cover.<second>.git.<committer>>`: two series in one second would share it.
-            let mail = std::fs::read_to_string(f)
-                .unwrap()
-                .replace("*** SUBJECT HERE ***", &format!("the {name} series"))
-                .replace("*** BLURB HERE ***", blurb)
-                .replace("<cover.", &format!("<cover-{name}."));
-            match date {
-                Some(date) => {
-                    mail.lines().map(|l| if l.starts_with("Date: ") { format!("Date: {date}\n") } else { format!("{l}\n") }).collect()
-                }
-                None => mail,
-            }
-        })
-        .collect()
-}
-
-/// Delivers `mails` over LMTP as an MTA would (to `serve` itself, so its own ingest settings
-/// decide which project claims them), checking each is stored.
-fn lmtp_deliver(port: u16, mails: &[String]) {
-    use std::io::{BufRead as _, BufReader};
-    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut writer = stream;
-    let expect = |code: &str, reader: &mut BufReader<std::net::TcpStream>| {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            reader.read_line(&mut line).unwrap();
-            if line.len() < 4 || line.as_bytes()[3] != b'-' {
-                break;
-            }
-        }
-        assert!(line.starts_with(code), "expected {code}, got {line:?}");
-    };
-    expect("220", &mut reader);
-    writer.write_all(b"LHLO test\r\n").unwrap();
-    expect("250", &mut reader);
-    for mail in mails {
-        writer.write_all(format!("MAIL FROM:<dev@example.org>\r\nRCPT TO:<list@{LIST}>\r\nDATA\r\n").as_bytes()).unwrap();
-        expect("250", &mut reader);
-        expect("250", &mut reader);
-        expect("354", &mut reader);
-        let body: String = mail.lines().map(|l| if l.starts_with('.') { format!(".{l}\r\n") } else { format!("{l}\r\n") }).collect();
-        writer.write_all(format!("List-Id: <{LIST}>\r\n{body}.\r\n").as_bytes()).unwrap();
-        expect("250", &mut reader);
-    }
-    writer.write_all(b"QUIT\r\n").unwrap();
-}
-
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::Read as _;
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes());
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
 }
 
 fn http_post(port: u16, path: &str, body: &str, token: Option<&str>) -> String {
@@ -1604,7 +1519,7 @@ fn the_config_reloads_without_a_restart() {
             .unwrap()
     };
     // Before: the list is no project's, so the series is stored but never tested.
-    lmtp_deliver(lmtp, &series_mails(&repo, "before", &[("README", "fixed\n")], None));
+    common::lmtp_deliver(lmtp, LIST, &series_mails(&repo, "before", &[("README", "fixed\n")], None));
     assert_eq!(stored("before"), 1, "stored as soon as LMTP said 250");
     std::thread::sleep(Duration::from_secs(2));
     assert!(topic_bodies(&db, "e2e.ci.series.series.complete").is_empty(), "no project claims the list yet");
@@ -1626,7 +1541,7 @@ fn the_config_reloads_without_a_restart() {
     };
     let text = logged("some changes apply only after a restart");
     assert!(text.contains("projects") && text.contains("http"), "{text}");
-    lmtp_deliver(lmtp, &series_mails(&repo, "after", &[("README", "fixed\n")], None));
+    common::lmtp_deliver(lmtp, LIST, &series_mails(&repo, "after", &[("README", "fixed\n")], None));
     let reports = settled_reports(&db, Some("the after series"), 1, 90);
     assert_eq!(reports, vec![(1, "sent".to_string())], "the reloaded project tests and reports the next series");
 
@@ -1635,7 +1550,7 @@ fn the_config_reloads_without_a_restart() {
     hup(&serve);
     let text = logged("SIGHUP: config not reloaded.");
     assert!(text.contains("the running config stays"), "{text}");
-    lmtp_deliver(lmtp, &series_mails(&repo, "still", &[("README", "fixed\n")], None));
+    common::lmtp_deliver(lmtp, LIST, &series_mails(&repo, "still", &[("README", "fixed\n")], None));
     assert_eq!(settled_reports(&db, Some("the still series"), 1, 90), vec![(1, "sent".to_string())], "the old config still runs");
 
     // The admin action answers the same in JSON; without a token it is refused.

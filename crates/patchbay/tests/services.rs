@@ -5,24 +5,15 @@
 //! by `run web`. A process killed with SIGKILL and started again later loses nothing: its
 //! durable queue kept what came meanwhile. Every process answers `/healthz`, `/readyz` and `/metrics`.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use patchbay_fixtures::{git, origin};
+mod common;
+use common::{bin, format_series, free_port, http_get};
+use patchbay_fixtures::origin;
 
 const LIST: &str = "svc.lists.example.org";
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_patchbay"));
-    c.env_remove("PATCHBAY_CONFIG").env_remove("PATCHBAY_DATA_DIR").env_remove("RUST_LOG");
-    c
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A `patchbay run <service>` process, stopped (SIGTERM) when dropped; its stderr in a file.
 struct Proc {
@@ -66,16 +57,6 @@ impl Drop for Proc {
     }
 }
 
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::Read as _;
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes());
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
-}
-
 fn wait_http(port: u16, path: &str, what: &str, procs: &[&Proc]) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !http_get(port, path).starts_with("HTTP/1.1 200") {
@@ -85,64 +66,6 @@ fn wait_http(port: u16, path: &str, what: &str, procs: &[&Proc]) {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// The mails of a series changing `file` to `content`, as `git format-patch` writes them.
-fn series(repo: &Path, name: &str, changes: &[(&str, &str)]) -> Vec<String> {
-    git(repo, &["checkout", "-q", "-b", name, "main"]);
-    for (i, (file, content)) in changes.iter().enumerate() {
-        std::fs::write(repo.join(file), content).unwrap();
-        git(repo, &["add", file]);
-        git(repo, &["commit", "-q", "-m", &format!("{name}: part {}", i + 1)]);
-    }
-    let out = repo.join(format!("out-{name}"));
-    git(repo, &["format-patch", "-q", "--cover-letter", "--thread=shallow", "-o", &out.to_string_lossy(), &format!("main..{name}")]);
-    git(repo, &["checkout", "-q", "main"]);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
-    files
-        .iter()
-        .map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap()
-                .replace("*** SUBJECT HERE ***", &format!("the {name} series"))
-                .replace("*** BLURB HERE ***", "")
-                .replace("<cover.", &format!("<cover-{name}."))
-        })
-        .collect()
-}
-
-/// Delivers `mails` over LMTP, checking each is stored.
-fn lmtp_deliver(port: u16, mails: &[String]) {
-    use std::io::{BufRead as _, BufReader};
-    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut writer = stream;
-    let expect = |code: &str, reader: &mut BufReader<std::net::TcpStream>| {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            reader.read_line(&mut line).unwrap();
-            if line.len() < 4 || line.as_bytes()[3] != b'-' {
-                break;
-            }
-        }
-        assert!(line.starts_with(code), "expected {code}, got {line:?}");
-    };
-    expect("220", &mut reader);
-    writer.write_all(b"LHLO test\r\n").unwrap();
-    expect("250", &mut reader);
-    for mail in mails {
-        writer.write_all(format!("MAIL FROM:<dev@example.org>\r\nRCPT TO:<list@{LIST}>\r\nDATA\r\n").as_bytes()).unwrap();
-        expect("250", &mut reader);
-        expect("250", &mut reader);
-        expect("354", &mut reader);
-        let body: String = mail.lines().map(|l| if l.starts_with('.') { format!(".{l}\r\n") } else { format!("{l}\r\n") }).collect();
-        writer.write_all(format!("List-Id: <{LIST}>\r\n{body}.\r\n").as_bytes()).unwrap();
-        expect("250", &mut reader);
-    }
-    writer.write_all(b"QUIT\r\n").unwrap();
 }
 
 /// The report mails in the outbox: (subject, verdict, Message-ID).
@@ -251,10 +174,10 @@ fn every_service_runs_as_its_own_process_on_rabbitmq() {
     let dispatcher = Proc::start(&config, tmp.path(), "dispatcher", &[]);
     wait_log(&dispatcher, "Service started. service=dispatcher");
 
-    let good = series(&repo, "good", &[("README", "fixed\n")]);
-    let bad = series(&repo, "bad", &[("README", "broken\n")]);
-    lmtp_deliver(lmtp, &good);
-    lmtp_deliver(lmtp, &bad);
+    let good = format_series(&repo, "good", "main", &[("README", "fixed\n")], "", None);
+    let bad = format_series(&repo, "bad", "main", &[("README", "broken\n")], "", None);
+    common::lmtp_deliver(lmtp, LIST, &good);
+    common::lmtp_deliver(lmtp, LIST, &bad);
 
     let finished = format!("e2e.{ns}.ci.test.finished");
     let all = [&history, &relay, &ingest, &dispatcher, &runner, &reporter, &logs, &web];

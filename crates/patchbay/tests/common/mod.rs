@@ -1,0 +1,100 @@
+//! Helpers the binary's end-to-end tests share: the binary, free ports, HTTP GET, LMTP
+//! delivery, and series as `git format-patch` writes them.
+#![allow(dead_code)]
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use patchbay_fixtures::git;
+
+/// The binary, with no config or data directory from the environment.
+pub fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_patchbay"));
+    c.env_remove("PATCHBAY_CONFIG").env_remove("PATCHBAY_DATA_DIR").env_remove("RUST_LOG");
+    c
+}
+
+/// A port free now (the kernel may hand it out again later; tests take it at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The mails of a series made from `changes` on a branch off `from`, cover letter first, as
+/// `git format-patch` writes them (shallow thread), every `Date:` replaced by `date` when given.
+pub fn format_series(repo: &Path, name: &str, from: &str, changes: &[(&str, &str)], blurb: &str, date: Option<&str>) -> Vec<String> {
+    git(repo, &["checkout", "-q", "-b", name, from]);
+    for (i, (file, content)) in changes.iter().enumerate() {
+        std::fs::write(repo.join(file), content).unwrap();
+        git(repo, &["add", file]);
+        git(repo, &["commit", "-q", "-m", &format!("{name}: part {}", i + 1)]);
+    }
+    let out = repo.join(format!("out-{name}"));
+    git(repo, &["format-patch", "-q", "--cover-letter", "--thread=shallow", "-o", &out.to_string_lossy(), &format!("{from}..{name}")]);
+    git(repo, &["checkout", "-q", "main"]);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files
+        .iter()
+        .map(|f| {
+            // git names covers `<cover.<second>.git.<committer>>`: two series in one second would share it.
+            let mail = std::fs::read_to_string(f)
+                .unwrap()
+                .replace("*** SUBJECT HERE ***", &format!("the {name} series"))
+                .replace("*** BLURB HERE ***", blurb)
+                .replace("<cover.", &format!("<cover-{name}."));
+            match date {
+                Some(date) => {
+                    mail.lines().map(|l| if l.starts_with("Date: ") { format!("Date: {date}\n") } else { format!("{l}\n") }).collect()
+                }
+                None => mail,
+            }
+        })
+        .collect()
+}
+
+/// Delivers `mails` over LMTP as an MTA would, as posted to `list` (the receiving ingest
+/// settings decide which project claims them), checking each is stored.
+pub fn lmtp_deliver(port: u16, list: &str, mails: &[String]) {
+    use std::io::{BufRead as _, BufReader};
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let expect = |code: &str, reader: &mut BufReader<std::net::TcpStream>| {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                break;
+            }
+        }
+        assert!(line.starts_with(code), "expected {code}, got {line:?}");
+    };
+    expect("220", &mut reader);
+    writer.write_all(b"LHLO test\r\n").unwrap();
+    expect("250", &mut reader);
+    for mail in mails {
+        writer.write_all(format!("MAIL FROM:<dev@example.org>\r\nRCPT TO:<list@{list}>\r\nDATA\r\n").as_bytes()).unwrap();
+        expect("250", &mut reader);
+        expect("250", &mut reader);
+        expect("354", &mut reader);
+        let body: String = mail.lines().map(|l| if l.starts_with('.') { format!(".{l}\r\n") } else { format!("{l}\r\n") }).collect();
+        writer.write_all(format!("List-Id: <{list}>\r\n{body}.\r\n").as_bytes()).unwrap();
+        expect("250", &mut reader);
+    }
+    writer.write_all(b"QUIT\r\n").unwrap();
+}
+
+/// GET `path` on a loopback port; the whole answer, or empty when nothing answers.
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::Read as _;
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes());
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
