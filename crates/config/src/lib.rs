@@ -69,6 +69,8 @@ struct RawConfig {
     #[serde(default)]
     identity: RawIdentity,
     #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
     signing: RawSigning,
     #[serde(default)]
     http: RawHttp,
@@ -187,6 +189,13 @@ struct RawBus {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawStore {
+    url: Option<String>,
+    max_connections: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawIdentity {
     instance: Option<String>,
 }
@@ -240,6 +249,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Bus settings.
     pub bus: BusConfig,
+    /// `[store]`: where the store is (the data directory's SQLite, or PostgreSQL).
+    pub store: StoreConfig,
     /// This process's sender instance name (sequence numbers count per service and instance).
     pub instance: String,
     /// Signing and verification.
@@ -308,6 +319,16 @@ pub struct BusConfig {
     pub exchange: String,
     /// `<prefix>.<env>` for every topic.
     pub root: TopicRoot,
+}
+
+/// `[store]`: the embedded SQLite in the data directory unless `url` names a PostgreSQL that
+/// several processes on several hosts share.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// `postgres://user:password@host:port/database`; `None`: SQLite in `data_dir` (the default).
+    pub url: Option<String>,
+    /// Connections this process holds to PostgreSQL at most (default 16).
+    pub max_connections: usize,
 }
 
 /// `[http]` settings of `POST /api/v1/publish`: every peer needs a token unless the operator
@@ -392,6 +413,16 @@ impl Config {
         {
             return Err(invalid("bus.url", format!("{url:?} is not an amqp:// or amqps:// URL")));
         }
+        if let Some(url) = &raw.store.url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return Err(invalid("store.url", "not a postgres:// or postgresql:// URL (leave it out for SQLite in data_dir)".into()));
+        }
+        let max_connections = raw.store.max_connections.unwrap_or(16);
+        if !(2..=1000).contains(&max_connections) {
+            return Err(invalid("store.max_connections", format!("{max_connections} is not between 2 and 1000")));
+        }
+        let store = StoreConfig { url: raw.store.url, max_connections };
         let exchange = raw.bus.exchange.unwrap_or_else(|| "patchbay".into());
         if exchange.is_empty()
             || exchange.len() > 200
@@ -557,6 +588,7 @@ impl Config {
             source: source.map(Path::to_path_buf),
             data_dir,
             bus: BusConfig { backend, url: raw.bus.url, exchange, root },
+            store,
             instance,
             signing,
             http_listen,
@@ -805,6 +837,9 @@ mod tests {
             ("[results]\nclose = true\n", "results.close: unknown field"),
             ("[ingest]\nmarker_window_secs = -1\n", "ingest.marker_window_secs"),
             ("[ingest]\nlmtp_idle_secs = 0\n", "ingest.lmtp_idle_secs"),
+            ("[store]\nurl = \"mysql://db/pb\"\n", "store.url: not a postgres://"),
+            ("[store]\nmax_connections = 1\n", "store.max_connections"),
+            ("[store]\npath = \"x\"\n", "store.path: unknown field"),
         ] {
             let e = Config::parse(text, &file).unwrap_err().to_string();
             assert!(e.starts_with(&format!("{}: ", file.display())) && e.contains(key), "{text}: {e}");

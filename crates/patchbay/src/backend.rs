@@ -48,6 +48,32 @@ pub async fn bus_when_up(config: &Config, sealer: Sealer, shutdown: &mut (impl F
     }
 }
 
+/// The PostgreSQL store `store.url` names, connected and migrated, retried with backoff while
+/// it is unreachable (and said so); `Ok(None)` if `shutdown` came first. A wrong URL or a
+/// schema newer than this build is an error at once: waiting would not mend it.
+pub async fn postgres_when_up(
+    config: &Config,
+    sealer: Sealer,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> anyhow::Result<Option<patchbay_store_pg::PgStore>> {
+    let url = config.store.url.as_deref().context("store.url is not set")?;
+    let mut backoff = std::time::Duration::from_millis(500);
+    loop {
+        match patchbay_store_pg::PgStore::connect(url, config.store.max_connections, sealer.clone()).await {
+            Ok(store) => return Ok(Some(store)),
+            Err(error) if error.is_transient() => {
+                tracing::warn!(%error, retry_in = ?backoff, "Cannot reach the PostgreSQL store; retrying.");
+                tokio::select! {
+                    () = &mut *shutdown => return Ok(None),
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+            }
+            Err(error) => return Err(anyhow::anyhow!("{}: store.url: {error}", config.source_name())),
+        }
+    }
+}
+
 async fn amqp(config: &Config, sealer: Sealer) -> anyhow::Result<AmqpBus> {
     let url = config.bus.url.clone().context("bus.url is required for the amqp backend")?;
     let mut amqp = AmqpConfig::new(url, config.data_dir.join("amqp"));

@@ -87,6 +87,9 @@ pub async fn run(config: Config, args: &RunArgs, shutdown: impl std::future::Fut
         );
     }
     tokio::pin!(shutdown);
+    if config.store.url.is_some() {
+        return on_postgres(config, args, sealer, policy, shutdown).await;
+    }
     let store = EmbeddedBus::open(&config.data_dir, sealer.clone())
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let bus: Arc<dyn Bus> = match config.bus.backend {
@@ -129,6 +132,58 @@ pub async fn run(config: Config, args: &RunArgs, shutdown: impl std::future::Fut
     shutdown.await;
     let _ = closing_tx.send(true);
     for t in tasks.into_iter().chain(probes) {
+        let _ = t.await;
+    }
+    tracing::info!(service = ?args.service, "Stopped.");
+    Ok(())
+}
+
+/// The services that keep their tables in PostgreSQL so far (issue 15 moves the rest).
+const ON_POSTGRES: &[Service] = &[Service::Aggregator, Service::Relay];
+
+/// Runs `args.service` on the PostgreSQL `store.url` names and RabbitMQ: what it commits goes
+/// to the store's outbox, which this process relays at once (and any `run relay` too).
+async fn on_postgres(
+    config: Config,
+    args: &RunArgs,
+    sealer: patchbay_bus::Sealer,
+    policy: Arc<patchbay_bus::TrustPolicy>,
+    mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> anyhow::Result<()> {
+    let source = config.source_name();
+    if !ON_POSTGRES.contains(&args.service) {
+        anyhow::bail!(
+            "{source}: store.url: {:?} does not keep its tables in PostgreSQL yet (so far: the aggregator and the relay); \
+             run it without store.url, on the data directory's SQLite",
+            args.service
+        );
+    }
+    if config.bus.backend != BusBackend::Amqp {
+        anyhow::bail!("{source}: store.url: a PostgreSQL store is shared by processes on several hosts; they meet on RabbitMQ (bus.backend = \"amqp\")");
+    }
+    let Some(bus) = crate::backend::bus_when_up(&config, sealer.clone(), &mut shutdown).await else { return Ok(()) };
+    let Some(store) = crate::backend::postgres_when_up(&config, sealer, &mut shutdown).await? else { return Ok(()) };
+    let (closing_tx, closing) = watch::channel(false);
+    let mut tasks = vec![tokio::spawn(patchbay_store_pg::Relay::new(store.clone(), bus.clone()).run(closed(closing.clone())))];
+    if args.service == Service::Aggregator {
+        let aggregator = crate::services::aggregator::aggregator_on_postgres(&config, store.clone(), bus.clone());
+        tasks.extend(crate::services::aggregator::start(&config, aggregator, None, bus.clone(), policy, closing.clone())?);
+    }
+    if let Some(addr) = args.http {
+        let listener = crate::serve::listen(addr).with_context(|| format!("listening on {addr} (--http)"))?;
+        println!("patchbay: {:?} answering /healthz, /readyz and /metrics on http://{}", args.service, listener.local_addr()?);
+        let ready = Arc::new(crate::services::web::PgReadiness { bus, store });
+        let closing = closed(closing.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(error) = patchbay_web::serve_probes(listener, Some(ready), closing).await {
+                tracing::error!(%error, "The probes' HTTP server stopped.");
+            }
+        }));
+    }
+    tracing::info!(service = ?args.service, store = "postgres", topics = %config.bus.root.as_str(), "Running.");
+    shutdown.await;
+    let _ = closing_tx.send(true);
+    for t in tasks {
         let _ = t.await;
     }
     tracing::info!(service = ?args.service, "Stopped.");

@@ -115,6 +115,13 @@ fn say_what_will_be_tested(config: &Config) {
 
 /// Starts every service of the embedded shape; they run until [`Running::stop`].
 pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> {
+    if config.store.url.is_some() {
+        anyhow::bail!(
+            "{}: store.url: serve is the embedded shape, on the data directory's SQLite; on PostgreSQL, run each service \
+             with `patchbay run <service>` (docs/deploy.md)",
+            config.source_name()
+        );
+    }
     say_what_will_be_tested(&config);
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let sealer = crate::keys::sealer(&config, true)?;

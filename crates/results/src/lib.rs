@@ -22,6 +22,7 @@
 //! `patchbay-report`'s. This crate knows the embedded store, not HTTP or runners;
 //! it owns the shape of `[results]` ([`ResultsSettings`]) but never reads the config file.
 
+mod pg;
 mod read;
 mod settings;
 
@@ -60,9 +61,18 @@ impl Policy {
 /// The aggregator service.
 #[derive(Clone)]
 pub struct Aggregator {
-    bus: EmbeddedBus,
+    tables: Tables,
     publisher: Publisher,
     policy: Arc<Policy>,
+}
+
+/// Where `results` and `verdicts` live: the transactions differ per store, the rules do not.
+#[derive(Clone)]
+enum Tables {
+    /// The embedded SQLite store, whose bus the messages join in the same write.
+    Sqlite(EmbeddedBus),
+    /// PostgreSQL, whose outbox the messages join in the same transaction.
+    Pg(patchbay_store_pg::PgStore),
 }
 
 fn now() -> i64 {
@@ -72,14 +82,23 @@ fn now() -> i64 {
 impl Aggregator {
     /// Aggregates into the store under `bus`, publishing as `publisher` (sender `aggregator`).
     pub fn new(bus: EmbeddedBus, publisher: Publisher, policy: Policy) -> Self {
-        Aggregator { bus, publisher, policy: Arc::new(policy) }
+        Aggregator { tables: Tables::Sqlite(bus), publisher, policy: Arc::new(policy) }
+    }
+
+    /// Aggregates into PostgreSQL (`store.url`), several instances at once if need be; what it
+    /// publishes goes through the store's outbox and its relays.
+    pub fn on_postgres(store: patchbay_store_pg::PgStore, publisher: Publisher, policy: Policy) -> Self {
+        Aggregator { tables: Tables::Pg(store), publisher, policy: Arc::new(policy) }
     }
 
     /// Records one result and, when that decides it, the verdict; all in one transaction.
     pub async fn record(&self, message_id: String, result: TestFinished) -> Result<(), StoreError> {
+        let bus = match &self.tables {
+            Tables::Sqlite(bus) => bus.clone(),
+            Tables::Pg(store) => return pg::record(self, store, &message_id, &result).await,
+        };
         let this = self.clone();
-        self.bus
-            .db()
+        bus.db().clone()
             .write(move |tx| {
                 let mut out = Vec::new();
                 if let Some(recorded) = insert_result(tx, &message_id, &result)? {
@@ -89,7 +108,7 @@ impl Aggregator {
                     }
                 }
                 if !out.is_empty() {
-                    this.bus.publish_in(tx, out)?;
+                    bus.publish_in(tx, out)?;
                 }
                 Ok(())
             })
@@ -99,9 +118,12 @@ impl Aggregator {
     /// Waives a result with a comment; the verdict of its series version, if still undecided, is
     /// decided again with the waiver (and may be issued now). `Ok(None)`: no such result.
     pub async fn waive(&self, result: i64, comment: String, by: String) -> Result<Option<ResultWaived>, StoreError> {
+        let bus = match &self.tables {
+            Tables::Sqlite(bus) => bus.clone(),
+            Tables::Pg(store) => return pg::waive(self, store, result, comment, by).await,
+        };
         let this = self.clone();
-        self.bus
-            .db()
+        bus.db().clone()
             .write(move |tx| {
                 let row: Option<(String, i64, u32, String, String, String)> = tx
                     .prepare_cached("SELECT job, series_id, version, test, arch, project FROM results WHERE id = ?1")?
@@ -121,7 +143,7 @@ impl Aggregator {
                         out.push(this.outgoing(&v)?);
                     }
                 }
-                this.bus.publish_in(tx, out)?;
+                bus.publish_in(tx, out)?;
                 Ok(Some(waived))
             })
             .await
@@ -133,12 +155,15 @@ impl Aggregator {
         if !self.policy.required.contains_key(&head.project) {
             return Ok(false); // Not a tested project: it never gets a verdict.
         }
+        let bus = match &self.tables {
+            Tables::Sqlite(bus) => bus.clone(),
+            Tables::Pg(store) => return pg::close(self, store, &head).await,
+        };
         let this = self.clone();
-        self.bus
-            .db()
+        bus.db().clone()
             .write(move |tx| {
                 let Some(v) = this.decide(tx, &head, true)? else { return Ok(false) };
-                this.bus.publish_in(tx, vec![this.outgoing(&v)?])?;
+                bus.publish_in(tx, vec![this.outgoing(&v)?])?;
                 Ok(true)
             })
             .await
@@ -146,9 +171,12 @@ impl Aggregator {
 
     /// Decides series versions still undecided `deadline_secs` after their first result.
     pub async fn sweep(&self, at: i64, deadline_secs: i64) -> Result<usize, StoreError> {
+        let bus = match &self.tables {
+            Tables::Sqlite(bus) => bus.clone(),
+            Tables::Pg(store) => return pg::sweep(self, store, at - deadline_secs).await,
+        };
         let this = self.clone();
-        self.bus
-            .db()
+        bus.db().clone()
             .write(move |tx| {
                 let due: Vec<String> = tx
                     .prepare_cached("SELECT series FROM verdicts WHERE decided_at IS NULL AND since < ?1 LIMIT 1000")?
@@ -163,7 +191,7 @@ impl Aggregator {
                 }
                 let n = out.len();
                 if !out.is_empty() {
-                    this.bus.publish_in(tx, out)?;
+                    bus.publish_in(tx, out)?;
                 }
                 Ok(n)
             })
@@ -201,20 +229,25 @@ impl Aggregator {
                 })
             })?
             .collect::<Result<_, _>>()?;
-        let Some(verdict) = patchbay_verdict::decide(&self.policy.required(&head.project), &latest, deadline_passed) else {
-            return Ok(None);
-        };
+        let Some((verdict, detail)) = self.verdict(head, &latest, deadline_passed) else { return Ok(None) };
+        tx.prepare_cached(
+            "UPDATE verdicts SET verdict = ?3, detail = ?4, decided_at = ?5 WHERE series_id = ?1 AND version = ?2 AND verdict IS NULL",
+        )?
+        .execute(params![head.id, head.version, verdict.verdict.as_str(), detail, now()])?;
+        Ok(Some(verdict))
+    }
+
+    /// The verdict the latest results give, if they decide one, and its stored detail (what
+    /// failed or is missing): the policy, the same on every store.
+    fn verdict(&self, head: &SeriesHead, latest: &[Latest], deadline_passed: bool) -> Option<(SeriesVerdict, String)> {
+        let verdict = patchbay_verdict::decide(&self.policy.required(&head.project), latest, deadline_passed)?;
         let (failed, missing) = match &verdict {
             Verdict::Passed | Verdict::Merged => (vec![], vec![]),
             Verdict::Failed(f) => (f.clone(), vec![]),
             Verdict::Incomplete(m) => (vec![], m.clone()),
         };
         let detail = failed.iter().chain(missing.iter()).cloned().collect::<Vec<_>>().join(" ");
-        tx.prepare_cached(
-            "UPDATE verdicts SET verdict = ?3, detail = ?4, decided_at = ?5 WHERE series_id = ?1 AND version = ?2 AND verdict IS NULL",
-        )?
-        .execute(params![head.id, head.version, verdict.word(), detail, now()])?;
-        Ok(Some(SeriesVerdict { series: head.clone(), verdict: verdict.kind(), failed, missing }))
+        Some((SeriesVerdict { series: head.clone(), verdict: verdict.kind(), failed, missing }, detail))
     }
 }
 
@@ -265,17 +298,23 @@ fn insert_result(tx: &Tx<'_>, message_id: &str, r: &TestFinished) -> Result<Opti
     if inserted == 0 {
         return Ok(None);
     }
-    Ok(Some(ResultRecorded {
-        result: tx.last_insert_rowid(),
+    Ok(Some(recorded(r, tx.last_insert_rowid(), previous)))
+}
+
+/// The announcement of a result stored as `id`; `previous` is the outcome its (series version,
+/// test, arch) had before, which makes it a `duplicate` when equal.
+fn recorded(r: &TestFinished, id: i64, previous: Option<Outcome>) -> ResultRecorded {
+    ResultRecorded {
+        result: id,
         job: r.job.clone(),
         series: r.series.clone(),
         test: r.test.clone(),
         arch: r.arch.clone(),
         outcome: r.outcome.clone(),
         reason: r.reason.clone(),
-        duplicate,
+        duplicate: previous.as_ref() == Some(&r.outcome),
         previous,
-    }))
+    }
 }
 
 #[async_trait]

@@ -32,7 +32,9 @@ impl ResultsStore for Db {
             let mut stmt = c.prepare_cached("SELECT verdict FROM verdicts WHERE series_id = ?1 AND version = ?2")?;
             let mut out = Vec::with_capacity(keys.len());
             for (id, version) in keys {
-                out.push(stmt.query_row(params![id, version], |r| r.get::<_, String>(0)).optional()?.map(VerdictKind::from));
+                // An undecided version has its row, with no verdict yet.
+                let verdict = stmt.query_row(params![id, version], |r| r.get::<_, Option<String>>(0)).optional()?.flatten();
+                out.push(verdict.map(VerdictKind::from));
             }
             Ok(out)
         })

@@ -1,21 +1,110 @@
-//! Results recorded once each, repeats marked, and one verdict per series
-//! version under redelivery and with two aggregators on one store.
+//! Results recorded once each, repeats marked, and one verdict per series version under
+//! redelivery and with two aggregators on one store: the store conformance suite of the
+//! aggregator. Every scenario runs unchanged on the embedded SQLite store and on PostgreSQL
+//! (`PATCHBAY_TEST_PG_URL`, which `scripts/test` sets to a throwaway cluster; the PostgreSQL
+//! cases fail, never skip, when there is none).
 
 use std::sync::Arc;
 
 use patchbay_bus::{Bus, MessageLog, Publisher, Sealer};
-use patchbay_model::{BaseUsed, Sender, SeriesHead, TestFinished, TopicRoot};
-use patchbay_results::{Aggregator, Policy};
+use patchbay_model::{BaseUsed, Envelope, Sender, SeriesHead, TestFinished, TopicRoot};
+use patchbay_results::{Aggregator, Policy, Query, ResultsStore};
 use patchbay_store::EmbeddedBus;
+use patchbay_store_pg::PgStore;
 use patchbay_verdict::Required;
 
-fn aggregator(bus: &EmbeddedBus, instance: &str) -> Aggregator {
-    let dyn_bus: Arc<dyn Bus> = Arc::new(bus.clone());
-    let publisher = Publisher::new(dyn_bus, TopicRoot::new("pbtest", "agg").unwrap(), Sender::new("aggregator", instance));
+/// One store under test, by backend.
+#[derive(Clone)]
+enum Store {
+    Sqlite(EmbeddedBus, Arc<tempfile::TempDir>),
+    Pg(PgStore, String),
+}
+
+async fn sqlite() -> Store {
+    let dir = tempfile::tempdir().unwrap();
+    Store::Sqlite(EmbeddedBus::open(dir.path(), Sealer::default()).unwrap(), Arc::new(dir))
+}
+
+async fn postgres() -> Store {
+    let admin = std::env::var("PATCHBAY_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let url = patchbay_store_pg::testing::scratch_database(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("no PostgreSQL at {admin} ({e}); run scripts/test, or set PATCHBAY_TEST_PG_URL"));
+    Store::Pg(PgStore::connect(&url, 8, Sealer::default()).await.unwrap(), url)
+}
+
+impl Store {
+    /// A second handle on the same store, as a second aggregator process would have.
+    async fn again(&self) -> Store {
+        match self {
+            Store::Sqlite(_, dir) => Store::Sqlite(EmbeddedBus::open(dir.path(), Sealer::default()).unwrap(), dir.clone()),
+            Store::Pg(_, url) => Store::Pg(PgStore::connect(url, 8, Sealer::default()).await.unwrap(), url.clone()),
+        }
+    }
+
+    fn port(&self) -> Arc<dyn ResultsStore> {
+        match self {
+            Store::Sqlite(bus, _) => Arc::new(bus.db().clone()),
+            Store::Pg(store, _) => Arc::new(store.clone()),
+        }
+    }
+
+    /// Everything the store has published (SQLite: its bus; PostgreSQL: its outbox), in order.
+    async fn published(&self) -> Vec<Envelope> {
+        match self {
+            Store::Sqlite(bus, _) => {
+                bus.read_after(0, 10_000).await.unwrap().iter().map(|e| Envelope::from_wire(&e.wire).unwrap()).collect()
+            }
+            Store::Pg(store, _) => {
+                let rows = store.client().await.unwrap().query("SELECT wire FROM outbox ORDER BY pos", &[]).await.unwrap();
+                rows.iter().map(|r| Envelope::from_wire(r.get(0)).unwrap()).collect()
+            }
+        }
+    }
+}
+
+fn aggregator_with(store: &Store, instance: &str, policy: Policy) -> Aggregator {
+    let publisher = |bus: Arc<dyn Bus>| Publisher::new(bus, TopicRoot::new("pbtest", "agg").unwrap(), Sender::new("aggregator", instance));
+    match store {
+        Store::Sqlite(bus, _) => Aggregator::new(bus.clone(), publisher(Arc::new(bus.clone())), policy),
+        // The publisher only shapes messages here (the store's transaction publishes them):
+        // any bus will do.
+        Store::Pg(pg, _) => {
+            let scratch = tempfile::tempdir().unwrap().keep();
+            let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::open(&scratch, Sealer::default()).unwrap());
+            Aggregator::on_postgres(pg.clone(), publisher(bus), policy)
+        }
+    }
+}
+
+fn aggregator(store: &Store, instance: &str) -> Aggregator {
     let mut policy = Policy::default();
     policy.required.insert("demo".into(), vec![Required { test: "build".into(), arch: "x86_64".into() }]);
-    Aggregator::new(bus.clone(), publisher, policy)
+    aggregator_with(store, instance, policy)
 }
+
+/// Each scenario, once per backend.
+macro_rules! on_both {
+    ($($scenario:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() { super::$scenario(super::sqlite().await).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() { super::$scenario(super::postgres().await).await })*
+        }
+    };
+}
+
+on_both!(
+    redeliveries_repeats_and_one_verdict,
+    the_deadline_gives_incomplete_once,
+    two_aggregators_on_one_store_decide_once,
+    a_waived_failure_does_not_fail_the_verdict,
+    a_superseded_version_is_closed_once,
+    the_read_port_answers_alike,
+);
 
 fn result(series: i64, test: &str, arch: &str, outcome: &str) -> TestFinished {
     TestFinished {
@@ -34,20 +123,12 @@ fn result(series: i64, test: &str, arch: &str, outcome: &str) -> TestFinished {
     }
 }
 
-async fn bodies(bus: &EmbeddedBus, topic: &str) -> Vec<serde_json::Value> {
-    let mut out = Vec::new();
-    for e in bus.read_after(0, 10_000).await.unwrap() {
-        if e.topic == format!("pbtest.agg.{topic}") {
-            out.push(patchbay_model::Envelope::from_wire(&e.wire).unwrap().body);
-        }
-    }
-    out
+async fn bodies(store: &Store, topic: &str) -> Vec<serde_json::Value> {
+    let topic = format!("pbtest.agg.{topic}");
+    store.published().await.into_iter().filter(|e| e.topic.as_str() == topic).map(|e| e.body).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redeliveries_repeats_and_one_verdict() {
-    let dir = tempfile::tempdir().unwrap();
-    let bus = EmbeddedBus::open(dir.path(), Sealer::default()).unwrap();
+async fn redeliveries_repeats_and_one_verdict(bus: Store) {
     let agg = aggregator(&bus, "1");
     agg.record("m1".into(), result(1, "apply", "any", "PASSED")).await.unwrap();
     agg.record("m1".into(), result(1, "apply", "any", "PASSED")).await.unwrap();
@@ -72,10 +153,7 @@ async fn redeliveries_repeats_and_one_verdict() {
     assert_eq!(bodies(&bus, "ci.series.verdict").await.len(), 1, "one verdict per series version");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_deadline_gives_incomplete_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let bus = EmbeddedBus::open(dir.path(), Sealer::default()).unwrap();
+async fn the_deadline_gives_incomplete_once(bus: Store) {
     let agg = aggregator(&bus, "1");
     agg.record("m1".into(), result(7, "apply", "any", "PASSED")).await.unwrap();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
@@ -91,12 +169,9 @@ async fn the_deadline_gives_incomplete_once() {
     assert_eq!(bodies(&bus, "ci.series.verdict").await.len(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_aggregators_on_one_store_decide_once() {
-    let dir = tempfile::tempdir().unwrap();
-    // Two store handles (two writer threads), as two aggregator processes would have.
-    let a = EmbeddedBus::open(dir.path(), Sealer::default()).unwrap();
-    let b = EmbeddedBus::open(dir.path(), Sealer::default()).unwrap();
+async fn two_aggregators_on_one_store_decide_once(a: Store) {
+    // Two store handles (two writer threads, two pools), as two aggregator processes would have.
+    let b = a.again().await;
     let (agg_a, agg_b) = (aggregator(&a, "a"), aggregator(&b, "b"));
     let mut tasks = Vec::new();
     for series in 0..40i64 {
@@ -121,18 +196,13 @@ async fn two_aggregators_on_one_store_decide_once() {
     assert_eq!(bodies(&a, "ci.result.recorded").await.len(), 80, "each result once");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_waived_failure_does_not_fail_the_verdict() {
-    let dir = tempfile::tempdir().unwrap();
-    let bus = EmbeddedBus::open(dir.path(), Sealer::default()).unwrap();
-    let dyn_bus: Arc<dyn Bus> = Arc::new(bus.clone());
-    let publisher = Publisher::new(dyn_bus, TopicRoot::new("pbtest", "agg").unwrap(), Sender::new("aggregator", "1"));
+async fn a_waived_failure_does_not_fail_the_verdict(bus: Store) {
     let mut policy = Policy::default();
     policy.required.insert(
         "demo".into(),
         vec![Required { test: "build".into(), arch: "x86_64".into() }, Required { test: "build".into(), arch: "aarch64".into() }],
     );
-    let agg = Aggregator::new(bus.clone(), publisher, policy);
+    let agg = aggregator_with(&bus, "1", policy);
     agg.record("m1".into(), result(3, "apply", "any", "PASSED")).await.unwrap();
     agg.record("m2".into(), result(3, "build", "x86_64", "FAILED")).await.unwrap();
     assert!(bodies(&bus, "ci.series.verdict").await.is_empty(), "aarch64 still missing");
@@ -145,4 +215,56 @@ async fn a_waived_failure_does_not_fail_the_verdict() {
     assert_eq!(v.len(), 1);
     assert_eq!(v[0]["verdict"], "PASSED", "the waived failure does not count");
     assert!(agg.waive(9999, "x".into(), "m".into()).await.unwrap().is_none());
+}
+
+async fn a_superseded_version_is_closed_once(bus: Store) {
+    let agg = aggregator(&bus, "1");
+    agg.record("m1".into(), result(11, "apply", "any", "PASSED")).await.unwrap();
+    let head = result(11, "apply", "any", "PASSED").series;
+    assert!(agg.close(head.clone()).await.unwrap(), "decided at once from what it has");
+    assert!(!agg.close(head).await.unwrap(), "and only once");
+    let v = bodies(&bus, "ci.series.verdict").await;
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0]["verdict"], "INCOMPLETE");
+    // A version with no result at all, of a project nobody tests, is left alone.
+    let mut other = result(12, "apply", "any", "PASSED").series;
+    other.project = "untested".into();
+    assert!(!agg.close(other).await.unwrap());
+    // A late result on the closed version is recorded and decides nothing.
+    agg.record("m2".into(), result(11, "build", "x86_64", "PASSED")).await.unwrap();
+    assert_eq!(bodies(&bus, "ci.series.verdict").await.len(), 1);
+}
+
+async fn the_read_port_answers_alike(bus: Store) {
+    let agg = aggregator(&bus, "1");
+    agg.record("m1".into(), result(21, "apply", "any", "PASSED")).await.unwrap();
+    agg.record("m2".into(), result(21, "build", "x86_64", "FAILED")).await.unwrap();
+    agg.record("m3".into(), result(21, "build", "x86_64", "FAILED")).await.unwrap();
+    agg.record("m4".into(), result(22, "apply", "any", "PASSED")).await.unwrap();
+    let port = bus.port();
+    let verdicts = port.verdicts(vec![(22, 1), (21, 1), (21, 2)]).await.unwrap();
+    assert_eq!(verdicts.iter().map(|v| v.as_ref().map(|v| v.as_str().to_string())).collect::<Vec<_>>(), vec![
+        None,
+        Some("FAILED".to_string()),
+        None
+    ]);
+    assert_eq!(port.verdict_detail(21, 1).await.unwrap().as_deref(), Some("build/x86_64"));
+    assert_eq!(port.verdict_detail(99, 1).await.unwrap(), None);
+    let cells = port.cells(21, 1).await.unwrap();
+    assert_eq!(cells.iter().map(|c| (c.test.as_str(), c.outcome.as_str(), c.result_id)).collect::<Vec<_>>(), vec![
+        ("apply", "PASSED", 1),
+        ("build", "FAILED", 3)
+    ]);
+    let all = |q: &str| {
+        let params: Vec<(String, String)> =
+            q.split('&').filter(|p| !p.is_empty()).map(|p| p.split_once('=').unwrap()).map(|(k, v)| (k.into(), v.into())).collect();
+        Query::from_params(&params).unwrap()
+    };
+    let rows = port.query(all("")).await.unwrap();
+    assert_eq!(rows.iter().map(|r| r.id).collect::<Vec<_>>(), vec![4, 3, 2, 1], "newest first");
+    assert_eq!((rows[1].series, rows[1].version, rows[1].duplicate, rows[1].base.as_deref()), (21, 1, true, Some("abc (branch main)")));
+    let latest = port.query(all("series=21&latest=true")).await.unwrap();
+    assert_eq!(latest.iter().map(|r| r.id).collect::<Vec<_>>(), vec![3, 1]);
+    let failed = port.query(all("test=build&outcome=FAILED&before=3&limit=5")).await.unwrap();
+    assert_eq!(failed.iter().map(|r| r.id).collect::<Vec<_>>(), vec![2]);
 }

@@ -117,17 +117,23 @@ impl PgStore {
 
     /// Runs `f` in one transaction and commits it; an error from `f` (or a failed commit) rolls
     /// everything back, the messages `f` published included.
-    pub async fn transaction<T, F>(&self, f: F) -> Result<T, PgError>
+    pub async fn transaction<T, E, F>(&self, f: F) -> Result<T, E>
     where
-        F: AsyncFnOnce(&mut PgTx<'_>) -> Result<T, PgError>,
+        F: AsyncFnOnce(&mut PgTx<'_>) -> Result<T, E>,
+        E: From<PgError>,
     {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let mut ptx = PgTx::new(tx, &self.sealer);
+        let mut client = self.pool.get().await.map_err(PgError::from)?;
+        let mut ptx = self.begin(&mut client).await?;
         let out = f(&mut ptx).await?;
         ptx.commit().await?;
-        self.committed.notify_one();
         Ok(out)
+    }
+
+    /// Opens a transaction on `client` (from [`PgStore::client`]), for a writer whose steps are
+    /// plain `async fn`s; [`PgTx::commit`] commits it and wakes this process's relay.
+    pub async fn begin<'a>(&'a self, client: &'a mut deadpool_postgres::Object) -> Result<PgTx<'a>, PgError> {
+        let tx = client.transaction().await?;
+        Ok(PgTx::new(tx, &self.sealer, &self.committed))
     }
 
     /// A connection for reads outside a transaction.
@@ -139,6 +145,24 @@ impl PgStore {
     pub async fn ping(&self) -> Result<(), PgError> {
         self.pool.get().await?.simple_query("SELECT 1").await?;
         Ok(())
+    }
+}
+
+/// For the tests of the crates that implement ports on this store: a database of its own.
+pub mod testing {
+    use crate::PgError;
+
+    /// Creates an empty database on the cluster `admin_url` names and returns its URL, so each
+    /// test works alone on one shared cluster.
+    pub async fn scratch_database(admin_url: &str) -> Result<String, PgError> {
+        let config: tokio_postgres::Config =
+            admin_url.parse().map_err(|e| PgError::Config(format!("{}: {e}", crate::redact(admin_url))))?;
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        let name = format!("pbtest_{}", patchbay_model::Uuid::now_v7().simple());
+        client.batch_execute(&format!("CREATE DATABASE {name}")).await?;
+        let base = admin_url.rsplit_once('/').map(|(base, _)| base).ok_or_else(|| PgError::Config("the URL names no database".into()))?;
+        Ok(format!("{base}/{name}"))
     }
 }
 

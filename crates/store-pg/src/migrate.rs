@@ -17,6 +17,41 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE INDEX outbox_waiting ON outbox (pos) WHERE relayed_at IS NULL;
      CREATE TABLE sender_seqs (sender TEXT PRIMARY KEY, next BIGINT NOT NULL);",
+    // 2: results and verdicts (owned by patchbay-results; SQLite's migration 4 and its later columns).
+    // Times are Unix seconds as in SQLite, so both stores answer the ports alike.
+    "CREATE TABLE results (
+         id BIGSERIAL PRIMARY KEY,
+         message_id TEXT NOT NULL UNIQUE,
+         job TEXT NOT NULL,
+         series_id BIGINT NOT NULL,
+         version BIGINT NOT NULL,
+         project TEXT NOT NULL,
+         test TEXT NOT NULL,
+         arch TEXT NOT NULL,
+         outcome TEXT NOT NULL,
+         reason TEXT,
+         duration_ms BIGINT NOT NULL,
+         base TEXT,
+         excerpt TEXT NOT NULL,
+         recorded_at BIGINT NOT NULL,
+         duplicate BOOLEAN NOT NULL,
+         waived BOOLEAN NOT NULL DEFAULT false,
+         waiver TEXT
+     );
+     CREATE INDEX results_series ON results (series_id, version, test, arch, id);
+     CREATE INDEX results_test ON results (test, outcome, id);
+     CREATE TABLE verdicts (
+         series_id BIGINT NOT NULL,
+         version BIGINT NOT NULL,
+         project TEXT NOT NULL,
+         verdict TEXT,
+         detail TEXT,
+         series TEXT NOT NULL,
+         since BIGINT NOT NULL,
+         decided_at BIGINT,
+         PRIMARY KEY (series_id, version)
+     );
+     CREATE INDEX verdicts_pending ON verdicts (since) WHERE decided_at IS NULL;",
 ];
 
 /// The schema version this build writes.

@@ -15,15 +15,20 @@ use crate::{PgError, PgStore};
 pub struct PgTx<'a> {
     tx: deadpool_postgres::Transaction<'a>,
     sealer: &'a Sealer,
+    committed: &'a tokio::sync::Notify,
 }
 
 impl<'a> PgTx<'a> {
-    pub(crate) fn new(tx: deadpool_postgres::Transaction<'a>, sealer: &'a Sealer) -> Self {
-        PgTx { tx, sealer }
+    pub(crate) fn new(tx: deadpool_postgres::Transaction<'a>, sealer: &'a Sealer, committed: &'a tokio::sync::Notify) -> Self {
+        PgTx { tx, sealer, committed }
     }
 
-    pub(crate) async fn commit(self) -> Result<(), PgError> {
-        Ok(self.tx.commit().await?)
+    /// Commits the change and its messages; this process's relay sends them at once. Dropping
+    /// a `PgTx` without committing rolls both back.
+    pub async fn commit(self) -> Result<(), PgError> {
+        self.tx.commit().await?;
+        self.committed.notify_one();
+        Ok(())
     }
 
     /// The transaction, for the state change itself.

@@ -101,6 +101,9 @@ pub enum StoreError {
     /// The store was shut down.
     #[error("store closed")]
     Closed,
+    /// Another store backend behind the same port failed (PostgreSQL: `patchbay-store-pg`).
+    #[error("{0}")]
+    Backend(String),
 }
 
 impl StoreError {

@@ -12,8 +12,20 @@ use patchbay_config::Config;
 use patchbay_model::{Sender, ServiceName};
 use patchbay_runtime::ServiceSpec;
 
-/// The aggregator for this config: the required tests of every project.
+/// The aggregator for this config on the data directory's store: the required tests of every project.
 pub fn aggregator(config: &Config, store: patchbay_store::EmbeddedBus, bus: Arc<dyn Bus>) -> patchbay_results::Aggregator {
+    let (publisher, verdicts) = parts(config, bus);
+    patchbay_results::Aggregator::new(store, publisher, verdicts)
+}
+
+/// The aggregator for this config on PostgreSQL (`store.url`).
+pub fn aggregator_on_postgres(config: &Config, store: patchbay_store_pg::PgStore, bus: Arc<dyn Bus>) -> patchbay_results::Aggregator {
+    let (publisher, verdicts) = parts(config, bus);
+    patchbay_results::Aggregator::on_postgres(store, publisher, verdicts)
+}
+
+/// Who the aggregator publishes as, and what each project requires.
+fn parts(config: &Config, bus: Arc<dyn Bus>) -> (Publisher, patchbay_results::Policy) {
     let mut verdicts = patchbay_results::Policy::default();
     for p in project_tests(config) {
         let required = p
@@ -25,7 +37,7 @@ pub fn aggregator(config: &Config, store: patchbay_store::EmbeddedBus, bus: Arc<
         verdicts.required.insert(p.name.clone(), required);
     }
     let publisher = Publisher::new(bus, config.bus.root.clone(), Sender::new(ServiceName::Aggregator.as_str(), &config.instance));
-    patchbay_results::Aggregator::new(store, publisher, verdicts)
+    (publisher, verdicts)
 }
 
 /// Starts the aggregator (results and verdicts, in the store) and its deadline sweep.
@@ -38,6 +50,19 @@ pub fn start_aggregator(
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let replay = replay_for(config, &store);
     let aggregator = aggregator(config, store, bus.clone());
+    start(config, aggregator, replay, bus, policy, shutdown)
+}
+
+/// Starts `aggregator`, on whichever store, bound to its topics, and its deadline sweep;
+/// `replay` fills sequence gaps from the history where the store keeps one.
+pub fn start(
+    config: &Config,
+    aggregator: patchbay_results::Aggregator,
+    replay: Option<Arc<dyn patchbay_runtime::Replay>>,
+    bus: Arc<dyn Bus>,
+    policy: Arc<TrustPolicy>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let mut patterns = vec![patchbay_runtime::pattern_of::<patchbay_model::TestFinished>(&config.bus.root)?];
     if config.results.close_superseded {
         patterns.push(patchbay_runtime::pattern_of::<patchbay_model::SeriesSuperseded>(&config.bus.root)?);

@@ -238,6 +238,25 @@ impl patchbay_web::Readiness for StoreReadiness {
     }
 }
 
+/// Readiness of a process on PostgreSQL (`store.url`): the bus, and one round trip to the store
+/// (whose schema was migrated when the process connected).
+pub struct PgReadiness {
+    /// The bus services publish and consume on.
+    pub bus: Arc<dyn Bus>,
+    /// The shared store.
+    pub store: patchbay_store_pg::PgStore,
+}
+
+impl patchbay_web::Readiness for PgReadiness {
+    fn check(&self) -> patchbay_web::ReadyFuture<'_> {
+        Box::pin(async move {
+            let bus = self.bus.ready().await.err().map(|e| e.to_string());
+            let store = self.store.ping().await.err().map(|e| e.to_string());
+            vec![("bus".to_string(), bus), ("store".to_string(), store)]
+        })
+    }
+}
+
 /// The HTTP edge over the data directory's store, every port in place: `serve`'s, with its
 /// config `reload`, and `patchbay run web`'s, without (it follows no services to restart).
 pub fn state(

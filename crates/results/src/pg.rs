@@ -1,0 +1,322 @@
+//! The aggregator's transactions and the read port on PostgreSQL (`store.url`), where several
+//! aggregators may record at once. The rules are the SQLite path's (`lib.rs`); what differs is
+//! how concurrent writers are kept apart. SQLite has one writer; here each transaction first
+//! locks its series version's `verdicts` row (created on first sight), so transactions on one
+//! series version run one after another. The last to record therefore sees every result
+//! committed before it, and the verdict is issued exactly once. Other series versions proceed
+//! in parallel.
+
+use async_trait::async_trait;
+use patchbay_model::view::Cell;
+use patchbay_model::{FailureKind, Outcome, ResultWaived, SeriesHead, SeriesVerdict, TestFinished, VerdictKind};
+use patchbay_store::StoreError;
+use patchbay_store_pg::{PgError, PgStore, PgTx};
+use patchbay_verdict::{Latest, Required};
+use tokio_postgres::types::ToSql;
+
+use crate::{Aggregator, Query, ResultRow, ResultsStore, excerpt_naming_the_patch, now, recorded};
+
+/// The port's error for a PostgreSQL failure.
+fn pg(e: PgError) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn sql(e: tokio_postgres::Error) -> StoreError {
+    pg(PgError::Db(e))
+}
+
+/// The latest result of each (test, arch) of a series version, as the policy reads them.
+const LATEST: &str = "SELECT test, arch, outcome, waived, reason FROM results r WHERE series_id = $1 AND version = $2
+     AND id = (SELECT max(id) FROM results x WHERE x.series_id = r.series_id AND x.version = r.version AND x.test = r.test AND x.arch = r.arch)";
+
+/// Records a result and, when that decides it, the verdict (see [`Aggregator::record`]).
+pub(crate) async fn record(agg: &Aggregator, store: &PgStore, message_id: &str, r: &TestFinished) -> Result<(), StoreError> {
+    let mut client = store.client().await.map_err(pg)?;
+    let mut tx = store.begin(&mut client).await.map_err(pg)?;
+    let decided = lock(&tx, &r.series).await?;
+    let version = i64::from(r.series.version);
+    let previous: Option<Outcome> = tx
+        .sql()
+        .query_opt(
+            "SELECT outcome FROM results WHERE series_id = $1 AND version = $2 AND test = $3 AND arch = $4 ORDER BY id DESC LIMIT 1",
+            &[&r.series.id, &version, &r.test, &r.arch],
+        )
+        .await
+        .map_err(sql)?
+        .map(|row| row.get::<_, String>(0).into());
+    let base = r.base.as_ref().map(|b| format!("{} ({})", b.commit, b.reason));
+    let excerpt = excerpt_naming_the_patch(&r.excerpt, r.failed_patch.as_deref());
+    let duplicate = previous.as_ref() == Some(&r.outcome);
+    // A redelivery meets the unique message id and inserts nothing.
+    let id: Option<i64> = tx
+        .sql()
+        .query_opt(
+            "INSERT INTO results (message_id, job, series_id, version, project, test, arch, outcome, reason, duration_ms, base, recorded_at, duplicate, excerpt)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+             ON CONFLICT (message_id) DO NOTHING RETURNING id",
+            &[
+                &message_id,
+                &r.job,
+                &r.series.id,
+                &version,
+                &r.series.project,
+                &r.test,
+                &r.arch,
+                &r.outcome.as_str(),
+                &r.reason.as_ref().map(FailureKind::as_str),
+                &(r.duration_ms as i64),
+                &base,
+                &now(),
+                &duplicate,
+                &excerpt.as_ref(),
+            ],
+        )
+        .await
+        .map_err(sql)?
+        .map(|row| row.get(0));
+    let Some(id) = id else { return Ok(()) };
+    let mut out = vec![agg.outgoing(&recorded(r, id, previous))?];
+    if decided.is_none()
+        && let Some(v) = decide(agg, &tx, &r.series, false).await?
+    {
+        out.push(agg.outgoing(&v)?);
+    }
+    tx.publish(out).await.map_err(pg)?;
+    tx.commit().await.map_err(pg)
+}
+
+/// Waives a result (see [`Aggregator::waive`]).
+pub(crate) async fn waive(
+    agg: &Aggregator,
+    store: &PgStore,
+    result: i64,
+    comment: String,
+    by: String,
+) -> Result<Option<ResultWaived>, StoreError> {
+    let mut client = store.client().await.map_err(pg)?;
+    let mut tx = store.begin(&mut client).await.map_err(pg)?;
+    let Some(row) = tx
+        .sql()
+        .query_opt("SELECT job, series_id, version, test, arch FROM results WHERE id = $1", &[&result])
+        .await
+        .map_err(sql)?
+    else {
+        return Ok(None);
+    };
+    let (series, version): (i64, i64) = (row.get(1), row.get(2));
+    // The verdict row first, as every writer takes it, then the result.
+    let head: Option<String> = tx
+        .sql()
+        .query_opt("SELECT series FROM verdicts WHERE series_id = $1 AND version = $2 AND verdict IS NULL FOR UPDATE", &[&series, &version])
+        .await
+        .map_err(sql)?
+        .map(|r| r.get(0));
+    tx.sql().execute("UPDATE results SET waived = true, waiver = $2 WHERE id = $1", &[&result, &comment]).await.map_err(sql)?;
+    let waived =
+        ResultWaived { result, job: row.get(0), series, version: version as u32, test: row.get(3), arch: row.get(4), comment, by };
+    let mut out = vec![agg.outgoing(&waived)?];
+    if let Some(head) = head {
+        let head: SeriesHead = serde_json::from_str(&head).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if let Some(v) = decide(agg, &tx, &head, false).await? {
+            out.push(agg.outgoing(&v)?);
+        }
+    }
+    tx.publish(out).await.map_err(pg)?;
+    tx.commit().await.map_err(pg)?;
+    Ok(Some(waived))
+}
+
+/// Decides a superseded version now (see [`Aggregator::close`]).
+pub(crate) async fn close(agg: &Aggregator, store: &PgStore, head: &SeriesHead) -> Result<bool, StoreError> {
+    let mut client = store.client().await.map_err(pg)?;
+    let mut tx = store.begin(&mut client).await.map_err(pg)?;
+    if lock(&tx, head).await?.is_some() {
+        return Ok(false);
+    }
+    let Some(v) = decide(agg, &tx, head, true).await? else { return Ok(false) };
+    tx.publish(vec![agg.outgoing(&v)?]).await.map_err(pg)?;
+    tx.commit().await.map_err(pg)?;
+    Ok(true)
+}
+
+/// Decides the versions still undecided whose first result came before `since` (see
+/// [`Aggregator::sweep`]); rows another aggregator holds are left to it.
+pub(crate) async fn sweep(agg: &Aggregator, store: &PgStore, since: i64) -> Result<usize, StoreError> {
+    let mut client = store.client().await.map_err(pg)?;
+    let mut tx = store.begin(&mut client).await.map_err(pg)?;
+    let due = tx
+        .sql()
+        .query(
+            "SELECT series FROM verdicts WHERE decided_at IS NULL AND since < $1 ORDER BY since LIMIT 1000 FOR UPDATE SKIP LOCKED",
+            &[&since],
+        )
+        .await
+        .map_err(sql)?;
+    let mut out = Vec::new();
+    for row in due {
+        let head: SeriesHead = serde_json::from_str(row.get(0)).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if let Some(v) = decide(agg, &tx, &head, true).await? {
+            out.push(agg.outgoing(&v)?);
+        }
+    }
+    let n = out.len();
+    if n > 0 {
+        tx.publish(out).await.map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+    }
+    Ok(n)
+}
+
+/// Takes the series version's verdict row (creating it on first sight) for the rest of the
+/// transaction; returns the verdict already decided, if any.
+async fn lock(tx: &PgTx<'_>, head: &SeriesHead) -> Result<Option<String>, StoreError> {
+    let head_json = serde_json::to_string(head).expect("heads serialize");
+    let version = i64::from(head.version);
+    tx.sql()
+        .execute(
+            "INSERT INTO verdicts (series_id, version, project, series, since) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            &[&head.id, &version, &head.project, &head_json, &now()],
+        )
+        .await
+        .map_err(sql)?;
+    let row = tx
+        .sql()
+        .query_one("SELECT verdict FROM verdicts WHERE series_id = $1 AND version = $2 FOR UPDATE", &[&head.id, &version])
+        .await
+        .map_err(sql)?;
+    Ok(row.get(0))
+}
+
+/// With the verdict row held and undecided: the verdict, if this is the moment it is decided.
+async fn decide(agg: &Aggregator, tx: &PgTx<'_>, head: &SeriesHead, deadline_passed: bool) -> Result<Option<SeriesVerdict>, StoreError> {
+    let version = i64::from(head.version);
+    let latest: Vec<Latest> = tx
+        .sql()
+        .query(LATEST, &[&head.id, &version])
+        .await
+        .map_err(sql)?
+        .iter()
+        .map(|r| Latest {
+            which: Required { test: r.get(0), arch: r.get(1) },
+            outcome: r.get::<_, String>(2).into(),
+            waived: r.get(3),
+            reason: r.get::<_, Option<String>>(4).map(FailureKind::from),
+        })
+        .collect();
+    let Some((verdict, detail)) = agg.verdict(head, &latest, deadline_passed) else { return Ok(None) };
+    tx.sql()
+        .execute(
+            "UPDATE verdicts SET verdict = $3, detail = $4, decided_at = $5 WHERE series_id = $1 AND version = $2 AND verdict IS NULL",
+            &[&head.id, &version, &verdict.verdict.as_str(), &detail, &now()],
+        )
+        .await
+        .map_err(sql)?;
+    Ok(Some(verdict))
+}
+
+#[async_trait]
+impl ResultsStore for PgStore {
+    async fn verdicts(&self, keys: Vec<(i64, u32)>) -> Result<Vec<Option<VerdictKind>>, StoreError> {
+        let client = self.client().await.map_err(pg)?;
+        let (ids, versions): (Vec<i64>, Vec<i64>) = keys.iter().map(|&(id, v)| (id, i64::from(v))).unzip();
+        let rows = client
+            .query(
+                "SELECT v.verdict FROM unnest($1::BIGINT[], $2::BIGINT[]) WITH ORDINALITY AS k (series_id, version, n)
+                 LEFT JOIN verdicts v USING (series_id, version) ORDER BY k.n",
+                &[&ids, &versions],
+            )
+            .await
+            .map_err(sql)?;
+        Ok(rows.iter().map(|r| r.get::<_, Option<String>>(0).map(VerdictKind::from)).collect())
+    }
+
+    async fn verdict_detail(&self, series: i64, version: u32) -> Result<Option<String>, StoreError> {
+        let client = self.client().await.map_err(pg)?;
+        let row = client
+            .query_opt("SELECT detail FROM verdicts WHERE series_id = $1 AND version = $2", &[&series, &i64::from(version)])
+            .await
+            .map_err(sql)?;
+        Ok(row.and_then(|r| r.get(0)))
+    }
+
+    async fn cells(&self, series: i64, version: u32) -> Result<Vec<Cell>, StoreError> {
+        let client = self.client().await.map_err(pg)?;
+        let rows = client
+            .query(
+                "SELECT test, arch, outcome, reason, duration_ms, job, id, waived FROM results r WHERE series_id = $1 AND version = $2
+                 AND id = (SELECT max(id) FROM results x WHERE x.series_id = r.series_id AND x.version = r.version AND x.test = r.test AND x.arch = r.arch)
+                 ORDER BY test = $3 DESC, test, arch",
+                &[&series, &i64::from(version), &patchbay_model::APPLY_TEST],
+            )
+            .await
+            .map_err(sql)?;
+        Ok(rows
+            .iter()
+            .map(|r| Cell {
+                test: r.get(0),
+                arch: r.get(1),
+                outcome: r.get::<_, String>(2).into(),
+                reason: r.get::<_, Option<String>>(3).map(FailureKind::from),
+                duration_ms: r.get(4),
+                job: r.get(5),
+                result_id: r.get(6),
+                waived: r.get(7),
+            })
+            .collect())
+    }
+
+    async fn query(&self, q: Query) -> Result<Vec<ResultRow>, StoreError> {
+        let mut text = String::from(
+            "SELECT id, job, series_id, version, project, test, arch, outcome, reason, duration_ms, base, recorded_at, duplicate, waived, waiver
+             FROM results r WHERE true",
+        );
+        let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+        let mut add = |cond: &str, v: Box<dyn ToSql + Sync + Send>| {
+            args.push(v);
+            text.push_str(&format!(" AND {cond} ${}", args.len()));
+        };
+        if let Some(s) = q.series {
+            add("series_id =", Box::new(s));
+        }
+        if let Some(v) = q.version {
+            add("version =", Box::new(i64::from(v)));
+        }
+        for (column, value) in [("test =", &q.test), ("arch =", &q.arch), ("outcome =", &q.outcome)] {
+            if let Some(value) = value {
+                add(column, Box::new(value.clone()));
+            }
+        }
+        if let Some(b) = q.before {
+            add("id <", Box::new(b));
+        }
+        if q.latest {
+            text.push_str(
+                " AND id = (SELECT max(id) FROM results x WHERE x.series_id = r.series_id AND x.version = r.version AND x.test = r.test AND x.arch = r.arch)",
+            );
+        }
+        text.push_str(&format!(" ORDER BY id DESC LIMIT {}", q.limit.clamp(1, 500)));
+        let client = self.client().await.map_err(pg)?;
+        let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref() as &(dyn ToSql + Sync)).collect();
+        let rows = client.query(&text, &params).await.map_err(sql)?;
+        Ok(rows
+            .iter()
+            .map(|r| ResultRow {
+                id: r.get(0),
+                job: r.get(1),
+                series: r.get(2),
+                version: r.get::<_, i64>(3) as u32,
+                project: r.get(4),
+                test: r.get(5),
+                arch: r.get(6),
+                outcome: r.get::<_, String>(7).into(),
+                reason: r.get::<_, Option<String>>(8).map(FailureKind::from),
+                duration_ms: r.get(9),
+                base: r.get(10),
+                recorded_at: r.get(11),
+                duplicate: r.get(12),
+                waived: r.get(13),
+                waiver: r.get(14),
+            })
+            .collect())
+    }
+}
