@@ -5,68 +5,14 @@
 //! by `run web`. A process killed with SIGKILL and started again later loses nothing: its
 //! durable queue kept what came meanwhile. Every process answers `/healthz`, `/readyz` and `/metrics`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 mod common;
-use common::{bin, format_series, free_port, http_get};
+use common::{Proc, bin, format_series, free_port, http_get, wait_http, wait_log, wait_until};
 use patchbay_fixtures::origin;
 
 const LIST: &str = "svc.lists.example.org";
-
-/// A `patchbay run <service>` process, stopped (SIGTERM) when dropped; its stderr in a file.
-struct Proc {
-    child: Child,
-    name: String,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn start(config: &Path, tmp: &Path, service: &str, extra: &[&str]) -> Proc {
-        let log =
-            tmp.join(format!("{service}-{}.log", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()));
-        let child = bin()
-            .arg("--config")
-            .arg(config)
-            .args(["run", service])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Proc { child, name: service.to_string(), log }
-    }
-
-    /// SIGKILL: no shutdown, unsettled deliveries go back to their queues.
-    fn kill9(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        std::mem::forget(self);
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_http(port: u16, path: &str, what: &str, procs: &[&Proc]) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !http_get(port, path).starts_with("HTTP/1.1 200") {
-        if Instant::now() > deadline {
-            let logs: Vec<String> = procs.iter().map(|p| format!("--- {}:\n{}", p.name, p.stderr())).collect();
-            panic!("{what} did not answer {path}:\n{}", logs.join("\n"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// The report mails in the outbox: (subject, verdict, Message-ID).
 fn outbox(data: &Path) -> Vec<(String, String, String)> {
@@ -86,26 +32,6 @@ fn outbox(data: &Path) -> Vec<(String, String, String)> {
 fn recorded(db: &Path, topic: &str) -> usize {
     let Ok(conn) = rusqlite::Connection::open(db) else { return 0 };
     conn.query_row("SELECT count(*) FROM bus_messages WHERE topic = ?1", [topic], |r| r.get::<_, i64>(0)).map_or(0, |n| n as usize)
-}
-
-/// Waits until `p` has logged `needle` (a service logs "Service started" once its queue exists).
-fn wait_log(p: &Proc, needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !p.stderr().contains(needle) {
-        assert!(Instant::now() < deadline, "{} never logged {needle:?}:\n{}", p.name, p.stderr());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn wait_until(what: &str, secs: u64, procs: &[&Proc], mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !done() {
-        if Instant::now() > deadline {
-            let logs: Vec<String> = procs.iter().map(|p| format!("--- {}:\n{}", p.name, p.stderr())).collect();
-            panic!("timed out waiting for {what}:\n{}", logs.join("\n"));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]

@@ -1,11 +1,11 @@
 //! Helpers the binary's end-to-end tests share: the binary, free ports, HTTP GET, LMTP
-//! delivery, and series as `git format-patch` writes them.
+//! delivery, series as `git format-patch` writes them, and `patchbay run` processes.
 #![allow(dead_code)]
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use patchbay_fixtures::git;
 
@@ -97,4 +97,77 @@ pub fn http_get(port: u16, path: &str) -> String {
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     out
+}
+
+/// A `patchbay run <service>` process, stopped (SIGTERM) when dropped; its stderr in a file.
+pub struct Proc {
+    child: Child,
+    name: String,
+    log: PathBuf,
+}
+
+impl Proc {
+    pub fn start(config: &Path, tmp: &Path, service: &str, extra: &[&str]) -> Proc {
+        let log =
+            tmp.join(format!("{service}-{}.log", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()));
+        let child = bin()
+            .arg("--config")
+            .arg(config)
+            .args(["run", service])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Proc { child, name: service.to_string(), log }
+    }
+
+    /// SIGKILL: no shutdown, unsettled deliveries go back to their queues.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::forget(self);
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn wait_http(port: u16, path: &str, what: &str, procs: &[&Proc]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http_get(port, path).starts_with("HTTP/1.1 200") {
+        if Instant::now() > deadline {
+            let logs: Vec<String> = procs.iter().map(|p| format!("--- {}:\n{}", p.name, p.stderr())).collect();
+            panic!("{what} did not answer {path}:\n{}", logs.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until `p` has logged `needle` (a service logs "Service started" once its queue exists).
+pub fn wait_log(p: &Proc, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !p.stderr().contains(needle) {
+        assert!(Instant::now() < deadline, "{} never logged {needle:?}:\n{}", p.name, p.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn wait_until(what: &str, secs: u64, procs: &[&Proc], mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !done() {
+        if Instant::now() > deadline {
+            let logs: Vec<String> = procs.iter().map(|p| format!("--- {}:\n{}", p.name, p.stderr())).collect();
+            panic!("timed out waiting for {what}:\n{}", logs.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -1,0 +1,167 @@
+//! Issue 15: services on PostgreSQL (`store.url`) and RabbitMQ, as separate processes. Two
+//! `patchbay run aggregator` processes share one PostgreSQL and one queue, and a `run relay`
+//! runs beside them. Every result is delivered twice, and one aggregator is killed with
+//! SIGKILL mid-run and started again. Each series still gets exactly one verdict, the right
+//! one, and every row of the outbox reaches the broker. Services not yet on PostgreSQL, and
+//! `serve`, refuse `store.url` with a reason. Needs a real PostgreSQL
+//! (`PATCHBAY_TEST_PG_URL`) and RabbitMQ (`PATCHBAY_TEST_AMQP_URL`); fails, never skips,
+//! without them.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{Proc, bin, free_port, http_get, wait_http, wait_log};
+use patchbay_bus::{Bus, Publisher, QueueSpec, Sealer, TopicPattern};
+use patchbay_bus_amqp::{AmqpBus, AmqpConfig};
+use patchbay_model::{BaseUsed, Sender, SeriesHead, TestFinished, TopicRoot};
+
+const SERIES: i64 = 30;
+/// Public series ids as `identity` derives them: in [2^52, 2^53).
+const FIRST: i64 = 1 << 52;
+
+fn finished(n: i64, test: &str, arch: &str, outcome: &str) -> TestFinished {
+    TestFinished {
+        job: format!("{}-v1-{test}-{arch}", FIRST + n),
+        series: SeriesHead { id: FIRST + n, project: "demo".into(), name: format!("s{n}"), submitter: "a@x".into(), version: 1, total: 1 },
+        test: test.into(),
+        arch: arch.into(),
+        required: true,
+        outcome: outcome.into(),
+        reason: None,
+        failed_patch: None,
+        duration_ms: 5,
+        base: Some(BaseUsed { commit: "abc".into(), reason: "branch main".into() }),
+        excerpt: String::new(),
+        log_bytes: 0,
+    }
+}
+
+/// Odd series fail their build.
+fn expected(n: i64) -> &'static str {
+    if n % 2 == 1 { "FAILED" } else { "PASSED" }
+}
+
+fn write_config(path: &Path, data: &str, instance: &str, amqp: &str, ns: &str, pg: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "data_dir = \"{data}\"\n[identity]\ninstance = \"{instance}\"\n\
+             [bus]\nbackend = \"amqp\"\nurl = \"{amqp}\"\nexchange = \"{ns}\"\nprefix = \"e2e\"\nenv = \"{ns}\"\n\
+             [store]\nurl = \"{pg}\"\nmax_connections = 4\n\
+             [[project]]\nname = \"demo\"\nlist_ids = [\"pg.lists.example.org\"]\nrepository = \"/nonexistent\"\n\
+             [[project.test]]\nname = \"build\"\nscript = \"true\"\narches = [\"x86_64\"]\n"
+        ),
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregators_on_postgres_decide_once_through_redelivery_and_kill_9() {
+    let amqp = std::env::var("PATCHBAY_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let admin = std::env::var("PATCHBAY_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let pg = patchbay_store_pg::testing::scratch_database(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("no PostgreSQL at {admin} ({e}); run scripts/test, or set PATCHBAY_TEST_PG_URL"));
+    let ns = format!("pgsvc{}x{}", std::process::id(), patchbay_model::Uuid::now_v7().simple());
+    let tmp = tempfile::tempdir().unwrap();
+    // Two hosts: a data directory (keys, sequence files) and an instance name each.
+    let (a, b) = (tmp.path().join("a.toml"), tmp.path().join("b.toml"));
+    write_config(&a, "data-a", "a", &amqp, &ns, &pg);
+    write_config(&b, "data-b", "b", &amqp, &ns, &pg);
+
+    // What is not on PostgreSQL yet says so instead of using SQLite behind the operator's back.
+    let out = bin().arg("--config").arg(&a).args(["run", "ingest"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("store.url") && err.contains("Ingest"), "{err}");
+    let out = bin().arg("--config").arg(&a).arg("serve").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("store.url") && err.contains("patchbay run"), "{err}");
+
+    let (pa, pb) = (free_port(), free_port());
+    let agg_a = Proc::start(&a, tmp.path(), "aggregator", &["--http", &format!("127.0.0.1:{pa}")]);
+    let agg_b = Proc::start(&b, tmp.path(), "aggregator", &["--http", &format!("127.0.0.1:{pb}")]);
+    let relay = Proc::start(&b, tmp.path(), "relay", &[]);
+    wait_http(pa, "/readyz", "aggregator a", &[&agg_a]);
+    wait_http(pb, "/readyz", "aggregator b", &[&agg_b]);
+    wait_log(&agg_a, "Service started");
+    wait_log(&agg_b, "Service started");
+    assert!(http_get(pa, "/metrics").contains("patchbay_"), "metrics on the probe port");
+
+    // The test is a runner: it publishes results and watches verdicts on the broker.
+    let root = TopicRoot::new("e2e", &ns).unwrap();
+    let mut config = AmqpConfig::new(amqp.clone(), tmp.path().join("runner-seq"));
+    config.exchange = ns.clone();
+    config.queue_expiry = Some(Duration::from_secs(600));
+    let bus: Arc<dyn Bus> = Arc::new(AmqpBus::connect(config, Sealer::default()).await.expect("RabbitMQ"));
+    let verdict_topic = root.topic("ci.series.verdict").unwrap();
+    let mut watch = bus
+        .subscribe(QueueSpec::new(format!("{ns}.watch"), vec![TopicPattern::parse(verdict_topic.as_str()).unwrap()]).prefetch(200))
+        .await
+        .unwrap();
+    let runner = Publisher::new(bus.clone(), root.clone(), Sender::new("runner", "t"));
+    let publish = async |n: i64| {
+        for (test, arch, outcome) in [("apply", "any", "PASSED"), ("build", "x86_64", expected(n))] {
+            let sealed = runner.publish(&finished(n, test, arch, outcome)).await.unwrap();
+            // Delivered twice, as after a runner's crash before its ack: recorded once.
+            bus.publish_sealed(vec![sealed]).await.unwrap();
+        }
+    };
+    for n in 1..=SERIES / 2 {
+        publish(n).await;
+    }
+    agg_a.kill9();
+    for n in SERIES / 2 + 1..=SERIES {
+        publish(n).await;
+    }
+    let agg_a = Proc::start(&a, tmp.path(), "aggregator", &[]);
+
+    // Every verdict message, by id, and what it said per series.
+    let mut messages: HashMap<patchbay_model::Uuid, (i64, String)> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut quiet_until = None;
+    loop {
+        let series: HashSet<i64> = messages.values().map(|(s, _)| *s).collect();
+        if series.len() as i64 == SERIES && quiet_until.is_none() {
+            // Everything came: listen a little longer for a second verdict.
+            quiet_until = Some(Instant::now() + Duration::from_secs(3));
+        }
+        if quiet_until.is_some_and(|t| Instant::now() > t) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "verdicts for {} of {SERIES} series:\n--- a:\n{}\n--- b:\n{}",
+            series.len(),
+            agg_a.stderr(),
+            agg_b.stderr()
+        );
+        if let Ok(Ok(d)) = tokio::time::timeout(Duration::from_millis(500), watch.next()).await {
+            let body = &d.envelope.body;
+            messages.insert(d.envelope.id, (body["series"]["id"].as_i64().unwrap() - FIRST, body["verdict"].as_str().unwrap().to_string()));
+            d.ack().await.unwrap();
+        }
+    }
+    let mut per_series: HashMap<i64, Vec<String>> = HashMap::new();
+    for (series, verdict) in messages.into_values() {
+        per_series.entry(series).or_default().push(verdict);
+    }
+    for n in 1..=SERIES {
+        assert_eq!(per_series.get(&n), Some(&vec![expected(n).to_string()]), "series {n}: one verdict, the right one");
+    }
+
+    // The store agrees: each result once, each verdict once, the outbox all relayed.
+    let store = patchbay_store_pg::PgStore::connect(&pg, 2, Sealer::default()).await.unwrap();
+    let client = store.client().await.unwrap();
+    let count = async |sql: &str| -> i64 { client.query_one(sql, &[]).await.unwrap().get(0) };
+    assert_eq!(count("SELECT count(*) FROM results").await, 2 * SERIES, "each result recorded once");
+    assert_eq!(count("SELECT count(*) FROM verdicts WHERE verdict IS NOT NULL").await, SERIES);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count("SELECT count(*) FROM outbox WHERE relayed_at IS NULL").await > 0 {
+        assert!(Instant::now() < deadline, "the outbox drains");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop((agg_a, agg_b, relay));
+}
