@@ -159,7 +159,9 @@ async fn on_postgres(
         );
     }
     if config.bus.backend != BusBackend::Amqp {
-        anyhow::bail!("{source}: store.url: a PostgreSQL store is shared by processes on several hosts; they meet on RabbitMQ (bus.backend = \"amqp\")");
+        anyhow::bail!(
+            "{source}: store.url: a PostgreSQL store is shared by processes on several hosts; they meet on RabbitMQ (bus.backend = \"amqp\")"
+        );
     }
     let Some(bus) = crate::backend::bus_when_up(&config, sealer.clone(), &mut shutdown).await else { return Ok(()) };
     let Some(store) = crate::backend::postgres_when_up(&config, sealer, &mut shutdown).await? else { return Ok(()) };

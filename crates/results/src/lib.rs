@@ -98,7 +98,8 @@ impl Aggregator {
             Tables::Pg(store) => return pg::record(self, store, &message_id, &result).await,
         };
         let this = self.clone();
-        bus.db().clone()
+        bus.db()
+            .clone()
             .write(move |tx| {
                 let mut out = Vec::new();
                 if let Some(recorded) = insert_result(tx, &message_id, &result)? {
@@ -123,7 +124,8 @@ impl Aggregator {
             Tables::Pg(store) => return pg::waive(self, store, result, comment, by).await,
         };
         let this = self.clone();
-        bus.db().clone()
+        bus.db()
+            .clone()
             .write(move |tx| {
                 let row: Option<(String, i64, u32, String, String, String)> = tx
                     .prepare_cached("SELECT job, series_id, version, test, arch, project FROM results WHERE id = ?1")?
@@ -160,7 +162,8 @@ impl Aggregator {
             Tables::Pg(store) => return pg::close(self, store, &head).await,
         };
         let this = self.clone();
-        bus.db().clone()
+        bus.db()
+            .clone()
             .write(move |tx| {
                 let Some(v) = this.decide(tx, &head, true)? else { return Ok(false) };
                 bus.publish_in(tx, vec![this.outgoing(&v)?])?;
@@ -176,7 +179,8 @@ impl Aggregator {
             Tables::Pg(store) => return pg::sweep(self, store, at - deadline_secs).await,
         };
         let this = self.clone();
-        bus.db().clone()
+        bus.db()
+            .clone()
             .write(move |tx| {
                 let due: Vec<String> = tx
                     .prepare_cached("SELECT series FROM verdicts WHERE decided_at IS NULL AND since < ?1 LIMIT 1000")?

@@ -95,11 +95,8 @@ pub(crate) async fn waive(
 ) -> Result<Option<ResultWaived>, StoreError> {
     let mut client = store.client().await.map_err(pg)?;
     let mut tx = store.begin(&mut client).await.map_err(pg)?;
-    let Some(row) = tx
-        .sql()
-        .query_opt("SELECT job, series_id, version, test, arch FROM results WHERE id = $1", &[&result])
-        .await
-        .map_err(sql)?
+    let Some(row) =
+        tx.sql().query_opt("SELECT job, series_id, version, test, arch FROM results WHERE id = $1", &[&result]).await.map_err(sql)?
     else {
         return Ok(None);
     };
@@ -112,8 +109,7 @@ pub(crate) async fn waive(
         .map_err(sql)?
         .map(|r| r.get(0));
     tx.sql().execute("UPDATE results SET waived = true, waiver = $2 WHERE id = $1", &[&result, &comment]).await.map_err(sql)?;
-    let waived =
-        ResultWaived { result, job: row.get(0), series, version: version as u32, test: row.get(3), arch: row.get(4), comment, by };
+    let waived = ResultWaived { result, job: row.get(0), series, version: version as u32, test: row.get(3), arch: row.get(4), comment, by };
     let mut out = vec![agg.outgoing(&waived)?];
     if let Some(head) = head {
         let head: SeriesHead = serde_json::from_str(&head).map_err(|e| StoreError::Corrupt(e.to_string()))?;

@@ -243,18 +243,17 @@ async fn the_read_port_answers_alike(bus: Store) {
     agg.record("m4".into(), result(22, "apply", "any", "PASSED")).await.unwrap();
     let port = bus.port();
     let verdicts = port.verdicts(vec![(22, 1), (21, 1), (21, 2)]).await.unwrap();
-    assert_eq!(verdicts.iter().map(|v| v.as_ref().map(|v| v.as_str().to_string())).collect::<Vec<_>>(), vec![
-        None,
-        Some("FAILED".to_string()),
-        None
-    ]);
+    assert_eq!(
+        verdicts.iter().map(|v| v.as_ref().map(|v| v.as_str().to_string())).collect::<Vec<_>>(),
+        vec![None, Some("FAILED".to_string()), None]
+    );
     assert_eq!(port.verdict_detail(21, 1).await.unwrap().as_deref(), Some("build/x86_64"));
     assert_eq!(port.verdict_detail(99, 1).await.unwrap(), None);
     let cells = port.cells(21, 1).await.unwrap();
-    assert_eq!(cells.iter().map(|c| (c.test.as_str(), c.outcome.as_str(), c.result_id)).collect::<Vec<_>>(), vec![
-        ("apply", "PASSED", 1),
-        ("build", "FAILED", 3)
-    ]);
+    assert_eq!(
+        cells.iter().map(|c| (c.test.as_str(), c.outcome.as_str(), c.result_id)).collect::<Vec<_>>(),
+        vec![("apply", "PASSED", 1), ("build", "FAILED", 3)]
+    );
     let all = |q: &str| {
         let params: Vec<(String, String)> =
             q.split('&').filter(|p| !p.is_empty()).map(|p| p.split_once('=').unwrap()).map(|(k, v)| (k.into(), v.into())).collect();

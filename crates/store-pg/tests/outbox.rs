@@ -62,7 +62,10 @@ async fn a_state_change_and_its_messages_commit_or_roll_back_together() {
     let url = fresh_database().await;
     let store = PgStore::connect(&url, 4, Sealer::default()).await.unwrap();
     let root = TopicRoot::new("pbtest", "pg").unwrap();
-    store.transaction::<_, PgError, _>(async |tx| Ok(tx.sql().batch_execute("CREATE TABLE things (name TEXT PRIMARY KEY)").await?)).await.unwrap();
+    store
+        .transaction::<_, PgError, _>(async |tx| Ok(tx.sql().batch_execute("CREATE TABLE things (name TEXT PRIMARY KEY)").await?))
+        .await
+        .unwrap();
 
     let sent = store
         .transaction(async |tx| {
