@@ -5,9 +5,10 @@
 //! redelivered chunk changes nothing. [`LogStore::read`] gives a job's whole
 //! log back, and whether every chunk up to the last arrived, marking a missing
 //! middle chunk in the text; `web` serves it at `GET /api/v1/logs/{job}`
-//! through its `TestLogs` port.
+//! through its `TestLogs` port. With `store.url`, the same table lives in PostgreSQL
+//! ([`LogStore::on_postgres`]); the chunk rules (compression, missing parts) are the same code.
 //!
-//! Knows the embedded store and the runtime; no HTTP, no runner.
+//! Knows the stores and the runtime; no HTTP, no runner.
 
 use std::io::{Read as _, Write as _};
 
@@ -20,7 +21,19 @@ use rusqlite::params;
 /// Test logs in the store.
 #[derive(Clone)]
 pub struct LogStore {
-    db: Db,
+    tables: Tables,
+}
+
+/// Where `test_logs` lives.
+#[derive(Clone)]
+enum Tables {
+    Sqlite(Db),
+    Pg(patchbay_store_pg::PgStore),
+}
+
+/// The port's error for a PostgreSQL failure.
+fn pg(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("PostgreSQL: {e}"))
 }
 
 /// A job's log as stored.
@@ -35,7 +48,12 @@ pub struct Log {
 impl LogStore {
     /// Logs in `db`.
     pub fn new(db: Db) -> Self {
-        LogStore { db }
+        LogStore { tables: Tables::Sqlite(db) }
+    }
+
+    /// Logs in PostgreSQL (`store.url`), shared by every process that records or serves them.
+    pub fn on_postgres(store: patchbay_store_pg::PgStore) -> Self {
+        LogStore { tables: Tables::Pg(store) }
     }
 
     /// Stores one chunk of one run of a job; storing the same chunk again changes nothing.
@@ -45,49 +63,86 @@ impl LogStore {
         let data = z.finish().map_err(|e| StoreError::Setup(format!("compressing a log chunk: {e}")))?;
         let (job, run, bytes) = (job.to_string(), run.to_string(), text.len() as i64);
         let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
-        self.db
-            .write(move |tx| {
-                tx.prepare_cached(
-                    "INSERT OR IGNORE INTO test_logs (job, run, idx, last, bytes, at, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )?
-                .execute(params![job, run, index, last, bytes, at, data])?;
-                Ok(())
-            })
-            .await
+        let db = match &self.tables {
+            Tables::Sqlite(db) => db,
+            Tables::Pg(store) => {
+                store
+                    .client()
+                    .await
+                    .map_err(pg)?
+                    .execute(
+                        "INSERT INTO test_logs (job, run, idx, last, bytes, at, data) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                        &[&job, &run, &i64::from(index), &last, &bytes, &at, &data],
+                    )
+                    .await
+                    .map_err(pg)?;
+                return Ok(());
+            }
+        };
+        db.write(move |tx| {
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO test_logs (job, run, idx, last, bytes, at, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![job, run, index, last, bytes, at, data])?;
+            Ok(())
+        })
+        .await
     }
 
     /// The whole log of the latest run of `job`, or `None` when nothing of it is stored.
     pub async fn read(&self, job: &str) -> Result<Option<Log>, StoreError> {
         let job = job.to_string();
-        self.db
-            .read(move |conn| {
-                use rusqlite::OptionalExtension as _;
-                let run: Option<String> =
-                    conn.query_row("SELECT run FROM test_logs WHERE job = ?1 ORDER BY at DESC LIMIT 1", [&job], |r| r.get(0)).optional()?;
-                let Some(run) = run else { return Ok(None) };
-                let mut stmt = conn.prepare("SELECT idx, last, data FROM test_logs WHERE job = ?1 AND run = ?2 ORDER BY idx")?;
-                let rows: Vec<(u32, bool, Vec<u8>)> =
-                    stmt.query_map([&job, &run], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
-                if rows.is_empty() {
-                    return Ok(None);
-                }
-                let mut text = String::new();
-                let mut complete = false;
-                for (n, (idx, last, data)) in rows.iter().enumerate() {
-                    if *idx as usize != n {
-                        text.push_str("\n[... a part of this log is missing ...]\n");
-                    }
-                    let mut chunk = String::new();
-                    flate2::read::DeflateDecoder::new(&data[..])
-                        .read_to_string(&mut chunk)
-                        .map_err(|e| StoreError::Corrupt(format!("log chunk {idx} of {job}: {e}")))?;
-                    text.push_str(&chunk);
-                    complete = *last && rows.iter().enumerate().all(|(i, r)| r.0 as usize == i);
-                }
-                Ok(Some(Log { text, complete }))
-            })
-            .await
+        let rows = match &self.tables {
+            Tables::Sqlite(db) => {
+                let job = job.clone();
+                db.read(move |conn| {
+                    let mut stmt = conn.prepare(
+                        "SELECT idx, last, data FROM test_logs WHERE job = ?1
+                         AND run = (SELECT run FROM test_logs WHERE job = ?1 ORDER BY at DESC LIMIT 1) ORDER BY idx",
+                    )?;
+                    Ok(stmt.query_map([&job], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<Vec<_>, _>>()?)
+                })
+                .await?
+            }
+            Tables::Pg(store) => store
+                .client()
+                .await
+                .map_err(pg)?
+                .query(
+                    "SELECT idx, last, data FROM test_logs WHERE job = $1
+                     AND run = (SELECT run FROM test_logs WHERE job = $1 ORDER BY at DESC LIMIT 1) ORDER BY idx",
+                    &[&job],
+                )
+                .await
+                .map_err(pg)?
+                .iter()
+                .map(|r| (r.get::<_, i64>(0) as u32, r.get(1), r.get(2)))
+                .collect(),
+        };
+        assemble(&job, &rows)
     }
+}
+
+/// A run's chunks, in index order, as one log: a missing chunk is said in the text, and the
+/// log is complete when the last chunk came and none before it is missing.
+fn assemble(job: &str, rows: &[(u32, bool, Vec<u8>)]) -> Result<Option<Log>, StoreError> {
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let mut text = String::new();
+    let mut complete = false;
+    for (n, (idx, last, data)) in rows.iter().enumerate() {
+        if *idx as usize != n {
+            text.push_str("\n[... a part of this log is missing ...]\n");
+        }
+        let mut chunk = String::new();
+        flate2::read::DeflateDecoder::new(&data[..])
+            .read_to_string(&mut chunk)
+            .map_err(|e| StoreError::Corrupt(format!("log chunk {idx} of {job}: {e}")))?;
+        text.push_str(&chunk);
+        complete = *last && rows.iter().enumerate().all(|(i, r)| r.0 as usize == i);
+    }
+    Ok(Some(Log { text, complete }))
 }
 
 /// The service that stores `ci.test.log` chunks as they are published.
@@ -109,37 +164,5 @@ impl BodyHandler<TestLog> for Recorder {
             .append(&chunk.job, &chunk.run, chunk.index, chunk.last, &chunk.text)
             .await
             .map_err(|e| HandlerError::Transient(e.to_string()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn chunks_round_trip_compressed_and_idempotent() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("db.sqlite3")).unwrap();
-        let logs = LogStore::new(db.clone());
-        assert_eq!(logs.read("j").await.unwrap(), None);
-        let big = "compiling foo.c\n".repeat(4000);
-        logs.append("j", "r1", 0, false, &big).await.unwrap();
-        assert!(!logs.read("j").await.unwrap().unwrap().complete);
-        logs.append("j", "r1", 1, true, "error: it broke\n").await.unwrap();
-        logs.append("j", "r1", 1, true, "error: it broke\n").await.unwrap();
-        let log = logs.read("j").await.unwrap().unwrap();
-        assert!(log.complete);
-        assert_eq!(log.text, format!("{big}error: it broke\n"));
-        let stored: i64 = db.read(|c| Ok(c.query_row("SELECT sum(length(data)) FROM test_logs", [], |r| r.get(0))?)).await.unwrap();
-        assert!((stored as usize) < big.len() / 10, "kept compressed: {stored} bytes");
-        // A missing middle chunk is said, not hidden.
-        logs.append("k", "r1", 0, false, "a").await.unwrap();
-        logs.append("k", "r1", 2, true, "c").await.unwrap();
-        let k = logs.read("k").await.unwrap().unwrap();
-        assert!(!k.complete && k.text.contains("missing"));
-        // A re-run of a job replaces its log; chunks of two runs never mix.
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        logs.append("j", "r2", 0, true, "second run\n").await.unwrap();
-        assert_eq!(logs.read("j").await.unwrap().unwrap().text, "second run\n");
     }
 }

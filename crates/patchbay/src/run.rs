@@ -139,7 +139,7 @@ pub async fn run(config: Config, args: &RunArgs, shutdown: impl std::future::Fut
 }
 
 /// The services that keep their tables in PostgreSQL so far (issue 15 moves the rest).
-const ON_POSTGRES: &[Service] = &[Service::Aggregator, Service::Relay];
+const ON_POSTGRES: &[Service] = &[Service::Aggregator, Service::Logs, Service::Relay];
 
 /// Runs `args.service` on the PostgreSQL `store.url` names and RabbitMQ: what it commits goes
 /// to the store's outbox, which this process relays at once (and any `run relay` too).
@@ -153,7 +153,7 @@ async fn on_postgres(
     let source = config.source_name();
     if !ON_POSTGRES.contains(&args.service) {
         anyhow::bail!(
-            "{source}: store.url: {:?} does not keep its tables in PostgreSQL yet (so far: the aggregator and the relay); \
+            "{source}: store.url: {:?} does not keep its tables in PostgreSQL yet (so far: the aggregator, the log recorder and the relay); \
              run it without store.url, on the data directory's SQLite",
             args.service
         );
@@ -167,9 +167,16 @@ async fn on_postgres(
     let Some(store) = crate::backend::postgres_when_up(&config, sealer, &mut shutdown).await? else { return Ok(()) };
     let (closing_tx, closing) = watch::channel(false);
     let mut tasks = vec![tokio::spawn(patchbay_store_pg::Relay::new(store.clone(), bus.clone()).run(closed(closing.clone())))];
-    if args.service == Service::Aggregator {
-        let aggregator = crate::services::aggregator::aggregator_on_postgres(&config, store.clone(), bus.clone());
-        tasks.extend(crate::services::aggregator::start(&config, aggregator, None, bus.clone(), policy, closing.clone())?);
+    match args.service {
+        Service::Aggregator => {
+            let aggregator = crate::services::aggregator::aggregator_on_postgres(&config, store.clone(), bus.clone());
+            tasks.extend(crate::services::aggregator::start(&config, aggregator, None, bus.clone(), policy, closing.clone())?);
+        }
+        Service::Logs => {
+            let logs = patchbay_logs::LogStore::on_postgres(store.clone());
+            tasks.push(crate::services::logs::start(&config, logs, bus.clone(), policy, closing.clone())?);
+        }
+        _ => {}
     }
     if let Some(addr) = args.http {
         let listener = crate::serve::listen(addr).with_context(|| format!("listening on {addr} (--http)"))?;

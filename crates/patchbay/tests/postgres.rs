@@ -1,6 +1,6 @@
 //! Issue 15: services on PostgreSQL (`store.url`) and RabbitMQ, as separate processes. Two
 //! `patchbay run aggregator` processes share one PostgreSQL and one queue, and a `run relay`
-//! runs beside them. Every result is delivered twice, and one aggregator is killed with
+//! and a `run logs` run beside them. Every result is delivered twice, and one aggregator is killed with
 //! SIGKILL mid-run and started again. Each series still gets exactly one verdict, the right
 //! one, and every row of the outbox reaches the broker. Services not yet on PostgreSQL, and
 //! `serve`, refuse `store.url` with a reason. Needs a real PostgreSQL
@@ -16,7 +16,7 @@ mod common;
 use common::{Proc, bin, free_port, http_get, wait_http, wait_log};
 use patchbay_bus::{Bus, Publisher, QueueSpec, Sealer, TopicPattern};
 use patchbay_bus_amqp::{AmqpBus, AmqpConfig};
-use patchbay_model::{BaseUsed, Sender, SeriesHead, TestFinished, TopicRoot};
+use patchbay_model::{BaseUsed, Sender, SeriesHead, TestFinished, TestLog, TopicRoot};
 
 const SERIES: i64 = 30;
 /// Public series ids as `identity` derives them: in [2^52, 2^53).
@@ -84,10 +84,12 @@ async fn aggregators_on_postgres_decide_once_through_redelivery_and_kill_9() {
     let agg_a = Proc::start(&a, tmp.path(), "aggregator", &["--http", &format!("127.0.0.1:{pa}")]);
     let agg_b = Proc::start(&b, tmp.path(), "aggregator", &["--http", &format!("127.0.0.1:{pb}")]);
     let relay = Proc::start(&b, tmp.path(), "relay", &[]);
+    let logs = Proc::start(&a, tmp.path(), "logs", &[]);
     wait_http(pa, "/readyz", "aggregator a", &[&agg_a]);
     wait_http(pb, "/readyz", "aggregator b", &[&agg_b]);
     wait_log(&agg_a, "Service started");
     wait_log(&agg_b, "Service started");
+    wait_log(&logs, "Service started");
     assert!(http_get(pa, "/metrics").contains("patchbay_"), "metrics on the probe port");
 
     // The test is a runner: it publishes results and watches verdicts on the broker.
@@ -117,6 +119,11 @@ async fn aggregators_on_postgres_decide_once_through_redelivery_and_kill_9() {
         publish(n).await;
     }
     let agg_a = Proc::start(&a, tmp.path(), "aggregator", &[]);
+    // A job's log, in two chunks, the first delivered twice.
+    for (index, last, text) in [(0, false, "building\n"), (0, false, "building\n"), (1, true, "TESTS PASSED\n")] {
+        let chunk = TestLog { job: "job-1".into(), run: "run-1".into(), index, last, text: text.into() };
+        runner.publish(&chunk).await.unwrap();
+    }
 
     // Every verdict message, by id, and what it said per series.
     let mut messages: HashMap<patchbay_model::Uuid, (i64, String)> = HashMap::new();
@@ -163,5 +170,12 @@ async fn aggregators_on_postgres_decide_once_through_redelivery_and_kill_9() {
         assert!(Instant::now() < deadline, "the outbox drains");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    drop((agg_a, agg_b, relay));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count("SELECT count(*) FROM test_logs").await < 2 {
+        assert!(Instant::now() < deadline, "the log chunks reach PostgreSQL:\n{}", logs.stderr());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = patchbay_logs::LogStore::on_postgres(store.clone()).read("job-1").await.unwrap().unwrap();
+    assert_eq!((log.text.as_str(), log.complete), ("building\nTESTS PASSED\n", true));
+    drop((agg_a, agg_b, relay, logs));
 }

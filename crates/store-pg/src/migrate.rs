@@ -52,6 +52,18 @@ const MIGRATIONS: &[&str] = &[
          PRIMARY KEY (series_id, version)
      );
      CREATE INDEX verdicts_pending ON verdicts (since) WHERE decided_at IS NULL;",
+    // 3: full test logs (owned by patchbay-logs; SQLite's migration 3): deflated chunks.
+    "CREATE TABLE test_logs (
+         job TEXT NOT NULL,
+         run TEXT NOT NULL,
+         idx BIGINT NOT NULL,
+         last BOOLEAN NOT NULL,
+         bytes BIGINT NOT NULL,
+         at BIGINT NOT NULL,
+         data BYTEA NOT NULL,
+         PRIMARY KEY (job, run, idx)
+     );
+     CREATE INDEX test_logs_latest ON test_logs (job, at);",
 ];
 
 /// The schema version this build writes.
