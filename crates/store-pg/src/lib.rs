@@ -25,7 +25,7 @@ use std::sync::Arc;
 use patchbay_bus::{BusError, Sealer};
 
 pub use migrate::SCHEMA_VERSION;
-pub use outbox::{PgTx, Relay};
+pub use outbox::{KEEP_RELAYED, PgTx, Relay};
 
 /// What went wrong in the PostgreSQL store.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +64,11 @@ impl PgError {
     /// Whether trying again later can succeed (a lost connection, a serialization failure, a
     /// broker outage), as against a wrong config or a newer schema.
     pub fn is_transient(&self) -> bool {
-        !matches!(self, PgError::Config(_) | PgError::TooNew { .. } | PgError::Corrupt { .. })
+        match self {
+            PgError::Config(_) | PgError::TooNew { .. } | PgError::Corrupt { .. } => false,
+            PgError::Db(e) => e.code().is_none_or(|code| !permanent(code.code())),
+            PgError::Unreachable(_) | PgError::Bus(_) => true,
+        }
     }
 }
 
@@ -166,6 +170,12 @@ pub mod testing {
     }
 }
 
+/// Whether PostgreSQL's SQLSTATE says that only an operator can mend it: a refused login
+/// (class 28), a database that does not exist (3D000), a missing privilege (42501).
+fn permanent(sqlstate: &str) -> bool {
+    sqlstate.starts_with("28") || sqlstate == "3D000" || sqlstate == "42501"
+}
+
 /// `url` without its password, for messages.
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -180,6 +190,17 @@ fn redact(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn refused_logins_and_missing_databases_are_not_retried() {
+        for code in ["28P01", "28000", "3D000", "42501"] {
+            assert!(super::permanent(code), "{code}");
+        }
+        // Serialization failures, deadlocks, shutdowns and lost connections are retried.
+        for code in ["40001", "40P01", "57P01", "08006"] {
+            assert!(!super::permanent(code), "{code}");
+        }
+    }
+
     #[test]
     fn urls_are_shown_without_their_password() {
         assert_eq!(super::redact("postgres://pb:secret@db:5432/pb"), "postgres://pb:…@db:5432/pb");

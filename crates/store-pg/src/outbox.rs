@@ -84,6 +84,13 @@ impl<'a> PgTx<'a> {
     }
 }
 
+/// How long relayed rows stay in the outbox.
+pub const KEEP_RELAYED: Duration = Duration::from_secs(24 * 3600);
+/// Rows deleted per prune.
+const PRUNE_BATCH: i64 = 10_000;
+/// How often a relay prunes.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
 /// Rows taken per relay step.
 const BATCH: i64 = 500;
 /// How often an idle relay looks for rows other processes committed (this process's commits
@@ -129,6 +136,24 @@ impl Relay {
         Ok(positions.len())
     }
 
+    /// Deletes rows relayed more than `keep` ago, at most `PRUNE_BATCH` at a time; returns how
+    /// many. A relayed row has done its work (the broker has the message, and the history keeps
+    /// it), so the table holds what is waiting plus a day of what was sent, for inspection.
+    pub async fn prune(&self, keep: Duration) -> Result<u64, PgError> {
+        let seconds = keep.as_secs_f64();
+        Ok(self
+            .store
+            .pool
+            .get()
+            .await?
+            .execute(
+                "DELETE FROM outbox WHERE pos IN (
+                     SELECT pos FROM outbox WHERE relayed_at < now() - make_interval(secs => $1) ORDER BY pos LIMIT $2)",
+                &[&seconds, &PRUNE_BATCH],
+            )
+            .await?)
+    }
+
     /// How many rows wait to be relayed.
     pub async fn waiting(&self) -> Result<i64, PgError> {
         Ok(self.store.pool.get().await?.query_one("SELECT count(*) FROM outbox WHERE relayed_at IS NULL", &[]).await?.get(0))
@@ -139,7 +164,16 @@ impl Relay {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut backoff = Duration::from_millis(100);
+        let mut pruned_at = tokio::time::Instant::now();
         loop {
+            if pruned_at.elapsed() >= PRUNE_EVERY {
+                pruned_at = tokio::time::Instant::now();
+                match self.prune(KEEP_RELAYED).await {
+                    Ok(0) => {}
+                    Ok(rows) => tracing::info!(rows, "Relayed outbox rows older than a day deleted."),
+                    Err(error) => tracing::warn!(%error, "Pruning the outbox failed; will retry."),
+                }
+            }
             let stepped = tokio::select! {
                 () = &mut shutdown => return,
                 stepped = self.step() => stepped,

@@ -117,6 +117,10 @@ async fn processes_starting_together_migrate_once_and_a_newer_schema_is_refused(
         Err(e @ PgError::TooNew { .. }) => assert!(!e.is_transient() && e.to_string().contains("upgrade patchbay"), "{e}"),
         other => panic!("a newer schema must be refused: {other:?}"),
     }
+    // A database that does not exist is the operator's to mend: not retried.
+    let (base, _) = url.rsplit_once('/').unwrap();
+    let missing = PgStore::connect(&format!("{base}/pb_no_such_database"), 2, Sealer::default()).await.unwrap_err();
+    assert!(!missing.is_transient(), "{missing}");
     let bad = PgStore::connect("postgres://[nowhere", 2, Sealer::default()).await.unwrap_err();
     assert!(matches!(bad, PgError::Config(_)) && bad.to_string().starts_with("store.url: "), "{bad}");
 }
@@ -204,4 +208,36 @@ async fn two_relays_send_every_committed_message_to_rabbitmq() {
     assert_eq!(count(&store, "SELECT count(*) FROM outbox WHERE relayed_at IS NULL").await, 0, "and is marked relayed");
     let again = seen.values().filter(|n| **n > 1).count();
     eprintln!("600 messages through 2 relays; {again} arrived more than once");
+}
+
+#[tokio::test]
+async fn relayed_rows_are_pruned_after_a_day_and_waiting_ones_never() {
+    let url = fresh_database().await;
+    let store = PgStore::connect(&url, 4, Sealer::default()).await.unwrap();
+    let root = TopicRoot::new("pbtest", "prune").unwrap();
+    for i in 0..6 {
+        store.transaction(async |tx| tx.publish(vec![message(&root, "p", i)]).await).await.unwrap();
+    }
+    let client = store.client().await.unwrap();
+    // Two sent two days ago, two sent just now, two still waiting.
+    client
+        .execute("UPDATE outbox SET relayed_at = now() - interval '2 days' WHERE pos IN (SELECT pos FROM outbox ORDER BY pos LIMIT 2)", &[])
+        .await
+        .unwrap();
+    client
+        .execute(
+            "UPDATE outbox SET relayed_at = now() WHERE pos IN (SELECT pos FROM outbox WHERE relayed_at IS NULL ORDER BY pos LIMIT 2)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let ns = format!("pbpg{}", Uuid::now_v7().simple());
+    let state = tempfile::tempdir().unwrap();
+    let relay = Relay::new(store.clone(), rabbit(&ns, state.path()).await);
+    assert_eq!(relay.prune(patchbay_store_pg::KEEP_RELAYED).await.unwrap(), 2);
+    assert_eq!(relay.prune(patchbay_store_pg::KEEP_RELAYED).await.unwrap(), 0, "once");
+    assert_eq!(count(&store, "SELECT count(*) FROM outbox").await, 4);
+    assert_eq!(relay.waiting().await.unwrap(), 2, "what waits is never pruned");
+    assert_eq!(relay.prune(Duration::ZERO).await.unwrap(), 2, "everything relayed, with no grace");
+    assert_eq!(relay.waiting().await.unwrap(), 2);
 }
