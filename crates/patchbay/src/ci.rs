@@ -29,6 +29,10 @@ pub async fn runner(config: Config, jobs: Option<u16>, shutdown: impl std::futur
     }
     tokio::pin!(shutdown);
     let Some(bus) = crate::backend::bus_when_up(&config, sealer, &mut shutdown).await else { return Ok(()) };
+    if config.bus.backend == patchbay_config::BusBackend::Amqp {
+        // The results this runner publishes wait for an aggregator that has never started.
+        crate::services::declare_queues(&config, bus.as_ref()).await;
+    }
     let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
     let tasks = start_runner(&config, jobs.unwrap_or(config.runner.jobs), bus, policy, closing_rx)?;
     shutdown.await;

@@ -100,6 +100,10 @@ pub async fn run(config: Config, args: &RunArgs, shutdown: impl std::future::Fut
             None => return Ok(()),
         },
     };
+    if config.bus.backend == BusBackend::Amqp {
+        // Whatever this process publishes waits for services that have not started yet.
+        crate::services::declare_queues(&config, bus.as_ref()).await;
+    }
     // What this process commits to the store reaches RabbitMQ through the relay, which starts
     // at the end of the log the first time: its place is taken before anything is committed,
     // so nothing said before the first `run relay` is taken for old.
@@ -164,6 +168,7 @@ async fn on_postgres(
         );
     }
     let Some(bus) = crate::backend::bus_when_up(&config, sealer.clone(), &mut shutdown).await else { return Ok(()) };
+    crate::services::declare_queues(&config, bus.as_ref()).await;
     let Some(store) = crate::backend::postgres_when_up(&config, sealer, &mut shutdown).await? else { return Ok(()) };
     let (closing_tx, closing) = watch::channel(false);
     let mut tasks = vec![tokio::spawn(patchbay_store_pg::Relay::new(store.clone(), bus.clone()).run(closed(closing.clone())))];

@@ -1,6 +1,7 @@
 //! Issue 15: services on PostgreSQL (`store.url`) and RabbitMQ, as separate processes. Two
 //! `patchbay run aggregator` processes share one PostgreSQL and one queue, and a `run relay`
-//! and a `run logs` run beside them. Every result is delivered twice, and one aggregator is killed with
+//! and a `run logs` run beside them. The first results are published before any aggregator has
+//! started (the relay declared every service's queue). Every result is delivered twice, and one aggregator is killed with
 //! SIGKILL mid-run and started again. Each series still gets exactly one verdict, the right
 //! one, and every row of the outbox reaches the broker. Services not yet on PostgreSQL, and
 //! `serve`, refuse `store.url` with a reason. Needs a real PostgreSQL
@@ -80,17 +81,10 @@ async fn aggregators_on_postgres_decide_once_through_redelivery_and_kill_9() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("store.url") && err.contains("patchbay run"), "{err}");
 
-    let (pa, pb) = (free_port(), free_port());
-    let agg_a = Proc::start(&a, tmp.path(), "aggregator", &["--http", &format!("127.0.0.1:{pa}")]);
-    let agg_b = Proc::start(&b, tmp.path(), "aggregator", &["--http", &format!("127.0.0.1:{pb}")]);
+    // The relay starts first: like every process on RabbitMQ it declares every service's
+    // queue, so results published before any aggregator has ever run wait for one.
     let relay = Proc::start(&b, tmp.path(), "relay", &[]);
-    let logs = Proc::start(&a, tmp.path(), "logs", &[]);
-    wait_http(pa, "/readyz", "aggregator a", &[&agg_a]);
-    wait_http(pb, "/readyz", "aggregator b", &[&agg_b]);
-    wait_log(&agg_a, "Service started");
-    wait_log(&agg_b, "Service started");
-    wait_log(&logs, "Service started");
-    assert!(http_get(pa, "/metrics").contains("patchbay_"), "metrics on the probe port");
+    wait_log(&relay, "Every service's queue declared");
 
     // The test is a runner: it publishes results and watches verdicts on the broker.
     let root = TopicRoot::new("e2e", &ns).unwrap();
@@ -111,7 +105,21 @@ async fn aggregators_on_postgres_decide_once_through_redelivery_and_kill_9() {
             bus.publish_sealed(vec![sealed]).await.unwrap();
         }
     };
-    for n in 1..=SERIES / 2 {
+    for n in 1..=SERIES / 3 {
+        publish(n).await;
+    }
+
+    let (pa, pb) = (free_port(), free_port());
+    let agg_a = Proc::start(&a, tmp.path(), "aggregator", &["--http", &format!("127.0.0.1:{pa}")]);
+    let agg_b = Proc::start(&b, tmp.path(), "aggregator", &["--http", &format!("127.0.0.1:{pb}")]);
+    let logs = Proc::start(&a, tmp.path(), "logs", &[]);
+    wait_http(pa, "/readyz", "aggregator a", &[&agg_a]);
+    wait_http(pb, "/readyz", "aggregator b", &[&agg_b]);
+    wait_log(&agg_a, "Service started");
+    wait_log(&agg_b, "Service started");
+    wait_log(&logs, "Service started");
+    assert!(http_get(pa, "/metrics").contains("patchbay_"), "metrics on the probe port");
+    for n in SERIES / 3 + 1..=SERIES / 2 {
         publish(n).await;
     }
     agg_a.kill9();

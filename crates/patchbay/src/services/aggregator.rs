@@ -53,6 +53,15 @@ pub fn start_aggregator(
     start(config, aggregator, replay, bus, policy, shutdown)
 }
 
+/// The aggregator's queue: results, and supersessions when `results.close_superseded`.
+pub fn spec(config: &Config) -> anyhow::Result<ServiceSpec> {
+    let mut patterns = vec![patchbay_runtime::pattern_of::<patchbay_model::TestFinished>(&config.bus.root)?];
+    if config.results.close_superseded {
+        patterns.push(patchbay_runtime::pattern_of::<patchbay_model::SeriesSuperseded>(&config.bus.root)?);
+    }
+    Ok(ServiceSpec::new(ServiceName::Aggregator.as_str(), patterns))
+}
+
 /// Starts `aggregator`, on whichever store, bound to its topics, and its deadline sweep;
 /// `replay` fills sequence gaps from the history where the store keeps one.
 pub fn start(
@@ -63,11 +72,7 @@ pub fn start(
     policy: Arc<TrustPolicy>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-    let mut patterns = vec![patchbay_runtime::pattern_of::<patchbay_model::TestFinished>(&config.bus.root)?];
-    if config.results.close_superseded {
-        patterns.push(patchbay_runtime::pattern_of::<patchbay_model::SeriesSuperseded>(&config.bus.root)?);
-    }
-    let mut spec = ServiceSpec::new(ServiceName::Aggregator.as_str(), patterns);
+    let mut spec = spec(config)?;
     spec.replay = replay;
     let service = spawn_service(bus, policy, spec, Arc::new(aggregator.clone()), shutdown.clone(), "The aggregator");
     let deadline = config.results.verdict_deadline_secs;

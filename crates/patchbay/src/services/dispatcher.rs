@@ -78,6 +78,30 @@ impl SeriesDates for StoreDates {
     }
 }
 
+/// The dispatcher's queue: every complete series.
+pub fn spec(config: &Config) -> anyhow::Result<ServiceSpec> {
+    let pattern = patchbay_runtime::pattern_of::<SeriesComplete>(&config.bus.root)?;
+    Ok(ServiceSpec::new(ServiceName::Dispatcher.as_str(), vec![pattern]))
+}
+
+/// One queue per (test, arch) the projects run, the apply test's included.
+pub fn job_queues(config: &Config) -> anyhow::Result<Vec<patchbay_bus::QueueSpec>> {
+    let mut queues = vec![(patchbay_model::APPLY_TEST.to_string(), patchbay_ci::ANY_ARCH.to_string())];
+    for p in project_tests(config) {
+        for t in &p.tests {
+            for arch in &t.arches {
+                queues.push((t.name.clone(), arch.clone()));
+            }
+        }
+    }
+    let mut declared = Vec::new();
+    for (test, arch) in queues {
+        let pattern = patchbay_runtime::pattern(&config.bus.root, &job_topic(&test, &arch))?;
+        declared.push(patchbay_bus::QueueSpec::new(job_queue(&test, &arch), vec![pattern]));
+    }
+    Ok(declared)
+}
+
 /// Starts the dispatcher on `bus`; it stops when `shutdown` resolves.
 pub fn start_dispatcher(
     config: &Config,
@@ -105,23 +129,10 @@ pub fn start_dispatcher(
         );
     }
     let handler = patchbay_runtime::Typed::new(dispatcher);
-    let pattern = patchbay_runtime::pattern_of::<SeriesComplete>(&config.bus.root)?;
-    let spec = ServiceSpec::new(ServiceName::Dispatcher.as_str(), vec![pattern]);
+    let spec = spec(config)?;
     // Every job queue exists before the first job is published: jobs then wait for a runner
     // instead of being dropped because none has subscribed yet.
-    let mut queues = vec![(patchbay_model::APPLY_TEST.to_string(), patchbay_ci::ANY_ARCH.to_string())];
-    for p in project_tests(config) {
-        for t in &p.tests {
-            for arch in &t.arches {
-                queues.push((t.name.clone(), arch.clone()));
-            }
-        }
-    }
-    let mut declared = Vec::new();
-    for (test, arch) in queues {
-        let pattern = patchbay_runtime::pattern(&config.bus.root, &job_topic(&test, &arch))?;
-        declared.push(patchbay_bus::QueueSpec::new(job_queue(&test, &arch), vec![pattern]));
-    }
+    let declared = job_queues(config)?;
     Ok(Some(tokio::spawn(async move {
         for q in declared {
             if let Err(error) = bus.declare(q.clone()).await {

@@ -8,6 +8,12 @@ use patchbay_config::Config;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// The log recorder's queue: every `ci.test.log` chunk.
+pub fn spec(config: &Config) -> anyhow::Result<patchbay_runtime::ServiceSpec> {
+    let pattern = patchbay_runtime::pattern_of::<patchbay_model::TestLog>(&config.bus.root)?;
+    Ok(patchbay_runtime::ServiceSpec::new("log-recorder", vec![pattern]))
+}
+
 /// Starts the log recorder on `bus` until `closing`.
 pub fn start(
     config: &Config,
@@ -16,8 +22,7 @@ pub fn start(
     policy: Arc<TrustPolicy>,
     closing: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinHandle<()>> {
-    let pattern = patchbay_runtime::pattern_of::<patchbay_model::TestLog>(&config.bus.root)?;
-    let spec = patchbay_runtime::ServiceSpec::new("log-recorder", vec![pattern]);
+    let spec = spec(config)?;
     let handler = patchbay_runtime::Typed::new(patchbay_logs::Recorder::new(logs));
     Ok(crate::tasks::spawn_service(bus, policy, spec, handler, closing, "The log recorder"))
 }

@@ -28,6 +28,34 @@ pub mod web;
 
 use std::sync::Arc;
 
+/// The pipeline's shared queues: the dispatcher's, the aggregator's, the reporter's, the log
+/// recorder's, and one per (test, arch). Queues of one instance (a runner's cancellations, the
+/// history recorder's copy) are left to their process.
+pub fn queues(config: &patchbay_config::Config) -> anyhow::Result<Vec<patchbay_bus::QueueSpec>> {
+    let specs = [dispatcher::spec(config)?, aggregator::spec(config)?, reporter::spec(config)?, logs::spec(config)?];
+    let mut out: Vec<patchbay_bus::QueueSpec> =
+        specs.into_iter().map(|s| patchbay_bus::QueueSpec::new(s.queue, s.patterns).on_demand(true)).collect();
+    out.extend(dispatcher::job_queues(config)?.into_iter().map(|q| q.on_demand(true)));
+    Ok(out)
+}
+
+/// Declares every queue of [`queues`] on `bus`, so that what a process publishes before a
+/// service's first start waits in its queue (RabbitMQ drops what no queue is bound for).
+/// Failures are logged, not fatal: each service declares its own queue again when it starts.
+pub async fn declare_queues(config: &patchbay_config::Config, bus: &dyn patchbay_bus::Bus) {
+    let queues = match queues(config) {
+        Ok(queues) => queues,
+        Err(error) => return tracing::error!(error = format!("{error:#}"), "Cannot name the services' queues."),
+    };
+    let n = queues.len();
+    for q in queues {
+        if let Err(error) = bus.declare(q.clone()).await {
+            tracing::warn!(queue = %q.name, %error, "Cannot declare a service's queue; it is declared when its service starts.");
+        }
+    }
+    tracing::info!(queues = n, "Every service's queue declared.");
+}
+
 use async_trait::async_trait;
 use patchbay_config::Config;
 use patchbay_model::Sender;

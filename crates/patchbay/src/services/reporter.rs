@@ -21,6 +21,12 @@ pub fn report_template(config: &Config) -> anyhow::Result<Option<patchbay_report
     }
 }
 
+/// The reporter's queue: every verdict.
+pub fn spec(config: &Config) -> anyhow::Result<ServiceSpec> {
+    let pattern = patchbay_runtime::pattern_of::<patchbay_model::SeriesVerdict>(&config.bus.root)?;
+    Ok(ServiceSpec::new(ServiceName::Reporter.as_str(), vec![pattern]))
+}
+
 /// Starts the reporter: one mail per verdict into `<data>/outbox` (a maildir), exactly once.
 pub fn start_reporter(
     config: &Config,
@@ -53,8 +59,7 @@ pub fn start_reporter(
         .scripts(
             config.projects.iter().flat_map(|p| p.tests.iter().map(|t| ((p.name.clone(), t.name.clone()), t.script.clone()))).collect(),
         );
-    let pattern = patchbay_runtime::pattern_of::<patchbay_model::SeriesVerdict>(&config.bus.root)?;
-    let mut spec = ServiceSpec::new(ServiceName::Reporter.as_str(), vec![pattern]);
+    let mut spec = spec(config)?;
     spec.replay = replay;
     // An SMTP server may be down for hours: keep trying, at most a minute apart.
     spec.retry = RetryPolicy { max_attempts: 10_000, base_delay: Duration::from_millis(500), max_delay: Duration::from_secs(60) };
