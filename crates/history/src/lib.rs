@@ -36,12 +36,14 @@
 //! Knows the embedded store; no HTTP, no services. It owns the shape of `[history]`
 //! ([`HistorySettings`]) but never reads the config file.
 
+mod pg;
 mod settings;
 
 use std::time::Duration;
 
 pub use patchbay_model::messages::{MAX_ROWS, Order, Page, Query, SenderFilter, page_json};
 use patchbay_store::{Db, StoreError};
+pub use pg::{prune as prune_postgres, record as record_in_postgres};
 use rusqlite::types::Value as Sql;
 use rusqlite::{Connection, OptionalExtension as _, params_from_iter};
 pub use settings::HistorySettings;
@@ -364,20 +366,18 @@ fn is_pattern(t: &str) -> bool {
     t.split('.').any(|w| w == "*" || w == "#")
 }
 
-/// Topic filters as exact topics: patterns are matched against the topics history has seen
-/// (a short list), so every topic filter is an index lookup.
-fn expand_topics(conn: &Connection, filters: &[String]) -> Result<Vec<String>, StoreError> {
+/// Topic filters as exact topics: patterns are matched against `known`, the topics history
+/// has seen (a short list), so every topic filter is an index lookup.
+fn expand(filters: &[String], known: &[String]) -> Vec<String> {
     let mut out: Vec<String> = filters.iter().filter(|t| !is_pattern(t)).cloned().collect();
     let patterns: Vec<patchbay_bus::TopicPattern> =
         filters.iter().filter(|t| is_pattern(t)).filter_map(|t| patchbay_bus::TopicPattern::parse(t).ok()).collect();
     if !patterns.is_empty() {
-        let mut stmt = conn.prepare_cached("SELECT topic FROM history_topics")?;
-        let known: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-        out.extend(known.into_iter().filter(|t| patterns.iter().any(|p| p.matches_str(t))));
+        out.extend(known.iter().filter(|t| patterns.iter().any(|p| p.matches_str(t))).cloned());
     }
     out.sort();
     out.dedup();
-    Ok(out)
+    out
 }
 
 /// A phrase for FTS5: the words, quoted, so no query syntax is taken from the user.
@@ -420,20 +420,30 @@ impl Plan {
     /// Negations become the topics that remain (a positive list an index can seek), since
     /// history knows every topic it holds.
     fn new(conn: &Connection, q: &Query, range: Option<(i64, i64)>) -> Result<Plan, StoreError> {
-        let mut topics = if q.topics.is_empty() { None } else { Some(expand_topics(conn, &q.topics)?) };
+        let known: Vec<String> = if Plan::needs_topics(q) {
+            conn.prepare_cached("SELECT topic FROM history_topics")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
+        Ok(Plan::with_topics(q, range, &known))
+    }
+
+    /// Whether planning `q` needs the topics history has seen.
+    fn needs_topics(q: &Query) -> bool {
+        q.topics.iter().any(|t| is_pattern(t)) || !q.not_topics.is_empty() || !q.not_categories.is_empty()
+    }
+
+    /// The plan, given every topic history holds (`known`, needed only when
+    /// [`Plan::needs_topics`]): the same for every store.
+    fn with_topics(q: &Query, range: Option<(i64, i64)>, known: &[String]) -> Plan {
+        let mut topics = if q.topics.is_empty() { None } else { Some(expand(&q.topics, known)) };
         if !q.not_topics.is_empty() || !q.not_categories.is_empty() {
-            let excluded = expand_topics(conn, &q.not_topics)?;
-            let all = match topics.take() {
-                Some(t) => t,
-                None => conn
-                    .prepare_cached("SELECT topic FROM history_topics")?
-                    .query_map([], |r| r.get(0))?
-                    .collect::<Result<Vec<String>, _>>()?,
-            };
+            let excluded = expand(&q.not_topics, known);
+            let all = topics.take().unwrap_or_else(|| known.to_vec());
             let category = |t: &str| t.split('.').nth(2).unwrap_or("").to_string();
             topics = Some(all.into_iter().filter(|t| !excluded.contains(t) && !q.not_categories.contains(&category(t))).collect());
         }
-        Ok(Plan { topics, range })
+        Plan { topics, range }
     }
 }
 

@@ -64,6 +64,32 @@ const MIGRATIONS: &[&str] = &[
          PRIMARY KEY (job, run, idx)
      );
      CREATE INDEX test_logs_latest ON test_logs (job, at);",
+    // 4: the message history (owned by patchbay-history): each message's wire form beside the
+    // fields its filters read; `pos` is store order, `ts` monotone in it.
+    "CREATE TABLE history (
+         pos BIGSERIAL PRIMARY KEY,
+         id TEXT NOT NULL UNIQUE,
+         wire BYTEA NOT NULL,
+         ts BIGINT NOT NULL,
+         topic TEXT NOT NULL,
+         category TEXT NOT NULL,
+         service TEXT NOT NULL,
+         instance TEXT NOT NULL,
+         seq BIGINT NOT NULL,
+         series BIGINT,
+         project TEXT,
+         job TEXT,
+         body TSVECTOR NOT NULL
+     );
+     CREATE INDEX history_ts ON history (ts, pos);
+     CREATE INDEX history_topic ON history (topic, pos);
+     CREATE INDEX history_category ON history (category, pos);
+     CREATE INDEX history_series ON history (series, pos);
+     CREATE INDEX history_project ON history (project, pos);
+     CREATE INDEX history_sender ON history (service, instance, seq);
+     CREATE INDEX history_job ON history (job, pos);
+     CREATE INDEX history_body ON history USING GIN (body);
+     CREATE TABLE history_topics (topic TEXT PRIMARY KEY);",
 ];
 
 /// The schema version this build writes.
