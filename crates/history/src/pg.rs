@@ -19,7 +19,7 @@ use tokio_postgres::types::ToSql;
 use crate::{HistoryStore, Order, Page, Plan, Query, row, sql_filter};
 
 /// The lock recorders take turns under ("history" in ASCII).
-const RECORD_LOCK: i64 = 0x6869_7374_6f72_79;
+const RECORD_LOCK: i64 = 0x0068_6973_746f_7279;
 /// Messages looked at per prune step.
 const PRUNE_BATCH: i64 = 5000;
 
@@ -28,7 +28,8 @@ fn pg(e: impl std::fmt::Display) -> StoreError {
 }
 
 /// Keeps `envelopes`, in order, each once (a redelivery or a second recorder changes nothing);
-/// returns how many were new, and how many of those say a mail was stored.
+/// returns how many were new, and how many of those say a mail was stored (counted in the
+/// `mails_stored` metric once committed).
 pub async fn record(store: &PgStore, envelopes: &[Envelope]) -> Result<(usize, u64), StoreError> {
     let mut client = store.client().await.map_err(pg)?;
     let tx = client.transaction().await.map_err(pg)?;
@@ -71,6 +72,7 @@ pub async fn record(store: &PgStore, envelopes: &[Envelope]) -> Result<(usize, u
         }
     }
     tx.commit().await.map_err(pg)?;
+    patchbay_metrics::metrics().mails_stored.inc_by(mails);
     Ok((new, mails))
 }
 

@@ -143,7 +143,7 @@ pub async fn run(config: Config, args: &RunArgs, shutdown: impl std::future::Fut
 }
 
 /// The services that keep their tables in PostgreSQL so far (issue 15 moves the rest).
-const ON_POSTGRES: &[Service] = &[Service::Aggregator, Service::Logs, Service::Relay];
+const ON_POSTGRES: &[Service] = &[Service::Aggregator, Service::Logs, Service::History, Service::Relay];
 
 /// Runs `args.service` on the PostgreSQL `store.url` names and RabbitMQ: what it commits goes
 /// to the store's outbox, which this process relays at once (and any `run relay` too).
@@ -157,7 +157,7 @@ async fn on_postgres(
     let source = config.source_name();
     if !ON_POSTGRES.contains(&args.service) {
         anyhow::bail!(
-            "{source}: store.url: {:?} does not keep its tables in PostgreSQL yet (so far: the aggregator, the log recorder and the relay); \
+            "{source}: store.url: {:?} does not keep its tables in PostgreSQL yet (so far: the aggregator, the log recorder, the history and the relay); \
              run it without store.url, on the data directory's SQLite",
             args.service
         );
@@ -180,6 +180,9 @@ async fn on_postgres(
         Service::Logs => {
             let logs = patchbay_logs::LogStore::on_postgres(store.clone());
             tasks.push(crate::services::logs::start(&config, logs, bus.clone(), policy, closing.clone())?);
+        }
+        Service::History => {
+            tasks.extend(crate::services::history::start_on_postgres(&config, store.clone(), bus.clone(), policy, closing.clone())?);
         }
         _ => {}
     }

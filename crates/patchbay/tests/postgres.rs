@@ -1,6 +1,6 @@
 //! Issue 15: services on PostgreSQL (`store.url`) and RabbitMQ, as separate processes. Two
 //! `patchbay run aggregator` processes share one PostgreSQL and one queue, and a `run relay`
-//! and a `run logs` run beside them. The first results are published before any aggregator has
+//! a `run logs` and a `run history` run beside them. The first results are published before any aggregator has
 //! started (the relay declared every service's queue). Every result is delivered twice, and one aggregator is killed with
 //! SIGKILL mid-run and started again. Each series still gets exactly one verdict, the right
 //! one, and every row of the outbox reaches the broker. Services not yet on PostgreSQL, and
@@ -113,11 +113,13 @@ async fn aggregators_on_postgres_decide_once_through_redelivery_and_kill_9() {
     let agg_a = Proc::start(&a, tmp.path(), "aggregator", &["--http", &format!("127.0.0.1:{pa}")]);
     let agg_b = Proc::start(&b, tmp.path(), "aggregator", &["--http", &format!("127.0.0.1:{pb}")]);
     let logs = Proc::start(&a, tmp.path(), "logs", &[]);
+    let history = Proc::start(&b, tmp.path(), "history", &[]);
     wait_http(pa, "/readyz", "aggregator a", &[&agg_a]);
     wait_http(pb, "/readyz", "aggregator b", &[&agg_b]);
     wait_log(&agg_a, "Service started");
     wait_log(&agg_b, "Service started");
     wait_log(&logs, "Service started");
+    wait_log(&history, "Service started");
     assert!(http_get(pa, "/metrics").contains("patchbay_"), "metrics on the probe port");
     for n in SERIES / 3 + 1..=SERIES / 2 {
         publish(n).await;
@@ -185,5 +187,16 @@ async fn aggregators_on_postgres_decide_once_through_redelivery_and_kill_9() {
     }
     let log = patchbay_logs::LogStore::on_postgres(store.clone()).read("job-1").await.unwrap().unwrap();
     assert_eq!((log.text.as_str(), log.complete), ("building\nTESTS PASSED\n", true));
-    drop((agg_a, agg_b, relay, logs));
+    // The history kept every message once, those sent before it started too.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let kept = async |suffix: &str| -> i64 {
+        client.query_one("SELECT count(*) FROM history WHERE topic LIKE '%.' || $1", &[&suffix]).await.unwrap().get(0)
+    };
+    while kept("ci.series.verdict").await < SERIES || kept("ci.result.recorded").await < 2 * SERIES {
+        assert!(Instant::now() < deadline, "the history records everything:\n{}", history.stderr());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(kept("ci.test.finished").await, 2 * SERIES, "each result once, though delivered twice");
+    assert_eq!(kept("ci.series.verdict").await, SERIES);
+    drop((agg_a, agg_b, relay, logs, history));
 }

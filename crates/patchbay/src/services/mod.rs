@@ -29,13 +29,18 @@ pub mod web;
 use std::sync::Arc;
 
 /// The pipeline's shared queues: the dispatcher's, the aggregator's, the reporter's, the log
-/// recorder's, and one per (test, arch). Queues of one instance (a runner's cancellations, the
+/// recorder's, one per (test, arch), and on PostgreSQL the history recorder's. Queues of one instance (a runner's cancellations, the
 /// history recorder's copy) are left to their process.
 pub fn queues(config: &patchbay_config::Config) -> anyhow::Result<Vec<patchbay_bus::QueueSpec>> {
     let specs = [dispatcher::spec(config)?, aggregator::spec(config)?, reporter::spec(config)?, logs::spec(config)?];
     let mut out: Vec<patchbay_bus::QueueSpec> =
         specs.into_iter().map(|s| patchbay_bus::QueueSpec::new(s.queue, s.patterns).on_demand(true)).collect();
     out.extend(dispatcher::job_queues(config)?.into_iter().map(|q| q.on_demand(true)));
+    if config.store.url.is_some() {
+        // On PostgreSQL the history is one shared queue's; on SQLite each store records its own.
+        let h = history::pg_spec(config)?;
+        out.push(patchbay_bus::QueueSpec::new(h.queue, h.patterns).on_demand(true));
+    }
     Ok(out)
 }
 
