@@ -5,23 +5,12 @@
 use std::sync::Arc;
 
 use patchbay_bus::{Bus, Outgoing, Sealer, SigningKey, TrustPolicy};
-use patchbay_history::{Indexer, Query, page_json, search};
-use patchbay_model::{Envelope, SchemaRef, Sender, Topic};
+use patchbay_history::{Indexer, page_json, search};
+use patchbay_model::Envelope;
 use patchbay_store::EmbeddedBus;
 
-fn out(service: &str, instance: &str, topic: &str, body: serde_json::Value) -> Outgoing {
-    Outgoing {
-        sender: Sender::new(service, instance),
-        topic: Topic::parse(topic).unwrap(),
-        schema: SchemaRef { name: "patchbay.json".into(), version: 1 },
-        body,
-    }
-}
-
-fn q(pairs: &[(&str, &str)]) -> Query {
-    let params: Vec<(String, String)> = pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
-    Query::from_params(&params, patchbay_model::Timestamp::now().as_micros()).unwrap()
-}
+mod common;
+use common::{messages, out, q};
 
 fn envelopes(page: &patchbay_history::Page) -> Vec<Envelope> {
     page.messages.iter().map(|m| Envelope::from_wire(m).unwrap()).collect()
@@ -32,26 +21,7 @@ async fn every_filter_finds_what_it_should_and_messages_still_verify() {
     let dir = tempfile::tempdir().unwrap();
     let key = Arc::new(SigningKey::generate("test").unwrap());
     let bus = EmbeddedBus::open(dir.path(), Sealer::new(Some(key.clone()))).unwrap();
-    let mut batch = Vec::new();
-    for i in 0..60i64 {
-        let project = if i % 2 == 0 { "qemu" } else { "linux" };
-        batch.push(out(
-            "runner",
-            if i % 3 == 0 { "r1" } else { "r2" },
-            "pb.dev.ci.test.finished",
-            serde_json::json!({"series": {"id": i % 10, "project": project}, "outcome": if i == 7 { "FAILED" } else { "PASSED" }, "excerpt": format!("log line {i}")}),
-        ));
-        batch.push(out("ingest", "main", "pb.dev.mail.message.received", serde_json::json!({"subject": format!("[PATCH] mail {i}")})));
-    }
-    // A body that spells a filter token (project qemu's) poses as nothing; a job found by its
-    // id even when its text is beyond what the text index keeps.
-    batch.push(out("shell", "x", "pb.dev.other.thing.said", serde_json::json!({"project": "linux", "note": "line zzp71656d75"})));
-    batch.push(out(
-        "dispatcher",
-        "main",
-        "pb.dev.ci.job.build.x86_64.queued",
-        serde_json::json!({"dependencies": ["x".repeat(40_000)], "job": "12-v1-build-x86_64"}),
-    ));
+    let batch = messages();
     bus.publish(batch).await.unwrap();
     let indexer = Indexer::new(bus.db().clone());
     assert_eq!(indexer.catch_up().await.unwrap(), 122);

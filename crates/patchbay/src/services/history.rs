@@ -46,38 +46,38 @@ pub fn start_on_postgres(
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     let recorder = Arc::new(PgRecorder(store.clone()));
     let mut tasks = vec![crate::tasks::spawn_service(bus, policy, pg_spec(config)?, recorder, closing.clone(), "The history recorder")];
-    if config.history.keep_days > 0 {
+    tasks.extend(prune_hourly(config, closing, move |keep| {
+        let store = store.clone();
+        async move { patchbay_history::prune_postgres(&store, keep).await.map(|n| n as usize) }
+    }));
+    Ok(tasks)
+}
+
+/// With `history.keep_days`, `prune(keep)` every hour until `closing`; without, nothing.
+fn prune_hourly<F, Fut>(config: &Config, closing: watch::Receiver<bool>, prune: F) -> Option<JoinHandle<()>>
+where
+    F: Fn(std::time::Duration) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<usize, patchbay_store::StoreError>> + Send,
+{
+    (config.history.keep_days > 0).then(|| {
         let keep = std::time::Duration::from_secs(config.history.keep_days as u64 * 86_400);
-        tasks.push(spawn_every(
+        spawn_every(
             std::time::Duration::from_secs(3600),
             closing,
             "Pruned messages past history.keep_days.",
             "Pruning the history failed; will retry.",
-            move || {
-                let store = store.clone();
-                async move { patchbay_history::prune_postgres(&store, keep).await.map(|n| n as usize) }
-            },
-        ));
-    }
-    Ok(tasks)
+            move || prune(keep),
+        )
+    })
 }
 
 /// Starts the indexer and, with `history.keep_days`, the hourly pruning, until `closing`.
 pub fn start(config: &Config, db: patchbay_store::Db, closing: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
     let indexer = patchbay_history::Indexer::new(db.clone());
     let mut tasks = vec![tokio::spawn(indexer.run(closed(closing.clone())))];
-    if config.history.keep_days > 0 {
-        let keep = std::time::Duration::from_secs(config.history.keep_days as u64 * 86_400);
-        tasks.push(spawn_every(
-            std::time::Duration::from_secs(3600),
-            closing,
-            "Pruned messages past history.keep_days.",
-            "Pruning the history failed; will retry.",
-            move || {
-                let db = db.clone();
-                async move { patchbay_history::prune(&db, keep).await }
-            },
-        ));
-    }
+    tasks.extend(prune_hourly(config, closing, move |keep| {
+        let db = db.clone();
+        async move { patchbay_history::prune(&db, keep).await }
+    }));
     tasks
 }
