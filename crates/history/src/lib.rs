@@ -33,7 +33,8 @@
 //! (the RabbitMQ relay's), nor the indexer's mark. Migration 8 made the FTS
 //! table deletable; an upgraded store is re-indexed in the background.
 //!
-//! Knows the embedded store; no HTTP, no services. It owns the shape of `[history]`
+//! Knows the embedded store and PostgreSQL (`pg.rs`: the RabbitMQ recorder's table and the
+//! same port over it); no HTTP, no services. It owns the shape of `[history]`
 //! ([`HistorySettings`]) but never reads the config file.
 
 mod pg;

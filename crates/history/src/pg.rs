@@ -4,15 +4,15 @@
 //! the row's fields ([`crate::row`]), time monotone in store order (recorders take turns under
 //! an advisory lock, so positions and times rise together), topic patterns expanded against the
 //! topics seen, the same WHERE clause ([`crate::sql_filter`]). Text (`contains`) is a phrase
-//! query on a `tsvector` of the body's strings (`simple` configuration: lower-cased words, as
-//! FTS5's unicode61), `job` a column.
+//! query on a `tsvector` of the body's strings, split into words as FTS5's unicode61 splits
+//! them ([`words`], then the `simple` configuration, lower-cased), `job` a column.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use patchbay_model::Envelope;
 use patchbay_store::StoreError;
-use patchbay_store_pg::PgStore;
+use patchbay_store_pg::{PgStore, text};
 use rusqlite::types::Value as Sql;
 use tokio_postgres::types::ToSql;
 
@@ -23,8 +23,17 @@ const RECORD_LOCK: i64 = 0x0068_6973_746f_7279;
 /// Messages looked at per prune step.
 const PRUNE_BATCH: i64 = 5000;
 
-fn pg(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(format!("PostgreSQL: {e}"))
+/// The port's error for a PostgreSQL failure (the pool's or a statement's).
+fn pg(e: impl Into<patchbay_store_pg::PgError>) -> StoreError {
+    StoreError::Backend(e.into().to_string())
+}
+
+/// Text as FTS5's unicode61 tokenizer splits it: letters and digits kept, everything else a
+/// word break. PostgreSQL's own parser would keep `foo.c`, `dev@example.org` or `a/b` whole,
+/// so `contains=foo` would find less than on SQLite. (unicode61 also folds diacritics; this
+/// does not.)
+fn words(s: &str) -> String {
+    s.chars().map(|c| if c.is_alphanumeric() { c } else { ' ' }).collect()
 }
 
 /// Keeps `envelopes`, in order, each once (a redelivery or a second recorder changes nothing);
@@ -57,9 +66,9 @@ pub async fn record(store: &PgStore, envelopes: &[Envelope]) -> Result<(usize, u
                     &r.instance,
                     &r.seq,
                     &r.series,
-                    &r.project,
-                    &r.job,
-                    &r.text,
+                    &r.project.as_deref().map(text),
+                    &r.job.as_deref().map(text),
+                    &words(&r.text),
                 ],
             )
             .await
@@ -176,11 +185,11 @@ impl HistoryStore for PgStore {
             let mut extra: Vec<String> = Vec::new();
             for phrase in &q.contains {
                 extra.push("body @@ phraseto_tsquery('simple', ?)".into());
-                args.push(Sql::Text(phrase.replace('\0', " ")));
+                args.push(Sql::Text(words(phrase)));
             }
             if !q.jobs.is_empty() {
                 extra.push(format!("job IN ({})", vec!["?"; q.jobs.len()].join(", ")));
-                args.extend(q.jobs.iter().map(|j| Sql::Text(j.clone())));
+                args.extend(q.jobs.iter().map(|j| Sql::Text(text(j).into_owned())));
             }
             if !extra.is_empty() {
                 let joined = extra.join(" AND ");

@@ -9,8 +9,10 @@
 //! names), so any member gives the same root, in any arrival order. The root is taken from the
 //! member in the lowest slot ≥ 1 (the cover when there is none yet), so an unthreaded posting,
 //! whose members are each their own root, has patch 1's id once it is complete. The key may
-//! change while the series still lacks patches; it is fixed from the moment the series is
-//! complete (nothing derived from the id exists before).
+//! change while the series still lacks patches: the id in `series.series.new`, `incomplete`
+//! and `mail.message.received` is provisional (patch 2/2 arriving before 1/2 announces 2/2's
+//! root, and the series completes under 1/2's). It is fixed from the moment the series is
+//! complete, and jobs, verdicts and reports, which all come after, carry only the fixed id.
 //!
 //! Two series with one key (two postings of one version in reply to one bug report) take the next id of the key's sequence: the first one seen keeps the
 //! first id. That case alone depends on arrival order.

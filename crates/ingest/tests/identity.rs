@@ -157,7 +157,6 @@ async fn a_store_from_before_public_ids_keeps_old_numbers_and_names_new_series_b
         .unwrap();
     let v1 = old.bus().db().list(Default::default(), 1, 50).await.unwrap().0;
     let v1 = v1.iter().find(|s| s.name == "foo: thing" && s.version == 1).unwrap().id;
-    assert!(v1 < 100, "{v1}");
     // The v2's lowest patch was stored before: its root is read from the mail itself.
     deliver(&old, [5, 8].map(|i| mails[i].clone())).await;
 

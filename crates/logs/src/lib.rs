@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use patchbay_model::{Envelope, TestLog};
 use patchbay_runtime::{BodyHandler, HandlerError};
 use patchbay_store::{Db, StoreError};
+
 use rusqlite::params;
 
 /// Test logs in the store.
@@ -32,8 +33,8 @@ enum Tables {
 }
 
 /// The port's error for a PostgreSQL failure.
-fn pg(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(format!("PostgreSQL: {e}"))
+fn pg(e: impl Into<patchbay_store_pg::PgError>) -> StoreError {
+    StoreError::Backend(e.into().to_string())
 }
 
 /// A job's log as stored.
@@ -63,8 +64,17 @@ impl LogStore {
         let data = z.finish().map_err(|e| StoreError::Setup(format!("compressing a log chunk: {e}")))?;
         let (job, run, bytes) = (job.to_string(), run.to_string(), text.len() as i64);
         let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
-        let db = match &self.tables {
-            Tables::Sqlite(db) => db,
+        match &self.tables {
+            Tables::Sqlite(db) => {
+                db.write(move |tx| {
+                    tx.prepare_cached(
+                        "INSERT OR IGNORE INTO test_logs (job, run, idx, last, bytes, at, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    )?
+                    .execute(params![job, run, index, last, bytes, at, data])?;
+                    Ok(())
+                })
+                .await
+            }
             Tables::Pg(store) => {
                 store
                     .client()
@@ -72,21 +82,13 @@ impl LogStore {
                     .map_err(pg)?
                     .execute(
                         "INSERT INTO test_logs (job, run, idx, last, bytes, at, data) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-                        &[&job, &run, &i64::from(index), &last, &bytes, &at, &data],
+                        &[&patchbay_store_pg::text(&job).as_ref(), &patchbay_store_pg::text(&run).as_ref(), &i64::from(index), &last, &bytes, &at, &data],
                     )
                     .await
                     .map_err(pg)?;
-                return Ok(());
+                Ok(())
             }
-        };
-        db.write(move |tx| {
-            tx.prepare_cached(
-                "INSERT OR IGNORE INTO test_logs (job, run, idx, last, bytes, at, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?
-            .execute(params![job, run, index, last, bytes, at, data])?;
-            Ok(())
-        })
-        .await
+        }
     }
 
     /// The whole log of the latest run of `job`, or `None` when nothing of it is stored.

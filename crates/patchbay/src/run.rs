@@ -4,8 +4,10 @@
 //! bus and the store, so a process can stop, crash or restart without the others noticing
 //! more than a pause.
 //!
-//! On RabbitMQ a service's queue exists from its first start on (durable): start each service
-//! once before mail flows, or what it would have consumed meanwhile goes nowhere.
+//! On RabbitMQ every process declares the pipeline's shared queues at start
+//! (`services::declare_queues`), so what it publishes waits for a service that has never run.
+//! A queue of one instance (the SQLite history recorder's `serve-log.<instance>`) exists from
+//! its process's first start on: start `run history` once before mail flows.
 //!
 //! The store is the data directory's SQLite database until PostgreSQL takes its place
 //! (`store.url`, issue 15): processes sharing it run on one host, one of each service per data

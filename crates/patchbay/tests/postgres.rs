@@ -45,6 +45,16 @@ fn expected(n: i64) -> &'static str {
     if n % 2 == 1 { "FAILED" } else { "PASSED" }
 }
 
+/// What `/metrics` on `port` says the aggregator has handled.
+fn handled(port: u16) -> u64 {
+    let metrics = http_get(port, "/metrics");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("patchbay_messages_handled_total{service=\"aggregator\"} "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 fn write_config(path: &Path, data: &str, instance: &str, amqp: &str, ns: &str, pg: &str) {
     std::fs::write(
         path,
@@ -110,17 +120,23 @@ async fn aggregators_on_postgres_decide_once_through_redelivery_and_kill_9() {
     }
 
     let (pa, pb) = (free_port(), free_port());
+    // Aggregator A alone first, until it has handled some of what waited: the SIGKILL below
+    // then lands on a process that has done work, with more on its way.
     let agg_a = Proc::start(&a, tmp.path(), "aggregator", &["--http", &format!("127.0.0.1:{pa}")]);
+    wait_http(pa, "/readyz", "aggregator a", &[&agg_a]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while handled(pa) == 0 {
+        assert!(Instant::now() < deadline, "aggregator a handled nothing of what waited in its queue:\n{}", agg_a.stderr());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let agg_b = Proc::start(&b, tmp.path(), "aggregator", &["--http", &format!("127.0.0.1:{pb}")]);
     let logs = Proc::start(&a, tmp.path(), "logs", &[]);
     let history = Proc::start(&b, tmp.path(), "history", &[]);
-    wait_http(pa, "/readyz", "aggregator a", &[&agg_a]);
     wait_http(pb, "/readyz", "aggregator b", &[&agg_b]);
     wait_log(&agg_a, "Service started");
     wait_log(&agg_b, "Service started");
     wait_log(&logs, "Service started");
     wait_log(&history, "Service started");
-    assert!(http_get(pa, "/metrics").contains("patchbay_"), "metrics on the probe port");
     for n in SERIES / 3 + 1..=SERIES / 2 {
         publish(n).await;
     }

@@ -3,7 +3,8 @@
 //! dispatcher`, tests by `run runner`, verdicts by `run aggregator`, reports by `run reporter`,
 //! the store's messages carried to the broker by `run relay`, history by `run history`, the API
 //! by `run web`. A process killed with SIGKILL and started again later loses nothing: its
-//! durable queue kept what came meanwhile. Every process answers `/healthz`, `/readyz` and `/metrics`.
+//! durable queue kept what came meanwhile. Every process but the runner answers `/healthz`,
+//! `/readyz` and `/metrics`.
 
 use std::path::Path;
 use std::time::Duration;

@@ -19,7 +19,7 @@
 //! The policy itself is `patchbay-verdict`.
 //!
 //! Tables (migrations 4 and 5): `results`, `verdicts`. The report on a verdict is
-//! `patchbay-report`'s. This crate knows the embedded store, not HTTP or runners;
+//! `patchbay-report`'s. This crate knows the stores (SQLite here, PostgreSQL in `pg.rs`), not HTTP or runners;
 //! it owns the shape of `[results]` ([`ResultsSettings`]) but never reads the config file.
 
 mod pg;

@@ -10,19 +10,15 @@ use async_trait::async_trait;
 use patchbay_model::view::Cell;
 use patchbay_model::{FailureKind, Outcome, ResultWaived, SeriesHead, SeriesVerdict, TestFinished, VerdictKind};
 use patchbay_store::StoreError;
-use patchbay_store_pg::{PgError, PgStore, PgTx};
+use patchbay_store_pg::{PgError, PgStore, PgTx, text};
 use patchbay_verdict::{Latest, Required};
 use tokio_postgres::types::ToSql;
 
 use crate::{Aggregator, Query, ResultRow, ResultsStore, excerpt_naming_the_patch, now, recorded};
 
-/// The port's error for a PostgreSQL failure.
-fn pg(e: PgError) -> StoreError {
-    StoreError::Backend(e.to_string())
-}
-
-fn sql(e: tokio_postgres::Error) -> StoreError {
-    pg(PgError::Db(e))
+/// The port's error for a PostgreSQL failure (the pool's or a statement's).
+fn pg(e: impl Into<PgError>) -> StoreError {
+    StoreError::Backend(e.into().to_string())
 }
 
 /// The latest result of each (test, arch) of a series version, as the policy reads them.
@@ -42,10 +38,11 @@ pub(crate) async fn record(agg: &Aggregator, store: &PgStore, message_id: &str, 
             &[&r.series.id, &version, &r.test, &r.arch],
         )
         .await
-        .map_err(sql)?
+        .map_err(pg)?
         .map(|row| row.get::<_, String>(0).into());
-    let base = r.base.as_ref().map(|b| format!("{} ({})", b.commit, b.reason));
+    let base = r.base.as_ref().map(|b| text(&format!("{} ({})", b.commit, b.reason)).into_owned());
     let excerpt = excerpt_naming_the_patch(&r.excerpt, r.failed_patch.as_deref());
+    let excerpt = text(&excerpt);
     let duplicate = previous.as_ref() == Some(&r.outcome);
     // A redelivery meets the unique message id and inserts nothing.
     let id: Option<i64> = tx
@@ -72,7 +69,7 @@ pub(crate) async fn record(agg: &Aggregator, store: &PgStore, message_id: &str, 
             ],
         )
         .await
-        .map_err(sql)?
+        .map_err(pg)?
         .map(|row| row.get(0));
     let Some(id) = id else { return Ok(()) };
     let mut out = vec![agg.outgoing(&recorded(r, id, previous))?];
@@ -96,7 +93,7 @@ pub(crate) async fn waive(
     let mut client = store.client().await.map_err(pg)?;
     let mut tx = store.begin(&mut client).await.map_err(pg)?;
     let Some(row) =
-        tx.sql().query_opt("SELECT job, series_id, version, test, arch FROM results WHERE id = $1", &[&result]).await.map_err(sql)?
+        tx.sql().query_opt("SELECT job, series_id, version, test, arch FROM results WHERE id = $1", &[&result]).await.map_err(pg)?
     else {
         return Ok(None);
     };
@@ -106,9 +103,12 @@ pub(crate) async fn waive(
         .sql()
         .query_opt("SELECT series FROM verdicts WHERE series_id = $1 AND version = $2 AND verdict IS NULL FOR UPDATE", &[&series, &version])
         .await
-        .map_err(sql)?
+        .map_err(pg)?
         .map(|r| r.get(0));
-    tx.sql().execute("UPDATE results SET waived = true, waiver = $2 WHERE id = $1", &[&result, &comment]).await.map_err(sql)?;
+    tx.sql()
+        .execute("UPDATE results SET waived = true, waiver = $2 WHERE id = $1", &[&result, &text(&comment).as_ref()])
+        .await
+        .map_err(pg)?;
     let waived = ResultWaived { result, job: row.get(0), series, version: version as u32, test: row.get(3), arch: row.get(4), comment, by };
     let mut out = vec![agg.outgoing(&waived)?];
     if let Some(head) = head {
@@ -129,10 +129,16 @@ pub(crate) async fn close(agg: &Aggregator, store: &PgStore, head: &SeriesHead) 
     if lock(&tx, head).await?.is_some() {
         return Ok(false);
     }
-    let Some(v) = decide(agg, &tx, head, true).await? else { return Ok(false) };
-    tx.publish(vec![agg.outgoing(&v)?]).await.map_err(pg)?;
+    // As on SQLite, the version's row stays even when nothing is decided yet.
+    let decided = match decide(agg, &tx, head, true).await? {
+        Some(v) => {
+            tx.publish(vec![agg.outgoing(&v)?]).await.map_err(pg)?;
+            true
+        }
+        None => false,
+    };
     tx.commit().await.map_err(pg)?;
-    Ok(true)
+    Ok(decided)
 }
 
 /// Decides the versions still undecided whose first result came before `since` (see
@@ -147,7 +153,7 @@ pub(crate) async fn sweep(agg: &Aggregator, store: &PgStore, since: i64) -> Resu
             &[&since],
         )
         .await
-        .map_err(sql)?;
+        .map_err(pg)?;
     let mut out = Vec::new();
     for row in due {
         let head: SeriesHead = serde_json::from_str(row.get(0)).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -174,12 +180,12 @@ async fn lock(tx: &PgTx<'_>, head: &SeriesHead) -> Result<Option<String>, StoreE
             &[&head.id, &version, &head.project, &head_json, &now()],
         )
         .await
-        .map_err(sql)?;
+        .map_err(pg)?;
     let row = tx
         .sql()
         .query_one("SELECT verdict FROM verdicts WHERE series_id = $1 AND version = $2 FOR UPDATE", &[&head.id, &version])
         .await
-        .map_err(sql)?;
+        .map_err(pg)?;
     Ok(row.get(0))
 }
 
@@ -190,7 +196,7 @@ async fn decide(agg: &Aggregator, tx: &PgTx<'_>, head: &SeriesHead, deadline_pas
         .sql()
         .query(LATEST, &[&head.id, &version])
         .await
-        .map_err(sql)?
+        .map_err(pg)?
         .iter()
         .map(|r| Latest {
             which: Required { test: r.get(0), arch: r.get(1) },
@@ -206,7 +212,7 @@ async fn decide(agg: &Aggregator, tx: &PgTx<'_>, head: &SeriesHead, deadline_pas
             &[&head.id, &version, &verdict.verdict.as_str(), &detail, &now()],
         )
         .await
-        .map_err(sql)?;
+        .map_err(pg)?;
     Ok(Some(verdict))
 }
 
@@ -222,7 +228,7 @@ impl ResultsStore for PgStore {
                 &[&ids, &versions],
             )
             .await
-            .map_err(sql)?;
+            .map_err(pg)?;
         Ok(rows.iter().map(|r| r.get::<_, Option<String>>(0).map(VerdictKind::from)).collect())
     }
 
@@ -231,7 +237,7 @@ impl ResultsStore for PgStore {
         let row = client
             .query_opt("SELECT detail FROM verdicts WHERE series_id = $1 AND version = $2", &[&series, &i64::from(version)])
             .await
-            .map_err(sql)?;
+            .map_err(pg)?;
         Ok(row.and_then(|r| r.get(0)))
     }
 
@@ -245,7 +251,7 @@ impl ResultsStore for PgStore {
                 &[&series, &i64::from(version), &patchbay_model::APPLY_TEST],
             )
             .await
-            .map_err(sql)?;
+            .map_err(pg)?;
         Ok(rows
             .iter()
             .map(|r| Cell {
@@ -293,7 +299,7 @@ impl ResultsStore for PgStore {
         text.push_str(&format!(" ORDER BY id DESC LIMIT {}", q.limit.clamp(1, 500)));
         let client = self.client().await.map_err(pg)?;
         let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref() as &(dyn ToSql + Sync)).collect();
-        let rows = client.query(&text, &params).await.map_err(sql)?;
+        let rows = client.query(&text, &params).await.map_err(pg)?;
         Ok(rows
             .iter()
             .map(|r| ResultRow {

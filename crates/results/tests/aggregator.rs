@@ -17,7 +17,9 @@ use patchbay_verdict::Required;
 #[derive(Clone)]
 enum Store {
     Sqlite(EmbeddedBus, Arc<tempfile::TempDir>),
-    Pg(PgStore, String),
+    /// The store, its URL, and a scratch embedded bus for the publisher, which only shapes
+    /// messages here (the store's transaction publishes them): any bus will do.
+    Pg(PgStore, String, EmbeddedBus, Arc<tempfile::TempDir>),
 }
 
 async fn sqlite() -> Store {
@@ -30,7 +32,9 @@ async fn postgres() -> Store {
     let url = patchbay_store_pg::testing::scratch_database(&admin)
         .await
         .unwrap_or_else(|e| panic!("no PostgreSQL at {admin} ({e}); run scripts/test, or set PATCHBAY_TEST_PG_URL"));
-    Store::Pg(PgStore::connect(&url, 8, Sealer::default()).await.unwrap(), url)
+    let scratch = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(scratch.path(), Sealer::default()).unwrap();
+    Store::Pg(PgStore::connect(&url, 8, Sealer::default()).await.unwrap(), url, bus, Arc::new(scratch))
 }
 
 impl Store {
@@ -38,14 +42,16 @@ impl Store {
     async fn again(&self) -> Store {
         match self {
             Store::Sqlite(_, dir) => Store::Sqlite(EmbeddedBus::open(dir.path(), Sealer::default()).unwrap(), dir.clone()),
-            Store::Pg(_, url) => Store::Pg(PgStore::connect(url, 8, Sealer::default()).await.unwrap(), url.clone()),
+            Store::Pg(_, url, bus, scratch) => {
+                Store::Pg(PgStore::connect(url, 8, Sealer::default()).await.unwrap(), url.clone(), bus.clone(), scratch.clone())
+            }
         }
     }
 
     fn port(&self) -> Arc<dyn ResultsStore> {
         match self {
             Store::Sqlite(bus, _) => Arc::new(bus.db().clone()),
-            Store::Pg(store, _) => Arc::new(store.clone()),
+            Store::Pg(store, ..) => Arc::new(store.clone()),
         }
     }
 
@@ -55,7 +61,7 @@ impl Store {
             Store::Sqlite(bus, _) => {
                 bus.read_after(0, 10_000).await.unwrap().iter().map(|e| Envelope::from_wire(&e.wire).unwrap()).collect()
             }
-            Store::Pg(store, _) => {
+            Store::Pg(store, ..) => {
                 let rows = store.client().await.unwrap().query("SELECT wire FROM outbox ORDER BY pos", &[]).await.unwrap();
                 rows.iter().map(|r| Envelope::from_wire(r.get(0)).unwrap()).collect()
             }
@@ -67,13 +73,7 @@ fn aggregator_with(store: &Store, instance: &str, policy: Policy) -> Aggregator 
     let publisher = |bus: Arc<dyn Bus>| Publisher::new(bus, TopicRoot::new("pbtest", "agg").unwrap(), Sender::new("aggregator", instance));
     match store {
         Store::Sqlite(bus, _) => Aggregator::new(bus.clone(), publisher(Arc::new(bus.clone())), policy),
-        // The publisher only shapes messages here (the store's transaction publishes them):
-        // any bus will do.
-        Store::Pg(pg, _) => {
-            let scratch = tempfile::tempdir().unwrap().keep();
-            let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::open(&scratch, Sealer::default()).unwrap());
-            Aggregator::on_postgres(pg.clone(), publisher(bus), policy)
-        }
+        Store::Pg(pg, _, bus, _) => Aggregator::on_postgres(pg.clone(), publisher(Arc::new(bus.clone())), policy),
     }
 }
 
@@ -237,7 +237,10 @@ async fn a_superseded_version_is_closed_once(bus: Store) {
 
 async fn the_read_port_answers_alike(bus: Store) {
     let agg = aggregator(&bus, "1");
-    agg.record("m1".into(), result(21, "apply", "any", "PASSED")).await.unwrap();
+    // A test's output may hold a NUL, which PostgreSQL's TEXT cannot: recorded all the same.
+    let mut applied = result(21, "apply", "any", "PASSED");
+    applied.excerpt = "Applying: foo\0bar\n".into();
+    agg.record("m1".into(), applied).await.unwrap();
     agg.record("m2".into(), result(21, "build", "x86_64", "FAILED")).await.unwrap();
     agg.record("m3".into(), result(21, "build", "x86_64", "FAILED")).await.unwrap();
     agg.record("m4".into(), result(22, "apply", "any", "PASSED")).await.unwrap();

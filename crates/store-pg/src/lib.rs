@@ -152,6 +152,12 @@ impl PgStore {
     }
 }
 
+/// `s` as PostgreSQL `TEXT` can hold it: a NUL (which SQLite keeps, and a test's output or a
+/// mail's header may carry) becomes U+FFFD, where the server would refuse the whole statement.
+pub fn text(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') { s.replace('\0', "\u{fffd}").into() } else { s.into() }
+}
+
 /// For the tests of the crates that implement ports on this store: a database of its own.
 pub mod testing {
     use crate::PgError;
@@ -199,6 +205,12 @@ mod tests {
         for code in ["40001", "40P01", "57P01", "08006"] {
             assert!(!super::permanent(code), "{code}");
         }
+    }
+
+    #[test]
+    fn text_loses_its_nuls_and_nothing_else() {
+        assert_eq!(super::text("a\0b"), "a\u{fffd}b");
+        assert!(matches!(super::text("plain"), std::borrow::Cow::Borrowed("plain")));
     }
 
     #[test]

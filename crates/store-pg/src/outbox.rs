@@ -136,22 +136,26 @@ impl Relay {
         Ok(positions.len())
     }
 
-    /// Deletes rows relayed more than `keep` ago, at most `PRUNE_BATCH` at a time; returns how
-    /// many. A relayed row has done its work (the broker has the message, and the history keeps
+    /// Deletes rows relayed more than `keep` ago, `PRUNE_BATCH` at a time until none is left;
+    /// returns how many. A relayed row has done its work (the broker has the message, and the history keeps
     /// it), so the table holds what is waiting plus a day of what was sent, for inspection.
     pub async fn prune(&self, keep: Duration) -> Result<u64, PgError> {
         let seconds = keep.as_secs_f64();
-        Ok(self
-            .store
-            .pool
-            .get()
-            .await?
-            .execute(
-                "DELETE FROM outbox WHERE pos IN (
-                     SELECT pos FROM outbox WHERE relayed_at < now() - make_interval(secs => $1) ORDER BY pos LIMIT $2)",
-                &[&seconds, &PRUNE_BATCH],
-            )
-            .await?)
+        let client = self.store.pool.get().await?;
+        let mut total = 0;
+        loop {
+            let deleted = client
+                .execute(
+                    "DELETE FROM outbox WHERE pos IN (
+                         SELECT pos FROM outbox WHERE relayed_at < now() - make_interval(secs => $1) ORDER BY pos LIMIT $2)",
+                    &[&seconds, &PRUNE_BATCH],
+                )
+                .await?;
+            total += deleted;
+            if deleted < PRUNE_BATCH as u64 {
+                return Ok(total);
+            }
+        }
     }
 
     /// How many rows wait to be relayed.
@@ -164,10 +168,11 @@ impl Relay {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut backoff = Duration::from_millis(100);
-        let mut pruned_at = tokio::time::Instant::now();
+        // At start, then every PRUNE_EVERY: a relay restarted often still prunes.
+        let mut pruned_at: Option<tokio::time::Instant> = None;
         loop {
-            if pruned_at.elapsed() >= PRUNE_EVERY {
-                pruned_at = tokio::time::Instant::now();
+            if pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+                pruned_at = Some(tokio::time::Instant::now());
                 match self.prune(KEEP_RELAYED).await {
                     Ok(0) => {}
                     Ok(rows) => tracing::info!(rows, "Relayed outbox rows older than a day deleted."),

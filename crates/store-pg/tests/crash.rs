@@ -39,13 +39,9 @@ async fn child(url: &str) {
 
 async fn parent() {
     let admin = env_url("PATCHBAY_TEST_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres");
-    let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+    let url = patchbay_store_pg::testing::scratch_database(&admin)
         .await
         .unwrap_or_else(|e| panic!("no PostgreSQL at {admin} ({e}); run scripts/test, or set PATCHBAY_TEST_PG_URL"));
-    tokio::spawn(connection);
-    let name = format!("pbtest_{}", Uuid::now_v7().simple());
-    client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
-    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
 
     let mut child =
         std::process::Command::new(std::env::current_exe().unwrap()).arg(&url).stdout(std::process::Stdio::piped()).spawn().unwrap();

@@ -22,14 +22,9 @@ fn amqp_url() -> String {
 /// A database of its own on the test cluster; its URL.
 async fn fresh_database() -> String {
     let admin = pg_url();
-    let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+    patchbay_store_pg::testing::scratch_database(&admin)
         .await
-        .unwrap_or_else(|e| panic!("no PostgreSQL at {admin} ({e}); run scripts/test, or set PATCHBAY_TEST_PG_URL"));
-    tokio::spawn(connection);
-    let name = format!("pbtest_{}", Uuid::now_v7().simple());
-    client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create a test database");
-    let (base, _) = admin.rsplit_once('/').expect("the URL names a database");
-    format!("{base}/{name}")
+        .unwrap_or_else(|e| panic!("no PostgreSQL at {admin} ({e}); run scripts/test, or set PATCHBAY_TEST_PG_URL"))
 }
 
 /// A RabbitMQ bus on exchange `ns`, its sequence files in `dir`.

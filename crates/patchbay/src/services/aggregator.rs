@@ -55,11 +55,21 @@ pub fn start_aggregator(
 
 /// The aggregator's queue: results, and supersessions when `results.close_superseded`.
 pub fn spec(config: &Config) -> anyhow::Result<ServiceSpec> {
-    let mut patterns = vec![patchbay_runtime::pattern_of::<patchbay_model::TestFinished>(&config.bus.root)?];
+    let mut spec = results_queue(config)?;
     if config.results.close_superseded {
-        patterns.push(patchbay_runtime::pattern_of::<patchbay_model::SeriesSuperseded>(&config.bus.root)?);
+        spec.patterns.push(patchbay_runtime::pattern_of::<patchbay_model::SeriesSuperseded>(&config.bus.root)?);
     }
-    Ok(ServiceSpec::new(ServiceName::Aggregator.as_str(), patterns))
+    Ok(spec)
+}
+
+/// The aggregator's queue bound to results alone, which every config agrees on: what other
+/// processes declare for it (bindings add up on RabbitMQ, so the optional one is the
+/// aggregator's own to add).
+pub fn results_queue(config: &Config) -> anyhow::Result<ServiceSpec> {
+    Ok(ServiceSpec::new(
+        ServiceName::Aggregator.as_str(),
+        vec![patchbay_runtime::pattern_of::<patchbay_model::TestFinished>(&config.bus.root)?],
+    ))
 }
 
 /// Starts `aggregator`, on whichever store, bound to its topics, and its deadline sweep;

@@ -32,7 +32,7 @@ use std::sync::Arc;
 /// recorder's, one per (test, arch), and on PostgreSQL the history recorder's. Queues of one instance (a runner's cancellations, the
 /// history recorder's copy) are left to their process.
 pub fn queues(config: &patchbay_config::Config) -> anyhow::Result<Vec<patchbay_bus::QueueSpec>> {
-    let specs = [dispatcher::spec(config)?, aggregator::spec(config)?, reporter::spec(config)?, logs::spec(config)?];
+    let specs = [dispatcher::spec(config)?, aggregator::results_queue(config)?, reporter::spec(config)?, logs::spec(config)?];
     let mut out: Vec<patchbay_bus::QueueSpec> =
         specs.into_iter().map(|s| patchbay_bus::QueueSpec::new(s.queue, s.patterns).on_demand(true)).collect();
     out.extend(dispatcher::job_queues(config)?.into_iter().map(|q| q.on_demand(true)));
