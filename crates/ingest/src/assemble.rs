@@ -8,8 +8,9 @@
 use patchbay_mail::{Kind, Parsed, subject};
 use patchbay_model::{MailReceived, SeriesComplete, SeriesHead, SeriesIncomplete, SeriesMerged, SeriesNew, SeriesPatch, SeriesSuperseded};
 use patchbay_series::{Arrival, Candidate, Match, Placement, Posted, ProjectMatch, Rules, Summary};
-use patchbay_store::{StoreError, Tx};
-use rusqlite::{OptionalExtension, params};
+use patchbay_store::StoreError;
+
+use crate::sql::{Sql, args};
 use serde::{Deserialize, Serialize};
 
 /// A mail on its way into the store.
@@ -95,12 +96,8 @@ pub enum Event {
     Merged(SeriesMerged),
 }
 
-fn q(e: rusqlite::Error) -> StoreError {
-    StoreError::Query(e)
-}
-
 /// Stores one mail and places it; appends what to publish to `events`.
-pub fn accept(tx: &Tx<'_>, rules: &Rules, projects: &[Project], mail: &Incoming, events: &mut Vec<Event>) -> Result<Outcome, StoreError> {
+pub fn accept(tx: &dyn Sql, rules: &Rules, projects: &[Project], mail: &Incoming, events: &mut Vec<Event>) -> Result<Outcome, StoreError> {
     let p = &mail.parsed;
     let start = events.len();
     let mut lists: Vec<String> = p.list_ids.clone();
@@ -110,16 +107,12 @@ pub fn accept(tx: &Tx<'_>, rules: &Rules, projects: &[Project], mail: &Incoming,
             lists.push(l);
         }
     }
-    let existing: Option<i64> =
-        tx.prepare_cached("SELECT id FROM mails WHERE content_hash = ?1")?.query_row([&p.content_hash[..]], |r| r.get(0)).optional()?;
+    let existing: Option<i64> = tx.value("SELECT id FROM mails WHERE content_hash = ?1", args![&p.content_hash[..]])?;
     if let Some(id) = existing {
         link_lists(tx, id, &lists)?;
         return Ok(Outcome::Duplicate { mail: id });
     }
-    let conflicts_with: Option<i64> = tx
-        .prepare_cached("SELECT id FROM mails WHERE message_id = ?1 ORDER BY id LIMIT 1")?
-        .query_row([&p.message_id], |r| r.get(0))
-        .optional()?;
+    let conflicts_with: Option<i64> = tx.value("SELECT id FROM mails WHERE message_id = ?1 ORDER BY id LIMIT 1", args![p.message_id])?;
     let mut problems = p.problems.clone();
     if let Some(other) = conflicts_with {
         problems.push(format!("another mail (#{other}) has the same Message-ID and different content"));
@@ -136,25 +129,26 @@ pub fn accept(tx: &Tx<'_>, rules: &Rules, projects: &[Project], mail: &Incoming,
             .map(str::to_string),
     };
     let hints_json = (hints != Hints::default()).then(|| serde_json::to_string(&hints).expect("hints serialize"));
-    tx.prepare_cached(
-        "INSERT INTO mails (message_id, content_hash, received_at, date, subject, from_name, from_email, kind, problems, conflicts_with, hints, raw)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-    )?
-    .execute(params![
-        p.message_id,
-        &p.content_hash[..],
-        mail.received_at,
-        p.date,
-        p.subject_line,
-        p.from_name,
-        p.from_email,
-        p.kind.as_str(),
-        (!problems.is_empty()).then(|| problems.join("\n")),
-        conflicts_with,
-        hints_json,
-        mail.raw,
-    ])?;
-    let id = tx.last_insert_rowid();
+    let id: i64 = tx
+        .one(
+            "INSERT INTO mails (message_id, content_hash, received_at, date, subject, from_name, from_email, kind, problems, conflicts_with, hints, raw)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) RETURNING id",
+            args![
+                p.message_id,
+                &p.content_hash[..],
+                mail.received_at,
+                p.date,
+                p.subject_line,
+                p.from_name,
+                p.from_email,
+                p.kind.as_str(),
+                (!problems.is_empty()).then(|| problems.join("\n")),
+                conflicts_with,
+                hints_json,
+                mail.raw,
+            ],
+        )?
+        .get(0)?;
     link_lists(tx, id, &lists)?;
 
     let mut series = None;
@@ -163,7 +157,7 @@ pub fn accept(tx: &Tx<'_>, rules: &Rules, projects: &[Project], mail: &Incoming,
             Ok(s) => series = Some(load_series(tx, s)?.uid),
             Err(stray) => {
                 problems.push(stray);
-                tx.prepare_cached("UPDATE mails SET problems = ?2 WHERE id = ?1")?.execute(params![id, problems.join("\n")])?;
+                tx.exec("UPDATE mails SET problems = ?2 WHERE id = ?1", args![id, problems.join("\n")])?;
             }
         }
     }
@@ -204,10 +198,9 @@ fn tag_set(tags: &[String]) -> Vec<String> {
     t
 }
 
-fn link_lists(tx: &Tx<'_>, mail: i64, lists: &[String]) -> Result<(), StoreError> {
-    let mut stmt = tx.prepare_cached("INSERT OR IGNORE INTO mail_lists (mail_id, list_id) VALUES (?1, ?2)")?;
+fn link_lists(tx: &dyn Sql, mail: i64, lists: &[String]) -> Result<(), StoreError> {
     for l in lists {
-        stmt.execute(params![mail, l])?;
+        tx.exec("INSERT INTO mail_lists (mail_id, list_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING", args![mail, l])?;
     }
     Ok(())
 }
@@ -226,45 +219,43 @@ struct SeriesRow {
     uid: i64,
 }
 
-fn load_series(tx: &rusqlite::Connection, id: i64) -> Result<SeriesRow, StoreError> {
-    Ok(tx
-        .prepare_cached(
-            "SELECT id, project, submitter, version, version_explicit, total, name, state, date, uid FROM series WHERE id = ?1",
-        )?
-        .query_row([id], |r| {
-            Ok(SeriesRow {
-                id: r.get(0)?,
-                project: r.get(1)?,
-                submitter: r.get(2)?,
-                version: r.get(3)?,
-                version_explicit: r.get(4)?,
-                total: r.get(5)?,
-                name: r.get(6)?,
-                state: r.get(7)?,
-                date: r.get(8)?,
-                uid: r.get(9)?,
-            })
-        })?)
+fn load_series(tx: &dyn Sql, id: i64) -> Result<SeriesRow, StoreError> {
+    let mut r = tx.one(
+        "SELECT id, project, submitter, version, version_explicit, total, name, state, date, uid FROM series WHERE id = ?1",
+        args![id],
+    )?;
+    Ok(SeriesRow {
+        id: r.get(0)?,
+        project: r.get(1)?,
+        submitter: r.get(2)?,
+        version: r.get(3)?,
+        version_explicit: r.get(4)?,
+        total: r.get(5)?,
+        name: r.get(6)?,
+        state: r.get(7)?,
+        date: r.get(8)?,
+        uid: r.get(9)?,
+    })
 }
 
-fn slots(tx: &rusqlite::Connection, series: i64) -> Result<Vec<u32>, StoreError> {
-    let mut stmt = tx.prepare_cached("SELECT slot FROM series_mails WHERE series_id = ?1 ORDER BY slot")?;
-    let rows = stmt.query_map([series], |r| r.get(0))?;
-    rows.collect::<Result<_, _>>().map_err(q)
+fn slots(tx: &dyn Sql, series: i64) -> Result<Vec<u32>, StoreError> {
+    tx.column("SELECT slot FROM series_mails WHERE series_id = ?1 ORDER BY slot", args![series])
 }
 
 /// A series' members with what they cite, and each one's subject, in slot order.
-fn threads(tx: &rusqlite::Connection, series: i64) -> Result<Vec<(Posted, String)>, StoreError> {
-    let mut stmt = tx.prepare_cached(
+fn threads(tx: &dyn Sql, series: i64) -> Result<Vec<(Posted, String)>, StoreError> {
+    let rows = tx.rows(
         "SELECT sm.slot, m.message_id, m.hints, m.subject FROM series_mails sm JOIN mails m ON m.id = sm.mail_id
          WHERE sm.series_id = ?1 ORDER BY sm.slot",
+        args![series],
     )?;
-    let rows = stmt.query_map([series], |r| {
-        let hints: Option<String> = r.get(2)?;
-        let refs = hints.and_then(|h| serde_json::from_str::<Hints>(&h).ok()).unwrap_or_default().refs;
-        Ok((Posted { slot: r.get(0)?, message_id: r.get(1)?, refs }, r.get(3)?))
-    })?;
-    rows.collect::<Result<_, _>>().map_err(q)
+    rows.into_iter()
+        .map(|mut r| {
+            let hints: Option<String> = r.get(2)?;
+            let refs = hints.and_then(|h| serde_json::from_str::<Hints>(&h).ok()).unwrap_or_default().refs;
+            Ok((Posted { slot: r.get(0)?, message_id: r.get(1)?, refs }, r.get(3)?))
+        })
+        .collect()
 }
 
 /// Whether `members` hold a cover letter that none of their patches cites (placed by markers).
@@ -273,7 +264,7 @@ fn loose_cover(members: &[Posted]) -> bool {
 }
 
 /// The series `s` as a candidate for `arrival` (its Message-ID, what it cites, its slot).
-fn candidate(tx: &Tx<'_>, s: &SeriesRow, matched: Match, distance: usize, arrival: &Posted) -> Result<Candidate, StoreError> {
+fn candidate(tx: &dyn Sql, s: &SeriesRow, matched: Match, distance: usize, arrival: &Posted) -> Result<Candidate, StoreError> {
     let members = threads(tx, s.id)?;
     // The arrival's slot may be taken from a mail no reference links to the arrival's thread: in
     // a series not yet announced complete, or a cover the announcement left out (a loose one).
@@ -321,7 +312,7 @@ fn project_matches(projects: &[Project]) -> Vec<ProjectMatch<'_>> {
 
 /// Places a stored patch or cover letter; `Err(reason)` for a stray that joins nothing.
 fn thread(
-    tx: &Tx<'_>,
+    tx: &dyn Sql,
     (rules, projects): (&Rules, &[Project]),
     mail_id: i64,
     mail: &Incoming,
@@ -345,11 +336,11 @@ fn thread(
 
     let mut by_reference = Vec::new();
     {
-        let mut stmt = tx.prepare_cached("SELECT series_id, member FROM series_refs WHERE message_id = ?1 ORDER BY series_id")?;
         let mut seen = Vec::new();
         for (n, id) in std::iter::once(&p.message_id).chain(p.refs_nearest_first().iter()).enumerate() {
-            let ids: Vec<(i64, bool)> = stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
-            for (sid, member) in ids {
+            let rows = tx.rows("SELECT series_id, member FROM series_refs WHERE message_id = ?1 ORDER BY series_id", args![id])?;
+            for mut r in rows {
+                let (sid, member): (i64, bool) = (r.get(0)?, r.get(1)?);
                 if !seen.contains(&sid) {
                     seen.push(sid);
                     let matched = match (n, member) {
@@ -366,21 +357,10 @@ fn thread(
     let mut placement = patchbay_series::place(rules, &arrival, &by_reference, &[]);
     let mut by_markers = Vec::new();
     if let (Placement::New, Some((_, total))) = (&placement, counter) {
-        let mut stmt = tx.prepare_cached(
+        let ids: Vec<i64> = tx.column(
             "SELECT id FROM series WHERE submitter = ?1 AND total = ?2 AND version = ?3 AND date BETWEEN ?4 AND ?5 ORDER BY id",
+            args![arrival.submitter, total, p.subject.version_or_1(), date - rules.marker_window_secs, date + rules.marker_window_secs],
         )?;
-        let ids: Vec<i64> = stmt
-            .query_map(
-                params![
-                    arrival.submitter,
-                    total,
-                    p.subject.version_or_1(),
-                    date - rules.marker_window_secs,
-                    date + rules.marker_window_secs
-                ],
-                |r| r.get(0),
-            )?
-            .collect::<Result<_, _>>()?;
         for sid in ids {
             by_markers.push(candidate(tx, &load_series(tx, sid)?, Match::Markers, 0, &posted)?);
         }
@@ -398,23 +378,20 @@ fn thread(
         Placement::Stray(reason) => return Ok(Err(reason)),
         Placement::Join(sid) | Placement::Displace(sid) => {
             if matches!(placement, Placement::Displace(_)) {
-                let holder: i64 = tx
-                    .prepare_cached("SELECT mail_id FROM series_mails WHERE series_id = ?1 AND slot = ?2")?
-                    .query_row(params![sid, posted.slot], |r| r.get(0))?;
+                let holder: i64 =
+                    tx.one("SELECT mail_id FROM series_mails WHERE series_id = ?1 AND slot = ?2", args![sid, posted.slot])?.get(0)?;
                 evict(tx, sid, &[holder])?;
                 moved.push(holder);
             }
             let before = load_series(tx, sid)?;
             let total = patchbay_series::total_after_join(before.total, &slots(tx, sid)?, &arrival);
             if total != before.total {
-                tx.prepare_cached("UPDATE series SET total = ?2 WHERE id = ?1")?.execute(params![sid, total])?;
+                tx.exec("UPDATE series SET total = ?2 WHERE id = ?1", args![sid, total])?;
             }
-            tx.prepare_cached("INSERT INTO series_mails (series_id, slot, mail_id) VALUES (?1, ?2, ?3)")?
-                .execute(params![sid, slot, mail_id])?;
+            tx.exec("INSERT INTO series_mails (series_id, slot, mail_id) VALUES (?1, ?2, ?3)", args![sid, slot, mail_id])?;
             let s = load_series(tx, sid)?;
             if p.subject.version.is_some() && !s.version_explicit {
-                tx.prepare_cached("UPDATE series SET version = ?2, version_explicit = 1 WHERE id = ?1")?
-                    .execute(params![sid, p.subject.version_or_1()])?;
+                tx.exec("UPDATE series SET version = ?2, version_explicit = 1 WHERE id = ?1", args![sid, p.subject.version_or_1()])?;
             }
             rekey(tx, sid)?;
             // The project may be named by a later mail only (the cover's `liburing: …` after
@@ -424,39 +401,39 @@ fn thread(
             if s.project.is_none()
                 && let Some(project) = patchbay_series::project_for(&project_matches(projects), lists, &p.subject.tags, &p.subject.title)
             {
-                tx.prepare_cached(
+                tx.exec(
                     "UPDATE series SET project = ?2, state = CASE WHEN state = 'complete' THEN 'new' ELSE state END WHERE id = ?1",
-                )?
-                .execute(params![sid, project])?;
+                    args![sid, project],
+                )?;
                 events.push(Event::New(SeriesNew { series: head(&load_series(tx, sid)?) }));
             }
             if slot == 0 || (slot == 1 && !slots(tx, sid)?.contains(&0)) {
-                tx.prepare_cached("UPDATE series SET name = ?2 WHERE id = ?1")?.execute(params![sid, p.subject.title])?;
+                tx.exec("UPDATE series SET name = ?2 WHERE id = ?1", args![sid, p.subject.title])?;
             }
-            tx.prepare_cached("UPDATE series SET updated_at = ?2 WHERE id = ?1")?.execute(params![sid, mail.received_at])?;
+            tx.exec("UPDATE series SET updated_at = ?2 WHERE id = ?1", args![sid, mail.received_at])?;
             sid
         }
         Placement::New => {
             let matches = project_matches(projects);
             let project = patchbay_series::project_for(&matches, lists, &p.subject.tags, &p.subject.title);
             let total = counter.map_or(1, |(_, t)| t);
-            tx.prepare_cached(
-                "INSERT INTO series (project, submitter, version, version_explicit, total, name, state, date, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'new', ?7, ?8, ?8)",
-            )?
-            .execute(params![
-                project,
-                arrival.submitter,
-                p.subject.version_or_1(),
-                p.subject.version.is_some(),
-                total,
-                p.subject.title,
-                date,
-                mail.received_at
-            ])?;
-            let sid = tx.last_insert_rowid();
-            tx.prepare_cached("INSERT INTO series_mails (series_id, slot, mail_id) VALUES (?1, ?2, ?3)")?
-                .execute(params![sid, slot, mail_id])?;
+            let sid: i64 = tx
+                .one(
+                    "INSERT INTO series (project, submitter, version, version_explicit, total, name, state, date, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'new', ?7, ?8, ?8) RETURNING id",
+                    args![
+                        project,
+                        arrival.submitter,
+                        p.subject.version_or_1(),
+                        p.subject.version.is_some(),
+                        total,
+                        p.subject.title,
+                        date,
+                        mail.received_at
+                    ],
+                )?
+                .get(0)?;
+            tx.exec("INSERT INTO series_mails (series_id, slot, mail_id) VALUES (?1, ?2, ?3)", args![sid, slot, mail_id])?;
             rekey(tx, sid)?;
             let s = load_series(tx, sid)?;
             if s.project.is_some() {
@@ -467,14 +444,10 @@ fn thread(
     };
     // What later mails may find this series by: a patch records its references too, a cover
     // letter only its own id (a cover in reply to v1 must not pull v1's patches in).
-    let mut stmt = tx.prepare_cached(
-        "INSERT INTO series_refs (message_id, series_id, member) VALUES (?1, ?2, ?3)
-         ON CONFLICT (message_id, series_id) DO UPDATE SET member = max(member, excluded.member)",
-    )?;
-    stmt.execute(params![p.message_id, series_id, true])?;
+    add_ref(tx, &p.message_id, series_id, true)?;
     if p.kind == Kind::Patch {
         for r in p.in_reply_to.iter().chain(p.references.iter()) {
-            stmt.execute(params![r, series_id, false])?;
+            add_ref(tx, r, series_id, false)?;
         }
     }
     // A loose mail (placed by markers) that this one cites ties this one's thread to the series;
@@ -485,9 +458,11 @@ fn thread(
             let out = patchbay_series::strangers(&members, me);
             if !out.is_empty() {
                 let mut ids = Vec::new();
-                let mut stmt = tx.prepare_cached("SELECT mail_id FROM series_mails WHERE series_id = ?1 AND slot = ?2")?;
                 for i in out {
-                    ids.push(stmt.query_row(params![series_id, members[i].slot], |r| r.get::<_, i64>(0))?);
+                    ids.push(
+                        tx.one("SELECT mail_id FROM series_mails WHERE series_id = ?1 AND slot = ?2", args![series_id, members[i].slot])?
+                            .get(0)?,
+                    );
                 }
                 evict(tx, series_id, &ids)?;
                 moved.extend(ids);
@@ -513,9 +488,19 @@ fn thread(
     Ok(Ok(series_id))
 }
 
+/// Records that `message_id` finds `series` (`member`: it is one of its mails, not only cited).
+fn add_ref(tx: &dyn Sql, message_id: &str, series: i64, member: bool) -> Result<(), StoreError> {
+    tx.exec(
+        "INSERT INTO series_refs (message_id, series_id, member) VALUES (?1, ?2, ?3)
+         ON CONFLICT (message_id, series_id) DO UPDATE SET member = CASE WHEN excluded.member > series_refs.member THEN excluded.member ELSE series_refs.member END",
+        args![message_id, series, member],
+    )?;
+    Ok(())
+}
+
 /// Whether `s` has every slot 1..=total, its own or, for a partial re-roll, taken from the
 /// version it re-rolls ([`inherited`]).
-fn has_every_slot(tx: &rusqlite::Connection, s: &SeriesRow) -> Result<bool, StoreError> {
+fn has_every_slot(tx: &dyn Sql, s: &SeriesRow) -> Result<bool, StoreError> {
     Ok(patchbay_series::is_complete(s.total, &slots(tx, s.id)?) || inherited(tx, s)?.is_some())
 }
 
@@ -525,20 +510,19 @@ fn has_every_slot(tx: &rusqlite::Connection, s: &SeriesRow) -> Result<bool, Stor
 /// slots taken from it, when together they fill every slot; `None` when `s` has every slot
 /// itself or nothing fills it. Slot 1 is left out: a full re-roll's 1/N posted in reply to
 /// v1's 1/N looks the same until its 2/N arrives.
-fn inherited(tx: &rusqlite::Connection, s: &SeriesRow) -> Result<Option<(i64, Vec<u32>)>, StoreError> {
+fn inherited(tx: &dyn Sql, s: &SeriesRow) -> Result<Option<(i64, Vec<u32>)>, StoreError> {
     let own = slots(tx, s.id)?;
     if patchbay_series::is_complete(s.total, &own) {
         return Ok(None);
     }
-    let mut stmt = tx.prepare_cached(
-        "SELECT b.id FROM mails m JOIN series_mails sm ON sm.mail_id = m.id JOIN series b ON b.id = sm.series_id
-         WHERE m.message_id = ?1 AND sm.slot = ?2 AND b.id != ?3 AND b.submitter = ?4 AND b.project IS ?5 AND b.total = ?6
-         AND b.version < ?7 ORDER BY b.version DESC, b.id DESC LIMIT 1",
-    )?;
     for (m, _) in threads(tx, s.id)? {
         let Some(parent) = m.refs.first().filter(|_| m.slot >= 2) else { continue };
-        let base: Option<i64> =
-            stmt.query_row(params![parent, m.slot, s.id, s.submitter, s.project, s.total, s.version], |r| r.get(0)).optional()?;
+        let base: Option<i64> = tx.value(
+            "SELECT b.id FROM mails m JOIN series_mails sm ON sm.mail_id = m.id JOIN series b ON b.id = sm.series_id
+             WHERE m.message_id = ?1 AND sm.slot = ?2 AND b.id != ?3 AND b.submitter = ?4 AND b.project IS NOT DISTINCT FROM ?5
+             AND b.total = ?6 AND b.version < ?7 ORDER BY b.version DESC, b.id DESC LIMIT 1",
+            args![parent, m.slot, s.id, s.submitter, s.project, s.total, s.version],
+        )?;
         if let Some(b) = base {
             return Ok(patchbay_series::inherited_slots(s.total, &own, &slots(tx, b)?).map(|taken| (b, taken)));
         }
@@ -548,19 +532,18 @@ fn inherited(tx: &rusqlite::Connection, s: &SeriesRow) -> Result<Option<(i64, Ve
 
 /// Series other than `series` whose patches cite one of its mails: those that may be partial
 /// re-rolls of it ([`inherited`] decides).
-fn partial_rerolls_of(tx: &Tx<'_>, series: i64) -> Result<Vec<i64>, StoreError> {
-    let mut stmt = tx.prepare_cached(
+fn partial_rerolls_of(tx: &dyn Sql, series: i64) -> Result<Vec<i64>, StoreError> {
+    tx.column(
         "SELECT DISTINCT r.series_id FROM series_mails sm JOIN mails m ON m.id = sm.mail_id
          JOIN series_refs r ON r.message_id = m.message_id AND r.member = 0
          WHERE sm.series_id = ?1 AND sm.slot >= 2 AND r.series_id != ?1 ORDER BY r.series_id",
-    )?;
-    let rows = stmt.query_map([series], |r| r.get(0))?;
-    rows.collect::<Result<_, _>>().map_err(q)
+        args![series],
+    )
 }
 
 /// A series' patches (slot > 0) in slot order, with the slots a partial re-roll takes from the
 /// version it re-rolls; raw bytes when `with_raw`.
-fn patches_of(tx: &rusqlite::Connection, s: &SeriesRow, with_raw: bool) -> Result<Vec<Member>, StoreError> {
+fn patches_of(tx: &dyn Sql, s: &SeriesRow, with_raw: bool) -> Result<Vec<Member>, StoreError> {
     let mut ms: Vec<Member> = members(tx, s.id, with_raw)?.into_iter().filter(|m| m.slot > 0).collect();
     if let Some((base, taken)) = inherited(tx, s)? {
         ms.extend(members(tx, base, with_raw)?.into_iter().filter(|m| taken.contains(&m.slot)));
@@ -573,54 +556,54 @@ fn patches_of(tx: &rusqlite::Connection, s: &SeriesRow, with_raw: bool) -> Resul
 /// another's): the series' references and first Date are rebuilt from the mails that stay, and
 /// a series left empty is deleted (it never completed, so nothing was announced for it but
 /// `new`).
-fn evict(tx: &Tx<'_>, series: i64, mails: &[i64]) -> Result<(), StoreError> {
+fn evict(tx: &dyn Sql, series: i64, mails: &[i64]) -> Result<(), StoreError> {
     for m in mails {
-        tx.prepare_cached("DELETE FROM series_mails WHERE mail_id = ?1")?.execute([m])?;
+        tx.exec("DELETE FROM series_mails WHERE mail_id = ?1", args![m])?;
     }
-    tx.prepare_cached("DELETE FROM series_refs WHERE series_id = ?1")?.execute([series])?;
+    tx.exec("DELETE FROM series_refs WHERE series_id = ?1", args![series])?;
     let members = threads(tx, series)?;
     if members.is_empty() {
-        tx.prepare_cached("UPDATE series SET supersedes = NULL WHERE supersedes = ?1")?.execute([series])?;
-        tx.prepare_cached("DELETE FROM series WHERE id = ?1")?.execute([series])?;
+        // Nothing may name it any more: a version it replaced while incomplete keeps its state.
+        tx.exec("UPDATE series SET supersedes = NULL WHERE supersedes = ?1", args![series])?;
+        tx.exec("UPDATE series SET superseded_by = NULL WHERE superseded_by = ?1", args![series])?;
+        tx.exec("DELETE FROM series WHERE id = ?1", args![series])?;
         return Ok(());
     }
-    let mut stmt = tx.prepare_cached(
-        "INSERT INTO series_refs (message_id, series_id, member) VALUES (?1, ?2, ?3)
-         ON CONFLICT (message_id, series_id) DO UPDATE SET member = max(member, excluded.member)",
-    )?;
     for (m, _) in &members {
-        stmt.execute(params![m.message_id, series, true])?;
+        add_ref(tx, &m.message_id, series, true)?;
         if m.slot > 0 {
             for r in &m.refs {
-                stmt.execute(params![r, series, false])?;
+                add_ref(tx, r, series, false)?;
             }
         }
     }
     let (_, first) = &members[0];
-    tx.prepare_cached(
+    tx.exec(
         "UPDATE series SET name = ?2, date = (SELECT min(coalesce(m.date, m.received_at)) FROM series_mails sm JOIN mails m ON m.id = sm.mail_id
          WHERE sm.series_id = ?1) WHERE id = ?1",
-    )?
-    .execute(params![series, subject::parse(first).title])?;
+        args![series, subject::parse(first).title],
+    )?;
     rekey(tx, series)
 }
 
 /// Derives series `id`'s public id again from its members ([`crate::identity`]) while it is
 /// still incomplete: a lower slot arrived or left, or its version became known. Fixed from
 /// completion on. On a collision with another series' id, the key's next id is taken.
-fn rekey(tx: &rusqlite::Connection, id: i64) -> Result<(), StoreError> {
-    let (state, version, old_key): (String, u32, Option<String>) = tx
-        .prepare_cached("SELECT state, version, uid_key FROM series WHERE id = ?1")?
-        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+fn rekey(tx: &dyn Sql, id: i64) -> Result<(), StoreError> {
+    let mut r = tx.one("SELECT state, version, uid_key FROM series WHERE id = ?1", args![id])?;
+    let (state, version, old_key): (String, u32, Option<String>) = (r.get(0)?, r.get(1)?, r.get(2)?);
     if !matches!(state.as_str(), "new" | "incomplete") {
         return Ok(());
     }
-    let mut stmt = tx.prepare_cached(
-        "SELECT sm.slot, m.message_id, m.hints, m.id, m.subject FROM series_mails sm JOIN mails m ON m.id = sm.mail_id
-         WHERE sm.series_id = ?1 ORDER BY sm.slot",
-    )?;
-    let rows: Vec<(u32, String, Option<String>, i64, String)> =
-        stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?.collect::<Result<_, _>>()?;
+    let rows: Vec<(u32, String, Option<String>, i64, String)> = tx
+        .rows(
+            "SELECT sm.slot, m.message_id, m.hints, m.id, m.subject FROM series_mails sm JOIN mails m ON m.id = sm.mail_id
+             WHERE sm.series_id = ?1 ORDER BY sm.slot",
+            args![id],
+        )?
+        .into_iter()
+        .map(|mut r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+        .collect::<Result<_, StoreError>>()?;
     let Some(keyed) = crate::identity::keyed_slot(rows.iter().map(|r| r.0)) else { return Ok(()) };
     let Some((_, message_id, hints, mail, subject)) = rows.into_iter().find(|r| r.0 == keyed) else { return Ok(()) };
     let hints: Hints = hints.and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default();
@@ -629,7 +612,7 @@ fn rekey(tx: &rusqlite::Connection, id: i64) -> Result<(), StoreError> {
         (None, true) => message_id,
         // Stored before roots were kept: read from the mail itself.
         (None, false) => {
-            let raw: Vec<u8> = tx.prepare_cached("SELECT raw FROM mails WHERE id = ?1")?.query_row([mail], |r| r.get(0))?;
+            let raw: Vec<u8> = tx.one("SELECT raw FROM mails WHERE id = ?1", args![mail])?.get(0)?;
             let p = patchbay_mail::parse(&raw);
             crate::identity::root(&p.message_id, &p.in_reply_to, &p.references).to_string()
         }
@@ -638,12 +621,11 @@ fn rekey(tx: &rusqlite::Connection, id: i64) -> Result<(), StoreError> {
     if old_key.as_deref() == Some(key.as_str()) {
         return Ok(());
     }
-    let mut taken = tx.prepare_cached("SELECT id FROM series WHERE uid = ?1")?;
     for n in 0.. {
         let uid = crate::identity::uid(&key, n);
-        let holder: Option<i64> = taken.query_row([uid], |r| r.get(0)).optional()?;
+        let holder: Option<i64> = tx.value("SELECT id FROM series WHERE uid = ?1", args![uid])?;
         if holder.is_none_or(|h| h == id) {
-            tx.prepare_cached("UPDATE series SET uid = ?2, uid_key = ?3 WHERE id = ?1")?.execute(params![id, uid, key])?;
+            tx.exec("UPDATE series SET uid = ?2, uid_key = ?3 WHERE id = ?1", args![id, uid, key])?;
             break;
         }
     }
@@ -652,19 +634,16 @@ fn rekey(tx: &rusqlite::Connection, id: i64) -> Result<(), StoreError> {
 
 /// Places a stored mail again, as if it arrived now (after `evict`).
 fn place_again(
-    tx: &Tx<'_>,
+    tx: &dyn Sql,
     rules: &Rules,
     projects: &[Project],
     mail: i64,
     events: &mut Vec<Event>,
     depth: usize,
 ) -> Result<(), StoreError> {
-    let (raw, received_at): (Vec<u8>, i64) =
-        tx.prepare_cached("SELECT raw, received_at FROM mails WHERE id = ?1")?.query_row([mail], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    let lists: Vec<String> = tx
-        .prepare_cached("SELECT list_id FROM mail_lists WHERE mail_id = ?1")?
-        .query_map([mail], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
+    let mut r = tx.one("SELECT raw, received_at FROM mails WHERE id = ?1", args![mail])?;
+    let (raw, received_at): (Vec<u8>, i64) = (r.get(0)?, r.get(1)?);
+    let lists: Vec<String> = tx.column("SELECT list_id FROM mail_lists WHERE mail_id = ?1 ORDER BY list_id", args![mail])?;
     let parsed = patchbay_mail::parse(&raw);
     let incoming = Incoming { raw, parsed, lists: Vec::new(), received_at };
     if let Err(stray) = thread(tx, (rules, projects), mail, &incoming, &lists, events, depth)? {
@@ -682,26 +661,31 @@ struct Member {
     raw: Vec<u8>,
 }
 
-fn members(tx: &rusqlite::Connection, series: i64, with_raw: bool) -> Result<Vec<Member>, StoreError> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT sm.slot, m.id, m.message_id, m.subject, m.hints, CASE WHEN ?2 THEN m.raw ELSE x'' END
-         FROM series_mails sm JOIN mails m ON m.id = sm.mail_id WHERE sm.series_id = ?1 ORDER BY sm.slot",
-    )?;
-    let rows = stmt.query_map(params![series, with_raw], |r| {
-        let hints: Option<String> = r.get(4)?;
-        Ok(Member {
-            slot: r.get(0)?,
-            mail: r.get(1)?,
-            message_id: r.get(2)?,
-            subject: r.get(3)?,
-            hints: hints.and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default(),
-            raw: r.get(5)?,
+fn members(tx: &dyn Sql, series: i64, with_raw: bool) -> Result<Vec<Member>, StoreError> {
+    let sql = if with_raw {
+        "SELECT sm.slot, m.id, m.message_id, m.subject, m.hints, m.raw
+         FROM series_mails sm JOIN mails m ON m.id = sm.mail_id WHERE sm.series_id = ?1 ORDER BY sm.slot"
+    } else {
+        "SELECT sm.slot, m.id, m.message_id, m.subject, m.hints
+         FROM series_mails sm JOIN mails m ON m.id = sm.mail_id WHERE sm.series_id = ?1 ORDER BY sm.slot"
+    };
+    tx.rows(sql, args![series])?
+        .into_iter()
+        .map(|mut r| {
+            let hints: Option<String> = r.get(4)?;
+            Ok(Member {
+                slot: r.get(0)?,
+                mail: r.get(1)?,
+                message_id: r.get(2)?,
+                subject: r.get(3)?,
+                hints: hints.and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default(),
+                raw: if with_raw { r.get(5)? } else { Vec::new() },
+            })
         })
-    })?;
-    rows.collect::<Result<_, _>>().map_err(q)
+        .collect()
 }
 
-fn summary(tx: &Tx<'_>, s: &SeriesRow) -> Result<Summary, StoreError> {
+fn summary(tx: &dyn Sql, s: &SeriesRow) -> Result<Summary, StoreError> {
     let ms = members(tx, s.id, false)?;
     Ok(Summary {
         id: s.id,
@@ -717,8 +701,8 @@ fn summary(tx: &Tx<'_>, s: &SeriesRow) -> Result<Summary, StoreError> {
     })
 }
 
-fn complete(tx: &Tx<'_>, s: &SeriesRow, now: i64, events: &mut Vec<Event>) -> Result<(), StoreError> {
-    tx.prepare_cached("UPDATE series SET state = 'complete', updated_at = ?2 WHERE id = ?1")?.execute(params![s.id, now])?;
+fn complete(tx: &dyn Sql, s: &SeriesRow, now: i64, events: &mut Vec<Event>) -> Result<(), StoreError> {
+    tx.exec("UPDATE series SET state = 'complete', updated_at = ?2 WHERE id = ?1", args![s.id, now])?;
     let me = summary(tx, s)?;
     let earlier = earlier_versions(tx, s)?;
     let replaced = replaced_by_newer(tx, s, &me, &earlier, now, events)?;
@@ -743,7 +727,7 @@ fn complete(tx: &Tx<'_>, s: &SeriesRow, now: i64, events: &mut Vec<Event>) -> Re
     // partial re-roll's v1 whose 1/2 arrives late) is named as in date order.
     let supersedes = match supersedes {
         Some(id) => Some(id),
-        None => tx.prepare_cached("SELECT supersedes FROM series WHERE id = ?1")?.query_row([s.id], |r| r.get(0))?,
+        None => tx.one("SELECT supersedes FROM series WHERE id = ?1", args![s.id])?.get(0)?,
     };
     let supersedes = supersedes.map(|id| load_series(tx, id).map(|o| o.uid)).transpose()?;
     let (mbox, mbox_base64) = patchbay_model::mbox_fields(&mbox);
@@ -771,7 +755,7 @@ fn complete(tx: &Tx<'_>, s: &SeriesRow, now: i64, events: &mut Vec<Event>) -> Re
 /// Supersedes `s` (summarized as `me`) by the nearest newer version that re-rolls it, if any;
 /// says whether one did.
 fn replaced_by_newer(
-    tx: &Tx<'_>,
+    tx: &dyn Sql,
     s: &SeriesRow,
     me: &Summary,
     earlier: &[Summary],
@@ -785,13 +769,11 @@ fn replaced_by_newer(
     // the nearest that re-rolls this one replaces it, as in date order (v2 replaces v1 before
     // v3 is posted). So do series whose own mails name one of this one's in `Supersedes:`,
     // whatever their version.
-    let mut newer: Vec<i64> = tx
-        .prepare_cached(
-            "SELECT id FROM series WHERE submitter = ?1 AND version >= ?2 AND project IS ?3 AND id != ?4
-             ORDER BY version, id LIMIT 200",
-        )?
-        .query_map(params![s.submitter, s.version, s.project, s.id], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
+    let mut newer: Vec<i64> = tx.column(
+        "SELECT id FROM series WHERE submitter = ?1 AND version >= ?2 AND project IS NOT DISTINCT FROM ?3 AND id != ?4
+         ORDER BY version, id LIMIT 200",
+        args![s.submitter, s.version, s.project, s.id],
+    )?;
     for id in naming_supersedes(tx, s)? {
         if !newer.contains(&id) {
             newer.push(id);
@@ -800,14 +782,13 @@ fn replaced_by_newer(
     for nid in newer {
         let n = load_series(tx, nid)?;
         if patchbay_series::rerolls_through(&summary(tx, &n)?, me, earlier) {
-            tx.prepare_cached("UPDATE series SET state = 'superseded', superseded_by = ?2, updated_at = ?3 WHERE id = ?1")?
-                .execute(params![s.id, nid, now])?;
+            tx.exec("UPDATE series SET state = 'superseded', superseded_by = ?2, updated_at = ?3 WHERE id = ?1", args![s.id, nid, now])?;
             // It names its nearest predecessor: this one, unless it already names a nearer one.
-            tx.prepare_cached(
+            tx.exec(
                 "UPDATE series SET supersedes = ?2 WHERE id = ?1
                  AND (supersedes IS NULL OR (SELECT p.version FROM series p WHERE p.id = series.supersedes) < ?3)",
-            )?
-            .execute(params![nid, s.id, s.version])?;
+                args![nid, s.id, s.version],
+            )?;
             if s.project.is_some() {
                 events.push(Event::Superseded(SeriesSuperseded { series: head(s), by: n.uid, by_version: n.version }));
             }
@@ -822,7 +803,7 @@ fn replaced_by_newer(
 /// and for every newer version holding all its patches, as date order, with every mail of a
 /// posting present at completion, decides it. Re-roll relations only grow as mails join, so
 /// the outcome is the same whatever the arrival order.
-fn reconsider(tx: &Tx<'_>, s: &SeriesRow, now: i64, events: &mut Vec<Event>) -> Result<(), StoreError> {
+fn reconsider(tx: &dyn Sql, s: &SeriesRow, now: i64, events: &mut Vec<Event>) -> Result<(), StoreError> {
     let me = summary(tx, s)?;
     let earlier = earlier_versions(tx, s)?;
     if s.state == "complete" {
@@ -835,14 +816,12 @@ fn reconsider(tx: &Tx<'_>, s: &SeriesRow, now: i64, events: &mut Vec<Event>) -> 
 /// Every newer version of `s`'s work holding all its patches decides again which versions it
 /// replaces: `s` changed (completed, or a mail joined it), and a re-roll posted in reply to
 /// `s` may now continue the work of a version between them (`rerolls_through`).
-fn newer_reconsider(tx: &Tx<'_>, s: &SeriesRow, now: i64, events: &mut Vec<Event>) -> Result<(), StoreError> {
-    let newer: Vec<i64> = tx
-        .prepare_cached(
-            "SELECT id FROM series WHERE submitter = ?1 AND version >= ?2 AND project IS ?3 AND id != ?4
-             AND state IN ('complete', 'superseded') ORDER BY version, id LIMIT 200",
-        )?
-        .query_map(params![s.submitter, s.version, s.project, s.id], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
+fn newer_reconsider(tx: &dyn Sql, s: &SeriesRow, now: i64, events: &mut Vec<Event>) -> Result<(), StoreError> {
+    let newer: Vec<i64> = tx.column(
+        "SELECT id FROM series WHERE submitter = ?1 AND version >= ?2 AND project IS NOT DISTINCT FROM ?3 AND id != ?4
+         AND state IN ('complete', 'superseded') ORDER BY version, id LIMIT 200",
+        args![s.submitter, s.version, s.project, s.id],
+    )?;
     for nid in newer {
         let n = load_series(tx, nid)?;
         if has_every_slot(tx, &n)? {
@@ -855,21 +834,19 @@ fn newer_reconsider(tx: &Tx<'_>, s: &SeriesRow, now: i64, events: &mut Vec<Event
 
 /// Earlier versions of `s`'s submitter and project, in any state: a re-roll posted in reply to
 /// one of them continues the work of every version that re-rolled it (`rerolls_through`).
-fn earlier_versions(tx: &Tx<'_>, s: &SeriesRow) -> Result<Vec<Summary>, StoreError> {
-    let ids: Vec<i64> = tx
-        .prepare_cached(
-            "SELECT id FROM series WHERE submitter = ?1 AND version < ?2 AND project IS ?3 AND id != ?4
-             ORDER BY version DESC, id DESC LIMIT 50",
-        )?
-        .query_map(params![s.submitter, s.version, s.project, s.id], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
+fn earlier_versions(tx: &dyn Sql, s: &SeriesRow) -> Result<Vec<Summary>, StoreError> {
+    let ids: Vec<i64> = tx.column(
+        "SELECT id FROM series WHERE submitter = ?1 AND version < ?2 AND project IS NOT DISTINCT FROM ?3 AND id != ?4
+         ORDER BY version DESC, id DESC LIMIT 50",
+        args![s.submitter, s.version, s.project, s.id],
+    )?;
     ids.into_iter().map(|id| summary(tx, &load_series(tx, id)?)).collect()
 }
 
 /// Supersedes, by `s` (summarized as `me`), the earlier versions it re-rolls; returns the
 /// nearest, which `s` names as its predecessor.
 fn replace_older(
-    tx: &Tx<'_>,
+    tx: &dyn Sql,
     s: &SeriesRow,
     me: &Summary,
     earlier: &[Summary],
@@ -883,25 +860,21 @@ fn replace_older(
     // series of the project holding a mail this one's own mails name in `Supersedes:` (the
     // submitter's word links two series even when their subjects differ; a reply is never a
     // member, so someone else's `Supersedes:` counts for nothing).
-    let mut older: Vec<i64> = tx
-        .prepare_cached(
-            "SELECT id FROM series WHERE submitter = ?1 AND version <= ?2 AND project IS ?3 AND id != ?4
-             AND (superseded_by IS NULL OR (SELECT b.version FROM series b WHERE b.id = series.superseded_by) > ?2)
-             ORDER BY version DESC, id DESC LIMIT 50",
-        )?
-        .query_map(params![s.submitter, s.version, s.project, s.id], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    {
-        let mut stmt = tx.prepare_cached(
+    let mut older: Vec<i64> = tx.column(
+        "SELECT id FROM series WHERE submitter = ?1 AND version <= ?2 AND project IS NOT DISTINCT FROM ?3 AND id != ?4
+         AND (superseded_by IS NULL OR (SELECT b.version FROM series b WHERE b.id = series.superseded_by) > ?2)
+         ORDER BY version DESC, id DESC LIMIT 50",
+        args![s.submitter, s.version, s.project, s.id],
+    )?;
+    for mid in &me.supersedes {
+        let named: Vec<i64> = tx.column(
             "SELECT s.id FROM mails m JOIN series_mails sm ON sm.mail_id = m.id JOIN series s ON s.id = sm.series_id
-             WHERE m.message_id = ?1 AND s.project IS ?2 AND s.superseded_by IS NULL AND s.id != ?3",
+             WHERE m.message_id = ?1 AND s.project IS NOT DISTINCT FROM ?2 AND s.superseded_by IS NULL AND s.id != ?3 ORDER BY s.id",
+            args![mid, s.project, s.id],
         )?;
-        for mid in &me.supersedes {
-            for id in stmt.query_map(params![mid, s.project, s.id], |r| r.get::<_, i64>(0))? {
-                let id = id?;
-                if !older.contains(&id) {
-                    older.push(id);
-                }
+        for id in named {
+            if !older.contains(&id) {
+                older.push(id);
             }
         }
     }
@@ -909,8 +882,7 @@ fn replace_older(
     for oid in older {
         let o = load_series(tx, oid)?;
         if patchbay_series::rerolls_through(me, &summary(tx, &o)?, earlier) {
-            tx.prepare_cached("UPDATE series SET state = 'superseded', superseded_by = ?2, updated_at = ?3 WHERE id = ?1")?
-                .execute(params![oid, s.id, now])?;
+            tx.exec("UPDATE series SET state = 'superseded', superseded_by = ?2, updated_at = ?3 WHERE id = ?1", args![oid, s.id, now])?;
             // Announced once: one only moved to a nearer successor was announced already.
             if o.project.is_some() && o.state != "superseded" {
                 events.push(Event::Superseded(SeriesSuperseded { series: head(&o), by: s.uid, by_version: s.version }));
@@ -920,20 +892,20 @@ fn replace_older(
         }
     }
     if let Some(oid) = supersedes {
-        tx.prepare_cached("UPDATE series SET supersedes = ?2 WHERE id = ?1")?.execute(params![s.id, oid])?;
+        tx.exec("UPDATE series SET supersedes = ?2 WHERE id = ?1", args![s.id, oid])?;
     }
     Ok(supersedes)
 }
 
 /// Series of `s`'s submitter and project, other than `s`, one of whose mails carries a
 /// `Supersedes:` line: those that may name one of `s`'s mails (`rerolls` decides).
-fn naming_supersedes(tx: &Tx<'_>, s: &SeriesRow) -> Result<Vec<i64>, StoreError> {
-    let mut stmt = tx.prepare_cached(
+fn naming_supersedes(tx: &dyn Sql, s: &SeriesRow) -> Result<Vec<i64>, StoreError> {
+    tx.column(
         "SELECT DISTINCT o.id FROM series o JOIN series_mails sm ON sm.series_id = o.id JOIN mails m ON m.id = sm.mail_id
-         WHERE o.submitter = ?1 AND o.project IS ?2 AND o.id != ?3 AND m.hints LIKE '%\"supersedes\"%' ORDER BY o.id DESC LIMIT 50",
-    )?;
-    let rows = stmt.query_map(params![s.submitter, s.project, s.id], |r| r.get(0))?;
-    rows.collect::<Result<_, _>>().map_err(q)
+         WHERE o.submitter = ?1 AND o.project IS NOT DISTINCT FROM ?2 AND o.id != ?3 AND m.hints LIKE '%\"supersedes\"%'
+         ORDER BY o.id DESC LIMIT 50",
+        args![s.submitter, s.project, s.id],
+    )
 }
 
 /// What a deadline sweep measures a series' age by.
@@ -947,19 +919,19 @@ pub enum Age {
 
 /// The newest mail Date in the store, not counting Dates after the mail was received (a sender's
 /// clock a day or more ahead): the "now" of an imported archive.
-pub fn newest_date(tx: &Tx<'_>) -> Result<Option<i64>, StoreError> {
-    Ok(tx.prepare_cached("SELECT max(date) FROM mails WHERE date <= received_at + 86400")?.query_row([], |r| r.get(0))?)
+pub fn newest_date(tx: &dyn Sql) -> Result<Option<i64>, StoreError> {
+    Ok(tx.value::<Option<i64>>("SELECT max(date) FROM mails WHERE date <= received_at + 86400", &[])?.flatten())
 }
 
 /// Series still `new` whose first mail is older than `cutoff` (by `age`) become `incomplete`.
-pub fn sweep(tx: &Tx<'_>, age: Age, cutoff: i64, now: i64, events: &mut Vec<Event>) -> Result<usize, StoreError> {
+pub fn sweep(tx: &dyn Sql, age: Age, cutoff: i64, now: i64, events: &mut Vec<Event>) -> Result<usize, StoreError> {
     let sql = match age {
         Age::Received => "SELECT id FROM series WHERE state = 'new' AND created_at < ?1 ORDER BY id LIMIT 1000",
         Age::Dated => "SELECT id FROM series WHERE state = 'new' AND date < ?1 ORDER BY id LIMIT 1000",
     };
-    let ids: Vec<i64> = tx.prepare_cached(sql)?.query_map([cutoff], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    let ids: Vec<i64> = tx.column(sql, args![cutoff])?;
     for &id in &ids {
-        tx.prepare_cached("UPDATE series SET state = 'incomplete', updated_at = ?2 WHERE id = ?1")?.execute(params![id, now])?;
+        tx.exec("UPDATE series SET state = 'incomplete', updated_at = ?2 WHERE id = ?1", args![id, now])?;
         let s = load_series(tx, id)?;
         if s.project.is_some() {
             let have = slots(tx, id)?;
@@ -973,14 +945,14 @@ pub fn sweep(tx: &Tx<'_>, age: Age, cutoff: i64, now: i64, events: &mut Vec<Even
 /// The mbox of series `id`, its patches in slot order with the slots a partial re-roll takes
 /// from the version it re-rolls (what `git am` needs), complete or not; `None` for no such
 /// series. The HTTP API's `/series/{id}/mbox` reads it, so it matches the `complete` event.
-pub fn series_mbox(conn: &rusqlite::Connection, id: i64) -> Result<Option<Vec<u8>>, StoreError> {
+pub fn series_mbox(conn: &dyn Sql, id: i64) -> Result<Option<Vec<u8>>, StoreError> {
     let Some(id) = local_id(conn, id)? else { return Ok(None) };
     Ok(Some(mbox_of(&patches_of(conn, &load_series(conn, id)?, true)?)))
 }
 
 /// The local row key of the series whose public id is `uid`, if this store has it.
-pub(crate) fn local_id(conn: &rusqlite::Connection, uid: i64) -> Result<Option<i64>, StoreError> {
-    Ok(conn.prepare_cached("SELECT id FROM series WHERE uid = ?1")?.query_row([uid], |r| r.get(0)).optional()?)
+pub(crate) fn local_id(conn: &dyn Sql, uid: i64) -> Result<Option<i64>, StoreError> {
+    conn.value("SELECT id FROM series WHERE uid = ?1", args![uid])
 }
 
 /// Patches as one mbox, in the order given, as `git am` takes it.
@@ -993,15 +965,12 @@ fn mbox_of(patches: &[Member]) -> Vec<u8> {
 }
 
 /// The mbox of the complete (or superseded-after-completion) series holding `message_id`.
-pub fn complete_series_mbox(conn: &rusqlite::Connection, message_id: &str) -> Result<Option<String>, StoreError> {
-    let series: Option<i64> = conn
-        .query_row(
-            "SELECT sm.series_id FROM mails m JOIN series_mails sm ON sm.mail_id = m.id JOIN series s ON s.id = sm.series_id
-             WHERE m.message_id = ?1 AND s.state IN ('complete', 'superseded') ORDER BY s.id DESC LIMIT 1",
-            [message_id],
-            |r| r.get(0),
-        )
-        .optional()?;
+pub fn complete_series_mbox(conn: &dyn Sql, message_id: &str) -> Result<Option<String>, StoreError> {
+    let series: Option<i64> = conn.value(
+        "SELECT sm.series_id FROM mails m JOIN series_mails sm ON sm.mail_id = m.id JOIN series s ON s.id = sm.series_id
+         WHERE m.message_id = ?1 AND s.state IN ('complete', 'superseded') ORDER BY s.id DESC LIMIT 1",
+        args![message_id],
+    )?;
     let Some(series) = series else { return Ok(None) };
     let s = load_series(conn, series)?;
     let patches = patches_of(conn, &s, true)?;
@@ -1014,7 +983,7 @@ pub fn complete_series_mbox(conn: &rusqlite::Connection, message_id: &str) -> Re
 /// Records series `id` (public) as merged (`commits` in patch order, found in `branch` of `repository`)
 /// and announces it, once: `None` when it was recorded before or there is no such series.
 pub(crate) fn mark_merged(
-    tx: &rusqlite::Connection,
+    tx: &dyn Sql,
     id: i64,
     repository: &str,
     branch: &str,
@@ -1024,10 +993,10 @@ pub(crate) fn mark_merged(
 ) -> Result<Option<SeriesMerged>, StoreError> {
     let Some(id) = local_id(tx, id)? else { return Ok(None) };
     let json = serde_json::to_string(commits).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let added = tx.execute(
+    let added = tx.exec(
         "INSERT INTO series_merged (series_id, repository, branch, commits, merged_at) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (series_id) DO NOTHING",
-        params![id, repository, branch, json, now],
+        args![id, repository, branch, json, now],
     )?;
     if added == 0 {
         return Ok(None);

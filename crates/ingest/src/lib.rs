@@ -65,16 +65,21 @@ pub mod archive;
 mod assemble;
 pub mod identity;
 pub mod lmtp;
+mod pg;
 mod read;
 pub mod settings;
+mod sql;
 
 use std::sync::Arc;
 
 use patchbay_bus::{Bus, Outgoing, Publisher};
 use patchbay_model::{Body, Sender, TopicRoot};
-use patchbay_store::{EmbeddedBus, StoreError, Tx};
+use patchbay_store::{EmbeddedBus, StoreError};
+use patchbay_store_pg::PgStore;
 
-pub use assemble::{Incoming, Outcome, Project, series_mbox};
+use crate::sql::{Sql, args};
+
+pub use assemble::{Incoming, Outcome, Project};
 pub use patchbay_series::Rules;
 pub use read::{Consistency, MailAge, SeriesStore, TEST_ANYWAY_LIST};
 pub use settings::{DEFAULT_LMTP, IngestSettings};
@@ -99,10 +104,19 @@ pub struct Settings {
     pub projects: Vec<Project>,
 }
 
+/// Where the mail and series tables are, and how their changes are announced.
+#[derive(Clone)]
+enum Backend {
+    /// The embedded store: its bus log is the outbox.
+    Sqlite(EmbeddedBus),
+    /// PostgreSQL: one ordered writer per process, the outbox in the same transaction.
+    Postgres(pg::Writer),
+}
+
 /// The ingest service: cheap to clone, shared by LMTP sessions and importers.
 #[derive(Clone)]
 pub struct Ingest {
-    bus: EmbeddedBus,
+    backend: Backend,
     mail_out: Publisher,
     series_out: Publisher,
     /// Replaced whole when `serve` reloads its config; a transaction uses the one it started with.
@@ -125,46 +139,79 @@ impl Ingest {
     /// Binds ingestion to the embedded bus (whose database is the store).
     pub fn new(bus: EmbeddedBus, root: TopicRoot, instance: &str, settings: Settings) -> Self {
         let dyn_bus: Arc<dyn Bus> = Arc::new(bus.clone());
+        Self::with_backend(Backend::Sqlite(bus), dyn_bus, root, instance, settings)
+    }
+
+    /// Binds ingestion to a shared PostgreSQL store: any number of processes on any hosts
+    /// ingest into it at once, each change and its announcements committed together in its
+    /// outbox (relayed to `bus`, which only names where they go). Writes of this process run
+    /// in submission order on one thread (an import's mark follows its mails); writes of all
+    /// processes take one advisory lock, the single writer SQLite gives the embedded shape,
+    /// so the placement rules see every mail committed before. Call inside a Tokio runtime.
+    pub fn on_postgres(store: PgStore, bus: Arc<dyn Bus>, root: TopicRoot, instance: &str, settings: Settings) -> Self {
+        Self::with_backend(Backend::Postgres(pg::Writer::start(store)), bus, root, instance, settings)
+    }
+
+    fn with_backend(backend: Backend, bus: Arc<dyn Bus>, root: TopicRoot, instance: &str, settings: Settings) -> Self {
         Ingest {
-            mail_out: Publisher::new(dyn_bus.clone(), root.clone(), Sender::new("ingest", instance)),
-            series_out: Publisher::new(dyn_bus, root, Sender::new("threader", instance)),
-            bus,
+            mail_out: Publisher::new(bus.clone(), root.clone(), Sender::new("ingest", instance)),
+            series_out: Publisher::new(bus, root, Sender::new("threader", instance)),
+            backend,
             settings: Arc::new(std::sync::RwLock::new(Arc::new(settings))),
         }
     }
 
-    /// The bus (and so the store) this service writes to.
-    pub fn bus(&self) -> &EmbeddedBus {
-        &self.bus
+    /// The embedded bus (and so the store) this service writes to; `None` on PostgreSQL.
+    pub fn embedded(&self) -> Option<&EmbeddedBus> {
+        match &self.backend {
+            Backend::Sqlite(bus) => Some(bus),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// The read side of the store this service writes to.
+    pub fn series_store(&self) -> Arc<dyn SeriesStore> {
+        match &self.backend {
+            Backend::Sqlite(bus) => Arc::new(bus.db().clone()),
+            Backend::Postgres(w) => Arc::new(w.store().clone()),
+        }
     }
 
     /// Runs `change` in one write transaction and publishes the events it made inside it.
     async fn announcing<T, F>(&self, change: F) -> Result<T, IngestError>
     where
         T: Send + 'static,
-        F: FnOnce(&Tx<'_>, &mut Vec<assemble::Event>) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&dyn Sql, &mut Vec<assemble::Event>) -> Result<T, StoreError> + Send + 'static,
     {
-        let this = self.clone();
-        Ok(self
-            .bus
-            .db()
-            .write(move |tx| {
-                let mut events = Vec::new();
-                let out = change(tx, &mut events)?;
-                this.announce(tx, events)?;
-                Ok(out)
-            })
-            .await?)
+        Ok(self.write(change)?.await?)
     }
 
-    /// Publishes `events` inside the transaction `tx` that made them: state and announcement
-    /// commit together.
-    fn announce(&self, tx: &Tx<'_>, events: Vec<assemble::Event>) -> Result<(), StoreError> {
-        let messages = self.outgoing(events)?;
-        if !messages.is_empty() {
-            self.bus.publish_in(tx, messages)?;
-        }
-        Ok(())
+    /// Queues `change` for the store's writer; the future resolves once it committed, with the
+    /// messages announcing the events it made (state and announcement commit together).
+    fn write<T, F>(&self, change: F) -> Result<impl Future<Output = Result<T, StoreError>> + use<T, F>, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Sql, &mut Vec<assemble::Event>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let this = self.clone();
+        let run = move |db: &dyn Sql| {
+            let mut events = Vec::new();
+            let out = change(db, &mut events)?;
+            Ok((out, this.outgoing(events)?))
+        };
+        Ok(match &self.backend {
+            Backend::Sqlite(bus) => {
+                let bus = bus.clone();
+                futures_util::future::Either::Left(bus.db().clone().submit(move |tx| {
+                    let (out, messages) = run(&**tx)?;
+                    if !messages.is_empty() {
+                        bus.publish_in(tx, messages)?;
+                    }
+                    Ok(out)
+                })?)
+            }
+            Backend::Postgres(w) => futures_util::future::Either::Right(w.submit(run)),
+        })
     }
 
     fn outgoing(&self, events: Vec<assemble::Event>) -> Result<Vec<Outgoing>, StoreError> {
@@ -203,19 +250,18 @@ impl Ingest {
         mails: Vec<Incoming>,
         mark: Option<(String, String)>,
     ) -> Result<impl Future<Output = Result<Vec<Outcome>, IngestError>> + use<>, IngestError> {
-        let this = self.clone();
         let settings = self.settings();
-        let fut = self.bus.db().submit(move |tx: &Tx<'_>| {
-            let mut events = Vec::new();
+        let fut = self.write(move |tx, events| {
             let mut outcomes = Vec::with_capacity(mails.len());
             for mail in &mails {
-                outcomes.push(assemble::accept(tx, &settings.rules, &settings.projects, mail, &mut events)?);
+                outcomes.push(assemble::accept(tx, &settings.rules, &settings.projects, mail, events)?);
             }
             if let Some((source, mark)) = &mark {
-                tx.prepare_cached("INSERT INTO import_marks (source, mark) VALUES (?1, ?2) ON CONFLICT (source) DO UPDATE SET mark = ?2")?
-                    .execute([source, mark])?;
+                tx.exec(
+                    "INSERT INTO import_marks (source, mark) VALUES (?1, ?2) ON CONFLICT (source) DO UPDATE SET mark = ?2",
+                    args![source, mark],
+                )?;
             }
-            this.announce(tx, events)?;
             Ok(outcomes)
         })?;
         Ok(async move { fut.await.map_err(IngestError::from) })
@@ -269,20 +315,25 @@ impl Ingest {
     pub async fn complete_series_mbox(&self, message_id: &str) -> Result<Option<String>, IngestError> {
         let id = message_id.trim();
         let id = if id.starts_with('<') { id.to_string() } else { format!("<{id}>") };
-        Ok(self.bus.db().read(move |conn| assemble::complete_series_mbox(conn, &id)).await?)
+        Ok(self.read(move |conn| assemble::complete_series_mbox(conn, &id)).await?)
+    }
+
+    /// Runs `f` on a consistent snapshot of the store.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Sql) -> Result<T, StoreError> + Send + 'static,
+    {
+        match &self.backend {
+            Backend::Sqlite(bus) => bus.db().read(move |c| f(c)).await,
+            Backend::Postgres(w) => pg::read(w.store().clone(), f).await,
+        }
     }
 
     /// The mark an importer recorded for `source` (the last public-inbox commit imported).
     pub async fn mark(&self, source: &str) -> Result<Option<String>, IngestError> {
         let source = source.to_string();
-        Ok(self
-            .bus
-            .db()
-            .read(move |conn| {
-                use rusqlite::OptionalExtension;
-                Ok(conn.query_row("SELECT mark FROM import_marks WHERE source = ?1", [&source], |r| r.get(0)).optional()?)
-            })
-            .await?)
+        Ok(self.read(move |db| db.value("SELECT mark FROM import_marks WHERE source = ?1", args![source])).await?)
     }
 }
 

@@ -1,15 +1,18 @@
 //! The series store's read side, behind a port ([`SeriesStore`]): what the dashboard, the JSON
 //! series API, the dispatcher's age rule and `import`'s summary ask of the tables this crate
 //! owns (`mails`, `mail_lists`, `series`, `series_mails`), as typed rows. The SQLite
-//! implementation is here, beside the writes; nothing above this crate writes SQL over them.
+//! and PostgreSQL implementations are here, beside the writes, one set of statements for both
+//! (`sql.rs`); nothing above this crate writes SQL over them.
 
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use patchbay_model::view::{PatchRow, SeriesFilter, SeriesRow};
 use patchbay_store::{Db, StoreError};
-use rusqlite::{OptionalExtension as _, params};
+use patchbay_store_pg::PgStore;
 use serde::Serialize;
+
+use crate::sql::{Row, Sql, args};
 
 /// The list id `patchbay import --test` records for every mail it imports: the wish to test
 /// its series whatever their age, stored with the mails (in the transaction that completes
@@ -40,7 +43,8 @@ pub trait SeriesStore: Send + Sync + 'static {
     async fn versions(&self, id: i64) -> Result<Vec<(i64, u32)>, StoreError>;
     /// One mail as stored.
     async fn raw_mail(&self, id: i64) -> Result<Option<Vec<u8>>, StoreError>;
-    /// The series as one mbox for `git am` (see [`crate::series_mbox`]).
+    /// The series as one mbox for `git am`: its patches in slot order, with the slots a partial
+    /// re-roll takes from the version it re-rolls, as the `complete` event carries it.
     async fn mbox(&self, id: i64) -> Result<Option<Vec<u8>>, StoreError>;
     /// How old its mails are; `None` for a series without mails.
     async fn age(&self, id: i64) -> Result<Option<MailAge>, StoreError>;
@@ -60,7 +64,7 @@ macro_rules! state {
 const STATE: &str = state!();
 const SERIES_COLUMNS: &str = concat!("s.uid, s.project, s.submitter, s.name, s.version, s.total, ", state!(), ", s.created_at");
 
-fn series_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SeriesRow> {
+fn series_row(mut r: Row) -> Result<SeriesRow, StoreError> {
     Ok(SeriesRow {
         id: r.get(0)?,
         project: r.get(1)?,
@@ -74,171 +78,198 @@ fn series_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SeriesRow> {
     })
 }
 
+/// The port on the embedded store.
 #[async_trait]
 impl SeriesStore for Db {
     async fn list(&self, filter: SeriesFilter, page: u32, per_page: u32) -> Result<(Vec<SeriesRow>, u64), StoreError> {
-        self.read(move |c| {
-            let like = filter.search.map(|s| format!("%{}%", s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
-            let filter_sql = format!(
-                "WHERE (?1 IS NULL OR s.name LIKE ?1 ESCAPE '\\' OR s.submitter LIKE ?1 ESCAPE '\\')
-                AND (?2 IS NULL OR s.project = ?2) AND (?3 IS NULL OR {STATE} = ?3)
-                AND (?4 IS NULL OR s.submitter = ?4 COLLATE NOCASE) AND (?5 IS NULL OR s.version = ?5)
-                AND (?6 IS NULL OR s.created_at >= ?6)"
-            );
-            let args = params![like, filter.project, filter.state, filter.submitter, filter.version, filter.since];
-            let total: i64 = c.query_row(&format!("SELECT count(*) FROM series s {filter_sql}"), args, |r| r.get(0))?;
-            let mut stmt =
-                c.prepare_cached(&format!("SELECT {SERIES_COLUMNS} FROM series s {filter_sql} ORDER BY s.id DESC LIMIT ?7 OFFSET ?8"))?;
-            let offset = i64::from(page.max(1) - 1) * i64::from(per_page);
-            let rows = stmt
-                .query_map(
-                    params![like, filter.project, filter.state, filter.submitter, filter.version, filter.since, per_page, offset],
-                    series_row,
-                )?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok((rows, total as u64))
-        })
-        .await
+        self.read(move |c| list(c, filter, page, per_page)).await
     }
-
     async fn series(&self, id: i64) -> Result<Option<SeriesRow>, StoreError> {
-        self.read(move |c| {
-            Ok(c.query_row(&format!("SELECT {SERIES_COLUMNS} FROM series s WHERE s.uid = ?1"), [id], series_row).optional()?)
-        })
-        .await
+        self.read(move |c| series(c, id)).await
     }
-
     async fn patches(&self, id: i64) -> Result<Vec<PatchRow>, StoreError> {
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT sm.slot, m.id, m.subject, m.message_id FROM series_mails sm JOIN mails m ON m.id = sm.mail_id
-                 WHERE sm.series_id = (SELECT id FROM series WHERE uid = ?1) ORDER BY sm.slot",
-            )?;
-            let rows =
-                stmt.query_map([id], |r| Ok(PatchRow { slot: r.get(0)?, mail_id: r.get(1)?, subject: r.get(2)?, message_id: r.get(3)? }))?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
-        .await
+        self.read(move |c| patches(c, id)).await
     }
-
     async fn versions(&self, id: i64) -> Result<Vec<(i64, u32)>, StoreError> {
-        self.read(move |c| {
-            let Some(version) = c.query_row("SELECT version FROM series WHERE uid = ?1", [id], |r| r.get::<_, u32>(0)).optional()? else {
-                return Ok(Vec::new());
-            };
-            // Walk the supersession links both ways (bounded).
-            let link = |col: &str, from: i64| -> rusqlite::Result<Option<(i64, u32)>> {
-                c.query_row(
-                    &format!("SELECT s2.uid, s2.version FROM series s JOIN series s2 ON s2.id = s.{col} WHERE s.uid = ?1"),
-                    [from],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()
-            };
-            let mut versions = vec![(id, version)];
-            let mut at = id;
-            while let Some(older) = link("supersedes", at)?.filter(|_| versions.len() < 50) {
-                versions.insert(0, older);
-                at = older.0;
-            }
-            let mut at = id;
-            while let Some(newer) = link("superseded_by", at)?.filter(|_| versions.len() < 50) {
-                versions.push(newer);
-                at = newer.0;
-            }
-            Ok(versions)
-        })
-        .await
+        self.read(move |c| versions(c, id)).await
     }
-
     async fn raw_mail(&self, id: i64) -> Result<Option<Vec<u8>>, StoreError> {
-        self.read(move |c| Ok(c.query_row("SELECT raw FROM mails WHERE id = ?1", [id], |r| r.get(0)).optional()?)).await
+        self.read(move |c| raw_mail(c, id)).await
     }
-
     async fn mbox(&self, id: i64) -> Result<Option<Vec<u8>>, StoreError> {
-        self.read(move |c| crate::series_mbox(c, id)).await
+        self.read(move |c| crate::assemble::series_mbox(c, id)).await
     }
-
     async fn age(&self, id: i64) -> Result<Option<MailAge>, StoreError> {
-        self.read(move |c| {
-            // A mail without a Date: header counts from its arrival.
-            let row: (Option<i64>, bool) = c.query_row(
-                "SELECT max(coalesce(m.date, m.received_at)),
-                        coalesce(max(EXISTS (SELECT 1 FROM mail_lists l WHERE l.mail_id = m.id AND l.list_id = ?2)), 0)
-                 FROM series_mails sm JOIN mails m ON m.id = sm.mail_id WHERE sm.series_id = (SELECT id FROM series WHERE uid = ?1)",
-                params![id, TEST_ANYWAY_LIST],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
-            Ok(row.0.map(|newest| MailAge { newest, test_anyway: row.1 }))
-        })
-        .await
+        self.read(move |c| age(c, id)).await
     }
-
     async fn unmerged(&self, project: String, since: i64, limit: u32) -> Result<Vec<i64>, StoreError> {
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT s.uid FROM series s WHERE s.project = ?1 AND s.state = 'complete' AND s.created_at >= ?2
-                 AND NOT EXISTS (SELECT 1 FROM series_merged x WHERE x.series_id = s.id) ORDER BY s.id DESC LIMIT ?3",
-            )?;
-            let rows = stmt.query_map(params![project, since, limit], |r| r.get(0))?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
-        .await
+        self.read(move |c| unmerged(c, &project, since, limit)).await
     }
-
     async fn census(&self) -> Result<(BTreeMap<String, u64>, Consistency), StoreError> {
-        self.read(|c| {
-            let mut series = BTreeMap::new();
-            let mut stmt = c.prepare("SELECT state, count(*) FROM series GROUP BY state")?;
-            for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
-                let (k, v) = row?;
-                series.insert(k, v as u64);
-            }
-            let mut cons = Consistency::default();
-            let mut stmt = c.prepare(
-                "SELECT m.subject, m.kind, m.conflicts_with IS NOT NULL, sm.slot, s.total
-                 FROM mails m LEFT JOIN series_mails sm ON sm.mail_id = m.id LEFT JOIN series s ON s.id = sm.series_id
-                 WHERE m.kind IN ('patch', 'cover')",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, bool>(2)?,
-                    r.get::<_, Option<u32>>(3)?,
-                    r.get::<_, Option<u32>>(4)?,
-                ))
-            })?;
-            for row in rows {
-                let (subject, kind, _conflict, slot, total) = row?;
-                let s = patchbay_mail::subject::parse(&subject);
-                let Some((n, t)) = s.counter else { continue };
-                if kind == "cover" && n == 0 {
-                    cons.covers += 1;
-                }
-                if kind == "patch" && n == 0 {
-                    continue;
-                }
-                cons.numbered += 1;
-                match (slot, total) {
-                    // A cover heads its patches whatever total it names (`0/5` over `1/6`…`6/6`).
-                    (Some(slot), Some(total)) if slot == n && (total == t || n == 0) => cons.placed_at_their_slot += 1,
-                    (Some(_), _) => cons.misplaced += 1,
-                    (None, _) => cons.unplaced += 1,
-                }
-            }
-            cons.complete_with_gaps = c.query_row::<i64, _, _>(
-                "SELECT count(*) FROM series s WHERE s.state = 'complete'
-                 AND (SELECT count(*) FROM series_mails sm WHERE sm.series_id = s.id AND sm.slot BETWEEN 1 AND s.total) < s.total",
-                [],
-                |r| r.get(0),
-            )? as u64;
-            covers(c, &mut cons)?;
-            cons.complete_citing_other_series = citing_other_series(c)?;
-            Ok((series, cons))
-        })
-        .await
+        self.read(|c| census(c)).await
     }
+}
+
+/// The port on PostgreSQL: the same statements, each call on one snapshot.
+#[async_trait]
+impl SeriesStore for PgStore {
+    async fn list(&self, filter: SeriesFilter, page: u32, per_page: u32) -> Result<(Vec<SeriesRow>, u64), StoreError> {
+        crate::pg::read(self.clone(), move |c| list(c, filter, page, per_page)).await
+    }
+    async fn series(&self, id: i64) -> Result<Option<SeriesRow>, StoreError> {
+        crate::pg::read(self.clone(), move |c| series(c, id)).await
+    }
+    async fn patches(&self, id: i64) -> Result<Vec<PatchRow>, StoreError> {
+        crate::pg::read(self.clone(), move |c| patches(c, id)).await
+    }
+    async fn versions(&self, id: i64) -> Result<Vec<(i64, u32)>, StoreError> {
+        crate::pg::read(self.clone(), move |c| versions(c, id)).await
+    }
+    async fn raw_mail(&self, id: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        crate::pg::read(self.clone(), move |c| raw_mail(c, id)).await
+    }
+    async fn mbox(&self, id: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        crate::pg::read(self.clone(), move |c| crate::assemble::series_mbox(c, id)).await
+    }
+    async fn age(&self, id: i64) -> Result<Option<MailAge>, StoreError> {
+        crate::pg::read(self.clone(), move |c| age(c, id)).await
+    }
+    async fn unmerged(&self, project: String, since: i64, limit: u32) -> Result<Vec<i64>, StoreError> {
+        crate::pg::read(self.clone(), move |c| unmerged(c, &project, since, limit)).await
+    }
+    async fn census(&self) -> Result<(BTreeMap<String, u64>, Consistency), StoreError> {
+        crate::pg::read(self.clone(), |c| census(c)).await
+    }
+}
+
+fn list(c: &dyn Sql, filter: SeriesFilter, page: u32, per_page: u32) -> Result<(Vec<SeriesRow>, u64), StoreError> {
+    let like = filter.search.map(|s| format!("%{}%", s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
+    // LIKE ignores ASCII case on SQLite, not on PostgreSQL: both compare lower-cased. Each
+    // parameter's first use names its type, as PostgreSQL must know it to prepare the statement.
+    let filter_sql = format!(
+        "WHERE (CAST(?1 AS TEXT) IS NULL OR lower(s.name) LIKE lower(CAST(?1 AS TEXT)) ESCAPE '\\'
+                OR lower(s.submitter) LIKE lower(CAST(?1 AS TEXT)) ESCAPE '\\')
+        AND (CAST(?2 AS TEXT) IS NULL OR s.project = ?2) AND (CAST(?3 AS TEXT) IS NULL OR {STATE} = ?3)
+        AND (CAST(?4 AS TEXT) IS NULL OR lower(s.submitter) = lower(CAST(?4 AS TEXT)))
+        AND (CAST(?5 AS BIGINT) IS NULL OR s.version = ?5) AND (CAST(?6 AS BIGINT) IS NULL OR s.created_at >= ?6)"
+    );
+    let total: i64 = c
+        .one(
+            &format!("SELECT count(*) FROM series s {filter_sql}"),
+            args![like, filter.project, filter.state, filter.submitter, filter.version, filter.since],
+        )?
+        .get(0)?;
+    let offset = i64::from(page.max(1) - 1) * i64::from(per_page);
+    let rows = c.rows(
+        &format!("SELECT {SERIES_COLUMNS} FROM series s {filter_sql} ORDER BY s.id DESC LIMIT ?7 OFFSET ?8"),
+        args![like, filter.project, filter.state, filter.submitter, filter.version, filter.since, per_page, offset],
+    )?;
+    Ok((rows.into_iter().map(series_row).collect::<Result<_, _>>()?, total as u64))
+}
+
+fn series(c: &dyn Sql, id: i64) -> Result<Option<SeriesRow>, StoreError> {
+    c.row(&format!("SELECT {SERIES_COLUMNS} FROM series s WHERE s.uid = ?1"), args![id])?.map(series_row).transpose()
+}
+
+fn patches(c: &dyn Sql, id: i64) -> Result<Vec<PatchRow>, StoreError> {
+    c.rows(
+        "SELECT sm.slot, m.id, m.subject, m.message_id FROM series_mails sm JOIN mails m ON m.id = sm.mail_id
+         WHERE sm.series_id = (SELECT id FROM series WHERE uid = ?1) ORDER BY sm.slot",
+        args![id],
+    )?
+    .into_iter()
+    .map(|mut r| Ok(PatchRow { slot: r.get(0)?, mail_id: r.get(1)?, subject: r.get(2)?, message_id: r.get(3)? }))
+    .collect()
+}
+
+fn versions(c: &dyn Sql, id: i64) -> Result<Vec<(i64, u32)>, StoreError> {
+    let Some(version) = c.value::<u32>("SELECT version FROM series WHERE uid = ?1", args![id])? else {
+        return Ok(Vec::new());
+    };
+    // Walk the supersession links both ways (bounded).
+    let link = |sql: &str, from: i64| -> Result<Option<(i64, u32)>, StoreError> {
+        c.row(sql, args![from])?.map(|mut r| Ok((r.get(0)?, r.get(1)?))).transpose()
+    };
+    const OLDER: &str = "SELECT s2.uid, s2.version FROM series s JOIN series s2 ON s2.id = s.supersedes WHERE s.uid = ?1";
+    const NEWER: &str = "SELECT s2.uid, s2.version FROM series s JOIN series s2 ON s2.id = s.superseded_by WHERE s.uid = ?1";
+    let mut versions = vec![(id, version)];
+    let mut at = id;
+    while let Some(older) = link(OLDER, at)?.filter(|_| versions.len() < 50) {
+        versions.insert(0, older);
+        at = older.0;
+    }
+    let mut at = id;
+    while let Some(newer) = link(NEWER, at)?.filter(|_| versions.len() < 50) {
+        versions.push(newer);
+        at = newer.0;
+    }
+    Ok(versions)
+}
+
+fn raw_mail(c: &dyn Sql, id: i64) -> Result<Option<Vec<u8>>, StoreError> {
+    c.value("SELECT raw FROM mails WHERE id = ?1", args![id])
+}
+
+fn age(c: &dyn Sql, id: i64) -> Result<Option<MailAge>, StoreError> {
+    // A mail without a Date: header counts from its arrival.
+    let mut r = c.one(
+        "SELECT max(coalesce(m.date, m.received_at)),
+                coalesce(max(CASE WHEN EXISTS (SELECT 1 FROM mail_lists l WHERE l.mail_id = m.id AND l.list_id = ?2) THEN 1 ELSE 0 END), 0)
+         FROM series_mails sm JOIN mails m ON m.id = sm.mail_id WHERE sm.series_id = (SELECT id FROM series WHERE uid = ?1)",
+        args![id, TEST_ANYWAY_LIST],
+    )?;
+    let (newest, test_anyway): (Option<i64>, bool) = (r.get(0)?, r.get(1)?);
+    Ok(newest.map(|newest| MailAge { newest, test_anyway }))
+}
+
+fn unmerged(c: &dyn Sql, project: &str, since: i64, limit: u32) -> Result<Vec<i64>, StoreError> {
+    c.column(
+        "SELECT s.uid FROM series s WHERE s.project = ?1 AND s.state = 'complete' AND s.created_at >= ?2
+         AND NOT EXISTS (SELECT 1 FROM series_merged x WHERE x.series_id = s.id) ORDER BY s.id DESC LIMIT ?3",
+        args![project, since, limit],
+    )
+}
+
+fn census(c: &dyn Sql) -> Result<(BTreeMap<String, u64>, Consistency), StoreError> {
+    let mut series = BTreeMap::new();
+    for mut r in c.rows("SELECT state, count(*) FROM series GROUP BY state", &[])? {
+        series.insert(r.get::<String>(0)?, r.get::<i64>(1)? as u64);
+    }
+    let mut cons = Consistency::default();
+    let rows = c.rows(
+        "SELECT m.subject, m.kind, sm.slot, s.total
+         FROM mails m LEFT JOIN series_mails sm ON sm.mail_id = m.id LEFT JOIN series s ON s.id = sm.series_id
+         WHERE m.kind IN ('patch', 'cover')",
+        &[],
+    )?;
+    for mut r in rows {
+        let (subject, kind, slot, total): (String, String, Option<u32>, Option<u32>) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+        let s = patchbay_mail::subject::parse(&subject);
+        let Some((n, t)) = s.counter else { continue };
+        if kind == "cover" && n == 0 {
+            cons.covers += 1;
+        }
+        if kind == "patch" && n == 0 {
+            continue;
+        }
+        cons.numbered += 1;
+        match (slot, total) {
+            // A cover heads its patches whatever total it names (`0/5` over `1/6`…`6/6`).
+            (Some(slot), Some(total)) if slot == n && (total == t || n == 0) => cons.placed_at_their_slot += 1,
+            (Some(_), _) => cons.misplaced += 1,
+            (None, _) => cons.unplaced += 1,
+        }
+    }
+    cons.complete_with_gaps = c
+        .one(
+            "SELECT count(*) FROM series s WHERE s.state = 'complete'
+             AND (SELECT count(*) FROM series_mails sm WHERE sm.series_id = s.id AND sm.slot BETWEEN 1 AND s.total) < s.total",
+            &[],
+        )?
+        .get::<i64>(0)? as u64;
+    covers(c, &mut cons)?;
+    cons.complete_citing_other_series = citing_other_series(c)?;
+    Ok((series, cons))
 }
 
 /// Whether every numbered patch sits in exactly one series at its slot.
@@ -274,17 +305,16 @@ pub struct Consistency {
 }
 
 /// Fills the cover fields of `cons` but `covers`: where each `0/N` cover letter went.
-fn covers(c: &rusqlite::Connection, cons: &mut Consistency) -> rusqlite::Result<()> {
-    let mut stmt = c.prepare(
+fn covers(c: &dyn Sql, cons: &mut Consistency) -> Result<(), StoreError> {
+    let rows = c.rows(
         "SELECT m.subject, sm.series_id IS NOT NULL, sm.slot,
                 (SELECT count(*) FROM series_mails o WHERE o.series_id = sm.series_id AND o.slot > 0), m.problems IS NOT NULL
          FROM mails m LEFT JOIN series_mails sm ON sm.mail_id = m.id WHERE m.kind = 'cover'",
+        &[],
     )?;
-    let rows = stmt.query_map([], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?, r.get::<_, Option<u32>>(2)?, r.get::<_, i64>(3)?, r.get::<_, bool>(4)?))
-    })?;
-    for row in rows {
-        let (subject, placed, slot, patches, flagged) = row?;
+    for mut r in rows {
+        let (subject, placed, slot, patches, flagged): (String, bool, Option<u32>, i64, bool) =
+            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
         if patchbay_mail::subject::parse(&subject).counter.is_none_or(|(n, _)| n != 0) {
             continue;
         }
@@ -305,7 +335,7 @@ fn covers(c: &rusqlite::Connection, cons: &mut Consistency) -> rusqlite::Result<
 
 /// Complete series one of whose mails cites (`refs` in its hints) a member of another series
 /// that is not in its re-roll chain (linked by `supersedes`/`superseded_by`, transitively).
-fn citing_other_series(c: &rusqlite::Connection) -> rusqlite::Result<u64> {
+fn citing_other_series(c: &dyn Sql) -> Result<u64, StoreError> {
     use std::collections::{HashMap, HashSet};
     // Re-roll chains as components (union-find over both links).
     let mut root: HashMap<i64, i64> = HashMap::new();
@@ -315,9 +345,11 @@ fn citing_other_series(c: &rusqlite::Connection) -> rusqlite::Result<u64> {
         }
         i
     }
-    let mut stmt = c.prepare("SELECT id, supersedes, superseded_by FROM series")?;
-    let links: Vec<(i64, Option<i64>, Option<i64>)> =
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
+    let links: Vec<(i64, Option<i64>, Option<i64>)> = c
+        .rows("SELECT id, supersedes, superseded_by FROM series", &[])?
+        .into_iter()
+        .map(|mut r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .collect::<Result<_, StoreError>>()?;
     for (id, a, b) in links {
         for other in [a, b].into_iter().flatten() {
             let (x, y) = (find(&mut root, id), find(&mut root, other));
@@ -326,12 +358,15 @@ fn citing_other_series(c: &rusqlite::Connection) -> rusqlite::Result<u64> {
             }
         }
     }
-    let mut stmt = c.prepare(
-        "SELECT sm.series_id, m.message_id, m.hints, s.state = 'complete' FROM series_mails sm
-         JOIN mails m ON m.id = sm.mail_id JOIN series s ON s.id = sm.series_id",
-    )?;
-    let members: Vec<(i64, String, Option<String>, bool)> =
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect::<Result<_, _>>()?;
+    let members: Vec<(i64, String, Option<String>, bool)> = c
+        .rows(
+            "SELECT sm.series_id, m.message_id, m.hints, s.state = 'complete' FROM series_mails sm
+             JOIN mails m ON m.id = sm.mail_id JOIN series s ON s.id = sm.series_id",
+            &[],
+        )?
+        .into_iter()
+        .map(|mut r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .collect::<Result<_, StoreError>>()?;
     let mut series_of: HashMap<&str, Vec<i64>> = HashMap::new();
     for (sid, mid, _, _) in &members {
         series_of.entry(mid.as_str()).or_default().push(*sid);

@@ -131,7 +131,8 @@ async fn a_stray_counter_never_corrupts_a_series() {
     assert_eq!(series[0].patches.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![1, 2]);
     assert_eq!(series[0].state, "complete");
     let problems: Vec<String> = ingest
-        .bus()
+        .embedded()
+        .unwrap()
         .db()
         .read(|c| {
             Ok(c.prepare("SELECT problems FROM mails WHERE problems IS NOT NULL")?

@@ -4,7 +4,7 @@
 
 mod common;
 
-use patchbay_ingest::{SeriesStore as _, incoming};
+use patchbay_ingest::incoming;
 
 const LIST: &str = "dev.lists.example.org";
 const T: i64 = 1_700_000_000;
@@ -99,12 +99,13 @@ async fn two_stores_fed_the_same_mails_in_other_orders_name_every_series_alike()
     for (patches, id) in &ca {
         assert!(*id >= 1 << 52, "{id}");
         // The read port answers to the public id, in both stores alike.
-        let (ra, rb) = (a.bus().db().series(*id).await.unwrap(), b.bus().db().series(*id).await.unwrap());
+        let (ra, rb) = (a.series_store().series(*id).await.unwrap(), b.series_store().series(*id).await.unwrap());
         assert_eq!(ra.as_ref().map(|r| (r.id, r.version, r.total)), rb.as_ref().map(|r| (r.id, r.version, r.total)));
         assert_eq!(ra.unwrap().id, *id);
-        let got: Vec<String> = a.bus().db().patches(*id).await.unwrap().into_iter().filter(|p| p.slot > 0).map(|p| p.message_id).collect();
+        let got: Vec<String> =
+            a.series_store().patches(*id).await.unwrap().into_iter().filter(|p| p.slot > 0).map(|p| p.message_id).collect();
         assert_eq!(&got, patches);
-        assert_eq!(a.bus().db().mbox(*id).await.unwrap(), b.bus().db().mbox(*id).await.unwrap());
+        assert_eq!(a.series_store().mbox(*id).await.unwrap(), b.series_store().mbox(*id).await.unwrap());
     }
     // The v2 names v1 by its public id, in both stores.
     let sup = |ev: Vec<(String, serde_json::Value)>| {
@@ -147,7 +148,8 @@ async fn a_store_from_before_public_ids_keeps_old_numbers_and_names_new_series_b
     deliver(&old, [0, 1, 2, 3, 4, 6, 7].map(|i| mails[i].clone())).await;
     // As migration 10 leaves a store: every series under its local number, no key, and mails
     // stored without their thread root.
-    old.bus()
+    old.embedded()
+        .unwrap()
         .db()
         .write(|tx| {
             tx.execute_batch("UPDATE series SET uid = id, uid_key = NULL; UPDATE mails SET hints = json_remove(hints, '$.root');")?;
@@ -155,7 +157,7 @@ async fn a_store_from_before_public_ids_keeps_old_numbers_and_names_new_series_b
         })
         .await
         .unwrap();
-    let v1 = old.bus().db().list(Default::default(), 1, 50).await.unwrap().0;
+    let v1 = old.series_store().list(Default::default(), 1, 50).await.unwrap().0;
     let v1 = v1.iter().find(|s| s.name == "foo: thing" && s.version == 1).unwrap().id;
     // The v2's lowest patch was stored before: its root is read from the mail itself.
     deliver(&old, [5, 8].map(|i| mails[i].clone())).await;
@@ -177,8 +179,8 @@ async fn a_store_from_before_public_ids_keeps_old_numbers_and_names_new_series_b
         .collect();
     assert_eq!(sup, vec![Some(v1)]);
     // The old series is still found under the number its jobs and reports carry.
-    let row = old.bus().db().series(v1).await.unwrap().unwrap();
+    let row = old.series_store().series(v1).await.unwrap().unwrap();
     assert_eq!((row.id, row.state.as_str()), (v1, "superseded"));
-    assert_eq!(old.bus().db().patches(v1).await.unwrap().len(), 3);
-    assert_eq!(old.bus().db().versions(v1).await.unwrap(), vec![(v1, 1), (id_of(&o, "<b1@x>"), 2)]);
+    assert_eq!(old.series_store().patches(v1).await.unwrap().len(), 3);
+    assert_eq!(old.series_store().versions(v1).await.unwrap(), vec![(v1, 1), (id_of(&o, "<b1@x>"), 2)]);
 }

@@ -249,7 +249,7 @@ async fn shape4_a_partial_reroll_takes_the_slots_it_lacks_in_any_order() {
             assert!(one < two && !mbox.contains("Message-ID: <o2@x>"), "{order:?}: v1's 1/2, then the new 2/2");
             assert_eq!(ingest.complete_series_mbox("<n2@x>").await.unwrap().as_deref(), Some(mbox), "{order:?}");
             let id = v2.id;
-            let api = ingest.bus().db().read(move |c| patchbay_ingest::series_mbox(c, id)).await.unwrap();
+            let api = ingest.series_store().mbox(id).await.unwrap();
             assert_eq!(api.as_deref(), Some(mbox.as_bytes()), "{order:?}: the HTTP API's mbox is the event's");
             let superseded = ev.iter().filter(|(t, b)| t == "series.series.superseded" && b["series"]["id"] == v1.id).count();
             assert_eq!(superseded, 1, "{order:?}: v1 is superseded once");
@@ -384,7 +384,8 @@ fn posting(tag: &str, v: u32, day: u32, cover_title: &str, titles: &[&str], cove
 /// (version, state, superseded_by's version) of every series, by version.
 async fn states(ingest: &Ingest) -> Vec<(u32, String, Option<u32>)> {
     let rows: Vec<(u32, String, Option<u32>)> = ingest
-        .bus()
+        .embedded()
+        .unwrap()
         .db()
         .read(|c| {
             let mut stmt = c.prepare(
@@ -717,7 +718,8 @@ type Canonical = (Vec<(u32, String)>, u32, u32, String, Option<String>, i64);
 async fn canonical(ingest: &Ingest) -> Vec<Canonical> {
     let all = common::all_series(ingest).await;
     let by: std::collections::HashMap<i64, Option<i64>> = ingest
-        .bus()
+        .embedded()
+        .unwrap()
         .db()
         .read(|c| {
             let mut stmt = c.prepare("SELECT s.uid, b.uid FROM series s LEFT JOIN series b ON b.id = s.superseded_by")?;

@@ -324,6 +324,19 @@ pub fn parse(raw: &[u8]) -> Parsed {
             problems.push("raw 8-bit bytes in the headers that are not UTF-8".into());
         }
         let (text, flowed) = patch_text(msg, &mut problems);
+        if memchr::memchr(0, head).is_some() {
+            // A NUL in a header becomes U+FFFD, as in text no store (PostgreSQL's TEXT above all)
+            // can keep: ids, titles and names read the same wherever they are stored.
+            let scrub = |s: &mut String| {
+                if s.contains('\0') {
+                    *s = s.replace('\0', "\u{fffd}");
+                }
+            };
+            for s in [&mut p.message_id, &mut p.subject_line].into_iter().chain(p.from_name.as_mut()).chain(p.from_email.as_mut()) {
+                scrub(s);
+            }
+            p.in_reply_to.iter_mut().chain(&mut p.references).chain(&mut p.list_ids).chain(&mut p.supersedes).for_each(scrub);
+        }
         p.subject = subject::parse(&p.subject_line);
         let split = diff::split(&text);
         p.diff = split.diff;
@@ -386,6 +399,18 @@ impl Parsed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nul_in_a_header_reads_as_a_replacement_character() {
+        let raw = b"From: A \0Thor <a@example.org>\nDate: Mon, 1 Jan 2024 10:00:00 +0000\nSubject: [PATCH] foo: a\0b\nMessage-Id: <1\0@x>\nReferences: <0\0@x>\n\nbody\0\n";
+        let p = parse(raw);
+        assert_eq!(p.subject.title, "foo: a\u{fffd}b");
+        assert_eq!(p.subject_line, "[PATCH] foo: a\u{fffd}b");
+        assert_eq!(p.message_id, "<1\u{fffd}@x>");
+        assert_eq!(p.references, vec!["<0\u{fffd}@x>".to_string()]);
+        assert!(p.from_name.as_deref().is_some_and(|n| !n.contains('\0')), "{:?}", p.from_name);
+        assert!(p.problems.iter().any(|x| x == "contains NUL bytes"), "still flagged: {:?}", p.problems);
+    }
 
     #[test]
     fn a_git_send_email_patch() {

@@ -58,8 +58,7 @@ pub struct WaiveArgs {
 
 /// `patchbay waive`: waives a result in the store (whether or not `serve` runs).
 pub async fn waive(config: &Config, args: &WaiveArgs) -> Result<(), crate::Exit> {
-    let ingest = crate::ingest::service(config)?;
-    let store = ingest.bus().clone();
+    let store = crate::ingest::open_store(config)?;
     let bus: Arc<dyn Bus> = Arc::new(store.clone());
     let by = args.by.clone().or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "cli".into());
     match aggregator(config, store, bus).waive(args.result, args.comment.clone(), by).await {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use patchbay_config::Config;
 use patchbay_ingest::archive::{self, Source};
-use patchbay_ingest::{Consistency, Incoming, Ingest, Outcome, Project, SeriesStore as _, Settings, TEST_ANYWAY_LIST};
+use patchbay_ingest::{Consistency, Incoming, Ingest, Outcome, Project, Settings, TEST_ANYWAY_LIST};
 use patchbay_store::EmbeddedBus;
 use serde::Serialize;
 
@@ -60,14 +60,18 @@ pub struct ImportArgs {
 
 /// Builds the ingest service on the store in the data directory.
 pub fn service(config: &Config) -> Result<Ingest, Exit> {
+    Ok(service_on(config, open_store(config)?))
+}
+
+/// Opens the embedded store in the data directory, with this instance's signing key.
+pub fn open_store(config: &Config) -> Result<EmbeddedBus, Exit> {
     // A named key that is wrong is a config error; failing to create the default one means the
     // data directory cannot be written, which may pass: try again later.
     let sealer =
         crate::keys::sealer(config, true).map_err(|e| if config.signing.key.is_some() { Exit::config(e) } else { Exit::tempfail(e) })?;
-    let bus = EmbeddedBus::open(&config.data_dir, sealer)
+    EmbeddedBus::open(&config.data_dir, sealer)
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))
-        .map_err(Exit::tempfail)?;
-    Ok(service_on(config, bus))
+        .map_err(Exit::tempfail)
 }
 
 /// Builds the ingest service on a store that is already open (`serve` shares one).
@@ -364,7 +368,7 @@ fn parse_parallel(raws: Vec<Vec<u8>>, lists: &[String], now: i64) -> Vec<Incomin
 }
 
 async fn report(ingest: &Ingest, summary: &mut Summary) -> Result<(), patchbay_store::StoreError> {
-    let (series, consistency) = ingest.bus().db().census().await?;
+    let (series, consistency) = ingest.series_store().census().await?;
     summary.series = series;
     summary.consistency = consistency;
     Ok(())

@@ -134,17 +134,18 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
 
     // One handle on the store for ingest, logs, results and reports; on the embedded backend
     // it is the bus itself, so a commit by one service wakes the others at once.
-    let ingest = match served.store.clone() {
-        Some(store) => crate::ingest::service_on(&config, store),
-        None => crate::ingest::service(&config).map_err(|e| e.error)?,
+    let store = match served.store.clone() {
+        Some(store) => store,
+        None => crate::ingest::open_store(&config).map_err(|e| e.error)?,
     };
+    let ingest = crate::ingest::service_on(&config, store.clone());
     // Full test logs: recorded from `ci.test.log` into the store, served over HTTP.
-    let logs = patchbay_logs::LogStore::new(ingest.bus().db().clone());
+    let logs = patchbay_logs::LogStore::new(store.db().clone());
     tasks.push(crate::services::logs::start(&config, logs, served.bus.clone(), policy.clone(), closing_rx.clone())?);
     let reloader = crate::reload::Reloader::start(
         config.clone(),
         served.bus.clone(),
-        ingest.bus().clone(),
+        store.clone(),
         policy.clone(),
         ingest.clone(),
         closing_rx.clone(),
@@ -156,16 +157,16 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
         &config,
         served.bus.clone(),
         served.log.clone(),
-        ingest.bus().clone(),
+        store.clone(),
         Some(reloader.clone()),
         closing_rx.clone(),
     )?;
     // RabbitMQ: what the store's services commit into the local log goes on to the broker.
     if served.store.is_none() {
-        tasks.push(crate::services::relay::start(&config, ingest.bus().db().clone(), served.bus.clone(), closing_rx.clone()).await?);
+        tasks.push(crate::services::relay::start(&config, store.db().clone(), served.bus.clone(), closing_rx.clone()).await?);
     }
     // History: every message indexed as it commits; retention (`history.keep_days`).
-    tasks.extend(crate::services::history::start(&config, ingest.bus().db().clone(), closing_rx.clone()));
+    tasks.extend(crate::services::history::start(&config, store.db().clone(), closing_rx.clone()));
     // Merged series (`merged.interval_secs`, and at once on `git.branch.updated`).
     tasks.extend(crate::services::merged::start(&config, ingest.clone(), served.bus.clone(), policy.clone(), closing_rx.clone())?);
     let http_closing = closed(closing_rx.clone());

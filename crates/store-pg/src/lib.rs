@@ -34,7 +34,7 @@ pub enum PgError {
     #[error("store.url: {0}")]
     Config(String),
     /// PostgreSQL answered with an error or the connection failed.
-    #[error("PostgreSQL: {0}")]
+    #[error("PostgreSQL: {}", describe(.0))]
     Db(#[from] tokio_postgres::Error),
     /// No connection could be had from the pool (PostgreSQL unreachable, or the pool closed).
     #[error("PostgreSQL unreachable: {0}")]
@@ -58,6 +58,20 @@ pub enum PgError {
         /// Why.
         why: String,
     },
+}
+
+/// The server's own words for an error (tokio-postgres' `Display` says only "db error").
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut out = format!("{} ({})", db.message(), db.code().code());
+            if let Some(detail) = db.detail() {
+                out.push_str(&format!(": {detail}"));
+            }
+            out
+        }
+        None => e.to_string(),
+    }
 }
 
 impl PgError {

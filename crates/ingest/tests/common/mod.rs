@@ -36,7 +36,8 @@ pub struct SeriesRow {
 
 pub async fn all_series(ingest: &Ingest) -> Vec<SeriesRow> {
     ingest
-        .bus()
+        .embedded()
+        .unwrap()
         .db()
         .read(|c| {
             let mut out = Vec::new();
@@ -67,7 +68,8 @@ pub async fn all_series(ingest: &Ingest) -> Vec<SeriesRow> {
 /// Count of stored mails by kind.
 pub async fn kinds(ingest: &Ingest) -> std::collections::BTreeMap<String, i64> {
     ingest
-        .bus()
+        .embedded()
+        .unwrap()
         .db()
         .read(|c| {
             let mut stmt = c.prepare("SELECT kind, count(*) FROM mails GROUP BY kind")?;
@@ -85,7 +87,7 @@ pub fn split_mbox(data: &[u8]) -> Vec<Vec<u8>> {
 
 /// Every published message as (topic suffix, body).
 pub async fn events(ingest: &Ingest) -> Vec<(String, serde_json::Value)> {
-    let bus = ingest.bus().clone();
+    let bus = ingest.embedded().unwrap().clone();
     let (mut out, mut after) = (Vec::new(), 0);
     loop {
         let batch = bus.read_after(after, 1000).await.unwrap();

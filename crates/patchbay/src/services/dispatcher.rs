@@ -72,8 +72,7 @@ struct StoreDates(patchbay_ingest::Ingest);
 #[async_trait]
 impl SeriesDates for StoreDates {
     async fn dates(&self, id: i64) -> Result<Option<MailDates>, String> {
-        use patchbay_ingest::SeriesStore as _;
-        let age = self.0.bus().db().age(id).await.map_err(|e| e.to_string())?;
+        let age = self.0.series_store().age(id).await.map_err(|e| e.to_string())?;
         Ok(age.map(|a| MailDates { newest: a.newest, test_anyway: a.test_anyway }))
     }
 }

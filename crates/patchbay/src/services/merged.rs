@@ -26,7 +26,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use patchbay_config::Config;
-use patchbay_ingest::{Ingest, SeriesStore as _};
+use patchbay_ingest::Ingest;
 use patchbay_runner::Mirror;
 
 /// The topic suffix a post-receive hook publishes on to start a round at once.
@@ -108,7 +108,7 @@ impl Follower {
         now: i64,
         fetched: &mut std::collections::HashSet<String>,
     ) -> anyhow::Result<usize> {
-        let candidates = self.ingest.bus().db().unmerged(f.project.clone(), since, CANDIDATES).await?;
+        let candidates = self.ingest.series_store().unmerged(f.project.clone(), since, CANDIDATES).await?;
         if candidates.is_empty() {
             return Ok(0);
         }
@@ -128,7 +128,7 @@ impl Follower {
         let mut merged = 0;
         for id in candidates {
             if !self.series_ids.contains_key(&id) {
-                let Some(mbox) = self.ingest.bus().db().mbox(id).await? else { continue };
+                let Some(mbox) = self.ingest.series_store().mbox(id).await? else { continue };
                 let ids = mirror.patch_ids(&mbox).await?;
                 self.series_ids.insert(id, (!ids.is_empty()).then_some(ids));
             }
