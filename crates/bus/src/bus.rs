@@ -35,6 +35,16 @@ pub struct Outgoing {
     pub body: serde_json::Value,
 }
 
+impl Outgoing {
+    /// `body` from `sender` under the deployment's topic `root`, for a writer that commits its
+    /// messages in its own store's transaction (an outbox) rather than through a bus.
+    pub fn of<B: Body>(root: &TopicRoot, sender: &Sender, body: &B) -> Result<Outgoing, BusError> {
+        let topic = root.topic(&body.topic_suffix()).map_err(|e| BusError::Invalid(e.to_string()))?;
+        let body = serde_json::to_value(body).map_err(|e| BusError::Invalid(e.to_string()))?;
+        Ok(Outgoing { sender: sender.clone(), topic, schema: B::schema_ref(), body })
+    }
+}
+
 /// A durable queue and the topic patterns bound to it.
 #[derive(Clone, Debug)]
 pub struct QueueSpec {
@@ -226,9 +236,7 @@ impl Publisher {
 
     /// Builds the outgoing message for a typed body without publishing it.
     pub fn outgoing<B: Body>(&self, body: &B) -> Result<Outgoing, BusError> {
-        let topic = self.root.topic(&body.topic_suffix()).map_err(|e| BusError::Invalid(e.to_string()))?;
-        let body = serde_json::to_value(body).map_err(|e| BusError::Invalid(e.to_string()))?;
-        Ok(Outgoing { sender: self.sender.clone(), topic, schema: B::schema_ref(), body })
+        Outgoing::of(&self.root, &self.sender, body)
     }
 
     /// Publishes one typed body and returns its envelope once durable.

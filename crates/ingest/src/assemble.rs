@@ -722,6 +722,14 @@ fn complete(tx: &dyn Sql, s: &SeriesRow, now: i64, events: &mut Vec<Event>) -> R
         based_on.extend(m.hints.based_on.iter().filter(|b| !based_on.contains(b)).cloned().collect::<Vec<_>>());
         depends_on.extend(m.hints.depends_on.iter().filter(|b| !depends_on.contains(b)).cloned().collect::<Vec<_>>());
     }
+    // A cover none of the patches cites was placed by markers alone: it may yet move (to the
+    // posting whose patches cite it), so it is not announced as this series' cover, nor does it
+    // name the series: its first patch does (eight postings sent in one second would otherwise
+    // lend one's title to another).
+    let loose = loose_cover(&threads(tx, s.id)?.into_iter().map(|(m, _)| m).collect::<Vec<_>>());
+    if loose && let Some(first) = ms.iter().find(|m| m.slot > 0) {
+        tx.exec("UPDATE series SET name = ?2 WHERE id = ?1", args![s.id, subject::parse(&first.subject).title])?;
+    }
     let s = load_series(tx, s.id)?;
     // A version replaced at once because this one was already posted (it completed first, as a
     // partial re-roll's v1 whose 1/2 arrives late) is named as in date order.
@@ -731,10 +739,7 @@ fn complete(tx: &dyn Sql, s: &SeriesRow, now: i64, events: &mut Vec<Event>) -> R
     };
     let supersedes = supersedes.map(|id| load_series(tx, id).map(|o| o.uid)).transpose()?;
     let (mbox, mbox_base64) = patchbay_model::mbox_fields(&mbox);
-    // A cover none of the patches cites was placed by markers alone: it may yet move (to the
-    // posting whose patches cite it), so it is not announced as this series' cover.
-    let threads: Vec<Posted> = threads(tx, s.id)?.into_iter().map(|(m, _)| m).collect();
-    let cover = if loose_cover(&threads) { None } else { ms.iter().find(|m| m.slot == 0).map(|m| m.message_id.clone()) };
+    let cover = if loose { None } else { ms.iter().find(|m| m.slot == 0).map(|m| m.message_id.clone()) };
     events.push(Event::Complete(Box::new(SeriesComplete {
         series: head(&s),
         cover,

@@ -72,7 +72,7 @@ mod sql;
 
 use std::sync::Arc;
 
-use patchbay_bus::{Bus, Outgoing, Publisher};
+use patchbay_bus::Outgoing;
 use patchbay_model::{Body, Sender, TopicRoot};
 use patchbay_store::{EmbeddedBus, StoreError};
 use patchbay_store_pg::PgStore;
@@ -117,8 +117,9 @@ enum Backend {
 #[derive(Clone)]
 pub struct Ingest {
     backend: Backend,
-    mail_out: Publisher,
-    series_out: Publisher,
+    root: TopicRoot,
+    /// `mail.message.received` is the ingest service's word, series events the threader's.
+    senders: Arc<(Sender, Sender)>,
     /// Replaced whole when `serve` reloads its config; a transaction uses the one it started with.
     settings: Arc<std::sync::RwLock<Arc<Settings>>>,
 }
@@ -138,24 +139,23 @@ pub fn incoming(mut raw: Vec<u8>, lists: Vec<String>, received_at: i64) -> Incom
 impl Ingest {
     /// Binds ingestion to the embedded bus (whose database is the store).
     pub fn new(bus: EmbeddedBus, root: TopicRoot, instance: &str, settings: Settings) -> Self {
-        let dyn_bus: Arc<dyn Bus> = Arc::new(bus.clone());
-        Self::with_backend(Backend::Sqlite(bus), dyn_bus, root, instance, settings)
+        Self::with_backend(Backend::Sqlite(bus), root, instance, settings)
     }
 
     /// Binds ingestion to a shared PostgreSQL store: any number of processes on any hosts
     /// ingest into it at once, each change and its announcements committed together in its
-    /// outbox (relayed to `bus`, which only names where they go). Writes of this process run
+    /// outbox (sent on by any relay: `patchbay run <service>` relays). Writes of this process run
     /// in submission order on one thread (an import's mark follows its mails); writes of all
     /// processes take one advisory lock, the single writer SQLite gives the embedded shape,
     /// so the placement rules see every mail committed before. Call inside a Tokio runtime.
-    pub fn on_postgres(store: PgStore, bus: Arc<dyn Bus>, root: TopicRoot, instance: &str, settings: Settings) -> Self {
-        Self::with_backend(Backend::Postgres(pg::Writer::start(store)), bus, root, instance, settings)
+    pub fn on_postgres(store: PgStore, root: TopicRoot, instance: &str, settings: Settings) -> Self {
+        Self::with_backend(Backend::Postgres(pg::Writer::start(store)), root, instance, settings)
     }
 
-    fn with_backend(backend: Backend, bus: Arc<dyn Bus>, root: TopicRoot, instance: &str, settings: Settings) -> Self {
+    fn with_backend(backend: Backend, root: TopicRoot, instance: &str, settings: Settings) -> Self {
         Ingest {
-            mail_out: Publisher::new(bus.clone(), root.clone(), Sender::new("ingest", instance)),
-            series_out: Publisher::new(bus, root, Sender::new("threader", instance)),
+            root,
+            senders: Arc::new((Sender::new("ingest", instance), Sender::new("threader", instance))),
             backend,
             settings: Arc::new(std::sync::RwLock::new(Arc::new(settings))),
         }
@@ -216,18 +216,17 @@ impl Ingest {
 
     fn outgoing(&self, events: Vec<assemble::Event>) -> Result<Vec<Outgoing>, StoreError> {
         use assemble::Event;
-        fn out<B: Body>(p: &Publisher, b: &B) -> Result<Outgoing, StoreError> {
-            p.outgoing(b).map_err(|e| StoreError::Corrupt(format!("building {}: {e}", B::TOPIC)))
-        }
+        let out = |sender: &Sender, b: &dyn Shaped| b.shape(&self.root, sender);
+        let (ingest, threader) = &*self.senders;
         events
             .iter()
             .map(|e| match e {
-                Event::Received(b) => out(&self.mail_out, b),
-                Event::New(b) => out(&self.series_out, b),
-                Event::Complete(b) => out(&self.series_out, b.as_ref()),
-                Event::Incomplete(b) => out(&self.series_out, b),
-                Event::Superseded(b) => out(&self.series_out, b),
-                Event::Merged(b) => out(&self.series_out, b),
+                Event::Received(b) => out(ingest, b),
+                Event::New(b) => out(threader, b),
+                Event::Complete(b) => out(threader, b.as_ref()),
+                Event::Incomplete(b) => out(threader, b),
+                Event::Superseded(b) => out(threader, b),
+                Event::Merged(b) => out(threader, b),
             })
             .collect()
     }
@@ -334,6 +333,17 @@ impl Ingest {
     pub async fn mark(&self, source: &str) -> Result<Option<String>, IngestError> {
         let source = source.to_string();
         Ok(self.read(move |db| db.value("SELECT mark FROM import_marks WHERE source = ?1", args![source])).await?)
+    }
+}
+
+/// A body made into a message, whatever its type.
+trait Shaped {
+    fn shape(&self, root: &TopicRoot, sender: &Sender) -> Result<Outgoing, StoreError>;
+}
+
+impl<B: Body> Shaped for B {
+    fn shape(&self, root: &TopicRoot, sender: &Sender) -> Result<Outgoing, StoreError> {
+        Outgoing::of(root, sender, self).map_err(|e| StoreError::Corrupt(format!("building {}: {e}", B::TOPIC)))
     }
 }
 

@@ -9,9 +9,7 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use patchbay_bus::{Bus, Sealer};
+use patchbay_bus::Sealer;
 use patchbay_ingest::{Incoming, Ingest, Project, Rules, SeriesStore, Settings, incoming};
 use patchbay_model::TopicRoot;
 use patchbay_model::view::SeriesFilter;
@@ -35,7 +33,7 @@ struct Pair {
     sqlite: Ingest,
     postgres: Ingest,
     pg: PgStore,
-    _dirs: (tempfile::TempDir, tempfile::TempDir),
+    _dir: tempfile::TempDir,
 }
 
 async fn pair() -> Pair {
@@ -44,12 +42,10 @@ async fn pair() -> Pair {
         .await
         .unwrap_or_else(|e| panic!("no PostgreSQL at {admin} ({e}); run scripts/test, or set PATCHBAY_TEST_PG_URL"));
     let pg = PgStore::connect(&url, 4, Sealer::default()).await.unwrap();
-    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let sqlite = Ingest::new(EmbeddedBus::open(a.path(), Sealer::default()).unwrap(), root(), "t", settings());
-    // The PostgreSQL ingest's messages go to its outbox; the bus only names where they go.
-    let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::open(b.path(), Sealer::default()).unwrap());
-    let postgres = Ingest::on_postgres(pg.clone(), bus, root(), "t", settings());
-    Pair { sqlite, postgres, pg, _dirs: (a, b) }
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Ingest::new(EmbeddedBus::open(dir.path(), Sealer::default()).unwrap(), root(), "t", settings());
+    let postgres = Ingest::on_postgres(pg.clone(), root(), "t", settings());
+    Pair { sqlite, postgres, pg, _dir: dir }
 }
 
 impl Pair {
@@ -263,8 +259,7 @@ async fn concurrent_ingesters_on_one_database_store_each_mail_once() {
     // once: each mail is stored once, each series once, and the series are those one SQLite
     // store makes of the same mails.
     let p = pair().await;
-    let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::open(&p._dirs.1.path().join("2"), Sealer::default()).unwrap());
-    let second = Ingest::on_postgres(p.pg.clone(), bus, root(), "u", settings());
+    let second = Ingest::on_postgres(p.pg.clone(), root(), "u", settings());
     let mails = shapes();
     let (one, two) = (p.postgres.clone(), second.clone());
     let forward = mails.clone();

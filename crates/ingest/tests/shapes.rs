@@ -823,3 +823,58 @@ fn order_independence_every_arrival_order_and_split_gives_the_same_series() {
         panic!("{e}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_one_second_postings_interleaved_keep_the_ids_they_completed_with() {
+    // Eight postings by one submitter in one second (git send-email of eight branches), each a
+    // cover and one or two patches citing it, delivered by two MX hosts at once: one in order,
+    // the other backwards, their deliveries interleaved. The id and patches a series is
+    // announced complete with are the ones the store keeps.
+    let mut mails = Vec::new();
+    for n in 0..8 {
+        let total = if n % 3 == 0 { 2 } else { 1 };
+        let cover = format!("<cover-s{n}@x>");
+        mails.push(mail(&cover, &format!("[PATCH 0/{total}] the s{n} series"), &[], "Cover.\n"));
+        for k in 1..=total {
+            mails.push(mail(
+                &format!("<p{k}-s{n}@x>"),
+                &format!("[PATCH {k}/{total}] s{n}: part {k}"),
+                &[&cover],
+                &patch_body(&format!("s{n}{k}")),
+            ));
+        }
+    }
+    let backward: Vec<Vec<u8>> = mails.iter().rev().cloned().collect();
+    for skew in 0..16 {
+        let mut order = Vec::new();
+        let (mut f, mut b) = (mails.iter(), backward.iter().skip(0));
+        for _ in 0..skew {
+            order.extend(f.next().cloned());
+        }
+        loop {
+            let (x, y) = (f.next(), b.next());
+            if x.is_none() && y.is_none() {
+                break;
+            }
+            order.extend(x.cloned());
+            order.extend(y.cloned());
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let ingest = common::scratch(dir.path(), &[LIST]);
+        deliver(&ingest, order).await;
+        let stored = common::all_series(&ingest).await;
+        for (_, b) in common::events(&ingest).await.iter().filter(|(t, _)| t == "series.series.complete") {
+            let id = b["series"]["id"].as_i64().unwrap();
+            let now = stored.iter().find(|s| s.id == id).unwrap_or_else(|| panic!("skew {skew}: series {id} announced, gone: {b}"));
+            let announced: Vec<String> =
+                b["patches"].as_array().unwrap().iter().map(|p| p["message_id"].as_str().unwrap().to_string()).collect();
+            let kept: Vec<String> = now.patches.iter().map(|(_, m)| m.clone()).collect();
+            assert_eq!(announced, kept, "skew {skew}: series {id} keeps the patches it completed with");
+            // Named by one of its own mails, never by a cover that was only passing through.
+            let name = b["series"]["name"].as_str().unwrap();
+            let n = &now.name["the ".len()..now.name.len() - " series".len()];
+            assert!(name == now.name || name == format!("{n}: part 1"), "skew {skew}: series {id} ({}) announced as {name:?}", now.name);
+        }
+        assert_eq!(stored.len(), 8, "skew {skew}");
+    }
+}

@@ -63,6 +63,20 @@ pub fn service(config: &Config) -> Result<Ingest, Exit> {
     Ok(service_on(config, open_store(config)?))
 }
 
+/// Builds the ingest service on the store the config names: the shared PostgreSQL of
+/// `store.url` when set (`inject` and `import` from any host), else the data directory's.
+/// PostgreSQL unreachable is a temporary failure (an MTA retries the delivery).
+pub async fn service_for(config: &Config) -> Result<Ingest, Exit> {
+    let Some(url) = config.store.url.as_deref() else { return service(config) };
+    let sealer =
+        crate::keys::sealer(config, true).map_err(|e| if config.signing.key.is_some() { Exit::config(e) } else { Exit::tempfail(e) })?;
+    match patchbay_store_pg::PgStore::connect(url, config.store.max_connections, sealer).await {
+        Ok(store) => Ok(on_postgres(config, store)),
+        Err(e) if e.is_transient() => Err(Exit::tempfail(anyhow::anyhow!("{}: store.url: {e}", config.source_name()))),
+        Err(e) => Err(Exit::config(anyhow::anyhow!("{}: store.url: {e}", config.source_name()))),
+    }
+}
+
 /// Opens the embedded store in the data directory, with this instance's signing key.
 pub fn open_store(config: &Config) -> Result<EmbeddedBus, Exit> {
     // A named key that is wrong is a config error; failing to create the default one means the
@@ -77,6 +91,12 @@ pub fn open_store(config: &Config) -> Result<EmbeddedBus, Exit> {
 /// Builds the ingest service on a store that is already open (`serve` shares one).
 pub fn service_on(config: &Config, bus: EmbeddedBus) -> Ingest {
     Ingest::new(bus, config.bus.root.clone(), &config.instance, settings(config))
+}
+
+/// Builds the ingest service on the shared PostgreSQL store (`store.url`); what it commits
+/// waits in the store's outbox for a relay (every `patchbay run` process relays).
+pub fn on_postgres(config: &Config, store: patchbay_store_pg::PgStore) -> Ingest {
+    Ingest::on_postgres(store, config.bus.root.clone(), &config.instance, settings(config))
 }
 
 /// Ingest settings from the config.
@@ -101,7 +121,7 @@ pub async fn inject(config: &Config, args: &InjectArgs) -> Result<(), Exit> {
     if raw.is_empty() {
         return Err(Exit::data(anyhow::anyhow!("no mail on stdin")));
     }
-    let ingest = service(config)?;
+    let ingest = service_for(config).await?;
     let lists = args.list_ids.clone();
     let mail = tokio::task::spawn_blocking(move || patchbay_ingest::incoming(raw, lists, patchbay_ingest::now()))
         .await
@@ -167,7 +187,7 @@ fn progress_line(done: u64, total: Option<u64>, mails: u64, started: Instant, un
 
 /// `patchbay import`.
 pub async fn import(config: &Config, args: &ImportArgs) -> Result<(), Exit> {
-    let ingest = service(config)?;
+    let ingest = service_for(config).await?;
     let summary = import_with_deadline(&ingest, args, config.ingest.incomplete_after_secs).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary).map_err(|e| Exit::from(anyhow::Error::from(e)))?);

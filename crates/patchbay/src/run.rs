@@ -145,7 +145,8 @@ pub async fn run(config: Config, args: &RunArgs, shutdown: impl std::future::Fut
 }
 
 /// The services that keep their tables in PostgreSQL so far (issue 15 moves the rest).
-const ON_POSTGRES: &[Service] = &[Service::Aggregator, Service::Logs, Service::History, Service::Relay];
+const ON_POSTGRES: &[Service] =
+    &[Service::Ingest, Service::Dispatcher, Service::Merged, Service::Aggregator, Service::Logs, Service::History, Service::Relay];
 
 /// Runs `args.service` on the PostgreSQL `store.url` names and RabbitMQ: what it commits goes
 /// to the store's outbox, which this process relays at once (and any `run relay` too).
@@ -159,7 +160,7 @@ async fn on_postgres(
     let source = config.source_name();
     if !ON_POSTGRES.contains(&args.service) {
         anyhow::bail!(
-            "{source}: store.url: {:?} does not keep its tables in PostgreSQL yet (so far: the aggregator, the log recorder, the history and the relay); \
+            "{source}: store.url: {:?} does not keep its tables in PostgreSQL yet (so far: ingest, the dispatcher, the merge follower, the aggregator, the log recorder, the history and the relay); \
              run it without store.url, on the data directory's SQLite",
             args.service
         );
@@ -186,6 +187,13 @@ async fn on_postgres(
         Service::History => {
             tasks.extend(crate::services::history::start_on_postgres(&config, store.clone(), bus.clone(), policy, closing.clone())?);
         }
+        Service::Ingest => tasks.extend(start_ingest(&config, args, crate::ingest::on_postgres(&config, store.clone()), closing.clone())?),
+        Service::Dispatcher => {
+            tasks.push(start_dispatcher(&config, bus.clone(), policy, crate::ingest::on_postgres(&config, store.clone()), closing.clone())?)
+        }
+        Service::Merged => {
+            tasks.extend(start_merged(&config, bus.clone(), policy, crate::ingest::on_postgres(&config, store.clone()), closing.clone())?)
+        }
         _ => {}
     }
     if let Some(addr) = args.http {
@@ -209,6 +217,71 @@ async fn on_postgres(
     Ok(())
 }
 
+/// Ingest (and the threader inside it): the LMTP listener when one is configured, and the
+/// deadline sweep.
+fn start_ingest(
+    config: &Config,
+    args: &RunArgs,
+    ingest: patchbay_ingest::Ingest,
+    closing: watch::Receiver<bool>,
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    let incomplete_after = config.ingest.incomplete_after_secs;
+    let sweeping = ingest.clone();
+    let mut tasks = vec![spawn_every(
+        Duration::from_secs(30),
+        closing.clone(),
+        "Series past their deadline marked incomplete.",
+        "Deadline sweep failed; will retry.",
+        move || {
+            let ingest = sweeping.clone();
+            async move { ingest.sweep(patchbay_ingest::now(), incomplete_after).await }
+        },
+    )];
+    match args.lmtp.or(config.ingest.lmtp_listen) {
+        Some(addr) => {
+            let listener = crate::serve::listen(addr).with_context(|| format!("listening on {addr} (ingest.lmtp_listen)"))?;
+            println!("patchbay: accepting LMTP on {}", listener.local_addr()?);
+            let (limits, stop) = (crate::serve::lmtp_limits(config), closed(closing));
+            tasks.push(tokio::spawn(async move {
+                if let Err(error) = patchbay_ingest::lmtp::serve(listener, ingest, limits, stop).await {
+                    tracing::error!(%error, "The LMTP listener stopped.");
+                }
+            }));
+        }
+        None => tracing::info!("No LMTP listener (ingest.lmtp_listen is empty): mail comes by `patchbay inject` and `import`."),
+    }
+    Ok(tasks)
+}
+
+/// The dispatcher, reading series (their mails' age, `Based-on:` dependencies) through `ingest`.
+fn start_dispatcher(
+    config: &Config,
+    bus: Arc<dyn Bus>,
+    policy: Arc<patchbay_bus::TrustPolicy>,
+    ingest: patchbay_ingest::Ingest,
+    closing: watch::Receiver<bool>,
+) -> anyhow::Result<JoinHandle<()>> {
+    let d = crate::services::dispatcher::start_dispatcher(config, bus, policy, Some(ingest), closed(closing))?;
+    d.ok_or_else(|| {
+        anyhow::anyhow!("{}: no [[project]] has a repository, so no series is tested: nothing to dispatch", config.source_name())
+    })
+}
+
+/// The merge follower, recording what it finds through `ingest`.
+fn start_merged(
+    config: &Config,
+    bus: Arc<dyn Bus>,
+    policy: Arc<patchbay_bus::TrustPolicy>,
+    ingest: patchbay_ingest::Ingest,
+    closing: watch::Receiver<bool>,
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    let started = crate::services::merged::start(config, ingest, bus, policy, closing)?;
+    if started.is_empty() {
+        anyhow::bail!("{}: merged.interval_secs is 0 or no project follows a branch: nothing to follow", config.source_name());
+    }
+    Ok(started)
+}
+
 /// Starts the service's tasks; they stop when `closing` turns true.
 async fn start(
     config: &Config,
@@ -220,41 +293,8 @@ async fn start(
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     let mut tasks = Vec::new();
     match args.service {
-        Service::Ingest => {
-            let ingest = crate::ingest::service_on(config, store);
-            let incomplete_after = config.ingest.incomplete_after_secs;
-            let sweeping = ingest.clone();
-            tasks.push(spawn_every(
-                Duration::from_secs(30),
-                closing.clone(),
-                "Series past their deadline marked incomplete.",
-                "Deadline sweep failed; will retry.",
-                move || {
-                    let ingest = sweeping.clone();
-                    async move { ingest.sweep(patchbay_ingest::now(), incomplete_after).await }
-                },
-            ));
-            match args.lmtp.or(config.ingest.lmtp_listen) {
-                Some(addr) => {
-                    let listener = crate::serve::listen(addr).with_context(|| format!("listening on {addr} (ingest.lmtp_listen)"))?;
-                    println!("patchbay: accepting LMTP on {}", listener.local_addr()?);
-                    let (limits, stop) = (crate::serve::lmtp_limits(config), closed(closing));
-                    tasks.push(tokio::spawn(async move {
-                        if let Err(error) = patchbay_ingest::lmtp::serve(listener, ingest, limits, stop).await {
-                            tracing::error!(%error, "The LMTP listener stopped.");
-                        }
-                    }));
-                }
-                None => tracing::info!("No LMTP listener (ingest.lmtp_listen is empty): mail comes by `patchbay inject` and `import`."),
-            }
-        }
-        Service::Dispatcher => {
-            let ingest = crate::ingest::service_on(config, store);
-            let d = crate::services::dispatcher::start_dispatcher(config, bus, policy, Some(ingest), closed(closing))?;
-            tasks.push(d.ok_or_else(|| {
-                anyhow::anyhow!("{}: no [[project]] has a repository, so no series is tested: nothing to dispatch", config.source_name())
-            })?);
-        }
+        Service::Ingest => tasks.extend(start_ingest(config, args, crate::ingest::service_on(config, store), closing)?),
+        Service::Dispatcher => tasks.push(start_dispatcher(config, bus, policy, crate::ingest::service_on(config, store), closing)?),
         Service::Runner => unreachable!("`run runner` is `patchbay runner`"),
         Service::Aggregator => tasks.extend(crate::services::aggregator::start_aggregator(config, store, bus, policy, closing)?),
         Service::Reporter => tasks.push(crate::services::reporter::start_reporter(config, store, bus, policy, closing)?),
@@ -269,14 +309,7 @@ async fn start(
             tasks.extend(crate::services::history::start(config, store.db().clone(), closing));
         }
         Service::Relay => tasks.push(crate::services::relay::start(config, store.db().clone(), bus, closing).await?),
-        Service::Merged => {
-            let ingest = crate::ingest::service_on(config, store);
-            let started = crate::services::merged::start(config, ingest, bus, policy, closing)?;
-            if started.is_empty() {
-                anyhow::bail!("{}: merged.interval_secs is 0 or no project follows a branch: nothing to follow", config.source_name());
-            }
-            tasks.extend(started);
-        }
+        Service::Merged => tasks.extend(start_merged(config, bus, policy, crate::ingest::service_on(config, store), closing)?),
         Service::Web => {
             let log: Arc<dyn patchbay_bus::MessageLog> = Arc::new(store.clone());
             let state = crate::services::web::state(config, bus, log, store, None, closing.clone())?;

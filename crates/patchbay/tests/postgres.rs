@@ -4,7 +4,13 @@
 //! started (the relay declared every service's queue). Every result is delivered twice, and one aggregator is killed with
 //! SIGKILL mid-run and started again. Each series still gets exactly one verdict, the right
 //! one, and every row of the outbox reaches the broker. Services not yet on PostgreSQL, and
-//! `serve`, refuse `store.url` with a reason. Needs a real PostgreSQL
+//! `serve`, refuse `store.url` with a reason.
+//!
+//! The pipeline from mail to verdict on PostgreSQL: two `run ingest` hosts receive the same
+//! mails over LMTP in opposite orders at once, two dispatchers, two runners and two
+//! aggregators share the work; each series exists once, is announced complete once, tested
+//! once per test, and gets one verdict, the right one. `inject` on a third host stores into
+//! the same database. Needs a real PostgreSQL
 //! (`PATCHBAY_TEST_PG_URL`) and RabbitMQ (`PATCHBAY_TEST_AMQP_URL`); fails, never skips,
 //! without them.
 
@@ -56,14 +62,26 @@ fn handled(port: u16) -> u64 {
 }
 
 fn write_config(path: &Path, data: &str, instance: &str, amqp: &str, ns: &str, pg: &str) {
+    write_config_with(
+        path,
+        (data, instance),
+        (amqp, ns, pg),
+        "/nonexistent",
+        "name = \"build\"\nscript = \"true\"\narches = [\"x86_64\"]\n",
+    );
+}
+
+/// A host's config: its data directory and instance, the shared broker, namespace and database,
+/// and one project of `repository` with `test`.
+fn write_config_with(path: &Path, (data, instance): (&str, &str), (amqp, ns, pg): (&str, &str, &str), repository: &str, test: &str) {
     std::fs::write(
         path,
         format!(
             "data_dir = \"{data}\"\n[identity]\ninstance = \"{instance}\"\n\
              [bus]\nbackend = \"amqp\"\nurl = \"{amqp}\"\nexchange = \"{ns}\"\nprefix = \"e2e\"\nenv = \"{ns}\"\n\
-             [store]\nurl = \"{pg}\"\nmax_connections = 4\n\
-             [[project]]\nname = \"demo\"\nlist_ids = [\"pg.lists.example.org\"]\nrepository = \"/nonexistent\"\n\
-             [[project.test]]\nname = \"build\"\nscript = \"true\"\narches = [\"x86_64\"]\n"
+             [store]\nurl = \"{pg}\"\nmax_connections = 4\n[runner]\njobs = 2\n\
+             [[project]]\nname = \"demo\"\nlist_ids = [\"pg.lists.example.org\"]\nrepository = \"{repository}\"\n\
+             [[project.test]]\n{test}"
         ),
     )
     .unwrap();
@@ -84,9 +102,9 @@ async fn aggregators_on_postgres_decide_once_through_redelivery_and_kill_9() {
     write_config(&b, "data-b", "b", &amqp, &ns, &pg);
 
     // What is not on PostgreSQL yet says so instead of using SQLite behind the operator's back.
-    let out = bin().arg("--config").arg(&a).args(["run", "ingest"]).output().unwrap();
+    let out = bin().arg("--config").arg(&a).args(["run", "reporter"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("store.url") && err.contains("Ingest"), "{err}");
+    assert!(!out.status.success() && err.contains("store.url") && err.contains("Reporter"), "{err}");
     let out = bin().arg("--config").arg(&a).arg("serve").output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("store.url") && err.contains("patchbay run"), "{err}");
@@ -215,4 +233,181 @@ async fn aggregators_on_postgres_decide_once_through_redelivery_and_kill_9() {
     assert_eq!(kept("ci.test.finished").await, 2 * SERIES, "each result once, though delivered twice");
     assert_eq!(kept("ci.series.verdict").await, SERIES);
     drop((agg_a, agg_b, relay, logs, history));
+}
+
+/// Collects the bodies that reach `watch` until `done` holds of them, then listens 3 s more
+/// for anything doubled.
+async fn collect(
+    watch: &mut Box<dyn patchbay_bus::Subscription>,
+    what: &str,
+    procs: &[&Proc],
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let mut seen: HashMap<patchbay_model::Uuid, serde_json::Value> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let mut quiet_until = None;
+    loop {
+        let bodies: Vec<serde_json::Value> = seen.values().cloned().collect();
+        if quiet_until.is_none() && done(&bodies) {
+            quiet_until = Some(Instant::now() + Duration::from_secs(3));
+        }
+        if quiet_until.is_some_and(|t| Instant::now() > t) {
+            return bodies;
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = procs.iter().map(|p| p.stderr()).collect();
+            panic!("{what}: {} so far\n{}", bodies.len(), logs.join("\n-----\n"));
+        }
+        if let Ok(Ok(d)) = tokio::time::timeout(Duration::from_millis(500), watch.next()).await {
+            seen.insert(d.envelope.id, d.envelope.body.clone());
+            d.ack().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_to_verdict_on_postgres_with_two_of_each_service() {
+    let amqp = std::env::var("PATCHBAY_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let admin = std::env::var("PATCHBAY_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let pg = patchbay_store_pg::testing::scratch_database(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("no PostgreSQL at {admin} ({e}); run scripts/test, or set PATCHBAY_TEST_PG_URL"));
+    let ns = format!("pgpipe{}x{}", std::process::id(), patchbay_model::Uuid::now_v7().simple());
+    let tmp = tempfile::tempdir().unwrap();
+    let repo =
+        patchbay_fixtures::origin(tmp.path(), &[("README", "base\n"), ("test.sh", "set -e\ngrep -q fixed README\necho TESTS PASSED\n")]);
+    let test = format!("name = \"check\"\nscript = \"sh test.sh\"\narches = [\"{}\"]\ntime_limit_secs = 60\n", std::env::consts::ARCH);
+    let hosts: Vec<std::path::PathBuf> = ["a", "b", "c"]
+        .iter()
+        .map(|h| {
+            let path = tmp.path().join(format!("{h}.toml"));
+            write_config_with(&path, (&format!("data-{h}"), h), (&amqp, &ns, &pg), &repo.to_string_lossy(), &test);
+            path
+        })
+        .collect();
+    let (a, b) = (&hosts[0], &hosts[1]);
+
+    // The test watches what the services say on the broker.
+    let root = TopicRoot::new("e2e", &ns).unwrap();
+    let mut config = AmqpConfig::new(amqp.clone(), tmp.path().join("watch-seq"));
+    config.exchange = ns.clone();
+    config.queue_expiry = Some(Duration::from_secs(600));
+    let bus: Arc<dyn Bus> = Arc::new(AmqpBus::connect(config, Sealer::default()).await.expect("RabbitMQ"));
+    let watch_on = async |name: &str, suffix: &str| {
+        let pattern = TopicPattern::parse(root.topic(suffix).unwrap().as_str()).unwrap();
+        bus.subscribe(QueueSpec::new(format!("{ns}.{name}"), vec![pattern]).prefetch(500)).await.unwrap()
+    };
+    let mut verdicts = watch_on("verdicts", "ci.series.verdict").await;
+    let mut completes = watch_on("completes", "series.series.complete").await;
+    let mut finished = watch_on("finished", "ci.test.finished").await;
+
+    let (la, lb) = (free_port(), free_port());
+    let ingest_a = Proc::start(a, tmp.path(), "ingest", &["--lmtp", &format!("127.0.0.1:{la}")]);
+    let ingest_b = Proc::start(b, tmp.path(), "ingest", &["--lmtp", &format!("127.0.0.1:{lb}")]);
+    let dispatch_a = Proc::start(a, tmp.path(), "dispatcher", &[]);
+    let dispatch_b = Proc::start(b, tmp.path(), "dispatcher", &[]);
+    let runner_a = Proc::start(a, tmp.path(), "runner", &[]);
+    let runner_b = Proc::start(b, tmp.path(), "runner", &[]);
+    let agg_a = Proc::start(a, tmp.path(), "aggregator", &[]);
+    let agg_b = Proc::start(b, tmp.path(), "aggregator", &[]);
+    let all = [&ingest_a, &ingest_b, &dispatch_a, &dispatch_b, &runner_a, &runner_b, &agg_a, &agg_b];
+    for port in [la, lb] {
+        common::wait_until("the LMTP listeners", 60, &all, || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    }
+    for p in [&dispatch_a, &dispatch_b, &agg_a, &agg_b] {
+        wait_log(p, "Service started");
+    }
+
+    // Eight series, good and broken in turn, some of two patches.
+    const N: usize = 8;
+    let mut mails = Vec::new();
+    for n in 0..N {
+        let content = if n % 2 == 0 { "fixed\n" } else { "broken\n" };
+        let mut changes = vec![("README", content)];
+        if n % 3 == 0 {
+            changes.push(("NOTES", "more\n"));
+        }
+        mails.extend(common::format_series(&repo, &format!("s{n}"), "main", &changes, "", None));
+    }
+    // Both hosts get every mail, in opposite orders, at once (two MX hosts).
+    let (forward, backward) = (mails.clone(), mails.iter().rev().cloned().collect::<Vec<_>>());
+    let one = std::thread::spawn(move || common::lmtp_deliver(la, "pg.lists.example.org", &forward));
+    let two = std::thread::spawn(move || common::lmtp_deliver(lb, "pg.lists.example.org", &backward));
+    one.join().unwrap();
+    two.join().unwrap();
+
+    let completed = collect(&mut completes, "series announced complete", &all, |b| b.len() >= N).await;
+    let ids: HashSet<i64> = completed.iter().map(|b| b["series"]["id"].as_i64().unwrap()).collect();
+    assert_eq!((completed.len(), ids.len()), (N, N), "each series announced complete once");
+    let decided = collect(&mut verdicts, "verdicts", &all, |b| b.len() >= N).await;
+    assert_eq!(decided.len(), N, "one verdict per series");
+    let store = patchbay_store_pg::PgStore::connect(&pg, 2, Sealer::default()).await.unwrap();
+    let client = store.client().await.unwrap();
+    // What the store holds, for the messages below.
+    let members: Vec<String> = client
+        .query(
+            "SELECT s.uid, s.name, s.state, sm.slot, m.subject, m.message_id FROM series s JOIN series_mails sm ON sm.series_id = s.id
+             JOIN mails m ON m.id = sm.mail_id ORDER BY s.id, sm.slot",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} {} {} {} {}",
+                r.get::<_, i64>(0),
+                r.get::<_, &str>(1),
+                r.get::<_, &str>(2),
+                r.get::<_, i64>(3),
+                r.get::<_, &str>(4),
+                r.get::<_, &str>(5)
+            )
+        })
+        .collect();
+    let members = members.join("\n");
+    for v in &decided {
+        let name = v["series"]["name"].as_str().unwrap();
+        // "the s3 series" from its cover, or "s3: part 1" when it completed before its cover came.
+        let n: usize = name.split(|c: char| !c.is_ascii_alphanumeric()).find_map(|w| w.strip_prefix('s')?.parse().ok()).expect(name);
+        let want = if n.is_multiple_of(2) { "PASSED" } else { "FAILED" };
+        let announced: Vec<String> = completed
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {} {:?}",
+                    c["series"]["id"],
+                    c["series"]["name"],
+                    c["patches"].as_array().unwrap().iter().map(|p| p["message_id"].clone()).collect::<Vec<_>>()
+                )
+            })
+            .collect();
+        assert_eq!(v["verdict"], want, "{name}: {v}\n{members}\nannounced:\n{}\n{}", announced.join("\n"), ingest_a.stderr());
+        assert!(ids.contains(&v["series"]["id"].as_i64().unwrap()), "the verdict names the announced id");
+    }
+    let results = collect(&mut finished, "results", &all, |b| b.len() >= 2 * N).await;
+    let jobs: HashSet<&str> = results.iter().map(|r| r["job"].as_str().unwrap()).collect();
+    assert_eq!((results.len(), jobs.len()), (2 * N, 2 * N), "apply and check, each run once per series");
+
+    // A third host stores a reply with `inject`, into the same database.
+    let reply = "From: Rev <rev@example.org>\nSubject: Re: the s0 series\nMessage-ID: <reply-1@example.org>\nIn-Reply-To: <x@y>\nList-Id: <pg.lists.example.org>\n\nLooks good.\n";
+    let mut child = bin()
+        .arg("--config")
+        .arg(&hosts[2])
+        .args(["inject", "--json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), reply.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("\"stored\""), "{out:?}");
+
+    let count = async |sql: &str| -> i64 { client.query_one(sql, &[]).await.unwrap().get(0) };
+    assert_eq!(count("SELECT count(*) FROM mails").await, mails.len() as i64 + 1, "each mail stored once, the reply too");
+    assert_eq!(count("SELECT count(*) FROM series").await, N as i64, "each series once");
+    assert_eq!(count("SELECT count(*) FROM series WHERE state = 'complete'").await, N as i64);
+    assert_eq!(count("SELECT count(*) FROM results").await, 2 * N as i64);
+    assert_eq!(count("SELECT count(*) FROM verdicts WHERE verdict IS NOT NULL").await, N as i64);
 }
