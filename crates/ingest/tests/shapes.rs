@@ -847,7 +847,7 @@ async fn many_one_second_postings_interleaved_keep_the_ids_they_completed_with()
     let backward: Vec<Vec<u8>> = mails.iter().rev().cloned().collect();
     for skew in 0..16 {
         let mut order = Vec::new();
-        let (mut f, mut b) = (mails.iter(), backward.iter().skip(0));
+        let (mut f, mut b) = (mails.iter(), backward.iter());
         for _ in 0..skew {
             order.extend(f.next().cloned());
         }
