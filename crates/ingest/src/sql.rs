@@ -228,27 +228,6 @@ impl Sql for rusqlite::Connection {
     }
 }
 
-/// `sql` with SQLite's `?N` placeholders as PostgreSQL's `$N` (string literals left alone).
-pub(crate) fn dollars(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len());
-    let mut quoted = false;
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' => {
-                quoted = !quoted;
-                out.push(c);
-            }
-            '?' if !quoted => {
-                debug_assert!(chars.peek().is_some_and(char::is_ascii_digit), "unnumbered placeholder in {sql}");
-                out.push('$');
-            }
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// A PostgreSQL transaction driven from a blocking thread (never from an async task).
 pub(crate) struct Pg<'a, 't> {
     /// The transaction.
@@ -263,7 +242,7 @@ fn pg(e: tokio_postgres::Error) -> StoreError {
 
 impl Pg<'_, '_> {
     fn prepared(&self, sql: &str) -> Result<tokio_postgres::Statement, StoreError> {
-        self.rt.block_on(self.tx.prepare_cached(&dollars(sql))).map_err(|e| in_statement(e, sql))
+        self.rt.block_on(self.tx.prepare_cached(&patchbay_store_pg::dollars(sql))).map_err(|e| in_statement(e, sql))
     }
 }
 
@@ -344,13 +323,6 @@ impl tokio_postgres::types::ToSql for Arg<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn placeholders_become_dollars_outside_literals() {
-        assert_eq!(dollars("SELECT a FROM t WHERE b = ?1 AND c IN (?2, ?12)"), "SELECT a FROM t WHERE b = $1 AND c IN ($2, $12)");
-        assert_eq!(dollars("SELECT '?1' || ?1"), "SELECT '?1' || $1");
-        assert_eq!(dollars("WHERE x LIKE '%\"supersedes\"%' AND y = ?3"), "WHERE x LIKE '%\"supersedes\"%' AND y = $3");
-    }
 
     #[test]
     fn sqlite_round_trips_every_kind() {

@@ -48,6 +48,14 @@ pub async fn bus_when_up(config: &Config, sealer: Sealer, shutdown: &mut (impl F
     }
 }
 
+/// The store a service keeps its tables in.
+pub enum Store {
+    /// The data directory's SQLite, whose log is also the embedded bus.
+    Embedded(patchbay_store::EmbeddedBus),
+    /// The shared PostgreSQL of `store.url`.
+    Postgres(patchbay_store_pg::PgStore),
+}
+
 /// The PostgreSQL store `store.url` names, connected and migrated, retried with backoff while
 /// it is unreachable (and said so); `Ok(None)` if `shutdown` came first. A wrong URL or a
 /// schema newer than this build is an error at once: waiting would not mend it.

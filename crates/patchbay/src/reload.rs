@@ -84,7 +84,7 @@ fn start(config: &Config, parts: &Parts) -> anyhow::Result<Followers> {
         )?);
         tasks.push(crate::services::reporter::start_reporter(
             config,
-            parts.store.clone(),
+            crate::backend::Store::Embedded(parts.store.clone()),
             parts.bus.clone(),
             parts.policy.clone(),
             stop_rx.clone(),

@@ -145,8 +145,16 @@ pub async fn run(config: Config, args: &RunArgs, shutdown: impl std::future::Fut
 }
 
 /// The services that keep their tables in PostgreSQL so far (issue 15 moves the rest).
-const ON_POSTGRES: &[Service] =
-    &[Service::Ingest, Service::Dispatcher, Service::Merged, Service::Aggregator, Service::Logs, Service::History, Service::Relay];
+const ON_POSTGRES: &[Service] = &[
+    Service::Ingest,
+    Service::Dispatcher,
+    Service::Merged,
+    Service::Aggregator,
+    Service::Reporter,
+    Service::Logs,
+    Service::History,
+    Service::Relay,
+];
 
 /// Runs `args.service` on the PostgreSQL `store.url` names and RabbitMQ: what it commits goes
 /// to the store's outbox, which this process relays at once (and any `run relay` too).
@@ -160,7 +168,7 @@ async fn on_postgres(
     let source = config.source_name();
     if !ON_POSTGRES.contains(&args.service) {
         anyhow::bail!(
-            "{source}: store.url: {:?} does not keep its tables in PostgreSQL yet (so far: ingest, the dispatcher, the merge follower, the aggregator, the log recorder, the history and the relay); \
+            "{source}: store.url: {:?} does not keep its tables in PostgreSQL yet (so far: all but web); \
              run it without store.url, on the data directory's SQLite",
             args.service
         );
@@ -188,6 +196,13 @@ async fn on_postgres(
             tasks.extend(crate::services::history::start_on_postgres(&config, store.clone(), bus.clone(), policy, closing.clone())?);
         }
         Service::Ingest => tasks.extend(start_ingest(&config, args, crate::ingest::on_postgres(&config, store.clone()), closing.clone())?),
+        Service::Reporter => tasks.push(crate::services::reporter::start_reporter(
+            &config,
+            crate::backend::Store::Postgres(store.clone()),
+            bus.clone(),
+            policy,
+            closing.clone(),
+        )?),
         Service::Dispatcher => {
             tasks.push(start_dispatcher(&config, bus.clone(), policy, crate::ingest::on_postgres(&config, store.clone()), closing.clone())?)
         }
@@ -297,7 +312,9 @@ async fn start(
         Service::Dispatcher => tasks.push(start_dispatcher(config, bus, policy, crate::ingest::service_on(config, store), closing)?),
         Service::Runner => unreachable!("`run runner` is `patchbay runner`"),
         Service::Aggregator => tasks.extend(crate::services::aggregator::start_aggregator(config, store, bus, policy, closing)?),
-        Service::Reporter => tasks.push(crate::services::reporter::start_reporter(config, store, bus, policy, closing)?),
+        Service::Reporter => {
+            tasks.push(crate::services::reporter::start_reporter(config, crate::backend::Store::Embedded(store), bus, policy, closing)?)
+        }
         Service::Logs => {
             let logs = patchbay_logs::LogStore::new(store.db().clone());
             tasks.push(crate::services::logs::start(config, logs, bus, policy, closing)?);

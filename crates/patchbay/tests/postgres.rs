@@ -4,13 +4,13 @@
 //! started (the relay declared every service's queue). Every result is delivered twice, and one aggregator is killed with
 //! SIGKILL mid-run and started again. Each series still gets exactly one verdict, the right
 //! one, and every row of the outbox reaches the broker. Services not yet on PostgreSQL, and
-//! `serve`, refuse `store.url` with a reason.
+//! `serve`, refuse `store.url` with a reason (`run web` so far).
 //!
 //! The pipeline from mail to verdict on PostgreSQL: two `run ingest` hosts receive the same
-//! mails over LMTP in opposite orders at once, two dispatchers, two runners and two
-//! aggregators share the work; each series exists once, is announced complete once, tested
-//! once per test, and gets one verdict, the right one. `inject` on a third host stores into
-//! the same database. Needs a real PostgreSQL
+//! mails over LMTP in opposite orders at once, two dispatchers, two runners, two
+//! aggregators and two reporters share the work; each series exists once, is announced
+//! complete once, tested once per test, gets one verdict, the right one, and one threaded
+//! report mail with its own Message-ID. `inject` on a third host stores into the same database. Needs a real PostgreSQL
 //! (`PATCHBAY_TEST_PG_URL`) and RabbitMQ (`PATCHBAY_TEST_AMQP_URL`); fails, never skips,
 //! without them.
 
@@ -102,9 +102,9 @@ async fn aggregators_on_postgres_decide_once_through_redelivery_and_kill_9() {
     write_config(&b, "data-b", "b", &amqp, &ns, &pg);
 
     // What is not on PostgreSQL yet says so instead of using SQLite behind the operator's back.
-    let out = bin().arg("--config").arg(&a).args(["run", "reporter"]).output().unwrap();
+    let out = bin().arg("--config").arg(&a).args(["run", "web"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("store.url") && err.contains("Reporter"), "{err}");
+    assert!(!out.status.success() && err.contains("store.url") && err.contains("Web"), "{err}");
     let out = bin().arg("--config").arg(&a).arg("serve").output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("store.url") && err.contains("patchbay run"), "{err}");
@@ -300,6 +300,7 @@ async fn mail_to_verdict_on_postgres_with_two_of_each_service() {
     let mut verdicts = watch_on("verdicts", "ci.series.verdict").await;
     let mut completes = watch_on("completes", "series.series.complete").await;
     let mut finished = watch_on("finished", "ci.test.finished").await;
+    let mut sent = watch_on("sent", "report.email.sent").await;
 
     let (la, lb) = (free_port(), free_port());
     let ingest_a = Proc::start(a, tmp.path(), "ingest", &["--lmtp", &format!("127.0.0.1:{la}")]);
@@ -310,11 +311,13 @@ async fn mail_to_verdict_on_postgres_with_two_of_each_service() {
     let runner_b = Proc::start(b, tmp.path(), "runner", &[]);
     let agg_a = Proc::start(a, tmp.path(), "aggregator", &[]);
     let agg_b = Proc::start(b, tmp.path(), "aggregator", &[]);
-    let all = [&ingest_a, &ingest_b, &dispatch_a, &dispatch_b, &runner_a, &runner_b, &agg_a, &agg_b];
+    let report_a = Proc::start(a, tmp.path(), "reporter", &[]);
+    let report_b = Proc::start(b, tmp.path(), "reporter", &[]);
+    let all = [&ingest_a, &ingest_b, &dispatch_a, &dispatch_b, &runner_a, &runner_b, &agg_a, &agg_b, &report_a, &report_b];
     for port in [la, lb] {
         common::wait_until("the LMTP listeners", 60, &all, || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
     }
-    for p in [&dispatch_a, &dispatch_b, &agg_a, &agg_b] {
+    for p in [&dispatch_a, &dispatch_b, &agg_a, &agg_b, &report_a, &report_b] {
         wait_log(p, "Service started");
     }
 
@@ -389,6 +392,27 @@ async fn mail_to_verdict_on_postgres_with_two_of_each_service() {
     let jobs: HashSet<&str> = results.iter().map(|r| r["job"].as_str().unwrap()).collect();
     assert_eq!((results.len(), jobs.len()), (2 * N, 2 * N), "apply and check, each run once per series");
 
+    // One report mail per series, from whichever reporter took its verdict, threaded under the
+    // series' first mail, each with its own Message-ID and the right verdict.
+    let sent = collect(&mut sent, "reports sent", &all, |b| b.len() >= N).await;
+    assert_eq!(sent.len(), N, "one report per series");
+    let mut mails_out = Vec::new();
+    for host in ["data-a", "data-b"] {
+        let Ok(dir) = std::fs::read_dir(tmp.path().join(host).join("outbox/new")) else { continue };
+        mails_out.extend(dir.map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap()));
+    }
+    assert_eq!(mails_out.len(), N, "one report mail per series over both hosts");
+    let header = |m: &str, h: &str| m.lines().find_map(|l| l.strip_prefix(h)).unwrap_or_default().to_string();
+    let ids: HashSet<String> = mails_out.iter().map(|m| header(m, "Message-ID: ")).collect();
+    assert_eq!(ids.len(), N, "distinct Message-IDs");
+    for m in &mails_out {
+        assert!(!header(m, "In-Reply-To: ").is_empty(), "threaded: {m}");
+        let subject = header(m, "Subject: ");
+        let n: usize = subject.split(|c: char| !c.is_ascii_alphanumeric()).find_map(|w| w.strip_prefix('s')?.parse().ok()).expect(&subject);
+        let want = if n.is_multiple_of(2) { "PASSED" } else { "FAILED" };
+        assert_eq!(header(m, "X-Patchbay-Verdict: "), want, "{subject}");
+    }
+
     // A third host stores a reply with `inject`, into the same database.
     let reply = "From: Rev <rev@example.org>\nSubject: Re: the s0 series\nMessage-ID: <reply-1@example.org>\nIn-Reply-To: <x@y>\nList-Id: <pg.lists.example.org>\n\nLooks good.\n";
     let mut child = bin()
@@ -410,4 +434,5 @@ async fn mail_to_verdict_on_postgres_with_two_of_each_service() {
     assert_eq!(count("SELECT count(*) FROM series WHERE state = 'complete'").await, N as i64);
     assert_eq!(count("SELECT count(*) FROM results").await, 2 * N as i64);
     assert_eq!(count("SELECT count(*) FROM verdicts WHERE verdict IS NOT NULL").await, N as i64);
+    assert_eq!(count("SELECT count(*) FROM reports WHERE state = 'sent'").await, N as i64);
 }

@@ -39,11 +39,13 @@
 //! Re-send: [`ReportStore::ask_resend`] puts a finished report back in `intent`, and the
 //! reporter sends it again when it hears the verdict again (the admin action publishes it).
 //!
-//! Table (migration 7): `reports` (with the mail as sent). This crate knows the embedded
-//! store, not HTTP or runners; it owns the shape of `[report]` ([`ReportSettings`]) but never
+//! Table (SQLite migration 7, PostgreSQL migration 6): `reports` (with the mail as sent), on
+//! either store (`db.rs`: one statement text each; [`Reporter::on_postgres`] for reporters on
+//! several hosts). This crate knows the stores, not HTTP or runners; it owns the shape of `[report]` ([`ReportSettings`]) but never
 //! reads the config file.
 
 pub mod compose;
+mod db;
 mod read;
 mod reporter;
 mod settings;

@@ -1,11 +1,14 @@
 //! The report store's read side, behind a port ([`ReportStore`]): the dashboard's view of a
-//! report and the admin's re-send (a report put back in `intent` for the reporter). The SQLite
-//! implementation is here, beside the reporter's writes; nothing above this crate writes SQL
-//! over `reports`.
+//! report and the admin's re-send (a report put back in `intent` for the reporter). Both
+//! stores' implementations are here, beside the reporter's writes, one statement text each;
+//! nothing above this crate writes SQL over `reports`.
 
 use async_trait::async_trait;
 use patchbay_store::{Db, StoreError};
+use patchbay_store_pg::{PgStore, dollars};
 use rusqlite::{OptionalExtension as _, params};
+
+use crate::db::pg;
 
 /// A report as the reporter left it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,29 +31,35 @@ pub trait ReportStore: Send + Sync + 'static {
     async fn ask_resend(&self, series: i64, version: u32, detail: String) -> Result<bool, StoreError>;
 }
 
+const REPORT: &str = "SELECT state, detail, mail FROM reports WHERE series_id = ?1 AND version = ?2";
+const RESEND: &str = "UPDATE reports SET state = 'intent', detail = ?3, resends = resends + 1
+     WHERE series_id = ?1 AND version = ?2 AND state IN ('sent', 'failed', 'skipped')";
+
 #[async_trait]
 impl ReportStore for Db {
     async fn report(&self, series: i64, version: u32) -> Result<Option<ReportRow>, StoreError> {
         self.read(move |c| {
-            Ok(c.query_row(
-                "SELECT state, detail, mail FROM reports WHERE series_id = ?1 AND version = ?2",
-                params![series, version],
-                |r| Ok(ReportRow { state: r.get(0)?, detail: r.get(1)?, mail: r.get(2)? }),
-            )
-            .optional()?)
+            Ok(c.query_row(REPORT, params![series, version], |r| Ok(ReportRow { state: r.get(0)?, detail: r.get(1)?, mail: r.get(2)? }))
+                .optional()?)
         })
         .await
     }
 
     async fn ask_resend(&self, series: i64, version: u32, detail: String) -> Result<bool, StoreError> {
-        self.write(move |tx| {
-            let n = tx.execute(
-                "UPDATE reports SET state = 'intent', detail = ?3, resends = resends + 1
-                 WHERE series_id = ?1 AND version = ?2 AND state IN ('sent', 'failed', 'skipped')",
-                params![series, version, detail],
-            )?;
-            Ok(n > 0)
-        })
-        .await
+        self.write(move |tx| Ok(tx.execute(RESEND, params![series, version, detail])? > 0)).await
+    }
+}
+
+#[async_trait]
+impl ReportStore for PgStore {
+    async fn report(&self, series: i64, version: u32) -> Result<Option<ReportRow>, StoreError> {
+        let client = self.client().await.map_err(pg)?;
+        let row = client.query_opt(&*dollars(REPORT), &[&series, &i64::from(version)]).await.map_err(pg)?;
+        Ok(row.map(|r| ReportRow { state: r.get(0), detail: r.get(1), mail: r.get(2) }))
+    }
+
+    async fn ask_resend(&self, series: i64, version: u32, detail: String) -> Result<bool, StoreError> {
+        let client = self.client().await.map_err(pg)?;
+        Ok(client.execute(&*dollars(RESEND), &[&series, &i64::from(version), &detail]).await.map_err(pg)? > 0)
     }
 }

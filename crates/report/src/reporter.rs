@@ -16,7 +16,9 @@ use patchbay_bus::Publisher;
 use patchbay_model::{Envelope, FailureKind, Outcome, ReportFailed, ReportSent, SeriesVerdict, TransportKind, VerdictKind};
 use patchbay_runtime::{BodyHandler, HandlerError};
 use patchbay_store::{EmbeddedBus, StoreError};
-use rusqlite::{OptionalExtension, params};
+use patchbay_store_pg::PgStore;
+
+use crate::db::{ReportDb, Sent};
 
 /// Where reports go.
 #[derive(Clone)]
@@ -38,7 +40,7 @@ pub struct Skip {
 
 /// The reporter service.
 pub struct Reporter {
-    bus: EmbeddedBus,
+    db: std::sync::Arc<dyn ReportDb>,
     publisher: Publisher,
     settings: Settings,
     transport: Transport,
@@ -50,9 +52,6 @@ pub struct Reporter {
     template: Option<std::sync::Arc<report::Template>>,
 }
 
-/// test, arch, outcome, reason, duration in ms, base, job, excerpt.
-type ResultRow = (String, String, Outcome, Option<FailureKind>, i64, Option<String>, String, String);
-
 /// What the store knows that the report needs.
 struct Facts {
     thread: Thread,
@@ -60,57 +59,50 @@ struct Facts {
     base: Option<String>,
 }
 
-fn facts(conn: &rusqlite::Connection, v: &SeriesVerdict, link_base: Option<&str>) -> Result<Option<Facts>, StoreError> {
-    // The mail to answer: the cover letter, else patch 1.
-    let row: Option<(String, Vec<u8>, String, Option<String>)> = conn
-        .query_row(
-            "SELECT m.message_id, m.raw, m.subject, m.from_email FROM series_mails sm JOIN mails m ON m.id = sm.mail_id
-             WHERE sm.series_id = (SELECT id FROM series WHERE uid = ?1) AND sm.slot IN (0, 1) ORDER BY sm.slot LIMIT 1",
-            [v.series.id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
-        .optional()?;
-    let Some((reply_to, raw, subject, from)) = row else { return Ok(None) };
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let parsed = patchbay_mail::parse(raw.as_bytes());
+async fn facts(db: &dyn ReportDb, v: &SeriesVerdict, link_base: Option<&str>) -> Result<Option<Facts>, StoreError> {
+    // The mail to answer: the cover letter, else patch 1. A cover patch 1 does not cite was
+    // placed by markers alone and may be another posting's (eight sent in one second): the
+    // report goes under patch 1 then, as the `complete` event leaves such a cover out.
+    let mut mails = db.thread_mails(v.series.id).await?;
+    let cites_cover = match (mails.iter().find(|m| m.slot == 0), mails.iter().find(|m| m.slot == 1)) {
+        (Some(cover), Some(first)) => {
+            let first = patchbay_mail::parse(&first.raw);
+            first.in_reply_to.iter().chain(&first.references).any(|id| *id == cover.message_id)
+        }
+        _ => true,
+    };
+    if !cites_cover {
+        mails.retain(|m| m.slot != 0);
+    }
+    let Some(mail) = mails.into_iter().next() else { return Ok(None) };
+    let parsed = patchbay_mail::parse(&mail.raw);
     let thread = Thread {
-        reply_to,
+        reply_to: mail.message_id,
         references: parsed.references.clone(),
-        subject,
-        submitter: from.unwrap_or_else(|| v.series.submitter.clone()),
+        subject: mail.subject,
+        submitter: mail.from.unwrap_or_else(|| v.series.submitter.clone()),
         list: None,
     };
-    let mut stmt = conn.prepare(
-        "SELECT test, arch, outcome, reason, duration_ms, base, job, excerpt FROM results r WHERE series_id = ?1 AND version = ?2
-         AND id = (SELECT max(id) FROM results x WHERE x.series_id = r.series_id AND x.version = r.version AND x.test = r.test AND x.arch = r.arch)
-         ORDER BY test = ?3 DESC, test, arch",
-    )?;
     let mut base = None;
-    let rows: Vec<ResultRow> = stmt
-        .query_map(params![v.series.id, v.series.version, patchbay_model::APPLY_TEST], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get::<_, String>(2)?.into(),
-                r.get::<_, Option<String>>(3)?.map(FailureKind::from),
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-            ))
-        })?
-        .collect::<Result<_, _>>()?;
     let mut lines = Vec::new();
-    for (test, arch, outcome, reason, ms, b, job, excerpt) in rows {
+    for r in db.latest(v.series.id, v.series.version).await? {
         if base.is_none() {
-            base = b;
+            base = r.base;
         }
+        let outcome: Outcome = r.outcome.into();
         // The result's own excerpt: the full log is recorded by another service, maybe later.
-        let excerpt = (outcome != Outcome::Passed).then_some(excerpt);
+        let excerpt = (outcome != Outcome::Passed).then_some(r.excerpt);
         // The log page (colours, a link back to the series), not the raw API text.
-        let log_url = link_base.map(|b| format!("{}/logs/{job}", b.trim_end_matches('/')));
-        let what = if arch == patchbay_model::ANY_ARCH { test } else { format!("{test}/{arch}") };
-        lines.push(Line { what, outcome, reason, seconds: patchbay_verdict::seconds_of(ms as u64), excerpt, log_url });
+        let log_url = link_base.map(|b| format!("{}/logs/{}", b.trim_end_matches('/'), r.job));
+        let what = if r.arch == patchbay_model::ANY_ARCH { r.test } else { format!("{}/{}", r.test, r.arch) };
+        lines.push(Line {
+            what,
+            outcome,
+            reason: r.reason.map(FailureKind::from),
+            seconds: patchbay_verdict::seconds_of(r.duration_ms as u64),
+            excerpt,
+            log_url,
+        });
     }
     Ok(Some(Facts { thread, lines, base }))
 }
@@ -174,8 +166,25 @@ impl Reporter {
     /// Reports through `transport`, with `settings`; failing tests' full logs are linked
     /// as `<link_base>/logs/<job>`, the log page.
     pub fn new(bus: EmbeddedBus, publisher: Publisher, settings: Settings, transport: Transport, link_base: Option<String>) -> Self {
+        Self::with_db(std::sync::Arc::new(bus), publisher, settings, transport, link_base)
+    }
+
+    /// Reports from a shared PostgreSQL store: reporters on several hosts share the verdicts'
+    /// queue and the `reports` table, and each report goes out once; what a reporter announces
+    /// waits in the outbox for a relay (`publisher` only shapes it).
+    pub fn on_postgres(store: PgStore, publisher: Publisher, settings: Settings, transport: Transport, link_base: Option<String>) -> Self {
+        Self::with_db(std::sync::Arc::new(store), publisher, settings, transport, link_base)
+    }
+
+    fn with_db(
+        db: std::sync::Arc<dyn ReportDb>,
+        publisher: Publisher,
+        settings: Settings,
+        transport: Transport,
+        link_base: Option<String>,
+    ) -> Self {
         Reporter {
-            bus,
+            db,
             publisher,
             settings,
             transport,
@@ -213,16 +222,7 @@ impl Reporter {
     }
 
     async fn set_state(&self, id: i64, ver: u32, from: &str, to: &str, detail: Option<String>) -> Result<bool, StoreError> {
-        let (from, to) = (from.to_string(), to.to_string());
-        self.bus
-            .db()
-            .write(move |tx| {
-                Ok(tx
-                    .prepare_cached("UPDATE reports SET state = ?4, detail = ?5 WHERE series_id = ?1 AND version = ?2 AND state = ?3")?
-                    .execute(params![id, ver, from, to, detail])?
-                    == 1)
-            })
-            .await
+        self.db.set_state(id, ver, from.to_string(), to.to_string(), detail).await
     }
 
     async fn fail(&self, v: &SeriesVerdict, message_id: &str, from_state: &str, reason: String) -> Result<(), ReportError> {
@@ -230,22 +230,8 @@ impl Reporter {
         let body =
             ReportFailed { series: v.series.clone(), verdict: v.verdict.clone(), message_id: message_id.into(), reason: reason.clone() };
         let out = self.publisher.outgoing(&body).map_err(|e| ReportError::Build(e.to_string()))?;
-        let (bus, from_state) = (self.bus.clone(), from_state.to_string());
         tracing::warn!(%message_id, %reason, "Report not delivered.");
-        self.bus
-            .db()
-            .write(move |tx| {
-                let changed = tx
-                    .prepare_cached(
-                        "UPDATE reports SET state = 'failed', detail = ?4 WHERE series_id = ?1 AND version = ?2 AND state = ?3",
-                    )?
-                    .execute(params![id, ver, from_state, reason])?;
-                if changed == 1 {
-                    bus.publish_in(tx, vec![out])?;
-                }
-                Ok(())
-            })
-            .await?;
+        self.db.fail(id, ver, from_state.to_string(), reason, out).await?;
         Ok(())
     }
 
@@ -255,19 +241,7 @@ impl Reporter {
         let message_id = report::message_id(v.series.id, v.series.version, &self.settings.domain);
         // 1. The intent, before anything leaves.
         let (id, ver, mid) = (v.series.id, v.series.version, message_id.clone());
-        let (state, resends): (String, u32) = self
-            .bus
-            .db()
-            .write(move |tx| {
-                tx.prepare_cached(
-                    "INSERT OR IGNORE INTO reports (series_id, version, message_id, state, transport, created_at) VALUES (?1, ?2, ?3, 'intent', 'outbox', ?4)",
-                )?
-                .execute(params![id, ver, mid, now()])?;
-                Ok(tx.query_row("SELECT state, resends FROM reports WHERE series_id = ?1 AND version = ?2", params![id, ver], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?)
-            })
-            .await?;
+        let (state, resends) = self.db.intent(id, ver, mid, now()).await?;
         match state.as_str() {
             "intent" => {}
             // We stopped while the SMTP server was taking this mail: it may have been accepted.
@@ -284,17 +258,7 @@ impl Reporter {
             }
             _ => return Ok(()),
         }
-        let superseded = {
-            let id = v.series.id;
-            self.bus
-                .db()
-                .read(move |c| {
-                    Ok(c.query_row("SELECT state = 'superseded' FROM series WHERE uid = ?1", [id], |r| r.get::<_, bool>(0))
-                        .optional()?
-                        .unwrap_or(false))
-                })
-                .await?
-        };
+        let superseded = self.db.superseded(v.series.id).await?;
         // An admin's re-send goes out whatever the skip rules say.
         let skip = if resends > 0 {
             None
@@ -310,8 +274,7 @@ impl Reporter {
             self.set_state(id, ver, "intent", "skipped", Some(why.into())).await?;
             return Ok(());
         }
-        let (verdict, link) = (v.clone(), self.link_base.clone());
-        let Some(mut facts) = self.bus.db().read(move |c| facts(c, &verdict, link.as_deref())).await? else {
+        let Some(mut facts) = facts(self.db.as_ref(), &v, self.link_base.as_deref()).await? else {
             return Err(ReportError::NoThread(v.series.id));
         };
         facts.thread.list = self.lists.get(&v.series.project).cloned();
@@ -388,21 +351,7 @@ impl Reporter {
             transport: transport.clone(),
         };
         let out = self.publisher.outgoing(&sent).map_err(|e| ReportError::Build(e.to_string()))?;
-        let bus = self.bus.clone();
-        let sent_now = self.bus
-            .db()
-            .write(move |tx| {
-                let changed = tx
-                    .prepare_cached(
-                        "UPDATE reports SET state = 'sent', transport = ?4, sent_at = ?3, mail = ?5 WHERE series_id = ?1 AND version = ?2 AND state IN ('intent', 'sending')",
-                    )?
-                    .execute(params![id, ver, now(), transport.as_str(), mail])?;
-                if changed == 1 {
-                    bus.publish_in(tx, vec![out])?;
-                }
-                Ok(changed == 1)
-            })
-            .await?;
+        let sent_now = self.db.sent(id, ver, Sent { at: now(), transport: transport.as_str().to_string(), mail }, out).await?;
         if sent_now && let Some(published) = published {
             let waited = patchbay_model::Timestamp::now().as_micros().saturating_sub(published.as_micros());
             patchbay_metrics::metrics().report_seconds.observe(waited.max(0) as f64 / 1e6);

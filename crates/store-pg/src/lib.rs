@@ -172,6 +172,27 @@ pub fn text(s: &str) -> std::borrow::Cow<'_, str> {
     if s.contains('\0') { s.replace('\0', "\u{fffd}").into() } else { s.into() }
 }
 
+/// `sql` with SQLite's `?N` placeholders as PostgreSQL's `$N` (string literals left alone).
+pub fn dollars(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut quoted = false;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                quoted = !quoted;
+                out.push(c);
+            }
+            '?' if !quoted => {
+                debug_assert!(chars.peek().is_some_and(char::is_ascii_digit), "unnumbered placeholder in {sql}");
+                out.push('$');
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// For the tests of the crates that implement ports on this store: a database of its own.
 pub mod testing {
     use crate::PgError;
@@ -231,5 +252,13 @@ mod tests {
     fn urls_are_shown_without_their_password() {
         assert_eq!(super::redact("postgres://pb:secret@db:5432/pb"), "postgres://pb:…@db:5432/pb");
         assert_eq!(super::redact("postgres://db/pb"), "postgres://db/pb");
+    }
+
+    #[test]
+    fn placeholders_become_dollars_outside_literals() {
+        use super::dollars;
+        assert_eq!(dollars("SELECT a FROM t WHERE b = ?1 AND c IN (?2, ?12)"), "SELECT a FROM t WHERE b = $1 AND c IN ($2, $12)");
+        assert_eq!(dollars("SELECT '?1' || ?1"), "SELECT '?1' || $1");
+        assert_eq!(dollars("WHERE x LIKE '%\"supersedes\"%' AND y = ?3"), "WHERE x LIKE '%\"supersedes\"%' AND y = $3");
     }
 }

@@ -157,6 +157,20 @@ const MIGRATIONS: &[&str] = &[
          commits TEXT NOT NULL,
          merged_at BIGINT NOT NULL
      );",
+    // 6: reports (owned by patchbay-report): SQLite's migrations 5 and 7 as one.
+    "CREATE TABLE reports (
+         series_id BIGINT NOT NULL,
+         version BIGINT NOT NULL,
+         message_id TEXT NOT NULL UNIQUE,
+         state TEXT NOT NULL CHECK (state IN ('intent', 'sending', 'sent', 'failed', 'skipped')),
+         transport TEXT NOT NULL,
+         detail TEXT,
+         created_at BIGINT NOT NULL,
+         sent_at BIGINT,
+         mail BYTEA,
+         resends BIGINT NOT NULL DEFAULT 0,
+         PRIMARY KEY (series_id, version)
+     );",
 ];
 
 /// The schema version this build writes.

@@ -30,7 +30,7 @@ pub fn spec(config: &Config) -> anyhow::Result<ServiceSpec> {
 /// Starts the reporter: one mail per verdict into `<data>/outbox` (a maildir), exactly once.
 pub fn start_reporter(
     config: &Config,
-    store: patchbay_store::EmbeddedBus,
+    store: crate::backend::Store,
     bus: Arc<dyn Bus>,
     policy: Arc<TrustPolicy>,
     shutdown: tokio::sync::watch::Receiver<bool>,
@@ -51,8 +51,16 @@ pub fn start_reporter(
             .map_err(|e| anyhow::anyhow!("{}: report.smtp_url: {e}", config.source_name()))?,
         ),
     };
-    let replay = replay_for(config, &store);
-    let reporter = patchbay_report::Reporter::new(store, publisher, settings, transport, link)
+    let (replay, reporter) = match store {
+        crate::backend::Store::Embedded(store) => {
+            (replay_for(config, &store), patchbay_report::Reporter::new(store, publisher, settings, transport, link))
+        }
+        // Sequence-gap replay reads the embedded log; on PostgreSQL redelivery is the broker's.
+        crate::backend::Store::Postgres(store) => {
+            (None, patchbay_report::Reporter::on_postgres(store, publisher, settings, transport, link))
+        }
+    };
+    let reporter = reporter
         .template(report_template(config)?.map(Arc::new))
         .skipping(patchbay_report::Skip { passed: config.report.only_on_failure, superseded: config.report.skip_superseded })
         .lists(config.projects.iter().filter_map(|p| Some((p.name.clone(), p.list_address.clone()?))).collect())
