@@ -9,11 +9,12 @@
 //! A queue of one instance (the SQLite history recorder's `serve-log.<instance>`) exists from
 //! its process's first start on: start `run history` once before mail flows.
 //!
-//! The store is the data directory's SQLite database until PostgreSQL takes its place
-//! (`store.url`, issue 15): processes sharing it run on one host, one of each service per data
-//! directory (the runner excepted: `run runner` is `patchbay runner`, on any machine). The threader
-//! runs inside ingest's transaction (a design decision, see ARCHITECTURE.md), so `run ingest`
-//! is both.
+//! The store is the data directory's SQLite database, whose processes run on one host, one of
+//! each service per data directory; or, with `store.url`, the shared PostgreSQL, whose
+//! processes run on any hosts, any number of each, every one relaying its own outbox (`run web`
+//! keeps a local copy of the namespace's messages for its live stream). The runner is
+//! neither: `run runner` is `patchbay runner`, on any machine. The threader runs inside
+//! ingest's transaction (a design decision, see ARCHITECTURE.md), so `run ingest` is both.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -144,18 +145,6 @@ pub async fn run(config: Config, args: &RunArgs, shutdown: impl std::future::Fut
     Ok(())
 }
 
-/// The services that keep their tables in PostgreSQL so far (issue 15 moves the rest).
-const ON_POSTGRES: &[Service] = &[
-    Service::Ingest,
-    Service::Dispatcher,
-    Service::Merged,
-    Service::Aggregator,
-    Service::Reporter,
-    Service::Logs,
-    Service::History,
-    Service::Relay,
-];
-
 /// Runs `args.service` on the PostgreSQL `store.url` names and RabbitMQ: what it commits goes
 /// to the store's outbox, which this process relays at once (and any `run relay` too).
 async fn on_postgres(
@@ -166,13 +155,6 @@ async fn on_postgres(
     mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> anyhow::Result<()> {
     let source = config.source_name();
-    if !ON_POSTGRES.contains(&args.service) {
-        anyhow::bail!(
-            "{source}: store.url: {:?} does not keep its tables in PostgreSQL yet (so far: all but web); \
-             run it without store.url, on the data directory's SQLite",
-            args.service
-        );
-    }
     if config.bus.backend != BusBackend::Amqp {
         anyhow::bail!(
             "{source}: store.url: a PostgreSQL store is shared by processes on several hosts; they meet on RabbitMQ (bus.backend = \"amqp\")"
@@ -180,7 +162,7 @@ async fn on_postgres(
     }
     let Some(bus) = crate::backend::bus_when_up(&config, sealer.clone(), &mut shutdown).await else { return Ok(()) };
     crate::services::declare_queues(&config, bus.as_ref()).await;
-    let Some(store) = crate::backend::postgres_when_up(&config, sealer, &mut shutdown).await? else { return Ok(()) };
+    let Some(store) = crate::backend::postgres_when_up(&config, sealer.clone(), &mut shutdown).await? else { return Ok(()) };
     let (closing_tx, closing) = watch::channel(false);
     let mut tasks = vec![tokio::spawn(patchbay_store_pg::Relay::new(store.clone(), bus.clone()).run(closed(closing.clone())))];
     match args.service {
@@ -196,6 +178,21 @@ async fn on_postgres(
             tasks.extend(crate::services::history::start_on_postgres(&config, store.clone(), bus.clone(), policy, closing.clone())?);
         }
         Service::Ingest => tasks.extend(start_ingest(&config, args, crate::ingest::on_postgres(&config, store.clone()), closing.clone())?),
+        Service::Web => {
+            // The live stream reads a local copy of the namespace's messages, kept from the
+            // broker as `run history` keeps it on the embedded store.
+            let local = EmbeddedBus::open(&config.data_dir, sealer.clone())
+                .with_context(|| format!("opening the stream's log in {}", config.data_dir.display()))?;
+            tasks.push(crate::backend::recorder(&config, bus.clone(), local.clone(), policy, closed(closing.clone())).await?);
+            tasks.push(start_web(
+                &config,
+                args,
+                bus.clone(),
+                Arc::new(local),
+                crate::backend::Store::Postgres(store.clone()),
+                closing.clone(),
+            )?);
+        }
         Service::Reporter => tasks.push(crate::services::reporter::start_reporter(
             &config,
             crate::backend::Store::Postgres(store.clone()),
@@ -209,9 +206,11 @@ async fn on_postgres(
         Service::Merged => {
             tasks.extend(start_merged(&config, bus.clone(), policy, crate::ingest::on_postgres(&config, store.clone()), closing.clone())?)
         }
-        _ => {}
+        // The relay above is the whole of `run relay`.
+        Service::Relay => {}
+        Service::Runner => unreachable!("`run runner` is `patchbay runner`"),
     }
-    if let Some(addr) = args.http {
+    if let Some(addr) = args.http.filter(|_| args.service != Service::Web) {
         let listener = crate::serve::listen(addr).with_context(|| format!("listening on {addr} (--http)"))?;
         println!("patchbay: {:?} answering /healthz, /readyz and /metrics on http://{}", args.service, listener.local_addr()?);
         let ready = Arc::new(crate::services::web::PgReadiness { bus, store });
@@ -329,17 +328,30 @@ async fn start(
         Service::Merged => tasks.extend(start_merged(config, bus, policy, crate::ingest::service_on(config, store), closing)?),
         Service::Web => {
             let log: Arc<dyn patchbay_bus::MessageLog> = Arc::new(store.clone());
-            let state = crate::services::web::state(config, bus, log, store, None, closing.clone())?;
-            let addr = args.http.unwrap_or(config.http_listen);
-            let listener = crate::serve::listen(addr).with_context(|| format!("listening on {addr} (http.listen)"))?;
-            println!("patchbay: serving http://{} with data in {}", listener.local_addr()?, config.data_dir.display());
-            let (limits, stop) = (crate::serve::http_limits(config), closed(closing));
-            tasks.push(tokio::spawn(async move {
-                if let Err(error) = patchbay_web::serve(listener, state, limits, stop).await {
-                    tracing::error!(%error, "The HTTP server stopped.");
-                }
-            }));
+            tasks.push(start_web(config, args, bus, log, crate::backend::Store::Embedded(store), closing)?);
         }
     }
     Ok(tasks)
+}
+
+/// The web edge (API, dashboard, stream) on `--http` or `http.listen`, reading `store`; the
+/// live stream follows `log`.
+fn start_web(
+    config: &Config,
+    args: &RunArgs,
+    bus: Arc<dyn Bus>,
+    log: Arc<dyn patchbay_bus::MessageLog>,
+    store: crate::backend::Store,
+    closing: watch::Receiver<bool>,
+) -> anyhow::Result<JoinHandle<()>> {
+    let state = crate::services::web::state(config, bus, log, store, None, closing.clone())?;
+    let addr = args.http.unwrap_or(config.http_listen);
+    let listener = crate::serve::listen(addr).with_context(|| format!("listening on {addr} (http.listen)"))?;
+    println!("patchbay: serving http://{} with data in {}", listener.local_addr()?, config.data_dir.display());
+    let (limits, stop) = (crate::serve::http_limits(config), closed(closing));
+    Ok(tokio::spawn(async move {
+        if let Err(error) = patchbay_web::serve(listener, state, limits, stop).await {
+            tracing::error!(%error, "The HTTP server stopped.");
+        }
+    }))
 }

@@ -157,7 +157,7 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
         &config,
         served.bus.clone(),
         served.log.clone(),
-        store.clone(),
+        crate::backend::Store::Embedded(store.clone()),
         Some(reloader.clone()),
         closing_rx.clone(),
     )?;

@@ -4,7 +4,7 @@
 //! started (the relay declared every service's queue). Every result is delivered twice, and one aggregator is killed with
 //! SIGKILL mid-run and started again. Each series still gets exactly one verdict, the right
 //! one, and every row of the outbox reaches the broker. Services not yet on PostgreSQL, and
-//! `serve`, refuse `store.url` with a reason (`run web` so far).
+//! `serve` refuses `store.url` with a reason.
 //!
 //! The pipeline from mail to verdict on PostgreSQL: two `run ingest` hosts receive the same
 //! mails over LMTP in opposite orders at once, two dispatchers, two runners, two
@@ -101,10 +101,8 @@ async fn aggregators_on_postgres_decide_once_through_redelivery_and_kill_9() {
     write_config(&a, "data-a", "a", &amqp, &ns, &pg);
     write_config(&b, "data-b", "b", &amqp, &ns, &pg);
 
-    // What is not on PostgreSQL yet says so instead of using SQLite behind the operator's back.
-    let out = bin().arg("--config").arg(&a).args(["run", "web"]).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("store.url") && err.contains("Web"), "{err}");
+    // The embedded shape says it is not for a shared store instead of using SQLite behind the
+    // operator's back.
     let out = bin().arg("--config").arg(&a).arg("serve").output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("store.url") && err.contains("patchbay run"), "{err}");
@@ -313,11 +311,15 @@ async fn mail_to_verdict_on_postgres_with_two_of_each_service() {
     let agg_b = Proc::start(b, tmp.path(), "aggregator", &[]);
     let report_a = Proc::start(a, tmp.path(), "reporter", &[]);
     let report_b = Proc::start(b, tmp.path(), "reporter", &[]);
-    let all = [&ingest_a, &ingest_b, &dispatch_a, &dispatch_b, &runner_a, &runner_b, &agg_a, &agg_b, &report_a, &report_b];
+    let history = Proc::start(a, tmp.path(), "history", &[]);
+    let web_port = free_port();
+    let web = Proc::start(b, tmp.path(), "web", &["--http", &format!("127.0.0.1:{web_port}")]);
+    let all = [&ingest_a, &ingest_b, &dispatch_a, &dispatch_b, &runner_a, &runner_b, &agg_a, &agg_b, &report_a, &report_b, &history, &web];
     for port in [la, lb] {
         common::wait_until("the LMTP listeners", 60, &all, || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
     }
-    for p in [&dispatch_a, &dispatch_b, &agg_a, &agg_b, &report_a, &report_b] {
+    wait_http(web_port, "/readyz", "run web", &all);
+    for p in [&dispatch_a, &dispatch_b, &agg_a, &agg_b, &report_a, &report_b, &history] {
         wait_log(p, "Service started");
     }
 
@@ -412,6 +414,23 @@ async fn mail_to_verdict_on_postgres_with_two_of_each_service() {
         let want = if n.is_multiple_of(2) { "PASSED" } else { "FAILED" };
         assert_eq!(header(m, "X-Patchbay-Verdict: "), want, "{subject}");
     }
+
+    // The web edge reads PostgreSQL: every series with its verdict, its page with the report,
+    // and the history's messages.
+    let listed = http_get(web_port, "/api/v1/series?per_page=50");
+    let body = listed.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let json: serde_json::Value = serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("{e}: {listed}"));
+    let items = json["series"].as_array().unwrap_or_else(|| panic!("{json}"));
+    assert_eq!(items.len(), N, "{json}");
+    assert!(items.iter().all(|i| i["verdict"] == "PASSED" || i["verdict"] == "FAILED"), "{json}");
+    let id = items[0]["id"].as_i64().unwrap();
+    let one = http_get(web_port, &format!("/api/v1/series/{id}"));
+    assert!(one.starts_with("HTTP/1.1 200") && one.contains("\"state\":\"sent\""), "the series shows its report: {one}");
+    let topic = root.topic("ci.series.verdict").unwrap();
+    common::wait_until("the history through the web edge", 60, &all, || {
+        let found = http_get(web_port, &format!("/api/v1/messages?topic={}&rows_per_page=50", topic.as_str()));
+        found.matches("\"verdict\":").count() >= N
+    });
 
     // A third host stores a reply with `inject`, into the same database.
     let reply = "From: Rev <rev@example.org>\nSubject: Re: the s0 series\nMessage-ID: <reply-1@example.org>\nIn-Reply-To: <x@y>\nList-Id: <pg.lists.example.org>\n\nLooks good.\n";

@@ -5,19 +5,50 @@
 use std::sync::Arc;
 
 use patchbay_bus::{Bus, Outgoing};
-use patchbay_history::HistoryStore as _;
-use patchbay_ingest::SeriesStore as _;
+use patchbay_history::HistoryStore;
+use patchbay_ingest::SeriesStore;
 use patchbay_model::view::Requeued;
 use patchbay_model::{Envelope, Sender, ServiceName, TopicRoot};
-use patchbay_report::ReportStore as _;
-use patchbay_results::ResultsStore as _;
+use patchbay_report::ReportStore;
+use patchbay_results::ResultsStore;
 use patchbay_store::Db;
+use patchbay_store_pg::PgStore;
 use patchbay_web::dashboard::{PageFuture, RunnerRow, SeriesFilter, SeriesRow, SeriesView};
+
+/// The stores' read ports, whichever store holds the tables.
+#[derive(Clone)]
+pub struct Ports {
+    /// Series and mails (ingest's).
+    pub series: Arc<dyn SeriesStore>,
+    /// Results and verdicts (the aggregator's).
+    pub results: Arc<dyn ResultsStore>,
+    /// Reports (the reporter's).
+    pub reports: Arc<dyn ReportStore>,
+    /// The message history.
+    pub history: Arc<dyn HistoryStore>,
+}
+
+impl Ports {
+    /// Every port on the data directory's SQLite.
+    pub fn embedded(db: &Db) -> Ports {
+        Ports { series: Arc::new(db.clone()), results: Arc::new(db.clone()), reports: Arc::new(db.clone()), history: Arc::new(db.clone()) }
+    }
+
+    /// Every port on the shared PostgreSQL.
+    pub fn postgres(store: &PgStore) -> Ports {
+        Ports {
+            series: Arc::new(store.clone()),
+            results: Arc::new(store.clone()),
+            reports: Arc::new(store.clone()),
+            history: Arc::new(store.clone()),
+        }
+    }
+}
 
 /// The dashboard's view of the store.
 pub struct StorePages {
-    /// The store.
-    pub db: Db,
+    /// The store's ports.
+    pub ports: Ports,
     /// Topics of this deployment (for the runners' heartbeats).
     pub root: TopicRoot,
 }
@@ -29,7 +60,7 @@ fn text(e: patchbay_store::StoreError) -> String {
 impl StorePages {
     /// `rows` with their verdicts, which the results store owns.
     async fn with_verdicts(&self, mut rows: Vec<SeriesRow>) -> Result<Vec<SeriesRow>, String> {
-        let verdicts = self.db.verdicts(rows.iter().map(|r| (r.id, r.version)).collect()).await.map_err(text)?;
+        let verdicts = self.ports.results.verdicts(rows.iter().map(|r| (r.id, r.version)).collect()).await.map_err(text)?;
         for (row, verdict) in rows.iter_mut().zip(verdicts) {
             row.verdict = verdict;
         }
@@ -40,41 +71,41 @@ impl StorePages {
 impl patchbay_web::dashboard::Pages for StorePages {
     fn series_list(&self, filter: SeriesFilter, page: u32, per_page: u32) -> PageFuture<'_, (Vec<SeriesRow>, u64)> {
         Box::pin(async move {
-            let (rows, total) = self.db.list(filter, page, per_page).await.map_err(text)?;
+            let (rows, total) = self.ports.series.list(filter, page, per_page).await.map_err(text)?;
             Ok((self.with_verdicts(rows).await?, total))
         })
     }
 
     fn series(&self, id: i64) -> PageFuture<'_, Option<SeriesView>> {
         Box::pin(async move {
-            let Some(series) = self.db.series(id).await.map_err(text)? else { return Ok(None) };
+            let Some(series) = self.ports.series.series(id).await.map_err(text)? else { return Ok(None) };
             let series = self.with_verdicts(vec![series]).await?.remove(0);
             let version = series.version;
-            let patches = self.db.patches(id).await.map_err(text)?;
-            let versions = self.db.versions(id).await.map_err(text)?;
-            let cells = self.db.cells(id, version).await.map_err(text)?;
-            let report = self.db.report(id, version).await.map_err(text)?;
+            let patches = self.ports.series.patches(id).await.map_err(text)?;
+            let versions = self.ports.series.versions(id).await.map_err(text)?;
+            let cells = self.ports.results.cells(id, version).await.map_err(text)?;
+            let report = self.ports.reports.report(id, version).await.map_err(text)?;
             let report_text = report.as_ref().and_then(|r| r.mail.as_ref().map(|m| String::from_utf8_lossy(m).into_owned()));
             let report = report.map(|r| (r.state, r.detail));
-            let verdict_detail = self.db.verdict_detail(id, version).await.map_err(text)?;
+            let verdict_detail = self.ports.results.verdict_detail(id, version).await.map_err(text)?;
             Ok(Some(SeriesView { series, patches, versions, cells, report, report_text, verdict_detail }))
         })
     }
 
     fn raw_mail(&self, id: i64) -> PageFuture<'_, Option<Vec<u8>>> {
-        Box::pin(async move { self.db.raw_mail(id).await.map_err(text) })
+        Box::pin(async move { self.ports.series.raw_mail(id).await.map_err(text) })
     }
 
     fn series_mbox(&self, id: i64) -> PageFuture<'_, Option<Vec<u8>>> {
         // Ingest owns the series tables and the partial re-roll rule (slots taken from v1).
-        Box::pin(async move { self.db.mbox(id).await.map_err(text) })
+        Box::pin(async move { self.ports.series.mbox(id).await.map_err(text) })
     }
 
     fn runners(&self) -> PageFuture<'_, Vec<RunnerRow>> {
         Box::pin(async move {
             let topic = self.root.topic(<patchbay_model::RunnerHeartbeat as patchbay_model::Body>::TOPIC).map_err(|e| e.to_string())?;
             let since = patchbay_model::Timestamp::now().as_micros() - 10 * 60 * 1_000_000;
-            let wires = self.db.latest(topic.as_str().to_string(), since, 1000).await.map_err(text)?;
+            let wires = self.ports.history.latest(topic.as_str().to_string(), since, 1000).await.map_err(text)?;
             let mut rows: Vec<RunnerRow> = Vec::new();
             for w in wires {
                 let Ok(env) = Envelope::from_wire(&w) else { continue };
@@ -98,8 +129,8 @@ impl patchbay_web::dashboard::Pages for StorePages {
 
 /// Re-runs jobs: the job as it was queued, found in the history, published again.
 pub struct Rerun {
-    /// The store (history).
-    pub db: Db,
+    /// The store's ports (the history, the reports).
+    pub ports: Ports,
     /// Where the copy goes.
     pub bus: Arc<dyn Bus>,
     /// Topics of this deployment.
@@ -118,7 +149,7 @@ impl Rerun {
         let mut params: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
         params.push(("rows_per_page".into(), "100".into()));
         let q = patchbay_history::Query::from_params(&params, 0).map_err(patchbay_web::QueryError::Bad)?;
-        let page = self.db.search(q).await.map_err(unavailable)?;
+        let page = self.ports.history.search(q).await.map_err(unavailable)?;
         Ok(page.messages.iter().filter_map(|w| Envelope::from_wire(w).ok()).collect())
     }
 
@@ -163,7 +194,7 @@ impl patchbay_web::TestJobs for Rerun {
             };
             // The reporter acts on a report in `intent`: put it back there, then hand it the verdict again.
             let detail = format!("re-send asked by {by}");
-            self.db.ask_resend(series, version, detail).await.map_err(unavailable)?;
+            self.ports.reports.ask_resend(series, version, detail).await.map_err(unavailable)?;
             tracing::info!(series, version, %by, "Report re-send asked by an admin.");
             let message = self.again(&verdict).await?;
             Ok(Some(Requeued::report(series, version, by, message)))
@@ -181,26 +212,22 @@ impl patchbay_web::TestLogs for StoreLogs {
 }
 
 /// The web edge's view of the message history.
-pub struct StoreHistory(pub patchbay_store::Db);
+pub struct StoreHistory(pub Arc<dyn HistoryStore>);
 
 impl patchbay_web::MessageHistory for StoreHistory {
     fn query(&self, q: patchbay_history::Query) -> patchbay_web::PageFuture<'_> {
-        Box::pin(async move {
-            patchbay_history::HistoryStore::search(&self.0, q).await.map_err(|e| patchbay_web::QueryError::Unavailable(e.to_string()))
-        })
+        Box::pin(async move { self.0.search(q).await.map_err(|e| patchbay_web::QueryError::Unavailable(e.to_string())) })
     }
 
     fn message(&self, id: String) -> patchbay_web::MessageFuture<'_> {
-        Box::pin(async move {
-            patchbay_history::HistoryStore::message(&self.0, id).await.map_err(|e| patchbay_web::QueryError::Unavailable(e.to_string()))
-        })
+        Box::pin(async move { self.0.message(id).await.map_err(|e| patchbay_web::QueryError::Unavailable(e.to_string())) })
     }
 }
 
 /// The web edge's view of the stored results.
 pub struct StoreResults {
-    /// The store.
-    pub db: patchbay_store::Db,
+    /// The results' port.
+    pub results: Arc<dyn ResultsStore>,
     /// For waivers.
     pub aggregator: patchbay_results::Aggregator,
 }
@@ -213,9 +240,7 @@ impl patchbay_web::TestResults for StoreResults {
     }
 
     fn query(&self, q: patchbay_results::Query) -> patchbay_web::ResultsFuture<'_> {
-        Box::pin(async move {
-            patchbay_results::ResultsStore::query(&self.db, q).await.map_err(|e| patchbay_web::QueryError::Unavailable(e.to_string()))
-        })
+        Box::pin(async move { self.results.query(q).await.map_err(|e| patchbay_web::QueryError::Unavailable(e.to_string())) })
     }
 }
 
@@ -257,17 +282,33 @@ impl patchbay_web::Readiness for PgReadiness {
     }
 }
 
-/// The HTTP edge over the data directory's store, every port in place: `serve`'s, with its
-/// config `reload`, and `patchbay run web`'s, without (it follows no services to restart).
+/// The HTTP edge, every port in place: `serve`'s, with its config `reload`, and `patchbay run
+/// web`'s, without (it follows no services to restart). `log` feeds the live stream.
 pub fn state(
     config: &patchbay_config::Config,
     bus: Arc<dyn Bus>,
     log: Arc<dyn patchbay_bus::MessageLog>,
-    store: patchbay_store::EmbeddedBus,
+    store: crate::backend::Store,
     reload: Option<Arc<dyn patchbay_web::ConfigReload>>,
     closing: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Arc<patchbay_web::AppState>> {
-    let db = store.db().clone();
+    let (ports, logs, aggregator, ready): (Ports, _, _, Arc<dyn patchbay_web::Readiness>) = match store {
+        crate::backend::Store::Embedded(store) => {
+            let db = store.db().clone();
+            (
+                Ports::embedded(&db),
+                patchbay_logs::LogStore::new(db.clone()),
+                crate::services::aggregator::aggregator(config, store, bus.clone()),
+                Arc::new(StoreReadiness { bus: bus.clone(), db }),
+            )
+        }
+        crate::backend::Store::Postgres(store) => (
+            Ports::postgres(&store),
+            patchbay_logs::LogStore::on_postgres(store.clone()),
+            crate::services::aggregator::aggregator_on_postgres(config, store.clone(), bus.clone()),
+            Arc::new(PgReadiness { bus: bus.clone(), store }),
+        ),
+    };
     Ok(Arc::new(patchbay_web::AppState {
         bus: bus.clone(),
         log,
@@ -280,16 +321,13 @@ pub fn state(
         },
         instance: config.instance.clone(),
         closing,
-        logs: Some(Arc::new(StoreLogs(patchbay_logs::LogStore::new(db.clone())))),
-        results: Some(Arc::new(StoreResults {
-            db: db.clone(),
-            aggregator: crate::services::aggregator::aggregator(config, store, bus.clone()),
-        })),
+        logs: Some(Arc::new(StoreLogs(logs))),
+        results: Some(Arc::new(StoreResults { results: ports.results.clone(), aggregator })),
         admin_tokens: config.admin_tokens.clone(),
-        history: Some(Arc::new(StoreHistory(db.clone()))),
-        pages: Some(Arc::new(StorePages { db: db.clone(), root: config.bus.root.clone() })),
-        jobs: Some(Arc::new(Rerun { db: db.clone(), bus: bus.clone(), root: config.bus.root.clone(), instance: config.instance.clone() })),
+        history: Some(Arc::new(StoreHistory(ports.history.clone()))),
+        pages: Some(Arc::new(StorePages { ports: ports.clone(), root: config.bus.root.clone() })),
+        jobs: Some(Arc::new(Rerun { ports, bus, root: config.bus.root.clone(), instance: config.instance.clone() })),
         reload,
-        ready: Some(Arc::new(StoreReadiness { bus, db })),
+        ready: Some(ready),
     }))
 }
