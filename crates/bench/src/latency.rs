@@ -41,7 +41,7 @@ const LIST: &str = "bench.patchbay.invalid";
 const WARMUP: usize = 10;
 
 /// The mails `git format-patch --cover-letter` would write for series `n`.
-fn series_mails(n: usize, patches: usize) -> Vec<String> {
+pub(crate) fn series_mails(n: usize, patches: usize) -> Vec<String> {
     let date = "Wed, 25 Nov 2026 12:00:00 +0000";
     let cover_id = format!("<bench-{n}-0@example.org>");
     let head = |k: usize, subject: &str, reply: bool| {
@@ -64,13 +64,13 @@ fn series_mails(n: usize, patches: usize) -> Vec<String> {
 }
 
 /// An LMTP client on one connection, as an MTA keeps it open.
-struct Lmtp {
+pub(crate) struct Lmtp {
     reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
     writer: tokio::net::tcp::OwnedWriteHalf,
 }
 
 impl Lmtp {
-    async fn connect(addr: std::net::SocketAddr) -> anyhow::Result<Lmtp> {
+    pub(crate) async fn connect(addr: std::net::SocketAddr) -> anyhow::Result<Lmtp> {
         let (r, w) = tokio::net::TcpStream::connect(addr).await.context("connecting to LMTP")?.into_split();
         let mut lmtp = Lmtp { reader: BufReader::new(r), writer: w };
         lmtp.expect("220").await?;
@@ -90,7 +90,7 @@ impl Lmtp {
         }
     }
 
-    async fn deliver(&mut self, mail: &str) -> anyhow::Result<()> {
+    pub(crate) async fn deliver(&mut self, mail: &str) -> anyhow::Result<()> {
         let mut wire = format!("MAIL FROM:<dev@example.org>\r\nRCPT TO:<list@{LIST}>\r\nDATA\r\n");
         for line in mail.lines() {
             if line.starts_with('.') {

@@ -19,6 +19,9 @@
 //!   max).
 //! - `history`: a million signed messages over a year, indexed, then every
 //!   filter alone, negated and combined (p50, p99, max).
+//! - `pipeline`: series through the whole pipeline as processes of the real binary, with a
+//!   no-op test: `serve`, one `run` process of each service on RabbitMQ and PostgreSQL, and
+//!   two of each; series/s and last mail → report (p50, p99, max) side by side.
 //! - `runner`: the runner's own overhead on a 10-patch series against the same
 //!   git and bubblewrap commands run by hand.
 //!
@@ -29,6 +32,7 @@ mod bus;
 mod history;
 mod ingest;
 mod latency;
+mod pipeline;
 mod runner;
 
 use std::process::ExitCode;
@@ -57,6 +61,8 @@ enum What {
     History(history::HistoryBench),
     /// Reaction times over N series: last mail over LMTP -> jobs, last result -> report at SMTP.
     Latency(latency::LatencyBench),
+    /// Series through the whole pipeline as processes: embedded, one of each service, two of each.
+    Pipeline(pipeline::PipelineBench),
 }
 
 fn main() -> ExitCode {
@@ -76,6 +82,7 @@ fn main() -> ExitCode {
             What::Runner(opts) => runner::run(opts).await,
             What::History(opts) => history::bench(opts).await,
             What::Latency(opts) => latency::run(opts).await,
+            What::Pipeline(opts) => opts.run().await,
         }
     });
     match result {
