@@ -61,6 +61,7 @@ pub mod demo;
 pub mod history;
 pub mod ingest;
 pub mod keys;
+pub mod move_store;
 pub mod reload;
 pub mod run;
 pub mod serve;

@@ -3,7 +3,7 @@
 //! codes.
 
 use patchbay::{
-    Exit, admin, ci, client, demo, history, ingest, init_logging, init_logging_quiet, keys, run as run_service, runtime, serve,
+    Exit, admin, ci, client, demo, history, ingest, init_logging, init_logging_quiet, keys, move_store, run as run_service, runtime, serve,
 };
 
 use std::path::PathBuf;
@@ -52,6 +52,8 @@ enum Command {
     Keygen(keys::KeygenArgs),
     /// Show what consumers set aside and why: refused senders and signatures, failing handlers.
     DeadLetters(admin::DeadLettersArgs),
+    /// Move the data directory's embedded store into the empty PostgreSQL of store.url (stop serve first).
+    MoveStore(move_store::MoveStoreArgs),
     /// Check the config file.
     Config {
         #[command(subcommand)]
@@ -122,6 +124,11 @@ fn run(cli: Cli) -> Result<(), Exit> {
             let config = load_config(&cli)?;
             init_logging_quiet(&config);
             runtime()?.block_on(admin::dead_letters(&config, args))
+        }
+        Command::MoveStore(args) => {
+            let config = load_config(&cli)?;
+            init_logging_quiet(&config);
+            runtime()?.block_on(move_store::move_store(&config, args))
         }
         Command::Waive(args) => {
             let config = load_config(&cli)?;

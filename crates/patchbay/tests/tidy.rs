@@ -73,6 +73,11 @@ fn layering_rules_hold() {
             "the PostgreSQL store knows no SQLite, services, HTTP or broker (it relays through `dyn Bus`)",
         ),
         (
+            "store-move",
+            &["patchbay-runtime", "patchbay-web", "patchbay-config", "patchbay-bus-amqp", "axum", "lapin", "reqwest"],
+            "moving a store copies tables: no services, HTTP, broker or config file",
+        ),
+        (
             "bus-amqp",
             &["patchbay-store", "patchbay-runtime", "patchbay-web", "patchbay-config", "rusqlite", "axum", "reqwest"],
             "the RabbitMQ bus knows no store, services or HTTP",
