@@ -168,8 +168,7 @@ async fn on_postgres(
     match args.service {
         Service::Aggregator => {
             let aggregator = crate::services::aggregator::aggregator_on_postgres(&config, store.clone(), bus.clone());
-            let replay = crate::services::replay_for(&config, &crate::backend::Store::Postgres(store.clone()));
-            tasks.extend(crate::services::aggregator::start(&config, aggregator, replay, bus.clone(), policy, closing.clone())?);
+            tasks.extend(crate::services::aggregator::start(&config, aggregator, None, bus.clone(), policy, closing.clone())?);
         }
         Service::Logs => {
             let logs = patchbay_logs::LogStore::on_postgres(store.clone());

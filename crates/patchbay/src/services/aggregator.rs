@@ -48,7 +48,7 @@ pub fn start_aggregator(
     policy: Arc<TrustPolicy>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-    let replay = replay_for(config, &crate::backend::Store::Embedded(store.clone()));
+    let replay = replay_for(config, &store);
     let aggregator = aggregator(config, store, bus.clone());
     start(config, aggregator, replay, bus, policy, shutdown)
 }

@@ -65,16 +65,10 @@ use async_trait::async_trait;
 use patchbay_config::Config;
 use patchbay_model::Sender;
 
-/// Missed messages fetched from the history (on SQLite its recorder copies every message into
-/// the data directory's store; on PostgreSQL `run history` processes keep it): a sender's range,
-/// on SQLite indexing first when the range is not all there yet, so nothing just recorded is
-/// missed.
-pub struct HistoryReplay {
-    /// Where the history is searched.
-    pub history: Arc<dyn patchbay_history::HistoryStore>,
-    /// The SQLite store whose log the history indexes, to catch up before a second look.
-    pub indexes: Option<patchbay_store::Db>,
-}
+/// Missed messages fetched from the history in the data directory's store (its recorder copies
+/// every message there): a sender's range, indexing first when the range is not all there yet,
+/// so nothing just recorded is missed.
+pub struct HistoryReplay(pub patchbay_store::Db);
 
 impl std::fmt::Debug for HistoryReplay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -95,7 +89,7 @@ impl HistoryReplay {
                 ("page".into(), page.to_string()),
             ];
             let q = patchbay_history::Query::from_params(&params, 0)?;
-            let got = self.history.search(q).await.map_err(|e| e.to_string())?;
+            let got = patchbay_history::HistoryStore::search(&self.0, q).await.map_err(|e| e.to_string())?;
             let n = got.messages.len();
             for w in got.messages {
                 out.push(patchbay_model::Envelope::from_wire(&w).map_err(|e| e.to_string())?);
@@ -113,20 +107,16 @@ impl patchbay_runtime::Replay for HistoryReplay {
     async fn range(&self, sender: &Sender, from: u64, to: u64) -> Result<Vec<patchbay_model::Envelope>, String> {
         // Usually the range is all there (a sender's other topics); index first only when not.
         let got = self.fetch(sender, from, to).await?;
-        let Some(db) = self.indexes.as_ref().filter(|_| got.len() as u64 <= to.saturating_sub(from)) else { return Ok(got) };
-        patchbay_history::Indexer::new(db.clone()).catch_up().await.map_err(|e| e.to_string())?;
+        if got.len() as u64 > to.saturating_sub(from) {
+            return Ok(got);
+        }
+        patchbay_history::Indexer::new(self.0.clone()).catch_up().await.map_err(|e| e.to_string())?;
         self.fetch(sender, from, to).await
     }
 }
 
 /// Gap detection for a service on RabbitMQ (a durable embedded queue loses nothing).
-pub(crate) fn replay_for(config: &Config, store: &crate::backend::Store) -> Option<Arc<dyn patchbay_runtime::Replay>> {
-    let replay = match store {
-        crate::backend::Store::Embedded(store) => {
-            let db = store.db().clone();
-            HistoryReplay { history: Arc::new(db.clone()), indexes: Some(db) }
-        }
-        crate::backend::Store::Postgres(store) => HistoryReplay { history: Arc::new(store.clone()), indexes: None },
-    };
-    (config.bus.backend == patchbay_config::BusBackend::Amqp).then(|| Arc::new(replay) as Arc<dyn patchbay_runtime::Replay>)
+fn replay_for(config: &Config, store: &patchbay_store::EmbeddedBus) -> Option<Arc<dyn patchbay_runtime::Replay>> {
+    (config.bus.backend == patchbay_config::BusBackend::Amqp)
+        .then(|| Arc::new(HistoryReplay(store.db().clone())) as Arc<dyn patchbay_runtime::Replay>)
 }

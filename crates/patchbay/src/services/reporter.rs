@@ -51,10 +51,14 @@ pub fn start_reporter(
             .map_err(|e| anyhow::anyhow!("{}: report.smtp_url: {e}", config.source_name()))?,
         ),
     };
-    let replay = replay_for(config, &store);
-    let reporter = match store {
-        crate::backend::Store::Embedded(store) => patchbay_report::Reporter::new(store, publisher, settings, transport, link),
-        crate::backend::Store::Postgres(store) => patchbay_report::Reporter::on_postgres(store, publisher, settings, transport, link),
+    let (replay, reporter) = match store {
+        crate::backend::Store::Embedded(store) => {
+            (replay_for(config, &store), patchbay_report::Reporter::new(store, publisher, settings, transport, link))
+        }
+        // Sequence-gap replay reads the embedded log; on PostgreSQL redelivery is the broker's.
+        crate::backend::Store::Postgres(store) => {
+            (None, patchbay_report::Reporter::on_postgres(store, publisher, settings, transport, link))
+        }
     };
     let reporter = reporter
         .template(report_template(config)?.map(Arc::new))
