@@ -643,7 +643,9 @@ fn place_again(
 ) -> Result<(), StoreError> {
     let mut r = tx.one("SELECT raw, received_at FROM mails WHERE id = ?1", args![mail])?;
     let (raw, received_at): (Vec<u8>, i64) = (r.get(0)?, r.get(1)?);
-    let lists: Vec<String> = tx.column("SELECT list_id FROM mail_lists WHERE mail_id = ?1 ORDER BY list_id", args![mail])?;
+    // Sorted here, by bytes: the stores' collations differ.
+    let mut lists: Vec<String> = tx.column("SELECT list_id FROM mail_lists WHERE mail_id = ?1", args![mail])?;
+    lists.sort();
     let parsed = patchbay_mail::parse(&raw);
     let incoming = Incoming { raw, parsed, lists: Vec::new(), received_at };
     if let Err(stray) = thread(tx, (rules, projects), mail, &incoming, &lists, events, depth)? {

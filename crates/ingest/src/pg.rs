@@ -62,7 +62,11 @@ impl Writer {
     {
         let (done, result) = oneshot::channel();
         let job: Job = Box::new(move |store, rt| {
-            let _ = done.send(write(store, rt, change));
+            // A panic in the rules fails this write (its transaction rolls back as it drops),
+            // never the writer: later mail must still be stored.
+            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write(store, rt, change)))
+                .unwrap_or_else(|_| Err(StoreError::Corrupt("the ingest writer panicked on this write; see the log".into())));
+            let _ = done.send(out);
         });
         let queued = self.jobs.send(job).is_ok();
         async move {
@@ -82,6 +86,9 @@ fn write<T>(
 ) -> Result<T, StoreError> {
     let mut client = rt.block_on(store.client()).map_err(backend)?;
     let mut ptx = rt.block_on(store.begin(&mut client)).map_err(backend)?;
+    // A host that dies holding the lock (power, network) must not stall every other ingest
+    // host until TCP keepalive notices: the server ends a transaction idle this long.
+    rt.block_on(ptx.sql().batch_execute("SET LOCAL idle_in_transaction_session_timeout = '60s'")).map_err(|e| backend(e.into()))?;
     rt.block_on(ptx.sql().execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])).map_err(|e| backend(e.into()))?;
     let (out, messages) = change(&Pg { tx: ptx.sql(), rt })?;
     if !messages.is_empty() {

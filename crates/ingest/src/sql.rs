@@ -305,11 +305,13 @@ impl tokio_postgres::types::ToSql for Arg<'_> {
             Arg::Int(i) if *ty == Type::INT4 => i32::try_from(i)?.to_sql(ty, out),
             Arg::Int(i) if *ty == Type::INT2 => i16::try_from(i)?.to_sql(ty, out),
             Arg::Int(i) if *ty == Type::BOOL => (i != 0).to_sql(ty, out),
-            Arg::Int(i) => i.to_string().as_str().to_sql(ty, out),
             Arg::Text(s) if *ty == Type::BYTEA => s.as_bytes().to_sql(ty, out),
             // PostgreSQL's TEXT refuses NUL, which SQLite keeps (a header may carry one).
-            Arg::Text(s) => patchbay_store_pg::text(s).as_ref().to_sql(ty, out),
-            Arg::Blob(b) => b.to_sql(ty, out),
+            Arg::Text(s) if [Type::TEXT, Type::VARCHAR, Type::NAME, Type::BPCHAR, Type::UNKNOWN].contains(ty) => {
+                patchbay_store_pg::text(s).as_ref().to_sql(ty, out)
+            }
+            Arg::Blob(b) if *ty == Type::BYTEA => b.to_sql(ty, out),
+            other => Err(format!("{other:?} cannot be bound where PostgreSQL expects {ty}").into()),
         }
     }
 

@@ -15,6 +15,9 @@ pub struct MoveStoreArgs {
     /// Print what was moved as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Move even though messages wait in the embedded queues (that work is then not done).
+    #[arg(long)]
+    pub drop_pending: bool,
 }
 
 /// `patchbay move-store`.
@@ -38,14 +41,16 @@ pub async fn move_store(config: &Config, args: &MoveStoreArgs) -> Result<(), Exi
         if e.to_string().contains("unreachable") { Exit::tempfail(e) } else { Exit::config(e) }
     })?;
     let quiet = args.json;
-    let moved = patchbay_store_move::move_store(&db, &store, |table, rows| {
+    let moved = patchbay_store_move::move_store(&db, &store, args.drop_pending, |table, rows| {
         if !quiet {
             eprintln!("moved {table}: {rows}");
         }
     })
     .await
     .map_err(|e| match e {
-        patchbay_store_move::MoveError::NotEmpty(_) | patchbay_store_move::MoveError::Shape(_) => Exit::data(e),
+        patchbay_store_move::MoveError::NotEmpty(_)
+        | patchbay_store_move::MoveError::Shape(_)
+        | patchbay_store_move::MoveError::Pending(_) => Exit::data(e),
         other => Exit::tempfail(other),
     })?;
     if args.json {

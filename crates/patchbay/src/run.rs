@@ -184,6 +184,8 @@ async fn on_postgres(
             let local = EmbeddedBus::open(&config.data_dir, sealer.clone())
                 .with_context(|| format!("opening the stream's log in {}", config.data_dir.display()))?;
             tasks.push(crate::backend::recorder(&config, bus.clone(), local.clone(), policy, closed(closing.clone())).await?);
+            // Kept no longer than the history keeps its messages (`history.keep_days`).
+            tasks.extend(crate::services::history::start(&config, local.db().clone(), closing.clone()));
             tasks.push(start_web(
                 &config,
                 args,

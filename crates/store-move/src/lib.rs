@@ -32,6 +32,9 @@ pub enum MoveError {
     /// The PostgreSQL database already holds data: a move goes into an empty one only.
     #[error("the PostgreSQL database already holds {0}; move into an empty database")]
     NotEmpty(String),
+    /// Messages wait in the embedded queues: work not done yet would be lost.
+    #[error("messages wait in the embedded store's queues ({0}): start `serve` until they are handled, or move without them")]
+    Pending(String),
     /// A table or value does not fit the other store's shape.
     #[error("{0}")]
     Shape(String),
@@ -66,14 +69,41 @@ pub struct Moved {
     pub messages: u64,
 }
 
-/// Copies the SQLite store `db` into `store` (migrated, its tables empty), calling `progress`
-/// with each table's name and rows as it is done (the history first).
-pub async fn move_store(db: &Path, store: &PgStore, mut progress: impl FnMut(&str, u64)) -> Result<Moved, MoveError> {
+/// Copies the SQLite store `db` into `store` (migrated, empty), calling `progress` with each
+/// table's name and rows as it is done (the history first). Messages still waiting in the
+/// embedded queues (a series not yet dispatched, a verdict not yet reported) refuse the move
+/// unless `drop_pending`: nothing would deliver them again. Stop `serve` first: the copy reads
+/// one snapshot.
+pub async fn move_store(db: &Path, store: &PgStore, drop_pending: bool, mut progress: impl FnMut(&str, u64)) -> Result<Moved, MoveError> {
     let sqlite_err = |source| MoveError::Sqlite { path: db.display().to_string(), source };
     let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sqlite_err)?;
+    // One snapshot for everything read below.
+    conn.execute_batch("BEGIN").map_err(sqlite_err)?;
+    if !drop_pending {
+        let mut stmt = conn
+            .prepare("SELECT q.name, count(*) FROM bus_deliveries d JOIN bus_queues q ON q.id = d.queue_id GROUP BY q.name ORDER BY q.name")
+            .map_err(sqlite_err)?;
+        let waiting: Vec<String> = stmt
+            .query_map([], |r| Ok(format!("{} in {}", r.get::<_, i64>(1)?, r.get::<_, String>(0)?)))
+            .map_err(sqlite_err)?
+            .collect::<Result<_, _>>()
+            .map_err(sqlite_err)?;
+        if !waiting.is_empty() {
+            return Err(MoveError::Pending(waiting.join(", ")));
+        }
+    }
+    {
+        // Nothing is written before the whole database is known to be empty.
+        let client = store.client().await.map_err(pg)?;
+        for table in TABLES.iter().chain(&["history", "sender_seqs", "outbox"]) {
+            let n: i64 = client.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.map_err(pg)?.get(0);
+            if n > 0 {
+                return Err(MoveError::NotEmpty(format!("{n} rows in {table}")));
+            }
+        }
+    }
     let mut moved = Moved::default();
-    // The bus log first, as history: each message once by id, so a move that failed later
-    // and runs again adds nothing twice here.
+    // The bus log first, as history (each message once by id).
     let mut stmt = conn.prepare("SELECT pos, wire FROM bus_messages WHERE pos > ?1 ORDER BY pos LIMIT 500").map_err(sqlite_err)?;
     let mut after = 0i64;
     loop {
@@ -89,12 +119,6 @@ pub async fn move_store(db: &Path, store: &PgStore, mut progress: impl FnMut(&st
     progress("history", moved.messages);
     let mut client = store.client().await.map_err(pg)?;
     let tx = client.transaction().await.map_err(pg)?;
-    for table in ["mails", "series", "results"] {
-        let n: i64 = tx.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.map_err(pg)?.get(0);
-        if n > 0 {
-            return Err(MoveError::NotEmpty(format!("{n} rows in {table}")));
-        }
-    }
     for table in TABLES {
         let columns = tx
             .query(

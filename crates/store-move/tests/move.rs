@@ -1,7 +1,8 @@
 //! An embedded store moved into PostgreSQL answers as it did: the same series (public ids,
 //! members, mbox, census) through the `SeriesStore` port, every bus message in the history,
 //! results with their flags; new mail goes on from there (ids after the moved ones, a v2
-//! superseding a moved v1); a second move into the same database is refused. Needs a
+//! superseding a moved v1); a move that would leave queued work undone, or into a database
+//! that holds data, is refused. Needs a
 //! PostgreSQL (`PATCHBAY_TEST_PG_URL`, which `scripts/test` sets); fails, never skips, without.
 
 use patchbay_bus::Sealer;
@@ -45,6 +46,12 @@ async fn a_moved_store_answers_as_before_and_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let bus = EmbeddedBus::open(dir.path(), Sealer::default()).unwrap();
     let root = TopicRoot::new("pbtest", "move").unwrap();
+    // A queue nobody consumes keeps what it was given: work a move would leave undone.
+    {
+        use patchbay_bus::Bus as _;
+        let pattern = patchbay_bus::TopicPattern::parse("pbtest.move.series.#").unwrap();
+        drop(bus.subscribe(patchbay_bus::QueueSpec::new("dispatcher", vec![pattern])).await.unwrap());
+    }
     let embedded = Ingest::new(bus.clone(), root.clone(), "t", settings());
     let mut mails = vec![mail("<c1@x>", "[PATCH 0/2] foo: work", None, "cover")];
     mails.push(mail("<p1@x>", "[PATCH 1/2] foo: one", Some("<c1@x>"), "one"));
@@ -77,7 +84,10 @@ async fn a_moved_store_answers_as_before_and_goes_on() {
     let pg = PgStore::connect(&url, 4, Sealer::default()).await.unwrap();
     let db = dir.path().join(patchbay_store::DB_FILE);
     let mut seen = Vec::new();
-    let moved = patchbay_store_move::move_store(&db, &pg, |t, n| seen.push((t.to_string(), n))).await.unwrap();
+    // The embedded queues still hold the announcements no consumer took: refused unless dropped.
+    let refused = patchbay_store_move::move_store(&db, &pg, false, |_, _| {}).await;
+    assert!(matches!(&refused, Err(patchbay_store_move::MoveError::Pending(w)) if w.contains("dispatcher")), "{refused:?}");
+    let moved = patchbay_store_move::move_store(&db, &pg, true, |t, n| seen.push((t.to_string(), n))).await.unwrap();
     assert_eq!(moved.messages as i64, messages);
     assert_eq!(seen.first().map(|(t, _)| t.as_str()), Some("history"), "the history first, then each table");
     assert!(moved.rows.iter().any(|(t, n)| t == "mails" && *n == 5), "{moved:?}");
@@ -111,6 +121,6 @@ async fn a_moved_store_answers_as_before_and_goes_on() {
     assert_eq!(states, vec![(1, "superseded".to_string()), (2, "complete".to_string())]);
 
     // Once only.
-    let again = patchbay_store_move::move_store(&db, &pg, |_, _| {}).await;
+    let again = patchbay_store_move::move_store(&db, &pg, true, |_, _| {}).await;
     assert!(matches!(again, Err(patchbay_store_move::MoveError::NotEmpty(_))), "{again:?}");
 }

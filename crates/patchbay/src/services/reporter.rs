@@ -55,7 +55,8 @@ pub fn start_reporter(
         crate::backend::Store::Embedded(store) => {
             (replay_for(config, &store), patchbay_report::Reporter::new(store, publisher, settings, transport, link))
         }
-        // Sequence-gap replay reads the embedded log; on PostgreSQL redelivery is the broker's.
+        // No sequence-gap replay on PostgreSQL: reporters on several hosts compete for one
+        // queue, so what one of them sees has gaps by design; RabbitMQ redelivers after a crash.
         crate::backend::Store::Postgres(store) => {
             (None, patchbay_report::Reporter::on_postgres(store, publisher, settings, transport, link))
         }
