@@ -35,8 +35,14 @@ pub(crate) struct Latest {
 /// The reporter's store, whichever it is.
 #[async_trait]
 pub(crate) trait ReportDb: Send + Sync {
-    /// Records the intent to report (the first time) and returns the report's state and resends.
-    async fn intent(&self, series: i64, version: u32, message_id: String, now: i64) -> Result<(String, u32), StoreError>;
+    /// Records the intent to report (the first time) and returns the report's state, resends
+    /// and when it was claimed for delivery.
+    async fn intent(&self, series: i64, version: u32, message_id: String, now: i64) -> Result<(String, u32, Option<i64>), StoreError>;
+    /// Claims the report for delivery (`intent` → `sending`; with `stale`, a claim a crash left,
+    /// made at that time, taken over); whether this reporter got it.
+    async fn claim(&self, series: i64, version: u32, now: i64, stale: Option<Option<i64>>) -> Result<bool, StoreError>;
+    /// Whether reporters on other hosts share this store (a claim may then be theirs, alive).
+    fn shared(&self) -> bool;
     /// Moves the report from `from` to `to`; whether it was in `from`.
     async fn set_state(&self, series: i64, version: u32, from: String, to: String, detail: Option<String>) -> Result<bool, StoreError>;
     /// Marks the report failed (from `from`) and announces `out` with it; whether it was in `from`.
@@ -60,7 +66,9 @@ pub(crate) struct Sent {
 
 const INTENT: &str = "INSERT INTO reports (series_id, version, message_id, state, transport, created_at)
      VALUES (?1, ?2, ?3, 'intent', 'outbox', ?4) ON CONFLICT DO NOTHING";
-const STATE: &str = "SELECT state, resends FROM reports WHERE series_id = ?1 AND version = ?2";
+const STATE: &str = "SELECT state, resends, claimed_at FROM reports WHERE series_id = ?1 AND version = ?2";
+const CLAIM: &str = "UPDATE reports SET state = 'sending', claimed_at = ?3 WHERE series_id = ?1 AND version = ?2
+     AND (state = 'intent' OR (CAST(?5 AS BIGINT) = 1 AND state = 'sending' AND claimed_at IS NOT DISTINCT FROM ?4))";
 const SET_STATE: &str = "UPDATE reports SET state = ?4, detail = ?5 WHERE series_id = ?1 AND version = ?2 AND state = ?3";
 const FAIL: &str = "UPDATE reports SET state = 'failed', detail = ?4 WHERE series_id = ?1 AND version = ?2 AND state = ?3";
 const SENT: &str = "UPDATE reports SET state = 'sent', transport = ?4, sent_at = ?3, mail = ?5
@@ -76,13 +84,22 @@ const LATEST: &str = "SELECT test, arch, outcome, reason, duration_ms, base, job
 /// The embedded store: the bus is the database, so announcing is `publish_in`.
 #[async_trait]
 impl ReportDb for EmbeddedBus {
-    async fn intent(&self, series: i64, version: u32, message_id: String, now: i64) -> Result<(String, u32), StoreError> {
+    async fn intent(&self, series: i64, version: u32, message_id: String, now: i64) -> Result<(String, u32, Option<i64>), StoreError> {
         self.db()
             .write(move |tx| {
                 tx.prepare_cached(INTENT)?.execute(params![series, version, message_id, now])?;
-                Ok(tx.query_row(STATE, params![series, version], |r| Ok((r.get(0)?, r.get(1)?)))?)
+                Ok(tx.query_row(STATE, params![series, version], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?)
             })
             .await
+    }
+
+    async fn claim(&self, series: i64, version: u32, now: i64, stale: Option<Option<i64>>) -> Result<bool, StoreError> {
+        let (takeover, at) = (i64::from(stale.is_some()), stale.flatten());
+        self.db().write(move |tx| Ok(tx.prepare_cached(CLAIM)?.execute(params![series, version, now, at, takeover])? == 1)).await
+    }
+
+    fn shared(&self) -> bool {
+        false
     }
 
     async fn set_state(&self, series: i64, version: u32, from: String, to: String, detail: Option<String>) -> Result<bool, StoreError> {
@@ -160,12 +177,22 @@ pub(crate) fn pg(e: impl Into<patchbay_store_pg::PgError>) -> StoreError {
 /// PostgreSQL: the reports beside ingest's and the aggregator's tables, announcements in the outbox.
 #[async_trait]
 impl ReportDb for PgStore {
-    async fn intent(&self, series: i64, version: u32, message_id: String, now: i64) -> Result<(String, u32), StoreError> {
+    async fn intent(&self, series: i64, version: u32, message_id: String, now: i64) -> Result<(String, u32, Option<i64>), StoreError> {
         let client = self.client().await.map_err(pg)?;
         let version = i64::from(version);
         client.execute(&dollars(INTENT), &[&series, &version, &message_id, &now]).await.map_err(pg)?;
         let row = client.query_one(&dollars(STATE), &[&series, &version]).await.map_err(pg)?;
-        Ok((row.get(0), row.get::<_, i64>(1) as u32))
+        Ok((row.get(0), row.get::<_, i64>(1) as u32, row.get(2)))
+    }
+
+    async fn claim(&self, series: i64, version: u32, now: i64, stale: Option<Option<i64>>) -> Result<bool, StoreError> {
+        let (takeover, at) = (i64::from(stale.is_some()), stale.flatten());
+        let client = self.client().await.map_err(pg)?;
+        Ok(client.execute(&dollars(CLAIM), &[&series, &i64::from(version), &now, &at, &takeover]).await.map_err(pg)? == 1)
+    }
+
+    fn shared(&self) -> bool {
+        true
     }
 
     async fn set_state(&self, series: i64, version: u32, from: String, to: String, detail: Option<String>) -> Result<bool, StoreError> {

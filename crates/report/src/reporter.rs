@@ -241,9 +241,18 @@ impl Reporter {
         let message_id = report::message_id(v.series.id, v.series.version, &self.settings.domain);
         // 1. The intent, before anything leaves.
         let (id, ver, mid) = (v.series.id, v.series.version, message_id.clone());
-        let (state, resends) = self.db.intent(id, ver, mid, now()).await?;
+        let (state, resends, claimed_at) = self.db.intent(id, ver, mid, now()).await?;
+        // A claim a crash left behind, to take over (maildir delivery only).
+        let mut stale = None;
         match state.as_str() {
             "intent" => {}
+            // Reporters on other hosts share this store: the claim may be one that is sending
+            // right now. Look again later; a claim older than the lease was left by a crash.
+            "sending" if self.db.shared() && now() - claimed_at.unwrap_or(0) < CLAIM_LEASE_SECS => {
+                return Err(ReportError::Claimed(id, ver));
+            }
+            // The maildir takes a report's file once: delivering again is safe.
+            "sending" if matches!(self.transport, Transport::Outbox(_)) => stale = Some(claimed_at),
             // We stopped while the SMTP server was taking this mail: it may have been accepted.
             // A second copy is worse than none, so say so instead of resending.
             "sending" => {
@@ -302,7 +311,11 @@ impl Reporter {
                 report::compose(&r, &facts.thread, &self.settings, &date)
             }
         };
-        // 2. Delivery.
+        // 2. Delivery, by the one reporter that claims it (`sending` is committed before the
+        // first byte goes out, for every transport: reporters on several hosts send it once).
+        if !self.db.claim(id, ver, now(), stale).await? {
+            return Ok(());
+        }
         let transport = match &self.transport {
             Transport::Outbox(outbox) => {
                 // Idempotent by name, so a crash after it and before 3. sends nothing twice.
@@ -315,12 +328,9 @@ impl Reporter {
                 TransportKind::Outbox
             }
             Transport::Smtp(smtp) => {
-                // `sending` is committed before the first byte goes out: a crash from here to
-                // the record in 3. leaves it, and the next attempt reports instead of resending.
-                // That window (the SMTP exchange, usually milliseconds) is the only one left.
-                if !self.set_state(id, ver, "intent", "sending", None).await? {
-                    return Ok(());
-                }
+                // A crash from the claim to the record in 3. leaves `sending`, and the next
+                // attempt reports instead of resending. That window (the SMTP exchange, usually
+                // milliseconds) is the only one left.
                 let (to, cc) = report::recipients(&facts.thread, &self.settings);
                 let rcpts: Vec<String> = std::iter::once(to).chain(cc).map(|a| report::address(&a).to_string()).collect();
                 match smtp.send(report::address(&self.settings.from), &rcpts, &mail).await {
@@ -360,6 +370,10 @@ impl Reporter {
     }
 }
 
+/// How long a claim to send a report stands before it counts as left by a crash: longer than
+/// any SMTP exchange (the client gives up far sooner).
+const CLAIM_LEASE_SECS: i64 = 600;
+
 /// Why a report was not (yet) sent; all but [`ReportError::Build`] may work later.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -380,6 +394,9 @@ pub enum ReportError {
         /// The error.
         source: std::io::Error,
     },
+    /// Another reporter claimed the report and may be sending it now: look again later.
+    #[error("the report of series {0} v{1} is being sent by another reporter; looking again later")]
+    Claimed(i64, u32),
     /// A report event could not be built: a bug, which retrying does not mend.
     #[error("building a report event: {0}")]
     Build(String),

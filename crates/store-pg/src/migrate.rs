@@ -171,6 +171,8 @@ const MIGRATIONS: &[&str] = &[
          resends BIGINT NOT NULL DEFAULT 0,
          PRIMARY KEY (series_id, version)
      );",
+    // 7: when a reporter claimed a report for delivery (SQLite's migration 11).
+    "ALTER TABLE reports ADD COLUMN claimed_at BIGINT;",
 ];
 
 /// The schema version this build writes.

@@ -235,6 +235,12 @@ const STEPS: &[&str] = &[
     UPDATE series SET uid = id;
     CREATE UNIQUE INDEX series_uid ON series (uid);
     ",
+    // 11: when a reporter claimed a report for delivery (owned by the report crate): reporters
+    // sharing PostgreSQL tell a claim being sent from one a crash left behind; same column on
+    // SQLite, so a store moves whole.
+    "
+    ALTER TABLE reports ADD COLUMN claimed_at INTEGER;
+    ",
 ];
 
 /// Brings the database up to the latest schema.
