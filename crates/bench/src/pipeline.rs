@@ -39,6 +39,10 @@ pub struct PipelineBench {
     /// The patchbay binary (default: beside this one).
     #[arg(long)]
     patchbay: Option<PathBuf>,
+    /// Send every series from one address (as one person's many postings in one second: each
+    /// mail then weighs every earlier series by its markers) instead of one address per series.
+    #[arg(long)]
+    one_submitter: bool,
     /// Print the figures as JSON.
     #[arg(long)]
     json: bool,
@@ -200,7 +204,11 @@ impl PipelineBench {
             }
         };
         for n in 0..self.series {
-            let mails = series_mails(n, self.patches);
+            let mut mails = series_mails(n, self.patches);
+            if !self.one_submitter {
+                // Many people post to a list: one address per series.
+                mails = mails.into_iter().map(|m| m.replace("<dev@example.org>", &format!("<dev{n}@example.org>"))).collect();
+            }
             // Every ingest host gets every mail, at once.
             let mut sends = Vec::new();
             for c in lmtp.iter_mut() {
