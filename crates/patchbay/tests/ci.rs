@@ -377,26 +377,35 @@ fn a_job_that_keeps_killing_runners_is_set_aside() {
         ),
     )
     .unwrap();
+    // Every process logs into a file, for the failure message.
+    let log = |name: &str| std::fs::File::create(tmp.path().join(format!("{name}.log"))).unwrap();
+    let logs = || -> String {
+        ["serve", "runner-1", "runner-2", "runner-3"]
+            .iter()
+            .map(|n| format!("--- {n}:\n{}", std::fs::read_to_string(tmp.path().join(format!("{n}.log"))).unwrap_or_default()))
+            .collect()
+    };
     let _serve = Serve(
-        bin().arg("--config").arg(&config).args(["serve", "--no-runner"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap(),
+        bin().arg("--config").arg(&config).args(["serve", "--no-runner"]).stdout(Stdio::null()).stderr(log("serve")).spawn().unwrap(),
     );
     post(&repo, &config, "fatal", "main", &[("README", "changed\n")]);
     let db = data.join("patchbay.sqlite3");
     let deadly_starts = || started_by(&db).into_iter().filter(|(j, _)| j.contains("-deadly-")).count();
     // Each time the job starts, its runner dies (as if the job took the machine down).
     for round in 1..=2 {
-        let mut runner =
-            Serve(bin().arg("--config").arg(&config).arg("runner").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+        let mut runner = Serve(
+            bin().arg("--config").arg(&config).arg("runner").stdout(Stdio::null()).stderr(log(&format!("runner-{round}"))).spawn().unwrap(),
+        );
         let deadline = Instant::now() + Duration::from_secs(180);
         while deadly_starts() < round {
-            assert!(Instant::now() < deadline, "attempt {round} never started");
+            assert!(Instant::now() < deadline, "attempt {round} never started\n{}", logs());
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = Command::new("kill").args(["-KILL", &runner.0.id().to_string()]).status();
         let _ = runner.0.wait();
     }
     // The next runner does not run it a third time: it reports it and sets it aside.
-    let _runner = Serve(bin().arg("--config").arg(&config).arg("runner").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    let _runner = Serve(bin().arg("--config").arg(&config).arg("runner").stdout(Stdio::null()).stderr(log("runner-3")).spawn().unwrap());
     let deadline = Instant::now() + Duration::from_secs(60);
     let done = loop {
         let done: Vec<_> = results(&db).into_iter().filter(|r| r["test"] == "deadly").collect();
@@ -405,7 +414,7 @@ fn a_job_that_keeps_killing_runners_is_set_aside() {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(done.len(), 1, "{done:#?}");
+    assert_eq!(done.len(), 1, "{done:#?}\n{}", logs());
     assert_eq!(done[0]["outcome"], "ERROR");
     assert!(done[0]["reason"].as_str().unwrap().contains("delivered 3 times"), "{:#}", done[0]);
     assert_eq!(deadly_starts(), 2, "not started a third time");
