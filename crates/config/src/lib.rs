@@ -192,6 +192,7 @@ struct RawBus {
 struct RawStore {
     url: Option<String>,
     max_connections: Option<usize>,
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -329,6 +330,9 @@ pub struct StoreConfig {
     pub url: Option<String>,
     /// Connections this process holds to PostgreSQL at most (default 16).
     pub max_connections: usize,
+    /// The PEM certificates of `store.ca_file` (a private CA), trusted beside the public roots
+    /// when `url` asks for TLS (`sslmode=require`); read at load, so a bad file fails at start.
+    pub ca: Option<Vec<u8>>,
 }
 
 /// `[http]` settings of `POST /api/v1/publish`: every peer needs a token unless the operator
@@ -422,7 +426,14 @@ impl Config {
         if !(2..=1000).contains(&max_connections) {
             return Err(invalid("store.max_connections", format!("{max_connections} is not between 2 and 1000")));
         }
-        let store = StoreConfig { url: raw.store.url, max_connections };
+        let ca = match &raw.store.ca_file {
+            Some(p) => {
+                let p = resolve(p.clone());
+                Some(std::fs::read(&p).map_err(|e| invalid("store.ca_file", format!("reading {}: {e}", p.display())))?)
+            }
+            None => None,
+        };
+        let store = StoreConfig { url: raw.store.url, max_connections, ca };
         let exchange = raw.bus.exchange.unwrap_or_else(|| "patchbay".into());
         if exchange.is_empty()
             || exchange.len() > 200

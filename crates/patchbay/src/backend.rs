@@ -67,7 +67,8 @@ pub async fn postgres_when_up(
     let url = config.store.url.as_deref().context("store.url is not set")?;
     let mut backoff = std::time::Duration::from_millis(500);
     loop {
-        match patchbay_store_pg::PgStore::connect(url, config.store.max_connections, sealer.clone()).await {
+        match patchbay_store_pg::PgStore::connect_with(url, config.store.max_connections, config.store.ca.as_deref(), sealer.clone()).await
+        {
             Ok(store) => return Ok(Some(store)),
             Err(error) if error.is_transient() => {
                 tracing::warn!(%error, retry_in = ?backoff, "Cannot reach the PostgreSQL store; retrying.");

@@ -70,7 +70,7 @@ pub async fn service_for(config: &Config) -> Result<Ingest, Exit> {
     let Some(url) = config.store.url.as_deref() else { return service(config) };
     let sealer =
         crate::keys::sealer(config, true).map_err(|e| if config.signing.key.is_some() { Exit::config(e) } else { Exit::tempfail(e) })?;
-    match patchbay_store_pg::PgStore::connect(url, config.store.max_connections, sealer).await {
+    match patchbay_store_pg::PgStore::connect_with(url, config.store.max_connections, config.store.ca.as_deref(), sealer).await {
         Ok(store) => Ok(on_postgres(config, store)),
         Err(e) if e.is_transient() => Err(Exit::tempfail(anyhow::anyhow!("{}: store.url: {e}", config.source_name()))),
         Err(e) => Err(Exit::config(anyhow::anyhow!("{}: store.url: {e}", config.source_name()))),

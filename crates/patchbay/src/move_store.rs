@@ -36,7 +36,7 @@ pub async fn move_store(config: &Config, args: &MoveStoreArgs) -> Result<(), Exi
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))
             .map_err(Exit::tempfail)?,
     );
-    let store = patchbay_store_pg::PgStore::connect(url, 4, sealer).await.map_err(|e| {
+    let store = patchbay_store_pg::PgStore::connect_with(url, 4, config.store.ca.as_deref(), sealer).await.map_err(|e| {
         let e = anyhow::anyhow!("{}: store.url: {e}", config.source_name());
         if e.to_string().contains("unreachable") { Exit::tempfail(e) } else { Exit::config(e) }
     })?;

@@ -19,6 +19,7 @@
 
 mod migrate;
 mod outbox;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -114,12 +115,20 @@ impl PgStore {
     /// Connects to `url` (`postgres://user:password@host:port/db`) with at most `max_connections`,
     /// migrates the schema, and seals what transactions publish with `sealer`.
     pub async fn connect(url: &str, max_connections: usize, sealer: Sealer) -> Result<PgStore, PgError> {
+        Self::connect_with(url, max_connections, None, sealer).await
+    }
+
+    /// [`PgStore::connect`], over TLS when `url` says `sslmode=require`, trusting the public
+    /// roots and the PEM certificates `ca` (`store.ca_file`).
+    pub async fn connect_with(url: &str, max_connections: usize, ca: Option<&[u8]>, sealer: Sealer) -> Result<PgStore, PgError> {
         let config: tokio_postgres::Config = url.parse().map_err(|e| PgError::Config(format!("{}: {e}", redact(url))))?;
-        let manager = deadpool_postgres::Manager::from_config(
-            config,
-            tokio_postgres::NoTls,
-            deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Fast },
-        );
+        let recycling = || deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Fast };
+        let manager = if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            let tls = tls::Rustls::new(ca).map_err(PgError::Config)?;
+            deadpool_postgres::Manager::from_config(config, tls, recycling())
+        } else {
+            deadpool_postgres::Manager::from_config(config, tokio_postgres::NoTls, recycling())
+        };
         let pool = deadpool_postgres::Pool::builder(manager)
             .max_size(max_connections.max(2))
             .runtime(deadpool_postgres::Runtime::Tokio1)
