@@ -9,11 +9,11 @@ use std::future::Future;
 
 use patchbay_bus::Outgoing;
 use patchbay_store::StoreError;
-use patchbay_store_pg::{PgError, PgStore};
+use patchbay_store_pg::PgStore;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
-use crate::sql::{Pg, Sql};
+use crate::sql::{Pg, Sql, pg};
 
 /// The advisory lock every ingest write holds until it commits ("pbingest" in ASCII).
 pub(crate) const WRITE_LOCK: i64 = 0x7062_696e_6765_7374;
@@ -25,10 +25,6 @@ type Job = Box<dyn FnOnce(&PgStore, &Handle) + Send>;
 pub(crate) struct Writer {
     store: PgStore,
     jobs: std::sync::mpsc::Sender<Job>,
-}
-
-fn backend(e: PgError) -> StoreError {
-    StoreError::Backend(e.to_string())
 }
 
 impl Writer {
@@ -84,17 +80,17 @@ fn write<T>(
     rt: &Handle,
     change: impl FnOnce(&dyn Sql) -> Result<(T, Vec<Outgoing>), StoreError>,
 ) -> Result<T, StoreError> {
-    let mut client = rt.block_on(store.client()).map_err(backend)?;
-    let mut ptx = rt.block_on(store.begin(&mut client)).map_err(backend)?;
+    let mut client = rt.block_on(store.client()).map_err(pg)?;
+    let mut ptx = rt.block_on(store.begin(&mut client)).map_err(pg)?;
     // A host that dies holding the lock (power, network) must not stall every other ingest
     // host until TCP keepalive notices: the server ends a transaction idle this long.
-    rt.block_on(ptx.sql().batch_execute("SET LOCAL idle_in_transaction_session_timeout = '60s'")).map_err(|e| backend(e.into()))?;
-    rt.block_on(ptx.sql().execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])).map_err(|e| backend(e.into()))?;
+    rt.block_on(ptx.sql().batch_execute("SET LOCAL idle_in_transaction_session_timeout = '60s'")).map_err(pg)?;
+    rt.block_on(ptx.sql().execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])).map_err(pg)?;
     let (out, messages) = change(&Pg { tx: ptx.sql(), rt })?;
     if !messages.is_empty() {
-        rt.block_on(ptx.publish(messages)).map_err(backend)?;
+        rt.block_on(ptx.publish(messages)).map_err(pg)?;
     }
-    rt.block_on(ptx.commit()).map_err(backend)?;
+    rt.block_on(ptx.commit()).map_err(pg)?;
     Ok(out)
 }
 
@@ -106,11 +102,11 @@ where
 {
     tokio::task::spawn_blocking(move || {
         let rt = Handle::current();
-        let mut client = rt.block_on(store.client()).map_err(backend)?;
-        let tx = rt.block_on(client.transaction()).map_err(|e| backend(e.into()))?;
-        rt.block_on(tx.batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")).map_err(|e| backend(e.into()))?;
+        let mut client = rt.block_on(store.client()).map_err(pg)?;
+        let tx = rt.block_on(client.transaction()).map_err(pg)?;
+        rt.block_on(tx.batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")).map_err(pg)?;
         let out = f(&Pg { tx: &tx, rt: &rt })?;
-        rt.block_on(tx.commit()).map_err(|e| backend(e.into()))?;
+        rt.block_on(tx.commit()).map_err(pg)?;
         Ok(out)
     })
     .await

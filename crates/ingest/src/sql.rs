@@ -236,8 +236,9 @@ pub(crate) struct Pg<'a, 't> {
     pub(crate) rt: &'a tokio::runtime::Handle,
 }
 
-fn pg(e: tokio_postgres::Error) -> StoreError {
-    StoreError::Backend(patchbay_store_pg::PgError::from(e).to_string())
+/// A PostgreSQL failure as the store ports report it.
+pub(crate) fn pg(e: impl Into<patchbay_store_pg::PgError>) -> StoreError {
+    StoreError::Backend(e.into().to_string())
 }
 
 impl Pg<'_, '_> {
@@ -248,7 +249,7 @@ impl Pg<'_, '_> {
 
 /// `e` with the statement it failed in, which a "column does not exist" needs to be found.
 fn in_statement(e: tokio_postgres::Error, sql: &str) -> StoreError {
-    let StoreError::Backend(why) = pg(e) else { unreachable!("pg() maps to Backend") };
+    let why = patchbay_store_pg::PgError::from(e);
     StoreError::Backend(format!("{why}, in: {}", sql.split_whitespace().collect::<Vec<_>>().join(" ")))
 }
 
