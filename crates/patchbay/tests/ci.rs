@@ -501,7 +501,7 @@ fn settled_reports(db: &Path, name: Option<&str>, n: usize, secs: u64) -> Vec<(u
                 Some(s.query_map([name], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect())
             })
             .unwrap_or_default();
-        if states.len() == n && states.iter().all(|(_, s)| s != "intent") || Instant::now() > deadline {
+        if states.len() == n && states.iter().all(|(_, s)| s != "intent" && s != "sending") || Instant::now() > deadline {
             return states;
         }
         std::thread::sleep(Duration::from_millis(100));
