@@ -14,7 +14,7 @@
 //!   mid-step leaves its rows to the next one. Each row is sent at least once, and consumers
 //!   drop repeats by message id, as they do on every bus.
 //!
-//! Why tokio-postgres and not sqlx: see ARCHITECTURE.md (`crates/store-pg`). This crate knows no
+//! Why tokio-postgres and not sqlx (measured): `docs/postgres-client.md`. This crate knows no
 //! services, no HTTP and no config file.
 
 mod migrate;
