@@ -110,6 +110,8 @@ struct RawProject {
     test: Vec<RawTest>,
     #[serde(default)]
     tree: Vec<RawTree>,
+    #[serde(default)]
+    report: patchbay_report::ProjectReport,
 }
 
 #[derive(Debug, Deserialize)]
@@ -307,6 +309,8 @@ pub struct ProjectConfig {
     pub list_address: Option<String>,
     /// The tree map, first match wins (tags before paths); empty: always `repository` and `branch`.
     pub trees: Vec<TreeConfig>,
+    /// Its own report rules (`[project.report]`: `mode`, `only_on_failure`).
+    pub report: patchbay_report::ProjectReport,
 }
 
 /// Bus settings.
@@ -544,6 +548,7 @@ impl Config {
                 list_address: p.list_address,
                 tests,
                 trees,
+                report: p.report,
             });
         }
 
@@ -855,6 +860,19 @@ mod tests {
             let e = Config::parse(text, &file).unwrap_err().to_string();
             assert!(e.starts_with(&format!("{}: ", file.display())) && e.contains(key), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn a_project_chooses_who_hears_of_its_verdicts() {
+        let project = "[[project]]\nname = \"net\"\nlist_ids = [\"netdev.vger.kernel.org\"]\n";
+        let c = Config::parse(project, Path::new("p.toml")).unwrap();
+        assert_eq!(c.projects[0].report, patchbay_report::ProjectReport::default(), "on the list, as [report] says");
+        let c =
+            Config::parse(&format!("{project}[project.report]\nmode = \"none\"\nonly_on_failure = true\n"), Path::new("p.toml")).unwrap();
+        assert_eq!(c.projects[0].report.mode, patchbay_report::ReportMode::None);
+        assert_eq!(c.projects[0].report.only_on_failure, Some(true));
+        let e = err(&format!("{project}[project.report]\nmode = \"loud\"\n"));
+        assert!(e.contains("project") && e.contains("report.mode") && e.contains("unknown variant `loud`"), "{e}");
     }
 
     #[test]

@@ -484,6 +484,50 @@ fn only_failures_are_mailed_when_asked() {
     assert_eq!(mails, 1, "only the failure is mailed");
 }
 
+/// `[project.report] mode`: "submitter" mails the submitter alone, never the list; "none" mails
+/// no one, and the verdict is still decided, published and recorded, the report `skipped`.
+#[test]
+fn a_project_chooses_who_hears_of_its_verdicts() {
+    for mode in ["submitter", "none"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = origin(tmp.path(), &[("test.sh", "grep -q ok status\n"), ("status", "ok\n")]);
+        let config = tmp.path().join("patchbay.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{}\"\n[ingest]\nlmtp_listen = \"\"\n[bus]\nprefix = \"e2e\"\nenv = \"ci\"\n\
+                 [[project]]\nname = \"demo\"\nlist_ids = [\"{LIST}\"]\nrepository = \"{}\"\nlist_address = \"demo@{LIST}\"\n\
+                 [project.report]\nmode = \"{mode}\"\n\
+                 [[project.test]]\nname = \"status\"\nscript = \"sh test.sh\"\narches = [\"x86_64\"]\n",
+                free_port(),
+                repo.display()
+            ),
+        )
+        .unwrap();
+        let _serve = Serve(bin().arg("--config").arg(&config).arg("serve").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+        std::thread::sleep(Duration::from_millis(500));
+        post(&repo, &config, "bad", "main", &[("status", "failing\n")]);
+        let db = tmp.path().join("data/patchbay.sqlite3");
+        let states = settled_reports(&db, None, 1, 60);
+        let verdicts = topic_bodies(&db, "e2e.ci.ci.series.verdict");
+        assert_eq!(verdicts.len(), 1, "{mode}: the verdict is decided and published whoever hears of it");
+        assert_eq!(verdicts[0]["verdict"], "FAILED");
+        let mails = outbox(tmp.path());
+        if mode == "none" {
+            assert_eq!(states, vec![(1, "skipped".to_string())]);
+            assert!(mails.is_empty(), "no mail at all: {mails:?}");
+            let why: String = rusqlite::Connection::open(&db).unwrap().query_row("SELECT detail FROM reports", [], |r| r.get(0)).unwrap();
+            assert!(why.contains("report.mode = \"none\""), "{why}");
+        } else {
+            assert_eq!(states, vec![(1, "sent".to_string())]);
+            assert_eq!(mails.len(), 1);
+            let headers = &mails[0][..mails[0].find("\n\n").unwrap()];
+            assert!(headers.lines().any(|l| l.starts_with("To: ") && !l.contains(LIST)), "{headers}");
+            assert!(!headers.lines().any(|l| l.starts_with("Cc:")), "never the list: {headers}");
+        }
+    }
+}
+
 /// The reports (version, state) in series order, once `n` of them have left `intent` (or after
 /// `secs`): of the series named `name`, or all.
 fn settled_reports(db: &Path, name: Option<&str>, n: usize, secs: u64) -> Vec<(u32, String)> {

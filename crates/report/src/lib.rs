@@ -34,7 +34,9 @@
 //! is the built-in text or the maintainer's template, checked at start and by
 //! `config check`; a template failing at run time falls back with a warning.
 //! Verdicts that get no mail ([`Skip`]: `report.only_on_failure` for PASSED
-//! and MERGED, `report.skip_superseded`) are recorded as `skipped`.
+//! and MERGED, `report.skip_superseded`; a project's `[project.report]` with
+//! `mode = "none"`, even on re-send) are recorded as `skipped`. `mode =
+//! "submitter"` mails the submitter alone.
 //!
 //! Re-send: [`ReportStore::ask_resend`] puts a finished report back in `intent`, and the
 //! reporter sends it again when it hears the verdict again (the admin action publishes it).
@@ -53,4 +55,4 @@ pub mod smtp;
 
 pub use read::{ReportRow, ReportStore};
 pub use reporter::{ReportError, Reporter, Skip, Transport, deliver_to_maildir};
-pub use settings::ReportSettings;
+pub use settings::{ProjectReport, ReportMode, ReportSettings};

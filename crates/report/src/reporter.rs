@@ -47,6 +47,8 @@ pub struct Reporter {
     link_base: Option<String>,
     skip: Skip,
     lists: std::collections::HashMap<String, String>,
+    /// Each project's own rules (`[project.report]`).
+    projects: std::collections::HashMap<String, crate::ProjectReport>,
     /// Test scripts by (project, test), for "To reproduce".
     scripts: std::collections::HashMap<(String, String), String>,
     template: Option<std::sync::Arc<report::Template>>,
@@ -191,6 +193,7 @@ impl Reporter {
             link_base,
             skip: Skip::default(),
             lists: Default::default(),
+            projects: Default::default(),
             scripts: Default::default(),
             template: None,
         }
@@ -200,6 +203,12 @@ impl Reporter {
     /// the sender's to write, so it never decides where reports go).
     pub fn lists(mut self, lists: std::collections::HashMap<String, String>) -> Self {
         self.lists = lists;
+        self
+    }
+
+    /// Each project's own report rules (`[project.report]`): who hears, and whether passes are mailed.
+    pub fn projects(mut self, projects: std::collections::HashMap<String, crate::ProjectReport>) -> Self {
+        self.projects = projects;
         self
     }
 
@@ -268,10 +277,14 @@ impl Reporter {
             _ => return Ok(()),
         }
         let superseded = self.db.superseded(v.series.id).await?;
-        // An admin's re-send goes out whatever the skip rules say.
-        let skip = if resends > 0 {
+        let project = self.projects.get(&v.series.project).copied().unwrap_or_default();
+        // An admin's re-send goes out whatever the skip rules say, but never to a project that
+        // wants no mail.
+        let skip = if project.mode == crate::ReportMode::None {
+            Some("report.mode = \"none\" for this project: the verdict is on the bus and the dashboard only")
+        } else if resends > 0 {
             None
-        } else if self.skip.passed && matches!(v.verdict, VerdictKind::Passed | VerdictKind::Merged) {
+        } else if project.only_on_failure.unwrap_or(self.skip.passed) && matches!(v.verdict, VerdictKind::Passed | VerdictKind::Merged) {
             Some("not a failure, and only failures are reported")
         } else if self.skip.superseded && superseded {
             Some("a later version superseded this one before it was reported")
@@ -303,12 +316,19 @@ impl Reporter {
             reproduce,
         };
         let date = rfc5322_now();
-        let mail = match report::compose_with(&r, &facts.thread, &self.settings, &date, self.template.as_deref()) {
+        let private;
+        let settings = if project.mode == crate::ReportMode::Submitter {
+            private = report::Settings { recipients: report::Recipients::Submitter, ..self.settings.clone() };
+            &private
+        } else {
+            &self.settings
+        };
+        let mail = match report::compose_with(&r, &facts.thread, settings, &date, self.template.as_deref()) {
             Ok(mail) => mail,
             Err(error) => {
                 // It rendered a sample at start; a report it cannot render still goes out, plainly.
                 tracing::warn!(%message_id, %error, "report.template failed for this report; the built-in text is used.");
-                report::compose(&r, &facts.thread, &self.settings, &date)
+                report::compose(&r, &facts.thread, settings, &date)
             }
         };
         // 2. Delivery, by the one reporter that claims it (`sending` is committed before the
@@ -331,7 +351,7 @@ impl Reporter {
                 // A crash from the claim to the record in 3. leaves `sending`, and the next
                 // attempt reports instead of resending. That window (the SMTP exchange, usually
                 // milliseconds) is the only one left.
-                let (to, cc) = report::recipients(&facts.thread, &self.settings);
+                let (to, cc) = report::recipients(&facts.thread, settings);
                 let rcpts: Vec<String> = std::iter::once(to).chain(cc).map(|a| report::address(&a).to_string()).collect();
                 match smtp.send(report::address(&self.settings.from), &rcpts, &mail).await {
                     Ok(()) => {}

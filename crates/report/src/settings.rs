@@ -7,6 +7,29 @@ use serde::Deserialize;
 
 use crate::compose::Recipients;
 
+/// Who hears of a project's verdicts by mail (`mode` of `[project.report]`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportMode {
+    /// A reply on the list, to whom `report.recipients` says (the default).
+    #[default]
+    List,
+    /// The submitter alone, never the list: a project that keeps its list quiet.
+    Submitter,
+    /// No mail at all: the verdict is on the bus, the dashboard and the checks (netdev's choice).
+    None,
+}
+
+/// A project's own report rules (`[project.report]`), over `[report]`'s.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProjectReport {
+    /// Who hears.
+    pub mode: ReportMode,
+    /// `report.only_on_failure` for this project; unset: `[report]`'s.
+    pub only_on_failure: Option<bool>,
+}
+
 /// `[report]` of `patchbay.toml`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]

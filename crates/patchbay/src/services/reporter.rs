@@ -65,6 +65,7 @@ pub fn start_reporter(
         .template(report_template(config)?.map(Arc::new))
         .skipping(patchbay_report::Skip { passed: config.report.only_on_failure, superseded: config.report.skip_superseded })
         .lists(config.projects.iter().filter_map(|p| Some((p.name.clone(), p.list_address.clone()?))).collect())
+        .projects(config.projects.iter().map(|p| (p.name.clone(), p.report)).collect())
         .scripts(
             config.projects.iter().flat_map(|p| p.tests.iter().map(|t| ((p.name.clone(), t.name.clone()), t.script.clone()))).collect(),
         );
