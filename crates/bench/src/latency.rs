@@ -266,6 +266,8 @@ pub async fn run(opts: LatencyBench) -> anyhow::Result<()> {
                 base: Some(BaseUsed { commit: "0".repeat(40), reason: "branch main".into() }),
                 excerpt: String::new(),
                 log_bytes: 0,
+                retrying: false,
+                pre_existing: false,
             });
         }
         publisher.publish(&finished[0]).await?;

@@ -151,6 +151,11 @@ async fn bench(scratch: &Path, opts: &RunnerBench) -> anyhow::Result<()> {
         date: None,
         tree: None,
         remotes: vec![],
+        retries: 0,
+        retry: 0,
+        avoid: None,
+        baseline: false,
+        per_patch: false,
     };
     let envelope = Sealer::default().seal(publisher.outgoing(&job)?, 1);
     let mirror = patchbay_runner::Mirror::new(&work.join("mirrors"), &repo.display().to_string());

@@ -246,6 +246,11 @@ impl Publisher {
         sealed.pop().ok_or_else(|| BusError::Unavailable("backend returned no envelope".into()))
     }
 
+    /// Who it publishes as.
+    pub fn sender(&self) -> &Sender {
+        &self.sender
+    }
+
     /// The topic root this publisher writes under.
     pub fn root(&self) -> &TopicRoot {
         &self.root

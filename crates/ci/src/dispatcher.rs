@@ -22,6 +22,12 @@ pub struct TestDef {
     pub required: bool,
     /// Runner labels needed beyond the arch.
     pub capabilities: Vec<String>,
+    /// Re-runs of a failure.
+    pub retries: u32,
+    /// A failure is checked on the base alone.
+    pub baseline: bool,
+    /// The script runs after each patch.
+    pub per_patch: bool,
 }
 
 /// A project's repository and tests.
@@ -246,6 +252,11 @@ impl Dispatcher {
             date,
             tree: tree.clone(),
             remotes: remotes.clone(),
+            retries: 0,
+            retry: 0,
+            avoid: None,
+            baseline: false,
+            per_patch: false,
         };
         let mut jobs = vec![job(patchbay_model::APPLY_TEST, crate::ANY_ARCH)];
         for t in &project.tests {
@@ -254,6 +265,7 @@ impl Dispatcher {
                 j.script = Some(t.script.clone());
                 j.limits = t.limits.clone();
                 j.required = t.required;
+                (j.retries, j.baseline, j.per_patch) = (t.retries, t.baseline, t.per_patch);
                 j.capabilities = std::iter::once(arch.clone()).chain(t.capabilities.iter().cloned()).collect();
                 jobs.push(j);
             }

@@ -53,6 +53,18 @@ impl Superseded {
     }
 }
 
+/// What a base run is known by: the repository, the base commit, the test and arch, and the
+/// test's definition (script and limits): a changed test is run on the base again.
+type BaseKey = (String, String, String, String, String);
+
+/// Base runs remembered before the table is cleared (each is one bool).
+const BASES_KEPT: usize = 10_000;
+
+/// The topic suffix a runner announces a base run on (body `patchbay.json` v1: `test`, `arch`,
+/// `commit`, `fails`, `job`, the series job that asked): within its role, read by people and
+/// the history, bound by no queue.
+pub const BASELINE_TOPIC: &str = "ci.test.baseline";
+
 /// The runner service; one instance serves every queue this runner can take.
 pub struct RunnerService {
     runner: Runner,
@@ -61,6 +73,9 @@ pub struct RunnerService {
     max_attempts: u32,
     superseded: Arc<std::sync::Mutex<Superseded>>,
     running: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+    /// Whether a test fails on a base alone, run once per [`BaseKey`] on this runner (jobs
+    /// waiting on the same base share the one run).
+    bases: Arc<std::sync::Mutex<std::collections::HashMap<BaseKey, Arc<tokio::sync::OnceCell<bool>>>>>,
 }
 
 /// Removes a job from the running set when its handling ends, however it ends.
@@ -111,7 +126,70 @@ impl RunnerService {
             max_attempts,
             superseded: Default::default(),
             running: Default::default(),
+            bases: Default::default(),
         }
+    }
+
+    /// Whether `job`'s test fails on `commit` alone, the series left out: run once per base and
+    /// test definition, announced on [`BASELINE_TOPIC`]; `None` when it could not be run (then
+    /// nothing is cached, and the series' failure counts).
+    async fn base_fails(&self, job: &TestJob, commit: &str) -> Option<bool> {
+        let definition = format!("{:?} {:?}", job.script, job.limits);
+        let key = (job.repository.clone(), commit.to_string(), job.test.clone(), job.arch.clone(), definition);
+        let cell = {
+            let mut bases = self.bases.lock().unwrap();
+            if bases.len() >= BASES_KEPT {
+                bases.clear();
+            }
+            bases.entry(key).or_default().clone()
+        };
+        let run = || async {
+            let base = Job {
+                repository: job.repository.clone(),
+                branch: job.branch.clone(),
+                base_commit: Some(commit.to_string()),
+                dependencies: Vec::new(),
+                mbox: Vec::new(),
+                script: job.script.clone(),
+                limits: limits(job),
+                date: None,
+                tree: None,
+                remotes: job.remotes.clone(),
+                per_patch: false,
+            };
+            tracing::info!(job = %job.job, commit, test = %job.test, "Running the test on the base alone.");
+            let report = self.runner.run(&base).await.map_err(|e| e.to_string())?;
+            if report.base.commit != commit {
+                return Err(format!("the base {commit} was not found; {} was used", report.base.commit));
+            }
+            let fails = report.test.as_ref().ok_or("the base alone ran no test")?.failure.is_some();
+            let body = serde_json::json!({"job": job.job, "test": job.test, "arch": job.arch, "commit": commit, "fails": fails});
+            let topic = self.publisher.root().topic(BASELINE_TOPIC).map_err(|e| e.to_string())?;
+            let out = Outgoing { sender: self.publisher.sender().clone(), topic, schema: patchbay_model::free_form_schema(), body };
+            if let Err(error) = self.publisher.bus().publish(vec![out]).await {
+                tracing::warn!(%error, "The base run was not announced.");
+            }
+            Ok::<bool, String>(fails)
+        };
+        match cell.get_or_try_init(run).await {
+            Ok(fails) => Some(*fails),
+            Err(error) => {
+                tracing::warn!(job = %job.job, %error, "The test could not be run on the base alone; the failure counts.");
+                None
+            }
+        }
+    }
+
+    /// The re-run of a failed job, on the retry topic its queue binds, for another runner first.
+    fn again(&self, job: &TestJob) -> Result<Outgoing, HandlerError> {
+        let again = TestJob { retry: job.retry + 1, avoid: Some(self.publisher.sender().instance.clone()), ..job.clone() };
+        let topic = self
+            .publisher
+            .root()
+            .topic(&patchbay_model::retry_topic(&job.test, &job.arch))
+            .map_err(|e| HandlerError::Permanent(e.to_string()))?;
+        let body = serde_json::to_value(&again).map_err(|e| HandlerError::Permanent(e.to_string()))?;
+        Ok(Outgoing { sender: self.publisher.sender().clone(), topic, schema: TestJob::schema_ref(), body })
     }
 
     /// The jobs running now, for heartbeats.
@@ -152,7 +230,20 @@ impl RunnerService {
             base: None,
             excerpt: String::new(),
             log_bytes: 0,
+            retrying: false,
+            pre_existing: false,
         }
+    }
+}
+
+/// A job's limits as the runner takes them.
+fn limits(job: &TestJob) -> Limits {
+    Limits {
+        wall: Duration::from_secs(job.limits.wall_secs),
+        memory_bytes: job.limits.memory_mib << 20,
+        processes: job.limits.processes,
+        file_size_bytes: job.limits.file_size_mib << 20,
+        output_bytes: (job.limits.output_kib << 10) as usize,
     }
 }
 
@@ -211,6 +302,12 @@ impl Handler for RunnerService {
             self.publish(vec![msg]).await?;
             return Err(HandlerError::Permanent(reason));
         }
+        if attempt == 1 && job.avoid.as_deref() == Some(self.publisher.sender().instance.as_str()) {
+            // A re-run of this runner's own failure: another runner may take it meanwhile;
+            // when none does, it comes back here and runs.
+            tracing::info!(job = %job.job, retry = job.retry, "A re-run of this runner's failure: left a moment for another runner.");
+            return Err(HandlerError::Transient("a re-run, offered to another runner first".into()));
+        }
         let done = self.superseded.lock().unwrap().by.get(&job.series.id).cloned();
         if let Some(reason) = done {
             tracing::info!(job = %job.job, %reason, "Job cancelled: its series is done.");
@@ -234,16 +331,11 @@ impl Handler for RunnerService {
             dependencies: job.dependencies.iter().map(|d| d.clone().into_bytes()).collect(),
             mbox: patchbay_model::mbox_bytes(&job.mbox, job.mbox_base64.as_deref()),
             script: job.script.clone(),
-            limits: Limits {
-                wall: Duration::from_secs(job.limits.wall_secs),
-                memory_bytes: job.limits.memory_mib << 20,
-                processes: job.limits.processes,
-                file_size_bytes: job.limits.file_size_mib << 20,
-                output_bytes: (job.limits.output_kib << 10) as usize,
-            },
+            limits: limits(&job),
             date: job.date,
             tree: job.tree.clone(),
             remotes: job.remotes.clone(),
+            per_patch: job.per_patch,
         };
         let mut result = Self::finished(&job, Outcome::Error, None);
         let mut log = String::new();
@@ -300,11 +392,52 @@ impl Handler for RunnerService {
                             if f == Failure::Failed && test.hit_process_limit {
                                 log.push_str(&format!("\n[patchbay: the process limit ({}) was reached]\n", job.limits.processes));
                             }
+                            if let Some(b) = &report.broke_at {
+                                result.failed_patch = Some(format!("{}/{} {}", b.patch, b.total, b.subject));
+                                log.push_str(&format!(
+                                    "\n[patchbay: first failed after patch {}/{} {}; the series is not bisectable]\n",
+                                    b.patch, b.total, b.subject
+                                ));
+                            }
                         }
                     }
                 } else {
                     result.outcome = Outcome::Passed;
                 }
+            }
+        }
+        // A failure of the test itself (not of apply, the runner or the series applying) may be
+        // run again, or checked on the base alone.
+        let test_failure = job.test != patchbay_model::APPLY_TEST
+            && result.outcome == Outcome::Failed
+            && matches!(result.reason, Some(FailureKind::Failed | FailureKind::Timeout | FailureKind::Memory));
+        let mut again = None;
+        if test_failure && job.retry < job.retries {
+            result.retrying = true;
+            log.push_str(&format!(
+                "\n[patchbay: failed; run again ({} of {} re-runs), on another runner when one can take it]\n",
+                job.retry + 1,
+                job.retries
+            ));
+            again = Some(self.again(&job)?);
+        } else if test_failure && job.baseline {
+            let commit = result.base.as_ref().map(|b| b.commit.clone());
+            let short = |c: &str| c[..c.len().min(12)].to_string();
+            match commit {
+                Some(commit) => match self.base_fails(&job, &commit).await {
+                    Some(true) => {
+                        result.pre_existing = true;
+                        log.push_str(&format!(
+                            "\n[patchbay: the base alone ({}) fails this test too: a pre-existing failure, not counted against the series]\n",
+                            short(&commit)
+                        ));
+                    }
+                    Some(false) => {
+                        log.push_str(&format!("\n[patchbay: the base alone ({}) passes this test: the failure is new]\n", short(&commit)))
+                    }
+                    None => log.push_str("\n[patchbay: the base alone could not be tested; the failure counts]\n"),
+                },
+                None => log.push_str("\n[patchbay: no base known; the failure counts]\n"),
             }
         }
         if result.excerpt.is_empty() {
@@ -322,6 +455,8 @@ impl Handler for RunnerService {
             messages.push(self.out(&TestLog { job: job.job.clone(), run: run.clone(), index: i as u32, last: i + 1 == n, text })?);
         }
         messages.push(self.out(&result)?);
+        // The re-run goes out with the failure it follows, or neither does.
+        messages.extend(again);
         self.publish(messages).await?;
         tracing::info!(job = %job.job, outcome = %result.outcome, reason = ?result.reason, "Job finished.");
         Ok(())

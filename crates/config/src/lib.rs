@@ -137,6 +137,11 @@ struct RawTest {
     required: Option<bool>,
     #[serde(default)]
     capabilities: Vec<String>,
+    retries: Option<u32>,
+    #[serde(default)]
+    baseline: bool,
+    #[serde(default)]
+    per_patch: bool,
 }
 
 /// One entry of a project's tree map (`[[project.tree]]`): series carrying one of `tags` in
@@ -153,6 +158,9 @@ pub struct TreeConfig {
     /// The branch.
     pub branch: String,
 }
+
+/// The most re-runs a test's failure may get (`retries`): more hides a broken test.
+pub const MAX_RETRIES: u32 = 5;
 
 /// One test of a project (`[[project.test]]`).
 #[derive(Clone, Debug)]
@@ -173,6 +181,14 @@ pub struct TestConfig {
     pub required: bool,
     /// Runner labels needed beyond the arch (`kvm`, `big`).
     pub capabilities: Vec<String>,
+    /// Times a failure is run again, on another runner when one exists (default 0, at most 5):
+    /// a pass on a re-run is PASSED, marked flaky.
+    pub retries: u32,
+    /// A failure is also checked on the base alone (cached per base and test): one the base
+    /// shows too is pre-existing and does not fail the series.
+    pub baseline: bool,
+    /// The script runs after each patch in turn; the first patch after which it fails is named.
+    pub per_patch: bool,
 }
 
 fn topic_word(s: &str) -> bool {
@@ -505,6 +521,10 @@ impl Config {
                 if tests.iter().any(|x| x.name == t.name) {
                     return Err(invalid(&format!("{tkey}.name"), format!("test {:?} is declared twice", t.name)));
                 }
+                let retries = t.retries.unwrap_or(0);
+                if retries > MAX_RETRIES {
+                    return Err(invalid(&format!("{tkey}.retries"), format!("{retries}: at most {MAX_RETRIES} re-runs of a failure")));
+                }
                 let arches = t.arches.unwrap_or_else(|| vec!["x86_64".into()]);
                 if arches.is_empty() || !arches.iter().all(|a| topic_word(a)) {
                     return Err(invalid(&format!("{tkey}.arches"), "give at least one arch, each a word such as x86_64".into()));
@@ -518,6 +538,9 @@ impl Config {
                     processes: t.processes.unwrap_or(1024).max(8),
                     required: t.required.unwrap_or(true),
                     capabilities: t.capabilities,
+                    retries,
+                    baseline: t.baseline,
+                    per_patch: t.per_patch,
                 });
             }
             if !tests.is_empty() && p.repository.is_none() {

@@ -274,6 +274,38 @@ pub struct TestJob {
     /// net-next's tree must not fall back to the head because it was mapped to net's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remotes: Vec<String>,
+    /// How many times a failure of the test is run again (`retries`), so a flaky test is told
+    /// from a broken series; absent: none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retries: u32,
+    /// Which re-run this is (1 for the first); absent for the first run.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retry: u32,
+    /// The runner instance whose run failed: another runner takes the re-run when one can.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avoid: Option<String>,
+    /// A failure is checked on the base alone (`baseline`): one the base shows too is
+    /// pre-existing, not the series' fault.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub baseline: bool,
+    /// The script runs after each patch in turn (`per_patch`), and the first patch after which it
+    /// fails is named.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub per_patch: bool,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// The topic suffix a runner re-queues a failed job on for a re-run (`retries`): within the
+/// runners' role, and bound by the job's queue beside `ci.job.<test>.<arch>.queued`.
+pub fn retry_topic(test: &str, arch: &str) -> String {
+    format!("ci.test.{test}.{arch}.requeued")
 }
 
 impl Body for TestJob {
@@ -358,7 +390,8 @@ pub struct TestFinished {
     /// For FAILED: `failed`, `timeout`, `memory`, or `apply` (naming the patch in `failed_patch`);
     /// for ERROR: what went wrong, `series-does-not-apply` when a test could not run because of that.
     pub reason: Option<FailureKind>,
-    /// For a failed `apply`: `NNNN <subject>` of the patch that failed.
+    /// For a failed `apply`: `NNNN <subject>` of the patch that failed; for a failed
+    /// `per_patch` test, `NNNN/TTTT <subject>` of the first patch after which it failed.
     pub failed_patch: Option<String>,
     /// Wall time in milliseconds, git included.
     pub duration_ms: u64,
@@ -368,6 +401,12 @@ pub struct TestFinished {
     pub excerpt: String,
     /// Size of the whole log in bytes (published in `ci.test.log` chunks).
     pub log_bytes: u64,
+    /// This failure is run again (`retries`): not final, the verdict waits for the re-run.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub retrying: bool,
+    /// The test fails on the base alone too (`baseline`): the failure is not the series'.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub pre_existing: bool,
 }
 
 impl Body for TestFinished {
@@ -445,6 +484,15 @@ pub struct ResultRecorded {
     pub duplicate: bool,
     /// The previous outcome, when there was one (a flaky test shows here).
     pub previous: Option<Outcome>,
+    /// A failure that is run again: not final.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub retrying: bool,
+    /// Passed on a re-run after failing: flaky.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub flaky: bool,
+    /// A failure the base alone shows too: not counted against the series.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub pre_existing: bool,
 }
 
 impl Body for ResultRecorded {
@@ -495,6 +543,12 @@ pub struct SeriesVerdict {
     pub failed: Vec<String>,
     /// For INCOMPLETE: the `test/arch` that never reported.
     pub missing: Vec<String>,
+    /// Required `test/arch` that passed only on a re-run (flaky).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flaky: Vec<String>,
+    /// Required `test/arch` that failed as the base alone does: not counted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pre_existing: Vec<String>,
 }
 
 impl Body for SeriesVerdict {
@@ -636,6 +690,7 @@ pub fn check_body(topic_suffix: &str, body: &serde_json::Value) -> Option<Result
         ReportFailed::TOPIC => Some(check::<ReportFailed>(body)),
         ResultWaived::TOPIC => Some(check::<ResultWaived>(body)),
         s if s == TestJob::TOPIC || (s.starts_with("ci.job.") && s.ends_with(".queued")) => Some(check::<TestJob>(body)),
+        s if s.starts_with("ci.test.") && s.ends_with(".requeued") => Some(check::<TestJob>(body)),
         _ => None,
     }
 }

@@ -52,7 +52,7 @@ pub use body::{
     BaseUsed, Body, BodySchema, LogMessage, MailReceived, ReportFailed, ReportSent, ResultRecorded, ResultWaived, RunnerHeartbeat,
     SeriesComplete, SeriesHead, SeriesIncomplete, SeriesMerged, SeriesNew, SeriesPatch, SeriesSuperseded, SeriesVerdict, TestCancelled,
     TestFinished, TestJob, TestLimits, TestLog, TestStarted, body_schemas, check_body, envelope_schema, free_form_schema, mbox_bytes,
-    mbox_fields,
+    mbox_fields, retry_topic,
 };
 pub use canonical::write_canonical;
 pub use domain::{ANY_ARCH, APPLY_TEST, FailureKind, MailKind, Outcome, ServiceName, TransportKind, VerdictKind};

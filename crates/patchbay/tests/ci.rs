@@ -1710,3 +1710,109 @@ fn hosts_sign_with_keys_named_after_them_and_trust_each_other_by_copying_a_file(
     let jobs = signers(&format!("{root}.ci.job.remote.{arch}.queued"));
     assert!(!jobs.is_empty() && jobs.iter().all(|(_, k)| *k == ids[0]), "jobs are signed by serve's key: {jobs:?}");
 }
+
+/// `serve` with one job slot, project `demo` and one test `check` running `script`, with
+/// `test_extra` lines in the test's table and `runner_extra` in `[runner]`; also the HTTP port.
+fn serve_with_test(tmp: &Path, repo: &Path, script: &str, test_extra: &str, runner_extra: &str) -> (PathBuf, u16, Serve) {
+    let config = tmp.join("patchbay.toml");
+    let port = free_port();
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[ingest]\nlmtp_listen = \"\"\n[bus]\nprefix = \"e2e\"\nenv = \"ci\"\n\
+             [runner]\njobs = 1\n{runner_extra}\n\
+             [[project]]\nname = \"demo\"\nlist_ids = [\"{LIST}\"]\nrepository = \"{}\"\n\
+             [[project.test]]\nname = \"check\"\nscript = '{script}'\narches = [\"{}\"]\n{test_extra}\n",
+            repo.display(),
+            std::env::consts::ARCH
+        ),
+    )
+    .unwrap();
+    let serve = Serve(bin().arg("--config").arg(&config).arg("serve").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    std::thread::sleep(Duration::from_millis(500));
+    (config, port, serve)
+}
+
+/// `retries`: a failure is run again; a pass on the re-run is PASSED, marked flaky on the
+/// result, the verdict and the report, and the verdict waited for it.
+#[test]
+fn a_test_that_fails_once_then_passes_is_passed_and_flaky() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = origin(tmp.path(), &[("README", "base\n")]);
+    // Unconfined, so the script can leave a mark between its runs: the first fails, the next pass.
+    let mark = tmp.path().join("ran-once");
+    let script = format!("if [ -e {0} ]; then echo fine now; else touch {0}; echo flaked; exit 1; fi", mark.display());
+    let (config, _, _serve) = serve_with_test(tmp.path(), &repo, &script, "retries = 2", "isolation = \"none\"");
+    post(&repo, &config, "flaky", "main", &[("README", "docs\n")]);
+    let db = tmp.path().join("data/patchbay.sqlite3");
+    assert_eq!(settled_reports(&db, None, 1, 90), vec![(1, "sent".to_string())]);
+    let runs: Vec<serde_json::Value> = results(&db).into_iter().filter(|r| r["test"] == "check").collect();
+    assert_eq!(runs.len(), 2, "one failure, one re-run: {runs:#?}");
+    assert_eq!((runs[0]["outcome"].as_str(), runs[0]["retrying"].as_bool()), (Some("FAILED"), Some(true)));
+    assert_eq!((runs[1]["outcome"].as_str(), runs[1].get("retrying")), (Some("PASSED"), None), "the re-run passed and is final");
+    let requeued = topic_bodies(&db, &format!("e2e.ci.ci.test.check.{}.requeued", std::env::consts::ARCH));
+    assert_eq!(requeued.len(), 1, "one re-run queued");
+    assert_eq!((requeued[0]["retry"].as_u64(), requeued[0]["avoid"].as_str()), (Some(1), Some("main")), "{:#?}", requeued[0]);
+    let recorded = topic_bodies(&db, "e2e.ci.ci.result.recorded");
+    assert!(recorded.iter().any(|r| r["test"] == "check" && r["flaky"] == true), "{recorded:#?}");
+    let verdicts = topic_bodies(&db, "e2e.ci.ci.series.verdict");
+    assert_eq!(verdicts.len(), 1, "one verdict, after the re-run: {verdicts:#?}");
+    assert_eq!(verdicts[0]["verdict"], "PASSED");
+    assert_eq!(verdicts[0]["flaky"], serde_json::json!([format!("check/{}", std::env::consts::ARCH)]));
+    let mail = outbox(tmp.path()).concat();
+    assert!(mail.contains("Flaky (failed, then passed when run again)") && mail.contains("  flaky\n"), "{mail}");
+}
+
+/// `baseline`: a failure the base alone shows too is pre-existing; the verdict is PASSED with
+/// it listed apart, and the base runs once for two series on the same base.
+#[test]
+fn a_failure_the_base_has_too_is_pre_existing_and_the_base_runs_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = origin(tmp.path(), &[("README", "base\n"), ("status", "bad upstream\n")]);
+    let (config, _, _serve) = serve_with_test(tmp.path(), &repo, "grep -q ok status", "baseline = true", "");
+    post(&repo, &config, "first", "main", &[("README", "first\n")]);
+    post(&repo, &config, "second", "main", &[("NOTES", "second\n")]);
+    let db = tmp.path().join("data/patchbay.sqlite3");
+    assert_eq!(settled_reports(&db, None, 2, 120).len(), 2);
+    let verdicts = topic_bodies(&db, "e2e.ci.ci.series.verdict");
+    assert_eq!(verdicts.len(), 2);
+    let label = format!("check/{}", std::env::consts::ARCH);
+    for v in &verdicts {
+        assert_eq!((v["verdict"].as_str(), &v["pre_existing"]), (Some("PASSED"), &serde_json::json!([label])), "{v:#?}");
+    }
+    for r in results(&db).iter().filter(|r| r["test"] == "check") {
+        assert_eq!((r["outcome"].as_str(), r["pre_existing"].as_bool()), (Some("FAILED"), Some(true)), "{r:#?}");
+    }
+    let bases = topic_bodies(&db, "e2e.ci.ci.test.baseline");
+    assert_eq!(bases.len(), 1, "one base run serves both series: {bases:#?}");
+    assert_eq!(bases[0]["fails"], true);
+    let mails = outbox(tmp.path());
+    assert_eq!(mails.len(), 2);
+    for mail in &mails {
+        let flat = mail.replace('\n', " ");
+        assert!(flat.contains(&format!("Failing on the base alone too, so not counted against this series: {label}.")), "{mail}");
+        assert!(mail.contains("pre-existing: the base alone fails too"), "{mail}");
+        assert!(!mail.contains("To reproduce: apply the series with `git am -3` on the base above,\nthen"), "nothing to reproduce: {mail}");
+    }
+}
+
+/// `per_patch`: the script runs after each patch; a series whose second of three patches breaks
+/// it is FAILED, naming patch 2/3, though the third repairs it.
+#[test]
+fn a_series_broken_in_the_middle_fails_per_patch_naming_the_patch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = origin(tmp.path(), &[("README", "base\n"), ("status", "ok\n")]);
+    let (config, _, _serve) = serve_with_test(tmp.path(), &repo, "grep -q ok status", "per_patch = true", "");
+    post(&repo, &config, "middle", "main", &[("README", "one\n"), ("status", "bad\n"), ("status", "ok again\n")]);
+    let db = tmp.path().join("data/patchbay.sqlite3");
+    assert_eq!(settled_reports(&db, None, 1, 90), vec![(1, "sent".to_string())]);
+    let all = results(&db);
+    let r = find(&all, "middle", "check").unwrap_or_else(|| panic!("{all:#?}"));
+    assert_eq!(r["outcome"], "FAILED", "{r:#?}");
+    assert_eq!(r["failed_patch"], "2/3 middle: part 2", "{r:#?}");
+    assert!(r["excerpt"].as_str().unwrap().contains("[patchbay: passed after patch 1/3 middle: part 1]"), "{r:#?}");
+    let verdicts = topic_bodies(&db, "e2e.ci.ci.series.verdict");
+    assert_eq!(verdicts[0]["verdict"], "FAILED");
+    let mail = outbox(tmp.path()).concat();
+    assert!(mail.contains("first failed after patch 2/3 middle: part 2"), "{mail}");
+}

@@ -47,6 +47,10 @@ pub struct Line {
     pub excerpt: Option<String>,
     /// Where its full log is served, when known.
     pub log_url: Option<String>,
+    /// It passed on a re-run after failing.
+    pub flaky: bool,
+    /// It failed as the base alone does: not counted against the series.
+    pub pre_existing: bool,
 }
 
 /// What the report says.
@@ -66,6 +70,10 @@ pub struct Report {
     pub failed: Vec<String>,
     /// What never reported.
     pub missing: Vec<String>,
+    /// Required tests that passed only on a re-run.
+    pub flaky: Vec<String>,
+    /// Required tests that failed as the base alone does (not counted).
+    pub pre_existing: Vec<String>,
     /// One line per test × arch.
     pub lines: Vec<Line>,
     /// The base the series was applied to, and why.
@@ -369,6 +377,13 @@ fn body(r: &Report) -> String {
         _ => format!("patchbay could not finish testing this series in time; still missing: {}.", r.missing.join(", ")),
     };
     b.push_str(&wrap(&summary));
+    if !r.pre_existing.is_empty() {
+        let old = format!("Failing on the base alone too, so not counted against this series: {}.", r.pre_existing.join(", "));
+        b.push_str(&wrap(&old));
+    }
+    if !r.flaky.is_empty() {
+        b.push_str(&wrap(&format!("Flaky (failed, then passed when run again): {}.", r.flaky.join(", "))));
+    }
     b.push('\n');
     let not_applied = |l: &&Line| l.reason == Some(FailureKind::SeriesDoesNotApply);
     let width = r.lines.iter().map(|l| l.what.len()).max().unwrap_or(4).max(4);
@@ -380,7 +395,12 @@ fn body(r: &Report) -> String {
             .filter(|x| !x.as_str().eq_ignore_ascii_case(l.outcome.as_str()))
             .map(|x| format!(" ({x})"))
             .unwrap_or_default();
-        b.push_str(&format!("  {:width$}  {}{}  {}\n", l.what, l.outcome, reason, patchbay_verdict::duration(l.seconds)));
+        let mark = match (l.flaky, l.pre_existing) {
+            (true, _) => "  flaky",
+            (_, true) => "  pre-existing",
+            _ => "",
+        };
+        b.push_str(&format!("  {:width$}  {}{}  {}{mark}\n", l.what, l.outcome, reason, patchbay_verdict::duration(l.seconds)));
     }
     // Tests that never ran because the series does not apply: one line, whatever their number.
     let not_run: Vec<&str> = r.lines.iter().filter(not_applied).map(|l| l.what.as_str()).collect();
@@ -403,7 +423,8 @@ fn body(r: &Report) -> String {
             b.push_str(&format!("\n--- {} ({}): the same log as {first} ---\n", l.what, l.outcome));
             continue;
         }
-        b.push_str(&format!("\n--- {} ({}) ---\n", l.what, l.outcome));
+        let old = if l.pre_existing { ", pre-existing: the base alone fails too" } else { "" };
+        b.push_str(&format!("\n--- {} ({}{old}) ---\n", l.what, l.outcome));
         quote(&mut b, &excerpt);
         if let Some(url) = &l.log_url {
             b.push_str(&format!("Full log: {url}\n"));
@@ -499,6 +520,8 @@ impl Template {
             verdict: "FAILED".into(),
             failed: vec!["build/x86_64".into()],
             missing: vec![],
+            flaky: vec![],
+            pre_existing: vec![],
             lines: vec![Line {
                 what: "build/x86_64".into(),
                 outcome: "FAILED".into(),
@@ -506,6 +529,8 @@ impl Template {
                 seconds: 3,
                 excerpt: Some("error: sample".into()),
                 log_url: None,
+                flaky: false,
+                pre_existing: false,
             }],
             base: None,
             link: None,
@@ -638,8 +663,19 @@ mod tests {
             verdict: "FAILED".into(),
             failed: vec!["build/x86_64".into()],
             missing: vec![],
+            flaky: vec![],
+            pre_existing: vec![],
             lines: vec![
-                Line { what: "apply".into(), outcome: "PASSED".into(), reason: None, seconds: 1, excerpt: None, log_url: None },
+                Line {
+                    what: "apply".into(),
+                    outcome: "PASSED".into(),
+                    reason: None,
+                    seconds: 1,
+                    excerpt: None,
+                    log_url: None,
+                    flaky: false,
+                    pre_existing: false,
+                },
                 Line {
                     what: "build/x86_64".into(),
                     outcome: "FAILED".into(),
@@ -647,6 +683,8 @@ mod tests {
                     seconds: 42,
                     excerpt: Some("cc -c hello.c\nhello.c:3:2: error: expected ';'\n".into()),
                     log_url: Some("https://ci.example.org/api/v1/logs/7-v2-build-x86_64".into()),
+                    flaky: false,
+                    pre_existing: false,
                 },
             ],
             base: Some("0123abcd (branch main)".into()),
@@ -790,6 +828,8 @@ mod tests {
             seconds: 1,
             excerpt: Some("fatal: odd\n".into()),
             log_url: None,
+            flaky: false,
+            pre_existing: false,
         }];
         let b = body(&r);
         assert!(
@@ -830,6 +870,8 @@ mod tests {
                 seconds: 1,
                 excerpt: Some(said.into()),
                 log_url: None,
+                flaky: false,
+                pre_existing: false,
             },
             Line {
                 what: "build/x86_64".into(),
@@ -838,6 +880,8 @@ mod tests {
                 seconds: 1,
                 excerpt: Some(said.into()),
                 log_url: None,
+                flaky: false,
+                pre_existing: false,
             },
         ];
         let settings = Settings { from: "ci@x".into(), domain: "x".into(), recipients: Recipients::Both };

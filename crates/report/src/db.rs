@@ -30,6 +30,8 @@ pub(crate) struct Latest {
     pub(crate) base: Option<String>,
     pub(crate) job: String,
     pub(crate) excerpt: String,
+    pub(crate) flaky: bool,
+    pub(crate) pre_existing: bool,
 }
 
 /// The reporter's store, whichever it is.
@@ -77,7 +79,7 @@ const SUPERSEDED: &str = "SELECT state = 'superseded' FROM series WHERE uid = ?1
 const THREAD_MAILS: &str =
     "SELECT sm.slot, m.message_id, m.raw, m.subject, m.from_email FROM series_mails sm JOIN mails m ON m.id = sm.mail_id
      WHERE sm.series_id = (SELECT id FROM series WHERE uid = ?1) AND sm.slot IN (0, 1) ORDER BY sm.slot";
-const LATEST: &str = "SELECT test, arch, outcome, reason, duration_ms, base, job, excerpt FROM results r WHERE series_id = ?1 AND version = ?2
+const LATEST: &str = "SELECT test, arch, outcome, reason, duration_ms, base, job, excerpt, flaky, pre_existing FROM results r WHERE series_id = ?1 AND version = ?2
      AND id = (SELECT max(id) FROM results x WHERE x.series_id = r.series_id AND x.version = r.version AND x.test = r.test AND x.arch = r.arch)
      ORDER BY test = ?3 DESC, test, arch";
 
@@ -162,6 +164,8 @@ impl ReportDb for EmbeddedBus {
                         base: r.get(5)?,
                         job: r.get(6)?,
                         excerpt: r.get(7)?,
+                        flaky: r.get(8)?,
+                        pre_existing: r.get(9)?,
                     })
                 })?;
                 Ok(rows.collect::<Result<_, _>>()?)
@@ -254,6 +258,8 @@ impl ReportDb for PgStore {
                 base: r.get(5),
                 job: r.get(6),
                 excerpt: r.get(7),
+                flaky: r.get(8),
+                pre_existing: r.get(9),
             })
             .collect())
     }

@@ -104,6 +104,8 @@ async fn facts(db: &dyn ReportDb, v: &SeriesVerdict, link_base: Option<&str>) ->
             seconds: patchbay_verdict::seconds_of(r.duration_ms as u64),
             excerpt,
             log_url,
+            flaky: r.flaky,
+            pre_existing: r.pre_existing,
         });
     }
     Ok(Some(Facts { thread, lines, base }))
@@ -153,7 +155,7 @@ impl Reporter {
     /// The scripts of the tests that did not pass (each test once, whatever its arches).
     fn reproduce(&self, project: &str, lines: &[report::Line]) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = Vec::new();
-        for l in lines.iter().filter(|l| l.outcome != Outcome::Passed) {
+        for l in lines.iter().filter(|l| l.outcome != Outcome::Passed && !l.pre_existing) {
             let test = l.what.split('/').next().unwrap_or(&l.what);
             if out.iter().any(|(t, _)| t == test) {
                 continue;
@@ -309,6 +311,8 @@ impl Reporter {
             verdict: v.verdict.clone(),
             failed: v.failed.clone(),
             missing: v.missing.clone(),
+            flaky: v.flaky.clone(),
+            pre_existing: v.pre_existing.clone(),
             lines: facts.lines,
             base: facts.base,
             // The series' page on the dashboard: its matrix, logs, report and other versions.

@@ -82,6 +82,8 @@ fn apply_failure_report() -> (Report, Thread) {
         seconds,
         excerpt: Some(APPLY_LOG.into()),
         log_url: Some(format!("https://ci.example.org/api/v1/logs/7-v2-{}", what.replace('/', "-"))),
+        flaky: false,
+        pre_existing: false,
     };
     let report = Report {
         series: 7,
@@ -91,6 +93,8 @@ fn apply_failure_report() -> (Report, Thread) {
         verdict: "FAILED".into(),
         failed: vec!["apply".into()],
         missing: vec![],
+        flaky: vec![],
+        pre_existing: vec![],
         lines: vec![
             line("apply", "FAILED", "apply", 2),
             line("build/x86_64", "ERROR", "series-does-not-apply", 2),

@@ -12,6 +12,9 @@
 //! failed apply's stored excerpt always names its patch (`failed_patch` is put
 //! back in front when the tail lost git's `Patch failed at` line).
 //! [`Aggregator::sweep`] issues verdicts past `results.verdict_deadline_secs`.
+//! A result carries the runner's `retrying` (a failure run again: the verdict
+//! waits) and `pre_existing` (the base fails too: not counted); a pass after a
+//! retrying failure is stored `flaky`. The verdict lists both kinds apart.
 //! Waivers ([`Aggregator::waive`]) mark the result, publish
 //! `ci.result.waived`, and decide an undecided verdict again (a decided one
 //! stays). Supersession: [`Aggregator::close`] decides a superseded version at
@@ -220,7 +223,7 @@ impl Aggregator {
             return Ok(None);
         }
         let mut stmt = tx.prepare_cached(
-            "SELECT test, arch, outcome, waived, reason FROM results r WHERE series_id = ?1 AND version = ?2
+            "SELECT test, arch, outcome, waived, reason, retrying, flaky, pre_existing FROM results r WHERE series_id = ?1 AND version = ?2
              AND id = (SELECT max(id) FROM results x WHERE x.series_id = r.series_id AND x.version = r.version AND x.test = r.test AND x.arch = r.arch)",
         )?;
         let latest: Vec<Latest> = stmt
@@ -230,6 +233,9 @@ impl Aggregator {
                     outcome: r.get::<_, String>(2)?.into(),
                     waived: r.get(3)?,
                     reason: r.get::<_, Option<String>>(4)?.map(FailureKind::from),
+                    retrying: r.get(5)?,
+                    flaky: r.get(6)?,
+                    pre_existing: r.get(7)?,
                 })
             })?
             .collect::<Result<_, _>>()?;
@@ -244,18 +250,21 @@ impl Aggregator {
     /// The verdict the latest results give, if they decide one, and its stored detail (what
     /// failed or is missing): the policy, the same on every store.
     fn verdict(&self, head: &SeriesHead, latest: &[Latest], deadline_passed: bool) -> Option<(SeriesVerdict, String)> {
-        let verdict = patchbay_verdict::decide(&self.policy.required(&head.project), latest, deadline_passed)?;
+        let required = self.policy.required(&head.project);
+        let verdict = patchbay_verdict::decide(&required, latest, deadline_passed)?;
         let (failed, missing) = match &verdict {
             Verdict::Passed | Verdict::Merged => (vec![], vec![]),
             Verdict::Failed(f) => (f.clone(), vec![]),
             Verdict::Incomplete(m) => (vec![], m.clone()),
         };
+        let (flaky, pre_existing) = if verdict == Verdict::Merged { (vec![], vec![]) } else { patchbay_verdict::notes(&required, latest) };
         let detail = failed.iter().chain(missing.iter()).cloned().collect::<Vec<_>>().join(" ");
-        Some((SeriesVerdict { series: head.clone(), verdict: verdict.kind(), failed, missing }, detail))
+        Some((SeriesVerdict { series: head.clone(), verdict: verdict.kind(), failed, missing, flaky, pre_existing }, detail))
     }
 }
 
-/// The excerpt to store: a failed apply's always names its patch, so the report can.
+/// The excerpt to store: a failed apply's always names its patch, so the report can (callers
+/// pass `failed_patch` for `apply` only: a per-patch test's names its patch in its own words).
 ///
 /// The excerpt is the end of the log; when a long rejected diff pushed git's
 /// `Patch failed at NNNN <subject>` line out of it, the line is put back in
@@ -269,19 +278,23 @@ fn excerpt_naming_the_patch<'a>(excerpt: &'a str, failed_patch: Option<&str>) ->
 
 /// Records a result; `None` when this message was recorded before (a redelivery).
 fn insert_result(tx: &Tx<'_>, message_id: &str, r: &TestFinished) -> Result<Option<ResultRecorded>, StoreError> {
-    let previous: Option<Outcome> = tx
+    let previous: Option<(Outcome, bool)> = tx
         .prepare_cached(
-            "SELECT outcome FROM results WHERE series_id = ?1 AND version = ?2 AND test = ?3 AND arch = ?4 ORDER BY id DESC LIMIT 1",
+            "SELECT outcome, retrying FROM results WHERE series_id = ?1 AND version = ?2 AND test = ?3 AND arch = ?4 ORDER BY id DESC LIMIT 1",
         )?
-        .query_row(params![r.series.id, r.series.version, r.test, r.arch], |row| row.get::<_, String>(0).map(Outcome::from))
+        .query_row(params![r.series.id, r.series.version, r.test, r.arch], |row| {
+            Ok((row.get::<_, String>(0).map(Outcome::from)?, row.get(1)?))
+        })
         .optional()?;
+    let flaky = flaky(r, previous.as_ref());
+    let previous = previous.map(|(o, _)| o);
     let duplicate = previous.as_ref() == Some(&r.outcome);
     let base = r.base.as_ref().map(|b| format!("{} ({})", b.commit, b.reason));
-    let excerpt = excerpt_naming_the_patch(&r.excerpt, r.failed_patch.as_deref());
+    let excerpt = excerpt_naming_the_patch(&r.excerpt, r.failed_patch.as_deref().filter(|_| r.test == patchbay_model::APPLY_TEST));
     let inserted = tx
         .prepare_cached(
-            "INSERT OR IGNORE INTO results (message_id, job, series_id, version, project, test, arch, outcome, reason, duration_ms, base, recorded_at, duplicate, excerpt)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            "INSERT OR IGNORE INTO results (message_id, job, series_id, version, project, test, arch, outcome, reason, duration_ms, base, recorded_at, duplicate, excerpt, retrying, flaky, pre_existing)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
         )?
         .execute(params![
             message_id,
@@ -297,17 +310,26 @@ fn insert_result(tx: &Tx<'_>, message_id: &str, r: &TestFinished) -> Result<Opti
             base,
             now(),
             duplicate,
-            excerpt
+            excerpt,
+            r.retrying,
+            flaky,
+            r.pre_existing
         ])?;
     if inserted == 0 {
         return Ok(None);
     }
-    Ok(Some(recorded(r, tx.last_insert_rowid(), previous)))
+    Ok(Some(recorded(r, tx.last_insert_rowid(), previous, flaky)))
+}
+
+/// Whether a result is a pass on a re-run: the previous result of its (series version, test,
+/// arch) was a failure being run again.
+fn flaky(r: &TestFinished, previous: Option<&(Outcome, bool)>) -> bool {
+    r.outcome == Outcome::Passed && previous.is_some_and(|(_, retrying)| *retrying)
 }
 
 /// The announcement of a result stored as `id`; `previous` is the outcome its (series version,
 /// test, arch) had before, which makes it a `duplicate` when equal.
-fn recorded(r: &TestFinished, id: i64, previous: Option<Outcome>) -> ResultRecorded {
+fn recorded(r: &TestFinished, id: i64, previous: Option<Outcome>, flaky: bool) -> ResultRecorded {
     ResultRecorded {
         result: id,
         job: r.job.clone(),
@@ -318,6 +340,9 @@ fn recorded(r: &TestFinished, id: i64, previous: Option<Outcome>) -> ResultRecor
         reason: r.reason.clone(),
         duplicate: previous.as_ref() == Some(&r.outcome),
         previous,
+        retrying: r.retrying,
+        flaky,
+        pre_existing: r.pre_existing,
     }
 }
 

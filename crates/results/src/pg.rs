@@ -22,7 +22,7 @@ fn pg(e: impl Into<PgError>) -> StoreError {
 }
 
 /// The latest result of each (test, arch) of a series version, as the policy reads them.
-const LATEST: &str = "SELECT test, arch, outcome, waived, reason FROM results r WHERE series_id = $1 AND version = $2
+const LATEST: &str = "SELECT test, arch, outcome, waived, reason, retrying, flaky, pre_existing FROM results r WHERE series_id = $1 AND version = $2
      AND id = (SELECT max(id) FROM results x WHERE x.series_id = r.series_id AND x.version = r.version AND x.test = r.test AND x.arch = r.arch)";
 
 /// Records a result and, when that decides it, the verdict (see [`Aggregator::record`]).
@@ -31,25 +31,27 @@ pub(crate) async fn record(agg: &Aggregator, store: &PgStore, message_id: &str, 
     let mut tx = store.begin(&mut client).await.map_err(pg)?;
     let decided = lock(&tx, &r.series).await?;
     let version = i64::from(r.series.version);
-    let previous: Option<Outcome> = tx
+    let previous: Option<(Outcome, bool)> = tx
         .sql()
         .query_opt(
-            "SELECT outcome FROM results WHERE series_id = $1 AND version = $2 AND test = $3 AND arch = $4 ORDER BY id DESC LIMIT 1",
+            "SELECT outcome, retrying FROM results WHERE series_id = $1 AND version = $2 AND test = $3 AND arch = $4 ORDER BY id DESC LIMIT 1",
             &[&r.series.id, &version, &r.test, &r.arch],
         )
         .await
         .map_err(pg)?
-        .map(|row| row.get::<_, String>(0).into());
+        .map(|row| (row.get::<_, String>(0).into(), row.get(1)));
+    let flaky = crate::flaky(r, previous.as_ref());
+    let previous = previous.map(|(o, _)| o);
     let base = r.base.as_ref().map(|b| text(&format!("{} ({})", b.commit, b.reason)).into_owned());
-    let excerpt = excerpt_naming_the_patch(&r.excerpt, r.failed_patch.as_deref());
+    let excerpt = excerpt_naming_the_patch(&r.excerpt, r.failed_patch.as_deref().filter(|_| r.test == patchbay_model::APPLY_TEST));
     let excerpt = text(&excerpt);
     let duplicate = previous.as_ref() == Some(&r.outcome);
     // A redelivery meets the unique message id and inserts nothing.
     let id: Option<i64> = tx
         .sql()
         .query_opt(
-            "INSERT INTO results (message_id, job, series_id, version, project, test, arch, outcome, reason, duration_ms, base, recorded_at, duplicate, excerpt)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+            "INSERT INTO results (message_id, job, series_id, version, project, test, arch, outcome, reason, duration_ms, base, recorded_at, duplicate, excerpt, retrying, flaky, pre_existing)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
              ON CONFLICT (message_id) DO NOTHING RETURNING id",
             &[
                 &message_id,
@@ -66,13 +68,16 @@ pub(crate) async fn record(agg: &Aggregator, store: &PgStore, message_id: &str, 
                 &now(),
                 &duplicate,
                 &excerpt.as_ref(),
+                &r.retrying,
+                &flaky,
+                &r.pre_existing,
             ],
         )
         .await
         .map_err(pg)?
         .map(|row| row.get(0));
     let Some(id) = id else { return Ok(()) };
-    let mut out = vec![agg.outgoing(&recorded(r, id, previous))?];
+    let mut out = vec![agg.outgoing(&recorded(r, id, previous, flaky))?];
     if decided.is_none()
         && let Some(v) = decide(agg, &tx, &r.series, false).await?
     {
@@ -203,6 +208,9 @@ async fn decide(agg: &Aggregator, tx: &PgTx<'_>, head: &SeriesHead, deadline_pas
             outcome: r.get::<_, String>(2).into(),
             waived: r.get(3),
             reason: r.get::<_, Option<String>>(4).map(FailureKind::from),
+            retrying: r.get(5),
+            flaky: r.get(6),
+            pre_existing: r.get(7),
         })
         .collect();
     let Some((verdict, detail)) = agg.verdict(head, &latest, deadline_passed) else { return Ok(None) };

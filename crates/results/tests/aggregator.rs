@@ -120,6 +120,8 @@ fn result(series: i64, test: &str, arch: &str, outcome: &str) -> TestFinished {
         base: Some(BaseUsed { commit: "abc".into(), reason: "branch main".into() }),
         excerpt: String::new(),
         log_bytes: 0,
+        retrying: false,
+        pre_existing: false,
     }
 }
 

@@ -313,6 +313,20 @@ impl Worktree {
         ok(self.git(), &["rev-parse", "HEAD"]).await
     }
 
+    /// The commits after `start` up to the head, oldest first, each with its subject: the
+    /// series' patches as applied.
+    pub async fn commits_after(&self, start: &str) -> Result<Vec<(String, String)>, GitError> {
+        let range = format!("{start}..HEAD");
+        let out = ok(self.git(), &["-c", "safe.directory=*", "log", "--reverse", "--format=%H %s", &range]).await?;
+        Ok(out.lines().filter_map(|l| l.split_once(' ').map(|(c, s)| (c.to_string(), s.to_string()))).collect())
+    }
+
+    /// Checks out `commit` (detached), keeping untracked build outputs for the next step. The
+    /// sandbox may have handed the tree to its own user in between, hence `safe.directory`.
+    pub async fn checkout(&self, commit: &str) -> Result<(), GitError> {
+        ok(self.git(), &["-c", "safe.directory=*", "checkout", "-q", "-f", "--detach", commit]).await.map(|_| ())
+    }
+
     /// Removes the tree and its administrative files; a dirty tree is never reused.
     pub async fn remove(self) {
         let _ = ok(self.mirror.git(), &["worktree", "remove", "--force", &self.dir.to_string_lossy()]).await;

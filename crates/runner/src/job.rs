@@ -36,6 +36,20 @@ pub struct Job {
     /// Other repositories of the project, searched in order for a `base_commit` that
     /// `repository` lacks (fetched into its mirror).
     pub remotes: Vec<String>,
+    /// Run the script after each patch in turn, stopping at the first failure
+    /// ([`Report::broke_at`]), instead of once on the whole series.
+    pub per_patch: bool,
+}
+
+/// The patch after which a per-patch run first failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokeAt {
+    /// Its place in the series, from 1.
+    pub patch: usize,
+    /// Patches in the series.
+    pub total: usize,
+    /// Its subject, as committed.
+    pub subject: String,
 }
 
 /// Which commit the series was applied to, and why that one.
@@ -62,6 +76,8 @@ pub struct Report {
     /// commit holding it (by `git patch-id --stable` among the last [`MERGED_DEPTH`]
     /// commits); nothing was tested. Empty otherwise.
     pub merged: Vec<Merged>,
+    /// For a per-patch run that failed: the first patch after which the script failed.
+    pub broke_at: Option<BrokeAt>,
     /// Time from start to end, git included.
     pub duration: Duration,
 }
@@ -181,13 +197,13 @@ impl Runner {
                 None => drop(mirror.prune().await),
             }
         }
-        let (mut apply, test, merged) = result?;
+        let (mut apply, test, merged, broke_at) = result?;
         apply.output = git::scrub(&apply.output, &paths, &host);
         let mut test = test;
         if let Some(t) = &mut test {
             t.output = git::scrub(&String::from_utf8_lossy(&t.output), &paths, &host).into_bytes();
         }
-        Ok(Report { base: base.base, apply, test, merged, duration: started.elapsed() })
+        Ok(Report { base: base.base, apply, test, merged, broke_at, duration: started.elapsed() })
     }
 
     async fn base(&self, mirror: &Mirror, job: &Job) -> Result<Chosen, JobError> {
@@ -234,8 +250,8 @@ impl Runner {
         chosen: &mut Chosen,
         disk: &Disk,
         job: &Job,
-    ) -> Result<(Applied, Option<Execution>, Vec<Merged>), JobError> {
-        let mut applied = self.apply(tree.as_ref().expect("a tree"), disk, job).await?;
+    ) -> Result<(Applied, Option<Execution>, Vec<Merged>, Option<BrokeAt>), JobError> {
+        let (mut applied, mut start) = self.apply(tree.as_ref().expect("a tree"), disk, job).await?;
         // `git am -3` skips a patch already in the tree ("No changes -- Patch already applied."),
         // so a merged series may also "apply" with nothing left to apply.
         let count = |prefix: &str| applied.output.lines().filter(|l| l.starts_with(prefix)).count();
@@ -243,7 +259,7 @@ impl Runner {
         if !applied.ok || nothing_applied {
             let merged = self.merged(mirror, job).await;
             if !merged.is_empty() {
-                return Ok((applied, None, merged));
+                return Ok((applied, None, merged, None));
             }
         }
         if !applied.ok
@@ -258,7 +274,7 @@ impl Runner {
                 }
                 *tree = Some(mirror.worktree(&disk.tree(), &at).await?);
             }
-            let then = self.apply(tree.as_ref().expect("a tree"), disk, job).await?;
+            let (then, then_start) = self.apply(tree.as_ref().expect("a tree"), disk, job).await?;
             let day = patchbay_model::Timestamp::day_of(date);
             if then.ok {
                 let why = if because.is_empty() {
@@ -268,6 +284,7 @@ impl Runner {
                 };
                 chosen.base = Base { commit: at, reason: format!("{} as of {day}, the series' date: {why}", branch_words(job)) };
                 applied = then;
+                start = then_start;
             } else {
                 // The head's failure is the one reported: that is where the series should go.
                 let reason = std::mem::take(&mut chosen.base.reason);
@@ -278,13 +295,57 @@ impl Runner {
             }
         }
         if !applied.ok {
-            return Ok((applied, None, Vec::new()));
+            return Ok((applied, None, Vec::new(), None));
         }
-        let test = match &job.script {
-            Some(script) => Some(self.sandbox.run_on(script, disk, &job.limits).await?),
-            None => None,
-        };
-        Ok((applied, test, Vec::new()))
+        let Some(script) = &job.script else { return Ok((applied, None, Vec::new(), None)) };
+        if job.per_patch {
+            let (test, broke_at) = self.per_patch(tree.as_ref().expect("a tree"), disk, job, script, &start).await?;
+            return Ok((applied, Some(test), Vec::new(), broke_at));
+        }
+        let test = self.sandbox.run_on(script, disk, &job.limits).await?;
+        Ok((applied, Some(test), Vec::new(), None))
+    }
+
+    /// Runs `script` after each of the series' patches (the commits after `start`), stopping at
+    /// the first failure: a bisectable series builds at every step. The output holds a line per
+    /// step that passed and the whole output of the last step run.
+    async fn per_patch(
+        &self,
+        tree: &Worktree,
+        disk: &Disk,
+        job: &Job,
+        script: &str,
+        start: &str,
+    ) -> Result<(Execution, Option<BrokeAt>), JobError> {
+        let commits = tree.commits_after(start).await?;
+        let total = commits.len();
+        let mut said = Vec::new();
+        let mut spent = Duration::ZERO;
+        let mut last = None;
+        for (i, (commit, subject)) in commits.iter().enumerate() {
+            tree.checkout(commit).await?;
+            let run = self.sandbox.run_on(script, disk, &job.limits).await?;
+            spent += run.duration;
+            let step = format!("after patch {}/{total} {subject}", i + 1);
+            if run.failure.is_none() && i + 1 < total {
+                said.extend_from_slice(format!("[patchbay: passed {step}]\n").as_bytes());
+                continue;
+            }
+            said.extend_from_slice(format!("[patchbay: {step}]\n").as_bytes());
+            let broke = run.failure.is_some().then(|| BrokeAt { patch: i + 1, total, subject: subject.clone() });
+            last = Some((run, broke));
+            break;
+        }
+        match last {
+            Some((mut run, broke)) => {
+                said.extend_from_slice(&run.output);
+                run.output = said;
+                run.duration = spent;
+                Ok((run, broke))
+            }
+            // No patch left to test (a series git skipped whole): the tree as it is.
+            None => Ok((self.sandbox.run_on(script, disk, &job.limits).await?, None)),
+        }
     }
 
     /// The series' patches, when every one is already in the branch; else nothing (git's
@@ -305,7 +366,9 @@ impl Runner {
     }
 
     /// Applies the dependencies, then the series; a tree that filled its disk is an error.
-    async fn apply(&self, tree: &Worktree, disk: &Disk, job: &Job) -> Result<Applied, JobError> {
+    /// Applies the dependencies, then the series; also returns the commit the series' own
+    /// patches start after. An empty mbox is the base alone (a baseline run): nothing to apply.
+    async fn apply(&self, tree: &Worktree, disk: &Disk, job: &Job) -> Result<(Applied, String), JobError> {
         for (i, dep) in job.dependencies.iter().enumerate() {
             let applied = tree.am(dep).await?;
             if !applied.ok && disk.is_full().await {
@@ -313,15 +376,19 @@ impl Runner {
             }
             if !applied.ok {
                 let output = format!("The series this one is based on (dependency {}) did not apply:\n{}", i + 1, applied.output);
-                return Ok(Applied { ok: false, output, failed_patch: applied.failed_patch });
+                return Ok((Applied { ok: false, output, failed_patch: applied.failed_patch }, String::new()));
             }
+        }
+        let start = tree.head().await?;
+        if job.mbox.is_empty() {
+            return Ok((Applied { ok: true, output: "Nothing to apply: the base alone.\n".into(), failed_patch: None }, start));
         }
         let applied = tree.am(&job.mbox).await?;
         if !applied.ok && disk.is_full().await {
             // Not the series' fault as far as we know: the runner's quota is too small for it.
             return Err(does_not_fit(disk, "the series", &applied.output));
         }
-        Ok(applied)
+        Ok((applied, start))
     }
 }
 

@@ -54,6 +54,6 @@ pub mod settings;
 
 pub use disk::Disk;
 pub use git::{Applied, GitError, Merged, Mirror, Worktree};
-pub use job::{Base, Job, JobError, Report, Runner, hostname};
+pub use job::{Base, BrokeAt, Job, JobError, Report, Runner, hostname};
 pub use sandbox::{DEFAULT_DISK_QUOTA, DISK_CHECK_INTERVAL, ETC, Execution, Failure, Isolation, Limits, Sandbox, SandboxError};
 pub use settings::RunnerSettings;

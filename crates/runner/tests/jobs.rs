@@ -67,6 +67,7 @@ fn job(repo: &Path, mbox: Vec<u8>) -> Job {
         date: None,
         tree: None,
         remotes: vec![],
+        per_patch: false,
     }
 }
 

@@ -173,6 +173,10 @@ const MIGRATIONS: &[&str] = &[
      );",
     // 7: when a reporter claimed a report for delivery (SQLite's migration 11).
     "ALTER TABLE reports ADD COLUMN claimed_at BIGINT;",
+    // 8: a result's retrying, flaky and pre-existing marks (SQLite's migration 12).
+    "ALTER TABLE results ADD COLUMN retrying BOOLEAN NOT NULL DEFAULT false;
+     ALTER TABLE results ADD COLUMN flaky BOOLEAN NOT NULL DEFAULT false;
+     ALTER TABLE results ADD COLUMN pre_existing BOOLEAN NOT NULL DEFAULT false;",
 ];
 
 /// The schema version this build writes.

@@ -49,7 +49,8 @@
 //! Migrations (`migrations.rs`, `PRAGMA user_version`): 1 the
 //! bus, 2 mail and series (ingest), 3 test logs (logs), 4 results and verdicts
 //! and 5 reports (results), 6 history, 7 the report mail as sent, 8 a
-//! deletable full-text index, 9 merged series, 10 series' public ids (ingest).
+//! deletable full-text index, 9 merged series, 10 series' public ids (ingest),
+//! 11 report claims, 12 results' retrying, flaky and pre-existing marks.
 //! The crates named own and query those tables.
 //! `Db::open` retries the WAL switch and migrations while another process
 //! holds them.

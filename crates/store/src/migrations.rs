@@ -241,6 +241,13 @@ const STEPS: &[&str] = &[
     "
     ALTER TABLE reports ADD COLUMN claimed_at INTEGER;
     ",
+    // 12: what a result says beyond its outcome (owned by the results crate): a failure being
+    // run again (`retries`), a pass on a re-run (flaky), a failure the base shows too.
+    "
+    ALTER TABLE results ADD COLUMN retrying INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE results ADD COLUMN flaky INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE results ADD COLUMN pre_existing INTEGER NOT NULL DEFAULT 0;
+    ",
 ];
 
 /// Brings the database up to the latest schema.

@@ -20,6 +20,10 @@
 //!   PASSED. Results of tests that are not required never change the verdict.
 //! - When the deadline has passed with some still missing: FAILED if any
 //!   failed, else INCOMPLETE naming the missing ones.
+//! - A failure that is being run again (a test's `retries`) is not in yet; at
+//!   the deadline it stands. A pass on a re-run is a pass, marked flaky.
+//! - A failure the base alone shows too (a `baseline` test) is pre-existing:
+//!   it does not fail the series. [`notes`] lists both kinds for the report.
 //!
 //! The report built on a verdict (composing, sending, re-sending) is `patchbay-report`'s.
 //!
@@ -58,6 +62,12 @@ pub struct Latest {
     pub waived: bool,
     /// Why, as published (`already-merged` with INFO: the series is in the branch).
     pub reason: Option<FailureKind>,
+    /// A failure that is being run again (`retries`): not final until the deadline.
+    pub retrying: bool,
+    /// Passed on a re-run after failing.
+    pub flaky: bool,
+    /// Failed as the base alone does (`baseline`): not the series' fault.
+    pub pre_existing: bool,
 }
 
 /// The reason of a result whose series is already in the branch (outcome INFO); the word is
@@ -95,12 +105,22 @@ impl Verdict {
 }
 
 fn fails(l: &Latest) -> bool {
-    !l.waived && l.outcome.fails()
+    !l.waived && !l.pre_existing && l.outcome.fails()
+}
+
+/// The required results that passed only on a re-run (flaky), and those whose failure the base
+/// shows too (pre-existing), as labels: what a report lists apart.
+pub fn notes(required: &[Required], latest: &[Latest]) -> (Vec<String>, Vec<String>) {
+    let of = |r: &Required| latest.iter().find(|l| &l.which == r);
+    let flaky = required.iter().filter_map(|r| of(r).filter(|l| l.flaky && l.outcome == Outcome::Passed)).map(|l| l.which.label());
+    let old = required.iter().filter_map(|r| of(r).filter(|l| l.pre_existing && !l.waived && l.outcome.fails())).map(|l| l.which.label());
+    (flaky.collect(), old.collect())
 }
 
 /// Decides, or `None` while required results are still missing and the deadline has not passed.
 pub fn decide(required: &[Required], latest: &[Latest], deadline_passed: bool) -> Option<Verdict> {
-    let of = |r: &Required| latest.iter().find(|l| &l.which == r && l.outcome.is_final());
+    // A failure being run again is not final, until the deadline: then it stands.
+    let of = |r: &Required| latest.iter().find(|l| &l.which == r && l.outcome.is_final() && (!l.retrying || deadline_passed));
     if latest.iter().any(|l| l.which.test == APPLY_TEST && l.outcome == Outcome::Info && l.reason == Some(FailureKind::AlreadyMerged)) {
         return Some(Verdict::Merged);
     }
@@ -129,7 +149,15 @@ mod tests {
     }
 
     fn got(t: &str, a: &str, outcome: &str) -> Latest {
-        Latest { which: req(t, a), outcome: outcome.into(), waived: false, reason: None }
+        Latest {
+            which: req(t, a),
+            outcome: outcome.into(),
+            waived: false,
+            reason: None,
+            retrying: false,
+            flaky: false,
+            pre_existing: false,
+        }
     }
 
     fn required() -> Vec<Required> {
@@ -187,5 +215,30 @@ mod tests {
         let failing = [got("apply", "any", "PASSED"), got("build", "x86_64", "FAILED")];
         assert_eq!(decide(&r, &failing, true), Some(Verdict::Failed(vec!["build/x86_64".into()])));
         assert_eq!(decide(&r, &[], true), Some(Verdict::Incomplete(vec!["apply".into(), "build/aarch64".into(), "build/x86_64".into()])));
+    }
+
+    #[test]
+    fn a_failure_run_again_waits_and_a_pass_on_the_re_run_is_flaky() {
+        let r = required();
+        let apply = got("apply", "any", "PASSED");
+        let retrying = |a: &str| Latest { retrying: true, ..got("build", a, "FAILED") };
+        let passed = [apply.clone(), got("build", "x86_64", "PASSED"), retrying("aarch64")];
+        assert_eq!(decide(&r, &passed, false), None, "the re-run is not in");
+        assert_eq!(decide(&r, &passed, true), Some(Verdict::Failed(vec!["build/aarch64".into()])), "at the deadline it stands");
+        let flaky = Latest { flaky: true, ..got("build", "aarch64", "PASSED") };
+        let all = [apply, got("build", "x86_64", "PASSED"), flaky];
+        assert_eq!(decide(&r, &all, false), Some(Verdict::Passed));
+        assert_eq!(notes(&r, &all), (vec!["build/aarch64".to_string()], vec![]));
+    }
+
+    #[test]
+    fn a_failure_the_base_shows_too_does_not_fail_the_series() {
+        let r = required();
+        let old = Latest { pre_existing: true, ..got("build", "aarch64", "FAILED") };
+        let results = [got("apply", "any", "PASSED"), got("build", "x86_64", "PASSED"), old.clone()];
+        assert_eq!(decide(&r, &results, false), Some(Verdict::Passed));
+        assert_eq!(notes(&r, &results), (vec![], vec!["build/aarch64".to_string()]));
+        let new = [got("apply", "any", "PASSED"), got("build", "x86_64", "FAILED"), old];
+        assert_eq!(decide(&r, &new, false), Some(Verdict::Failed(vec!["build/x86_64".into()])), "a new failure still fails");
     }
 }

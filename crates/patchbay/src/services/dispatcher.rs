@@ -37,6 +37,9 @@ pub fn project_tests(config: &Config) -> Vec<ProjectTests> {
                         },
                         required: t.required,
                         capabilities: t.capabilities.clone(),
+                        retries: t.retries,
+                        baseline: t.baseline,
+                        per_patch: t.per_patch,
                     })
                     .collect(),
                 trees: p

@@ -92,8 +92,12 @@ pub fn start_runner(
         tasks.push(spawn_service(bus.clone(), policy.clone(), spec, listener, shutdown.clone(), "The runner's supersession listener"));
     }
     for (test, arch) in queues(config) {
-        let pattern = patchbay_runtime::pattern(&config.bus.root, &job_topic(&test, &arch))?;
-        let mut spec = ServiceSpec::new(ServiceName::Runner.as_str(), vec![pattern]);
+        // Jobs from the dispatcher, and re-runs of failures (`retries`) from runners.
+        let patterns = vec![
+            patchbay_runtime::pattern(&config.bus.root, &job_topic(&test, &arch))?,
+            patchbay_runtime::pattern(&config.bus.root, &patchbay_model::retry_topic(&test, &arch))?,
+        ];
+        let mut spec = ServiceSpec::new(ServiceName::Runner.as_str(), patterns);
         spec.queue = job_queue(&test, &arch);
         spec.concurrency = jobs;
         // A job that keeps killing runners comes back with a rising attempt count; the handler
