@@ -94,6 +94,33 @@ pub struct RunnerRow {
     pub seen_at: i64,
 }
 
+/// One test's record over its history (the dashboard's tests page): how often it ran, failed,
+/// and passed only on a re-run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestStats {
+    /// Project.
+    pub project: String,
+    /// Test.
+    pub test: String,
+    /// Arch.
+    pub arch: String,
+    /// Final results (a failure that was run again is not one).
+    pub runs: u64,
+    /// Final results that failed (FAILED or ERROR), pre-existing ones included.
+    pub failed: u64,
+    /// Passes on a re-run after a failure.
+    pub flaky: u64,
+    /// Failures the base alone showed too.
+    pub pre_existing: u64,
+}
+
+impl TestStats {
+    /// The share of runs that passed only when run again, in percent.
+    pub fn flake_rate(&self) -> f64 {
+        if self.runs == 0 { 0.0 } else { 100.0 * self.flaky as f64 / self.runs as f64 }
+    }
+}
+
 /// Which series a list shows: every field narrows it (`GET /api/v1/series`, the dashboard's search).
 #[derive(Clone, Debug, Default)]
 pub struct SeriesFilter {

@@ -2,6 +2,8 @@
 //! then `tests/browser/dashboard.mjs` drives Debian's headless Chromium with
 //! playwright-core against it (live stream within 1 s, the series matrix,
 //! re-run refused without a token and queued with one, a phone viewport).
+//! A second test drives `tests/browser/tests-page.mjs` against a `serve` whose test passed
+//! on a re-run: the tests page shows its flake rate.
 //! Screenshots are kept in `target/browser-artifacts/`.
 //!
 //! `scripts/test` installs chromium and runs `npm ci` in `tests/browser`.
@@ -10,6 +12,8 @@
 use std::io::BufRead as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+
+mod common;
 
 struct Demo(std::process::Child);
 impl Drop for Demo {
@@ -28,20 +32,30 @@ fn missing(what: &str) {
     eprintln!("NOTE: {what}: the browser test DID NOT RUN (scripts/test installs it)");
 }
 
-#[test]
-fn the_dashboard_in_headless_chromium() {
+/// The repository root, the browser scripts' directory and Chromium, or `None` (said, and
+/// failed under `CI=true`) when something the browser tests need is missing.
+fn browser() -> Option<(PathBuf, PathBuf, String)> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let browser_dir = root.join("tests/browser");
     let chromium = std::env::var("PATCHBAY_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     if !std::path::Path::new(&chromium).exists() {
-        return missing(&format!("no Chromium at {chromium}"));
+        missing(&format!("no Chromium at {chromium}"));
+        return None;
     }
     if Command::new("node").arg("--version").output().map(|o| !o.status.success()).unwrap_or(true) {
-        return missing("node is not installed");
+        missing("node is not installed");
+        return None;
     }
     if !browser_dir.join("node_modules/playwright-core").exists() {
-        return missing("tests/browser/node_modules has no playwright-core (npm ci)");
+        missing("tests/browser/node_modules has no playwright-core (npm ci)");
+        return None;
     }
+    Some((root, browser_dir, chromium))
+}
+
+#[test]
+fn the_dashboard_in_headless_chromium() {
+    let Some((root, browser_dir, chromium)) = browser() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_patchbay"))
         .args(["demo", "--dir"])
@@ -138,4 +152,68 @@ fn series_api_mbox_applies(base: &str, project: &std::path::Path, clean: &std::p
     git(clean, &["am", "-q", "-3"], Some(&mbox));
     let log = git(clean, &["log", "--format=%s", "-2"], None);
     assert_eq!(log, "README: say what greet.sh does\ngreet: wish a nice day\n");
+}
+
+/// A test that failed and then passed when run again (`retries`) shows its flake rate on the
+/// tests page: 50.0% after one flaky series and one plain pass.
+#[test]
+fn the_tests_page_shows_flake_rates_in_headless_chromium() {
+    let Some((root, browser_dir, chromium)) = browser() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = patchbay_fixtures::origin(tmp.path(), &[("README", "base\n")]);
+    let port = common::free_port();
+    let config = tmp.path().join("patchbay.toml");
+    let arch = std::env::consts::ARCH;
+    // Unconfined, so the script can leave a mark: its first run ever fails, every later one passes.
+    let mark = tmp.path().join("ran-once");
+    let script = format!("if [ -e {0} ]; then echo fine; else touch {0}; echo flaked; exit 1; fi", mark.display());
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[ingest]\nlmtp_listen = \"\"\n\
+             [runner]\njobs = 1\nisolation = \"none\"\n\
+             [[project]]\nname = \"demo\"\nlist_ids = [\"browser.lists.example.org\"]\nrepository = \"{}\"\n\
+             [[project.test]]\nname = \"check\"\nscript = '{script}'\narches = [\"{arch}\"]\nretries = 1\n",
+            repo.display()
+        ),
+    )
+    .unwrap();
+    let serve = Demo(common::bin().arg("--config").arg(&config).arg("serve").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    let base = format!("http://127.0.0.1:{port}");
+    common::wait_until("serve answers", 30, &[], || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    for (name, file) in [("flaky", "README"), ("plain", "NOTES")] {
+        for mail in common::format_series(&repo, name, "main", &[(file, name)], "", None) {
+            let mut c = common::bin()
+                .arg("--config")
+                .arg(&config)
+                .args(["inject", "--list-id", "browser.lists.example.org"])
+                .stdin(Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::io::Write::write_all(&mut c.stdin.take().unwrap(), mail.as_bytes()).unwrap();
+            assert!(c.wait().unwrap().success());
+        }
+        // One series at a time, so the flaky one is the first to run the test.
+        common::wait_until(&format!("the verdict on {name}"), 90, &[], || {
+            let list: serde_json::Value = serde_json::from_slice(&get(&base, "/api/v1/series?project=demo")).unwrap();
+            list["series"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|x| x["name"] == format!("the {name} series") && !x["verdict"].is_null()))
+        });
+    }
+    let artifacts = root.join("target/browser-artifacts");
+    let row = format!("demo/check/{arch}");
+    let out = Command::new("node")
+        .arg(browser_dir.join("tests-page.mjs"))
+        .args([&base, &row, "50.0%"])
+        .arg(&artifacts)
+        .env("PATCHBAY_CHROMIUM", &chromium)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{text}");
+    assert!(out.status.success(), "browser checks failed:\n{text}");
+    assert!(text.contains("all tests page checks passed"));
+    assert!(artifacts.join("tests.png").is_file());
+    drop(serve);
 }

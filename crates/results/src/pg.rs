@@ -226,6 +226,24 @@ async fn decide(agg: &Aggregator, tx: &PgTx<'_>, head: &SeriesHead, deadline_pas
 
 #[async_trait]
 impl ResultsStore for PgStore {
+    async fn test_stats(&self) -> Result<Vec<patchbay_model::view::TestStats>, StoreError> {
+        let client = self.client().await.map_err(pg)?;
+        let rows = client.query(crate::read::TEST_STATS, &[]).await.map_err(pg)?;
+        let n = |r: &tokio_postgres::Row, i: usize| r.get::<_, i64>(i).max(0) as u64;
+        Ok(rows
+            .iter()
+            .map(|r| patchbay_model::view::TestStats {
+                project: r.get(0),
+                test: r.get(1),
+                arch: r.get(2),
+                runs: n(r, 3),
+                failed: n(r, 4),
+                flaky: n(r, 5),
+                pre_existing: n(r, 6),
+            })
+            .collect())
+    }
+
     async fn verdicts(&self, keys: Vec<(i64, u32)>) -> Result<Vec<Option<VerdictKind>>, StoreError> {
         let client = self.client().await.map_err(pg)?;
         let (ids, versions): (Vec<i64>, Vec<i64>) = keys.iter().map(|&(id, v)| (id, i64::from(v))).unzip();

@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use patchbay_model::VerdictKind;
-use patchbay_model::view::Cell;
+use patchbay_model::view::{Cell, TestStats};
 use patchbay_store::{Db, StoreError};
 use rusqlite::{OptionalExtension as _, params};
 
@@ -19,12 +19,42 @@ pub trait ResultsStore: Send + Sync + 'static {
     async fn cells(&self, series: i64, version: u32) -> Result<Vec<Cell>, StoreError>;
     /// Results matching `q` (`GET /api/v1/results`), newest first.
     async fn query(&self, q: crate::Query) -> Result<Vec<crate::ResultRow>, StoreError>;
+    /// Each (project, test, arch) over its history: runs, failures, flaky passes.
+    async fn test_stats(&self) -> Result<Vec<TestStats>, StoreError>;
 }
+
+/// The statement behind [`ResultsStore::test_stats`], one text for both stores (flags are
+/// integers on SQLite and booleans on PostgreSQL; both cast to integers).
+pub(crate) const TEST_STATS: &str = "SELECT project, test, arch,
+         SUM(1 - CAST(retrying AS INTEGER)),
+         SUM(CASE WHEN CAST(retrying AS INTEGER) = 0 AND outcome IN ('FAILED', 'ERROR') THEN 1 ELSE 0 END),
+         SUM(CAST(flaky AS INTEGER)),
+         SUM(CAST(pre_existing AS INTEGER))
+     FROM results GROUP BY project, test, arch ORDER BY project, test, arch";
 
 #[async_trait]
 impl ResultsStore for Db {
     async fn query(&self, q: crate::Query) -> Result<Vec<crate::ResultRow>, StoreError> {
         self.read(move |c| crate::query(c, &q)).await
+    }
+
+    async fn test_stats(&self) -> Result<Vec<TestStats>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(TEST_STATS)?;
+            let rows = stmt.query_map([], |r| {
+                Ok(TestStats {
+                    project: r.get(0)?,
+                    test: r.get(1)?,
+                    arch: r.get(2)?,
+                    runs: r.get::<_, i64>(3)?.max(0) as u64,
+                    failed: r.get::<_, i64>(4)?.max(0) as u64,
+                    flaky: r.get::<_, i64>(5)?.max(0) as u64,
+                    pre_existing: r.get::<_, i64>(6)?.max(0) as u64,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
     }
 
     async fn verdicts(&self, keys: Vec<(i64, u32)>) -> Result<Vec<Option<VerdictKind>>, StoreError> {

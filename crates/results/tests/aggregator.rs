@@ -104,6 +104,7 @@ on_both!(
     a_waived_failure_does_not_fail_the_verdict,
     a_superseded_version_is_closed_once,
     the_read_port_answers_alike,
+    re_runs_and_pre_existing_failures_are_marked_and_counted,
 );
 
 fn result(series: i64, test: &str, arch: &str, outcome: &str) -> TestFinished {
@@ -271,4 +272,36 @@ async fn the_read_port_answers_alike(bus: Store) {
     assert_eq!(latest.iter().map(|r| r.id).collect::<Vec<_>>(), vec![3, 1]);
     let failed = port.query(all("test=build&outcome=FAILED&before=3&limit=5")).await.unwrap();
     assert_eq!(failed.iter().map(|r| r.id).collect::<Vec<_>>(), vec![2]);
+}
+
+async fn re_runs_and_pre_existing_failures_are_marked_and_counted(bus: Store) {
+    let agg = aggregator(&bus, "1");
+    // Series 31: a failure run again, then a pass on the re-run.
+    agg.record("a1".into(), result(31, "apply", "any", "PASSED")).await.unwrap();
+    agg.record("a2".into(), TestFinished { retrying: true, ..result(31, "build", "x86_64", "FAILED") }).await.unwrap();
+    assert!(bodies(&bus, "ci.series.verdict").await.is_empty(), "the verdict waits for the re-run");
+    agg.record("a3".into(), result(31, "build", "x86_64", "PASSED")).await.unwrap();
+    // Series 32: a failure the base shows too.
+    agg.record("b1".into(), result(32, "apply", "any", "PASSED")).await.unwrap();
+    agg.record("b2".into(), TestFinished { pre_existing: true, ..result(32, "build", "x86_64", "FAILED") }).await.unwrap();
+    let verdicts = bodies(&bus, "ci.series.verdict").await;
+    assert_eq!(verdicts.len(), 2, "{verdicts:#?}");
+    assert_eq!((&verdicts[0]["verdict"], &verdicts[0]["flaky"]), (&serde_json::json!("PASSED"), &serde_json::json!(["build/x86_64"])));
+    assert_eq!(
+        (&verdicts[1]["verdict"], &verdicts[1]["pre_existing"]),
+        (&serde_json::json!("PASSED"), &serde_json::json!(["build/x86_64"]))
+    );
+    let recorded = bodies(&bus, "ci.result.recorded").await;
+    let marks: Vec<(bool, bool, bool)> = recorded
+        .iter()
+        .filter(|r| r["test"] == "build")
+        .map(|r| (r.get("retrying").is_some(), r.get("flaky").is_some(), r.get("pre_existing").is_some()))
+        .collect();
+    assert_eq!(marks, vec![(true, false, false), (false, true, false), (false, false, true)]);
+    let stats = bus.port().test_stats().await.unwrap();
+    let build = stats.iter().find(|s| s.test == "build").unwrap();
+    assert_eq!((build.runs, build.failed, build.flaky, build.pre_existing), (2, 1, 1, 1), "{stats:#?}");
+    assert_eq!(build.flake_rate(), 50.0);
+    let apply = stats.iter().find(|s| s.test == "apply").unwrap();
+    assert_eq!((apply.runs, apply.failed, apply.flaky), (2, 0, 0));
 }

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 
-pub use patchbay_model::view::{Cell, PatchRow, RunnerRow, SeriesFilter, SeriesRow, SeriesView};
+pub use patchbay_model::view::{Cell, PatchRow, RunnerRow, SeriesFilter, SeriesRow, SeriesView, TestStats};
 
 /// A page's data, or why not.
 pub type PageFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send + 'a>>;
@@ -26,6 +26,8 @@ pub trait Pages: Send + Sync + 'static {
     fn series_mbox(&self, id: i64) -> PageFuture<'_, Option<Vec<u8>>>;
     /// Runners heard from lately.
     fn runners(&self) -> PageFuture<'_, Vec<RunnerRow>>;
+    /// Each test's record over its history.
+    fn tests(&self) -> PageFuture<'_, Vec<TestStats>>;
 }
 
 /// HTML-escapes text.
@@ -80,7 +82,7 @@ pub fn layout(title: &str, body: &str) -> String {
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{} · patchbay</title><style>{STYLE}</style></head><body>\
-         <header><b><a href=\"/\">patchbay</a></b><a href=\"/\">Series</a><a href=\"/live\">Live</a><a href=\"/runners\">Runners</a>\
+         <header><b><a href=\"/\">patchbay</a></b><a href=\"/\">Series</a><a href=\"/live\">Live</a><a href=\"/runners\">Runners</a><a href=\"/tests\">Tests</a>\
          <a href=\"/api/openapi.json\">API</a></header><main>{body}</main></body></html>\n",
         esc(title)
     )
@@ -460,6 +462,42 @@ pub fn runners_page(rows: &[RunnerRow], now: i64) -> String {
         b.push_str("</tbody></table>");
     }
     layout("Runners", &b)
+}
+
+/// The tests page: each test's runs, failures and flake rate (passes only on a re-run), the
+/// flakiest first, so a maintainer sees which tests to fix or give `retries`.
+pub fn tests_page(rows: &[TestStats]) -> String {
+    let mut b = String::from("<h1>Tests</h1>");
+    if rows.is_empty() {
+        b.push_str("<p class=\"muted\">No test has run yet.</p>");
+        return layout("Tests", &b);
+    }
+    let mut rows: Vec<&TestStats> = rows.iter().collect();
+    rows.sort_by(|a, b| {
+        b.flake_rate().total_cmp(&a.flake_rate()).then_with(|| (&a.project, &a.test, &a.arch).cmp(&(&b.project, &b.test, &b.arch)))
+    });
+    b.push_str(
+        "<table id=\"tests\"><thead><tr><th class=\"wide\">Project</th><th>Test</th><th>Arch</th><th>Runs</th><th class=\"wide\">Failed</th>\
+         <th class=\"wide\">Pre-existing</th><th class=\"wide\">Flaky</th><th>Flake rate</th></tr></thead><tbody>",
+    );
+    for r in rows {
+        let _ = write!(
+            b,
+            "<tr data-test=\"{}\"><td class=\"wide\">{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"wide\">{}</td><td class=\"wide\">{}</td>\
+             <td class=\"wide\">{}</td><td class=\"flake-rate\">{:.1}%</td></tr>",
+            esc(&format!("{}/{}/{}", r.project, r.test, r.arch)),
+            esc(&r.project),
+            esc(&r.test),
+            esc(&r.arch),
+            r.runs,
+            r.failed,
+            r.pre_existing,
+            r.flaky,
+            r.flake_rate()
+        );
+    }
+    b.push_str("</tbody></table><p class=\"muted\">Flake rate: runs that passed only when run again (a test's <code>retries</code>), of all runs.</p>");
+    layout("Tests", &b)
 }
 
 #[cfg(test)]

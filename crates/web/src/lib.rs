@@ -253,6 +253,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/live", get(page_live))
         .route("/logs/{job}", get(page_log))
         .route("/runners", get(page_runners))
+        .route("/tests", get(page_tests))
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .with_state(state)
@@ -611,6 +612,15 @@ async fn page_runners(State(st): State<Arc<AppState>>) -> Response {
     let Some(pages) = &st.pages else { return no_pages() };
     match pages.runners().await {
         Ok(rows) => html(StatusCode::OK, dashboard::runners_page(&rows, now_secs())),
+        Err(e) => html_error(StatusCode::SERVICE_UNAVAILABLE, &e),
+    }
+}
+
+/// `GET /tests`.
+async fn page_tests(State(st): State<Arc<AppState>>) -> Response {
+    let Some(pages) = &st.pages else { return no_pages() };
+    match pages.tests().await {
+        Ok(rows) => html(StatusCode::OK, dashboard::tests_page(&rows)),
         Err(e) => html_error(StatusCode::SERVICE_UNAVAILABLE, &e),
     }
 }

@@ -101,6 +101,10 @@ impl patchbay_web::dashboard::Pages for StorePages {
         Box::pin(async move { self.ports.series.mbox(id).await.map_err(text) })
     }
 
+    fn tests(&self) -> PageFuture<'_, Vec<patchbay_model::view::TestStats>> {
+        Box::pin(async move { self.ports.results.test_stats().await.map_err(text) })
+    }
+
     fn runners(&self) -> PageFuture<'_, Vec<RunnerRow>> {
         Box::pin(async move {
             let topic = self.root.topic(<patchbay_model::RunnerHeartbeat as patchbay_model::Body>::TOPIC).map_err(|e| e.to_string())?;
