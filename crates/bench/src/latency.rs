@@ -268,6 +268,8 @@ pub async fn run(opts: LatencyBench) -> anyhow::Result<()> {
                 log_bytes: 0,
                 retrying: false,
                 pre_existing: false,
+                round: 0,
+                recheck: vec![],
             });
         }
         publisher.publish(&finished[0]).await?;

@@ -156,6 +156,8 @@ async fn bench(scratch: &Path, opts: &RunnerBench) -> anyhow::Result<()> {
         avoid: None,
         baseline: false,
         per_patch: false,
+        round: 0,
+        recheck: vec![],
     };
     let envelope = Sealer::default().seal(publisher.outgoing(&job)?, 1);
     let mirror = patchbay_runner::Mirror::new(&work.join("mirrors"), &repo.display().to_string());

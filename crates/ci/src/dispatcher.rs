@@ -257,6 +257,8 @@ impl Dispatcher {
             avoid: None,
             baseline: false,
             per_patch: false,
+            round: 0,
+            recheck: Vec::new(),
         };
         let mut jobs = vec![job(patchbay_model::APPLY_TEST, crate::ANY_ARCH)];
         for t in &project.tests {

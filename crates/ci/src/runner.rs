@@ -232,6 +232,8 @@ impl RunnerService {
             log_bytes: 0,
             retrying: false,
             pre_existing: false,
+            round: job.round,
+            recheck: job.recheck.clone(),
         }
     }
 }

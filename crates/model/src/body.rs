@@ -292,6 +292,14 @@ pub struct TestJob {
     /// fails is named.
     #[serde(default, skip_serializing_if = "is_false")]
     pub per_patch: bool,
+    /// A re-test asked on the list (`Recheck-request:`): its round for this version, from 1;
+    /// absent for the first testing.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub round: u32,
+    /// The `test/arch` labels re-run in this round, on each of the round's jobs: the round's
+    /// verdict waits for all of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recheck: Vec<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -407,6 +415,12 @@ pub struct TestFinished {
     /// The test fails on the base alone too (`baseline`): the failure is not the series'.
     #[serde(default, skip_serializing_if = "is_false")]
     pub pre_existing: bool,
+    /// The job's re-test round (absent: the first testing).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub round: u32,
+    /// The labels re-run in that round.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recheck: Vec<String>,
 }
 
 impl Body for TestFinished {
@@ -549,6 +563,13 @@ pub struct SeriesVerdict {
     /// Required `test/arch` that failed as the base alone does: not counted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pre_existing: Vec<String>,
+    /// A re-test asked on the list: its round (absent: the version's first verdict). Each
+    /// round has its own verdict and report.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub round: u32,
+    /// What that round re-ran.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recheck: Vec<String>,
 }
 
 impl Body for SeriesVerdict {

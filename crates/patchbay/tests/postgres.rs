@@ -45,6 +45,8 @@ fn finished(n: i64, test: &str, arch: &str, outcome: &str) -> TestFinished {
         log_bytes: 0,
         retrying: false,
         pre_existing: false,
+        round: 0,
+        recheck: vec![],
     }
 }
 

@@ -82,6 +82,10 @@ pub struct Report {
     pub link: Option<String>,
     /// The scripts of the tests that did not pass, by test name, for "To reproduce".
     pub reproduce: Vec<(String, String)>,
+    /// A re-test asked on the list: its round (0: the version's first testing).
+    pub round: u32,
+    /// What the re-test re-ran.
+    pub recheck: Vec<String>,
 }
 
 /// How reports are sent.
@@ -97,7 +101,16 @@ pub struct Settings {
 
 /// The stable Message-ID of the report of one series version.
 pub fn message_id(series: i64, version: u32, domain: &str) -> String {
-    format!("<patchbay-report-{series}-v{version}@{domain}>")
+    message_id_of_round(series, version, 0, domain)
+}
+
+/// The stable Message-ID of a report: the version's first (round 0), or of a re-test asked on
+/// the list (`-r<round>`), each its own mail in the same thread.
+pub fn message_id_of_round(series: i64, version: u32, round: u32, domain: &str) -> String {
+    match round {
+        0 => format!("<patchbay-report-{series}-v{version}@{domain}>"),
+        r => format!("<patchbay-report-{series}-v{version}-r{r}@{domain}>"),
+    }
 }
 
 /// Wraps text at 72 columns; lines that cannot be broken (URLs, log lines) are kept whole.
@@ -377,6 +390,9 @@ fn body(r: &Report) -> String {
         _ => format!("patchbay could not finish testing this series in time; still missing: {}.", r.missing.join(", ")),
     };
     b.push_str(&wrap(&summary));
+    if r.round > 0 {
+        b.push_str(&wrap(&format!("Re-tested on request (round {}): {}.", r.round, r.recheck.join(", "))));
+    }
     if !r.pre_existing.is_empty() {
         let old = format!("Failing on the base alone too, so not counted against this series: {}.", r.pre_existing.join(", "));
         b.push_str(&wrap(&old));
@@ -535,6 +551,8 @@ impl Template {
             base: None,
             link: None,
             reproduce: vec![],
+            round: 0,
+            recheck: vec![],
         };
         let thread = Thread {
             reply_to: "<a@b>".into(),
@@ -601,7 +619,7 @@ pub fn compose_with(r: &Report, thread: &Thread, settings: &Settings, date: &str
     }
     h.push_str(&format!("Subject: {}\n", encode_header(&subject)));
     h.push_str(&format!("Date: {date}\n"));
-    h.push_str(&format!("Message-ID: {}\n", message_id(r.series, r.version, &settings.domain)));
+    h.push_str(&format!("Message-ID: {}\n", message_id_of_round(r.series, r.version, r.round, &settings.domain)));
     h.push_str(&format!("In-Reply-To: {}\n", thread.reply_to));
     h.push_str(&format!("References: {}\n", refs.join("\n ")));
     h.push_str("Auto-Submitted: auto-generated\n");
@@ -690,6 +708,8 @@ mod tests {
             base: Some("0123abcd (branch main)".into()),
             link: Some("https://ci.example.org/series/7".into()),
             reproduce: vec![],
+            round: 0,
+            recheck: vec![],
         }
     }
 

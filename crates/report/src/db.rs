@@ -39,24 +39,32 @@ pub(crate) struct Latest {
 pub(crate) trait ReportDb: Send + Sync {
     /// Records the intent to report (the first time) and returns the report's state, resends
     /// and when it was claimed for delivery.
-    async fn intent(&self, series: i64, version: u32, message_id: String, now: i64) -> Result<(String, u32, Option<i64>), StoreError>;
+    async fn intent(&self, key: Key, message_id: String, now: i64) -> Result<(String, u32, Option<i64>), StoreError>;
     /// Claims the report for delivery (`intent` → `sending`; with `stale`, a claim a crash left,
     /// made at that time, taken over); whether this reporter got it.
-    async fn claim(&self, series: i64, version: u32, now: i64, stale: Option<Option<i64>>) -> Result<bool, StoreError>;
+    async fn claim(&self, key: Key, now: i64, stale: Option<Option<i64>>) -> Result<bool, StoreError>;
     /// Whether reporters on other hosts share this store (a claim may then be theirs, alive).
     fn shared(&self) -> bool;
     /// Moves the report from `from` to `to`; whether it was in `from`.
-    async fn set_state(&self, series: i64, version: u32, from: String, to: String, detail: Option<String>) -> Result<bool, StoreError>;
+    async fn set_state(&self, key: Key, from: String, to: String, detail: Option<String>) -> Result<bool, StoreError>;
     /// Marks the report failed (from `from`) and announces `out` with it; whether it was in `from`.
-    async fn fail(&self, series: i64, version: u32, from: String, reason: String, out: Outgoing) -> Result<bool, StoreError>;
+    async fn fail(&self, key: Key, from: String, reason: String, out: Outgoing) -> Result<bool, StoreError>;
     /// Marks the report sent and announces `out` with it; whether this call did.
-    async fn sent(&self, series: i64, version: u32, sent: Sent, out: Outgoing) -> Result<bool, StoreError>;
+    async fn sent(&self, key: Key, sent: Sent, out: Outgoing) -> Result<bool, StoreError>;
     /// Whether a later version superseded the series.
     async fn superseded(&self, series: i64) -> Result<bool, StoreError>;
     /// The mails it may answer (the cover and patch 1, those it has), in slot order.
     async fn thread_mails(&self, series: i64) -> Result<Vec<ThreadMail>, StoreError>;
     /// The latest result of each (test, arch), the apply test first.
     async fn latest(&self, series: i64, version: u32) -> Result<Vec<Latest>, StoreError>;
+}
+
+/// Which report: one per series version and re-test round (0: the version's first).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Key {
+    pub(crate) series: i64,
+    pub(crate) version: u32,
+    pub(crate) round: u32,
 }
 
 /// How a report went out.
@@ -66,15 +74,15 @@ pub(crate) struct Sent {
     pub(crate) mail: Vec<u8>,
 }
 
-const INTENT: &str = "INSERT INTO reports (series_id, version, message_id, state, transport, created_at)
-     VALUES (?1, ?2, ?3, 'intent', 'outbox', ?4) ON CONFLICT DO NOTHING";
-const STATE: &str = "SELECT state, resends, claimed_at FROM reports WHERE series_id = ?1 AND version = ?2";
-const CLAIM: &str = "UPDATE reports SET state = 'sending', claimed_at = ?3 WHERE series_id = ?1 AND version = ?2
+const INTENT: &str = "INSERT INTO reports (series_id, version, message_id, state, transport, created_at, round)
+     VALUES (?1, ?2, ?3, 'intent', 'outbox', ?4, ?5) ON CONFLICT DO NOTHING";
+const STATE: &str = "SELECT state, resends, claimed_at FROM reports WHERE series_id = ?1 AND version = ?2 AND round = ?3";
+const CLAIM: &str = "UPDATE reports SET state = 'sending', claimed_at = ?3 WHERE series_id = ?1 AND version = ?2 AND round = ?6
      AND (state = 'intent' OR (CAST(?5 AS BIGINT) = 1 AND state = 'sending' AND claimed_at IS NOT DISTINCT FROM ?4))";
-const SET_STATE: &str = "UPDATE reports SET state = ?4, detail = ?5 WHERE series_id = ?1 AND version = ?2 AND state = ?3";
-const FAIL: &str = "UPDATE reports SET state = 'failed', detail = ?4 WHERE series_id = ?1 AND version = ?2 AND state = ?3";
+const SET_STATE: &str = "UPDATE reports SET state = ?4, detail = ?5 WHERE series_id = ?1 AND version = ?2 AND state = ?3 AND round = ?6";
+const FAIL: &str = "UPDATE reports SET state = 'failed', detail = ?4 WHERE series_id = ?1 AND version = ?2 AND state = ?3 AND round = ?5";
 const SENT: &str = "UPDATE reports SET state = 'sent', transport = ?4, sent_at = ?3, mail = ?5
-     WHERE series_id = ?1 AND version = ?2 AND state IN ('intent', 'sending')";
+     WHERE series_id = ?1 AND version = ?2 AND state IN ('intent', 'sending') AND round = ?6";
 const SUPERSEDED: &str = "SELECT state = 'superseded' FROM series WHERE uid = ?1";
 const THREAD_MAILS: &str =
     "SELECT sm.slot, m.message_id, m.raw, m.subject, m.from_email FROM series_mails sm JOIN mails m ON m.id = sm.mail_id
@@ -86,33 +94,37 @@ const LATEST: &str = "SELECT test, arch, outcome, reason, duration_ms, base, job
 /// The embedded store: the bus is the database, so announcing is `publish_in`.
 #[async_trait]
 impl ReportDb for EmbeddedBus {
-    async fn intent(&self, series: i64, version: u32, message_id: String, now: i64) -> Result<(String, u32, Option<i64>), StoreError> {
+    async fn intent(&self, key: Key, message_id: String, now: i64) -> Result<(String, u32, Option<i64>), StoreError> {
         self.db()
             .write(move |tx| {
-                tx.prepare_cached(INTENT)?.execute(params![series, version, message_id, now])?;
-                Ok(tx.query_row(STATE, params![series, version], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?)
+                tx.prepare_cached(INTENT)?.execute(params![key.series, key.version, message_id, now, key.round])?;
+                Ok(tx.query_row(STATE, params![key.series, key.version, key.round], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?)
             })
             .await
     }
 
-    async fn claim(&self, series: i64, version: u32, now: i64, stale: Option<Option<i64>>) -> Result<bool, StoreError> {
+    async fn claim(&self, key: Key, now: i64, stale: Option<Option<i64>>) -> Result<bool, StoreError> {
         let (takeover, at) = (i64::from(stale.is_some()), stale.flatten());
-        self.db().write(move |tx| Ok(tx.prepare_cached(CLAIM)?.execute(params![series, version, now, at, takeover])? == 1)).await
+        self.db()
+            .write(move |tx| Ok(tx.prepare_cached(CLAIM)?.execute(params![key.series, key.version, now, at, takeover, key.round])? == 1))
+            .await
     }
 
     fn shared(&self) -> bool {
         false
     }
 
-    async fn set_state(&self, series: i64, version: u32, from: String, to: String, detail: Option<String>) -> Result<bool, StoreError> {
-        self.db().write(move |tx| Ok(tx.prepare_cached(SET_STATE)?.execute(params![series, version, from, to, detail])? == 1)).await
+    async fn set_state(&self, key: Key, from: String, to: String, detail: Option<String>) -> Result<bool, StoreError> {
+        self.db()
+            .write(move |tx| Ok(tx.prepare_cached(SET_STATE)?.execute(params![key.series, key.version, from, to, detail, key.round])? == 1))
+            .await
     }
 
-    async fn fail(&self, series: i64, version: u32, from: String, reason: String, out: Outgoing) -> Result<bool, StoreError> {
+    async fn fail(&self, key: Key, from: String, reason: String, out: Outgoing) -> Result<bool, StoreError> {
         let bus = self.clone();
         self.db()
             .write(move |tx| {
-                let changed = tx.prepare_cached(FAIL)?.execute(params![series, version, from, reason])? == 1;
+                let changed = tx.prepare_cached(FAIL)?.execute(params![key.series, key.version, from, reason, key.round])? == 1;
                 if changed {
                     bus.publish_in(tx, vec![out])?;
                 }
@@ -121,11 +133,12 @@ impl ReportDb for EmbeddedBus {
             .await
     }
 
-    async fn sent(&self, series: i64, version: u32, sent: Sent, out: Outgoing) -> Result<bool, StoreError> {
+    async fn sent(&self, key: Key, sent: Sent, out: Outgoing) -> Result<bool, StoreError> {
         let bus = self.clone();
         self.db()
             .write(move |tx| {
-                let changed = tx.prepare_cached(SENT)?.execute(params![series, version, sent.at, sent.transport, sent.mail])? == 1;
+                let changed =
+                    tx.prepare_cached(SENT)?.execute(params![key.series, key.version, sent.at, sent.transport, sent.mail, key.round])? == 1;
                 if changed {
                     bus.publish_in(tx, vec![out])?;
                 }
@@ -181,34 +194,37 @@ pub(crate) fn pg(e: impl Into<patchbay_store_pg::PgError>) -> StoreError {
 /// PostgreSQL: the reports beside ingest's and the aggregator's tables, announcements in the outbox.
 #[async_trait]
 impl ReportDb for PgStore {
-    async fn intent(&self, series: i64, version: u32, message_id: String, now: i64) -> Result<(String, u32, Option<i64>), StoreError> {
+    async fn intent(&self, key: Key, message_id: String, now: i64) -> Result<(String, u32, Option<i64>), StoreError> {
         let client = self.client().await.map_err(pg)?;
-        let version = i64::from(version);
-        client.execute(&dollars(INTENT), &[&series, &version, &message_id, &now]).await.map_err(pg)?;
-        let row = client.query_one(&dollars(STATE), &[&series, &version]).await.map_err(pg)?;
+        let (series, version, round) = (key.series, i64::from(key.version), i64::from(key.round));
+        client.execute(&dollars(INTENT), &[&series, &version, &message_id, &now, &round]).await.map_err(pg)?;
+        let row = client.query_one(&dollars(STATE), &[&series, &version, &round]).await.map_err(pg)?;
         Ok((row.get(0), row.get::<_, i64>(1) as u32, row.get(2)))
     }
 
-    async fn claim(&self, series: i64, version: u32, now: i64, stale: Option<Option<i64>>) -> Result<bool, StoreError> {
+    async fn claim(&self, key: Key, now: i64, stale: Option<Option<i64>>) -> Result<bool, StoreError> {
         let (takeover, at) = (i64::from(stale.is_some()), stale.flatten());
         let client = self.client().await.map_err(pg)?;
-        Ok(client.execute(&dollars(CLAIM), &[&series, &i64::from(version), &now, &at, &takeover]).await.map_err(pg)? == 1)
+        let (series, version, round) = (key.series, i64::from(key.version), i64::from(key.round));
+        Ok(client.execute(&dollars(CLAIM), &[&series, &version, &now, &at, &takeover, &round]).await.map_err(pg)? == 1)
     }
 
     fn shared(&self) -> bool {
         true
     }
 
-    async fn set_state(&self, series: i64, version: u32, from: String, to: String, detail: Option<String>) -> Result<bool, StoreError> {
+    async fn set_state(&self, key: Key, from: String, to: String, detail: Option<String>) -> Result<bool, StoreError> {
         let client = self.client().await.map_err(pg)?;
-        let n = client.execute(&dollars(SET_STATE), &[&series, &i64::from(version), &from, &to, &detail]).await.map_err(pg)?;
+        let (series, version, round) = (key.series, i64::from(key.version), i64::from(key.round));
+        let n = client.execute(&dollars(SET_STATE), &[&series, &version, &from, &to, &detail, &round]).await.map_err(pg)?;
         Ok(n == 1)
     }
 
-    async fn fail(&self, series: i64, version: u32, from: String, reason: String, out: Outgoing) -> Result<bool, StoreError> {
+    async fn fail(&self, key: Key, from: String, reason: String, out: Outgoing) -> Result<bool, StoreError> {
         let mut client = self.client().await.map_err(pg)?;
         let mut tx = self.begin(&mut client).await.map_err(pg)?;
-        let changed = tx.sql().execute(&dollars(FAIL), &[&series, &i64::from(version), &from, &reason]).await.map_err(pg)? == 1;
+        let (series, version, round) = (key.series, i64::from(key.version), i64::from(key.round));
+        let changed = tx.sql().execute(&dollars(FAIL), &[&series, &version, &from, &reason, &round]).await.map_err(pg)? == 1;
         if changed {
             tx.publish(vec![out]).await.map_err(pg)?;
         }
@@ -216,12 +232,12 @@ impl ReportDb for PgStore {
         Ok(changed)
     }
 
-    async fn sent(&self, series: i64, version: u32, sent: Sent, out: Outgoing) -> Result<bool, StoreError> {
+    async fn sent(&self, key: Key, sent: Sent, out: Outgoing) -> Result<bool, StoreError> {
         let mut client = self.client().await.map_err(pg)?;
         let mut tx = self.begin(&mut client).await.map_err(pg)?;
+        let (series, version, round) = (key.series, i64::from(key.version), i64::from(key.round));
         let changed =
-            tx.sql().execute(&dollars(SENT), &[&series, &i64::from(version), &sent.at, &sent.transport, &sent.mail]).await.map_err(pg)?
-                == 1;
+            tx.sql().execute(&dollars(SENT), &[&series, &version, &sent.at, &sent.transport, &sent.mail, &round]).await.map_err(pg)? == 1;
         if changed {
             tx.publish(vec![out]).await.map_err(pg)?;
         }

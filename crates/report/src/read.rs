@@ -24,16 +24,17 @@ pub struct ReportRow {
 /// What readers and the admin ask of the report store; one implementation per store backend.
 #[async_trait]
 pub trait ReportStore: Send + Sync + 'static {
-    /// The report of a series version.
+    /// The report of a series version: of its latest re-test round, when it had one.
     async fn report(&self, series: i64, version: u32) -> Result<Option<ReportRow>, StoreError>;
-    /// Puts a finished report (`sent`, `failed`, `skipped`) back in `intent`, so the reporter
-    /// sends it again when it hears the verdict again; `false` when there was none to put back.
+    /// Puts a finished report (`sent`, `failed`, `skipped`) of the version's first testing back
+    /// in `intent`, so the reporter sends it again when it hears the verdict again; `false`
+    /// when there was none to put back.
     async fn ask_resend(&self, series: i64, version: u32, detail: String) -> Result<bool, StoreError>;
 }
 
-const REPORT: &str = "SELECT state, detail, mail FROM reports WHERE series_id = ?1 AND version = ?2";
+const REPORT: &str = "SELECT state, detail, mail FROM reports WHERE series_id = ?1 AND version = ?2 ORDER BY round DESC LIMIT 1";
 const RESEND: &str = "UPDATE reports SET state = 'intent', detail = ?3, resends = resends + 1
-     WHERE series_id = ?1 AND version = ?2 AND state IN ('sent', 'failed', 'skipped')";
+     WHERE series_id = ?1 AND version = ?2 AND round = 0 AND state IN ('sent', 'failed', 'skipped')";
 
 #[async_trait]
 impl ReportStore for Db {

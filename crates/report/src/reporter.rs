@@ -18,7 +18,12 @@ use patchbay_runtime::{BodyHandler, HandlerError};
 use patchbay_store::{EmbeddedBus, StoreError};
 use patchbay_store_pg::PgStore;
 
-use crate::db::{ReportDb, Sent};
+use crate::db::{Key, ReportDb, Sent};
+
+/// The report a verdict asks for: its series version and re-test round.
+fn key(v: &SeriesVerdict) -> Key {
+    Key { series: v.series.id, version: v.series.version, round: v.round }
+}
 
 /// Where reports go.
 #[derive(Clone)]
@@ -232,27 +237,26 @@ impl Reporter {
         self
     }
 
-    async fn set_state(&self, id: i64, ver: u32, from: &str, to: &str, detail: Option<String>) -> Result<bool, StoreError> {
-        self.db.set_state(id, ver, from.to_string(), to.to_string(), detail).await
+    async fn set_state(&self, key: Key, from: &str, to: &str, detail: Option<String>) -> Result<bool, StoreError> {
+        self.db.set_state(key, from.to_string(), to.to_string(), detail).await
     }
 
     async fn fail(&self, v: &SeriesVerdict, message_id: &str, from_state: &str, reason: String) -> Result<(), ReportError> {
-        let (id, ver) = (v.series.id, v.series.version);
         let body =
             ReportFailed { series: v.series.clone(), verdict: v.verdict.clone(), message_id: message_id.into(), reason: reason.clone() };
         let out = self.publisher.outgoing(&body).map_err(|e| ReportError::Build(e.to_string()))?;
         tracing::warn!(%message_id, %reason, "Report not delivered.");
-        self.db.fail(id, ver, from_state.to_string(), reason, out).await?;
+        self.db.fail(key(v), from_state.to_string(), reason, out).await?;
         Ok(())
     }
 
     /// Reports one verdict, exactly once.
     /// `published`: when the verdict was published, for the time-to-report metric.
     pub async fn report(&self, v: SeriesVerdict, published: Option<patchbay_model::Timestamp>) -> Result<(), ReportError> {
-        let message_id = report::message_id(v.series.id, v.series.version, &self.settings.domain);
+        let message_id = report::message_id_of_round(v.series.id, v.series.version, v.round, &self.settings.domain);
         // 1. The intent, before anything leaves.
-        let (id, ver, mid) = (v.series.id, v.series.version, message_id.clone());
-        let (state, resends, claimed_at) = self.db.intent(id, ver, mid, now()).await?;
+        let key = key(&v);
+        let (state, resends, claimed_at) = self.db.intent(key, message_id.clone(), now()).await?;
         // A claim a crash left behind, to take over (maildir delivery only).
         let mut stale = None;
         match state.as_str() {
@@ -260,7 +264,7 @@ impl Reporter {
             // Reporters on other hosts share this store: the claim may be one that is sending
             // right now. Look again later; a claim older than the lease was left by a crash.
             "sending" if self.db.shared() && now() - claimed_at.unwrap_or(0) < CLAIM_LEASE_SECS => {
-                return Err(ReportError::Claimed(id, ver));
+                return Err(ReportError::Claimed(key.series, key.version));
             }
             // The maildir takes a report's file once: delivering again is safe.
             "sending" if matches!(self.transport, Transport::Outbox(_)) => stale = Some(claimed_at),
@@ -295,7 +299,7 @@ impl Reporter {
         };
         if let Some(why) = skip {
             tracing::info!(%message_id, why, "Report skipped.");
-            self.set_state(id, ver, "intent", "skipped", Some(why.into())).await?;
+            self.set_state(key, "intent", "skipped", Some(why.into())).await?;
             return Ok(());
         }
         let Some(mut facts) = facts(self.db.as_ref(), &v, self.link_base.as_deref()).await? else {
@@ -318,6 +322,8 @@ impl Reporter {
             // The series' page on the dashboard: its matrix, logs, report and other versions.
             link: self.link_base.as_deref().map(|b| format!("{}/series/{}", b.trim_end_matches('/'), v.series.id)),
             reproduce,
+            round: v.round,
+            recheck: v.recheck.clone(),
         };
         let date = rfc5322_now();
         let private;
@@ -337,7 +343,7 @@ impl Reporter {
         };
         // 2. Delivery, by the one reporter that claims it (`sending` is committed before the
         // first byte goes out, for every transport: reporters on several hosts send it once).
-        if !self.db.claim(id, ver, now(), stale).await? {
+        if !self.db.claim(key, now(), stale).await? {
             return Ok(());
         }
         let transport = match &self.transport {
@@ -369,7 +375,7 @@ impl Reporter {
                         return self.fail(&v, &message_id, "sending", reason).await;
                     }
                     Err(crate::smtp::SendError::Transient(e)) => {
-                        self.set_state(id, ver, "sending", "intent", Some(e.clone())).await?;
+                        self.set_state(key, "sending", "intent", Some(e.clone())).await?;
                         return Err(ReportError::SmtpUnavailable(e));
                     }
                 }
@@ -385,7 +391,7 @@ impl Reporter {
             transport: transport.clone(),
         };
         let out = self.publisher.outgoing(&sent).map_err(|e| ReportError::Build(e.to_string()))?;
-        let sent_now = self.db.sent(id, ver, Sent { at: now(), transport: transport.as_str().to_string(), mail }, out).await?;
+        let sent_now = self.db.sent(key, Sent { at: now(), transport: transport.as_str().to_string(), mail }, out).await?;
         if sent_now && let Some(published) = published {
             let waited = patchbay_model::Timestamp::now().as_micros().saturating_sub(published.as_micros());
             patchbay_metrics::metrics().report_seconds.observe(waited.max(0) as f64 / 1e6);

@@ -103,6 +103,8 @@ fn apply_failure_report() -> (Report, Thread) {
         base: Some("5f0e1d2c3b4a59687766554433221100ffeeddcc (branch hwmon-next)".into()),
         link: None,
         reproduce: vec![],
+        round: 0,
+        recheck: vec![],
     };
     let thread = Thread {
         reply_to: "<20240102.cover@example.org>".into(),

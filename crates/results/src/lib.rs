@@ -107,7 +107,7 @@ impl Aggregator {
                 let mut out = Vec::new();
                 if let Some(recorded) = insert_result(tx, &message_id, &result)? {
                     out.push(this.outgoing(&recorded)?);
-                    if let Some(v) = this.decide(tx, &result.series, false)? {
+                    if let Some(v) = this.decide(tx, &Round::of(&result), false)? {
                         out.push(this.outgoing(&v)?);
                     }
                 }
@@ -138,13 +138,14 @@ impl Aggregator {
                 tx.prepare_cached("UPDATE results SET waived = 1, waiver = ?2 WHERE id = ?1")?.execute(params![result, comment])?;
                 let waived = ResultWaived { result, job, series, version, test, arch, comment, by };
                 let mut out = vec![this.outgoing(&waived)?];
-                let head: Option<String> = tx
-                    .prepare_cached("SELECT series FROM verdicts WHERE series_id = ?1 AND version = ?2 AND verdict IS NULL")?
-                    .query_row(params![series, version], |r| r.get(0))
-                    .optional()?;
-                if let Some(head) = head {
-                    let head: SeriesHead = serde_json::from_str(&head).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                    if let Some(v) = this.decide(tx, &head, false)? {
+                let open: Vec<(String, u32, String)> = tx
+                    .prepare_cached(
+                        "SELECT series, round, recheck FROM verdicts WHERE series_id = ?1 AND version = ?2 AND verdict IS NULL",
+                    )?
+                    .query_map(params![series, version], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect::<Result<_, _>>()?;
+                for (head, round, recheck) in open {
+                    if let Some(v) = this.decide(tx, &Round::stored(&head, round, &recheck)?, false)? {
                         out.push(this.outgoing(&v)?);
                     }
                 }
@@ -168,7 +169,7 @@ impl Aggregator {
         bus.db()
             .clone()
             .write(move |tx| {
-                let Some(v) = this.decide(tx, &head, true)? else { return Ok(false) };
+                let Some(v) = this.decide(tx, &Round::first(&head), true)? else { return Ok(false) };
                 bus.publish_in(tx, vec![this.outgoing(&v)?])?;
                 Ok(true)
             })
@@ -185,14 +186,13 @@ impl Aggregator {
         bus.db()
             .clone()
             .write(move |tx| {
-                let due: Vec<String> = tx
-                    .prepare_cached("SELECT series FROM verdicts WHERE decided_at IS NULL AND since < ?1 LIMIT 1000")?
-                    .query_map([at - deadline_secs], |r| r.get(0))?
+                let due: Vec<(String, u32, String)> = tx
+                    .prepare_cached("SELECT series, round, recheck FROM verdicts WHERE decided_at IS NULL AND since < ?1 LIMIT 1000")?
+                    .query_map([at - deadline_secs], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                     .collect::<Result<_, _>>()?;
                 let mut out = Vec::new();
-                for head in &due {
-                    let head: SeriesHead = serde_json::from_str(head).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                    if let Some(v) = this.decide(tx, &head, true)? {
+                for (head, round, recheck) in &due {
+                    if let Some(v) = this.decide(tx, &Round::stored(head, *round, recheck)?, true)? {
                         out.push(this.outgoing(&v)?);
                     }
                 }
@@ -209,18 +209,30 @@ impl Aggregator {
         self.publisher.outgoing(body).map_err(|e| StoreError::Corrupt(e.to_string()))
     }
 
-    /// Inside the transaction: the verdict, if this is the moment it is decided.
-    fn decide(&self, tx: &Tx<'_>, head: &SeriesHead, deadline_passed: bool) -> Result<Option<SeriesVerdict>, StoreError> {
+    /// Inside the transaction: the verdict of a round, if this is the moment it is decided.
+    fn decide(&self, tx: &Tx<'_>, round: &Round, deadline_passed: bool) -> Result<Option<SeriesVerdict>, StoreError> {
+        let head = &round.head;
         let head_json = serde_json::to_string(head).expect("heads serialize");
-        tx.prepare_cached("INSERT OR IGNORE INTO verdicts (series_id, version, project, series, since) VALUES (?1, ?2, ?3, ?4, ?5)")?
-            .execute(params![head.id, head.version, head.project, head_json, now()])?;
-        let decided: Option<String> = tx
-            .prepare_cached("SELECT verdict FROM verdicts WHERE series_id = ?1 AND version = ?2")?
-            .query_row(params![head.id, head.version], |r| r.get(0))
-            .optional()?
-            .flatten();
+        tx.prepare_cached(
+            "INSERT OR IGNORE INTO verdicts (series_id, version, round, project, series, since, recheck) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![head.id, head.version, round.round, head.project, head_json, now(), round.recheck.join(" ")])?;
+        let (decided, recheck): (Option<String>, String) = tx
+            .prepare_cached("SELECT verdict, recheck FROM verdicts WHERE series_id = ?1 AND version = ?2 AND round = ?3")?
+            .query_row(params![head.id, head.version, round.round], |r| Ok((r.get(0)?, r.get(1)?)))?;
         if decided.is_some() {
             return Ok(None);
+        }
+        // The round as first recorded: its labels came with its first result.
+        let round = Round::stored_with(head.clone(), round.round, &recheck);
+        if round.round > 0 && !deadline_passed {
+            let done: Vec<String> = tx
+                .prepare_cached("SELECT test, arch FROM results WHERE series_id = ?1 AND version = ?2 AND round = ?3 AND retrying = 0")?
+                .query_map(params![head.id, head.version, round.round], |r| Ok(label(&r.get::<_, String>(0)?, &r.get::<_, String>(1)?)))?
+                .collect::<Result<_, _>>()?;
+            if !round.recheck.iter().all(|l| done.contains(l)) {
+                return Ok(None);
+            }
         }
         let mut stmt = tx.prepare_cached(
             "SELECT test, arch, outcome, waived, reason, retrying, flaky, pre_existing FROM results r WHERE series_id = ?1 AND version = ?2
@@ -239,17 +251,18 @@ impl Aggregator {
                 })
             })?
             .collect::<Result<_, _>>()?;
-        let Some((verdict, detail)) = self.verdict(head, &latest, deadline_passed) else { return Ok(None) };
+        let Some((verdict, detail)) = self.verdict(&round, &latest, deadline_passed) else { return Ok(None) };
         tx.prepare_cached(
-            "UPDATE verdicts SET verdict = ?3, detail = ?4, decided_at = ?5 WHERE series_id = ?1 AND version = ?2 AND verdict IS NULL",
+            "UPDATE verdicts SET verdict = ?3, detail = ?4, decided_at = ?5 WHERE series_id = ?1 AND version = ?2 AND round = ?6 AND verdict IS NULL",
         )?
-        .execute(params![head.id, head.version, verdict.verdict.as_str(), detail, now()])?;
+        .execute(params![head.id, head.version, verdict.verdict.as_str(), detail, now(), round.round])?;
         Ok(Some(verdict))
     }
 
     /// The verdict the latest results give, if they decide one, and its stored detail (what
     /// failed or is missing): the policy, the same on every store.
-    fn verdict(&self, head: &SeriesHead, latest: &[Latest], deadline_passed: bool) -> Option<(SeriesVerdict, String)> {
+    fn verdict(&self, round: &Round, latest: &[Latest], deadline_passed: bool) -> Option<(SeriesVerdict, String)> {
+        let head = &round.head;
         let required = self.policy.required(&head.project);
         let verdict = patchbay_verdict::decide(&required, latest, deadline_passed)?;
         let (failed, missing) = match &verdict {
@@ -259,8 +272,55 @@ impl Aggregator {
         };
         let (flaky, pre_existing) = if verdict == Verdict::Merged { (vec![], vec![]) } else { patchbay_verdict::notes(&required, latest) };
         let detail = failed.iter().chain(missing.iter()).cloned().collect::<Vec<_>>().join(" ");
-        Some((SeriesVerdict { series: head.clone(), verdict: verdict.kind(), failed, missing, flaky, pre_existing }, detail))
+        let v = SeriesVerdict {
+            series: head.clone(),
+            verdict: verdict.kind(),
+            failed,
+            missing,
+            flaky,
+            pre_existing,
+            round: round.round,
+            recheck: round.recheck.clone(),
+        };
+        Some((v, detail))
     }
+}
+
+/// What one verdict is about: a series version's first testing (round 0), or a re-test asked
+/// on the list (round 1, 2…) of the `recheck` labels, decided once all of them are in again.
+#[derive(Clone, Debug)]
+pub(crate) struct Round {
+    pub(crate) head: SeriesHead,
+    pub(crate) round: u32,
+    pub(crate) recheck: Vec<String>,
+}
+
+impl Round {
+    /// A version's first testing.
+    pub(crate) fn first(head: &SeriesHead) -> Round {
+        Round { head: head.clone(), round: 0, recheck: Vec::new() }
+    }
+
+    /// The round a result belongs to.
+    pub(crate) fn of(r: &TestFinished) -> Round {
+        Round { head: r.series.clone(), round: r.round, recheck: if r.round == 0 { Vec::new() } else { r.recheck.clone() } }
+    }
+
+    /// A round as its verdict row keeps it (the head as JSON, the labels space-separated).
+    pub(crate) fn stored(head: &str, round: u32, recheck: &str) -> Result<Round, StoreError> {
+        let head: SeriesHead = serde_json::from_str(head).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(Round::stored_with(head, round, recheck))
+    }
+
+    /// A round with the labels its row keeps.
+    pub(crate) fn stored_with(head: SeriesHead, round: u32, recheck: &str) -> Round {
+        Round { head, round, recheck: recheck.split_whitespace().map(str::to_string).collect() }
+    }
+}
+
+/// A result's label, as verdicts and re-test requests name it (`test/arch`, `apply`).
+pub(crate) fn label(test: &str, arch: &str) -> String {
+    Required { test: test.into(), arch: arch.into() }.label()
 }
 
 /// The excerpt to store: a failed apply's always names its patch, so the report can (callers
@@ -293,8 +353,8 @@ fn insert_result(tx: &Tx<'_>, message_id: &str, r: &TestFinished) -> Result<Opti
     let excerpt = excerpt_naming_the_patch(&r.excerpt, r.failed_patch.as_deref().filter(|_| r.test == patchbay_model::APPLY_TEST));
     let inserted = tx
         .prepare_cached(
-            "INSERT OR IGNORE INTO results (message_id, job, series_id, version, project, test, arch, outcome, reason, duration_ms, base, recorded_at, duplicate, excerpt, retrying, flaky, pre_existing)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+            "INSERT OR IGNORE INTO results (message_id, job, series_id, version, project, test, arch, outcome, reason, duration_ms, base, recorded_at, duplicate, excerpt, retrying, flaky, pre_existing, round)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
         )?
         .execute(params![
             message_id,
@@ -313,7 +373,8 @@ fn insert_result(tx: &Tx<'_>, message_id: &str, r: &TestFinished) -> Result<Opti
             excerpt,
             r.retrying,
             flaky,
-            r.pre_existing
+            r.pre_existing,
+            r.round
         ])?;
     if inserted == 0 {
         return Ok(None);

@@ -14,7 +14,7 @@ use patchbay_store_pg::{PgError, PgStore, PgTx, text};
 use patchbay_verdict::{Latest, Required};
 use tokio_postgres::types::ToSql;
 
-use crate::{Aggregator, Query, ResultRow, ResultsStore, excerpt_naming_the_patch, now, recorded};
+use crate::{Aggregator, Query, ResultRow, ResultsStore, Round, excerpt_naming_the_patch, label, now, recorded};
 
 /// The port's error for a PostgreSQL failure (the pool's or a statement's).
 fn pg(e: impl Into<PgError>) -> StoreError {
@@ -29,7 +29,8 @@ const LATEST: &str = "SELECT test, arch, outcome, waived, reason, retrying, flak
 pub(crate) async fn record(agg: &Aggregator, store: &PgStore, message_id: &str, r: &TestFinished) -> Result<(), StoreError> {
     let mut client = store.client().await.map_err(pg)?;
     let mut tx = store.begin(&mut client).await.map_err(pg)?;
-    let decided = lock(&tx, &r.series).await?;
+    let round = Round::of(r);
+    let decided = lock(&tx, &round).await?;
     let version = i64::from(r.series.version);
     let previous: Option<(Outcome, bool)> = tx
         .sql()
@@ -50,8 +51,8 @@ pub(crate) async fn record(agg: &Aggregator, store: &PgStore, message_id: &str, 
     let id: Option<i64> = tx
         .sql()
         .query_opt(
-            "INSERT INTO results (message_id, job, series_id, version, project, test, arch, outcome, reason, duration_ms, base, recorded_at, duplicate, excerpt, retrying, flaky, pre_existing)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+            "INSERT INTO results (message_id, job, series_id, version, project, test, arch, outcome, reason, duration_ms, base, recorded_at, duplicate, excerpt, retrying, flaky, pre_existing, round)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
              ON CONFLICT (message_id) DO NOTHING RETURNING id",
             &[
                 &message_id,
@@ -71,6 +72,7 @@ pub(crate) async fn record(agg: &Aggregator, store: &PgStore, message_id: &str, 
                 &r.retrying,
                 &flaky,
                 &r.pre_existing,
+                &i64::from(r.round),
             ],
         )
         .await
@@ -78,8 +80,8 @@ pub(crate) async fn record(agg: &Aggregator, store: &PgStore, message_id: &str, 
         .map(|row| row.get(0));
     let Some(id) = id else { return Ok(()) };
     let mut out = vec![agg.outgoing(&recorded(r, id, previous, flaky))?];
-    if decided.is_none()
-        && let Some(v) = decide(agg, &tx, &r.series, false).await?
+    if let Some(round) = decided
+        && let Some(v) = decide(agg, &tx, &round, false).await?
     {
         out.push(agg.outgoing(&v)?);
     }
@@ -103,22 +105,26 @@ pub(crate) async fn waive(
         return Ok(None);
     };
     let (series, version): (i64, i64) = (row.get(1), row.get(2));
-    // The verdict row first, as every writer takes it, then the result.
-    let head: Option<String> = tx
+    // The verdict rows first, as every writer takes them, then the result.
+    let open: Vec<(String, i64, String)> = tx
         .sql()
-        .query_opt("SELECT series FROM verdicts WHERE series_id = $1 AND version = $2 AND verdict IS NULL FOR UPDATE", &[&series, &version])
+        .query(
+            "SELECT series, round, recheck FROM verdicts WHERE series_id = $1 AND version = $2 AND verdict IS NULL ORDER BY round FOR UPDATE",
+            &[&series, &version],
+        )
         .await
         .map_err(pg)?
-        .map(|r| r.get(0));
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
     tx.sql()
         .execute("UPDATE results SET waived = true, waiver = $2 WHERE id = $1", &[&result, &text(&comment).as_ref()])
         .await
         .map_err(pg)?;
     let waived = ResultWaived { result, job: row.get(0), series, version: version as u32, test: row.get(3), arch: row.get(4), comment, by };
     let mut out = vec![agg.outgoing(&waived)?];
-    if let Some(head) = head {
-        let head: SeriesHead = serde_json::from_str(&head).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        if let Some(v) = decide(agg, &tx, &head, false).await? {
+    for (head, round, recheck) in open {
+        if let Some(v) = decide(agg, &tx, &Round::stored(&head, round as u32, &recheck)?, false).await? {
             out.push(agg.outgoing(&v)?);
         }
     }
@@ -131,11 +137,9 @@ pub(crate) async fn waive(
 pub(crate) async fn close(agg: &Aggregator, store: &PgStore, head: &SeriesHead) -> Result<bool, StoreError> {
     let mut client = store.client().await.map_err(pg)?;
     let mut tx = store.begin(&mut client).await.map_err(pg)?;
-    if lock(&tx, head).await?.is_some() {
-        return Ok(false);
-    }
+    let Some(round) = lock(&tx, &Round::first(head)).await? else { return Ok(false) };
     // As on SQLite, the version's row stays even when nothing is decided yet.
-    let decided = match decide(agg, &tx, head, true).await? {
+    let decided = match decide(agg, &tx, &round, true).await? {
         Some(v) => {
             tx.publish(vec![agg.outgoing(&v)?]).await.map_err(pg)?;
             true
@@ -154,15 +158,15 @@ pub(crate) async fn sweep(agg: &Aggregator, store: &PgStore, since: i64) -> Resu
     let due = tx
         .sql()
         .query(
-            "SELECT series FROM verdicts WHERE decided_at IS NULL AND since < $1 ORDER BY since LIMIT 1000 FOR UPDATE SKIP LOCKED",
+            "SELECT series, round, recheck FROM verdicts WHERE decided_at IS NULL AND since < $1 ORDER BY since LIMIT 1000 FOR UPDATE SKIP LOCKED",
             &[&since],
         )
         .await
         .map_err(pg)?;
     let mut out = Vec::new();
     for row in due {
-        let head: SeriesHead = serde_json::from_str(row.get(0)).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        if let Some(v) = decide(agg, &tx, &head, true).await? {
+        let round = Round::stored(row.get(0), row.get::<_, i64>(1) as u32, row.get(2))?;
+        if let Some(v) = decide(agg, &tx, &round, true).await? {
             out.push(agg.outgoing(&v)?);
         }
     }
@@ -174,29 +178,54 @@ pub(crate) async fn sweep(agg: &Aggregator, store: &PgStore, since: i64) -> Resu
     Ok(n)
 }
 
-/// Takes the series version's verdict row (creating it on first sight) for the rest of the
-/// transaction; returns the verdict already decided, if any.
-async fn lock(tx: &PgTx<'_>, head: &SeriesHead) -> Result<Option<String>, StoreError> {
+/// Takes the round's verdict row (creating it on first sight) for the rest of the transaction;
+/// returns the round as first recorded while it is undecided, `None` once decided.
+async fn lock(tx: &PgTx<'_>, round: &Round) -> Result<Option<Round>, StoreError> {
+    let head = &round.head;
     let head_json = serde_json::to_string(head).expect("heads serialize");
     let version = i64::from(head.version);
+    let n = i64::from(round.round);
     tx.sql()
         .execute(
-            "INSERT INTO verdicts (series_id, version, project, series, since) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-            &[&head.id, &version, &head.project, &head_json, &now()],
+            "INSERT INTO verdicts (series_id, version, round, project, series, since, recheck) VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT DO NOTHING",
+            &[&head.id, &version, &n, &head.project, &head_json, &now(), &round.recheck.join(" ")],
         )
         .await
         .map_err(pg)?;
     let row = tx
         .sql()
-        .query_one("SELECT verdict FROM verdicts WHERE series_id = $1 AND version = $2 FOR UPDATE", &[&head.id, &version])
+        .query_one(
+            "SELECT verdict, recheck FROM verdicts WHERE series_id = $1 AND version = $2 AND round = $3 FOR UPDATE",
+            &[&head.id, &version, &n],
+        )
         .await
         .map_err(pg)?;
-    Ok(row.get(0))
+    let decided: Option<String> = row.get(0);
+    Ok(decided.is_none().then(|| Round::stored_with(head.clone(), round.round, row.get(1))))
 }
 
-/// With the verdict row held and undecided: the verdict, if this is the moment it is decided.
-async fn decide(agg: &Aggregator, tx: &PgTx<'_>, head: &SeriesHead, deadline_passed: bool) -> Result<Option<SeriesVerdict>, StoreError> {
+/// With the round's verdict row held and undecided: the verdict, if this is the moment it is decided.
+async fn decide(agg: &Aggregator, tx: &PgTx<'_>, round: &Round, deadline_passed: bool) -> Result<Option<SeriesVerdict>, StoreError> {
+    let head = &round.head;
     let version = i64::from(head.version);
+    let n = i64::from(round.round);
+    if round.round > 0 && !deadline_passed {
+        let done: Vec<String> = tx
+            .sql()
+            .query(
+                "SELECT test, arch FROM results WHERE series_id = $1 AND version = $2 AND round = $3 AND NOT retrying",
+                &[&head.id, &version, &n],
+            )
+            .await
+            .map_err(pg)?
+            .iter()
+            .map(|r| label(r.get(0), r.get(1)))
+            .collect();
+        if !round.recheck.iter().all(|l| done.contains(l)) {
+            return Ok(None);
+        }
+    }
     let latest: Vec<Latest> = tx
         .sql()
         .query(LATEST, &[&head.id, &version])
@@ -213,11 +242,11 @@ async fn decide(agg: &Aggregator, tx: &PgTx<'_>, head: &SeriesHead, deadline_pas
             pre_existing: r.get(7),
         })
         .collect();
-    let Some((verdict, detail)) = agg.verdict(head, &latest, deadline_passed) else { return Ok(None) };
+    let Some((verdict, detail)) = agg.verdict(round, &latest, deadline_passed) else { return Ok(None) };
     tx.sql()
         .execute(
-            "UPDATE verdicts SET verdict = $3, detail = $4, decided_at = $5 WHERE series_id = $1 AND version = $2 AND verdict IS NULL",
-            &[&head.id, &version, &verdict.verdict.as_str(), &detail, &now()],
+            "UPDATE verdicts SET verdict = $3, detail = $4, decided_at = $5 WHERE series_id = $1 AND version = $2 AND round = $6 AND verdict IS NULL",
+            &[&head.id, &version, &verdict.verdict.as_str(), &detail, &now(), &n],
         )
         .await
         .map_err(pg)?;
@@ -250,7 +279,9 @@ impl ResultsStore for PgStore {
         let rows = client
             .query(
                 "SELECT v.verdict FROM unnest($1::BIGINT[], $2::BIGINT[]) WITH ORDINALITY AS k (series_id, version, n)
-                 LEFT JOIN verdicts v USING (series_id, version) ORDER BY k.n",
+                 LEFT JOIN LATERAL (SELECT verdict FROM verdicts x WHERE x.series_id = k.series_id AND x.version = k.version
+                                    ORDER BY x.verdict IS NULL, x.round DESC LIMIT 1) v ON true
+                 ORDER BY k.n",
                 &[&ids, &versions],
             )
             .await
@@ -261,7 +292,10 @@ impl ResultsStore for PgStore {
     async fn verdict_detail(&self, series: i64, version: u32) -> Result<Option<String>, StoreError> {
         let client = self.client().await.map_err(pg)?;
         let row = client
-            .query_opt("SELECT detail FROM verdicts WHERE series_id = $1 AND version = $2", &[&series, &i64::from(version)])
+            .query_opt(
+                "SELECT detail FROM verdicts WHERE series_id = $1 AND version = $2 ORDER BY verdict IS NULL, round DESC LIMIT 1",
+                &[&series, &i64::from(version)],
+            )
             .await
             .map_err(pg)?;
         Ok(row.and_then(|r| r.get(0)))

@@ -59,7 +59,10 @@ impl ResultsStore for Db {
 
     async fn verdicts(&self, keys: Vec<(i64, u32)>) -> Result<Vec<Option<VerdictKind>>, StoreError> {
         self.read(move |c| {
-            let mut stmt = c.prepare_cached("SELECT verdict FROM verdicts WHERE series_id = ?1 AND version = ?2")?;
+            // The newest decided round (a re-test asked on the list), else the undecided first.
+            let mut stmt = c.prepare_cached(
+                "SELECT verdict FROM verdicts WHERE series_id = ?1 AND version = ?2 ORDER BY verdict IS NULL, round DESC LIMIT 1",
+            )?;
             let mut out = Vec::with_capacity(keys.len());
             for (id, version) in keys {
                 // An undecided version has its row, with no verdict yet.
@@ -73,9 +76,11 @@ impl ResultsStore for Db {
 
     async fn verdict_detail(&self, series: i64, version: u32) -> Result<Option<String>, StoreError> {
         self.read(move |c| {
-            Ok(c.query_row("SELECT detail FROM verdicts WHERE series_id = ?1 AND version = ?2", params![series, version], |r| {
-                r.get::<_, Option<String>>(0)
-            })
+            Ok(c.query_row(
+                "SELECT detail FROM verdicts WHERE series_id = ?1 AND version = ?2 ORDER BY verdict IS NULL, round DESC LIMIT 1",
+                params![series, version],
+                |r| r.get::<_, Option<String>>(0),
+            )
             .optional()?
             .flatten())
         })

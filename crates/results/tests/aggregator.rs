@@ -105,6 +105,7 @@ on_both!(
     a_superseded_version_is_closed_once,
     the_read_port_answers_alike,
     re_runs_and_pre_existing_failures_are_marked_and_counted,
+    a_re_test_round_has_its_own_verdict,
 );
 
 fn result(series: i64, test: &str, arch: &str, outcome: &str) -> TestFinished {
@@ -123,6 +124,8 @@ fn result(series: i64, test: &str, arch: &str, outcome: &str) -> TestFinished {
         log_bytes: 0,
         retrying: false,
         pre_existing: false,
+        round: 0,
+        recheck: vec![],
     }
 }
 
@@ -304,4 +307,34 @@ async fn re_runs_and_pre_existing_failures_are_marked_and_counted(bus: Store) {
     assert_eq!(build.flake_rate(), 50.0);
     let apply = stats.iter().find(|s| s.test == "apply").unwrap();
     assert_eq!((apply.runs, apply.failed, apply.flaky), (2, 0, 0));
+}
+
+async fn a_re_test_round_has_its_own_verdict(bus: Store) {
+    let mut policy = Policy::default();
+    let required = |t: &str| Required { test: t.into(), arch: "x86_64".into() };
+    policy.required.insert("demo".into(), vec![required("build"), required("lint")]);
+    let agg = aggregator_with(&bus, "1", policy);
+    agg.record("r1".into(), result(41, "apply", "any", "PASSED")).await.unwrap();
+    agg.record("r2".into(), result(41, "build", "x86_64", "FAILED")).await.unwrap();
+    agg.record("r3".into(), result(41, "lint", "x86_64", "PASSED")).await.unwrap();
+    // Round 1 re-runs build and lint; the verdict waits for both.
+    let labels = vec!["build/x86_64".to_string(), "lint/x86_64".to_string()];
+    let again = |test: &str, outcome: &str| TestFinished { round: 1, recheck: labels.clone(), ..result(41, test, "x86_64", outcome) };
+    agg.record("r4".into(), again("build", "PASSED")).await.unwrap();
+    assert_eq!(bodies(&bus, "ci.series.verdict").await.len(), 1, "round 1 waits for lint");
+    agg.record("r5".into(), again("lint", "PASSED")).await.unwrap();
+    agg.record("r5".into(), again("lint", "PASSED")).await.unwrap();
+    let verdicts = bodies(&bus, "ci.series.verdict").await;
+    assert_eq!(verdicts.len(), 2, "{verdicts:#?}");
+    assert_eq!((&verdicts[0]["verdict"], verdicts[0].get("round")), (&serde_json::json!("FAILED"), None));
+    assert_eq!(
+        (&verdicts[1]["verdict"], &verdicts[1]["round"], &verdicts[1]["recheck"]),
+        (&serde_json::json!("PASSED"), &serde_json::json!(1), &serde_json::json!(labels))
+    );
+    let port = bus.port();
+    assert_eq!(
+        port.verdicts(vec![(41, 1)]).await.unwrap()[0].as_ref().map(|v| v.as_str().to_string()),
+        Some("PASSED".into()),
+        "the newest round"
+    );
 }

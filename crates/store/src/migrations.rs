@@ -242,11 +242,51 @@ const STEPS: &[&str] = &[
     ALTER TABLE reports ADD COLUMN claimed_at INTEGER;
     ",
     // 12: what a result says beyond its outcome (owned by the results crate): a failure being
-    // run again (`retries`), a pass on a re-run (flaky), a failure the base shows too.
+    // run again (`retries`), a pass on a re-run (flaky), a failure the base shows too; and
+    // re-test rounds asked on the list: a result's round, and a verdict and a report per
+    // (series, version, round), the version's first testing being round 0.
     "
     ALTER TABLE results ADD COLUMN retrying INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE results ADD COLUMN flaky INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE results ADD COLUMN pre_existing INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE results ADD COLUMN round INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE verdicts_by_round (
+        series_id  INTEGER NOT NULL,
+        version    INTEGER NOT NULL,
+        project    TEXT NOT NULL,
+        verdict    TEXT,
+        detail     TEXT,
+        series     TEXT NOT NULL,
+        since      INTEGER NOT NULL,
+        decided_at INTEGER,
+        round      INTEGER NOT NULL DEFAULT 0,
+        recheck    TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (series_id, version, round)
+    ) WITHOUT ROWID;
+    INSERT INTO verdicts_by_round (series_id, version, project, verdict, detail, series, since, decided_at)
+        SELECT series_id, version, project, verdict, detail, series, since, decided_at FROM verdicts;
+    DROP TABLE verdicts;
+    ALTER TABLE verdicts_by_round RENAME TO verdicts;
+    CREATE INDEX verdicts_pending ON verdicts (decided_at, since);
+    CREATE TABLE reports_by_round (
+        series_id  INTEGER NOT NULL,
+        version    INTEGER NOT NULL,
+        message_id TEXT NOT NULL UNIQUE,
+        state      TEXT NOT NULL CHECK (state IN ('intent', 'sending', 'sent', 'failed', 'skipped')),
+        transport  TEXT NOT NULL,
+        detail     TEXT,
+        created_at INTEGER NOT NULL,
+        sent_at    INTEGER,
+        mail       BLOB,
+        resends    INTEGER NOT NULL DEFAULT 0,
+        claimed_at INTEGER,
+        round      INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (series_id, version, round)
+    ) WITHOUT ROWID;
+    INSERT INTO reports_by_round (series_id, version, message_id, state, transport, detail, created_at, sent_at, mail, resends, claimed_at)
+        SELECT series_id, version, message_id, state, transport, detail, created_at, sent_at, mail, resends, claimed_at FROM reports;
+    DROP TABLE reports;
+    ALTER TABLE reports_by_round RENAME TO reports;
     ",
 ];
 
