@@ -43,6 +43,12 @@
 //! free, and an idle queue gives its slot back; on RabbitMQ such queues take
 //! one message at a time (`on_demand`), so the broker holds nothing ahead.
 //!
+//! A test's `retries` re-queue a failure (on `ci.test.<test>.<arch>.requeued`, which
+//! its queue binds too) for another runner first; `baseline` runs a failing test on the
+//! base alone, once per base and test definition, and marks a failure the base shows too
+//! `pre_existing` ([`BASELINE_TOPIC`] announces each base run); `per_patch` runs the script
+//! after each patch. Re-tests asked on the list are [`recheck`]'s.
+//!
 //! Delivery is at least once: a runner killed mid-job leaves the job unacked
 //! and another runner takes it; a job that has been delivered more than
 //! `max_attempts` times is reported as ERROR and dead-lettered.
@@ -52,6 +58,7 @@
 //! implements, and the dates of a series' mails through [`SeriesDates`].
 
 mod dispatcher;
+pub mod recheck;
 mod runner;
 mod settings;
 
@@ -59,7 +66,8 @@ pub use dispatcher::{
     Dependencies, Dispatcher, MailDates, NoDependencies, ProjectTests, SKIPPED_TOPIC, SeriesDates, TestDef, Tree, other_repositories,
     pick_tree, too_old,
 };
-pub use runner::{ALREADY_MERGED, RunnerService, SupersededListener, job_queue, job_topic};
+pub use recheck::{RecheckPorts, Rechecker};
+pub use runner::{ALREADY_MERGED, BASELINE_TOPIC, RunnerService, SupersededListener, job_queue, job_topic};
 pub use settings::{DEFAULT_DISPATCH_MAX_AGE_SECS, DispatchSettings, MergedSettings};
 
 /// The arch word of the `apply` job, which any runner can take; defined in `model`, where every

@@ -16,11 +16,14 @@ pub struct DispatchSettings {
     /// tested or reported (default 3 days; 0 tests whatever the age): importing a list's archive
     /// must not mail authors about patches from years ago.
     pub max_age_secs: i64,
+    /// Re-tests a series version may be given on request (`Recheck-request:` replies; default 3;
+    /// 0 turns requests off).
+    pub max_rechecks: u32,
 }
 
 impl Default for DispatchSettings {
     fn default() -> Self {
-        DispatchSettings { max_age_secs: DEFAULT_DISPATCH_MAX_AGE_SECS as i64 }
+        DispatchSettings { max_age_secs: DEFAULT_DISPATCH_MAX_AGE_SECS as i64, max_rechecks: 3 }
     }
 }
 

@@ -112,6 +112,8 @@ struct RawProject {
     tree: Vec<RawTree>,
     #[serde(default)]
     report: patchbay_report::ProjectReport,
+    #[serde(default)]
+    maintainers: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -327,6 +329,9 @@ pub struct ProjectConfig {
     pub trees: Vec<TreeConfig>,
     /// Its own report rules (`[project.report]`: `mode`, `only_on_failure`).
     pub report: patchbay_report::ProjectReport,
+    /// Addresses that may ask for a re-test of any series (`Recheck-request:`), besides each
+    /// series' submitter.
+    pub maintainers: Vec<String>,
 }
 
 /// Bus settings.
@@ -572,6 +577,7 @@ impl Config {
                 tests,
                 trees,
                 report: p.report,
+                maintainers: p.maintainers.iter().map(|m| m.trim().to_string()).filter(|m| !m.is_empty()).collect(),
             });
         }
 

@@ -169,6 +169,14 @@ impl Ingest {
         }
     }
 
+    /// The shared PostgreSQL store this service writes to; `None` on the embedded store.
+    pub fn postgres(&self) -> Option<&PgStore> {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(w) => Some(w.store()),
+        }
+    }
+
     /// The read side of the store this service writes to.
     pub fn series_store(&self) -> Arc<dyn SeriesStore> {
         match &self.backend {

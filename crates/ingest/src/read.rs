@@ -43,6 +43,9 @@ pub trait SeriesStore: Send + Sync + 'static {
     async fn versions(&self, id: i64) -> Result<Vec<(i64, u32)>, StoreError>;
     /// One mail as stored.
     async fn raw_mail(&self, id: i64) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The series (public id) a mail with this Message-ID belongs to as its cover or a patch,
+    /// the newest such series: what a reply to it answers.
+    async fn series_of_mail(&self, message_id: String) -> Result<Option<i64>, StoreError>;
     /// The series as one mbox for `git am`: its patches in slot order, with the slots a partial
     /// re-roll takes from the version it re-rolls, as the `complete` event carries it.
     async fn mbox(&self, id: i64) -> Result<Option<Vec<u8>>, StoreError>;
@@ -96,6 +99,9 @@ impl SeriesStore for Db {
     async fn raw_mail(&self, id: i64) -> Result<Option<Vec<u8>>, StoreError> {
         self.read(move |c| raw_mail(c, id)).await
     }
+    async fn series_of_mail(&self, message_id: String) -> Result<Option<i64>, StoreError> {
+        self.read(move |c| series_of_mail(c, &message_id)).await
+    }
     async fn mbox(&self, id: i64) -> Result<Option<Vec<u8>>, StoreError> {
         self.read(move |c| crate::assemble::series_mbox(c, id)).await
     }
@@ -127,6 +133,9 @@ impl SeriesStore for PgStore {
     }
     async fn raw_mail(&self, id: i64) -> Result<Option<Vec<u8>>, StoreError> {
         crate::pg::read(self.clone(), move |c| raw_mail(c, id)).await
+    }
+    async fn series_of_mail(&self, message_id: String) -> Result<Option<i64>, StoreError> {
+        crate::pg::read(self.clone(), move |c| series_of_mail(c, &message_id)).await
     }
     async fn mbox(&self, id: i64) -> Result<Option<Vec<u8>>, StoreError> {
         crate::pg::read(self.clone(), move |c| crate::assemble::series_mbox(c, id)).await
@@ -208,6 +217,14 @@ fn versions(c: &dyn Sql, id: i64) -> Result<Vec<(i64, u32)>, StoreError> {
 
 fn raw_mail(c: &dyn Sql, id: i64) -> Result<Option<Vec<u8>>, StoreError> {
     c.value("SELECT raw FROM mails WHERE id = ?1", args![id])
+}
+
+fn series_of_mail(c: &dyn Sql, message_id: &str) -> Result<Option<i64>, StoreError> {
+    c.value(
+        "SELECT s.uid FROM mails m JOIN series_mails sm ON sm.mail_id = m.id JOIN series s ON s.id = sm.series_id
+         WHERE m.message_id = ?1 ORDER BY s.id DESC LIMIT 1",
+        args![message_id],
+    )
 }
 
 fn age(c: &dyn Sql, id: i64) -> Result<Option<MailAge>, StoreError> {

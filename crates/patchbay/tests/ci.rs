@@ -1816,3 +1816,56 @@ fn a_series_broken_in_the_middle_fails_per_patch_naming_the_patch() {
     let mail = outbox(tmp.path()).concat();
     assert!(mail.contains("first failed after patch 2/3 middle: part 2"), "{mail}");
 }
+
+/// A reply on the list, as a mail client writes it: `from`, answering `to` (a Message-ID), with `body`.
+fn reply(id: &str, from: &str, to: &str, body: &str) -> String {
+    format!(
+        "From: {from}\nTo: demo@{LIST}\nSubject: Re: [PATCH] the series\nDate: Mon, 7 Dec 2026 10:00:00 +0000\n\
+         Message-ID: <{id}@example.org>\nIn-Reply-To: {to}\nReferences: {to}\n\n{body}"
+    )
+}
+
+/// `Recheck-request:` from the submitter re-runs the named test once, as round 1 with its own
+/// verdict and report; the same request again and one from a stranger are refused on the bus
+/// only, and change nothing.
+#[test]
+fn a_recheck_request_from_the_submitter_re_runs_the_test_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = origin(tmp.path(), &[("README", "base\n"), ("status", "ok\n")]);
+    let (config, _, _serve) = serve_with_test(tmp.path(), &repo, "grep -q ok status", "", "");
+    let cover = post_with(&repo, &config, "again", "main", &[("README", "docs\n")], "please test");
+    let db = tmp.path().join("data/patchbay.sqlite3");
+    assert_eq!(settled_reports(&db, None, 1, 90), vec![(1, "sent".to_string())]);
+    let arch = std::env::consts::ARCH;
+
+    inject(
+        &config,
+        reply("ask-1", "Dev <dev@example.org>", &cover, "Flaky box, please run it again.\n\nRecheck-request: check\n").as_bytes(),
+    );
+    assert_eq!(settled_reports(&db, None, 2, 90), vec![(1, "sent".to_string()), (1, "sent".to_string())]);
+    let accepted = topic_bodies(&db, "e2e.ci.ci.job.recheck.accepted");
+    assert_eq!(accepted.len(), 1, "{accepted:#?}");
+    assert_eq!((&accepted[0]["round"], &accepted[0]["recheck"]), (&serde_json::json!(1), &serde_json::json!([format!("check/{arch}")])));
+    let runs: Vec<serde_json::Value> = results(&db).into_iter().filter(|r| r["test"] == "check").collect();
+    assert_eq!(runs.len(), 2, "the test ran once more: {runs:#?}");
+    assert!(runs[1]["job"].as_str().unwrap().ends_with("-r1") && runs[1]["round"] == 1, "{:#?}", runs[1]);
+    assert_eq!(results(&db).iter().filter(|r| r["test"] == "apply").count(), 1, "only the test asked for");
+    let verdicts = topic_bodies(&db, "e2e.ci.ci.series.verdict");
+    assert_eq!(verdicts.len(), 2);
+    assert_eq!((&verdicts[1]["verdict"], &verdicts[1]["round"]), (&serde_json::json!("PASSED"), &serde_json::json!(1)));
+    let mails = outbox(tmp.path());
+    let retest = mails.iter().find(|m| m.contains("-v1-r1@")).unwrap_or_else(|| panic!("a round-1 report: {mails:#?}"));
+    assert!(retest.replace('\n', " ").contains(&format!("Re-tested on request (round 1): check/{arch}.")), "{retest}");
+
+    // The same request again, then a stranger's: refused, and nothing else happens.
+    inject(&config, reply("ask-2", "Dev <dev@example.org>", &cover, "Recheck-request: check\n").as_bytes());
+    inject(&config, reply("ask-3", "Eve <eve@example.org>", &cover, "patchbay: retest\n").as_bytes());
+    let refused = wait_for_bodies(&db, "e2e.ci.ci.job.recheck.refused", 2, 60);
+    assert_eq!(refused.len(), 2, "{refused:#?}");
+    assert!(refused[0]["reason"].as_str().unwrap().contains("already re-tested in round 1"), "{:#?}", refused[0]);
+    assert!(refused[1]["reason"].as_str().unwrap().contains("neither the submitter nor a maintainer"), "{:#?}", refused[1]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(topic_bodies(&db, "e2e.ci.ci.job.recheck.accepted").len(), 1);
+    assert_eq!(topic_bodies(&db, "e2e.ci.ci.series.verdict").len(), 2);
+    assert_eq!(outbox(tmp.path()).len(), 2, "a refusal is never mailed");
+}

@@ -121,6 +121,11 @@ pub fn start_dispatcher(
         Some(i) => Arc::new(StoreDependencies(i.clone())),
         None => Arc::new(patchbay_ci::NoDependencies),
     };
+    let ports = ingest.as_ref().and_then(|i| {
+        i.embedded()
+            .map(|bus| crate::services::web::Ports::embedded(bus.db()))
+            .or_else(|| i.postgres().map(crate::services::web::Ports::postgres))
+    });
     let mut dispatcher = Dispatcher::new(projects, publisher, deps);
     // Without the store there are no dates to go by: every series is tested.
     if let Some(i) = ingest {
@@ -132,6 +137,18 @@ pub fn start_dispatcher(
     }
     let handler = patchbay_runtime::Typed::new(dispatcher);
     let spec = spec(config)?;
+    // Re-tests asked on the list, beside it: it reads the store the dispatcher reads.
+    let (recheck_stop, mut recheck_stopped) = tokio::sync::watch::channel(false);
+    let recheck = match &ports {
+        Some(ports) => crate::services::recheck::start(config, ports.clone(), bus.clone(), policy.clone(), async move {
+            let _ = recheck_stopped.wait_for(|s| *s).await;
+        })?,
+        None => None,
+    };
+    let shutdown = async move {
+        shutdown.await;
+        let _ = recheck_stop.send(true);
+    };
     // Every job queue exists before the first job is published: jobs then wait for a runner
     // instead of being dropped because none has subscribed yet.
     let declared = job_queues(config)?;
@@ -143,6 +160,9 @@ pub fn start_dispatcher(
         }
         if let Err(error) = patchbay_runtime::run(bus, policy, spec, handler, shutdown).await {
             tracing::error!(%error, "The dispatcher stopped.");
+        }
+        if let Some(recheck) = recheck {
+            let _ = recheck.await;
         }
     })))
 }

@@ -10,6 +10,7 @@
 //! | `logs` | `ci.test.log` chunks into the store | none |
 //! | `history` | the indexer and retention | `history.keep_days` |
 //! | `merged` | branches followed, series found merged | `merged.*` |
+//! | `recheck` | replies asking for a re-test in, a round's jobs out | `[[project]] maintainers`, `dispatch.max_rechecks` |
 //! | `relay` | the store's log on to RabbitMQ | `bus.*` |
 //! | `web` | the HTTP edge's ports over the stores | `http.*` |
 //!
@@ -21,6 +22,7 @@ pub mod dispatcher;
 pub mod history;
 pub mod logs;
 pub mod merged;
+pub mod recheck;
 pub mod relay;
 pub mod reporter;
 pub mod runner;
