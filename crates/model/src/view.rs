@@ -77,6 +77,23 @@ pub struct SeriesView {
     pub report_text: Option<String>,
     /// The verdict's detail (what failed or is missing).
     pub verdict_detail: Option<String>,
+    /// Re-tests asked on the list, oldest first, with what came of each.
+    pub rechecks: Vec<RecheckRow>,
+}
+
+/// A re-test asked on the list (`Recheck-request:`) and its answer, which is never mailed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecheckRow {
+    /// When it was answered (unix seconds).
+    pub at: i64,
+    /// Who asked.
+    pub by: String,
+    /// The round it started, when accepted.
+    pub round: Option<u32>,
+    /// What the round re-runs.
+    pub recheck: Vec<String>,
+    /// Why it was refused, when it was.
+    pub refused: Option<String>,
 }
 
 /// A runner as it last announced itself.

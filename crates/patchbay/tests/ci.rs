@@ -1832,7 +1832,7 @@ fn reply(id: &str, from: &str, to: &str, body: &str) -> String {
 fn a_recheck_request_from_the_submitter_re_runs_the_test_once() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = origin(tmp.path(), &[("README", "base\n"), ("status", "ok\n")]);
-    let (config, _, _serve) = serve_with_test(tmp.path(), &repo, "grep -q ok status", "", "");
+    let (config, port, _serve) = serve_with_test(tmp.path(), &repo, "grep -q ok status", "", "");
     let cover = post_with(&repo, &config, "again", "main", &[("README", "docs\n")], "please test");
     let db = tmp.path().join("data/patchbay.sqlite3");
     assert_eq!(settled_reports(&db, None, 1, 90), vec![(1, "sent".to_string())]);
@@ -1868,4 +1868,9 @@ fn a_recheck_request_from_the_submitter_re_runs_the_test_once() {
     assert_eq!(topic_bodies(&db, "e2e.ci.ci.job.recheck.accepted").len(), 1);
     assert_eq!(topic_bodies(&db, "e2e.ci.ci.series.verdict").len(), 2);
     assert_eq!(outbox(tmp.path()).len(), 2, "a refusal is never mailed");
+    // The dashboard shows each request and its answer on the series page.
+    let page = http_get(port, &format!("/series/{}", verdicts[0]["series"]["id"]));
+    let asked = &page[page.find("Re-tests asked").expect("a re-tests section")..];
+    assert!(asked.contains(&format!("round 1: check/{arch}")), "{asked}");
+    assert!(asked.contains("already re-tested in round 1") && asked.contains("eve@example.org"), "{asked}");
 }

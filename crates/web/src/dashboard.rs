@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 
-pub use patchbay_model::view::{Cell, PatchRow, RunnerRow, SeriesFilter, SeriesRow, SeriesView, TestStats};
+pub use patchbay_model::view::{Cell, PatchRow, RecheckRow, RunnerRow, SeriesFilter, SeriesRow, SeriesView, TestStats};
 
 /// A page's data, or why not.
 pub type PageFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send + 'a>>;
@@ -268,6 +268,18 @@ pub fn series_page(v: &SeriesView, now: i64) -> String {
                 let _ = write!(b, "<pre id=\"report-text\">{}</pre>", esc(text));
             }
         }
+    }
+    if !v.rechecks.is_empty() {
+        b.push_str("<h2>Re-tests asked</h2><table id=\"rechecks\"><thead><tr><th>By</th><th>Answer</th><th>When</th></tr></thead><tbody>");
+        for r in &v.rechecks {
+            let answer = match (&r.refused, r.round) {
+                (Some(why), _) => format!("<span class=\"badge fail\">refused</span> {}", esc(why)),
+                (None, Some(n)) => format!("round {n}: {}", esc(&r.recheck.join(", "))),
+                (None, None) => String::new(),
+            };
+            let _ = write!(b, "<tr><td>{}</td><td>{answer}</td><td class=\"muted\">{}</td></tr>", esc(&r.by), age(r.at, now));
+        }
+        b.push_str("</tbody></table>");
     }
     b.push_str(
         "<h2>Admin</h2><p><label>Admin token <input id=\"token\" type=\"password\" autocomplete=\"off\"></label> \
@@ -570,6 +582,7 @@ mod tests {
             report: Some(("sent".into(), None)),
             report_text: None,
             verdict_detail: None,
+            rechecks: vec![],
         };
         let html = series_page(&view, 0);
         assert_eq!(html.matches("<button hidden data-action=").count(), 3, "{html}");
@@ -607,6 +620,7 @@ mod tests {
             report: None,
             report_text: None,
             verdict_detail: None,
+            rechecks: vec![],
         };
         assert!(!series_page(&view, 0).contains("<script>alert"));
         assert_eq!(live_page(Some("\"</script><b>"), 0).matches("</script>").count(), 1, "the filter cannot end the script");

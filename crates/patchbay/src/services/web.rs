@@ -66,6 +66,35 @@ impl StorePages {
         }
         Ok(rows)
     }
+
+    /// The re-tests asked for series `id` and their answers, from the history, oldest first.
+    async fn rechecks(&self, id: i64) -> Result<Vec<patchbay_model::view::RecheckRow>, String> {
+        let params: Vec<(String, String)> = vec![
+            ("topic".into(), format!("{}.ci.job.recheck.*", self.root.as_str())),
+            ("series".into(), id.to_string()),
+            ("rows_per_page".into(), patchbay_model::messages::MAX_ROWS.to_string()),
+        ];
+        let q = patchbay_history::Query::from_params(&params, 0)?;
+        let page = self.ports.history.search(q).await.map_err(text)?;
+        let mut rows: Vec<patchbay_model::view::RecheckRow> = page
+            .messages
+            .iter()
+            .filter_map(|w| Envelope::from_wire(w).ok())
+            .map(|env| {
+                let b = &env.body;
+                let refused = env.topic.as_str().ends_with(".refused").then(|| b["reason"].as_str().unwrap_or_default().to_string());
+                patchbay_model::view::RecheckRow {
+                    at: env.sent_at.as_micros() / 1_000_000,
+                    by: b["by"].as_str().unwrap_or_default().to_string(),
+                    round: b["round"].as_u64().map(|r| r as u32),
+                    recheck: b["recheck"].as_array().into_iter().flatten().filter_map(|l| l.as_str().map(str::to_string)).collect(),
+                    refused,
+                }
+            })
+            .collect();
+        rows.reverse();
+        Ok(rows)
+    }
 }
 
 impl patchbay_web::dashboard::Pages for StorePages {
@@ -88,7 +117,8 @@ impl patchbay_web::dashboard::Pages for StorePages {
             let report_text = report.as_ref().and_then(|r| r.mail.as_ref().map(|m| String::from_utf8_lossy(m).into_owned()));
             let report = report.map(|r| (r.state, r.detail));
             let verdict_detail = self.ports.results.verdict_detail(id, version).await.map_err(text)?;
-            Ok(Some(SeriesView { series, patches, versions, cells, report, report_text, verdict_detail }))
+            let rechecks = self.rechecks(id).await?;
+            Ok(Some(SeriesView { series, patches, versions, cells, report, report_text, verdict_detail, rechecks }))
         })
     }
 
