@@ -114,6 +114,7 @@ struct RawProject {
     report: patchbay_report::ProjectReport,
     #[serde(default)]
     maintainers: Vec<String>,
+    patchwork: Option<patchbay_patchwork::PatchworkSettings>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -332,6 +333,8 @@ pub struct ProjectConfig {
     /// Addresses that may ask for a re-test of any series (`Recheck-request:`), besides each
     /// series' submitter.
     pub maintainers: Vec<String>,
+    /// The Patchwork instance its results are posted to as checks (`[project.patchwork]`).
+    pub patchwork: Option<patchbay_patchwork::PatchworkSettings>,
 }
 
 /// Bus settings.
@@ -551,6 +554,11 @@ impl Config {
             if !tests.is_empty() && p.repository.is_none() {
                 return Err(invalid(&format!("{key}.repository"), "tests need a repository to apply series to".into()));
             }
+            if let Some(pw) = &p.patchwork
+                && let Err((field, why)) = pw.validate()
+            {
+                return Err(invalid(&format!("{key}.patchwork.{field}"), why));
+            }
             let mut trees = Vec::new();
             for (j, t) in p.tree.into_iter().enumerate() {
                 let tkey = format!("{key}.tree[{j}]");
@@ -578,6 +586,7 @@ impl Config {
                 trees,
                 report: p.report,
                 maintainers: p.maintainers.iter().map(|m| m.trim().to_string()).filter(|m| !m.is_empty()).collect(),
+                patchwork: p.patchwork,
             });
         }
 
@@ -902,6 +911,24 @@ mod tests {
         assert_eq!(c.projects[0].report.only_on_failure, Some(true));
         let e = err(&format!("{project}[project.report]\nmode = \"loud\"\n"));
         assert!(e.contains("project") && e.contains("report.mode") && e.contains("unknown variant `loud`"), "{e}");
+    }
+
+    #[test]
+    fn retries_patchwork_and_maintainers_are_checked() {
+        let project = "[[project]]\nname = \"net\"\nlist_ids = [\"netdev.vger.kernel.org\"]\nrepository = \"/r\"\nmaintainers = [\" Bob <bob@example.org> \"]\n";
+        let test = "[[project.test]]\nname = \"build\"\nscript = \"make\"\n";
+        let c = Config::parse(&format!("{project}{test}retries = 2\nbaseline = true\nper_patch = true\n"), Path::new("p.toml")).unwrap();
+        let t = &c.projects[0].tests[0];
+        assert_eq!((t.retries, t.baseline, t.per_patch), (2, true, true));
+        assert_eq!(c.projects[0].maintainers, ["Bob <bob@example.org>"]);
+        assert!(err(&format!("{project}{test}retries = 9\n")).contains("project[0].test[0].retries: 9: at most 5"));
+        let pw = "[project.patchwork]\nurl = \"https://patchwork.kernel.org\"\ntoken = \"t\"\n";
+        let c = Config::parse(&format!("{project}{pw}"), Path::new("p.toml")).unwrap();
+        assert_eq!(c.projects[0].patchwork.as_ref().map(|p| p.url.as_str()), Some("https://patchwork.kernel.org"));
+        let e = err(&format!("{project}[project.patchwork]\nurl = \"patchwork.kernel.org\"\ntoken = \"t\"\n"));
+        assert!(e.contains("project[0].patchwork.url"), "{e}");
+        assert!(err(&format!("{project}[project.patchwork]\nurl = \"https://x\"\n")).contains("token"), "the token is required");
+        assert!(Config::parse("[dispatch]\nmax_rechecks = 0\n", Path::new("p.toml")).unwrap().dispatch.max_rechecks == 0);
     }
 
     #[test]

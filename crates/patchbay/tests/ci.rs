@@ -1874,3 +1874,137 @@ fn a_recheck_request_from_the_submitter_re_runs_the_test_once() {
     assert!(asked.contains(&format!("round 1: check/{arch}")), "{asked}");
     assert!(asked.contains("already re-tested in round 1") && asked.contains("eve@example.org"), "{asked}");
 }
+
+/// A Python that has `module` (`PATCHBAY_TEST_PYTHON`, else python3); `None` (said, and a
+/// failure under `CI=true`) when there is none.
+fn python_with(module: &str) -> Option<String> {
+    let py = std::env::var("PATCHBAY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&py).args(["-c", &format!("import {module}")]).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    if ok {
+        return Some(py);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{module} is not importable by {py}, and CI=true says this test must run: run scripts/test, which installs it");
+    }
+    eprintln!("NOTE: {module} is not installed for {py}: this test DID NOT RUN (scripts/test installs it)");
+    None
+}
+
+/// The Patchwork stand-in (`tests/patchwork/server.py`), validating every request against
+/// Patchwork's published schema; stopped when dropped.
+struct Patchwork(Child, u16);
+impl Drop for Patchwork {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Patchwork {
+    fn start(py: &str, tmp: &Path, token: &str) -> Patchwork {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/patchwork");
+        let port_file = tmp.join("patchwork.port");
+        let child = Command::new(py)
+            .arg(dir.join("server.py"))
+            .arg(dir.join("patchwork-api-v1.4.yaml"))
+            .arg(token)
+            .arg(&port_file)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !port_file.exists() {
+            assert!(Instant::now() < deadline, "the Patchwork stand-in did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let port = std::fs::read_to_string(&port_file).unwrap().trim().parse().unwrap();
+        Patchwork(child, port)
+    }
+
+    fn post(&self, path: &str, body: serde_json::Value) {
+        let (status, out) = http_raw(self.1, path, "Content-Type: application/json\r\n", &body.to_string());
+        assert!((200..300).contains(&status), "{path}: {out}");
+    }
+
+    fn get(&self, path: &str) -> serde_json::Value {
+        let out = http_get(self.1, path);
+        serde_json::from_str(&out[out.find("\r\n\r\n").unwrap() + 4..]).unwrap()
+    }
+}
+
+/// `[project.patchwork]`: every result reaches Patchwork as a check on every patch of the
+/// series, once, through requests the published schema accepts; a Patchwork that is down at
+/// first delays them (retried) and loses none; a re-test posts the test's check again.
+#[test]
+fn results_reach_patchwork_as_checks_on_every_patch_once_and_again_after_a_re_run() {
+    let Some(py) = python_with("openapi_core") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let token = "pw-token-0123456789";
+    let pw = Patchwork::start(&py, tmp.path(), token);
+    pw.post("/_test/down", serde_json::json!({"down": true}));
+    let repo = origin(tmp.path(), &[("README", "base\n"), ("status", "ok\n")]);
+    let patchwork = format!("[project.patchwork]\nurl = \"http://127.0.0.1:{}\"\ntoken = \"{token}\"", pw.1);
+    let (config, port, _serve) = serve_with_test(tmp.path(), &repo, "grep -q ok status", &patchwork, "");
+    let mails = series_mails(&repo, "checked", &[("README", "one\n"), ("NOTES", "two\n")], None);
+    let message_ids: Vec<String> = mails[1..]
+        .iter()
+        .map(|m| m.lines().find_map(|l| l.strip_prefix("Message-ID: ").or_else(|| l.strip_prefix("Message-Id: "))).unwrap().to_string())
+        .collect();
+    for id in &message_ids {
+        pw.post("/_test/patches", serde_json::json!({"msgid": id.trim_start_matches('<').trim_end_matches('>')}));
+    }
+    inject_all(&config, &mails);
+    let db = tmp.path().join("data/patchbay.sqlite3");
+    assert_eq!(settled_reports(&db, None, 1, 90), vec![(1, "sent".to_string())]);
+    // Down: the checks wait (retried), then all arrive once it is back.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pw.get("/_test/requests").as_array().unwrap().iter().filter(|r| r["status"] == 503).count() < 2 {
+        assert!(Instant::now() < deadline, "no attempt while Patchwork was down");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(pw.get("/_test/checks").as_array().unwrap().is_empty());
+    pw.post("/_test/down", serde_json::json!({"down": false}));
+    let arch = std::env::consts::ARCH;
+    let contexts = ["patchbay-apply-any".to_string(), format!("patchbay-check-{arch}")];
+    let wait_checks = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let checks = pw.get("/_test/checks");
+            if checks.as_array().unwrap().len() >= n || Instant::now() > deadline {
+                return checks.as_array().unwrap().clone();
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let checks = wait_checks(4);
+    assert_eq!(checks.len(), 4, "two results on two patches: {checks:#?}");
+    for patch in [1, 2] {
+        for context in &contexts {
+            let on: Vec<&serde_json::Value> = checks.iter().filter(|c| c["patch"] == patch && c["context"] == context.as_str()).collect();
+            assert_eq!(on.len(), 1, "{context} on patch {patch} once: {checks:#?}");
+            assert_eq!(on[0]["state"], "success");
+            assert!(on[0]["target_url"].as_str().unwrap().starts_with(&format!("http://127.0.0.1:{port}/logs/")), "{:#?}", on[0]);
+        }
+    }
+    // A re-test of the test: a new result, a new check in the same context on each patch.
+    let cover = mails[0].lines().find_map(|l| l.strip_prefix("Message-ID: ").or_else(|| l.strip_prefix("Message-Id: "))).unwrap();
+    inject(&config, reply("pw-ask", "Dev <dev@example.org>", cover, "Recheck-request: check\n").as_bytes());
+    let checks = wait_checks(6);
+    std::thread::sleep(Duration::from_secs(2));
+    let checks_now = pw.get("/_test/checks");
+    assert_eq!(checks_now.as_array().unwrap().len(), 6, "nothing more: {checks_now:#?}");
+    for patch in [1, 2] {
+        let again = checks.iter().filter(|c| c["patch"] == patch && c["context"] == contexts[1].as_str()).count();
+        assert_eq!(again, 2, "the re-run's check on patch {patch}: {checks:#?}");
+    }
+    let requests = pw.get("/_test/requests");
+    let refused: Vec<&serde_json::Value> = requests
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["status"] != 503 && !(200..300).contains(&r["status"].as_i64().unwrap()))
+        .collect();
+    assert!(refused.is_empty(), "every request the schema accepts: {refused:#?}");
+    let posted = topic_bodies(&db, "e2e.ci.report.check.posted");
+    assert_eq!(posted.len(), 6, "each announced once: {posted:#?}");
+}

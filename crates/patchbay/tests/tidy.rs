@@ -230,6 +230,21 @@ fn layering_rules_hold() {
             "the report knows the embedded store and the verdict's words, not HTTP, runners, the aggregator or the config file",
         ),
         (
+            "patchwork",
+            &[
+                "patchbay-bus-amqp",
+                "patchbay-web",
+                "patchbay-config",
+                "patchbay-runner",
+                "patchbay-ci",
+                "patchbay-results",
+                "patchbay-report",
+                "axum",
+                "lapin",
+            ],
+            "the Patchwork checks know the stores and Patchwork's API, not our HTTP edge, runners, the aggregator, the report or the config file",
+        ),
+        (
             "ingest",
             &["patchbay-bus-amqp", "patchbay-web", "patchbay-config", "patchbay-runtime", "axum", "reqwest", "lapin"],
             "ingest knows the embedded store but no HTTP, no AMQP and no config file",

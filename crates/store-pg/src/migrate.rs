@@ -174,7 +174,8 @@ const MIGRATIONS: &[&str] = &[
     // 7: when a reporter claimed a report for delivery (SQLite's migration 11).
     "ALTER TABLE reports ADD COLUMN claimed_at BIGINT;",
     // 8: a result's retrying, flaky and pre-existing marks, and re-test rounds: a result's
-    // round, a verdict and a report per (series, version, round) (SQLite's migration 12).
+    // round, a verdict and a report per (series, version, round), and Patchwork checks posted
+    // (SQLite's migration 12).
     "ALTER TABLE results ADD COLUMN retrying BOOLEAN NOT NULL DEFAULT false;
      ALTER TABLE results ADD COLUMN flaky BOOLEAN NOT NULL DEFAULT false;
      ALTER TABLE results ADD COLUMN pre_existing BOOLEAN NOT NULL DEFAULT false;
@@ -182,7 +183,14 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE verdicts ADD COLUMN round BIGINT NOT NULL DEFAULT 0, ADD COLUMN recheck TEXT NOT NULL DEFAULT '';
      ALTER TABLE verdicts DROP CONSTRAINT verdicts_pkey, ADD PRIMARY KEY (series_id, version, round);
      ALTER TABLE reports ADD COLUMN round BIGINT NOT NULL DEFAULT 0;
-     ALTER TABLE reports DROP CONSTRAINT reports_pkey, ADD PRIMARY KEY (series_id, version, round);",
+     ALTER TABLE reports DROP CONSTRAINT reports_pkey, ADD PRIMARY KEY (series_id, version, round);
+     CREATE TABLE patchwork_checks (
+         result_id BIGINT NOT NULL,
+         message_id TEXT NOT NULL,
+         patchwork_id BIGINT NOT NULL,
+         posted_at BIGINT NOT NULL,
+         PRIMARY KEY (result_id, message_id)
+     );",
 ];
 
 /// The schema version this build writes.

@@ -244,7 +244,8 @@ const STEPS: &[&str] = &[
     // 12: what a result says beyond its outcome (owned by the results crate): a failure being
     // run again (`retries`), a pass on a re-run (flaky), a failure the base shows too; and
     // re-test rounds asked on the list: a result's round, and a verdict and a report per
-    // (series, version, round), the version's first testing being round 0.
+    // (series, version, round), the version's first testing being round 0; and the checks
+    // posted to Patchwork (owned by the patchwork crate), one per (result, patch).
     "
     ALTER TABLE results ADD COLUMN retrying INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE results ADD COLUMN flaky INTEGER NOT NULL DEFAULT 0;
@@ -287,6 +288,13 @@ const STEPS: &[&str] = &[
         SELECT series_id, version, message_id, state, transport, detail, created_at, sent_at, mail, resends, claimed_at FROM reports;
     DROP TABLE reports;
     ALTER TABLE reports_by_round RENAME TO reports;
+    CREATE TABLE patchwork_checks (
+        result_id    INTEGER NOT NULL,
+        message_id   TEXT NOT NULL,
+        patchwork_id INTEGER NOT NULL,
+        posted_at    INTEGER NOT NULL,
+        PRIMARY KEY (result_id, message_id)
+    ) WITHOUT ROWID;
     ",
 ];
 

@@ -122,9 +122,12 @@ pub fn start_dispatcher(
         None => Arc::new(patchbay_ci::NoDependencies),
     };
     let ports = ingest.as_ref().and_then(|i| {
-        i.embedded()
-            .map(|bus| crate::services::web::Ports::embedded(bus.db()))
-            .or_else(|| i.postgres().map(crate::services::web::Ports::postgres))
+        let history: Arc<dyn patchbay_history::HistoryStore> = match (i.embedded(), i.postgres()) {
+            (Some(bus), _) => Arc::new(bus.db().clone()),
+            (None, Some(store)) => Arc::new(store.clone()),
+            (None, None) => return None,
+        };
+        Some(crate::services::recheck::Sources { series: i.series_store(), history })
     });
     let mut dispatcher = Dispatcher::new(projects, publisher, deps);
     // Without the store there are no dates to go by: every series is tested.

@@ -13,11 +13,18 @@ use patchbay_config::Config;
 use patchbay_model::{Body, Envelope, MailReceived, Sender, ServiceName, TestJob, TopicRoot};
 use patchbay_runtime::ServiceSpec;
 
-use super::web::Ports;
+/// Where the rechecker reads: the series store and the message history.
+#[derive(Clone)]
+pub struct Sources {
+    /// Mails and series (ingest's).
+    pub series: Arc<dyn patchbay_ingest::SeriesStore>,
+    /// The message history: jobs and rounds.
+    pub history: Arc<dyn patchbay_history::HistoryStore>,
+}
 
 /// The rechecker's view of the store and the history.
 struct StoreRechecks {
-    ports: Ports,
+    ports: Sources,
     root: TopicRoot,
 }
 
@@ -99,7 +106,7 @@ impl RecheckPorts for StoreRechecks {
 /// project is tested; it stops when `shutdown` resolves.
 pub fn start(
     config: &Config,
-    ports: Ports,
+    ports: Sources,
     bus: Arc<dyn Bus>,
     policy: Arc<TrustPolicy>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,

@@ -1,5 +1,6 @@
 //! The reporter service: `[report]` in (recipients, SMTP or the outbox, the template), the
-//! reporter bound to `ci.series.verdict` out.
+//! reporter bound to `ci.series.verdict` out; and beside it the Patchwork checks on
+//! `ci.result.recorded` for projects with `[project.patchwork]`.
 
 use super::replay_for;
 use crate::tasks::spawn_service;
@@ -51,6 +52,7 @@ pub fn start_reporter(
             .map_err(|e| anyhow::anyhow!("{}: report.smtp_url: {e}", config.source_name()))?,
         ),
     };
+    let checks = start_checks(config, &store, bus.clone(), policy.clone(), shutdown.clone(), link.clone())?;
     let (replay, reporter) = match store {
         crate::backend::Store::Embedded(store) => {
             (replay_for(config, &store), patchbay_report::Reporter::new(store, publisher, settings, transport, link))
@@ -73,5 +75,40 @@ pub fn start_reporter(
     spec.replay = replay;
     // An SMTP server may be down for hours: keep trying, at most a minute apart.
     spec.retry = RetryPolicy { max_attempts: 10_000, base_delay: Duration::from_millis(500), max_delay: Duration::from_secs(60) };
-    Ok(spawn_service(bus, policy, spec, patchbay_runtime::Typed::new(reporter), shutdown, "The reporter"))
+    let reporter = spawn_service(bus, policy, spec, patchbay_runtime::Typed::new(reporter), shutdown, "The reporter");
+    Ok(match checks {
+        None => reporter,
+        Some(checks) => tokio::spawn(async move {
+            let _ = reporter.await;
+            let _ = checks.await;
+        }),
+    })
+}
+
+/// Starts the Patchwork checks beside the reporter (same sender, its own queue on every
+/// recorded result) when a project names a Patchwork instance.
+fn start_checks(
+    config: &Config,
+    store: &crate::backend::Store,
+    bus: Arc<dyn Bus>,
+    policy: Arc<TrustPolicy>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    link: Option<String>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let projects: std::collections::HashMap<String, patchbay_patchwork::PatchworkSettings> =
+        config.projects.iter().filter_map(|p| Some((p.name.clone(), p.patchwork.clone()?))).collect();
+    if projects.is_empty() {
+        return Ok(None);
+    }
+    let publisher = Publisher::new(bus.clone(), config.bus.root.clone(), Sender::new(ServiceName::Reporter.as_str(), &config.instance));
+    let checks = match store {
+        crate::backend::Store::Embedded(store) => patchbay_patchwork::Checks::new(store.clone(), publisher, projects, link),
+        crate::backend::Store::Postgres(store) => patchbay_patchwork::Checks::on_postgres(store.clone(), publisher, projects, link),
+    };
+    let pattern = patchbay_runtime::pattern_of::<patchbay_model::ResultRecorded>(&config.bus.root)?;
+    let mut spec = ServiceSpec::new(ServiceName::Reporter.as_str(), vec![pattern]);
+    spec.queue = "reporter-checks".into();
+    // A Patchwork that is down for hours loses nothing: keep trying, at most a minute apart.
+    spec.retry = RetryPolicy { max_attempts: 10_000, base_delay: Duration::from_millis(500), max_delay: Duration::from_secs(60) };
+    Ok(Some(spawn_service(bus, policy, spec, patchbay_runtime::Typed::new(checks), shutdown, "The Patchwork checks")))
 }
