@@ -10,7 +10,9 @@ trailing slash while its published schema names the paths without one: one trail
 dropped before matching.
 
 Test-only endpoints (not Patchwork's, not validated):
-  POST /_test/patches {"msgid": "..."}   registers a patch (its id back)
+  POST /_test/patches {"msgid": "...", "project": "..."}
+                                         registers a patch in a project (its id back); the
+                                         same Message-ID may be in several projects
   POST /_test/down {"down": true|false}  answers 503 to /api/ while down
   GET  /_test/checks                     every check created, in order
   GET  /_test/requests                   every /api/ request: method, path, status, why
@@ -31,7 +33,7 @@ spec_path, token, port_file = sys.argv[1:4]
 api = OpenAPI.from_file_path(spec_path, config=Config(spec_validator_cls=None))
 
 lock = threading.Lock()
-patches = {}  # msgid -> id
+patches = []  # (msgid, project, id)
 checks = []
 requests = []
 state = {"down": False}
@@ -56,9 +58,11 @@ class Handler(BaseHTTPRequestHandler):
     def test_endpoint(self, method, path, raw):
         with lock:
             if method == "POST" and path == "/_test/patches":
-                msgid = json.loads(raw)["msgid"]
-                patches.setdefault(msgid, len(patches) + 1)
-                return self.answer(201, {"id": patches[msgid]})
+                asked = json.loads(raw)
+                msgid, project = asked["msgid"], asked.get("project", "default")
+                pid = len(patches) + 1
+                patches.append((msgid, project, pid))
+                return self.answer(201, {"id": pid})
             if method == "POST" and path == "/_test/down":
                 state["down"] = bool(json.loads(raw)["down"])
                 return self.answer(200, state)
@@ -104,12 +108,12 @@ class Handler(BaseHTTPRequestHandler):
             return 400, why
         parts = path.strip("/").split("/")
         if method == "GET" and parts == ["api", "1.4", "patches"]:
-            msgid = args.get("msgid")
+            msgid, project = args.get("msgid"), args.get("project")
             with lock:
                 found = [
-                    {"id": i, "msgid": m, "state": "new", "delegate": None, "name": m}
-                    for m, i in patches.items()
-                    if msgid is None or m == msgid
+                    {"id": i, "msgid": m, "state": "new", "delegate": None, "name": m, "project": {"link_name": p}}
+                    for m, p, i in patches
+                    if (msgid is None or m == msgid) and (project is None or p == project)
                 ]
             self.answer(200, found)
             return 200, None
@@ -119,7 +123,7 @@ class Handler(BaseHTTPRequestHandler):
                 return 403, "bad token"
             pid = int(parts[3])
             with lock:
-                if pid not in patches.values():
+                if pid not in [i for _, _, i in patches]:
                     self.answer(404, {"detail": "Not found."})
                     return 404, "no such patch"
                 check = json.loads(raw)

@@ -67,7 +67,7 @@ pub use dispatcher::{
     pick_tree, too_old,
 };
 pub use recheck::{RecheckPorts, Rechecker};
-pub use runner::{ALREADY_MERGED, BASELINE_TOPIC, RunnerService, SupersededListener, job_queue, job_topic};
+pub use runner::{ALREADY_MERGED, BASELINE_TOPIC, MAX_RETRIES, RunnerService, SupersededListener, job_queue, job_topic};
 pub use settings::{DEFAULT_DISPATCH_MAX_AGE_SECS, DispatchSettings, MergedSettings};
 
 /// The arch word of the `apply` job, which any runner can take; defined in `model`, where every

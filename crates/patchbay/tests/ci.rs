@@ -1943,15 +1943,19 @@ fn results_reach_patchwork_as_checks_on_every_patch_once_and_again_after_a_re_ru
     let pw = Patchwork::start(&py, tmp.path(), token);
     pw.post("/_test/down", serde_json::json!({"down": true}));
     let repo = origin(tmp.path(), &[("README", "base\n"), ("status", "ok\n")]);
-    let patchwork = format!("[project.patchwork]\nurl = \"http://127.0.0.1:{}\"\ntoken = \"{token}\"", pw.1);
+    let patchwork = format!("[project.patchwork]\nurl = \"http://127.0.0.1:{}\"\ntoken = \"{token}\"\nproject = \"demo\"", pw.1);
     let (config, port, _serve) = serve_with_test(tmp.path(), &repo, "grep -q ok status", &patchwork, "");
     let mails = series_mails(&repo, "checked", &[("README", "one\n"), ("NOTES", "two\n")], None);
     let message_ids: Vec<String> = mails[1..]
         .iter()
         .map(|m| m.lines().find_map(|l| l.strip_prefix("Message-ID: ").or_else(|| l.strip_prefix("Message-Id: "))).unwrap().to_string())
         .collect();
-    for id in &message_ids {
-        pw.post("/_test/patches", serde_json::json!({"msgid": id.trim_start_matches('<').trim_end_matches('>')}));
+    // Cross-posted: each patch is also in another Patchwork project (ids 1 and 2); the checks
+    // belong on the project's own (3 and 4).
+    for project in ["other", "demo"] {
+        for id in &message_ids {
+            pw.post("/_test/patches", serde_json::json!({"msgid": id.trim_start_matches('<').trim_end_matches('>'), "project": project}));
+        }
     }
     inject_all(&config, &mails);
     let db = tmp.path().join("data/patchbay.sqlite3");
@@ -1978,7 +1982,7 @@ fn results_reach_patchwork_as_checks_on_every_patch_once_and_again_after_a_re_ru
     };
     let checks = wait_checks(4);
     assert_eq!(checks.len(), 4, "two results on two patches: {checks:#?}");
-    for patch in [1, 2] {
+    for patch in [3, 4] {
         for context in &contexts {
             let on: Vec<&serde_json::Value> = checks.iter().filter(|c| c["patch"] == patch && c["context"] == context.as_str()).collect();
             assert_eq!(on.len(), 1, "{context} on patch {patch} once: {checks:#?}");
@@ -1993,7 +1997,7 @@ fn results_reach_patchwork_as_checks_on_every_patch_once_and_again_after_a_re_ru
     std::thread::sleep(Duration::from_secs(2));
     let checks_now = pw.get("/_test/checks");
     assert_eq!(checks_now.as_array().unwrap().len(), 6, "nothing more: {checks_now:#?}");
-    for patch in [1, 2] {
+    for patch in [3, 4] {
         let again = checks.iter().filter(|c| c["patch"] == patch && c["context"] == contexts[1].as_str()).count();
         assert_eq!(again, 2, "the re-run's check on patch {patch}: {checks:#?}");
     }

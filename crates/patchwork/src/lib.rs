@@ -55,6 +55,10 @@ pub struct PatchworkSettings {
     pub url: String,
     /// An API token of a user allowed to create checks (Patchwork: a maintainer of the project).
     pub token: String,
+    /// The Patchwork project's link name or id (`netdevbpf`): a patch cross-posted to several
+    /// lists is in several projects, and the check belongs on this one's. Unset: the first found.
+    #[serde(default)]
+    pub project: Option<String>,
 }
 
 impl PatchworkSettings {
@@ -167,10 +171,14 @@ impl Checks {
     /// Patchwork's id of the patch with this Message-ID.
     async fn patch_id(&self, pw: &PatchworkSettings, message_id: &str) -> Result<i64, PostError> {
         let bare = message_id.trim().trim_start_matches('<').trim_end_matches('>');
+        let mut query = vec![("msgid", bare)];
+        if let Some(project) = &pw.project {
+            query.push(("project", project.as_str()));
+        }
         let answer = self
             .client
             .get(Self::api(pw, "patches/"))
-            .query(&[("msgid", bare)])
+            .query(&query)
             .header("Authorization", format!("Token {}", pw.token))
             .send()
             .await
@@ -319,7 +327,7 @@ mod tests {
 
     #[test]
     fn settings_name_what_is_wrong() {
-        let ok = PatchworkSettings { url: "https://patchwork.kernel.org".into(), token: "abc".into() };
+        let ok = PatchworkSettings { url: "https://patchwork.kernel.org".into(), token: "abc".into(), project: None };
         assert!(ok.validate().is_ok());
         assert_eq!(PatchworkSettings { url: "patchwork.kernel.org".into(), ..ok.clone() }.validate().unwrap_err().0, "url");
         assert_eq!(PatchworkSettings { token: " ".into(), ..ok }.validate().unwrap_err().0, "token");

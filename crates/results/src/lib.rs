@@ -78,7 +78,7 @@ enum Tables {
     Pg(patchbay_store_pg::PgStore),
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 

@@ -255,6 +255,28 @@ async fn decide(agg: &Aggregator, tx: &PgTx<'_>, round: &Round, deadline_passed:
 
 #[async_trait]
 impl ResultsStore for PgStore {
+    async fn rounds(&self, series: i64, version: u32) -> Result<Vec<(u32, Vec<String>, Option<String>)>, StoreError> {
+        let client = self.client().await.map_err(pg)?;
+        let rows = client.query(&patchbay_store_pg::dollars(crate::read::ROUNDS), &[&series, &i64::from(version)]).await.map_err(pg)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<_, i64>(0) as u32, r.get::<_, String>(1).split_whitespace().map(str::to_string).collect(), r.get(2)))
+            .collect())
+    }
+
+    async fn claim_round(&self, head: SeriesHead, round: u32, recheck: Vec<String>, asked_by: String) -> Result<bool, StoreError> {
+        let client = self.client().await.map_err(pg)?;
+        let json = serde_json::to_string(&head).expect("heads serialize");
+        let n = client
+            .execute(
+                &patchbay_store_pg::dollars(crate::read::CLAIM_ROUND),
+                &[&head.id, &i64::from(head.version), &i64::from(round), &head.project, &json, &now(), &recheck.join(" "), &asked_by],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(n == 1)
+    }
+
     async fn test_stats(&self) -> Result<Vec<patchbay_model::view::TestStats>, StoreError> {
         let client = self.client().await.map_err(pg)?;
         let rows = client.query(crate::read::TEST_STATS, &[]).await.map_err(pg)?;

@@ -3,6 +3,7 @@
 //! typed rows. The SQLite implementation is here; nothing above this crate writes SQL over those tables.
 
 use async_trait::async_trait;
+use patchbay_model::SeriesHead;
 use patchbay_model::VerdictKind;
 use patchbay_model::view::{Cell, TestStats};
 use patchbay_store::{Db, StoreError};
@@ -21,7 +22,21 @@ pub trait ResultsStore: Send + Sync + 'static {
     async fn query(&self, q: crate::Query) -> Result<Vec<crate::ResultRow>, StoreError>;
     /// Each (project, test, arch) over its history: runs, failures, flaky passes.
     async fn test_stats(&self) -> Result<Vec<TestStats>, StoreError>;
+    /// The re-test rounds of a series version, in order: (round, labels, the Message-ID of the
+    /// mail that asked).
+    async fn rounds(&self, series: i64, version: u32) -> Result<Vec<(u32, Vec<String>, Option<String>)>, StoreError>;
+    /// Claims round `round` of `head`'s version for re-running `recheck`, asked by mail
+    /// `asked_by`: its verdict row, decided once its results are in or by the deadline sweep.
+    /// False when the round was taken first.
+    async fn claim_round(&self, head: SeriesHead, round: u32, recheck: Vec<String>, asked_by: String) -> Result<bool, StoreError>;
 }
+
+/// The statements behind [`ResultsStore::rounds`] and [`ResultsStore::claim_round`], one text
+/// for both stores.
+pub(crate) const ROUNDS: &str =
+    "SELECT round, recheck, asked_by FROM verdicts WHERE series_id = ?1 AND version = ?2 AND round > 0 ORDER BY round";
+pub(crate) const CLAIM_ROUND: &str = "INSERT INTO verdicts (series_id, version, round, project, series, since, recheck, asked_by)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING";
 
 /// The statement behind [`ResultsStore::test_stats`], one text for both stores (flags are
 /// integers on SQLite and booleans on PostgreSQL; both cast to integers).
@@ -36,6 +51,27 @@ pub(crate) const TEST_STATS: &str = "SELECT project, test, arch,
 impl ResultsStore for Db {
     async fn query(&self, q: crate::Query) -> Result<Vec<crate::ResultRow>, StoreError> {
         self.read(move |c| crate::query(c, &q)).await
+    }
+
+    async fn rounds(&self, series: i64, version: u32) -> Result<Vec<(u32, Vec<String>, Option<String>)>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(ROUNDS)?;
+            let rows = stmt.query_map(params![series, version], |r| {
+                let labels: String = r.get(1)?;
+                Ok((r.get(0)?, labels.split_whitespace().map(str::to_string).collect(), r.get(2)?))
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn claim_round(&self, head: SeriesHead, round: u32, recheck: Vec<String>, asked_by: String) -> Result<bool, StoreError> {
+        let json = serde_json::to_string(&head).expect("heads serialize");
+        self.write(move |tx| {
+            let args = params![head.id, head.version, round, head.project, json, crate::now(), recheck.join(" "), asked_by];
+            Ok(tx.prepare_cached(CLAIM_ROUND)?.execute(args)? == 1)
+        })
+        .await
     }
 
     async fn test_stats(&self) -> Result<Vec<TestStats>, StoreError> {

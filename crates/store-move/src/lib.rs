@@ -58,6 +58,7 @@ pub const TABLES: &[&str] = &[
     "verdicts",
     "reports",
     "test_logs",
+    "patchwork_checks",
 ];
 
 /// What a move copied.

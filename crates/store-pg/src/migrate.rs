@@ -180,7 +180,8 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE results ADD COLUMN flaky BOOLEAN NOT NULL DEFAULT false;
      ALTER TABLE results ADD COLUMN pre_existing BOOLEAN NOT NULL DEFAULT false;
      ALTER TABLE results ADD COLUMN round BIGINT NOT NULL DEFAULT 0;
-     ALTER TABLE verdicts ADD COLUMN round BIGINT NOT NULL DEFAULT 0, ADD COLUMN recheck TEXT NOT NULL DEFAULT '';
+     ALTER TABLE verdicts ADD COLUMN round BIGINT NOT NULL DEFAULT 0, ADD COLUMN recheck TEXT NOT NULL DEFAULT '',
+         ADD COLUMN asked_by TEXT;
      ALTER TABLE verdicts DROP CONSTRAINT verdicts_pkey, ADD PRIMARY KEY (series_id, version, round);
      ALTER TABLE reports ADD COLUMN round BIGINT NOT NULL DEFAULT 0;
      ALTER TABLE reports DROP CONSTRAINT reports_pkey, ADD PRIMARY KEY (series_id, version, round);

@@ -262,6 +262,7 @@ const STEPS: &[&str] = &[
         decided_at INTEGER,
         round      INTEGER NOT NULL DEFAULT 0,
         recheck    TEXT NOT NULL DEFAULT '',
+        asked_by   TEXT,
         PRIMARY KEY (series_id, version, round)
     ) WITHOUT ROWID;
     INSERT INTO verdicts_by_round (series_id, version, project, verdict, detail, series, since, decided_at)

@@ -122,12 +122,13 @@ pub fn start_dispatcher(
         None => Arc::new(patchbay_ci::NoDependencies),
     };
     let ports = ingest.as_ref().and_then(|i| {
-        let history: Arc<dyn patchbay_history::HistoryStore> = match (i.embedded(), i.postgres()) {
-            (Some(bus), _) => Arc::new(bus.db().clone()),
-            (None, Some(store)) => Arc::new(store.clone()),
-            (None, None) => return None,
-        };
-        Some(crate::services::recheck::Sources { series: i.series_store(), history })
+        let (history, results): (Arc<dyn patchbay_history::HistoryStore>, Arc<dyn patchbay_results::ResultsStore>) =
+            match (i.embedded(), i.postgres()) {
+                (Some(bus), _) => (Arc::new(bus.db().clone()), Arc::new(bus.db().clone())),
+                (None, Some(store)) => (Arc::new(store.clone()), Arc::new(store.clone())),
+                (None, None) => return None,
+            };
+        Some(crate::services::recheck::Sources { series: i.series_store(), history, results })
     });
     let mut dispatcher = Dispatcher::new(projects, publisher, deps);
     // Without the store there are no dates to go by: every series is tested.

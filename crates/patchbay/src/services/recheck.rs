@@ -1,7 +1,7 @@
 //! The re-test service: `mail.message.received` in, a re-test round's jobs (or a refusal) out,
-//! as the dispatcher (`patchbay_ci::recheck`). Its ports read the store's mails and series and
-//! the history's jobs and rounds; `[[project]] maintainers` and `dispatch.max_rechecks` say
-//! who may ask and how often.
+//! as the dispatcher (`patchbay_ci::recheck`). Its ports read the store's mails and series,
+//! the history's jobs, and claim rounds in the results store; `[[project]] maintainers` and
+//! `dispatch.max_rechecks` say who may ask and how often.
 
 use std::sync::Arc;
 
@@ -10,7 +10,7 @@ use patchbay_bus::{Bus, Publisher, TrustPolicy};
 use patchbay_ci::recheck::{Accepted, AskingMail, RecheckProject};
 use patchbay_ci::{RecheckPorts, Rechecker};
 use patchbay_config::Config;
-use patchbay_model::{Body, Envelope, MailReceived, Sender, ServiceName, TestJob, TopicRoot};
+use patchbay_model::{Body, Envelope, MailReceived, Sender, SeriesHead, ServiceName, TestJob, TopicRoot};
 use patchbay_runtime::ServiceSpec;
 
 /// Where the rechecker reads: the series store and the message history.
@@ -18,8 +18,10 @@ use patchbay_runtime::ServiceSpec;
 pub struct Sources {
     /// Mails and series (ingest's).
     pub series: Arc<dyn patchbay_ingest::SeriesStore>,
-    /// The message history: jobs and rounds.
+    /// The message history: the jobs to run again.
     pub history: Arc<dyn patchbay_history::HistoryStore>,
+    /// Verdicts, where a round is claimed.
+    pub results: Arc<dyn patchbay_results::ResultsStore>,
 }
 
 /// The rechecker's view of the store and the history.
@@ -85,20 +87,13 @@ impl RecheckPorts for StoreRechecks {
         Ok(jobs)
     }
 
-    async fn rounds(&self, id: i64) -> Result<Vec<Accepted>, String> {
-        let mut rounds: Vec<Accepted> = Vec::new();
-        for env in self.about(patchbay_ci::recheck::ACCEPTED_TOPIC, id).await? {
-            let b = &env.body;
-            let round = b["round"].as_u64().unwrap_or(0) as u32;
-            if round == 0 || rounds.iter().any(|r| r.round == round) {
-                continue;
-            }
-            let mut recheck: Vec<String> =
-                b["recheck"].as_array().into_iter().flatten().filter_map(|l| l.as_str().map(str::to_string)).collect();
-            recheck.sort();
-            rounds.push(Accepted { round, recheck, mail: b["mail"].as_str().unwrap_or_default().to_string() });
-        }
-        Ok(rounds)
+    async fn rounds(&self, head: &SeriesHead) -> Result<Vec<Accepted>, String> {
+        let rounds = self.ports.results.rounds(head.id, head.version).await.map_err(|e| e.to_string())?;
+        Ok(rounds.into_iter().map(|(round, recheck, mail)| Accepted { round, recheck, mail: mail.unwrap_or_default() }).collect())
+    }
+
+    async fn claim(&self, head: &SeriesHead, round: u32, recheck: &[String], mail: &str) -> Result<bool, String> {
+        self.ports.results.claim_round(head.clone(), round, recheck.to_vec(), mail.to_string()).await.map_err(|e| e.to_string())
     }
 }
 

@@ -56,7 +56,11 @@ pub fn start_runner(
     let work = config.runner.work_dir.clone().unwrap_or_else(|| config.data_dir.join("runner"));
     let runner = patchbay_runner::Runner::new(&work, sandbox, Duration::from_secs(config.runner.fetch_interval_secs));
     let publisher = Publisher::new(bus.clone(), config.bus.root.clone(), Sender::new(ServiceName::Runner.as_str(), &config.instance));
-    let handler = Arc::new(RunnerService::new(runner, publisher, jobs, config.runner.max_attempts));
+    let scripts = project_tests(config)
+        .iter()
+        .flat_map(|p| p.tests.iter().map(|t| ((p.name.clone(), t.name.clone()), Some(t.script.clone()))))
+        .collect();
+    let handler = Arc::new(RunnerService::new(runner, publisher, jobs, config.runner.max_attempts).scripts(scripts));
     let mut tasks = Vec::new();
     // A heartbeat at start and every 30 s: what this runner can run and what it runs now.
     {

@@ -117,7 +117,11 @@ impl patchbay_web::dashboard::Pages for StorePages {
             let report_text = report.as_ref().and_then(|r| r.mail.as_ref().map(|m| String::from_utf8_lossy(m).into_owned()));
             let report = report.map(|r| (r.state, r.detail));
             let verdict_detail = self.ports.results.verdict_detail(id, version).await.map_err(text)?;
-            let rechecks = self.rechecks(id).await?;
+            // Best effort: the page shows without them when the history cannot answer.
+            let rechecks = self.rechecks(id).await.unwrap_or_else(|error| {
+                tracing::warn!(series = id, %error, "Re-tests not shown: the history did not answer.");
+                Vec::new()
+            });
             Ok(Some(SeriesView { series, patches, versions, cells, report, report_text, verdict_detail, rechecks }))
         })
     }
@@ -223,7 +227,10 @@ impl patchbay_web::TestJobs for Rerun {
         Box::pin(async move {
             let topic = self.root.topic(<patchbay_model::SeriesVerdict as patchbay_model::Body>::TOPIC).map_err(unavailable)?;
             let found = self.history(&[("topic", topic.as_str().to_string()), ("series", series.to_string())]).await?;
-            let Some(verdict) = found.into_iter().find(|e| e.body["series"]["version"] == serde_json::json!(version)) else {
+            // The version's first verdict: a re-test round's (`round`) has a report of its own.
+            let Some(verdict) =
+                found.into_iter().find(|e| e.body["series"]["version"] == serde_json::json!(version) && e.body.get("round").is_none())
+            else {
                 return Ok(None);
             };
             // The reporter acts on a report in `intent`: put it back there, then hand it the verdict again.
