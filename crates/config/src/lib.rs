@@ -94,6 +94,29 @@ struct RawConfig {
     merged: MergedSettings,
     #[serde(default)]
     authority: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    source: Vec<RawSource>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    list_id: String,
+    repository: String,
+    interval_secs: Option<u64>,
+}
+
+/// A public-inbox archive followed without an MTA (`[[source]]`): fetched on a schedule, what is
+/// new imported by the commit marks `import` keeps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceConfig {
+    /// The list its mails came through (recorded for each, as `inject --list-id` does).
+    pub list_id: String,
+    /// A local public-inbox directory (a bare epoch, or one with `git/N.git`) kept by someone
+    /// else, or a URL `git fetch` reaches (one epoch), mirrored under `<data>/sources`.
+    pub repository: String,
+    /// Seconds between fetches (default 300).
+    pub interval_secs: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -306,6 +329,8 @@ pub struct Config {
     pub dispatch: DispatchSettings,
     /// `[merged]`: how merged series are noticed (owned by `patchbay-ci`).
     pub merged: MergedSettings,
+    /// `[[source]]`: public-inbox archives followed.
+    pub sources: Vec<SourceConfig>,
 }
 
 /// One project (`[[project]]`): which mail belongs to it.
@@ -622,6 +647,30 @@ impl Config {
         section(&mut raw.dispatch, base, &shown)?;
         section(&mut raw.merged, base, &shown)?;
 
+        let mut sources: Vec<SourceConfig> = Vec::new();
+        for (i, s) in raw.source.iter().enumerate() {
+            let key = format!("source[{i}]");
+            let list_id = s.list_id.trim().trim_start_matches('<').trim_end_matches('>').to_ascii_lowercase();
+            if list_id.is_empty() || list_id.contains(char::is_whitespace) {
+                return Err(invalid(
+                    &format!("{key}.list_id"),
+                    format!("{:?} is not a list id such as linux-hwmon.vger.kernel.org", s.list_id),
+                ));
+            }
+            let repository = s.repository.trim().to_string();
+            if repository.is_empty() {
+                return Err(invalid(&format!("{key}.repository"), "name a public-inbox directory or a URL git can fetch".into()));
+            }
+            let interval_secs = s.interval_secs.unwrap_or(300);
+            if interval_secs == 0 {
+                return Err(invalid(&format!("{key}.interval_secs"), "must be 1 or more".into()));
+            }
+            if sources.iter().any(|o| o.repository == repository) {
+                return Err(invalid(&format!("{key}.repository"), format!("{repository:?} is followed twice")));
+            }
+            sources.push(SourceConfig { list_id, repository, interval_secs });
+        }
+
         let connections = connection_limits(&raw.ingest, raw.http.max_connections, raw.http.request_timeout_secs)
             .map_err(|(key, why)| invalid(key, why))?;
         let log_level = raw.log.level.unwrap_or_else(|| "info".into());
@@ -638,6 +687,7 @@ impl Config {
             runner: raw.runner,
             ingest: raw.ingest,
             projects,
+            sources,
             source: source.map(Path::to_path_buf),
             data_dir,
             bus: BusConfig { backend, url: raw.bus.url, exchange, root },

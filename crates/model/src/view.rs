@@ -96,6 +96,25 @@ pub struct RecheckRow {
     pub refused: Option<String>,
 }
 
+/// A public-inbox archive followed (`[[source]]`), as its follower last said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceRow {
+    /// The list.
+    pub list_id: String,
+    /// The archive (a URL without credentials, or a path).
+    pub repository: String,
+    /// When it last said anything (unix seconds).
+    pub at: i64,
+    /// Why the last round failed, when it did.
+    pub error: Option<String>,
+    /// Failures in a row, and when the next try is (seconds after `at`).
+    pub failures: u64,
+    /// Seconds after `at` until the next try, after a failure.
+    pub retry_in_secs: u64,
+    /// When a round last worked, and the mails it stored.
+    pub last_ok: Option<(i64, u64)>,
+}
+
 /// A runner as it last announced itself.
 #[derive(Clone, Debug)]
 pub struct RunnerRow {

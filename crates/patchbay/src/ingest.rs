@@ -8,7 +8,7 @@
 //! not be stored, so the MTA keeps it queued.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -250,6 +250,34 @@ async fn import_with_deadline(ingest: &Ingest, args: &ImportArgs, incomplete_aft
     summary.rate = summary.read as f64 / summary.seconds.max(0.001);
     ingest.sweep_by_mail_dates(patchbay_ingest::now(), incomplete_after).await.map_err(Exit::tempfail)?;
     report(ingest, &mut summary).await.map_err(Exit::tempfail)?;
+    Ok(summary)
+}
+
+/// Imports what is new in the public-inbox archive at `path` (after its epochs' commit marks),
+/// each mail recorded as come through `list_id`: the follower of a `[[source]]`. No progress
+/// bar, deadline sweep or census (`serve`'s own sweep runs on the wall clock).
+pub async fn follow_into(ingest: &Ingest, path: &Path, list_id: &str) -> Result<Summary, Exit> {
+    if archive::detect(path).map_err(Exit::data)? != archive::Kind::PublicInbox {
+        return Err(Exit::data(anyhow::anyhow!("{} is not a public-inbox archive (a bare git epoch, or git/N.git)", path.display())));
+    }
+    let args = ImportArgs {
+        paths: vec![path.to_path_buf()],
+        list_ids: vec![list_id.to_string()],
+        json: false,
+        quiet: true,
+        full: false,
+        test: false,
+        batch: 512,
+    };
+    let mut epochs = Vec::new();
+    for dir in archive::epochs(path).map_err(Exit::data)? {
+        let mark = ingest.mark(&dir.display().to_string()).await.map_err(Exit::tempfail)?;
+        epochs.push((dir, mark));
+    }
+    let started = Instant::now();
+    let mut summary = Summary::default();
+    run_source(ingest, archive::public_inbox(epochs).map_err(Exit::data)?, false, &args, &mut summary, false).await?;
+    summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }
 

@@ -177,7 +177,9 @@ async fn on_postgres(
         Service::History => {
             tasks.extend(crate::services::history::start_on_postgres(&config, store.clone(), bus.clone(), policy, closing.clone())?);
         }
-        Service::Ingest => tasks.extend(start_ingest(&config, args, crate::ingest::on_postgres(&config, store.clone()), closing.clone())?),
+        Service::Ingest => {
+            tasks.extend(start_ingest(&config, args, crate::ingest::on_postgres(&config, store.clone()), bus.clone(), closing.clone())?)
+        }
         Service::Web => {
             // The live stream reads a local copy of the namespace's messages, kept from the
             // broker as `run history` keeps it on the embedded store.
@@ -239,9 +241,12 @@ fn start_ingest(
     config: &Config,
     args: &RunArgs,
     ingest: patchbay_ingest::Ingest,
+    bus: Arc<dyn Bus>,
     closing: watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     let incomplete_after = config.ingest.incomplete_after_secs;
+    // The archives followed without an MTA (`[[source]]`).
+    let following = crate::services::follow::start(config, ingest.clone(), bus, closing.clone());
     let sweeping = ingest.clone();
     let mut tasks = vec![spawn_every(
         Duration::from_secs(30),
@@ -266,6 +271,7 @@ fn start_ingest(
         }
         None => tracing::info!("No LMTP listener (ingest.lmtp_listen is empty): mail comes by `patchbay inject` and `import`."),
     }
+    tasks.extend(following);
     Ok(tasks)
 }
 
@@ -309,7 +315,7 @@ async fn start(
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     let mut tasks = Vec::new();
     match args.service {
-        Service::Ingest => tasks.extend(start_ingest(config, args, crate::ingest::service_on(config, store), closing)?),
+        Service::Ingest => tasks.extend(start_ingest(config, args, crate::ingest::service_on(config, store), bus, closing)?),
         Service::Dispatcher => tasks.push(start_dispatcher(config, bus, policy, crate::ingest::service_on(config, store), closing)?),
         Service::Runner => unreachable!("`run runner` is `patchbay runner`"),
         Service::Aggregator => tasks.extend(crate::services::aggregator::start_aggregator(config, store, bus, policy, closing)?),

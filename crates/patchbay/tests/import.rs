@@ -252,3 +252,114 @@ fn maildir_and_mbox_import_without_the_corpus() {
     assert_eq!(again["stored"], 1, "mail 2 differs by its body line: {again}");
     assert_eq!(again["duplicates"], 1);
 }
+
+mod common;
+
+/// `patchbay serve`, stopped (SIGTERM, then waited for) when dropped.
+struct Serve(std::process::Child);
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}
+
+/// Commits each mail as the next message of the public-inbox epoch `work` pushes to `bare`
+/// (one commit per mail, the mail in `m`, as public-inbox v2 writes).
+fn inbox_add(work: &Path, bare: &Path, mails: &[String]) {
+    for mail in mails {
+        std::fs::write(work.join("m"), mail).unwrap();
+        patchbay_fixtures::git(work, &["add", "m"]);
+        patchbay_fixtures::git(work, &["commit", "-q", "-m", "m"]);
+    }
+    patchbay_fixtures::git(work, &["push", "-q", &bare.to_string_lossy(), "HEAD:refs/heads/master"]);
+}
+
+fn note(i: usize) -> String {
+    format!(
+        "From: Ann <ann@example.org>\nTo: follow@example.org\nSubject: note {i}\nDate: Mon, 7 Dec 2026 10:00:{i:02} +0000\n\
+         Message-ID: <follow-{i}@example.org>\n\nThe {i}th note.\n"
+    )
+}
+
+/// The Message-IDs announced as received, in order.
+fn received(db: &Path) -> Vec<String> {
+    let Ok(conn) = rusqlite::Connection::open(db) else { return vec![] };
+    let Ok(mut stmt) = conn.prepare("SELECT wire FROM bus_messages WHERE topic = 'patchbay.dev.mail.message.received' ORDER BY pos") else {
+        return vec![];
+    };
+    stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))
+        .unwrap()
+        .map(|w| serde_json::from_slice::<serde_json::Value>(&w.unwrap()).unwrap()["body"]["message_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn bodies(db: &Path, topic: &str) -> Vec<serde_json::Value> {
+    let Ok(conn) = rusqlite::Connection::open(db) else { return vec![] };
+    let Ok(mut stmt) = conn.prepare("SELECT wire FROM bus_messages WHERE topic = ?1 ORDER BY pos") else { return vec![] };
+    stmt.query_map([topic], |r| r.get::<_, Vec<u8>>(0))
+        .unwrap()
+        .map(|w| serde_json::from_slice::<serde_json::Value>(&w.unwrap()).unwrap()["body"].clone())
+        .collect()
+}
+
+/// `[[source]]`: `serve` follows a public-inbox archive by URL without an MTA. A fetch that
+/// fails (the archive is not there yet) is retried with backoff and shown on the dashboard,
+/// and loses nothing; commits added while it follows are imported once each; a restart resumes
+/// from the mark.
+#[test]
+fn serve_follows_a_public_inbox_archive_and_imports_each_mail_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let staging = tmp.path().join("staging.git");
+    let inbox = tmp.path().join("inbox.git");
+    let work = tmp.path().join("work");
+    patchbay_fixtures::git(tmp.path(), &["init", "-q", "--bare", "-b", "master", &staging.to_string_lossy()]);
+    patchbay_fixtures::git(tmp.path(), &["init", "-q", "-b", "master", &work.to_string_lossy()]);
+    inbox_add(&work, &staging, &[note(1), note(2)]);
+
+    let port = common::free_port();
+    let config = tmp.path().join("patchbay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[ingest]\nlmtp_listen = \"\"\n\
+             [[source]]\nlist_id = \"follow.example.org\"\nrepository = \"file://{}\"\ninterval_secs = 1\n",
+            inbox.display()
+        ),
+    )
+    .unwrap();
+    let serve = |log: &str| {
+        let err = std::fs::File::create(tmp.path().join(log)).unwrap();
+        Serve(bin().arg("--config").arg(&config).arg("serve").stdout(Stdio::null()).stderr(err).spawn().unwrap())
+    };
+    let db = tmp.path().join("data/patchbay.sqlite3");
+    let first = serve("serve-1.log");
+    // Not there yet: the fetch fails, is retried, and the dashboard says so.
+    common::wait_until("a failed fetch", 30, &[], || !bodies(&db, "patchbay.dev.mail.source.failed").is_empty());
+    common::wait_until("the sources page", 30, &[], || common::http_get(port, "/sources").contains("fetch failed"));
+    let page = common::http_get(port, "/sources");
+    assert!(page.contains("follow.example.org") && page.contains("retrying in"), "{page}");
+    std::fs::rename(&staging, &inbox).unwrap();
+    common::wait_until("the first two mails", 60, &[], || received(&db).len() >= 2);
+    // Commits while it follows: each imported once.
+    inbox_add(&work, &inbox, &[note(3), note(4), note(5)]);
+    common::wait_until("three more mails", 60, &[], || received(&db).len() >= 5);
+    drop(first);
+    // Stopped, the archive grows; started again, it resumes from the mark.
+    inbox_add(&work, &inbox, &[note(6), note(7)]);
+    let _second = serve("serve-2.log");
+    common::wait_until("the last two mails", 60, &[], || received(&db).len() >= 7);
+    std::thread::sleep(Duration::from_secs(3));
+    let ids = received(&db);
+    let wanted: Vec<String> = (1..=7).map(|i| format!("<follow-{i}@example.org>")).collect();
+    assert_eq!(ids, wanted, "each mail once, in order");
+    let fetched = bodies(&db, "patchbay.dev.mail.source.fetched");
+    assert!(fetched.iter().all(|f| f["duplicates"] == 0), "nothing read twice: {fetched:#?}");
+    assert_eq!(fetched.iter().map(|f| f["stored"].as_u64().unwrap()).sum::<u64>(), 7, "{fetched:#?}");
+    let lists: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT count(*) FROM mail_lists WHERE list_id = 'follow.example.org'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(lists, 7, "each mail recorded as come through the source's list");
+    common::wait_until("the page to say ok", 30, &[], || common::http_get(port, "/sources").contains(">ok<"));
+}

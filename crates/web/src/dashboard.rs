@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 
-pub use patchbay_model::view::{Cell, PatchRow, RecheckRow, RunnerRow, SeriesFilter, SeriesRow, SeriesView, TestStats};
+pub use patchbay_model::view::{Cell, PatchRow, RecheckRow, RunnerRow, SeriesFilter, SeriesRow, SeriesView, SourceRow, TestStats};
 
 /// A page's data, or why not.
 pub type PageFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send + 'a>>;
@@ -28,6 +28,8 @@ pub trait Pages: Send + Sync + 'static {
     fn runners(&self) -> PageFuture<'_, Vec<RunnerRow>>;
     /// Each test's record over its history.
     fn tests(&self) -> PageFuture<'_, Vec<TestStats>>;
+    /// The public-inbox archives followed, as their followers last said.
+    fn sources(&self) -> PageFuture<'_, Vec<SourceRow>>;
 }
 
 /// HTML-escapes text.
@@ -82,7 +84,7 @@ pub fn layout(title: &str, body: &str) -> String {
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{} · patchbay</title><style>{STYLE}</style></head><body>\
-         <header><b><a href=\"/\">patchbay</a></b><a href=\"/\">Series</a><a href=\"/live\">Live</a><a href=\"/runners\">Runners</a><a href=\"/tests\">Tests</a>\
+         <header><b><a href=\"/\">patchbay</a></b><a href=\"/\">Series</a><a href=\"/live\">Live</a><a href=\"/runners\">Runners</a><a href=\"/tests\">Tests</a><a href=\"/sources\">Sources</a>\
          <a href=\"/api/openapi.json\">API</a></header><main>{body}</main></body></html>\n",
         esc(title)
     )
@@ -449,6 +451,41 @@ pub fn job_parts(job: &str) -> Option<(i64, u32, &str, &str)> {
 /// The log viewer in one string (tests, small logs).
 pub fn log_page(job: &str, text: &str, complete: bool) -> String {
     log_page_pieces(job, text.to_string(), complete).collect()
+}
+
+/// The sources page: each public-inbox archive followed, whether its last fetch worked, and
+/// when the next try is after a failure.
+pub fn sources_page(rows: &[SourceRow], now: i64) -> String {
+    let mut b = String::from("<h1>Sources</h1>");
+    if rows.is_empty() {
+        b.push_str("<p class=\"muted\">No archive followed (<code>[[source]]</code>), or none has been fetched yet.</p>");
+        return layout("Sources", &b);
+    }
+    b.push_str("<table id=\"sources\"><thead><tr><th>List</th><th class=\"wide\">Archive</th><th>State</th><th>Last worked</th></tr></thead><tbody>");
+    for r in rows {
+        let state = match &r.error {
+            Some(e) => format!(
+                "<span class=\"badge fail\">fetch failed</span> {} <span class=\"muted\">({} in a row; retrying in {} s)</span>",
+                esc(e),
+                r.failures,
+                (r.at + r.retry_in_secs as i64 - now).max(0)
+            ),
+            None => "<span class=\"badge pass\">ok</span>".to_string(),
+        };
+        let worked = match r.last_ok {
+            Some((at, stored)) => format!("{}, {stored} new", age(at, now)),
+            None => "never".into(),
+        };
+        let _ = write!(
+            b,
+            "<tr data-list=\"{}\"><td>{}</td><td class=\"wide\">{}</td><td>{state}</td><td class=\"muted\">{worked}</td></tr>",
+            esc(&r.list_id),
+            esc(&r.list_id),
+            esc(&r.repository)
+        );
+    }
+    b.push_str("</tbody></table>");
+    layout("Sources", &b)
 }
 
 /// The runners page.

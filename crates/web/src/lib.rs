@@ -254,6 +254,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/logs/{job}", get(page_log))
         .route("/runners", get(page_runners))
         .route("/tests", get(page_tests))
+        .route("/sources", get(page_sources))
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .with_state(state)
@@ -612,6 +613,15 @@ async fn page_runners(State(st): State<Arc<AppState>>) -> Response {
     let Some(pages) = &st.pages else { return no_pages() };
     match pages.runners().await {
         Ok(rows) => html(StatusCode::OK, dashboard::runners_page(&rows, now_secs())),
+        Err(e) => html_error(StatusCode::SERVICE_UNAVAILABLE, &e),
+    }
+}
+
+/// `GET /sources`.
+async fn page_sources(State(st): State<Arc<AppState>>) -> Response {
+    let Some(pages) = &st.pages else { return no_pages() };
+    match pages.sources().await {
+        Ok(rows) => html(StatusCode::OK, dashboard::sources_page(&rows, now_secs())),
         Err(e) => html_error(StatusCode::SERVICE_UNAVAILABLE, &e),
     }
 }

@@ -9,6 +9,7 @@
 //! | `reporter` | verdicts in, one mail each | `report.*` |
 //! | `logs` | `ci.test.log` chunks into the store | none |
 //! | `history` | the indexer and retention | `history.keep_days` |
+//! | `follow` | public-inbox archives fetched and imported | `[[source]]` |
 //! | `merged` | branches followed, series found merged | `merged.*` |
 //! | `recheck` | replies asking for a re-test in, a round's jobs out | `[[project]] maintainers`, `dispatch.max_rechecks` |
 //! | `relay` | the store's log on to RabbitMQ | `bus.*` |
@@ -19,6 +20,7 @@
 
 pub mod aggregator;
 pub mod dispatcher;
+pub mod follow;
 pub mod history;
 pub mod logs;
 pub mod merged;

@@ -135,6 +135,45 @@ impl patchbay_web::dashboard::Pages for StorePages {
         Box::pin(async move { self.ports.series.mbox(id).await.map_err(text) })
     }
 
+    fn sources(&self) -> PageFuture<'_, Vec<patchbay_model::view::SourceRow>> {
+        Box::pin(async move {
+            let since = patchbay_model::Timestamp::now().as_micros() - 30 * 86_400 * 1_000_000;
+            let mut said: Vec<Envelope> = Vec::new();
+            for suffix in [super::follow::FETCHED, super::follow::FAILED] {
+                let topic = self.root.topic(suffix).map_err(|e| e.to_string())?;
+                let wires = self.ports.history.latest(topic.as_str().to_string(), since, 1000).await.map_err(text)?;
+                said.extend(wires.iter().filter_map(|w| Envelope::from_wire(w).ok()));
+            }
+            said.sort_by_key(|e| std::cmp::Reverse(e.sent_at.as_micros()));
+            let mut rows: Vec<patchbay_model::view::SourceRow> = Vec::new();
+            for env in &said {
+                let b = &env.body;
+                let repository = b["repository"].as_str().unwrap_or_default().to_string();
+                let at = env.sent_at.as_micros() / 1_000_000;
+                let ok = env.topic.as_str().ends_with(super::follow::FETCHED);
+                match rows.iter_mut().find(|r| r.repository == repository) {
+                    // Newest first: the first seen is the state; a later success is "last worked".
+                    Some(row) => {
+                        if ok && row.last_ok.is_none() {
+                            row.last_ok = Some((at, b["stored"].as_u64().unwrap_or(0)));
+                        }
+                    }
+                    None => rows.push(patchbay_model::view::SourceRow {
+                        list_id: b["list_id"].as_str().unwrap_or_default().to_string(),
+                        repository,
+                        at,
+                        error: (!ok).then(|| b["error"].as_str().unwrap_or_default().to_string()),
+                        failures: b["failures"].as_u64().unwrap_or(0),
+                        retry_in_secs: b["retry_in_secs"].as_u64().unwrap_or(0),
+                        last_ok: ok.then(|| (at, b["stored"].as_u64().unwrap_or(0))),
+                    }),
+                }
+            }
+            rows.sort_by(|a, b| a.list_id.cmp(&b.list_id));
+            Ok(rows)
+        })
+    }
+
     fn tests(&self) -> PageFuture<'_, Vec<patchbay_model::view::TestStats>> {
         Box::pin(async move { self.ports.results.test_stats().await.map_err(text) })
     }
