@@ -96,6 +96,23 @@ pub struct RecheckRow {
     pub refused: Option<String>,
 }
 
+/// One series as the trends see it: when it was posted and how testing went for its version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrendRow {
+    /// Project.
+    pub project: String,
+    /// When it was posted (its mails' date, unix seconds).
+    pub date: i64,
+    /// Its version.
+    pub version: u32,
+    /// Its version's first verdict, once decided.
+    pub verdict: Option<VerdictKind>,
+    /// Its newest mail's date (arrival when undated).
+    pub newest_mail: Option<i64>,
+    /// When its first report was sent.
+    pub reported_at: Option<i64>,
+}
+
 /// A public-inbox archive followed (`[[source]]`), as its follower last said.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SourceRow {
@@ -146,6 +163,8 @@ pub struct TestStats {
     pub failed: u64,
     /// Passes on a re-run after a failure.
     pub flaky: u64,
+    /// Mean wall time of its final results, in milliseconds.
+    pub mean_ms: u64,
     /// Failures the base alone showed too.
     pub pre_existing: u64,
 }

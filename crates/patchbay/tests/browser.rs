@@ -217,3 +217,159 @@ fn the_tests_page_shows_flake_rates_in_headless_chromium() {
     assert!(artifacts.join("tests.png").is_file());
     drop(serve);
 }
+
+/// The week (Monday 00:00 UTC) of `secs`, as the trends count them.
+fn week_of(secs: i64) -> i64 {
+    let (week, monday) = (7 * 86_400, 4 * 86_400);
+    (secs - monday).div_euclid(week) * week + monday
+}
+
+/// The trends page drawn from a store of a few hundred series over twelve weeks, tested and
+/// reported through the real pipeline (one in three fails its test); its JSON is checked
+/// against the same store, and the plots in chromium.
+#[test]
+fn the_trends_page_draws_a_store_of_a_few_hundred_series() {
+    let Some((root, browser_dir, chromium)) = browser() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = patchbay_fixtures::origin(tmp.path(), &[("README", "base\n")]);
+    let git = |args: &[&str]| patchbay_fixtures::git(&repo, args);
+    // 240 one-patch series, each adding its own file (so each applies alone); every third
+    // also adds a bad*.txt, which the test refuses.
+    let n: usize = std::env::var("PATCHBAY_TRENDS_SERIES").ok().and_then(|v| v.parse().ok()).unwrap_or(240);
+    git(&["checkout", "-q", "-b", "many"]);
+    for i in 0..n {
+        std::fs::write(repo.join(format!("f{i}.txt")), format!("{i}\n")).unwrap();
+        if i % 3 == 0 {
+            std::fs::write(repo.join(format!("bad{i}.txt")), "bad\n").unwrap();
+        }
+        git(&["add", "."]);
+        git(&["commit", "-q", "-m", &format!("s{i}: add file {i}")]);
+    }
+    let out = tmp.path().join("patches");
+    // Unnumbered: each patch its own one-patch series.
+    git(&["format-patch", "-q", "--no-numbered", "-o", &out.to_string_lossy(), "main..many"]);
+    git(&["checkout", "-q", "main"]);
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert_eq!(files.len(), n);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let mut mbox = String::new();
+    for (i, f) in files.iter().enumerate() {
+        // Spread over the last twelve weeks, a few hours apart.
+        let date = now - (i as i64 % 12) * 7 * 86_400 - (i as i64 / 12) * 3_600 - 7_200;
+        let rfc = Command::new("date").args(["-u", "-R", "-d", &format!("@{date}")]).output().unwrap();
+        let rfc = String::from_utf8(rfc.stdout).unwrap();
+        let mail = std::fs::read_to_string(f).unwrap();
+        let mail: String = mail
+            .lines()
+            .map(|l| {
+                if l.starts_with("Date: ") {
+                    format!("Date: {}\nMessage-ID: <trend-{i}@example.org>\n", rfc.trim())
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        mbox.push_str(&mail);
+    }
+    std::fs::write(tmp.path().join("many.mbox"), &mbox).unwrap();
+    let port = common::free_port();
+    let config = tmp.path().join("patchbay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[ingest]\nlmtp_listen = \"\"\n\
+             [runner]\njobs = 2\nisolation = \"none\"\n\
+             [[project]]\nname = \"trendy\"\nlist_ids = [\"trends.lists.example.org\"]\nrepository = \"{}\"\n\
+             [[project.test]]\nname = \"check\"\nscript = '! ls bad*.txt >/dev/null 2>&1'\narches = [\"{}\"]\n",
+            repo.display(),
+            std::env::consts::ARCH
+        ),
+    )
+    .unwrap();
+    let serve = Demo(common::bin().arg("--config").arg(&config).arg("serve").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    common::wait_until("serve answers", 30, &[], || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    let import = common::bin()
+        .arg("--config")
+        .arg(&config)
+        .args(["import", "--quiet", "--test", "--list-id", "trends.lists.example.org"])
+        .arg(tmp.path().join("many.mbox"))
+        .output()
+        .unwrap();
+    assert!(import.status.success(), "{}", String::from_utf8_lossy(&import.stderr));
+    let db = tmp.path().join("data/patchbay.sqlite3");
+    let settled = || -> i64 {
+        rusqlite::Connection::open(&db)
+            .and_then(|c| c.query_row("SELECT count(*) FROM reports WHERE state NOT IN ('intent', 'sending')", [], |r| r.get(0)))
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while settled() < n as i64 {
+        if std::time::Instant::now() > deadline {
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            let count = |sql: &str| -> String {
+                let mut stmt = conn.prepare(sql).unwrap();
+                let rows: Vec<String> = stmt
+                    .query_map([], |r| Ok(format!("{}={}", r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect();
+                rows.join(" ")
+            };
+            panic!(
+                "not every series reported in 300 s: series {}; verdicts {}; reports {}; results {}",
+                count("SELECT state, count(*) FROM series GROUP BY state"),
+                count("SELECT coalesce(verdict, 'undecided'), count(*) FROM verdicts GROUP BY 1"),
+                count("SELECT state, count(*) FROM reports GROUP BY state"),
+                count("SELECT test || ':' || outcome, count(*) FROM results GROUP BY 1"),
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+
+    // The JSON against the store: series per week, and first versions passing.
+    let base = format!("http://127.0.0.1:{port}");
+    let trends: serde_json::Value = serde_json::from_slice(&get(&base, "/api/v1/trends?weeks=13")).unwrap();
+    let weeks: Vec<i64> = (0..13).map(|i| week_of(now) - (12 - i) * 7 * 86_400).collect();
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let rows: Vec<(i64, Option<String>)> = conn
+        .prepare(
+            "SELECT s.date, v.verdict FROM series s LEFT JOIN verdicts v ON v.series_id = s.uid AND v.version = s.version AND v.round = 0
+             WHERE s.project = 'trendy'",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rows.len(), n);
+    let project = trends["projects"].as_array().unwrap().iter().find(|p| p["project"] == "trendy").expect("the project");
+    for (i, week) in weeks.iter().enumerate() {
+        let in_week: Vec<&(i64, Option<String>)> = rows.iter().filter(|(d, _)| week_of(*d) == *week).collect();
+        assert_eq!(project["series"][i].as_u64().unwrap(), in_week.len() as u64, "week {i}: {trends}");
+        let decided: Vec<&&(i64, Option<String>)> = in_week.iter().filter(|(_, v)| v.is_some()).collect();
+        let passed = decided.iter().filter(|(_, v)| v.as_deref() == Some("PASSED")).count();
+        match project["first_version_passed"][i].as_f64() {
+            Some(share) => assert!((share - passed as f64 / decided.len() as f64).abs() < 1e-9, "week {i}: {trends}"),
+            None => assert!(decided.is_empty(), "week {i}: {trends}"),
+        }
+    }
+    assert_eq!(project["series"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).sum::<u64>(), n as u64);
+    assert!(project["median_report_secs"].as_array().unwrap().iter().any(|v| v.as_f64().is_some_and(|s| s > 0.0)), "{trends}");
+    assert!(trends["slowest"].as_array().unwrap().iter().any(|t| t["test"] == "check"), "{trends}");
+
+    let artifacts = root.join("target/browser-artifacts");
+    let out = Command::new("node")
+        .arg(browser_dir.join("trends-page.mjs"))
+        .args([&base, "trendy"])
+        .arg(&artifacts)
+        .env("PATCHBAY_CHROMIUM", &chromium)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{text}");
+    assert!(out.status.success(), "browser checks failed:\n{text}");
+    assert!(text.contains("all trends page checks passed"));
+    assert!(artifacts.join("trends.png").is_file());
+    drop(serve);
+}

@@ -291,6 +291,7 @@ impl ResultsStore for PgStore {
                 failed: n(r, 4),
                 flaky: n(r, 5),
                 pre_existing: n(r, 6),
+                mean_ms: r.get::<_, Option<i64>>(7).unwrap_or(0).max(0) as u64,
             })
             .collect())
     }

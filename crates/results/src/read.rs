@@ -44,7 +44,8 @@ pub(crate) const TEST_STATS: &str = "SELECT project, test, arch,
          SUM(1 - CAST(retrying AS INTEGER)),
          SUM(CASE WHEN CAST(retrying AS INTEGER) = 0 AND outcome IN ('FAILED', 'ERROR') THEN 1 ELSE 0 END),
          SUM(CAST(flaky AS INTEGER)),
-         SUM(CAST(pre_existing AS INTEGER))
+         SUM(CAST(pre_existing AS INTEGER)),
+         CAST(AVG(CASE WHEN CAST(retrying AS INTEGER) = 0 THEN duration_ms END) AS BIGINT)
      FROM results GROUP BY project, test, arch ORDER BY project, test, arch";
 
 #[async_trait]
@@ -86,6 +87,7 @@ impl ResultsStore for Db {
                     failed: r.get::<_, i64>(4)?.max(0) as u64,
                     flaky: r.get::<_, i64>(5)?.max(0) as u64,
                     pre_existing: r.get::<_, i64>(6)?.max(0) as u64,
+                    mean_ms: r.get::<_, Option<i64>>(7)?.unwrap_or(0).max(0) as u64,
                 })
             })?;
             Ok(rows.collect::<Result<_, _>>()?)

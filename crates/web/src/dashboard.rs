@@ -9,7 +9,9 @@ use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 
-pub use patchbay_model::view::{Cell, PatchRow, RecheckRow, RunnerRow, SeriesFilter, SeriesRow, SeriesView, SourceRow, TestStats};
+pub use patchbay_model::view::{
+    Cell, PatchRow, RecheckRow, RunnerRow, SeriesFilter, SeriesRow, SeriesView, SourceRow, TestStats, TrendRow,
+};
 
 /// A page's data, or why not.
 pub type PageFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send + 'a>>;
@@ -30,6 +32,8 @@ pub trait Pages: Send + Sync + 'static {
     fn tests(&self) -> PageFuture<'_, Vec<TestStats>>;
     /// The public-inbox archives followed, as their followers last said.
     fn sources(&self) -> PageFuture<'_, Vec<SourceRow>>;
+    /// The series posted since `since` (unix seconds) as the trends see them, and each test's record.
+    fn trend_data(&self, since: i64) -> PageFuture<'_, (Vec<TrendRow>, Vec<TestStats>)>;
 }
 
 /// HTML-escapes text.
@@ -84,7 +88,7 @@ pub fn layout(title: &str, body: &str) -> String {
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{} · patchbay</title><style>{STYLE}</style></head><body>\
-         <header><b><a href=\"/\">patchbay</a></b><a href=\"/\">Series</a><a href=\"/live\">Live</a><a href=\"/runners\">Runners</a><a href=\"/tests\">Tests</a><a href=\"/sources\">Sources</a>\
+         <header><b><a href=\"/\">patchbay</a></b><a href=\"/\">Series</a><a href=\"/live\">Live</a><a href=\"/runners\">Runners</a><a href=\"/tests\">Tests</a><a href=\"/sources\">Sources</a><a href=\"/trends\">Trends</a>\
          <a href=\"/api/openapi.json\">API</a></header><main>{body}</main></body></html>\n",
         esc(title)
     )
@@ -452,6 +456,71 @@ pub fn job_parts(job: &str) -> Option<(i64, u32, &str, &str)> {
 pub fn log_page(job: &str, text: &str, complete: bool) -> String {
     log_page_pieces(job, text.to_string(), complete).collect()
 }
+
+/// The trends page: three plots (series per week, first versions passing, time to report) by
+/// project, drawn by uPlot from the same figures `GET /api/v1/trends` gives, and the slowest and
+/// flakiest tests.
+pub fn trends_page(t: &crate::trends::Trends) -> String {
+    let data = serde_json::to_string(t).unwrap_or_else(|_| "null".into()).replace("</", "<\\/");
+    let mut b = format!(
+        "<link rel=\"stylesheet\" href=\"/assets/uplot.min.css\"><style>.plot{{max-width:100%;overflow-x:auto}}</style><h1>Trends</h1>\
+         <p class=\"muted\">{} weeks from {} (weeks start on Monday, UTC); the figures as JSON: \
+         <a href=\"/api/v1/trends?weeks={}\">/api/v1/trends</a>.</p>\
+         <h2>Series posted per week</h2><div class=\"plot\" id=\"plot-series\"></div>\
+         <h2>First versions passing</h2><div class=\"plot\" id=\"plot-passed\"></div>\
+         <h2>Median hours from the last mail to the report</h2><div class=\"plot\" id=\"plot-report\"></div>",
+        t.weeks.len(),
+        esc(t.weeks.first().map_or("", String::as_str)),
+        t.weeks.len()
+    );
+    let table = |b: &mut String, id: &str, title: &str, rows: &[crate::trends::TestFigure]| {
+        let _ = write!(b, "<h2>{title}</h2>");
+        if rows.is_empty() {
+            b.push_str("<p class=\"muted\">None yet.</p>");
+            return;
+        }
+        let _ = write!(
+            b,
+            "<table id=\"{id}\"><thead><tr><th>Test</th><th class=\"wide\">Project</th><th>Runs</th><th>Mean</th><th>Flake rate</th></tr></thead><tbody>"
+        );
+        for f in rows {
+            let _ = write!(
+                b,
+                "<tr><td>{}/{}</td><td class=\"wide\">{}</td><td>{}</td><td>{:.1} s</td><td>{:.1}%</td></tr>",
+                esc(&f.test),
+                esc(&f.arch),
+                esc(&f.project),
+                f.runs,
+                f.mean_secs,
+                f.flake_rate
+            );
+        }
+        b.push_str("</tbody></table>");
+    };
+    table(&mut b, "slowest", "Slowest tests", &t.slowest);
+    table(&mut b, "flakiest", "Flakiest tests", &t.flakiest);
+    let _ = write!(b, "<script id=\"trends-data\" type=\"application/json\">{data}</script>");
+    b.push_str(TRENDS_JS);
+    layout("Trends", &b)
+}
+
+/// Draws the trends' plots with uPlot (served from `/assets`), one line per project.
+const TRENDS_JS: &str = r#"<script src="/assets/uplot.min.js"></script>
+<script>
+const t = JSON.parse(document.getElementById('trends-data').textContent);
+const xs = t.weeks.map((w) => Date.parse(w + 'T00:00:00Z') / 1000);
+const colours = ['#0969da', '#cf222e', '#1a7f37', '#8250df', '#bf8700', '#0a3069', '#953800', '#6e7781'];
+function plot(id, pick, label) {
+  const el = document.getElementById(id);
+  const series = [{}].concat(t.projects.map((p, i) => ({ label: p.project, stroke: colours[i % colours.length], width: 2, points: { show: true } })));
+  const data = [xs].concat(t.projects.map(pick));
+  const width = Math.max(240, Math.min(el.parentElement.clientWidth - 16, 1100));
+  new uPlot({ width, height: 240, series, axes: [{}, { label }], scales: { x: { time: true } } }, data, el);
+}
+plot('plot-series', (p) => p.series, 'series');
+plot('plot-passed', (p) => p.first_version_passed.map((v) => (v === null ? null : 100 * v)), '% passed');
+plot('plot-report', (p) => p.median_report_secs.map((v) => (v === null ? null : v / 3600)), 'hours');
+</script>"#;
 
 /// The sources page: each public-inbox archive followed, whether its last fetch worked, and
 /// when the next try is after a failure.

@@ -66,6 +66,7 @@ use tokio::sync::watch;
 
 pub mod dashboard;
 pub mod limits;
+pub mod trends;
 
 /// What the HTTP handlers share.
 pub struct AppState {
@@ -255,6 +256,10 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/runners", get(page_runners))
         .route("/tests", get(page_tests))
         .route("/sources", get(page_sources))
+        .route("/trends", get(page_trends))
+        .route("/api/v1/trends", get(api_trends))
+        .route("/assets/uplot.min.js", get(asset_uplot_js))
+        .route("/assets/uplot.min.css", get(asset_uplot_css))
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .with_state(state)
@@ -615,6 +620,71 @@ async fn page_runners(State(st): State<Arc<AppState>>) -> Response {
         Ok(rows) => html(StatusCode::OK, dashboard::runners_page(&rows, now_secs())),
         Err(e) => html_error(StatusCode::SERVICE_UNAVAILABLE, &e),
     }
+}
+
+/// The trends of `weeks` weeks ending now, from the store.
+async fn trends_of(st: &AppState, weeks: u32) -> Result<trends::Trends, AppError> {
+    let pages = series_pages(st)?;
+    let now = now_secs();
+    let (rows, tests) =
+        pages.trend_data(trends::since(now, weeks)).await.map_err(|e| AppError { status: StatusCode::SERVICE_UNAVAILABLE, message: e })?;
+    Ok(trends::figures(&rows, &tests, now, weeks))
+}
+
+/// Weeks the trends cover unless `weeks` says otherwise.
+const TREND_WEEKS: u32 = 26;
+
+/// The `weeks` parameter (1 to 104); any other is a 400 naming it.
+fn trend_weeks(params: &[(String, String)]) -> Result<u32, AppError> {
+    let mut weeks = TREND_WEEKS;
+    for (name, value) in params {
+        match name.as_str() {
+            "weeks" => weeks = int_param(name, value, 1, 104)?,
+            _ => return Err(AppError::bad(format!("unknown parameter {name:?}"))),
+        }
+    }
+    Ok(weeks)
+}
+
+/// `GET /api/v1/trends`: the trends page's figures.
+async fn api_trends(
+    State(st): State<Arc<AppState>>,
+    axum::extract::Query(params): axum::extract::Query<Vec<(String, String)>>,
+) -> Result<Json<trends::Trends>, AppError> {
+    Ok(Json(trends_of(&st, trend_weeks(&params)?).await?))
+}
+
+/// `GET /trends`.
+async fn page_trends(
+    State(st): State<Arc<AppState>>,
+    axum::extract::Query(params): axum::extract::Query<Vec<(String, String)>>,
+) -> Response {
+    if st.pages.is_none() {
+        return no_pages();
+    }
+    let weeks = match trend_weeks(&params) {
+        Ok(w) => w,
+        Err(e) => return html_error(StatusCode::BAD_REQUEST, &e.message),
+    };
+    match trends_of(&st, weeks).await {
+        Ok(t) => html(StatusCode::OK, dashboard::trends_page(&t)),
+        Err(e) => html_error(e.status, &e.message),
+    }
+}
+
+/// The chart library, served with the pages (a day's cache).
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(axum::http::header::CONTENT_TYPE, content_type), (axum::http::header::CACHE_CONTROL, "public, max-age=86400")], body).into_response()
+}
+
+/// `GET /assets/uplot.min.js`.
+async fn asset_uplot_js() -> Response {
+    asset("text/javascript; charset=utf-8", include_str!("../assets/uplot/uPlot.iife.min.js"))
+}
+
+/// `GET /assets/uplot.min.css`.
+async fn asset_uplot_css() -> Response {
+    asset("text/css; charset=utf-8", include_str!("../assets/uplot/uPlot.min.css"))
 }
 
 /// `GET /sources`.

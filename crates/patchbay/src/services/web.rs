@@ -174,6 +174,14 @@ impl patchbay_web::dashboard::Pages for StorePages {
         })
     }
 
+    fn trend_data(&self, since: i64) -> PageFuture<'_, (Vec<patchbay_model::view::TrendRow>, Vec<patchbay_model::view::TestStats>)> {
+        Box::pin(async move {
+            let rows = self.ports.reports.trend_rows(since).await.map_err(text)?;
+            let tests = self.ports.results.test_stats().await.map_err(text)?;
+            Ok((rows, tests))
+        })
+    }
+
     fn tests(&self) -> PageFuture<'_, Vec<patchbay_model::view::TestStats>> {
         Box::pin(async move { self.ports.results.test_stats().await.map_err(text) })
     }
