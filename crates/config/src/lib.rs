@@ -96,6 +96,8 @@ struct RawConfig {
     authority: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     source: Vec<RawSource>,
+    #[serde(default)]
+    notify: Vec<patchbay_notify::RawRule>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -331,6 +333,8 @@ pub struct Config {
     pub merged: MergedSettings,
     /// `[[source]]`: public-inbox archives followed.
     pub sources: Vec<SourceConfig>,
+    /// `[[notify]]`: notification rules.
+    pub notify: Vec<patchbay_notify::Rule>,
 }
 
 /// One project (`[[project]]`): which mail belongs to it.
@@ -671,6 +675,15 @@ impl Config {
             sources.push(SourceConfig { list_id, repository, interval_secs });
         }
 
+        let mut notify: Vec<patchbay_notify::Rule> = Vec::new();
+        for (i, r) in raw.notify.iter().cloned().enumerate() {
+            let rule = r.check().map_err(|(field, why)| invalid(&format!("notify[{i}].{field}"), why))?;
+            if notify.iter().any(|o| o.name == rule.name) {
+                return Err(invalid(&format!("notify[{i}].name"), format!("rule {:?} is declared twice", rule.name)));
+            }
+            notify.push(rule);
+        }
+
         let connections = connection_limits(&raw.ingest, raw.http.max_connections, raw.http.request_timeout_secs)
             .map_err(|(key, why)| invalid(key, why))?;
         let log_level = raw.log.level.unwrap_or_else(|| "info".into());
@@ -688,6 +701,7 @@ impl Config {
             ingest: raw.ingest,
             projects,
             sources,
+            notify,
             source: source.map(Path::to_path_buf),
             data_dir,
             bus: BusConfig { backend, url: raw.bus.url, exchange, root },

@@ -167,6 +167,8 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
     }
     // History: every message indexed as it commits; retention (`history.keep_days`).
     tasks.extend(crate::services::history::start(&config, store.db().clone(), closing_rx.clone()));
+    // Notifications by rule (`[[notify]]`).
+    tasks.extend(crate::services::notify::start(&config, store.clone(), served.bus.clone(), policy.clone(), closing_rx.clone())?);
     // Public-inbox archives followed without an MTA (`[[source]]`).
     tasks.extend(crate::services::follow::start(&config, ingest.clone(), served.bus.clone(), closing_rx.clone()));
     // Merged series (`merged.interval_secs`, and at once on `git.branch.updated`).

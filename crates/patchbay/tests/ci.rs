@@ -2012,3 +2012,182 @@ fn results_reach_patchwork_as_checks_on_every_patch_once_and_again_after_a_re_ru
     let posted = topic_bodies(&db, "e2e.ci.report.check.posted");
     assert_eq!(posted.len(), 6, "each announced once: {posted:#?}");
 }
+
+/// A webhook receiver (Python's standard library): it answers 500 to the first `fail_first`
+/// requests, then 200; it checks each body's `X-Patchbay-Signature-256` against `secret`, and
+/// writes every request (its status, headers and body) as a JSON line to `log`.
+const RECEIVER: &str = r#"
+import hashlib, hmac, json, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+secret, fail_first, log, port_file = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+seen = {"n": 0}
+class H(BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        want = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        ok = hmac.compare_digest(want, self.headers.get("X-Patchbay-Signature-256", ""))
+        seen["n"] += 1
+        status = 500 if seen["n"] <= fail_first else (200 if ok else 401)
+        with open(log, "a") as f:
+            f.write(json.dumps({"status": status, "signed": ok, "event": self.headers.get("X-Patchbay-Event"),
+                                "delivery": self.headers.get("X-Patchbay-Delivery"), "body": json.loads(body)}) + "\n")
+        self.send_response(status); self.send_header("Content-Length", "0"); self.end_headers()
+s = HTTPServer(("127.0.0.1", 0), H)
+open(port_file + ".tmp", "w").write(str(s.server_address[1]))
+import os; os.rename(port_file + ".tmp", port_file)
+s.serve_forever()
+"#;
+
+/// The webhook receiver, stopped when dropped (a failing test too).
+struct Receiver(Child);
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The receiver's log, one JSON object per request.
+fn received_hooks(log: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// `[[notify]]` at once to a webhook whose receiver fails its first three requests: every
+/// matching event is delivered, in order per series, each once, signed with the rule's secret.
+#[test]
+fn a_webhook_rule_delivers_every_event_once_in_order_per_series() {
+    let Some(py) = python_with("json") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, port_file) = (tmp.path().join("hooks.jsonl"), tmp.path().join("hooks.port"));
+    let receiver = Receiver(
+        Command::new(&py)
+            .args(["-c", RECEIVER, "hook-secret-1234", "3"])
+            .arg(&log)
+            .arg(&port_file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !port_file.exists() {
+        assert!(Instant::now() < deadline, "the receiver did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let hook_port = std::fs::read_to_string(&port_file).unwrap();
+    let repo = origin(tmp.path(), &[("README", "base\n"), ("status", "ok\n")]);
+    let rule = format!(
+        "[[notify]]\nname = \"hooked\"\nwebhook = \"http://127.0.0.1:{hook_port}/hook\"\nsecret = \"hook-secret-1234\"\n\
+         topics = [\"ci.result.recorded\", \"ci.series.verdict\"]\nproject = \"demo\"\ncadence = \"now\"\n"
+    );
+    let (config, _, _serve) = serve_with_test(tmp.path(), &repo, "grep -q ok status", "", &format!("\n{rule}"));
+    post(&repo, &config, "one", "main", &[("README", "one\n")]);
+    post(&repo, &config, "two", "main", &[("status", "bad\n")]);
+    let db = tmp.path().join("data/patchbay.sqlite3");
+    assert_eq!(settled_reports(&db, None, 2, 90).len(), 2);
+    // Published: per series, two results and a verdict.
+    let published = wire_messages(&db, &["e2e.ci.ci.result.recorded", "e2e.ci.ci.series.verdict"]);
+    assert_eq!(published.len(), 6);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let delivered = loop {
+        let ok: Vec<serde_json::Value> = received_hooks(&log).into_iter().filter(|r| r["status"] == 200).collect();
+        if ok.len() >= 6 || Instant::now() > deadline {
+            break ok;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    drop(receiver);
+    let all = received_hooks(&log);
+    assert_eq!(all.iter().filter(|r| r["status"] == 500).count(), 3, "three refused first: {all:#?}");
+    assert!(all.iter().all(|r| r["signed"] == true), "every request signed with the rule's secret");
+    assert_eq!(delivered.len(), 6, "each event once: {all:#?}");
+    let ids: std::collections::BTreeSet<&str> = delivered.iter().map(|r| r["body"]["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 6, "no event twice");
+    for r in &delivered {
+        assert_eq!(r["delivery"], format!("hooked:{}", r["body"]["id"].as_str().unwrap()));
+        assert_eq!(r["event"], r["body"]["topic"], "X-Patchbay-Event names the topic");
+    }
+    // In order per series: as they were published.
+    let order = |list: &[serde_json::Value], series: &serde_json::Value| -> Vec<String> {
+        list.iter().filter(|e| e["body"]["series"]["id"] == *series).map(|e| e["id"].as_str().unwrap().to_string()).collect()
+    };
+    let published_sorted = published.clone();
+    let bodies: Vec<serde_json::Value> = delivered.iter().map(|r| r["body"].clone()).collect();
+    let series: std::collections::BTreeSet<i64> = published.iter().map(|e| e["body"]["series"]["id"].as_i64().unwrap()).collect();
+    assert_eq!(series.len(), 2);
+    for id in series {
+        let id = serde_json::json!(id);
+        assert_eq!(order(&bodies, &id), order(&published_sorted, &id), "series {id}");
+    }
+}
+
+/// Every wire envelope on `topics`, in log order.
+fn wire_messages(db: &Path, topics: &[&str]) -> Vec<serde_json::Value> {
+    let Ok(conn) = rusqlite::Connection::open(db) else { return vec![] };
+    let mut stmt = conn.prepare("SELECT topic, wire FROM bus_messages ORDER BY pos").unwrap();
+    stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .filter(|(t, _)| topics.contains(&t.as_str()))
+        .map(|(_, w)| serde_json::from_slice(&w).unwrap())
+        .collect()
+}
+
+/// A digest rule with `serve` stopped across the due time: started again, one digest goes out
+/// with every matching event, once.
+#[test]
+fn a_digest_due_while_stopped_goes_out_once_when_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = origin(tmp.path(), &[("README", "base\n")]);
+    let period = 20;
+    let rule =
+        format!("\n[[notify]]\nname = \"digest\"\nemail = \"maint@example.org\"\ntopics = [\"demo.event.#\"]\ncadence = \"{period}s\"\n");
+    // Start early in a period, so the events are kept and serve stopped before it ends.
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    while now() % period > 2 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (config, _, serve) = serve_with_test(tmp.path(), &repo, "true", "", &rule);
+    for (i, word) in ["one", "two", "three"].iter().enumerate() {
+        let out = bin()
+            .arg("--config")
+            .arg(&config)
+            .args(["publish", "--json", "--topic", &format!("demo.event.{word}")])
+            .arg(format!("{{\"n\": {i}}}"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let db = tmp.path().join("data/patchbay.sqlite3");
+    let kept = || -> i64 {
+        rusqlite::Connection::open(&db).and_then(|c| c.query_row("SELECT count(*) FROM notify_queue", [], |r| r.get(0))).unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while kept() < 3 {
+        assert!(Instant::now() < deadline, "the events were not kept");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let due = (now() / period + 1) * period;
+    drop(serve);
+    let digests = |tmp: &Path| outbox(tmp).into_iter().filter(|m| m.contains("Subject: [patchbay] digest:")).collect::<Vec<_>>();
+    assert!(digests(tmp.path()).is_empty(), "nothing before the period ends");
+    while now() <= due + 1 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _again = Serve(bin().arg("--config").arg(&config).arg("serve").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while digests(tmp.path()).is_empty() {
+        assert!(Instant::now() < deadline, "no digest after the restart");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let sent = digests(tmp.path());
+    assert_eq!(sent.len(), 1, "one digest: {sent:#?}");
+    assert!(sent[0].contains("3 messages matched the rule digest"), "{}", sent[0]);
+    for word in ["one", "two", "three"] {
+        assert!(sent[0].contains(&format!("demo.event.{word}")), "{word}: {}", sent[0]);
+    }
+    assert!(sent[0].contains("To: maint@example.org"), "{}", sent[0]);
+}

@@ -230,6 +230,21 @@ fn layering_rules_hold() {
             "the report knows the embedded store and the verdict's words, not HTTP, runners, the aggregator or the config file",
         ),
         (
+            "notify",
+            &[
+                "patchbay-bus-amqp",
+                "patchbay-web",
+                "patchbay-config",
+                "patchbay-runner",
+                "patchbay-ci",
+                "patchbay-results",
+                "patchbay-store-pg",
+                "axum",
+                "lapin",
+            ],
+            "notifications know the embedded store, webhooks as a client and the report's transports; not our HTTP edge, runners or the config file",
+        ),
+        (
             "patchwork",
             &[
                 "patchbay-bus-amqp",

@@ -245,7 +245,8 @@ const STEPS: &[&str] = &[
     // run again (`retries`), a pass on a re-run (flaky), a failure the base shows too; and
     // re-test rounds asked on the list: a result's round, and a verdict and a report per
     // (series, version, round), the version's first testing being round 0; and the checks
-    // posted to Patchwork (owned by the patchwork crate), one per (result, patch).
+    // posted to Patchwork (owned by the patchwork crate), one per (result, patch); the
+    // notifications kept per rule and their digests (owned by the notify crate).
     "
     ALTER TABLE results ADD COLUMN retrying INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE results ADD COLUMN flaky INTEGER NOT NULL DEFAULT 0;
@@ -289,6 +290,32 @@ const STEPS: &[&str] = &[
         SELECT series_id, version, message_id, state, transport, detail, created_at, sent_at, mail, resends, claimed_at FROM reports;
     DROP TABLE reports;
     ALTER TABLE reports_by_round RENAME TO reports;
+    CREATE TABLE notify_queue (
+        rule         TEXT NOT NULL,
+        message_id   TEXT NOT NULL,
+        pos          INTEGER NOT NULL,
+        sent_at      INTEGER NOT NULL,
+        topic        TEXT NOT NULL,
+        wire         BLOB NOT NULL,
+        state        TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sending', 'delivered', 'dead')),
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        next_at      INTEGER NOT NULL DEFAULT 0,
+        error        TEXT,
+        delivered_at INTEGER,
+        digest       INTEGER,
+        PRIMARY KEY (rule, message_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX notify_waiting ON notify_queue (rule, state, pos);
+    CREATE TABLE notify_digests (
+        rule    TEXT NOT NULL,
+        due     INTEGER NOT NULL,
+        state   TEXT NOT NULL CHECK (state IN ('waiting', 'sent', 'dead')),
+        events  INTEGER NOT NULL,
+        sent_at INTEGER,
+        next_at INTEGER NOT NULL DEFAULT 0,
+        error   TEXT,
+        PRIMARY KEY (rule, due)
+    ) WITHOUT ROWID;
     CREATE TABLE patchwork_checks (
         result_id    INTEGER NOT NULL,
         message_id   TEXT NOT NULL,

@@ -11,6 +11,7 @@
 //! | `history` | the indexer and retention | `history.keep_days` |
 //! | `follow` | public-inbox archives fetched and imported | `[[source]]` |
 //! | `merged` | branches followed, series found merged | `merged.*` |
+//! | `notify` | every message in, notifications by rule out (webhooks, mail, digests) | `[[notify]]` |
 //! | `recheck` | replies asking for a re-test in, a round's jobs out | `[[project]] maintainers`, `dispatch.max_rechecks` |
 //! | `relay` | the store's log on to RabbitMQ | `bus.*` |
 //! | `web` | the HTTP edge's ports over the stores | `http.*` |
@@ -24,6 +25,7 @@ pub mod follow;
 pub mod history;
 pub mod logs;
 pub mod merged;
+pub mod notify;
 pub mod recheck;
 pub mod relay;
 pub mod reporter;

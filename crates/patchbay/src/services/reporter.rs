@@ -28,6 +28,22 @@ pub fn spec(config: &Config) -> anyhow::Result<ServiceSpec> {
     Ok(ServiceSpec::new(ServiceName::Reporter.as_str(), vec![pattern]))
 }
 
+/// How mail goes out (`report.smtp_url`, else the outbox maildir): the reporter's, and the
+/// notifications'.
+pub fn transport(config: &Config) -> anyhow::Result<patchbay_report::Transport> {
+    Ok(match &config.report.smtp_url {
+        None => patchbay_report::Transport::Outbox(config.data_dir.join("outbox")),
+        Some(url) => patchbay_report::Transport::Smtp(
+            patchbay_report::smtp::Smtp::new(&patchbay_report::smtp::SmtpSettings {
+                url: url.clone(),
+                credentials: config.report.smtp_credentials(),
+                ca_pem: config.report.smtp_ca.clone(),
+            })
+            .map_err(|e| anyhow::anyhow!("{}: report.smtp_url: {e}", config.source_name()))?,
+        ),
+    })
+}
+
 /// Starts the reporter: one mail per verdict into `<data>/outbox` (a maildir), exactly once.
 pub fn start_reporter(
     config: &Config,
@@ -41,17 +57,7 @@ pub fn start_reporter(
         Settings { from: config.report.from.clone(), domain: config.report.domain.clone(), recipients: config.report.recipients };
     let link = config.report.link.clone().or_else(|| Some(format!("http://{}", config.http_listen)));
     let publisher = Publisher::new(bus.clone(), config.bus.root.clone(), Sender::new(ServiceName::Reporter.as_str(), &config.instance));
-    let transport = match &config.report.smtp_url {
-        None => patchbay_report::Transport::Outbox(config.data_dir.join("outbox")),
-        Some(url) => patchbay_report::Transport::Smtp(
-            patchbay_report::smtp::Smtp::new(&patchbay_report::smtp::SmtpSettings {
-                url: url.clone(),
-                credentials: config.report.smtp_credentials(),
-                ca_pem: config.report.smtp_ca.clone(),
-            })
-            .map_err(|e| anyhow::anyhow!("{}: report.smtp_url: {e}", config.source_name()))?,
-        ),
-    };
+    let transport = transport(config)?;
     let checks = start_checks(config, &store, bus.clone(), policy.clone(), shutdown.clone(), link.clone())?;
     let (replay, reporter) = match store {
         crate::backend::Store::Embedded(store) => {
