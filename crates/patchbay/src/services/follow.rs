@@ -57,7 +57,8 @@ pub fn start(config: &Config, ingest: Ingest, bus: Arc<dyn Bus>, closing: watch:
 /// A directory name for a URL's mirror: its words, and nothing a path could misread.
 fn mirror_name(url: &str) -> String {
     let words: String = url.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect();
-    format!("{}.git", words.trim_matches(['_', '.']).chars().take(120).collect::<String>())
+    let words: String = words.trim_matches(['_', '.']).chars().take(120).collect();
+    format!("{}.git", if words.is_empty() { "source" } else { &words })
 }
 
 /// The repository as it may be shown: a URL without its user and password.
