@@ -129,28 +129,29 @@ pub(crate) async fn dead(bus: &EmbeddedBus, rule: &str, id: &str, why: &str, out
 /// After a stop: sends over SMTP that were under way are not made again (the server may have
 /// taken them), they are dead-lettered; to the maildir or a webhook (whose receiver drops a
 /// repeated delivery id) they are simply made again.
-pub(crate) async fn abandon_smtp_sends(bus: &EmbeddedBus, smtp: bool) -> Result<(), StoreError> {
+pub(crate) async fn abandon_smtp_sends(bus: &EmbeddedBus, smtp_rules: Vec<String>) -> Result<(), StoreError> {
     bus.db()
         .write(move |tx| {
-            let sql = if smtp {
+            let mut dead = tx.prepare_cached(
                 "UPDATE notify_queue SET state = 'dead', error = 'patchbay stopped while the SMTP server was taking this; not resent'
-                 WHERE state = 'sending'"
-            } else {
-                "UPDATE notify_queue SET state = 'pending' WHERE state = 'sending'"
-            };
-            tx.execute(sql, [])?;
+                 WHERE state = 'sending' AND rule = ?1",
+            )?;
+            for rule in &smtp_rules {
+                dead.execute([rule])?;
+            }
+            tx.execute("UPDATE notify_queue SET state = 'pending' WHERE state = 'sending'", [])?;
             Ok(())
         })
         .await
 }
 
-/// The state of a rule's digest due at `due`, and when it may be tried again.
-pub(crate) async fn digest_state(bus: &EmbeddedBus, rule: &str, due: i64) -> Result<Option<(String, i64)>, StoreError> {
+/// The state of a rule's digest due at `due`, when it may be tried again, and its attempts.
+pub(crate) async fn digest_state(bus: &EmbeddedBus, rule: &str, due: i64) -> Result<Option<(String, i64, u32)>, StoreError> {
     let rule = rule.to_string();
     bus.db()
         .read(move |c| {
-            Ok(c.query_row("SELECT state, next_at FROM notify_digests WHERE rule = ?1 AND due = ?2", params![rule, due], |r| {
-                Ok((r.get(0)?, r.get(1)?))
+            Ok(c.query_row("SELECT state, next_at, attempts FROM notify_digests WHERE rule = ?1 AND due = ?2", params![rule, due], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
             .optional()?)
         })
@@ -184,8 +185,8 @@ pub(crate) async fn digest_wait(bus: &EmbeddedBus, rule: &str, due: i64, at: i64
     bus.db()
         .write(move |tx| {
             tx.prepare_cached(
-                "INSERT INTO notify_digests (rule, due, state, events, next_at, error) VALUES (?1, ?2, 'waiting', 0, ?3, ?4)
-                 ON CONFLICT (rule, due) DO UPDATE SET state = 'waiting', next_at = ?3, error = ?4",
+                "INSERT INTO notify_digests (rule, due, state, events, next_at, error, attempts) VALUES (?1, ?2, 'waiting', 0, ?3, ?4, 1)
+                 ON CONFLICT (rule, due) DO UPDATE SET state = 'waiting', next_at = ?3, error = ?4, attempts = attempts + 1",
             )?
             .execute(params![rule, due, at, why])?;
             Ok(())

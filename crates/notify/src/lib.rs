@@ -134,7 +134,13 @@ impl Deliverer {
 
     /// Delivers until `shutdown` turns true: every second, what is due.
     pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        if let Err(error) = db::abandon_smtp_sends(&self.bus, matches!(*self.transport, Transport::Smtp(_))).await {
+        let smtp_rules: Vec<String> = match *self.transport {
+            Transport::Smtp(_) => {
+                self.rules.iter().filter(|r| matches!(r.destination, Destination::Email(_))).map(|r| r.name.clone()).collect()
+            }
+            Transport::Outbox(_) => Vec::new(),
+        };
+        if let Err(error) = db::abandon_smtp_sends(&self.bus, smtp_rules).await {
             tracing::warn!(%error, "Notifications: could not look at sends a stop interrupted.");
         }
         loop {
@@ -160,7 +166,14 @@ impl Deliverer {
             if row.next_at > now() {
                 return Ok(()); // In order: nothing overtakes a message waiting for its retry.
             }
-            let env = Envelope::from_wire(&row.wire).map_err(|e| patchbay_store::StoreError::Corrupt(e.to_string()))?;
+            let env = match Envelope::from_wire(&row.wire) {
+                Ok(env) => env,
+                Err(e) => {
+                    // Stored by an older build and no longer read: set aside, the rest go on.
+                    db::dead(&self.bus, &rule.name, &row.message_id, &format!("the stored message does not read: {e}"), None).await?;
+                    continue;
+                }
+            };
             let delivery = format!("{}:{}", rule.name, row.message_id);
             db::mark_sending(&self.bus, &rule.name, &row.message_id).await?;
             let sent = match &rule.destination {
@@ -197,11 +210,13 @@ impl Deliverer {
             return Ok(());
         }
         let state = db::digest_state(&self.bus, &rule.name, due).await?;
-        if let Some((_, next_at)) = state.as_ref().filter(|(s, _)| s == "waiting")
-            && *next_at > now()
-        {
-            return Ok(());
+        match &state {
+            // Kept after this period's digest went out (a collector behind): the next period's.
+            Some((s, _, _)) if s == "sent" || s == "dead" => return Ok(()),
+            Some((_, next_at, _)) if *next_at > now() => return Ok(()),
+            _ => {}
         }
+        let attempts = state.as_ref().map_or(0, |(_, _, a)| *a);
         let envs: Vec<Envelope> = rows.iter().filter_map(|r| Envelope::from_wire(&r.wire).ok()).collect();
         let delivery = format!("{}:digest:{due}", rule.name);
         let sent = match &rule.destination {
@@ -224,12 +239,11 @@ impl Deliverer {
         let ids: Vec<String> = rows.iter().map(|r| r.message_id.clone()).collect();
         match sent {
             Ok(()) => db::digest_sent(&self.bus, &rule.name, due, ids).await,
-            Err(SendError::Again(why)) => {
-                let attempts = state.map_or(0, |_| 1);
+            Err(SendError::Again(why)) if attempts + 1 < MAX_ATTEMPTS => {
                 tracing::info!(rule = %rule.name, due, %why, "Digest not delivered; will retry.");
                 db::digest_wait(&self.bus, &rule.name, due, now() + backoff(attempts), &why).await
             }
-            Err(SendError::Never(why)) => {
+            Err(SendError::Again(why) | SendError::Never(why)) => {
                 tracing::warn!(rule = %rule.name, due, %why, "Digest dead-lettered.");
                 let body = serde_json::json!({"rule": rule.name, "message_id": delivery, "topic": "digest", "error": why, "attempts": 1});
                 db::digest_dead(&self.bus, &rule.name, due, ids, &why, self.announce(body)).await

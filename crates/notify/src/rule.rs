@@ -43,12 +43,17 @@ impl Cadence {
             "daily" => every(86_400),
             "weekly" => Ok(Cadence::Every { period: 7 * 86_400, offset: 4 * 86_400 }),
             t => {
-                let (n, unit) = t.split_at(t.len().saturating_sub(1));
-                let n: i64 = n.parse().map_err(|_| format!("{t:?} is not now, hourly, daily, weekly or a period such as 30s or 15m"))?;
-                match unit {
-                    "s" if n >= 1 => every(n),
-                    "m" if n >= 1 => every(n * 60),
-                    _ => Err(format!("{t:?} is not now, hourly, daily, weekly or a period such as 30s or 15m")),
+                let wrong = || format!("{t:?} is not now, hourly, daily, weekly or a period such as 30s or 15m");
+                let (n, minutes) = match (t.strip_suffix('s'), t.strip_suffix('m')) {
+                    (Some(n), _) => (n, false),
+                    (_, Some(n)) => (n, true),
+                    _ => return Err(wrong()),
+                };
+                let n: i64 = n.parse().map_err(|_| wrong())?;
+                let period = if minutes { n.checked_mul(60) } else { Some(n) };
+                match period {
+                    Some(p) if (1..=366 * 86_400).contains(&p) => every(p),
+                    _ => Err(wrong()),
                 }
             }
         }
@@ -164,6 +169,11 @@ impl Rule {
     /// Whether `env` is one this rule notifies of.
     pub fn matches(&self, root: &TopicRoot, env: &Envelope) -> bool {
         let Some(suffix) = root.suffix_of(env.topic.as_str()) else { return false };
+        // The notifications' own news (a dead letter) only when a rule names it: a rule of every
+        // topic would otherwise feed on its own failures.
+        if self.topics.is_empty() && suffix.starts_with("notify.") {
+            return false;
+        }
         if !self.topics.is_empty() && !self.topics.iter().any(|p| p.matches_str(suffix)) {
             return false;
         }
@@ -221,6 +231,8 @@ mod tests {
         assert_eq!(weekly.due(1_796_601_600 + 3 * 86_400), Some(1_796_601_600));
         assert_eq!(Cadence::parse("30s").unwrap().due(61), Some(60));
         assert!(Cadence::parse("0s").is_err() && Cadence::parse("fortnightly").is_err());
+        assert!(Cadence::parse("5é").is_err() && Cadence::parse("99999999999999999m").is_err(), "no panic, no overflow");
+        assert_eq!(Cadence::parse("15m"), Ok(Cadence::Every { period: 900, offset: 0 }));
     }
 
     #[test]
@@ -237,6 +249,9 @@ mod tests {
         assert!(by_test.matches(&root, &result) && !by_test.matches(&root, &failed));
         let other = raw("project = \"hwmon\"").check().unwrap();
         assert!(!other.matches(&root, &failed));
+        let dead = env(&root, "notify.delivery.dead", serde_json::json!({"rule": "r"}));
+        assert!(!raw("").check().unwrap().matches(&root, &dead), "a rule of everything does not feed on its own dead letters");
+        assert!(raw("topics = [\"notify.#\"]").check().unwrap().matches(&root, &dead), "unless it names them");
         assert_eq!(raw("").check().unwrap().cadence, Cadence::Now);
         assert_eq!(toml_like("name = \"r\"\nwebhook = \"https://x\"").check().unwrap_err().0, "secret");
         assert_eq!(toml_like("name = \"r\"\nemail = \"nobody\"").check().unwrap_err().0, "email");

@@ -26,7 +26,7 @@ pub struct ReportRow {
 pub trait ReportStore: Send + Sync + 'static {
     /// The report of a series version: of its latest re-test round, when it had one.
     async fn report(&self, series: i64, version: u32) -> Result<Option<ReportRow>, StoreError>;
-    /// The projects' series posted at or after `since` (unix seconds), oldest first, at most
+    /// The projects' series posted at or after `since` (unix seconds), newest first, at most
     /// 100,000: what the trends are drawn from (the series' tables are ingest's, the verdicts
     /// the aggregator's; the report, which joins them, is this crate's).
     async fn trend_rows(&self, since: i64) -> Result<Vec<patchbay_model::view::TrendRow>, StoreError>;
@@ -46,7 +46,7 @@ const TREND_ROWS: &str = "SELECT s.project, s.date, s.version, v.verdict,
      FROM series s
      LEFT JOIN verdicts v ON v.series_id = s.uid AND v.version = s.version AND v.round = 0
      LEFT JOIN reports r ON r.series_id = s.uid AND r.version = s.version AND r.round = 0 AND r.state = 'sent'
-     WHERE s.project IS NOT NULL AND s.date >= ?1 ORDER BY s.date LIMIT 100000";
+     WHERE s.project IS NOT NULL AND s.date >= ?1 ORDER BY s.date DESC LIMIT 100000";
 
 #[async_trait]
 impl ReportStore for Db {

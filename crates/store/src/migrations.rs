@@ -314,6 +314,7 @@ const STEPS: &[&str] = &[
         sent_at INTEGER,
         next_at INTEGER NOT NULL DEFAULT 0,
         error   TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (rule, due)
     ) WITHOUT ROWID;
     CREATE TABLE patchwork_checks (

@@ -54,11 +54,15 @@ pub fn start(config: &Config, ingest: Ingest, bus: Arc<dyn Bus>, closing: watch:
         .collect()
 }
 
-/// A directory name for a URL's mirror: its words, and nothing a path could misread.
+/// A directory name for a URL's mirror: its words (credentials left out), nothing a path could
+/// misread, and a hash of the whole URL, so two URLs never share a mirror.
 fn mirror_name(url: &str) -> String {
-    let words: String = url.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect();
-    let words: String = words.trim_matches(['_', '.']).chars().take(120).collect();
-    format!("{}.git", if words.is_empty() { "source" } else { &words })
+    let shown = shown(url);
+    let words: String = shown.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect();
+    let words: String = words.trim_matches(['_', '.']).chars().take(100).collect();
+    // FNV-1a: stable across builds and hosts (std's hasher is not).
+    let hash = url.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    format!("{}-{hash:016x}.git", if words.is_empty() { "source" } else { &words })
 }
 
 /// The repository as it may be shown: a URL without its user and password.
@@ -136,14 +140,15 @@ impl Follower {
             }
             // A half-made mirror from an interrupted clone is made again.
             let _ = std::fs::remove_dir_all(&self.mirror);
-            git.args(["clone", "--quiet", "--mirror", &self.source.repository]).arg(&self.mirror);
+            git.args(["clone", "--quiet", "--mirror", "--", &self.source.repository]).arg(&self.mirror);
         }
         let out = tokio::time::timeout(FETCH_TIMEOUT, git.output())
             .await
             .map_err(|_| format!("git fetch of {} took over {} s", shown(&self.source.repository), FETCH_TIMEOUT.as_secs()))?
             .map_err(|e| format!("git: {e}"))?;
         if !out.status.success() {
-            let said = String::from_utf8_lossy(&out.stderr);
+            // git may repeat the URL, credentials and all: what is published shows it without them.
+            let said = String::from_utf8_lossy(&out.stderr).replace(&self.source.repository, &shown(&self.source.repository));
             return Err(format!("git fetch of {}: {}", shown(&self.source.repository), said.trim()));
         }
         Ok(())
@@ -167,10 +172,12 @@ mod tests {
 
     #[test]
     fn mirrors_get_plain_names() {
-        assert_eq!(mirror_name("https://lore.kernel.org/linux-hwmon/0"), "https___lore.kernel.org_linux-hwmon_0.git");
+        assert!(mirror_name("https://lore.kernel.org/linux-hwmon/0").starts_with("https___lore.kernel.org_linux-hwmon_0-"));
         for url in ["file:///srv/../etc", "../../x", "/"] {
             let name = mirror_name(url);
             assert!(!name.contains('/') && name.ends_with(".git") && name != ".git", "{url}: {name}");
         }
+        assert_ne!(mirror_name("https://h/a-b"), mirror_name("https://h/a_b"), "never one mirror for two URLs");
+        assert!(!mirror_name("https://user:token@h/x").contains("token"), "{}", mirror_name("https://user:token@h/x"));
     }
 }
