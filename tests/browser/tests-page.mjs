@@ -7,7 +7,7 @@
 // the test with its flake rate EXPECTED_RATE (as shown, `50.0%`), the flakiest first, and
 // that the page fits a phone's width. Screenshots go to ARTIFACT_DIR.
 
-import { chromium } from 'playwright-core';
+import { check, launch } from './common.mjs';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 
@@ -18,17 +18,7 @@ if (!base || !row || !rate || !artifacts) {
 }
 mkdirSync(artifacts, { recursive: true });
 
-function check(ok, what) {
-  if (!ok) throw new Error('FAILED: ' + what);
-  console.log('ok: ' + what);
-}
-
-const browser = await chromium.launch({
-  executablePath: process.env.PATCHBAY_CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-         '--disable-component-update', '--disable-sync'],
-});
+const browser = await launch();
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
   await page.goto(base + '/');

@@ -8,7 +8,7 @@
 // legends), that no request left the server, and that the page fits a phone.
 // Screenshots go to ARTIFACT_DIR.
 
-import { chromium } from 'playwright-core';
+import { check, launch } from './common.mjs';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 
@@ -19,17 +19,7 @@ if (!base || !project || !artifacts) {
 }
 mkdirSync(artifacts, { recursive: true });
 
-function check(ok, what) {
-  if (!ok) throw new Error('FAILED: ' + what);
-  console.log('ok: ' + what);
-}
-
-const browser = await chromium.launch({
-  executablePath: process.env.PATCHBAY_CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-         '--disable-component-update', '--disable-sync'],
-});
+const browser = await launch();
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
   const elsewhere = [];

@@ -43,6 +43,13 @@ impl Outgoing {
         let body = serde_json::to_value(body).map_err(|e| BusError::Invalid(e.to_string()))?;
         Ok(Outgoing { sender: sender.clone(), topic, schema: B::schema_ref(), body })
     }
+
+    /// A message on a topic patchbay defines no body type for (`patchbay.json` v1, unchecked):
+    /// what a service says beside its typed bodies (a skip, a base run, a refusal).
+    pub fn free_form(root: &TopicRoot, sender: &Sender, suffix: &str, body: serde_json::Value) -> Result<Outgoing, BusError> {
+        let topic = root.topic(suffix).map_err(|e| BusError::Invalid(e.to_string()))?;
+        Ok(Outgoing { sender: sender.clone(), topic, schema: patchbay_model::free_form_schema(), body })
+    }
 }
 
 /// A durable queue and the topic patterns bound to it.
@@ -237,6 +244,11 @@ impl Publisher {
     /// Builds the outgoing message for a typed body without publishing it.
     pub fn outgoing<B: Body>(&self, body: &B) -> Result<Outgoing, BusError> {
         Outgoing::of(&self.root, &self.sender, body)
+    }
+
+    /// Builds a free-form message (see [`Outgoing::free_form`]) without publishing it.
+    pub fn free_form(&self, suffix: &str, body: serde_json::Value) -> Result<Outgoing, BusError> {
+        Outgoing::free_form(&self.root, &self.sender, suffix, body)
     }
 
     /// Publishes one typed body and returns its envelope once durable.

@@ -297,8 +297,8 @@ impl BodyHandler<SeriesComplete> for Dispatcher {
                 "max_age_secs": rule.max_age_secs,
                 "reason": reason,
             });
-            let topic = self.publisher.root().topic(SKIPPED_TOPIC).map_err(|e| HandlerError::Permanent(e.to_string()))?;
-            let out = Outgoing { sender: rule.sender.clone(), topic, schema: patchbay_model::free_form_schema(), body };
+            let out = Outgoing::free_form(self.publisher.root(), &rule.sender, SKIPPED_TOPIC, body)
+                .map_err(|e| HandlerError::Permanent(e.to_string()))?;
             self.publisher.bus().publish(vec![out]).await.map_err(|e| HandlerError::Transient(e.to_string()))?;
             return Ok(());
         }

@@ -207,8 +207,7 @@ impl Rechecker {
     }
 
     fn free_form(&self, suffix: &str, body: serde_json::Value) -> Result<Outgoing, HandlerError> {
-        let topic = self.publisher.root().topic(suffix).map_err(|e| HandlerError::Permanent(e.to_string()))?;
-        Ok(Outgoing { sender: self.publisher.sender().clone(), topic, schema: patchbay_model::free_form_schema(), body })
+        self.publisher.free_form(suffix, body).map_err(|e| HandlerError::Permanent(e.to_string()))
     }
 
     /// Round `round`'s copies of `jobs`: their own ids (`-r<round>`), first runs of their retries.

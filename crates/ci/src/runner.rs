@@ -183,8 +183,7 @@ impl RunnerService {
             }
             let fails = report.test.as_ref().ok_or("the base alone ran no test")?.failure.is_some();
             let body = serde_json::json!({"job": job.job, "test": job.test, "arch": job.arch, "commit": commit, "fails": fails});
-            let topic = self.publisher.root().topic(BASELINE_TOPIC).map_err(|e| e.to_string())?;
-            let out = Outgoing { sender: self.publisher.sender().clone(), topic, schema: patchbay_model::free_form_schema(), body };
+            let out = self.publisher.free_form(BASELINE_TOPIC, body).map_err(|e| e.to_string())?;
             if let Err(error) = self.publisher.bus().publish(vec![out]).await {
                 tracing::warn!(%error, "The base run was not announced.");
             }

@@ -5,16 +5,14 @@ use patchbay_model::Envelope;
 use patchbay_store::{EmbeddedBus, StoreError};
 use rusqlite::{OptionalExtension as _, params};
 
+use crate::now;
+
 /// A kept message waiting for its rule.
 pub(crate) struct Row {
     pub(crate) message_id: String,
     pub(crate) wire: Vec<u8>,
     pub(crate) attempts: u32,
     pub(crate) next_at: i64,
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// Keeps `env` for each of `rules`, once per (rule, message), after what each already keeps.

@@ -103,7 +103,7 @@ enum SendError {
     Never(String),
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
@@ -146,7 +146,7 @@ impl Deliverer {
         loop {
             for rule in self.rules.iter() {
                 let done = match rule.cadence {
-                    Cadence::Now => self.now(rule).await,
+                    Cadence::Now => self.at_once(rule).await,
                     cadence => self.digest(rule, cadence).await,
                 };
                 if let Err(error) = done {
@@ -161,7 +161,7 @@ impl Deliverer {
     }
 
     /// Sends a rule's waiting messages at once, in order, up to the first that must wait.
-    async fn now(&self, rule: &Rule) -> Result<(), patchbay_store::StoreError> {
+    async fn at_once(&self, rule: &Rule) -> Result<(), patchbay_store::StoreError> {
         for row in db::pending(&self.bus, &rule.name, 100).await? {
             if row.next_at > now() {
                 return Ok(()); // In order: nothing overtakes a message waiting for its retry.
@@ -252,8 +252,7 @@ impl Deliverer {
     }
 
     fn announce(&self, body: serde_json::Value) -> Option<Outgoing> {
-        let topic = self.root.topic(DEAD_TOPIC).ok()?;
-        Some(Outgoing { sender: self.sender.clone(), topic, schema: patchbay_model::free_form_schema(), body })
+        Outgoing::free_form(&self.root, &self.sender, DEAD_TOPIC, body).ok()
     }
 
     async fn post(&self, url: &str, secret: &str, event: &str, delivery: &str, body: Vec<u8>) -> Result<(), SendError> {

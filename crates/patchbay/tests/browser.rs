@@ -32,9 +32,9 @@ fn missing(what: &str) {
     eprintln!("NOTE: {what}: the browser test DID NOT RUN (scripts/test installs it)");
 }
 
-/// The repository root, the browser scripts' directory and Chromium, or `None` (said, and
+/// The repository root and Chromium, or `None` (said, and
 /// failed under `CI=true`) when something the browser tests need is missing.
-fn browser() -> Option<(PathBuf, PathBuf, String)> {
+fn browser() -> Option<(PathBuf, String)> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let browser_dir = root.join("tests/browser");
     let chromium = std::env::var("PATCHBAY_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
@@ -50,12 +50,38 @@ fn browser() -> Option<(PathBuf, PathBuf, String)> {
         missing("tests/browser/node_modules has no playwright-core (npm ci)");
         return None;
     }
-    Some((root, browser_dir, chromium))
+    Some((root, chromium))
+}
+
+/// Runs the page script `script` of `tests/browser` with `args` and then the artifacts
+/// directory, in Chromium; asserts it passed (its last line says `done`); returns the
+/// artifacts directory.
+fn page_checks(root: &std::path::Path, chromium: &str, script: &str, args: &[&str], done: &str) -> PathBuf {
+    let artifacts = root.join("target/browser-artifacts");
+    let out = Command::new("node")
+        .arg(root.join("tests/browser").join(script))
+        .args(args)
+        .arg(&artifacts)
+        .env("PATCHBAY_CHROMIUM", chromium)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{text}");
+    assert!(out.status.success(), "browser checks failed:\n{text}");
+    assert!(text.contains(done), "{text}");
+    artifacts
+}
+
+/// `patchbay serve` on `config`, once it answers on `port`.
+fn serve_on(config: &std::path::Path, port: u16) -> Demo {
+    let serve = Demo(common::bin().arg("--config").arg(config).arg("serve").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    common::wait_until("serve answers", 30, &[], || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    serve
 }
 
 #[test]
 fn the_dashboard_in_headless_chromium() {
-    let Some((root, browser_dir, chromium)) = browser() else { return };
+    let Some((root, chromium)) = browser() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_patchbay"))
         .args(["demo", "--dir"])
@@ -86,18 +112,7 @@ fn the_dashboard_in_headless_chromium() {
     // Keep reading: a closed pipe would kill the demo at its next line of output.
     std::thread::spawn(move || lines.for_each(drop));
     let (base, token) = (base.expect("the demo printed its dashboard"), token.expect("the demo printed its admin token"));
-    let artifacts = root.join("target/browser-artifacts");
-    let out = Command::new("node")
-        .arg(browser_dir.join("dashboard.mjs"))
-        .args([&base, &token])
-        .arg(&artifacts)
-        .env("PATCHBAY_CHROMIUM", &chromium)
-        .output()
-        .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    println!("{text}");
-    assert!(out.status.success(), "browser checks failed:\n{text}");
-    assert!(text.contains("all browser checks passed"));
+    let artifacts = page_checks(&root, &chromium, "dashboard.mjs", &[&base, &token], "all browser checks passed");
     assert!(artifacts.join("series.png").is_file() && artifacts.join("live.png").is_file());
     // The re-sent report is a second file in the outbox, beside the first.
     let outbox = tmp.path().join("demo/data/outbox/new");
@@ -158,7 +173,7 @@ fn series_api_mbox_applies(base: &str, project: &std::path::Path, clean: &std::p
 /// tests page: 50.0% after one flaky series and one plain pass.
 #[test]
 fn the_tests_page_shows_flake_rates_in_headless_chromium() {
-    let Some((root, browser_dir, chromium)) = browser() else { return };
+    let Some((root, chromium)) = browser() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let repo = patchbay_fixtures::origin(tmp.path(), &[("README", "base\n")]);
     let port = common::free_port();
@@ -178,9 +193,8 @@ fn the_tests_page_shows_flake_rates_in_headless_chromium() {
         ),
     )
     .unwrap();
-    let serve = Demo(common::bin().arg("--config").arg(&config).arg("serve").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    let serve = serve_on(&config, port);
     let base = format!("http://127.0.0.1:{port}");
-    common::wait_until("serve answers", 30, &[], || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
     for (name, file) in [("flaky", "README"), ("plain", "NOTES")] {
         for mail in common::format_series(&repo, name, "main", &[(file, name)], "", None) {
             let mut c = common::bin()
@@ -201,19 +215,8 @@ fn the_tests_page_shows_flake_rates_in_headless_chromium() {
                 .is_some_and(|s| s.iter().any(|x| x["name"] == format!("the {name} series") && !x["verdict"].is_null()))
         });
     }
-    let artifacts = root.join("target/browser-artifacts");
     let row = format!("demo/check/{arch}");
-    let out = Command::new("node")
-        .arg(browser_dir.join("tests-page.mjs"))
-        .args([&base, &row, "50.0%"])
-        .arg(&artifacts)
-        .env("PATCHBAY_CHROMIUM", &chromium)
-        .output()
-        .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    println!("{text}");
-    assert!(out.status.success(), "browser checks failed:\n{text}");
-    assert!(text.contains("all tests page checks passed"));
+    let artifacts = page_checks(&root, &chromium, "tests-page.mjs", &[&base, &row, "50.0%"], "all tests page checks passed");
     assert!(artifacts.join("tests.png").is_file());
     drop(serve);
 }
@@ -229,7 +232,7 @@ fn week_of(secs: i64) -> i64 {
 /// against the same store, and the plots in chromium.
 #[test]
 fn the_trends_page_draws_a_store_of_a_few_hundred_series() {
-    let Some((root, browser_dir, chromium)) = browser() else { return };
+    let Some((root, chromium)) = browser() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let repo = patchbay_fixtures::origin(tmp.path(), &[("README", "base\n")]);
     let git = |args: &[&str]| patchbay_fixtures::git(&repo, args);
@@ -287,8 +290,7 @@ fn the_trends_page_draws_a_store_of_a_few_hundred_series() {
         ),
     )
     .unwrap();
-    let serve = Demo(common::bin().arg("--config").arg(&config).arg("serve").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
-    common::wait_until("serve answers", 30, &[], || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    let serve = serve_on(&config, port);
     let import = common::bin()
         .arg("--config")
         .arg(&config)
@@ -358,18 +360,7 @@ fn the_trends_page_draws_a_store_of_a_few_hundred_series() {
     assert!(project["median_report_secs"].as_array().unwrap().iter().any(|v| v.as_f64().is_some_and(|s| s > 0.0)), "{trends}");
     assert!(trends["slowest"].as_array().unwrap().iter().any(|t| t["test"] == "check"), "{trends}");
 
-    let artifacts = root.join("target/browser-artifacts");
-    let out = Command::new("node")
-        .arg(browser_dir.join("trends-page.mjs"))
-        .args([&base, "trendy"])
-        .arg(&artifacts)
-        .env("PATCHBAY_CHROMIUM", &chromium)
-        .output()
-        .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    println!("{text}");
-    assert!(out.status.success(), "browser checks failed:\n{text}");
-    assert!(text.contains("all trends page checks passed"));
+    let artifacts = page_checks(&root, &chromium, "trends-page.mjs", &[&base, "trendy"], "all trends page checks passed");
     assert!(artifacts.join("trends.png").is_file());
     drop(serve);
 }

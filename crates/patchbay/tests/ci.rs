@@ -560,15 +560,22 @@ fn one_slot_serve(tmp: &Path, repo: &Path, script: &str) -> (PathBuf, Serve) {
 
 /// [`one_slot_serve`] with `extra` top-level config sections; also returns the HTTP port.
 fn one_slot_serve_with(tmp: &Path, repo: &Path, script: &str, extra: &str) -> (PathBuf, u16, Serve) {
+    serve_one_test(tmp, repo, "slow", script, "", extra)
+}
+
+/// `serve` with one job slot, project `demo` and one test `test` running `script` (a TOML
+/// literal string: no `'` in it), with `test_extra` lines in the test's table and
+/// `runner_extra` after `[runner]` (more keys, or sections of their own); also the HTTP port.
+fn serve_one_test(tmp: &Path, repo: &Path, test: &str, script: &str, test_extra: &str, runner_extra: &str) -> (PathBuf, u16, Serve) {
     let config = tmp.join("patchbay.toml");
     let port = free_port();
     std::fs::write(
         &config,
         format!(
             "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[ingest]\nlmtp_listen = \"\"\n[bus]\nprefix = \"e2e\"\nenv = \"ci\"\n\
-             [runner]\njobs = 1\n{extra}\n\
+             [runner]\njobs = 1\n{runner_extra}\n\
              [[project]]\nname = \"demo\"\nlist_ids = [\"{LIST}\"]\nrepository = \"{}\"\n\
-             [[project.test]]\nname = \"slow\"\nscript = \"{script}\"\narches = [\"{}\"]\n",
+             [[project.test]]\nname = \"{test}\"\nscript = '{script}'\narches = [\"{}\"]\n{test_extra}\n",
             repo.display(),
             std::env::consts::ARCH
         ),
@@ -1711,26 +1718,9 @@ fn hosts_sign_with_keys_named_after_them_and_trust_each_other_by_copying_a_file(
     assert!(!jobs.is_empty() && jobs.iter().all(|(_, k)| *k == ids[0]), "jobs are signed by serve's key: {jobs:?}");
 }
 
-/// `serve` with one job slot, project `demo` and one test `check` running `script`, with
-/// `test_extra` lines in the test's table and `runner_extra` in `[runner]`; also the HTTP port.
+/// [`serve_one_test`] with the test named `check`.
 fn serve_with_test(tmp: &Path, repo: &Path, script: &str, test_extra: &str, runner_extra: &str) -> (PathBuf, u16, Serve) {
-    let config = tmp.join("patchbay.toml");
-    let port = free_port();
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[ingest]\nlmtp_listen = \"\"\n[bus]\nprefix = \"e2e\"\nenv = \"ci\"\n\
-             [runner]\njobs = 1\n{runner_extra}\n\
-             [[project]]\nname = \"demo\"\nlist_ids = [\"{LIST}\"]\nrepository = \"{}\"\n\
-             [[project.test]]\nname = \"check\"\nscript = '{script}'\narches = [\"{}\"]\n{test_extra}\n",
-            repo.display(),
-            std::env::consts::ARCH
-        ),
-    )
-    .unwrap();
-    let serve = Serve(bin().arg("--config").arg(&config).arg("serve").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
-    std::thread::sleep(Duration::from_millis(500));
-    (config, port, serve)
+    serve_one_test(tmp, repo, "check", script, test_extra, runner_extra)
 }
 
 /// `retries`: a failure is run again; a pass on the re-run is PASSED, marked flaky on the

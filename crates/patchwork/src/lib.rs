@@ -215,8 +215,7 @@ impl Checks {
     }
 
     fn announce(&self, suffix: &str, body: serde_json::Value) -> Result<Outgoing, HandlerError> {
-        let topic = self.publisher.root().topic(suffix).map_err(|e| HandlerError::Permanent(e.to_string()))?;
-        Ok(Outgoing { sender: self.publisher.sender().clone(), topic, schema: patchbay_model::free_form_schema(), body })
+        self.publisher.free_form(suffix, body).map_err(|e| HandlerError::Permanent(e.to_string()))
     }
 
     /// Posts `r` on every patch of its series that has not got it yet.

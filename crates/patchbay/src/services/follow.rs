@@ -155,11 +155,10 @@ impl Follower {
     }
 
     async fn announce(&self, suffix: &str, body: serde_json::Value) {
-        let topic = match self.root.topic(suffix) {
-            Ok(t) => t,
+        let out = match Outgoing::free_form(&self.root, &self.sender, suffix, body) {
+            Ok(out) => out,
             Err(error) => return tracing::error!(%error, "No topic for the follower's news."),
         };
-        let out = Outgoing { sender: self.sender.clone(), topic, schema: patchbay_model::free_form_schema(), body };
         if let Err(error) = self.bus.publish(vec![out]).await {
             tracing::warn!(%error, "The follower's news was not published.");
         }
