@@ -58,16 +58,18 @@ pub struct ImportArgs {
     pub batch: usize,
 }
 
-/// Builds the ingest service on the store in the data directory.
-pub fn service(config: &Config) -> Result<Ingest, Exit> {
-    Ok(service_on(config, open_store(config)?))
-}
-
 /// Builds the ingest service on the store the config names: the shared PostgreSQL of
 /// `store.url` when set (`inject` and `import` from any host), else the data directory's.
 /// PostgreSQL unreachable is a temporary failure (an MTA retries the delivery).
 pub async fn service_for(config: &Config) -> Result<Ingest, Exit> {
-    let Some(url) = config.store.url.as_deref() else { return service(config) };
+    let Some(url) = config.store.url.as_deref() else {
+        let bus = open_store(config)?;
+        // Before `serve` first ran on this data directory its services' queues do not exist,
+        // and what this mail announces would be routed nowhere.
+        let queues = crate::services::queues(config).map_err(Exit::config)?;
+        bus.declare_missing(queues).await.context("declaring the services' queues").map_err(Exit::tempfail)?;
+        return Ok(service_on(config, bus));
+    };
     let sealer =
         crate::keys::sealer(config, true).map_err(|e| if config.signing.key.is_some() { Exit::config(e) } else { Exit::tempfail(e) })?;
     match patchbay_store_pg::PgStore::connect_with(url, config.store.max_connections, config.store.ca.as_deref(), sealer).await {

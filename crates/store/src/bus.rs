@@ -258,6 +258,46 @@ impl EmbeddedBus {
         &self.inner.db
     }
 
+    /// Declares, in one write, whichever of `specs` this store has no queue for yet: a process
+    /// that publishes before the services ever ran here (`inject` from an MTA, `import`) then
+    /// leaves its messages waiting in their queues instead of routed nowhere. Returns how many.
+    pub async fn declare_missing(&self, specs: Vec<QueueSpec>) -> Result<usize, StoreError> {
+        let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+        let known: std::collections::HashSet<String> = self
+            .inner
+            .db
+            .read(move |c| {
+                let mut stmt = c.prepare_cached("SELECT 1 FROM bus_queues WHERE name = ?1")?;
+                let mut known = std::collections::HashSet::new();
+                for n in names {
+                    if stmt.exists([&n])? {
+                        known.insert(n);
+                    }
+                }
+                Ok(known)
+            })
+            .await?;
+        let missing: Vec<(String, Vec<String>)> = specs
+            .into_iter()
+            .filter(|s| !known.contains(&s.name))
+            .map(|s| (s.name, s.patterns.iter().map(|p| p.as_str().to_string()).collect()))
+            .collect();
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        let n = missing.len();
+        self.inner
+            .db
+            .write(move |tx| {
+                for (name, patterns) in &missing {
+                    declare(tx, name, patterns)?;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(n)
+    }
+
     /// Publishes inside the caller's write: the messages commit, or roll back, with it.
     /// (Signing then happens on the writer thread; hot paths should prefer [`Bus::publish`].)
     pub fn publish_in(&self, tx: &Tx<'_>, messages: Vec<Outgoing>) -> Result<Vec<Envelope>, StoreError> {
