@@ -323,3 +323,42 @@ pub struct Reloaded {
     /// The parts that changed but apply only after a restart (`http.listen`, `bus`, …).
     pub needs_restart: Vec<String>,
 }
+
+/// A notification rule as an admin sees it (`GET /api/v1/notify/rules`): where it came from,
+/// its written form without the webhook's secret, and how its deliveries stand.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NotifyRule {
+    /// The rule's name.
+    pub name: String,
+    /// `config` (a `[[notify]]` of the file; changed there) or `api` (added over HTTP).
+    pub source: String,
+    /// The rule as written (`email` or `webhook`, filters, `cadence`); a secret is never shown.
+    pub rule: serde_json::Value,
+    /// The admin who added it (an `api` rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    /// Messages kept and not yet delivered.
+    pub pending: u64,
+    /// Messages delivered.
+    pub delivered: u64,
+    /// Messages given up (dead-lettered).
+    pub dead: u64,
+}
+
+/// A notification given up after its retries or refused by its receiver
+/// (`GET /api/v1/notify/dead`), for an admin to read and send again.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NotifyDead {
+    /// The rule it was kept for.
+    pub rule: String,
+    /// The bus message it is about.
+    pub message_id: String,
+    /// That message's topic.
+    pub topic: String,
+    /// Why it was given up.
+    pub error: Option<String>,
+    /// Deliveries tried.
+    pub attempts: u32,
+    /// When the message was published (unix microseconds).
+    pub sent_at: i64,
+}

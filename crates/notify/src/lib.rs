@@ -21,10 +21,14 @@
 //! or SMTP): a delivery is `sending` before the first byte, and one found `sending` after a
 //! restart over SMTP is not sent again (a second copy is worse than none).
 //!
-//! Tables (SQLite migration 12): `notify_queue`, `notify_digests`; this crate runs on the
+//! Rules come from the config and from admins over HTTP ([`Admin`]: add, list, remove, and the
+//! deliveries given up, to read and send again), all in force through one [`Rules`].
+//!
+//! Tables (SQLite migrations 12 and 13): `notify_queue`, `notify_digests`, `notify_rules`; this crate runs on the
 //! embedded store (not yet on PostgreSQL). It knows the store, HTTP as a client and the
 //! report's transports; not the config file (it owns `[[notify]]`'s shape, [`RawRule`]).
 
+pub mod admin;
 mod db;
 pub mod rule;
 
@@ -39,6 +43,7 @@ use patchbay_report::Transport;
 use patchbay_runtime::{Handler, HandlerError};
 use patchbay_store::EmbeddedBus;
 
+pub use admin::{Admin, AdminError, Rules};
 pub use rule::{Cadence, Destination, RawRule, Rule};
 
 /// Deliveries of one notification before it is dead-lettered.
@@ -52,12 +57,12 @@ pub const DEAD_TOPIC: &str = "notify.delivery.dead";
 pub struct Collector {
     bus: EmbeddedBus,
     root: TopicRoot,
-    rules: Arc<Vec<Rule>>,
+    rules: Rules,
 }
 
 impl Collector {
     /// A collector for `rules` over messages under `root`, keeping them in `bus`'s store.
-    pub fn new(bus: EmbeddedBus, root: TopicRoot, rules: Arc<Vec<Rule>>) -> Self {
+    pub fn new(bus: EmbeddedBus, root: TopicRoot, rules: Rules) -> Self {
         Collector { bus, root, rules }
     }
 }
@@ -65,7 +70,7 @@ impl Collector {
 #[async_trait]
 impl Handler for Collector {
     async fn handle(&self, env: &Envelope, _attempt: u32) -> Result<(), HandlerError> {
-        let names: Vec<String> = self.rules.iter().filter(|r| r.matches(&self.root, env)).map(|r| r.name.clone()).collect();
+        let names: Vec<String> = self.rules.current().iter().filter(|r| r.matches(&self.root, env)).map(|r| r.name.clone()).collect();
         if names.is_empty() {
             return Ok(());
         }
@@ -76,7 +81,7 @@ impl Handler for Collector {
 /// Sends what the collector kept (see the crate comment).
 pub struct Deliverer {
     bus: EmbeddedBus,
-    rules: Arc<Vec<Rule>>,
+    rules: Rules,
     transport: Arc<Transport>,
     from: String,
     domain: String,
@@ -117,7 +122,7 @@ impl Deliverer {
     /// `domain`); dead letters are announced as `sender` under `root`.
     pub fn new(
         bus: EmbeddedBus,
-        rules: Arc<Vec<Rule>>,
+        rules: Rules,
         transport: Transport,
         from: String,
         domain: String,
@@ -136,7 +141,7 @@ impl Deliverer {
     pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let smtp_rules: Vec<String> = match *self.transport {
             Transport::Smtp(_) => {
-                self.rules.iter().filter(|r| matches!(r.destination, Destination::Email(_))).map(|r| r.name.clone()).collect()
+                self.rules.current().iter().filter(|r| matches!(r.destination, Destination::Email(_))).map(|r| r.name.clone()).collect()
             }
             Transport::Outbox(_) => Vec::new(),
         };
@@ -144,7 +149,7 @@ impl Deliverer {
             tracing::warn!(%error, "Notifications: could not look at sends a stop interrupted.");
         }
         loop {
-            for rule in self.rules.iter() {
+            for rule in self.rules.current().iter() {
                 let done = match rule.cadence {
                     Cadence::Now => self.at_once(rule).await,
                     cadence => self.digest(rule, cadence).await,

@@ -1,7 +1,7 @@
 //! Rules (`[[notify]]`) and what they match, as pure functions: no IO, no clock.
 
 use patchbay_model::{Envelope, TopicPattern, TopicRoot};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Where a rule's notifications go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,31 +69,40 @@ impl Cadence {
 }
 
 /// A rule as written in the config (`[[notify]]`).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
     /// Its name (a word): deliveries are kept per rule.
     pub name: String,
     /// Mail to this address …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
     /// … or POST to this URL …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<String>,
     /// … signed with this secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
     /// Topic patterns (suffixes under the root, such as `ci.series.verdict`); none: every topic.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub topics: Vec<String>,
     /// Only messages about this project.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
     /// Only messages about series of this submitter (an address, any case).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submitter: Option<String>,
     /// Only results of this outcome (`FAILED`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
     /// Only verdicts of this kind (`FAILED`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<String>,
     /// Only messages about this test.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test: Option<String>,
     /// `now` (default), `hourly`, `daily`, `weekly`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cadence: Option<String>,
 }
 
@@ -118,11 +127,14 @@ pub struct Rule {
     pub test: Option<String>,
     /// When.
     pub cadence: Cadence,
+    /// As written, for an admin to read back (see [`Rule::shown`]).
+    pub written: RawRule,
 }
 
 impl RawRule {
     /// The rule, or the key that is wrong and why.
     pub fn check(self) -> Result<Rule, (&'static str, String)> {
+        let written = self.clone();
         if self.name.is_empty() || !self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
             return Err(("name", format!("{:?} must be ASCII letters, digits, '-' or '_'", self.name)));
         }
@@ -153,6 +165,7 @@ impl RawRule {
             verdict: upper(self.verdict),
             test: self.test,
             cadence,
+            written,
         })
     }
 }
@@ -166,6 +179,15 @@ pub fn series_of(body: &serde_json::Value) -> Option<&serde_json::Value> {
 }
 
 impl Rule {
+    /// The rule as written, its secret left out: what an admin may read back.
+    pub fn shown(&self) -> serde_json::Value {
+        let mut written = self.written.clone();
+        if written.secret.is_some() {
+            written.secret = Some("(set)".into());
+        }
+        serde_json::to_value(written).unwrap_or_default()
+    }
+
     /// Whether `env` is one this rule notifies of.
     pub fn matches(&self, root: &TopicRoot, env: &Envelope) -> bool {
         let Some(suffix) = root.suffix_of(env.topic.as_str()) else { return false };

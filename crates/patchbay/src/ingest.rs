@@ -61,12 +61,12 @@ pub struct ImportArgs {
 /// Builds the ingest service on the store the config names: the shared PostgreSQL of
 /// `store.url` when set (`inject` and `import` from any host), else the data directory's.
 /// PostgreSQL unreachable is a temporary failure (an MTA retries the delivery).
-pub async fn service_for(config: &Config) -> Result<Ingest, Exit> {
+/// On SQLite, `queues` (the services', `services::queues`) are declared first where missing:
+/// before `serve` first ran on this data directory they do not exist, and what the mail
+/// announces would be routed nowhere.
+pub async fn service_for(config: &Config, queues: Vec<patchbay_bus::QueueSpec>) -> Result<Ingest, Exit> {
     let Some(url) = config.store.url.as_deref() else {
         let bus = open_store(config)?;
-        // Before `serve` first ran on this data directory its services' queues do not exist,
-        // and what this mail announces would be routed nowhere.
-        let queues = crate::services::queues(config).map_err(Exit::config)?;
         bus.declare_missing(queues).await.context("declaring the services' queues").map_err(Exit::tempfail)?;
         return Ok(service_on(config, bus));
     };
@@ -114,7 +114,7 @@ pub fn settings(config: &Config) -> Settings {
 }
 
 /// `patchbay inject`.
-pub async fn inject(config: &Config, args: &InjectArgs) -> Result<(), Exit> {
+pub async fn inject(config: &Config, args: &InjectArgs, queues: Vec<patchbay_bus::QueueSpec>) -> Result<(), Exit> {
     let limit = config.ingest.max_mail_bytes;
     let raw = archive::read_limited(std::io::stdin().lock(), limit)
         .context("reading the mail from stdin")
@@ -123,7 +123,7 @@ pub async fn inject(config: &Config, args: &InjectArgs) -> Result<(), Exit> {
     if raw.is_empty() {
         return Err(Exit::data(anyhow::anyhow!("no mail on stdin")));
     }
-    let ingest = service_for(config).await?;
+    let ingest = service_for(config, queues).await?;
     let lists = args.list_ids.clone();
     let mail = tokio::task::spawn_blocking(move || patchbay_ingest::incoming(raw, lists, patchbay_ingest::now()))
         .await
@@ -188,8 +188,8 @@ fn progress_line(done: u64, total: Option<u64>, mails: u64, started: Instant, un
 }
 
 /// `patchbay import`.
-pub async fn import(config: &Config, args: &ImportArgs) -> Result<(), Exit> {
-    let ingest = service_for(config).await?;
+pub async fn import(config: &Config, args: &ImportArgs, queues: Vec<patchbay_bus::QueueSpec>) -> Result<(), Exit> {
+    let ingest = service_for(config, queues).await?;
     let summary = import_with_deadline(&ingest, args, config.ingest.incomplete_after_secs).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary).map_err(|e| Exit::from(anyhow::Error::from(e)))?);

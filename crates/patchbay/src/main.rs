@@ -143,12 +143,14 @@ fn run(cli: Cli) -> Result<(), Exit> {
         Command::Inject(args) => {
             let config = load_config(&cli)?;
             init_logging_quiet(&config);
-            runtime()?.block_on(ingest::inject(&config, args))
+            let queues = patchbay::services::queues(&config).map_err(Exit::config)?;
+            runtime()?.block_on(ingest::inject(&config, args, queues))
         }
         Command::Import(args) => {
             let config = load_config(&cli)?;
             init_logging_quiet(&config);
-            runtime()?.block_on(ingest::import(&config, args))
+            let queues = patchbay::services::queues(&config).map_err(Exit::config)?;
+            runtime()?.block_on(ingest::import(&config, args, queues))
         }
         Command::Config { action: ConfigAction::Check { json } } => {
             admin::config_check(cli.config.as_deref(), cli.data_dir.as_deref(), *json)

@@ -352,7 +352,7 @@ fn start_web(
     store: crate::backend::Store,
     closing: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinHandle<()>> {
-    let state = crate::services::web::state(config, bus, log, store, None, closing.clone())?;
+    let state = crate::services::web::state(config, bus, log, store, None, None, closing.clone())?;
     let addr = args.http.unwrap_or(config.http_listen);
     let listener = crate::serve::listen(addr).with_context(|| format!("listening on {addr} (http.listen)"))?;
     println!("patchbay: serving http://{} with data in {}", listener.local_addr()?, config.data_dir.display());

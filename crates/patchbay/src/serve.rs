@@ -153,12 +153,17 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
     let addr = args.http.unwrap_or(config.http_listen);
     let listener = listen(addr).with_context(|| format!("listening on {addr} (http.listen)"))?;
     let local = listener.local_addr()?;
+    // Notifications by rule (`[[notify]]`, and the admins' over HTTP).
+    let (notify_tasks, notify) =
+        crate::services::notify::start(&config, store.clone(), served.bus.clone(), policy.clone(), closing_rx.clone()).await?;
+    tasks.extend(notify_tasks);
     let state = crate::services::web::state(
         &config,
         served.bus.clone(),
         served.log.clone(),
         crate::backend::Store::Embedded(store.clone()),
         Some(reloader.clone()),
+        Some(notify),
         closing_rx.clone(),
     )?;
     // RabbitMQ: what the store's services commit into the local log goes on to the broker.
@@ -167,8 +172,6 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
     }
     // History: every message indexed as it commits; retention (`history.keep_days`).
     tasks.extend(crate::services::history::start(&config, store.db().clone(), closing_rx.clone()));
-    // Notifications by rule (`[[notify]]`).
-    tasks.extend(crate::services::notify::start(&config, store.clone(), served.bus.clone(), policy.clone(), closing_rx.clone())?);
     // Public-inbox archives followed without an MTA (`[[source]]`).
     tasks.extend(crate::services::follow::start(&config, ingest.clone(), served.bus.clone(), closing_rx.clone()));
     // Merged series (`merged.interval_secs`, and at once on `git.branch.updated`).

@@ -965,12 +965,17 @@ fn a_series_is_tested_and_reported_on_rabbitmq() {
 
 /// Raw HTTP with any headers, as a browser or an attacker would send it; returns the status.
 fn http_raw(port: u16, path: &str, headers: &str, body: &str) -> (u16, String) {
+    http_method("POST", port, path, headers, body)
+}
+
+/// [`http_raw`] with any method.
+fn http_method(method: &str, port: u16, path: &str, headers: &str, body: &str) -> (u16, String) {
     use std::io::Read as _;
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return (0, String::new()) };
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     let _ = s.write_all(
         format!(
-            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         )
         .as_bytes(),
@@ -2011,8 +2016,8 @@ fn results_reach_patchwork_as_checks_on_every_patch_once_and_again_after_a_re_ru
     assert_eq!(posted.len(), 6, "each announced once: {posted:#?}");
 }
 
-/// A webhook receiver (Python's standard library): it answers 500 to the first `fail_first`
-/// requests, then 200; it checks each body's `X-Patchbay-Signature-256` against `secret`, and
+/// A webhook receiver (Python's standard library): it answers 410 to every request on `/gone`,
+/// 500 to the first `fail_first` requests, then 200; it checks each body's `X-Patchbay-Signature-256` against `secret`, and
 /// writes every request (its status, headers and body) as a JSON line to `log`.
 const RECEIVER: &str = r#"
 import hashlib, hmac, json, sys
@@ -2026,9 +2031,9 @@ class H(BaseHTTPRequestHandler):
         want = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
         ok = hmac.compare_digest(want, self.headers.get("X-Patchbay-Signature-256", ""))
         seen["n"] += 1
-        status = 500 if seen["n"] <= fail_first else (200 if ok else 401)
+        status = 410 if self.path.startswith("/gone") else 500 if seen["n"] <= fail_first else (200 if ok else 401)
         with open(log, "a") as f:
-            f.write(json.dumps({"status": status, "signed": ok, "event": self.headers.get("X-Patchbay-Event"),
+            f.write(json.dumps({"status": status, "path": self.path, "signed": ok, "event": self.headers.get("X-Patchbay-Event"),
                                 "delivery": self.headers.get("X-Patchbay-Delivery"), "body": json.loads(body)}) + "\n")
         self.send_response(status); self.send_header("Content-Length", "0"); self.end_headers()
 s = HTTPServer(("127.0.0.1", 0), H)
@@ -2036,6 +2041,29 @@ open(port_file + ".tmp", "w").write(str(s.server_address[1]))
 import os; os.rename(port_file + ".tmp", port_file)
 s.serve_forever()
 "#;
+
+/// Starts [`RECEIVER`] with the secret `hook-secret-1234`, failing its first `fail_first`
+/// requests: the receiver, its log and its port.
+fn start_receiver(py: &str, tmp: &Path, fail_first: u32) -> (Receiver, PathBuf, String) {
+    let (log, port_file) = (tmp.join("hooks.jsonl"), tmp.join("hooks.port"));
+    let receiver = Receiver(
+        Command::new(py)
+            .args(["-c", RECEIVER, "hook-secret-1234", &fail_first.to_string()])
+            .arg(&log)
+            .arg(&port_file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !port_file.exists() {
+        assert!(Instant::now() < deadline, "the receiver did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let port = std::fs::read_to_string(&port_file).unwrap();
+    (receiver, log, port)
+}
 
 /// The webhook receiver, stopped when dropped (a failing test too).
 struct Receiver(Child);
@@ -2057,23 +2085,7 @@ fn received_hooks(log: &Path) -> Vec<serde_json::Value> {
 fn a_webhook_rule_delivers_every_event_once_in_order_per_series() {
     let Some(py) = python_with("json") else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let (log, port_file) = (tmp.path().join("hooks.jsonl"), tmp.path().join("hooks.port"));
-    let receiver = Receiver(
-        Command::new(&py)
-            .args(["-c", RECEIVER, "hook-secret-1234", "3"])
-            .arg(&log)
-            .arg(&port_file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !port_file.exists() {
-        assert!(Instant::now() < deadline, "the receiver did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let hook_port = std::fs::read_to_string(&port_file).unwrap();
+    let (receiver, log, hook_port) = start_receiver(&py, tmp.path(), 3);
     let repo = origin(tmp.path(), &[("README", "base\n"), ("status", "ok\n")]);
     let rule = format!(
         "[[notify]]\nname = \"hooked\"\nwebhook = \"http://127.0.0.1:{hook_port}/hook\"\nsecret = \"hook-secret-1234\"\n\
@@ -2188,4 +2200,127 @@ fn a_digest_due_while_stopped_goes_out_once_when_back() {
         assert!(sent[0].contains(&format!("demo.event.{word}")), "{word}: {}", sent[0]);
     }
     assert!(sent[0].contains("To: maint@example.org"), "{}", sent[0]);
+}
+
+/// Admins manage notification rules over HTTP: a rule added is in force at once and after a
+/// restart; one whose receiver refuses is given up, listed with why, and sent again on request;
+/// a removed rule sends nothing more; the config file's rules are not the API's to change.
+#[test]
+fn admins_add_list_and_remove_notification_rules_and_see_what_was_given_up() {
+    let Some(py) = python_with("json") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (_receiver, log, hook_port) = start_receiver(&py, tmp.path(), 0);
+    let port = free_port();
+    let config = tmp.path().join("patchbay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{port}\"\nadmin_tokens = {{ ops = \"0123456789abcdef-ops\" }}\n\
+             [ingest]\nlmtp_listen = \"\"\n[bus]\nprefix = \"e2e\"\nenv = \"ci\"\n\
+             [[notify]]\nname = \"from-file\"\nemail = \"maint@example.org\"\ntopics = [\"demo.never.#\"]\n"
+        ),
+    )
+    .unwrap();
+    let start = || {
+        let serve = Serve(bin().arg("--config").arg(&config).arg("serve").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_method("GET", port, "/healthz", "", "").0 != 200 {
+            assert!(Instant::now() < deadline, "serve did not answer");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        serve
+    };
+    let mut serve = start();
+    let ops = "Authorization: Bearer 0123456789abcdef-ops\r\nContent-Type: application/json\r\n";
+    let call = |method: &str, path: &str, body: &str| -> (u16, serde_json::Value) {
+        let (status, text) = http_method(method, port, path, ops, body);
+        let json = text.split_once("\r\n\r\n").and_then(|(_, b)| serde_json::from_str(b).ok()).unwrap_or_default();
+        (status, json)
+    };
+    let hook = |name: &str, path: &str| {
+        serde_json::json!({"name": name, "webhook": format!("http://127.0.0.1:{hook_port}{path}"), "secret": "hook-secret-1234", "topics": ["demo.event.#"]})
+            .to_string()
+    };
+    assert_eq!(http_method("GET", port, "/api/v1/notify/rules", "", "").0, 401, "admins only");
+    assert_eq!(http_raw(port, "/api/v1/notify/rules", "Content-Type: application/json\r\n", &hook("x", "/ok")).0, 401);
+    assert_eq!(call("POST", "/api/v1/notify/rules", &hook("hook", "/ok")).0, 201);
+    let (status, gone) = call("POST", "/api/v1/notify/rules", &hook("gone", "/gone"));
+    assert_eq!(status, 201, "{gone}");
+    assert_eq!(gone["created_by"], "ops");
+    assert_eq!(gone["rule"]["secret"], "(set)", "the secret is never shown: {gone}");
+    assert_eq!(call("POST", "/api/v1/notify/rules", &hook("hook", "/ok")).0, 409, "a name taken");
+    assert_eq!(call("POST", "/api/v1/notify/rules", &hook("from-file", "/ok")).0, 409, "the config's");
+    let (status, bad) = call("POST", "/api/v1/notify/rules", r#"{"name": "x", "email": "maint@example.org", "cadence": "sometimes"}"#);
+    assert_eq!(status, 400);
+    assert!(bad["error"].as_str().unwrap().starts_with("cadence:"), "names the key: {bad}");
+    let (_, listed) = call("GET", "/api/v1/notify/rules", "");
+    let rules: Vec<(String, String)> = listed["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["name"].as_str().unwrap().to_string(), r["source"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(rules, [("from-file", "config"), ("hook", "api"), ("gone", "api")].map(|(a, b)| (a.to_string(), b.to_string())));
+
+    let publish = |word: &str| {
+        let out =
+            bin().arg("--config").arg(&config).args(["publish", "--topic", &format!("demo.event.{word}")]).arg("{}").output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let hooks_on = |path: &str| -> Vec<serde_json::Value> {
+        received_hooks(&log).into_iter().filter(|r| r["path"].as_str().is_some_and(|p| p.starts_with(path))).collect()
+    };
+    let wait_hooks = |path: &str, n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while hooks_on(path).len() < n {
+            assert!(Instant::now() < deadline, "{n} requests on {path}: {:#?}", received_hooks(&log));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    publish("one");
+    wait_hooks("/ok", 1);
+    wait_hooks("/gone", 1);
+    let dead = || -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, d) = call("GET", "/api/v1/notify/dead?rule=gone", "");
+            let d = d["dead"].as_array().cloned().unwrap_or_default();
+            if !d.is_empty() || Instant::now() > deadline {
+                return d;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let given_up = dead();
+    assert_eq!(given_up.len(), 1, "{given_up:#?}");
+    assert_eq!(given_up[0]["topic"], "e2e.ci.demo.event.one");
+    assert!(given_up[0]["error"].as_str().unwrap().contains("410"), "with why: {:#}", given_up[0]);
+
+    // Rules added over HTTP survive a restart.
+    drop(serve);
+    serve = start();
+    publish("two");
+    wait_hooks("/ok", 2);
+    wait_hooks("/gone", 2);
+    let message = given_up[0]["message_id"].as_str().unwrap().to_string();
+    let (status, again) = call("POST", &format!("/api/v1/notify/dead/gone/{message}/retry"), "");
+    assert_eq!(status, 200, "{again}");
+    wait_hooks("/gone", 3);
+    assert_eq!(hooks_on("/gone")[2]["body"]["id"], message.as_str(), "the given-up one, sent again");
+    assert_eq!(call("POST", &format!("/api/v1/notify/dead/hook/{message}/retry"), "").0, 404, "nothing given up there");
+
+    assert_eq!(call("DELETE", "/api/v1/notify/rules/from-file", "").0, 409, "the config's rule is changed in the file");
+    assert_eq!(call("DELETE", "/api/v1/notify/rules/gone", "").0, 200);
+    assert_eq!(call("DELETE", "/api/v1/notify/rules/gone", "").0, 404);
+    publish("three");
+    wait_hooks("/ok", 3);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(hooks_on("/gone").len(), 3, "a removed rule sends nothing more");
+    let ok: Vec<String> = hooks_on("/ok").iter().map(|r| r["body"]["topic"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ok, ["one", "two", "three"].map(|w| format!("e2e.ci.demo.event.{w}")), "each once, in order");
+    let db = tmp.path().join("data/patchbay.sqlite3");
+    assert_eq!(topic_bodies(&db, "e2e.ci.notify.rule.added").len(), 2);
+    let removed = topic_bodies(&db, "e2e.ci.notify.rule.removed");
+    assert_eq!((removed.len(), removed[0]["by"].as_str()), (1, Some("ops")));
+    drop(serve);
 }

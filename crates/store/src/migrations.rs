@@ -325,6 +325,16 @@ const STEPS: &[&str] = &[
         PRIMARY KEY (result_id, message_id)
     ) WITHOUT ROWID;
     ",
+    // 13: notification rules added by admins over HTTP (owned by the notify crate), beside the
+    // config file's; `rule` is the rule as written (JSON), `created_at` in unix microseconds.
+    "
+    CREATE TABLE notify_rules (
+        name       TEXT PRIMARY KEY,
+        rule       TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// Brings the database up to the latest schema.

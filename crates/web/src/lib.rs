@@ -12,8 +12,11 @@
 //! [`dashboard::Pages`] port and [`dashboard::SeriesFilter`]); and the admin
 //! actions, behind a bearer token of `http.admin_tokens` (401 without a valid
 //! one, 403 when none is configured): `POST /api/v1/results/{id}/waive`,
-//! `/api/v1/jobs/{job}/rerun`, `/api/v1/reports/{series}/{version}/resend` and
-//! `/api/v1/reload` (422 when the file does not load). All of it is described
+//! `/api/v1/jobs/{job}/rerun`, `/api/v1/reports/{series}/{version}/resend`,
+//! `/api/v1/reload` (422 when the file does not load), and the notification rules
+//! (`GET`/`POST /api/v1/notify/rules`, `DELETE /api/v1/notify/rules/{name}`, 409 for a name
+//! taken or a rule of the config file) with the deliveries given up (`GET /api/v1/notify/dead`,
+//! `POST /api/v1/notify/dead/{rule}/{message}/retry`) over the [`Notifications`] port. All of it is described
 //! in `src/openapi.json`, served at `/api/openapi.json` with this deployment's
 //! root and roles filled in ([`openapi_document`]); a unit test checks every
 //! route is in it, and `scripts/openapi-check` holds the server to it.
@@ -21,7 +24,7 @@
 //! Handlers hold an `Arc<dyn Bus>` and an `Arc<dyn MessageLog>`; they know no
 //! backend, no store and no runner. The store is reached through ports the
 //! binary implements ([`TestLogs`], [`TestResults`], [`MessageHistory`],
-//! [`TestJobs`], [`ConfigReload`], [`dashboard::Pages`]). Every error under
+//! [`TestJobs`], [`ConfigReload`], [`Notifications`], [`dashboard::Pages`]). Every error under
 //! `/api/` is the same JSON shape, `{"error": "..."}` ([`AppError`]), with a
 //! status that says whose fault it was: 400 bad input, 404 unknown path or
 //! target, 405 wrong method, 503 the bus or store unavailable.
@@ -100,6 +103,23 @@ pub struct AppState {
     pub reload: Option<Arc<dyn ConfigReload>>,
     /// What `/readyz` checks besides this server answering.
     pub ready: Option<Arc<dyn Readiness>>,
+    /// The notification rules and their deliveries given up, for admins.
+    pub notify: Option<Arc<dyn Notifications>>,
+}
+
+/// Where admins manage the notification rules (the binary implements it over the notify crate).
+pub trait Notifications: Send + Sync + 'static {
+    /// Every rule in force, with its deliveries counted.
+    fn rules(&self) -> Answer<'_, Vec<view::NotifyRule>>;
+    /// Adds a rule written as `[[notify]]` is (JSON) on behalf of `by`: `Bad` when it is wrong,
+    /// `Conflict` when its name is taken.
+    fn add(&self, rule: serde_json::Value, by: String) -> Answer<'_, view::NotifyRule>;
+    /// Removes an API rule on behalf of `by`; `Ok(false)` when there is none of that name.
+    fn remove(&self, name: String, by: String) -> Answer<'_, bool>;
+    /// The deliveries given up, newest first, of `rule` or all.
+    fn dead(&self, rule: Option<String>, limit: u32) -> Answer<'_, Vec<view::NotifyDead>>;
+    /// Sends a given-up delivery again on behalf of `by`; `Ok(false)` when there is no such one.
+    fn retry(&self, rule: String, message_id: String, by: String) -> Answer<'_, bool>;
 }
 
 /// What this process depends on, checked for `/readyz` (the binary implements it over the
@@ -150,6 +170,8 @@ pub enum QueryError {
     Bad(String),
     /// The store failed (503).
     Unavailable(String),
+    /// The request clashes with what exists (409), with why.
+    Conflict(String),
 }
 
 /// An admin action's typed answer, or why not.
@@ -213,8 +235,7 @@ async fn waive_result(
     match results.waive(id, req.comment, by).await {
         Ok(None) => Err(AppError { status: StatusCode::NOT_FOUND, message: format!("no result {id}") }),
         Ok(Some(w)) => Ok(Json(w)),
-        Err(QueryError::Bad(m)) => Err(AppError::bad(m)),
-        Err(QueryError::Unavailable(m)) => Err(AppError { status: StatusCode::SERVICE_UNAVAILABLE, message: m }),
+        Err(e) => Err(query_error(e)),
     }
 }
 
@@ -244,6 +265,10 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/api/v1/jobs/{job}/rerun", post(rerun_job))
         .route("/api/v1/reports/{series}/{version}/resend", post(resend_report))
         .route("/api/v1/reload", post(reload_config))
+        .route("/api/v1/notify/rules", get(notify_rules).post(notify_add))
+        .route("/api/v1/notify/rules/{name}", axum::routing::delete(notify_remove))
+        .route("/api/v1/notify/dead", get(notify_dead))
+        .route("/api/v1/notify/dead/{rule}/{message}/retry", post(notify_retry))
         .route("/", get(page_series_list))
         .route("/series/{id}", get(page_series))
         .route("/series/{id}/mbox", get(page_series_mbox))
@@ -342,6 +367,7 @@ fn query_error(e: QueryError) -> AppError {
     match e {
         QueryError::Bad(m) => AppError::bad(m),
         QueryError::Unavailable(m) => AppError { status: StatusCode::SERVICE_UNAVAILABLE, message: m },
+        QueryError::Conflict(m) => AppError { status: StatusCode::CONFLICT, message: m },
     }
 }
 
@@ -407,6 +433,71 @@ async fn reload_config(State(st): State<Arc<AppState>>, headers: HeaderMap) -> R
         Ok(r) => Ok(Json(r)),
         Err(QueryError::Bad(why)) => Err(AppError { status: StatusCode::UNPROCESSABLE_ENTITY, message: why }),
         Err(e) => Err(query_error(e)),
+    }
+}
+
+/// The notifications' admin port, or 404 when this server runs none.
+fn notifications<'a>(st: &'a AppState, headers: &HeaderMap) -> Result<(&'a Arc<dyn Notifications>, String), AppError> {
+    let by = admin(st, headers)?;
+    let notify =
+        st.notify.as_ref().ok_or(AppError { status: StatusCode::NOT_FOUND, message: "this server sends no notifications".into() })?;
+    Ok((notify, by))
+}
+
+/// `GET /api/v1/notify/rules` (admin): every rule in force, the config's and the API's.
+async fn notify_rules(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<serde_json::Value>, AppError> {
+    let (notify, _) = notifications(&st, &headers)?;
+    let rules = notify.rules().await.map_err(query_error)?;
+    Ok(Json(serde_json::json!({ "rules": rules })))
+}
+
+/// `POST /api/v1/notify/rules` (admin) with a rule written as `[[notify]]` is, in JSON: 201.
+async fn notify_add(State(st): State<Arc<AppState>>, headers: HeaderMap, body: axum::body::Bytes) -> Result<Response, AppError> {
+    let (notify, by) = notifications(&st, &headers)?;
+    let rule: serde_json::Value = serde_json::from_slice(&body).map_err(|e| AppError::bad(format!("body: {e}")))?;
+    let added = notify.add(rule, by).await.map_err(query_error)?;
+    Ok((StatusCode::CREATED, Json(added)).into_response())
+}
+
+/// `DELETE /api/v1/notify/rules/{name}` (admin): an API rule removed, with what it had left to send.
+async fn notify_remove(State(st): State<Arc<AppState>>, path: PathParams, headers: HeaderMap) -> Result<Json<serde_json::Value>, AppError> {
+    let name = path.text("name");
+    let (notify, by) = notifications(&st, &headers)?;
+    match notify.remove(name.clone(), by).await.map_err(query_error)? {
+        true => Ok(Json(serde_json::json!({ "removed": name }))),
+        false => Err(AppError { status: StatusCode::NOT_FOUND, message: format!("no notification rule {name}") }),
+    }
+}
+
+/// `GET /api/v1/notify/dead?rule=&limit=` (admin): deliveries given up, newest first.
+async fn notify_dead(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    axum::extract::Query(params): axum::extract::Query<Vec<(String, String)>>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let (notify, _) = notifications(&st, &headers)?;
+    let mut rule = None;
+    let mut limit = 100u32;
+    for (k, v) in params {
+        match k.as_str() {
+            "rule" => rule = Some(v),
+            "limit" => {
+                limit = v.parse().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(|| AppError::bad("limit: a number from 1 to 1000"))?
+            }
+            other => return Err(AppError::bad(format!("unknown parameter {other}"))),
+        }
+    }
+    let dead = notify.dead(rule, limit).await.map_err(query_error)?;
+    Ok(Json(serde_json::json!({ "dead": dead })))
+}
+
+/// `POST /api/v1/notify/dead/{rule}/{message}/retry` (admin): a given-up delivery sent again.
+async fn notify_retry(State(st): State<Arc<AppState>>, path: PathParams, headers: HeaderMap) -> Result<Json<serde_json::Value>, AppError> {
+    let (rule, message) = (path.text("rule"), path.text("message"));
+    let (notify, by) = notifications(&st, &headers)?;
+    match notify.retry(rule.clone(), message.clone(), by).await.map_err(query_error)? {
+        true => Ok(Json(serde_json::json!({ "status": "queued", "rule": rule, "message_id": message }))),
+        false => Err(AppError { status: StatusCode::NOT_FOUND, message: format!("no delivery of {message} given up for rule {rule}") }),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Notifications by rule (`[[notify]]`): the collector on every message of the namespace, and
-//! the deliverer (webhooks, and mail through the reporter's transport). Embedded store only.
+//! the deliverer (webhooks, and mail through the reporter's transport), and the admins' rules.
+//! Embedded store only.
 
 use std::sync::Arc;
 
@@ -13,18 +14,20 @@ use tokio::task::JoinHandle;
 
 use crate::tasks::spawn_service;
 
-/// Starts the notifications when the config has rules; they stop when `closing` turns true.
-pub fn start(
+/// Starts the notifications: the rules of the config and those admins added over HTTP (the
+/// returned [`patchbay_notify::Admin`] serves them). The collector starts with the first rule in
+/// force, and everything stops when `closing` turns true.
+pub async fn start(
     config: &Config,
     store: EmbeddedBus,
     bus: Arc<dyn Bus>,
     policy: Arc<TrustPolicy>,
     closing: watch::Receiver<bool>,
-) -> anyhow::Result<Vec<JoinHandle<()>>> {
-    if config.notify.is_empty() {
-        return Ok(Vec::new());
-    }
-    let rules = Arc::new(config.notify.clone());
+) -> anyhow::Result<(Vec<JoinHandle<()>>, patchbay_notify::Admin)> {
+    // Not a role's name: it announces outside the roles' categories (`notify.#`).
+    let sender = Sender::new("notify", &config.instance);
+    let admin = patchbay_notify::Admin::load(store.clone(), config.notify.clone(), config.bus.root.clone(), sender.clone()).await?;
+    let rules = admin.rules().clone();
     let collector = patchbay_notify::Collector::new(store.clone(), config.bus.root.clone(), rules.clone());
     let every = patchbay_model::TopicPattern::parse(&format!("{}.#", config.bus.root.as_str()))?;
     let mut spec = ServiceSpec::new("notify", vec![every]);
@@ -33,17 +36,28 @@ pub fn start(
     spec.concurrency = 1;
     let deliverer = patchbay_notify::Deliverer::new(
         store,
-        rules,
+        rules.clone(),
         super::reporter::transport(config)?,
         config.report.from.clone(),
         config.report.domain.clone(),
-        // Not a role's name: it announces outside the roles' categories (`notify.#`).
-        Sender::new("notify", &config.instance),
+        sender,
         config.bus.root.clone(),
     );
-    tracing::info!(rules = config.notify.len(), "Notifications started.");
-    Ok(vec![
-        spawn_service(bus, policy, spec, Arc::new(collector), closing.clone(), "The notifications' collector"),
-        tokio::spawn(deliverer.run(closing)),
-    ])
+    let n = rules.current().len();
+    if n > 0 {
+        tracing::info!(rules = n, "Notifications started.");
+    }
+    // A queue of every message costs a write per message: it exists from the first rule on.
+    let mut stop = closing.clone();
+    let collecting = closing.clone();
+    let collector_task = tokio::spawn(async move {
+        let first_rule = tokio::select! {
+            _ = stop.wait_for(|c| *c) => false,
+            () = rules.any() => true,
+        };
+        if first_rule {
+            let _ = spawn_service(bus, policy, spec, Arc::new(collector), collecting, "The notifications' collector").await;
+        }
+    });
+    Ok((vec![collector_task, tokio::spawn(deliverer.run(closing))], admin))
 }

@@ -378,6 +378,7 @@ pub fn state(
     log: Arc<dyn patchbay_bus::MessageLog>,
     store: crate::backend::Store,
     reload: Option<Arc<dyn patchbay_web::ConfigReload>>,
+    notify: Option<patchbay_notify::Admin>,
     closing: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Arc<patchbay_web::AppState>> {
     let (ports, logs, aggregator, ready): (Ports, _, _, Arc<dyn patchbay_web::Readiness>) = match store {
@@ -417,5 +418,43 @@ pub fn state(
         jobs: Some(Arc::new(Rerun { ports, bus, root: config.bus.root.clone(), instance: config.instance.clone() })),
         reload,
         ready: Some(ready),
+        notify: notify.map(|a| Arc::new(NotifyAdmin(a)) as Arc<dyn patchbay_web::Notifications>),
     }))
+}
+
+/// The notifications' admin API over the notify crate.
+struct NotifyAdmin(patchbay_notify::Admin);
+
+fn notify_error(e: patchbay_notify::AdminError) -> patchbay_web::QueryError {
+    match e {
+        patchbay_notify::AdminError::Invalid(key, why) => patchbay_web::QueryError::Bad(format!("{key}: {why}")),
+        patchbay_notify::AdminError::Conflict(why) => patchbay_web::QueryError::Conflict(why),
+        patchbay_notify::AdminError::Store(e) => unavailable(e),
+    }
+}
+
+impl patchbay_web::Notifications for NotifyAdmin {
+    fn rules(&self) -> patchbay_web::Answer<'_, Vec<patchbay_model::view::NotifyRule>> {
+        Box::pin(async move { self.0.list().await.map_err(unavailable) })
+    }
+
+    fn add(&self, rule: serde_json::Value, by: String) -> patchbay_web::Answer<'_, patchbay_model::view::NotifyRule> {
+        Box::pin(async move {
+            let raw: patchbay_notify::RawRule =
+                serde_json::from_value(rule).map_err(|e| patchbay_web::QueryError::Bad(format!("body: {e}")))?;
+            self.0.add(raw, &by).await.map_err(notify_error)
+        })
+    }
+
+    fn remove(&self, name: String, by: String) -> patchbay_web::Answer<'_, bool> {
+        Box::pin(async move { self.0.remove(&name, &by).await.map_err(notify_error) })
+    }
+
+    fn dead(&self, rule: Option<String>, limit: u32) -> patchbay_web::Answer<'_, Vec<patchbay_model::view::NotifyDead>> {
+        Box::pin(async move { self.0.dead(rule, limit).await.map_err(unavailable) })
+    }
+
+    fn retry(&self, rule: String, message_id: String, by: String) -> patchbay_web::Answer<'_, bool> {
+        Box::pin(async move { self.0.retry(&rule, &message_id, &by).await.map_err(unavailable) })
+    }
 }
