@@ -204,6 +204,8 @@ fn merge(old: &Config, new: Config, file: String) -> (Config, Reloaded) {
         ("runner", !same(&old.runner, &new.runner)),
         ("history", !same(&old.history, &new.history)),
         ("log", !same(&(&old.log_level, old.log_format), &(&new.log_level, new.log_format))),
+        ("notify (rules over HTTP apply at once)", !same(&old.notify, &new.notify)),
+        ("source", !same(&old.sources, &new.sources)),
     ] {
         if changed {
             needs_restart.push(name);
@@ -259,5 +261,11 @@ mod tests {
         assert_eq!(effective.http_listen.port(), 8025, "the listener stays until a restart");
         let (_, same) = merge(&old, old.clone(), "x".into());
         assert!(same.applied.is_empty() && same.needs_restart.is_empty());
+        let ruled = config(
+            "[http]\nlisten = \"127.0.0.1:8025\"\n[[project]]\nname = \"a\"\nlist_ids = [\"a.example.org\"]\n\
+             [[notify]]\nname = \"n\"\nemail = \"m@example.org\"\n",
+        );
+        let (_, r) = merge(&old, ruled, "x".into());
+        assert_eq!(r.needs_restart, vec!["notify (rules over HTTP apply at once)"], "said, not silently ignored");
     }
 }
