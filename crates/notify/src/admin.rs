@@ -7,11 +7,11 @@ use std::sync::Arc;
 use patchbay_bus::Outgoing;
 use patchbay_model::view::{NotifyDead, NotifyRule};
 use patchbay_model::{Sender, TopicRoot};
-use patchbay_store::{EmbeddedBus, StoreError};
-use rusqlite::params;
+use patchbay_store::StoreError;
 use tokio::sync::watch;
 
-use crate::{RawRule, Rule};
+use crate::db::NotifyDb;
+use crate::{RawRule, Rule, Store};
 
 /// The rules in force, shared by the collector, the deliverer and the admin API; a change is
 /// seen by each at its next message or round.
@@ -58,7 +58,7 @@ pub enum AdminError {
 /// The admin's side of the notifications (see the module comment).
 #[derive(Clone)]
 pub struct Admin {
-    bus: EmbeddedBus,
+    db: Arc<dyn NotifyDb>,
     rules: Rules,
     config: Arc<Vec<Rule>>,
     root: TopicRoot,
@@ -68,8 +68,8 @@ pub struct Admin {
 impl Admin {
     /// Loads the rules added over the API beside `config`'s, and puts both in force. A stored
     /// rule whose name the config now uses, or that no longer reads, is left out with a warning.
-    pub async fn load(bus: EmbeddedBus, config: Vec<Rule>, root: TopicRoot, sender: Sender) -> Result<Admin, StoreError> {
-        let admin = Admin { bus, rules: Rules::new(config.clone()), config: Arc::new(config), root, sender };
+    pub async fn load(store: Store, config: Vec<Rule>, root: TopicRoot, sender: Sender) -> Result<Admin, StoreError> {
+        let admin = Admin { db: store.db(), rules: Rules::new(config.clone()), config: Arc::new(config), root, sender };
         admin.refresh().await?;
         Ok(admin)
     }
@@ -80,17 +80,8 @@ impl Admin {
     }
 
     async fn stored(&self) -> Result<Vec<(RawRule, String)>, StoreError> {
-        let rows: Vec<(String, String, String)> = self
-            .bus
-            .db()
-            .read(|c| {
-                let mut stmt = c.prepare_cached("SELECT name, rule, created_by FROM notify_rules ORDER BY created_at, name")?;
-                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<Vec<_>, _>>()?;
-                Ok(rows)
-            })
-            .await?;
         let mut out = Vec::new();
-        for (name, text, by) in rows {
+        for (name, text, by) in self.db.stored_rules().await? {
             match serde_json::from_str::<RawRule>(&text) {
                 Ok(raw) => out.push((raw, by)),
                 Err(error) => tracing::warn!(rule = %name, %error, "A notification rule added over the API no longer reads; left out."),
@@ -99,7 +90,9 @@ impl Admin {
         Ok(out)
     }
 
-    async fn refresh(&self) -> Result<(), StoreError> {
+    /// Reads the rules added over the API again (another process's admin may have changed
+    /// them) and puts them in force beside the config's.
+    pub async fn refresh(&self) -> Result<(), StoreError> {
         let mut rules: Vec<Rule> = self.config.to_vec();
         for (raw, _) in self.stored().await? {
             let name = raw.name.clone();
@@ -113,24 +106,22 @@ impl Admin {
                 }
             }
         }
-        self.rules.set(rules);
+        let changed = {
+            let now = self.rules.current();
+            now.len() != rules.len() || now.iter().zip(&rules).any(|(a, b)| format!("{:?}", a.written) != format!("{:?}", b.written))
+        };
+        if changed {
+            self.rules.set(rules);
+        }
         Ok(())
     }
 
     /// Every rule in force, the config's first, with its deliveries counted.
     pub async fn list(&self) -> Result<Vec<NotifyRule>, StoreError> {
-        let counts: Vec<(String, String, i64)> = self
-            .bus
-            .db()
-            .read(|c| {
-                let mut stmt = c.prepare_cached("SELECT rule, state, count(*) FROM notify_queue GROUP BY rule, state")?;
-                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<Vec<_>, _>>()?;
-                Ok(rows)
-            })
-            .await?;
+        let counts = self.db.counts().await?;
         let by: std::collections::HashMap<String, String> = self.stored().await?.into_iter().map(|(r, by)| (r.name, by)).collect();
         let count = |rule: &str, states: &[&str]| -> u64 {
-            counts.iter().filter(|(r, s, _)| r == rule && states.contains(&s.as_str())).map(|(_, _, n)| *n as u64).sum()
+            counts.iter().filter(|(r, s, _)| r == rule && states.contains(&s.as_str())).map(|(_, _, n)| n).sum()
         };
         Ok(self
             .rules
@@ -161,22 +152,7 @@ impl Admin {
         }
         let shown = rule.shown();
         let announce = self.announce("notify.rule.added", serde_json::json!({"rule": rule.name, "by": by, "written": shown}));
-        let (name, by_) = (rule.name.clone(), by.to_string());
-        let publisher = self.bus.clone();
-        let added = self
-            .bus
-            .db()
-            .write(move |tx| {
-                let n = tx
-                    .prepare_cached("INSERT INTO notify_rules (name, rule, created_by, created_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (name) DO NOTHING")?
-                    .execute(params![name, text, by_, patchbay_model::Timestamp::now().as_micros()])?;
-                if n == 1 {
-                    publisher.publish_in(tx, announce.into_iter().collect())?;
-                }
-                Ok(n == 1)
-            })
-            .await?;
-        if !added {
+        if !self.db.add_rule(rule.name.clone(), text, by.to_string(), announce).await? {
             return Err(AdminError::Conflict(format!("a rule named {:?} exists; remove it first", rule.name)));
         }
         self.refresh().await?;
@@ -199,21 +175,7 @@ impl Admin {
             return Err(AdminError::Conflict(format!("rule {name:?} is in the config file; remove it there")));
         }
         let announce = self.announce("notify.rule.removed", serde_json::json!({"rule": name, "by": by}));
-        let name_ = name.to_string();
-        let publisher = self.bus.clone();
-        let removed = self
-            .bus
-            .db()
-            .write(move |tx| {
-                let n = tx.prepare_cached("DELETE FROM notify_rules WHERE name = ?1")?.execute([&name_])?;
-                if n == 1 {
-                    // Delivered and given-up rows stay, as the rule's record; nothing more goes out.
-                    tx.prepare_cached("DELETE FROM notify_queue WHERE rule = ?1 AND state IN ('pending', 'sending')")?.execute([&name_])?;
-                    publisher.publish_in(tx, announce.into_iter().collect())?;
-                }
-                Ok(n == 1)
-            })
-            .await?;
+        let removed = self.db.remove_rule(name.to_string(), announce).await?;
         if removed {
             self.refresh().await?;
             tracing::info!(rule = name, by, "Notification rule removed.");
@@ -223,47 +185,13 @@ impl Admin {
 
     /// The deliveries given up, newest first, of one rule or all, at most `limit`.
     pub async fn dead(&self, rule: Option<String>, limit: u32) -> Result<Vec<NotifyDead>, StoreError> {
-        self.bus
-            .db()
-            .read(move |c| {
-                let mut stmt = c.prepare_cached(
-                    "SELECT rule, message_id, topic, error, attempts, sent_at FROM notify_queue
-                     WHERE state = 'dead' AND (?1 IS NULL OR rule = ?1) ORDER BY sent_at DESC, pos DESC LIMIT ?2",
-                )?;
-                let rows = stmt
-                    .query_map(params![rule, limit], |r| {
-                        Ok(NotifyDead {
-                            rule: r.get(0)?,
-                            message_id: r.get(1)?,
-                            topic: r.get(2)?,
-                            error: r.get(3)?,
-                            attempts: r.get(4)?,
-                            sent_at: r.get(5)?,
-                        })
-                    })?
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(rows)
-            })
-            .await
+        self.db.given_up(rule, limit).await
     }
 
     /// Puts a given-up delivery back in its rule's queue, its tries counted afresh (a digest
     /// rule's goes in its next digest). `Ok(false)`: no such dead delivery.
     pub async fn retry(&self, rule: &str, message_id: &str, by: &str) -> Result<bool, StoreError> {
-        let (rule_, id) = (rule.to_string(), message_id.to_string());
-        let again = self
-            .bus
-            .db()
-            .write(move |tx| {
-                Ok(tx
-                    .prepare_cached(
-                        "UPDATE notify_queue SET state = 'pending', attempts = 0, next_at = 0, error = NULL
-                         WHERE rule = ?1 AND message_id = ?2 AND state = 'dead'",
-                    )?
-                    .execute(params![rule_, id])?
-                    == 1)
-            })
-            .await?;
+        let again = self.db.requeue(rule, message_id).await?;
         if again {
             tracing::info!(rule, message = message_id, by, "Notification given up before is sent again.");
         }

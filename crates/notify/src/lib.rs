@@ -24,8 +24,10 @@
 //! Rules come from the config and from admins over HTTP ([`Admin`]: add, list, remove, and the
 //! deliveries given up, to read and send again), all in force through one [`Rules`].
 //!
-//! Tables (SQLite migrations 12 and 13): `notify_queue`, `notify_digests`, `notify_rules`; this crate runs on the
-//! embedded store (not yet on PostgreSQL). It knows the store, HTTP as a client and the
+//! Tables (SQLite migrations 12 and 13, PostgreSQL 9): `notify_queue`, `notify_digests`,
+//! `notify_rules`, on either store ([`Store`]). On PostgreSQL any number of processes collect
+//! (each message kept once per rule by its key) and one delivers: the holder of an advisory
+//! lock, the others standing by to take over when it goes. It knows the store, HTTP as a client and the
 //! report's transports; not the config file (it owns `[[notify]]`'s shape, [`RawRule`]).
 
 pub mod admin;
@@ -43,6 +45,7 @@ use patchbay_report::Transport;
 use patchbay_runtime::{Handler, HandlerError};
 use patchbay_store::EmbeddedBus;
 
+use crate::db::{DELIVERED, NotifyDb, RETRY, SENDING};
 pub use admin::{Admin, AdminError, Rules};
 pub use rule::{Cadence, Destination, RawRule, Rule};
 
@@ -53,17 +56,35 @@ pub const MAX_ATTEMPTS: u32 = 8;
 /// `rule`, `message_id`, `topic`, `error`, `attempts`).
 pub const DEAD_TOPIC: &str = "notify.delivery.dead";
 
+/// The store the notifications keep their state in.
+#[derive(Clone)]
+pub enum Store {
+    /// The data directory's SQLite (`serve`, and `patchbay run notify` beside it).
+    Embedded(EmbeddedBus),
+    /// The shared PostgreSQL (`store.url`): any number of `patchbay run notify`, one delivering.
+    Postgres(patchbay_store_pg::PgStore),
+}
+
+impl Store {
+    fn db(self) -> Arc<dyn NotifyDb> {
+        match self {
+            Store::Embedded(bus) => Arc::new(bus),
+            Store::Postgres(store) => Arc::new(store),
+        }
+    }
+}
+
 /// Keeps every message a rule matches, once.
 pub struct Collector {
-    bus: EmbeddedBus,
+    db: Arc<dyn NotifyDb>,
     root: TopicRoot,
     rules: Rules,
 }
 
 impl Collector {
     /// A collector for `rules` over messages under `root`, keeping them in `bus`'s store.
-    pub fn new(bus: EmbeddedBus, root: TopicRoot, rules: Rules) -> Self {
-        Collector { bus, root, rules }
+    pub fn new(store: Store, root: TopicRoot, rules: Rules) -> Self {
+        Collector { db: store.db(), root, rules }
     }
 }
 
@@ -74,13 +95,13 @@ impl Handler for Collector {
         if names.is_empty() {
             return Ok(());
         }
-        db::keep(&self.bus, names, env).await.map_err(|e| HandlerError::Transient(e.to_string()))
+        self.db.keep(names, env).await.map_err(|e| HandlerError::Transient(e.to_string()))
     }
 }
 
 /// Sends what the collector kept (see the crate comment).
 pub struct Deliverer {
-    bus: EmbeddedBus,
+    db: Arc<dyn NotifyDb>,
     rules: Rules,
     transport: Arc<Transport>,
     from: String,
@@ -120,42 +141,50 @@ fn backoff(attempts: u32) -> i64 {
 impl Deliverer {
     /// A deliverer for `rules`, mailing through `transport` as `from` (Message-IDs under
     /// `domain`); dead letters are announced as `sender` under `root`.
-    pub fn new(
-        bus: EmbeddedBus,
-        rules: Rules,
-        transport: Transport,
-        from: String,
-        domain: String,
-        sender: Sender,
-        root: TopicRoot,
-    ) -> Self {
+    pub fn new(store: Store, rules: Rules, transport: Transport, from: String, domain: String, sender: Sender, root: TopicRoot) -> Self {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .user_agent(concat!("patchbay/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("a client with rustls and no system configuration builds");
-        Deliverer { bus, rules, transport: Arc::new(transport), from, domain, client, sender, root }
+        Deliverer { db: store.db(), rules, transport: Arc::new(transport), from, domain, client, sender, root }
     }
 
-    /// Delivers until `shutdown` turns true: every second, what is due.
+    /// Delivers until `shutdown` turns true: every second, what is due. Of several processes
+    /// on one PostgreSQL, one delivers (the lead) and the others wait to take over.
     pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let smtp_rules: Vec<String> = match *self.transport {
-            Transport::Smtp(_) => {
-                self.rules.current().iter().filter(|r| matches!(r.destination, Destination::Email(_))).map(|r| r.name.clone()).collect()
-            }
-            Transport::Outbox(_) => Vec::new(),
-        };
-        if let Err(error) = db::abandon_smtp_sends(&self.bus, smtp_rules).await {
-            tracing::warn!(%error, "Notifications: could not look at sends a stop interrupted.");
-        }
+        let mut lead: Option<Box<dyn db::Lead>> = None;
+        let mut waiting_said = false;
         loop {
-            for rule in self.rules.current().iter() {
-                let done = match rule.cadence {
-                    Cadence::Now => self.at_once(rule).await,
-                    cadence => self.digest(rule, cadence).await,
+            if lead.as_ref().is_none_or(|l| l.lost()) {
+                lead = match self.db.lead().await {
+                    Ok(l) => l,
+                    Err(error) => {
+                        tracing::warn!(%error, "Notifications: cannot reach the store to lead the deliveries; will try again.");
+                        None
+                    }
                 };
-                if let Err(error) = done {
-                    tracing::warn!(rule = %rule.name, %error, "Notifications: the store failed; will try again.");
+                match &lead {
+                    Some(_) => {
+                        waiting_said = false;
+                        self.taking_over().await;
+                    }
+                    None if !waiting_said => {
+                        tracing::info!("Notifications: another process delivers; this one stands by to take over.");
+                        waiting_said = true;
+                    }
+                    None => {}
+                }
+            }
+            if lead.is_some() {
+                for rule in self.rules.current().iter() {
+                    let done = match rule.cadence {
+                        Cadence::Now => self.at_once(rule).await,
+                        cadence => self.digest(rule, cadence).await,
+                    };
+                    if let Err(error) = done {
+                        tracing::warn!(rule = %rule.name, %error, "Notifications: the store failed; will try again.");
+                    }
                 }
             }
             tokio::select! {
@@ -165,9 +194,22 @@ impl Deliverer {
         }
     }
 
+    /// On taking the lead: what a stop (or a lost leader) left under way.
+    async fn taking_over(&self) {
+        let smtp_rules: Vec<String> = match *self.transport {
+            Transport::Smtp(_) => {
+                self.rules.current().iter().filter(|r| matches!(r.destination, Destination::Email(_))).map(|r| r.name.clone()).collect()
+            }
+            Transport::Outbox(_) => Vec::new(),
+        };
+        if let Err(error) = self.db.abandon_smtp_sends(smtp_rules).await {
+            tracing::warn!(%error, "Notifications: could not look at sends a stop interrupted.");
+        }
+    }
+
     /// Sends a rule's waiting messages at once, in order, up to the first that must wait.
     async fn at_once(&self, rule: &Rule) -> Result<(), patchbay_store::StoreError> {
-        for row in db::pending(&self.bus, &rule.name, 100).await? {
+        for row in self.db.pending(&rule.name, 100).await? {
             if row.next_at > now() {
                 return Ok(()); // In order: nothing overtakes a message waiting for its retry.
             }
@@ -175,12 +217,12 @@ impl Deliverer {
                 Ok(env) => env,
                 Err(e) => {
                     // Stored by an older build and no longer read: set aside, the rest go on.
-                    db::dead(&self.bus, &rule.name, &row.message_id, &format!("the stored message does not read: {e}"), None).await?;
+                    self.db.dead(&rule.name, &row.message_id, &format!("the stored message does not read: {e}"), None).await?;
                     continue;
                 }
             };
             let delivery = format!("{}:{}", rule.name, row.message_id);
-            db::mark_sending(&self.bus, &rule.name, &row.message_id).await?;
+            self.db.set(SENDING, &rule.name, &row.message_id, 0, None).await?;
             let sent = match &rule.destination {
                 Destination::Webhook { url, secret } => self.post(url, secret, env.topic.as_str(), &delivery, row.wire.clone()).await,
                 Destination::Email(to) => {
@@ -191,16 +233,16 @@ impl Deliverer {
                 }
             };
             match sent {
-                Ok(()) => db::delivered(&self.bus, &rule.name, &row.message_id).await?,
+                Ok(()) => self.db.set(DELIVERED, &rule.name, &row.message_id, now(), None).await?,
                 Err(SendError::Again(why)) if row.attempts + 1 < MAX_ATTEMPTS => {
                     tracing::info!(rule = %rule.name, message = %row.message_id, %why, "Notification not delivered; will retry.");
-                    db::retry(&self.bus, &rule.name, &row.message_id, now() + backoff(row.attempts), &why).await?;
+                    self.db.set(RETRY, &rule.name, &row.message_id, now() + backoff(row.attempts), Some(why)).await?;
                     return Ok(());
                 }
                 Err(SendError::Again(why) | SendError::Never(why)) => {
                     tracing::warn!(rule = %rule.name, message = %row.message_id, %why, "Notification dead-lettered.");
                     let body = serde_json::json!({"rule": rule.name, "message_id": row.message_id, "topic": env.topic.as_str(), "error": why, "attempts": row.attempts + 1});
-                    db::dead(&self.bus, &rule.name, &row.message_id, &why, self.announce(body)).await?;
+                    self.db.dead(&rule.name, &row.message_id, &why, self.announce(body)).await?;
                 }
             }
         }
@@ -210,11 +252,11 @@ impl Deliverer {
     /// Sends a rule's digest when a period has ended and something waits from before its end.
     async fn digest(&self, rule: &Rule, cadence: Cadence) -> Result<(), patchbay_store::StoreError> {
         let Some(due) = cadence.due(now()) else { return Ok(()) };
-        let rows = db::waiting_before(&self.bus, &rule.name, due * 1_000_000).await?;
+        let rows = self.db.waiting_before(&rule.name, due * 1_000_000).await?;
         if rows.is_empty() {
             return Ok(());
         }
-        let state = db::digest_state(&self.bus, &rule.name, due).await?;
+        let state = self.db.digest_state(&rule.name, due).await?;
         match &state {
             // Kept after this period's digest went out (a collector behind): the next period's.
             Some((s, _, _)) if s == "sent" || s == "dead" => return Ok(()),
@@ -243,15 +285,15 @@ impl Deliverer {
         };
         let ids: Vec<String> = rows.iter().map(|r| r.message_id.clone()).collect();
         match sent {
-            Ok(()) => db::digest_sent(&self.bus, &rule.name, due, ids).await,
+            Ok(()) => self.db.digest_sent(&rule.name, due, ids).await,
             Err(SendError::Again(why)) if attempts + 1 < MAX_ATTEMPTS => {
                 tracing::info!(rule = %rule.name, due, %why, "Digest not delivered; will retry.");
-                db::digest_wait(&self.bus, &rule.name, due, now() + backoff(attempts), &why).await
+                self.db.digest_wait(&rule.name, due, now() + backoff(attempts), &why).await
             }
             Err(SendError::Again(why) | SendError::Never(why)) => {
                 tracing::warn!(rule = %rule.name, due, %why, "Digest dead-lettered.");
                 let body = serde_json::json!({"rule": rule.name, "message_id": delivery, "topic": "digest", "error": why, "attempts": 1});
-                db::digest_dead(&self.bus, &rule.name, due, ids, &why, self.announce(body)).await
+                self.db.digest_dead(&rule.name, due, ids, &why, self.announce(body)).await
             }
         }
     }

@@ -52,6 +52,8 @@ pub enum Service {
     Merged,
     /// The JSON API, the dashboard and the SSE stream.
     Web,
+    /// Notifications by rule (`[[notify]]` and the admins'): webhooks and mail.
+    Notify,
 }
 
 /// Options of `patchbay run`.
@@ -111,7 +113,7 @@ pub async fn run(config: Config, args: &RunArgs, shutdown: impl std::future::Fut
     // at the end of the log the first time: its place is taken before anything is committed,
     // so nothing said before the first `run relay` is taken for old.
     if config.bus.backend == BusBackend::Amqp
-        && matches!(args.service, Service::Ingest | Service::Aggregator | Service::Reporter | Service::Merged)
+        && matches!(args.service, Service::Ingest | Service::Aggregator | Service::Reporter | Service::Merged | Service::Notify)
     {
         crate::services::relay::Relay::new(store.db().clone(), bus.clone(), &config.instance)
             .mark()
@@ -188,14 +190,10 @@ async fn on_postgres(
             tasks.push(crate::backend::recorder(&config, bus.clone(), local.clone(), policy, closed(closing.clone())).await?);
             // Kept no longer than the history keeps its messages (`history.keep_days`).
             tasks.extend(crate::services::history::start(&config, local.db().clone(), closing.clone()));
-            tasks.push(start_web(
-                &config,
-                args,
-                bus.clone(),
-                Arc::new(local),
-                crate::backend::Store::Postgres(store.clone()),
-                closing.clone(),
-            )?);
+            tasks.push(
+                start_web(&config, args, bus.clone(), Arc::new(local), crate::backend::Store::Postgres(store.clone()), closing.clone())
+                    .await?,
+            );
         }
         Service::Reporter => tasks.push(crate::services::reporter::start_reporter(
             &config,
@@ -209,6 +207,10 @@ async fn on_postgres(
         }
         Service::Merged => {
             tasks.extend(start_merged(&config, bus.clone(), policy, crate::ingest::on_postgres(&config, store.clone()), closing.clone())?)
+        }
+        Service::Notify => {
+            let store = patchbay_notify::Store::Postgres(store.clone());
+            tasks.extend(crate::services::notify::start(&config, store, bus.clone(), policy, closing.clone()).await?.0);
         }
         // The relay above is the whole of `run relay`.
         Service::Relay => {}
@@ -336,7 +338,10 @@ async fn start(
         Service::Merged => tasks.extend(start_merged(config, bus, policy, crate::ingest::service_on(config, store), closing)?),
         Service::Web => {
             let log: Arc<dyn patchbay_bus::MessageLog> = Arc::new(store.clone());
-            tasks.push(start_web(config, args, bus, log, crate::backend::Store::Embedded(store), closing)?);
+            tasks.push(start_web(config, args, bus, log, crate::backend::Store::Embedded(store), closing).await?);
+        }
+        Service::Notify => {
+            tasks.extend(crate::services::notify::start(config, patchbay_notify::Store::Embedded(store), bus, policy, closing).await?.0)
         }
     }
     Ok(tasks)
@@ -344,7 +349,7 @@ async fn start(
 
 /// The web edge (API, dashboard, stream) on `--http` or `http.listen`, reading `store`; the
 /// live stream follows `log`.
-fn start_web(
+async fn start_web(
     config: &Config,
     args: &RunArgs,
     bus: Arc<dyn Bus>,
@@ -352,7 +357,13 @@ fn start_web(
     store: crate::backend::Store,
     closing: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinHandle<()>> {
-    let state = crate::services::web::state(config, bus, log, store, None, None, closing.clone())?;
+    // The notification rules' admin API; `run notify` puts what it changes in force.
+    let notify = match &store {
+        crate::backend::Store::Embedded(s) => patchbay_notify::Store::Embedded(s.clone()),
+        crate::backend::Store::Postgres(s) => patchbay_notify::Store::Postgres(s.clone()),
+    };
+    let notify = crate::services::notify::admin(config, notify).await?;
+    let state = crate::services::web::state(config, bus, log, store, None, Some(notify), closing.clone())?;
     let addr = args.http.unwrap_or(config.http_listen);
     let listener = crate::serve::listen(addr).with_context(|| format!("listening on {addr} (http.listen)"))?;
     println!("patchbay: serving http://{} with data in {}", listener.local_addr()?, config.data_dir.display());

@@ -154,8 +154,14 @@ pub async fn start(config: Config, args: &ServeArgs) -> anyhow::Result<Running> 
     let listener = listen(addr).with_context(|| format!("listening on {addr} (http.listen)"))?;
     let local = listener.local_addr()?;
     // Notifications by rule (`[[notify]]`, and the admins' over HTTP).
-    let (notify_tasks, notify) =
-        crate::services::notify::start(&config, store.clone(), served.bus.clone(), policy.clone(), closing_rx.clone()).await?;
+    let (notify_tasks, notify) = crate::services::notify::start(
+        &config,
+        patchbay_notify::Store::Embedded(store.clone()),
+        served.bus.clone(),
+        policy.clone(),
+        closing_rx.clone(),
+    )
+    .await?;
     tasks.extend(notify_tasks);
     let state = crate::services::web::state(
         &config,

@@ -238,11 +238,10 @@ fn layering_rules_hold() {
                 "patchbay-runner",
                 "patchbay-ci",
                 "patchbay-results",
-                "patchbay-store-pg",
                 "axum",
                 "lapin",
             ],
-            "notifications know the embedded store, webhooks as a client and the report's transports; not our HTTP edge, runners or the config file",
+            "notifications know the stores, webhooks as a client and the report's transports; not our HTTP edge, runners or the config file",
         ),
         (
             "patchwork",

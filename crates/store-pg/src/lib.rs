@@ -168,10 +168,34 @@ impl PgStore {
         Ok(self.pool.get().await?)
     }
 
+    /// Leadership among the processes of this database for `key`: `Some` while this process
+    /// holds the session advisory lock `key` (on a connection of its own, kept by the
+    /// [`Leader`]); `None` when another process holds it. A process that dies or loses its
+    /// connection frees it for the next to ask.
+    pub async fn lead(&self, key: i64) -> Result<Option<Leader>, PgError> {
+        let client = self.pool.get().await?;
+        let held: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&key]).await?.get(0);
+        // Not leading: the connection goes back to the pool without the lock.
+        Ok(held.then(|| Leader { client: deadpool_postgres::Object::take(client) }))
+    }
+
     /// One round trip, for a readiness check.
     pub async fn ping(&self) -> Result<(), PgError> {
         self.pool.get().await?.simple_query("SELECT 1").await?;
         Ok(())
+    }
+}
+
+/// The holder of a [`PgStore::lead`] lock: its own connection, out of the pool (the lock is
+/// the session's; dropping the leader closes the connection and frees it).
+pub struct Leader {
+    client: deadpool_postgres::ClientWrapper,
+}
+
+impl Leader {
+    /// Whether the lock may be gone: the connection that held it has closed.
+    pub fn is_lost(&self) -> bool {
+        self.client.is_closed()
     }
 }
 

@@ -192,6 +192,41 @@ const MIGRATIONS: &[&str] = &[
          posted_at BIGINT NOT NULL,
          PRIMARY KEY (result_id, message_id)
      );",
+    // 9: notifications by rule (owned by patchbay-notify; SQLite's migrations 12 and 13): what
+    // each rule keeps, its digests, and the rules admins added over HTTP.
+    "CREATE TABLE notify_queue (
+         rule TEXT NOT NULL,
+         message_id TEXT NOT NULL,
+         pos BIGSERIAL,
+         sent_at BIGINT NOT NULL,
+         topic TEXT NOT NULL,
+         wire BYTEA NOT NULL,
+         state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sending', 'delivered', 'dead')),
+         attempts BIGINT NOT NULL DEFAULT 0,
+         next_at BIGINT NOT NULL DEFAULT 0,
+         error TEXT,
+         delivered_at BIGINT,
+         digest BIGINT,
+         PRIMARY KEY (rule, message_id)
+     );
+     CREATE INDEX notify_waiting ON notify_queue (rule, state, pos);
+     CREATE TABLE notify_digests (
+         rule TEXT NOT NULL,
+         due BIGINT NOT NULL,
+         state TEXT NOT NULL CHECK (state IN ('waiting', 'sent', 'dead')),
+         events BIGINT NOT NULL,
+         sent_at BIGINT,
+         next_at BIGINT NOT NULL DEFAULT 0,
+         error TEXT,
+         attempts BIGINT NOT NULL DEFAULT 0,
+         PRIMARY KEY (rule, due)
+     );
+     CREATE TABLE notify_rules (
+         name TEXT PRIMARY KEY,
+         rule TEXT NOT NULL,
+         created_by TEXT NOT NULL,
+         created_at BIGINT NOT NULL
+     );",
 ];
 
 /// The schema version this build writes.

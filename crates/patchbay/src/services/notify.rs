@@ -1,6 +1,6 @@
 //! Notifications by rule (`[[notify]]`): the collector on every message of the namespace, and
 //! the deliverer (webhooks, and mail through the reporter's transport), and the admins' rules.
-//! Embedded store only.
+//! On either store: `serve` runs them, or `patchbay run notify` (several on PostgreSQL, one delivering).
 
 use std::sync::Arc;
 
@@ -8,7 +8,6 @@ use patchbay_bus::{Bus, TrustPolicy};
 use patchbay_config::Config;
 use patchbay_model::Sender;
 use patchbay_runtime::ServiceSpec;
-use patchbay_store::EmbeddedBus;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -19,7 +18,7 @@ use crate::tasks::spawn_service;
 /// force, and everything stops when `closing` turns true.
 pub async fn start(
     config: &Config,
-    store: EmbeddedBus,
+    store: patchbay_notify::Store,
     bus: Arc<dyn Bus>,
     policy: Arc<TrustPolicy>,
     closing: watch::Receiver<bool>,
@@ -59,5 +58,29 @@ pub async fn start(
             let _ = spawn_service(bus, policy, spec, Arc::new(collector), collecting, "The notifications' collector").await;
         }
     });
-    Ok((vec![collector_task, tokio::spawn(deliverer.run(closing))], admin))
+    // Rules an admin added through another process (`run web`) come into force here too.
+    let refreshing = {
+        let (admin, mut stop) = (admin.clone(), closing.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.wait_for(|c| *c) => return,
+                    () = tokio::time::sleep(REFRESH) => {}
+                }
+                if let Err(error) = admin.refresh().await {
+                    tracing::warn!(%error, "Notifications: cannot read the rules added over HTTP; will try again.");
+                }
+            }
+        })
+    };
+    Ok((vec![collector_task, refreshing, tokio::spawn(deliverer.run(closing))], admin))
+}
+
+/// How soon a rule added or removed through another process is in force here.
+pub const REFRESH: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The admins' side alone (`patchbay run web`): rules added there are in force in the
+/// notifying processes within [`REFRESH`].
+pub async fn admin(config: &Config, store: patchbay_notify::Store) -> anyhow::Result<patchbay_notify::Admin> {
+    Ok(patchbay_notify::Admin::load(store, config.notify.clone(), config.bus.root.clone(), Sender::new("notify", &config.instance)).await?)
 }
