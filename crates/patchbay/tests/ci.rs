@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 const LIST: &str = "ci.lists.example.org";
 
 mod common;
-use common::{bin, format_series, free_port, http_get};
+use common::{bin, format_series, free_port, http_get, http_method, received_hooks, start_receiver};
 use patchbay_fixtures::{git, git_with, origin};
 
 struct Serve(Child);
@@ -966,23 +966,6 @@ fn a_series_is_tested_and_reported_on_rabbitmq() {
 /// Raw HTTP with any headers, as a browser or an attacker would send it; returns the status.
 fn http_raw(port: u16, path: &str, headers: &str, body: &str) -> (u16, String) {
     http_method("POST", port, path, headers, body)
-}
-
-/// [`http_raw`] with any method.
-fn http_method(method: &str, port: u16, path: &str, headers: &str, body: &str) -> (u16, String) {
-    use std::io::Read as _;
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return (0, String::new()) };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = s.write_all(
-        format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    );
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    (out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), out)
 }
 
 /// Waits for the first message on `topic` whose body satisfies `pick`.
@@ -2014,69 +1997,6 @@ fn results_reach_patchwork_as_checks_on_every_patch_once_and_again_after_a_re_ru
     assert!(refused.is_empty(), "every request the schema accepts: {refused:#?}");
     let posted = topic_bodies(&db, "e2e.ci.report.check.posted");
     assert_eq!(posted.len(), 6, "each announced once: {posted:#?}");
-}
-
-/// A webhook receiver (Python's standard library): it answers 410 to every request on `/gone`,
-/// 500 to the first `fail_first` requests, then 200; it checks each body's `X-Patchbay-Signature-256` against `secret`, and
-/// writes every request (its status, headers and body) as a JSON line to `log`.
-const RECEIVER: &str = r#"
-import hashlib, hmac, json, sys
-from http.server import BaseHTTPRequestHandler, HTTPServer
-secret, fail_first, log, port_file = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-seen = {"n": 0}
-class H(BaseHTTPRequestHandler):
-    def log_message(self, *a): pass
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        want = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-        ok = hmac.compare_digest(want, self.headers.get("X-Patchbay-Signature-256", ""))
-        seen["n"] += 1
-        status = 410 if self.path.startswith("/gone") else 500 if seen["n"] <= fail_first else (200 if ok else 401)
-        with open(log, "a") as f:
-            f.write(json.dumps({"status": status, "path": self.path, "signed": ok, "event": self.headers.get("X-Patchbay-Event"),
-                                "delivery": self.headers.get("X-Patchbay-Delivery"), "body": json.loads(body)}) + "\n")
-        self.send_response(status); self.send_header("Content-Length", "0"); self.end_headers()
-s = HTTPServer(("127.0.0.1", 0), H)
-open(port_file + ".tmp", "w").write(str(s.server_address[1]))
-import os; os.rename(port_file + ".tmp", port_file)
-s.serve_forever()
-"#;
-
-/// Starts [`RECEIVER`] with the secret `hook-secret-1234`, failing its first `fail_first`
-/// requests: the receiver, its log and its port.
-fn start_receiver(py: &str, tmp: &Path, fail_first: u32) -> (Receiver, PathBuf, String) {
-    let (log, port_file) = (tmp.join("hooks.jsonl"), tmp.join("hooks.port"));
-    let receiver = Receiver(
-        Command::new(py)
-            .args(["-c", RECEIVER, "hook-secret-1234", &fail_first.to_string()])
-            .arg(&log)
-            .arg(&port_file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !port_file.exists() {
-        assert!(Instant::now() < deadline, "the receiver did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let port = std::fs::read_to_string(&port_file).unwrap();
-    (receiver, log, port)
-}
-
-/// The webhook receiver, stopped when dropped (a failing test too).
-struct Receiver(Child);
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The receiver's log, one JSON object per request.
-fn received_hooks(log: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(log).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 /// `[[notify]]` at once to a webhook whose receiver fails its first three requests: every

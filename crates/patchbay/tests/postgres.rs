@@ -10,7 +10,11 @@
 //! mails over LMTP in opposite orders at once, two dispatchers, two runners, two
 //! aggregators and two reporters share the work; each series exists once, is announced
 //! complete once, tested once per test, gets one verdict, the right one, and one threaded
-//! report mail with its own Message-ID. `inject` on a third host stores into the same database. Needs a real PostgreSQL
+//! report mail with its own Message-ID. `inject` on a third host stores into the same database.
+//!
+//! Notifications on PostgreSQL: a rule added through `run web`'s admin API is in force in two
+//! `run notify` processes; one delivers, and when it is killed with SIGKILL the other takes over:
+//! every event reaches the webhook, a repeat only ever under the same delivery id. Needs a real PostgreSQL
 //! (`PATCHBAY_TEST_PG_URL`) and RabbitMQ (`PATCHBAY_TEST_AMQP_URL`); fails, never skips,
 //! without them.
 
@@ -20,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Proc, bin, free_port, http_get, wait_http, wait_log};
+use common::{Proc, bin, free_port, http_get, http_method, received_hooks, start_receiver, wait_http, wait_log, wait_until};
 use patchbay_bus::{Bus, Publisher, QueueSpec, Sealer, TopicPattern};
 use patchbay_bus_amqp::{AmqpBus, AmqpConfig};
 use patchbay_model::{BaseUsed, Sender, SeriesHead, TestFinished, TestLog, TopicRoot};
@@ -458,4 +462,80 @@ async fn mail_to_verdict_on_postgres_with_two_of_each_service() {
     assert_eq!(count("SELECT count(*) FROM results").await, 2 * N as i64);
     assert_eq!(count("SELECT count(*) FROM verdicts WHERE verdict IS NOT NULL").await, N as i64);
     assert_eq!(count("SELECT count(*) FROM reports WHERE state = 'sent'").await, N as i64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_on_postgres_go_out_from_one_process_and_survive_its_kill_9() {
+    let amqp = std::env::var("PATCHBAY_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let admin = std::env::var("PATCHBAY_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let pg = patchbay_store_pg::testing::scratch_database(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("no PostgreSQL at {admin} ({e}); run scripts/test, or set PATCHBAY_TEST_PG_URL"));
+    let py = std::env::var("PATCHBAY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ns = format!("pgntf{}x{}", std::process::id(), patchbay_model::Uuid::now_v7().simple());
+    let tmp = tempfile::tempdir().unwrap();
+    let (_receiver, log, hook_port) = start_receiver(&py, tmp.path(), 0);
+    let hosts: Vec<std::path::PathBuf> = ["a", "b", "w"].iter().map(|h| tmp.path().join(format!("{h}.toml"))).collect();
+    for (path, host) in hosts.iter().zip(["a", "b", "w"]) {
+        write_config(path, &format!("data-{host}"), host, &amqp, &ns, &pg);
+        let mut text = std::fs::read_to_string(path).unwrap();
+        text.push_str("[http]\nadmin_tokens = { ops = \"0123456789abcdef-ops\" }\n");
+        std::fs::write(path, text).unwrap();
+    }
+    let port = free_port();
+    let web = Proc::start(&hosts[2], tmp.path(), "web", &["--http", &format!("127.0.0.1:{port}")]);
+    wait_http(port, "/healthz", "run web", &[&web]);
+    let notifiers = [Proc::start(&hosts[0], tmp.path(), "notify", &[]), Proc::start(&hosts[1], tmp.path(), "notify", &[])];
+    // The rule, added where the admins are: in force in both notifying processes.
+    let rule = serde_json::json!({"name": "hook", "webhook": format!("http://127.0.0.1:{hook_port}/ok"), "secret": "hook-secret-1234",
+        "topics": ["demo.event.#"]});
+    let (status, answer) = http_method(
+        "POST",
+        port,
+        "/api/v1/notify/rules",
+        "Authorization: Bearer 0123456789abcdef-ops\r\nContent-Type: application/json\r\n",
+        &rule.to_string(),
+    );
+    assert_eq!(status, 201, "{answer}");
+    for p in &notifiers {
+        wait_log(p, "service=notify");
+    }
+    let root = TopicRoot::new("e2e", &ns).unwrap();
+    let mut config = AmqpConfig::new(amqp.clone(), tmp.path().join("tester-seq"));
+    config.exchange = ns.clone();
+    let bus: Arc<dyn Bus> = Arc::new(AmqpBus::connect(config, Sealer::default()).await.expect("RabbitMQ"));
+    let tester = Publisher::new(bus.clone(), root.clone(), Sender::new("tester", "t"));
+    let mut ids = Vec::new();
+    let mut publish = async |n: u32| {
+        let out = tester.free_form(&format!("demo.event.n{n}"), serde_json::json!({"n": n})).unwrap();
+        ids.push(bus.publish(vec![out]).await.unwrap()[0].id.to_string());
+    };
+    for n in 0..10 {
+        publish(n).await;
+    }
+    let ok = || -> Vec<serde_json::Value> { received_hooks(&log).into_iter().filter(|r| r["status"] == 200).collect() };
+    wait_until("the first deliveries", 60, &[&notifiers[0], &notifiers[1]], || ok().len() >= 3);
+    // The one that delivers is the one not standing by; it dies mid-run.
+    let standing = |p: &Proc| p.stderr().contains("another process delivers");
+    let [a, b] = notifiers;
+    let (leader, other) = if standing(&a) { (b, a) } else { (a, b) };
+    assert!(standing(&other), "one delivers, the other stands by:\n{}\n{}", leader.stderr(), other.stderr());
+    leader.kill9();
+    for n in 10..20 {
+        publish(n).await;
+    }
+    wait_until("every event delivered after the take-over", 90, &[&other], || {
+        ok().iter().map(|r| r["body"]["id"].as_str().unwrap().to_string()).collect::<HashSet<_>>().len() >= 20
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let delivered = ok();
+    let got: HashSet<String> = delivered.iter().map(|r| r["body"]["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(got, ids.iter().cloned().collect::<HashSet<_>>(), "every event");
+    for r in &delivered {
+        assert_eq!(r["delivery"], format!("hook:{}", r["body"]["id"].as_str().unwrap()), "a repeat has its delivery id: receivers drop it");
+        assert_eq!(r["signed"], true);
+    }
+    assert!(delivered.len() <= 21, "at most the one under way when the leader died again: {}", delivered.len());
+    drop(other);
+    drop(web);
 }

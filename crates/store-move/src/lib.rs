@@ -59,6 +59,9 @@ pub const TABLES: &[&str] = &[
     "reports",
     "test_logs",
     "patchwork_checks",
+    "notify_rules",
+    "notify_queue",
+    "notify_digests",
 ];
 
 /// What a move copied.
@@ -197,7 +200,7 @@ pub async fn move_store(db: &Path, store: &PgStore, drop_pending: bool, mut prog
         moved.rows.push((table.to_string(), n));
     }
     // New rows get ids after the moved ones.
-    for (table, column) in [("mails", "id"), ("series", "id"), ("results", "id")] {
+    for (table, column) in [("mails", "id"), ("series", "id"), ("results", "id"), ("notify_queue", "pos")] {
         tx.execute(
             &format!("SELECT setval(pg_get_serial_sequence('{table}', '{column}'), coalesce(max({column}), 0) + 1, false) FROM {table}"),
             &[],

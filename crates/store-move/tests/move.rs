@@ -69,6 +69,12 @@ async fn a_moved_store_answers_as_before_and_goes_on() {
                  VALUES ('m1', 'j1', 1, 1, 'demo', 'build', 'x86_64', 'FAILED', 5, 'boom', 1, 0, 1, 'flaky')",
                 [],
             )?;
+            // A notification rule an admin added, and a message it keeps.
+            tx.execute(
+                "INSERT INTO notify_rules (name, rule, created_by, created_at) VALUES ('r', '{\"name\":\"r\",\"email\":\"a@x\"}', 'ops', 1)",
+                [],
+            )?;
+            tx.execute("INSERT INTO notify_queue (rule, message_id, pos, sent_at, topic, wire) VALUES ('r', 'x', 7, 1, 't', x'00')", [])?;
             Ok(())
         })
         .await
@@ -98,6 +104,18 @@ async fn a_moved_store_answers_as_before_and_goes_on() {
     assert_eq!(kept, messages, "every message of the bus log in the history");
     let row = client.query_one("SELECT waived, duplicate, waiver FROM results", &[]).await.unwrap();
     assert_eq!((row.get::<_, bool>(0), row.get::<_, bool>(1), row.get::<_, String>(2)), (true, false, "flaky".to_string()));
+
+    let by: String = client.query_one("SELECT created_by FROM notify_rules WHERE name = 'r'", &[]).await.unwrap().get(0);
+    assert_eq!(by, "ops", "the admins' notification rules move");
+    let pos: i64 = client
+        .query_one(
+            "INSERT INTO notify_queue (rule, message_id, sent_at, topic, wire) VALUES ('r', 'y', 2, 't', '\\x00') RETURNING pos",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(pos > 7, "what a rule keeps next comes after what it kept: {pos}");
 
     // New mail goes on from the moved state: the next id, and a v2 that replaces the moved v1.
     let on_pg = Ingest::on_postgres(pg.clone(), root, "t", settings());
