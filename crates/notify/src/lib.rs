@@ -153,11 +153,17 @@ impl Deliverer {
     /// Delivers until `shutdown` turns true: every second, what is due. Of several processes
     /// on one PostgreSQL, one delivers (the lead) and the others wait to take over.
     pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let me = Arc::new(self);
         let mut lead: Option<Box<dyn db::Lead>> = None;
         let mut waiting_said = false;
+        // Each rule's round on a task of its own: a receiver that hangs (up to the 30 s
+        // timeout) holds up its own rule only.
+        let mut busy: std::collections::HashMap<String, tokio::task::JoinHandle<()>> = std::collections::HashMap::new();
         loop {
             if lead.as_ref().is_none_or(|l| l.lost()) {
-                lead = match self.db.lead().await {
+                // Whatever was under way stops with the lead: the next leader makes it again.
+                busy.drain().for_each(|(_, task)| task.abort());
+                lead = match me.db.lead().await {
                     Ok(l) => l,
                     Err(error) => {
                         tracing::warn!(%error, "Notifications: cannot reach the store to lead the deliveries; will try again.");
@@ -167,7 +173,7 @@ impl Deliverer {
                 match &lead {
                     Some(_) => {
                         waiting_said = false;
-                        self.taking_over().await;
+                        me.taking_over().await;
                     }
                     None if !waiting_said => {
                         tracing::info!("Notifications: another process delivers; this one stands by to take over.");
@@ -176,19 +182,35 @@ impl Deliverer {
                     None => {}
                 }
             }
+            busy.retain(|_, task| !task.is_finished());
             if lead.is_some() {
-                for rule in self.rules.current().iter() {
-                    let done = match rule.cadence {
-                        Cadence::Now => self.at_once(rule).await,
-                        cadence => self.digest(rule, cadence).await,
-                    };
-                    if let Err(error) = done {
-                        tracing::warn!(rule = %rule.name, %error, "Notifications: the store failed; will try again.");
+                for rule in me.rules.current().iter() {
+                    if busy.contains_key(&rule.name) {
+                        continue;
                     }
+                    let (me, rule) = (me.clone(), rule.clone());
+                    let name = rule.name.clone();
+                    busy.insert(
+                        name,
+                        tokio::spawn(async move {
+                            let done = match rule.cadence {
+                                Cadence::Now => me.at_once(&rule).await,
+                                cadence => me.digest(&rule, cadence).await,
+                            };
+                            if let Err(error) = done {
+                                tracing::warn!(rule = %rule.name, %error, "Notifications: the store failed; will try again.");
+                            }
+                        }),
+                    );
                 }
             }
             tokio::select! {
-                _ = shutdown.wait_for(|s| *s) => return,
+                _ = shutdown.wait_for(|s| *s) => {
+                    // A stop does not wait for a hanging receiver: what was under way is
+                    // `sending`, made again after the restart (a webhook's under its delivery id).
+                    busy.drain().for_each(|(_, task)| task.abort());
+                    return;
+                }
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }

@@ -2163,6 +2163,8 @@ fn admins_add_list_and_remove_notification_rules_and_see_what_was_given_up() {
     };
     assert_eq!(http_method("GET", port, "/api/v1/notify/rules", "", "").0, 401, "admins only");
     assert_eq!(http_raw(port, "/api/v1/notify/rules", "Content-Type: application/json\r\n", &hook("x", "/ok")).0, 401);
+    // A receiver that hangs, first in line: it holds up no other rule.
+    assert_eq!(call("POST", "/api/v1/notify/rules", &hook("slow", "/slow")).0, 201);
     assert_eq!(call("POST", "/api/v1/notify/rules", &hook("hook", "/ok")).0, 201);
     let (status, gone) = call("POST", "/api/v1/notify/rules", &hook("gone", "/gone"));
     assert_eq!(status, 201, "{gone}");
@@ -2180,7 +2182,10 @@ fn admins_add_list_and_remove_notification_rules_and_see_what_was_given_up() {
         .iter()
         .map(|r| (r["name"].as_str().unwrap().to_string(), r["source"].as_str().unwrap().to_string()))
         .collect();
-    assert_eq!(rules, [("from-file", "config"), ("hook", "api"), ("gone", "api")].map(|(a, b)| (a.to_string(), b.to_string())));
+    assert_eq!(
+        rules,
+        [("from-file", "config"), ("slow", "api"), ("hook", "api"), ("gone", "api")].map(|(a, b)| (a.to_string(), b.to_string()))
+    );
 
     let publish = |word: &str| {
         let out =
@@ -2197,8 +2202,10 @@ fn admins_add_list_and_remove_notification_rules_and_see_what_was_given_up() {
             std::thread::sleep(Duration::from_millis(100));
         }
     };
+    let published = Instant::now();
     publish("one");
     wait_hooks("/ok", 1);
+    assert!(published.elapsed() < Duration::from_secs(10), "not held up by the hanging receiver: {:?}", published.elapsed());
     wait_hooks("/gone", 1);
     let dead = || -> Vec<serde_json::Value> {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -2239,7 +2246,7 @@ fn admins_add_list_and_remove_notification_rules_and_see_what_was_given_up() {
     let ok: Vec<String> = hooks_on("/ok").iter().map(|r| r["body"]["topic"].as_str().unwrap().to_string()).collect();
     assert_eq!(ok, ["one", "two", "three"].map(|w| format!("e2e.ci.demo.event.{w}")), "each once, in order");
     let db = tmp.path().join("data/patchbay.sqlite3");
-    assert_eq!(topic_bodies(&db, "e2e.ci.notify.rule.added").len(), 2);
+    assert_eq!(topic_bodies(&db, "e2e.ci.notify.rule.added").len(), 3);
     let removed = topic_bodies(&db, "e2e.ci.notify.rule.removed");
     assert_eq!((removed.len(), removed[0]["by"].as_str()), (1, Some("ops")));
     drop(serve);

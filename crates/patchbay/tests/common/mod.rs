@@ -173,12 +173,13 @@ pub fn wait_until(what: &str, secs: u64, procs: &[&Proc], mut done: impl FnMut()
     }
 }
 
-/// A webhook receiver (Python's standard library): it answers 410 to every request on `/gone`,
-/// 500 to the first `fail_first` requests, then 200; it checks each body's `X-Patchbay-Signature-256` against `secret`, and
-/// writes every request (its status, headers and body) as a JSON line to `log`.
+/// A webhook receiver (Python's standard library, a thread per request): it answers 410 to
+/// every request on `/gone`, waits 20 s on `/slow`, answers 500 to the first `fail_first`
+/// requests, then 200; it checks each body's `X-Patchbay-Signature-256` against `secret`, and
+/// writes every request (its status, path, headers and body) as a JSON line to `log`.
 pub const RECEIVER: &str = r#"
-import hashlib, hmac, json, sys
-from http.server import BaseHTTPRequestHandler, HTTPServer
+import hashlib, hmac, json, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 secret, fail_first, log, port_file = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 seen = {"n": 0}
 class H(BaseHTTPRequestHandler):
@@ -188,12 +189,14 @@ class H(BaseHTTPRequestHandler):
         want = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
         ok = hmac.compare_digest(want, self.headers.get("X-Patchbay-Signature-256", ""))
         seen["n"] += 1
+        if self.path.startswith("/slow"):
+            time.sleep(20)
         status = 410 if self.path.startswith("/gone") else 500 if seen["n"] <= fail_first else (200 if ok else 401)
         with open(log, "a") as f:
             f.write(json.dumps({"status": status, "path": self.path, "signed": ok, "event": self.headers.get("X-Patchbay-Event"),
                                 "delivery": self.headers.get("X-Patchbay-Delivery"), "body": json.loads(body)}) + "\n")
         self.send_response(status); self.send_header("Content-Length", "0"); self.end_headers()
-s = HTTPServer(("127.0.0.1", 0), H)
+s = ThreadingHTTPServer(("127.0.0.1", 0), H)
 open(port_file + ".tmp", "w").write(str(s.server_address[1]))
 import os; os.rename(port_file + ".tmp", port_file)
 s.serve_forever()
