@@ -1,6 +1,8 @@
 //! `patchbay-bench bus`: durable publish + consume + ack throughput with
 //! concurrent publishers, and publish-to-delivery latency at a steady rate, on
-//! the embedded bus in a scratch directory.
+//! the embedded bus in a scratch directory; with `--backend amqp` or `both`, the
+//! same latency run on RabbitMQ in the same process, so the two compare under one
+//! load (printed beside them).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,6 +46,33 @@ pub struct BusBench {
     /// Print the figures as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Where the latency runs go: the embedded bus, RabbitMQ, or both in turn.
+    #[arg(long, value_enum, default_value_t = Backend::Embedded)]
+    backend: Backend,
+    /// Latency runs per backend (each `--seconds` long), alternated between backends.
+    #[arg(long, default_value_t = 1)]
+    latency_runs: u32,
+    /// The broker of `--backend amqp`.
+    #[arg(long, env = "PATCHBAY_TEST_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    amqp_url: String,
+}
+
+/// The bus a latency run measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Backend {
+    Embedded,
+    Amqp,
+    Both,
+}
+
+/// One latency run: where, and its percentiles.
+#[derive(Serialize)]
+struct LatencyRun {
+    backend: &'static str,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    load_average: String,
 }
 
 #[derive(Serialize)]
@@ -60,6 +89,8 @@ struct Figures {
     latency_p50_ms: f64,
     latency_p99_ms: f64,
     latency_max_ms: f64,
+    /// Every latency run, in the order run.
+    latency_runs: Vec<LatencyRun>,
 }
 
 /// Makes the benchmark's messages: about `size` bytes of body, stamped with nanoseconds since
@@ -113,51 +144,36 @@ pub async fn run(opts: BusBench) -> anyhow::Result<()> {
 
     // Latency: one publisher at a steady rate, after the burst's writeback has settled.
     tokio::time::sleep(Duration::from_millis(opts.settle_ms)).await;
-    let sub = dyn_bus
-        .subscribe(QueueSpec::new("bench-latency", vec![TopicPattern::parse(&format!("{}.bench.latency.#", root.as_str()))?]).prefetch(256))
-        .await?;
-    let mut consumer = Consumer::new(sub, policy);
-    let latency_topic = root.topic("bench.latency.sent")?;
+    let amqp = match opts.backend {
+        Backend::Embedded => None,
+        Backend::Amqp | Backend::Both => {
+            let ns = format!("benchlat{}", patchbay_model::Uuid::now_v7().simple());
+            let mut config = patchbay_bus_amqp::AmqpConfig::new(opts.amqp_url.clone(), dir.join("amqp-seq"));
+            config.exchange = ns;
+            config.queue_expiry = Some(Duration::from_secs(600));
+            let bus: Arc<dyn Bus> = Arc::new(patchbay_bus_amqp::AmqpBus::connect(config, Sealer::new(key.clone())).await?);
+            Some(bus)
+        }
+    };
+    let mut runs = Vec::new();
+    for round in 0..opts.latency_runs.max(1) {
+        let contenders: Vec<(&'static str, &Arc<dyn Bus>)> = match (opts.backend, &amqp) {
+            (Backend::Embedded, _) | (_, None) => vec![("embedded", &dyn_bus)],
+            (Backend::Amqp, Some(a)) => vec![("amqp", a)],
+            (Backend::Both, Some(a)) => vec![("embedded", &dyn_bus), ("amqp", a)],
+        };
+        for (name, bus) in contenders {
+            let queue = format!("bench-latency-{name}-{round}");
+            let mut samples = latency(bus, policy.clone(), &root, &queue, (make.clone(), epoch), opts.rate, opts.seconds).await?;
+            samples.sort_unstable();
+            let pct = |p: f64| samples[((samples.len() as f64 * p).ceil() as usize).clamp(1, samples.len()) - 1] as f64 / 1e6;
+            let load_average =
+                std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+            runs.push(LatencyRun { backend: name, p50_ms: pct(0.50), p99_ms: pct(0.99), max_ms: pct(1.0), load_average });
+        }
+    }
     let n_latency = opts.rate * opts.seconds;
-    let interval = Duration::from_nanos(1_000_000_000 / opts.rate.max(1));
-    let receiver = tokio::spawn(async move {
-        let mut samples = Vec::with_capacity(n_latency as usize);
-        let mut acks = tokio::task::JoinSet::new();
-        for _ in 0..n_latency {
-            let d = consumer.next().await?;
-            let now = epoch.elapsed().as_nanos() as u64;
-            let sent = d.envelope.body["t"].as_u64().unwrap_or(now);
-            samples.push(now.saturating_sub(sent));
-            acks.spawn(d.ack());
-            while let Some(r) = acks.try_join_next() {
-                r??;
-            }
-        }
-        while let Some(r) = acks.join_next().await {
-            r??;
-        }
-        anyhow::Ok(samples)
-    });
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut inflight = tokio::task::JoinSet::new();
-    for i in 0..n_latency {
-        ticker.tick().await;
-        let bus = dyn_bus.clone();
-        let mut out = make(i, 0);
-        out.topic = latency_topic.clone();
-        inflight.spawn(async move { bus.publish(vec![out]).await });
-        while let Some(r) = inflight.try_join_next() {
-            r??;
-        }
-    }
-    while let Some(r) = inflight.join_next().await {
-        r??;
-    }
-    let mut samples = receiver.await??;
-    samples.sort_unstable();
-    let pct = |p: f64| samples[((samples.len() as f64 * p).ceil() as usize).clamp(1, samples.len()) - 1] as f64 / 1e6;
-
+    let first = &runs[0];
     let figures = Figures {
         messages: total,
         body_bytes: opts.size,
@@ -168,10 +184,12 @@ pub async fn run(opts: BusBench) -> anyhow::Result<()> {
         throughput_msg_per_s: total as f64 / elapsed.as_secs_f64(),
         latency_rate_msg_per_s: opts.rate,
         latency_messages: n_latency,
-        latency_p50_ms: pct(0.50),
-        latency_p99_ms: pct(0.99),
-        latency_max_ms: pct(1.0),
+        latency_p50_ms: first.p50_ms,
+        latency_p99_ms: first.p99_ms,
+        latency_max_ms: first.max_ms,
+        latency_runs: runs,
     };
+    drop(amqp);
     drop(dyn_bus);
     drop(bus);
     if let Some(dir) = scratch {
@@ -190,16 +208,72 @@ pub async fn run(opts: BusBench) -> anyhow::Result<()> {
             figures.throughput_seconds,
             figures.throughput_msg_per_s
         );
-        println!(
-            "bus latency at {} msg/s over {} messages: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-            figures.latency_rate_msg_per_s,
-            figures.latency_messages,
-            figures.latency_p50_ms,
-            figures.latency_p99_ms,
-            figures.latency_max_ms
-        );
+        for run in &figures.latency_runs {
+            println!(
+                "bus latency ({}) at {} msg/s over {} messages: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (load {})",
+                run.backend, figures.latency_rate_msg_per_s, figures.latency_messages, run.p50_ms, run.p99_ms, run.max_ms, run.load_average
+            );
+        }
     }
     Ok(())
+}
+
+/// One latency run on `bus`: a publisher at `rate` messages per second for `seconds`, one
+/// consumer acking each; the publish-to-delivery time of every message, in nanoseconds (`make`
+/// stamps each with the nanoseconds since `epoch`).
+async fn latency<F>(
+    bus: &Arc<dyn Bus>,
+    policy: Arc<TrustPolicy>,
+    root: &TopicRoot,
+    queue: &str,
+    (make, epoch): (F, Instant),
+    rate: u64,
+    seconds: u64,
+) -> anyhow::Result<Vec<u64>>
+where
+    F: Fn(u64, u64) -> Outgoing + Clone + Send + 'static,
+{
+    let sub = bus
+        .subscribe(QueueSpec::new(queue, vec![TopicPattern::parse(&format!("{}.bench.latency.#", root.as_str()))?]).prefetch(256))
+        .await?;
+    let mut consumer = Consumer::new(sub, policy);
+    let latency_topic = root.topic("bench.latency.sent")?;
+    let n_latency = rate * seconds;
+    let interval = Duration::from_nanos(1_000_000_000 / rate.max(1));
+    let receiver = tokio::spawn(async move {
+        let mut samples = Vec::with_capacity(n_latency as usize);
+        let mut acks = tokio::task::JoinSet::new();
+        for _ in 0..n_latency {
+            let d = consumer.next().await?;
+            let sent = d.envelope.body["t"].as_u64().unwrap_or(0);
+            samples.push((epoch.elapsed().as_nanos() as u64).saturating_sub(sent));
+            acks.spawn(d.ack());
+            while let Some(r) = acks.try_join_next() {
+                r??;
+            }
+        }
+        while let Some(r) = acks.join_next().await {
+            r??;
+        }
+        anyhow::Ok(samples)
+    });
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut inflight = tokio::task::JoinSet::new();
+    for i in 0..n_latency {
+        ticker.tick().await;
+        let bus = bus.clone();
+        let mut out = make(i, 0);
+        out.topic = latency_topic.clone();
+        inflight.spawn(async move { bus.publish(vec![out]).await });
+        while let Some(r) = inflight.try_join_next() {
+            r??;
+        }
+    }
+    while let Some(r) = inflight.join_next().await {
+        r??;
+    }
+    receiver.await?
 }
 
 /// One throughput run: which queue and topics, how many messages, how many publishers.

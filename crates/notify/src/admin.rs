@@ -79,11 +79,11 @@ impl Admin {
         &self.rules
     }
 
-    async fn stored(&self) -> Result<Vec<(RawRule, String)>, StoreError> {
+    async fn stored(&self) -> Result<Vec<(RawRule, String, i64)>, StoreError> {
         let mut out = Vec::new();
-        for (name, text, by) in self.db.stored_rules().await? {
+        for (name, text, by, at) in self.db.stored_rules().await? {
             match serde_json::from_str::<RawRule>(&text) {
-                Ok(raw) => out.push((raw, by)),
+                Ok(raw) => out.push((raw, by, at)),
                 Err(error) => tracing::warn!(rule = %name, %error, "A notification rule added over the API no longer reads; left out."),
             }
         }
@@ -94,9 +94,9 @@ impl Admin {
     /// them) and puts them in force beside the config's.
     pub async fn refresh(&self) -> Result<(), StoreError> {
         let mut rules: Vec<Rule> = self.config.to_vec();
-        for (raw, _) in self.stored().await? {
+        for (raw, _, at) in self.stored().await? {
             let name = raw.name.clone();
-            match raw.check() {
+            match raw.check().map(|rule| Rule { since: Some(at), ..rule }) {
                 Ok(rule) if rules.iter().any(|r| r.name == rule.name) => {
                     tracing::warn!(rule = %name, "A notification rule added over the API has the name of one in the config; the config's is in force.")
                 }
@@ -108,7 +108,8 @@ impl Admin {
         }
         let changed = {
             let now = self.rules.current();
-            now.len() != rules.len() || now.iter().zip(&rules).any(|(a, b)| format!("{:?}", a.written) != format!("{:?}", b.written))
+            now.len() != rules.len()
+                || now.iter().zip(&rules).any(|(a, b)| format!("{:?}", (&a.written, a.since)) != format!("{:?}", (&b.written, b.since)))
         };
         if changed {
             self.rules.set(rules);
@@ -118,8 +119,10 @@ impl Admin {
 
     /// Every rule in force, the config's first, with its deliveries counted.
     pub async fn list(&self) -> Result<Vec<NotifyRule>, StoreError> {
+        // Another process (another `run web`) may have changed them.
+        self.refresh().await?;
         let counts = self.db.counts().await?;
-        let by: std::collections::HashMap<String, String> = self.stored().await?.into_iter().map(|(r, by)| (r.name, by)).collect();
+        let by: std::collections::HashMap<String, String> = self.stored().await?.into_iter().map(|(r, by, _)| (r.name, by)).collect();
         let count = |rule: &str, states: &[&str]| -> u64 {
             counts.iter().filter(|(r, s, _)| r == rule && states.contains(&s.as_str())).map(|(_, _, n)| n).sum()
         };
@@ -151,7 +154,8 @@ impl Admin {
             return Err(AdminError::Conflict(format!("rule {:?} is in the config file; change it there", rule.name)));
         }
         let shown = rule.shown();
-        let announce = self.announce("notify.rule.added", serde_json::json!({"rule": rule.name, "by": by, "written": shown}));
+        // Not where it goes: the bus's history is public, and a webhook's URL may be a credential.
+        let announce = self.announce("notify.rule.added", serde_json::json!({"rule": rule.name, "by": by}));
         if !self.db.add_rule(rule.name.clone(), text, by.to_string(), announce).await? {
             return Err(AdminError::Conflict(format!("a rule named {:?} exists; remove it first", rule.name)));
         }

@@ -20,9 +20,10 @@ pub(crate) struct Row {
 }
 
 /// Held while this process is the one that delivers (see [`NotifyDb::lead`]).
+#[async_trait]
 pub(crate) trait Lead: Send + Sync {
     /// Whether the lead may have passed to another process.
-    fn lost(&self) -> bool;
+    async fn lost(&self) -> bool;
 }
 
 /// The notifications' store, whichever it is.
@@ -49,8 +50,9 @@ pub(crate) trait NotifyDb: Send + Sync {
     async fn digest_wait(&self, rule: &str, due: i64, at: i64, why: &str) -> Result<(), StoreError>;
     /// The digest due at `due` is given up: its messages are dead-lettered with it.
     async fn digest_dead(&self, rule: &str, due: i64, ids: Vec<String>, why: &str, out: Option<Outgoing>) -> Result<(), StoreError>;
-    /// The rules added over HTTP: name, rule as written (JSON), who added it; oldest first.
-    async fn stored_rules(&self) -> Result<Vec<(String, String, String)>, StoreError>;
+    /// The rules added over HTTP: name, rule as written (JSON), who added it, when (unix
+    /// microseconds); oldest first.
+    async fn stored_rules(&self) -> Result<Vec<(String, String, String, i64)>, StoreError>;
     /// Kept messages counted by (rule, state).
     async fn counts(&self) -> Result<Vec<(String, String, u64)>, StoreError>;
     /// Adds a rule (`false`: the name is taken), announcing `out` with it.
@@ -94,12 +96,13 @@ const DIGEST_WAIT: &str =
 const DIGEST_DEAD: &str = "INSERT INTO notify_digests (rule, due, state, events, next_at, error) VALUES (?1, ?2, 'dead', ?3, 0, ?4)
      ON CONFLICT (rule, due) DO UPDATE SET state = 'dead', error = ?4";
 const DEAD_WITH_DIGEST: &str = "UPDATE notify_queue SET state = 'dead', error = ?3 WHERE rule = ?1 AND message_id = ?2";
-const RULES: &str = "SELECT name, rule, created_by FROM notify_rules ORDER BY created_at, name";
+const RULES: &str = "SELECT name, rule, created_by, created_at FROM notify_rules ORDER BY created_at, name";
 const COUNTS: &str = "SELECT rule, state, count(*) FROM notify_queue GROUP BY rule, state";
 const ADD_RULE: &str =
     "INSERT INTO notify_rules (name, rule, created_by, created_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (name) DO NOTHING";
 const REMOVE_RULE: &str = "DELETE FROM notify_rules WHERE name = ?1";
-/// Delivered and given-up rows stay, as the rule's record; nothing more goes out.
+/// Delivered and given-up rows stay, as the rule's record; nothing more goes out (and a rule
+/// added later under the name does not inherit what a collector kept after the removal).
 const DROP_WAITING: &str = "DELETE FROM notify_queue WHERE rule = ?1 AND state IN ('pending', 'sending')";
 const REQUEUE: &str = "UPDATE notify_queue SET state = 'pending', attempts = 0, next_at = 0, error = NULL
      WHERE rule = ?1 AND message_id = ?2 AND state = 'dead'";
@@ -110,11 +113,14 @@ fn micros() -> i64 {
     patchbay_model::Timestamp::now().as_micros()
 }
 
-/// The embedded store has one process per data directory: it always leads.
-struct Alone;
+/// On the embedded store, the process holding `<data>/locks/notify-deliver.lock` delivers
+/// (`serve`, or one `patchbay run notify` on the data directory); the lock is the file's, freed
+/// when the process ends however it ends.
+struct Alone(#[allow(dead_code)] std::fs::File);
 
+#[async_trait]
 impl Lead for Alone {
-    fn lost(&self) -> bool {
+    async fn lost(&self) -> bool {
         false
     }
 }
@@ -221,11 +227,11 @@ impl NotifyDb for EmbeddedBus {
             .await
     }
 
-    async fn stored_rules(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+    async fn stored_rules(&self) -> Result<Vec<(String, String, String, i64)>, StoreError> {
         self.db()
             .read(|c| {
                 let mut stmt = c.prepare_cached(RULES)?;
-                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<Vec<_>, _>>()?;
+                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect::<Result<Vec<_>, _>>()?;
                 Ok(rows)
             })
             .await
@@ -248,6 +254,7 @@ impl NotifyDb for EmbeddedBus {
             .write(move |tx| {
                 let added = tx.prepare_cached(ADD_RULE)?.execute(params![name, text, by, micros()])? == 1;
                 if added {
+                    tx.prepare_cached(DROP_WAITING)?.execute([&name])?;
                     publisher.publish_in(tx, out.into_iter().collect())?;
                 }
                 Ok(added)
@@ -296,7 +303,16 @@ impl NotifyDb for EmbeddedBus {
     }
 
     async fn lead(&self) -> Result<Option<Box<dyn Lead>>, StoreError> {
-        Ok(Some(Box::new(Alone)))
+        let dir = self.db().path().parent().unwrap_or(std::path::Path::new(".")).join("locks");
+        let path = dir.join("notify-deliver.lock");
+        let io = |source| StoreError::Io { path: path.clone(), source };
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(Box::new(Alone(file)))),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+        }
     }
 }
 
@@ -307,9 +323,10 @@ fn pg(e: impl Into<patchbay_store_pg::PgError>) -> StoreError {
 /// Any number, the same in every process: the advisory lock of the one delivering process.
 const DELIVERY_LOCK: i64 = 0x6e6f_7469_6679_0001; // "notify"
 
+#[async_trait]
 impl Lead for patchbay_store_pg::Leader {
-    fn lost(&self) -> bool {
-        self.is_lost()
+    async fn lost(&self) -> bool {
+        self.is_lost().await
     }
 }
 
@@ -412,9 +429,9 @@ impl NotifyDb for PgStore {
         tx.commit().await.map_err(pg)
     }
 
-    async fn stored_rules(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+    async fn stored_rules(&self) -> Result<Vec<(String, String, String, i64)>, StoreError> {
         let client = self.client().await.map_err(pg)?;
-        Ok(client.query(RULES, &[]).await.map_err(pg)?.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+        Ok(client.query(RULES, &[]).await.map_err(pg)?.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect())
     }
 
     async fn counts(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
@@ -427,6 +444,7 @@ impl NotifyDb for PgStore {
         let mut tx = self.begin(&mut client).await.map_err(pg)?;
         let added = tx.sql().execute(&dollars(ADD_RULE), &[&name, &text, &by, &micros()]).await.map_err(pg)? == 1;
         if added {
+            tx.sql().execute(&dollars(DROP_WAITING), &[&name]).await.map_err(pg)?;
             tx.publish(out.into_iter().collect()).await.map_err(pg)?;
         }
         tx.commit().await.map_err(pg)?;

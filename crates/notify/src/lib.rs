@@ -49,6 +49,9 @@ use crate::db::{DELIVERED, NotifyDb, RETRY, SENDING};
 pub use admin::{Admin, AdminError, Rules};
 pub use rule::{Cadence, Destination, RawRule, Rule};
 
+/// How long a stop waits for the sends under way.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
 /// Deliveries of one notification before it is dead-lettered.
 pub const MAX_ATTEMPTS: u32 = 8;
 
@@ -160,7 +163,11 @@ impl Deliverer {
         // timeout) holds up its own rule only.
         let mut busy: std::collections::HashMap<String, tokio::task::JoinHandle<()>> = std::collections::HashMap::new();
         loop {
-            if lead.as_ref().is_none_or(|l| l.lost()) {
+            let lost = match &lead {
+                None => true,
+                Some(l) => l.lost().await,
+            };
+            if lost {
                 // Whatever was under way stops with the lead: the next leader makes it again.
                 busy.drain().for_each(|(_, task)| task.abort());
                 lead = match me.db.lead().await {
@@ -173,7 +180,11 @@ impl Deliverer {
                 match &lead {
                     Some(_) => {
                         waiting_said = false;
-                        me.taking_over().await;
+                        if let Err(error) = me.taking_over().await {
+                            // Sends left `sending` would be made again: lead only once they are settled.
+                            tracing::warn!(%error, "Notifications: could not look at sends a stop interrupted; will try again.");
+                            lead = None;
+                        }
                     }
                     None if !waiting_said => {
                         tracing::info!("Notifications: another process delivers; this one stands by to take over.");
@@ -204,29 +215,35 @@ impl Deliverer {
                     );
                 }
             }
-            tokio::select! {
-                _ = shutdown.wait_for(|s| *s) => {
-                    // A stop does not wait for a hanging receiver: what was under way is
-                    // `sending`, made again after the restart (a webhook's under its delivery id).
-                    busy.drain().for_each(|(_, task)| task.abort());
-                    return;
+            let stopping = tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => true,
+                () = tokio::time::sleep(Duration::from_secs(1)) => false,
+            };
+            if stopping {
+                // Sends under way may finish (a mail the server is taking is not cut off); a
+                // receiver that hangs is not waited for beyond the grace: what it had is
+                // `sending`, made again after the restart under its delivery id.
+                let deadline = tokio::time::Instant::now() + STOP_GRACE;
+                for (_, task) in busy.drain() {
+                    let abort = task.abort_handle();
+                    if tokio::time::timeout_at(deadline, task).await.is_err() {
+                        abort.abort();
+                    }
                 }
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                return;
             }
         }
     }
 
     /// On taking the lead: what a stop (or a lost leader) left under way.
-    async fn taking_over(&self) {
+    async fn taking_over(&self) -> Result<(), patchbay_store::StoreError> {
         let smtp_rules: Vec<String> = match *self.transport {
             Transport::Smtp(_) => {
                 self.rules.current().iter().filter(|r| matches!(r.destination, Destination::Email(_))).map(|r| r.name.clone()).collect()
             }
             Transport::Outbox(_) => Vec::new(),
         };
-        if let Err(error) = self.db.abandon_smtp_sends(smtp_rules).await {
-            tracing::warn!(%error, "Notifications: could not look at sends a stop interrupted.");
-        }
+        self.db.abandon_smtp_sends(smtp_rules).await
     }
 
     /// Sends a rule's waiting messages at once, in order, up to the first that must wait.

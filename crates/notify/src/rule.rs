@@ -129,6 +129,9 @@ pub struct Rule {
     pub cadence: Cadence,
     /// As written, for an admin to read back (see [`Rule::shown`]).
     pub written: RawRule,
+    /// Messages published before this (unix microseconds) are not its: set for a rule added
+    /// over HTTP, which sees what is published from its adding on.
+    pub since: Option<i64>,
 }
 
 impl RawRule {
@@ -137,6 +140,14 @@ impl RawRule {
         let written = self.clone();
         if self.name.is_empty() || !self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
             return Err(("name", format!("{:?} must be ASCII letters, digits, '-' or '_'", self.name)));
+        }
+        // Written into a mail's header or a request line as they are: one line, no spaces.
+        let plain = |v: &Option<String>| v.as_deref().is_none_or(|v| !v.chars().any(|c| c.is_control() || c.is_whitespace()));
+        if !plain(&self.email) {
+            return Err(("email", "an address has no spaces or control characters".into()));
+        }
+        if !plain(&self.webhook) {
+            return Err(("webhook", "a URL has no spaces or control characters".into()));
         }
         let destination = match (self.email, self.webhook, self.secret) {
             (Some(email), None, None) if email.contains('@') => Destination::Email(email),
@@ -166,6 +177,7 @@ impl RawRule {
             test: self.test,
             cadence,
             written,
+            since: None,
         })
     }
 }
@@ -190,6 +202,9 @@ impl Rule {
 
     /// Whether `env` is one this rule notifies of.
     pub fn matches(&self, root: &TopicRoot, env: &Envelope) -> bool {
+        if self.since.is_some_and(|since| env.sent_at.as_micros() < since) {
+            return false;
+        }
         let Some(suffix) = root.suffix_of(env.topic.as_str()) else { return false };
         // The notifications' own news (a dead letter) only when a rule names it: a rule of every
         // topic would otherwise feed on its own failures.
@@ -278,5 +293,9 @@ mod tests {
         assert_eq!(toml_like("name = \"r\"\nwebhook = \"https://x\"").check().unwrap_err().0, "secret");
         assert_eq!(toml_like("name = \"r\"\nemail = \"nobody\"").check().unwrap_err().0, "email");
         assert_eq!(raw("cadence = \"sometimes\"").check().unwrap_err().0, "cadence");
+        assert_eq!(toml_like("name = \"r\"\nemail = \"a@x\\r\\nBcc: b@y\"").check().unwrap_err().0, "email", "no header injection");
+        let mut late = raw("").check().unwrap();
+        late.since = Some(failed.sent_at.as_micros() + 1);
+        assert!(!late.matches(&root, &failed), "a rule added later does not see what came before it");
     }
 }

@@ -2246,7 +2246,9 @@ fn admins_add_list_and_remove_notification_rules_and_see_what_was_given_up() {
     let ok: Vec<String> = hooks_on("/ok").iter().map(|r| r["body"]["topic"].as_str().unwrap().to_string()).collect();
     assert_eq!(ok, ["one", "two", "three"].map(|w| format!("e2e.ci.demo.event.{w}")), "each once, in order");
     let db = tmp.path().join("data/patchbay.sqlite3");
-    assert_eq!(topic_bodies(&db, "e2e.ci.notify.rule.added").len(), 3);
+    let added = topic_bodies(&db, "e2e.ci.notify.rule.added");
+    assert_eq!(added.len(), 3);
+    assert!(!added.iter().any(|a| a.to_string().contains("127.0.0.1")), "where a rule sends is not announced: {added:#?}");
     let removed = topic_bodies(&db, "e2e.ci.notify.rule.removed");
     assert_eq!((removed.len(), removed[0]["by"].as_str()), (1, Some("ops")));
     drop(serve);

@@ -193,9 +193,14 @@ pub struct Leader {
 }
 
 impl Leader {
-    /// Whether the lock may be gone: the connection that held it has closed.
-    pub fn is_lost(&self) -> bool {
-        self.client.is_closed()
+    /// Whether the lock may be gone: the connection that held it has closed, or does not
+    /// answer within 2 s (a network cut or a failover closes nothing; the server then frees
+    /// the lock when it notices, and another process may take it).
+    pub async fn is_lost(&self) -> bool {
+        if self.client.is_closed() {
+            return true;
+        }
+        !matches!(tokio::time::timeout(std::time::Duration::from_secs(2), self.client.simple_query("SELECT 1")).await, Ok(Ok(_)))
     }
 }
 
