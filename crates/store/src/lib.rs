@@ -50,7 +50,9 @@
 //! bus, 2 mail and series (ingest), 3 test logs (logs), 4 results and verdicts
 //! and 5 reports (results), 6 history, 7 the report mail as sent, 8 a
 //! deletable full-text index, 9 merged series, 10 series' public ids (ingest),
-//! 11 report claims, 12 results' retrying, flaky and pre-existing marks.
+//! 11 report claims, 12 results' retrying, flaky and pre-existing marks, re-test rounds,
+//! Patchwork checks and notifications, 13 notification rules, 14 the history by category
+//! and project.
 //! The crates named own and query those tables.
 //! `Db::open` retries the WAL switch and migrations while another process
 //! holds them.
