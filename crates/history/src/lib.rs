@@ -448,8 +448,8 @@ impl Plan {
     }
 }
 
-/// The WHERE clause over `history` and its arguments.
-fn sql_filter(q: &Query, plan: &Plan) -> (String, Vec<Sql>) {
+/// The WHERE clause over `history` and its arguments (`sqlite`: with its planner hints).
+fn sql_filter(q: &Query, plan: &Plan, sqlite: bool) -> (String, Vec<Sql>) {
     let mut clauses: Vec<String> = Vec::new();
     let mut args: Vec<Sql> = Vec::new();
     // Only a real time range: an open one would make the planner walk the table by position.
@@ -479,6 +479,10 @@ fn sql_filter(q: &Query, plan: &Plan) -> (String, Vec<Sql>) {
     list("series", ints(&q.not_series), true);
     list("project", texts(&q.projects), false);
     list("project", texts(&q.not_projects), true);
+    // With a time range the positions bound the walk; the sender's index (a sender's messages
+    // in log order) would walk all of that sender's instead (3.5 ms became 78 ms): SQLite's `+`
+    // keeps its planner off it.
+    let plus = if sqlite && plan.range.is_some() { "+" } else { "" };
     let senders = |v: &[SenderFilter], args: &mut Vec<Sql>| {
         v.iter()
             .map(|s| {
@@ -486,9 +490,9 @@ fn sql_filter(q: &Query, plan: &Plan) -> (String, Vec<Sql>) {
                 match &s.instance {
                     Some(i) => {
                         args.push(Sql::Text(i.clone()));
-                        "(service = ? AND instance = ?)".to_string()
+                        format!("({plus}service = ? AND instance = ?)")
                     }
-                    None => "service = ?".to_string(),
+                    None => format!("{plus}service = ?"),
                 }
             })
             .collect::<Vec<_>>()
@@ -594,7 +598,7 @@ fn search_in(conn: &Connection, q: &Query) -> Result<Page, StoreError> {
         );
         (total, sql, args)
     } else {
-        let (filter, args) = sql_filter(q, &plan);
+        let (filter, args) = sql_filter(q, &plan, true);
         let total =
             conn.prepare_cached(&format!("SELECT count(*) FROM history {filter}"))?.query_row(params_from_iter(&args), |r| r.get(0))?;
         // Replay by sequence runs in sequence order; everything else in store (= time) order.

@@ -179,7 +179,7 @@ impl HistoryStore for PgStore {
         };
         let plan = Plan::with_topics(&q, range, &known);
         let replay = q.seq_from.is_some() || q.seq_to.is_some();
-        let (mut filter, mut args) = sql_filter(&q, &plan);
+        let (mut filter, mut args) = sql_filter(&q, &plan, false);
         if !replay {
             // SQLite answers these in its full-text index; here they are two more conditions.
             let mut extra: Vec<String> = Vec::new();

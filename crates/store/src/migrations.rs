@@ -339,9 +339,11 @@ const STEPS: &[&str] = &[
     // category with a project, or without one, is counted from the index alone instead of one
     // table row per message of the category (100-109 ms at a million messages, issue 20).
     // The category's own index stays: without it the planner took this one for a series and a
-    // category (1 ms became 600 ms).
+    // category (1 ms became 600 ms). And a sender's messages in log order: its page (newest
+    // 50) was sorted out of all its messages (66 ms at 100,000 of them, 0.1 ms from this).
     "
     CREATE INDEX history_category_project ON history (category, project);
+    CREATE INDEX history_sender_order ON history (service, instance);
     ",
 ];
 
