@@ -1,6 +1,6 @@
 //! The dashboard in a real browser: `patchbay demo` runs the whole pipeline,
 //! then `tests/browser/dashboard.mjs` drives Debian's headless Chromium with
-//! playwright-core against it (live stream within 1 s, the series matrix,
+//! playwright-core against it (live stream without a reload, the series matrix,
 //! re-run refused without a token and queued with one, a phone viewport).
 //! A second test drives `tests/browser/tests-page.mjs` against a `serve` whose test passed
 //! on a re-run: the tests page shows its flake rate.
