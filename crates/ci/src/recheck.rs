@@ -250,26 +250,40 @@ impl BodyHandler<MailReceived> for Rechecker {
         if m.kind != MailKind::Comment {
             return Ok(());
         }
-        let Some(project) = self.projects.iter().find(|p| m.lists.iter().any(|l| p.list_ids.contains(&l.to_ascii_lowercase()))) else {
+        if !self.projects.iter().any(|p| m.lists.iter().any(|l| p.list_ids.contains(&l.to_ascii_lowercase()))) {
             return Ok(());
-        };
+        }
         let Some(mail) = self.ports.mail(m.mail).await.map_err(HandlerError::Transient)? else { return Ok(()) };
         let Some(ask) = ask(&mail.text) else { return Ok(()) };
         let by = mail.from.clone().unwrap_or_default();
         let series = self.answered(&mail).await?;
-        let refuse = |series: Option<&SeriesHead>, reason: String| {
+        // `series`: the series' head when its jobs are known, else its bare id (or null), so the
+        // series page, which looks refusals up by id, shows every refusal of its series.
+        let refuse = |series: serde_json::Value, reason: String| {
             tracing::info!(mail = %m.message_id, %by, %reason, "Re-test refused.");
             self.free_form(REFUSED_TOPIC, serde_json::json!({"series": series, "mail": m.message_id, "by": by, "reason": reason}))
         };
         let Some(series) = series else {
-            let out = refuse(None, "the mail answers no series patchbay knows".into())?;
+            let out = refuse(serde_json::Value::Null, "the mail answers no series patchbay knows".into())?;
             return self.publish(vec![out]).await;
         };
         let jobs: Vec<TestJob> = self.ports.jobs(series).await.map_err(HandlerError::Transient)?;
         let Some(head) = jobs.first().map(|j| j.series.clone()) else {
-            let out = refuse(None, "no test jobs are known for this series version".into())?;
+            let out = refuse(series.into(), "no test jobs are known for this series version".into())?;
             return self.publish(vec![out]).await;
         };
+        // Permission is the series' own project's: a maintainer of another project, or a mail
+        // that reached patchbay through another project's list, asks for nothing here.
+        let head_json = serde_json::to_value(&head).map_err(|e| HandlerError::Permanent(e.to_string()))?;
+        let Some(project) = self.projects.iter().find(|p| p.name == head.project) else {
+            let out = refuse(head_json, format!("project {} takes no re-tests by mail", head.project))?;
+            return self.publish(vec![out]).await;
+        };
+        if !m.lists.iter().any(|l| project.list_ids.contains(&l.to_ascii_lowercase())) {
+            let reason = format!("the request did not come through a list of project {}", project.name);
+            let out = refuse(head_json, reason)?;
+            return self.publish(vec![out]).await;
+        }
         let rounds = self.ports.rounds(&head).await.map_err(HandlerError::Transient)?;
         if let Some(heard) = rounds.iter().find(|r| r.mail == m.message_id) {
             // This very mail was heard before (a redelivery): its round is claimed; its jobs go
@@ -281,7 +295,7 @@ impl BodyHandler<MailReceived> for Rechecker {
         let (round, labels, chosen) = match decide(&ask, &by, &project.maintainers, &jobs, &rounds, self.max_rounds) {
             Ok(accepted) => accepted,
             Err(reason) => {
-                let out = refuse(Some(&head), reason)?;
+                let out = refuse(head_json, reason)?;
                 return self.publish(vec![out]).await;
             }
         };

@@ -492,6 +492,7 @@ fn a_project_chooses_who_hears_of_its_verdicts() {
         let tmp = tempfile::tempdir().unwrap();
         let repo = origin(tmp.path(), &[("test.sh", "grep -q ok status\n"), ("status", "ok\n")]);
         let config = tmp.path().join("patchbay.toml");
+        let port = free_port();
         std::fs::write(
             &config,
             format!(
@@ -499,7 +500,7 @@ fn a_project_chooses_who_hears_of_its_verdicts() {
                  [[project]]\nname = \"demo\"\nlist_ids = [\"{LIST}\"]\nrepository = \"{}\"\nlist_address = \"demo@{LIST}\"\n\
                  [project.report]\nmode = \"{mode}\"\n\
                  [[project.test]]\nname = \"status\"\nscript = \"sh test.sh\"\narches = [\"x86_64\"]\n",
-                free_port(),
+                port,
                 repo.display()
             ),
         )
@@ -518,6 +519,9 @@ fn a_project_chooses_who_hears_of_its_verdicts() {
             assert!(mails.is_empty(), "no mail at all: {mails:?}");
             let why: String = rusqlite::Connection::open(&db).unwrap().query_row("SELECT detail FROM reports", [], |r| r.get(0)).unwrap();
             assert!(why.contains("report.mode = \"none\""), "{why}");
+            // Everything but the mail as before: the dashboard shows the verdict and its report's state.
+            let page = http_get(port, &format!("/series/{}", verdicts[0]["series"]["id"]));
+            assert!(page.contains("FAILED") && page.contains("skipped"), "{page}");
         } else {
             assert_eq!(states, vec![(1, "sent".to_string())]);
             assert_eq!(mails.len(), 1);
@@ -567,6 +571,19 @@ fn one_slot_serve_with(tmp: &Path, repo: &Path, script: &str, extra: &str) -> (P
 /// literal string: no `'` in it), with `test_extra` lines in the test's table and
 /// `runner_extra` after `[runner]` (more keys, or sections of their own); also the HTTP port.
 fn serve_one_test(tmp: &Path, repo: &Path, test: &str, script: &str, test_extra: &str, runner_extra: &str) -> (PathBuf, u16, Serve) {
+    serve_one_test_in(tmp, repo, test, script, test_extra, runner_extra, "")
+}
+
+/// [`serve_one_test`] with `project_extra` lines in project `demo`'s table.
+fn serve_one_test_in(
+    tmp: &Path,
+    repo: &Path,
+    test: &str,
+    script: &str,
+    test_extra: &str,
+    runner_extra: &str,
+    project_extra: &str,
+) -> (PathBuf, u16, Serve) {
     let config = tmp.join("patchbay.toml");
     let port = free_port();
     std::fs::write(
@@ -574,7 +591,7 @@ fn serve_one_test(tmp: &Path, repo: &Path, test: &str, script: &str, test_extra:
         format!(
             "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[ingest]\nlmtp_listen = \"\"\n[bus]\nprefix = \"e2e\"\nenv = \"ci\"\n\
              [runner]\njobs = 1\n{runner_extra}\n\
-             [[project]]\nname = \"demo\"\nlist_ids = [\"{LIST}\"]\nrepository = \"{}\"\n\
+             [[project]]\nname = \"demo\"\nlist_ids = [\"{LIST}\"]\nrepository = \"{}\"\n{project_extra}\n\
              [[project.test]]\nname = \"{test}\"\nscript = '{script}'\narches = [\"{}\"]\n{test_extra}\n",
             repo.display(),
             std::env::consts::ARCH
@@ -1242,7 +1259,12 @@ fn forgeries_on_rabbitmq_are_dead_lettered_and_kept_out_of_history() {
 
 /// Delivers one mail with `patchbay inject`, as an MTA pipe would.
 fn inject(config: &Path, mail: &[u8]) {
-    let mut c = bin().arg("--config").arg(config).args(["inject", "--list-id", LIST]).stdin(Stdio::piped()).spawn().unwrap();
+    inject_via(config, LIST, mail);
+}
+
+/// [`inject`] as delivered through list `list`.
+fn inject_via(config: &Path, list: &str, mail: &[u8]) {
+    let mut c = bin().arg("--config").arg(config).args(["inject", "--list-id", list]).stdin(Stdio::piped()).spawn().unwrap();
     c.stdin.take().unwrap().write_all(mail).unwrap();
     assert!(c.wait().unwrap().success());
 }
@@ -1810,16 +1832,26 @@ fn reply(id: &str, from: &str, to: &str, body: &str) -> String {
 
 /// `Recheck-request:` from the submitter re-runs the named test once, as round 1 with its own
 /// verdict and report; the same request again and one from a stranger are refused on the bus
-/// only, and change nothing.
+/// only, and change nothing. A maintainer of the project may ask too (round 2), at most
+/// `dispatch.max_rechecks` times, for tests the series has; a maintainer of another project,
+/// asking through that project's list, may not.
 #[test]
 fn a_recheck_request_from_the_submitter_re_runs_the_test_once() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = origin(tmp.path(), &[("README", "base\n"), ("status", "ok\n")]);
-    let (config, port, _serve) = serve_with_test(tmp.path(), &repo, "grep -q ok status", "", "");
+    let arch = std::env::consts::ARCH;
+    let lint = format!("[[project.test]]\nname = \"lint\"\nscript = 'true'\narches = [\"{arch}\"]");
+    let other = format!(
+        "[dispatch]\nmax_rechecks = 2\n[[project]]\nname = \"other\"\nlist_ids = [\"other.lists.example.org\"]\n\
+         repository = \"{}\"\nmaintainers = [\"Mallory <mallory@example.org>\"]\n\
+         [[project.test]]\nname = \"check\"\nscript = 'true'\narches = [\"{arch}\"]",
+        repo.display()
+    );
+    let maintainers = "maintainers = [\"Mae <mae@example.org>\"]";
+    let (config, port, _serve) = serve_one_test_in(tmp.path(), &repo, "check", "grep -q ok status", &lint, &other, maintainers);
     let cover = post_with(&repo, &config, "again", "main", &[("README", "docs\n")], "please test");
     let db = tmp.path().join("data/patchbay.sqlite3");
     assert_eq!(settled_reports(&db, None, 1, 90), vec![(1, "sent".to_string())]);
-    let arch = std::env::consts::ARCH;
 
     inject(
         &config,
@@ -1840,20 +1872,40 @@ fn a_recheck_request_from_the_submitter_re_runs_the_test_once() {
     let retest = mails.iter().find(|m| m.contains("-v1-r1@")).unwrap_or_else(|| panic!("a round-1 report: {mails:#?}"));
     assert!(retest.replace('\n', " ").contains(&format!("Re-tested on request (round 1): check/{arch}.")), "{retest}");
 
-    // The same request again, then a stranger's: refused, and nothing else happens.
+    // A maintainer of the project asks for the other test: round 2.
+    inject(&config, reply("ask-m", "Mae <MAE@example.org>", &cover, "Recheck-request: lint\n").as_bytes());
+    assert_eq!(settled_reports(&db, None, 3, 90).len(), 3);
+    let accepted = topic_bodies(&db, "e2e.ci.ci.job.recheck.accepted");
+    assert_eq!(accepted.len(), 2, "{accepted:#?}");
+    assert_eq!(accepted[1]["round"], 2, "{accepted:#?}");
+    assert_eq!(results(&db).iter().filter(|r| r["test"] == "lint").count(), 2, "lint ran once more");
+
+    // The same request again, a stranger's, a test the series does not have, one too many, and
+    // another project's maintainer through that project's list: refused, and nothing else happens.
     inject(&config, reply("ask-2", "Dev <dev@example.org>", &cover, "Recheck-request: check\n").as_bytes());
     inject(&config, reply("ask-3", "Eve <eve@example.org>", &cover, "patchbay: retest\n").as_bytes());
-    let refused = wait_for_bodies(&db, "e2e.ci.ci.job.recheck.refused", 2, 60);
-    assert_eq!(refused.len(), 2, "{refused:#?}");
+    inject(&config, reply("ask-4", "Mae <mae@example.org>", &cover, "Recheck-request: fuzz\n").as_bytes());
+    inject(&config, reply("ask-5", "Mae <mae@example.org>", &cover, "patchbay: retest\n").as_bytes());
+    inject_via(
+        &config,
+        "other.lists.example.org",
+        reply("ask-6", "Mallory <mallory@example.org>", &cover, "patchbay: retest\n").as_bytes(),
+    );
+    let refused = wait_for_bodies(&db, "e2e.ci.ci.job.recheck.refused", 5, 60);
+    assert_eq!(refused.len(), 5, "{refused:#?}");
     // Requests are handled side by side: the refusals come in either order.
     let why =
         |mail: &str| refused.iter().find(|r| r["mail"] == mail).map(|r| r["reason"].as_str().unwrap().to_string()).unwrap_or_default();
     assert!(why("<ask-2@example.org>").contains("already re-tested in round 1"), "{refused:#?}");
     assert!(why("<ask-3@example.org>").contains("neither the submitter nor a maintainer"), "{refused:#?}");
+    assert!(why("<ask-4@example.org>").contains("unknown test fuzz (this series has: check, lint)"), "{refused:#?}");
+    assert!(why("<ask-5@example.org>").contains("at most 2 re-tests per series version"), "{refused:#?}");
+    assert!(why("<ask-6@example.org>").contains("did not come through a list of project demo"), "{refused:#?}");
+    assert!(refused.iter().all(|r| r["series"]["id"] == verdicts[0]["series"]["id"]), "each names its series: {refused:#?}");
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(topic_bodies(&db, "e2e.ci.ci.job.recheck.accepted").len(), 1);
-    assert_eq!(topic_bodies(&db, "e2e.ci.ci.series.verdict").len(), 2);
-    assert_eq!(outbox(tmp.path()).len(), 2, "a refusal is never mailed");
+    assert_eq!(topic_bodies(&db, "e2e.ci.ci.job.recheck.accepted").len(), 2);
+    assert_eq!(topic_bodies(&db, "e2e.ci.ci.series.verdict").len(), 3);
+    assert_eq!(outbox(tmp.path()).len(), 3, "a refusal is never mailed");
     // The dashboard shows each request and its answer on the series page.
     let page = http_get(port, &format!("/series/{}", verdicts[0]["series"]["id"]));
     let asked = &page[page.find("Re-tests asked").expect("a re-tests section")..];
@@ -1997,6 +2049,11 @@ fn results_reach_patchwork_as_checks_on_every_patch_once_and_again_after_a_re_ru
     assert!(refused.is_empty(), "every request the schema accepts: {refused:#?}");
     let posted = topic_bodies(&db, "e2e.ci.report.check.posted");
     assert_eq!(posted.len(), 6, "each announced once: {posted:#?}");
+    // The stand-in refuses what Patchwork's schema refuses, so "none refused" above says something.
+    let headers = format!("Authorization: Token {token}\r\nContent-Type: application/json\r\n");
+    let (status, answer) =
+        http_method("POST", pw.1, "/api/1.4/patches/3/checks/", &headers, r#"{"state": "bogus", "context": "patchbay-x"}"#);
+    assert_eq!(status, 400, "a state Patchwork does not have: {answer}");
 }
 
 /// `[[notify]]` at once to a webhook whose receiver fails its first three requests: every
