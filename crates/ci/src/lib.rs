@@ -46,7 +46,8 @@
 //! A test's `retries` re-queue a failure (on `ci.test.<test>.<arch>.requeued`, which
 //! its queue binds too) for another runner first; `baseline` runs a failing test on the
 //! base alone, once per base and test definition, and marks a failure the base shows too
-//! `pre_existing` ([`BASELINE_TOPIC`] announces each base run); `per_patch` runs the script
+//! `pre_existing` ([`BASELINE_TOPIC`] announces each base run, and every runner's
+//! [`BaselineListener`] keeps what it hears, so one run serves all); `per_patch` runs the script
 //! after each patch. Re-tests asked on the list are [`recheck`]'s.
 //!
 //! Delivery is at least once: a runner killed mid-job leaves the job unacked
@@ -67,7 +68,7 @@ pub use dispatcher::{
     pick_tree, too_old,
 };
 pub use recheck::{RecheckPorts, Rechecker};
-pub use runner::{ALREADY_MERGED, BASELINE_TOPIC, MAX_RETRIES, RunnerService, SupersededListener, job_queue, job_topic};
+pub use runner::{ALREADY_MERGED, BASELINE_TOPIC, BaselineListener, MAX_RETRIES, RunnerService, SupersededListener, job_queue, job_topic};
 pub use settings::{DEFAULT_DISPATCH_MAX_AGE_SECS, DispatchSettings, MergedSettings};
 
 /// The arch word of the `apply` job, which any runner can take; defined in `model`, where every

@@ -53,9 +53,26 @@ impl Superseded {
     }
 }
 
-/// What a base run is known by: the repository, the base commit, the test and arch, and the
-/// test's definition (script and limits): a changed test is run on the base again.
-type BaseKey = (String, String, String, String, String);
+/// What a base run is known by: a digest (SHA-256, hex) of the repository, the base commit,
+/// the test and arch, and the test's definition (script, limits, dependencies), so a changed
+/// test is run on the base again. Runners share base runs by it (see [`BaselineListener`]).
+type BaseKey = String;
+
+/// The [`BaseKey`] of `job`'s test on base `commit`.
+fn base_key(job: &TestJob, commit: &str) -> BaseKey {
+    use sha2::Digest as _;
+    let definition = format!("{:?} {:?} {:?}", job.script, job.limits, job.dependencies);
+    let mut h = sha2::Sha256::new();
+    for part in [job.repository.as_str(), commit, &job.test, &job.arch, &definition] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The base runs this runner knows, by [`BaseKey`]: its own (jobs waiting on the same base
+/// share the one run) and other runners' (heard by the [`BaselineListener`]).
+type Bases = Arc<std::sync::Mutex<std::collections::HashMap<BaseKey, Arc<tokio::sync::OnceCell<bool>>>>>;
 
 /// Base runs remembered before the table is cleared (each is one bool).
 const BASES_KEPT: usize = 10_000;
@@ -64,8 +81,9 @@ const BASES_KEPT: usize = 10_000;
 pub const MAX_RETRIES: u32 = 5;
 
 /// The topic suffix a runner announces a base run on (body `patchbay.json` v1: `test`, `arch`,
-/// `commit`, `fails`, `job`, the series job that asked): within its role, read by people and
-/// the history, bound by no queue.
+/// `commit`, `fails`, `job`, the series job that asked, `repository`, and `key`, the run's
+/// [`BaseKey`]): within its role; every runner's [`BaselineListener`] hears it, so one run
+/// serves every runner.
 pub const BASELINE_TOPIC: &str = "ci.test.baseline";
 
 /// The runner service; one instance serves every queue this runner can take.
@@ -76,9 +94,9 @@ pub struct RunnerService {
     max_attempts: u32,
     superseded: Arc<std::sync::Mutex<Superseded>>,
     running: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
-    /// Whether a test fails on a base alone, run once per [`BaseKey`] on this runner (jobs
-    /// waiting on the same base share the one run).
-    bases: Arc<std::sync::Mutex<std::collections::HashMap<BaseKey, Arc<tokio::sync::OnceCell<bool>>>>>,
+    /// Whether a test fails on a base alone, run once per [`BaseKey`] among the runners that
+    /// hear each other's announcements.
+    bases: Bases,
     /// The configured scripts by (project, test): a re-run another runner queued must run
     /// exactly one of them (a runner's key may not queue scripts of its own).
     scripts: std::collections::HashMap<(String, String), Option<String>>,
@@ -121,6 +139,34 @@ impl Handler for SupersededListener {
     }
 }
 
+/// `key`'s entry in `bases`, made when missing (the table is cleared past [`BASES_KEPT`]).
+fn base_cell(bases: &Bases, key: &str) -> Arc<tokio::sync::OnceCell<bool>> {
+    let mut bases = bases.lock().unwrap();
+    if bases.len() >= BASES_KEPT {
+        bases.clear();
+    }
+    bases.entry(key.to_string()).or_default().clone()
+}
+
+/// Hears the base runs every runner announces ([`BASELINE_TOPIC`]) and keeps their answers,
+/// so a test is run on one base once among runners, not once per runner. Only a runner may
+/// publish the topic (its role), so what it hears is as trusted as a result.
+pub struct BaselineListener {
+    bases: Bases,
+}
+
+#[async_trait]
+impl Handler for BaselineListener {
+    async fn handle(&self, envelope: &Envelope, _attempt: u32) -> Result<(), HandlerError> {
+        let body = &envelope.body;
+        // An announcement from before keys were shared names no key: nothing to keep.
+        let (Some(key), Some(fails)) = (body["key"].as_str(), body["fails"].as_bool()) else { return Ok(()) };
+        // Already known, or being run here right now: that answer stands.
+        let _ = base_cell(&self.bases, key).set(fails);
+        Ok(())
+    }
+}
+
 impl RunnerService {
     /// A runner with `jobs` slots: give [`RunnerService::slots`] to every queue's `ServiceSpec`,
     /// so a job is taken from a queue only while a slot is free (prefetch follows the free slots).
@@ -153,15 +199,8 @@ impl RunnerService {
     /// nothing is cached, and the series' failure counts).
     async fn base_fails(&self, job: &TestJob, commit: &str) -> Option<bool> {
         // The base with the series' dependencies (`Based-on:`): the tree the series goes onto.
-        let definition = format!("{:?} {:?} {:?}", job.script, job.limits, job.dependencies);
-        let key = (job.repository.clone(), commit.to_string(), job.test.clone(), job.arch.clone(), definition);
-        let cell = {
-            let mut bases = self.bases.lock().unwrap();
-            if bases.len() >= BASES_KEPT {
-                bases.clear();
-            }
-            bases.entry(key).or_default().clone()
-        };
+        let key = base_key(job, commit);
+        let cell = base_cell(&self.bases, &key);
         let run = || async {
             let base = Job {
                 repository: job.repository.clone(),
@@ -182,7 +221,10 @@ impl RunnerService {
                 return Err(format!("the base {commit} was not found; {} was used", report.base.commit));
             }
             let fails = report.test.as_ref().ok_or("the base alone ran no test")?.failure.is_some();
-            let body = serde_json::json!({"job": job.job, "test": job.test, "arch": job.arch, "commit": commit, "fails": fails});
+            let body = serde_json::json!({
+                "job": job.job, "test": job.test, "arch": job.arch, "commit": commit, "fails": fails,
+                "repository": job.repository, "key": key,
+            });
             let out = self.publisher.free_form(BASELINE_TOPIC, body).map_err(|e| e.to_string())?;
             if let Err(error) = self.publisher.bus().publish(vec![out]).await {
                 tracing::warn!(%error, "The base run was not announced.");
@@ -213,6 +255,12 @@ impl RunnerService {
     /// The jobs running now, for heartbeats.
     pub fn running(&self) -> Vec<String> {
         self.running.lock().unwrap().iter().cloned().collect()
+    }
+
+    /// The handler for other runners' base runs ([`BASELINE_TOPIC`]): run it on a queue of this
+    /// runner's own, so a base another runner ran is not run here again.
+    pub fn baseline_listener(&self) -> BaselineListener {
+        BaselineListener { bases: self.bases.clone() }
     }
 
     /// The handler for `series.series.superseded`: run it on a queue of this runner's own to

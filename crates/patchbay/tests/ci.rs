@@ -273,11 +273,16 @@ fn series_are_applied_built_and_reported() {
 }
 
 fn started_by(db: &Path) -> Vec<(String, String)> {
+    started_by_in(db, "ci")
+}
+
+/// [`started_by`] under topic env `env`.
+fn started_by_in(db: &Path, env: &str) -> Vec<(String, String)> {
     let Ok(conn) = rusqlite::Connection::open(db) else { return vec![] };
-    let Ok(mut stmt) = conn.prepare("SELECT wire FROM bus_messages WHERE topic = 'e2e.ci.ci.test.started' ORDER BY pos") else {
+    let Ok(mut stmt) = conn.prepare("SELECT wire FROM bus_messages WHERE topic = ?1 ORDER BY pos") else {
         return vec![];
     };
-    stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))
+    stmt.query_map([format!("e2e.{env}.ci.test.started")], |r| r.get::<_, Vec<u8>>(0))
         .unwrap()
         .map(|w| {
             let env: serde_json::Value = serde_json::from_slice(&w.unwrap()).unwrap();
@@ -1799,6 +1804,109 @@ fn a_failure_the_base_has_too_is_pre_existing_and_the_base_runs_once() {
         assert!(mail.contains("pre-existing: the base alone fails too"), "{mail}");
         assert!(!mail.contains("To reproduce: apply the series with `git am -3` on the base above,\nthen"), "nothing to reproduce: {mail}");
     }
+}
+
+/// Two runners: a base run one runner made serves the other (`baseline`): after the runner
+/// that ran it is gone, a second series on the same base is judged by the first run, not by a
+/// second.
+#[test]
+fn two_runners_share_a_base_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = origin(tmp.path(), &[("README", "base\n"), ("status", "bad upstream\n")]);
+    let data = tmp.path().join("data");
+    let arch = std::env::consts::ARCH;
+    let common = format!(
+        "data_dir = \"{}\"\n[ingest]\nlmtp_listen = \"\"\n[bus]\nprefix = \"e2e\"\nenv = \"ci\"\n\
+         [runner]\njobs = 2\ncapabilities = [\"{arch}\"]\n\
+         [[project]]\nname = \"demo\"\nlist_ids = [\"{LIST}\"]\nrepository = \"{}\"\n\
+         [[project.test]]\nname = \"check\"\nscript = \"grep -q ok status\"\narches = [\"{arch}\"]\nbaseline = true\n",
+        data.display(),
+        repo.display(),
+    );
+    let config = tmp.path().join("serve.toml");
+    std::fs::write(&config, format!("{common}[http]\nlisten = \"127.0.0.1:{}\"\n", free_port())).unwrap();
+    let _serve = Serve(
+        bin().arg("--config").arg(&config).args(["serve", "--no-runner"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap(),
+    );
+    let mut runners = Vec::new();
+    for name in ["runner-a", "runner-b"] {
+        let c = tmp.path().join(format!("{name}.toml"));
+        std::fs::write(&c, format!("{common}[identity]\ninstance = \"{name}\"\n")).unwrap();
+        let log = std::fs::File::create(tmp.path().join(format!("{name}.log"))).unwrap();
+        runners.push((name, Serve(bin().arg("--config").arg(&c).arg("runner").stdout(Stdio::null()).stderr(log).spawn().unwrap())));
+    }
+    std::thread::sleep(Duration::from_millis(800));
+
+    post(&repo, &config, "first", "main", &[("README", "first\n")]);
+    let db = data.join("patchbay.sqlite3");
+    assert_eq!(settled_reports(&db, None, 1, 120).len(), 1);
+    let bases = wire_messages(&db, &["e2e.ci.ci.test.baseline"]);
+    assert_eq!(bases.len(), 1, "{bases:#?}");
+    assert_eq!(bases[0]["body"]["fails"], true);
+
+    // The runner that ran the base goes; the other judges a second series on that base by it.
+    let ran = bases[0]["sender"]["instance"].as_str().unwrap().to_string();
+    drop(runners.remove(runners.iter().position(|(n, _)| *n == ran).unwrap()));
+    post(&repo, &config, "second", "main", &[("NOTES", "second\n")]);
+    let runner_logs = || ["runner-a", "runner-b"].map(|n| std::fs::read_to_string(tmp.path().join(format!("{n}.log"))).unwrap()).join("\n");
+    assert_eq!(settled_reports(&db, None, 2, 120).len(), 2, "{}", runner_logs());
+    assert_eq!(wire_messages(&db, &["e2e.ci.ci.test.baseline"]).len(), 1, "one base run serves both runners: {}", runner_logs());
+    let verdicts = topic_bodies(&db, "e2e.ci.ci.series.verdict");
+    assert_eq!(verdicts.len(), 2);
+    for v in &verdicts {
+        assert_eq!((v["verdict"].as_str(), &v["pre_existing"]), (Some("PASSED"), &serde_json::json!([format!("check/{arch}")])), "{v:#?}");
+    }
+    let second: Vec<String> = started_by(&db).into_iter().filter(|(j, _)| j.contains("-check-")).map(|(_, w)| w).collect();
+    assert_eq!(second.len(), 2);
+    assert_ne!(second[1], ran, "the second series' check ran on the runner that did not run the base");
+}
+
+/// `retries` with two runners sharing a queue (RabbitMQ): a failure's re-run goes to the other
+/// runner, and passes there (flaky).
+#[test]
+fn a_failure_is_run_again_on_the_other_runner_on_rabbitmq() {
+    let ns = broker_ns("rerun");
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = origin(tmp.path(), &[("README", "base\n")]);
+    let url = std::env::var("PATCHBAY_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let arch = std::env::consts::ARCH;
+    let mark = tmp.path().join("ran-once");
+    let http = free_port();
+    let config = |data: &str, instance: &str| {
+        let path = tmp.path().join(format!("{instance}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "data_dir = \"{data}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n[ingest]\nlmtp_listen = \"\"\n\
+                 [bus]\nbackend = \"amqp\"\nurl = \"{url}\"\nexchange = \"{ns}\"\nprefix = \"e2e\"\nenv = \"{ns}\"\n\
+                 [identity]\ninstance = \"{instance}\"\n[runner]\njobs = 1\nisolation = \"none\"\n\
+                 [[project]]\nname = \"demo\"\nlist_ids = [\"{LIST}\"]\nrepository = \"{}\"\n\
+                 [[project.test]]\nname = \"flaky\"\nscript = \"if [ -e {1} ]; then echo fine; else touch {1}; exit 1; fi\"\n\
+                 arches = [\"{arch}\"]\nretries = 1\n",
+                repo.display(),
+                mark.display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let (main, other) = (config("data", &format!("{ns}-a")), config("data-b", &format!("{ns}-b")));
+    let _serve = Serve(bin().arg("--config").arg(&main).arg("serve").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http_get(http, "/healthz").starts_with("HTTP/1.1 200") {
+        assert!(Instant::now() < deadline, "serve on RabbitMQ did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _runner = Serve(bin().arg("--config").arg(&other).arg("runner").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    std::thread::sleep(Duration::from_secs(1));
+    post(&repo, &main, "flaky", "main", &[("README", "docs\n")]);
+    let db = tmp.path().join("data/patchbay.sqlite3");
+    assert_eq!(settled_reports(&db, None, 1, 120), vec![(1, "sent".to_string())]);
+    let runs: Vec<String> = started_by_in(&db, &ns).into_iter().filter(|(j, _)| j.contains("-flaky-")).map(|(_, w)| w).collect();
+    assert_eq!(runs.len(), 2, "a failure and its re-run: {runs:?}");
+    assert_ne!(runs[0], runs[1], "the re-run went to the other runner");
+    let verdicts = topic_bodies(&db, &format!("e2e.{ns}.ci.series.verdict"));
+    assert_eq!((verdicts[0]["verdict"].as_str(), &verdicts[0]["flaky"]), (Some("PASSED"), &serde_json::json!([format!("flaky/{arch}")])));
 }
 
 /// `per_patch`: the script runs after each patch; a series whose second of three patches breaks

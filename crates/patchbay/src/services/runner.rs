@@ -95,6 +95,15 @@ pub fn start_runner(
         let listener = Arc::new(handler.superseded_listener());
         tasks.push(spawn_service(bus.clone(), policy.clone(), spec, listener, shutdown.clone(), "The runner's supersession listener"));
     }
+    {
+        // A queue of this runner's own: every runner hears every base run, so each base and
+        // test definition is run once among them (`baseline = true`).
+        let pattern = patchbay_runtime::pattern(&config.bus.root, patchbay_ci::BASELINE_TOPIC)?;
+        let mut spec = ServiceSpec::new(ServiceName::Runner.as_str(), vec![pattern]);
+        spec.queue = format!("runner-baseline.{}", config.instance);
+        let listener = Arc::new(handler.baseline_listener());
+        tasks.push(spawn_service(bus.clone(), policy.clone(), spec, listener, shutdown.clone(), "The runner's base-run listener"));
+    }
     for (test, arch) in queues(config) {
         // Jobs from the dispatcher, and re-runs of failures (`retries`) from runners.
         let patterns = vec![
