@@ -181,8 +181,7 @@ pub fn index_batch(tx: &Connection) -> Result<(usize, u64), StoreError> {
         "INSERT INTO history (pos, ts, topic, category, service, instance, seq, series, project) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
     let mut text = tx.prepare_cached("INSERT INTO history_text (rowid, body, tags) VALUES (?1, ?2, ?3)")?;
-    let mut topics = tx.prepare_cached("INSERT OR IGNORE INTO history_topics (topic) VALUES (?1)")?;
-    let mut seen_topics = std::collections::HashSet::new();
+    let mut counts: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
     let mut mails = 0;
     let mail_topic = format!(".{}", <patchbay_model::MailReceived as patchbay_model::Body>::TOPIC);
     for (pos, topic, wire) in &rows {
@@ -192,9 +191,13 @@ pub fn index_batch(tx: &Connection) -> Result<(usize, u64), StoreError> {
         last = r.ts;
         put.execute(rusqlite::params![pos, r.ts, r.topic, r.category, r.service, r.instance, r.seq, r.series, r.project])?;
         text.execute(rusqlite::params![pos, r.text, tokens(&r)])?;
-        if seen_topics.insert(r.topic.clone()) {
-            topics.execute([&r.topic])?;
-        }
+        *counts.entry(r.topic).or_default() += 1;
+    }
+    let mut topics = tx.prepare_cached(
+        "INSERT INTO history_topics (topic, n) VALUES (?1, ?2) ON CONFLICT (topic) DO UPDATE SET n = n + excluded.n",
+    )?;
+    for (topic, n) in counts {
+        topics.execute(rusqlite::params![topic, n])?;
     }
     Ok((rows.len(), mails))
 }
@@ -313,11 +316,11 @@ const PRUNE_BATCH: i64 = 5000;
 /// ending in `_pos`. Returns the last position looked at (the next step's `after`; `None`
 /// when there is nothing older left) and how many were deleted.
 pub fn prune_batch(tx: &Connection, cutoff: i64, after: i64) -> Result<(Option<i64>, usize), StoreError> {
-    let positions: Vec<i64> = tx
-        .prepare_cached(&format!("SELECT pos FROM history WHERE {PRUNABLE} ORDER BY pos LIMIT ?3"))?
-        .query_map(rusqlite::params![after, cutoff, PRUNE_BATCH], |r| r.get(0))?
+    let positions: Vec<(i64, String)> = tx
+        .prepare_cached(&format!("SELECT pos, topic FROM history WHERE {PRUNABLE} ORDER BY pos LIMIT ?3"))?
+        .query_map(rusqlite::params![after, cutoff, PRUNE_BATCH], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
-    let (Some(&first), Some(&last)) = (positions.first(), positions.last()) else { return Ok((None, 0)) };
+    let (Some(&(first, _)), Some(&(last, _))) = (positions.first(), positions.last()) else { return Ok((None, 0)) };
     // One look at each table per step (their keys start with the queue, not the position).
     let held: std::collections::HashSet<i64> = tx
         .prepare_cached(
@@ -326,10 +329,17 @@ pub fn prune_batch(tx: &Connection, cutoff: i64, after: i64) -> Result<(Option<i
         .query_map([first, last], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     let mut deleted = 0;
-    for pos in positions.into_iter().filter(|p| !held.contains(p)) {
+    let mut counts: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    for (pos, topic) in positions.into_iter().filter(|(p, _)| !held.contains(p)) {
         tx.prepare_cached("DELETE FROM history_text WHERE rowid = ?1")?.execute([pos])?;
-        tx.prepare_cached("DELETE FROM history WHERE pos = ?1")?.execute([pos])?;
+        if tx.prepare_cached("DELETE FROM history WHERE pos = ?1")?.execute([pos])? > 0 {
+            *counts.entry(topic).or_default() += 1;
+        }
         deleted += tx.prepare_cached("DELETE FROM bus_messages WHERE pos = ?1")?.execute([pos])?;
+    }
+    // The topics' counts go down in the same write (a topic with none left stays known).
+    for (topic, n) in counts {
+        tx.prepare_cached("UPDATE history_topics SET n = n - ?2 WHERE topic = ?1")?.execute(rusqlite::params![topic, n])?;
     }
     Ok((Some(last), deleted))
 }
@@ -599,8 +609,19 @@ fn search_in(conn: &Connection, q: &Query) -> Result<Page, StoreError> {
         (total, sql, args)
     } else {
         let (filter, args) = sql_filter(q, &plan, true);
-        let total =
-            conn.prepare_cached(&format!("SELECT count(*) FROM history {filter}"))?.query_row(params_from_iter(&args), |r| r.get(0))?;
+        let total = match topics_only(q, &plan) {
+            // By topics alone: the sum of the topics' counts (kept with every index and prune).
+            Some(None) => conn.query_row("SELECT coalesce(sum(n), 0) FROM history_topics", [], |r| r.get(0))?,
+            Some(Some([])) => 0,
+            Some(Some(topics)) => {
+                let marks = vec!["?"; topics.len()].join(", ");
+                conn.prepare_cached(&format!("SELECT coalesce(sum(n), 0) FROM history_topics WHERE topic IN ({marks})"))?
+                    .query_row(params_from_iter(topics.iter().map(|t| Sql::Text(t.clone()))), |r| r.get(0))?
+            }
+            None => {
+                conn.prepare_cached(&format!("SELECT count(*) FROM history {filter}"))?.query_row(params_from_iter(&args), |r| r.get(0))?
+            }
+        };
         // Replay by sequence runs in sequence order; everything else in store (= time) order.
         let key = if replay { "seq" } else { "pos" };
         let sql = format!(
@@ -614,6 +635,27 @@ fn search_in(conn: &Connection, q: &Query) -> Result<Page, StoreError> {
     let mut stmt = conn.prepare_cached(&sql)?;
     let messages = stmt.query_map(params_from_iter(&args), |r| r.get::<_, Vec<u8>>(0))?.collect::<Result<_, _>>()?;
     Ok(Page { total: total as u64, messages })
+}
+
+/// When `q` filters by topics alone (after planning: negations are topic lists too), those
+/// topics (`None`: every topic), so its total is a sum of the topics' counts; else `None`.
+fn topics_only<'a>(q: &Query, plan: &'a Plan) -> Option<Option<&'a [String]>> {
+    let alone = plan.range.is_none()
+        && q.categories.is_empty()
+        && q.series.is_empty()
+        && q.not_series.is_empty()
+        && q.projects.is_empty()
+        && q.not_projects.is_empty()
+        && q.senders.is_empty()
+        && q.not_senders.is_empty()
+        && q.seq_from.is_none()
+        && q.seq_to.is_none();
+    match &plan.topics {
+        // No known topic matches: an empty list, which sums to nothing.
+        Some(t) if alone => Some(Some(t.as_slice())),
+        None if alone => Some(None),
+        _ => None,
+    }
 }
 
 /// One message by id, exactly as stored.

@@ -210,4 +210,15 @@ async fn pruning_drops_old_messages_but_never_one_still_queued() {
     assert_eq!(indexer.catch_up().await.unwrap(), 0, "nothing indexed again after pruning");
     bus.publish(vec![out("shell", "y", "pb.dev.new.thing.said", serde_json::json!({"note": "later"}))]).await.unwrap();
     assert_eq!(indexer.catch_up().await.unwrap(), 1);
+
+    // A total by topics alone is a sum of the topics' counts, kept by indexing and pruning: it
+    // agrees with counting the rows.
+    let drift = "SELECT count(*) FROM history_topics t WHERE n != (SELECT count(*) FROM history h WHERE h.topic = t.topic)";
+    assert_eq!(count(drift).await.unwrap(), 0);
+    assert_eq!(find(&[]).await.total, 7);
+    assert_eq!(find(&[("topic", "pb.dev.#")]).await.total, 7);
+    assert_eq!(find(&[("topic", "pb.dev.new.thing.said")]).await.total, 6);
+    assert_eq!(find(&[("not_topic", "pb.dev.new.#")]).await.total, 1, "the queued old one");
+    assert_eq!(find(&[("topic", "pb.dev.old.#")]).await.total, 0, "a topic whose messages all went");
+    assert_eq!(find(&[("topic", "pb.dev.none.#")]).await.total, 0, "a pattern no topic matches");
 }

@@ -345,6 +345,13 @@ const STEPS: &[&str] = &[
     CREATE INDEX history_category_project ON history (category, project);
     CREATE INDEX history_sender_order ON history (service, instance);
     ",
+    // 15: how many indexed messages each topic has (owned by the history crate), kept by the
+    // indexer and pruning in the same writes: a query by topics alone (a pattern, a negation)
+    // sums these instead of counting every match (600,000 index entries: 72-83 ms, issue 20).
+    "
+    ALTER TABLE history_topics ADD COLUMN n INTEGER NOT NULL DEFAULT 0;
+    UPDATE history_topics SET n = (SELECT count(*) FROM history WHERE history.topic = history_topics.topic);
+    ",
 ];
 
 /// Brings the database up to the latest schema.
