@@ -52,6 +52,10 @@ pub struct BusBench {
     /// Latency runs per backend (each `--seconds` long), alternated between backends.
     #[arg(long, default_value_t = 1)]
     latency_runs: u32,
+    /// Also run the disk's bound beside each embedded run: 1 KiB appended and `fdatasync`ed at
+    /// the same rate in the same directory (what one durable commit needs at least).
+    #[arg(long)]
+    disk_probe: bool,
     /// The broker of `--backend amqp`.
     #[arg(long, env = "PATCHBAY_TEST_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     amqp_url: String,
@@ -166,6 +170,21 @@ pub async fn run(opts: BusBench) -> anyhow::Result<()> {
             (Backend::Both, Some(a)) => vec![("embedded", &dyn_bus), ("amqp", a)],
         };
         for (name, bus) in contenders {
+            if name == "embedded" && opts.disk_probe {
+                let (dir, rate, seconds) = (dir.clone(), opts.rate, opts.seconds);
+                let mut syncs = tokio::task::spawn_blocking(move || disk_probe(&dir, rate, seconds)).await??;
+                syncs.sort_unstable();
+                let at = |v: &[u64], p: f64| v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1] as f64 / 1e6;
+                runs.push(LatencyRun {
+                    backend: "disk (1 KiB append + fdatasync)",
+                    p50_ms: at(&syncs, 0.50),
+                    p99_ms: at(&syncs, 0.99),
+                    max_ms: at(&syncs, 1.0),
+                    publish_p50_ms: at(&syncs, 0.50),
+                    publish_p99_ms: at(&syncs, 0.99),
+                    load_average: load_average(),
+                });
+            }
             // RabbitMQ's queues outlive a run (and a queue name is the broker's, not the exchange's).
             let queue = format!("bench-latency-{name}-{round}-{}", patchbay_model::Uuid::now_v7().simple());
             let (mut samples, mut durable) =
@@ -174,8 +193,7 @@ pub async fn run(opts: BusBench) -> anyhow::Result<()> {
             durable.sort_unstable();
             let at = |v: &[u64], p: f64| v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1] as f64 / 1e6;
             let pct = |p: f64| at(&samples, p);
-            let load_average =
-                std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+            let load_average = load_average();
             runs.push(LatencyRun {
                 backend: name,
                 p50_ms: pct(0.50),
@@ -239,6 +257,34 @@ pub async fn run(opts: BusBench) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The machine's load averages (1, 5, 15 minutes), as `/proc/loadavg` gives them.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+/// The disk's bound for a durable commit, in `dir`: 1 KiB appended and `fdatasync`ed `rate`
+/// times a second for `seconds`; each sync's time in nanoseconds.
+fn disk_probe(dir: &std::path::Path, rate: u64, seconds: u64) -> anyhow::Result<Vec<u64>> {
+    use std::io::Write as _;
+    let path = dir.join("disk-probe");
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+    let interval = Duration::from_nanos(1_000_000_000 / rate.max(1));
+    let (block, start) = (vec![b'x'; 1024], Instant::now());
+    let mut syncs = Vec::with_capacity((rate * seconds) as usize);
+    for i in 0..rate * seconds {
+        if let Some(wait) = (start + interval * i as u32).checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let began = Instant::now();
+        file.write_all(&block)?;
+        file.sync_data()?;
+        syncs.push(began.elapsed().as_nanos() as u64);
+    }
+    drop(file);
+    std::fs::remove_file(&path)?;
+    Ok(syncs)
 }
 
 /// One latency run on `bus`: a publisher at `rate` messages per second for `seconds`, one
