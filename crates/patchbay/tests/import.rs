@@ -119,6 +119,84 @@ fn mbox_import_is_consistent() {
     assert_eq!(again["duplicates"], 4997);
 }
 
+/// What an import of `last-5000.mbox` stored and published, as the golden file records it:
+/// the series (public id, version, size, state, project, name, submitter), each series' members
+/// by slot, every message's topic and body in log order (counts per topic and a digest), and
+/// the consistency report. Anything that changes what an import decides changes this.
+fn import_fingerprint(db: &Path, summary: &serde_json::Value) -> serde_json::Value {
+    use sha2::Digest as _;
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let lines = |sql: &str| -> Vec<String> {
+        let mut stmt = conn.prepare(sql).unwrap();
+        let n = stmt.column_count();
+        stmt.query_map([], |r| {
+            Ok((0..n).map(|i| format!("{:?}", r.get_ref(i).unwrap())).collect::<Vec<_>>().join("\t"))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    };
+    let digest = |lines: &[String]| {
+        let mut h = sha2::Sha256::new();
+        for l in lines {
+            h.update(l.as_bytes());
+            h.update(b"\n");
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let series = lines("SELECT uid, version, total, state, project, name, submitter FROM series ORDER BY uid");
+    let members = lines(
+        "SELECT s.uid, sm.slot, m.message_id FROM series_mails sm JOIN series s ON s.id = sm.series_id
+         JOIN mails m ON m.id = sm.mail_id ORDER BY s.uid, sm.slot",
+    );
+    let mut topics = std::collections::BTreeMap::<String, u64>::new();
+    let events: Vec<String> = {
+        let mut stmt = conn.prepare("SELECT topic, wire FROM bus_messages ORDER BY pos").unwrap();
+        stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))
+            .unwrap()
+            .map(|row| {
+                let (topic, wire) = row.unwrap();
+                *topics.entry(topic.clone()).or_default() += 1;
+                let env: serde_json::Value = serde_json::from_slice(&wire).unwrap();
+                format!("{topic} {}", env["body"])
+            })
+            .collect()
+    };
+    serde_json::json!({
+        "series": series.len(),
+        "series_sha256": digest(&series),
+        "members": members.len(),
+        "members_sha256": digest(&members),
+        "events": topics,
+        "events_sha256": digest(&events),
+        "consistency": summary["consistency"],
+        "by_state": summary["series"],
+    })
+}
+
+/// Issue 20: making the import faster must not change what it stores or publishes. The
+/// series, members, events and consistency report of `last-5000.mbox` are compared with
+/// those recorded in `tests/golden/last-5000-import.json` (written before the import's
+/// performance work; `PATCHBAY_BLESS=1` writes it again, for a change that means to differ).
+#[test]
+fn mbox_import_stores_and_publishes_what_it_did_before() {
+    let Some(root) = corpus() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("patchbay.toml");
+    std::fs::write(&config, "data_dir = \"data\"\n[[project]]\nname = \"hwmon\"\nlist_ids = [\"linux-hwmon.vger.kernel.org\"]\n").unwrap();
+    let summary = import(&config, &root.join("last-5000.mbox"));
+    let got = import_fingerprint(&tmp.path().join("data/patchbay.sqlite3"), &summary);
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/last-5000-import.json");
+    if std::env::var_os("PATCHBAY_BLESS").is_some() {
+        std::fs::create_dir_all(golden.parent().unwrap()).unwrap();
+        std::fs::write(&golden, serde_json::to_string_pretty(&got).unwrap() + "\n").unwrap();
+    }
+    let want: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&golden).unwrap()).unwrap();
+    for key in ["series", "members", "events", "consistency", "by_state", "series_sha256", "members_sha256", "events_sha256"] {
+        assert_eq!(got[key], want[key], "{key} differs from {}", golden.display());
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
