@@ -193,9 +193,8 @@ pub fn index_batch(tx: &Connection) -> Result<(usize, u64), StoreError> {
         text.execute(rusqlite::params![pos, r.text, tokens(&r)])?;
         *counts.entry(r.topic).or_default() += 1;
     }
-    let mut topics = tx.prepare_cached(
-        "INSERT INTO history_topics (topic, n) VALUES (?1, ?2) ON CONFLICT (topic) DO UPDATE SET n = n + excluded.n",
-    )?;
+    let mut topics =
+        tx.prepare_cached("INSERT INTO history_topics (topic, n) VALUES (?1, ?2) ON CONFLICT (topic) DO UPDATE SET n = n + excluded.n")?;
     for (topic, n) in counts {
         topics.execute(rusqlite::params![topic, n])?;
     }

@@ -129,12 +129,10 @@ fn import_fingerprint(db: &Path, summary: &serde_json::Value) -> serde_json::Val
     let lines = |sql: &str| -> Vec<String> {
         let mut stmt = conn.prepare(sql).unwrap();
         let n = stmt.column_count();
-        stmt.query_map([], |r| {
-            Ok((0..n).map(|i| format!("{:?}", r.get_ref(i).unwrap())).collect::<Vec<_>>().join("\t"))
-        })
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
+        stmt.query_map([], |r| Ok((0..n).map(|i| format!("{:?}", r.get_ref(i).unwrap())).collect::<Vec<_>>().join("\t")))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
     };
     let digest = |lines: &[String]| {
         let mut h = sha2::Sha256::new();
