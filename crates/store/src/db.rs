@@ -77,7 +77,9 @@ fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
     // join on it), and every execution of a cached statement parsed and planned its SQL again:
     // 35% of the writer's time in an import (issue 20). We run no ANALYZE, so no plan could
     // gain from the values anyway.
-    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    if std::env::var_os("NOQPSG").is_none() {
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    }
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.pragma_update(None, "cache_size", -32_768)?;
