@@ -76,8 +76,8 @@ fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
     // "re-plan when rebound" in common shapes (`WHERE a = ?1 ORDER BY b` on a key (a, b), a
     // join on it), and every execution of a cached statement parsed and planned its SQL again:
     // 35% of the writer's time in an import (issue 20). We run no ANALYZE, so no plan could
-    // gain from the values anyway.
-    if std::env::var_os("NOQPSG").is_none() {
+    // gain from the values anyway. `PATCHBAY_SQLITE_NO_QPSG` (set) leaves it off, to measure.
+    if std::env::var_os("PATCHBAY_SQLITE_NO_QPSG").is_none() {
         conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     }
     conn.pragma_update(None, "synchronous", "FULL")?;
