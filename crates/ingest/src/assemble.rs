@@ -725,6 +725,14 @@ impl Summaries {
         Ok(made)
     }
 
+    /// Series `id`'s summary; its row is read only when the summary is not known yet.
+    fn of_id(&self, tx: &dyn Sql, id: i64) -> Result<std::rc::Rc<Summary>, StoreError> {
+        if let Some(known) = self.one.borrow().get(&id) {
+            return Ok(known.clone());
+        }
+        self.of(tx, &load_series(tx, id)?)
+    }
+
     /// Earlier versions of `s`'s submitter and project, in any state: a re-roll posted in reply
     /// to one of them continues the work of every version that re-rolled it (`rerolls_through`).
     fn earlier(&self, tx: &dyn Sql, s: &SeriesRow) -> Result<std::rc::Rc<Vec<Summary>>, StoreError> {
@@ -736,9 +744,7 @@ impl Summaries {
              ORDER BY version DESC, id DESC LIMIT 50",
             args![s.submitter, s.version, s.project, s.id],
         )?;
-        let made = std::rc::Rc::new(
-            ids.into_iter().map(|id| Ok((*self.of(tx, &load_series(tx, id)?)?).clone())).collect::<Result<Vec<_>, StoreError>>()?,
-        );
+        let made = std::rc::Rc::new(ids.into_iter().map(|id| Ok((*self.of_id(tx, id)?).clone())).collect::<Result<Vec<_>, StoreError>>()?);
         self.earlier.borrow_mut().insert(s.id, made.clone());
         Ok(made)
     }
@@ -830,8 +836,8 @@ fn replaced_by_newer(
         }
     }
     for nid in newer {
-        let n = load_series(tx, nid)?;
-        if patchbay_series::rerolls_through(&*memo.of(tx, &n)?, me, earlier) {
+        if patchbay_series::rerolls_through(&*memo.of_id(tx, nid)?, me, earlier) {
+            let n = load_series(tx, nid)?;
             tx.exec("UPDATE series SET state = 'superseded', superseded_by = ?2, updated_at = ?3 WHERE id = ?1", args![s.id, nid, now])?;
             // It names its nearest predecessor: this one, unless it already names a nearer one.
             tx.exec(
@@ -921,8 +927,9 @@ fn replace_older(
     }
     let mut supersedes = None;
     for oid in older {
-        let o = load_series(tx, oid)?;
-        if patchbay_series::rerolls_through(me, &*memo.of(tx, &o)?, earlier) {
+        if patchbay_series::rerolls_through(me, &*memo.of_id(tx, oid)?, earlier) {
+            // Its row as it stands now (an earlier decision may have moved it).
+            let o = load_series(tx, oid)?;
             tx.exec("UPDATE series SET state = 'superseded', superseded_by = ?2, updated_at = ?3 WHERE id = ?1", args![oid, s.id, now])?;
             // Announced once: one only moved to a nearer successor was announced already.
             if o.project.is_some() && o.state != "superseded" {
