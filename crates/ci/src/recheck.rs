@@ -272,18 +272,15 @@ impl BodyHandler<MailReceived> for Rechecker {
             let out = refuse(series.into(), "no test jobs are known for this series version".into())?;
             return self.publish(vec![out]).await;
         };
-        // Permission is the series' own project's: a maintainer of another project, or a mail
-        // that reached patchbay through another project's list, asks for nothing here.
+        // Permission is the series' own project's (its submitter and maintainers), whichever
+        // configured list the request came through: a maintainer of another project asks for
+        // nothing here, and a reply cross-posted to several lists is judged alike whichever
+        // copy came first (later copies of the same mail are not announced again).
         let head_json = serde_json::to_value(&head).map_err(|e| HandlerError::Permanent(e.to_string()))?;
         let Some(project) = self.projects.iter().find(|p| p.name == head.project) else {
             let out = refuse(head_json, format!("project {} takes no re-tests by mail", head.project))?;
             return self.publish(vec![out]).await;
         };
-        if !m.lists.iter().any(|l| project.list_ids.contains(&l.to_ascii_lowercase())) {
-            let reason = format!("the request did not come through a list of project {}", project.name);
-            let out = refuse(head_json, reason)?;
-            return self.publish(vec![out]).await;
-        }
         let rounds = self.ports.rounds(&head).await.map_err(HandlerError::Transient)?;
         if let Some(heard) = rounds.iter().find(|r| r.mail == m.message_id) {
             // This very mail was heard before (a redelivery): its round is claimed; its jobs go

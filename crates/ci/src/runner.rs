@@ -150,9 +150,13 @@ fn base_cell(bases: &Bases, key: &str) -> Arc<tokio::sync::OnceCell<bool>> {
 
 /// Hears the base runs every runner announces ([`BASELINE_TOPIC`]) and keeps their answers,
 /// so a test is run on one base once among runners, not once per runner. Only a runner may
-/// publish the topic (its role), so what it hears is as trusted as a result.
+/// publish the topic (its role), and only answers for the (test, arch) queues this runner
+/// serves are kept: runners sharing a queue are interchangeable (a job's result never depended
+/// on which of them took it), so a base run by one stands for all of them, and a runner of
+/// another arch or queue cannot excuse this one's failures.
 pub struct BaselineListener {
     bases: Bases,
+    serves: std::collections::HashSet<(String, String)>,
 }
 
 #[async_trait]
@@ -161,6 +165,10 @@ impl Handler for BaselineListener {
         let body = &envelope.body;
         // An announcement from before keys were shared names no key: nothing to keep.
         let (Some(key), Some(fails)) = (body["key"].as_str(), body["fails"].as_bool()) else { return Ok(()) };
+        let queue = (body["test"].as_str().unwrap_or_default().to_string(), body["arch"].as_str().unwrap_or_default().to_string());
+        if !self.serves.contains(&queue) {
+            return Ok(());
+        }
         // Already known, or being run here right now: that answer stands.
         let _ = base_cell(&self.bases, key).set(fails);
         Ok(())
@@ -257,10 +265,11 @@ impl RunnerService {
         self.running.lock().unwrap().iter().cloned().collect()
     }
 
-    /// The handler for other runners' base runs ([`BASELINE_TOPIC`]): run it on a queue of this
-    /// runner's own, so a base another runner ran is not run here again.
-    pub fn baseline_listener(&self) -> BaselineListener {
-        BaselineListener { bases: self.bases.clone() }
+    /// The handler for other runners' base runs ([`BASELINE_TOPIC`]) of the (test, arch) queues
+    /// in `serves`: run it on a queue of this runner's own, so a base another runner of the
+    /// same queue ran is not run here again.
+    pub fn baseline_listener(&self, serves: impl IntoIterator<Item = (String, String)>) -> BaselineListener {
+        BaselineListener { bases: self.bases.clone(), serves: serves.into_iter().collect() }
     }
 
     /// The handler for `series.series.superseded`: run it on a queue of this runner's own to

@@ -35,8 +35,8 @@ pub mod web;
 use std::sync::Arc;
 
 /// The pipeline's shared queues: the dispatcher's, the aggregator's, the reporter's, the log
-/// recorder's, one per (test, arch), and on PostgreSQL the history recorder's. Queues of one instance (a runner's cancellations, the
-/// history recorder's copy) are left to their process.
+/// recorder's, one per (test, arch), and on PostgreSQL the history recorder's. Queues of one instance (a runner's cancellations and
+/// base runs heard, the history recorder's copy) are left to their process.
 pub fn queues(config: &patchbay_config::Config) -> anyhow::Result<Vec<patchbay_bus::QueueSpec>> {
     let specs = [dispatcher::spec(config)?, aggregator::results_queue(config)?, reporter::spec(config)?, logs::spec(config)?];
     let mut out: Vec<patchbay_bus::QueueSpec> =

@@ -95,13 +95,19 @@ pub fn start_runner(
         let listener = Arc::new(handler.superseded_listener());
         tasks.push(spawn_service(bus.clone(), policy.clone(), spec, listener, shutdown.clone(), "The runner's supersession listener"));
     }
-    {
-        // A queue of this runner's own: every runner hears every base run, so each base and
-        // test definition is run once among them (`baseline = true`).
+    let baseline: Vec<(String, String)> = project_tests(config)
+        .iter()
+        .flat_map(|p| p.tests.iter().filter(|t| t.baseline).flat_map(|t| t.arches.iter().map(|a| (t.name.clone(), a.clone()))))
+        .filter(|queue| queues(config).contains(queue))
+        .collect();
+    if !baseline.is_empty() {
+        // A queue of this runner's own, only when a test it serves has `baseline = true`: every
+        // runner of a queue hears the base runs of the others, so each base and test definition
+        // is run once among them.
         let pattern = patchbay_runtime::pattern(&config.bus.root, patchbay_ci::BASELINE_TOPIC)?;
         let mut spec = ServiceSpec::new(ServiceName::Runner.as_str(), vec![pattern]);
         spec.queue = format!("runner-baseline.{}", config.instance);
-        let listener = Arc::new(handler.baseline_listener());
+        let listener = Arc::new(handler.baseline_listener(baseline));
         tasks.push(spawn_service(bus.clone(), policy.clone(), spec, listener, shutdown.clone(), "The runner's base-run listener"));
     }
     for (test, arch) in queues(config) {
