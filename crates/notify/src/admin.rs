@@ -93,8 +93,14 @@ impl Admin {
     /// Reads the rules added over the API again (another process's admin may have changed
     /// them) and puts them in force beside the config's.
     pub async fn refresh(&self) -> Result<(), StoreError> {
+        self.reload().await.map(drop)
+    }
+
+    /// [`Admin::refresh`], returning the stored rules it read (with who added each, and when).
+    async fn reload(&self) -> Result<Vec<(RawRule, String, i64)>, StoreError> {
+        let stored = self.stored().await?;
         let mut rules: Vec<Rule> = self.config.to_vec();
-        for (raw, _, at) in self.stored().await? {
+        for (raw, _, at) in stored.iter().cloned() {
             let name = raw.name.clone();
             match raw.check().map(|rule| Rule { since: Some(at), ..rule }) {
                 Ok(rule) if rules.iter().any(|r| r.name == rule.name) => {
@@ -108,21 +114,20 @@ impl Admin {
         }
         let changed = {
             let now = self.rules.current();
-            now.len() != rules.len()
-                || now.iter().zip(&rules).any(|(a, b)| format!("{:?}", (&a.written, a.since)) != format!("{:?}", (&b.written, b.since)))
+            now.len() != rules.len() || now.iter().zip(&rules).any(|(a, b)| (&a.written, a.since) != (&b.written, b.since))
         };
         if changed {
             self.rules.set(rules);
         }
-        Ok(())
+        Ok(stored)
     }
 
     /// Every rule in force, the config's first, with its deliveries counted.
     pub async fn list(&self) -> Result<Vec<NotifyRule>, StoreError> {
         // Another process (another `run web`) may have changed them.
-        self.refresh().await?;
+        let stored = self.reload().await?;
         let counts = self.db.counts().await?;
-        let by: std::collections::HashMap<String, String> = self.stored().await?.into_iter().map(|(r, by, _)| (r.name, by)).collect();
+        let by: std::collections::HashMap<String, String> = stored.into_iter().map(|(r, by, _)| (r.name, by)).collect();
         let count = |rule: &str, states: &[&str]| -> u64 {
             counts.iter().filter(|(r, s, _)| r == rule && states.contains(&s.as_str())).map(|(_, _, n)| n).sum()
         };

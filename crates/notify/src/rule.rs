@@ -69,7 +69,7 @@ impl Cadence {
 }
 
 /// A rule as written in the config (`[[notify]]`).
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
     /// Its name (a word): deliveries are kept per rule.
