@@ -172,37 +172,14 @@ pub async fn run(opts: BusBench) -> anyhow::Result<()> {
         for (name, bus) in contenders {
             if name == "embedded" && opts.disk_probe {
                 let (dir, rate, seconds) = (dir.clone(), opts.rate, opts.seconds);
-                let mut syncs = tokio::task::spawn_blocking(move || disk_probe(&dir, rate, seconds)).await??;
-                syncs.sort_unstable();
-                let at = |v: &[u64], p: f64| v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1] as f64 / 1e6;
-                runs.push(LatencyRun {
-                    backend: "disk (1 KiB append + fdatasync)",
-                    p50_ms: at(&syncs, 0.50),
-                    p99_ms: at(&syncs, 0.99),
-                    max_ms: at(&syncs, 1.0),
-                    publish_p50_ms: at(&syncs, 0.50),
-                    publish_p99_ms: at(&syncs, 0.99),
-                    load_average: load_average(),
-                });
+                let syncs = tokio::task::spawn_blocking(move || disk_probe(&dir, rate, seconds)).await??;
+                // A sync is both the delivery and the durability of the disk's own "publish".
+                runs.push(LatencyRun::of("disk (1 KiB append + fdatasync)", syncs.clone(), syncs));
             }
             // RabbitMQ's queues outlive a run (and a queue name is the broker's, not the exchange's).
             let queue = format!("bench-latency-{name}-{round}-{}", patchbay_model::Uuid::now_v7().simple());
-            let (mut samples, mut durable) =
-                latency(bus, policy.clone(), &root, &queue, (make.clone(), epoch), opts.rate, opts.seconds).await?;
-            samples.sort_unstable();
-            durable.sort_unstable();
-            let at = |v: &[u64], p: f64| v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1] as f64 / 1e6;
-            let pct = |p: f64| at(&samples, p);
-            let load_average = load_average();
-            runs.push(LatencyRun {
-                backend: name,
-                p50_ms: pct(0.50),
-                p99_ms: pct(0.99),
-                max_ms: pct(1.0),
-                publish_p50_ms: at(&durable, 0.50),
-                publish_p99_ms: at(&durable, 0.99),
-                load_average,
-            });
+            let (samples, durable) = latency(bus, policy.clone(), &root, &queue, (make.clone(), epoch), opts.rate, opts.seconds).await?;
+            runs.push(LatencyRun::of(name, samples, durable));
         }
     }
     let n_latency = opts.rate * opts.seconds;
@@ -257,6 +234,25 @@ pub async fn run(opts: BusBench) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+impl LatencyRun {
+    /// The run of `backend` from its delivery times and its publishes' times to durable, in
+    /// nanoseconds, with the load average now.
+    fn of(backend: &'static str, mut samples: Vec<u64>, mut durable: Vec<u64>) -> LatencyRun {
+        samples.sort_unstable();
+        durable.sort_unstable();
+        let at = |v: &[u64], p: f64| v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1] as f64 / 1e6;
+        LatencyRun {
+            backend,
+            p50_ms: at(&samples, 0.50),
+            p99_ms: at(&samples, 0.99),
+            max_ms: at(&samples, 1.0),
+            publish_p50_ms: at(&durable, 0.50),
+            publish_p99_ms: at(&durable, 0.99),
+            load_average: load_average(),
+        }
+    }
 }
 
 /// The machine's load averages (1, 5, 15 minutes), as `/proc/loadavg` gives them.

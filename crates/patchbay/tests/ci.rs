@@ -272,6 +272,26 @@ fn series_are_applied_built_and_reported() {
     }
 }
 
+/// `serve --no-runner` and a `patchbay runner` per name in `names`, all on config `common` (each
+/// runner its own instance, its stderr in `<name>.log`), started in order 300 ms apart; returns
+/// serve's config, serve and the named runners.
+fn serve_with_runners(tmp: &Path, common: &str, names: &[&'static str]) -> (PathBuf, Serve, Vec<(&'static str, Serve)>) {
+    let config = tmp.join("serve.toml");
+    std::fs::write(&config, format!("{common}[http]\nlisten = \"127.0.0.1:{}\"\n", free_port())).unwrap();
+    let serve = Serve(
+        bin().arg("--config").arg(&config).args(["serve", "--no-runner"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap(),
+    );
+    let mut runners = Vec::new();
+    for &name in names {
+        let c = tmp.join(format!("{name}.toml"));
+        std::fs::write(&c, format!("{common}[identity]\ninstance = \"{name}\"\n")).unwrap();
+        let log = std::fs::File::create(tmp.join(format!("{name}.log"))).unwrap();
+        runners.push((name, Serve(bin().arg("--config").arg(&c).arg("runner").stdout(Stdio::null()).stderr(log).spawn().unwrap())));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    (config, serve, runners)
+}
+
 fn started_by(db: &Path) -> Vec<(String, String)> {
     started_by_in(db, "ci")
 }
@@ -304,19 +324,7 @@ fn a_job_survives_its_runner_being_killed() {
         data.display(),
         repo.display()
     );
-    let config = tmp.path().join("serve.toml");
-    std::fs::write(&config, format!("{common}[http]\nlisten = \"127.0.0.1:{}\"\n", free_port())).unwrap();
-    let _serve = Serve(
-        bin().arg("--config").arg(&config).args(["serve", "--no-runner"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap(),
-    );
-    let mut runners = Vec::new();
-    for name in ["runner-a", "runner-b"] {
-        let c = tmp.path().join(format!("{name}.toml"));
-        std::fs::write(&c, format!("{common}[identity]\ninstance = \"{name}\"\n")).unwrap();
-        runners
-            .push((name, Serve(bin().arg("--config").arg(&c).arg("runner").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap())));
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let (config, _serve, mut runners) = serve_with_runners(tmp.path(), &common, &["runner-a", "runner-b"]);
 
     post(&repo, &config, "long", "main", &[("README", "changed\n")]);
     let db = data.join("patchbay.sqlite3");
@@ -901,12 +909,17 @@ fn serve_on_rabbitmq(tmp: &Path, repo: &Path, ns: &str, jobs: u32, test: (&str, 
     )
     .unwrap();
     let serve = Serve(bin().arg("--config").arg(&config).arg("serve").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    wait_healthy(http);
+    (config, http, serve)
+}
+
+/// Waits (up to a minute) until the `serve` on HTTP port `http` answers `/healthz`.
+fn wait_healthy(http: u16) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !http_get(http, "/healthz").starts_with("HTTP/1.1 200") {
         assert!(Instant::now() < deadline, "serve on RabbitMQ did not come up");
         std::thread::sleep(Duration::from_millis(100));
     }
-    (config, http, serve)
 }
 
 /// A namespace of its own on the shared broker: exchange, topic env and instance.
@@ -1832,18 +1845,7 @@ fn two_runners_share_a_base_run() {
         data.display(),
         repo.display(),
     );
-    let config = tmp.path().join("serve.toml");
-    std::fs::write(&config, format!("{common}[http]\nlisten = \"127.0.0.1:{}\"\n", free_port())).unwrap();
-    let _serve = Serve(
-        bin().arg("--config").arg(&config).args(["serve", "--no-runner"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap(),
-    );
-    let mut runners = Vec::new();
-    for name in ["runner-a", "runner-b"] {
-        let c = tmp.path().join(format!("{name}.toml"));
-        std::fs::write(&c, format!("{common}[identity]\ninstance = \"{name}\"\n")).unwrap();
-        let log = std::fs::File::create(tmp.path().join(format!("{name}.log"))).unwrap();
-        runners.push((name, Serve(bin().arg("--config").arg(&c).arg("runner").stdout(Stdio::null()).stderr(log).spawn().unwrap())));
-    }
+    let (config, _serve, mut runners) = serve_with_runners(tmp.path(), &common, &["runner-a", "runner-b"]);
     // Both runners hear base runs from the start: their queues exist before any is announced.
     let db = data.join("patchbay.sqlite3");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -1910,11 +1912,7 @@ fn a_failure_is_run_again_on_the_other_runner_on_rabbitmq() {
     };
     let (main, other) = (config("data", &format!("{ns}-a")), config("data-b", &format!("{ns}-b")));
     let _serve = Serve(bin().arg("--config").arg(&main).arg("serve").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !http_get(http, "/healthz").starts_with("HTTP/1.1 200") {
-        assert!(Instant::now() < deadline, "serve on RabbitMQ did not come up");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_healthy(http);
     let _runner = Serve(bin().arg("--config").arg(&other).arg("runner").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
     std::thread::sleep(Duration::from_secs(1));
     post(&repo, &main, "flaky", "main", &[("README", "docs\n")]);

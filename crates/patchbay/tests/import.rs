@@ -44,6 +44,13 @@ fn a_missing_corpus_says_what_is_missing_and_where_to_get_it() {
     }
 }
 
+/// A config in `dir` with project `hwmon` on the linux-hwmon list, for the corpus imports.
+fn hwmon_config(dir: &Path) -> PathBuf {
+    let config = dir.join("patchbay.toml");
+    std::fs::write(&config, "data_dir = \"data\"\n[[project]]\nname = \"hwmon\"\nlist_ids = [\"linux-hwmon.vger.kernel.org\"]\n").unwrap();
+    config
+}
+
 fn import(config: &Path, what: &Path) -> serde_json::Value {
     let out = bin().arg("--config").arg(config).arg("import").arg("--json").arg(what).output().unwrap();
     assert!(out.status.success(), "import failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -95,8 +102,7 @@ fn public_inbox_imports_only_what_is_new() {
 fn mbox_import_is_consistent() {
     let Some(root) = corpus() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let config = tmp.path().join("patchbay.toml");
-    std::fs::write(&config, "data_dir = \"data\"\n[[project]]\nname = \"hwmon\"\nlist_ids = [\"linux-hwmon.vger.kernel.org\"]\n").unwrap();
+    let config = hwmon_config(tmp.path());
     let summary = import(&config, &root.join("last-5000.mbox"));
     eprintln!("last-5000.mbox: {}", serde_json::to_string_pretty(&summary).unwrap());
     assert_eq!(summary["read"], 4997);
@@ -180,8 +186,7 @@ fn import_fingerprint(db: &Path, summary: &serde_json::Value) -> serde_json::Val
 fn mbox_import_stores_and_publishes_what_it_did_before() {
     let Some(root) = corpus() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let config = tmp.path().join("patchbay.toml");
-    std::fs::write(&config, "data_dir = \"data\"\n[[project]]\nname = \"hwmon\"\nlist_ids = [\"linux-hwmon.vger.kernel.org\"]\n").unwrap();
+    let config = hwmon_config(tmp.path());
     let summary = import(&config, &root.join("last-5000.mbox"));
     let got = import_fingerprint(&tmp.path().join("data/patchbay.sqlite3"), &summary);
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/last-5000-import.json");

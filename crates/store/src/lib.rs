@@ -52,7 +52,7 @@
 //! deletable full-text index, 9 merged series, 10 series' public ids (ingest),
 //! 11 report claims, 12 results' retrying, flaky and pre-existing marks, re-test rounds,
 //! Patchwork checks and notifications, 13 notification rules, 14 the history by category
-//! and project.
+//! and project, 15 each topic's count in the history.
 //! The crates named own and query those tables.
 //! `Db::open` retries the WAL switch and migrations while another process
 //! holds them.

@@ -95,10 +95,11 @@ pub fn start_runner(
         let listener = Arc::new(handler.superseded_listener());
         tasks.push(spawn_service(bus.clone(), policy.clone(), spec, listener, shutdown.clone(), "The runner's supersession listener"));
     }
+    let served = queues(config);
     let baseline: Vec<(String, String)> = project_tests(config)
         .iter()
         .flat_map(|p| p.tests.iter().filter(|t| t.baseline).flat_map(|t| t.arches.iter().map(|a| (t.name.clone(), a.clone()))))
-        .filter(|queue| queues(config).contains(queue))
+        .filter(|queue| served.contains(queue))
         .collect();
     if !baseline.is_empty() {
         // A queue of this runner's own, only when a test it serves has `baseline = true`: every
@@ -110,7 +111,7 @@ pub fn start_runner(
         let listener = Arc::new(handler.baseline_listener(baseline));
         tasks.push(spawn_service(bus.clone(), policy.clone(), spec, listener, shutdown.clone(), "The runner's base-run listener"));
     }
-    for (test, arch) in queues(config) {
+    for (test, arch) in served {
         // Jobs from the dispatcher, and re-runs of failures (`retries`) from runners.
         let patterns = vec![
             patchbay_runtime::pattern(&config.bus.root, &job_topic(&test, &arch))?,
