@@ -39,15 +39,24 @@ pub async fn bench(opts: IngestBench) -> anyhow::Result<()> {
     let ingest = Ingest::new(bus, root, "bench", settings);
     let args =
         ImportArgs { paths: vec![opts.path.clone()], list_ids: vec![], json: true, quiet: true, full: false, test: false, batch: 512 };
+    let cpu_before = process_cpu_seconds();
     let summary = import_into(&ingest, &args).await.map_err(|e| anyhow::anyhow!("{:#}", e.error()))?;
+    let import_cpu = process_cpu_seconds() - cpu_before;
     let rss = peak_rss_kib();
     let threads = thread_cpu_seconds();
-    let stages = if opts.stages { Some(stages(&opts.path, &tmp)?) } else { None };
+    let mut stages = if opts.stages { Some(stages(&opts.path, &tmp)?) } else { None };
+    if let Some(s) = stages.as_mut() {
+        // However well the import's work were spread over the cores, its CPU time caps its share
+        // of the bound at the bound's CPU time over the import's.
+        let bound_cpu = s["cpu_seconds"].as_f64().unwrap_or(0.0);
+        s["best_share_at_the_import_cpu"] = serde_json::json!(bound_cpu / import_cpu.max(1e-9));
+    }
     println!(
         "{}",
         serde_json::to_string_pretty(&serde_json::json!({
             "stages": stages,
             "thread_cpu_seconds": threads,
+            "import_cpu_seconds": import_cpu,
             "file": opts.path,
             "mails": summary.read,
             "seconds": summary.seconds,
@@ -125,6 +134,7 @@ fn stages(path: &std::path::Path, scratch: &std::path::Path) -> anyhow::Result<s
         "sign_us_per_mail": per_mail(sign),
         "store_raw_us_per_mail": per_mail(store),
         "cores": cores,
+        "cpu_seconds": total.as_secs_f64(),
         "bound_all_cores_mails_per_second": n / (total.as_secs_f64() / cores),
         "bound_one_writer_mails_per_second": n / store.as_secs_f64(),
     }))
@@ -149,6 +159,11 @@ fn thread_cpu_seconds() -> std::collections::BTreeMap<String, f64> {
         *by_name.entry(stat[open + 1..close].to_string()).or_insert(0.0) += crate::bus::stat_cpu_seconds(&stat);
     }
     by_name
+}
+
+/// User and system CPU time of this whole process so far, threads that ended included.
+fn process_cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat").map(|stat| crate::bus::stat_cpu_seconds(&stat)).unwrap_or(0.0)
 }
 
 /// Peak resident set size of this process (VmHWM), in KiB.

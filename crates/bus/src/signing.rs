@@ -103,9 +103,16 @@ impl SigningKey {
 
     /// Signs the envelope's canonical form and sets its signature.
     pub fn sign(&self, envelope: &mut Envelope) {
+        self.sign_to_wire(envelope);
+    }
+
+    /// Signs like [`SigningKey::sign`] and returns the wire form, writing the body once for both.
+    pub fn sign_to_wire(&self, envelope: &mut Envelope) -> Vec<u8> {
         envelope.signature = None;
-        let sig = self.key.sign(&envelope.canonical_bytes());
+        let canonical = envelope.canonical_bytes();
+        let sig = self.key.sign(&canonical);
         envelope.signature = Some(Signature { key_id: self.id.clone(), ed25519: B64.encode(sig.to_bytes()) });
+        envelope.wire_from_canonical(canonical)
     }
 
     /// Reads a secret key file written by [`SigningKey::write`].
@@ -348,6 +355,12 @@ impl Sealer {
 
     /// Turns an outgoing message into an envelope with the sequence number the backend assigned.
     pub fn seal(&self, out: crate::Outgoing, seq: u64) -> Envelope {
+        self.seal_to_wire(out, seq).0
+    }
+
+    /// Seals like [`Sealer::seal`] and returns the wire form too, writing the body once for
+    /// signing and storing both (a series' mbox is the bulk of an import's messages).
+    pub fn seal_to_wire(&self, out: crate::Outgoing, seq: u64) -> (Envelope, Vec<u8>) {
         let mut env = Envelope {
             id: patchbay_model::Uuid::now_v7(),
             topic: out.topic,
@@ -358,10 +371,11 @@ impl Sealer {
             body: out.body,
             signature: None,
         };
-        if let Some(key) = &self.key {
-            key.sign(&mut env);
-        }
-        env
+        let wire = match &self.key {
+            Some(key) => key.sign_to_wire(&mut env),
+            None => env.to_wire(),
+        };
+        (env, wire)
     }
 
     /// The signing key's id, if any, for logs.

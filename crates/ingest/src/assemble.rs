@@ -87,13 +87,37 @@ pub enum Event {
     /// `series.series.new`.
     New(SeriesNew),
     /// `series.series.complete`.
-    Complete(Box<SeriesComplete>),
+    Complete(Box<Completed>),
     /// `series.series.incomplete`.
     Incomplete(SeriesIncomplete),
     /// `series.series.superseded`.
     Superseded(SeriesSuperseded),
     /// `series.series.merged`.
     Merged(SeriesMerged),
+}
+
+/// A `series.series.complete` whose mbox is still to be written from its patches' raw mails: it
+/// is written where the event is shaped into its message, off the writer's thread when an
+/// import's messages are sealed on a thread of their own.
+#[derive(Debug)]
+pub struct Completed {
+    body: SeriesComplete,
+    raws: Vec<Vec<u8>>,
+}
+
+impl Completed {
+    /// The event's body, its mbox written.
+    pub fn into_body(self) -> SeriesComplete {
+        let mut mbox = Vec::with_capacity(self.raws.iter().map(|r| r.len() + 128).sum());
+        for raw in &self.raws {
+            patchbay_mail::write_mboxrd(&mut mbox, raw);
+        }
+        let (mbox, mbox_base64) = match String::from_utf8(mbox) {
+            Ok(text) => (text, None),
+            Err(e) => patchbay_model::mbox_fields(e.as_bytes()),
+        };
+        SeriesComplete { mbox, mbox_base64, ..self.body }
+    }
 }
 
 /// Stores one mail and places it; appends what to publish to `events`.
@@ -129,10 +153,9 @@ pub fn accept(tx: &dyn Sql, rules: &Rules, projects: &[Project], mail: &Incoming
             .map(str::to_string),
     };
     let hints_json = (hints != Hints::default()).then(|| serde_json::to_string(&hints).expect("hints serialize"));
-    let id: i64 = tx
-        .one(
+    let id: i64 = tx.insert_id(
             "INSERT INTO mails (message_id, content_hash, received_at, date, subject, from_name, from_email, kind, problems, conflicts_with, hints, raw)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) RETURNING id",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             args![
                 p.message_id,
                 &p.content_hash[..],
@@ -147,8 +170,7 @@ pub fn accept(tx: &dyn Sql, rules: &Rules, projects: &[Project], mail: &Incoming
                 hints_json,
                 mail.raw,
             ],
-        )?
-        .get(0)?;
+        )?;
     link_lists(tx, id, &lists)?;
 
     let mut series = None;
@@ -417,22 +439,20 @@ fn thread(
             let matches = project_matches(projects);
             let project = patchbay_series::project_for(&matches, lists, &p.subject.tags, &p.subject.title);
             let total = counter.map_or(1, |(_, t)| t);
-            let sid: i64 = tx
-                .one(
-                    "INSERT INTO series (project, submitter, version, version_explicit, total, name, state, date, created_at, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'new', ?7, ?8, ?8) RETURNING id",
-                    args![
-                        project,
-                        arrival.submitter,
-                        p.subject.version_or_1(),
-                        p.subject.version.is_some(),
-                        total,
-                        p.subject.title,
-                        date,
-                        mail.received_at
-                    ],
-                )?
-                .get(0)?;
+            let sid: i64 = tx.insert_id(
+                "INSERT INTO series (project, submitter, version, version_explicit, total, name, state, date, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'new', ?7, ?8, ?8)",
+                args![
+                    project,
+                    arrival.submitter,
+                    p.subject.version_or_1(),
+                    p.subject.version.is_some(),
+                    total,
+                    p.subject.title,
+                    date,
+                    mail.received_at
+                ],
+            )?;
             tx.exec("INSERT INTO series_mails (series_id, slot, mail_id) VALUES (?1, ?2, ?3)", args![sid, slot, mail_id])?;
             rekey(tx, sid)?;
             let s = load_series(tx, sid)?;
@@ -764,7 +784,6 @@ fn complete(tx: &dyn Sql, s: &SeriesRow, now: i64, events: &mut Vec<Event>) -> R
     // Headers and hints only: the raw mails are read once, by `patches_of`, for the mbox.
     let ms = members(tx, s.id, false)?;
     let patches = patches_of(tx, s, true)?;
-    let mbox = mbox_of(&patches);
     let first = |f: fn(&Hints) -> Option<&String>| ms.iter().find_map(|m| f(&m.hints).cloned());
     let mut based_on: Vec<String> = Vec::new();
     let mut depends_on: Vec<String> = Vec::new();
@@ -788,22 +807,22 @@ fn complete(tx: &dyn Sql, s: &SeriesRow, now: i64, events: &mut Vec<Event>) -> R
         None => tx.one("SELECT supersedes FROM series WHERE id = ?1", args![s.id])?.get(0)?,
     };
     let supersedes = supersedes.map(|id| load_series(tx, id).map(|o| o.uid)).transpose()?;
-    let (mbox, mbox_base64) = patchbay_model::mbox_fields(&mbox);
     let cover = if loose { None } else { ms.iter().find(|m| m.slot == 0).map(|m| m.message_id.clone()) };
-    events.push(Event::Complete(Box::new(SeriesComplete {
+    let body = SeriesComplete {
         series: head(&s),
         cover,
         patches: patches
             .iter()
             .map(|m| SeriesPatch { slot: m.slot, mail: m.mail, message_id: m.message_id.clone(), subject: m.subject.clone() })
             .collect(),
-        mbox,
-        mbox_base64,
+        mbox: String::new(),
+        mbox_base64: None,
         base_commit: first(|h| h.base_commit.as_ref()),
         based_on,
         depends_on,
         supersedes,
-    })));
+    };
+    events.push(Event::Complete(Box::new(Completed { body, raws: patches.into_iter().map(|m| m.raw).collect() })));
     Ok(())
 }
 

@@ -74,12 +74,15 @@ use std::sync::Arc;
 
 use patchbay_bus::Outgoing;
 use patchbay_model::{Body, Sender, TopicRoot};
-use patchbay_store::{EmbeddedBus, StoreError};
+use patchbay_store::{EmbeddedBus, StoreError, Unsealed};
 use patchbay_store_pg::PgStore;
 
 use crate::sql::{Sql, args};
 
 pub use assemble::{Incoming, Outcome, Project};
+
+/// Events a batch's writer gathers before handing them to be sealed.
+const FLUSH_EVENTS: usize = 32;
 pub use patchbay_series::Rules;
 pub use read::{Consistency, MailAge, SeriesStore, TEST_ANYWAY_LIST};
 pub use settings::{DEFAULT_LMTP, IngestSettings};
@@ -223,20 +226,14 @@ impl Ingest {
     }
 
     fn outgoing(&self, events: Vec<assemble::Event>) -> Result<Vec<Outgoing>, StoreError> {
-        use assemble::Event;
-        let out = |sender: &Sender, b: &dyn Shaped| b.shape(&self.root, sender);
+        events.into_iter().map(|event| self.announcement(event).into_outgoing()).collect()
+    }
+
+    /// `event` with who announces it: the ingest service a mail, the threader a series.
+    fn announcement(&self, event: assemble::Event) -> Announcement {
         let (ingest, threader) = &*self.senders;
-        events
-            .iter()
-            .map(|e| match e {
-                Event::Received(b) => out(ingest, b),
-                Event::New(b) => out(threader, b),
-                Event::Complete(b) => out(threader, b.as_ref()),
-                Event::Incomplete(b) => out(threader, b),
-                Event::Superseded(b) => out(threader, b),
-                Event::Merged(b) => out(threader, b),
-            })
-            .collect()
+        let sender = if matches!(event, assemble::Event::Received(_)) { ingest } else { threader };
+        Announcement { event, sender: sender.clone(), root: self.root.clone() }
     }
 
     /// The projects and rules mail is assembled by now.
@@ -258,10 +255,13 @@ impl Ingest {
         mark: Option<(String, String)>,
     ) -> Result<impl Future<Output = Result<Vec<Outcome>, IngestError>> + use<>, IngestError> {
         let settings = self.settings();
-        let fut = self.write(move |tx, events| {
+        let accept_all = move |tx: &dyn Sql,
+                               events: &mut Vec<assemble::Event>,
+                               flush: &mut dyn FnMut(&mut Vec<assemble::Event>) -> Result<(), StoreError>| {
             let mut outcomes = Vec::with_capacity(mails.len());
             for mail in &mails {
                 outcomes.push(assemble::accept(tx, &settings.rules, &settings.projects, mail, events)?);
+                flush(events)?;
             }
             if let Some((source, mark)) = &mark {
                 tx.exec(
@@ -270,7 +270,31 @@ impl Ingest {
                 )?;
             }
             Ok(outcomes)
-        })?;
+        };
+        let fut = match &self.backend {
+            // Messages are sealed as the mails are placed, on a thread of their own, so the
+            // writer does not wait for hundreds of signatures at the end of an import's batch.
+            Backend::Sqlite(bus) => {
+                let (this, bus) = (self.clone(), bus.clone());
+                futures_util::future::Either::Left(bus.db().clone().submit(move |tx| {
+                    let mut stream = bus.seal_stream();
+                    let mut events = Vec::new();
+                    let announce = |events: Vec<assemble::Event>| events.into_iter().map(|e| this.announcement(e)).collect();
+                    let outcomes = accept_all(&**tx, &mut events, &mut |events| {
+                        if events.len() >= FLUSH_EVENTS {
+                            stream.push(tx, announce(std::mem::take(events)))?;
+                        }
+                        Ok(())
+                    })?;
+                    stream.push(tx, announce(events))?;
+                    stream.finish(tx)?;
+                    Ok(outcomes)
+                })?)
+            }
+            Backend::Postgres(_) => {
+                futures_util::future::Either::Right(self.write(move |tx, events| accept_all(tx, events, &mut |_| Ok(())))?)
+            }
+        };
         Ok(async move { fut.await.map_err(IngestError::from) })
     }
 
@@ -341,6 +365,32 @@ impl Ingest {
     pub async fn mark(&self, source: &str) -> Result<Option<String>, IngestError> {
         let source = source.to_string();
         Ok(self.read(move |db| db.value("SELECT mark FROM import_marks WHERE source = ?1", args![source])).await?)
+    }
+}
+
+/// An event on its way to be published, shaped into its message where it is sealed.
+struct Announcement {
+    event: assemble::Event,
+    sender: Sender,
+    root: TopicRoot,
+}
+
+impl Unsealed for Announcement {
+    fn sender(&self) -> &Sender {
+        &self.sender
+    }
+
+    fn into_outgoing(self) -> Result<Outgoing, StoreError> {
+        use assemble::Event;
+        let (root, sender) = (&self.root, &self.sender);
+        match self.event {
+            Event::Received(b) => b.shape(root, sender),
+            Event::New(b) => b.shape(root, sender),
+            Event::Complete(b) => b.into_body().shape(root, sender),
+            Event::Incomplete(b) => b.shape(root, sender),
+            Event::Superseded(b) => b.shape(root, sender),
+            Event::Merged(b) => b.shape(root, sender),
+        }
     }
 }
 

@@ -163,6 +163,11 @@ pub(crate) trait Sql {
     fn exec(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError>;
     /// Runs a query; returns every row.
     fn rows(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, StoreError>;
+    /// Runs an `INSERT` of one row into a table keyed by `id` and returns that id. SQLite reads
+    /// the rowid instead of adding `RETURNING`, which SQLite runs as a trigger: the statement
+    /// then keeps a statement journal, and releasing it walked the whole in-memory journal of the
+    /// writer's savepoint (8% of an import's writer, issue 20).
+    fn insert_id(&self, sql: &str, args: &[Arg<'_>]) -> Result<i64, StoreError>;
 }
 
 impl dyn Sql + '_ {
@@ -203,6 +208,11 @@ impl rusqlite::ToSql for Arg<'_> {
 impl Sql for rusqlite::Connection {
     fn exec(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError> {
         Ok(self.prepare_cached(sql)?.execute(rusqlite::params_from_iter(args))? as u64)
+    }
+
+    fn insert_id(&self, sql: &str, args: &[Arg<'_>]) -> Result<i64, StoreError> {
+        self.prepare_cached(sql)?.execute(rusqlite::params_from_iter(args))?;
+        Ok(self.last_insert_rowid())
     }
 
     fn rows(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, StoreError> {
@@ -258,6 +268,11 @@ impl Sql for Pg<'_, '_> {
         let stmt = self.prepared(sql)?;
         let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = args.iter().map(|a| a as _).collect();
         self.rt.block_on(self.tx.execute(&stmt, &params)).map_err(|e| in_statement(e, sql))
+    }
+
+    fn insert_id(&self, sql: &str, args: &[Arg<'_>]) -> Result<i64, StoreError> {
+        let sql = format!("{sql} RETURNING id");
+        (self as &dyn Sql).one(&sql, args)?.get(0)
     }
 
     fn rows(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, StoreError> {

@@ -125,6 +125,27 @@ impl Envelope {
         out
     }
 
+    /// The wire form from this envelope's canonical bytes (as [`Envelope::canonical_bytes`]
+    /// made them, before signing), without writing the body a second time: the signature goes
+    /// in before the topic, its place in key order. A large body (a series' mbox) is then
+    /// serialized once per seal, not twice.
+    pub fn wire_from_canonical(&self, mut canonical: Vec<u8>) -> Vec<u8> {
+        let Some(sig) = &self.signature else { return canonical };
+        let mut tail = Vec::with_capacity(16 + self.topic.as_str().len());
+        tail.extend_from_slice(b",\"topic\":");
+        serde_json::to_writer(&mut tail, self.topic.as_str()).expect("writing to a Vec cannot fail");
+        tail.push(b'}');
+        debug_assert!(canonical.ends_with(&tail), "not this envelope's canonical bytes");
+        canonical.truncate(canonical.len() - tail.len());
+        canonical.extend_from_slice(b",\"signature\":{\"ed25519\":");
+        serde_json::to_writer(&mut canonical, &sig.ed25519).expect("writing to a Vec cannot fail");
+        canonical.extend_from_slice(b",\"key_id\":");
+        serde_json::to_writer(&mut canonical, &sig.key_id).expect("writing to a Vec cannot fail");
+        canonical.push(b'}');
+        canonical.extend_from_slice(&tail);
+        canonical
+    }
+
     fn body_size_hint(&self) -> usize {
         match &self.body {
             Value::Object(m) => m.values().map(|v| if let Value::String(s) = v { s.len() + 16 } else { 16 }).sum(),
@@ -196,6 +217,7 @@ mod tests {
             env.signature = signed.then(|| Signature { key_id: "k\"1".into(), ed25519: "AA==".into() });
             assert_eq!(env.canonical_bytes(), generic(&env, false));
             assert_eq!(env.to_wire(), generic(&env, true));
+            assert_eq!(env.wire_from_canonical(env.canonical_bytes()), env.to_wire());
         }
     }
 

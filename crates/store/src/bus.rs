@@ -138,8 +138,25 @@ fn insert(tx: &Connection, routes: &mut Routes, env: &Envelope, wire: &[u8]) -> 
 
 /// Commits sealed messages after checking their sequence numbers against the committed marks.
 fn commit_sealed(tx: &Connection, routes: &Mutex<Routes>, sealed: Vec<Sealed>) -> Result<Vec<Envelope>, StoreError> {
-    let mut ranges: BTreeMap<&Sender, (u64, u64)> = BTreeMap::new();
+    claim_all(tx, &sealed)?;
+    insert_all(tx, routes, sealed)
+}
+
+/// Inserts messages whose sequence numbers are claimed, with their deliveries.
+fn insert_all(tx: &Connection, routes: &Mutex<Routes>, sealed: Vec<Sealed>) -> Result<Vec<Envelope>, StoreError> {
+    let mut routes = routes.lock().unwrap();
+    routes.refresh(tx)?;
     for s in &sealed {
+        insert(tx, &mut routes, &s.envelope, &s.wire)?;
+    }
+    Ok(sealed.into_iter().map(|s| s.envelope).collect())
+}
+
+/// Claims every sender's range of sequence numbers in `sealed`, or names the senders whose
+/// numbers another writer committed first.
+fn claim_all(tx: &Connection, sealed: &[Sealed]) -> Result<(), StoreError> {
+    let mut ranges: BTreeMap<&Sender, (u64, u64)> = BTreeMap::new();
+    for s in sealed {
         let r = ranges.entry(&s.envelope.sender).or_insert((u64::MAX, 0));
         r.0 = r.0.min(s.envelope.seq);
         r.1 = r.1.max(s.envelope.seq);
@@ -153,12 +170,7 @@ fn commit_sealed(tx: &Connection, routes: &Mutex<Routes>, sealed: Vec<Sealed>) -
     if !conflicts.is_empty() {
         return Err(StoreError::SeqConflict(conflicts));
     }
-    let mut routes = routes.lock().unwrap();
-    routes.refresh(tx)?;
-    for s in &sealed {
-        insert(tx, &mut routes, &s.envelope, &s.wire)?;
-    }
-    Ok(sealed.into_iter().map(|s| s.envelope).collect())
+    Ok(())
 }
 
 /// Sequence numbers handed out by this process, per sender: the next one to use.
@@ -170,9 +182,9 @@ struct Seqs {
 }
 
 impl Seqs {
-    fn needs_mark(&self, messages: &[Outgoing]) -> Vec<Sender> {
+    fn needs_mark<T: Unsealed>(&self, messages: &[T]) -> Vec<Sender> {
         let mut out: Vec<Sender> =
-            messages.iter().map(|m| &m.sender).filter(|s| self.stale.contains(*s) || !self.next.contains_key(*s)).cloned().collect();
+            messages.iter().map(|m| m.sender()).filter(|s| self.stale.contains(*s) || !self.next.contains_key(*s)).cloned().collect();
         out.sort();
         out.dedup();
         out
@@ -186,18 +198,25 @@ impl Seqs {
 
     /// Seals in order; `None` when a sender's mark is unknown (learn it, then seal).
     fn seal(&mut self, sealer: &Sealer, messages: &[Outgoing]) -> Option<Vec<Sealed>> {
+        let seqs = self.assign(messages)?;
+        Some(seal_all(sealer, messages, &seqs))
+    }
+
+    /// Hands out the next sequence numbers in order; `None` when a sender's mark is unknown.
+    fn assign<T: Unsealed>(&mut self, messages: &[T]) -> Option<Vec<u64>> {
         if !self.needs_mark(messages).is_empty() {
             return None;
         }
-        let seqs: Vec<u64> = messages
-            .iter()
-            .map(|out| {
-                let next = self.next.get_mut(&out.sender).expect("checked above");
-                *next += 1;
-                *next - 1
-            })
-            .collect();
-        Some(seal_all(sealer, messages, &seqs))
+        Some(
+            messages
+                .iter()
+                .map(|out| {
+                    let next = self.next.get_mut(out.sender()).expect("checked above");
+                    *next += 1;
+                    *next - 1
+                })
+                .collect(),
+        )
     }
 }
 
@@ -209,8 +228,7 @@ const PARALLEL_SEAL: usize = 32;
 /// threads, so the writer's critical path does not carry every signature.
 fn seal_all(sealer: &Sealer, messages: &[Outgoing], seqs: &[u64]) -> Vec<Sealed> {
     let one = |(out, seq): (&Outgoing, &u64)| {
-        let envelope = sealer.seal(out.clone(), *seq);
-        let wire = envelope.to_wire();
+        let (envelope, wire) = sealer.seal_to_wire(out.clone(), *seq);
         Sealed { envelope, wire }
     };
     let threads = if messages.len() < PARALLEL_SEAL { 1 } else { std::thread::available_parallelism().map_or(1, |n| n.get()).min(4) };
@@ -226,6 +244,115 @@ fn seal_all(sealer: &Sealer, messages: &[Outgoing], seqs: &[u64]) -> Vec<Sealed>
             .collect();
         handles.into_iter().flat_map(|h| h.join().expect("sealing does not panic")).collect()
     })
+}
+
+/// Something a [`SealStream`] turns into a message on its sealing thread: an [`Outgoing`], or
+/// what a service shapes into one there (ingest's events: a series' mbox is written there too).
+pub trait Unsealed: Send + 'static {
+    /// Who publishes it: its sequence number is handed out on the writer, in push order.
+    fn sender(&self) -> &Sender;
+    /// The message, made on the sealing thread.
+    fn into_outgoing(self) -> Result<Outgoing, StoreError>;
+}
+
+impl Unsealed for Outgoing {
+    fn sender(&self) -> &Sender {
+        &self.sender
+    }
+
+    fn into_outgoing(self) -> Result<Outgoing, StoreError> {
+        Ok(self)
+    }
+}
+
+/// The sealing thread of a [`SealStream`]: where messages go, and what it returns.
+type SealingThread<T> = (std::sync::mpsc::Sender<Vec<(T, u64)>>, std::thread::JoinHandle<Result<Vec<Sealed>, StoreError>>);
+
+/// The messages of one write, shaped and sealed on a thread of their own while the write goes
+/// on: an import's transaction publishes hundreds, and its writer need not stop at the end to
+/// wait for every signature. Sequence numbers are handed out as messages are pushed, so order
+/// is kept; the messages join the write in [`SealStream::finish`]. Dropped unfinished (the
+/// write failed), its numbers are skipped, as a rolled-back [`EmbeddedBus::publish_in`]'s are.
+pub struct SealStream<T: Unsealed = Outgoing> {
+    bus: EmbeddedBus,
+    /// Messages held until there are enough to be worth a thread; a few are sealed in `finish`.
+    held: Vec<(T, u64)>,
+    thread: Option<SealingThread<T>>,
+}
+
+fn seal_one<T: Unsealed>(sealer: &Sealer, (item, seq): (T, u64)) -> Result<Sealed, StoreError> {
+    let (envelope, wire) = sealer.seal_to_wire(item.into_outgoing()?, seq);
+    Ok(Sealed { envelope, wire })
+}
+
+impl<T: Unsealed> SealStream<T> {
+    /// Hands out sequence numbers for `messages` and passes them on to be sealed.
+    pub fn push(&mut self, tx: &Tx<'_>, messages: Vec<T>) -> Result<(), StoreError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let seqs = {
+            let mut seqs = self.bus.inner.seqs.lock().unwrap();
+            for sender in seqs.needs_mark(&messages) {
+                let committed = committed_seq(tx, &sender)?;
+                seqs.learn(sender, committed);
+            }
+            seqs.assign(&messages).expect("every mark is known")
+        };
+        self.held.extend(messages.into_iter().zip(seqs));
+        if self.thread.is_none() && self.held.len() >= PARALLEL_SEAL {
+            let (feed, rx) = std::sync::mpsc::channel::<Vec<(T, u64)>>();
+            let sealer = self.bus.inner.sealer.clone();
+            let handle = std::thread::Builder::new()
+                .name("patchbay-sealer".into())
+                .spawn(move || rx.into_iter().flatten().map(|item| seal_one(&sealer, item)).collect())
+                .map_err(|e| StoreError::Setup(format!("cannot start a sealing thread: {e}")))?;
+            self.thread = Some((feed, handle));
+        }
+        if let Some((feed, _)) = &self.thread {
+            feed.send(std::mem::take(&mut self.held)).map_err(|_| StoreError::Setup("the sealing thread stopped".into()))?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the seals and publishes the messages inside `tx`, after what the write did.
+    pub fn finish(mut self, tx: &Tx<'_>) -> Result<Vec<Envelope>, StoreError> {
+        let mut sealed = match self.thread.take() {
+            Some((feed, handle)) => {
+                drop(feed);
+                handle.join().map_err(|_| StoreError::Setup("the sealing thread panicked".into()))??
+            }
+            None => Vec::new(),
+        };
+        for item in self.held.drain(..) {
+            sealed.push(seal_one(&self.bus.inner.sealer, item)?);
+        }
+        match claim_all(tx, &sealed) {
+            Err(StoreError::SeqConflict(senders)) => {
+                // Another process committed some of these numbers first: seal them again, as
+                // `publish_in` does.
+                {
+                    let mut seqs = self.bus.inner.seqs.lock().unwrap();
+                    for sender in senders {
+                        let committed = committed_seq(tx, &sender)?;
+                        seqs.learn(sender, committed);
+                    }
+                }
+                let again = sealed
+                    .into_iter()
+                    .map(|s| Outgoing {
+                        sender: s.envelope.sender,
+                        topic: s.envelope.topic,
+                        schema: s.envelope.schema,
+                        body: s.envelope.body,
+                    })
+                    .collect();
+                self.bus.publish_in(tx, again)
+            }
+            Err(e) => Err(e),
+            Ok(()) => insert_all(tx, &self.bus.inner.routes, sealed),
+        }
+    }
 }
 
 fn parse_wire(wire: &[u8]) -> Result<Envelope, StoreError> {
@@ -296,6 +423,11 @@ impl EmbeddedBus {
             })
             .await?;
         Ok(n)
+    }
+
+    /// A stream of messages to publish inside one write, shaped and sealed while it goes on.
+    pub fn seal_stream<T: Unsealed>(&self) -> SealStream<T> {
+        SealStream { bus: self.clone(), held: Vec::new(), thread: None }
     }
 
     /// Publishes inside the caller's write: the messages commit, or roll back, with it.

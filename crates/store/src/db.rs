@@ -3,7 +3,8 @@
 //!
 //! Every write is a closure run inside a transaction on the writer thread.
 //! The writer takes all closures waiting at that moment, runs each inside its
-//! own savepoint (so one failing closure rolls back only its own work), and
+//! own savepoint (so one failing closure rolls back only its own work; a closure
+//! alone in its transaction needs none), and
 //! commits them together with one fsync (`synchronous = FULL`). A caller's
 //! future resolves only after that commit returned, so "written" always means
 //! "on disk", and concurrent writers share the cost of an fsync instead of
@@ -253,21 +254,34 @@ fn writer_loop(conn: Connection, rx: std::sync::mpsc::Receiver<Job>, shared: Arc
         }
         let tx = Tx { conn: &conn };
         let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map(|_| ());
+        // A job alone in its transaction needs no savepoint: if it fails, the transaction rolls
+        // back. A savepoint is not free: while one is open, every statement that keeps a
+        // statement journal walks the savepoint's whole in-memory journal when it ends.
+        let alone = batch.len() == 1;
+        let mut failed_alone = false;
         for job in batch.drain(..) {
-            if run("SAVEPOINT job").is_err() {
+            if !alone && run("SAVEPOINT job").is_err() {
                 drop(job); // never ran: its caller sees an error
                 continue;
             }
             match std::panic::catch_unwind(AssertUnwindSafe(|| job(&tx))) {
                 Ok(Some(completion)) => {
-                    let _ = run("RELEASE job");
+                    if !alone {
+                        let _ = run("RELEASE job");
+                    }
                     done.push(completion);
                 }
+                Ok(None) | Err(_) if alone => failed_alone = true,
                 Ok(None) | Err(_) => {
                     let _ = run("ROLLBACK TO job");
                     let _ = run("RELEASE job");
                 }
             }
+        }
+        if failed_alone {
+            // Its caller has its error (or sees the write did not run, after a panic).
+            let _ = conn.execute_batch("ROLLBACK");
+            continue;
         }
         let committed = conn.execute_batch("COMMIT").map_err(|source| StoreError::Sqlite { path: shared.path.clone(), source });
         if committed.is_err() {
@@ -394,6 +408,37 @@ mod tests {
         assert_eq!((count, refused), (180, 0));
         let generations = *commits.borrow_and_update();
         assert!((1..200).contains(&generations), "200 writes took {generations} commits");
+    }
+
+    /// A write alone in its transaction runs without a savepoint: when it fails, none of its
+    /// statements stay, and the writer goes on.
+    #[tokio::test]
+    async fn a_failing_write_alone_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.sqlite3")).unwrap();
+        db.write(|tx| Ok(tx.execute_batch("CREATE TABLE t (n INTEGER PRIMARY KEY)")?)).await.unwrap();
+        let failed = db
+            .write(|tx| {
+                tx.execute("INSERT INTO t (n) VALUES (1)", [])?;
+                tx.execute("INSERT INTO t (n) VALUES (2)", [])?;
+                tx.execute("INSERT INTO t (n) VALUES (1)", [])?; // the key is taken
+                Ok(())
+            })
+            .await;
+        assert!(failed.is_err());
+        let panicked = db
+            .write(|tx| -> Result<(), StoreError> {
+                tx.execute("INSERT INTO t (n) VALUES (3)", [])?;
+                panic!("a write that panics");
+            })
+            .await;
+        assert!(panicked.is_err());
+        db.write(|tx| Ok(tx.execute("INSERT INTO t (n) VALUES (4)", [])?)).await.unwrap();
+        let left: Vec<i64> = db
+            .read(|c| Ok(c.prepare("SELECT n FROM t ORDER BY n")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?))
+            .await
+            .unwrap();
+        assert_eq!(left, vec![4]);
     }
 
     /// A cached statement is planned once: rebinding a parameter never makes SQLite parse and

@@ -6,11 +6,14 @@
 //! implements `patchbay_bus::Bus` and `MessageLog`; callers that want a publish
 //! to join their own write use [`EmbeddedBus::publish_in`] inside [`Db::write`]
 //! (sealing then happens during the write; batches of 32 or more are signed on
-//! several threads, so an import does not carry every signature on the writer).
+//! several threads). A write that publishes as it goes (an import's batch) uses
+//! a [`SealStream`] instead: messages are signed on a thread of their own while
+//! the write goes on, and join it at the end.
 //!
 //! Writer (`db.rs`): every write is a closure queued to one thread,
 //! which takes up to 4,096 waiting closures, runs each in its own savepoint
-//! inside `BEGIN IMMEDIATE`, and commits them with one fsync. "Written" means
+//! (none when it is alone) inside `BEGIN IMMEDIATE`, and commits them with one
+//! fsync. "Written" means
 //! "on disk". [`Db::submit`] queues at once, so jobs submitted in order run in
 //! order. Reads run on `query_only` connections on tokio's blocking threads.
 //! Checkpoints: automatic ones are off; a background thread runs
@@ -64,7 +67,7 @@ mod outbox;
 
 use std::path::PathBuf;
 
-pub use bus::EmbeddedBus;
+pub use bus::{EmbeddedBus, SealStream, Unsealed};
 pub use db::{Db, Tx};
 
 /// The database file name inside a data directory.
