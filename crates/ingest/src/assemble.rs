@@ -844,11 +844,7 @@ fn replaced_by_newer(
     // the nearest that re-rolls this one replaces it, as in date order (v2 replaces v1 before
     // v3 is posted). So do series whose own mails name one of this one's in `Supersedes:`,
     // whatever their version.
-    let mut newer: Vec<i64> = tx.column(
-        "SELECT id FROM series WHERE submitter = ?1 AND version >= ?2 AND project IS NOT DISTINCT FROM ?3 AND id != ?4
-         ORDER BY version, id LIMIT 200",
-        args![s.submitter, s.version, s.project, s.id],
-    )?;
+    let mut newer = newer_than(tx, s, "")?;
     for id in naming_supersedes(tx, s)? {
         if !newer.contains(&id) {
             newer.push(id);
@@ -889,16 +885,49 @@ fn reconsider(tx: &dyn Sql, s: &SeriesRow, now: i64, events: &mut Vec<Event>) ->
     newer_reconsider(tx, s, now, events, &memo)
 }
 
+/// The series of `s`'s submitter and project at `s`'s version or above (`and`: a further
+/// condition), nearest first, up to 200, leaving out those at `s`'s own version that cannot
+/// re-roll it. At the same version only a `Supersedes:` naming one of `s`'s mails, or a RESEND
+/// citing one, re-rolls (`series::rerolls`); and a same-version series' other decisions do not
+/// hang on `s`, which is not among its earlier versions. So only series with a mail that says
+/// either stay, found by a superset (the words anywhere in a subject or hints), and the others'
+/// members are never read: a prolific submitter's every completion read all of their series.
+fn newer_than(tx: &dyn Sql, s: &SeriesRow, and: &str) -> Result<Vec<i64>, StoreError> {
+    let rows = tx.rows(
+        &format!(
+            "SELECT id, version FROM series WHERE submitter = ?1 AND version >= ?2 AND project IS NOT DISTINCT FROM ?3 AND id != ?4
+             {and} ORDER BY version, id LIMIT 200"
+        ),
+        args![s.submitter, s.version, s.project, s.id],
+    )?;
+    let mut newer = Vec::with_capacity(rows.len());
+    let mut may_reroll: Option<Vec<i64>> = None;
+    for mut r in rows {
+        let (id, version): (i64, u32) = (r.get(0)?, r.get(1)?);
+        if version == s.version {
+            let may = match &may_reroll {
+                Some(ids) => ids,
+                None => may_reroll.insert(tx.column(
+                    "SELECT DISTINCT o.id FROM series o JOIN series_mails sm ON sm.series_id = o.id JOIN mails m ON m.id = sm.mail_id
+                     WHERE o.submitter = ?1 AND o.version = ?2 AND o.project IS NOT DISTINCT FROM ?3 AND o.id != ?4
+                     AND (m.hints LIKE '%\"supersedes\"%' OR lower(m.subject) LIKE '%resend%')",
+                    args![s.submitter, s.version, s.project, s.id],
+                )?),
+            };
+            if !may.contains(&id) {
+                continue;
+            }
+        }
+        newer.push(id);
+    }
+    Ok(newer)
+}
+
 /// Every newer version of `s`'s work holding all its patches decides again which versions it
 /// replaces: `s` changed (completed, or a mail joined it), and a re-roll posted in reply to
 /// `s` may now continue the work of a version between them (`rerolls_through`).
 fn newer_reconsider(tx: &dyn Sql, s: &SeriesRow, now: i64, events: &mut Vec<Event>, memo: &Summaries) -> Result<(), StoreError> {
-    let newer: Vec<i64> = tx.column(
-        "SELECT id FROM series WHERE submitter = ?1 AND version >= ?2 AND project IS NOT DISTINCT FROM ?3 AND id != ?4
-         AND state IN ('complete', 'superseded') ORDER BY version, id LIMIT 200",
-        args![s.submitter, s.version, s.project, s.id],
-    )?;
-    for nid in newer {
+    for nid in newer_than(tx, s, "AND state IN ('complete', 'superseded')")? {
         let n = load_series(tx, nid)?;
         if has_every_slot(tx, &n)? {
             let summary = memo.of(tx, &n)?;
