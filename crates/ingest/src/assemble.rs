@@ -844,7 +844,7 @@ fn replaced_by_newer(
     // the nearest that re-rolls this one replaces it, as in date order (v2 replaces v1 before
     // v3 is posted). So do series whose own mails name one of this one's in `Supersedes:`,
     // whatever their version.
-    let mut newer = newer_than(tx, s, "")?;
+    let mut newer = newer_than(tx, s, "", false)?;
     for id in naming_supersedes(tx, s)? {
         if !newer.contains(&id) {
             newer.push(id);
@@ -886,13 +886,15 @@ fn reconsider(tx: &dyn Sql, s: &SeriesRow, now: i64, events: &mut Vec<Event>) ->
 }
 
 /// The series of `s`'s submitter and project at `s`'s version or above (`and`: a further
-/// condition), nearest first, up to 200, leaving out those at `s`'s own version that cannot
-/// re-roll it. At the same version only a `Supersedes:` naming one of `s`'s mails, or a RESEND
-/// citing one, re-rolls (`series::rerolls`); and a same-version series' other decisions do not
-/// hang on `s`, which is not among its earlier versions. So only series with a mail that says
-/// either stay, found by a superset (the words anywhere in a subject or hints), and the others'
-/// members are never read: a prolific submitter's every completion read all of their series.
-fn newer_than(tx: &dyn Sql, s: &SeriesRow, and: &str) -> Result<Vec<i64>, StoreError> {
+/// condition), nearest first, up to 200, leaving out (unless `every`) those at `s`'s own
+/// version that can re-roll nothing at that version. At the same version only a `Supersedes:`
+/// line, or a RESEND citing one of its mails, re-rolls (`series::rerolls`); `s` is not among a
+/// same-version series' earlier versions, so it lends it no chain either. So only series with a
+/// mail that says either stay, found by a superset (the words anywhere in a subject or hints),
+/// and the others' members are never read: a prolific submitter's every completion read all of
+/// their series. A caller whose decision also acts on lower versions passes `every` when there
+/// are any.
+fn newer_than(tx: &dyn Sql, s: &SeriesRow, and: &str, every: bool) -> Result<Vec<i64>, StoreError> {
     let rows = tx.rows(
         &format!(
             "SELECT id, version FROM series WHERE submitter = ?1 AND version >= ?2 AND project IS NOT DISTINCT FROM ?3 AND id != ?4
@@ -904,7 +906,7 @@ fn newer_than(tx: &dyn Sql, s: &SeriesRow, and: &str) -> Result<Vec<i64>, StoreE
     let mut may_reroll: Option<Vec<i64>> = None;
     for mut r in rows {
         let (id, version): (i64, u32) = (r.get(0)?, r.get(1)?);
-        if version == s.version {
+        if version == s.version && !every {
             let may = match &may_reroll {
                 Some(ids) => ids,
                 None => may_reroll.insert(tx.column(
@@ -927,7 +929,14 @@ fn newer_than(tx: &dyn Sql, s: &SeriesRow, and: &str) -> Result<Vec<i64>, StoreE
 /// replaces: `s` changed (completed, or a mail joined it), and a re-roll posted in reply to
 /// `s` may now continue the work of a version between them (`rerolls_through`).
 fn newer_reconsider(tx: &dyn Sql, s: &SeriesRow, now: i64, events: &mut Vec<Event>, memo: &Summaries) -> Result<(), StoreError> {
-    for nid in newer_than(tx, s, "AND state IN ('complete', 'superseded')")? {
+    // A same-version series that cannot re-roll `s` can still supersede a lower version whose
+    // state changed since it last decided (one that arrived later): so the narrowing holds only
+    // when there is no lower version to act on.
+    let lower: Option<i64> = tx.value(
+        "SELECT 1 FROM series WHERE submitter = ?1 AND version < ?2 AND project IS NOT DISTINCT FROM ?3 LIMIT 1",
+        args![s.submitter, s.version, s.project],
+    )?;
+    for nid in newer_than(tx, s, "AND state IN ('complete', 'superseded')", lower.is_some())? {
         let n = load_series(tx, nid)?;
         if has_every_slot(tx, &n)? {
             let summary = memo.of(tx, &n)?;

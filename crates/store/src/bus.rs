@@ -309,8 +309,16 @@ impl<T: Unsealed> SealStream<T> {
                 .map_err(|e| StoreError::Setup(format!("cannot start a sealing thread: {e}")))?;
             self.thread = Some((feed, handle));
         }
-        if let Some((feed, _)) = &self.thread {
-            feed.send(std::mem::take(&mut self.held)).map_err(|_| StoreError::Setup("the sealing thread stopped".into()))?;
+        if let Some((feed, _)) = &self.thread
+            && feed.send(std::mem::take(&mut self.held)).is_err()
+        {
+            // The thread stopped at a message it could not shape: its error says which.
+            let (_, handle) = self.thread.take().expect("checked above");
+            return Err(match handle.join() {
+                Ok(Err(e)) => e,
+                Ok(Ok(_)) => StoreError::Setup("the sealing thread stopped".into()),
+                Err(_) => StoreError::Setup("the sealing thread panicked".into()),
+            });
         }
         Ok(())
     }
