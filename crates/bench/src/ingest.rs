@@ -40,9 +40,9 @@ pub async fn bench(opts: IngestBench) -> anyhow::Result<()> {
     let ingest = Ingest::new(bus, root, "bench", settings);
     let args =
         ImportArgs { paths: vec![opts.path.clone()], list_ids: vec![], json: true, quiet: true, full: false, test: false, batch: 512 };
-    let cpu_before = process_cpu_seconds();
+    let cpu_before = cpu_seconds("/proc/self");
     let summary = import_into(&ingest, &args).await.map_err(|e| anyhow::anyhow!("{:#}", e.error()))?;
-    let import_cpu = process_cpu_seconds() - cpu_before;
+    let import_cpu = cpu_seconds("/proc/self") - cpu_before;
     let rss = peak_rss_kib();
     let threads = thread_cpu_seconds();
     let mut stages = if opts.stages { Some(stages(&opts.path, &tmp)?) } else { None };
@@ -113,11 +113,10 @@ fn stages(path: &std::path::Path, scratch: &std::path::Path) -> anyhow::Result<s
     }
     let sign = t.elapsed();
 
-    let db = scratch.join("stages.sqlite");
-    let mut conn = rusqlite::Connection::open(&db)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.execute("CREATE TABLE raw (id INTEGER PRIMARY KEY, content_hash BLOB NOT NULL UNIQUE, raw BLOB NOT NULL)", [])?;
+    let mut conn = durable_db(
+        &scratch.join("stages.sqlite"),
+        "CREATE TABLE raw (id INTEGER PRIMARY KEY, content_hash BLOB NOT NULL UNIQUE, raw BLOB NOT NULL)",
+    )?;
     let t = Instant::now();
     for chunk in mails.chunks(512) {
         let tx = conn.transaction()?;
@@ -167,12 +166,8 @@ fn events_stage(scratch: &std::path::Path, mails: f64) -> anyhow::Result<serde_j
     }
     let n = outgoing.len();
     let sealer = patchbay_bus::Sealer::new(Some(std::sync::Arc::new(patchbay_bus::SigningKey::generate("bench")?)));
-    let db = scratch.join("events.sqlite");
-    let mut conn = rusqlite::Connection::open(&db)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, wire BLOB NOT NULL)", [])?;
-    let (t, cpu) = (Instant::now(), thread_cpu_now());
+    let mut conn = durable_db(&scratch.join("events.sqlite"), "CREATE TABLE events (id INTEGER PRIMARY KEY, wire BLOB NOT NULL)")?;
+    let (t, cpu) = (Instant::now(), cpu_seconds("/proc/thread-self"));
     let mut seq = 0u64;
     let mut it = outgoing.into_iter().peekable();
     while it.peek().is_some() {
@@ -188,7 +183,7 @@ fn events_stage(scratch: &std::path::Path, mails: f64) -> anyhow::Result<serde_j
         tx.commit()?;
     }
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-    let (took, cpu) = (t.elapsed(), thread_cpu_now() - cpu);
+    let (took, cpu) = (t.elapsed(), cpu_seconds("/proc/thread-self") - cpu);
     Ok(serde_json::json!({
         "messages": n,
         "wire_bytes": bytes,
@@ -219,14 +214,20 @@ fn thread_cpu_seconds() -> std::collections::BTreeMap<String, f64> {
     by_name
 }
 
-/// User and system CPU time of the calling thread so far (10 ms ticks).
-fn thread_cpu_now() -> f64 {
-    std::fs::read_to_string("/proc/thread-self/stat").map(|stat| crate::bus::stat_cpu_seconds(&stat)).unwrap_or(0.0)
+/// User and system CPU time so far (10 ms ticks) of `/proc/thread-self` (the calling thread)
+/// or `/proc/self` (the whole process, threads that ended included).
+fn cpu_seconds(of: &str) -> f64 {
+    std::fs::read_to_string(format!("{of}/stat")).map(|stat| crate::bus::stat_cpu_seconds(&stat)).unwrap_or(0.0)
 }
 
-/// User and system CPU time of this whole process so far, threads that ended included.
-fn process_cpu_seconds() -> f64 {
-    std::fs::read_to_string("/proc/self/stat").map(|stat| crate::bus::stat_cpu_seconds(&stat)).unwrap_or(0.0)
+/// A scratch database in `path` that commits as the store does (WAL, synchronous=FULL), with
+/// `table` created.
+fn durable_db(path: &std::path::Path, table: &str) -> anyhow::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.execute(table, [])?;
+    Ok(conn)
 }
 
 /// Peak resident set size of this process (VmHWM), in KiB.

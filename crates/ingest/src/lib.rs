@@ -1,7 +1,7 @@
 //! The ingest and threader services of the embedded shape: every mail is
 //! stored first, idempotently, then placed in its series, and the messages
 //! announcing both (`mail.message.received`, `series.series.*`) are published
-//! in the same SQLite transaction (`publish_in`). A mail is durable before
+//! in the same SQLite transaction (a `SealStream`). A mail is durable before
 //! any caller hears "accepted", and a series transition is announced exactly
 //! once because the announcement commits or rolls back with the transition.
 //!
@@ -80,12 +80,16 @@ use patchbay_store_pg::PgStore;
 use crate::sql::{Sql, args};
 
 pub use assemble::{Incoming, Outcome, Project};
-
-/// Events a batch's writer gathers before handing them to be sealed.
-const FLUSH_EVENTS: usize = 32;
 pub use patchbay_series::Rules;
 pub use read::{Consistency, MailAge, SeriesStore, TEST_ANYWAY_LIST};
 pub use settings::{DEFAULT_LMTP, IngestSettings};
+
+/// Events a write gathers before handing them to be sealed.
+const FLUSH_EVENTS: usize = 32;
+
+/// Hands a write's events so far on to be published: on SQLite to the thread that seals them
+/// while the write goes on; on PostgreSQL it keeps them for the end of the write.
+type Flush<'a> = dyn FnMut(&mut Vec<assemble::Event>) -> Result<(), StoreError> + 'a;
 
 /// Why ingestion failed; every variant means "nothing was stored, try again" unless noted.
 #[derive(Debug, thiserror::Error)]
@@ -194,34 +198,42 @@ impl Ingest {
         T: Send + 'static,
         F: FnOnce(&dyn Sql, &mut Vec<assemble::Event>) -> Result<T, StoreError> + Send + 'static,
     {
-        Ok(self.write(change)?.await?)
+        Ok(self.write(move |tx, events, _| change(tx, events))?.await?)
     }
 
     /// Queues `change` for the store's writer; the future resolves once it committed, with the
     /// messages announcing the events it made (state and announcement commit together).
+    /// `change` may [`Flush`] its events as it goes: on SQLite they are then sealed on a thread
+    /// of their own while it goes on (an import's batch publishes hundreds).
     fn write<T, F>(&self, change: F) -> Result<impl Future<Output = Result<T, StoreError>> + use<T, F>, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&dyn Sql, &mut Vec<assemble::Event>) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&dyn Sql, &mut Vec<assemble::Event>, &mut Flush<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         let this = self.clone();
-        let run = move |db: &dyn Sql| {
-            let mut events = Vec::new();
-            let out = change(db, &mut events)?;
-            Ok((out, this.outgoing(events)?))
-        };
         Ok(match &self.backend {
             Backend::Sqlite(bus) => {
                 let bus = bus.clone();
                 futures_util::future::Either::Left(bus.db().clone().submit(move |tx| {
-                    let (out, messages) = run(&**tx)?;
-                    if !messages.is_empty() {
-                        bus.publish_in(tx, messages)?;
-                    }
+                    let announce = |events: Vec<assemble::Event>| events.into_iter().map(|e| this.announcement(e)).collect();
+                    let mut stream = bus.seal_stream();
+                    let mut events = Vec::new();
+                    let out = change(&**tx, &mut events, &mut |events| {
+                        if events.len() >= FLUSH_EVENTS {
+                            stream.push(tx, announce(std::mem::take(events)))?;
+                        }
+                        Ok(())
+                    })?;
+                    stream.push(tx, announce(events))?;
+                    stream.finish(tx)?;
                     Ok(out)
                 })?)
             }
-            Backend::Postgres(w) => futures_util::future::Either::Right(w.submit(run)),
+            Backend::Postgres(w) => futures_util::future::Either::Right(w.submit(move |db: &dyn Sql| {
+                let mut events = Vec::new();
+                let out = change(db, &mut events, &mut |_| Ok(()))?;
+                Ok((out, this.outgoing(events)?))
+            })),
         })
     }
 
@@ -255,9 +267,7 @@ impl Ingest {
         mark: Option<(String, String)>,
     ) -> Result<impl Future<Output = Result<Vec<Outcome>, IngestError>> + use<>, IngestError> {
         let settings = self.settings();
-        let accept_all = move |tx: &dyn Sql,
-                               events: &mut Vec<assemble::Event>,
-                               flush: &mut dyn FnMut(&mut Vec<assemble::Event>) -> Result<(), StoreError>| {
+        let fut = self.write(move |tx, events, flush| {
             let mut outcomes = Vec::with_capacity(mails.len());
             for mail in &mails {
                 outcomes.push(assemble::accept(tx, &settings.rules, &settings.projects, mail, events)?);
@@ -270,31 +280,7 @@ impl Ingest {
                 )?;
             }
             Ok(outcomes)
-        };
-        let fut = match &self.backend {
-            // Messages are sealed as the mails are placed, on a thread of their own, so the
-            // writer does not wait for hundreds of signatures at the end of an import's batch.
-            Backend::Sqlite(bus) => {
-                let (this, bus) = (self.clone(), bus.clone());
-                futures_util::future::Either::Left(bus.db().clone().submit(move |tx| {
-                    let mut stream = bus.seal_stream();
-                    let mut events = Vec::new();
-                    let announce = |events: Vec<assemble::Event>| events.into_iter().map(|e| this.announcement(e)).collect();
-                    let outcomes = accept_all(&**tx, &mut events, &mut |events| {
-                        if events.len() >= FLUSH_EVENTS {
-                            stream.push(tx, announce(std::mem::take(events)))?;
-                        }
-                        Ok(())
-                    })?;
-                    stream.push(tx, announce(events))?;
-                    stream.finish(tx)?;
-                    Ok(outcomes)
-                })?)
-            }
-            Backend::Postgres(_) => {
-                futures_util::future::Either::Right(self.write(move |tx, events| accept_all(tx, events, &mut |_| Ok(())))?)
-            }
-        };
+        })?;
         Ok(async move { fut.await.map_err(IngestError::from) })
     }
 

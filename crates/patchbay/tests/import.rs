@@ -44,11 +44,12 @@ fn a_missing_corpus_says_what_is_missing_and_where_to_get_it() {
     }
 }
 
-/// A config in `dir` with project `hwmon` on the linux-hwmon list, for the corpus imports.
-fn hwmon_config(dir: &Path) -> PathBuf {
+/// Imports the corpus' `last-5000.mbox` into `dir/data`, with project `hwmon` on the
+/// linux-hwmon list; the import's summary.
+fn import_last_5000(dir: &Path, corpus: &Path) -> serde_json::Value {
     let config = dir.join("patchbay.toml");
     std::fs::write(&config, "data_dir = \"data\"\n[[project]]\nname = \"hwmon\"\nlist_ids = [\"linux-hwmon.vger.kernel.org\"]\n").unwrap();
-    config
+    import(&config, &corpus.join("last-5000.mbox"))
 }
 
 fn import(config: &Path, what: &Path) -> serde_json::Value {
@@ -102,8 +103,7 @@ fn public_inbox_imports_only_what_is_new() {
 fn mbox_import_is_consistent() {
     let Some(root) = corpus() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let config = hwmon_config(tmp.path());
-    let summary = import(&config, &root.join("last-5000.mbox"));
+    let summary = import_last_5000(tmp.path(), &root);
     eprintln!("last-5000.mbox: {}", serde_json::to_string_pretty(&summary).unwrap());
     assert_eq!(summary["read"], 4997);
     let c = &summary["consistency"];
@@ -120,7 +120,7 @@ fn mbox_import_is_consistent() {
     assert_eq!(n("covers_lost"), 0, "{c}");
     assert_eq!(n("complete_citing_other_series"), 0, "{c}");
     // Importing again stores nothing twice.
-    let again = import(&config, &root.join("last-5000.mbox"));
+    let again = import_last_5000(tmp.path(), &root);
     assert_eq!(again["stored"], 0);
     assert_eq!(again["duplicates"], 4997);
 }
@@ -186,8 +186,7 @@ fn import_fingerprint(db: &Path, summary: &serde_json::Value) -> serde_json::Val
 fn mbox_import_stores_and_publishes_what_it_did_before() {
     let Some(root) = corpus() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let config = hwmon_config(tmp.path());
-    let summary = import(&config, &root.join("last-5000.mbox"));
+    let summary = import_last_5000(tmp.path(), &root);
     let got = import_fingerprint(&tmp.path().join("data/patchbay.sqlite3"), &summary);
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/last-5000-import.json");
     if std::env::var_os("PATCHBAY_BLESS").is_some() {
